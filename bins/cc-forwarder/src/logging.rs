@@ -1,0 +1,423 @@
+//! Tracing setup from `logging.*`: console output on stderr plus an optional size-rotated file.
+//!
+//! - Level: `logging.level`, unless `CCF_LOG` (or else `RUST_LOG`) holds an `EnvFilter` directive.
+//! - Format: `text` (human-readable) or `json` (one JSON object per line), for both outputs.
+//! - File: when `file_enabled`, `file_path` is rotated by `file-rotate` once it passes
+//!   `max_file_size`; `max_files` rotated files are kept (`app.log.1` is the newest), gzipped when
+//!   `compress_rotated`. Writes go through a `tracing-appender` worker thread so the request path
+//!   never waits on the disk; the worker is flushed when the returned [`LogGuard`] is dropped, so
+//!   the binary keeps the guard alive until it exits.
+//!
+//! [`build_subscriber`] does all of it without touching global state, for tests; [`init`] installs
+//! the result as the process's default subscriber.
+
+use std::fs::{self, OpenOptions};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use ccf_config::{LogFormat, LogLevel, LoggingConfig};
+use file_rotate::compression::Compression;
+use file_rotate::suffix::AppendCount;
+use file_rotate::{ContentLimit, FileRotate};
+use tracing::Subscriber;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// The subscriber's base: the registry under the level filter.
+type Base = Layered<EnvFilter, Registry>;
+
+/// An output layer over [`Base`].
+type OutputLayer = Box<dyn Layer<Base> + Send + Sync>;
+
+/// Crates whose `debug` output is about their own internals; capped at `info` unless the
+/// environment filter asks otherwise.
+const NOISY_DEPENDENCIES: &[&str] = &["h2", "hyper", "hyper_util", "rustls", "tokio_util", "mio"];
+
+/// Keeps the file writer's worker alive; dropping it flushes what is queued.
+#[must_use = "dropping the guard stops the log file writer"]
+#[derive(Debug, Default)]
+pub struct LogGuard {
+    _file_worker: Option<WorkerGuard>,
+}
+
+/// Builds the subscriber from `config`, filtering with `CCF_LOG`/`RUST_LOG` when set, and installs
+/// it as the global default. Console output goes to stderr, with colours when it is a terminal.
+pub fn init(config: &LoggingConfig) -> Result<LogGuard> {
+    let ccf_log = std::env::var("CCF_LOG").ok();
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = match env_filter(config.level, ccf_log.as_deref(), rust_log.as_deref()) {
+        Ok(filter) => filter,
+        Err(message) => {
+            // Logging is not up yet, so this one goes straight to stderr.
+            eprintln!("cc-forwarder: warning: {message}");
+            level_filter(config.level)
+        }
+    };
+    let ansi = std::io::stderr().is_terminal();
+    let (subscriber, guard) = build_subscriber(config, filter, std::io::stderr, ansi)?;
+    tracing::subscriber::set_global_default(subscriber)
+        .context("a global tracing subscriber is already installed")?;
+    Ok(guard)
+}
+
+/// The level filter: the first non-empty of `ccf_log` and `rust_log` as `EnvFilter` directives,
+/// else `level` (with [`NOISY_DEPENDENCIES`] capped at `info`). An invalid directive string is an
+/// error naming the variable, so the caller can fall back to `level` and say why.
+pub fn env_filter(
+    level: LogLevel,
+    ccf_log: Option<&str>,
+    rust_log: Option<&str>,
+) -> Result<EnvFilter, String> {
+    let from_env = [("CCF_LOG", ccf_log), ("RUST_LOG", rust_log)]
+        .into_iter()
+        .find_map(|(name, value)| Some((name, value?)).filter(|(_, v)| !v.trim().is_empty()));
+    match from_env {
+        Some((name, directives)) => EnvFilter::try_new(directives).map_err(|error| {
+            format!("ignoring {name}={directives:?} ({error}); using logging.level")
+        }),
+        None => Ok(level_filter(level)),
+    }
+}
+
+/// The filter for `logging.level` alone.
+fn level_filter(level: LogLevel) -> EnvFilter {
+    EnvFilter::new(level_directives(level))
+}
+
+/// `logging.level` as `EnvFilter` directives.
+fn level_directives(level: LogLevel) -> String {
+    let level = match level {
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    };
+    let mut directives = level.to_string();
+    if level == "debug" {
+        for name in NOISY_DEPENDENCIES {
+            directives.push_str(&format!(",{name}=info"));
+        }
+    }
+    directives
+}
+
+/// Builds the subscriber without installing it: `console` receives every event in
+/// `config.format`, and so does the rotating file when `config.file_enabled`.
+pub fn build_subscriber<W>(
+    config: &LoggingConfig,
+    filter: EnvFilter,
+    console: W,
+    ansi: bool,
+) -> Result<(impl Subscriber + Send + Sync + 'static, LogGuard)>
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    let mut layers: Vec<OutputLayer> = vec![output_layer(config.format, console, ansi)];
+    let mut guard = LogGuard::default();
+    if config.file_enabled {
+        let file = rotating_file(config)?;
+        let (writer, worker) = NonBlockingBuilder::default()
+            // Wait rather than drop lines when the disk falls behind.
+            .lossy(false)
+            .thread_name("ccf-log-writer")
+            .finish(file);
+        layers.push(output_layer(config.format, writer, false));
+        guard._file_worker = Some(worker);
+    }
+    let subscriber = tracing_subscriber::registry().with(filter).with(layers);
+    Ok((subscriber, guard))
+}
+
+/// One fmt layer in the configured format.
+fn output_layer<W>(format: LogFormat, writer: W, ansi: bool) -> OutputLayer
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .with_target(true);
+    match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    }
+}
+
+/// Opens `file_path` for size-based rotation, creating its folder. The file is opened once here so
+/// that a path that cannot be written is an error now rather than silently lost lines later
+/// (`FileRotate` ignores open failures).
+pub fn rotating_file(config: &LoggingConfig) -> Result<FileRotate<AppendCount>> {
+    let path = PathBuf::from(&config.file_path);
+    if path.file_name().is_none() {
+        anyhow::bail!(
+            "logging.file_path: `{}` does not name a file",
+            config.file_path
+        );
+    }
+    let folder = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(folder).with_context(|| {
+        format!(
+            "logging.file_path: cannot create the log folder {}",
+            folder.display()
+        )
+    })?;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("logging.file_path: cannot open {}", path.display()))?;
+    // file-rotate asserts a non-zero limit; anything beyond usize is "never".
+    let limit = usize::try_from(config.max_file_size.bytes())
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let max_files = usize::try_from(config.max_files).unwrap_or(usize::MAX);
+    let compression = if config.compress_rotated {
+        // Keep no rotated file uncompressed, like the Go version's lumberjack.
+        Compression::OnRotate(0)
+    } else {
+        Compression::None
+    };
+    Ok(FileRotate::new(
+        path,
+        AppendCount::new(max_files),
+        ContentLimit::BytesSurpassed(limit),
+        compression,
+        None,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, Write};
+    use std::sync::{Arc, Mutex};
+
+    use ccf_config::ByteSize;
+
+    use super::*;
+
+    /// A console writer that keeps everything in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn logging(format: LogFormat) -> LoggingConfig {
+        LoggingConfig {
+            format,
+            ..LoggingConfig::default()
+        }
+    }
+
+    #[test]
+    fn json_format_writes_one_parseable_object_per_line() {
+        let console = Captured::default();
+        let (subscriber, _guard) = build_subscriber(
+            &logging(LogFormat::Json),
+            level_filter(LogLevel::Info),
+            console.clone(),
+            false,
+        )
+        .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(request_id = "req-1", status = 200, "request finished");
+            tracing::warn!(endpoint = "main", "endpoint \"slow\"\nsecond line");
+            tracing::debug!("filtered out at info");
+        });
+        let text = console.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(first["level"], "INFO");
+        assert_eq!(first["message"], "request finished");
+        assert_eq!(first["request_id"], "req-1");
+        assert_eq!(first["status"], 200);
+        assert!(first["timestamp"].is_string());
+        let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(second["level"], "WARN");
+        assert_eq!(second["message"], "endpoint \"slow\"\nsecond line");
+    }
+
+    #[test]
+    fn text_format_writes_readable_lines_at_the_configured_level() {
+        let console = Captured::default();
+        let (subscriber, _guard) = build_subscriber(
+            &logging(LogFormat::Text),
+            level_filter(LogLevel::Warn),
+            console.clone(),
+            false,
+        )
+        .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("hidden");
+            tracing::warn!(endpoint = "main", "shown");
+        });
+        let text = console.text();
+        assert!(!text.contains("hidden"), "{text}");
+        assert!(text.contains("WARN"), "{text}");
+        assert!(text.contains("shown endpoint=\"main\""), "{text}");
+        assert!(
+            !text.contains('\u{1b}'),
+            "no colour codes without ansi: {text}"
+        );
+    }
+
+    #[test]
+    fn file_output_rotates_by_size_and_compresses_rotated_files() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("nested/logs/app.log");
+        let config = LoggingConfig {
+            format: LogFormat::Json,
+            file_enabled: true,
+            file_path: path.to_string_lossy().into_owned(),
+            max_file_size: ByteSize(2048),
+            max_files: 3,
+            compress_rotated: true,
+            ..LoggingConfig::default()
+        };
+        let console = Captured::default();
+        let (subscriber, guard) = build_subscriber(
+            &config,
+            level_filter(LogLevel::Info),
+            console.clone(),
+            false,
+        )
+        .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            for line in 0..400 {
+                tracing::info!(line, padding = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "filler");
+            }
+            tracing::info!("last line");
+        });
+        // Dropping the guard flushes the worker thread.
+        drop(guard);
+
+        let mut names: Vec<String> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["app.log", "app.log.1.gz", "app.log.2.gz", "app.log.3.gz"],
+            "max_files rotated files kept, all compressed"
+        );
+        let current = fs::read_to_string(&path).unwrap();
+        assert!(current.len() <= 2048 + 512, "rotated near the limit");
+        let last = current.lines().last().unwrap();
+        let last: serde_json::Value = serde_json::from_str(last).unwrap();
+        assert_eq!(last["message"], "last line");
+        // The rotated files are real gzip streams.
+        let gz = fs::read(path.with_file_name("app.log.1.gz")).unwrap();
+        assert_eq!(&gz[..2], &[0x1f, 0x8b]);
+        // The console got every line too.
+        assert_eq!(console.text().lines().count(), 401);
+    }
+
+    #[test]
+    fn file_output_without_compression_keeps_plain_rotated_files() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("app.log");
+        let config = LoggingConfig {
+            file_enabled: true,
+            file_path: path.to_string_lossy().into_owned(),
+            max_file_size: ByteSize(1024),
+            max_files: 2,
+            ..LoggingConfig::default()
+        };
+        let file = rotating_file(&config).unwrap();
+        let (writer, guard) = tracing_appender::non_blocking(file);
+        let mut writer = writer.make_writer();
+        for line in 0..100 {
+            writeln!(writer, "line {line} of the plain rotation test").unwrap();
+        }
+        drop(writer);
+        drop(guard);
+        for name in ["app.log", "app.log.1", "app.log.2"] {
+            assert!(folder.path().join(name).is_file(), "{name} missing");
+        }
+        assert!(!folder.path().join("app.log.3").exists());
+    }
+
+    #[test]
+    fn unwritable_log_path_is_an_error_not_a_panic() {
+        let folder = tempfile::tempdir().unwrap();
+        let blocker = folder.path().join("file");
+        fs::write(&blocker, "not a folder").unwrap();
+        let config = LoggingConfig {
+            file_enabled: true,
+            file_path: blocker.join("app.log").to_string_lossy().into_owned(),
+            ..LoggingConfig::default()
+        };
+        let Err(error) = rotating_file(&config) else {
+            panic!("a log path under a file must not open");
+        };
+        assert!(
+            format!("{error:#}").contains("logging.file_path"),
+            "{error:#}"
+        );
+
+        let config = LoggingConfig {
+            file_path: "/".into(),
+            ..config
+        };
+        assert!(rotating_file(&config).is_err());
+    }
+
+    #[test]
+    fn environment_filter_overrides_the_configured_level() {
+        let check = |ccf: Option<&str>, rust: Option<&str>, expected: &str| {
+            let filter = env_filter(LogLevel::Info, ccf, rust).unwrap();
+            assert_eq!(
+                filter.to_string(),
+                expected,
+                "CCF_LOG={ccf:?} RUST_LOG={rust:?}"
+            );
+        };
+        check(None, None, "info");
+        check(Some("debug"), Some("error"), "debug");
+        check(Some("  "), Some("ccf_proxy=trace"), "ccf_proxy=trace");
+        check(None, Some("warn"), "warn");
+        let error = env_filter(LogLevel::Info, Some("ccf_proxy=[loud"), None).unwrap_err();
+        assert!(error.contains("CCF_LOG"), "{error}");
+    }
+
+    #[test]
+    fn debug_level_caps_noisy_dependencies() {
+        let directives = level_directives(LogLevel::Debug);
+        assert!(directives.starts_with("debug,"));
+        assert!(directives.contains("hyper=info"));
+        assert_eq!(level_directives(LogLevel::Error), "error");
+    }
+}

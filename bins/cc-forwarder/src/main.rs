@@ -1,0 +1,351 @@
+//! The `cc-forwarder` binary: parse the command line, load the configuration, set up logging, run
+//! [`ccf_app::App`] until SIGINT/SIGTERM, and turn the outcome into an exit status.
+//!
+//! Exit status: 0 after a clean shutdown (or `--version`/`--help`); 2 for command-line and
+//! configuration errors (every problem is printed, each naming its file and key); 1 for anything
+//! else that stops the forwarder (a port in use, a log file that cannot be opened, a shutdown that
+//! had to be forced).
+//!
+//! This file is the only place that knows about processes: exit codes, stdout/stderr, signals and
+//! the runtime. Everything about forwarding lives in the library crates.
+
+mod cli;
+mod logging;
+mod shutdown;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use ccf_app::App;
+use ccf_config::{Config, ConfigError, ConfigLoader, LoadedConfig};
+use clap::Parser;
+use tracing::{error, info, warn};
+
+use crate::cli::{Cli, Command};
+
+/// Exit status for configuration and command-line errors (clap uses 2 as well).
+const EXIT_CONFIG: u8 = 2;
+/// Exit status for every other fatal error.
+const EXIT_FATAL: u8 = 1;
+/// How long runtime teardown waits for tasks that ignore cancellation (blocking calls).
+const RUNTIME_TEARDOWN: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    let args = cli::normalize_go_style_args(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        // Prints help/version (exit 0) or the usage error (exit 2).
+        Err(error) => error.exit(),
+    };
+    match cli.command {
+        Some(Command::CheckConfig) => check_config(&cli),
+        None => serve(&cli),
+    }
+}
+
+/// Environment variables of the binary itself that share the configuration's `CCF_` prefix; they
+/// are kept out of the configuration overrides (`CCF_LOG` is not the key `log`).
+const BINARY_ENV_VARS: &[&str] = &["CCF_LOG"];
+
+/// The process environment for the configuration loader: without [`BINARY_ENV_VARS`], and without
+/// variables whose name or value is not UTF-8 (they can be neither overrides nor `${VAR}` values).
+fn config_environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(name, _)| !BINARY_ENV_VARS.contains(&name.as_str()))
+        .collect()
+}
+
+/// Loads the configuration with the command-line overrides and applies `-p`.
+fn load_config(cli: &Cli) -> Result<LoadedConfig, ConfigError> {
+    let mut loaded = ConfigLoader::new()
+        .file(&cli.config)
+        .env_vars(config_environment())
+        .overrides(cli.overrides())
+        .load()?;
+    if let Some(name) = &cli.primary_endpoint {
+        loaded.config.prefer_endpoint(name)?;
+    }
+    Ok(loaded)
+}
+
+/// Prints a configuration error, one problem per line, to stderr.
+fn report_config_error(error: &ConfigError) {
+    for line in error.to_string().lines() {
+        eprintln!("cc-forwarder: error: {line}");
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+}
+
+/// `cc-forwarder check-config`: validate, print warnings and a summary.
+fn check_config(cli: &Cli) -> ExitCode {
+    let loaded = match load_config(cli) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            report_config_error(&error);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for warning in &loaded.warnings {
+        eprintln!("cc-forwarder: warning: {warning}");
+    }
+    if let Some(warning) = exposure_warning(&loaded.config) {
+        eprintln!("cc-forwarder: warning: {warning}");
+    }
+    println!("{}", summary(&cli.config.display().to_string(), &loaded));
+    ExitCode::SUCCESS
+}
+
+/// A short, human-readable description of a loaded configuration.
+fn summary(file: &str, loaded: &LoadedConfig) -> String {
+    let config = &loaded.config;
+    let mut groups: BTreeMap<(u32, &str), Vec<&str>> = BTreeMap::new();
+    for endpoint in &config.endpoints {
+        groups
+            .entry((endpoint.group_priority, endpoint.group.as_str()))
+            .or_default()
+            .push(endpoint.name.as_str());
+    }
+    let groups: Vec<String> = groups
+        .iter()
+        .map(|((priority, group), names)| {
+            format!("{group} (priority {priority}): {}", names.join(", "))
+        })
+        .collect();
+    let on_off = |enabled: bool| if enabled { "on" } else { "off" };
+    let web = if config.web.enabled {
+        format!("on, {}:{}", config.web.host, config.web.port)
+    } else {
+        "off".to_string()
+    };
+    let file_log = if config.logging.file_enabled {
+        format!(
+            ", file {} (rotated at {}, {} kept{})",
+            config.logging.file_path,
+            config.logging.max_file_size,
+            config.logging.max_files,
+            if config.logging.compress_rotated {
+                ", gzipped"
+            } else {
+                ""
+            }
+        )
+    } else {
+        String::new()
+    };
+    let warnings = match loaded.warnings.len() {
+        0 => String::new(),
+        1 => " (1 warning)".to_string(),
+        n => format!(" ({n} warnings)"),
+    };
+    [
+        format!("{file}: valid{warnings}"),
+        format!(
+            "  listen:    {}:{} (inbound auth {})",
+            config.server.host,
+            config.server.port,
+            on_off(config.auth.enabled)
+        ),
+        format!(
+            "  endpoints: {} in {} group(s): {}",
+            config.endpoints.len(),
+            groups.len(),
+            groups.join("; ")
+        ),
+        format!(
+            "  strategy:  {}, group auto-switch {}",
+            format!("{:?}", config.strategy.kind).to_lowercase(),
+            on_off(config.group.auto_switch_between_groups)
+        ),
+        format!("  web:       {web}"),
+        format!("  tui:       {}", on_off(config.tui.enabled)),
+        format!(
+            "  logging:   {} {}{file_log}",
+            format!("{:?}", config.logging.level).to_lowercase(),
+            format!("{:?}", config.logging.format).to_lowercase()
+        ),
+        format!("  usage:     {}", on_off(config.usage_tracking.enabled)),
+    ]
+    .join("\n")
+}
+
+/// The warning for a forwarder reachable from the network without inbound auth.
+fn exposure_warning(config: &Config) -> Option<String> {
+    if config.auth.enabled || is_loopback_host(&config.server.host) {
+        return None;
+    }
+    Some(format!(
+        "server.host `{}` is not a loopback address and auth.enabled is false: anyone who can \
+         reach this port can use the forwarder's upstream credentials; enable auth or bind to \
+         127.0.0.1",
+        config.server.host
+    ))
+}
+
+/// `localhost`, `127.0.0.0/8` and `::1` (bracketed or not).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
+        return true;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<IpAddr>()
+        .is_ok_and(|address| address.is_loopback())
+}
+
+/// Serve until a signal; see the crate docs for the exit status.
+fn serve(cli: &Cli) -> ExitCode {
+    let loaded = match load_config(cli) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            report_config_error(&error);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let guard = match logging::init(&loaded.config.logging) {
+        Ok(guard) => guard,
+        Err(error) => {
+            for warning in &loaded.warnings {
+                eprintln!("cc-forwarder: warning: {warning}");
+            }
+            eprintln!("cc-forwarder: error: cannot set up logging: {error:#}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    for warning in &loaded.warnings {
+        warn!(file = %warning.file, key = %warning.key, "configuration: {}", warning.message);
+    }
+    let status = match run(loaded.config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!("{error:#}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    };
+    // Flushes the log file writer before the process exits.
+    drop(guard);
+    status
+}
+
+/// Builds the runtime and runs the app on it until a signal.
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ccf-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run_app(config));
+    // Tasks the app left behind are cancelled; blocking ones get a moment, not forever.
+    runtime.shutdown_timeout(RUNTIME_TEARDOWN);
+    result
+}
+
+async fn run_app(config: Config) -> anyhow::Result<()> {
+    let drain_timeout = config.server.shutdown_timeout.get();
+    let show_export_line = !config.tui.enabled;
+    let exposure = exposure_warning(&config);
+    let source = config
+        .source
+        .as_ref()
+        .map(|path| path.display().to_string())
+        .unwrap_or_default();
+    // Installed before binding, so a signal that arrives while starting still shuts down cleanly.
+    let (shutdown, forced) =
+        shutdown::watch_signals(drain_timeout).context("cannot install signal handlers")?;
+    let app = App::bind(config)
+        .await
+        .context("cannot start the forwarder")?;
+    let base_url = app.base_url();
+    info!(
+        version = cli::VERSION,
+        address = %app.proxy_addr(),
+        config = %source,
+        "cc-forwarder started"
+    );
+    if show_export_line {
+        println!("export ANTHROPIC_BASE_URL={base_url}");
+    }
+    info!("point Claude Code at the forwarder: export ANTHROPIC_BASE_URL={base_url}");
+    if let Some(warning) = exposure {
+        warn!("{warning}");
+    }
+    tokio::select! {
+        result = app.run(shutdown) => {
+            result.context("the forwarder stopped with an error")?;
+            info!("cc-forwarder stopped");
+            Ok(())
+        }
+        shutdown::Forced(reason) = forced => Err(anyhow::anyhow!(reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["0.0.0.0", "::", "", "192.168.1.10", "example.com", "[::]"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    fn config(yaml: &str) -> Config {
+        Config::from_yaml_str(yaml).unwrap()
+    }
+
+    const ENDPOINTS: &str = "endpoints:\n  - name: a\n    url: https://a.example\n    group: main\n    group-priority: 1\n";
+
+    #[test]
+    fn warns_when_exposed_without_auth() {
+        let exposed = config(&format!("server:\n  host: 0.0.0.0\n{ENDPOINTS}"));
+        let warning = exposure_warning(&exposed).unwrap();
+        assert!(warning.contains("0.0.0.0"), "{warning}");
+        assert!(warning.contains("auth.enabled"), "{warning}");
+
+        let local = config(&format!("server:\n  host: 127.0.0.1\n{ENDPOINTS}"));
+        assert_eq!(exposure_warning(&local), None);
+
+        let authed = config(&format!(
+            "server:\n  host: 0.0.0.0\nauth:\n  enabled: true\n  token: secret\n{ENDPOINTS}"
+        ));
+        assert_eq!(exposure_warning(&authed), None);
+    }
+
+    #[test]
+    fn summary_lists_listen_address_and_groups() {
+        let loaded = LoadedConfig {
+            config: config(&format!(
+                "server:\n  host: 127.0.0.1\n  port: 8087\n{ENDPOINTS}"
+            )),
+            warnings: Vec::new(),
+        };
+        let text = summary("x.yaml", &loaded);
+        assert!(text.starts_with("x.yaml: valid\n"), "{text}");
+        assert!(
+            text.contains("listen:    127.0.0.1:8087 (inbound auth off)"),
+            "{text}"
+        );
+        assert!(text.contains("endpoints: 1 in 1 group(s): main"), "{text}");
+    }
+}

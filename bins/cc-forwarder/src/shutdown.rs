@@ -1,0 +1,111 @@
+//! Turning SIGINT/SIGTERM into the application's shutdown future, with a backstop.
+//!
+//! [`watch_signals`] spawns one task that owns the signal streams. The first signal resolves the
+//! `shutdown` future handed to `App::run`, which stops accepting and drains in-flight requests for
+//! up to `server.shutdown_timeout`. The same task then resolves `forced` if a second signal
+//! arrives or if the drain overruns its timeout by [`BACKSTOP_MARGIN`]; `main` races `App::run`
+//! against `forced`, so the process always ends. The task lives on the runtime and is dropped with
+//! it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tracing::info;
+
+/// How long past `server.shutdown_timeout` the process waits for the app before giving up.
+pub const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// Why the process stopped waiting for a graceful shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forced(pub String);
+
+/// Installs the signal handlers and returns `(shutdown, forced)`; see the module docs. Must be
+/// called inside the tokio runtime.
+pub fn watch_signals(
+    drain_timeout: Duration,
+) -> std::io::Result<(
+    impl Future<Output = ()> + Send + 'static,
+    impl Future<Output = Forced> + Send + 'static,
+)> {
+    let mut signals = Signals::install()?;
+    let (shutdown_sender, shutdown_receiver) = tokio::sync::oneshot::channel::<()>();
+    let (forced_sender, forced_receiver) = tokio::sync::oneshot::channel::<Forced>();
+    tokio::spawn(async move {
+        let name = signals.next().await;
+        info!(
+            signal = name,
+            "shutting down: no new connections; draining in-flight requests for up to {}s \
+             (send the signal again to exit at once)",
+            drain_timeout.as_secs()
+        );
+        let _ = shutdown_sender.send(());
+        let reason = tokio::select! {
+            name = signals.next() => {
+                format!("received {name} again; exiting without waiting for in-flight requests")
+            }
+            () = tokio::time::sleep(drain_timeout + BACKSTOP_MARGIN) => format!(
+                "graceful shutdown did not finish within {}s; exiting",
+                (drain_timeout + BACKSTOP_MARGIN).as_secs()
+            ),
+        };
+        // Logged once, by `main`, where it ends the process.
+        let _ = forced_sender.send(Forced(reason));
+    });
+    // If the task were dropped early (runtime shutting down), neither future should fire.
+    let shutdown = async move {
+        if shutdown_receiver.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let forced = async move {
+        match forced_receiver.await {
+            Ok(forced) => forced,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    Ok((shutdown, forced))
+}
+
+/// The signals that stop the forwarder.
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next signal and names it.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// The signals that stop the forwarder (Ctrl+C only where there are no Unix signals).
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn next(&mut self) -> &'static str {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        "Ctrl+C"
+    }
+}

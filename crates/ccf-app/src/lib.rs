@@ -1,0 +1,108 @@
+//! The composition root of cc-forwarder.
+//!
+//! [`App`] turns a validated [`Config`] into running listeners and tasks and owns their shutdown
+//! order: stop accepting, drain in-flight requests (streams included) for up to
+//! `server.shutdown_timeout`, then stop background tasks. It is the only crate that knows every
+//! other one (later: which store adapter to use, the admin listener, the health task, the TUI);
+//! the binary and the end-to-end tests start the forwarder through it and nothing else.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ccf_config::Config;
+use ccf_proxy::{serve, Forwarder, ServeOptions};
+use tokio::net::TcpListener;
+use tracing::info;
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address as configured (`host:port`).
+        address: String,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The forwarding engine could not be built.
+    #[error(transparent)]
+    Proxy(#[from] ccf_proxy::BuildError),
+}
+
+/// A bound, ready-to-run forwarder.
+#[derive(Debug)]
+pub struct App {
+    config: Arc<Config>,
+    forwarder: Forwarder,
+    proxy_listener: TcpListener,
+    proxy_addr: SocketAddr,
+}
+
+impl App {
+    /// Builds the engine and binds the proxy listener on `server.host:server.port` (port 0 picks
+    /// a free port; see [`App::proxy_addr`]).
+    pub async fn bind(config: Config) -> Result<App, AppError> {
+        let config = Arc::new(config);
+        let forwarder = Forwarder::build(Arc::clone(&config))?;
+        let address = format!("{}:{}", config.server.host, config.server.port);
+        let proxy_listener =
+            TcpListener::bind(&address)
+                .await
+                .map_err(|source| AppError::Bind {
+                    address: address.clone(),
+                    source,
+                })?;
+        let proxy_addr = proxy_listener
+            .local_addr()
+            .map_err(|source| AppError::Bind { address, source })?;
+        Ok(App {
+            config,
+            forwarder,
+            proxy_listener,
+            proxy_addr,
+        })
+    }
+
+    /// The address the proxy listener is bound to.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// What to put in `ANTHROPIC_BASE_URL`: the configured host (a wildcard bind address is shown
+    /// as `127.0.0.1`) and the bound port.
+    pub fn base_url(&self) -> String {
+        let host = match self.config.server.host.as_str() {
+            "0.0.0.0" | "::" | "[::]" | "" => "127.0.0.1".to_string(),
+            host if host.contains(':') && !host.starts_with('[') => format!("[{host}]"),
+            host => host.to_string(),
+        };
+        format!("http://{host}:{}", self.proxy_addr.port())
+    }
+
+    /// The engine, for embedding or inspection.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests for up to
+    /// `server.shutdown_timeout` and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        info!(address = %self.proxy_addr, base_url = %self.base_url(), "forwarder listening");
+        let options = ServeOptions {
+            header_read_timeout: self.config.server.header_read_timeout.get(),
+            drain_timeout: self.config.server.shutdown_timeout.get(),
+        };
+        let report = serve(self.proxy_listener, self.forwarder, options, shutdown).await;
+        info!(
+            abandoned_connections = report.abandoned_connections,
+            "forwarder stopped"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! cc-forwarder configuration.
+//!
+//! This crate owns the YAML schema (compatible with the Go cc-forwarder's `config.yaml`, every key),
+//! the defaults, the endpoint inheritance rules, validation, `${VAR}` interpolation and layered
+//! loading with figment (defaults < file < `CCF_` environment < command-line overrides). Its output
+//! is a validated [`Config`] whose [`Endpoint`]s have every inherited value resolved, so no other
+//! crate needs to know the inheritance rules. It does no network IO and knows nothing of HTTP.
+//!
+//! Main types: [`RawConfig`] (the file as written), [`Config`] and [`Endpoint`] (validated),
+//! [`ConfigLoader`] (layered loading), [`ConfigError`] (names the file and key path).
+
+mod error;
+mod interpolate;
+mod loader;
+mod path;
+mod resolve;
+mod schema;
+mod storage;
+mod units;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use ccf_types::Secret;
+pub use error::{ConfigError, ConfigWarning, Problem};
+pub use loader::{
+    CliOverrides, ConfigLoader, LoadedConfig, CLI_SOURCE, DEFAULT_ENV_PREFIX, ENV_KEY_SEPARATOR,
+    ENV_SOURCE, INLINE_SOURCE,
+};
+pub use schema::*;
+pub use storage::{MysqlTarget, StorageTarget, DEFAULT_MYSQL_PORT};
+pub use units::{ByteSize, GoDuration};
+
+/// A validated configuration: every section with its defaults applied and every endpoint resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from, if any.
+    pub source: Option<PathBuf>,
+    /// IANA time zone for display; `None` means the machine's local zone.
+    pub timezone: Option<String>,
+    /// Identifier of this instance (default host name + port, filled by the application).
+    pub instance_id: Option<String>,
+    /// `server.*`.
+    pub server: ServerConfig,
+    /// `strategy.*`.
+    pub strategy: StrategyConfig,
+    /// `retry.*`.
+    pub retry: RetryConfig,
+    /// `health.*`.
+    pub health: HealthConfig,
+    /// `logging.*`.
+    pub logging: LoggingConfig,
+    /// `streaming.*`.
+    pub streaming: StreamingConfig,
+    /// `group.*`.
+    pub group: GroupConfig,
+    /// `request_suspend.*`.
+    pub request_suspend: RequestSuspendConfig,
+    /// `global_timeout` (default 300 s).
+    pub global_timeout: Duration,
+    /// `auth.*`.
+    pub auth: AuthConfig,
+    /// `tui.*`.
+    pub tui: TuiConfig,
+    /// `web.*`.
+    pub web: WebConfig,
+    /// `token_counting.*`.
+    pub token_counting: TokenCountingConfig,
+    /// `proxy.*`.
+    pub proxy: OutboundProxyConfig,
+    /// `usage_tracking.*`.
+    pub usage_tracking: UsageTrackingConfig,
+    /// `routing.*`.
+    pub routing: RoutingConfig,
+    /// The endpoints in file order, inheritance resolved.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One upstream endpoint with every inherited value resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// Unique name.
+    pub name: String,
+    /// Base URL; may carry a path prefix that request paths are appended to.
+    pub url: url::Url,
+    /// Order inside the group; lower is preferred.
+    pub priority: u32,
+    /// Group name.
+    pub group: String,
+    /// Group order; lower is preferred.
+    pub group_priority: u32,
+    /// Bearer token sent upstream, resolved within the group.
+    pub token: Option<Secret>,
+    /// `x-api-key` sent upstream, resolved within the group.
+    pub api_key: Option<Secret>,
+    /// Total time for a non-streaming request.
+    pub timeout: Duration,
+    /// Headers applied after the credentials (they win), in name order.
+    pub headers: Vec<(String, String)>,
+    /// The endpoint answers `/v1/messages/count_tokens`.
+    pub supports_count_tokens: bool,
+}
+
+impl Config {
+    /// Parses a YAML document (no file, no `CCF_` environment overrides) into a validated config.
+    /// For tests and embedders; `${VAR}` references are expanded from the process environment.
+    /// Warnings (unknown keys) are dropped: use [`ConfigLoader`] to see them.
+    pub fn from_yaml_str(yaml: &str) -> Result<Config, ConfigError> {
+        ConfigLoader::new()
+            .yaml_str(yaml)
+            .without_env_overrides()
+            .load()
+            .map(|loaded| loaded.config)
+    }
+
+    /// The endpoint with this name.
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|endpoint| endpoint.name == name)
+    }
+
+    /// `-p <name>`: that endpoint gets priority 1 and every other endpoint with priority <= 1 is
+    /// moved back by 2, so the named one is preferred inside its group.
+    pub fn prefer_endpoint(&mut self, name: &str) -> Result<(), ConfigError> {
+        if self.endpoint(name).is_none() {
+            return Err(ConfigError::UnknownPrimaryEndpoint {
+                name: name.to_string(),
+                known: self.endpoints.iter().map(|e| e.name.clone()).collect(),
+            });
+        }
+        for endpoint in &mut self.endpoints {
+            if endpoint.name == name {
+                endpoint.priority = 1;
+            } else if endpoint.priority <= 1 {
+                endpoint.priority += 2;
+            }
+        }
+        Ok(())
+    }
+}

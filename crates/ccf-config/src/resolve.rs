@@ -1,0 +1,651 @@
+//! `RawConfig -> Config`: endpoint inheritance and validation.
+//!
+//! Every problem is collected (with its key path) rather than stopping at the first, so a user
+//! fixes a broken file in one go.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ccf_types::Secret;
+
+use crate::path::KeyPath;
+use crate::schema::{ModelPricing, RawConfig, RawEndpoint};
+use crate::storage::StorageTarget;
+use crate::units::GoDuration;
+use crate::{Config, Endpoint};
+
+/// Problems found, each with the key path it concerns.
+pub(crate) type Problems = Vec<(KeyPath, String)>;
+
+/// Default of `global_timeout`.
+pub(crate) const DEFAULT_GLOBAL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Group of the first endpoint when it names none.
+pub(crate) const DEFAULT_GROUP: &str = "Default";
+/// Group priority of the first endpoint when it sets none.
+pub(crate) const DEFAULT_GROUP_PRIORITY: u32 = 1;
+/// Upper bound of `request_suspend.max_suspended_requests`.
+pub(crate) const MAX_SUSPENDED_REQUESTS: u32 = 10_000;
+
+/// Applies inheritance and validates; returns every problem found.
+pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, Problems> {
+    let mut problems = Problems::new();
+    validate_sections(&raw, &mut problems);
+
+    let global_timeout = raw
+        .global_timeout
+        .map(GoDuration::get)
+        .unwrap_or(DEFAULT_GLOBAL_TIMEOUT);
+    let endpoints = resolve_endpoints(&raw.endpoints, global_timeout, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let RawConfig {
+        timezone,
+        instance_id,
+        server,
+        mut strategy,
+        retry,
+        health,
+        logging,
+        streaming,
+        group,
+        request_suspend,
+        global_timeout: _,
+        auth,
+        tui,
+        web,
+        token_counting,
+        proxy,
+        usage_tracking,
+        routing,
+        endpoints: _,
+    } = raw;
+
+    if strategy
+        .fast_test_path
+        .as_deref()
+        .is_none_or(|path| path.trim().is_empty())
+    {
+        strategy.fast_test_path = Some(health.health_path.clone());
+    }
+
+    Ok(Config {
+        source,
+        timezone: timezone.filter(|zone| !zone.trim().is_empty() && zone != "Local"),
+        instance_id: instance_id.filter(|id| !id.trim().is_empty()),
+        server,
+        strategy,
+        retry,
+        health,
+        logging,
+        streaming,
+        group,
+        request_suspend,
+        global_timeout,
+        auth,
+        tui,
+        web,
+        token_counting,
+        proxy,
+        usage_tracking,
+        routing,
+        endpoints,
+    })
+}
+
+struct Check<'a> {
+    problems: &'a mut Problems,
+}
+
+impl Check<'_> {
+    fn fail(&mut self, key: &[&str], message: impl Into<String>) {
+        self.problems.push((KeyPath::keys(key), message.into()));
+    }
+
+    fn positive_duration(&mut self, key: &[&str], value: GoDuration) {
+        if value.get().is_zero() {
+            self.fail(key, "must be greater than 0");
+        }
+    }
+
+    fn positive_count(&mut self, key: &[&str], value: u32) {
+        if value == 0 {
+            self.fail(key, "must be greater than 0");
+        }
+    }
+
+    fn non_empty(&mut self, key: &[&str], value: &str, what: &str) {
+        if value.trim().is_empty() {
+            self.fail(key, format!("must not be empty: expected {what}"));
+        }
+    }
+
+    fn absolute_path(&mut self, key: &[&str], value: &str) {
+        if !value.starts_with('/') {
+            self.fail(
+                key,
+                format!("`{value}` must start with `/`, e.g. `/v1/models`"),
+            );
+        }
+    }
+
+    fn timezone(&mut self, key: &[&str], value: Option<&str>) {
+        if let Some(zone) = value {
+            if !zone.trim().is_empty() && !looks_like_iana_zone(zone) {
+                self.fail(
+                    key,
+                    format!(
+                        "`{zone}` is not an IANA time zone name: expected e.g. `Asia/Shanghai`, \
+                         `Europe/Berlin`, `UTC` or `Local`"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn pricing(&mut self, key: &[&str], pricing: &ModelPricing) {
+        let fields = [
+            ("input", Some(pricing.input)),
+            ("output", Some(pricing.output)),
+            ("cache_creation", Some(pricing.cache_creation)),
+            ("cache_read", Some(pricing.cache_read)),
+            ("cache_creation_1h", pricing.cache_creation_1h),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                if !value.is_finite() || value < 0.0 {
+                    let mut path = key.to_vec();
+                    path.push(field);
+                    self.fail(
+                        &path,
+                        format!(
+                            "must be a non-negative price in USD per million tokens, found {value}"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
+    let mut check = Check { problems };
+
+    check.timezone(&["timezone"], raw.timezone.as_deref());
+    check.non_empty(
+        &["server", "host"],
+        &raw.server.host,
+        "a host name or IP address",
+    );
+
+    if raw.strategy.fast_test_enabled {
+        check.positive_duration(
+            &["strategy", "fast_test_timeout"],
+            raw.strategy.fast_test_timeout,
+        );
+    }
+    if let Some(path) = raw.strategy.fast_test_path.as_deref() {
+        if !path.trim().is_empty() {
+            check.absolute_path(&["strategy", "fast_test_path"], path);
+        }
+    }
+
+    if raw.retry.max_attempts < 1 {
+        check.fail(
+            &["retry", "max_attempts"],
+            "must be at least 1 (it counts the first attempt), found 0",
+        );
+    }
+    if !raw.retry.multiplier.is_finite() || raw.retry.multiplier < 1.0 {
+        check.fail(
+            &["retry", "multiplier"],
+            format!("must be at least 1.0, found {}", raw.retry.multiplier),
+        );
+    }
+
+    check.positive_duration(&["health", "check_interval"], raw.health.check_interval);
+    check.positive_duration(&["health", "timeout"], raw.health.timeout);
+    check.absolute_path(&["health", "health_path"], &raw.health.health_path);
+
+    if raw.logging.file_enabled {
+        check.non_empty(
+            &["logging", "file_path"],
+            &raw.logging.file_path,
+            "a file path",
+        );
+        if raw.logging.max_files < 1 {
+            check.fail(
+                &["logging", "max_files"],
+                "must be at least 1 when logging.file_enabled is true, found 0",
+            );
+        }
+        if raw.logging.max_file_size.bytes() == 0 {
+            check.fail(
+                &["logging", "max_file_size"],
+                "must be greater than 0 when logging.file_enabled is true",
+            );
+        }
+    }
+
+    if raw.request_suspend.enabled {
+        check.positive_duration(&["request_suspend", "timeout"], raw.request_suspend.timeout);
+        let max = raw.request_suspend.max_suspended_requests;
+        if max == 0 || max > MAX_SUSPENDED_REQUESTS {
+            check.fail(
+                &["request_suspend", "max_suspended_requests"],
+                format!("must be between 1 and {MAX_SUSPENDED_REQUESTS}, found {max}"),
+            );
+        }
+    }
+
+    if let Some(timeout) = raw.global_timeout {
+        check.positive_duration(&["global_timeout"], timeout);
+    }
+
+    if raw.auth.enabled && raw.auth.token.as_ref().is_none_or(Secret::is_empty) {
+        check.fail(
+            &["auth", "token"],
+            "required when auth.enabled is true: expected the token clients must send",
+        );
+    }
+
+    if raw.tui.enabled {
+        check.positive_duration(&["tui", "update_interval"], raw.tui.update_interval);
+    }
+
+    let ratio = raw.token_counting.estimation_ratio;
+    if !ratio.is_finite() || ratio <= 0.0 {
+        check.fail(
+            &["token_counting", "estimation_ratio"],
+            format!("must be greater than 0 (characters per token), found {ratio}"),
+        );
+    }
+
+    validate_proxy(raw, &mut check);
+    validate_usage_tracking(raw, &mut check);
+}
+
+fn validate_proxy(raw: &RawConfig, check: &mut Check<'_>) {
+    let proxy = &raw.proxy;
+    if !proxy.enabled {
+        return;
+    }
+    let url = proxy
+        .url
+        .as_deref()
+        .map(str::trim)
+        .filter(|url| !url.is_empty());
+    if let Some(url) = url {
+        match url::Url::parse(url) {
+            Ok(parsed) => {
+                if !matches!(parsed.scheme(), "http" | "https" | "socks5" | "socks5h") {
+                    check.fail(
+                        &["proxy", "url"],
+                        format!(
+                            "unsupported scheme `{}` in `{url}`: expected `http`, `https` or `socks5`",
+                            parsed.scheme()
+                        ),
+                    );
+                } else if parsed.host_str().is_none_or(str::is_empty) {
+                    check.fail(&["proxy", "url"], format!("`{url}` has no host"));
+                }
+            }
+            Err(error) => check.fail(
+                &["proxy", "url"],
+                format!("invalid url `{url}`: {error}; expected e.g. `socks5://127.0.0.1:1080`"),
+            ),
+        }
+        return;
+    }
+    let host = proxy
+        .host
+        .as_deref()
+        .map(str::trim)
+        .filter(|host| !host.is_empty());
+    if host.is_none() || proxy.port.is_none() {
+        check.fail(
+            &["proxy"],
+            "proxy.enabled is true but neither `url` nor both `host` and `port` are set",
+        );
+    }
+}
+
+fn validate_usage_tracking(raw: &RawConfig, check: &mut Check<'_>) {
+    let usage = &raw.usage_tracking;
+    for (model, pricing) in &usage.model_pricing {
+        check.pricing(&["usage_tracking", "model_pricing", model], pricing);
+    }
+    check.pricing(
+        &["usage_tracking", "default_pricing"],
+        &usage.default_pricing,
+    );
+    if let Some(database) = &usage.database {
+        check.timezone(
+            &["usage_tracking", "database", "timezone"],
+            database.timezone.as_deref(),
+        );
+    }
+    if !usage.enabled {
+        return;
+    }
+    check.positive_count(&["usage_tracking", "buffer_size"], usage.buffer_size);
+    check.positive_count(&["usage_tracking", "batch_size"], usage.batch_size);
+    check.positive_duration(&["usage_tracking", "flush_interval"], usage.flush_interval);
+    check.positive_count(&["usage_tracking", "max_retry"], usage.max_retry);
+    if usage.batch_size > usage.buffer_size {
+        check.fail(
+            &["usage_tracking", "batch_size"],
+            format!(
+                "must not exceed usage_tracking.buffer_size ({}), found {}",
+                usage.buffer_size, usage.batch_size
+            ),
+        );
+    }
+    if usage.retention_days > 0 && usage.cleanup_interval.get().is_zero() {
+        check.fail(
+            &["usage_tracking", "cleanup_interval"],
+            "must be greater than 0 when usage_tracking.retention_days is set (0 keeps rows forever)",
+        );
+    }
+    match usage.storage() {
+        StorageTarget::Sqlite { path } => {
+            if path.as_os_str().is_empty() {
+                let key: &[&str] = if usage.database.is_some() {
+                    &["usage_tracking", "database", "path"]
+                } else {
+                    &["usage_tracking", "database_path"]
+                };
+                check.fail(key, "must not be empty: expected the SQLite file path");
+            }
+        }
+        StorageTarget::Mysql(mysql) => {
+            check.non_empty(
+                &["usage_tracking", "database", "host"],
+                &mysql.host,
+                "the MySQL server host",
+            );
+            check.non_empty(
+                &["usage_tracking", "database", "database"],
+                &mysql.database,
+                "the MySQL database name",
+            );
+        }
+    }
+}
+
+/// Whether `zone` looks like an IANA time zone name (`Area/Location`, `UTC`, `Local`). This is a
+/// shape check only; the zone database is consulted where times are formatted.
+fn looks_like_iana_zone(zone: &str) -> bool {
+    if matches!(zone, "UTC" | "Local" | "GMT" | "Etc/UTC") {
+        return true;
+    }
+    zone.contains('/')
+        && !zone.starts_with('/')
+        && !zone.ends_with('/')
+        && !zone.contains("//")
+        && !zone.contains("..")
+        && zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+'))
+}
+
+fn resolve_endpoints(
+    raw: &[RawEndpoint],
+    global_timeout: Duration,
+    problems: &mut Problems,
+) -> Vec<Endpoint> {
+    let list = KeyPath::keys(&["endpoints"]);
+    let Some(first) = raw.first() else {
+        problems.push((
+            list,
+            "at least one endpoint is required: expected a list of `- name: ... url: ...` entries"
+                .into(),
+        ));
+        return Vec::new();
+    };
+    let first_headers = first.headers.clone().unwrap_or_default();
+
+    // Group and group priority: inherited from the previous endpoint.
+    let mut groups: Vec<(String, u32)> = Vec::with_capacity(raw.len());
+    let mut group = DEFAULT_GROUP.to_string();
+    let mut group_priority = DEFAULT_GROUP_PRIORITY;
+    for endpoint in raw {
+        if let Some(name) = endpoint.group.as_deref().map(str::trim) {
+            if !name.is_empty() {
+                group = name.to_string();
+            }
+        }
+        if let Some(priority) = endpoint.group_priority {
+            group_priority = priority;
+        }
+        groups.push((group.clone(), group_priority));
+    }
+
+    // Credentials: the first endpoint of the same group (file order) that sets one.
+    let mut group_tokens: HashMap<&str, &Secret> = HashMap::new();
+    let mut group_api_keys: HashMap<&str, &Secret> = HashMap::new();
+    for (endpoint, (group, _)) in raw.iter().zip(&groups) {
+        if let Some(token) = endpoint.token.as_ref().filter(|token| !token.is_empty()) {
+            group_tokens.entry(group.as_str()).or_insert(token);
+        }
+        if let Some(key) = endpoint.api_key.as_ref().filter(|key| !key.is_empty()) {
+            group_api_keys.entry(group.as_str()).or_insert(key);
+        }
+    }
+
+    let mut seen_names: HashMap<&str, usize> = HashMap::new();
+    let mut endpoints = Vec::with_capacity(raw.len());
+    for (index, (endpoint, (group, group_priority))) in raw.iter().zip(&groups).enumerate() {
+        let path = list.index(index);
+
+        let name_ok = if endpoint.name.trim().is_empty() {
+            problems.push((
+                path.key("name"),
+                "missing: every endpoint needs a unique name".into(),
+            ));
+            false
+        } else if let Some(previous) = seen_names.get(endpoint.name.as_str()) {
+            problems.push((
+                path.key("name"),
+                format!(
+                    "duplicate endpoint name `{}` (already used by endpoints[{previous}]): names must be unique",
+                    endpoint.name
+                ),
+            ));
+            false
+        } else {
+            seen_names.insert(endpoint.name.as_str(), index);
+            true
+        };
+
+        let url = parse_endpoint_url(&endpoint.url, &path.key("url"), problems);
+
+        if let Some(timeout) = endpoint.timeout {
+            if timeout.get().is_zero() {
+                problems.push((path.key("timeout"), "must be greater than 0".into()));
+            }
+        }
+        let timeout = endpoint
+            .timeout
+            .or(first.timeout)
+            .map(GoDuration::get)
+            .unwrap_or(global_timeout);
+
+        if let Some(own) = &endpoint.headers {
+            validate_headers(own, &path.key("headers"), problems);
+        }
+        let headers = merge_headers(&first_headers, endpoint.headers.as_ref());
+
+        let token = match &endpoint.token {
+            Some(token) => Some(token.clone()).filter(|token| !token.is_empty()),
+            None => group_tokens
+                .get(group.as_str())
+                .map(|token| (*token).clone()),
+        };
+        let api_key = match &endpoint.api_key {
+            Some(key) => Some(key.clone()).filter(|key| !key.is_empty()),
+            None => group_api_keys.get(group.as_str()).map(|key| (*key).clone()),
+        };
+
+        if let (true, Some(url)) = (name_ok, url) {
+            endpoints.push(Endpoint {
+                name: endpoint.name.clone(),
+                url,
+                priority: endpoint.priority.unwrap_or(0),
+                group: group.clone(),
+                group_priority: *group_priority,
+                token,
+                api_key,
+                timeout,
+                headers,
+                supports_count_tokens: endpoint.supports_count_tokens,
+            });
+        }
+    }
+    endpoints
+}
+
+fn parse_endpoint_url(text: &str, path: &KeyPath, problems: &mut Problems) -> Option<url::Url> {
+    let trimmed = text.trim();
+    let expected = "expected an absolute http or https url such as `https://api.anthropic.com`";
+    if trimmed.is_empty() {
+        problems.push((path.clone(), format!("missing: {expected}")));
+        return None;
+    }
+    let parsed = match url::Url::parse(trimmed) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            problems.push((
+                path.clone(),
+                format!("invalid url `{trimmed}`: {error}; {expected}"),
+            ));
+            return None;
+        }
+    };
+    let problem = if !matches!(parsed.scheme(), "http" | "https") {
+        Some(format!(
+            "unsupported scheme `{}` in `{trimmed}`: {expected}",
+            parsed.scheme()
+        ))
+    } else if parsed.host_str().is_none_or(str::is_empty) {
+        Some(format!("url `{trimmed}` has no host: {expected}"))
+    } else if parsed.query().is_some() || parsed.fragment().is_some() {
+        Some(format!(
+            "url `{trimmed}` must not contain a query or fragment: request paths are appended to it"
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => {
+            problems.push((path.clone(), message));
+            None
+        }
+        None => Some(parsed),
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+fn validate_headers(headers: &BTreeMap<String, String>, path: &KeyPath, problems: &mut Problems) {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for (name, value) in headers {
+        let key = path.key(name);
+        if !is_header_name(name) {
+            problems.push((
+                key.clone(),
+                format!("`{name}` is not a valid HTTP header name"),
+            ));
+        }
+        if !is_header_value(value) {
+            problems.push((
+                key.clone(),
+                "header values must be printable ASCII without line breaks".into(),
+            ));
+        }
+        if let Some(previous) = seen.insert(name.to_ascii_lowercase(), name) {
+            problems.push((
+                key,
+                format!("header `{name}` is also given as `{previous}` (header names are case-insensitive)"),
+            ));
+        }
+    }
+}
+
+/// The first endpoint's headers, then `own` on top (own win); names compare case-insensitively.
+/// The result is ordered by lowercased name.
+fn merge_headers(
+    first: &BTreeMap<String, String>,
+    own: Option<&BTreeMap<String, String>>,
+) -> Vec<(String, String)> {
+    let mut merged: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for layer in std::iter::once(first).chain(own) {
+        for (name, value) in layer {
+            merged.insert(name.to_ascii_lowercase(), (name.clone(), value.clone()));
+        }
+    }
+    merged.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_headers_case_insensitively_with_own_winning() {
+        let first = BTreeMap::from([
+            ("User-Agent".to_string(), "ccf/1".to_string()),
+            ("X-Custom".to_string(), "a".to_string()),
+        ]);
+        let own = BTreeMap::from([
+            ("x-custom".to_string(), "b".to_string()),
+            ("Authorization".to_string(), "Bearer z".to_string()),
+        ]);
+        assert_eq!(
+            merge_headers(&first, Some(&own)),
+            vec![
+                ("Authorization".to_string(), "Bearer z".to_string()),
+                ("User-Agent".to_string(), "ccf/1".to_string()),
+                ("x-custom".to_string(), "b".to_string()),
+            ]
+        );
+        assert_eq!(merge_headers(&first, None).len(), 2);
+    }
+
+    #[test]
+    fn recognises_iana_zone_shapes() {
+        let check = |zone: &str, ok: bool| assert_eq!(looks_like_iana_zone(zone), ok, "{zone}");
+        check("Asia/Shanghai", true);
+        check("America/Argentina/Buenos_Aires", true);
+        check("Etc/GMT+8", true);
+        check("UTC", true);
+        check("Local", true);
+        check("Shanghai", false);
+        check("CST", false);
+        check("+08:00", false);
+        check("Asia//Shanghai", false);
+        check("/etc/localtime", false);
+    }
+
+    #[test]
+    fn header_names_and_values() {
+        assert!(is_header_name("X-API-Version"));
+        assert!(!is_header_name("Bad Header"));
+        assert!(!is_header_name(""));
+        assert!(is_header_value("Bearer abc\tdef"));
+        assert!(!is_header_value("a\r\nInjected: yes"));
+    }
+}

@@ -1,0 +1,662 @@
+//! The configuration file's schema: one serde type per YAML section, with the defaults that apply
+//! when a key is absent. An explicit value, `0` and `false` included, is always honoured (the Go
+//! original replaced zero values by defaults; this port does not).
+
+use ccf_types::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::units::{ByteSize, GoDuration};
+
+/// The whole file as written by the user, before inheritance and validation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawConfig {
+    /// IANA time zone used to show times to people; `None` means the machine's local zone.
+    pub timezone: Option<String>,
+    /// Identifier of this forwarder instance, written on every usage row (default: host name + port).
+    pub instance_id: Option<String>,
+    /// The proxy listener.
+    pub server: ServerConfig,
+    /// How endpoints are ordered inside the active group.
+    pub strategy: StrategyConfig,
+    /// Attempts per endpoint and back-off.
+    pub retry: RetryConfig,
+    /// Active health checks.
+    pub health: HealthConfig,
+    /// Log level, format and file output.
+    pub logging: LoggingConfig,
+    /// Streaming timeouts.
+    pub streaming: StreamingConfig,
+    /// Group failover.
+    pub group: GroupConfig,
+    /// Holding requests while no group can serve them (manual mode).
+    pub request_suspend: RequestSuspendConfig,
+    /// Default endpoint timeout when neither the endpoint nor the first endpoint sets one
+    /// (default `300s`).
+    pub global_timeout: Option<GoDuration>,
+    /// Inbound authentication on the proxy port.
+    pub auth: AuthConfig,
+    /// The terminal UI.
+    pub tui: TuiConfig,
+    /// The admin API and web dashboard listener.
+    pub web: WebConfig,
+    /// Local handling of `/v1/messages/count_tokens`.
+    pub token_counting: TokenCountingConfig,
+    /// Outbound proxy for every upstream connection.
+    pub proxy: OutboundProxyConfig,
+    /// Usage storage and pricing.
+    pub usage_tracking: UsageTrackingConfig,
+    /// Smart-routing settings (session affinity and friends).
+    pub routing: RoutingConfig,
+    /// The upstream endpoints, in file order.
+    pub endpoints: Vec<RawEndpoint>,
+}
+
+/// `server.*`: the proxy listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Listen host (default `localhost`).
+    pub host: String,
+    /// Listen port (default 8080; the example uses 8087).
+    pub port: u16,
+    /// Largest request body accepted (default `32MB`); larger bodies get a 413.
+    pub max_request_body_size: ByteSize,
+    /// How long a client may take to send its request headers (default `30s`).
+    pub header_read_timeout: GoDuration,
+    /// How long in-flight requests may run after a shutdown signal (default `30s`).
+    pub shutdown_timeout: GoDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "localhost".into(),
+            port: 8080,
+            max_request_body_size: ByteSize(32 * 1024 * 1024),
+            header_read_timeout: GoDuration::secs(30),
+            shutdown_timeout: GoDuration::secs(30),
+        }
+    }
+}
+
+/// Endpoint ordering strategy inside a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyType {
+    /// Ascending `priority`, ties in file order.
+    #[default]
+    Priority,
+    /// Ascending measured latency.
+    Fastest,
+}
+
+/// `strategy.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StrategyConfig {
+    /// `priority` or `fastest`.
+    #[serde(rename = "type")]
+    pub kind: StrategyType,
+    /// With `fastest`, probe endpoints before routing.
+    pub fast_test_enabled: bool,
+    /// How long a probe result stays fresh (default `3s`).
+    pub fast_test_cache_ttl: GoDuration,
+    /// Timeout of one probe (default `1s`).
+    pub fast_test_timeout: GoDuration,
+    /// Probe path; `None` means `health.health_path`.
+    pub fast_test_path: Option<String>,
+}
+
+impl Default for StrategyConfig {
+    fn default() -> Self {
+        Self {
+            kind: StrategyType::Priority,
+            fast_test_enabled: false,
+            fast_test_cache_ttl: GoDuration::secs(3),
+            fast_test_timeout: GoDuration::secs(1),
+            fast_test_path: None,
+        }
+    }
+}
+
+/// `retry.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryConfig {
+    /// Attempts per endpoint, the first included (default 3).
+    pub max_attempts: u32,
+    /// Back-off base (default `1s`).
+    pub base_delay: GoDuration,
+    /// Back-off cap (default `30s`).
+    pub max_delay: GoDuration,
+    /// Back-off factor (default 2.0).
+    pub multiplier: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: GoDuration::secs(1),
+            max_delay: GoDuration::secs(30),
+            multiplier: 2.0,
+        }
+    }
+}
+
+/// `health.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthConfig {
+    /// Period between checks (default `30s`).
+    pub check_interval: GoDuration,
+    /// Timeout of one check (default `5s`).
+    pub timeout: GoDuration,
+    /// Path probed with `GET` (default `/v1/models`).
+    pub health_path: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            check_interval: GoDuration::secs(30),
+            timeout: GoDuration::secs(5),
+            health_path: "/v1/models".into(),
+        }
+    }
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything, including per-chunk details.
+    Debug,
+    /// Normal operation.
+    #[default]
+    Info,
+    /// Problems worth a look.
+    #[serde(alias = "warning")]
+    Warn,
+    /// Failures only.
+    Error,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `logging.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoggingConfig {
+    /// `debug`, `info`, `warn` or `error` (default `info`).
+    pub level: LogLevel,
+    /// `text` or `json` (default `text`).
+    pub format: LogFormat,
+    /// Also write logs to `file_path`, rotated by size.
+    pub file_enabled: bool,
+    /// Log file (default `logs/app.log`).
+    pub file_path: String,
+    /// Rotate when the file reaches this size (default `100MB`, base 1024).
+    pub max_file_size: ByteSize,
+    /// Rotated files kept (default 10).
+    pub max_files: u32,
+    /// gzip rotated files.
+    pub compress_rotated: bool,
+    /// Do not truncate long lines in the file log.
+    pub disable_response_limit: bool,
+    /// Dumps of responses whose usage could not be parsed.
+    pub token_debug: TokenDebugConfig,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+            format: LogFormat::Text,
+            file_enabled: false,
+            file_path: "logs/app.log".into(),
+            max_file_size: ByteSize(100 * 1024 * 1024),
+            max_files: 10,
+            compress_rotated: false,
+            disable_response_limit: false,
+            token_debug: TokenDebugConfig::default(),
+        }
+    }
+}
+
+/// `logging.token_debug.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenDebugConfig {
+    /// Write a debug dump when usage parsing fails.
+    pub enabled: bool,
+    /// Folder of the dumps (default `logs`).
+    pub save_path: String,
+    /// Dumps kept (default 50).
+    pub max_files: u32,
+    /// Dumps older than this many days are removed (default 7).
+    pub auto_cleanup_days: u32,
+}
+
+impl Default for TokenDebugConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            save_path: "logs".into(),
+            max_files: 50,
+            auto_cleanup_days: 7,
+        }
+    }
+}
+
+/// `streaming.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamingConfig {
+    /// Accepted for compatibility; the forwarder never injects bytes into a stream (default `30s`).
+    pub heartbeat_interval: GoDuration,
+    /// Accepted for compatibility (default `10s`); `max_idle_time` bounds stalled streams.
+    pub read_timeout: GoDuration,
+    /// A stream that sends no byte for this long is cut (default `120s`).
+    pub max_idle_time: GoDuration,
+    /// Time allowed for upstream response headers, for every request (default `60s`).
+    pub response_header_timeout: GoDuration,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: GoDuration::secs(30),
+            read_timeout: GoDuration::secs(10),
+            max_idle_time: GoDuration::secs(120),
+            response_header_timeout: GoDuration::secs(60),
+        }
+    }
+}
+
+/// `group.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupConfig {
+    /// How long a failed group stays out of rotation in auto mode (default `600s`).
+    pub cooldown: GoDuration,
+    /// Auto mode (`true`, the default when the key is absent) or manual mode (`false`).
+    pub auto_switch_between_groups: bool,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        Self {
+            cooldown: GoDuration::secs(600),
+            auto_switch_between_groups: true,
+        }
+    }
+}
+
+/// `request_suspend.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RequestSuspendConfig {
+    /// Hold requests while an operator can switch to a healthy group.
+    pub enabled: bool,
+    /// Longest time a request stays held (default `300s`).
+    pub timeout: GoDuration,
+    /// Most requests held at once (default 100, at most 10000).
+    pub max_suspended_requests: u32,
+}
+
+impl Default for RequestSuspendConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            timeout: GoDuration::secs(300),
+            max_suspended_requests: 100,
+        }
+    }
+}
+
+/// `auth.*`: inbound authentication on the proxy port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Require the token on every proxied request.
+    pub enabled: bool,
+    /// The token clients must send as `Authorization: Bearer` or `x-api-key`.
+    pub token: Option<Secret>,
+}
+
+/// `tui.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TuiConfig {
+    /// Start the terminal UI (default false).
+    pub enabled: bool,
+    /// Refresh period (default `2s`).
+    pub update_interval: GoDuration,
+    /// Write priority edits back to the YAML file.
+    pub save_priority_edits: bool,
+}
+
+impl Default for TuiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            update_interval: GoDuration::secs(2),
+            save_priority_edits: false,
+        }
+    }
+}
+
+/// `web.*`: the admin API and dashboard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebConfig {
+    /// Serve the admin API and dashboard (default false).
+    pub enabled: bool,
+    /// Listen host (default `localhost`).
+    pub host: String,
+    /// Listen port (default 8088).
+    pub port: u16,
+    /// Token required by the admin API when bound to a non-loopback address.
+    pub auth_token: Option<Secret>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: "localhost".into(),
+            port: 8088,
+            auth_token: None,
+        }
+    }
+}
+
+/// `token_counting.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenCountingConfig {
+    /// Answer `/v1/messages/count_tokens` (forwarded or estimated) instead of proxying blindly.
+    pub enabled: bool,
+    /// Characters per token for the local estimate (default 4.0).
+    pub estimation_ratio: f64,
+}
+
+impl Default for TokenCountingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            estimation_ratio: 4.0,
+        }
+    }
+}
+
+/// Outbound proxy protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundProxyType {
+    /// HTTP proxy (CONNECT for https upstreams).
+    #[default]
+    Http,
+    /// HTTP proxy reached over TLS.
+    Https,
+    /// SOCKS5 proxy.
+    Socks5,
+}
+
+/// `proxy.*`: outbound proxy for all upstream traffic.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutboundProxyConfig {
+    /// Use the proxy.
+    pub enabled: bool,
+    /// `http`, `https` or `socks5`.
+    #[serde(rename = "type")]
+    pub kind: OutboundProxyType,
+    /// Full proxy URL; wins over `host` and `port`.
+    pub url: Option<String>,
+    /// Proxy host.
+    pub host: Option<String>,
+    /// Proxy port.
+    pub port: Option<u16>,
+    /// Proxy user name.
+    pub username: Option<String>,
+    /// Proxy password.
+    pub password: Option<Secret>,
+}
+
+/// `usage_tracking.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UsageTrackingConfig {
+    /// Record every request (default true: embedded SQLite at `database_path`).
+    pub enabled: bool,
+    /// Legacy SQLite path, used when `database` is absent (default `data/usage.db`).
+    pub database_path: String,
+    /// Database selection; absent means SQLite at `database_path`.
+    pub database: Option<DatabaseConfig>,
+    /// Capacity of the recorder queue (default 1000).
+    pub buffer_size: u32,
+    /// Outcomes written per batch (default 100).
+    pub batch_size: u32,
+    /// Longest time an outcome waits before it is written (default `30s`).
+    pub flush_interval: GoDuration,
+    /// Attempts to write a batch (default 3).
+    pub max_retry: u32,
+    /// Days of rows kept; `0` keeps everything (default 90).
+    pub retention_days: u32,
+    /// Period of the retention clean-up (default `24h`).
+    pub cleanup_interval: GoDuration,
+    /// USD per million tokens, keyed by model id (family match when the exact id is absent).
+    pub model_pricing: BTreeMap<String, ModelPricing>,
+    /// Prices for models not listed in `model_pricing`.
+    pub default_pricing: ModelPricing,
+}
+
+impl Default for UsageTrackingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            database_path: "data/usage.db".into(),
+            database: None,
+            buffer_size: 1000,
+            batch_size: 100,
+            flush_interval: GoDuration::secs(30),
+            max_retry: 3,
+            retention_days: 90,
+            cleanup_interval: GoDuration::secs(24 * 3600),
+            model_pricing: BTreeMap::new(),
+            default_pricing: ModelPricing::default(),
+        }
+    }
+}
+
+/// Storage back-end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseType {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// MySQL or MariaDB server.
+    Mysql,
+}
+
+/// `usage_tracking.database.*`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// `sqlite` or `mysql`; absent means `mysql` when `host` or `database` is set, else `sqlite`.
+    #[serde(rename = "type")]
+    pub kind: Option<DatabaseType>,
+    /// SQLite file (default: `usage_tracking.database_path`).
+    pub path: Option<String>,
+    /// MySQL host.
+    pub host: Option<String>,
+    /// MySQL port (default 3306).
+    pub port: Option<u16>,
+    /// MySQL database name.
+    pub database: Option<String>,
+    /// MySQL user.
+    pub username: Option<String>,
+    /// MySQL password.
+    pub password: Option<Secret>,
+    /// Character set (default `utf8mb4`).
+    pub charset: Option<String>,
+    /// Session time zone for display (default: the global `timezone`).
+    pub timezone: Option<String>,
+    /// Pool size (default 10).
+    pub max_open_conns: Option<u32>,
+    /// Idle connections kept (default 5).
+    pub max_idle_conns: Option<u32>,
+    /// Longest life of a connection (default `1h`).
+    pub conn_max_lifetime: Option<GoDuration>,
+    /// Longest idle time of a connection (default `10m`).
+    pub conn_max_idle_time: Option<GoDuration>,
+}
+
+/// USD per million tokens for one model.
+///
+/// In the file, an absent `input` or `output` is 0, an absent `cache_creation` is 1.25 x `input`
+/// and an absent `cache_read` is 0.1 x `input` (Anthropic's cache multipliers). The
+/// [`Default`] (3 / 15 / 3.75 / 0.30) applies only when the whole entry is absent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ModelPricingRepr")]
+pub struct ModelPricing {
+    /// Input tokens.
+    pub input: f64,
+    /// Output tokens.
+    pub output: f64,
+    /// Cache writes (5-minute TTL).
+    pub cache_creation: f64,
+    /// Cache reads.
+    pub cache_read: f64,
+    /// Cache writes with the 1-hour TTL; absent means 2x input.
+    pub cache_creation_1h: Option<f64>,
+}
+
+/// A pricing entry as written, so absent prices can be told from explicit zeros.
+#[derive(Deserialize)]
+struct ModelPricingRepr {
+    #[serde(default)]
+    input: Option<f64>,
+    #[serde(default)]
+    output: Option<f64>,
+    #[serde(default)]
+    cache_creation: Option<f64>,
+    #[serde(default)]
+    cache_read: Option<f64>,
+    #[serde(default)]
+    cache_creation_1h: Option<f64>,
+}
+
+impl From<ModelPricingRepr> for ModelPricing {
+    fn from(repr: ModelPricingRepr) -> Self {
+        let input = repr.input.unwrap_or(0.0);
+        Self {
+            input,
+            output: repr.output.unwrap_or(0.0),
+            cache_creation: repr.cache_creation.unwrap_or(input * 1.25),
+            cache_read: repr.cache_read.unwrap_or(input * 0.1),
+            cache_creation_1h: repr.cache_creation_1h,
+        }
+    }
+}
+
+impl Default for ModelPricing {
+    fn default() -> Self {
+        Self {
+            input: 3.0,
+            output: 15.0,
+            cache_creation: 3.75,
+            cache_read: 0.30,
+            cache_creation_1h: None,
+        }
+    }
+}
+
+/// `routing.*`: smart-routing switches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoutingConfig {
+    /// Keep a conversation on the endpoint holding its prompt cache (`on`/`off`, default on).
+    pub session_affinity: OnOff,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            session_affinity: OnOff(true),
+        }
+    }
+}
+
+/// A switch written `on`/`off` (YAML booleans are accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "OnOffRepr", into = "bool")]
+pub struct OnOff(pub bool);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OnOffRepr {
+    Bool(bool),
+    Text(String),
+}
+
+impl TryFrom<OnOffRepr> for OnOff {
+    type Error = String;
+    fn try_from(repr: OnOffRepr) -> Result<Self, Self::Error> {
+        match repr {
+            OnOffRepr::Bool(value) => Ok(OnOff(value)),
+            OnOffRepr::Text(text) => match text.to_ascii_lowercase().as_str() {
+                "on" | "true" | "yes" => Ok(OnOff(true)),
+                "off" | "false" | "no" => Ok(OnOff(false)),
+                other => Err(format!("expected `on` or `off`, found `{other}`")),
+            },
+        }
+    }
+}
+
+impl From<OnOff> for bool {
+    fn from(value: OnOff) -> bool {
+        value.0
+    }
+}
+
+/// One `endpoints[]` entry as written; unset keys are inherited (see [`crate::Endpoint`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawEndpoint {
+    /// Unique name (required).
+    pub name: String,
+    /// Base URL, possibly with a path prefix (required).
+    pub url: String,
+    /// Order inside the group; lower is preferred (default 0).
+    pub priority: Option<u32>,
+    /// Group; inherited from the previous endpoint, the first defaults to `Default`.
+    pub group: Option<String>,
+    /// Group order; inherited from the previous endpoint, the first defaults to 1.
+    #[serde(rename = "group-priority")]
+    pub group_priority: Option<u32>,
+    /// Sent as `Authorization: Bearer <token>`; inherited from the group's first endpoint with one.
+    pub token: Option<Secret>,
+    /// Sent as `x-api-key`; inherited like `token`.
+    #[serde(rename = "api-key")]
+    pub api_key: Option<Secret>,
+    /// Total time for a non-streaming request; inherited from the first endpoint, else `global_timeout`.
+    pub timeout: Option<GoDuration>,
+    /// Extra headers applied last (they win); merged over the first endpoint's headers.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// The endpoint answers `/v1/messages/count_tokens`.
+    pub supports_count_tokens: bool,
+}

@@ -1,0 +1,136 @@
+//! `config/example.yaml` and `config/demo.yaml` load cleanly and say what they promise.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ccf_config::{ConfigLoader, LoadedConfig, StorageTarget};
+
+fn workspace_file(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative)
+}
+
+fn load(relative: &str, env: &[(&str, &str)]) -> LoadedConfig {
+    ConfigLoader::new()
+        .file(workspace_file(relative))
+        .env_vars(env.iter().copied())
+        .load()
+        .unwrap_or_else(|error| panic!("{relative} must load:\n{error}"))
+}
+
+#[test]
+fn example_config_loads_without_warnings() {
+    let loaded = load(
+        "config/example.yaml",
+        &[("ANTHROPIC_API_KEY", "sk-ant-test")],
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let config = loaded.config;
+
+    assert_eq!(
+        (config.server.host.as_str(), config.server.port),
+        ("127.0.0.1", 8087)
+    );
+    assert!(config.web.enabled);
+    assert_eq!(
+        (config.web.host.as_str(), config.web.port),
+        ("127.0.0.1", 8088)
+    );
+    assert!(config.usage_tracking.enabled);
+    assert_eq!(
+        config.usage_tracking.storage(),
+        StorageTarget::Sqlite {
+            path: "data/usage.db".into()
+        }
+    );
+
+    let official = config.endpoint("anthropic").unwrap();
+    assert_eq!(official.url.as_str(), "https://api.anthropic.com/");
+    assert_eq!(
+        official.api_key.as_ref().map(|k| k.expose()),
+        Some("sk-ant-test")
+    );
+    assert_eq!(official.token, None);
+    assert_eq!(official.timeout, Duration::from_secs(300));
+
+    let pricing = &config.usage_tracking.model_pricing;
+    let check = |model: &str, expected: [f64; 4]| {
+        let price = pricing
+            .get(model)
+            .unwrap_or_else(|| panic!("no pricing for {model}"));
+        assert_eq!(
+            [
+                price.input,
+                price.output,
+                price.cache_creation,
+                price.cache_read
+            ],
+            expected,
+            "{model}"
+        );
+    };
+    check("claude-sonnet-4-5", [3.0, 15.0, 3.75, 0.30]);
+    check("claude-sonnet-4", [3.0, 15.0, 3.75, 0.30]);
+    check("claude-haiku-4-5", [1.0, 5.0, 1.25, 0.10]);
+    check("claude-3-5-haiku", [0.80, 4.0, 1.00, 0.08]);
+    check("claude-opus-4-5", [5.0, 25.0, 6.25, 0.50]);
+    check("claude-opus-4-1", [15.0, 75.0, 18.75, 1.50]);
+    check("claude-opus-4", [15.0, 75.0, 18.75, 1.50]);
+}
+
+#[test]
+fn example_config_names_the_missing_api_key() {
+    let error = ConfigLoader::new()
+        .file(workspace_file("config/example.yaml"))
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("example.yaml: endpoints[0].api-key: environment variable `ANTHROPIC_API_KEY` is not set"), "{message}");
+}
+
+#[test]
+fn demo_config_loads_without_credentials_or_warnings() {
+    let loaded = load("config/demo.yaml", &[]);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let config = loaded.config;
+
+    assert_eq!(
+        (config.server.host.as_str(), config.server.port),
+        ("127.0.0.1", 8087)
+    );
+    assert!(config.web.enabled);
+    assert_eq!(
+        (config.web.host.as_str(), config.web.port),
+        ("127.0.0.1", 8088)
+    );
+    assert_eq!(
+        config.usage_tracking.storage(),
+        StorageTarget::Sqlite {
+            path: "data/demo-usage.db".into()
+        }
+    );
+    let summary: Vec<(&str, &str, u32, u32, &str)> = config
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                e.group.as_str(),
+                e.group_priority,
+                e.priority,
+                e.url.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("mock-a", "main", 1, 1, "http://127.0.0.1:8099/"),
+            ("mock-b", "main", 1, 2, "http://127.0.0.1:8099/"),
+            ("mock-backup", "backup", 2, 1, "http://127.0.0.1:8099/"),
+        ]
+    );
+    assert!(config.endpoints.iter().all(|e| e.token.is_some()));
+}

@@ -1,0 +1,200 @@
+//! Response bodies: the relay body that streams upstream frames to the client untouched while
+//! enforcing the stream timeouts and reporting how the stream ended, plus small helpers.
+//!
+//! Invariant: a frame is handed to the client in the same poll that received it from upstream;
+//! nothing is buffered, re-chunked, added or removed. Observers see a borrowed view of each data
+//! frame (the seam where usage extraction taps the stream).
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+/// Errors a response body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response the engine produces.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete body from bytes.
+pub fn full_body(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty_body() -> ProxyBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// How a relayed response body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Upstream finished the body and the client received all of it.
+    Complete,
+    /// The upstream connection failed mid-body (reset, truncated chunked encoding).
+    UpstreamError(String),
+    /// No byte arrived for `streaming.max_idle_time`.
+    IdleTimeout(Duration),
+    /// The endpoint's total timeout ran out (non-streaming requests).
+    DeadlineExceeded(Duration),
+    /// The client went away before the body ended; the upstream request is dropped with it.
+    ClientGone,
+}
+
+/// Watches a relayed body: sees every data frame and learns exactly once how it ended.
+pub trait RelayObserver: Send + 'static {
+    /// Called with every data frame, before it is handed to the client.
+    fn on_data(&mut self, data: &Bytes);
+    /// Called exactly once, when the body ends for any reason (including being dropped).
+    fn on_end(self: Box<Self>, end: RelayEnd);
+}
+
+/// The error a relayed body ends with when a timeout cuts it.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// No byte arrived for the idle limit.
+    #[error("upstream sent no data for {0:?}")]
+    Idle(Duration),
+    /// The total time limit ran out.
+    #[error("upstream response exceeded the {0:?} total timeout")]
+    Deadline(Duration),
+}
+
+pin_project! {
+    /// Streams an upstream body to the client frame by frame.
+    pub struct RelayBody<B> {
+        #[pin]
+        inner: B,
+        idle_limit: Option<Duration>,
+        idle_timer: Option<Pin<Box<Sleep>>>,
+        deadline: Option<(Duration, Pin<Box<Sleep>>)>,
+        observer: Option<Box<dyn RelayObserver>>,
+        finished: bool,
+        empty_from_start: bool,
+    }
+
+    impl<B> PinnedDrop for RelayBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(observer) = this.observer.take() {
+                // A body hyper never had to poll (known empty) ended normally; anything else
+                // dropped before its end means the client went away.
+                let end = if *this.empty_from_start {
+                    RelayEnd::Complete
+                } else {
+                    RelayEnd::ClientGone
+                };
+                observer.on_end(end);
+            }
+        }
+    }
+}
+
+impl<B: Body> RelayBody<B> {
+    /// Wraps `inner`; `idle_limit` cuts a body that stalls, `total_limit` bounds the whole
+    /// response (measured from now).
+    pub fn new(
+        inner: B,
+        idle_limit: Option<Duration>,
+        total_limit: Option<Duration>,
+        observer: Box<dyn RelayObserver>,
+    ) -> Self {
+        let now = Instant::now();
+        let empty_from_start = inner.is_end_stream();
+        RelayBody {
+            empty_from_start,
+            inner,
+            idle_limit,
+            idle_timer: idle_limit.map(|limit| Box::pin(tokio::time::sleep_until(now + limit))),
+            deadline: total_limit
+                .map(|limit| (limit, Box::pin(tokio::time::sleep_until(now + limit)))),
+            observer: Some(observer),
+            finished: false,
+        }
+    }
+}
+
+impl<B> Body for RelayBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display + Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if *this.finished {
+            return Poll::Ready(None);
+        }
+        let end = |observer: &mut Option<Box<dyn RelayObserver>>, end: RelayEnd| {
+            if let Some(observer) = observer.take() {
+                observer.on_end(end);
+            }
+        };
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(observer) = this.observer.as_mut() {
+                        observer.on_data(data);
+                    }
+                }
+                if let (Some(limit), Some(timer)) = (this.idle_limit, this.idle_timer.as_mut()) {
+                    timer.as_mut().reset(Instant::now() + *limit);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                *this.finished = true;
+                end(this.observer, RelayEnd::UpstreamError(error.to_string()));
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(None) => {
+                *this.finished = true;
+                end(this.observer, RelayEnd::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some((limit, timer)) = this.deadline.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let limit = *limit;
+                        *this.finished = true;
+                        end(this.observer, RelayEnd::DeadlineExceeded(limit));
+                        return Poll::Ready(Some(Err(Box::new(RelayError::Deadline(limit)))));
+                    }
+                }
+                if let (Some(limit), Some(timer)) = (this.idle_limit, this.idle_timer.as_mut()) {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let limit = *limit;
+                        *this.finished = true;
+                        end(this.observer, RelayEnd::IdleTimeout(limit));
+                        return Poll::Ready(Some(Err(Box::new(RelayError::Idle(limit)))));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

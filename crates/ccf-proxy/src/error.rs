@@ -1,0 +1,183 @@
+//! The engine's error taxonomy and the one place that turns errors into client responses.
+//!
+//! Errors are classified by type, never by matching strings: each [`ProxyError`] knows where it
+//! came from ([`ErrorOrigin`]), whether another attempt could succeed, the HTTP status the client
+//! gets and the Anthropic error type in the body. Upstream *answers* (any status) are not errors:
+//! they pass through verbatim. Only failures where no upstream answer exists become a response
+//! built here, always in the Anthropic envelope `{"type":"error","error":{"type":..,"message":..}}`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{full_body, ProxyBody};
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorOrigin {
+    /// The client sent something unacceptable or went away.
+    Client,
+    /// The upstream could not be reached or misbehaved.
+    Upstream,
+    /// The forwarder itself (configuration, a bug).
+    Internal,
+}
+
+/// A failure the forwarder answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request body exceeds `server.max_request_body_size`.
+    #[error("request body exceeds the {limit} byte limit")]
+    BodyTooLarge {
+        /// The configured limit in bytes.
+        limit: u64,
+    },
+    /// Reading the request body failed (client reset, truncated body).
+    #[error("could not read the request body: {source}")]
+    BodyRead {
+        /// The transport error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Inbound authentication failed.
+    #[error("{reason}")]
+    Unauthorized {
+        /// Why, as shown to the client.
+        reason: &'static str,
+    },
+    /// No endpoint is configured or available for this request.
+    #[error("no upstream endpoint is available")]
+    NoEndpoint,
+    /// The upstream URL could not be built from the endpoint and the request path.
+    #[error("cannot build the upstream url for endpoint {endpoint}: {message}")]
+    BadUpstreamUrl {
+        /// Endpoint name.
+        endpoint: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// Connecting to or talking with the upstream failed before it answered.
+    #[error("endpoint {endpoint} could not be reached: {source}")]
+    Connect {
+        /// Endpoint name.
+        endpoint: String,
+        /// The client error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The upstream did not send response headers in time.
+    #[error("endpoint {endpoint} sent no response headers within {timeout:?}")]
+    HeaderTimeout {
+        /// Endpoint name.
+        endpoint: String,
+        /// The applied limit.
+        timeout: Duration,
+    },
+}
+
+impl ProxyError {
+    /// Who caused it.
+    pub fn origin(&self) -> ErrorOrigin {
+        match self {
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyRead { .. }
+            | ProxyError::Unauthorized { .. } => ErrorOrigin::Client,
+            ProxyError::Connect { .. } | ProxyError::HeaderTimeout { .. } => ErrorOrigin::Upstream,
+            ProxyError::NoEndpoint | ProxyError::BadUpstreamUrl { .. } => ErrorOrigin::Internal,
+        }
+    }
+
+    /// Whether another attempt (on this or another endpoint) could succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::HeaderTimeout { .. }
+        )
+    }
+
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyRead { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadUpstreamUrl { .. } | ProxyError::Connect { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::HeaderTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The Anthropic `error.type` in the body.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self {
+            ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::BodyRead { .. } => "invalid_request_error",
+            ProxyError::Unauthorized { .. } => "authentication_error",
+            ProxyError::NoEndpoint => "overloaded_error",
+            ProxyError::BadUpstreamUrl { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::HeaderTimeout { .. } => "api_error",
+        }
+    }
+
+    /// The response the client receives for this error.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        anthropic_error_response(self.status(), self.anthropic_type(), &self.to_string())
+    }
+}
+
+/// Builds a response in the Anthropic error envelope.
+pub fn anthropic_error_response(
+    status: StatusCode,
+    error_type: &str,
+    message: &str,
+) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "type": "error",
+        "error": { "type": error_type, "message": message },
+    });
+    let mut response = Response::new(full_body(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_bodies_use_the_anthropic_envelope() {
+        let response = ProxyError::BodyTooLarge { limit: 10 }.to_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["error"]["type"], "request_too_large");
+        assert!(json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10 byte limit"));
+    }
+
+    #[test]
+    fn classification_is_by_type() {
+        let connect = ProxyError::Connect {
+            endpoint: "a".into(),
+            source: "refused".into(),
+        };
+        assert!(connect.is_retryable());
+        assert_eq!(connect.origin(), ErrorOrigin::Upstream);
+        assert_eq!(connect.status(), StatusCode::BAD_GATEWAY);
+        let unauthorized = ProxyError::Unauthorized { reason: "x" };
+        assert!(!unauthorized.is_retryable());
+        assert_eq!(unauthorized.origin(), ErrorOrigin::Client);
+    }
+}

@@ -1,0 +1,207 @@
+//! Header rewriting between client and upstream (reference section 2.5).
+//!
+//! Request: the client's `Authorization`, `x-api-key`, `Host` and hop-by-hop headers are dropped,
+//! the endpoint's credentials are injected, then the endpoint's custom headers are applied (they
+//! win). Everything else (`anthropic-version`, `anthropic-beta`, `user-agent`, unknown headers)
+//! passes through untouched. Response: hop-by-hop headers are dropped, everything else passes.
+
+use ccf_config::Endpoint;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The Go original also listed `Trailers`; it is not a real header but is dropped for parity.
+const LEGACY_TRAILERS: HeaderName = HeaderName::from_static("trailers");
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named_by_connection: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named_by_connection {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(LEGACY_TRAILERS);
+}
+
+/// Why an endpoint's configured header cannot be sent.
+#[derive(Debug, thiserror::Error)]
+#[error("endpoint header `{name}` is not a valid HTTP header")]
+pub struct InvalidEndpointHeader {
+    /// The header name as configured.
+    pub name: String,
+}
+
+/// Turns the client's headers into the headers sent to `endpoint`.
+pub fn rewrite_request_headers(
+    client_headers: &HeaderMap,
+    endpoint: &Endpoint,
+) -> Result<HeaderMap, InvalidEndpointHeader> {
+    let mut headers = client_headers.clone();
+    remove_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(X_API_KEY);
+    if let Some(token) = endpoint.token.as_ref().filter(|token| !token.is_empty()) {
+        let value = HeaderValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+            InvalidEndpointHeader {
+                name: "authorization (token)".into(),
+            }
+        })?;
+        headers.insert(header::AUTHORIZATION, sensitive(value));
+    }
+    if let Some(key) = endpoint.api_key.as_ref().filter(|key| !key.is_empty()) {
+        let value = HeaderValue::try_from(key.expose()).map_err(|_| InvalidEndpointHeader {
+            name: "x-api-key (api-key)".into(),
+        })?;
+        headers.insert(X_API_KEY, sensitive(value));
+    }
+    for (name, value) in &endpoint.headers {
+        let header_name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| InvalidEndpointHeader { name: name.clone() })?;
+        let header_value = HeaderValue::try_from(value.as_str())
+            .map_err(|_| InvalidEndpointHeader { name: name.clone() })?;
+        let header_value = if header_name == header::AUTHORIZATION || header_name == X_API_KEY {
+            sensitive(header_value)
+        } else {
+            header_value
+        };
+        headers.insert(header_name, header_value);
+    }
+    Ok(headers)
+}
+
+/// The `x-api-key` header.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The response header carrying the forwarder's request id.
+pub const X_CCF_REQUEST_ID: HeaderName = HeaderName::from_static("x-ccf-request-id");
+
+fn sensitive(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ccf_config::Secret;
+    use std::time::Duration;
+
+    fn endpoint(token: Option<&str>, api_key: Option<&str>, headers: &[(&str, &str)]) -> Endpoint {
+        Endpoint {
+            name: "e".into(),
+            url: url::Url::parse("https://relay.example/api").unwrap(),
+            priority: 1,
+            group: "g".into(),
+            group_priority: 1,
+            token: token.map(Secret::new),
+            api_key: api_key.map(Secret::new),
+            timeout: Duration::from_secs(5),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            supports_count_tokens: false,
+        }
+    }
+
+    fn client_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "127.0.0.1:8087"),
+            ("authorization", "Bearer client-secret"),
+            ("x-api-key", "client-key"),
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-beta", "a,b,c"),
+            ("user-agent", "claude-cli/2"),
+            ("x-unknown", "kept"),
+            ("connection", "keep-alive, x-per-hop"),
+            ("x-per-hop", "dropped"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic abc"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn client_credentials_and_hop_by_hop_headers_never_reach_upstream() {
+        let out =
+            rewrite_request_headers(&client_headers(), &endpoint(Some("tok"), None, &[])).unwrap();
+        assert_eq!(out["authorization"], "Bearer tok");
+        assert!(out.get("x-api-key").is_none());
+        assert!(out.get("host").is_none());
+        for dropped in [
+            "connection",
+            "x-per-hop",
+            "keep-alive",
+            "proxy-authorization",
+            "te",
+            "upgrade",
+        ] {
+            assert!(out.get(dropped).is_none(), "{dropped} must be dropped");
+        }
+        assert_eq!(out["anthropic-version"], "2023-06-01");
+        assert_eq!(out["anthropic-beta"], "a,b,c");
+        assert_eq!(out["user-agent"], "claude-cli/2");
+        assert_eq!(out["x-unknown"], "kept");
+    }
+
+    #[test]
+    fn both_credentials_are_injected_and_custom_headers_win() {
+        let out = rewrite_request_headers(
+            &client_headers(),
+            &endpoint(
+                Some("tok"),
+                Some("key"),
+                &[("Authorization", "Bearer custom"), ("X-Extra", "1")],
+            ),
+        )
+        .unwrap();
+        assert_eq!(out["authorization"], "Bearer custom");
+        assert_eq!(out["x-api-key"], "key");
+        assert_eq!(out["x-extra"], "1");
+        assert!(out["authorization"].is_sensitive());
+    }
+
+    #[test]
+    fn an_endpoint_without_credentials_sends_none() {
+        let out = rewrite_request_headers(&client_headers(), &endpoint(None, None, &[])).unwrap();
+        assert!(out.get("authorization").is_none());
+        assert!(out.get("x-api-key").is_none());
+    }
+
+    #[test]
+    fn an_invalid_configured_header_is_an_error_naming_it() {
+        let error = rewrite_request_headers(
+            &HeaderMap::new(),
+            &endpoint(None, None, &[("bad name", "v")]),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("bad name"));
+    }
+}

@@ -1,0 +1,93 @@
+//! Serving a [`Forwarder`] on a TCP listener with graceful shutdown.
+//!
+//! Ownership: [`serve`] owns the accept loop and one task per connection. When `shutdown`
+//! resolves it stops accepting, asks every connection to finish its in-flight request (HTTP/1
+//! connections close after their current response, HTTP/2 ones send GOAWAY) and waits up to
+//! `drain_timeout` for them; connections still open after that are dropped.
+
+use std::future::Future;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::forwarder::Forwarder;
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Longest time a client may take to send request headers (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// Longest time in-flight requests may run after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+/// How a [`serve`] run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeReport {
+    /// Connections that were still open when the drain timeout ran out.
+    pub abandoned_connections: usize,
+}
+
+/// Serves `forwarder` on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    forwarder: Forwarder,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> ServeReport {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        warn!("accept failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), forwarder.clone())
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        debug!(%peer, "connection ended: {error}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    info!(
+        open_connections = open,
+        "shutting down: draining in-flight requests"
+    );
+    match tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await {
+        Ok(()) => ServeReport {
+            abandoned_connections: 0,
+        },
+        Err(_) => {
+            warn!(timeout = ?options.drain_timeout, "drain timeout: closing remaining connections");
+            ServeReport {
+                abandoned_connections: open,
+            }
+        }
+    }
+}

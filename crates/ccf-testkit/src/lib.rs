@@ -1,0 +1,31 @@
+//! Test kit for cc-forwarder: [`MockUpstream`], a fast, scriptable mock of the Anthropic
+//! Messages API that records every request and how each reply ended.
+//!
+//! It owns a realistic upstream for integration tests and benchmarks: JSON and SSE messages with
+//! full usage blocks, `count_tokens`, the models list, Anthropic error envelopes, and failure
+//! modes (hang before headers, stall or drop mid-stream, gzip, malformed SSE). It must not know
+//! any other cc-forwarder crate, so every crate can use it as a dev-dependency without cycles.
+//!
+//! Main types: [`MockUpstream`] (the server handle), [`Reply`] (what to answer),
+//! [`RecordedRequest`] (what arrived and what was sent back), [`ReplyOutcome`].
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use ccf_testkit::{MockUpstream, Reply};
+//! use std::time::Duration;
+//!
+//! let upstream = MockUpstream::start().await;
+//! upstream.enqueue(Reply::overloaded().header("retry-after", "1"));
+//! // ... point the forwarder at upstream.url() and send two requests ...
+//! let requests = upstream.wait_for_requests(2, Duration::from_secs(5)).await;
+//! assert_eq!(requests[0].path, "/v1/messages");
+//! # }
+//! ```
+
+mod body;
+mod render;
+mod reply;
+mod server;
+
+pub use reply::{MockUsage, Reply, ReplyOutcome, DEFAULT_MODEL};
+pub use server::{MockConfig, MockUpstream, RecordedRequest};

@@ -1,0 +1,105 @@
+//! Shared vocabulary of cc-forwarder.
+//!
+//! This crate owns the small value types every other crate speaks in: [`Secret`], a wrapper that
+//! keeps tokens, API keys and passwords from ever being printed, and [`mask_secret`], the one
+//! masking rule used wherever a credential has to be shown to a person. It does no IO and knows
+//! nothing about configuration files, HTTP or storage.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A value that must never appear unmasked in logs, `Debug` output or API answers.
+///
+/// `Debug` and `Display` print a masked form. `Serialize` writes the real value on purpose: the
+/// configuration loader round-trips values through figment, and masking there would corrupt them.
+/// Anything shown to a person must go through [`Secret::masked`] instead.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The real value, for the few places that must send it (an upstream request header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the secret is the empty string.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The masked form shown to people: see [`mask_secret`].
+    pub fn masked(&self) -> String {
+        mask_secret(&self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.masked())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// Masks a credential for display: at most the first four characters of a value of twelve or more
+/// characters stay visible (enough to tell two keys apart), the rest is replaced by `***`. Shorter
+/// values are fully hidden, empty ones print as empty.
+pub fn mask_secret(value: &str) -> String {
+    if value.is_empty() {
+        return String::new();
+    }
+    let visible: String = if value.chars().count() >= 12 {
+        value.chars().take(4).collect()
+    } else {
+        String::new()
+    };
+    format!("{visible}***")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_never_show_the_value() {
+        let secret = Secret::new("sk-ant-api03-very-secret-value");
+        assert_eq!(format!("{secret}"), "sk-a***");
+        assert_eq!(format!("{secret:?}"), "Secret(sk-a***)");
+        assert!(!format!("{secret:?}").contains("secret-value"));
+    }
+
+    #[test]
+    fn short_values_are_fully_hidden() {
+        assert_eq!(mask_secret("abc"), "***");
+        assert_eq!(mask_secret(""), "");
+    }
+
+    #[test]
+    fn serde_round_trips_the_real_value() {
+        let secret: Secret = serde_json::from_str("\"tok\"").unwrap();
+        assert_eq!(secret.expose(), "tok");
+        assert_eq!(serde_json::to_string(&secret).unwrap(), "\"tok\"");
+    }
+}

@@ -1,0 +1,231 @@
+//! Shared helpers of the end-to-end tests: start a mock upstream and the real app on loopback,
+//! send requests with a plain hyper client, and stop everything when the test ends.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ccf_app::App;
+use ccf_config::Config;
+use ccf_testkit::MockUpstream;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Generous bound for anything a test waits for; never used as synchronisation by sleeping.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running forwarder and the client to talk to it.
+pub struct Forwarder {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Plain HTTP client (no proxy-specific behaviour).
+    pub client: Client<HttpConnector, Full<Bytes>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// YAML for one endpoint named `name` at `url` with extra indented keys.
+pub fn endpoint_yaml(name: &str, url: &str, extra: &str) -> String {
+    let mut yaml = format!("  - name: {name}\n    url: {url}\n");
+    for line in extra.lines().filter(|line| !line.trim().is_empty()) {
+        yaml.push_str("    ");
+        yaml.push_str(line.trim_end());
+        yaml.push('\n');
+    }
+    yaml
+}
+
+/// A full config: loopback on a free port, `settings` (top-level YAML) and `endpoints` (YAML list
+/// items from [`endpoint_yaml`]).
+pub fn config(settings: &str, endpoints: &[String]) -> Config {
+    // Loopback on a free port, merged into the test's own `server:` section when it has one.
+    const SERVER: &str = "server:\n  host: 127.0.0.1\n  port: 0\n";
+    let settings = if settings.contains("server:\n") {
+        settings.replacen("server:\n", SERVER, 1)
+    } else {
+        format!("{SERVER}{settings}")
+    };
+    let yaml = format!(
+        "usage_tracking:\n  enabled: false\n{settings}\nendpoints:\n{}",
+        endpoints.concat()
+    );
+    match Config::from_yaml_str(&yaml) {
+        Ok(config) => config,
+        Err(error) => panic!("test config is invalid: {error}\n{yaml}"),
+    }
+}
+
+impl Forwarder {
+    /// Binds and runs the app for `config`.
+    pub async fn start(config: Config) -> Forwarder {
+        let app = App::bind(config).await.expect("app binds on loopback");
+        let base = format!("http://{}", app.proxy_addr());
+        let (shutdown, shutdown_signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = app
+                .run(async move {
+                    let _ = shutdown_signal.await;
+                })
+                .await;
+        });
+        Forwarder {
+            base,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// Forwarder in front of one mock upstream endpoint named `mock`.
+    pub async fn in_front_of(
+        upstream: &MockUpstream,
+        settings: &str,
+        endpoint_extra: &str,
+    ) -> Forwarder {
+        Forwarder::start(config(
+            settings,
+            &[endpoint_yaml("mock", &upstream.url(), endpoint_extra)],
+        ))
+        .await
+    }
+
+    /// Sends a request and reads the whole answer.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body.into())).expect("valid request");
+        let response = tokio::time::timeout(WAIT, self.client.request(request))
+            .await
+            .expect("forwarder answers in time")
+            .expect("forwarder answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = tokio::time::timeout(WAIT, response.into_body().collect())
+            .await
+            .expect("body arrives in time")
+            .map(|collected| collected.to_bytes());
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `POST /v1/messages` with a JSON body and the usual Claude headers.
+    pub async fn messages(
+        &self,
+        body: serde_json::Value,
+        extra_headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("anthropic-version", "2023-06-01"),
+        ];
+        headers.extend_from_slice(extra_headers);
+        self.send(Method::POST, "/v1/messages", &headers, body.to_string())
+            .await
+    }
+
+    /// Asks the app to shut down and waits until it has drained and stopped.
+    pub async fn stop(mut self) {
+        self.begin_stop();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(WAIT * 4, task).await;
+        }
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn begin_stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Waits for the app task to end.
+    pub async fn wait_stopped(&mut self, timeout: Duration) -> bool {
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(timeout, task).await.is_ok(),
+            None => true,
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A complete answer.
+pub struct Answer {
+    /// Status code.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The body, or the error that cut it.
+    pub body: Result<Bytes, hyper::Error>,
+}
+
+impl Answer {
+    /// The body bytes; panics when the body was cut.
+    pub fn bytes(&self) -> Bytes {
+        match &self.body {
+            Ok(bytes) => bytes.clone(),
+            Err(error) => panic!("body was cut: {error}"),
+        }
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.bytes()).unwrap_or_else(|error| {
+            panic!(
+                "body is not JSON ({error}): {}",
+                String::from_utf8_lossy(&self.bytes())
+            )
+        })
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    /// Asserts an Anthropic-format error with this status and error type.
+    pub fn assert_anthropic_error(&self, status: u16, error_type: &str) {
+        assert_eq!(self.status.as_u16(), status, "status");
+        let json = self.json();
+        assert_eq!(json["type"], "error", "{json}");
+        assert_eq!(json["error"]["type"], error_type, "{json}");
+        assert!(json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+}
+
+/// A port on loopback where nothing listens (bound then released).
+pub async fn closed_port_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}")
+}

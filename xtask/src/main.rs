@@ -1,0 +1,70 @@
+//! cc-forwarder's task runner (`cargo xtask <task>`, an alias in `.cargo/config.toml`).
+//!
+//! Everything repeatable about working on the repository is a task here, so that a developer, CI
+//! (`.ci/run` runs `cargo xtask ci`) and the docs all use the same commands. It depends on no
+//! workspace crate: it drives `cargo` and the built binaries as child processes, which keeps it
+//! building even when the workspace does not.
+//!
+//! Tasks: `ci` (format check, clippy, tests) and `demo` (the forwarder in front of the mock
+//! upstream, with a little traffic). The `tidy` test module checks repository invariants from
+//! `docs/ARCHITECTURE.md` as ordinary `#[test]`s.
+
+mod ci;
+mod demo;
+mod http;
+mod summary;
+#[cfg(test)]
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// `cargo xtask`: repository tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "cc-forwarder's task runner")]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// The tasks.
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Check formatting, run clippy with warnings denied, run every test (what CI runs).
+    Ci,
+    /// Run the forwarder in front of the mock upstream and send it a little traffic.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    let result = match cli.task {
+        Task::Ci => ci::run(&root),
+        Task::Demo(args) => demo::run(&root, &args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: the parent of this package's folder.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest_dir.to_path_buf())
+}
+
+/// The `cargo` to run: the one that started us when there is one, so toolchain overrides hold.
+fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
