@@ -288,6 +288,9 @@ async fn inbound_auth_accepts_bearer_and_x_api_key_and_rejects_the_rest() {
     assert!(seen
         .iter()
         .all(|r| r.header("authorization") == Some("Bearer upstream-token")));
+    // Claude Code's reachability probe carries no credential and is not refused.
+    let probe = forwarder.send(Method::HEAD, "/api/hello", &[], "").await;
+    assert_ne!(probe.status, 401);
     // Monitoring stays open.
     let health = forwarder.send(Method::GET, "/health", &[], "").await;
     assert_eq!(health.status, 200);

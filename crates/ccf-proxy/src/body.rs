@@ -137,7 +137,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         if *this.finished {
             return Poll::Ready(None);
         }
@@ -146,14 +146,21 @@ where
                 observer.on_end(end);
             }
         };
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     if let Some(observer) = this.observer.as_mut() {
                         observer.on_data(data);
                     }
                 }
-                if let (Some(limit), Some(timer)) = (this.idle_limit, this.idle_timer.as_mut()) {
+                if this.inner.is_end_stream() {
+                    // hyper stops polling a body of known length once its last byte went out,
+                    // so the end must be reported with the last frame, not on the next poll.
+                    *this.finished = true;
+                    end(this.observer, RelayEnd::Complete);
+                } else if let (Some(limit), Some(timer)) =
+                    (this.idle_limit, this.idle_timer.as_mut())
+                {
                     timer.as_mut().reset(Instant::now() + *limit);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -196,5 +203,97 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Recorder {
+        data: Arc<Mutex<Vec<u8>>>,
+        ends: Arc<Mutex<Vec<RelayEnd>>>,
+    }
+
+    impl RelayObserver for Recorder {
+        fn on_data(&mut self, data: &Bytes) {
+            self.data.lock().unwrap().extend_from_slice(data);
+        }
+        fn on_end(self: Box<Self>, end: RelayEnd) {
+            self.ends.lock().unwrap().push(end);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_reports_completion_with_its_last_frame() {
+        let recorder = Recorder::default();
+        let mut body = Box::pin(RelayBody::new(
+            Full::new(Bytes::from_static(b"hello")),
+            None,
+            None,
+            Box::new(recorder.clone()),
+        ));
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        // hyper drops a body of known length without polling for its end.
+        assert!(body.is_end_stream());
+        drop(body);
+        assert_eq!(*recorder.ends.lock().unwrap(), vec![RelayEnd::Complete]);
+        assert_eq!(&*recorder.data.lock().unwrap(), b"hello");
+    }
+
+    #[tokio::test]
+    async fn dropping_an_unfinished_body_reports_the_client_gone_once() {
+        let recorder = Recorder::default();
+        let (sender, stream_body) = channel_body();
+        let mut body = Box::pin(RelayBody::new(
+            stream_body,
+            None,
+            None,
+            Box::new(recorder.clone()),
+        ));
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(*recorder.ends.lock().unwrap(), vec![RelayEnd::ClientGone]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_ends_with_an_idle_error() {
+        let recorder = Recorder::default();
+        let (_sender, stream_body) = channel_body();
+        let mut body = Box::pin(RelayBody::new(
+            stream_body,
+            Some(Duration::from_secs(5)),
+            None,
+            Box::new(recorder.clone()),
+        ));
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("no data"));
+        assert_eq!(
+            *recorder.ends.lock().unwrap(),
+            vec![RelayEnd::IdleTimeout(Duration::from_secs(5))]
+        );
+        assert!(body.frame().await.is_none());
+    }
+
+    type ChannelBody = http_body_util::StreamBody<
+        tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, std::io::Error>>,
+    >;
+
+    fn channel_body() -> (
+        tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+        ChannelBody,
+    ) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        (
+            sender,
+            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+        )
     }
 }

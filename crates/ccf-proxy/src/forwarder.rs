@@ -150,7 +150,11 @@ impl Forwarder {
         }
         let in_flight = shared.metrics.in_flight_guard();
         let started = Instant::now();
-        if let Some(auth) = &shared.auth {
+        if let Some(auth) = shared
+            .auth
+            .as_ref()
+            .filter(|_| !is_reachability_check(&request))
+        {
             if let Err(error) = auth.check(request.headers()) {
                 info!(status = 401, "rejected: {error}");
                 shared.metrics.record_request("", error.status());
@@ -340,6 +344,12 @@ impl RelayObserver for FinishLogger {
             ),
         }
     }
+}
+
+/// Claude Code probes `HEAD /api/hello` (older versions `HEAD /`) without credentials before its
+/// first request; such body-less reachability checks skip inbound auth.
+fn is_reachability_check<B>(request: &Request<B>) -> bool {
+    request.method() == http::Method::HEAD && matches!(request.uri().path(), "/" | "/api/hello")
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes.
