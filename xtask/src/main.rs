@@ -5,11 +5,13 @@
 //! workspace crate: it drives `cargo` and the built binaries as child processes, which keeps it
 //! building even when the workspace does not.
 //!
-//! Tasks: `ci` (format check, clippy, tests) and `demo` (the forwarder in front of the mock
-//! upstream, with a little traffic). The `tidy` test module checks repository invariants from
+//! Tasks: `ci` (format check, clippy, tests), `demo` (the forwarder in front of the mock
+//! upstream, with a little traffic) and `clients` (the anthropic Python SDK and Claude Code
+//! driven through the forwarder). The `tidy` test module checks repository invariants from
 //! `docs/ARCHITECTURE.md` as ordinary `#[test]`s.
 
 mod ci;
+mod clients;
 mod demo;
 mod http;
 mod summary;
@@ -37,6 +39,8 @@ enum Task {
     Ci,
     /// Run the forwarder in front of the mock upstream and send it a little traffic.
     Demo(demo::DemoArgs),
+    /// Drive the anthropic Python SDK and Claude Code through the forwarder (tests/clients).
+    Clients,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Ci => ci::run(&root),
         Task::Demo(args) => demo::run(&root, &args),
+        Task::Clients => clients::run(&root),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
