@@ -164,49 +164,65 @@ async fn endpoint_path_prefix_and_query_are_joined() {
     ))
     .await;
     let answer = forwarder
-        .send(Method::GET, "/v1/models?limit=5&beta=true", &[], "")
+        .send(
+            Method::POST,
+            "/v1/messages/count_tokens?limit=5&beta=true",
+            &[("content-type", "application/json")],
+            r#"{"model":"m","messages":[]}"#,
+        )
         .await;
-    // The mock answers 404 for unknown paths: the status passes through either way.
-    let seen = &upstream.wait_for_requests(1, WAIT).await[0];
-    assert_eq!(seen.method, "GET");
-    assert_eq!(seen.path, "/api/v1/models");
+    let seen = upstream.wait_for_finished(0, WAIT).await.unwrap();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.path, "/api/v1/messages/count_tokens");
     assert_eq!(seen.query.as_deref(), Some("limit=5&beta=true"));
     assert_eq!(answer.status.as_u16(), seen.status.unwrap_or_default());
+    assert_eq!(answer.bytes(), seen.sent_body);
 }
 
 #[tokio::test]
 async fn upstream_errors_reach_the_client_verbatim() {
-    let upstream = MockUpstream::start().await;
-    upstream.enqueue(Reply::overloaded());
-    upstream.enqueue(Reply::rate_limited(17));
-    upstream.enqueue(Reply::error(
-        400,
-        "invalid_request_error",
-        "prompt is too long",
-    ));
-    let forwarder = Forwarder::in_front_of(&upstream, "", "").await;
-    for (index, (status, error_type)) in [
-        (529, "overloaded_error"),
-        (429, "rate_limit_error"),
-        (400, "invalid_request_error"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    // One endpoint, two attempts each; the relayed answer is the upstream's own, after the
+    // retries ran out (529), after moving on (a 429 asking for more than max_delay) or at once
+    // (400, the request itself is wrong).
+    for (reply, status, error_type, expected_requests) in [
+        (Reply::overloaded(), 529, "overloaded_error", 2),
+        (Reply::rate_limited(17), 429, "rate_limit_error", 1),
+        (
+            Reply::error(400, "invalid_request_error", "prompt is too long"),
+            400,
+            "invalid_request_error",
+            1,
+        ),
+    ] {
+        let upstream = MockUpstream::start().await;
+        upstream.set_default(reply);
+        let forwarder = Forwarder::in_front_of(
+            &upstream,
+            "retry:\n  max_attempts: 2\n  base_delay: 10ms\n  max_delay: 1s",
+            "",
+        )
+        .await;
         let answer = forwarder.messages(message_request(false), &[]).await;
         assert_eq!(answer.status.as_u16(), status);
-        let recorded = upstream.wait_for_finished(index, WAIT).await.unwrap();
-        assert_eq!(answer.bytes(), recorded.sent_body, "body verbatim");
+        let recorded = upstream
+            .wait_for_finished(expected_requests - 1, WAIT)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.bytes(),
+            recorded.sent_body,
+            "{status}: body verbatim"
+        );
+        assert_eq!(
+            answer.header("request-id"),
+            Some(recorded.request_id.as_str())
+        );
         assert_eq!(answer.json()["error"]["type"], error_type);
         if status == 429 {
             assert_eq!(answer.header("retry-after"), Some("17"));
         }
+        assert_eq!(upstream.requests().len(), expected_requests, "{status}");
     }
-    assert_eq!(
-        upstream.request_count(),
-        3,
-        "an upstream answer is never retried here"
-    );
 }
 
 #[tokio::test]
@@ -223,7 +239,7 @@ async fn oversized_bodies_get_413_in_anthropic_format_and_never_reach_upstream()
         .messages(json!({"model": "m", "messages": []}), &[])
         .await;
     assert_eq!(small.status, 200);
-    assert_eq!(upstream.request_count(), 1);
+    assert_eq!(upstream.requests().len(), 1);
 }
 
 #[tokio::test]
@@ -247,7 +263,7 @@ async fn oversized_chunked_bodies_without_length_are_refused_too() {
         .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 413);
-    assert_eq!(upstream.request_count(), 0);
+    assert_eq!(upstream.requests().len(), 0);
 }
 
 #[tokio::test]
@@ -280,7 +296,7 @@ async fn inbound_auth_accepts_bearer_and_x_api_key_and_rejects_the_rest() {
         answer.assert_anthropic_error(401, "authentication_error");
     }
     assert_eq!(
-        upstream.request_count(),
+        upstream.requests().len(),
         2,
         "rejected requests never reach upstream"
     );
@@ -396,7 +412,7 @@ async fn an_unreachable_endpoint_is_skipped_for_the_next_one() {
     .await;
     let answer = forwarder.messages(message_request(false), &[]).await;
     assert_eq!(answer.status, 200);
-    assert_eq!(upstream.request_count(), 1);
+    assert_eq!(upstream.requests().len(), 1);
 }
 
 #[tokio::test]
@@ -414,10 +430,10 @@ async fn when_no_upstream_answers_the_client_gets_an_anthropic_502() {
 #[tokio::test]
 async fn upstream_that_never_sends_headers_times_out_with_504() {
     let upstream = MockUpstream::start().await;
-    upstream.enqueue(Reply::hang());
+    upstream.set_default(Reply::hang());
     let forwarder = Forwarder::in_front_of(
         &upstream,
-        "streaming:\n  response_header_timeout: 300ms",
+        "streaming:\n  response_header_timeout: 300ms\nretry:\n  max_attempts: 1",
         "",
     )
     .await;
@@ -437,9 +453,15 @@ async fn a_stalled_stream_is_cut_after_max_idle_time() {
         Forwarder::in_front_of(&upstream, "streaming:\n  max_idle_time: 300ms", "").await;
     let answer = forwarder.messages(message_request(true), &[]).await;
     assert_eq!(answer.status, 200);
+    // The cut falls between events: the stream ends with a well-formed error event.
+    let text = String::from_utf8_lossy(&answer.bytes()).into_owned();
+    assert!(text.starts_with("event: message_start"), "{text}");
     assert!(
-        answer.body.is_err(),
-        "the client sees the stream cut, not a clean end"
+        text.ends_with("\n\n")
+            && text.contains(
+                "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\""
+            ),
+        "{text}"
     );
     assert_eq!(
         upstream.wait_for_outcome(0, WAIT).await,
@@ -484,18 +506,23 @@ async fn health_and_metrics_describe_the_endpoints() {
         ],
     ))
     .await;
-    let health = forwarder.send(Method::GET, "/health", &[], "").await;
-    assert_eq!(health.status, 200);
-    assert_eq!(health.json()["status"], "healthy");
-    assert_eq!(health.json()["total_endpoints"], 2);
-    // A request finds the dead endpoint: health degrades.
     assert_eq!(
         forwarder.messages(message_request(false), &[]).await.status,
         200
     );
-    let health = forwarder.send(Method::GET, "/health", &[], "").await;
-    assert_eq!(health.json()["status"], "degraded");
+    // The startup probe and the request both find the dead endpoint: health degrades.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let health = loop {
+        let health = forwarder.send(Method::GET, "/health", &[], "").await;
+        if health.json()["status"] == "degraded" {
+            break health;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never degraded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(health.status, 200);
     assert_eq!(health.json()["healthy_endpoints"], 1);
+    assert_eq!(health.json()["total_endpoints"], 2);
     let detailed = forwarder
         .send(Method::GET, "/health/detailed", &[], "")
         .await;
@@ -503,7 +530,10 @@ async fn health_and_metrics_describe_the_endpoints() {
     assert_eq!(endpoints.len(), 2);
     assert_eq!(endpoints[0]["name"], "dead");
     assert_eq!(endpoints[0]["healthy"], false);
-    assert_eq!(endpoints[0]["consecutive_fails"], 1);
+    assert!(endpoints[0]["consecutive_fails"].as_u64().unwrap() >= 1);
+    assert!(endpoints[0]["last_error"].as_str().is_some());
+    assert_eq!(endpoints[1]["name"], "alive");
+    assert_eq!(endpoints[1]["healthy"], true);
     assert!(detailed.json()["timestamp"]
         .as_str()
         .unwrap()

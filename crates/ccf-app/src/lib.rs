@@ -1,8 +1,8 @@
 //! The composition root of cc-forwarder.
 //!
-//! [`App`] turns a validated [`Config`] into running listeners and tasks and owns their shutdown
-//! order: stop accepting, drain in-flight requests (streams included) for up to
-//! `server.shutdown_timeout`, then stop background tasks. It is the only crate that knows every
+//! [`App`] turns a validated [`Config`] into running listeners and tasks (the proxy listener,
+//! the health probes) and owns their shutdown order: stop accepting, drain in-flight requests
+//! (streams included) for up to `server.shutdown_timeout`, then stop background tasks. It is the only crate that knows every
 //! other one (later: which store adapter to use, the admin listener, the health task, the TUI);
 //! the binary and the end-to-end tests start the forwarder through it and nothing else.
 
@@ -98,7 +98,10 @@ impl App {
             header_read_timeout: self.config.server.header_read_timeout.get(),
             drain_timeout: self.config.server.shutdown_timeout.get(),
         };
+        // The health probes run while the listener serves and stop after the drain.
+        let background = self.forwarder.spawn_background();
         let report = serve(self.proxy_listener, self.forwarder, options, shutdown).await;
+        background.stop().await;
         info!(
             abandoned_connections = report.abandoned_connections,
             "forwarder stopped"

@@ -140,3 +140,69 @@ mod tests {
         }
     }
 }
+
+pub use attempt::{Attempt, AttemptOutcome};
+
+mod attempt {
+    use std::time::{Duration, SystemTime};
+
+    use serde::Serialize;
+
+    /// One try of a request on one endpoint: the attempt trail shown for every request.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct Attempt {
+        /// Endpoint name.
+        pub endpoint: String,
+        /// Group of the endpoint.
+        pub group: String,
+        /// When the attempt was sent.
+        #[serde(with = "unix_millis")]
+        pub started_at: SystemTime,
+        /// Time until the upstream answered (headers) or the attempt failed.
+        #[serde(with = "duration_millis")]
+        pub duration: Duration,
+        /// What came of it.
+        pub outcome: AttemptOutcome,
+    }
+
+    /// The result of one attempt.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    pub enum AttemptOutcome {
+        /// The upstream answered with this status.
+        Status {
+            /// HTTP status code.
+            status: u16,
+        },
+        /// The connection could not be made or broke before the answer.
+        ConnectError {
+            /// What failed.
+            message: String,
+        },
+        /// No response headers within the response-header timeout.
+        HeaderTimeout,
+    }
+
+    mod unix_millis {
+        use std::time::SystemTime;
+
+        pub fn serialize<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+            let millis = time
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            s.serialize_u64(u64::try_from(millis).unwrap_or(u64::MAX))
+        }
+    }
+
+    mod duration_millis {
+        use std::time::Duration;
+
+        pub fn serialize<S: serde::Serializer>(
+            duration: &Duration,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+        }
+    }
+}

@@ -71,12 +71,27 @@ pub enum RelayError {
     Deadline(Duration),
 }
 
+/// How a [`RelayBody`] guards and ends a response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelayOptions {
+    /// Cut the body when no byte arrives for this long.
+    pub idle_limit: Option<Duration>,
+    /// Cut the body when it is not complete after this long (from the relay's start).
+    pub total_limit: Option<Duration>,
+    /// The body is a successful SSE stream: when upstream fails mid-stream, end it with a
+    /// well-formed `event: error` (when the cut falls between events) so clients retry, instead
+    /// of an abrupt reset.
+    pub sse_error_event: bool,
+}
+
 pin_project! {
     /// Streams an upstream body to the client frame by frame.
     pub struct RelayBody<B> {
         #[pin]
         inner: B,
         idle_limit: Option<Duration>,
+        sse_error_event: bool,
+        at_event_boundary: bool,
         idle_timer: Option<Pin<Box<Sleep>>>,
         deadline: Option<(Duration, Pin<Box<Sleep>>)>,
         observer: Option<Box<dyn RelayObserver>>,
@@ -102,20 +117,21 @@ pin_project! {
 }
 
 impl<B: Body> RelayBody<B> {
-    /// Wraps `inner`; `idle_limit` cuts a body that stalls, `total_limit` bounds the whole
-    /// response (measured from now).
-    pub fn new(
-        inner: B,
-        idle_limit: Option<Duration>,
-        total_limit: Option<Duration>,
-        observer: Box<dyn RelayObserver>,
-    ) -> Self {
+    /// Wraps `inner`, guarded as `options` say, reporting to `observer`.
+    pub fn new(inner: B, options: RelayOptions, observer: Box<dyn RelayObserver>) -> Self {
+        let RelayOptions {
+            idle_limit,
+            total_limit,
+            sse_error_event,
+        } = options;
         let now = Instant::now();
         let empty_from_start = inner.is_end_stream();
         RelayBody {
             empty_from_start,
             inner,
             idle_limit,
+            sse_error_event,
+            at_event_boundary: true,
             idle_timer: idle_limit.map(|limit| Box::pin(tokio::time::sleep_until(now + limit))),
             deadline: total_limit
                 .map(|limit| (limit, Box::pin(tokio::time::sleep_until(now + limit)))),
@@ -123,6 +139,21 @@ impl<B: Body> RelayBody<B> {
             finished: false,
         }
     }
+}
+
+/// Whether a chunk of an SSE stream ends exactly after an event (a blank line).
+fn ends_an_sse_event(data: &[u8]) -> bool {
+    data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n") || data.ends_with(b"\r\r")
+}
+
+/// A complete SSE `error` event in the Anthropic format.
+pub fn sse_error_event(error_type: &str, message: &str) -> Bytes {
+    let payload = crate::error::anthropic_error_json(error_type, message);
+    let mut event = Vec::with_capacity(payload.len() + 24);
+    event.extend_from_slice(b"event: error\ndata: ");
+    event.extend_from_slice(&payload);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
 }
 
 impl<B> Body for RelayBody<B>
@@ -149,6 +180,9 @@ where
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    if !data.is_empty() {
+                        *this.at_event_boundary = ends_an_sse_event(data);
+                    }
                     if let Some(observer) = this.observer.as_mut() {
                         observer.on_data(data);
                     }
@@ -168,6 +202,12 @@ where
             Poll::Ready(Some(Err(error))) => {
                 *this.finished = true;
                 end(this.observer, RelayEnd::UpstreamError(error.to_string()));
+                if *this.sse_error_event && *this.at_event_boundary {
+                    return Poll::Ready(Some(Ok(Frame::data(sse_error_event(
+                        "api_error",
+                        "the upstream connection failed mid-stream",
+                    )))));
+                }
                 Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(None) => {
@@ -189,6 +229,12 @@ where
                         let limit = *limit;
                         *this.finished = true;
                         end(this.observer, RelayEnd::IdleTimeout(limit));
+                        if *this.sse_error_event && *this.at_event_boundary {
+                            return Poll::Ready(Some(Ok(Frame::data(sse_error_event(
+                                "overloaded_error",
+                                &format!("the upstream sent no data for {limit:?}"),
+                            )))));
+                        }
                         return Poll::Ready(Some(Err(Box::new(RelayError::Idle(limit)))));
                     }
                 }
@@ -231,8 +277,7 @@ mod tests {
         let recorder = Recorder::default();
         let mut body = Box::pin(RelayBody::new(
             Full::new(Bytes::from_static(b"hello")),
-            None,
-            None,
+            RelayOptions::default(),
             Box::new(recorder.clone()),
         ));
         let frame = body.frame().await.unwrap().unwrap();
@@ -250,8 +295,7 @@ mod tests {
         let (sender, stream_body) = channel_body();
         let mut body = Box::pin(RelayBody::new(
             stream_body,
-            None,
-            None,
+            RelayOptions::default(),
             Box::new(recorder.clone()),
         ));
         sender
@@ -269,8 +313,10 @@ mod tests {
         let (_sender, stream_body) = channel_body();
         let mut body = Box::pin(RelayBody::new(
             stream_body,
-            Some(Duration::from_secs(5)),
-            None,
+            RelayOptions {
+                idle_limit: Some(Duration::from_secs(5)),
+                ..RelayOptions::default()
+            },
             Box::new(recorder.clone()),
         ));
         let error = body.frame().await.unwrap().unwrap_err();
@@ -295,5 +341,67 @@ mod tests {
             sender,
             http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver)),
         )
+    }
+
+    #[tokio::test]
+    async fn a_cut_between_sse_events_ends_with_an_error_event_and_a_clean_end() {
+        let recorder = Recorder::default();
+        let (sender, stream_body) = channel_body();
+        let mut body = Box::pin(RelayBody::new(
+            stream_body,
+            RelayOptions {
+                sse_error_event: true,
+                ..RelayOptions::default()
+            },
+            Box::new(recorder.clone()),
+        ));
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(
+                b"event: ping\ndata: {}\n\n",
+            ))))
+            .await
+            .unwrap();
+        body.frame().await.unwrap().unwrap();
+        sender
+            .send(Err(std::io::Error::other("connection reset")))
+            .await
+            .unwrap();
+        let last = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let text = String::from_utf8(last.to_vec()).unwrap();
+        assert!(text.starts_with("event: error\ndata: {"), "{text}");
+        assert!(text.ends_with("\n\n"));
+        let json: serde_json::Value =
+            serde_json::from_str(text.trim_start_matches("event: error\ndata: ").trim()).unwrap();
+        assert_eq!(json["error"]["type"], "api_error");
+        assert!(body.frame().await.is_none(), "then a clean end");
+        assert!(matches!(
+            recorder.ends.lock().unwrap().as_slice(),
+            [RelayEnd::UpstreamError(_)]
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_cut_inside_an_sse_event_is_an_error_not_a_corrupted_event() {
+        let (sender, stream_body) = channel_body();
+        let mut body = Box::pin(RelayBody::new(
+            stream_body,
+            RelayOptions {
+                sse_error_event: true,
+                ..RelayOptions::default()
+            },
+            Box::new(Recorder::default()),
+        ));
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(
+                b"event: content_block_delta\ndata: {\"ty",
+            ))))
+            .await
+            .unwrap();
+        body.frame().await.unwrap().unwrap();
+        sender
+            .send(Err(std::io::Error::other("connection reset")))
+            .await
+            .unwrap();
+        assert!(body.frame().await.unwrap().is_err());
     }
 }

@@ -135,17 +135,35 @@ pub fn anthropic_error_response(
     error_type: &str,
     message: &str,
 ) -> Response<ProxyBody> {
-    let body = serde_json::json!({
-        "type": "error",
-        "error": { "type": error_type, "message": message },
-    });
-    let mut response = Response::new(full_body(Bytes::from(body.to_string())));
+    let mut response = Response::new(full_body(anthropic_error_json(error_type, message)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// `{"type":"error","error":{"type":..,"message":..}}`, keys in the order the API writes them.
+pub fn anthropic_error_json(error_type: &str, message: &str) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        r#type: &'static str,
+        error: Detail<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Detail<'a> {
+        r#type: &'a str,
+        message: &'a str,
+    }
+    let envelope = Envelope {
+        r#type: "error",
+        error: Detail {
+            r#type: error_type,
+            message,
+        },
+    };
+    Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -4,40 +4,55 @@
 //! any listener or mounted inside another hyper application. Per request it:
 //! 1. admits: monitoring routes, inbound auth, reads the body once (bounded) as `Bytes`, parses
 //!    `model` and `stream` from the JSON, gives the request its [`RequestId`];
-//! 2. routes: asks [`crate::route::candidates`] for the endpoints to try;
-//! 3. forwards: rewrites headers, sends on the shared pooled client within the response-header
-//!    timeout; an attempt that gets no answer moves on to the next endpoint (the body is replayed
-//!    from the same `Bytes`, never copied);
-//! 4. relays: passes the upstream status, headers and body frames through untouched;
+//! 2. routes: asks the [`Router`] for the active group's endpoints, best first;
+//! 3. forwards: up to `retry.max_attempts` attempts per endpoint, acting on each result's class
+//!    ([`crate::classify`]); when every endpoint of the group failed, the group fails (auto mode:
+//!    cooldown, and the same request continues on the next group); when nothing is left, the
+//!    request is held (`request_suspend`) or answered with the last upstream error verbatim;
+//! 4. relays: the first success (or final answer) goes to the client untouched;
 //! 5. finishes: logs and counts the outcome when the body ends, fails or the client leaves.
 //!
-//! Cancellation: when the client disconnects, hyper drops the response future or body; the
-//! upstream request or body is dropped with it, which closes the upstream connection at once.
+//! Cancellation: when the client disconnects, hyper drops the request future (during attempts,
+//! back-off waits or suspension) or the response body (while relaying); everything upstream is
+//! owned by them and dropped too, which closes the upstream connection at once.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use ccf_config::{Config, Endpoint};
-use ccf_lifecycle::RequestId;
+use ccf_health::{HealthMonitor, HealthSettings, HealthSnapshot, HealthTask, PassiveFailure};
+use ccf_lifecycle::{Attempt, AttemptOutcome, RequestId};
+use ccf_router::{EndpointView, GroupView, RoutePlan, Router, RouterError, RouterEvent};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::InboundAuth;
-use crate::body::{BoxError, ProxyBody, RelayBody, RelayEnd, RelayObserver};
+use crate::body::{
+    full_body, BoxError, ProxyBody, RelayBody, RelayEnd, RelayObserver, RelayOptions,
+};
+use crate::classify::{backoff, classify_status, AttemptClass};
 use crate::client::{build_upstream_client, ClientBuildError, UpstreamClient};
-use crate::error::ProxyError;
+use crate::error::{anthropic_error_response, ProxyError};
+use crate::events::{EventBus, ForwarderEvent};
 use crate::headers::{remove_hop_by_hop, rewrite_request_headers, X_CCF_REQUEST_ID};
-use crate::monitoring::{self, EndpointStates, Metrics};
-use crate::route;
+use crate::monitoring::{self, Metrics};
+use crate::probe::UpstreamProber;
+use crate::suspend::{HoldPermit, Suspension};
 
 /// Time allowed to open a TCP (and TLS) connection to an upstream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest upstream error body kept to be relayed verbatim after other attempts failed.
+const MAX_BUFFERED_ERROR_BODY: usize = 1024 * 1024;
+
+/// The response header telling how many upstream attempts a request took.
+const X_CCF_ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-ccf-attempts");
 
 /// Why a [`Forwarder`] could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +73,10 @@ struct Shared {
     endpoints: Vec<Arc<Endpoint>>,
     client: UpstreamClient,
     auth: Option<InboundAuth>,
-    states: Arc<EndpointStates>,
+    router: Mutex<Router>,
+    health: HealthMonitor,
+    suspension: Arc<Suspension>,
+    events: EventBus,
     metrics: Arc<Metrics>,
 }
 
@@ -77,8 +95,62 @@ struct BodyProbe {
     stream: Option<bool>,
 }
 
+/// Everything about one request that the routing loop needs.
+struct RequestContext {
+    request_id: RequestId,
+    parts: http::request::Parts,
+    body: Bytes,
+    is_streaming: bool,
+    started: Instant,
+    attempts: Vec<Attempt>,
+}
+
+/// An upstream answer kept whole so it can be relayed later, verbatim.
+struct BufferedAnswer {
+    parts: http::response::Parts,
+    body: Bytes,
+}
+
+/// How trying one group ended.
+enum GroupOutcome {
+    /// A response for the client (success, or a final upstream answer).
+    Answered(Response<ProxyBody>),
+    /// Every endpoint failed.
+    Exhausted,
+}
+
+/// Tasks a running forwarder needs (health probes and the health-to-routing bridge); stopped
+/// when dropped.
+#[derive(Debug)]
+pub struct BackgroundTasks {
+    health: Option<HealthTask>,
+    bridge: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl BackgroundTasks {
+    /// Stops every task and waits for them.
+    pub async fn stop(mut self) {
+        if let Some(bridge) = self.bridge.take() {
+            bridge.abort();
+            let _ = bridge.await;
+        }
+        if let Some(health) = self.health.take() {
+            health.stop().await;
+        }
+    }
+}
+
+impl Drop for BackgroundTasks {
+    fn drop(&mut self) {
+        if let Some(bridge) = self.bridge.take() {
+            bridge.abort();
+        }
+    }
+}
+
 impl Forwarder {
-    /// Builds the engine from a validated configuration.
+    /// Builds the engine from a validated configuration. Nothing runs until
+    /// [`Forwarder::spawn_background`] is called (health probes) and requests arrive.
     pub fn build(config: Arc<Config>) -> Result<Forwarder, BuildError> {
         let client = build_upstream_client(&config.proxy, CONNECT_TIMEOUT)?;
         let endpoints: Vec<Arc<Endpoint>> =
@@ -88,22 +160,154 @@ impl Forwarder {
             .enabled
             .then(|| config.auth.token.clone().map(InboundAuth::new))
             .flatten();
-        let states = Arc::new(EndpointStates::new(&endpoints));
+        let health = HealthMonitor::new(
+            &config.endpoints,
+            HealthSettings::from_config(&config),
+            Arc::new(UpstreamProber::new(client.clone())),
+        );
+        let suspension = Arc::new(Suspension::new(
+            config.request_suspend.enabled,
+            config.request_suspend.timeout.get(),
+            usize::try_from(config.request_suspend.max_suspended_requests).unwrap_or(usize::MAX),
+        ));
         Ok(Forwarder {
             shared: Arc::new(Shared {
+                router: Mutex::new(Router::from_config(&config)),
                 config,
                 endpoints,
                 client,
                 auth,
-                states,
+                health,
+                suspension,
+                events: EventBus::new(),
                 metrics: Arc::new(Metrics::new()),
             }),
         })
     }
 
+    /// Starts the health probes and the task that feeds their results into routing and wakes
+    /// held requests. The caller owns the returned handle; dropping it stops the tasks.
+    pub fn spawn_background(&self) -> BackgroundTasks {
+        let health = self.shared.health.spawn();
+        let mut health_events = self.shared.health.events();
+        let shared = Arc::clone(&self.shared);
+        let bridge = tokio::spawn(async move {
+            loop {
+                let event = match health_events.recv().await {
+                    Ok(event) => event,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                match &event {
+                    ccf_health::HealthEvent::ProbeLatency { endpoint, latency } => {
+                        shared.router().record_probe_latency(endpoint, *latency);
+                        continue;
+                    }
+                    ccf_health::HealthEvent::EndpointHealthy { endpoint, .. } => {
+                        let events = shared.router().endpoint_recovered(endpoint, Instant::now());
+                        shared.publish_router(events);
+                        shared.suspension.wake();
+                    }
+                    ccf_health::HealthEvent::EndpointUnhealthy { .. } => {}
+                }
+                shared.events.publish(ForwarderEvent::Health(event));
+            }
+        });
+        BackgroundTasks {
+            health: Some(health),
+            bridge: Some(bridge),
+        }
+    }
+
     /// The configuration the engine runs with.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// The event bus (routing, health and suspension changes).
+    pub fn events(&self) -> &EventBus {
+        &self.shared.events
+    }
+
+    /// Endpoint health.
+    pub fn health(&self) -> &HealthMonitor {
+        &self.shared.health
+    }
+
+    /// Requests held now and how long each has waited.
+    pub fn held_requests(&self) -> Vec<(RequestId, Duration)> {
+        self.shared.suspension.held_requests()
+    }
+
+    /// Every group's state.
+    pub fn groups(&self) -> Vec<GroupView> {
+        let health = self.shared.health.snapshot();
+        self.shared
+            .router()
+            .groups(&|name| health.is_healthy(name), Instant::now())
+    }
+
+    /// Every endpoint's routing state.
+    pub fn endpoints(&self) -> Vec<EndpointView> {
+        let health = self.shared.health.snapshot();
+        self.shared
+            .router()
+            .endpoints(&|name| health.is_healthy(name), Instant::now())
+    }
+
+    /// Operator action: make `group` the active one (`force` allows a group without healthy
+    /// endpoints).
+    pub fn activate_group(&self, group: &str, force: bool) -> Result<(), RouterError> {
+        let health = self.shared.health.snapshot();
+        self.operator_action(|router| {
+            router.activate(
+                group,
+                force,
+                &|name| health.is_healthy(name),
+                Instant::now(),
+            )
+        })
+    }
+
+    /// Operator action: take `group` out of rotation, for `duration` or until resumed.
+    pub fn pause_group(&self, group: &str, duration: Option<Duration>) -> Result<(), RouterError> {
+        let health = self.shared.health.snapshot();
+        self.operator_action(|router| {
+            router.pause(
+                group,
+                duration,
+                &|name| health.is_healthy(name),
+                Instant::now(),
+            )
+        })
+    }
+
+    /// Operator action: put a paused group back into rotation.
+    pub fn resume_group(&self, group: &str) -> Result<(), RouterError> {
+        let health = self.shared.health.snapshot();
+        self.operator_action(|router| {
+            router.resume(group, &|name| health.is_healthy(name), Instant::now())
+        })
+    }
+
+    /// Operator action: change an endpoint's priority at once (health is kept).
+    pub fn set_endpoint_priority(&self, endpoint: &str, priority: u32) -> Result<(), RouterError> {
+        self.operator_action(|router| router.set_priority(endpoint, priority))
+    }
+
+    /// Operator action: the `-p` override at run time.
+    pub fn prefer_endpoint(&self, endpoint: &str) -> Result<(), RouterError> {
+        self.operator_action(|router| router.prefer_endpoint(endpoint))
+    }
+
+    fn operator_action(
+        &self,
+        action: impl FnOnce(&mut Router) -> Result<Vec<RouterEvent>, RouterError>,
+    ) -> Result<(), RouterError> {
+        let events = action(&mut self.shared.router())?;
+        self.shared.publish_router(events);
+        self.shared.suspension.wake();
+        Ok(())
     }
 
     /// Serves one request. Never fails: every failure becomes an Anthropic-format response.
@@ -143,12 +347,12 @@ impl Forwarder {
             request.method(),
             request.uri().path(),
             &shared.endpoints,
-            &shared.states,
+            &shared.health.snapshot(),
             &shared.metrics,
         ) {
             return response;
         }
-        let in_flight = shared.metrics.in_flight_guard();
+        let mut guard = CancelGuard::new(Arc::clone(&shared.metrics));
         let started = Instant::now();
         if let Some(auth) = shared
             .auth
@@ -158,21 +362,18 @@ impl Forwarder {
             if let Err(error) = auth.check(request.headers()) {
                 info!(status = 401, "rejected: {error}");
                 shared.metrics.record_request("", error.status());
+                guard.done();
                 return error.to_response();
             }
         }
         let (parts, body) = request.into_parts();
-        let body = match read_body(
-            body,
-            parts.headers.get(header::CONTENT_LENGTH),
-            shared.config.server.max_request_body_size.bytes(),
-        )
-        .await
-        {
+        let limit = shared.config.server.max_request_body_size.bytes();
+        let body = match read_body(body, parts.headers.get(header::CONTENT_LENGTH), limit).await {
             Ok(bytes) => bytes,
             Err(error) => {
                 info!(status = error.status().as_u16(), "rejected: {error}");
                 shared.metrics.record_request("", error.status());
+                guard.done();
                 return error.to_response();
             }
         };
@@ -189,45 +390,368 @@ impl Forwarder {
             body_bytes = body.len(),
             "request started"
         );
+        let mut context = RequestContext {
+            request_id,
+            parts,
+            body,
+            is_streaming,
+            started,
+            attempts: Vec::new(),
+        };
+        let mut response = self
+            .route_and_forward(&mut context, guard.in_flight())
+            .await;
+        guard.done();
+        if let Ok(value) = HeaderValue::try_from(context.attempts.len().to_string()) {
+            response.headers_mut().insert(X_CCF_ATTEMPTS, value);
+        }
+        response
+    }
 
-        let candidates = route::candidates(&shared.endpoints, &shared.states);
-        let mut last_error = ProxyError::NoEndpoint;
-        for endpoint in candidates {
-            match self.attempt(&parts, &body, &endpoint, is_streaming).await {
-                Ok(upstream) => {
-                    return self.relay(upstream, endpoint, is_streaming, started, in_flight);
+    /// Routes the request until an answer exists; groups fail over, and when nothing is left the
+    /// request is held or answered with the last upstream error.
+    async fn route_and_forward(
+        &self,
+        context: &mut RequestContext,
+        in_flight: monitoring::InFlightGuard,
+    ) -> Response<ProxyBody> {
+        let shared = &self.shared;
+        let mut in_flight = Some(in_flight);
+        let mut last_answer: Option<BufferedAnswer> = None;
+        let mut last_error: Option<ProxyError> = None;
+        let mut permit: Option<HoldPermit> = None;
+        loop {
+            // Subscribe before routing so that a wake-up during the round is not lost.
+            let mut wakes = shared.suspension.subscribe();
+            let mut tried_groups: Vec<String> = Vec::new();
+            loop {
+                let mut plan = shared.plan();
+                let Some(group) = plan.group.clone() else {
+                    break;
+                };
+                self.rank_by_fast_test(&mut plan).await;
+                if tried_groups.contains(&group) {
+                    break;
                 }
-                Err(error) => {
-                    warn!(endpoint = %endpoint.name, "attempt failed: {error}");
-                    if error.is_retryable() {
-                        shared.states.record_failure(&endpoint.name);
+                tried_groups.push(group.clone());
+                match self
+                    .try_group(
+                        context,
+                        &plan,
+                        &mut last_answer,
+                        &mut last_error,
+                        &mut in_flight,
+                    )
+                    .await
+                {
+                    GroupOutcome::Answered(response) => {
+                        if let Some(permit) = permit.take() {
+                            shared.events.publish(ForwarderEvent::RequestResumed {
+                                request_id: context.request_id,
+                                waited: permit.waited(),
+                            });
+                        }
+                        return response;
+                    }
+                    GroupOutcome::Exhausted => {
+                        warn!(group = %group, "every endpoint of the group failed");
+                        if !shared.router().is_auto() {
+                            // Manual mode: mark the group as needing attention, never switch.
+                            let events =
+                                shared.router().record_group_failure(&group, Instant::now());
+                            shared.publish_router(events);
+                            break;
+                        }
+                        if shared.another_group_available(&group) {
+                            let events =
+                                shared.router().record_group_failure(&group, Instant::now());
+                            shared.publish_router(events);
+                        } else {
+                            // Cooling down the last available group would turn every request
+                            // away until the cooldown ends while it may recover any second.
+                            info!(group = %group, "no other group to fail over to: no cooldown");
+                        }
+                    }
+                }
+            }
+            // Nothing (more) to try: hold the request when allowed.
+            if permit.is_none() {
+                permit = shared.suspension.try_hold(context.request_id);
+                if let Some(held) = &permit {
+                    let _ = held;
+                    info!(
+                        held = shared.suspension.held(),
+                        "no upstream available: request held"
+                    );
+                    shared.events.publish(ForwarderEvent::RequestSuspended {
+                        request_id: context.request_id,
+                        held: shared.suspension.held(),
+                    });
+                }
+            }
+            let Some(held) = &permit else { break };
+            let deadline = held_deadline(held, shared.suspension.timeout());
+            if !self.wait_for_change(&mut wakes, deadline).await {
+                let waited = held.waited();
+                warn!(waited_ms = waited.as_millis(), "held request timed out");
+                shared
+                    .events
+                    .publish(ForwarderEvent::RequestSuspensionTimedOut {
+                        request_id: context.request_id,
+                        waited,
+                    });
+                shared
+                    .metrics
+                    .record_request("", StatusCode::SERVICE_UNAVAILABLE);
+                return anthropic_error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded_error",
+                    &format!(
+                        "no upstream endpoint became available within {:?}",
+                        shared.suspension.timeout()
+                    ),
+                );
+            }
+            debug!("held request routes again");
+        }
+        self.final_failure(context, last_answer, last_error)
+    }
+
+    /// With `strategy: fastest` and `fast_test_enabled`, probes the plan's endpoints (results
+    /// cached for `fast_test_cache_ttl`) and puts the reachable ones first, fastest first; the
+    /// others stay as a last resort.
+    async fn rank_by_fast_test(&self, plan: &mut RoutePlan) {
+        let shared = &self.shared;
+        let strategy = &shared.config.strategy;
+        if strategy.kind != ccf_config::StrategyType::Fastest
+            || !strategy.fast_test_enabled
+            || plan.endpoints.len() < 2
+        {
+            return;
+        }
+        let names: Vec<String> = plan.endpoints.iter().map(|e| e.name.clone()).collect();
+        let ranked = shared.health.fast_test(&names).await;
+        if ranked.is_empty() {
+            return;
+        }
+        {
+            let mut router = shared.router();
+            for (name, latency) in &ranked {
+                router.record_probe_latency(name, *latency);
+            }
+        }
+        plan.endpoints.sort_by_key(|planned| {
+            ranked
+                .iter()
+                .position(|(name, _)| *name == planned.name)
+                .unwrap_or(usize::MAX)
+        });
+    }
+
+    /// Waits until something may have changed (a wake-up, or the router's next scheduled
+    /// change) or the deadline; `false` when the deadline passed.
+    async fn wait_for_change(
+        &self,
+        wakes: &mut tokio::sync::watch::Receiver<u64>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let now = Instant::now();
+        let next_change = self
+            .shared
+            .router()
+            .next_change_at(now)
+            .map(tokio::time::Instant::from_std);
+        let wake_at = next_change.map_or(deadline, |next| next.min(deadline));
+        tokio::select! {
+            changed = wakes.changed() => changed.is_ok() || tokio::time::Instant::now() < deadline,
+            () = tokio::time::sleep_until(wake_at) => tokio::time::Instant::now() < deadline,
+        }
+    }
+
+    /// The answer when nothing succeeded: the last upstream answer verbatim, else an
+    /// Anthropic-format error.
+    fn final_failure(
+        &self,
+        context: &RequestContext,
+        last_answer: Option<BufferedAnswer>,
+        last_error: Option<ProxyError>,
+    ) -> Response<ProxyBody> {
+        let shared = &self.shared;
+        let attempts = context.attempts.len();
+        if let Some(answer) = last_answer {
+            warn!(
+                status = answer.parts.status.as_u16(),
+                attempts, "every attempt failed: relaying the last upstream answer"
+            );
+            shared.metrics.record_request("", answer.parts.status);
+            return Response::from_parts(answer.parts, full_body(answer.body));
+        }
+        let error = last_error.unwrap_or(ProxyError::NoEndpoint);
+        warn!(
+            status = error.status().as_u16(),
+            attempts, "request failed: {error}"
+        );
+        shared.metrics.record_request("", error.status());
+        error.to_response()
+    }
+
+    /// Tries every endpoint of the plan, `retry.max_attempts` times each, as the result classes
+    /// say.
+    async fn try_group(
+        &self,
+        context: &mut RequestContext,
+        plan: &RoutePlan,
+        last_answer: &mut Option<BufferedAnswer>,
+        last_error: &mut Option<ProxyError>,
+        in_flight: &mut Option<monitoring::InFlightGuard>,
+    ) -> GroupOutcome {
+        let shared = &self.shared;
+        let retry = &shared.config.retry;
+        let max_attempts = retry.max_attempts.max(1);
+        for planned in &plan.endpoints {
+            let Some(endpoint) = shared.endpoint(&planned.name) else {
+                continue;
+            };
+            let mut attempt_number = 0;
+            while attempt_number < max_attempts {
+                attempt_number += 1;
+                let sent_at = SystemTime::now();
+                let sent = Instant::now();
+                let result = self.attempt(context, &endpoint).await;
+                let duration = sent.elapsed();
+                let upstream = match result {
+                    Ok(response) => response,
+                    Err(error) => {
+                        let outcome = match &error {
+                            ProxyError::HeaderTimeout { .. } => AttemptOutcome::HeaderTimeout,
+                            other => AttemptOutcome::ConnectError {
+                                message: other.to_string(),
+                            },
+                        };
+                        context.attempts.push(Attempt {
+                            endpoint: endpoint.name.clone(),
+                            group: endpoint.group.clone(),
+                            started_at: sent_at,
+                            duration,
+                            outcome,
+                        });
+                        if !error.is_retryable() {
+                            // A request that cannot be built for this endpoint: try the next one.
+                            warn!(endpoint = %endpoint.name, "attempt impossible: {error}");
+                            *last_error = Some(error);
+                            break;
+                        }
+                        shared.health.record_failure(
+                            &endpoint.name,
+                            if matches!(error, ProxyError::HeaderTimeout { .. }) {
+                                PassiveFailure::Timeout
+                            } else {
+                                PassiveFailure::Connect
+                            },
+                        );
                         shared.metrics.record_upstream_failure(&endpoint);
-                        last_error = error;
+                        warn!(endpoint = %endpoint.name, attempt = attempt_number, "attempt failed: {error}");
+                        *last_error = Some(error);
+                        if attempt_number < max_attempts {
+                            self.back_off(attempt_number).await;
+                        }
                         continue;
                     }
-                    last_error = error;
-                    break;
+                };
+                let status = upstream.status();
+                context.attempts.push(Attempt {
+                    endpoint: endpoint.name.clone(),
+                    group: endpoint.group.clone(),
+                    started_at: sent_at,
+                    duration,
+                    outcome: AttemptOutcome::Status {
+                        status: status.as_u16(),
+                    },
+                });
+                shared.router().record_latency(&endpoint.name, duration);
+                let class = classify_status(status, upstream.headers(), SystemTime::now());
+                match class {
+                    AttemptClass::Success | AttemptClass::Final => {
+                        shared.health.record_success(&endpoint.name, duration);
+                        if class == AttemptClass::Success && shared.suspension.held() > 0 {
+                            // A sibling's success may be what a held request waits for.
+                            shared.suspension.wake();
+                        }
+                        let in_flight = in_flight
+                            .take()
+                            .unwrap_or_else(|| shared.metrics.in_flight_guard());
+                        return GroupOutcome::Answered(
+                            self.relay(upstream, &endpoint, context, in_flight),
+                        );
+                    }
+                    AttemptClass::NextEndpoint => {
+                        warn!(endpoint = %endpoint.name, status = status.as_u16(), "endpoint refused its credentials: next endpoint");
+                        shared.health.mark_auth_failed(&endpoint.name);
+                        *last_answer = buffer_answer(upstream, endpoint.timeout).await;
+                        break;
+                    }
+                    AttemptClass::RateLimited { retry_after } => {
+                        shared.health.record_success(&endpoint.name, duration);
+                        *last_answer = buffer_answer(upstream, endpoint.timeout).await;
+                        let max_wait = retry.max_delay.get();
+                        match retry_after {
+                            Some(wait) if wait <= max_wait && attempt_number < max_attempts => {
+                                info!(endpoint = %endpoint.name, wait_ms = wait.as_millis(), "rate limited: waiting as asked");
+                                tokio::time::sleep(wait).await;
+                            }
+                            Some(wait) => {
+                                info!(endpoint = %endpoint.name, wait_ms = wait.as_millis(), "rate limited: endpoint skipped until its reset");
+                                let events = shared
+                                    .router()
+                                    .block_until(&endpoint.name, Instant::now() + wait);
+                                shared.publish_router(events);
+                                break;
+                            }
+                            None if attempt_number < max_attempts => {
+                                self.back_off(attempt_number).await
+                            }
+                            None => {}
+                        }
+                    }
+                    AttemptClass::Retry => {
+                        shared.health.record_failure(
+                            &endpoint.name,
+                            PassiveFailure::ServerError(status.as_u16()),
+                        );
+                        warn!(endpoint = %endpoint.name, status = status.as_u16(), attempt = attempt_number, "upstream error");
+                        *last_answer = buffer_answer(upstream, endpoint.timeout).await;
+                        if attempt_number < max_attempts {
+                            self.back_off(attempt_number).await;
+                        }
+                    }
                 }
             }
         }
-        let _ = request_id;
-        warn!(
-            status = last_error.status().as_u16(),
-            "request failed: {last_error}"
+        GroupOutcome::Exhausted
+    }
+
+    /// Sleeps the back-off before attempt `attempt + 1`; cancelled with the request.
+    async fn back_off(&self, attempt: u32) {
+        let retry = &self.shared.config.retry;
+        let delay = backoff(
+            attempt,
+            retry.base_delay.get(),
+            retry.multiplier,
+            retry.max_delay.get(),
+            rand::random::<f64>(),
         );
-        shared.metrics.record_request("", last_error.status());
-        last_error.to_response()
+        debug!(delay_ms = delay.as_millis(), "backing off");
+        tokio::time::sleep(delay).await;
     }
 
     /// One attempt on one endpoint: `Ok` as soon as upstream response headers arrive.
     async fn attempt(
         &self,
-        parts: &http::request::Parts,
-        body: &Bytes,
+        context: &RequestContext,
         endpoint: &Endpoint,
-        is_streaming: bool,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         let shared = &self.shared;
+        let parts = &context.parts;
         let uri = upstream_uri(endpoint, &parts.uri)?;
         let headers = rewrite_request_headers(&parts.headers, endpoint).map_err(|error| {
             ProxyError::BadUpstreamUrl {
@@ -235,11 +759,11 @@ impl Forwarder {
                 message: error.to_string(),
             }
         })?;
-        let mut upstream_request = Request::new(Full::new(body.clone()));
+        let mut upstream_request = Request::new(Full::new(context.body.clone()));
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = headers;
-        let header_timeout = if is_streaming {
+        let header_timeout = if context.is_streaming {
             shared.config.streaming.response_header_timeout.get()
         } else {
             shared
@@ -253,9 +777,7 @@ impl Forwarder {
         let sent = Instant::now();
         match tokio::time::timeout(header_timeout, shared.client.request(upstream_request)).await {
             Ok(Ok(response)) => {
-                let latency = sent.elapsed();
-                shared.states.record_answer(&endpoint.name, latency);
-                shared.metrics.record_header_latency(latency);
+                shared.metrics.record_header_latency(sent.elapsed());
                 Ok(response)
             }
             Ok(Err(error)) => Err(ProxyError::Connect {
@@ -273,34 +795,141 @@ impl Forwarder {
     fn relay(
         &self,
         upstream: Response<hyper::body::Incoming>,
-        endpoint: Arc<Endpoint>,
-        is_streaming: bool,
-        started: Instant,
+        endpoint: &Endpoint,
+        context: &RequestContext,
         in_flight: monitoring::InFlightGuard,
     ) -> Response<ProxyBody> {
         let shared = &self.shared;
         let (mut parts, body) = upstream.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         let status = parts.status;
-        info!(endpoint = %endpoint.name, group = %endpoint.group, status = status.as_u16(), "upstream answered");
+        info!(endpoint = %endpoint.name, group = %endpoint.group, status = status.as_u16(), attempts = context.attempts.len(), "upstream answered");
         shared.metrics.record_request(&endpoint.name, status);
-        let total_limit =
-            (!is_streaming).then(|| endpoint.timeout.saturating_sub(started.elapsed()));
+        let is_event_stream = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|content_type| content_type.starts_with("text/event-stream"));
+        let options = RelayOptions {
+            idle_limit: Some(shared.config.streaming.max_idle_time.get()).filter(|d| !d.is_zero()),
+            total_limit: (!context.is_streaming)
+                .then(|| endpoint.timeout.saturating_sub(context.started.elapsed())),
+            sse_error_event: status.is_success() && is_event_stream,
+        };
         let observer = FinishLogger {
             endpoint: endpoint.name.clone(),
             status,
-            started,
+            started: context.started,
             body_bytes: 0,
             span: tracing::Span::current(),
             _in_flight: in_flight,
         };
-        let relay = RelayBody::new(
-            body,
-            Some(shared.config.streaming.max_idle_time.get()).filter(|d| !d.is_zero()),
-            total_limit,
-            Box::new(observer),
-        );
+        let relay = RelayBody::new(body, options, Box::new(observer));
         Response::from_parts(parts, relay.boxed_unsync())
+    }
+}
+
+impl Shared {
+    fn router(&self) -> MutexGuard<'_, Router> {
+        self.router.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn endpoint(&self, name: &str) -> Option<Arc<Endpoint>> {
+        self.endpoints
+            .iter()
+            .find(|endpoint| endpoint.name == name)
+            .cloned()
+    }
+
+    /// The router's plan for a new round, with the current health.
+    fn plan(&self) -> RoutePlan {
+        let health: Arc<HealthSnapshot> = self.health.snapshot();
+        let plan = self
+            .router()
+            .plan(&|name| health.is_healthy(name), Instant::now());
+        self.publish_router(plan.events.clone());
+        plan
+    }
+
+    /// Whether a group other than `group` could take traffic now (not paused, not cooling down).
+    fn another_group_available(&self, group: &str) -> bool {
+        let health = self.health.snapshot();
+        self.router()
+            .groups(&|name| health.is_healthy(name), Instant::now())
+            .iter()
+            .any(|view| {
+                view.name != group && !view.paused && !view.in_cooldown && view.total_endpoints > 0
+            })
+    }
+
+    fn publish_router(&self, events: Vec<RouterEvent>) {
+        for event in events {
+            info!(?event, "routing changed");
+            self.events.publish(ForwarderEvent::Router(event));
+        }
+    }
+}
+
+fn held_deadline(permit: &HoldPermit, timeout: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + timeout.saturating_sub(permit.waited())
+}
+
+/// Reads an upstream answer whole (bounded), so it can be relayed later; `None` when the body
+/// is too large or broken (the connection is dropped with it).
+async fn buffer_answer(
+    upstream: Response<hyper::body::Incoming>,
+    timeout: Duration,
+) -> Option<BufferedAnswer> {
+    let (mut parts, body) = upstream.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    let collected = tokio::time::timeout(
+        timeout,
+        Limited::new(body, MAX_BUFFERED_ERROR_BODY).collect(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(BufferedAnswer {
+        parts,
+        body: collected.to_bytes(),
+    })
+}
+
+/// Logs and counts a request that ended before an answer was relayed (the client left).
+struct CancelGuard {
+    metrics: Arc<Metrics>,
+    in_flight: Option<monitoring::InFlightGuard>,
+    done: bool,
+}
+
+impl CancelGuard {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        let in_flight = Some(metrics.in_flight_guard());
+        CancelGuard {
+            metrics,
+            in_flight,
+            done: false,
+        }
+    }
+
+    /// Hands the in-flight count over to whoever relays the answer.
+    fn in_flight(&mut self) -> monitoring::InFlightGuard {
+        self.in_flight
+            .take()
+            .unwrap_or_else(|| self.metrics.in_flight_guard())
+    }
+
+    fn done(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            info!("client disconnected before the answer: request cancelled");
+            self.metrics.record_cancelled();
+        }
     }
 }
 
@@ -393,20 +1022,17 @@ fn probe_body(headers: &http::HeaderMap, body: &Bytes) -> BodyProbe {
 
 /// `endpoint.url` + request path + query; the endpoint URL may carry a path prefix.
 fn upstream_uri(endpoint: &Endpoint, request_uri: &Uri) -> Result<Uri, ProxyError> {
-    let base = endpoint.url.as_str().trim_end_matches('/');
-    let path_and_query = request_uri
-        .path_and_query()
-        .map_or("/", |path_and_query| path_and_query.as_str());
-    let joined = if endpoint.url.query().is_some() {
-        // A base URL with its own query cannot be prefixed; join path only.
+    if endpoint.url.query().is_some() {
         return Err(ProxyError::BadUpstreamUrl {
             endpoint: endpoint.name.clone(),
             message: "the endpoint url must not carry a query string".into(),
         });
-    } else {
-        format!("{base}{path_and_query}")
-    };
-    joined
+    }
+    let base = endpoint.url.as_str().trim_end_matches('/');
+    let path_and_query = request_uri
+        .path_and_query()
+        .map_or("/", |path_and_query| path_and_query.as_str());
+    format!("{base}{path_and_query}")
         .parse()
         .map_err(|error: http::uri::InvalidUri| ProxyError::BadUpstreamUrl {
             endpoint: endpoint.name.clone(),

@@ -1,7 +1,7 @@
 //! The cc-forwarder forwarding engine.
 //!
 //! This crate owns the request path: admit (inbound auth, bounded body read, request id), route
-//! (the candidate endpoints), forward (header rewriting, credentials, the shared pooled rustls
+//! (the router's candidate endpoints, group failover, suspension), forward (header rewriting, credentials, the shared pooled rustls
 //! client, timeouts), relay (upstream frames to the client untouched, with idle and total
 //! timeouts) and finish (logs, metrics, health observations). It never buffers a response body and
 //! never reads a database; storage, dashboards and the TUI observe it.
@@ -15,17 +15,22 @@
 
 mod auth;
 pub mod body;
+pub mod classify;
 mod client;
 mod error;
+pub mod events;
 mod forwarder;
 pub mod headers;
 pub mod monitoring;
-mod route;
+mod probe;
 mod server;
+mod suspend;
 
 pub use auth::InboundAuth;
 pub use body::{ProxyBody, RelayBody, RelayEnd, RelayObserver};
 pub use client::{build_upstream_client, ClientBuildError, UpstreamClient};
 pub use error::{anthropic_error_response, ErrorOrigin, ProxyError};
-pub use forwarder::{BuildError, Forwarder};
+pub use events::{EventBus, ForwarderEvent};
+pub use forwarder::{BackgroundTasks, BuildError, Forwarder};
+pub use probe::UpstreamProber;
 pub use server::{serve, ServeOptions, ServeReport};

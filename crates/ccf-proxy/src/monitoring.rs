@@ -1,15 +1,15 @@
 //! Monitoring on the proxy port: `/health`, `/health/detailed` and `/metrics`.
 //!
-//! Endpoint health here is passive (what real requests observed) until the health crate adds
-//! active probes; the JSON shapes follow the Go original (reference section 9.6) so existing
-//! monitors keep working, with correct UTC timestamps.
+//! Endpoint health comes from the health monitor (active probes plus what real requests
+//! observed); the JSON shapes follow the Go original (reference section 9.6) so existing monitors
+//! keep working, with correct UTC timestamps.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use ccf_config::Endpoint;
+use ccf_health::{EndpointHealth, HealthSnapshot};
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,81 +22,6 @@ use serde::Serialize;
 
 use crate::body::{empty_body, full_body, ProxyBody};
 use crate::error::anthropic_error_response;
-
-/// What is known about one endpoint's health.
-#[derive(Debug, Clone, Default)]
-struct EndpointState {
-    healthy: bool,
-    never_checked: bool,
-    last_check: Option<SystemTime>,
-    response_time: Option<Duration>,
-    consecutive_fails: u32,
-}
-
-/// Per-endpoint health as observed by real requests.
-#[derive(Debug, Default)]
-pub struct EndpointStates {
-    states: Mutex<HashMap<String, EndpointState>>,
-}
-
-impl EndpointStates {
-    /// Every endpoint starts healthy and never checked.
-    pub fn new(endpoints: &[Arc<Endpoint>]) -> Self {
-        let states = endpoints
-            .iter()
-            .map(|endpoint| {
-                (
-                    endpoint.name.clone(),
-                    EndpointState {
-                        healthy: true,
-                        never_checked: true,
-                        ..EndpointState::default()
-                    },
-                )
-            })
-            .collect();
-        EndpointStates {
-            states: Mutex::new(states),
-        }
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, EndpointState>) -> R) -> R {
-        let mut guard = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut guard)
-    }
-
-    /// Whether the endpoint is currently considered healthy.
-    pub fn is_healthy(&self, name: &str) -> bool {
-        self.with(|states| states.get(name).is_none_or(|state| state.healthy))
-    }
-
-    /// The upstream answered (any status) after `latency`.
-    pub fn record_answer(&self, name: &str, latency: Duration) {
-        self.with(|states| {
-            let state = states.entry(name.to_string()).or_default();
-            state.healthy = true;
-            state.never_checked = false;
-            state.last_check = Some(SystemTime::now());
-            state.response_time = Some(latency);
-            state.consecutive_fails = 0;
-        });
-    }
-
-    /// The upstream could not be reached or did not answer in time.
-    pub fn record_failure(&self, name: &str) {
-        self.with(|states| {
-            let state = states.entry(name.to_string()).or_default();
-            state.healthy = false;
-            state.never_checked = false;
-            state.last_check = Some(SystemTime::now());
-            state.consecutive_fails = state.consecutive_fails.saturating_add(1);
-        });
-    }
-
-    fn snapshot(&self, name: &str) -> EndpointState {
-        self.with(|states| states.get(name).cloned().unwrap_or_default())
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
@@ -119,6 +44,7 @@ pub struct Metrics {
     endpoint_response_time_ms: Family<EndpointLabels, Gauge>,
     endpoint_consecutive_fails: Family<EndpointLabels, Gauge>,
     requests: Family<RequestLabels, Counter>,
+    cancelled: Counter,
     upstream_failures: Family<EndpointLabels, Counter>,
     in_flight: Gauge,
     header_latency: Histogram,
@@ -135,6 +61,7 @@ impl Metrics {
             endpoint_response_time_ms: Family::default(),
             endpoint_consecutive_fails: Family::default(),
             requests: Family::default(),
+            cancelled: Counter::default(),
             upstream_failures: Family::default(),
             in_flight: Gauge::default(),
             header_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
@@ -171,6 +98,11 @@ impl Metrics {
             metrics.requests.clone(),
         );
         registry.register(
+            "ccf_requests_cancelled",
+            "Client requests abandoned by the client before an answer was relayed",
+            metrics.cancelled.clone(),
+        );
+        registry.register(
             "ccf_upstream_failures",
             "Attempts that got no answer from the endpoint",
             metrics.upstream_failures.clone(),
@@ -201,6 +133,11 @@ impl Metrics {
             .inc();
     }
 
+    /// The client left before an answer was relayed.
+    pub fn record_cancelled(&self) {
+        self.cancelled.inc();
+    }
+
     /// An attempt on `endpoint` got no answer.
     pub fn record_upstream_failure(&self, endpoint: &Endpoint) {
         self.upstream_failures
@@ -224,10 +161,10 @@ impl Metrics {
         }
     }
 
-    fn render(&self, endpoints: &[Arc<Endpoint>], states: &EndpointStates) -> String {
+    fn render(&self, endpoints: &[Arc<Endpoint>], health: &HealthSnapshot) -> String {
         let mut healthy = 0;
         for endpoint in endpoints {
-            let state = states.snapshot(&endpoint.name);
+            let state = endpoint_health(health, &endpoint.name);
             let labels = EndpointLabels {
                 name: endpoint.name.clone(),
                 url: endpoint.url.to_string(),
@@ -237,13 +174,13 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(i64::from(state.healthy));
             self.endpoint_response_time_ms.get_or_create(&labels).set(
-                state.response_time.map_or(0, |latency| {
+                state.last_latency.map_or(0, |latency| {
                     i64::try_from(latency.as_millis()).unwrap_or(i64::MAX)
                 }),
             );
             self.endpoint_consecutive_fails
                 .get_or_create(&labels)
-                .set(i64::from(state.consecutive_fails));
+                .set(i64::from(state.consecutive_failures));
         }
         self.endpoints_total
             .set(i64::try_from(endpoints.len()).unwrap_or(i64::MAX));
@@ -284,7 +221,7 @@ pub fn respond(
     method: &Method,
     path: &str,
     endpoints: &[Arc<Endpoint>],
-    states: &EndpointStates,
+    health: &HealthSnapshot,
     metrics: &Metrics,
 ) -> Option<Response<ProxyBody>> {
     if !matches!(path, "/health" | "/health/detailed" | "/metrics") {
@@ -299,11 +236,11 @@ pub fn respond(
     }
     let response = match path {
         "/metrics" => with_type(
-            Response::new(full_body(metrics.render(endpoints, states))),
+            Response::new(full_body(metrics.render(endpoints, health))),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
-        "/health" => health(endpoints, states, false),
-        _ => health(endpoints, states, true),
+        "/health" => health_response(endpoints, health, false),
+        _ => health_response(endpoints, health, true),
     };
     Some(if method == Method::HEAD {
         let (parts, _) = response.into_parts();
@@ -326,11 +263,11 @@ struct HealthDetailed<'a> {
     timestamp: String,
     healthy_endpoints: usize,
     total_endpoints: usize,
-    endpoints: Vec<EndpointHealth>,
+    endpoints: Vec<EndpointHealthJson>,
 }
 
 #[derive(Serialize)]
-struct EndpointHealth {
+struct EndpointHealthJson {
     name: String,
     url: String,
     group: String,
@@ -339,17 +276,26 @@ struct EndpointHealth {
     response_time_ms: u128,
     last_check_time: Option<String>,
     consecutive_fails: u32,
+    last_error: Option<String>,
     priority: u32,
 }
 
-fn health(
+/// An endpoint's health; an endpoint the monitor does not know reads as never checked.
+fn endpoint_health(health: &HealthSnapshot, name: &str) -> EndpointHealth {
+    health
+        .get(name)
+        .cloned()
+        .unwrap_or_else(EndpointHealth::unchecked)
+}
+
+fn health_response(
     endpoints: &[Arc<Endpoint>],
-    states: &EndpointStates,
+    health: &HealthSnapshot,
     detailed: bool,
 ) -> Response<ProxyBody> {
-    let snapshots: Vec<(&Arc<Endpoint>, EndpointState)> = endpoints
+    let snapshots: Vec<(&Arc<Endpoint>, EndpointHealth)> = endpoints
         .iter()
-        .map(|endpoint| (endpoint, states.snapshot(&endpoint.name)))
+        .map(|endpoint| (endpoint, endpoint_health(health, &endpoint.name)))
         .collect();
     let healthy = snapshots.iter().filter(|(_, state)| state.healthy).count();
     let total = snapshots.len();
@@ -368,15 +314,16 @@ fn health(
             total_endpoints: total,
             endpoints: snapshots
                 .iter()
-                .map(|(endpoint, state)| EndpointHealth {
+                .map(|(endpoint, state)| EndpointHealthJson {
                     name: endpoint.name.clone(),
                     url: endpoint.url.to_string(),
                     group: endpoint.group.clone(),
                     healthy: state.healthy,
                     never_checked: state.never_checked,
-                    response_time_ms: state.response_time.map_or(0, |d| d.as_millis()),
+                    response_time_ms: state.last_latency.map_or(0, |d| d.as_millis()),
                     last_check_time: state.last_check.map(rfc3339),
-                    consecutive_fails: state.consecutive_fails,
+                    consecutive_fails: state.consecutive_failures,
+                    last_error: state.last_error.clone(),
                     priority: endpoint.priority,
                 })
                 .collect(),

@@ -124,6 +124,10 @@ pub(crate) struct Shared {
 struct State {
     queue: VecDeque<Arc<Reply>>,
     default_reply: Arc<Reply>,
+    /// The reply to health probes (`GET …/v1/models`), which never take a scripted reply.
+    probe_reply: Arc<Reply>,
+    /// Health probes received, kept apart from `records`.
+    probes: Vec<RecordedRequest>,
     /// Requests received, recorded or not.
     count: u64,
     records: Vec<RecordedRequest>,
@@ -144,11 +148,23 @@ impl Shared {
     }
 
     /// Number the request, record it, and pick its reply, all under one lock so the n-th
-    /// recorded request gets the n-th queued reply.
+    /// recorded request gets the n-th queued reply. Health probes (`GET …/v1/models`, what a
+    /// forwarder's health checker sends) are answered by the probe reply and recorded apart, so
+    /// a forwarder's background probes never take a reply scripted for the test's requests.
     fn admit(&self, arrival: Arrival) -> (u64, Option<usize>, Arc<Reply>) {
         let mut state = self.lock();
         state.count += 1;
         let number = state.count;
+        if is_probe(arrival.method, arrival.uri) {
+            let reply = Arc::clone(&state.probe_reply);
+            if self.record {
+                let record = arrival.into_record(state.probes.len(), number);
+                state.probes.push(record);
+                drop(state);
+                self.changed.send_replace(());
+            }
+            return (number, None, reply);
+        }
         let reply = match state.queue.pop_front() {
             Some(reply) => reply,
             None => Arc::clone(&state.default_reply),
@@ -157,21 +173,8 @@ impl Shared {
             return (number, None, reply);
         }
         let index = state.records.len();
-        state.records.push(RecordedRequest {
-            index,
-            request_id: request_id(number),
-            connection: arrival.connection,
-            method: arrival.method.as_str().to_owned(),
-            path: arrival.uri.path().to_owned(),
-            query: arrival.uri.query().map(str::to_owned),
-            version: arrival.version,
-            headers: arrival.headers,
-            body: arrival.body,
-            received_at: Instant::now(),
-            status: None,
-            outcome: ReplyOutcome::Pending,
-            sent_body: Bytes::new(),
-        });
+        let record = arrival.into_record(index, number);
+        state.records.push(record);
         drop(state);
         self.changed.send_replace(());
         (number, Some(index), reply)
@@ -203,6 +206,31 @@ struct Arrival<'a> {
     version: Version,
     headers: HeaderMap,
     body: Bytes,
+}
+
+impl Arrival<'_> {
+    fn into_record(self, index: usize, number: u64) -> RecordedRequest {
+        RecordedRequest {
+            index,
+            request_id: request_id(number),
+            connection: self.connection,
+            method: self.method.as_str().to_owned(),
+            path: self.uri.path().to_owned(),
+            query: self.uri.query().map(str::to_owned),
+            version: self.version,
+            headers: self.headers,
+            body: self.body,
+            received_at: Instant::now(),
+            status: None,
+            outcome: ReplyOutcome::Pending,
+            sent_body: Bytes::new(),
+        }
+    }
+}
+
+/// Whether a request is a health probe: `GET` on a path ending in `/v1/models`.
+fn is_probe(method: &Method, uri: &Uri) -> bool {
+    method == Method::GET && uri.path().ends_with("/v1/models")
 }
 
 fn request_id(number: u64) -> String {
@@ -277,6 +305,8 @@ impl MockUpstream {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 default_reply: Arc::new(config.default_reply),
+                probe_reply: Arc::new(Reply::auto()),
+                probes: Vec::new(),
                 count: 0,
                 records: Vec::new(),
             }),
@@ -316,6 +346,27 @@ impl MockUpstream {
     /// The reply once the queue is empty (initially [`Reply::auto`]).
     pub fn set_default(&self, reply: Reply) {
         self.shared.lock().default_reply = Arc::new(reply);
+    }
+
+    /// The reply to health probes (`GET …/v1/models`; initially [`Reply::auto`], a models list).
+    /// Probes never take queued or default replies.
+    pub fn set_probe_reply(&self, reply: Reply) {
+        self.shared.lock().probe_reply = Arc::new(reply);
+    }
+
+    /// Health probes received (`GET …/v1/models`), in arrival order; not part of
+    /// [`MockUpstream::requests`].
+    pub fn probes(&self) -> Vec<RecordedRequest> {
+        self.shared.lock().probes.clone()
+    }
+
+    /// Wait until `count` probes arrived or `timeout` passed; returns what arrived.
+    pub async fn wait_for_probes(&self, count: usize, timeout: Duration) -> Vec<RecordedRequest> {
+        self.wait_until(timeout, |state| {
+            (state.probes.len() >= count).then(|| state.probes.clone())
+        })
+        .await
+        .unwrap_or_else(|| self.probes())
     }
 
     /// How many enqueued replies are still waiting for a request.

@@ -331,8 +331,12 @@ async fn count_tokens_models_root_and_unknown_paths() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.json()["error"]["type"], "invalid_request_error");
 
+    // The models list is a health probe: recorded apart, never taking a scripted reply.
+    let probes = upstream.probes();
+    assert_eq!(probes.len(), 1);
+    assert_eq!(probes[0].path, "/v1/models");
     let outcomes = upstream.outcomes();
-    assert_eq!(outcomes.len(), 6);
+    assert_eq!(outcomes.len(), 5);
     for index in 0..outcomes.len() {
         assert_eq!(
             upstream.wait_for_outcome(index, WAIT).await,
@@ -639,4 +643,25 @@ async fn cancelled_http2_request_to_a_hang_is_recorded_as_client_gone() {
         upstream.wait_for_outcome(0, WAIT).await,
         Some(ReplyOutcome::ClientGone)
     );
+}
+
+#[tokio::test]
+async fn health_probes_never_take_scripted_replies() {
+    let upstream = MockUpstream::start().await;
+    let client = client();
+    let base = upstream.url();
+    upstream.enqueue(Reply::overloaded());
+    upstream.set_default(Reply::overloaded());
+    let probe = send(&client, Method::GET, format!("{base}/v1/models"), "").await;
+    assert_eq!(probe.status, StatusCode::OK);
+    upstream.set_probe_reply(Reply::error(503, "api_error", "probe says no"));
+    let probe = send(&client, Method::GET, format!("{base}/api/v1/models"), "").await;
+    assert_eq!(probe.status.as_u16(), 503);
+    assert_eq!(
+        upstream.queued_replies(),
+        1,
+        "the scripted reply is still waiting"
+    );
+    assert_eq!(upstream.wait_for_probes(2, WAIT).await.len(), 2);
+    assert!(upstream.requests().is_empty());
 }

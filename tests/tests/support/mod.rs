@@ -24,6 +24,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Forwarder {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The running engine, for operator actions and state.
+    pub engine: ccf_proxy::Forwarder,
     /// Plain HTTP client (no proxy-specific behaviour).
     pub client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -66,6 +68,7 @@ impl Forwarder {
     pub async fn start(config: Config) -> Forwarder {
         let app = App::bind(config).await.expect("app binds on loopback");
         let base = format!("http://{}", app.proxy_addr());
+        let engine = app.forwarder().clone();
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = app
@@ -76,6 +79,7 @@ impl Forwarder {
         });
         Forwarder {
             base,
+            engine,
             client: Client::builder(TokioExecutor::new()).build_http(),
             shutdown: Some(shutdown),
             task: Some(task),
@@ -228,4 +232,25 @@ pub async fn closed_port_url() -> String {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     format!("http://{addr}")
+}
+
+/// `POST /v1/messages` requests the upstream received (health probes excluded).
+pub fn messages_sent(upstream: &MockUpstream) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|request| request.method == "POST" && request.path.ends_with("/v1/messages"))
+        .count()
+}
+
+/// Polls `check` until it holds or `WAIT` passes.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -1,0 +1,171 @@
+//! What an attempt's result means for the request: classification by type and status code,
+//! never by matching strings (the Go original matched substrings such as `"400"` or `"limit"`).
+//!
+//! | result | class |
+//! |---|---|
+//! | 2xx, 3xx | [`AttemptClass::Success`]: relay it |
+//! | connect error, reset before response, response-header timeout | [`AttemptClass::Retry`] |
+//! | 500, 502, 503, 504, 520-525, 529 | [`AttemptClass::Retry`] |
+//! | 429 | [`AttemptClass::RateLimited`] with the wait the upstream asked for |
+//! | 401, 403 | [`AttemptClass::NextEndpoint`]: this endpoint's credentials are bad |
+//! | any other status | [`AttemptClass::Final`]: the request itself is wrong; relay verbatim |
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
+
+/// What to do after one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptClass {
+    /// The upstream accepted the request.
+    Success,
+    /// Transient: retry the same endpoint after a back-off, then move on.
+    Retry,
+    /// Rate limited; `retry_after` is the wait the upstream asked for, when it said.
+    RateLimited {
+        /// From `retry-after` or the earliest `anthropic-ratelimit-*-reset`.
+        retry_after: Option<Duration>,
+    },
+    /// The endpoint refused our credentials: move to the next endpoint at once.
+    NextEndpoint,
+    /// The upstream judged the request itself: relay its answer, try nothing else.
+    Final,
+}
+
+/// Classifies an upstream answer.
+pub fn classify_status(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> AttemptClass {
+    match status.as_u16() {
+        200..=399 => AttemptClass::Success,
+        429 => AttemptClass::RateLimited {
+            retry_after: retry_after(headers, now),
+        },
+        401 | 403 => AttemptClass::NextEndpoint,
+        500 | 502 | 503 | 504 | 520..=525 | 529 => AttemptClass::Retry,
+        _ => AttemptClass::Final,
+    }
+}
+
+/// The wait a 429 asks for: `retry-after` (seconds or an HTTP date), else the earliest future
+/// `anthropic-ratelimit-*-reset` (RFC 3339).
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if let Some(value) = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+    {
+        if let Ok(seconds) = value.parse::<f64>() {
+            if seconds.is_finite() && seconds >= 0.0 {
+                return Some(Duration::from_secs_f64(seconds.min(86_400.0)));
+            }
+        }
+        if let Ok(date) = httpdate::parse_http_date(value) {
+            return Some(date.duration_since(now).unwrap_or_default());
+        }
+    }
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            name.starts_with("anthropic-ratelimit-") && name.ends_with("-reset")
+        })
+        .filter_map(|(_, value)| value.to_str().ok())
+        .filter_map(|text| humantime::parse_rfc3339_weak(text.trim()).ok())
+        .filter_map(|reset| reset.duration_since(now).ok())
+        .min()
+}
+
+/// `min(base * multiplier^(attempt-1), max)`, then jittered into `[d/2, d]` so that many
+/// clients retrying together do not hit the upstream in lockstep. `attempt` starts at 1.
+pub fn backoff(
+    attempt: u32,
+    base: Duration,
+    multiplier: f64,
+    max: Duration,
+    jitter_unit: f64,
+) -> Duration {
+    let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+    let raw = base.as_secs_f64() * multiplier.max(1.0).powi(exponent);
+    let capped = raw.min(max.as_secs_f64()).max(0.0);
+    let jitter = jitter_unit.clamp(0.0, 1.0);
+    Duration::from_secs_f64(capped * (0.5 + 0.5 * jitter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn statuses_map_to_the_table() {
+        let now = SystemTime::now();
+        let check = |status: u16, expected: AttemptClass| {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(
+                classify_status(status, &HeaderMap::new(), now),
+                expected,
+                "{status}"
+            );
+        };
+        for status in [200, 201, 204, 301, 304] {
+            check(status, AttemptClass::Success);
+        }
+        for status in [500, 502, 503, 504, 520, 521, 522, 523, 524, 525, 529] {
+            check(status, AttemptClass::Retry);
+        }
+        for status in [401, 403] {
+            check(status, AttemptClass::NextEndpoint);
+        }
+        for status in [400, 404, 405, 408, 409, 413, 422, 501, 505, 526] {
+            check(status, AttemptClass::Final);
+        }
+        check(429, AttemptClass::RateLimited { retry_after: None });
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_ratelimit_resets() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &date)]), now),
+            Some(Duration::from_secs(30))
+        );
+        let reset_soon = humantime::format_rfc3339(now + Duration::from_secs(12)).to_string();
+        let reset_later = humantime::format_rfc3339(now + Duration::from_secs(50)).to_string();
+        assert_eq!(
+            retry_after(
+                &headers(&[
+                    ("anthropic-ratelimit-tokens-reset", &reset_later),
+                    ("anthropic-ratelimit-requests-reset", &reset_soon),
+                ]),
+                now
+            ),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_within_half_to_full() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(1, base, 2.0, max, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(2, base, 2.0, max, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff(3, base, 2.0, max, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff(10, base, 2.0, max, 1.0), max);
+        assert_eq!(backoff(2, base, 2.0, max, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff(1, Duration::ZERO, 2.0, max, 0.5), Duration::ZERO);
+    }
+}

@@ -1,0 +1,182 @@
+//! Holding requests while nothing can serve them (`request_suspend.*`).
+//!
+//! A request that found no available endpoint is held instead of failing, at most
+//! `max_suspended_requests` at once (enforced atomically: over the cap it fails at once), for at
+//! most `request_suspend.timeout`. Anything that may make an endpoint available (an operator
+//! action, a health probe passing, a sibling request succeeding) calls [`Suspension::wake`];
+//! held requests then route again from scratch. Cancellation: a held request is a future; when
+//! the client disconnects hyper drops it, its [`HoldPermit`] is dropped and the slot is freed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ccf_lifecycle::RequestId;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The shared suspension state of one forwarder.
+#[derive(Debug)]
+pub struct Suspension {
+    enabled: bool,
+    timeout: Duration,
+    capacity: usize,
+    held: AtomicUsize,
+    since: Mutex<HashMap<RequestId, Instant>>,
+    generation: watch::Sender<u64>,
+}
+
+/// A held request's slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct HoldPermit {
+    suspension: Arc<Suspension>,
+    request_id: RequestId,
+    since: Instant,
+}
+
+impl HoldPermit {
+    /// How long the request has been held.
+    pub fn waited(&self) -> Duration {
+        self.since.elapsed()
+    }
+}
+
+impl Drop for HoldPermit {
+    fn drop(&mut self) {
+        self.suspension.held.fetch_sub(1, Ordering::AcqRel);
+        self.suspension
+            .since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.request_id);
+    }
+}
+
+impl Suspension {
+    /// Suspension as configured; `enabled: false` never holds anything.
+    pub fn new(enabled: bool, timeout: Duration, capacity: usize) -> Self {
+        Suspension {
+            enabled,
+            timeout,
+            capacity,
+            held: AtomicUsize::new(0),
+            since: Mutex::new(HashMap::new()),
+            generation: watch::Sender::new(0),
+        }
+    }
+
+    /// The longest time a request is held.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Requests held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Held requests and how long each has waited, oldest first.
+    pub fn held_requests(&self) -> Vec<(RequestId, Duration)> {
+        let mut held: Vec<(RequestId, Duration)> = self
+            .since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, since)| (*id, since.elapsed()))
+            .collect();
+        held.sort_by_key(|(_, waited)| std::cmp::Reverse(*waited));
+        held
+    }
+
+    /// Takes a slot, or `None` when suspension is off or the cap is reached.
+    pub fn try_hold(self: &Arc<Self>, request_id: RequestId) -> Option<HoldPermit> {
+        if !self.enabled {
+            return None;
+        }
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < self.capacity).then_some(held + 1)
+            })
+            .ok()?;
+        let since = Instant::now();
+        self.since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(request_id, since);
+        Some(HoldPermit {
+            suspension: Arc::clone(self),
+            request_id,
+            since,
+        })
+    }
+
+    /// Something may have become available: every held request looks again.
+    pub fn wake(&self) {
+        if self.held() > 0 {
+            self.generation.send_modify(|generation| *generation += 1);
+        }
+    }
+
+    /// A receiver that changes on every [`Suspension::wake`]; take it *before* checking
+    /// availability so a wake between the check and the wait is not lost.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_cap_is_enforced_and_slots_are_freed_on_drop() {
+        let suspension = Arc::new(Suspension::new(true, Duration::from_secs(1), 2));
+        let first = suspension.try_hold(RequestId::from_u64(1)).unwrap();
+        let _second = suspension.try_hold(RequestId::from_u64(2)).unwrap();
+        assert!(suspension.try_hold(RequestId::from_u64(3)).is_none());
+        assert_eq!(suspension.held(), 2);
+        assert_eq!(suspension.held_requests().len(), 2);
+        drop(first);
+        assert_eq!(suspension.held(), 1);
+        assert!(suspension.try_hold(RequestId::from_u64(4)).is_some());
+    }
+
+    #[tokio::test]
+    async fn disabled_suspension_holds_nothing() {
+        let suspension = Arc::new(Suspension::new(false, Duration::from_secs(1), 10));
+        assert!(suspension.try_hold(RequestId::from_u64(1)).is_none());
+    }
+
+    #[tokio::test]
+    async fn concurrent_holds_never_exceed_the_cap() {
+        let suspension = Arc::new(Suspension::new(true, Duration::from_secs(1), 5));
+        let mut tasks = Vec::new();
+        for n in 0..64 {
+            let suspension = Arc::clone(&suspension);
+            tasks.push(tokio::spawn(async move {
+                suspension.try_hold(RequestId::from_u64(n))
+            }));
+        }
+        let mut permits = Vec::new();
+        for task in tasks {
+            if let Some(permit) = task.await.unwrap() {
+                permits.push(permit);
+            }
+        }
+        assert_eq!(permits.len(), 5);
+        assert_eq!(suspension.held(), 5);
+    }
+
+    #[tokio::test]
+    async fn wake_reaches_subscribers_only_when_something_is_held() {
+        let suspension = Arc::new(Suspension::new(true, Duration::from_secs(1), 5));
+        let mut receiver = suspension.subscribe();
+        suspension.wake();
+        assert!(!receiver.has_changed().unwrap());
+        let _permit = suspension.try_hold(RequestId::from_u64(1)).unwrap();
+        suspension.wake();
+        assert!(receiver.has_changed().unwrap());
+        receiver.changed().await.unwrap();
+    }
+}
