@@ -1,9 +1,10 @@
 //! Shared vocabulary of cc-forwarder.
 //!
 //! This crate owns the small value types every other crate speaks in: [`Secret`], a wrapper that
-//! keeps tokens, API keys and passwords from ever being printed, and [`mask_secret`], the one
-//! masking rule used wherever a credential has to be shown to a person. It does no IO and knows
-//! nothing about configuration files, HTTP or storage.
+//! keeps tokens, API keys and passwords from ever being printed, [`mask_secret`], the one
+//! masking rule used wherever a credential has to be shown to a person, and [`Usage`], the token
+//! counts an upstream reports for one request. It does no IO and knows nothing about
+//! configuration files, HTTP or storage.
 
 use std::fmt;
 
@@ -76,6 +77,45 @@ pub fn mask_secret(value: &str) -> String {
         String::new()
     };
     format!("{visible}***")
+}
+
+/// The token usage an upstream reported for one request (Anthropic `usage` object).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// `input_tokens`.
+    pub input_tokens: u64,
+    /// `output_tokens`.
+    pub output_tokens: u64,
+    /// `cache_creation_input_tokens`: all cache writes, whatever their TTL.
+    pub cache_creation_input_tokens: u64,
+    /// `cache_read_input_tokens`.
+    pub cache_read_input_tokens: u64,
+    /// `cache_creation.ephemeral_5m_input_tokens`: cache writes with the 5-minute TTL.
+    pub cache_creation_5m_input_tokens: u64,
+    /// `cache_creation.ephemeral_1h_input_tokens`: cache writes with the 1-hour TTL.
+    pub cache_creation_1h_input_tokens: u64,
+    /// `server_tool_use.web_search_requests`.
+    pub web_search_requests: u64,
+    /// `service_tier`, when reported.
+    pub service_tier: Option<String>,
+}
+
+impl Usage {
+    /// Whether no token at all was reported.
+    pub fn is_empty(&self) -> bool {
+        self.input_tokens == 0
+            && self.output_tokens == 0
+            && self.cache_creation_input_tokens == 0
+            && self.cache_read_input_tokens == 0
+    }
+
+    /// Input, output and both cache counts added up.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.output_tokens)
+            .saturating_add(self.cache_creation_input_tokens)
+            .saturating_add(self.cache_read_input_tokens)
+    }
 }
 
 #[cfg(test)]
