@@ -120,7 +120,23 @@ async fn server_errors_and_cloudflare_errors_are_retried() {
 }
 
 #[tokio::test]
-async fn unreachable_endpoint_is_retried_then_skipped() {
+async fn an_endpoint_that_never_answers_is_retried_then_skipped() {
+    let mocks = Topology::start().await;
+    // Its health probe passes, so routing starts with it; its messages never get headers.
+    mocks.a.set_default(Reply::hang());
+    let forwarder = mocks
+        .forwarder(&format!(
+            "{FAST_RETRY}streaming:\n  response_header_timeout: 200ms\n"
+        ))
+        .await;
+    let answer = forwarder.messages(request(false), &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(attempts(&answer), 4, "3 on a, 1 on b");
+    assert_eq!(mocks.sent(), [3, 1, 0]);
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_skipped() {
     let mocks = Topology::start().await;
     let dead = closed_port_url().await;
     let forwarder = Forwarder::start(config(
@@ -131,10 +147,14 @@ async fn unreachable_endpoint_is_retried_then_skipped() {
         ],
     ))
     .await;
-    let answer = forwarder.messages(request(false), &[]).await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(attempts(&answer), 4, "3 on the dead endpoint, 1 on b");
-    assert_eq!(messages_sent(&mocks.b), 1);
+    for _ in 0..3 {
+        let answer = forwarder.messages(request(false), &[]).await;
+        assert_eq!(answer.status, 200);
+        // At most the first request spends attempts on it; once known down it goes last.
+        assert!(attempts(&answer) <= 4);
+    }
+    assert_eq!(messages_sent(&mocks.b), 3);
+    assert!(!forwarder.engine.health().is_healthy("dead"));
 }
 
 #[tokio::test]
@@ -582,4 +602,62 @@ async fn a_client_leaving_during_back_off_stops_the_request() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(mocks.sent(), [1, 0, 0], "no attempt after the client left");
+}
+
+#[tokio::test]
+async fn the_fastest_strategy_prefers_the_endpoint_that_answers_sooner() {
+    let slow = MockUpstream::start().await;
+    let fast = MockUpstream::start().await;
+    // The slow endpoint has the better priority; only measured latency can put `fast` first.
+    slow.set_default(Reply::auto().header_delay(Duration::from_millis(150)));
+    slow.set_probe_reply(Reply::auto().header_delay(Duration::from_millis(150)));
+    let forwarder = Forwarder::start(config(
+        "strategy:\n  type: fastest\n  fast_test_enabled: true\n  fast_test_cache_ttl: 1m\n  fast_test_timeout: 2s\n",
+        &[
+            endpoint_yaml("slow", &slow.url(), "priority: 1"),
+            endpoint_yaml("fast", &fast.url(), "priority: 2"),
+        ],
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(forwarder.messages(request(false), &[]).await.status, 200);
+    }
+    assert_eq!(messages_sent(&fast), 3);
+    assert_eq!(messages_sent(&slow), 0);
+    let views = forwarder.engine.endpoints();
+    let slow_view = views.iter().find(|view| view.name == "slow").unwrap();
+    let fast_view = views.iter().find(|view| view.name == "fast").unwrap();
+    assert!(slow_view.probe_latency > fast_view.probe_latency);
+}
+
+#[tokio::test]
+async fn a_held_request_whose_client_leaves_frees_its_slot() {
+    let upstream = MockUpstream::start().await;
+    let forwarder = Forwarder::start(config(
+        "request_suspend:\n  enabled: true\n  timeout: 30s\n  max_suspended_requests: 1\n",
+        &[endpoint_yaml("only", &upstream.url(), "group: solo")],
+    ))
+    .await;
+    forwarder.engine.pause_group("solo", None).unwrap();
+    let addr = forwarder.base.trim_start_matches("http://").to_string();
+    let body = request(false).to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let raw = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, raw.as_bytes())
+        .await
+        .unwrap();
+    let engine = forwarder.engine.clone();
+    eventually("the request is held", || engine.held_requests().len() == 1).await;
+    drop(stream);
+    eventually("the slot is freed", || engine.held_requests().is_empty()).await;
+    forwarder.engine.resume_group("solo").unwrap();
+    assert_eq!(forwarder.messages(request(false), &[]).await.status, 200);
+    assert_eq!(
+        messages_sent(&upstream),
+        1,
+        "the cancelled request never reached upstream"
+    );
 }

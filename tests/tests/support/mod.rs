@@ -224,14 +224,11 @@ impl Answer {
     }
 }
 
-/// A port on loopback where nothing listens (bound then released).
+/// An address on loopback that refuses connections: port 1 is below the ephemeral range, so no
+/// test's listener can ever take it (a bound-then-released port could be reused by a parallel
+/// test's mock).
 pub async fn closed_port_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    format!("http://{addr}")
+    "http://127.0.0.1:1".to_string()
 }
 
 /// `POST /v1/messages` requests the upstream received (health probes excluded).
