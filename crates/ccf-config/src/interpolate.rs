@@ -127,16 +127,11 @@ fn convert(
 ) -> Option<Value> {
     Some(match value {
         serde_yaml::Value::Null => return None,
-        serde_yaml::Value::Bool(flag) => Value::from(flag),
-        serde_yaml::Value::Number(number) => {
-            if let Some(unsigned) = number.as_u64() {
-                Value::from(unsigned)
-            } else if let Some(signed) = number.as_i64() {
-                Value::from(signed)
-            } else {
-                Value::from(number.as_f64().unwrap_or(f64::NAN))
-            }
-        }
+        // Scalars stay text, as the Go original's YAML library read them into string fields:
+        // `X-Version: 1.0` is the header value "1.0" and `group: 2` the group "2". Numeric and
+        // boolean keys read them back through figment's lossy extraction.
+        serde_yaml::Value::Bool(flag) => Value::from(flag.to_string()),
+        serde_yaml::Value::Number(number) => Value::from(number.to_string()),
         serde_yaml::Value::String(text) => match expand(&text, lookup) {
             Ok(expanded) => Value::from(expanded),
             Err(message) => {

@@ -132,6 +132,7 @@ pub struct RetryConfig {
     /// Back-off cap (default `30s`).
     pub max_delay: GoDuration,
     /// Back-off factor (default 2.0).
+    #[serde(deserialize_with = "decimal::required")]
     pub multiplier: f64,
 }
 
@@ -390,6 +391,7 @@ pub struct TokenCountingConfig {
     /// Answer `/v1/messages/count_tokens` (forwarded or estimated) instead of proxying blindly.
     pub enabled: bool,
     /// Characters per token for the local estimate (default 4.0).
+    #[serde(deserialize_with = "decimal::required")]
     pub estimation_ratio: f64,
 }
 
@@ -450,7 +452,7 @@ pub struct UsageTrackingConfig {
     pub buffer_size: u32,
     /// Outcomes written per batch (default 100).
     pub batch_size: u32,
-    /// Longest time an outcome waits before it is written (default `30s`).
+    /// Longest time an outcome waits before it is written (default `1s`).
     pub flush_interval: GoDuration,
     /// Attempts to write a batch (default 3).
     pub max_retry: u32,
@@ -472,7 +474,7 @@ impl Default for UsageTrackingConfig {
             database: None,
             buffer_size: 1000,
             batch_size: 100,
-            flush_interval: GoDuration::secs(30),
+            flush_interval: GoDuration::secs(1),
             max_retry: 3,
             retention_days: 90,
             cleanup_interval: GoDuration::secs(24 * 3600),
@@ -548,15 +550,15 @@ pub struct ModelPricing {
 /// A pricing entry as written, so absent prices can be told from explicit zeros.
 #[derive(Deserialize)]
 struct ModelPricingRepr {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "decimal::optional")]
     input: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "decimal::optional")]
     output: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "decimal::optional")]
     cache_creation: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "decimal::optional")]
     cache_read: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "decimal::optional")]
     cache_creation_1h: Option<f64>,
 }
 
@@ -659,4 +661,74 @@ pub struct RawEndpoint {
     pub headers: Option<BTreeMap<String, String>>,
     /// The endpoint answers `/v1/messages/count_tokens`.
     pub supports_count_tokens: bool,
+}
+
+/// Decimal numbers read from their text with full `f64` precision. The loader hands YAML
+/// scalars over as text (so string keys keep what the user wrote), and figment's lossy number
+/// conversion would go through `f32` first and turn a price of `0.08` into `0.0799999982`.
+mod decimal {
+    use serde::de::{Deserializer, Error, Visitor};
+    use std::fmt;
+
+    struct DecimalVisitor;
+
+    impl Visitor<'_> for DecimalVisitor {
+        type Value = f64;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a number")
+        }
+
+        fn visit_f64<E: Error>(self, value: f64) -> Result<f64, E> {
+            Ok(value)
+        }
+
+        fn visit_f32<E: Error>(self, value: f32) -> Result<f64, E> {
+            // Through its shortest decimal text, so 0.08f32 becomes 0.08, not 0.0799999982.
+            value
+                .to_string()
+                .parse()
+                .map_err(|_| E::custom(format!("invalid number `{value}`")))
+        }
+
+        fn visit_u64<E: Error>(self, value: u64) -> Result<f64, E> {
+            Ok(value as f64)
+        }
+
+        fn visit_i64<E: Error>(self, value: i64) -> Result<f64, E> {
+            Ok(value as f64)
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<f64, E> {
+            text.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|value| value.is_finite())
+                .ok_or_else(|| E::custom(format!("expected a number, found `{text}`")))
+        }
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        deserializer.deserialize_any(DecimalVisitor)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+        struct OptionalVisitor;
+        impl<'de> Visitor<'de> for OptionalVisitor {
+            type Value = Option<f64>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a number")
+            }
+            fn visit_none<E: Error>(self) -> Result<Option<f64>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: Error>(self) -> Result<Option<f64>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<f64>, D::Error> {
+                required(deserializer).map(Some)
+            }
+        }
+        deserializer.deserialize_option(OptionalVisitor)
+    }
 }

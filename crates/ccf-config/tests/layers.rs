@@ -301,3 +301,26 @@ fn absent_cache_prices_follow_the_input_price() {
         (3.0, 15.0, 3.75, 0.30)
     );
 }
+
+#[test]
+fn unquoted_scalars_in_text_keys_keep_what_the_user_wrote() {
+    // The Go original's YAML library read these into string fields; existing files rely on it.
+    let config = ccf_config::Config::from_yaml_str(
+        "endpoints:\n  - name: 7\n    url: https://a.example\n    group: 2\n    token: 123456\n    headers:\n      X-Version: 1.0\n      X-Flag: true\nretry:\n  multiplier: 1.5\nusage_tracking:\n  model_pricing:\n    m:\n      input: 0.08\n      output: 4\n",
+    )
+    .expect("loads");
+    let endpoint = &config.endpoints[0];
+    assert_eq!(endpoint.name, "7");
+    assert_eq!(endpoint.group, "2");
+    assert_eq!(endpoint.token.as_ref().map(|t| t.expose()), Some("123456"));
+    assert!(endpoint
+        .headers
+        .contains(&("X-Version".to_string(), "1.0".to_string())));
+    assert!(endpoint
+        .headers
+        .contains(&("X-Flag".to_string(), "true".to_string())));
+    assert_eq!(config.retry.multiplier, 1.5);
+    let pricing = &config.usage_tracking.model_pricing["m"];
+    assert_eq!(pricing.input, 0.08, "no f32 rounding on the way");
+    assert_eq!(pricing.output, 4.0);
+}

@@ -6,6 +6,7 @@
 //! `drain_timeout` for them; connections still open after that are dropped.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,6 +16,33 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::forwarder::Forwarder;
+
+/// The address of the client that sent a request, put into the request's extensions by
+/// [`serve`] (embedders serving the engine themselves may insert it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The forwarder as one connection's service: every request learns the peer address.
+#[derive(Clone)]
+struct WithClientAddr {
+    forwarder: Forwarder,
+    client: ClientAddr,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithClientAddr {
+    type Response = <Forwarder as hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+    >>::Response;
+    type Error = std::convert::Infallible;
+    type Future = <Forwarder as hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+    >>::Future;
+
+    fn call(&self, mut request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.client);
+        self.forwarder.call(request)
+    }
+}
 
 /// Listener settings.
 #[derive(Debug, Clone)]
@@ -60,8 +88,12 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let service = WithClientAddr {
+                    forwarder: forwarder.clone(),
+                    client: ClientAddr(peer),
+                };
                 let connection = builder
-                    .serve_connection(TokioIo::new(stream), forwarder.clone())
+                    .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
