@@ -1,208 +1,32 @@
 //! The request lifecycle of cc-forwarder.
 //!
 //! This crate owns the identity of a request ([`RequestId`]: `req-` + 16 lowercase hex digits, 64
-//! random bits, so ids do not collide the way the Go original's 32-bit ids did) and, as the
-//! lifecycle issue lands, the request state machine and its events. It is pure: no IO, no tokio,
-//! no HTTP; the engine drives it and the store, metrics and UIs observe it.
+//! random bits, so ids do not collide the way the Go original's 32-bit ids did) and its state
+//! machine: a [`Lifecycle`] takes one request from `pending` through `forwarding` (once per
+//! attempted endpoint) and `processing` to exactly one [`Outcome`] (`completed`, `failed` or
+//! `cancelled`), carrying the [`RequestRecord`] that the store writes and the UIs show, with its
+//! [`Attempt`] trail, model and the token [`Usage`](ccf_types::Usage) actually consumed. Each
+//! change yields a [`LifecycleEvent`]; a [`Coalescer`] lets slow subscribers skip intermediate
+//! events without losing final ones.
+//!
+//! It is pure: no IO, no tokio, no HTTP, no clock reads (times are passed in), no panics. It does
+//! not know how errors are classified, how usage is parsed or where records are stored; the engine
+//! drives it and the store, metrics and UIs observe it.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// The identity of one client request: `req-` followed by 16 lowercase hex digits.
-///
-/// It appears in every log line about the request, in the `x-ccf-request-id` response header and
-/// on the usage row.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(u64);
-
-impl RequestId {
-    /// A fresh id from 64 random bits (thread-local CSPRNG, no syscall per id).
-    pub fn generate() -> Self {
-        RequestId(rand::random::<u64>())
-    }
-
-    /// The id with these bits (for tests and storage round trips).
-    pub const fn from_u64(bits: u64) -> Self {
-        RequestId(bits)
-    }
-
-    /// The 64 bits behind the id.
-    pub const fn as_u64(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "req-{:016x}", self.0)
-    }
-}
-
-impl fmt::Debug for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Why a string is not a [`RequestId`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidRequestId(String);
-
-impl fmt::Display for InvalidRequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid request id `{}`: expected `req-` and 16 lowercase hex digits",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for InvalidRequestId {}
-
-impl FromStr for RequestId {
-    type Err = InvalidRequestId;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || InvalidRequestId(text.to_string());
-        let hex = text.strip_prefix("req-").ok_or_else(invalid)?;
-        if hex.len() != 16
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(invalid());
-        }
-        u64::from_str_radix(hex, 16)
-            .map(RequestId)
-            .map_err(|_| invalid())
-    }
-}
-
-impl Serialize for RequestId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for RequestId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_as_req_and_sixteen_hex_digits() {
-        assert_eq!(
-            RequestId::from_u64(0xab).to_string(),
-            "req-00000000000000ab"
-        );
-        let generated = RequestId::generate().to_string();
-        assert_eq!(generated.len(), 20);
-        assert!(generated.starts_with("req-"));
-        assert!(generated[4..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-    }
-
-    #[test]
-    fn parses_what_it_prints_and_rejects_everything_else() {
-        let id = RequestId::generate();
-        assert_eq!(id.to_string().parse::<RequestId>(), Ok(id));
-        for bad in [
-            "",
-            "req-",
-            "req-123",
-            "req-00000000000000AB",
-            "rq-00000000000000ab",
-            "req-00000000000000abc",
-            "req-0000000000000g0b",
-        ] {
-            assert!(
-                bad.parse::<RequestId>().is_err(),
-                "{bad} should be rejected"
-            );
-        }
-    }
-
-    #[test]
-    fn a_million_ids_do_not_collide() {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..1_000_000 {
-            assert!(seen.insert(RequestId::generate()));
-        }
-    }
-}
+mod attempt;
+mod event;
+mod id;
+mod machine;
+mod millis;
+mod record;
+mod vocabulary;
 
 pub use attempt::{Attempt, AttemptOutcome};
+pub use event::{ChangeType, Coalescer, LifecycleEvent};
+pub use id::{InvalidRequestId, RequestId};
+pub use machine::{Lifecycle, Outcome, Transition, TransitionError};
+pub use record::{models_match, RequestRecord, RequestStart};
+pub use vocabulary::{ErrorState, FailureReason, Status, UnknownWord};
 
-mod attempt {
-    use std::time::{Duration, SystemTime};
-
-    use serde::Serialize;
-
-    /// One try of a request on one endpoint: the attempt trail shown for every request.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-    pub struct Attempt {
-        /// Endpoint name.
-        pub endpoint: String,
-        /// Group of the endpoint.
-        pub group: String,
-        /// When the attempt was sent.
-        #[serde(with = "unix_millis")]
-        pub started_at: SystemTime,
-        /// Time until the upstream answered (headers) or the attempt failed.
-        #[serde(with = "duration_millis")]
-        pub duration: Duration,
-        /// What came of it.
-        pub outcome: AttemptOutcome,
-    }
-
-    /// The result of one attempt.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-    #[serde(tag = "kind", rename_all = "snake_case")]
-    pub enum AttemptOutcome {
-        /// The upstream answered with this status.
-        Status {
-            /// HTTP status code.
-            status: u16,
-        },
-        /// The connection could not be made or broke before the answer.
-        ConnectError {
-            /// What failed.
-            message: String,
-        },
-        /// No response headers within the response-header timeout.
-        HeaderTimeout,
-    }
-
-    mod unix_millis {
-        use std::time::SystemTime;
-
-        pub fn serialize<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-            let millis = time
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0);
-            s.serialize_u64(u64::try_from(millis).unwrap_or(u64::MAX))
-        }
-    }
-
-    mod duration_millis {
-        use std::time::Duration;
-
-        pub fn serialize<S: serde::Serializer>(
-            duration: &Duration,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            s.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
-        }
-    }
-}
+#[cfg(test)]
+mod tests;
