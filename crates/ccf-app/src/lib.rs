@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ccf_config::Config;
-use ccf_proxy::{serve, Forwarder, ServeOptions};
+use ccf_proxy::{serve, Forwarder, RequestObserver, ServeOptions};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -45,8 +45,17 @@ impl App {
     /// Builds the engine and binds the proxy listener on `server.host:server.port` (port 0 picks
     /// a free port; see [`App::proxy_addr`]).
     pub async fn bind(config: Config) -> Result<App, AppError> {
+        Self::bind_observed(config, None).await
+    }
+
+    /// Like [`App::bind`], with an extra observer of every request's changes and outcome (tests
+    /// and embedders use it to watch outcomes).
+    pub async fn bind_observed(
+        config: Config,
+        observer: Option<Arc<dyn RequestObserver>>,
+    ) -> Result<App, AppError> {
         let config = Arc::new(config);
-        let forwarder = Forwarder::build(Arc::clone(&config))?;
+        let forwarder = Forwarder::build_observed(Arc::clone(&config), observer)?;
         let address = format!("{}:{}", config.server.host, config.server.port);
         let proxy_listener =
             TcpListener::bind(&address)

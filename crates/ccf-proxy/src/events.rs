@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ccf_health::HealthEvent;
-use ccf_lifecycle::RequestId;
+use ccf_lifecycle::{LifecycleEvent, RequestId};
 use ccf_router::RouterEvent;
 use tokio::sync::broadcast;
 
@@ -16,6 +16,8 @@ const CAPACITY: usize = 4096;
 /// Something observable happened.
 #[derive(Debug, Clone)]
 pub enum ForwarderEvent {
+    /// A request started, changed or finished.
+    Request(LifecycleEvent),
     /// Group or endpoint routing state changed.
     Router(RouterEvent),
     /// An endpoint's health changed.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use ccf_config::{Config, Endpoint};
 use ccf_health::{HealthMonitor, HealthSettings, HealthSnapshot, HealthTask, PassiveFailure};
-use ccf_lifecycle::{Attempt, AttemptOutcome, RequestId};
+use ccf_lifecycle::{Attempt, AttemptOutcome, FailureReason, Lifecycle, RequestId, RequestStart};
 use ccf_router::{EndpointView, GroupView, RoutePlan, Router, RouterError, RouterEvent};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body;
@@ -43,7 +43,10 @@ use crate::events::{EventBus, ForwarderEvent};
 use crate::headers::{remove_hop_by_hop, rewrite_request_headers, X_CCF_REQUEST_ID};
 use crate::monitoring::{self, Metrics};
 use crate::probe::UpstreamProber;
+use crate::server::ClientAddr;
 use crate::suspend::{HoldPermit, Suspension};
+use crate::tracking::{RequestObserver, Tracker, TrackingHub};
+use ccf_tokens::BodyTap;
 
 /// Time allowed to open a TCP (and TLS) connection to an upstream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +81,7 @@ struct Shared {
     suspension: Arc<Suspension>,
     events: EventBus,
     metrics: Arc<Metrics>,
+    hub: Arc<TrackingHub>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -102,7 +106,32 @@ struct RequestContext {
     body: Bytes,
     is_streaming: bool,
     started: Instant,
-    attempts: Vec<Attempt>,
+    /// The request's lifecycle; moved into the response body's observer once an answer is
+    /// relayed (until then, dropping the context records a cancel).
+    tracker: Option<Tracker>,
+    /// Counts the request as in flight until its answer is fully relayed.
+    in_flight: Option<monitoring::InFlightGuard>,
+    /// Attempts made so far (mirrors the lifecycle's trail, for the response header).
+    attempt_count: usize,
+}
+
+impl RequestContext {
+    fn tracker(&mut self) -> Option<&mut Tracker> {
+        self.tracker.as_mut()
+    }
+
+    fn retrying(&mut self, reason: FailureReason, detail: &str) {
+        if let Some(tracker) = self.tracker() {
+            tracker.transition(|lifecycle| lifecycle.retrying(reason, detail));
+        }
+    }
+
+    fn record_attempt(&mut self, attempt: Attempt) {
+        self.attempt_count += 1;
+        if let Some(tracker) = self.tracker() {
+            tracker.update(|lifecycle| lifecycle.attempt_finished(attempt));
+        }
+    }
 }
 
 /// An upstream answer kept whole so it can be relayed later, verbatim.
@@ -152,6 +181,15 @@ impl Forwarder {
     /// Builds the engine from a validated configuration. Nothing runs until
     /// [`Forwarder::spawn_background`] is called (health probes) and requests arrive.
     pub fn build(config: Arc<Config>) -> Result<Forwarder, BuildError> {
+        Self::build_observed(config, None)
+    }
+
+    /// Like [`Forwarder::build`], with an observer that receives every request's changes and
+    /// its one final outcome (the usage recorder).
+    pub fn build_observed(
+        config: Arc<Config>,
+        observer: Option<Arc<dyn RequestObserver>>,
+    ) -> Result<Forwarder, BuildError> {
         let client = build_upstream_client(&config.proxy, CONNECT_TIMEOUT)?;
         let endpoints: Vec<Arc<Endpoint>> =
             config.endpoints.iter().cloned().map(Arc::new).collect();
@@ -170,6 +208,13 @@ impl Forwarder {
             config.request_suspend.timeout.get(),
             usize::try_from(config.request_suspend.max_suspended_requests).unwrap_or(usize::MAX),
         ));
+        let events = EventBus::new();
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(TrackingHub {
+            events: events.clone(),
+            metrics: Arc::clone(&metrics),
+            observer,
+        });
         Ok(Forwarder {
             shared: Arc::new(Shared {
                 router: Mutex::new(Router::from_config(&config)),
@@ -179,8 +224,9 @@ impl Forwarder {
                 auth,
                 health,
                 suspension,
-                events: EventBus::new(),
-                metrics: Arc::new(Metrics::new()),
+                events,
+                metrics,
+                hub,
             }),
         })
     }
@@ -352,8 +398,12 @@ impl Forwarder {
         ) {
             return response;
         }
-        let mut guard = CancelGuard::new(Arc::clone(&shared.metrics));
         let started = Instant::now();
+        let started_at = SystemTime::now();
+        let client_ip = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|client| client.0.ip());
         if let Some(auth) = shared
             .auth
             .as_ref()
@@ -362,7 +412,6 @@ impl Forwarder {
             if let Err(error) = auth.check(request.headers()) {
                 info!(status = 401, "rejected: {error}");
                 shared.metrics.record_request("", error.status());
-                guard.done();
                 return error.to_response();
             }
         }
@@ -373,7 +422,6 @@ impl Forwarder {
             Err(error) => {
                 info!(status = error.status().as_u16(), "rejected: {error}");
                 shared.metrics.record_request("", error.status());
-                guard.done();
                 return error.to_response();
             }
         };
@@ -390,19 +438,38 @@ impl Forwarder {
             body_bytes = body.len(),
             "request started"
         );
+        let (lifecycle, started_event) = Lifecycle::start(
+            RequestStart {
+                id: request_id,
+                client_ip,
+                user_agent: parts
+                    .headers
+                    .get(header::USER_AGENT)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string),
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                is_streaming,
+                request_model: probe.model.clone(),
+            },
+            started_at,
+        );
         let mut context = RequestContext {
             request_id,
             parts,
             body,
             is_streaming,
             started,
-            attempts: Vec::new(),
+            tracker: Some(Tracker::start(
+                Arc::clone(&shared.hub),
+                lifecycle,
+                started_event,
+            )),
+            in_flight: Some(shared.metrics.in_flight_guard()),
+            attempt_count: 0,
         };
-        let mut response = self
-            .route_and_forward(&mut context, guard.in_flight())
-            .await;
-        guard.done();
-        if let Ok(value) = HeaderValue::try_from(context.attempts.len().to_string()) {
+        let mut response = self.route_and_forward(&mut context).await;
+        if let Ok(value) = HeaderValue::try_from(context.attempt_count.to_string()) {
             response.headers_mut().insert(X_CCF_ATTEMPTS, value);
         }
         response
@@ -410,13 +477,8 @@ impl Forwarder {
 
     /// Routes the request until an answer exists; groups fail over, and when nothing is left the
     /// request is held or answered with the last upstream error.
-    async fn route_and_forward(
-        &self,
-        context: &mut RequestContext,
-        in_flight: monitoring::InFlightGuard,
-    ) -> Response<ProxyBody> {
+    async fn route_and_forward(&self, context: &mut RequestContext) -> Response<ProxyBody> {
         let shared = &self.shared;
-        let mut in_flight = Some(in_flight);
         let mut last_answer: Option<BufferedAnswer> = None;
         let mut last_error: Option<ProxyError> = None;
         let mut permit: Option<HoldPermit> = None;
@@ -435,17 +497,14 @@ impl Forwarder {
                 }
                 tried_groups.push(group.clone());
                 match self
-                    .try_group(
-                        context,
-                        &plan,
-                        &mut last_answer,
-                        &mut last_error,
-                        &mut in_flight,
-                    )
+                    .try_group(context, &plan, &mut last_answer, &mut last_error)
                     .await
                 {
                     GroupOutcome::Answered(response) => {
                         if let Some(permit) = permit.take() {
+                            if let Some(tracker) = context.tracker() {
+                                tracker.transition(|lifecycle| lifecycle.resumed());
+                            }
                             shared.events.publish(ForwarderEvent::RequestResumed {
                                 request_id: context.request_id,
                                 waited: permit.waited(),
@@ -477,8 +536,10 @@ impl Forwarder {
             // Nothing (more) to try: hold the request when allowed.
             if permit.is_none() {
                 permit = shared.suspension.try_hold(context.request_id);
-                if let Some(held) = &permit {
-                    let _ = held;
+                if permit.is_some() {
+                    if let Some(tracker) = context.tracker() {
+                        tracker.transition(|lifecycle| lifecycle.suspended());
+                    }
                     info!(
                         held = shared.suspension.held(),
                         "no upstream available: request held"
@@ -503,13 +564,19 @@ impl Forwarder {
                 shared
                     .metrics
                     .record_request("", StatusCode::SERVICE_UNAVAILABLE);
+                let message = format!(
+                    "no upstream endpoint became available within {:?}",
+                    shared.suspension.timeout()
+                );
+                if let Some(tracker) = context.tracker() {
+                    tracker.finish(|lifecycle, now| {
+                        lifecycle.fail(FailureReason::NoHealthy, &message, Some(503), now)
+                    });
+                }
                 return anthropic_error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "overloaded_error",
-                    &format!(
-                        "no upstream endpoint became available within {:?}",
-                        shared.suspension.timeout()
-                    ),
+                    &message,
                 );
             }
             debug!("held request routes again");
@@ -572,18 +639,45 @@ impl Forwarder {
     /// Anthropic-format error.
     fn final_failure(
         &self,
-        context: &RequestContext,
+        context: &mut RequestContext,
         last_answer: Option<BufferedAnswer>,
         last_error: Option<ProxyError>,
     ) -> Response<ProxyBody> {
         let shared = &self.shared;
-        let attempts = context.attempts.len();
+        let attempts = context.attempt_count;
         if let Some(answer) = last_answer {
+            let status = answer.parts.status;
             warn!(
-                status = answer.parts.status.as_u16(),
+                status = status.as_u16(),
                 attempts, "every attempt failed: relaying the last upstream answer"
             );
-            shared.metrics.record_request("", answer.parts.status);
+            shared.metrics.record_request("", status);
+            if let Some(tracker) = context.tracker() {
+                // Error answers (429, 5xx) may carry usage: it is billed once, here.
+                let extraction = extract_buffered(&answer);
+                tracker.observe(
+                    extraction.model.as_deref(),
+                    extraction.usage,
+                    extraction.partial,
+                );
+                let detail = match &extraction.error {
+                    Some(error) => format!(
+                        "every attempt failed; last answer HTTP {}: {}: {}",
+                        status.as_u16(),
+                        error.error_type,
+                        error.message
+                    ),
+                    None => format!("every attempt failed; last answer HTTP {}", status.as_u16()),
+                };
+                tracker.finish(|lifecycle, now| {
+                    lifecycle.fail(
+                        FailureReason::EndpointExhausted,
+                        &detail,
+                        Some(status.as_u16()),
+                        now,
+                    )
+                });
+            }
             return Response::from_parts(answer.parts, full_body(answer.body));
         }
         let error = last_error.unwrap_or(ProxyError::NoEndpoint);
@@ -592,6 +686,17 @@ impl Forwarder {
             attempts, "request failed: {error}"
         );
         shared.metrics.record_request("", error.status());
+        if let Some(tracker) = context.tracker() {
+            let reason = match &error {
+                ProxyError::Connect { .. } => FailureReason::NetworkError,
+                ProxyError::HeaderTimeout { .. } => FailureReason::Timeout,
+                ProxyError::NoEndpoint => FailureReason::NoHealthy,
+                _ => FailureReason::UnknownError,
+            };
+            let message = error.to_string();
+            let status = error.status().as_u16();
+            tracker.finish(|lifecycle, now| lifecycle.fail(reason, &message, Some(status), now));
+        }
         error.to_response()
     }
 
@@ -603,7 +708,6 @@ impl Forwarder {
         plan: &RoutePlan,
         last_answer: &mut Option<BufferedAnswer>,
         last_error: &mut Option<ProxyError>,
-        in_flight: &mut Option<monitoring::InFlightGuard>,
     ) -> GroupOutcome {
         let shared = &self.shared;
         let retry = &shared.config.retry;
@@ -612,6 +716,10 @@ impl Forwarder {
             let Some(endpoint) = shared.endpoint(&planned.name) else {
                 continue;
             };
+            if let Some(tracker) = context.tracker() {
+                tracker
+                    .transition(|lifecycle| lifecycle.forwarding(&endpoint.name, &endpoint.group));
+            }
             let mut attempt_number = 0;
             while attempt_number < max_attempts {
                 attempt_number += 1;
@@ -628,7 +736,7 @@ impl Forwarder {
                                 message: other.to_string(),
                             },
                         };
-                        context.attempts.push(Attempt {
+                        context.record_attempt(Attempt {
                             endpoint: endpoint.name.clone(),
                             group: endpoint.group.clone(),
                             started_at: sent_at,
@@ -651,6 +759,12 @@ impl Forwarder {
                         );
                         shared.metrics.record_upstream_failure(&endpoint);
                         warn!(endpoint = %endpoint.name, attempt = attempt_number, "attempt failed: {error}");
+                        let reason = if matches!(error, ProxyError::HeaderTimeout { .. }) {
+                            FailureReason::Timeout
+                        } else {
+                            FailureReason::NetworkError
+                        };
+                        context.retrying(reason, &error.to_string());
                         *last_error = Some(error);
                         if attempt_number < max_attempts {
                             self.back_off(attempt_number).await;
@@ -659,7 +773,7 @@ impl Forwarder {
                     }
                 };
                 let status = upstream.status();
-                context.attempts.push(Attempt {
+                context.record_attempt(Attempt {
                     endpoint: endpoint.name.clone(),
                     group: endpoint.group.clone(),
                     started_at: sent_at,
@@ -677,21 +791,34 @@ impl Forwarder {
                             // A sibling's success may be what a held request waits for.
                             shared.suspension.wake();
                         }
-                        let in_flight = in_flight
-                            .take()
-                            .unwrap_or_else(|| shared.metrics.in_flight_guard());
-                        return GroupOutcome::Answered(
-                            self.relay(upstream, &endpoint, context, in_flight),
-                        );
+                        let expectation = if class == AttemptClass::Success {
+                            Expectation::Success
+                        } else {
+                            Expectation::Failure(FailureReason::HttpError)
+                        };
+                        return GroupOutcome::Answered(self.relay(
+                            upstream,
+                            &endpoint,
+                            context,
+                            expectation,
+                        ));
                     }
                     AttemptClass::NextEndpoint => {
                         warn!(endpoint = %endpoint.name, status = status.as_u16(), "endpoint refused its credentials: next endpoint");
                         shared.health.mark_auth_failed(&endpoint.name);
+                        context.retrying(
+                            FailureReason::AuthError,
+                            &format!("{} answered HTTP {}", endpoint.name, status.as_u16()),
+                        );
                         *last_answer = buffer_answer(upstream, endpoint.timeout).await;
                         break;
                     }
                     AttemptClass::RateLimited { retry_after } => {
                         shared.health.record_success(&endpoint.name, duration);
+                        context.retrying(
+                            FailureReason::RateLimited,
+                            &format!("{} answered HTTP 429", endpoint.name),
+                        );
                         *last_answer = buffer_answer(upstream, endpoint.timeout).await;
                         let max_wait = retry.max_delay.get();
                         match retry_after {
@@ -719,6 +846,10 @@ impl Forwarder {
                             PassiveFailure::ServerError(status.as_u16()),
                         );
                         warn!(endpoint = %endpoint.name, status = status.as_u16(), attempt = attempt_number, "upstream error");
+                        context.retrying(
+                            FailureReason::ServerError,
+                            &format!("{} answered HTTP {}", endpoint.name, status.as_u16()),
+                        );
                         *last_answer = buffer_answer(upstream, endpoint.timeout).await;
                         if attempt_number < max_attempts {
                             self.back_off(attempt_number).await;
@@ -791,24 +922,33 @@ impl Forwarder {
         }
     }
 
-    /// Hands the upstream answer to the client, frames untouched.
+    /// Hands the upstream answer to the client, frames untouched; the request's lifecycle moves
+    /// into the body's observer, which reads usage from the frames and finishes the request when
+    /// the body ends.
     fn relay(
         &self,
         upstream: Response<hyper::body::Incoming>,
         endpoint: &Endpoint,
-        context: &RequestContext,
-        in_flight: monitoring::InFlightGuard,
+        context: &mut RequestContext,
+        expectation: Expectation,
     ) -> Response<ProxyBody> {
         let shared = &self.shared;
         let (mut parts, body) = upstream.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         let status = parts.status;
-        info!(endpoint = %endpoint.name, group = %endpoint.group, status = status.as_u16(), attempts = context.attempts.len(), "upstream answered");
+        info!(endpoint = %endpoint.name, group = %endpoint.group, status = status.as_u16(), attempts = context.attempt_count, "upstream answered");
         shared.metrics.record_request(&endpoint.name, status);
-        let is_event_stream = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
+        let header_text = |name: header::HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header_text(header::CONTENT_TYPE);
+        let content_encoding = header_text(header::CONTENT_ENCODING);
+        let is_event_stream = content_type
+            .as_deref()
             .is_some_and(|content_type| content_type.starts_with("text/event-stream"));
         let options = RelayOptions {
             idle_limit: Some(shared.config.streaming.max_idle_time.get()).filter(|d| !d.is_zero()),
@@ -816,17 +956,34 @@ impl Forwarder {
                 .then(|| endpoint.timeout.saturating_sub(context.started.elapsed())),
             sse_error_event: status.is_success() && is_event_stream,
         };
-        let observer = FinishLogger {
-            endpoint: endpoint.name.clone(),
+        let mut tracker = context.tracker.take();
+        if let Some(tracker) = tracker.as_mut() {
+            let time_to_first_byte = context.started.elapsed();
+            tracker
+                .transition(|lifecycle| lifecycle.processing(status.as_u16(), time_to_first_byte));
+        }
+        let observer = RequestFinisher {
+            tracker,
+            tap: BodyTap::new(content_type.as_deref(), content_encoding.as_deref()),
+            expectation,
             status,
-            started: context.started,
+            endpoint: endpoint.name.clone(),
             body_bytes: 0,
             span: tracing::Span::current(),
-            _in_flight: in_flight,
+            _in_flight: context.in_flight.take(),
         };
         let relay = RelayBody::new(body, options, Box::new(observer));
         Response::from_parts(parts, relay.boxed_unsync())
     }
+}
+
+/// What a relayed answer means for the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expectation {
+    /// A success: the request completes when the body ends well.
+    Success,
+    /// A final upstream error relayed verbatim: the request fails with this reason.
+    Failure(FailureReason),
 }
 
 impl Shared {
@@ -895,84 +1052,119 @@ async fn buffer_answer(
     })
 }
 
-/// Logs and counts a request that ended before an answer was relayed (the client left).
-struct CancelGuard {
-    metrics: Arc<Metrics>,
-    in_flight: Option<monitoring::InFlightGuard>,
-    done: bool,
-}
-
-impl CancelGuard {
-    fn new(metrics: Arc<Metrics>) -> Self {
-        let in_flight = Some(metrics.in_flight_guard());
-        CancelGuard {
-            metrics,
-            in_flight,
-            done: false,
-        }
-    }
-
-    /// Hands the in-flight count over to whoever relays the answer.
-    fn in_flight(&mut self) -> monitoring::InFlightGuard {
-        self.in_flight
-            .take()
-            .unwrap_or_else(|| self.metrics.in_flight_guard())
-    }
-
-    fn done(&mut self) {
-        self.done = true;
-    }
-}
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            info!("client disconnected before the answer: request cancelled");
-            self.metrics.record_cancelled();
-        }
-    }
-}
-
-/// Logs how a relayed response ended.
-struct FinishLogger {
-    endpoint: String,
+/// Watches a relayed body: feeds every frame to the usage tap and finishes the request's
+/// lifecycle, exactly once, when the body ends, fails or the client leaves.
+struct RequestFinisher {
+    tracker: Option<Tracker>,
+    tap: BodyTap,
+    expectation: Expectation,
     status: StatusCode,
-    started: Instant,
+    endpoint: String,
     body_bytes: u64,
     span: tracing::Span,
-    _in_flight: monitoring::InFlightGuard,
+    _in_flight: Option<monitoring::InFlightGuard>,
 }
 
-impl RelayObserver for FinishLogger {
+impl RelayObserver for RequestFinisher {
     fn on_data(&mut self, data: &Bytes) {
         self.body_bytes += data.len() as u64;
+        self.tap.feed(data);
     }
 
     fn on_end(self: Box<Self>, end: RelayEnd) {
-        let _entered = self.span.enter();
-        let duration_ms = self.started.elapsed().as_millis();
-        match end {
-            RelayEnd::Complete => info!(
-                endpoint = %self.endpoint,
-                status = self.status.as_u16(),
-                duration_ms,
-                body_bytes = self.body_bytes,
-                "request completed"
-            ),
-            RelayEnd::ClientGone => info!(
-                endpoint = %self.endpoint,
-                duration_ms,
-                body_bytes = self.body_bytes,
-                "client disconnected; upstream request cancelled"
-            ),
-            other => warn!(
-                endpoint = %self.endpoint,
-                duration_ms,
-                body_bytes = self.body_bytes,
-                "response cut: {other:?}"
-            ),
+        let RequestFinisher {
+            tracker,
+            tap,
+            expectation,
+            status,
+            endpoint,
+            body_bytes,
+            span,
+            _in_flight,
+        } = *self;
+        let _entered = span.enter();
+        let extraction = tap.finish();
+        for diagnostic in &extraction.diagnostics {
+            debug!(endpoint = %endpoint, "usage parsing: {diagnostic:?}");
+        }
+        let Some(mut tracker) = tracker else { return };
+        tracker.observe(
+            extraction.model.as_deref(),
+            extraction.usage.clone(),
+            extraction.partial,
+        );
+        let status_code = status.as_u16();
+        match (expectation, end) {
+            (_, RelayEnd::ClientGone) => {
+                info!(endpoint = %endpoint, body_bytes, "client disconnected; upstream request cancelled");
+                tracker.finish(|lifecycle, now| lifecycle.cancel("client disconnected", now));
+            }
+            (Expectation::Failure(reason), _) => {
+                let detail = match &extraction.error {
+                    Some(error) => format!(
+                        "HTTP {status_code}: {}: {}",
+                        error.error_type, error.message
+                    ),
+                    None => format!("HTTP {status_code}"),
+                };
+                tracker.finish(|lifecycle, now| {
+                    lifecycle.fail(reason, &detail, Some(status_code), now)
+                });
+            }
+            (Expectation::Success, RelayEnd::Complete) => match &extraction.error {
+                // An SSE `error` event: the stream started well and then failed upstream.
+                Some(error) => {
+                    let reason = if error.error_type == "rate_limit_error" {
+                        FailureReason::RateLimited
+                    } else {
+                        FailureReason::StreamError
+                    };
+                    let detail = format!("{}: {}", error.error_type, error.message);
+                    warn!(endpoint = %endpoint, "stream ended with an error event: {detail}");
+                    tracker.finish(|lifecycle, now| lifecycle.fail(reason, &detail, None, now));
+                }
+                None => tracker.finish(|lifecycle, now| lifecycle.complete(now)),
+            },
+            (Expectation::Success, other) => {
+                let (reason, detail) = match other {
+                    RelayEnd::IdleTimeout(limit) => (
+                        FailureReason::Timeout,
+                        format!("upstream sent no data for {limit:?}"),
+                    ),
+                    RelayEnd::DeadlineExceeded(limit) => (
+                        FailureReason::Timeout,
+                        format!("response exceeded the {limit:?} total timeout"),
+                    ),
+                    RelayEnd::UpstreamError(error) => (
+                        FailureReason::StreamError,
+                        format!("upstream connection failed mid-body: {error}"),
+                    ),
+                    RelayEnd::Complete | RelayEnd::ClientGone => {
+                        (FailureReason::UnknownError, String::new())
+                    }
+                };
+                warn!(endpoint = %endpoint, body_bytes, "response cut: {detail}");
+                tracker.finish(|lifecycle, now| lifecycle.fail(reason, &detail, None, now));
+            }
         }
     }
+}
+
+/// Reads usage, model and error out of a buffered upstream answer.
+fn extract_buffered(answer: &BufferedAnswer) -> ccf_tokens::Extraction {
+    let header_text = |name: header::HeaderName| {
+        answer
+            .parts
+            .headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let mut tap = BodyTap::new(
+        header_text(header::CONTENT_TYPE),
+        header_text(header::CONTENT_ENCODING),
+    );
+    tap.feed(&answer.body);
+    tap.finish()
 }
 
 /// Claude Code probes `HEAD /api/hello` (older versions `HEAD /`) without credentials before its

@@ -25,6 +25,7 @@ pub mod monitoring;
 mod probe;
 mod server;
 mod suspend;
+mod tracking;
 
 pub use auth::InboundAuth;
 pub use body::{ProxyBody, RelayBody, RelayEnd, RelayObserver};
@@ -34,3 +35,4 @@ pub use events::{EventBus, ForwarderEvent};
 pub use forwarder::{BackgroundTasks, BuildError, Forwarder};
 pub use probe::UpstreamProber;
 pub use server::{serve, ClientAddr, ServeOptions, ServeReport};
+pub use tracking::RequestObserver;

@@ -30,6 +30,17 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     endpoint: String,
     status: String,
@@ -45,6 +56,8 @@ pub struct Metrics {
     endpoint_consecutive_fails: Family<EndpointLabels, Gauge>,
     requests: Family<RequestLabels, Counter>,
     cancelled: Counter,
+    outcomes: Family<OutcomeLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
     upstream_failures: Family<EndpointLabels, Counter>,
     in_flight: Gauge,
     header_latency: Histogram,
@@ -62,6 +75,8 @@ impl Metrics {
             endpoint_consecutive_fails: Family::default(),
             requests: Family::default(),
             cancelled: Counter::default(),
+            outcomes: Family::default(),
+            tokens: Family::default(),
             upstream_failures: Family::default(),
             in_flight: Gauge::default(),
             header_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
@@ -99,8 +114,18 @@ impl Metrics {
         );
         registry.register(
             "ccf_requests_cancelled",
-            "Client requests abandoned by the client before an answer was relayed",
+            "Requests whose client went away before the answer was complete",
             metrics.cancelled.clone(),
+        );
+        registry.register(
+            "ccf_request_outcomes",
+            "Requests finished, by final status (completed, failed, cancelled)",
+            metrics.outcomes.clone(),
+        );
+        registry.register(
+            "ccf_tokens",
+            "Tokens reported by upstreams, by model and kind",
+            metrics.tokens.clone(),
         );
         registry.register(
             "ccf_upstream_failures",
@@ -133,9 +158,31 @@ impl Metrics {
             .inc();
     }
 
-    /// The client left before an answer was relayed.
-    pub fn record_cancelled(&self) {
-        self.cancelled.inc();
+    /// A request finished with `status` (`completed`, `failed`, `cancelled`) and this usage.
+    pub fn record_outcome(&self, status: &str, model: &str, usage: &ccf_types::Usage) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                status: status.to_string(),
+            })
+            .inc();
+        if status == "cancelled" {
+            self.cancelled.inc();
+        }
+        for (kind, count) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_creation", usage.cache_creation_input_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+        ] {
+            if count > 0 {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        model: model.to_string(),
+                        kind,
+                    })
+                    .inc_by(count);
+            }
+        }
     }
 
     /// An attempt on `endpoint` got no answer.

@@ -30,13 +30,11 @@ struct WithClientAddr {
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithClientAddr {
-    type Response = <Forwarder as hyper::service::Service<
-        http::Request<hyper::body::Incoming>,
-    >>::Response;
+    type Response =
+        <Forwarder as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Response;
     type Error = std::convert::Infallible;
-    type Future = <Forwarder as hyper::service::Service<
-        http::Request<hyper::body::Incoming>,
-    >>::Future;
+    type Future =
+        <Forwarder as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Future;
 
     fn call(&self, mut request: http::Request<hyper::body::Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.client);

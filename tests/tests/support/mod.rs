@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,7 +67,17 @@ pub fn config(settings: &str, endpoints: &[String]) -> Config {
 impl Forwarder {
     /// Binds and runs the app for `config`.
     pub async fn start(config: Config) -> Forwarder {
-        let app = App::bind(config).await.expect("app binds on loopback");
+        Self::start_observed(config, None).await
+    }
+
+    /// Binds and runs the app for `config`, reporting requests to `observer`.
+    pub async fn start_observed(
+        config: Config,
+        observer: Option<Arc<dyn ccf_proxy::RequestObserver>>,
+    ) -> Forwarder {
+        let app = App::bind_observed(config, observer)
+            .await
+            .expect("app binds on loopback");
         let base = format!("http://{}", app.proxy_addr());
         let engine = app.forwarder().clone();
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
@@ -249,5 +260,63 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
             "timed out waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Collects every request outcome (and counts the intermediate events) for assertions.
+#[derive(Default)]
+pub struct Outcomes {
+    finished: Mutex<Vec<ccf_lifecycle::RequestRecord>>,
+    events: Mutex<Vec<ccf_lifecycle::RequestRecord>>,
+}
+
+impl ccf_proxy::RequestObserver for Outcomes {
+    fn on_event(&self, event: &ccf_lifecycle::LifecycleEvent) {
+        self.events
+            .lock()
+            .expect("events lock")
+            .push(event.record().clone());
+    }
+
+    fn on_outcome(&self, outcome: ccf_lifecycle::Outcome) {
+        self.finished
+            .lock()
+            .expect("outcomes lock")
+            .push(outcome.into_record());
+    }
+}
+
+impl Outcomes {
+    /// Every outcome so far.
+    pub fn all(&self) -> Vec<ccf_lifecycle::RequestRecord> {
+        self.finished.lock().expect("outcomes lock").clone()
+    }
+
+    /// Waits until `count` outcomes exist and returns them.
+    pub async fn wait_for(&self, count: usize) -> Vec<ccf_lifecycle::RequestRecord> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let all = self.all();
+            if all.len() >= count {
+                return all;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {count} outcomes arrived",
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Intermediate snapshots seen for a request.
+    pub fn events_for(&self, id: ccf_lifecycle::RequestId) -> Vec<ccf_lifecycle::RequestRecord> {
+        self.events
+            .lock()
+            .expect("events lock")
+            .iter()
+            .filter(|record| record.id == id)
+            .cloned()
+            .collect()
     }
 }
