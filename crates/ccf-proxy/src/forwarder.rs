@@ -54,6 +54,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest upstream error body kept to be relayed verbatim after other attempts failed.
 const MAX_BUFFERED_ERROR_BODY: usize = 1024 * 1024;
 
+/// The token counting path answered locally when no upstream can.
+const COUNT_TOKENS_PATH: &str = "/v1/messages/count_tokens";
+
 /// The response header telling how many upstream attempts a request took.
 const X_CCF_ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-ccf-attempts");
 
@@ -425,6 +428,12 @@ impl Forwarder {
                 return error.to_response();
             }
         };
+        if shared.config.token_counting.enabled
+            && parts.method == http::Method::POST
+            && parts.uri.path() == COUNT_TOKENS_PATH
+        {
+            return self.count_tokens(&parts, &body).await;
+        }
         let probe = probe_body(&parts.headers, &body);
         let is_streaming = probe.stream == Some(true)
             || parts
@@ -473,6 +482,71 @@ impl Forwarder {
             response.headers_mut().insert(X_CCF_ATTEMPTS, value);
         }
         response
+    }
+
+    /// `POST /v1/messages/count_tokens` with `token_counting.enabled`: the first `200` of the
+    /// healthy endpoints that support it (routing order) is relayed verbatim; otherwise a local
+    /// estimate answers, marked with `x-token-estimation: true`. Not billed, so not tracked.
+    async fn count_tokens(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Response<ProxyBody> {
+        let shared = &self.shared;
+        let plan = shared.plan();
+        for planned in plan.endpoints.iter().filter(|planned| planned.healthy) {
+            let Some(endpoint) = shared.endpoint(&planned.name) else {
+                continue;
+            };
+            if !endpoint.supports_count_tokens {
+                continue;
+            }
+            match self.send_upstream(parts, body, false, &endpoint).await {
+                Ok(response) if response.status() == StatusCode::OK => {
+                    info!(endpoint = %endpoint.name, "count_tokens answered by upstream");
+                    shared
+                        .metrics
+                        .record_request(&endpoint.name, StatusCode::OK);
+                    let (mut response_parts, upstream_body) = response.into_parts();
+                    remove_hop_by_hop(&mut response_parts.headers);
+                    return Response::from_parts(
+                        response_parts,
+                        upstream_body.map_err(Into::into).boxed_unsync(),
+                    );
+                }
+                Ok(response) => {
+                    debug!(endpoint = %endpoint.name, status = response.status().as_u16(), "count_tokens refused: next endpoint");
+                }
+                Err(error) => debug!(endpoint = %endpoint.name, "count_tokens failed: {error}"),
+            }
+        }
+        match ccf_tokens::estimate_input_tokens(body, shared.config.token_counting.estimation_ratio)
+        {
+            Ok(tokens) => {
+                info!(input_tokens = tokens, "count_tokens estimated locally");
+                shared.metrics.record_request("", StatusCode::OK);
+                let mut response = Response::new(full_body(
+                    serde_json::json!({ "input_tokens": tokens }).to_string(),
+                ));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response.headers_mut().insert(
+                    http::HeaderName::from_static("x-token-estimation"),
+                    HeaderValue::from_static("true"),
+                );
+                response
+            }
+            Err(error) => {
+                shared.metrics.record_request("", StatusCode::BAD_REQUEST);
+                anthropic_error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    &format!("cannot count tokens: {error}"),
+                )
+            }
+        }
     }
 
     /// Routes the request until an answer exists; groups fail over, and when nothing is left the
@@ -881,8 +955,24 @@ impl Forwarder {
         context: &RequestContext,
         endpoint: &Endpoint,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+        self.send_upstream(
+            &context.parts,
+            &context.body,
+            context.is_streaming,
+            endpoint,
+        )
+        .await
+    }
+
+    /// Sends the request to one endpoint: `Ok` as soon as upstream response headers arrive.
+    async fn send_upstream(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        is_streaming: bool,
+        endpoint: &Endpoint,
+    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         let shared = &self.shared;
-        let parts = &context.parts;
         let uri = upstream_uri(endpoint, &parts.uri)?;
         let headers = rewrite_request_headers(&parts.headers, endpoint).map_err(|error| {
             ProxyError::BadUpstreamUrl {
@@ -890,11 +980,11 @@ impl Forwarder {
                 message: error.to_string(),
             }
         })?;
-        let mut upstream_request = Request::new(Full::new(context.body.clone()));
+        let mut upstream_request = Request::new(Full::new(body.clone()));
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = headers;
-        let header_timeout = if context.is_streaming {
+        let header_timeout = if is_streaming {
             shared.config.streaming.response_header_timeout.get()
         } else {
             shared
