@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use ccf_testkit::{MockUpstream, Reply};
 use hyper::Method;
-use serde_json::json;
 use support::{config, endpoint_yaml, Answer, Forwarder, Outcomes};
 
 const BODY: &str = r#"{"model":"claude-sonnet-4-5","system":"You are terse.","messages":[{"role":"user","content":"How many tokens is this sentence, roughly?"}]}"#;
