@@ -2,8 +2,8 @@
 //!
 //! Each tracked request owns a [`Tracker`] holding its [`Lifecycle`]. Intermediate changes go out
 //! as [`LifecycleEvent`]s on the (lossy) event bus and to the [`RequestObserver`]; the final
-//! [`Outcome`] is *moved* to the observer (the usage recorder), so it is delivered exactly once
-//! and never lost to a slow subscriber. Ownership: the request future owns the tracker until an
+//! [`Outcome`] is handed to the observer (the usage recorder) synchronously, exactly once, so it
+//! is never lost to a slow subscriber. Ownership: the request future owns the tracker until an
 //! answer is relayed, then the response body's observer owns it. Whoever drops it unfinished
 //! (the client went away) records the request as cancelled, from `Drop`.
 
@@ -22,7 +22,7 @@ pub trait RequestObserver: Send + Sync + 'static {
     /// A request started or changed (may be coalesced or dropped by slow consumers).
     fn on_event(&self, event: &LifecycleEvent);
     /// A request's one final outcome; called exactly once per tracked request.
-    fn on_outcome(&self, outcome: Outcome);
+    fn on_outcome(&self, outcome: &Outcome);
 }
 
 /// Where tracked requests report to.
@@ -73,11 +73,11 @@ impl TrackingHub {
             record.model().unwrap_or("unknown"),
             &usage,
         );
+        if let Some(observer) = &self.observer {
+            observer.on_outcome(&outcome);
+        }
         self.events
             .publish(ForwarderEvent::Request(outcome.event()));
-        if let Some(observer) = &self.observer {
-            observer.on_outcome(outcome);
-        }
     }
 }
 

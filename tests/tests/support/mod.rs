@@ -278,11 +278,11 @@ impl ccf_proxy::RequestObserver for Outcomes {
             .push(event.record().clone());
     }
 
-    fn on_outcome(&self, outcome: ccf_lifecycle::Outcome) {
+    fn on_outcome(&self, outcome: &ccf_lifecycle::Outcome) {
         self.finished
             .lock()
             .expect("outcomes lock")
-            .push(outcome.into_record());
+            .push(outcome.record().clone());
     }
 }
 
