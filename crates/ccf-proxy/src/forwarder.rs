@@ -1175,7 +1175,7 @@ impl RelayObserver for RequestFinisher {
         let _entered = span.enter();
         let extraction = tap.finish();
         for diagnostic in &extraction.diagnostics {
-            debug!(endpoint = %endpoint, "usage parsing: {diagnostic:?}");
+            debug!(endpoint = %endpoint, "usage parsing: {diagnostic}");
         }
         let Some(mut tracker) = tracker else { return };
         tracker.observe(

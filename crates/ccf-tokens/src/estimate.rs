@@ -1,0 +1,351 @@
+//! A local estimate of a request's input tokens, for `POST /v1/messages/count_tokens` when no
+//! upstream can count them. The method and its measured error are in `docs/token-estimation.md`.
+//!
+//! Every piece of text the model would read is weighed by script: CJK characters (Han,
+//! Hiragana, Katakana, Hangul, CJK punctuation and full-width forms) cost about one token each;
+//! other non-ASCII characters (Cyrillic, Greek, Arabic, ...) about half a token, emoji and other
+//! characters beyond the Basic Multilingual Plane one and a half; ASCII punctuation, symbols and
+//! digits (dense in code, JSON and numbers) about a third of a token; the remaining ASCII
+//! (letters, spaces, line ends) about `1 / estimation_ratio` of a token. Fixed overheads are added
+//! per request, message, content block and tool, plus the tool-use system prompt when tools are
+//! present, and flat amounts for images and documents whose content is not text.
+
+use serde_json::{Map, Value};
+
+/// Tokens for the framing of any request (turn markers around the conversation).
+const REQUEST_OVERHEAD: f64 = 4.0;
+/// Tokens for one message's role marker.
+const MESSAGE_OVERHEAD: f64 = 4.0;
+/// Tokens for the framing of one structured block (tool_use, tool_result, document, ...).
+const BLOCK_OVERHEAD: f64 = 6.0;
+/// Tokens for the framing of one tool definition.
+const TOOL_OVERHEAD: f64 = 8.0;
+/// The system prompt the API adds when `tools` is not empty. Anthropic's pricing page publishes
+/// 159 to 530 tokens depending on model and `tool_choice` for the Claude 3 family; the middle of
+/// that range is used.
+const TOOL_USE_SYSTEM_PROMPT: f64 = 340.0;
+/// A tool defined by Anthropic (`bash_*`, `text_editor_*`, `web_search_*`, `computer_*`, ...)
+/// whose definition the API adds; a guess of the same order as the tool-use system prompt.
+const SERVER_TOOL_DEFINITION: f64 = 300.0;
+/// An image: the API's formula is width × height / 750, at most about 1,600 tokens after the
+/// API's own downscaling. Dimensions are not decoded here, so the upper bound is used.
+const IMAGE_TOKENS: f64 = 1600.0;
+/// A PDF (or other non-text) document: Anthropic publishes 1,500 to 3,000 tokens per page; the
+/// page count is not decoded here, so one page at the middle of that range is used.
+const BINARY_DOCUMENT_TOKENS: f64 = 2250.0;
+/// `redacted_thinking` blocks carry encrypted data whose token count is unknown.
+const REDACTED_THINKING_TOKENS: f64 = 100.0;
+
+/// Tokens per CJK character.
+const CJK_WEIGHT: f64 = 1.0;
+/// Tokens per non-ASCII, non-CJK character.
+const OTHER_NON_ASCII_WEIGHT: f64 = 0.5;
+/// Tokens per ASCII punctuation, symbol or digit character.
+const ASCII_SYMBOL_WEIGHT: f64 = 1.0 / 3.0;
+/// Tokens per character outside the Basic Multilingual Plane that is not CJK (mostly emoji,
+/// four UTF-8 bytes that byte-level tokenizers split).
+const ASTRAL_WEIGHT: f64 = 1.5;
+
+/// Why a request body cannot be estimated. The forwarder answers 400 `invalid_request_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum EstimateError {
+    /// The body is not JSON.
+    #[error("invalid request body: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    /// The body is JSON but not an object.
+    #[error("invalid request body: expected a JSON object")]
+    NotAnObject,
+}
+
+/// Estimates the input tokens of a Messages API request body (`system`, `messages`, `tools`).
+///
+/// `estimation_ratio` is the number of ordinary ASCII characters per token (configuration
+/// `token_counting.estimation_ratio`, 4.0 by default); a value that is not a positive finite
+/// number is replaced by 4.0. Fields the model does not read (`model`, `max_tokens`,
+/// `metadata`, ...) are ignored, and unexpected shapes are counted as well as they can be rather
+/// than rejected: only a body that is not a JSON object is an error.
+pub fn estimate_input_tokens(body: &[u8], estimation_ratio: f64) -> Result<u64, EstimateError> {
+    let request: Value = serde_json::from_slice(body).map_err(EstimateError::InvalidJson)?;
+    let Value::Object(request) = request else {
+        return Err(EstimateError::NotAnObject);
+    };
+    let ratio = if estimation_ratio.is_finite() && estimation_ratio > 0.0 {
+        estimation_ratio
+    } else {
+        4.0
+    };
+    let mut counter = Counter::new(ratio);
+    counter.tokens += REQUEST_OVERHEAD;
+    if let Some(system) = request.get("system") {
+        counter.content(system);
+    }
+    if let Some(Value::Array(messages)) = request.get("messages") {
+        for message in messages {
+            counter.tokens += MESSAGE_OVERHEAD;
+            match message.get("content") {
+                Some(content) => counter.content(content),
+                None => counter.value_strings(message),
+            }
+        }
+    }
+    if let Some(Value::Array(tools)) = request.get("tools") {
+        if !tools.is_empty() {
+            counter.tokens += TOOL_USE_SYSTEM_PROMPT;
+        }
+        for tool in tools {
+            counter.tool(tool);
+        }
+    }
+    // Saturating float-to-int conversion: never a panic, whatever the input.
+    Ok(counter.tokens.ceil() as u64)
+}
+
+/// Adds up the weighted characters and overheads.
+struct Counter {
+    tokens: f64,
+    ascii_weight: f64,
+}
+
+impl Counter {
+    fn new(ratio: f64) -> Self {
+        Self {
+            tokens: 0.0,
+            ascii_weight: 1.0 / ratio,
+        }
+    }
+
+    /// Plain text.
+    fn text(&mut self, text: &str) {
+        self.tokens += text_tokens(text, self.ascii_weight);
+    }
+
+    /// A JSON value the model reads in serialized form (tool inputs, schemas).
+    fn json(&mut self, value: &Value) {
+        let serialized = value.to_string();
+        self.text(&serialized);
+    }
+
+    /// `content` of a message, `system`, or a `tool_result`: a string or a list of blocks.
+    fn content(&mut self, content: &Value) {
+        match content {
+            Value::String(text) => self.text(text),
+            Value::Array(blocks) => {
+                for block in blocks {
+                    self.block(block);
+                }
+            }
+            Value::Null => {}
+            other => self.value_strings(other),
+        }
+    }
+
+    /// One content block.
+    fn block(&mut self, block: &Value) {
+        let Value::Object(fields) = block else {
+            // A bare string in a block list (older clients send these in `system`).
+            self.content(block);
+            return;
+        };
+        let kind = fields.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "text" => self.field_text(fields, "text"),
+            "thinking" => self.field_text(fields, "thinking"),
+            "redacted_thinking" => self.tokens += REDACTED_THINKING_TOKENS,
+            "image" => self.tokens += IMAGE_TOKENS,
+            "tool_use" | "server_tool_use" | "mcp_tool_use" => {
+                self.tokens += BLOCK_OVERHEAD;
+                self.field_text(fields, "name");
+                if let Some(input) = fields.get("input") {
+                    self.json(input);
+                }
+            }
+            "tool_result" | "mcp_tool_result" => {
+                self.tokens += BLOCK_OVERHEAD;
+                if let Some(content) = fields.get("content") {
+                    self.content(content);
+                }
+            }
+            "document" => {
+                self.tokens += BLOCK_OVERHEAD;
+                self.field_text(fields, "title");
+                self.field_text(fields, "context");
+                self.document_source(fields.get("source"));
+            }
+            _ => {
+                // search results, web search results, future block types: read what text they
+                // carry, minus identifiers and opaque payloads.
+                self.tokens += BLOCK_OVERHEAD;
+                self.value_strings(block);
+            }
+        }
+    }
+
+    fn document_source(&mut self, source: Option<&Value>) {
+        let Some(source) = source else {
+            return;
+        };
+        match source.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                if let Some(Value::String(data)) = source.get("data") {
+                    self.text(data);
+                }
+            }
+            Some("content") => {
+                if let Some(content) = source.get("content") {
+                    self.content(content);
+                }
+            }
+            // base64 PDFs, URLs, file ids: content unknown here.
+            _ => self.tokens += BINARY_DOCUMENT_TOKENS,
+        }
+    }
+
+    /// One tool definition.
+    fn tool(&mut self, tool: &Value) {
+        self.tokens += TOOL_OVERHEAD;
+        let Value::Object(fields) = tool else {
+            self.value_strings(tool);
+            return;
+        };
+        self.field_text(fields, "name");
+        self.field_text(fields, "description");
+        match fields.get("input_schema") {
+            Some(schema) => self.json(schema),
+            // An Anthropic-defined tool (`{"type": "bash_20250124", "name": "bash"}`): its
+            // definition is added by the API.
+            None if fields.get("type").and_then(Value::as_str).is_some() => {
+                self.tokens += SERVER_TOOL_DEFINITION;
+            }
+            None => {}
+        }
+    }
+
+    fn field_text(&mut self, fields: &Map<String, Value>, key: &str) {
+        if let Some(Value::String(text)) = fields.get(key) {
+            self.text(text);
+        }
+    }
+
+    /// Every string in a value, except identifiers, signatures and opaque payloads.
+    fn value_strings(&mut self, value: &Value) {
+        match value {
+            Value::String(text) => self.text(text),
+            Value::Array(items) => {
+                for item in items {
+                    self.value_strings(item);
+                }
+            }
+            Value::Object(fields) => {
+                for (key, item) in fields {
+                    if !is_opaque_key(key) {
+                        self.value_strings(item);
+                    }
+                }
+            }
+            Value::Number(_) | Value::Bool(_) | Value::Null => {}
+        }
+    }
+}
+
+/// Keys whose values the model does not read as text.
+fn is_opaque_key(key: &str) -> bool {
+    matches!(
+        key,
+        "type"
+            | "id"
+            | "tool_use_id"
+            | "signature"
+            | "cache_control"
+            | "media_type"
+            | "encrypted_content"
+            | "encrypted_index"
+            | "data"
+            | "file_id"
+            | "citations"
+    )
+}
+
+/// The weighted token count of one piece of text.
+fn text_tokens(text: &str, ascii_weight: f64) -> f64 {
+    let mut plain_ascii = 0u64;
+    let mut ascii_symbols = 0u64;
+    let mut cjk = 0u64;
+    let mut other = 0u64;
+    let mut astral = 0u64;
+    for character in text.chars() {
+        if character.is_ascii() {
+            // Punctuation and digits: tokenizers split numbers into short digit groups, and
+            // code and JSON punctuation rarely merges with neighbouring letters.
+            if character.is_ascii_punctuation() || character.is_ascii_digit() {
+                ascii_symbols += 1;
+            } else {
+                plain_ascii += 1;
+            }
+        } else if is_cjk(character) {
+            cjk += 1;
+        } else if u32::from(character) > 0xFFFF {
+            astral += 1;
+        } else {
+            other += 1;
+        }
+    }
+    plain_ascii as f64 * ascii_weight
+        + ascii_symbols as f64 * ASCII_SYMBOL_WEIGHT.max(ascii_weight)
+        + cjk as f64 * CJK_WEIGHT
+        + other as f64 * OTHER_NON_ASCII_WEIGHT.max(ascii_weight)
+        + astral as f64 * ASTRAL_WEIGHT
+}
+
+/// Han, Hiragana, Katakana, Hangul, Bopomofo, CJK punctuation and full-width forms.
+fn is_cjk(character: char) -> bool {
+    matches!(u32::from(character),
+        0x1100..=0x11FF       // Hangul Jamo
+        | 0x2E80..=0x2FDF     // CJK radicals, Kangxi radicals
+        | 0x3000..=0x303F     // CJK symbols and punctuation
+        | 0x3040..=0x30FF     // Hiragana, Katakana
+        | 0x3100..=0x31FF     // Bopomofo, Hangul compatibility Jamo, Kanbun, Katakana ext.
+        | 0x3200..=0x33FF     // enclosed CJK letters, CJK compatibility
+        | 0x3400..=0x4DBF     // CJK extension A
+        | 0x4E00..=0x9FFF     // CJK unified ideographs
+        | 0xA960..=0xA97F     // Hangul Jamo extended A
+        | 0xAC00..=0xD7FF     // Hangul syllables, Jamo extended B
+        | 0xF900..=0xFAFF     // CJK compatibility ideographs
+        | 0xFE30..=0xFE4F     // CJK compatibility forms
+        | 0xFF00..=0xFFEF     // half-width and full-width forms
+        | 0x20000..=0x3134F   // CJK extensions B to G, compatibility supplement
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_scripts() {
+        for cjk in ['中', '文', 'あ', 'カ', '한', '。', '，', 'Ａ', '𠀀'] {
+            assert!(is_cjk(cjk), "{cjk}");
+        }
+        for not_cjk in ['a', 'é', 'Ж', 'α', '😀', ' '] {
+            assert!(!is_cjk(not_cjk), "{not_cjk}");
+        }
+    }
+
+    #[test]
+    fn weighs_text_by_script() {
+        let check = |text: &str, expected: f64| {
+            let got = text_tokens(text, 0.25);
+            assert!(
+                (got - expected).abs() < 1e-9,
+                "{text:?}: {got} != {expected}"
+            );
+        };
+        check("abcd", 1.0);
+        check("a b ", 1.0);
+        check("{}()[]", 2.0);
+        check("123", 1.0);
+        check("😀", 1.5);
+        check("中文字", 3.0);
+        check("Жж", 1.0);
+        check("", 0.0);
+    }
+}
