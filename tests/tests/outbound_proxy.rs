@@ -21,8 +21,8 @@ struct ProxyLog {
 
 /// An HTTP proxy that only supports `CONNECT`, records `Proxy-Authorization`, then splices.
 async fn http_connect_proxy() -> (String, Arc<ProxyLog>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
     let log = Arc::new(ProxyLog::default());
     let shared = Arc::clone(&log);
     tokio::spawn(async move {
@@ -49,7 +49,7 @@ async fn http_connect_proxy() -> (String, Arc<ProxyLog>) {
                     {
                         log.credentials
                             .lock()
-                            .unwrap()
+                            .expect("log lock")
                             .push(value.trim().to_string());
                     }
                 }
@@ -72,8 +72,8 @@ async fn http_connect_proxy() -> (String, Arc<ProxyLog>) {
 
 /// A SOCKS5 proxy with username/password authentication (RFC 1928 / 1929), CONNECT only.
 async fn socks5_proxy() -> (String, Arc<ProxyLog>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
     let log = Arc::new(ProxyLog::default());
     let shared = Arc::clone(&log);
     tokio::spawn(async move {
@@ -97,7 +97,7 @@ async fn socks5_proxy() -> (String, Arc<ProxyLog>) {
                 client.read_exact(&mut password_length).await.ok()?;
                 let mut password = vec![0u8; usize::from(password_length[0])];
                 client.read_exact(&mut password).await.ok()?;
-                log.credentials.lock().unwrap().push(format!(
+                log.credentials.lock().expect("log lock").push(format!(
                     "{}:{}",
                     String::from_utf8_lossy(&user),
                     String::from_utf8_lossy(&password)
