@@ -14,9 +14,11 @@ mod ci;
 mod clients;
 mod demo;
 mod http;
+mod migrate;
 mod summary;
 #[cfg(test)]
 mod tidy;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,6 +43,14 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Drive the anthropic Python SDK and Claude Code through the forwarder (tests/clients).
     Clients,
+    /// Apply the usage store's migrations for a configuration (SQLite or MySQL).
+    Migrate {
+        /// The configuration whose `usage_tracking` names the database.
+        #[arg(long, default_value = "config/example.yaml")]
+        config: PathBuf,
+    },
+    /// Build the web dashboard (npm ci + build in web/); `--test` also runs its browser tests.
+    Web(web::WebArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +60,8 @@ fn main() -> ExitCode {
         Task::Ci => ci::run(&root),
         Task::Demo(args) => demo::run(&root, &args),
         Task::Clients => clients::run(&root),
+        Task::Migrate { config } => migrate::run(&root, &config),
+        Task::Web(args) => web::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

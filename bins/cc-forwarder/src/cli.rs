@@ -73,6 +73,8 @@ pub enum Command {
     /// Load and validate the configuration, print warnings and a summary, and exit
     /// (0 when valid, 2 when not).
     CheckConfig,
+    /// Apply the usage store's migrations (SQLite or MySQL, as configured) and exit.
+    Migrate,
 }
 
 impl Cli {

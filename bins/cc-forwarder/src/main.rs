@@ -42,6 +42,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cli),
+        Some(Command::Migrate) => migrate(&cli),
         None => serve(&cli),
     }
 }
@@ -101,6 +102,56 @@ fn check_config(cli: &Cli) -> ExitCode {
     }
     println!("{}", summary(&cli.config.display().to_string(), &loaded));
     ExitCode::SUCCESS
+}
+
+/// `cc-forwarder migrate`: apply the usage store's migrations and exit.
+fn migrate(cli: &Cli) -> ExitCode {
+    let loaded = match load_config(cli) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            report_config_error(&error);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cc-forwarder: error: cannot start the runtime: {error}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    match runtime.block_on(ccf_app::usage::migrate(&loaded.config)) {
+        Ok(report) => {
+            let applied: Vec<String> = report.applied.iter().map(u32::to_string).collect();
+            println!(
+                "cc-forwarder: usage store at schema version {}; applied now: {}{}",
+                report.current_version,
+                if applied.is_empty() {
+                    "none".to_string()
+                } else {
+                    applied.join(", ")
+                },
+                if report.detected_legacy {
+                    " (a database written by the Go forwarder was detected and kept)"
+                } else {
+                    ""
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cc-forwarder: error: {error}");
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
 }
 
 /// A short, human-readable description of a loaded configuration.

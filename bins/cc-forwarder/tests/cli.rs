@@ -429,3 +429,28 @@ fn second_signal_exits_at_once_with_status_1() {
         "did not wait for the 30 s drain"
     );
 }
+
+#[test]
+fn migrate_creates_the_usage_schema_and_is_idempotent() {
+    // `usage_tracking.enabled: false` in the fixture: migrate works on the configured database
+    // whatever the switch says, so an operator can prepare it before turning tracking on.
+    let fixture = Fixture::new(&config_yaml(""));
+    let config = fixture.path().join("config.yaml");
+    let yaml = std::fs::read_to_string(&config).unwrap().replace(
+        "usage_tracking:\n  enabled: false\n",
+        "usage_tracking:\n  enabled: false\n  database_path: data/usage.db\n",
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let first = fixture.run(&["migrate", "--config", "config.yaml"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let stdout = text(&first.stdout);
+    assert!(stdout.contains("schema version"), "{stdout}");
+    assert!(fixture.path().join("data/usage.db").exists());
+    let second = fixture.run(&["-config", "config.yaml", "migrate"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stdout).contains("applied now: none"),
+        "{}",
+        text(&second.stdout)
+    );
+}

@@ -15,6 +15,8 @@ use ccf_proxy::{serve, Forwarder, RequestObserver, ServeOptions};
 use tokio::net::TcpListener;
 use tracing::info;
 
+pub mod usage;
+
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -30,6 +32,9 @@ pub enum AppError {
     /// The forwarding engine could not be built.
     #[error(transparent)]
     Proxy(#[from] ccf_proxy::BuildError),
+    /// The usage store could not be opened or migrated.
+    #[error("usage store: {0}")]
+    Store(#[source] ccf_store::StoreError),
 }
 
 /// A bound, ready-to-run forwarder.
@@ -37,6 +42,7 @@ pub enum AppError {
 pub struct App {
     config: Arc<Config>,
     forwarder: Forwarder,
+    usage: Option<usage::UsageTracking>,
     proxy_listener: TcpListener,
     proxy_addr: SocketAddr,
 }
@@ -55,8 +61,8 @@ impl App {
         observer: Option<Arc<dyn RequestObserver>>,
     ) -> Result<App, AppError> {
         let config = Arc::new(config);
-        let forwarder = Forwarder::build_observed(Arc::clone(&config), observer)?;
         let address = format!("{}:{}", config.server.host, config.server.port);
+        let usage = usage::open(&config).await?;
         let proxy_listener =
             TcpListener::bind(&address)
                 .await
@@ -67,9 +73,22 @@ impl App {
         let proxy_addr = proxy_listener
             .local_addr()
             .map_err(|source| AppError::Bind { address, source })?;
+        let mut observers: Vec<Arc<dyn RequestObserver>> = Vec::new();
+        if let Some(tracking) = &usage {
+            observers.push(Arc::new(usage::StoreObserver {
+                recorder: tracking.recorder.clone(),
+                instance_id: usage::instance_id(&config, proxy_addr.port()),
+            }));
+        }
+        observers.extend(observer);
+        let forwarder = Forwarder::build_observed(
+            Arc::clone(&config),
+            Some(Arc::new(usage::Observers(observers))),
+        )?;
         Ok(App {
             config,
             forwarder,
+            usage,
             proxy_listener,
             proxy_addr,
         })
@@ -96,6 +115,11 @@ impl App {
         &self.forwarder
     }
 
+    /// The usage store and recorder, when usage tracking is on.
+    pub fn usage(&self) -> Option<&usage::UsageTracking> {
+        self.usage.as_ref()
+    }
+
     /// Serves until `shutdown` resolves, then drains in-flight requests for up to
     /// `server.shutdown_timeout` and returns.
     pub async fn run(
@@ -109,8 +133,26 @@ impl App {
         };
         // The health probes run while the listener serves and stop after the drain.
         let background = self.forwarder.spawn_background();
+        let retention = self.usage.as_ref().map(|tracking| {
+            tokio::spawn(usage::retention_loop(
+                Arc::clone(&tracking.store),
+                self.config.usage_tracking.retention_days,
+                self.config.usage_tracking.cleanup_interval.get(),
+            ))
+        });
         let report = serve(self.proxy_listener, self.forwarder, options, shutdown).await;
         background.stop().await;
+        if let Some(retention) = retention {
+            retention.abort();
+        }
+        // Every outcome of the drained requests is written before the process may exit.
+        if let Some(tracking) = &self.usage {
+            tracking.recorder.shutdown().await;
+            info!(
+                written = tracking.recorder.written(),
+                "usage recorder flushed"
+            );
+        }
         info!(
             abandoned_connections = report.abandoned_connections,
             "forwarder stopped"

@@ -213,6 +213,7 @@ impl Forwarder {
         ));
         let events = EventBus::new();
         let metrics = Arc::new(Metrics::new());
+        metrics.watch_suspension(Arc::clone(&suspension));
         let hub = Arc::new(TrackingHub {
             events: events.clone(),
             metrics: Arc::clone(&metrics),
@@ -276,6 +277,12 @@ impl Forwarder {
     /// The event bus (routing, health and suspension changes).
     pub fn events(&self) -> &EventBus {
         &self.shared.events
+    }
+
+    /// The Prometheus metrics (`/metrics`): the application sets the recorder backlog and
+    /// installs the pricing through it.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// Endpoint health.
@@ -579,6 +586,7 @@ impl Forwarder {
                             if let Some(tracker) = context.tracker() {
                                 tracker.transition(|lifecycle| lifecycle.resumed());
                             }
+                            shared.metrics.record_suspension("resumed");
                             shared.events.publish(ForwarderEvent::RequestResumed {
                                 request_id: context.request_id,
                                 waited: permit.waited(),
@@ -618,6 +626,7 @@ impl Forwarder {
                         held = shared.suspension.held(),
                         "no upstream available: request held"
                     );
+                    shared.metrics.record_suspension("held");
                     shared.events.publish(ForwarderEvent::RequestSuspended {
                         request_id: context.request_id,
                         held: shared.suspension.held(),
@@ -629,6 +638,7 @@ impl Forwarder {
             if !self.wait_for_change(&mut wakes, deadline).await {
                 let waited = held.waited();
                 warn!(waited_ms = waited.as_millis(), "held request timed out");
+                shared.metrics.record_suspension("timed_out");
                 shared
                     .events
                     .publish(ForwarderEvent::RequestSuspensionTimedOut {
@@ -1110,6 +1120,7 @@ impl Shared {
     }
 
     fn publish_router(&self, events: Vec<RouterEvent>) {
+        self.metrics.record_router_events(&events);
         for event in events {
             info!(?event, "routing changed");
             self.events.publish(ForwarderEvent::Router(event));

@@ -4,12 +4,15 @@
 //! observed); the JSON shapes follow the Go original (reference section 9.6) so existing monitors
 //! keep working, with correct UTC timestamps.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use ccf_config::Endpoint;
 use ccf_health::{EndpointHealth, HealthSnapshot};
+use ccf_lifecycle::RequestRecord;
+use ccf_router::RouterEvent;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,6 +25,7 @@ use serde::Serialize;
 
 use crate::body::{empty_body, full_body, ProxyBody};
 use crate::error::anthropic_error_response;
+use crate::suspend::Suspension;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
@@ -36,8 +40,83 @@ struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
+    endpoint: String,
+    group: String,
     model: String,
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FinishedLabels {
+    endpoint: String,
+    group: String,
+    model: String,
+    status: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    endpoint: String,
+    group: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    endpoint: String,
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    endpoint: String,
+    group: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SwitchLabels {
+    from: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeKindLabels {
+    outcome: &'static str,
+}
+
+/// Prices a request's usage in USD: `(model, usage) -> cost`. Installed by whoever knows the
+/// pricing table (the admin API or the application), so this crate needs no store.
+pub type CostModel = Arc<dyn Fn(Option<&str>, &ccf_types::Usage) -> f64 + Send + Sync>;
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn request_buckets() -> Histogram {
+    // 5 ms .. ~10 min.
+    Histogram::new(exponential_buckets(0.005, 2.0, 18))
+}
+
+/// `2xx`, `4xx`, `5xx`, ... for an HTTP status; `none` when no status was sent.
+fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        _ => "none",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +140,21 @@ pub struct Metrics {
     upstream_failures: Family<EndpointLabels, Counter>,
     in_flight: Gauge,
     header_latency: Histogram,
+    finished: Family<FinishedLabels, Counter>,
+    request_duration: HistogramFamily<DurationLabels>,
+    time_to_first_byte: HistogramFamily<RouteLabels>,
+    cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    retries: Family<RouteLabels, Counter>,
+    failovers: Family<KindLabels, Counter>,
+    group_switches: Family<SwitchLabels, Counter>,
+    group_cooldowns: Family<GroupLabels, Counter>,
+    group_active: Family<GroupLabels, Gauge>,
+    suspensions: Family<OutcomeKindLabels, Counter>,
+    suspended_now: Gauge,
+    recorder_backlog: Gauge,
+    endpoint_up: Family<RouteLabels, Gauge>,
+    cost_model: RwLock<Option<CostModel>>,
+    suspension: OnceLock<Arc<Suspension>>,
 }
 
 impl Metrics {
@@ -80,6 +174,21 @@ impl Metrics {
             upstream_failures: Family::default(),
             in_flight: Gauge::default(),
             header_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            finished: Family::default(),
+            request_duration: Family::new_with_constructor(request_buckets),
+            time_to_first_byte: Family::new_with_constructor(request_buckets),
+            cost: Family::default(),
+            retries: Family::default(),
+            failovers: Family::default(),
+            group_switches: Family::default(),
+            group_cooldowns: Family::default(),
+            group_active: Family::default(),
+            suspensions: Family::default(),
+            suspended_now: Gauge::default(),
+            recorder_backlog: Gauge::default(),
+            endpoint_up: Family::default(),
+            cost_model: RwLock::new(None),
+            suspension: OnceLock::new(),
             registry: Registry::default(),
         };
         registry.register(
@@ -142,9 +251,206 @@ impl Metrics {
             "Time from sending a request upstream to its response headers",
             metrics.header_latency.clone(),
         );
+        registry.register(
+            "ccf_requests_finished",
+            "Requests finished, by endpoint, group, model, final status and HTTP status class",
+            metrics.finished.clone(),
+        );
+        registry.register(
+            "ccf_request_duration_seconds",
+            "Time from a request's arrival to its end (the last byte relayed)",
+            metrics.request_duration.clone(),
+        );
+        registry.register(
+            "ccf_request_time_to_first_byte_seconds",
+            "Time from a request's arrival until the upstream's answer began",
+            metrics.time_to_first_byte.clone(),
+        );
+        registry.register(
+            "ccf_cost_usd",
+            "Cost of finished requests in USD (counted once a pricing table is installed)",
+            metrics.cost.clone(),
+        );
+        registry.register(
+            "ccf_retries",
+            "Attempts beyond the first, by the endpoint and group that finished the request",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "ccf_failovers",
+            "Moves of a request to another endpoint (kind=endpoint) or group (kind=group)",
+            metrics.failovers.clone(),
+        );
+        registry.register(
+            "ccf_group_switches",
+            "Changes of the active group",
+            metrics.group_switches.clone(),
+        );
+        registry.register(
+            "ccf_group_cooldowns",
+            "Groups put in cooldown after all their endpoints failed",
+            metrics.group_cooldowns.clone(),
+        );
+        registry.register(
+            "ccf_group_active",
+            "1 for the group requests are routed to",
+            metrics.group_active.clone(),
+        );
+        registry.register(
+            "ccf_suspensions",
+            "Held requests by what happened to them (held, resumed, timed_out)",
+            metrics.suspensions.clone(),
+        );
+        registry.register(
+            "ccf_requests_suspended",
+            "Requests held now because no upstream can serve them",
+            metrics.suspended_now.clone(),
+        );
+        registry.register(
+            "ccf_recorder_backlog",
+            "Usage records not yet written to the database",
+            metrics.recorder_backlog.clone(),
+        );
+        registry.register(
+            "ccf_endpoint_healthy",
+            "1 when the endpoint is healthy, by endpoint and group",
+            metrics.endpoint_up.clone(),
+        );
         Metrics {
             registry,
             ..metrics
+        }
+    }
+
+    /// Installs the pricing used for `ccf_cost_usd` (replacing any earlier one).
+    pub fn set_cost_model(&self, model: CostModel) {
+        *self
+            .cost_model
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(model);
+    }
+
+    /// Sets the usage recorder's backlog gauge.
+    pub fn set_recorder_backlog(&self, backlog: usize) {
+        self.recorder_backlog
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    }
+
+    /// Reads the number of held requests from `suspension` at every scrape.
+    pub(crate) fn watch_suspension(&self, suspension: Arc<Suspension>) {
+        let _ = self.suspension.set(suspension);
+    }
+
+    /// A held request was `held`, `resumed` or `timed_out`.
+    pub fn record_suspension(&self, outcome: &'static str) {
+        self.suspensions
+            .get_or_create(&OutcomeKindLabels { outcome })
+            .inc();
+    }
+
+    /// Routing changes: group switches and cooldowns.
+    pub fn record_router_events(&self, events: &[RouterEvent]) {
+        for event in events {
+            match event {
+                RouterEvent::ActiveGroupChanged { from, to } => {
+                    let name = |group: &Option<String>| group.clone().unwrap_or_default();
+                    self.group_switches
+                        .get_or_create(&SwitchLabels {
+                            from: name(from),
+                            to: name(to),
+                        })
+                        .inc();
+                    if let Some(from) = from {
+                        self.group_active
+                            .get_or_create(&GroupLabels {
+                                group: from.clone(),
+                            })
+                            .set(0);
+                    }
+                    if let Some(to) = to {
+                        self.group_active
+                            .get_or_create(&GroupLabels { group: to.clone() })
+                            .set(1);
+                    }
+                }
+                RouterEvent::GroupCooldown { group, .. } => {
+                    self.group_cooldowns
+                        .get_or_create(&GroupLabels {
+                            group: group.clone(),
+                        })
+                        .inc();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A request finished: counts, durations, tokens, cost, retries and failovers.
+    pub fn record_finished(&self, record: &RequestRecord) {
+        let endpoint = record.endpoint.clone().unwrap_or_default();
+        let group = record.group.clone().unwrap_or_default();
+        let model = record.model().unwrap_or("unknown").to_string();
+        let class = status_class(record.http_status);
+        let usage = record.usage.clone().unwrap_or_default();
+        self.record_outcome(record.status.as_str(), &endpoint, &group, &model, &usage);
+        self.finished
+            .get_or_create(&FinishedLabels {
+                endpoint: endpoint.clone(),
+                group: group.clone(),
+                model: model.clone(),
+                status: record.status.as_str().to_string(),
+                status_class: class,
+            })
+            .inc();
+        if let Some(duration) = record.duration {
+            self.request_duration
+                .get_or_create(&DurationLabels {
+                    endpoint: endpoint.clone(),
+                    group: group.clone(),
+                    status_class: class,
+                })
+                .observe(duration.as_secs_f64());
+        }
+        let route = RouteLabels {
+            endpoint: endpoint.clone(),
+            group: group.clone(),
+        };
+        if let Some(ttfb) = record.time_to_first_byte {
+            self.time_to_first_byte
+                .get_or_create(&route)
+                .observe(ttfb.as_secs_f64());
+        }
+        if record.retry_count > 0 {
+            self.retries
+                .get_or_create(&route)
+                .inc_by(u64::from(record.retry_count));
+        }
+        for pair in record.attempts.windows(2) {
+            let kind = if pair[0].group != pair[1].group {
+                "group"
+            } else if pair[0].endpoint != pair[1].endpoint {
+                "endpoint"
+            } else {
+                continue;
+            };
+            self.failovers.get_or_create(&KindLabels { kind }).inc();
+        }
+        let cost_model = self
+            .cost_model
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let (Some(cost_model), false) = (cost_model, usage.is_empty()) {
+            let cost = cost_model(record.model(), &usage);
+            if cost.is_finite() && cost > 0.0 {
+                self.cost
+                    .get_or_create(&CostLabels {
+                        endpoint,
+                        group,
+                        model,
+                    })
+                    .inc_by(cost);
+            }
         }
     }
 
@@ -159,7 +465,14 @@ impl Metrics {
     }
 
     /// A request finished with `status` (`completed`, `failed`, `cancelled`) and this usage.
-    pub fn record_outcome(&self, status: &str, model: &str, usage: &ccf_types::Usage) {
+    fn record_outcome(
+        &self,
+        status: &str,
+        endpoint: &str,
+        group: &str,
+        model: &str,
+        usage: &ccf_types::Usage,
+    ) {
         self.outcomes
             .get_or_create(&OutcomeLabels {
                 status: status.to_string(),
@@ -177,6 +490,8 @@ impl Metrics {
             if count > 0 {
                 self.tokens
                     .get_or_create(&TokenLabels {
+                        endpoint: endpoint.to_string(),
+                        group: group.to_string(),
                         model: model.to_string(),
                         kind,
                     })
@@ -228,6 +543,16 @@ impl Metrics {
             self.endpoint_consecutive_fails
                 .get_or_create(&labels)
                 .set(i64::from(state.consecutive_failures));
+            self.endpoint_up
+                .get_or_create(&RouteLabels {
+                    endpoint: endpoint.name.clone(),
+                    group: endpoint.group.clone(),
+                })
+                .set(i64::from(state.healthy));
+        }
+        if let Some(suspension) = self.suspension.get() {
+            self.suspended_now
+                .set(i64::try_from(suspension.held()).unwrap_or(i64::MAX));
         }
         self.endpoints_total
             .set(i64::try_from(endpoints.len()).unwrap_or(i64::MAX));

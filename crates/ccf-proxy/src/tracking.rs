@@ -68,11 +68,7 @@ impl TrackingHub {
                 "the upstream answered with another model than requested"
             );
         }
-        self.metrics.record_outcome(
-            record.status.as_str(),
-            record.model().unwrap_or("unknown"),
-            &usage,
-        );
+        self.metrics.record_finished(record);
         if let Some(observer) = &self.observer {
             observer.on_outcome(&outcome);
         }

@@ -1,0 +1,216 @@
+//! Usage tracking: the store adapter chosen by `usage_tracking.database`, the recorder task
+//! writing outcomes in batches, and the observer that turns request lifecycles into rows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccf_config::{Config, StorageTarget};
+use ccf_lifecycle::{ErrorState, LifecycleEvent, Outcome, RequestRecord};
+use ccf_proxy::RequestObserver;
+use ccf_store::{
+    LegacyZone, Pricing, Recorder, RecorderHandle, RecorderSettings, UsageRecord, UsageStore,
+};
+use ccf_store_mysql::{MysqlOptions, MysqlStore};
+use ccf_store_sqlite::{SqliteOptions, SqliteStore};
+use tracing::{info, warn};
+
+use crate::AppError;
+
+/// An open store and the recorder writing into it.
+#[derive(Clone)]
+pub struct UsageTracking {
+    /// The database.
+    pub store: Arc<dyn UsageStore>,
+    /// The batching writer.
+    pub recorder: RecorderHandle,
+}
+
+impl std::fmt::Debug for UsageTracking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageTracking")
+            .field("backend", &self.store.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the configured store and applies its migrations, without starting anything (the
+/// `migrate` command). Works whether or not `usage_tracking.enabled` is set.
+pub async fn migrate(config: &Config) -> Result<ccf_store::MigrationReport, AppError> {
+    let store = open_store(config).await?;
+    store.migrate().await.map_err(AppError::Store)
+}
+
+/// Opens and migrates the configured store and starts the recorder; `None` when usage tracking
+/// is off.
+pub(crate) async fn open(config: &Config) -> Result<Option<UsageTracking>, AppError> {
+    let tracking = &config.usage_tracking;
+    if !tracking.enabled {
+        return Ok(None);
+    }
+    let store = open_store(config).await?;
+    let report = store.migrate().await.map_err(AppError::Store)?;
+    info!(?report, "usage store ready");
+    let recorder = Recorder::spawn(
+        Arc::clone(&store),
+        RecorderSettings::from_config(tracking),
+        Pricing::from_config(tracking),
+    );
+    Ok(Some(UsageTracking { store, recorder }))
+}
+
+/// The store adapter `usage_tracking.database` selects.
+async fn open_store(config: &Config) -> Result<Arc<dyn UsageStore>, AppError> {
+    let tracking = &config.usage_tracking;
+    let database_timezone = tracking
+        .database
+        .as_ref()
+        .and_then(|database| database.timezone.as_deref());
+    let legacy_zone = LegacyZone::from_config(database_timezone, config.timezone.as_deref());
+    let store: Arc<dyn UsageStore> = match tracking.storage() {
+        StorageTarget::Sqlite { path } => {
+            info!(path = %path.display(), "usage tracking in SQLite");
+            let options = SqliteOptions {
+                legacy_zone,
+                ..SqliteOptions::default()
+            };
+            Arc::new(
+                SqliteStore::open(&path, options)
+                    .await
+                    .map_err(AppError::Store)?,
+            )
+        }
+        StorageTarget::Mysql(target) => {
+            info!(host = %target.host, database = %target.database, "usage tracking in MySQL");
+            let options = MysqlOptions { legacy_zone };
+            Arc::new(
+                MysqlStore::connect(&target, options)
+                    .await
+                    .map_err(AppError::Store)?,
+            )
+        }
+    };
+    Ok(store)
+}
+
+/// Deletes rows older than `retention_days` every `cleanup_interval`; runs until aborted.
+pub(crate) async fn retention_loop(
+    store: Arc<dyn UsageStore>,
+    retention_days: u32,
+    interval: Duration,
+) {
+    if retention_days == 0 {
+        return;
+    }
+    let keep = Duration::from_secs(u64::from(retention_days) * 86_400);
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_secs(60)));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(keep)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        match store.cleanup(cutoff).await {
+            Ok(report) => info!(?report, "retention clean-up done"),
+            Err(error) => warn!("retention clean-up failed: {error}"),
+        }
+    }
+}
+
+/// Writes every request's changes (coalesced by the recorder) and its final outcome.
+pub(crate) struct StoreObserver {
+    pub(crate) recorder: RecorderHandle,
+    pub(crate) instance_id: String,
+}
+
+impl RequestObserver for StoreObserver {
+    fn on_event(&self, event: &LifecycleEvent) {
+        if !event.is_final() {
+            self.recorder
+                .record(usage_record(event.record(), false, &self.instance_id));
+        }
+    }
+
+    fn on_outcome(&self, outcome: &Outcome) {
+        self.recorder
+            .record(usage_record(outcome.record(), true, &self.instance_id));
+    }
+}
+
+/// Several observers as one.
+pub(crate) struct Observers(pub(crate) Vec<Arc<dyn RequestObserver>>);
+
+impl RequestObserver for Observers {
+    fn on_event(&self, event: &LifecycleEvent) {
+        for observer in &self.0 {
+            observer.on_event(event);
+        }
+    }
+
+    fn on_outcome(&self, outcome: &Outcome) {
+        for observer in &self.0 {
+            observer.on_outcome(outcome);
+        }
+    }
+}
+
+/// The row for a request's current state.
+pub(crate) fn usage_record(
+    record: &RequestRecord,
+    is_final: bool,
+    instance_id: &str,
+) -> UsageRecord {
+    let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    // The Go original stored the error dimension in the status column while a request was live.
+    let status = match (record.status.is_final(), record.error_state) {
+        (false, Some(ErrorState::Retry)) => "retry".to_string(),
+        (false, Some(ErrorState::Suspended)) => "suspended".to_string(),
+        _ => record.status.as_str().to_string(),
+    };
+    let mut row = UsageRecord::new(record.id.to_string(), record.started_at);
+    row.client_ip = record.client_ip.map(|ip| ip.to_string());
+    row.user_agent = record.user_agent.clone();
+    row.method = record.method.clone();
+    row.path = record.path.clone();
+    row.end_time = record.ended_at;
+    row.duration_ms = record.duration.map(millis);
+    row.endpoint_name = record.endpoint.clone();
+    row.group_name = record.group.clone();
+    row.model_name = record.model().map(str::to_string);
+    row.is_streaming = record.is_streaming;
+    row.status = status;
+    row.http_status_code = record.http_status;
+    row.retry_count = record.retry_count;
+    row.failure_reason = record
+        .failure_reason
+        .map(|reason| reason.as_str().to_string());
+    row.last_failure_reason = record.last_failure_reason.clone();
+    row.cancel_reason = record.cancel_reason.clone();
+    row.usage = record.usage.clone().unwrap_or_default();
+    row.time_to_first_byte_ms = record.time_to_first_byte.map(millis);
+    row.attempts_json = (!record.attempts.is_empty())
+        .then(|| serde_json::to_string(&record.attempts).ok())
+        .flatten();
+    row.model_mismatch = record.model_mismatch;
+    row.partial = record.partial;
+    row.instance_id = Some(instance_id.to_string());
+    row.is_final = is_final;
+    row
+}
+
+/// `instance_id` from the config, else `<host name>:<port>`.
+pub(crate) fn instance_id(config: &Config, port: u16) -> String {
+    if let Some(id) = config
+        .instance_id
+        .as_ref()
+        .filter(|id| !id.trim().is_empty())
+    {
+        return id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host}:{port}")
+}

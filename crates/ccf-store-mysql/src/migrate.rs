@@ -1,0 +1,278 @@
+//! Versioned migrations in the MySQL dialect, recorded in `schema_migrations`.
+//!
+//! Same versions as the SQLite adapter (v1 the Go schema, detected on a Go database; v2 the added
+//! columns; v3 legacy local times to UTC and the summary rebuilt). MySQL commits DDL implicitly, so
+//! v1 and v2 are made of idempotent statements (an existing table, column or index is skipped) and
+//! resume after an interruption; v3 is DML only and runs in one transaction with its
+//! `schema_migrations` row. A named lock (`GET_LOCK`) serialises forwarders migrating at once.
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use ccf_store::{LegacyZone, MigrationReport, StoreError};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, TxOpts, Value};
+
+use crate::convert::{as_i64, as_time, at, datetime, mysql_error};
+
+const V1_INITIAL: &str = include_str!("../migrations/0001_initial.sql");
+const V2_EXTEND: &str = include_str!("../migrations/0002_extend.sql");
+const V3_SUMMARY: &str = include_str!("../migrations/0003_summary.sql");
+
+/// Every migration: version and name.
+pub const MIGRATIONS: [(u32, &str); 3] = [
+    (1, "initial"),
+    (2, "extend"),
+    (3, "utc_timestamps_and_summary"),
+];
+
+const LOCK_NAME: &str = "ccf_usage_migrate";
+
+/// v1 columns an older Go database may lack.
+const V1_COLUMNS: [(&str, &str); 27] = [
+    ("client_ip", "VARCHAR(45)"),
+    ("user_agent", "TEXT"),
+    ("method", "VARCHAR(10) DEFAULT 'POST'"),
+    ("path", "VARCHAR(255) DEFAULT '/v1/messages'"),
+    ("end_time", "DATETIME(6)"),
+    ("duration_ms", "BIGINT"),
+    ("endpoint_name", "VARCHAR(255)"),
+    ("group_name", "VARCHAR(255)"),
+    ("model_name", "VARCHAR(255)"),
+    ("is_streaming", "BOOLEAN DEFAULT FALSE"),
+    ("status", "VARCHAR(50) NOT NULL DEFAULT 'pending'"),
+    ("http_status_code", "INT"),
+    ("retry_count", "INT DEFAULT 0"),
+    ("failure_reason", "VARCHAR(50)"),
+    ("last_failure_reason", "TEXT"),
+    ("cancel_reason", "VARCHAR(255)"),
+    ("input_tokens", "BIGINT DEFAULT 0"),
+    ("output_tokens", "BIGINT DEFAULT 0"),
+    ("cache_creation_tokens", "BIGINT DEFAULT 0"),
+    ("cache_read_tokens", "BIGINT DEFAULT 0"),
+    ("input_cost_usd", "DECIMAL(10,6) DEFAULT 0"),
+    ("output_cost_usd", "DECIMAL(10,6) DEFAULT 0"),
+    ("cache_creation_cost_usd", "DECIMAL(10,6) DEFAULT 0"),
+    ("cache_read_cost_usd", "DECIMAL(10,6) DEFAULT 0"),
+    ("total_cost_usd", "DECIMAL(10,6) DEFAULT 0"),
+    ("created_at", "DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6)"),
+    (
+        "updated_at",
+        "DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)",
+    ),
+];
+
+/// The statements of a migration file: comments dropped, split at `;` line ends.
+fn statements(sql: &str) -> Vec<String> {
+    let without_comments: String = sql
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(";\n")
+        .map(|s| s.trim().trim_end_matches(';').trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+pub(crate) async fn run(conn: &mut Conn, zone: LegacyZone) -> Result<MigrationReport, StoreError> {
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INT PRIMARY KEY,
+            name VARCHAR(100) NOT NULL,
+            applied_at DATETIME(6) NOT NULL,
+            detected BOOLEAN NOT NULL DEFAULT FALSE
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    )
+    .await
+    .map_err(mysql_error)?;
+    let locked: Option<i64> = conn
+        .exec_first("SELECT GET_LOCK(?, 120)", (LOCK_NAME,))
+        .await
+        .map_err(mysql_error)?;
+    if locked != Some(1) {
+        return Err(StoreError::Locked {
+            message: "another process is migrating the usage database".into(),
+            source: None,
+        });
+    }
+    let result = run_locked(conn, zone).await;
+    let _ = conn.exec_drop("SELECT RELEASE_LOCK(?)", (LOCK_NAME,)).await;
+    result
+}
+
+async fn run_locked(conn: &mut Conn, zone: LegacyZone) -> Result<MigrationReport, StoreError> {
+    let mut applied: BTreeSet<u32> = conn
+        .query::<u32, _>("SELECT version FROM schema_migrations")
+        .await
+        .map_err(mysql_error)?
+        .into_iter()
+        .collect();
+    let mut report = MigrationReport::default();
+    if applied.is_empty() && table_exists(conn, "request_logs").await? {
+        let failed = |error: StoreError| StoreError::Migration {
+            version: 1,
+            name: "initial".into(),
+            source: Box::new(error),
+        };
+        add_missing_columns(conn).await.map_err(failed)?;
+        apply_statements(conn, V1_INITIAL).await.map_err(failed)?;
+        record(conn, 1, "initial", true).await?;
+        applied.insert(1);
+        report.detected_legacy = true;
+        tracing::info!(
+            "usage database written by the Go forwarder detected; migrating it in place"
+        );
+    }
+    for (version, name) in MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        let failed = |error: StoreError| StoreError::Migration {
+            version,
+            name: name.into(),
+            source: Box::new(error),
+        };
+        match version {
+            1 => {
+                apply_statements(conn, V1_INITIAL).await.map_err(failed)?;
+                record(conn, version, name, false).await?;
+            }
+            2 => {
+                apply_statements(conn, V2_EXTEND).await.map_err(failed)?;
+                record(conn, version, name, false).await?;
+            }
+            // Records itself inside its transaction.
+            _ => normalise_and_summarise(conn, zone).await.map_err(failed)?,
+        }
+        applied.insert(version);
+        report.applied.push(version);
+    }
+    report.current_version = applied.iter().next_back().copied().unwrap_or(0);
+    if !report.applied.is_empty() {
+        tracing::info!(applied = ?report.applied, version = report.current_version, "usage database migrated");
+    }
+    Ok(report)
+}
+
+async fn record<Q: Queryable>(
+    conn: &mut Q,
+    version: u32,
+    name: &str,
+    detected: bool,
+) -> Result<(), StoreError> {
+    conn.exec_drop(
+        "INSERT INTO schema_migrations (version, name, applied_at, detected) VALUES (?, ?, ?, ?)",
+        (version, name, datetime(SystemTime::now()), detected),
+    )
+    .await
+    .map_err(mysql_error)
+}
+
+async fn table_exists(conn: &mut Conn, table: &str) -> Result<bool, StoreError> {
+    let count: Option<i64> = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+            (table,),
+        )
+        .await
+        .map_err(mysql_error)?;
+    Ok(count.unwrap_or(0) > 0)
+}
+
+async fn add_missing_columns(conn: &mut Conn) -> Result<(), StoreError> {
+    let present: BTreeSet<String> = conn
+        .query::<String, _>(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() \
+             AND table_name = 'request_logs'",
+        )
+        .await
+        .map_err(mysql_error)?
+        .into_iter()
+        .map(|name| name.to_ascii_lowercase())
+        .collect();
+    for (column, definition) in V1_COLUMNS {
+        if !present.contains(column) {
+            conn.query_drop(format!(
+                "ALTER TABLE request_logs ADD COLUMN {column} {definition}"
+            ))
+            .await
+            .map_err(mysql_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs each statement; one that finds its column, index or table already there is skipped.
+async fn apply_statements(conn: &mut Conn, sql: &str) -> Result<(), StoreError> {
+    for statement in statements(sql) {
+        match conn.query_drop(&statement).await {
+            Ok(()) => {}
+            // 1050 table exists, 1060 duplicate column, 1061 duplicate key name, 1091 nothing to
+            // drop.
+            Err(mysql_async::Error::Server(error))
+                if matches!(error.code, 1050 | 1060 | 1061 | 1091) => {}
+            Err(error) => return Err(mysql_error(error)),
+        }
+    }
+    Ok(())
+}
+
+/// v3: legacy local `DATETIME`s to UTC, then the summary rebuilt, in one transaction.
+async fn normalise_and_summarise(conn: &mut Conn, zone: LegacyZone) -> Result<(), StoreError> {
+    let mut tx = conn
+        .start_transaction(TxOpts::default())
+        .await
+        .map_err(mysql_error)?;
+    if !zone.is_utc() {
+        let mut after_id: i64 = 0;
+        let mut rewritten: u64 = 0;
+        loop {
+            let rows: Vec<Row> = tx
+                .exec(
+                    "SELECT id, start_time, end_time, created_at, updated_at FROM request_logs \
+                     WHERE id > ? ORDER BY id LIMIT 1000",
+                    (after_id,),
+                )
+                .await
+                .map_err(mysql_error)?;
+            let Some(last) = rows.last() else { break };
+            after_id = as_i64(at(last, 0)).unwrap_or(i64::MAX);
+            let mut updates: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let convert = |index: usize| -> Value {
+                    let value = at(row, index);
+                    match as_time(value, zone) {
+                        Some(time) => datetime(time),
+                        None => value.clone(),
+                    }
+                };
+                updates.push(vec![
+                    convert(1),
+                    convert(2),
+                    convert(3),
+                    convert(4),
+                    at(row, 0).clone(),
+                ]);
+            }
+            rewritten += updates.len() as u64;
+            tx.exec_batch(
+                "UPDATE request_logs SET start_time = ?, end_time = ?, created_at = ?, updated_at = ? \
+                 WHERE id = ?",
+                updates,
+            )
+            .await
+            .map_err(mysql_error)?;
+        }
+        if rewritten > 0 {
+            tracing::info!(rewritten, legacy_zone = ?zone, "legacy usage timestamps rewritten in UTC");
+        }
+    }
+    for statement in statements(V3_SUMMARY) {
+        tx.query_drop(&statement).await.map_err(mysql_error)?;
+    }
+    record(&mut tx, 3, "utc_timestamps_and_summary", false).await?;
+    tx.commit().await.map_err(mysql_error)?;
+    Ok(())
+}

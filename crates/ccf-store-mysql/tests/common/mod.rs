@@ -1,0 +1,89 @@
+//! A fresh MariaDB database per test on the local server (127.0.0.1:3306, root, no password).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccf_config::MysqlTarget;
+use ccf_store::contract::ContractFixture;
+use ccf_store::{async_trait, UsageStore};
+use ccf_store_mysql::{MysqlOptions, MysqlStore};
+use mysql_async::prelude::Queryable;
+
+/// The server's admin connection (database `test`).
+pub async fn admin() -> mysql_async::Conn {
+    mysql_async::Conn::from_url("mysql://root@127.0.0.1:3306/test")
+        .await
+        .expect("MariaDB at 127.0.0.1:3306 (root, empty password)")
+}
+
+/// A target for `database` on the local server.
+pub fn target(database: &str) -> MysqlTarget {
+    MysqlTarget {
+        host: "127.0.0.1".into(),
+        port: 3306,
+        database: database.into(),
+        username: Some("root".into()),
+        password: None,
+        charset: "utf8mb4".into(),
+        timezone: None,
+        max_open_conns: 10,
+        max_idle_conns: 2,
+        conn_max_lifetime: Duration::from_secs(3600),
+        conn_max_idle_time: Duration::from_secs(600),
+    }
+}
+
+/// Creates an empty database with a random name.
+pub async fn create_database() -> String {
+    let name = format!("ccf_test_{:016x}", rand::random::<u64>());
+    admin()
+        .await
+        .query_drop(format!(
+            "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        ))
+        .await
+        .unwrap();
+    name
+}
+
+/// Drops a test database.
+pub async fn drop_database(name: &str) {
+    let _ = admin()
+        .await
+        .query_drop(format!("DROP DATABASE IF EXISTS {name}"))
+        .await;
+}
+
+/// A migrated store in a fresh database, dropped on teardown.
+pub struct MysqlFixture {
+    /// The store.
+    pub store: Arc<MysqlStore>,
+    /// Its database.
+    pub database: String,
+}
+
+#[async_trait]
+impl ContractFixture for MysqlFixture {
+    fn store(&self) -> Arc<dyn UsageStore> {
+        self.store.clone()
+    }
+
+    async fn teardown(self) {
+        drop_database(&self.database).await;
+    }
+}
+
+/// A migrated store in a fresh database.
+pub async fn fixture() -> MysqlFixture {
+    let database = create_database().await;
+    let store = MysqlStore::connect(&target(&database), MysqlOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    MysqlFixture {
+        store: Arc::new(store),
+        database,
+    }
+}

@@ -1,0 +1,330 @@
+//! The usage store on SQLite: the default, embedded back-end.
+//!
+//! This crate owns the SQLite side of [`ccf_store::UsageStore`]: one writer connection owned by
+//! a dedicated thread (every request to it travels over a channel, every batch is one
+//! transaction), a pool of reader connections (8 by default) so that dashboard queries never wait
+//! behind writes, WAL with `synchronous=NORMAL` and a busy timeout set by real PRAGMAs on every
+//! connection, and the versioned migrations embedded in the binary. It opens a `usage.db` written
+//! by the Go forwarder and migrates it in place. It must not be used from outside a tokio
+//! runtime's async context; blocking SQLite calls run only on its own threads and on
+//! `spawn_blocking`.
+//!
+//! Main types: [`SqliteStore`], [`SqliteOptions`].
+
+mod convert;
+mod migrate;
+mod read;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+
+use ccf_store::{
+    async_trait, CleanupReport, LegacyZone, MigrationReport, Page, RequestFilter, RequestQuery,
+    RequestRow, Stats, StatsQuery, StoreError, StoredRecord, SummaryQuery, SummaryRow, UsageStore,
+};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::convert::{pool_error, sqlite_error};
+
+/// How [`SqliteStore::open`] opens the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqliteOptions {
+    /// Reader connections in the pool (default 8).
+    pub readers: u32,
+    /// `PRAGMA busy_timeout` on every connection (default 5 s).
+    pub busy_timeout: Duration,
+    /// Zone of zone-less timestamps written by the Go forwarder (default UTC; see
+    /// [`LegacyZone::from_config`]).
+    pub legacy_zone: LegacyZone,
+    /// Create the file's parent directories if missing (default true).
+    pub create_dirs: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            readers: 8,
+            busy_timeout: Duration::from_secs(5),
+            legacy_zone: LegacyZone::Utc,
+            create_dirs: true,
+        }
+    }
+}
+
+/// PRAGMA values read back from one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionPragmas {
+    /// `journal_mode` (`wal`).
+    pub journal_mode: String,
+    /// `synchronous` (1 = NORMAL).
+    pub synchronous: i64,
+    /// `busy_timeout` in milliseconds.
+    pub busy_timeout_ms: i64,
+    /// `foreign_keys` (1 = on).
+    pub foreign_keys: i64,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A usage store in one SQLite file.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<Job>,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    legacy_zone: LegacyZone,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("legacy_zone", &self.legacy_zone)
+            .finish()
+    }
+}
+
+fn configure(connection: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    connection.busy_timeout(busy_timeout)?;
+    connection.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )?;
+    connection.pragma_update(None, "busy_timeout", busy_timeout.as_millis() as i64)?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`: the writer thread and the reader
+    /// pool. Does not migrate: call [`UsageStore::migrate`].
+    pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let open_path = path.clone();
+        let busy_timeout = options.busy_timeout;
+        let create_dirs = options.create_dirs;
+        let writer_connection = tokio::task::spawn_blocking(move || {
+            if create_dirs {
+                if let Some(parent) = open_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        StoreError::unavailable(
+                            format!("cannot create directory {}", parent.display()),
+                            e,
+                        )
+                    })?;
+                }
+            }
+            let connection = Connection::open(&open_path).map_err(sqlite_error)?;
+            configure(&connection, busy_timeout).map_err(sqlite_error)?;
+            Ok::<_, StoreError>(connection)
+        })
+        .await
+        .map_err(|e| StoreError::unavailable("sqlite open task failed", e))??;
+
+        let (sender, receiver) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("ccf-sqlite-writer".into())
+            .spawn(move || {
+                let mut connection = writer_connection;
+                // Ends when every sender (the store) is dropped.
+                for job in receiver {
+                    job(&mut connection);
+                }
+            })
+            .map_err(|e| StoreError::unavailable("cannot start the sqlite writer thread", e))?;
+
+        let manager = SqliteConnectionManager::file(&path)
+            .with_init(move |connection| configure(connection, busy_timeout));
+        let pool_size = options.readers.max(1);
+        let readers = tokio::task::spawn_blocking(move || {
+            r2d2::Pool::builder()
+                .max_size(pool_size)
+                .min_idle(Some(1))
+                .connection_timeout(Duration::from_secs(30))
+                .build(manager)
+        })
+        .await
+        .map_err(|e| StoreError::unavailable("sqlite pool task failed", e))?
+        .map_err(pool_error)?;
+
+        Ok(Self {
+            path,
+            writer: sender,
+            readers,
+            legacy_zone: options.legacy_zone,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The zone used for zone-less legacy timestamps.
+    pub fn legacy_zone(&self) -> LegacyZone {
+        self.legacy_zone
+    }
+
+    /// Runs `job` on the writer thread and waits for its answer.
+    async fn on_writer<R, F>(&self, job: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |connection| {
+            let _ = reply.send(job(connection));
+        });
+        self.writer.send(job).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `job` on a pooled reader connection (on the blocking thread pool).
+    async fn on_reader<R, F>(&self, job: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, LegacyZone) -> Result<R, StoreError> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        let zone = self.legacy_zone;
+        tokio::task::spawn_blocking(move || {
+            let connection = pool.get().map_err(pool_error)?;
+            job(&connection, zone)
+        })
+        .await
+        .map_err(|e| StoreError::unavailable("sqlite reader task failed", e))?
+    }
+
+    /// The PRAGMAs in force on the writer connection and on a reader connection.
+    pub async fn pragmas(&self) -> Result<(ConnectionPragmas, ConnectionPragmas), StoreError> {
+        let writer = self.on_writer(|c| read_pragmas(c)).await?;
+        let reader = self.on_reader(|c, _| read_pragmas(c)).await?;
+        Ok((writer, reader))
+    }
+}
+
+fn read_pragmas(connection: &Connection) -> Result<ConnectionPragmas, StoreError> {
+    let text = |name: &str| -> Result<String, StoreError> {
+        connection
+            .pragma_query_value(None, name, |row| row.get::<_, String>(0))
+            .map_err(sqlite_error)
+    };
+    let number = |name: &str| -> Result<i64, StoreError> {
+        connection
+            .pragma_query_value(None, name, |row| row.get::<_, i64>(0))
+            .map_err(sqlite_error)
+    };
+    Ok(ConnectionPragmas {
+        journal_mode: text("journal_mode")?,
+        synchronous: number("synchronous")?,
+        busy_timeout_ms: number("busy_timeout")?,
+        foreign_keys: number("foreign_keys")?,
+    })
+}
+
+#[async_trait]
+impl UsageStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        let zone = self.legacy_zone;
+        self.on_writer(move |connection| migrate::run(connection, zone))
+            .await
+    }
+
+    async fn write_batch(&self, batch: &[StoredRecord]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = batch.to_vec();
+        let zone = self.legacy_zone;
+        self.on_writer(move |connection| write::write_batch(connection, &batch, zone))
+            .await
+    }
+
+    async fn list_requests(&self, query: &RequestQuery) -> Result<Page<RequestRow>, StoreError> {
+        let query = query.clone();
+        self.on_reader(move |connection, zone| read::list_requests(connection, &query, zone))
+            .await
+    }
+
+    async fn get_request(&self, request_id: &str) -> Result<Option<RequestRow>, StoreError> {
+        let request_id = request_id.to_string();
+        self.on_reader(move |connection, zone| read::get_request(connection, &request_id, zone))
+            .await
+    }
+
+    async fn scan_requests(
+        &self,
+        filter: &RequestFilter,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>, StoreError> {
+        let filter = filter.clone();
+        self.on_reader(move |connection, zone| {
+            read::scan_requests(connection, &filter, after_id, limit, zone)
+        })
+        .await
+    }
+
+    async fn stats(&self, query: &StatsQuery) -> Result<Stats, StoreError> {
+        let query = query.clone();
+        self.on_reader(move |connection, _| read::stats(connection, &query))
+            .await
+    }
+
+    async fn summary(&self, query: &SummaryQuery) -> Result<Vec<SummaryRow>, StoreError> {
+        let query = query.clone();
+        self.on_reader(move |connection, _| read::summary(connection, &query))
+            .await
+    }
+
+    async fn cleanup(&self, older_than: SystemTime) -> Result<CleanupReport, StoreError> {
+        // One chunk per writer job, so that batches are written between chunks.
+        let mut report = CleanupReport::default();
+        loop {
+            let deleted = self
+                .on_writer(move |connection| write::delete_requests_chunk(connection, older_than))
+                .await?;
+            report.requests_deleted += deleted;
+            if deleted < write::CLEANUP_CHUNK {
+                break;
+            }
+        }
+        report.summary_rows_deleted = self
+            .on_writer(move |connection| write::delete_summary(connection, older_than))
+            .await?;
+        Ok(report)
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.on_writer(|connection| {
+            connection
+                .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+                .map_err(sqlite_error)
+        })
+        .await?;
+        let tables = self
+            .on_reader(|connection, _| {
+                connection
+                    .query_row(
+                        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' \
+                         AND name IN ('request_logs', 'usage_summary')",
+                        [],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .map_err(sqlite_error)
+            })
+            .await?;
+        if tables < 2 {
+            return Err(StoreError::Unavailable {
+                message: "usage tables missing (not migrated)".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,465 @@
+//! SQLite-specific behaviour: PRAGMAs, a database written by the Go forwarder, readers that do not
+//! wait behind writes, and outcomes kept while the database is locked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ccf_store::contract::{at_ms, outcome, pricing, snapshot, tokens};
+use ccf_store::time::format_timestamp;
+use ccf_store::{
+    status, LegacyZone, Recorder, RecorderSettings, RequestFilter, RequestQuery, StoreError,
+    SummaryQuery, UsageStore,
+};
+use ccf_store_sqlite::{SqliteOptions, SqliteStore};
+use rusqlite::Connection;
+
+async fn open(path: &std::path::Path, options: SqliteOptions) -> SqliteStore {
+    let store = SqliteStore::open(path, options).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn pragmas_are_set_on_the_writer_and_every_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(
+        &dir.path().join("nested/dir/usage.db"),
+        SqliteOptions {
+            busy_timeout: Duration::from_millis(1234),
+            ..SqliteOptions::default()
+        },
+    )
+    .await;
+    let (writer, reader) = store.pragmas().await.unwrap();
+    for pragmas in [writer, reader] {
+        assert_eq!(pragmas.journal_mode, "wal");
+        assert_eq!(pragmas.synchronous, 1, "NORMAL");
+        assert_eq!(pragmas.busy_timeout_ms, 1234);
+        assert_eq!(pragmas.foreign_keys, 1);
+    }
+}
+
+/// The Go forwarder's SQLite schema, as its `schema.sql` created it (reference §7.1), with its
+/// '+08:00' local-time defaults and its updated_at trigger.
+const GO_SCHEMA: &str = "
+CREATE TABLE request_logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT UNIQUE NOT NULL,
+    client_ip TEXT,
+    user_agent TEXT,
+    method TEXT DEFAULT 'POST',
+    path TEXT DEFAULT '/v1/messages',
+    start_time DATETIME NOT NULL,
+    end_time DATETIME,
+    duration_ms INTEGER,
+    endpoint_name TEXT,
+    group_name TEXT,
+    model_name TEXT,
+    is_streaming BOOLEAN DEFAULT FALSE,
+    status TEXT NOT NULL DEFAULT 'pending',
+    http_status_code INTEGER,
+    retry_count INTEGER DEFAULT 0,
+    failure_reason TEXT,
+    last_failure_reason TEXT,
+    cancel_reason TEXT,
+    input_tokens INTEGER DEFAULT 0,
+    output_tokens INTEGER DEFAULT 0,
+    cache_creation_tokens INTEGER DEFAULT 0,
+    cache_read_tokens INTEGER DEFAULT 0,
+    input_cost_usd REAL DEFAULT 0,
+    output_cost_usd REAL DEFAULT 0,
+    cache_creation_cost_usd REAL DEFAULT 0,
+    cache_read_cost_usd REAL DEFAULT 0,
+    total_cost_usd REAL DEFAULT 0,
+    created_at DATETIME DEFAULT (datetime('now', 'localtime') || '+08:00'),
+    updated_at DATETIME DEFAULT (datetime('now', 'localtime') || '+08:00')
+);
+CREATE INDEX idx_request_id ON request_logs(request_id);
+CREATE INDEX idx_start_time ON request_logs(start_time);
+CREATE INDEX idx_status ON request_logs(status);
+CREATE INDEX idx_model_name ON request_logs(model_name);
+CREATE INDEX idx_endpoint_name ON request_logs(endpoint_name);
+CREATE INDEX idx_group_name ON request_logs(group_name);
+CREATE INDEX idx_failure_reason ON request_logs(failure_reason);
+CREATE TRIGGER update_request_logs_timestamp
+    AFTER UPDATE ON request_logs
+    WHEN NEW.updated_at = OLD.updated_at
+BEGIN
+    UPDATE request_logs SET updated_at = datetime('now', 'localtime') || '+08:00' WHERE id = NEW.id;
+END;
+CREATE TABLE usage_summary (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    date TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    endpoint_name TEXT NOT NULL,
+    group_name TEXT,
+    request_count INTEGER DEFAULT 0,
+    success_count INTEGER DEFAULT 0,
+    error_count INTEGER DEFAULT 0,
+    total_input_tokens INTEGER DEFAULT 0,
+    total_output_tokens INTEGER DEFAULT 0,
+    total_cache_creation_tokens INTEGER DEFAULT 0,
+    total_cache_read_tokens INTEGER DEFAULT 0,
+    total_cost_usd REAL DEFAULT 0,
+    avg_duration_ms REAL DEFAULT 0,
+    created_at DATETIME DEFAULT (datetime('now', 'localtime') || '+08:00'),
+    updated_at DATETIME DEFAULT (datetime('now', 'localtime') || '+08:00'),
+    UNIQUE(date, model_name, endpoint_name, group_name)
+);
+";
+
+/// Rows as the Go forwarder wrote them: zone-less local times (Asia/Shanghai) for start/end,
+/// '+08:00'-suffixed created_at, REAL costs, legacy statuses.
+fn write_go_rows(connection: &Connection) {
+    connection
+        .execute_batch(
+            "INSERT INTO request_logs (request_id, client_ip, user_agent, method, path, start_time,
+                end_time, duration_ms, endpoint_name, group_name, model_name, is_streaming, status,
+                http_status_code, retry_count, input_tokens, output_tokens, cache_creation_tokens,
+                cache_read_tokens, input_cost_usd, output_cost_usd, cache_creation_cost_usd,
+                cache_read_cost_usd, total_cost_usd, created_at, updated_at)
+             VALUES
+             ('req-0000aaaa', '127.0.0.1:50000', 'claude-cli/1.0.0', 'POST', '/v1/messages',
+                '2025-09-28 08:00:01.250000', '2025-09-28 08:00:03.750000', 2500, 'primary', 'main',
+                'claude-sonnet-4-20250514', 1, 'completed', 200, 0, 1000, 200, 300, 4000,
+                0.003, 0.003, 0.001125, 0.0012, 0.008325,
+                '2025-09-28 08:00:01+08:00', '2025-09-28 08:00:03+08:00'),
+             ('req-0000bbbb', '127.0.0.1:50001', 'curl/8.0', 'POST', '/v1/messages',
+                '2025-09-28 07:59:00.000000', '2025-09-28 07:59:30.000000', 30000, 'backup', 'spare',
+                'claude-3-5-haiku-20241022', 0, 'error', 207, 2, 0, 0, 0, 0,
+                0, 0, 0, 0, 0,
+                '2025-09-28 07:59:00+08:00', '2025-09-28 07:59:30+08:00'),
+             ('req-0000cccc', '127.0.0.1:50002', NULL, 'POST', '/v1/messages',
+                '2025-09-28 09:15:00.5', NULL, NULL, 'primary', 'main',
+                NULL, 1, 'processing', 200, 0, 0, 0, 0, 0,
+                0, 0, 0, 0, 0,
+                '2025-09-28 09:15:00+08:00', '2025-09-28 09:15:00+08:00'),
+             ('req-0000dddd', '10.1.1.1:1', 'ua', 'POST', '/v1/messages',
+                '2025-09-27 23:30:00 +0800 CST', '2025-09-27 23:30:01 +0800 CST', 1000, 'primary', 'main',
+                'claude-sonnet-4-20250514', 0, 'cancelled', 499, 0, 10, 0, 0, 0,
+                0, 0, 0, 0, 0,
+                '2025-09-27 23:30:00+08:00', '2025-09-27 23:30:01+08:00');",
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    {
+        let connection = Connection::open(&path).unwrap();
+        connection.execute_batch(GO_SCHEMA).unwrap();
+        write_go_rows(&connection);
+    }
+    let store = SqliteStore::open(
+        &path,
+        SqliteOptions {
+            legacy_zone: LegacyZone::parse("Asia/Shanghai").unwrap(),
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let report = store.migrate().await.unwrap();
+    assert!(report.detected_legacy);
+    assert_eq!(report.applied, vec![2, 3]);
+    assert_eq!(report.current_version, 3);
+
+    let page = store
+        .list_requests(&RequestQuery {
+            filter: RequestFilter::default(),
+            limit: 50,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = page
+        .items
+        .iter()
+        .map(|r| r.record.request_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            "req-0000cccc",
+            "req-0000aaaa",
+            "req-0000bbbb",
+            "req-0000dddd"
+        ]
+    );
+
+    let completed = store.get_request("req-0000aaaa").await.unwrap().unwrap();
+    assert_eq!(
+        format_timestamp(completed.record.start_time),
+        "2025-09-28T00:00:01.250000Z",
+        "zone-less legacy times are read in the configured zone"
+    );
+    assert_eq!(
+        completed.record.end_time.map(format_timestamp).as_deref(),
+        Some("2025-09-28T00:00:03.750000Z")
+    );
+    assert_eq!(
+        completed.created_at.map(format_timestamp).as_deref(),
+        Some("2025-09-28T00:00:01.000000Z"),
+        "created_at with its +08:00 suffix"
+    );
+    assert_eq!(
+        completed.record.client_ip.as_deref(),
+        Some("127.0.0.1:50000")
+    );
+    assert!(completed.record.is_streaming);
+    assert!(completed.record.is_final);
+    assert_eq!(completed.record.usage.cache_read_input_tokens, 4000);
+    assert_eq!(
+        completed.cost.total, 8_325_000,
+        "REAL costs become exact nano-USD"
+    );
+    assert_eq!(completed.cost.cache_creation, 1_125_000);
+
+    let legacy_error = store.get_request("req-0000bbbb").await.unwrap().unwrap();
+    assert_eq!(legacy_error.record.status, "error");
+    assert!(legacy_error.record.is_final);
+    let in_flight = store.get_request("req-0000cccc").await.unwrap().unwrap();
+    assert!(!in_flight.record.is_final);
+    assert_eq!(
+        format_timestamp(in_flight.record.start_time),
+        "2025-09-28T01:15:00.500000Z"
+    );
+    let go_string = store.get_request("req-0000dddd").await.unwrap().unwrap();
+    assert_eq!(
+        format_timestamp(go_string.record.start_time),
+        "2025-09-27T15:30:00.000000Z"
+    );
+
+    // Filters work across legacy rows now that they are UTC.
+    let failed = RequestFilter {
+        status: Some("failed".into()),
+        ..RequestFilter::default()
+    };
+    assert_eq!(
+        store
+            .list_requests(&RequestQuery {
+                filter: failed,
+                limit: 10,
+                offset: 0
+            })
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+    let morning = RequestFilter {
+        start: Some(at_ms(0) - Duration::from_secs(60)),
+        end: Some(at_ms(0) + Duration::from_secs(60)),
+        ..RequestFilter::default()
+    };
+    let rows = store
+        .list_requests(&RequestQuery {
+            filter: morning,
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.total, 2,
+        "req-0000aaaa (00:00:01Z) and req-0000bbbb (23:59:00Z)"
+    );
+
+    // The summary is rebuilt from the legacy final rows.
+    let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+    let requests: i64 = summary.iter().map(|r| r.request_count).sum();
+    assert_eq!(requests, 3);
+    let total: i64 = summary.iter().map(|r| r.total_cost_nano_usd).sum();
+    assert_eq!(total, 8_325_000);
+
+    // The forwarder keeps writing into it.
+    let store = Arc::new(store);
+    let recorder = Recorder::spawn(store.clone(), RecorderSettings::default(), pricing());
+    recorder.record(snapshot("req-new-1", at_ms(60_000), status::PENDING));
+    recorder.record(outcome(
+        "req-new-1",
+        at_ms(60_000),
+        status::COMPLETED,
+        "claude-haiku-4-5",
+        "primary",
+        "main",
+        tokens(100, 10),
+        42,
+    ));
+    // Overwriting a legacy in-flight row with its final outcome.
+    let mut finished = outcome(
+        "req-0000cccc",
+        at_ms(0),
+        status::COMPLETED,
+        "claude-haiku-4-5",
+        "primary",
+        "main",
+        tokens(5, 5),
+        7,
+    );
+    finished.start_time = at_ms(999_999);
+    recorder.record(finished);
+    recorder.shutdown().await;
+    let row = store.get_request("req-0000cccc").await.unwrap().unwrap();
+    assert_eq!(row.record.status, status::COMPLETED);
+    assert_eq!(
+        format_timestamp(row.record.start_time),
+        "2025-09-28T01:15:00.500000Z",
+        "start_time kept from the legacy row"
+    );
+    assert_eq!(
+        store
+            .list_requests(&RequestQuery {
+                filter: RequestFilter::default(),
+                limit: 1,
+                offset: 0
+            })
+            .await
+            .unwrap()
+            .total,
+        5
+    );
+    let again = store.migrate().await.unwrap();
+    assert!(again.applied.is_empty() && !again.detected_legacy);
+    let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(summary.iter().map(|r| r.request_count).sum::<i64>(), 5);
+}
+
+#[tokio::test]
+async fn an_older_go_database_missing_columns_gets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    {
+        let connection = Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE request_logs (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    request_id TEXT UNIQUE NOT NULL,
+                    start_time DATETIME NOT NULL,
+                    status TEXT NOT NULL DEFAULT 'pending',
+                    input_tokens INTEGER DEFAULT 0
+                 );
+                 INSERT INTO request_logs (request_id, start_time, status, input_tokens)
+                 VALUES ('req-old', '2025-01-01 00:00:00', 'completed', 3);",
+            )
+            .unwrap();
+    }
+    let store = open(&path, SqliteOptions::default()).await;
+    let row = store.get_request("req-old").await.unwrap().unwrap();
+    assert_eq!(row.record.usage.input_tokens, 3);
+    assert_eq!(row.record.method, "POST");
+    assert_eq!(
+        format_timestamp(row.record.start_time),
+        "2025-01-01T00:00:00.000000Z"
+    );
+}
+
+#[tokio::test]
+async fn readers_do_not_wait_behind_a_held_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    let store = open(&path, SqliteOptions::default()).await;
+    let pricing = pricing();
+    let row =
+        ccf_store::StoredRecord::price(snapshot("req-r", at_ms(0), status::PENDING), &pricing);
+    store.write_batch(&[row]).await.unwrap();
+    let blocker = Connection::open(&path).unwrap();
+    blocker
+        .execute_batch("BEGIN IMMEDIATE; UPDATE request_logs SET retry_count = 9;")
+        .unwrap();
+    let started = Instant::now();
+    let page = store
+        .list_requests(&RequestQuery {
+            filter: RequestFilter::default(),
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+    assert_eq!(
+        page.items[0].record.retry_count, 0,
+        "readers see the last commit"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    blocker.execute_batch("ROLLBACK").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorder_keeps_outcomes_while_the_database_is_locked_and_writes_them_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    let store = Arc::new(
+        open(
+            &path,
+            SqliteOptions {
+                busy_timeout: Duration::from_millis(20),
+                ..SqliteOptions::default()
+            },
+        )
+        .await,
+    );
+    // Another process holds the write lock: every write fails with SQLITE_BUSY.
+    let blocker = Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+    let direct = store
+        .write_batch(&[ccf_store::StoredRecord::price(
+            snapshot("req-probe", at_ms(0), status::PENDING),
+            &pricing(),
+        )])
+        .await;
+    assert!(
+        matches!(direct, Err(StoreError::Locked { .. })),
+        "{direct:?}"
+    );
+
+    let settings = RecorderSettings {
+        batch_size: 50,
+        flush_interval: Duration::from_millis(20),
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        ..RecorderSettings::default()
+    };
+    let recorder = Recorder::spawn(store.clone(), settings, pricing());
+    for i in 0..500u64 {
+        let id = format!("req-lock-{i:03}");
+        recorder.record(snapshot(&id, at_ms(i), status::PENDING));
+        recorder.record(outcome(
+            &id,
+            at_ms(i),
+            status::COMPLETED,
+            "claude-haiku-4-5",
+            "a",
+            "g",
+            tokens(i, 1),
+            5,
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(error) = recorder.last_error() {
+            assert!(error.retryable);
+            assert!(error.message.contains("locked"), "{}", error.message);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no write failure seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(recorder.backlog() >= 500, "every outcome kept meanwhile");
+    assert_eq!(recorder.written(), 0);
+
+    blocker.execute_batch("COMMIT;").unwrap();
+    recorder.flush().await;
+    assert_eq!(recorder.backlog(), 0);
+    assert!(recorder.last_error().is_none());
+    assert_eq!(recorder.dropped(), 0);
+    let stats = store.stats(&RequestFilter::default()).await.unwrap();
+    assert_eq!(stats.totals.request_count, 500);
+    assert_eq!(stats.totals.success_count, 500);
+    recorder.shutdown().await;
+}

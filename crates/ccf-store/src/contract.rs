@@ -1,0 +1,1147 @@
+//! The contract every [`UsageStore`] honours, as async test functions, and
+//! [`usage_store_contract!`](crate::usage_store_contract) to run them all against an adapter.
+//!
+//! An adapter's test file provides a fixture factory, an `async fn() -> F` where `F:
+//! ContractFixture` holds a fresh, migrated store, and invokes the macro with it; each case
+//! becomes one `#[tokio::test]` named after it.
+
+#![allow(clippy::unwrap_used, clippy::too_many_arguments, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use ccf_config::{ModelPricing, UsageTrackingConfig};
+use ccf_types::Usage;
+
+use crate::{
+    status, Cost, ExportCursor, ExportFormat, Pricing, Recorder, RecorderSettings, RequestFilter,
+    RequestQuery, RequestRow, Retention, StoredRecord, SummaryQuery, UsageRecord, UsageStore,
+    CSV_HEADER,
+};
+
+/// A fresh, migrated store for one test, and how to dispose of it.
+#[async_trait]
+pub trait ContractFixture: Send + Sized {
+    /// The store under test.
+    fn store(&self) -> Arc<dyn UsageStore>;
+    /// Removes what the fixture created (a temporary database).
+    async fn teardown(self);
+}
+
+/// Runs every contract case against the fixtures made by `$make` (an `async fn() -> impl
+/// ContractFixture`).
+#[macro_export]
+macro_rules! usage_store_contract {
+    ($make:path) => {
+        $crate::usage_store_contract!(@cases $make;
+            upsert_overwrites_fields_and_keeps_first_start_time,
+            final_row_is_never_overwritten_by_non_final,
+            replacing_a_final_row_counts_it_once_in_the_summary,
+            costs_are_exact_integer_sums,
+            costs_are_computed_for_every_final_outcome_with_tokens,
+            list_filters_paginate_and_count,
+            failed_filter_matches_the_failed_family,
+            stats_are_computed_in_sql,
+            summary_is_kept_current,
+            csv_export_quotes_awkward_user_agents,
+            json_export_streams_every_row,
+            cleanup_deletes_only_older_rows,
+            timestamps_round_trip_in_utc,
+            get_request_health_and_idempotent_migrate,
+            recorder_writes_every_final_outcome,
+        );
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = $make().await;
+                $crate::contract::$case(
+                    $crate::contract::ContractFixture::store(&fixture),
+                )
+                .await;
+                $crate::contract::ContractFixture::teardown(fixture).await;
+            }
+        )*
+    };
+}
+
+/// 2025-09-28T00:00:00Z.
+pub fn t0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_759_017_600)
+}
+
+/// `t0() + ms` milliseconds.
+pub fn at_ms(ms: u64) -> SystemTime {
+    t0() + Duration::from_millis(ms)
+}
+
+/// The prices the contract uses.
+pub fn pricing() -> Pricing {
+    let mut config = UsageTrackingConfig::default();
+    config.model_pricing.insert(
+        "claude-sonnet-4-5".into(),
+        ModelPricing {
+            input: 3.0,
+            output: 15.0,
+            cache_creation: 3.75,
+            cache_read: 0.30,
+            cache_creation_1h: Some(6.0),
+        },
+    );
+    config.model_pricing.insert(
+        "claude-haiku-4-5".into(),
+        ModelPricing {
+            input: 1.0,
+            output: 5.0,
+            cache_creation: 1.25,
+            cache_read: 0.10,
+            cache_creation_1h: None,
+        },
+    );
+    Pricing::from_config(&config)
+}
+
+/// A non-final snapshot.
+pub fn snapshot(id: &str, start: SystemTime, status_value: &str) -> UsageRecord {
+    let mut record = UsageRecord::new(id, start);
+    record.status = status_value.into();
+    record
+}
+
+/// A final snapshot with usage, model, endpoint and group.
+pub fn outcome(
+    id: &str,
+    start: SystemTime,
+    status_value: &str,
+    model: &str,
+    endpoint: &str,
+    group: &str,
+    usage: Usage,
+    duration_ms: u64,
+) -> UsageRecord {
+    let mut record = snapshot(id, start, status_value);
+    record.model_name = Some(model.into());
+    record.endpoint_name = Some(endpoint.into());
+    record.group_name = Some(group.into());
+    record.usage = usage;
+    record.duration_ms = Some(duration_ms);
+    record.end_time = Some(start + Duration::from_millis(duration_ms));
+    record.http_status_code = Some(match status_value {
+        status::COMPLETED => 200,
+        status::CANCELLED => 499,
+        _ => 502,
+    });
+    record.is_final = true;
+    record
+}
+
+/// Usage with the given input and output tokens.
+pub fn tokens(input: u64, output: u64) -> Usage {
+    Usage {
+        input_tokens: input,
+        output_tokens: output,
+        ..Usage::default()
+    }
+}
+
+async fn write(store: &dyn UsageStore, records: Vec<UsageRecord>) {
+    let pricing = pricing();
+    let batch: Vec<StoredRecord> = records
+        .into_iter()
+        .map(|r| StoredRecord::price(r, &pricing))
+        .collect();
+    store.write_batch(&batch).await.unwrap();
+}
+
+async fn get(store: &dyn UsageStore, id: &str) -> RequestRow {
+    store
+        .get_request(id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("row {id} missing"))
+}
+
+async fn count(store: &dyn UsageStore, filter: RequestFilter) -> u64 {
+    store
+        .list_requests(&RequestQuery {
+            filter,
+            limit: 1,
+            offset: 0,
+        })
+        .await
+        .unwrap()
+        .total
+}
+
+pub async fn upsert_overwrites_fields_and_keeps_first_start_time(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let mut first = snapshot("req-upsert", at_ms(0), status::PENDING);
+    first.client_ip = Some("10.0.0.1".into());
+    first.user_agent = Some("claude-cli/1.0".into());
+    first.is_streaming = true;
+    write(store, vec![first.clone()]).await;
+
+    let mut second = first.clone();
+    second.start_time = at_ms(5_000);
+    second.status = status::FORWARDING.into();
+    second.endpoint_name = Some("primary".into());
+    second.group_name = Some("main".into());
+    second.retry_count = 2;
+    second.failure_reason = Some("server_error".into());
+    write(store, vec![second]).await;
+
+    let row = get(store, "req-upsert").await;
+    assert_eq!(
+        row.record.start_time,
+        at_ms(0),
+        "start_time kept from the first snapshot"
+    );
+    assert_eq!(row.record.status, status::FORWARDING);
+    assert_eq!(row.record.endpoint_name.as_deref(), Some("primary"));
+    assert_eq!(row.record.retry_count, 2);
+    assert_eq!(row.record.failure_reason.as_deref(), Some("server_error"));
+    assert_eq!(row.record.client_ip.as_deref(), Some("10.0.0.1"));
+    assert!(row.record.is_streaming);
+    assert!(!row.record.is_final);
+    assert_eq!(row.cost, Cost::default());
+
+    let mut done = outcome(
+        "req-upsert",
+        at_ms(0),
+        status::COMPLETED,
+        "claude-sonnet-4-5-20250929",
+        "primary",
+        "main",
+        Usage {
+            input_tokens: 1200,
+            output_tokens: 340,
+            cache_creation_input_tokens: 3000,
+            cache_creation_5m_input_tokens: 1000,
+            cache_creation_1h_input_tokens: 2000,
+            cache_read_input_tokens: 5000,
+            ..Usage::default()
+        },
+        1500,
+    );
+    done.time_to_first_byte_ms = Some(250);
+    done.attempts_json = Some(r#"[{"endpoint":"primary","status":200}]"#.into());
+    done.model_mismatch = true;
+    done.partial = true;
+    done.instance_id = Some("host-a:8080".into());
+    done.client_ip = Some("10.0.0.1".into());
+    write(store, vec![done.clone()]).await;
+
+    let row = get(store, "req-upsert").await;
+    let expected_cost = pricing().cost(done.model_name.as_deref(), &done.usage);
+    assert_eq!(row.cost, expected_cost);
+    // 1200×3000 + 340×15000 + (1000×3750 + 2000×6000) + 5000×300
+    assert_eq!(
+        expected_cost.total,
+        3_600_000 + 5_100_000 + 15_750_000 + 1_500_000
+    );
+    assert_eq!(row.record, done, "every field round-trips");
+    assert!(row.id > 0);
+}
+
+pub async fn final_row_is_never_overwritten_by_non_final(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let done = outcome(
+        "req-final",
+        at_ms(0),
+        status::COMPLETED,
+        "claude-haiku-4-5",
+        "primary",
+        "main",
+        tokens(100, 10),
+        800,
+    );
+    write(store, vec![done.clone()]).await;
+    // A late intermediate snapshot, alone and after the final one in the same batch.
+    write(
+        store,
+        vec![snapshot("req-final", at_ms(0), status::PROCESSING)],
+    )
+    .await;
+    write(
+        store,
+        vec![
+            done.clone(),
+            snapshot("req-final", at_ms(0), status::FORWARDING),
+        ],
+    )
+    .await;
+    let row = get(store, "req-final").await;
+    assert_eq!(row.record, done);
+    assert_eq!(row.cost.total, 100 * 1000 + 10 * 5000);
+    let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(summary.len(), 1);
+    assert_eq!(summary[0].request_count, 1, "written twice, counted once");
+}
+
+pub async fn replacing_a_final_row_counts_it_once_in_the_summary(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let failed = outcome(
+        "req-twice",
+        at_ms(0),
+        status::FAILED,
+        "claude-haiku-4-5",
+        "primary",
+        "main",
+        tokens(50, 0),
+        100,
+    );
+    write(store, vec![failed]).await;
+    let completed = outcome(
+        "req-twice",
+        at_ms(0),
+        status::COMPLETED,
+        "claude-haiku-4-5",
+        "primary",
+        "main",
+        tokens(70, 7),
+        300,
+    );
+    write(store, vec![completed]).await;
+    let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(summary.len(), 1);
+    let row = &summary[0];
+    assert_eq!(
+        (row.request_count, row.success_count, row.error_count),
+        (1, 1, 0)
+    );
+    assert_eq!((row.total_input_tokens, row.total_output_tokens), (70, 7));
+    assert_eq!(row.total_cost_nano_usd, 70 * 1000 + 7 * 5000);
+    assert_eq!(row.total_duration_ms, 300);
+}
+
+pub async fn costs_are_exact_integer_sums(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let pricing = pricing();
+    let models = [
+        "claude-sonnet-4-5-20250929",
+        "claude-haiku-4-5",
+        "unpriced-model",
+    ];
+    let mut expected: i64 = 0;
+    let mut batch = Vec::new();
+    for i in 0..1000u64 {
+        let usage = Usage {
+            input_tokens: i * 7 + 1,
+            output_tokens: i * 13 % 997,
+            cache_creation_input_tokens: i % 11,
+            cache_read_input_tokens: i * 3,
+            ..Usage::default()
+        };
+        let model = models[(i % 3) as usize];
+        expected += pricing.cost(Some(model), &usage).total;
+        batch.push(outcome(
+            &format!("req-cost-{i:04}"),
+            at_ms(i * 1000),
+            status::COMPLETED,
+            model,
+            "primary",
+            "main",
+            usage,
+            10,
+        ));
+        if batch.len() == 250 {
+            write(store, std::mem::take(&mut batch)).await;
+        }
+    }
+    let stats = store.stats(&RequestFilter::default()).await.unwrap();
+    assert_eq!(stats.totals.request_count, 1000);
+    assert_eq!(stats.totals.total_cost_nano_usd, expected);
+    let summary_total: i64 = store
+        .summary(&SummaryQuery::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.total_cost_nano_usd)
+        .sum();
+    assert_eq!(summary_total, expected);
+    let by_model_total: i64 = stats
+        .by_model
+        .iter()
+        .map(|b| b.aggregate.total_cost_nano_usd)
+        .sum();
+    assert_eq!(by_model_total, expected);
+    let page = store
+        .list_requests(&RequestQuery {
+            filter: RequestFilter::default(),
+            limit: 1000,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    let listed: i64 = page.items.iter().map(|row| row.cost.total).sum();
+    assert_eq!(listed, expected);
+    // The legacy USD column is the same value, rounded.
+    assert!((stats.totals.total_cost_usd - expected as f64 / 1e9).abs() < 1e-6);
+}
+
+pub async fn costs_are_computed_for_every_final_outcome_with_tokens(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let usage = tokens(1000, 100);
+    let model = "claude-haiku-4-5";
+    let mut in_flight = snapshot("req-inflight", at_ms(0), status::PROCESSING);
+    in_flight.usage = usage.clone();
+    in_flight.model_name = Some(model.into());
+    write(
+        store,
+        vec![
+            outcome(
+                "req-ok",
+                at_ms(0),
+                status::COMPLETED,
+                model,
+                "a",
+                "g",
+                usage.clone(),
+                1,
+            ),
+            outcome(
+                "req-fail",
+                at_ms(1),
+                status::FAILED,
+                model,
+                "a",
+                "g",
+                usage.clone(),
+                1,
+            ),
+            outcome(
+                "req-cancel",
+                at_ms(2),
+                status::CANCELLED,
+                model,
+                "a",
+                "g",
+                usage.clone(),
+                1,
+            ),
+            outcome(
+                "req-empty",
+                at_ms(3),
+                status::FAILED,
+                model,
+                "a",
+                "g",
+                Usage::default(),
+                1,
+            ),
+            in_flight,
+        ],
+    )
+    .await;
+    let expected = 1000 * 1000 + 100 * 5000;
+    for id in ["req-ok", "req-fail", "req-cancel"] {
+        assert_eq!(get(store, id).await.cost.total, expected, "{id}");
+    }
+    assert_eq!(get(store, "req-empty").await.cost.total, 0);
+    assert_eq!(
+        get(store, "req-inflight").await.cost.total,
+        0,
+        "not final: not priced"
+    );
+}
+
+fn listing_rows() -> Vec<UsageRecord> {
+    let mut rows = Vec::new();
+    for i in 0..30u64 {
+        let model = if i % 2 == 0 {
+            "claude-sonnet-4-5"
+        } else {
+            "claude-haiku-4-5"
+        };
+        let endpoint = ["alpha", "beta", "gamma"][(i % 3) as usize];
+        let group = if i < 15 { "main" } else { "backup" };
+        let status_value = match i % 5 {
+            0 => status::FAILED,
+            1 => status::CANCELLED,
+            _ => status::COMPLETED,
+        };
+        rows.push(outcome(
+            &format!("req-list-{i:02}"),
+            at_ms(i * 60_000),
+            status_value,
+            model,
+            endpoint,
+            group,
+            tokens(i, i),
+            100 + i,
+        ));
+    }
+    rows
+}
+
+pub async fn list_filters_paginate_and_count(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    write(store, listing_rows()).await;
+    let page = store
+        .list_requests(&RequestQuery {
+            filter: RequestFilter::default(),
+            limit: 7,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 30);
+    assert_eq!((page.limit, page.offset), (7, 0));
+    let ids: Vec<_> = page
+        .items
+        .iter()
+        .map(|r| r.record.request_id.clone())
+        .collect();
+    let expected: Vec<_> = (23..30).rev().map(|i| format!("req-list-{i:02}")).collect();
+    assert_eq!(ids, expected, "newest first");
+    let last = store
+        .list_requests(&RequestQuery {
+            filter: RequestFilter::default(),
+            limit: 7,
+            offset: 28,
+        })
+        .await
+        .unwrap();
+    assert_eq!(last.items.len(), 2);
+    assert_eq!(last.items[1].record.request_id, "req-list-00");
+
+    let check = |filter: RequestFilter, expected: u64| async move {
+        assert_eq!(count(store, filter.clone()).await, expected, "{filter:?}");
+        let page = store
+            .list_requests(&RequestQuery {
+                filter: filter.clone(),
+                limit: 100,
+                offset: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.items.len() as u64, expected, "{filter:?}");
+    };
+    check(
+        RequestFilter {
+            model: Some("claude-haiku-4-5".into()),
+            ..RequestFilter::default()
+        },
+        15,
+    )
+    .await;
+    check(
+        RequestFilter {
+            endpoint: Some("beta".into()),
+            group: Some("main".into()),
+            ..RequestFilter::default()
+        },
+        5,
+    )
+    .await;
+    check(
+        RequestFilter {
+            start: Some(at_ms(10 * 60_000)),
+            end: Some(at_ms(19 * 60_000)),
+            ..RequestFilter::default()
+        },
+        10,
+    )
+    .await;
+    check(
+        RequestFilter {
+            status: Some(status::CANCELLED.into()),
+            start: Some(at_ms(10 * 60_000)),
+            ..RequestFilter::default()
+        },
+        4,
+    )
+    .await;
+    check(
+        RequestFilter {
+            request_id: Some("req-list-07".into()),
+            ..RequestFilter::default()
+        },
+        1,
+    )
+    .await;
+    check(
+        RequestFilter {
+            model: Some("nope".into()),
+            ..RequestFilter::default()
+        },
+        0,
+    )
+    .await;
+}
+
+pub async fn failed_filter_matches_the_failed_family(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let mut rows = Vec::new();
+    for (i, status_value) in status::FAILED_FAMILY
+        .iter()
+        .chain([status::COMPLETED, status::CANCELLED, status::PROCESSING].iter())
+        .enumerate()
+    {
+        let mut row = outcome(
+            &format!("req-family-{i}"),
+            at_ms(i as u64),
+            status_value,
+            "m",
+            "e",
+            "g",
+            tokens(1, 1),
+            5,
+        );
+        row.is_final = status::is_terminal(status_value);
+        rows.push(row);
+    }
+    write(store, rows).await;
+    let failed = RequestFilter {
+        status: Some("failed".into()),
+        ..RequestFilter::default()
+    };
+    assert_eq!(count(store, failed.clone()).await, 8);
+    let page = store
+        .list_requests(&RequestQuery {
+            filter: failed.clone(),
+            limit: 3,
+            offset: 6,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (page.total, page.items.len()),
+        (8, 2),
+        "count consistent with the filter"
+    );
+    let stats = store.stats(&RequestFilter::default()).await.unwrap();
+    assert_eq!(stats.totals.failed_count, 8);
+    assert_eq!(stats.totals.success_count, 1);
+    assert_eq!(stats.totals.cancelled_count, 1);
+    let timeout_only = RequestFilter {
+        status: Some("timeout".into()),
+        ..RequestFilter::default()
+    };
+    assert_eq!(count(store, timeout_only).await, 1);
+}
+
+pub async fn stats_are_computed_in_sql(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let mut rows = Vec::new();
+    for i in 1..=100u64 {
+        let status_value = if i <= 80 {
+            status::COMPLETED
+        } else if i <= 95 {
+            status::FAILED
+        } else {
+            status::CANCELLED
+        };
+        let model = if i % 4 == 0 {
+            "claude-haiku-4-5"
+        } else {
+            "claude-sonnet-4-5"
+        };
+        // Two UTC days, hours 0 and 23 of day one and hour 0 of day two.
+        let start = match i % 3 {
+            0 => at_ms(0),
+            1 => at_ms(23 * 3_600_000 + i),
+            _ => at_ms(24 * 3_600_000 + i),
+        };
+        rows.push(outcome(
+            &format!("req-stats-{i:03}"),
+            start,
+            status_value,
+            model,
+            if i % 2 == 0 { "alpha" } else { "beta" },
+            "main",
+            tokens(10, 1),
+            i,
+        ));
+    }
+    rows.push(snapshot("req-stats-open", at_ms(5), status::PENDING));
+    write(store, rows).await;
+    let stats = store
+        .stats(&RequestFilter {
+            start: Some(at_ms(0)),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    let totals = &stats.totals;
+    assert_eq!(totals.request_count, 101);
+    assert_eq!(
+        (
+            totals.success_count,
+            totals.failed_count,
+            totals.cancelled_count
+        ),
+        (80, 15, 5)
+    );
+    assert!((totals.success_rate - 80.0).abs() < 1e-9);
+    assert!((totals.avg_duration_ms.unwrap() - 50.5).abs() < 1e-9);
+    assert_eq!(stats.p95_duration_ms, Some(95));
+    assert_eq!(totals.input_tokens, 1000);
+    assert_eq!(totals.output_tokens, 100);
+    assert_eq!(totals.total_tokens(), 1100);
+
+    let by_model: BTreeMap<_, _> = stats
+        .by_model
+        .iter()
+        .map(|b| (b.key.clone(), b.aggregate.request_count))
+        .collect();
+    assert_eq!(by_model.get("claude-sonnet-4-5"), Some(&75));
+    assert_eq!(by_model.get("claude-haiku-4-5"), Some(&25));
+    assert_eq!(by_model.get(""), Some(&1), "rows without a model");
+    assert_eq!(
+        stats.by_model[0].key, "claude-sonnet-4-5",
+        "most requests first"
+    );
+    let by_endpoint: BTreeMap<_, _> = stats
+        .by_endpoint
+        .iter()
+        .map(|b| (b.key.clone(), b.aggregate.request_count))
+        .collect();
+    assert_eq!(by_endpoint.get("alpha"), Some(&50));
+    assert_eq!(by_endpoint.get("beta"), Some(&50));
+    assert_eq!(
+        stats
+            .by_group
+            .iter()
+            .find(|b| b.key == "main")
+            .unwrap()
+            .aggregate
+            .request_count,
+        100
+    );
+    let days: Vec<_> = stats
+        .by_day
+        .iter()
+        .map(|b| (b.key.as_str(), b.aggregate.request_count))
+        .collect();
+    assert_eq!(days, vec![("2025-09-28", 68), ("2025-09-29", 33)]);
+    let hours: Vec<_> = stats
+        .by_hour
+        .iter()
+        .map(|b| (b.key.as_str(), b.aggregate.request_count))
+        .collect();
+    assert_eq!(
+        hours,
+        vec![
+            ("2025-09-28T00:00:00Z", 34),
+            ("2025-09-28T23:00:00Z", 34),
+            ("2025-09-29T00:00:00Z", 33)
+        ]
+    );
+    let cost = pricing()
+        .cost(Some("claude-sonnet-4-5"), &tokens(10, 1))
+        .total
+        * 75
+        + pricing()
+            .cost(Some("claude-haiku-4-5"), &tokens(10, 1))
+            .total
+            * 25;
+    assert_eq!(totals.total_cost_nano_usd, cost);
+
+    let haiku = store
+        .stats(&RequestFilter {
+            model: Some("claude-haiku-4-5".into()),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(haiku.totals.request_count, 25);
+    let empty = store
+        .stats(&RequestFilter {
+            model: Some("nothing".into()),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(empty.totals.request_count, 0);
+    assert_eq!(empty.p95_duration_ms, None);
+    assert_eq!(empty.totals.avg_duration_ms, None);
+}
+
+pub async fn summary_is_kept_current(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let day = 24 * 3_600_000;
+    write(
+        store,
+        vec![
+            outcome(
+                "req-s1",
+                at_ms(0),
+                status::COMPLETED,
+                "claude-haiku-4-5",
+                "alpha",
+                "main",
+                tokens(10, 1),
+                100,
+            ),
+            outcome(
+                "req-s2",
+                at_ms(1),
+                status::FAILED,
+                "claude-haiku-4-5",
+                "alpha",
+                "main",
+                tokens(20, 2),
+                300,
+            ),
+            outcome(
+                "req-s3",
+                at_ms(day),
+                status::COMPLETED,
+                "claude-haiku-4-5",
+                "alpha",
+                "main",
+                tokens(30, 3),
+                50,
+            ),
+            snapshot("req-s4", at_ms(2), status::PROCESSING),
+        ],
+    )
+    .await;
+    let rows = store.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let first = &rows[0];
+    assert_eq!(first.date, "2025-09-28");
+    assert_eq!(
+        (
+            first.model_name.as_str(),
+            first.endpoint_name.as_str(),
+            first.group_name.as_str()
+        ),
+        ("claude-haiku-4-5", "alpha", "main")
+    );
+    assert_eq!(
+        (first.request_count, first.success_count, first.error_count),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        (first.total_input_tokens, first.total_output_tokens),
+        (30, 3)
+    );
+    assert_eq!(first.total_cost_nano_usd, 30 * 1000 + 3 * 5000);
+    assert!((first.avg_duration_ms - 200.0).abs() < 1e-9);
+    assert!((first.total_cost_usd - 0.000045).abs() < 1e-12);
+
+    // The in-flight request finishes: the summary follows.
+    write(
+        store,
+        vec![outcome(
+            "req-s4",
+            at_ms(2),
+            status::CANCELLED,
+            "claude-haiku-4-5",
+            "alpha",
+            "main",
+            tokens(1, 0),
+            400,
+        )],
+    )
+    .await;
+    let rows = store
+        .summary(&SummaryQuery {
+            start_date: Some("2025-09-28".into()),
+            end_date: Some("2025-09-28".into()),
+            ..SummaryQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].request_count, 3);
+    assert_eq!(rows[0].total_input_tokens, 31);
+    assert!((rows[0].avg_duration_ms - 800.0 / 3.0).abs() < 0.01);
+    let filtered = store
+        .summary(&SummaryQuery {
+            model: Some("other".into()),
+            ..SummaryQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(filtered.is_empty());
+}
+
+pub async fn csv_export_quotes_awkward_user_agents(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let awkward = "Mozilla/5.0 (X11; Linux), \"quoted\" agent\nsecond line, ünïcödé";
+    let mut row = outcome(
+        "req-csv",
+        at_ms(0),
+        status::COMPLETED,
+        "claude-haiku-4-5",
+        "a,b",
+        "g",
+        tokens(3, 4),
+        9,
+    );
+    row.user_agent = Some(awkward.into());
+    row.last_failure_reason = Some("line1\r\nline2".into());
+    write(
+        store,
+        vec![row, snapshot("req-csv-2", at_ms(1), status::PENDING)],
+    )
+    .await;
+    let mut out: Vec<u8> = Vec::new();
+    let n = store
+        .export(&RequestFilter::default(), ExportFormat::Csv, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let mut reader = csv::Reader::from_reader(out.as_slice());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(header, CSV_HEADER.to_vec());
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(records.len(), 2);
+    let first = &records[0];
+    assert_eq!(&first[0], "req-csv");
+    assert_eq!(&first[2], awkward);
+    assert_eq!(&first[8], "a,b");
+    assert_eq!(&first[5], "2025-09-28T00:00:00.000000Z");
+    assert_eq!(&first[22], "0.000023");
+    assert_eq!(&first[27], "line1\r\nline2");
+    assert_eq!(&first[36], "23000");
+    assert_eq!(first.len(), CSV_HEADER.len());
+}
+
+pub async fn json_export_streams_every_row(store: Arc<dyn UsageStore>) {
+    let rows: Vec<UsageRecord> = (0..2500u64)
+        .map(|i| {
+            outcome(
+                &format!("req-json-{i:05}"),
+                at_ms(i),
+                status::COMPLETED,
+                "claude-haiku-4-5",
+                if i % 2 == 0 { "even" } else { "odd" },
+                "g",
+                tokens(i, 1),
+                1,
+            )
+        })
+        .collect();
+    for chunk in rows.chunks(500) {
+        write(store.as_ref(), chunk.to_vec()).await;
+    }
+    let mut out: Vec<u8> = Vec::new();
+    let n = store
+        .export(&RequestFilter::default(), ExportFormat::Json, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(n, 2500, "no row cap");
+    let parsed: Vec<serde_json::Value> = serde_json::from_slice(&out).unwrap();
+    assert_eq!(parsed.len(), 2500);
+    let first = &parsed[0];
+    assert_eq!(first["request_id"], "req-json-00000");
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["start_time"], "2025-09-28T00:00:00.000000Z");
+    assert_eq!(first["output_tokens"], 1);
+    assert_eq!(first["total_cost_nano_usd"], 5000);
+    assert!(first.get("id").is_some() && first.get("is_streaming").is_some());
+
+    // The pull-based cursor gives the same rows, filtered.
+    let mut cursor = ExportCursor::new(
+        store.clone(),
+        RequestFilter {
+            endpoint: Some("odd".into()),
+            ..RequestFilter::default()
+        },
+        ExportFormat::Json,
+    );
+    let mut bytes = Vec::new();
+    while let Some(chunk) = cursor.next_chunk().await.unwrap() {
+        bytes.extend_from_slice(&chunk);
+    }
+    let odd: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(odd.len(), 1250);
+    assert_eq!(cursor.rows_written(), 1250);
+
+    let mut empty = Vec::new();
+    store
+        .export(
+            &RequestFilter {
+                model: Some("none".into()),
+                ..RequestFilter::default()
+            },
+            ExportFormat::Json,
+            &mut empty,
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(empty).unwrap().trim(), "[]");
+}
+
+pub async fn cleanup_deletes_only_older_rows(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let day = Duration::from_secs(86_400);
+    let now = t0() + day * 200;
+    write(
+        store,
+        vec![
+            outcome(
+                "req-old",
+                now - day * 100,
+                status::COMPLETED,
+                "m",
+                "e",
+                "g",
+                tokens(1, 1),
+                1,
+            ),
+            outcome(
+                "req-mid",
+                now - day * 10,
+                status::COMPLETED,
+                "m",
+                "e",
+                "g",
+                tokens(1, 1),
+                1,
+            ),
+            outcome(
+                "req-new",
+                now,
+                status::COMPLETED,
+                "m",
+                "e",
+                "g",
+                tokens(1, 1),
+                1,
+            ),
+        ],
+    )
+    .await;
+    let forever = Retention {
+        days: 0,
+        interval: Duration::from_secs(3600),
+    };
+    assert_eq!(forever.cutoff(now), None, "retention 0 keeps everything");
+    let retention = Retention {
+        days: 30,
+        interval: Duration::from_secs(3600),
+    };
+    let report = store.cleanup(retention.cutoff(now).unwrap()).await.unwrap();
+    assert_eq!(report.requests_deleted, 1);
+    assert_eq!(report.summary_rows_deleted, 1);
+    assert!(store.get_request("req-old").await.unwrap().is_none());
+    assert!(store.get_request("req-mid").await.unwrap().is_some());
+    assert_eq!(count(store, RequestFilter::default()).await, 2);
+    assert_eq!(
+        store.summary(&SummaryQuery::default()).await.unwrap().len(),
+        2
+    );
+    let again = store.cleanup(retention.cutoff(now).unwrap()).await.unwrap();
+    assert_eq!(again.requests_deleted, 0);
+}
+
+pub async fn timestamps_round_trip_in_utc(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let start = t0() + Duration::from_micros(123_456);
+    let mut row = outcome(
+        "req-time",
+        start,
+        status::COMPLETED,
+        "m",
+        "e",
+        "g",
+        tokens(1, 1),
+        2_000,
+    );
+    row.end_time = Some(start + Duration::from_micros(2_000_001));
+    write(store, vec![row.clone()]).await;
+    let read = get(store, "req-time").await;
+    assert_eq!(read.record.start_time, start);
+    assert_eq!(read.record.end_time, row.end_time);
+    let created = read.created_at.expect("created_at");
+    let updated = read.updated_at.expect("updated_at");
+    let now = SystemTime::now();
+    for stamp in [created, updated] {
+        let age = now.duration_since(stamp).unwrap_or_default();
+        assert!(
+            age < Duration::from_secs(300),
+            "audit times are UTC now: {age:?}"
+        );
+    }
+    // Filters compare instants, not text: a bound a microsecond after start excludes the row.
+    let after = RequestFilter {
+        start: Some(start + Duration::from_micros(1)),
+        ..RequestFilter::default()
+    };
+    assert_eq!(count(store, after).await, 0);
+    let at = RequestFilter {
+        start: Some(start),
+        end: Some(start),
+        ..RequestFilter::default()
+    };
+    assert_eq!(count(store, at).await, 1);
+}
+
+pub async fn get_request_health_and_idempotent_migrate(store: Arc<dyn UsageStore>) {
+    assert!(store.get_request("req-missing").await.unwrap().is_none());
+    store.health().await.unwrap();
+    let again = store.migrate().await.unwrap();
+    assert!(again.applied.is_empty(), "already migrated: {again:?}");
+    assert!(again.current_version >= 2);
+    assert!(!store.backend().is_empty());
+}
+
+pub async fn recorder_writes_every_final_outcome(store: Arc<dyn UsageStore>) {
+    let settings = RecorderSettings {
+        batch_size: 64,
+        flush_interval: Duration::from_millis(50),
+        ..RecorderSettings::default()
+    };
+    let recorder = Recorder::spawn(store.clone(), settings, pricing());
+    let mut tasks = Vec::new();
+    for worker in 0..4u64 {
+        let recorder = recorder.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..500u64 {
+                let id = format!("req-rec-{worker}-{i:04}");
+                let start = at_ms(worker * 1_000_000 + i);
+                recorder.record(snapshot(&id, start, status::PENDING));
+                let mut forwarding = snapshot(&id, start, status::FORWARDING);
+                forwarding.endpoint_name = Some("alpha".into());
+                recorder.record(forwarding);
+                if i % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                recorder.record(outcome(
+                    &id,
+                    start,
+                    status::COMPLETED,
+                    "claude-haiku-4-5",
+                    "alpha",
+                    "main",
+                    tokens(i, 1),
+                    3,
+                ));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    recorder.shutdown().await;
+    assert_eq!(recorder.backlog(), 0);
+    assert_eq!(recorder.dropped(), 0);
+    assert!(recorder.last_error().is_none());
+    let stats = store.stats(&RequestFilter::default()).await.unwrap();
+    assert_eq!(stats.totals.request_count, 2000);
+    assert_eq!(stats.totals.success_count, 2000);
+    let expected: i64 = (0..500u64)
+        .map(|i| {
+            pricing()
+                .cost(Some("claude-haiku-4-5"), &tokens(i, 1))
+                .total
+        })
+        .sum::<i64>()
+        * 4;
+    assert_eq!(stats.totals.total_cost_nano_usd, expected);
+    let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(summary.iter().map(|r| r.request_count).sum::<i64>(), 2000);
+}

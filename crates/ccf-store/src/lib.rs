@@ -1,0 +1,46 @@
+//! Usage storage for cc-forwarder, without SQL.
+//!
+//! This crate owns what a usage row is ([`UsageRecord`]), how it is priced ([`Pricing`], exact
+//! integer nano-USD [`Cost`]s), the [`UsageStore`] trait every database adapter implements, the
+//! query and answer types (listing, stats, summary, export) and the [`Recorder`], the tokio task
+//! that batches snapshots into a store without ever blocking the request path. It knows nothing
+//! of SQL or of any driver: `ccf-store-sqlite` and `ccf-store-mysql` implement the trait, and
+//! [`plan_batch`] holds the write rules they share. With the `contract-tests` feature,
+//! [`contract`] is the test suite every adapter runs.
+//!
+//! Main types: [`UsageRecord`], [`StoredRecord`], [`RequestRow`], [`UsageStore`], [`Pricing`],
+//! [`Recorder`]/[`RecorderHandle`], [`StoreError`], [`LegacyZone`].
+
+mod error;
+pub mod export;
+mod plan;
+mod pricing;
+mod query;
+mod record;
+mod recorder;
+mod retention;
+mod store;
+pub mod time;
+
+#[cfg(feature = "contract-tests")]
+pub mod contract;
+
+pub use error::{BoxError, StoreError};
+pub use export::{ExportCursor, ExportEncoder, CSV_HEADER};
+pub use plan::{
+    plan_batch, BatchPlan, ContributionParts, ExistingRow, SummaryContribution, SummaryDelta,
+    SummaryKey, UNKNOWN,
+};
+pub use pricing::{Cost, Price, Pricing, NANO_PER_USD};
+pub use query::{
+    Aggregate, Bucket, CleanupReport, ExportFormat, ExportQuery, MigrationReport, Page,
+    RequestFilter, RequestQuery, Stats, StatsQuery, SummaryQuery, SummaryRow, MAX_PAGE_SIZE,
+};
+pub use record::{status, RequestRow, StoredRecord, UsageRecord};
+pub use recorder::{Recorder, RecorderError, RecorderHandle, RecorderSettings};
+pub use retention::{Retention, RetentionHandle};
+pub use store::UsageStore;
+pub use time::LegacyZone;
+
+// Re-exported so adapters and callers name the same `async_trait`.
+pub use async_trait::async_trait;

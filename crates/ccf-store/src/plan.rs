@@ -1,0 +1,308 @@
+//! Turning a batch into writes and `usage_summary` deltas, the same way in every adapter.
+//!
+//! An adapter reads, inside its write transaction, what it already holds for the batch's request
+//! ids ([`ExistingRow`]), calls [`plan_batch`], then upserts [`BatchPlan::writes`] and applies
+//! [`BatchPlan::summary`] as increments. This is where "a final row is never overwritten by a
+//! non-final one" and "a final row is counted in the summary exactly once" are decided.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use crate::pricing::Cost;
+use crate::record::{status, StoredRecord, UsageRecord};
+use crate::time::format_date;
+
+/// Summary model/endpoint name used when a row has none (`usage_summary` columns are NOT NULL).
+pub const UNKNOWN: &str = "unknown";
+
+/// The `usage_summary` row a final request counts in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SummaryKey {
+    /// UTC day of `start_time`, `YYYY-MM-DD`.
+    pub date: String,
+    /// Model, or `unknown`.
+    pub model_name: String,
+    /// Endpoint, or `unknown`.
+    pub endpoint_name: String,
+    /// Group, or `""`.
+    pub group_name: String,
+}
+
+/// Increments to one `usage_summary` row (negative when a counted row is replaced).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SummaryDelta {
+    /// Requests.
+    pub request_count: i64,
+    /// Completed requests.
+    pub success_count: i64,
+    /// Failed-family requests.
+    pub error_count: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cache-write tokens.
+    pub cache_creation_tokens: i64,
+    /// Cache-read tokens.
+    pub cache_read_tokens: i64,
+    /// Cost in nano-USD.
+    pub cost_nano_usd: i64,
+    /// Duration in milliseconds.
+    pub duration_ms: i64,
+}
+
+impl SummaryDelta {
+    fn add(&mut self, other: &SummaryDelta, sign: i64) {
+        self.request_count += sign * other.request_count;
+        self.success_count += sign * other.success_count;
+        self.error_count += sign * other.error_count;
+        self.input_tokens += sign * other.input_tokens;
+        self.output_tokens += sign * other.output_tokens;
+        self.cache_creation_tokens += sign * other.cache_creation_tokens;
+        self.cache_read_tokens += sign * other.cache_read_tokens;
+        self.cost_nano_usd += sign * other.cost_nano_usd;
+        self.duration_ms += sign * other.duration_ms;
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == SummaryDelta::default()
+    }
+}
+
+/// What one final row adds to `usage_summary`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryContribution {
+    /// The summary row.
+    pub key: SummaryKey,
+    /// The increments.
+    pub delta: SummaryDelta,
+}
+
+/// The stored values a contribution is computed from (also read back from an existing row).
+#[derive(Debug, Clone, Copy)]
+pub struct ContributionParts<'a> {
+    /// `start_time`.
+    pub start_time: SystemTime,
+    /// `model_name`.
+    pub model_name: Option<&'a str>,
+    /// `endpoint_name`.
+    pub endpoint_name: Option<&'a str>,
+    /// `group_name`.
+    pub group_name: Option<&'a str>,
+    /// `status`.
+    pub status: &'a str,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cache-write tokens.
+    pub cache_creation_tokens: u64,
+    /// Cache-read tokens.
+    pub cache_read_tokens: u64,
+    /// `total_cost_nano_usd`.
+    pub cost_nano_usd: i64,
+    /// `duration_ms`.
+    pub duration_ms: Option<u64>,
+}
+
+fn name_or<'a>(value: Option<&'a str>, fallback: &'a str) -> &'a str {
+    value.filter(|text| !text.is_empty()).unwrap_or(fallback)
+}
+
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl SummaryContribution {
+    /// The contribution of a row with these values.
+    pub fn from_parts(parts: ContributionParts<'_>) -> Self {
+        Self {
+            key: SummaryKey {
+                date: format_date(parts.start_time),
+                model_name: name_or(parts.model_name, UNKNOWN).to_string(),
+                endpoint_name: name_or(parts.endpoint_name, UNKNOWN).to_string(),
+                group_name: name_or(parts.group_name, "").to_string(),
+            },
+            delta: SummaryDelta {
+                request_count: 1,
+                success_count: i64::from(parts.status == status::COMPLETED),
+                error_count: i64::from(status::is_failure(parts.status)),
+                input_tokens: signed(parts.input_tokens),
+                output_tokens: signed(parts.output_tokens),
+                cache_creation_tokens: signed(parts.cache_creation_tokens),
+                cache_read_tokens: signed(parts.cache_read_tokens),
+                cost_nano_usd: parts.cost_nano_usd,
+                duration_ms: signed(parts.duration_ms.unwrap_or(0)),
+            },
+        }
+    }
+
+    /// The contribution of a record about to be written with `cost`.
+    pub fn of(record: &UsageRecord, cost: &Cost) -> Self {
+        Self::from_parts(ContributionParts {
+            start_time: record.start_time,
+            model_name: record.model_name.as_deref(),
+            endpoint_name: record.endpoint_name.as_deref(),
+            group_name: record.group_name.as_deref(),
+            status: &record.status,
+            input_tokens: record.usage.input_tokens,
+            output_tokens: record.usage.output_tokens,
+            cache_creation_tokens: record.usage.cache_creation_input_tokens,
+            cache_read_tokens: record.usage.cache_read_input_tokens,
+            cost_nano_usd: cost.total,
+            duration_ms: record.duration_ms,
+        })
+    }
+}
+
+/// What a store holds for a request id, read inside the write transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingRow {
+    /// The stored row is final.
+    pub is_final: bool,
+    /// `start_time` as stored (kept by the upsert).
+    pub start_time: SystemTime,
+    /// Its contribution, when it has been counted in `usage_summary` (`summarized = 1`).
+    pub counted: Option<SummaryContribution>,
+}
+
+/// The decided writes of a batch.
+#[derive(Debug, Default)]
+pub struct BatchPlan<'a> {
+    /// Records to upsert, one per request id (the latest in the batch), ordered by request id so
+    /// that concurrent writers lock rows in the same order. Each is written with
+    /// `summarized = is_final`.
+    pub writes: Vec<&'a StoredRecord>,
+    /// Increments to apply to `usage_summary`, ordered by key, zero deltas left out.
+    pub summary: Vec<(SummaryKey, SummaryDelta)>,
+    /// Records skipped because the stored row is already final and they are not.
+    pub skipped: usize,
+}
+
+/// Decides the writes of `batch` given the `existing` rows of its request ids.
+///
+/// - a non-final record never replaces a final row (stored, or earlier in the batch);
+/// - a final record replacing a counted final row takes that row's contribution out of the
+///   summary before adding its own, so every final request is counted exactly once.
+pub fn plan_batch<'a>(
+    batch: &'a [StoredRecord],
+    existing: &HashMap<String, ExistingRow>,
+) -> BatchPlan<'a> {
+    struct State<'a> {
+        is_final: bool,
+        counted: Option<SummaryContribution>,
+        write: Option<&'a StoredRecord>,
+    }
+    let mut states: BTreeMap<&'a str, State<'a>> = BTreeMap::new();
+    let mut summary: BTreeMap<SummaryKey, SummaryDelta> = BTreeMap::new();
+    let mut skipped = 0;
+    for stored in batch {
+        let record = stored.record();
+        let state = states.entry(record.request_id.as_str()).or_insert_with(|| {
+            match existing.get(&record.request_id) {
+                Some(row) => State {
+                    is_final: row.is_final,
+                    counted: row.counted.clone(),
+                    write: None,
+                },
+                None => State {
+                    is_final: false,
+                    counted: None,
+                    write: None,
+                },
+            }
+        });
+        if state.is_final && !record.is_final {
+            skipped += 1;
+            continue;
+        }
+        if let Some(old) = state.counted.take() {
+            summary.entry(old.key).or_default().add(&old.delta, -1);
+        }
+        if record.is_final {
+            let new = SummaryContribution::of(record, stored.cost());
+            summary
+                .entry(new.key.clone())
+                .or_default()
+                .add(&new.delta, 1);
+            state.counted = Some(new);
+        }
+        state.is_final = record.is_final;
+        state.write = Some(stored);
+    }
+    BatchPlan {
+        writes: states
+            .into_values()
+            .filter_map(|state| state.write)
+            .collect(),
+        summary: summary
+            .into_iter()
+            .filter(|(_, delta)| !delta.is_zero())
+            .collect(),
+        skipped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pricing::Pricing;
+    use std::time::UNIX_EPOCH;
+
+    fn stored(id: &str, status: &str, is_final: bool, input: u64) -> StoredRecord {
+        let mut record = UsageRecord::new(id, UNIX_EPOCH);
+        record.status = status.into();
+        record.is_final = is_final;
+        record.usage.input_tokens = input;
+        StoredRecord::price(record, &Pricing::default())
+    }
+
+    #[test]
+    fn keeps_the_latest_snapshot_and_counts_finals_once() {
+        let batch = vec![
+            stored("b", "pending", false, 0),
+            stored("a", "forwarding", false, 0),
+            stored("a", "completed", true, 10),
+            stored("a", "processing", false, 0),
+        ];
+        let plan = plan_batch(&batch, &HashMap::new());
+        let ids: Vec<_> = plan
+            .writes
+            .iter()
+            .map(|s| (s.record().request_id.as_str(), s.record().status.as_str()))
+            .collect();
+        assert_eq!(ids, vec![("a", "completed"), ("b", "pending")]);
+        assert_eq!(plan.skipped, 1);
+        assert_eq!(plan.summary.len(), 1);
+        assert_eq!(plan.summary[0].1.request_count, 1);
+        assert_eq!(plan.summary[0].1.input_tokens, 10);
+        assert_eq!(plan.summary[0].1.cost_nano_usd, 30_000);
+    }
+
+    #[test]
+    fn replacing_a_counted_final_row_moves_its_contribution() {
+        let old = stored("a", "failed", true, 5);
+        let counted = SummaryContribution::of(old.record(), old.cost());
+        let existing = HashMap::from([(
+            "a".to_string(),
+            ExistingRow {
+                is_final: true,
+                start_time: UNIX_EPOCH,
+                counted: Some(counted),
+            },
+        )]);
+        let batch = vec![stored("a", "pending", false, 0)];
+        let plan = plan_batch(&batch, &existing);
+        assert!(plan.writes.is_empty());
+        assert!(plan.summary.is_empty());
+
+        let batch = vec![stored("a", "completed", true, 7)];
+        let plan = plan_batch(&batch, &existing);
+        assert_eq!(plan.writes.len(), 1);
+        let delta = plan.summary[0].1;
+        assert_eq!(delta.request_count, 0);
+        assert_eq!(delta.success_count, 1);
+        assert_eq!(delta.error_count, -1);
+        assert_eq!(delta.input_tokens, 2);
+    }
+}

@@ -1,0 +1,317 @@
+//! Prices and costs in exact integer nano-USD.
+//!
+//! Configured prices are USD per million tokens (`f64` in the file). Each is converted once to an
+//! integer number of nano-USD per token (`price_per_million × 1000`, rounded), and every cost is
+//! `tokens × nano-USD`, so sums over any number of rows are exact.
+
+use std::collections::BTreeMap;
+
+use ccf_config::{ModelPricing, UsageTrackingConfig};
+use ccf_types::Usage;
+use serde::Serialize;
+
+/// Nano-USD in one USD.
+pub const NANO_PER_USD: i64 = 1_000_000_000;
+
+/// One model's prices in nano-USD per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Price {
+    /// Input tokens.
+    pub input: i64,
+    /// Output tokens.
+    pub output: i64,
+    /// Cache writes with the 5-minute TTL, and every cache write when `cache_creation_1h` is
+    /// absent.
+    pub cache_creation: i64,
+    /// Cache writes with the 1-hour TTL, when the entry gives that price.
+    pub cache_creation_1h: Option<i64>,
+    /// Cache reads.
+    pub cache_read: i64,
+}
+
+impl Price {
+    /// Converts a configured entry (USD per million tokens).
+    pub fn from_config(pricing: &ModelPricing) -> Self {
+        Self {
+            input: nano_per_token(pricing.input),
+            output: nano_per_token(pricing.output),
+            cache_creation: nano_per_token(pricing.cache_creation),
+            cache_creation_1h: pricing.cache_creation_1h.map(nano_per_token),
+            cache_read: nano_per_token(pricing.cache_read),
+        }
+    }
+
+    /// The cost of `usage` at these prices.
+    ///
+    /// With a 1-hour price, 1-hour cache writes cost `cache_creation_1h` and every other cache
+    /// write (5-minute, or not split by the upstream) costs `cache_creation`; without one, every
+    /// cache write costs `cache_creation`.
+    pub fn cost(&self, usage: &Usage) -> Cost {
+        let input = mul(usage.input_tokens, self.input);
+        let output = mul(usage.output_tokens, self.output);
+        let cache_read = mul(usage.cache_read_input_tokens, self.cache_read);
+        let cache_creation = match self.cache_creation_1h {
+            Some(one_hour_price) => {
+                let all_writes = usage.cache_creation_input_tokens.max(
+                    usage
+                        .cache_creation_5m_input_tokens
+                        .saturating_add(usage.cache_creation_1h_input_tokens),
+                );
+                let one_hour = usage.cache_creation_1h_input_tokens.min(all_writes);
+                mul(all_writes - one_hour, self.cache_creation)
+                    .saturating_add(mul(one_hour, one_hour_price))
+            }
+            None => mul(usage.cache_creation_input_tokens, self.cache_creation),
+        };
+        Cost::new(input, output, cache_creation, cache_read)
+    }
+}
+
+/// USD per million tokens to nano-USD per token; negative or non-finite prices count as 0.
+fn nano_per_token(usd_per_million: f64) -> i64 {
+    if !usd_per_million.is_finite() || usd_per_million <= 0.0 {
+        return 0;
+    }
+    // 1 USD per million tokens = 1e9 nano-USD / 1e6 tokens = 1000 nano-USD per token.
+    (usd_per_million * 1000.0).round().min(i64::MAX as f64) as i64
+}
+
+fn mul(tokens: u64, nano_per_token: i64) -> i64 {
+    i64::try_from(tokens)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(nano_per_token)
+}
+
+/// The cost of one request in nano-USD, by component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Cost {
+    /// Input tokens.
+    pub input: i64,
+    /// Output tokens.
+    pub output: i64,
+    /// Cache writes (both TTLs).
+    pub cache_creation: i64,
+    /// Cache reads.
+    pub cache_read: i64,
+    /// The four components added up.
+    pub total: i64,
+}
+
+impl Cost {
+    /// A cost from its four components; `total` is their sum.
+    pub fn new(input: i64, output: i64, cache_creation: i64, cache_read: i64) -> Self {
+        Self {
+            input,
+            output,
+            cache_creation,
+            cache_read,
+            total: input
+                .saturating_add(output)
+                .saturating_add(cache_creation)
+                .saturating_add(cache_read),
+        }
+    }
+
+    /// Nano-USD as (lossy) USD, for the legacy `*_cost_usd` REAL/DECIMAL columns.
+    pub fn usd(nano: i64) -> f64 {
+        nano as f64 / NANO_PER_USD as f64
+    }
+
+    /// USD as nano-USD, rounded (reading legacy `*_cost_usd` columns).
+    pub fn nano_from_usd(usd: f64) -> i64 {
+        if !usd.is_finite() {
+            return 0;
+        }
+        (usd * NANO_PER_USD as f64).round() as i64
+    }
+
+    /// The total in USD.
+    pub fn total_usd(&self) -> f64 {
+        Cost::usd(self.total)
+    }
+}
+
+/// Every configured price, ready for lookup: exact model name, then the longest configured
+/// prefix that ends at a word boundary (`claude-sonnet-4-5-20250929` is priced by a
+/// `claude-sonnet-4-5` entry), then `default_pricing`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pricing {
+    models: BTreeMap<String, Price>,
+    default: Price,
+}
+
+impl Default for Pricing {
+    /// No model prices; the default price is `default_pricing`'s default (3 / 15 / 3.75 / 0.30).
+    fn default() -> Self {
+        Self::from_config(&UsageTrackingConfig::default())
+    }
+}
+
+impl Pricing {
+    /// Prices from `usage_tracking.model_pricing` and `default_pricing`.
+    pub fn from_config(config: &UsageTrackingConfig) -> Self {
+        Self {
+            models: config
+                .model_pricing
+                .iter()
+                .map(|(model, price)| (model.clone(), Price::from_config(price)))
+                .collect(),
+            default: Price::from_config(&config.default_pricing),
+        }
+    }
+
+    /// The price for `model` (absent or empty model: the default price).
+    pub fn price(&self, model: Option<&str>) -> Price {
+        let Some(model) = model.map(str::trim).filter(|model| !model.is_empty()) else {
+            return self.default;
+        };
+        if let Some(price) = self.models.get(model) {
+            return *price;
+        }
+        self.models
+            .iter()
+            .filter(|(prefix, _)| is_family_prefix(prefix, model))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, price)| *price)
+            .unwrap_or(self.default)
+    }
+
+    /// The cost of `usage` for `model`.
+    pub fn cost(&self, model: Option<&str>, usage: &Usage) -> Cost {
+        self.price(model).cost(usage)
+    }
+}
+
+/// `prefix` names the family of `model`: `model` starts with it (ASCII case-insensitively) and
+/// the next character is not a letter or digit.
+fn is_family_prefix(prefix: &str, model: &str) -> bool {
+    if prefix.is_empty() || prefix.len() >= model.len() || !model.is_char_boundary(prefix.len()) {
+        return false;
+    }
+    let (head, rest) = model.split_at(prefix.len());
+    head.eq_ignore_ascii_case(prefix)
+        && rest
+            .chars()
+            .next()
+            .is_some_and(|next| !next.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(input: f64, output: f64, cache_creation: f64, cache_read: f64) -> ModelPricing {
+        ModelPricing {
+            input,
+            output,
+            cache_creation,
+            cache_read,
+            cache_creation_1h: None,
+        }
+    }
+
+    fn pricing() -> Pricing {
+        let mut config = UsageTrackingConfig::default();
+        config
+            .model_pricing
+            .insert("claude-sonnet-4-5".into(), entry(3.0, 15.0, 3.75, 0.30));
+        config
+            .model_pricing
+            .insert("claude-sonnet".into(), entry(1.0, 1.0, 1.0, 1.0));
+        let mut opus = entry(15.0, 75.0, 18.75, 1.50);
+        opus.cache_creation_1h = Some(30.0);
+        config.model_pricing.insert("claude-opus-4-1".into(), opus);
+        config.model_pricing.insert(
+            "claude-haiku-4-5-20251001".into(),
+            entry(1.0, 5.0, 1.25, 0.10),
+        );
+        config.default_pricing = entry(2.0, 2.0, 2.0, 2.0);
+        Pricing::from_config(&config)
+    }
+
+    #[test]
+    fn looks_up_exact_then_longest_family_then_default() {
+        let pricing = pricing();
+        let check = |model: Option<&str>, expected_input: i64| {
+            assert_eq!(pricing.price(model).input, expected_input, "{model:?}");
+        };
+        check(Some("claude-haiku-4-5-20251001"), 1000);
+        check(Some("claude-sonnet-4-5-20250929"), 3000);
+        check(Some("claude-sonnet-4-5@20250929"), 3000);
+        check(Some("claude-sonnet-4-20250514"), 1000);
+        // "claude-sonnet-45" is not "claude-sonnet-4-5": it falls back to the family.
+        check(Some("claude-sonnet-45"), 1000);
+        check(Some("claude-sonnetx"), 2000);
+        check(Some("claude-opus-4-1-20250805"), 15000);
+        check(Some("gpt-4o"), 2000);
+        check(Some(""), 2000);
+        check(None, 2000);
+    }
+
+    #[test]
+    fn converts_prices_to_integer_nano_usd() {
+        assert_eq!(nano_per_token(3.0), 3000);
+        assert_eq!(nano_per_token(0.30), 300);
+        assert_eq!(nano_per_token(3.75), 3750);
+        assert_eq!(nano_per_token(0.08), 80);
+        assert_eq!(nano_per_token(-1.0), 0);
+        assert_eq!(nano_per_token(f64::NAN), 0);
+    }
+
+    #[test]
+    fn costs_every_component_exactly() {
+        let usage = Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 2_000,
+            cache_creation_input_tokens: 10_000,
+            cache_read_input_tokens: 50_000,
+            ..Usage::default()
+        };
+        let cost = pricing().cost(Some("claude-sonnet-4-5-20250929"), &usage);
+        assert_eq!(
+            cost,
+            Cost {
+                input: 3_000_000_000,
+                output: 30_000_000,
+                cache_creation: 37_500_000,
+                cache_read: 15_000_000,
+                total: 3_082_500_000,
+            }
+        );
+        assert!((cost.total_usd() - 3.0825).abs() < 1e-12);
+    }
+
+    #[test]
+    fn prices_cache_writes_per_ttl_when_the_entry_has_a_one_hour_price() {
+        let pricing = pricing();
+        let usage = Usage {
+            cache_creation_input_tokens: 3_000,
+            cache_creation_5m_input_tokens: 1_000,
+            cache_creation_1h_input_tokens: 2_000,
+            ..Usage::default()
+        };
+        // 1000 × 18750 + 2000 × 30000
+        assert_eq!(
+            pricing.cost(Some("claude-opus-4-1"), &usage).cache_creation,
+            78_750_000
+        );
+        // Without a 1h price every write costs cache_creation.
+        assert_eq!(
+            pricing
+                .cost(Some("claude-sonnet-4-5"), &usage)
+                .cache_creation,
+            11_250_000
+        );
+        // Writes not split by the upstream count as 5-minute writes.
+        let unsplit = Usage {
+            cache_creation_input_tokens: 3_000,
+            ..Usage::default()
+        };
+        assert_eq!(
+            pricing
+                .cost(Some("claude-opus-4-1"), &unsplit)
+                .cache_creation,
+            56_250_000
+        );
+    }
+}

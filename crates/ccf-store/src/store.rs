@@ -1,0 +1,70 @@
+//! The [`UsageStore`] trait every database adapter implements.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use crate::query::{
+    CleanupReport, ExportFormat, ExportQuery, MigrationReport, Page, RequestFilter, RequestQuery,
+    Stats, StatsQuery, SummaryQuery, SummaryRow,
+};
+use crate::record::{RequestRow, StoredRecord};
+use crate::StoreError;
+
+/// A usage database. Implementations must be safe to share between tasks; no method blocks the
+/// async runtime (blocking drivers run on their own threads).
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// A short name for logs (`sqlite`, `mysql`).
+    fn backend(&self) -> &'static str;
+
+    /// Applies the embedded migrations not yet applied; detects a database written by the Go
+    /// forwarder and only adds what it lacks. Idempotent, safe to call from several processes.
+    async fn migrate(&self) -> Result<MigrationReport, StoreError>;
+
+    /// Writes a batch in one transaction: upsert by `request_id` (a later snapshot overwrites the
+    /// earlier fields, `start_time` stays the first one written, a final row is never overwritten
+    /// by a non-final snapshot) and keeps `usage_summary` current for final rows. On error nothing
+    /// of the batch is written.
+    async fn write_batch(&self, batch: &[StoredRecord]) -> Result<(), StoreError>;
+
+    /// One page of rows, newest first, and the number of rows matching the same filter.
+    async fn list_requests(&self, query: &RequestQuery) -> Result<Page<RequestRow>, StoreError>;
+
+    /// One row by request id.
+    async fn get_request(&self, request_id: &str) -> Result<Option<RequestRow>, StoreError>;
+
+    /// Up to `limit` rows matching `filter` with `id > after_id`, in id order (keyset paging
+    /// for exports).
+    async fn scan_requests(
+        &self,
+        filter: &RequestFilter,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>, StoreError>;
+
+    /// Totals, success rate, average and p95 duration, tokens and cost, overall and by model,
+    /// endpoint, group, UTC day and UTC hour, computed in SQL.
+    async fn stats(&self, query: &StatsQuery) -> Result<Stats, StoreError>;
+
+    /// `usage_summary` rows, by date then model, endpoint and group.
+    async fn summary(&self, query: &SummaryQuery) -> Result<Vec<SummaryRow>, StoreError>;
+
+    /// Streams every row matching `query` into `sink` (no row cap); returns the row count.
+    async fn export(
+        &self,
+        query: &ExportQuery,
+        format: ExportFormat,
+        sink: &mut (dyn Write + Send),
+    ) -> Result<u64, StoreError> {
+        crate::export::export_into(self, query, format, sink).await
+    }
+
+    /// Retention: deletes rows that started before `older_than` and summary rows of days before
+    /// its UTC date.
+    async fn cleanup(&self, older_than: SystemTime) -> Result<CleanupReport, StoreError>;
+
+    /// Whether the database answers (reads and writes).
+    async fn health(&self) -> Result<(), StoreError>;
+}

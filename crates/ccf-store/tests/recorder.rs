@@ -1,0 +1,267 @@
+//! The recorder against a scripted in-memory store: coalescing, batching, outages and rejects.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ccf_store::{
+    async_trait, status, CleanupReport, MigrationReport, Page, Pricing, Recorder, RecorderSettings,
+    RequestFilter, RequestQuery, RequestRow, Stats, StatsQuery, StoreError, StoredRecord,
+    SummaryQuery, SummaryRow, UsageRecord, UsageStore,
+};
+
+#[derive(Default)]
+struct ScriptedStore {
+    rows: Mutex<HashMap<String, StoredRecord>>,
+    batches: AtomicUsize,
+    writes_per_id: Mutex<HashMap<String, usize>>,
+    down: AtomicBool,
+    reject: Mutex<Option<String>>,
+}
+
+#[async_trait]
+impl UsageStore for ScriptedStore {
+    fn backend(&self) -> &'static str {
+        "scripted"
+    }
+    async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        Ok(MigrationReport::default())
+    }
+    async fn write_batch(&self, batch: &[StoredRecord]) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable {
+                message: "scripted outage".into(),
+                source: None,
+            });
+        }
+        if let Some(bad) = self.reject.lock().unwrap().as_deref() {
+            if batch.iter().any(|s| s.record().request_id == bad) {
+                return Err(StoreError::InvalidInput("scripted reject".into()));
+            }
+        }
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        let mut rows = self.rows.lock().unwrap();
+        let mut writes = self.writes_per_id.lock().unwrap();
+        for stored in batch {
+            let id = stored.record().request_id.clone();
+            *writes.entry(id.clone()).or_default() += 1;
+            let keep = rows
+                .get(&id)
+                .is_some_and(|old| old.record().is_final && !stored.record().is_final);
+            if !keep {
+                rows.insert(id, stored.clone());
+            }
+        }
+        Ok(())
+    }
+    async fn list_requests(&self, _: &RequestQuery) -> Result<Page<RequestRow>, StoreError> {
+        Err(StoreError::Closed)
+    }
+    async fn get_request(&self, _: &str) -> Result<Option<RequestRow>, StoreError> {
+        Err(StoreError::Closed)
+    }
+    async fn scan_requests(
+        &self,
+        _: &RequestFilter,
+        _: i64,
+        _: u32,
+    ) -> Result<Vec<RequestRow>, StoreError> {
+        Err(StoreError::Closed)
+    }
+    async fn stats(&self, _: &StatsQuery) -> Result<Stats, StoreError> {
+        Err(StoreError::Closed)
+    }
+    async fn summary(&self, _: &SummaryQuery) -> Result<Vec<SummaryRow>, StoreError> {
+        Err(StoreError::Closed)
+    }
+    async fn cleanup(&self, _: SystemTime) -> Result<CleanupReport, StoreError> {
+        Err(StoreError::Closed)
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+fn settings(batch_size: usize, flush_interval: Duration) -> RecorderSettings {
+    RecorderSettings {
+        batch_size,
+        flush_interval,
+        max_retry: 2,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+    }
+}
+
+fn record(id: &str, status_value: &str, is_final: bool) -> UsageRecord {
+    let mut record = UsageRecord::new(id, UNIX_EPOCH);
+    record.status = status_value.into();
+    record.is_final = is_final;
+    record.usage.input_tokens = 1000;
+    record
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn coalesces_intermediate_snapshots_and_prices_the_final_one() {
+    let store = Arc::new(ScriptedStore::default());
+    let recorder = Recorder::spawn(
+        store.clone(),
+        settings(100, Duration::from_secs(3600)),
+        Pricing::default(),
+    );
+    for step in [status::PENDING, status::FORWARDING, status::PROCESSING] {
+        recorder.record(record("req-a", step, false));
+    }
+    recorder.record(record("req-a", status::COMPLETED, true));
+    recorder.flush().await;
+    assert_eq!(
+        store.writes_per_id.lock().unwrap()["req-a"],
+        1,
+        "one write for four snapshots"
+    );
+    let rows = store.rows.lock().unwrap();
+    let stored = &rows["req-a"];
+    assert_eq!(stored.record().status, status::COMPLETED);
+    assert_eq!(
+        stored.cost().total,
+        1000 * 3000,
+        "priced by the recorder, default pricing"
+    );
+}
+
+#[tokio::test]
+async fn a_final_snapshot_is_never_replaced_by_a_later_non_final_one() {
+    let store = Arc::new(ScriptedStore::default());
+    let recorder = Recorder::spawn(
+        store.clone(),
+        settings(100, Duration::from_secs(3600)),
+        Pricing::default(),
+    );
+    recorder.record(record("req-a", status::FAILED, true));
+    recorder.record(record("req-a", status::PROCESSING, false));
+    recorder.flush().await;
+    assert_eq!(
+        store.rows.lock().unwrap()["req-a"].record().status,
+        status::FAILED
+    );
+}
+
+#[tokio::test]
+async fn full_batches_are_written_without_waiting_for_the_interval() {
+    let store = Arc::new(ScriptedStore::default());
+    let recorder = Recorder::spawn(
+        store.clone(),
+        settings(10, Duration::from_secs(3600)),
+        Pricing::default(),
+    );
+    // Let the interval's immediate first tick pass.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..10 {
+        recorder.record(record(&format!("req-{i}"), status::COMPLETED, true));
+    }
+    eventually("a full batch", || store.rows.lock().unwrap().len() == 10).await;
+    assert_eq!(recorder.backlog(), 0);
+}
+
+#[tokio::test]
+async fn the_interval_writes_partial_batches() {
+    let store = Arc::new(ScriptedStore::default());
+    let recorder = Recorder::spawn(
+        store.clone(),
+        settings(1000, Duration::from_millis(20)),
+        Pricing::default(),
+    );
+    recorder.record(record("req-a", status::PENDING, false));
+    eventually("the interval flush", || {
+        store.rows.lock().unwrap().len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn keeps_everything_while_the_store_is_down_and_writes_it_when_it_returns() {
+    let store = Arc::new(ScriptedStore::default());
+    store.down.store(true, Ordering::SeqCst);
+    let recorder = Recorder::spawn(
+        store.clone(),
+        settings(20, Duration::from_millis(10)),
+        Pricing::default(),
+    );
+    let started = Instant::now();
+    for i in 0..1000 {
+        recorder.record(record(&format!("req-{i}"), status::COMPLETED, true));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "record() never waits for the store"
+    );
+    eventually("the failure to show", || recorder.last_error().is_some()).await;
+    let error = recorder.last_error().unwrap();
+    assert!(error.retryable);
+    assert!(error.message.contains("scripted outage"));
+    assert_eq!(recorder.backlog(), 1000);
+    store.down.store(false, Ordering::SeqCst);
+    recorder.flush().await;
+    assert_eq!(recorder.backlog(), 0);
+    assert!(recorder.last_error().is_none());
+    assert_eq!(store.rows.lock().unwrap().len(), 1000);
+    assert_eq!(recorder.written(), 1000);
+}
+
+#[tokio::test]
+async fn a_record_the_database_rejects_is_dropped_alone() {
+    let store = Arc::new(ScriptedStore::default());
+    *store.reject.lock().unwrap() = Some("req-bad".into());
+    let recorder = Recorder::spawn(
+        store.clone(),
+        settings(100, Duration::from_secs(3600)),
+        Pricing::default(),
+    );
+    for i in 0..50 {
+        recorder.record(record(&format!("req-{i}"), status::COMPLETED, true));
+    }
+    recorder.record(record("req-bad", status::COMPLETED, true));
+    recorder.shutdown().await;
+    assert_eq!(recorder.dropped(), 1);
+    let rows = store.rows.lock().unwrap();
+    assert_eq!(rows.len(), 50);
+    assert!(!rows.contains_key("req-bad"));
+}
+
+#[tokio::test]
+async fn shutdown_writes_everything_and_a_bounded_shutdown_reports_what_is_left() {
+    let store = Arc::new(ScriptedStore::default());
+    let recorder = Recorder::spawn(
+        store.clone(),
+        settings(7, Duration::from_secs(3600)),
+        Pricing::default(),
+    );
+    for i in 0..100 {
+        recorder.record(record(&format!("req-{i}"), status::COMPLETED, true));
+    }
+    recorder.shutdown().await;
+    assert_eq!(store.rows.lock().unwrap().len(), 100);
+
+    let down = Arc::new(ScriptedStore::default());
+    down.down.store(true, Ordering::SeqCst);
+    let recorder = Recorder::spawn(
+        down,
+        settings(7, Duration::from_secs(3600)),
+        Pricing::default(),
+    );
+    recorder.record(record("req-stuck", status::COMPLETED, true));
+    assert_eq!(
+        recorder.shutdown_timeout(Duration::from_millis(100)).await,
+        Err(1)
+    );
+}
