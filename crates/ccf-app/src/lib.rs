@@ -13,7 +13,8 @@ use std::sync::Arc;
 use ccf_config::Config;
 use ccf_proxy::{serve, Forwarder, RequestObserver, ServeOptions};
 use tokio::net::TcpListener;
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 pub mod usage;
 
@@ -35,6 +36,9 @@ pub enum AppError {
     /// The usage store could not be opened or migrated.
     #[error("usage store: {0}")]
     Store(#[source] ccf_store::StoreError),
+    /// The admin API may not start as configured (e.g. a public address without a token).
+    #[error(transparent)]
+    Admin(#[from] ccf_admin::AdminError),
 }
 
 /// A bound, ready-to-run forwarder.
@@ -45,6 +49,7 @@ pub struct App {
     usage: Option<usage::UsageTracking>,
     proxy_listener: TcpListener,
     proxy_addr: SocketAddr,
+    admin_listener: Option<(TcpListener, SocketAddr)>,
 }
 
 impl App {
@@ -62,6 +67,9 @@ impl App {
     ) -> Result<App, AppError> {
         let config = Arc::new(config);
         let address = format!("{}:{}", config.server.host, config.server.port);
+        if config.web.enabled {
+            ccf_admin::check_security(&config)?;
+        }
         let usage = usage::open(&config).await?;
         let proxy_listener =
             TcpListener::bind(&address)
@@ -85,7 +93,32 @@ impl App {
             Arc::clone(&config),
             Some(Arc::new(usage::Observers(observers))),
         )?;
+        if usage.is_some() {
+            // `ccf_cost_usd_total` prices outcomes with the recorder's rules.
+            let pricing = ccf_store::Pricing::from_config(&config.usage_tracking);
+            forwarder
+                .metrics()
+                .set_cost_model(Arc::new(move |model, usage| {
+                    ccf_store::Cost::usd(pricing.cost(model, usage).total)
+                }));
+        }
+        let admin_listener = if config.web.enabled {
+            let address = format!("{}:{}", config.web.host, config.web.port);
+            let listener = TcpListener::bind(&address)
+                .await
+                .map_err(|source| AppError::Bind {
+                    address: address.clone(),
+                    source,
+                })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| AppError::Bind { address, source })?;
+            Some((listener, local))
+        } else {
+            None
+        };
         Ok(App {
+            admin_listener,
             config,
             forwarder,
             usage,
@@ -115,6 +148,11 @@ impl App {
         &self.forwarder
     }
 
+    /// The address of the admin API and dashboard, when `web.enabled`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener.as_ref().map(|(_, address)| *address)
+    }
+
     /// The usage store and recorder, when usage tracking is on.
     pub fn usage(&self) -> Option<&usage::UsageTracking> {
         self.usage.as_ref()
@@ -133,6 +171,17 @@ impl App {
         };
         // The health probes run while the listener serves and stop after the drain.
         let background = self.forwarder.spawn_background();
+        let backlog_gauge = self.usage.as_ref().map(|tracking| {
+            let recorder = tracking.recorder.clone();
+            let forwarder = self.forwarder.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    ticker.tick().await;
+                    forwarder.metrics().set_recorder_backlog(recorder.backlog());
+                }
+            })
+        });
         let retention = self.usage.as_ref().map(|tracking| {
             tokio::spawn(usage::retention_loop(
                 Arc::clone(&tracking.store),
@@ -140,10 +189,46 @@ impl App {
                 self.config.usage_tracking.cleanup_interval.get(),
             ))
         });
-        let report = serve(self.proxy_listener, self.forwarder, options, shutdown).await;
+        // One shutdown signal for every listener.
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        let admin = self.admin_listener.map(|(listener, address)| {
+            let mut state = ccf_admin::AdminState::new(self.forwarder.clone());
+            if let Some(tracking) = &self.usage {
+                state = state
+                    .with_store(Arc::clone(&tracking.store))
+                    .with_recorder(tracking.recorder.clone());
+            }
+            if let Some(path) = &self.config.source {
+                state = state.with_config_path(path.clone());
+            }
+            info!(dashboard = %format!("http://{address}/"), "admin API and dashboard listening");
+            let admin_stop = stop.clone();
+            tokio::spawn(async move {
+                if let Err(error) =
+                    ccf_admin::serve(listener, state, admin_stop.cancelled_owned()).await
+                {
+                    warn!("admin API stopped: {error}");
+                }
+            })
+        });
+        let report = serve(
+            self.proxy_listener,
+            self.forwarder,
+            options,
+            stop.cancelled_owned(),
+        )
+        .await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         background.stop().await;
-        if let Some(retention) = retention {
-            retention.abort();
+        for task in [retention, backlog_gauge].into_iter().flatten() {
+            task.abort();
         }
         // Every outcome of the drained requests is written before the process may exit.
         if let Some(tracking) = &self.usage {

@@ -5,11 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccf_config::{Config, StorageTarget};
-use ccf_lifecycle::{ErrorState, LifecycleEvent, Outcome, RequestRecord};
+use ccf_lifecycle::{LifecycleEvent, Outcome};
 use ccf_proxy::RequestObserver;
-use ccf_store::{
-    LegacyZone, Pricing, Recorder, RecorderHandle, RecorderSettings, UsageRecord, UsageStore,
-};
+use ccf_store::{LegacyZone, Pricing, Recorder, RecorderHandle, RecorderSettings, UsageStore};
 use ccf_store_mysql::{MysqlOptions, MysqlStore};
 use ccf_store_sqlite::{SqliteOptions, SqliteStore};
 use tracing::{info, warn};
@@ -125,14 +123,18 @@ pub(crate) struct StoreObserver {
 impl RequestObserver for StoreObserver {
     fn on_event(&self, event: &LifecycleEvent) {
         if !event.is_final() {
-            self.recorder
-                .record(usage_record(event.record(), false, &self.instance_id));
+            self.recorder.record(ccf_admin::usage_record(
+                event.record(),
+                Some(&self.instance_id),
+            ));
         }
     }
 
     fn on_outcome(&self, outcome: &Outcome) {
-        self.recorder
-            .record(usage_record(outcome.record(), true, &self.instance_id));
+        self.recorder.record(ccf_admin::usage_record(
+            outcome.record(),
+            Some(&self.instance_id),
+        ));
     }
 }
 
@@ -151,50 +153,6 @@ impl RequestObserver for Observers {
             observer.on_outcome(outcome);
         }
     }
-}
-
-/// The row for a request's current state.
-pub(crate) fn usage_record(
-    record: &RequestRecord,
-    is_final: bool,
-    instance_id: &str,
-) -> UsageRecord {
-    let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    // The Go original stored the error dimension in the status column while a request was live.
-    let status = match (record.status.is_final(), record.error_state) {
-        (false, Some(ErrorState::Retry)) => "retry".to_string(),
-        (false, Some(ErrorState::Suspended)) => "suspended".to_string(),
-        _ => record.status.as_str().to_string(),
-    };
-    let mut row = UsageRecord::new(record.id.to_string(), record.started_at);
-    row.client_ip = record.client_ip.map(|ip| ip.to_string());
-    row.user_agent = record.user_agent.clone();
-    row.method = record.method.clone();
-    row.path = record.path.clone();
-    row.end_time = record.ended_at;
-    row.duration_ms = record.duration.map(millis);
-    row.endpoint_name = record.endpoint.clone();
-    row.group_name = record.group.clone();
-    row.model_name = record.model().map(str::to_string);
-    row.is_streaming = record.is_streaming;
-    row.status = status;
-    row.http_status_code = record.http_status;
-    row.retry_count = record.retry_count;
-    row.failure_reason = record
-        .failure_reason
-        .map(|reason| reason.as_str().to_string());
-    row.last_failure_reason = record.last_failure_reason.clone();
-    row.cancel_reason = record.cancel_reason.clone();
-    row.usage = record.usage.clone().unwrap_or_default();
-    row.time_to_first_byte_ms = record.time_to_first_byte.map(millis);
-    row.attempts_json = (!record.attempts.is_empty())
-        .then(|| serde_json::to_string(&record.attempts).ok())
-        .flatten();
-    row.model_mismatch = record.model_mismatch;
-    row.partial = record.partial;
-    row.instance_id = Some(instance_id.to_string());
-    row.is_final = is_final;
-    row
 }
 
 /// `instance_id` from the config, else `<host name>:<port>`.

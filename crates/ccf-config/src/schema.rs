@@ -725,7 +725,10 @@ mod decimal {
             fn visit_unit<E: Error>(self) -> Result<Option<f64>, E> {
                 Ok(None)
             }
-            fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<f64>, D::Error> {
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<Option<f64>, D::Error> {
                 required(deserializer).map(Some)
             }
         }

@@ -1,0 +1,219 @@
+//! Who may use the admin API: the bearer token policy and the `Origin` check of state-changing
+//! routes.
+//!
+//! Policy: on a loopback `web.host` the API is open unless `web.auth_token` is set; on any other
+//! host every `/api/v1` route needs `Authorization: Bearer <token>` with `web.auth_token`, else
+//! the inbound `auth.token`; with neither the admin listener refuses to start. Tokens are
+//! compared in constant time.
+
+use std::net::IpAddr;
+
+use ccf_config::{Config, Secret};
+use http::{header, HeaderMap, StatusCode};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::AdminError;
+
+/// The token the API requires, if any.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthPolicy {
+    token: Option<Secret>,
+}
+
+fn non_empty(secret: &Option<Secret>) -> Option<Secret> {
+    secret
+        .clone()
+        .filter(|secret| !secret.expose().trim().is_empty())
+}
+
+/// Whether `host` (as written in `web.host`) only accepts connections from this machine.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.eq_ignore_ascii_case("localhost") || bare.eq_ignore_ascii_case("ip6-localhost") {
+        return true;
+    }
+    bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl AuthPolicy {
+    /// The policy for `config`, or why the admin listener must not start.
+    pub(crate) fn from_config(config: &Config) -> Result<AuthPolicy, AdminError> {
+        if let Some(token) = non_empty(&config.web.auth_token) {
+            return Ok(AuthPolicy { token: Some(token) });
+        }
+        if is_loopback_host(&config.web.host) {
+            return Ok(AuthPolicy { token: None });
+        }
+        match non_empty(&config.auth.token) {
+            Some(token) => Ok(AuthPolicy { token: Some(token) }),
+            None => Err(AdminError::NoToken {
+                host: config.web.host.clone(),
+            }),
+        }
+    }
+
+    /// Whether a token is required.
+    pub(crate) fn enabled(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The secret, for masking sweeps.
+    pub(crate) fn token(&self) -> Option<&Secret> {
+        self.token.as_ref()
+    }
+
+    /// Checks the request's credentials. `query_token` is the `access_token` query parameter,
+    /// accepted only where a browser cannot set headers (EventSource, download links).
+    pub(crate) fn check(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Some(expected) = &self.token else {
+            return Ok(());
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                let (scheme, token) = value.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .or(query_token);
+        match presented {
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this admin API needs a token: send `Authorization: Bearer <web.auth_token>`",
+            )),
+            Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => {
+                Ok(())
+            }
+            Some(_) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the admin token is wrong",
+            )),
+        }
+    }
+}
+
+/// A state-changing request from a browser must come from a page of this server: its `Origin`
+/// (when present) must name the same host and port as its `Host`. Non-browser clients send no
+/// `Origin` and pass.
+pub(crate) fn check_origin(headers: &HeaderMap, authority: Option<&str>) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let refused = |why: &str| {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            format!("cross-origin request refused: {why}"),
+        ))
+    };
+    let Ok(origin) = origin.to_str() else {
+        return refused("unreadable Origin header");
+    };
+    let Ok(origin_url) = url::Url::parse(origin) else {
+        return refused("Origin is not a URL");
+    };
+    let (Some(origin_host), Some(origin_port)) =
+        (origin_url.host_str(), origin_url.port_or_known_default())
+    else {
+        return refused("Origin has no host");
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or(authority);
+    let Some(host) = host else {
+        return refused("no Host header to compare the Origin with");
+    };
+    let Ok(host_url) = url::Url::parse(&format!("{}://{host}", origin_url.scheme())) else {
+        return refused("unreadable Host header");
+    };
+    let same_host = host_url
+        .host_str()
+        .is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
+    if same_host && host_url.port_or_known_default() == Some(origin_port) {
+        Ok(())
+    } else {
+        refused(&format!("Origin `{origin}` does not match Host `{host}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        for (host, expected) in [
+            ("localhost", true),
+            ("127.0.0.1", true),
+            ("127.1.2.3", true),
+            ("::1", true),
+            ("[::1]", true),
+            ("0.0.0.0", false),
+            ("::", false),
+            ("192.168.1.10", false),
+            ("example.com", false),
+            ("", false),
+        ] {
+            assert_eq!(is_loopback_host(host), expected, "{host}");
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).expect("header"));
+        }
+        map
+    }
+
+    #[test]
+    fn origin_must_match_host() {
+        let cases = [
+            (vec![], true),
+            (
+                vec![
+                    ("origin", "http://127.0.0.1:8088"),
+                    ("host", "127.0.0.1:8088"),
+                ],
+                true,
+            ),
+            (
+                vec![("origin", "http://example.com"), ("host", "example.com:80")],
+                true,
+            ),
+            (
+                vec![("origin", "http://evil.test"), ("host", "127.0.0.1:8088")],
+                false,
+            ),
+            (
+                vec![
+                    ("origin", "http://127.0.0.1:9999"),
+                    ("host", "127.0.0.1:8088"),
+                ],
+                false,
+            ),
+            (vec![("origin", "null"), ("host", "127.0.0.1:8088")], false),
+            (vec![("origin", "http://127.0.0.1:8088")], false),
+        ];
+        for (pairs, expected) in cases {
+            assert_eq!(
+                check_origin(&headers(&pairs), None).is_ok(),
+                expected,
+                "{pairs:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The admin API of cc-forwarder: the `/api/v1` REST routes, the live event stream (SSE) and the
+//! web dashboard's embedded assets, served with hyper on `web.host:web.port`.
+//!
+//! It owns what operators see and do from a browser or a script: live state (status, endpoints,
+//! groups, connections, charts), the usage database's listings, stats and exports, operator
+//! actions (activate, pause, resume, priority, health check), the masked effective configuration
+//! and the OpenAPI description of all that. It answers from the running
+//! [`ccf_proxy::Forwarder`] (its methods and its event bus) and from a `dyn`
+//! [`ccf_store::UsageStore`]; it must not know which database adapter is behind the store, nor
+//! how requests are forwarded.
+//!
+//! Security: on a non-loopback host every `/api/v1` route needs a bearer token (`web.auth_token`,
+//! else `auth.token`), and [`Admin::new`] refuses to start without one; POST routes check
+//! `Origin`; no CORS headers are sent; every credential of the configuration is masked in every
+//! answer.
+//!
+//! Main types: [`AdminState`] (what the admin API is built from), [`Admin`] (the built API: a
+//! request handler for embedding), [`serve`] (the listener loop), [`AdminError`].
+//!
+//! Tasks: [`Admin::new`] spawns one aggregator task (the admin API's only subscriber of the
+//! forwarder's event bus), owned by the [`Admin`] and aborted when its last clone is dropped;
+//! each live stream client has a writer task that ends when the client leaves or
+//! [`Admin::shutdown`] is called (which [`serve`] does when its shutdown future resolves).
+
+mod assets;
+mod auth;
+mod charts;
+mod error;
+mod http_util;
+mod live;
+mod routes;
+mod stream;
+mod usage;
+mod views;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccf_proxy::Forwarder;
+use ccf_store::{LegacyZone, Pricing, RecorderHandle, UsageStore};
+use http::Request;
+use http_body::Body as HttpBody;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+pub use http_util::{AdminBody, AdminResponse};
+pub use views::usage_record;
+
+use auth::AuthPolicy;
+use live::Hub;
+
+/// Default interval of the live stream's `: ping` comments.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// How long [`serve`] waits for open connections after shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest time a client may take to send request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the admin API cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Bound to a non-loopback address without a token.
+    #[error(
+        "refusing to serve the admin API on non-loopback host `{host}` without a token: set \
+         web.auth_token (or auth.token), or bind web.host to 127.0.0.1"
+    )]
+    NoToken {
+        /// The configured `web.host`.
+        host: String,
+    },
+}
+
+/// What the admin API is built from.
+#[derive(Clone)]
+pub struct AdminState {
+    forwarder: Forwarder,
+    store: Option<Arc<dyn UsageStore>>,
+    recorder: Option<RecorderHandle>,
+    config_path: Option<PathBuf>,
+    heartbeat: Duration,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("store", &self.store.as_ref().map(|store| store.backend()))
+            .field("config_path", &self.config_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminState {
+    /// The admin API of `forwarder`, without usage tracking (database routes answer 503).
+    pub fn new(forwarder: Forwarder) -> Self {
+        AdminState {
+            forwarder,
+            store: None,
+            recorder: None,
+            config_path: None,
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
+
+    /// The usage database (usage routes, request details, endpoint costs).
+    pub fn with_store(mut self, store: Arc<dyn UsageStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The usage recorder (its backlog is shown in `status` and exported as a metric).
+    pub fn with_recorder(mut self, recorder: RecorderHandle) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// The configuration file shown in `status` (default: the one the config was loaded from).
+    pub fn with_config_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_path = Some(path.into());
+        self
+    }
+
+    /// The live stream's heartbeat interval (default [`DEFAULT_HEARTBEAT`]).
+    pub fn with_heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval.max(Duration::from_millis(10));
+        self
+    }
+}
+
+/// State shared by every route.
+pub(crate) struct Shared {
+    pub(crate) forwarder: Forwarder,
+    pub(crate) store: Option<Arc<dyn UsageStore>>,
+    pub(crate) recorder: Option<RecorderHandle>,
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) heartbeat: Duration,
+    pub(crate) hub: Hub,
+    pub(crate) auth: AuthPolicy,
+    pub(crate) secrets: Vec<String>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) zone: LegacyZone,
+    pub(crate) pricing: Pricing,
+}
+
+impl Shared {
+    /// Replaces every configured credential that might have slipped into an answer.
+    pub(crate) fn sweep(&self, mut text: String) -> String {
+        for secret in &self.secrets {
+            if secret.len() >= 6 && text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), &ccf_types::mask_secret(secret));
+            }
+        }
+        text
+    }
+}
+
+/// Aborts the aggregator when the last [`Admin`] clone goes away.
+struct TaskGuard(JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The admin API, ready to answer requests. Cheap to clone.
+#[derive(Clone)]
+pub struct Admin {
+    shared: Arc<Shared>,
+    _aggregator: Arc<TaskGuard>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("auth", &self.shared.auth.enabled())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks that the admin API may start with `config` (a token exists when `web.host` is not
+/// loopback). [`Admin::new`] checks the same; call this before binding the listener.
+pub fn check_security(config: &ccf_config::Config) -> Result<(), AdminError> {
+    AuthPolicy::from_config(config).map(|_| ())
+}
+
+impl Admin {
+    /// Builds the admin API and starts its aggregator task (must run inside a tokio runtime).
+    /// Installs the configured pricing as the forwarder's cost metric.
+    pub fn new(state: AdminState) -> Result<Admin, AdminError> {
+        let config = state.forwarder.config();
+        let auth = AuthPolicy::from_config(config)?;
+        let mut secrets = views::collect_secrets(config);
+        if let Some(token) = auth.token() {
+            secrets.push(token.expose().to_string());
+        }
+        let pricing = Pricing::from_config(&config.usage_tracking);
+        let cost_pricing = pricing.clone();
+        state
+            .forwarder
+            .metrics()
+            .set_cost_model(Arc::new(move |model, usage| {
+                cost_pricing.cost(model, usage).total_usd()
+            }));
+        let zone = LegacyZone::from_config(
+            config
+                .usage_tracking
+                .database
+                .as_ref()
+                .and_then(|database| database.timezone.as_deref()),
+            config.timezone.as_deref(),
+        );
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            forwarder: state.forwarder,
+            store: state.store,
+            recorder: state.recorder,
+            config_path: state.config_path,
+            heartbeat: state.heartbeat,
+            hub: Hub::new(),
+            auth,
+            secrets,
+            shutdown,
+            zone,
+            pricing,
+        });
+        let aggregator = live::spawn_aggregator(&shared);
+        Ok(Admin {
+            shared,
+            _aggregator: Arc::new(TaskGuard(aggregator)),
+        })
+    }
+
+    /// Answers one request (for embedding the admin API in another hyper service).
+    pub async fn handle<B>(&self, request: Request<B>) -> AdminResponse
+    where
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        routes::handle(Arc::clone(&self.shared), request).await
+    }
+
+    /// Ends every live stream (their writers stop; clients see the stream end).
+    pub fn shutdown(&self) {
+        let _ = self.shared.shutdown.send(true);
+    }
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for Admin {
+    type Response = AdminResponse;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<AdminResponse, std::convert::Infallible>> + Send>,
+    >;
+
+    fn call(&self, request: Request<hyper::body::Incoming>) -> Self::Future {
+        let admin = self.clone();
+        Box::pin(async move { Ok(admin.handle(request).await) })
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves, then ends the live streams and
+/// drains the other connections for up to 5 s.
+///
+/// Fails before accepting anything when the configuration does not allow the admin API to start
+/// (see [`check_security`]).
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AdminError> {
+    let admin = Admin::new(state)?;
+    let address = listener.local_addr().ok();
+    info!(address = ?address, auth = admin.shared.auth.enabled(), "admin API listening");
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        warn!("admin accept failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), admin.clone())
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        debug!(%peer, "admin connection ended: {error}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    admin.shutdown();
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("admin API: connections still open after the drain timeout");
+    }
+    Ok(())
+}

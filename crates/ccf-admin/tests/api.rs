@@ -1,0 +1,774 @@
+//! The admin API on loopback against a real forwarder, SQLite store and recorder, and a mock
+//! upstream: every route's shape, errors, auth, masking and the Origin check.
+
+mod support;
+
+use std::time::Duration;
+
+use ccf_config::Config;
+use ccf_testkit::MockUpstream;
+use http::{Method, StatusCode};
+use serde_json::Value;
+use support::{
+    config_yaml, Harness, Options, ADMIN_TOKEN, INBOUND_TOKEN, PROXY_PASSWORD, UPSTREAM_KEY,
+    UPSTREAM_TOKEN,
+};
+
+const SECRETS: [&str; 5] = [
+    UPSTREAM_TOKEN,
+    UPSTREAM_KEY,
+    INBOUND_TOKEN,
+    ADMIN_TOKEN,
+    PROXY_PASSWORD,
+];
+
+fn assert_no_secret(text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "secret {secret} leaked in {text}");
+    }
+}
+
+#[tokio::test]
+async fn status_reports_live_state_with_version_active_group_and_uptime() {
+    let harness = Harness::start().await;
+    let answer = harness.get("/api/v1/status").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("")),
+        Some("application/json")
+    );
+    assert!(answer.headers.get("access-control-allow-origin").is_none());
+    let status = answer.json();
+    assert_eq!(status["status"], "running");
+    assert_eq!(status["version"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["uptime"].is_string());
+    assert!(status["uptime_seconds"].is_u64());
+    assert!(status["start_time"].as_str().is_some_and(|t| t.len() == 19));
+    assert_eq!(status["auto_switch_enabled"], true);
+    assert_eq!(status["endpoints"]["total"], 2);
+    assert_eq!(status["usage_tracking"]["enabled"], true);
+    assert_eq!(status["usage_tracking"]["backend"], "sqlite");
+    assert_eq!(status["admin_auth_enabled"], false);
+    // The active group is known once routing has run.
+    harness.send_message(false).await;
+    let status = harness.get("/api/v1/status").await.json();
+    assert_eq!(status["active_group"], "main");
+    assert_no_secret(&harness.get("/api/v1/status").await.text());
+}
+
+#[tokio::test]
+async fn config_shows_the_effective_config_with_every_secret_masked() {
+    let upstream = MockUpstream::start().await;
+    let options = Options {
+        settings: format!(
+            "auth:\n  enabled: true\n  token: {INBOUND_TOKEN}\nproxy:\n  enabled: false\n  url: http://user:{PROXY_PASSWORD}@127.0.0.1:9\n  password: {PROXY_PASSWORD}\n"
+        ),
+        ..Options::default()
+    };
+    let config = Config::from_yaml_str(&config_yaml(&options, &upstream.url())).expect("config");
+    let harness = Harness::start_config(upstream, config, options).await;
+    let answer = harness
+        .admin_request(Method::GET, "/api/v1/config", &[], "")
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_no_secret(&answer.text());
+    let config = answer.json();
+    for section in [
+        "server",
+        "strategy",
+        "retry",
+        "health",
+        "logging",
+        "streaming",
+        "group",
+        "auth",
+        "tui",
+        "web",
+        "proxy",
+        "usage_tracking",
+    ] {
+        assert!(config[section].is_object(), "section {section} missing");
+    }
+    assert_eq!(config["global_timeout"], "5m0s");
+    assert!(config["health"]["check_interval"].is_string());
+    assert_eq!(config["auth"]["token"], "inbo***");
+    assert_eq!(config["proxy"]["password"], "outb***");
+    let endpoint = &config["endpoints"][0];
+    assert_eq!(endpoint["name"], "primary");
+    assert_eq!(endpoint["token"], "sk-u***");
+    assert_eq!(endpoint["api_key"], "sk-a***");
+    assert_eq!(endpoint["headers"]["X-Custom-Authorization"], "sk-u***");
+    // Every other route is swept too.
+    for path in ["/api/v1/status", "/api/v1/endpoints", "/api/v1/groups"] {
+        assert_no_secret(&harness.get(path).await.text());
+    }
+    // With auth.enabled the proxy needs the inbound token; the admin API stays open on
+    // loopback.
+    assert_eq!(harness.get("/api/v1/status").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn endpoints_priority_health_check_and_performance() {
+    let harness = Harness::start().await;
+    let endpoints = harness.get("/api/v1/endpoints").await.json();
+    assert_eq!(endpoints["total"], 2);
+    let first = &endpoints["endpoints"][0];
+    for key in [
+        "name",
+        "url",
+        "priority",
+        "group",
+        "group_priority",
+        "timeout",
+        "healthy",
+        "last_check",
+        "response_time",
+        "never_checked",
+        "error",
+    ] {
+        assert!(
+            !first[key].is_null(),
+            "endpoint field {key} missing: {first}"
+        );
+    }
+    assert_eq!(first["timeout"], "5m0s");
+
+    let answer = harness
+        .post("/api/v1/endpoints/backup/priority", r#"{"priority": 7}"#)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["success"], true);
+    let endpoints = harness.get("/api/v1/endpoints").await.json();
+    assert_eq!(endpoints["endpoints"][1]["priority"], 7);
+
+    for (body, code) in [
+        ("", "invalid_priority"),
+        (r#"{"priority": 0}"#, "invalid_priority"),
+        (r#"{"priority": "high"}"#, "invalid_priority"),
+        ("{not json", "invalid_json"),
+    ] {
+        let answer = harness
+            .post("/api/v1/endpoints/backup/priority", body)
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(answer.error_code(), code, "{body}");
+    }
+    let answer = harness
+        .post("/api/v1/endpoints/nope/priority", r#"{"priority": 2}"#)
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.error_code(), "unknown_endpoint");
+
+    let answer = harness
+        .post("/api/v1/endpoints/primary/health-check", "")
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let check = answer.json();
+    assert_eq!(check["healthy"], true);
+    assert_eq!(check["never_checked"], false);
+    assert!(!harness.upstream.probes().is_empty());
+    let answer = harness
+        .post("/api/v1/endpoints/nope/health-check", "")
+        .await;
+    assert_eq!(answer.error_code(), "unknown_endpoint");
+
+    harness.send_message(false).await;
+    let performance = harness
+        .eventually("performance counts the request", || async {
+            let value = harness.get("/api/v1/endpoints/performance").await.json();
+            (value["endpoints"][0]["total_requests"] == 1).then_some(value)
+        })
+        .await;
+    let primary = &performance["endpoints"][0];
+    assert_eq!(primary["successful_requests"], 1);
+    assert_eq!(primary["success_rate"], 100.0);
+    assert!(primary["token_usage"]
+        .as_u64()
+        .is_some_and(|tokens| tokens > 0));
+}
+
+#[tokio::test]
+async fn groups_can_be_paused_resumed_and_activated() {
+    let harness = Harness::start().await;
+    let groups = harness.get("/api/v1/groups").await.json();
+    assert_eq!(groups["total_groups"], 2);
+    assert_eq!(groups["auto_switch_enabled"], true);
+    let main = &groups["groups"][0];
+    for key in [
+        "name",
+        "priority",
+        "is_active",
+        "status",
+        "status_color",
+        "total_endpoints",
+        "healthy_endpoints",
+        "unhealthy_endpoints",
+        "manually_paused",
+        "in_cooldown",
+        "cooldown_remaining",
+        "can_activate",
+        "can_pause",
+        "can_resume",
+        "activation_type",
+        "can_force_activate",
+    ] {
+        assert!(!main[key].is_null(), "group field {key} missing: {main}");
+    }
+
+    let answer = harness
+        .post("/api/v1/groups/main/pause", r#"{"duration":"30m"}"#)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["success"], true);
+    let groups = harness.get("/api/v1/groups").await.json();
+    assert_eq!(groups["groups"][0]["manually_paused"], true);
+    assert_eq!(groups["active_group"], "spare");
+    // Traffic moves to the next group.
+    harness.send_message(false).await;
+    let status = harness.get("/api/v1/status").await.json();
+    assert_eq!(status["active_group"], "spare");
+
+    let answer = harness.post("/api/v1/groups/main/resume", "").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = harness.post("/api/v1/groups/main/resume", "").await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    assert_eq!(answer.error_code(), "group_not_paused");
+
+    let answer = harness.post("/api/v1/groups/spare/activate", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["force_activated"], false);
+    assert_eq!(
+        harness.get("/api/v1/groups").await.json()["active_group"],
+        "spare"
+    );
+    let answer = harness
+        .post("/api/v1/groups/main/activate?force=true", "")
+        .await;
+    // Force with healthy endpoints is accepted by the router or refused with a clear code.
+    assert!(
+        answer.status == StatusCode::OK || answer.status == StatusCode::CONFLICT,
+        "{}",
+        answer.text()
+    );
+
+    let answer = harness.post("/api/v1/groups/nope/pause", "").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.error_code(), "unknown_group");
+    let answer = harness
+        .post("/api/v1/groups/main/pause", r#"{"duration":"soon"}"#)
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.error_code(), "invalid_duration");
+}
+
+#[tokio::test]
+async fn state_changing_routes_are_post_only_and_reads_are_get_only() {
+    let harness = Harness::start().await;
+    for path in [
+        "/api/v1/groups/main/pause",
+        "/api/v1/groups/main/resume",
+        "/api/v1/groups/main/activate",
+        "/api/v1/endpoints/primary/priority",
+        "/api/v1/endpoints/primary/health-check",
+    ] {
+        let answer = harness.get(path).await;
+        assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(answer.error_code(), "method_not_allowed");
+        assert_eq!(
+            answer.headers.get("allow").and_then(|v| v.to_str().ok()),
+            Some("POST")
+        );
+    }
+    let answer = harness.post("/api/v1/status", "").await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    let answer = harness
+        .admin_request(Method::DELETE, "/api/v1/groups", &[], "")
+        .await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    let answer = harness.get("/api/v1/nothing-here").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.error_code(), "not_found");
+    let index = harness.get("/").await;
+    assert_eq!(index.status, StatusCode::OK);
+    assert!(index
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html")));
+}
+
+#[tokio::test]
+async fn post_routes_refuse_foreign_origins() {
+    let harness = Harness::start().await;
+    let host = harness.admin.to_string();
+    let foreign = harness
+        .admin_request(
+            Method::POST,
+            "/api/v1/groups/main/pause",
+            &[("origin", "http://evil.example")],
+            "",
+        )
+        .await;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN);
+    assert_eq!(foreign.error_code(), "forbidden_origin");
+    assert_eq!(
+        harness.get("/api/v1/groups").await.json()["groups"][0]["manually_paused"],
+        false
+    );
+    let same = harness
+        .admin_request(
+            Method::POST,
+            "/api/v1/groups/main/pause",
+            &[("origin", &format!("http://{host}"))],
+            "",
+        )
+        .await;
+    assert_eq!(same.status, StatusCode::OK, "{}", same.text());
+}
+
+#[tokio::test]
+async fn an_admin_token_is_required_when_configured() {
+    let upstream = MockUpstream::start().await;
+    let options = Options {
+        settings: format!("web:\n  host: 127.0.0.1\n  auth_token: {ADMIN_TOKEN}\n"),
+        ..Options::default()
+    };
+    let yaml = config_yaml(&options, &upstream.url()).replacen(
+        "web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n",
+        "",
+        1,
+    );
+    let config = Config::from_yaml_str(&yaml).expect("config");
+    let harness = Harness::start_config(upstream, config, options).await;
+    for path in [
+        "/api/v1/status",
+        "/api/v1/config",
+        "/api/v1/openapi.json",
+        "/api/v1/stream",
+    ] {
+        let answer = harness.get(path).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(answer.error_code(), "unauthorized");
+        assert!(answer.headers.contains_key("www-authenticate"));
+    }
+    let wrong = harness
+        .admin_request(
+            Method::GET,
+            "/api/v1/status",
+            &[("authorization", "Bearer nope")],
+            "",
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let right = harness
+        .admin_request(
+            Method::GET,
+            "/api/v1/status",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+    assert_eq!(right.status, StatusCode::OK);
+    assert_eq!(right.json()["admin_auth_enabled"], true);
+    assert_no_secret(&right.text());
+    // The query token works only where headers cannot be set.
+    let query = harness
+        .get(&format!("/api/v1/status?access_token={ADMIN_TOKEN}"))
+        .await;
+    assert_eq!(query.status, StatusCode::UNAUTHORIZED);
+    let export = harness
+        .get(&format!("/api/v1/usage/export?access_token={ADMIN_TOKEN}"))
+        .await;
+    assert_eq!(export.status, StatusCode::OK);
+    // The dashboard page itself is public (it asks for the token).
+    assert_eq!(harness.get("/").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_non_loopback_host_uses_the_inbound_token_or_refuses_to_start() {
+    let upstream = MockUpstream::start().await;
+    let options = Options {
+        settings: format!("auth:\n  enabled: true\n  token: {INBOUND_TOKEN}\n"),
+        ..Options::default()
+    };
+    let yaml = config_yaml(&options, &upstream.url()).replacen(
+        "  host: 127.0.0.1\n  port: 0\nretry",
+        "  host: 0.0.0.0\n  port: 0\nretry",
+        1,
+    );
+    let config = Config::from_yaml_str(&yaml).expect("config");
+    assert_eq!(config.web.host, "0.0.0.0");
+    assert!(ccf_admin::check_security(&config).is_ok());
+    let harness = Harness::start_config(upstream, config, options).await;
+    assert_eq!(
+        harness.get("/api/v1/groups").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let bearer = format!("Bearer {INBOUND_TOKEN}");
+    let answer = harness
+        .admin_request(
+            Method::GET,
+            "/api/v1/groups",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+
+    let open = Config::from_yaml_str(
+        "web:\n  host: 0.0.0.0\nendpoints:\n  - name: a\n    url: http://127.0.0.1:9\n",
+    )
+    .expect("config");
+    let error = ccf_admin::check_security(&open).expect_err("must refuse");
+    assert!(error.to_string().contains("web.auth_token"), "{error}");
+    let forwarder = ccf_proxy::Forwarder::build(std::sync::Arc::new(open)).expect("forwarder");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let result = ccf_admin::serve(listener, ccf_admin::AdminState::new(forwarder), async {}).await;
+    assert!(result.is_err());
+}
+
+#[tokio::test]
+async fn usage_routes_answer_from_the_database() {
+    let harness = Harness::start().await;
+    let (status, id) = harness.send_message(false).await;
+    assert_eq!(status, StatusCode::OK);
+    harness.send_message(true).await;
+    harness.flush().await;
+    let list = harness
+        .eventually("both requests stored as final", || async {
+            let list = harness.get("/api/v1/usage/requests?limit=10").await.json();
+            let finals = list["data"].as_array().map_or(0, |rows| {
+                rows.iter().filter(|r| r["status"] == "completed").count()
+            });
+            (finals == 2).then_some(list)
+        })
+        .await;
+    assert_eq!(list["success"], true);
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["limit"], 10);
+    assert_eq!(list["offset"], 0);
+    let row = &list["data"][1];
+    for key in [
+        "id",
+        "request_id",
+        "method",
+        "path",
+        "start_time",
+        "status",
+        "input_tokens",
+        "output_tokens",
+        "total_cost_usd",
+        "endpoint_name",
+        "model_name",
+        "is_streaming",
+    ] {
+        assert!(!row[key].is_null(), "row field {key} missing: {row}");
+    }
+    let page = harness
+        .get("/api/v1/usage/requests?limit=1&offset=1&status=completed&endpoint=primary")
+        .await
+        .json();
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["total"], 2);
+    let none = harness
+        .get("/api/v1/usage/requests?model=no-such-model")
+        .await
+        .json();
+    assert_eq!(none["total"], 0);
+    let bad = harness
+        .get("/api/v1/usage/requests?start_date=yesterday")
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.error_code(), "invalid_date");
+    let bad = harness.get("/api/v1/usage/requests?limit=-1").await;
+    assert_eq!(bad.error_code(), "invalid_parameter");
+
+    let stats = harness.get("/api/v1/usage/stats?period=1d").await.json();
+    let data = &stats["data"];
+    assert_eq!(data["period"], "1d");
+    assert_eq!(data["total_requests"], 2);
+    assert_eq!(data["success_rate"], 100.0);
+    assert!(data["total_cost_usd"]
+        .as_f64()
+        .is_some_and(|cost| cost > 0.0));
+    assert_eq!(data["top_models"][0]["model_name"], "claude-sonnet-4-5");
+    assert_eq!(data["top_endpoints"][0]["group_name"], "main");
+    assert!(data["daily_stats"].is_array());
+    assert_eq!(
+        harness
+            .get("/api/v1/usage/stats?period=2y")
+            .await
+            .error_code(),
+        "invalid_period"
+    );
+
+    let csv = harness.get("/api/v1/usage/export?format=csv").await;
+    assert_eq!(csv.status, StatusCode::OK);
+    let disposition = csv
+        .headers
+        .get("content-disposition")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        disposition.starts_with("attachment; filename=\"usage_export_")
+            && disposition.ends_with(".csv\""),
+        "{disposition}"
+    );
+    assert_eq!(
+        csv.headers
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-cache")
+    );
+    assert!(csv.text().contains(&id), "{}", csv.text());
+    assert_eq!(csv.text().lines().count(), 3);
+    let json_export = harness.get("/api/v1/usage/export?format=json").await;
+    let rows: Value = json_export.json();
+    assert_eq!(rows.as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        harness
+            .get("/api/v1/usage/export?format=xml")
+            .await
+            .error_code(),
+        "invalid_format"
+    );
+
+    let summary = harness.get("/api/v1/usage/summary").await.json();
+    assert_eq!(summary["success"], true);
+    let rows = summary["data"].as_array().cloned().unwrap_or_default();
+    assert!(!rows.is_empty(), "summary rows: {summary}");
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["request_count"].as_i64().unwrap_or(0))
+            .sum::<i64>(),
+        2
+    );
+    assert_eq!(
+        harness
+            .get("/api/v1/usage/summary?start_date=2025/01/01")
+            .await
+            .error_code(),
+        "invalid_date"
+    );
+
+    let models = harness.get("/api/v1/usage/models").await.json();
+    assert_eq!(models["data"][0]["model_name"], "claude-sonnet-4-5");
+    assert_eq!(models["data"][0]["display_name"], "Claude Sonnet 4.5");
+
+    let detail = harness.get(&format!("/api/v1/requests/{id}")).await;
+    assert_eq!(detail.status, StatusCode::OK, "{}", detail.text());
+    let detail = detail.json();
+    assert_eq!(detail["data"]["request_id"], id.as_str());
+    assert_eq!(detail["data"]["source"], "store");
+    let attempts = detail["data"]["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(attempts.len(), 1, "{detail}");
+    assert_eq!(attempts[0]["endpoint"], "primary");
+    let missing = harness.get("/api/v1/requests/req-00000000000000ff").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.error_code(), "request_not_found");
+
+    let costs = harness.get("/api/v1/chart/endpoint-costs").await.json();
+    assert_eq!(costs["labels"][0], "primary (main)");
+    assert!(costs["datasets"][0]["data"][0]
+        .as_u64()
+        .is_some_and(|t| t > 0));
+    assert!(costs["datasets"][1]["data"][0]
+        .as_f64()
+        .is_some_and(|c| c > 0.0));
+    assert_eq!(
+        harness
+            .get("/api/v1/chart/endpoint-costs?date=today")
+            .await
+            .error_code(),
+        "invalid_date"
+    );
+    let empty = harness
+        .get("/api/v1/chart/endpoint-costs?date=2001-01-01")
+        .await
+        .json();
+    assert_eq!(empty["labels"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test]
+async fn database_routes_answer_503_when_tracking_is_off() {
+    let harness = Harness::start_with(Options {
+        tracking: false,
+        ..Options::default()
+    })
+    .await;
+    for path in [
+        "/api/v1/usage/requests",
+        "/api/v1/usage/stats",
+        "/api/v1/usage/export",
+        "/api/v1/usage/summary",
+        "/api/v1/chart/endpoint-costs",
+    ] {
+        let answer = harness.get(path).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(answer.error_code(), "usage_tracking_disabled");
+    }
+    // Live routes still answer, and a finished request is found in memory.
+    let (_, id) = harness.send_message(false).await;
+    assert_eq!(
+        harness.get("/api/v1/usage/models").await.status,
+        StatusCode::OK
+    );
+    let detail = harness
+        .eventually("the request is known live", || async {
+            let answer = harness.get(&format!("/api/v1/requests/{id}")).await;
+            (answer.status == StatusCode::OK).then_some(answer.json())
+        })
+        .await;
+    assert_eq!(detail["data"]["source"], "live");
+    assert_eq!(detail["data"]["status"], "completed");
+    assert!(detail["data"]["total_cost_usd"]
+        .as_f64()
+        .is_some_and(|c| c > 0.0));
+    assert_eq!(
+        harness.get("/api/v1/status").await.json()["usage_tracking"]["enabled"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn connections_and_charts_move_with_traffic() {
+    let harness = Harness::start().await;
+    for _ in 0..3 {
+        harness.send_message(false).await;
+    }
+    let connections = harness
+        .eventually("three finished requests counted", || async {
+            let value = harness.get("/api/v1/connections").await.json();
+            (value["successful_requests"] == 3).then_some(value)
+        })
+        .await;
+    assert_eq!(connections["total_requests"], 3);
+    assert_eq!(connections["active_connections"], 0);
+    assert_eq!(connections["requests_per_endpoint"]["primary"], 3);
+    assert!(connections["suspended"].is_object());
+    assert!(connections["suspended_connections"].is_array());
+    assert_eq!(harness.get("/api/v1/requests").await.json()["total"], 0);
+
+    let sum = |chart: &Value, index: usize| -> f64 {
+        chart["datasets"][index]["data"]
+            .as_array()
+            .map_or(0.0, |data| data.iter().filter_map(Value::as_f64).sum())
+    };
+    let trends = harness
+        .get("/api/v1/chart/request-trends?minutes=5")
+        .await
+        .json();
+    assert_eq!(trends["labels"].as_array().map(Vec::len), Some(5));
+    assert_eq!(sum(&trends, 0), 3.0);
+    assert_eq!(sum(&trends, 1), 3.0);
+    let times = harness.get("/api/v1/chart/response-times").await.json();
+    assert_eq!(times["datasets"].as_array().map(Vec::len), Some(3));
+    let health = harness.get("/api/v1/chart/endpoint-health").await.json();
+    assert_eq!(health["datasets"][0]["data"], serde_json::json!([2, 0]));
+    let activity = harness
+        .get("/api/v1/chart/connection-activity")
+        .await
+        .json();
+    assert_eq!(sum(&activity, 0), 3.0);
+    let suspended = harness.get("/api/v1/chart/suspended-trends").await.json();
+    assert_eq!(suspended["current"], 0);
+    let tokens = harness.get("/api/v1/tokens/usage").await.json();
+    assert_eq!(tokens["current"]["input_tokens"], 36);
+    assert_eq!(tokens["current"]["output_tokens"], 18);
+    assert!(tokens["distribution"]["input_percentage"]
+        .as_f64()
+        .is_some_and(|p| p > 0.0));
+    let history = harness
+        .get("/api/v1/metrics/history?minutes=10")
+        .await
+        .json();
+    assert_eq!(history["summary"]["data_points"], 10);
+    assert_eq!(history["requests"].as_array().map(Vec::len), Some(10));
+    assert_eq!(
+        harness
+            .get("/api/v1/chart/request-trends?minutes=0")
+            .await
+            .error_code(),
+        "invalid_parameter"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served() {
+    let harness = Harness::start().await;
+    let document = harness.get("/api/v1/openapi.json").await.json();
+    assert_eq!(document["openapi"], "3.0.3");
+    assert!(document["paths"]["/api/v1/requests/{id}"]["get"].is_object());
+}
+
+#[tokio::test]
+async fn the_live_view_shows_a_held_request() {
+    let upstream = MockUpstream::start().await;
+    let options = Options {
+        settings:
+            "request_suspend:\n  enabled: true\n  timeout: 20s\n  max_suspended_requests: 5\n"
+                .into(),
+        endpoints: vec![("primary", "main", 1)],
+        ..Options::default()
+    };
+    let config = Config::from_yaml_str(&config_yaml(&options, &upstream.url())).expect("config");
+    let harness = Harness::start_config(upstream, config, options).await;
+    assert_eq!(
+        harness.post("/api/v1/groups/main/pause", "").await.status,
+        StatusCode::OK
+    );
+    let sender = {
+        let url = harness.proxy_url("/v1/messages");
+        tokio::spawn(async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let request = http::Request::post(url)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    br#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[]}"#,
+                )))
+                .expect("request");
+            client
+                .request(request)
+                .await
+                .map(|response| response.status())
+        })
+    };
+    let connections = harness
+        .eventually("the request is held", || async {
+            let value = harness.get("/api/v1/connections").await.json();
+            (value["suspended"]["suspended_requests"] == 1).then_some(value)
+        })
+        .await;
+    assert_eq!(connections["suspended_connections"][0]["method"], "POST");
+    let live = harness.get("/api/v1/requests").await.json();
+    assert_eq!(live["total"], 1);
+    let id = live["data"][0]["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let detail = harness.get(&format!("/api/v1/requests/{id}")).await.json();
+    assert_eq!(detail["data"]["source"], "live");
+    assert_eq!(detail["data"]["error_state"], "suspended");
+    assert_eq!(
+        harness.post("/api/v1/groups/main/resume", "").await.status,
+        StatusCode::OK
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), sender)
+        .await
+        .expect("held request finishes")
+        .expect("task")
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK);
+}

@@ -1,0 +1,161 @@
+//! Browser tests of the web dashboard: the real app (proxy + admin listener with the embedded
+//! dashboard) on loopback, two groups in front of mock upstreams, driven by
+//! `web/tests/dashboard.mjs` (playwright-core with Debian's `/usr/bin/chromium`).
+//!
+//! Builds nothing itself: the dashboard is embedded by `crates/ccf-admin/build.rs` and
+//! `web/node_modules` comes from `npm ci` (`.ci/run`, `cargo xtask web`). When Chromium, Node.js
+//! or `web/node_modules` are missing the test prints why and passes, unless `CI` is set: in CI
+//! their absence is a failure. Screenshots go to `target/dashboard-screenshots/`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ccf_config::Config;
+use ccf_testkit::MockUpstream;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use support::Forwarder;
+
+fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|value| !value.is_empty() && value != "0" && !value.eq_ignore_ascii_case("false"))
+        .unwrap_or(false)
+}
+
+/// What is missing to run the browser tests, if anything.
+fn missing_prerequisites(root: &Path) -> Vec<String> {
+    let mut missing = Vec::new();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        missing.push(format!(
+            "Chromium at {chromium} (apt-get install -y chromium)"
+        ));
+    }
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !node_ok {
+        missing.push("Node.js (`node`)".into());
+    }
+    if !root.join("web/node_modules/playwright-core").is_dir() {
+        missing.push("web/node_modules (cd web && npm ci)".into());
+    }
+    if !root.join("web/dist/index.html").is_file() {
+        missing.push("the built dashboard web/dist (cargo xtask web)".into());
+    }
+    missing
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+fn dashboard_config(primary: &MockUpstream, backup: &MockUpstream, web_port: u16) -> Config {
+    let db = std::env::temp_dir().join(format!(
+        "ccf-dashboard-test-{}-{web_port}.db",
+        std::process::id()
+    ));
+    let yaml = format!(
+        "server:\n  host: 127.0.0.1\n  port: 0\n\
+         web:\n  enabled: true\n  host: 127.0.0.1\n  port: {web_port}\n\
+         retry:\n  max_attempts: 2\n  base_delay: 10ms\n  max_delay: 50ms\n\
+         usage_tracking:\n  enabled: true\n  database_path: {db}\n  batch_size: 1\n  flush_interval: 50ms\n\
+         endpoints:\n\
+         \x20 - name: primary-1\n    url: {primary}\n    group: primary\n    group-priority: 1\n    priority: 1\n    token: sk-primary\n\
+         \x20 - name: backup-1\n    url: {backup}\n    group: backup\n    group-priority: 2\n    priority: 1\n    token: sk-backup\n",
+        db = db.display(),
+        primary = primary.url(),
+        backup = backup.url(),
+    );
+    match Config::from_yaml_str(&yaml) {
+        Ok(config) => config,
+        Err(error) => panic!("dashboard test config is invalid: {error}\n{yaml}"),
+    }
+}
+
+/// Waits until the admin listener answers `/api/v1/status`.
+async fn wait_for_admin(forwarder: &Forwarder, admin: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let request = Request::get(format!("{admin}/api/v1/status"))
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        match tokio::time::timeout(Duration::from_secs(2), forwarder.client.request(request)).await
+        {
+            Ok(Ok(response)) if response.status().is_success() => {
+                let _ = response.into_body().collect().await;
+                return Ok(());
+            }
+            Ok(Ok(response)) => last = format!("status {}", response.status()),
+            Ok(Err(error)) => last = error.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_a_real_browser() {
+    let root = repo_root();
+    let missing = missing_prerequisites(&root);
+    if !missing.is_empty() {
+        let list = missing.join(", ");
+        if in_ci() {
+            panic!("dashboard browser tests cannot run in CI: missing {list}");
+        }
+        println!("SKIPPED dashboard browser tests: missing {list} (CI is not set, so this is not a failure)");
+        return;
+    }
+
+    let primary = MockUpstream::start().await;
+    let backup = MockUpstream::start().await;
+    let web_port = free_port();
+    let forwarder = Forwarder::start(dashboard_config(&primary, &backup, web_port)).await;
+    let admin = format!("http://127.0.0.1:{web_port}");
+    if let Err(why) = wait_for_admin(&forwarder, &admin).await {
+        panic!("the admin listener at {admin} never answered /api/v1/status ({why}): is web.enabled wired into ccf-app?");
+    }
+
+    let screenshots = root.join("target/dashboard-screenshots");
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(root.join("web/tests/dashboard.mjs"))
+        .arg(&admin)
+        .arg(&forwarder.base)
+        .env("CCF_SCREENSHOT_DIR", &screenshots)
+        .current_dir(root.join("web"))
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .expect("the browser tests finish within 3 minutes")
+        .expect("node starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "dashboard browser tests failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        primary.request_count() + backup.request_count() >= 2,
+        "the browser tests sent traffic through the proxy"
+    );
+    forwarder.stop().await;
+}
