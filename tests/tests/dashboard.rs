@@ -58,19 +58,10 @@ fn missing_prerequisites(root: &Path) -> Vec<String> {
     missing
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
-fn dashboard_config(primary: &MockUpstream, backup: &MockUpstream, web_port: u16) -> Config {
-    let db = std::env::temp_dir().join(format!(
-        "ccf-dashboard-test-{}-{web_port}.db",
-        std::process::id()
-    ));
+fn dashboard_config(primary: &MockUpstream, backup: &MockUpstream, db: &std::path::Path) -> Config {
     let yaml = format!(
         "server:\n  host: 127.0.0.1\n  port: 0\n\
-         web:\n  enabled: true\n  host: 127.0.0.1\n  port: {web_port}\n\
+         web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n\
          retry:\n  max_attempts: 2\n  base_delay: 10ms\n  max_delay: 50ms\n\
          usage_tracking:\n  enabled: true\n  database_path: {db}\n  batch_size: 1\n  flush_interval: 50ms\n\
          endpoints:\n\
@@ -124,9 +115,17 @@ async fn dashboard_in_a_real_browser() {
 
     let primary = MockUpstream::start().await;
     let backup = MockUpstream::start().await;
-    let web_port = free_port();
-    let forwarder = Forwarder::start(dashboard_config(&primary, &backup, web_port)).await;
-    let admin = format!("http://127.0.0.1:{web_port}");
+    let folder = tempfile::tempdir().expect("temp dir");
+    let forwarder = Forwarder::start(dashboard_config(
+        &primary,
+        &backup,
+        &folder.path().join("usage.db"),
+    ))
+    .await;
+    let admin = forwarder
+        .admin
+        .clone()
+        .expect("web.enabled starts the admin listener");
     if let Err(why) = wait_for_admin(&forwarder, &admin).await {
         panic!("the admin listener at {admin} never answered /api/v1/status ({why}): is web.enabled wired into ccf-app?");
     }

@@ -27,6 +27,8 @@ pub struct Forwarder {
     pub base: String,
     /// The running engine, for operator actions and state.
     pub engine: ccf_proxy::Forwarder,
+    /// `http://127.0.0.1:PORT` of the admin API, when `web.enabled`.
+    pub admin: Option<String>,
     /// Plain HTTP client (no proxy-specific behaviour).
     pub client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -80,6 +82,7 @@ impl Forwarder {
             .expect("app binds on loopback");
         let base = format!("http://{}", app.proxy_addr());
         let engine = app.forwarder().clone();
+        let admin = app.admin_addr().map(|address| format!("http://{address}"));
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = app
@@ -91,6 +94,7 @@ impl Forwarder {
         Forwarder {
             base,
             engine,
+            admin,
             client: Client::builder(TokioExecutor::new()).build_http(),
             shutdown: Some(shutdown),
             task: Some(task),
