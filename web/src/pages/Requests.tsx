@@ -223,7 +223,18 @@ function outcomeOf(a: any): { label: string; http: unknown; error: string } {
   if (o && typeof o === "object") {
     const { kind, status, ...rest } = o;
     const error = Object.values(rest).filter((v) => typeof v === "string").join(" · ");
-    return { label: String(kind ?? "–"), http: status ?? "–", error };
+    // `status` means the upstream answered: show whether that answer was a success.
+    const label =
+      kind === "status"
+        ? typeof status === "number" && status < 400
+          ? "ok"
+          : "error"
+        : kind === "connect_error"
+          ? "unreachable"
+          : kind === "header_timeout"
+            ? "timeout"
+            : String(kind ?? "–");
+    return { label, http: status ?? "–", error };
   }
   return {
     label: String(o ?? a.result ?? a.status ?? "–"),
