@@ -189,16 +189,7 @@ async fn a_client_leaving_mid_stream_is_cancelled_with_499_and_the_tokens_seen()
             .chunk_delay(Duration::from_millis(20)),
     );
     let (forwarder, outcomes) = observed(&[("a", &upstream)], "").await;
-    let addr = forwarder.base.trim_start_matches("http://").to_string();
-    let body = request(true).to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let raw = format!(
-        "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut stream, raw.as_bytes())
-        .await
-        .unwrap();
+    let mut stream = forwarder.raw_request(&request(true).to_string()).await;
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("content_block_delta") {
         let mut buffer = [0u8; 4096];

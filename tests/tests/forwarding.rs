@@ -319,7 +319,9 @@ async fn a_client_that_disconnects_while_upstream_hangs_cancels_the_upstream_req
     let upstream = MockUpstream::start().await;
     upstream.enqueue(Reply::hang());
     let forwarder = Forwarder::in_front_of(&upstream, "", "").await;
-    let mut raw = raw_request(&forwarder.base, &message_request(false).to_string()).await;
+    let mut raw = forwarder
+        .raw_request(&message_request(false).to_string())
+        .await;
     upstream.wait_for_requests(1, WAIT).await;
     assert_eq!(upstream.outcomes()[0], ReplyOutcome::Pending);
     tokio::io::AsyncWriteExt::shutdown(&mut raw).await.ok();
@@ -337,7 +339,9 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_stream() {
             .chunk_delay(Duration::from_millis(20)),
     );
     let forwarder = Forwarder::in_front_of(&upstream, "", "").await;
-    let mut raw = raw_request(&forwarder.base, &message_request(true).to_string()).await;
+    let mut raw = forwarder
+        .raw_request(&message_request(true).to_string())
+        .await;
     let mut buffer = vec![0u8; 4096];
     let read = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut raw, &mut buffer))
         .await
@@ -347,19 +351,6 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_stream() {
     drop(raw);
     let outcome = upstream.wait_for_outcome(0, WAIT).await;
     assert_eq!(outcome, Some(ReplyOutcome::ClientGone));
-}
-
-async fn raw_request(base: &str, body: &str) -> tokio::net::TcpStream {
-    let addr = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-        .await
-        .expect("write");
-    stream
 }
 
 #[tokio::test]

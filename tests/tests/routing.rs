@@ -572,16 +572,7 @@ async fn a_client_leaving_during_back_off_stops_the_request() {
     let forwarder = mocks
         .forwarder("retry:\n  base_delay: 30s\n  max_delay: 30s")
         .await;
-    let addr = forwarder.base.trim_start_matches("http://").to_string();
-    let body = request(false).to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let raw = format!(
-        "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut stream, raw.as_bytes())
-        .await
-        .unwrap();
+    let stream = forwarder.raw_request(&request(false).to_string()).await;
     let a = mocks.a.clone();
     eventually("the first attempt reached a", || messages_sent(&a) == 1).await;
     drop(stream);
@@ -639,16 +630,7 @@ async fn a_held_request_whose_client_leaves_frees_its_slot() {
     ))
     .await;
     forwarder.engine.pause_group("solo", None).unwrap();
-    let addr = forwarder.base.trim_start_matches("http://").to_string();
-    let body = request(false).to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let raw = format!(
-        "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut stream, raw.as_bytes())
-        .await
-        .unwrap();
+    let stream = forwarder.raw_request(&request(false).to_string()).await;
     let engine = forwarder.engine.clone();
     eventually("the request is held", || engine.held_requests().len() == 1).await;
     drop(stream);

@@ -42,13 +42,10 @@ use ccf_proxy::Forwarder;
 use ccf_store::{LegacyZone, Pricing, RecorderHandle, UsageStore};
 use http::Request;
 use http_body::Body as HttpBody;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use http_util::{AdminBody, AdminResponse};
 pub use views::usage_record;
@@ -281,45 +278,22 @@ pub async fn serve(
     let admin = Admin::new(state)?;
     let address = listener.local_addr().ok();
     info!(address = ?address, auth = admin.shared.auth.enabled(), "admin API listening");
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        warn!("admin accept failed: {error}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), admin.clone())
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        debug!(%peer, "admin connection ended: {error}");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    admin.shutdown();
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let streams = admin.clone();
+    let report = ccf_proxy::serve_connections(
+        listener,
+        |_peer| admin.clone(),
+        ccf_proxy::ServeOptions {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            drain_timeout: DRAIN_TIMEOUT,
+        },
+        async move {
+            shutdown.await;
+            // Live streams never end by themselves: end them so the drain can finish.
+            streams.shutdown();
+        },
+    )
+    .await;
+    if report.abandoned_connections > 0 {
         warn!("admin API: connections still open after the drain timeout");
     }
     Ok(())

@@ -34,5 +34,5 @@ pub use error::{anthropic_error_response, ErrorOrigin, ProxyError};
 pub use events::{EventBus, ForwarderEvent};
 pub use forwarder::{BackgroundTasks, BuildError, Forwarder};
 pub use probe::UpstreamProber;
-pub use server::{serve, ClientAddr, ServeOptions, ServeReport};
+pub use server::{serve, serve_connections, ClientAddr, ServeOptions, ServeReport};
 pub use tracking::RequestObserver;

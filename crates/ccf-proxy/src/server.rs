@@ -65,6 +65,40 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> ServeReport {
+    serve_connections(
+        listener,
+        move |peer| WithClientAddr {
+            forwarder: forwarder.clone(),
+            client: ClientAddr(peer),
+        },
+        options,
+        shutdown,
+    )
+    .await
+}
+
+/// The accept loop shared by every listener of the forwarder (proxy and admin): HTTP/1 and
+/// HTTP/2 on one port, a header read timeout, one task per connection, and on `shutdown` a
+/// graceful drain bounded by `options.drain_timeout`. `service_for` makes the service of one
+/// connection from the peer's address.
+pub async fn serve_connections<S, B>(
+    listener: TcpListener,
+    service_for: impl Fn(SocketAddr) -> S,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> ServeReport
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -86,12 +120,8 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = WithClientAddr {
-                    forwarder: forwarder.clone(),
-                    client: ClientAddr(peer),
-                };
                 let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection(TokioIo::new(stream), service_for(peer))
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
@@ -107,7 +137,7 @@ pub async fn serve(
     let open = graceful.count();
     info!(
         open_connections = open,
-        "shutting down: draining in-flight requests"
+        "shutting down: draining open connections"
     );
     match tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await {
         Ok(()) => ServeReport {

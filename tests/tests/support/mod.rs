@@ -161,6 +161,21 @@ impl Forwarder {
             .await
     }
 
+    /// Sends `POST /v1/messages` with `body` on a raw TCP connection and returns the connection
+    /// unread, so a test can read part of the answer or hang up whenever it likes.
+    pub async fn raw_request(&self, body: &str) -> tokio::net::TcpStream {
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .expect("write");
+        stream
+    }
+
     /// Asks the app to shut down and waits until it has drained and stopped.
     pub async fn stop(mut self) {
         self.begin_stop();
