@@ -129,3 +129,77 @@ async fn every_request_is_written_to_mariadb() {
     );
     assert_rows(store, &ids).await;
 }
+
+#[tokio::test]
+async fn usage_tracker_health_reports_disabled_healthy_and_a_locked_database() {
+    // Off: disabled.
+    let upstream = MockUpstream::start().await;
+    let off = Forwarder::start(support::config(
+        "",
+        &[endpoint_yaml("a", &upstream.url(), "")],
+    ))
+    .await;
+    let answer = off
+        .send(hyper::Method::GET, "/health/usage-tracker", &[], "")
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["status"], "disabled");
+
+    // On: healthy, then unhealthy with a backlog while another process holds the write lock,
+    // then healthy again, and the outcome is written after all.
+    let folder = tempfile::tempdir().expect("temp dir");
+    let path = folder.path().join("usage.db");
+    let config = app_config(&upstream, &format!("  database_path: {}\n", path.display()));
+    let forwarder = Forwarder::start(config).await;
+    let health = forwarder
+        .send(hyper::Method::GET, "/health/usage-tracker", &[], "")
+        .await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["status"], "healthy");
+
+    let locker = rusqlite::Connection::open(&path).expect("open the database");
+    locker
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    let ids = send_traffic(&forwarder).await;
+    let deadline = tokio::time::Instant::now() + support::WAIT * 2;
+    loop {
+        let health = forwarder
+            .send(hyper::Method::GET, "/health/usage-tracker", &[], "")
+            .await;
+        if health.status == 503 {
+            assert_eq!(health.json()["status"], "unhealthy");
+            assert!(health.json()["backlog"].as_u64().unwrap_or(0) >= 1);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lock never showed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    locker.execute_batch("COMMIT").expect("release the lock");
+    drop(locker);
+    let deadline = tokio::time::Instant::now() + support::WAIT * 3;
+    loop {
+        let health = forwarder
+            .send(hyper::Method::GET, "/health/usage-tracker", &[], "")
+            .await;
+        if health.status == 200 && health.json()["backlog"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recovered: {}",
+            health.json()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    forwarder.stop().await;
+    let store: Arc<dyn UsageStore> = Arc::new(
+        ccf_store_sqlite::SqliteStore::open(&path, ccf_store_sqlite::SqliteOptions::default())
+            .await
+            .expect("open"),
+    );
+    assert_rows(store, &ids).await;
+}

@@ -93,7 +93,16 @@ impl App {
             Arc::clone(&config),
             Some(Arc::new(usage::Observers(observers))),
         )?;
-        if usage.is_some() {
+        if let Some(tracking) = &usage {
+            let recorder = tracking.recorder.clone();
+            forwarder.metrics().set_usage_health(Arc::new(move || {
+                let last_error = recorder.last_error();
+                ccf_proxy::monitoring::UsageHealth {
+                    healthy: last_error.is_none(),
+                    backlog: recorder.backlog(),
+                    last_error: last_error.map(|error| error.message),
+                }
+            }));
             // `ccf_cost_usd_total` prices outcomes with the recorder's rules.
             let pricing = ccf_store::Pricing::from_config(&config.usage_tracking);
             forwarder

@@ -96,6 +96,20 @@ struct OutcomeKindLabels {
     outcome: &'static str,
 }
 
+/// What `/health/usage-tracker` reports about the usage recorder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageHealth {
+    /// The last write succeeded (or nothing has failed since the last success).
+    pub healthy: bool,
+    /// Records waiting to be written.
+    pub backlog: usize,
+    /// Why the last write failed, while the database is unavailable.
+    pub last_error: Option<String>,
+}
+
+/// Reads the usage recorder's health; set by the application when usage tracking is on.
+pub type UsageHealthProbe = Arc<dyn Fn() -> UsageHealth + Send + Sync>;
+
 /// Prices a request's usage in USD: `(model, usage) -> cost`. Installed by whoever knows the
 /// pricing table (the admin API or the application), so this crate needs no store.
 pub type CostModel = Arc<dyn Fn(Option<&str>, &ccf_types::Usage) -> f64 + Send + Sync>;
@@ -154,6 +168,7 @@ pub struct Metrics {
     recorder_backlog: Gauge,
     endpoint_up: Family<RouteLabels, Gauge>,
     cost_model: RwLock<Option<CostModel>>,
+    usage_health: RwLock<Option<UsageHealthProbe>>,
     suspension: OnceLock<Arc<Suspension>>,
 }
 
@@ -188,6 +203,7 @@ impl Metrics {
             recorder_backlog: Gauge::default(),
             endpoint_up: Family::default(),
             cost_model: RwLock::new(None),
+            usage_health: RwLock::new(None),
             suspension: OnceLock::new(),
             registry: Registry::default(),
         };
@@ -328,6 +344,24 @@ impl Metrics {
             .cost_model
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(model);
+    }
+
+    /// Installs the probe behind `/health/usage-tracker`.
+    pub fn set_usage_health(&self, probe: UsageHealthProbe) {
+        *self
+            .usage_health
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(probe);
+    }
+
+    /// The usage recorder's health, `None` when usage tracking is off.
+    pub fn usage_health(&self) -> Option<UsageHealth> {
+        let probe = self
+            .usage_health
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        probe.map(|probe| probe())
     }
 
     /// Sets the usage recorder's backlog gauge.
@@ -596,7 +630,10 @@ pub fn respond(
     health: &HealthSnapshot,
     metrics: &Metrics,
 ) -> Option<Response<ProxyBody>> {
-    if !matches!(path, "/health" | "/health/detailed" | "/metrics") {
+    if !matches!(
+        path,
+        "/health" | "/health/detailed" | "/health/usage-tracker" | "/metrics"
+    ) {
         return None;
     }
     if method != Method::GET && method != Method::HEAD {
@@ -612,6 +649,7 @@ pub fn respond(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/health" => health_response(endpoints, health, false),
+        "/health/usage-tracker" => usage_tracker_response(metrics.usage_health()),
         _ => health_response(endpoints, health, true),
     };
     Some(if method == Method::HEAD {
@@ -650,6 +688,32 @@ struct EndpointHealthJson {
     consecutive_fails: u32,
     last_error: Option<String>,
     priority: u32,
+}
+
+/// `/health/usage-tracker`: 200 while the recorder writes, 503 with the backlog and the error
+/// while the database is unavailable; `disabled` (200) when usage tracking is off.
+fn usage_tracker_response(health: Option<UsageHealth>) -> Response<ProxyBody> {
+    let (status, body) = match health {
+        None => (StatusCode::OK, serde_json::json!({"status": "disabled"})),
+        Some(health) => (
+            if health.healthy {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            serde_json::json!({
+                "status": if health.healthy { "healthy" } else { "unhealthy" },
+                "backlog": health.backlog,
+                "last_error": health.last_error,
+            }),
+        ),
+    };
+    let mut response = with_type(
+        Response::new(full_body(Bytes::from(body.to_string()))),
+        "application/json",
+    );
+    *response.status_mut() = status;
+    response
 }
 
 /// An endpoint's health; an endpoint the monitor does not know reads as never checked.
