@@ -698,6 +698,9 @@ fn log_line(event: &ForwarderEvent) -> Option<LogLine> {
 /// task runs until the bus closes or it is aborted (the owner aborts it on shutdown).
 pub(crate) fn spawn_aggregator(shared: &Arc<Shared>) -> JoinHandle<()> {
     let mut receiver = shared.forwarder.events().subscribe();
+    // Requests come through the lossless path: a final outcome is never missed, even when this
+    // task falls behind; their copies on the broadcast bus are skipped below.
+    let mut requests = shared.forwarder.events().subscribe_requests();
     let weak = Arc::downgrade(shared);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -706,9 +709,14 @@ pub(crate) fn spawn_aggregator(shared: &Arc<Shared>) -> JoinHandle<()> {
         let mut last_generation = 0;
         loop {
             tokio::select! {
+                request = requests.recv() => {
+                    let Some(shared) = weak.upgrade() else { break };
+                    shared.hub.apply(&ForwarderEvent::Request(request));
+                }
                 event = receiver.recv() => {
                     let Some(shared) = weak.upgrade() else { break };
                     match event {
+                        Ok(ForwarderEvent::Request(_)) => {}
                         Ok(event) => shared.hub.apply(&event),
                         Err(RecvError::Lagged(missed)) => {
                             tracing::warn!(missed, "admin live state lagged behind the event bus: clients resync");

@@ -1,14 +1,22 @@
-//! The forwarder's event bus: one in-process broadcast channel that routing, health and
-//! suspension changes go out on. The dashboard, the TUI and metrics subscribe; nothing on the
-//! request path waits for a subscriber (a slow subscriber lags and loses old events, it never
-//! blocks a request).
+//! The forwarder's event bus: one in-process broadcast channel that routing, health, suspension
+//! and request changes go out on. The dashboard, the TUI and metrics subscribe; nothing on the
+//! request path waits for a subscriber (a slow broadcast subscriber lags and loses old events, it
+//! never blocks a request).
+//!
+//! Request events also have a lossless path for subscribers that must not miss an outcome:
+//! [`EventBus::subscribe_requests`] gives each subscriber its own [`Coalescer`], which keeps the
+//! latest state of every request with undelivered changes and never drops a final outcome. Its
+//! size is bounded by the number of such requests, not by the number of events.
 
 use std::time::Duration;
 
 use ccf_health::HealthEvent;
-use ccf_lifecycle::{LifecycleEvent, RequestId};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use ccf_lifecycle::{Coalescer, LifecycleEvent, RequestId};
 use ccf_router::RouterEvent;
 use tokio::sync::broadcast;
+use tokio::sync::Notify;
 
 /// Capacity of the bus; a subscriber further behind than this loses the oldest events.
 const CAPACITY: usize = 4096;
@@ -49,6 +57,45 @@ pub enum ForwarderEvent {
 #[derive(Debug, Clone)]
 pub struct EventBus {
     sender: broadcast::Sender<ForwarderEvent>,
+    request_subscribers: Arc<Mutex<Vec<Weak<RequestQueue>>>>,
+}
+
+/// One lossless request subscriber's queue.
+#[derive(Debug, Default)]
+struct RequestQueue {
+    coalescer: Mutex<Coalescer>,
+    ready: Notify,
+}
+
+/// Request changes for one subscriber: intermediate states may be merged, final outcomes are
+/// always delivered. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct RequestSubscription {
+    queue: Arc<RequestQueue>,
+}
+
+impl RequestSubscription {
+    /// The next request change, oldest request first; waits while there is none.
+    pub async fn recv(&mut self) -> LifecycleEvent {
+        let queue = Arc::clone(&self.queue);
+        loop {
+            // Registered before looking, so a publish between the look and the wait wakes us.
+            let notified = queue.ready.notified();
+            if let Some(event) = self.try_recv() {
+                return event;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next request change, if one is waiting.
+    pub fn try_recv(&mut self) -> Option<LifecycleEvent> {
+        self.queue
+            .coalescer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
 }
 
 impl Default for EventBus {
@@ -62,16 +109,110 @@ impl EventBus {
     pub fn new() -> Self {
         EventBus {
             sender: broadcast::Sender::new(CAPACITY),
+            request_subscribers: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
     /// Publishes an event; having no subscriber is fine.
     pub fn publish(&self, event: ForwarderEvent) {
+        if let ForwarderEvent::Request(request) = &event {
+            let mut subscribers = self
+                .request_subscribers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            subscribers.retain(|subscriber| {
+                let Some(queue) = subscriber.upgrade() else {
+                    return false;
+                };
+                queue
+                    .coalescer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(request.clone());
+                queue.ready.notify_one();
+                true
+            });
+        }
         let _ = self.sender.send(event);
+    }
+
+    /// A lossless subscriber of request changes (see the module documentation).
+    pub fn subscribe_requests(&self) -> RequestSubscription {
+        let queue = Arc::new(RequestQueue::default());
+        self.request_subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&queue));
+        RequestSubscription { queue }
     }
 
     /// A new subscriber, receiving events published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<ForwarderEvent> {
         self.sender.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ccf_lifecycle::{Lifecycle, RequestStart};
+    use std::time::SystemTime;
+
+    fn lifecycle(bits: u64) -> (Lifecycle, LifecycleEvent) {
+        Lifecycle::start(
+            RequestStart {
+                id: RequestId::from_u64(bits),
+                client_ip: None,
+                user_agent: None,
+                method: "POST".into(),
+                path: "/v1/messages".into(),
+                is_streaming: false,
+                request_model: None,
+            },
+            SystemTime::now(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_subscriber_gets_every_final_outcome_and_only_the_latest_states() {
+        let bus = EventBus::new();
+        let mut subscription = bus.subscribe_requests();
+        // Far more events than the broadcast channel holds, none read meanwhile.
+        for bits in 0..3_000u64 {
+            let (mut lifecycle, started) = lifecycle(bits);
+            bus.publish(ForwarderEvent::Request(started));
+            if let Ok(event) = lifecycle.forwarding("a", "g") {
+                bus.publish(ForwarderEvent::Request(event));
+            }
+            let outcome = lifecycle.complete(SystemTime::now());
+            bus.publish(ForwarderEvent::Request(outcome.event()));
+        }
+        let mut finals = 0;
+        while let Some(event) = subscription.try_recv() {
+            assert!(
+                event.is_final(),
+                "a waiting state was replaced by the final one"
+            );
+            finals += 1;
+        }
+        assert_eq!(finals, 3_000);
+    }
+
+    #[tokio::test]
+    async fn recv_waits_for_the_next_change_and_dropping_unsubscribes() {
+        let bus = EventBus::new();
+        let mut subscription = bus.subscribe_requests();
+        let publisher = bus.clone();
+        let task = tokio::spawn(async move {
+            let (_lifecycle, started) = lifecycle(7);
+            publisher.publish(ForwarderEvent::Request(started));
+        });
+        let event = subscription.recv().await;
+        assert_eq!(event.request_id(), RequestId::from_u64(7));
+        task.await.unwrap();
+        drop(subscription);
+        let (_lifecycle, started) = lifecycle(8);
+        bus.publish(ForwarderEvent::Request(started));
+        assert!(bus.request_subscribers.lock().unwrap().is_empty());
     }
 }
