@@ -13,8 +13,10 @@
 mod ci;
 mod clients;
 mod demo;
+mod dist;
 mod http;
 mod migrate;
+mod package;
 mod summary;
 #[cfg(test)]
 mod tidy;
@@ -51,6 +53,8 @@ enum Task {
     },
     /// Build the web dashboard (npm ci + build in web/); `--test` also runs its browser tests.
     Web(web::WebArgs),
+    /// Build the release binary and package it into target/dist/ (tarball + SHA-256).
+    Dist(dist::DistArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Task::Clients => clients::run(&root),
         Task::Migrate { config } => migrate::run(&root, &config),
         Task::Web(args) => web::run(&root, &args),
+        Task::Dist(args) => dist::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

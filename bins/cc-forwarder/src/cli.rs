@@ -75,6 +75,29 @@ pub enum Command {
     CheckConfig,
     /// Apply the usage store's migrations (SQLite or MySQL, as configured) and exit.
     Migrate,
+    /// Write the stored usage rows to stdout as CSV or JSON, oldest first.
+    ///
+    /// The rows are streamed from the configured usage database (SQLite or MySQL), so an export
+    /// has no row limit. Pending schema migrations are applied first, as at startup. The row
+    /// count goes to stderr.
+    Export(crate::commands::ExportArgs),
+    /// Print the settings that point Claude Code at this forwarder.
+    ///
+    /// Prints `ANTHROPIC_BASE_URL` (from `server.host` and `server.port`) and, when inbound auth
+    /// is on, `ANTHROPIC_AUTH_TOKEN` with the REAL token from the configuration: this is the one
+    /// command that prints it (everything else masks it), so mind where the output goes. With
+    /// `--shell json` it prints a snippet for Claude Code's `~/.claude/settings.json`.
+    Env(crate::commands::EnvArgs),
+    /// Print a shell completion script (used by `cargo xtask dist`).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page in roff (used by `cargo xtask dist`).
+    #[command(hide = true)]
+    Manpage,
 }
 
 impl Cli {

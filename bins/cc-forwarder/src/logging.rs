@@ -12,11 +12,12 @@
 //! the result as the process's default subscriber.
 
 use std::fs::{self, OpenOptions};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use ccf_config::{LogFormat, LogLevel, LoggingConfig};
+use ccf_tui::{LogBuffer, LogLevel as TuiLevel};
 use file_rotate::compression::Compression;
 use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
@@ -44,8 +45,9 @@ pub struct LogGuard {
 }
 
 /// Builds the subscriber from `config`, filtering with `CCF_LOG`/`RUST_LOG` when set, and installs
-/// it as the global default. Console output goes to stderr, with colours when it is a terminal.
-pub fn init(config: &LoggingConfig) -> Result<LogGuard> {
+/// it as the global default. Console output goes to stderr, with colours when it is a terminal, or
+/// into the terminal UI's log panel when `tui` is given (see [`TuiConsole`]).
+pub fn init(config: &LoggingConfig, tui: Option<LogBuffer>) -> Result<LogGuard> {
     let ccf_log = std::env::var("CCF_LOG").ok();
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = match env_filter(config.level, ccf_log.as_deref(), rust_log.as_deref()) {
@@ -56,11 +58,92 @@ pub fn init(config: &LoggingConfig) -> Result<LogGuard> {
             level_filter(config.level)
         }
     };
-    let ansi = std::io::stderr().is_terminal();
-    let (subscriber, guard) = build_subscriber(config, filter, std::io::stderr, ansi)?;
-    tracing::subscriber::set_global_default(subscriber)
-        .context("a global tracing subscriber is already installed")?;
+    let guard = match tui {
+        // The terminal UI's log panel instead of stderr (no colour codes in the panel).
+        Some(logs) => {
+            let (subscriber, guard) = build_subscriber(config, filter, TuiConsole { logs }, false)?;
+            tracing::subscriber::set_global_default(subscriber)
+                .context("a global tracing subscriber is already installed")?;
+            guard
+        }
+        None => {
+            let ansi = std::io::stderr().is_terminal();
+            let (subscriber, guard) = build_subscriber(config, filter, std::io::stderr, ansi)?;
+            tracing::subscriber::set_global_default(subscriber)
+                .context("a global tracing subscriber is already installed")?;
+            guard
+        }
+    };
     Ok(guard)
+}
+
+/// Console output while the terminal UI may run: each formatted line goes into the UI's
+/// [`LogBuffer`] with its level while the UI shows it, and to stderr before it starts and after it
+/// has given the terminal back.
+#[derive(Debug, Clone)]
+pub struct TuiConsole {
+    /// The UI's log panel.
+    pub logs: LogBuffer,
+}
+
+/// One event's formatted text, delivered when the formatter drops the writer.
+#[derive(Debug)]
+pub struct TuiLine {
+    logs: LogBuffer,
+    level: TuiLevel,
+    text: Vec<u8>,
+}
+
+impl Write for TuiLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for TuiLine {
+    fn drop(&mut self) {
+        if self.text.is_empty() {
+            return;
+        }
+        if self.logs.is_attached() {
+            self.logs
+                .push(self.level, &String::from_utf8_lossy(&self.text));
+        } else {
+            let _ = std::io::stderr().write_all(&self.text);
+        }
+    }
+}
+
+impl<'writer> MakeWriter<'writer> for TuiConsole {
+    type Writer = TuiLine;
+
+    fn make_writer(&'writer self) -> TuiLine {
+        TuiLine {
+            logs: self.logs.clone(),
+            level: TuiLevel::Info,
+            text: Vec::new(),
+        }
+    }
+
+    fn make_writer_for(&'writer self, meta: &tracing::Metadata<'_>) -> TuiLine {
+        let level = match *meta.level() {
+            tracing::Level::TRACE => TuiLevel::Trace,
+            tracing::Level::DEBUG => TuiLevel::Debug,
+            tracing::Level::INFO => TuiLevel::Info,
+            tracing::Level::WARN => TuiLevel::Warn,
+            tracing::Level::ERROR => TuiLevel::Error,
+        };
+        TuiLine {
+            logs: self.logs.clone(),
+            level,
+            text: Vec::new(),
+        }
+    }
 }
 
 /// The level filter: the first non-empty of `ccf_log` and `rust_log` as `EnvFilter` directives,
@@ -411,6 +494,35 @@ mod tests {
         check(None, Some("warn"), "warn");
         let error = env_filter(LogLevel::Info, Some("ccf_proxy=[loud"), None).unwrap_err();
         assert!(error.contains("CCF_LOG"), "{error}");
+    }
+
+    #[test]
+    fn tui_console_sends_lines_with_their_level_to_the_log_panel_while_attached() {
+        let logs = LogBuffer::new(10);
+        let (subscriber, _guard) = build_subscriber(
+            &logging(LogFormat::Text),
+            level_filter(LogLevel::Debug),
+            TuiConsole { logs: logs.clone() },
+            false,
+        )
+        .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(endpoint = "main", "request finished");
+            tracing::warn!("slow endpoint");
+            logs.set_attached(false);
+            // Goes to stderr now, not to the panel.
+            tracing::error!("after the UI");
+        });
+        let lines = logs.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0].level, TuiLevel::Info);
+        assert!(lines[0].text.contains("request finished endpoint=\"main\""));
+        assert!(
+            !lines[0].text.contains('\u{1b}'),
+            "no colour codes in the panel"
+        );
+        assert_eq!(lines[1].level, TuiLevel::Warn);
+        assert!(lines[1].text.contains("slow endpoint"));
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! the runtime. Everything about forwarding lives in the library crates.
 
 mod cli;
+mod commands;
 mod logging;
 mod shutdown;
+mod tui;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -43,6 +45,10 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cli),
         Some(Command::Migrate) => migrate(&cli),
+        Some(Command::Export(ref args)) => commands::export(&cli, args),
+        Some(Command::Env(ref args)) => commands::env(&cli, args),
+        Some(Command::Completions { shell }) => commands::completions(shell),
+        Some(Command::Manpage) => commands::manpage(),
         None => serve(&cli),
     }
 }
@@ -263,7 +269,10 @@ fn serve(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let guard = match logging::init(&loaded.config.logging) {
+    // The terminal UI runs only on a terminal; its log panel then replaces stderr.
+    let tui_wanted = loaded.config.tui.enabled;
+    let tui_logs = (tui_wanted && ccf_tui::stdout_is_terminal()).then(ccf_tui::LogBuffer::default);
+    let guard = match logging::init(&loaded.config.logging, tui_logs.clone()) {
         Ok(guard) => guard,
         Err(error) => {
             for warning in &loaded.warnings {
@@ -276,7 +285,10 @@ fn serve(cli: &Cli) -> ExitCode {
     for warning in &loaded.warnings {
         warn!(file = %warning.file, key = %warning.key, "configuration: {}", warning.message);
     }
-    let status = match run(loaded.config) {
+    if tui_wanted && tui_logs.is_none() {
+        warn!("the terminal UI is on (--tui or tui.enabled) but stdout is not a terminal: not starting it");
+    }
+    let status = match run(loaded.config, tui_logs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error:#}");
@@ -288,22 +300,23 @@ fn serve(cli: &Cli) -> ExitCode {
     status
 }
 
-/// Builds the runtime and runs the app on it until a signal.
-fn run(config: Config) -> anyhow::Result<()> {
+/// Builds the runtime and runs the app on it until a signal (or until the terminal UI, when
+/// `tui_logs` is given, is quit).
+fn run(config: Config, tui_logs: Option<ccf_tui::LogBuffer>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ccf-worker")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run_app(config));
+    let result = runtime.block_on(run_app(config, tui_logs));
     // Tasks the app left behind are cancelled; blocking ones get a moment, not forever.
     runtime.shutdown_timeout(RUNTIME_TEARDOWN);
     result
 }
 
-async fn run_app(config: Config) -> anyhow::Result<()> {
+async fn run_app(config: Config, tui_logs: Option<ccf_tui::LogBuffer>) -> anyhow::Result<()> {
     let drain_timeout = config.server.shutdown_timeout.get();
-    let show_export_line = !config.tui.enabled;
+    let show_export_line = tui_logs.is_none();
     let exposure = exposure_warning(&config);
     let source = config
         .source
@@ -330,14 +343,18 @@ async fn run_app(config: Config) -> anyhow::Result<()> {
     if let Some(warning) = exposure {
         warn!("{warning}");
     }
-    tokio::select! {
+    let (tui, shutdown) = tui::start(tui_logs, app.forwarder(), base_url, shutdown);
+    let result = tokio::select! {
         result = app.run(shutdown) => {
-            result.context("the forwarder stopped with an error")?;
-            info!("cc-forwarder stopped");
-            Ok(())
+            result.context("the forwarder stopped with an error")
         }
         shutdown::Forced(reason) = forced => Err(anyhow::anyhow!(reason)),
-    }
+    };
+    // The terminal is given back before the last lines are logged.
+    tui.stop().await;
+    result?;
+    info!("cc-forwarder stopped");
+    Ok(())
 }
 
 #[cfg(test)]

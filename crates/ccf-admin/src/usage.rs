@@ -82,6 +82,7 @@ fn filter(shared: &Shared, query: &HashMap<String, String>) -> Result<RequestFil
         endpoint: non_empty(query, "endpoint").map(str::to_string),
         group: non_empty(query, "group").map(str::to_string),
         request_id: non_empty(query, "request_id").map(str::to_string),
+        instance: non_empty(query, "instance").map(str::to_string),
     })
 }
 

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod cluster;
 pub mod usage;
 
 /// Why the application could not start.
@@ -50,6 +51,9 @@ pub struct App {
     proxy_listener: TcpListener,
     proxy_addr: SocketAddr,
     admin_listener: Option<(TcpListener, SocketAddr)>,
+    /// Operator actions shared with other instances (MySQL only).
+    cluster: Option<cluster::Cluster>,
+    instance_id: String,
 }
 
 impl App {
@@ -71,6 +75,7 @@ impl App {
             ccf_admin::check_security(&config)?;
         }
         let usage = usage::open(&config).await?;
+        let cluster = cluster::open(&config).await?;
         let proxy_listener =
             TcpListener::bind(&address)
                 .await
@@ -81,11 +86,12 @@ impl App {
         let proxy_addr = proxy_listener
             .local_addr()
             .map_err(|source| AppError::Bind { address, source })?;
+        let instance_id = usage::instance_id(&config, proxy_addr.port());
         let mut observers: Vec<Arc<dyn RequestObserver>> = Vec::new();
         if let Some(tracking) = &usage {
             observers.push(Arc::new(usage::StoreObserver {
                 recorder: tracking.recorder.clone(),
-                instance_id: usage::instance_id(&config, proxy_addr.port()),
+                instance_id: instance_id.clone(),
             }));
         }
         observers.extend(observer);
@@ -128,6 +134,8 @@ impl App {
         };
         Ok(App {
             admin_listener,
+            cluster,
+            instance_id,
             config,
             forwarder,
             usage,
@@ -162,6 +170,12 @@ impl App {
         self.admin_listener.as_ref().map(|(_, address)| *address)
     }
 
+    /// This instance's id (`instance_id`, else `<host name>:<proxy port>`), written on every
+    /// usage row and on the shared operator state.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
     /// The usage store and recorder, when usage tracking is on.
     pub fn usage(&self) -> Option<&usage::UsageTracking> {
         self.usage.as_ref()
@@ -180,6 +194,16 @@ impl App {
         };
         // The health probes run while the listener serves and stop after the drain.
         let background = self.forwarder.spawn_background();
+        // Several instances on one MySQL store: operator actions are shared (applied before
+        // serving, then polled).
+        let cluster = match self.cluster {
+            Some(cluster) => Some(
+                cluster
+                    .start(self.forwarder.clone(), self.instance_id.clone())
+                    .await,
+            ),
+            None => None,
+        };
         let backlog_gauge = self.usage.as_ref().map(|tracking| {
             let recorder = tracking.recorder.clone();
             let forwarder = self.forwarder.clone();
@@ -234,6 +258,9 @@ impl App {
         .await;
         if let Some(admin) = admin {
             let _ = admin.await;
+        }
+        if let Some(cluster) = cluster {
+            cluster.stop().await;
         }
         background.stop().await;
         for task in [retention, backlog_gauge].into_iter().flatten() {

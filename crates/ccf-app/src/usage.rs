@@ -56,8 +56,10 @@ pub(crate) async fn open(config: &Config) -> Result<Option<UsageTracking>, AppEr
     Ok(Some(UsageTracking { store, recorder }))
 }
 
-/// The store adapter `usage_tracking.database` selects.
-async fn open_store(config: &Config) -> Result<Arc<dyn UsageStore>, AppError> {
+/// Opens the store adapter `usage_tracking.database` selects, without migrating it or starting
+/// anything (operator commands such as `export`). Works whether or not `usage_tracking.enabled`
+/// is set.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn UsageStore>, AppError> {
     let tracking = &config.usage_tracking;
     let database_timezone = tracking
         .database

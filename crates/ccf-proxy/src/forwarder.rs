@@ -19,7 +19,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -68,6 +68,48 @@ pub enum BuildError {
     Client(#[from] ClientBuildError),
 }
 
+/// An operator action made on this forwarder (admin API, TUI), reported to its
+/// [`OperatorObserver`] after it was applied. [`Forwarder::apply_remote`] applies one made
+/// elsewhere (another instance sharing the database) without reporting it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// `group` was activated (`force`: as asked by the operator).
+    Activate {
+        /// The group.
+        group: String,
+        /// Activation with no healthy endpoint was allowed.
+        force: bool,
+    },
+    /// `group` was paused until `until` (wall clock), or until resumed when `None`.
+    Pause {
+        /// The group.
+        group: String,
+        /// End of a timed pause.
+        until: Option<SystemTime>,
+    },
+    /// `group`'s pause ended.
+    Resume {
+        /// The group.
+        group: String,
+    },
+    /// `endpoint` got this priority (`set_endpoint_priority`, or each endpoint whose priority
+    /// `prefer_endpoint` changed).
+    Priority {
+        /// The endpoint.
+        endpoint: String,
+        /// Its new priority.
+        priority: u32,
+    },
+}
+
+/// Learns of every operator action made through this forwarder's methods (not of those applied
+/// with [`Forwarder::apply_remote`]). Called synchronously after the action was applied: do not
+/// block.
+pub trait OperatorObserver: Send + Sync {
+    /// An action was applied.
+    fn on_action(&self, action: &OperatorAction);
+}
+
 /// The forwarding engine. Clone it freely; clones share everything.
 #[derive(Clone)]
 pub struct Forwarder {
@@ -85,6 +127,7 @@ struct Shared {
     events: EventBus,
     metrics: Arc<Metrics>,
     hub: Arc<TrackingHub>,
+    operator_observer: OnceLock<Arc<dyn OperatorObserver>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -231,6 +274,7 @@ impl Forwarder {
                 events,
                 metrics,
                 hub,
+                operator_observer: OnceLock::new(),
             }),
         })
     }
@@ -314,6 +358,15 @@ impl Forwarder {
     /// Operator action: make `group` the active one (`force` allows a group without healthy
     /// endpoints).
     pub fn activate_group(&self, group: &str, force: bool) -> Result<(), RouterError> {
+        self.activate_local(group, force)?;
+        self.report(OperatorAction::Activate {
+            group: group.to_string(),
+            force,
+        });
+        Ok(())
+    }
+
+    fn activate_local(&self, group: &str, force: bool) -> Result<(), RouterError> {
         let health = self.shared.health.snapshot();
         self.operator_action(|router| {
             router.activate(
@@ -327,6 +380,18 @@ impl Forwarder {
 
     /// Operator action: take `group` out of rotation, for `duration` or until resumed.
     pub fn pause_group(&self, group: &str, duration: Option<Duration>) -> Result<(), RouterError> {
+        self.pause_local(group, duration)?;
+        let until = duration
+            .filter(|duration| !duration.is_zero())
+            .and_then(|duration| SystemTime::now().checked_add(duration));
+        self.report(OperatorAction::Pause {
+            group: group.to_string(),
+            until,
+        });
+        Ok(())
+    }
+
+    fn pause_local(&self, group: &str, duration: Option<Duration>) -> Result<(), RouterError> {
         let health = self.shared.health.snapshot();
         self.operator_action(|router| {
             router.pause(
@@ -340,6 +405,14 @@ impl Forwarder {
 
     /// Operator action: put a paused group back into rotation.
     pub fn resume_group(&self, group: &str) -> Result<(), RouterError> {
+        self.resume_local(group)?;
+        self.report(OperatorAction::Resume {
+            group: group.to_string(),
+        });
+        Ok(())
+    }
+
+    fn resume_local(&self, group: &str) -> Result<(), RouterError> {
         let health = self.shared.health.snapshot();
         self.operator_action(|router| {
             router.resume(group, &|name| health.is_healthy(name), Instant::now())
@@ -348,12 +421,69 @@ impl Forwarder {
 
     /// Operator action: change an endpoint's priority at once (health is kept).
     pub fn set_endpoint_priority(&self, endpoint: &str, priority: u32) -> Result<(), RouterError> {
-        self.operator_action(|router| router.set_priority(endpoint, priority))
+        self.operator_action(|router| router.set_priority(endpoint, priority))?;
+        self.report(OperatorAction::Priority {
+            endpoint: endpoint.to_string(),
+            priority,
+        });
+        Ok(())
     }
 
     /// Operator action: the `-p` override at run time.
     pub fn prefer_endpoint(&self, endpoint: &str) -> Result<(), RouterError> {
-        self.operator_action(|router| router.prefer_endpoint(endpoint))
+        let events = self.shared.router().prefer_endpoint(endpoint)?;
+        for event in &events {
+            if let RouterEvent::PriorityChanged { endpoint, priority } = event {
+                self.report(OperatorAction::Priority {
+                    endpoint: endpoint.clone(),
+                    priority: *priority,
+                });
+            }
+        }
+        self.shared.publish_router(events);
+        self.shared.suspension.wake();
+        Ok(())
+    }
+
+    /// Installs the observer of operator actions (the multi-instance sync). Only the first call
+    /// takes effect; returns whether this one did.
+    pub fn set_operator_observer(&self, observer: Arc<dyn OperatorObserver>) -> bool {
+        self.shared.operator_observer.set(observer).is_ok()
+    }
+
+    /// Applies an operator action made on another instance, without reporting it to the
+    /// [`OperatorObserver`] (so it is not published again). Idempotent where the router allows:
+    /// resuming a group that is not paused and a pause whose end has passed are no-ops. An
+    /// activation the local health refuses is returned as the router's error.
+    pub fn apply_remote(&self, action: &OperatorAction) -> Result<(), RouterError> {
+        match action {
+            OperatorAction::Activate { group, force } => self.activate_local(group, *force),
+            OperatorAction::Pause { group, until } => match until {
+                None => self.pause_local(group, None),
+                Some(until) => match until.duration_since(SystemTime::now()) {
+                    Ok(left) if !left.is_zero() => self.pause_local(group, Some(left)),
+                    // Already over: the group is not paused.
+                    _ => self.resume_remote(group),
+                },
+            },
+            OperatorAction::Resume { group } => self.resume_remote(group),
+            OperatorAction::Priority { endpoint, priority } => {
+                self.operator_action(|router| router.set_priority(endpoint, *priority))
+            }
+        }
+    }
+
+    fn resume_remote(&self, group: &str) -> Result<(), RouterError> {
+        match self.resume_local(group) {
+            Err(RouterError::NotPaused { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn report(&self, action: OperatorAction) {
+        if let Some(observer) = self.shared.operator_observer.get() {
+            observer.on_action(&action);
+        }
     }
 
     fn operator_action(

@@ -32,7 +32,7 @@ pub use body::{ProxyBody, RelayBody, RelayEnd, RelayObserver};
 pub use client::{build_upstream_client, ClientBuildError, UpstreamClient};
 pub use error::{anthropic_error_response, ErrorOrigin, ProxyError};
 pub use events::{EventBus, ForwarderEvent};
-pub use forwarder::{BackgroundTasks, BuildError, Forwarder};
+pub use forwarder::{BackgroundTasks, BuildError, Forwarder, OperatorAction, OperatorObserver};
 pub use probe::UpstreamProber;
 pub use server::{serve, serve_connections, ClientAddr, ServeOptions, ServeReport};
 pub use tracking::RequestObserver;

@@ -5,21 +5,25 @@
 //! pool sized from `usage_tracking.database`, sessions in UTC (`time_zone = '+00:00'`, so
 //! `DATETIME(6)` values are UTC), READ COMMITTED write transactions that lock the batch's rows
 //! (`SELECT … FOR UPDATE`) so that concurrent forwarders keep `usage_summary` exact, and the
-//! embedded migrations in the MySQL dialect, compatible with the Go forwarder's schema.
+//! embedded migrations in the MySQL dialect, compatible with the Go forwarder's schema. It also
+//! implements [`ccf_store::SharedState`] on the `cluster_state` table, through which several
+//! instances share operator actions.
 //!
 //! Main types: [`MysqlStore`], [`MysqlOptions`].
 
 mod convert;
 mod migrate;
 mod read;
+mod shared;
 mod write;
 
 use std::time::{Duration, SystemTime};
 
 use ccf_config::MysqlTarget;
 use ccf_store::{
-    async_trait, CleanupReport, LegacyZone, MigrationReport, Page, RequestFilter, RequestQuery,
-    RequestRow, Stats, StatsQuery, StoreError, StoredRecord, SummaryQuery, SummaryRow, UsageStore,
+    async_trait, ApplyOutcome, CleanupReport, LegacyZone, MigrationReport, Page, RequestFilter,
+    RequestQuery, RequestRow, SharedChange, SharedSetting, SharedState, Stats, StatsQuery,
+    StoreError, StoredRecord, SummaryQuery, SummaryRow, UsageStore,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts};
@@ -214,5 +218,39 @@ impl UsageStore for MysqlStore {
             });
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SharedState for MysqlStore {
+    async fn load_all(&self) -> Result<Vec<SharedSetting>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = shared::load_all(&mut conn).await;
+        if result.is_err() {
+            discard(conn).await;
+        }
+        result
+    }
+
+    async fn load(&self, scope: &str) -> Result<Option<SharedSetting>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = shared::load(&mut conn, scope).await;
+        if result.is_err() {
+            discard(conn).await;
+        }
+        result
+    }
+
+    async fn apply(
+        &self,
+        change: &SharedChange,
+        expected_version: u64,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = shared::apply(&mut conn, change, expected_version).await;
+        if result.is_err() {
+            discard(conn).await;
+        }
+        result
     }
 }

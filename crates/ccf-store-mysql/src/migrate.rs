@@ -4,7 +4,8 @@
 //! columns; v3 legacy local times to UTC and the summary rebuilt). MySQL commits DDL implicitly, so
 //! v1 and v2 are made of idempotent statements (an existing table, column or index is skipped) and
 //! resume after an interruption; v3 is DML only and runs in one transaction with its
-//! `schema_migrations` row. A named lock (`GET_LOCK`) serialises forwarders migrating at once.
+//! `schema_migrations` row. v4 (MySQL only) adds `cluster_state`, the settings shared by several
+//! instances. A named lock (`GET_LOCK`) serialises forwarders migrating at once.
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -18,12 +19,14 @@ use crate::convert::{as_i64, as_time, at, datetime, mysql_error};
 const V1_INITIAL: &str = include_str!("../migrations/0001_initial.sql");
 const V2_EXTEND: &str = include_str!("../migrations/0002_extend.sql");
 const V3_SUMMARY: &str = include_str!("../migrations/0003_summary.sql");
+const V4_CLUSTER_STATE: &str = include_str!("../migrations/0004_cluster_state.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 3] = [
+pub const MIGRATIONS: [(u32, &str); 4] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
+    (4, "cluster_state"),
 ];
 
 const LOCK_NAME: &str = "ccf_usage_migrate";
@@ -141,6 +144,12 @@ async fn run_locked(conn: &mut Conn, zone: LegacyZone) -> Result<MigrationReport
             }
             2 => {
                 apply_statements(conn, V2_EXTEND).await.map_err(failed)?;
+                record(conn, version, name, false).await?;
+            }
+            4 => {
+                apply_statements(conn, V4_CLUSTER_STATE)
+                    .await
+                    .map_err(failed)?;
                 record(conn, version, name, false).await?;
             }
             // Records itself inside its transaction.

@@ -115,6 +115,7 @@ fn where_clause(filter: &RequestFilter) -> (String, Vec<Value>) {
         ("endpoint_name", &filter.endpoint),
         ("group_name", &filter.group),
         ("request_id", &filter.request_id),
+        ("instance_id", &filter.instance),
     ] {
         if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
             clauses.push(format!("{column} = ?"));

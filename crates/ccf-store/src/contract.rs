@@ -463,7 +463,7 @@ fn listing_rows() -> Vec<UsageRecord> {
             1 => status::CANCELLED,
             _ => status::COMPLETED,
         };
-        rows.push(outcome(
+        let mut row = outcome(
             &format!("req-list-{i:02}"),
             at_ms(i * 60_000),
             status_value,
@@ -472,7 +472,9 @@ fn listing_rows() -> Vec<UsageRecord> {
             group,
             tokens(i, i),
             100 + i,
-        ));
+        );
+        row.instance_id = Some(if i % 4 == 0 { "host-b" } else { "host-a" }.into());
+        rows.push(row);
     }
     rows
 }
@@ -561,6 +563,14 @@ pub async fn list_filters_paginate_and_count(store: Arc<dyn UsageStore>) {
             ..RequestFilter::default()
         },
         1,
+    )
+    .await;
+    check(
+        RequestFilter {
+            instance: Some("host-b".into()),
+            ..RequestFilter::default()
+        },
+        8,
     )
     .await;
     check(

@@ -9,7 +9,8 @@
 //! [`contract`] is the test suite every adapter runs.
 //!
 //! Main types: [`UsageRecord`], [`StoredRecord`], [`RequestRow`], [`UsageStore`], [`Pricing`],
-//! [`Recorder`]/[`RecorderHandle`], [`StoreError`], [`LegacyZone`].
+//! [`Recorder`]/[`RecorderHandle`], [`StoreError`], [`LegacyZone`], and [`SharedState`] (settings
+//! shared by several instances on one database).
 
 mod error;
 pub mod export;
@@ -19,6 +20,7 @@ mod query;
 mod record;
 mod recorder;
 mod retention;
+mod shared;
 mod store;
 pub mod time;
 
@@ -39,6 +41,7 @@ pub use query::{
 pub use record::{status, RequestRow, StoredRecord, UsageRecord};
 pub use recorder::{Recorder, RecorderError, RecorderHandle, RecorderSettings};
 pub use retention::{Retention, RetentionHandle};
+pub use shared::{ApplyOutcome, SharedChange, SharedSetting, SharedState};
 pub use store::UsageStore;
 pub use time::LegacyZone;
 

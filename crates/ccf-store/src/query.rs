@@ -25,6 +25,8 @@ pub struct RequestFilter {
     pub group: Option<String>,
     /// Exact request id.
     pub request_id: Option<String>,
+    /// Exact `instance_id` (the forwarder instance that wrote the row).
+    pub instance: Option<String>,
 }
 
 /// Stats use the listing filters.

@@ -1,0 +1,194 @@
+//! The thin loop that connects [`App`] to a real terminal and a running [`Forwarder`].
+//!
+//! One task owns the terminal. It waits on four things at once: terminal input (crossterm's
+//! event stream), the forwarder's event bus, a tick every `tui.update_interval`, and a short frame
+//! deadline armed only when something changed. Nothing redraws while nothing happens, so an idle
+//! UI wakes once per tick. Keys redraw at once; bursts of request events are batched into one
+//! frame per [`FRAME`].
+//!
+//! The terminal is restored when the loop ends for any reason (quit, the caller's shutdown, an
+//! error: a drop guard) and on panic (ratatui's panic hook, installed by `ratatui::try_init`).
+
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+
+use ccf_proxy::{Forwarder, ForwarderEvent};
+use crossterm::event::{Event, EventStream};
+use futures_util::StreamExt;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+use crate::app::{Action, App, AppInfo, Snapshot};
+use crate::control::perform;
+use crate::logs::LogBuffer;
+
+/// Shortest time between two redraws caused by forwarder events.
+pub const FRAME: Duration = Duration::from_millis(100);
+
+/// Why the terminal UI stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The user pressed `q` or Ctrl+C: the caller should shut the forwarder down.
+    Quit,
+    /// The caller's shutdown future resolved (the forwarder is stopping anyway).
+    Shutdown,
+    /// Terminal input ended.
+    InputClosed,
+}
+
+/// Why the terminal UI failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    /// The terminal could not be set up, read or drawn on.
+    #[error("terminal error: {0}")]
+    Terminal(#[from] std::io::Error),
+}
+
+/// Restores the terminal and sends log lines back to the caller's other output when dropped.
+struct RestoreGuard {
+    logs: LogBuffer,
+}
+
+impl Drop for RestoreGuard {
+    fn drop(&mut self) {
+        ratatui::restore();
+        self.logs.set_attached(false);
+    }
+}
+
+/// Runs the terminal UI on stdout until the user quits, `shutdown` resolves, or input ends.
+/// Takes over the terminal (raw mode, alternate screen) and gives it back before returning.
+pub async fn run(
+    forwarder: Forwarder,
+    logs: LogBuffer,
+    info: AppInfo,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, TuiError> {
+    let config = std::sync::Arc::new(forwarder.config().clone());
+    let interval = config
+        .tui
+        .update_interval
+        .get()
+        .max(Duration::from_millis(100));
+    // Subscribe first, so no event between the first snapshot and the loop is missed. Request
+    // changes come through the lossless subscription (a final outcome is never dropped, however
+    // slow the terminal); the broadcast bus only says when routing or health changed.
+    let mut bus = forwarder.events().subscribe();
+    let mut requests = forwarder.events().subscribe_requests();
+    let mut app = App::new(config, info, logs.clone(), Instant::now());
+    app.refresh(
+        Snapshot::capture(&forwarder),
+        Instant::now(),
+        SystemTime::now(),
+    );
+
+    logs.set_attached(true);
+    let mut terminal = match ratatui::try_init() {
+        Ok(terminal) => terminal,
+        Err(error) => {
+            ratatui::restore();
+            logs.set_attached(false);
+            return Err(TuiError::Terminal(error));
+        }
+    };
+    let _guard = RestoreGuard { logs: logs.clone() };
+    let mut input = EventStream::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut frame_deadline: Option<tokio::time::Instant> = None;
+    let mut needs_snapshot = false;
+    let mut bus_open = true;
+    tokio::pin!(shutdown);
+
+    terminal.draw(|frame| app.render(frame))?;
+    let exit = loop {
+        let deadline = frame_deadline;
+        let mut redraw = false;
+        tokio::select! {
+            () = &mut shutdown => break Exit::Shutdown,
+            event = input.next() => match event {
+                Some(Ok(Event::Key(key))) => {
+                    for action in app.handle_key(key) {
+                        if action == Action::Quit {
+                            return Ok(Exit::Quit);
+                        }
+                        if let Some(notice) = perform(&forwarder, &action) {
+                            app.notify(notice);
+                        }
+                        needs_snapshot = true;
+                    }
+                    if needs_snapshot {
+                        app.refresh(Snapshot::capture(&forwarder), Instant::now(), SystemTime::now());
+                        needs_snapshot = false;
+                    }
+                    redraw = true;
+                }
+                Some(Ok(Event::Resize(..))) => redraw = true,
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(TuiError::Terminal(error)),
+                None => break Exit::InputClosed,
+            },
+            received = bus.recv(), if bus_open => {
+                let mut next = Some(received);
+                while let Some(received) = next.take() {
+                    match received {
+                        Ok(ForwarderEvent::Request(_)) => {}
+                        Ok(_) => needs_snapshot = true,
+                        Err(RecvError::Lagged(_)) => needs_snapshot = true,
+                        Err(RecvError::Closed) => bus_open = false,
+                    }
+                    // Take what else is queued now, so a burst costs one frame.
+                    next = match bus.try_recv() {
+                        Ok(event) => Some(Ok(event)),
+                        Err(TryRecvError::Lagged(skipped)) => Some(Err(RecvError::Lagged(skipped))),
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => None,
+                    };
+                }
+                if frame_deadline.is_none() {
+                    frame_deadline = Some(tokio::time::Instant::now() + FRAME);
+                }
+            }
+            event = requests.recv() => {
+                app.on_request(event.record());
+                while let Some(event) = requests.try_recv() {
+                    app.on_request(event.record());
+                }
+                if frame_deadline.is_none() {
+                    frame_deadline = Some(tokio::time::Instant::now() + FRAME);
+                }
+            }
+            () = wait_until(deadline) => {
+                frame_deadline = None;
+                redraw = true;
+            }
+            _ = tick.tick() => {
+                needs_snapshot = true;
+                redraw = true;
+            }
+        }
+        if redraw {
+            if needs_snapshot {
+                app.refresh(
+                    Snapshot::capture(&forwarder),
+                    Instant::now(),
+                    SystemTime::now(),
+                );
+                needs_snapshot = false;
+            }
+            terminal.draw(|frame| app.render(frame))?;
+        }
+    };
+    Ok(exit)
+}
+
+async fn wait_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a terminal UI can run: stdout is a terminal.
+pub fn stdout_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
+}

@@ -1,0 +1,665 @@
+//! The terminal UI against a real `Forwarder` (built from a YAML file whose endpoints are
+//! `ccf_testkit::MockUpstream`s): every tab rendered into ratatui's `TestBackend`, key handling
+//! for priority edits and group actions, and writing priority edits back to a commented file.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use ccf_config::ConfigLoader;
+use ccf_lifecycle::RequestRecord;
+use ccf_proxy::Forwarder;
+use ccf_testkit::MockUpstream;
+use ccf_tui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ccf_tui::{perform, Action, App, AppInfo, LogBuffer, LogLevel, PriorityEdit, Snapshot, Tab};
+use http_body_util::{BodyExt, Full};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+const SECRET_TOKEN: &str = "sk-ant-supersecret-0123456789";
+const AUTH_TOKEN: &str = "inbound-token-abcdefghijkl";
+
+/// A commented configuration with two groups; `backup` inherits nothing, `secondary` inherits
+/// its group and token from `primary` and has no `priority:` line.
+fn config_yaml(main_url: &str, backup_url: &str, save: bool) -> String {
+    format!(
+        "\
+# Test configuration for the terminal UI.
+server:
+  host: 127.0.0.1   # loopback only
+  port: 0
+auth:
+  enabled: true
+  token: {AUTH_TOKEN}
+usage_tracking:
+  enabled: false
+tui:
+  enabled: true
+  save_priority_edits: {save}
+
+endpoints:
+  # The main group.
+  - name: primary          # first choice
+    url: {main_url}
+    priority: 1            # keep
+    group: main
+    group-priority: 1
+    token: {SECRET_TOKEN}
+  - name: \"secondary\"
+    url: {main_url}
+    # group and token inherited from primary
+
+  - name: backup
+    url: {backup_url}
+    group: backup
+    group-priority: 2
+    priority: 5
+"
+    )
+}
+
+struct Fixture {
+    _folder: tempfile::TempDir,
+    path: PathBuf,
+    main: MockUpstream,
+    forwarder: Forwarder,
+    logs: LogBuffer,
+}
+
+impl Fixture {
+    async fn new(save: bool) -> Self {
+        let main = MockUpstream::start().await;
+        let backup = MockUpstream::start().await;
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("config.yaml");
+        std::fs::write(&path, config_yaml(&main.url(), &backup.url(), save)).unwrap();
+        let loaded = ConfigLoader::new()
+            .file(&path)
+            .without_env_overrides()
+            .load()
+            .unwrap();
+        let forwarder = Forwarder::build(Arc::new(loaded.config)).unwrap();
+        Fixture {
+            _folder: folder,
+            path,
+            main,
+            forwarder,
+            logs: LogBuffer::new(100),
+        }
+    }
+
+    /// A UI whose clock stands still at its start (so the header's uptime is `0ms`).
+    fn app(&self) -> App {
+        let now = Instant::now();
+        let mut app = App::new(
+            Arc::new(self.forwarder.config().clone()),
+            AppInfo {
+                base_url: "http://127.0.0.1:8087".to_string(),
+                version: "0.1.0".to_string(),
+            },
+            self.logs.clone(),
+            now,
+        );
+        app.refresh(Snapshot::capture(&self.forwarder), now, SystemTime::now());
+        app
+    }
+
+    fn refresh(&self, app: &mut App) {
+        app.refresh(
+            Snapshot::capture(&self.forwarder),
+            Instant::now(),
+            SystemTime::now(),
+        );
+    }
+
+    /// Sends one request through the forwarder and reads the whole answer.
+    async fn send(&self, model: &str) {
+        let body = format!(
+            r#"{{"model":"{model}","max_tokens":16,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let request = http::Request::post("/v1/messages")
+            .header("content-type", "application/json")
+            .header("x-api-key", AUTH_TOKEN)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = self.forwarder.handle(request).await;
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    }
+}
+
+/// Sends `models` in order, feeds their final records to `app`, and returns them.
+async fn traffic(fixture: &Fixture, app: &mut App, models: &[&str]) -> Vec<RequestRecord> {
+    let mut subscription = fixture.forwarder.events().subscribe_requests();
+    let mut finals = Vec::new();
+    for model in models {
+        fixture.send(model).await;
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), subscription.recv())
+                .await
+                .unwrap();
+            app.on_request(event.record());
+            if event.is_final() {
+                finals.push(event.record().clone());
+                break;
+            }
+        }
+    }
+    finals
+}
+
+fn key(code: KeyCode) -> KeyEvent {
+    KeyEvent::new(code, KeyModifiers::NONE)
+}
+
+fn ctrl(character: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(character), KeyModifiers::CONTROL)
+}
+
+fn press(app: &mut App, keys: &[KeyEvent]) -> Vec<Action> {
+    keys.iter().flat_map(|key| app.handle_key(*key)).collect()
+}
+
+/// The screen as text lines.
+fn screen(app: &App, width: u16, height: u16) -> Vec<String> {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|frame| app.render(frame)).unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    (0..height)
+        .map(|y| {
+            (0..width)
+                .map(|x| buffer[(x, y)].symbol().to_string())
+                .collect::<String>()
+                .trim_end()
+                .to_string()
+        })
+        .collect()
+}
+
+fn text(lines: &[String]) -> String {
+    lines.join("\n")
+}
+
+#[track_caller]
+fn assert_shows(screen: &[String], expected: &[&str]) {
+    let text = text(screen);
+    for needle in expected {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn overview_shows_totals_tokens_cost_and_the_request_rate() {
+    let fixture = Fixture::new(false).await;
+    let mut app = fixture.app();
+    let finals = traffic(
+        &fixture,
+        &mut app,
+        &["claude-sonnet-4-5", "claude-sonnet-4-5"],
+    )
+    .await;
+    let input: u64 = finals
+        .iter()
+        .map(|record| record.usage.as_ref().unwrap().input_tokens)
+        .sum();
+    let output: u64 = finals
+        .iter()
+        .map(|record| record.usage.as_ref().unwrap().output_tokens)
+        .sum();
+    assert!(app.stats().cost_today_nano > 0);
+    let lines = screen(&app, 110, 24);
+    assert_eq!(lines[0], " cc-forwarder 0.1.0 │ http://127.0.0.1:8087 │ up 0ms │ active group: main │ in flight: 0 │ held: 0");
+    assert_shows(
+        &lines,
+        &[
+            "1 Overview",
+            "6 Config",
+            "Requests     2",
+            "Completed    2",
+            "Failed       0",
+            "Success rate 100.0%",
+            &format!("Input        {input}"),
+            &format!("Output       {output}"),
+            "Cost today   $0.0",
+            "Active group main",
+            "Endpoints    3/3 healthy",
+            "Requests/s (last",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn endpoints_tab_groups_endpoints_and_details_mask_the_token() {
+    let fixture = Fixture::new(false).await;
+    let mut app = fixture.app();
+    traffic(&fixture, &mut app, &["claude-haiku-4-5"]).await;
+    press(&mut app, &[key(KeyCode::Char('2'))]);
+    assert_eq!(app.tab(), Tab::Endpoints);
+    let lines = screen(&app, 110, 30);
+    assert_shows(
+        &lines,
+        &[
+            "Status Name",
+            "Priority",
+            "Resp",
+            "Reqs",
+            "Fails",
+            "▸ main (group priority 1)",
+            "active",
+            "▸ backup (group priority 2)",
+            "available",
+            "Endpoint     secondary (group main)",
+            &format!("URL          {}", fixture.main.url()),
+            "token sk-a***",
+        ],
+    );
+    let text = text(&lines);
+    assert!(!text.contains(SECRET_TOKEN), "{text}");
+    // Rows: group header, then endpoints by priority (secondary's default 0 comes first).
+    let row = |name: &str| lines.iter().position(|line| line.contains(name)).unwrap();
+    assert!(row("▸ main") < row("  secondary"));
+    assert!(row("  secondary") < row("  primary"));
+    assert!(row("  primary") < row("▸ backup"));
+    // Never probed yet; the `secondary` row (priority 0, first choice) counts the request it
+    // served.
+    let served = lines
+        .iter()
+        .find(|line| line.contains("  secondary "))
+        .unwrap();
+    assert!(served.starts_with("│? new"), "{served}");
+    assert!(served.ends_with("1       0      │"), "{served}");
+}
+
+#[tokio::test]
+async fn groups_tab_snapshot() {
+    let fixture = Fixture::new(false).await;
+    let mut app = fixture.app();
+    press(&mut app, &[key(KeyCode::Char('3'))]);
+    let lines = screen(&app, 100, 8);
+    let expected = [
+        " cc-forwarder 0.1.0 │ http://127.0.0.1:8087 │ up 0ms │ active group: main │ in flight: 0 │ held: 0",
+        " 1 Overview │ 2 Endpoints │ 3 Groups │ 4 Requests │ 5 Logs │ 6 Config",
+        "┌ Groups (auto switching) ─────────────────────────────────────────────────────────────────────────┐",
+        "│Group                Priority State              Healthy   Cooldown  Keys      Notes              │",
+        "│main                 1        active             2/2       -         p                            │",
+        "│backup               2        available          1/1       -         a p                          │",
+        "└──────────────────────────────────────────────────────────────────────────────────────────────────┘",
+        " ↑/↓ select · a activate · f force-activate · p pause · r resume · q quit",
+    ];
+    assert_eq!(lines, expected, "\n{}", text(&lines));
+}
+
+#[tokio::test]
+async fn requests_tab_lists_newest_first_and_enter_shows_the_attempt_trail() {
+    let fixture = Fixture::new(false).await;
+    let mut app = fixture.app();
+    let finals = traffic(&fixture, &mut app, &["claude-haiku-4-5", "claude-opus-4-1"]).await;
+    press(&mut app, &[key(KeyCode::Char('4'))]);
+    let lines = screen(&app, 130, 24);
+    assert_shows(
+        &lines,
+        &[
+            "Requests (newest first, 2 kept)",
+            "Time",
+            "Status",
+            "Model",
+            "Tokens in/out",
+            "Cost",
+            "Duration",
+            "completed 200",
+        ],
+    );
+    let row = |needle: &str| lines.iter().position(|line| line.contains(needle)).unwrap();
+    assert!(row("claude-opus-4-1") < row("claude-haiku-4-5"));
+    assert!(!text(&lines).contains("Attempt trail"));
+
+    // Down selects the older request; Enter opens its trail; Esc closes it.
+    press(&mut app, &[key(KeyCode::Down), key(KeyCode::Enter)]);
+    let lines = screen(&app, 130, 24);
+    assert_shows(
+        &lines,
+        &[
+            &format!("Attempt trail of {}", finals[0].id),
+            "POST /v1/messages · model claude-haiku-4-5 · 1 attempt(s) · no failure",
+            "secondary (group main) → HTTP 200",
+            "usage: input",
+        ],
+    );
+    press(&mut app, &[key(KeyCode::Esc)]);
+    assert!(!text(&screen(&app, 130, 24)).contains("Attempt trail"));
+}
+
+#[tokio::test]
+async fn logs_tab_scrolls_and_filters_by_level() {
+    let fixture = Fixture::new(false).await;
+    fixture.logs.push(LogLevel::Debug, "debug detail line");
+    fixture.logs.push(LogLevel::Info, "request finished ok");
+    fixture.logs.push(LogLevel::Warn, "endpoint slow");
+    fixture.logs.push(LogLevel::Error, "endpoint down");
+    let mut app = fixture.app();
+    press(&mut app, &[key(KeyCode::Char('5'))]);
+    let lines = screen(&app, 80, 12);
+    assert_shows(
+        &lines,
+        &[
+            "Logs (all levels, 4 lines, following)",
+            "debug detail line",
+            "request finished ok",
+            "endpoint down",
+        ],
+    );
+    press(&mut app, &[key(KeyCode::Char('w'))]);
+    let lines = screen(&app, 80, 12);
+    assert_shows(
+        &lines,
+        &[
+            "Logs (WARN and above, 2 lines",
+            "endpoint slow",
+            "endpoint down",
+        ],
+    );
+    assert!(!text(&lines).contains("request finished ok"));
+    // `l` cycles: WARN -> ERROR.
+    press(&mut app, &[key(KeyCode::Char('l'))]);
+    let lines = screen(&app, 80, 12);
+    assert!(!text(&lines).contains("endpoint slow"));
+    // Scrolling up leaves the tail; End follows it again.
+    for number in 0..20 {
+        fixture
+            .logs
+            .push(LogLevel::Info, &format!("filler {number:02}"));
+    }
+    press(&mut app, &[key(KeyCode::Char('a')), key(KeyCode::Up)]);
+    let lines = screen(&app, 80, 12);
+    assert_shows(&lines, &["1 lines up", "filler 18"]);
+    assert!(!text(&lines).contains("filler 19"));
+    press(&mut app, &[key(KeyCode::Home)]);
+    let lines = screen(&app, 80, 12);
+    assert_shows(&lines, &["debug detail line", "filler 02"]);
+    assert!(!text(&lines).contains("filler 03"));
+    press(&mut app, &[key(KeyCode::End)]);
+    let lines = screen(&app, 80, 12);
+    assert_shows(&lines, &["following", "filler 19"]);
+}
+
+#[tokio::test]
+async fn config_tab_masks_every_secret() {
+    let fixture = Fixture::new(false).await;
+    let mut app = fixture.app();
+    press(&mut app, &[key(KeyCode::Char('6'))]);
+    let mut seen = String::new();
+    // Scroll through the whole configuration.
+    for _ in 0..10 {
+        seen.push_str(&text(&screen(&app, 100, 20)));
+        press(&mut app, &[key(KeyCode::PageDown)]);
+    }
+    for needle in [
+        "(secrets masked)",
+        "auth:",
+        "  token: inbo***",
+        "  - name: primary",
+        "    token: sk-a***",
+        "  - name: secondary",
+        "    group: main (group-priority 1)",
+        "    priority: 5",
+    ] {
+        assert!(seen.contains(needle), "missing {needle:?} in\n{seen}");
+    }
+    assert!(!seen.contains(SECRET_TOKEN));
+    assert!(!seen.contains(AUTH_TOKEN));
+}
+
+#[tokio::test]
+async fn tab_keys_cycle_and_jump_and_q_quits() {
+    let fixture = Fixture::new(false).await;
+    let mut app = fixture.app();
+    assert_eq!(app.tab(), Tab::Overview);
+    press(&mut app, &[key(KeyCode::Tab)]);
+    assert_eq!(app.tab(), Tab::Endpoints);
+    press(&mut app, &[key(KeyCode::BackTab), key(KeyCode::BackTab)]);
+    assert_eq!(app.tab(), Tab::Config);
+    press(&mut app, &[key(KeyCode::Char('4'))]);
+    assert_eq!(app.tab(), Tab::Requests);
+    assert_eq!(press(&mut app, &[key(KeyCode::Char('q'))]), [Action::Quit]);
+    assert!(app.is_quitting());
+}
+
+#[tokio::test]
+async fn priority_edit_types_multiple_digits_and_ctrl_s_applies_keeping_health() {
+    let fixture = Fixture::new(false).await;
+    // An unhealthy endpoint stays unhealthy through the edit.
+    for _ in 0..3 {
+        fixture
+            .forwarder
+            .health()
+            .record_failure("backup", ccf_health::PassiveFailure::Connect);
+    }
+    assert!(!fixture.forwarder.health().is_healthy("backup"));
+    let mut app = fixture.app();
+    press(&mut app, &[key(KeyCode::Char('2'))]);
+    assert_eq!(app.selected_endpoint(), Some("secondary"));
+    // Enter edit mode; `secondary`: 1, 2, Backspace, 7 -> 17; move to `primary`: 3.
+    let actions = press(
+        &mut app,
+        &[
+            key(KeyCode::Enter),
+            key(KeyCode::Char('1')),
+            key(KeyCode::Char('2')),
+            key(KeyCode::Backspace),
+            key(KeyCode::Char('7')),
+            key(KeyCode::Down),
+            key(KeyCode::Char('3')),
+            // Tab and number keys are digits or ignored while editing.
+            key(KeyCode::Tab),
+            key(KeyCode::Char('q')),
+        ],
+    );
+    assert!(actions.is_empty());
+    assert_eq!(app.tab(), Tab::Endpoints);
+    let editing = app.editing().unwrap();
+    assert_eq!(editing.pending.get("secondary"), Some(&17));
+    assert_eq!(editing.pending.get("primary"), Some(&3));
+    let lines = screen(&app, 110, 30);
+    assert_shows(
+        &lines,
+        &["EDITING priorities", "0 → 17*", "1 → 3*", "EDIT:"],
+    );
+
+    let actions = press(&mut app, &[ctrl('s')]);
+    assert_eq!(
+        actions,
+        [Action::ApplyPriorities {
+            edits: vec![
+                PriorityEdit {
+                    endpoint: "secondary".to_string(),
+                    priority: 17
+                },
+                PriorityEdit {
+                    endpoint: "primary".to_string(),
+                    priority: 3
+                },
+            ]
+        }]
+    );
+    assert!(app.editing().is_none());
+    let notice = perform(&fixture.forwarder, &actions[0]).unwrap();
+    assert!(!notice.error, "{notice:?}");
+    assert_eq!(notice.text, "applied priorities secondary=17, primary=3");
+    let priorities: Vec<(String, u32)> = fixture
+        .forwarder
+        .endpoints()
+        .into_iter()
+        .map(|endpoint| (endpoint.name, endpoint.priority))
+        .collect();
+    assert_eq!(
+        priorities,
+        [
+            ("primary".to_string(), 3),
+            ("secondary".to_string(), 17),
+            ("backup".to_string(), 5)
+        ]
+    );
+    assert!(!fixture.forwarder.health().is_healthy("backup"));
+    // Without save_priority_edits the file is untouched.
+    let text = std::fs::read_to_string(&fixture.path).unwrap();
+    assert!(text.contains("    priority: 1            # keep"));
+
+    // The new order shows at the next refresh.
+    app.notify(notice);
+    fixture.refresh(&mut app);
+    let lines = screen(&app, 110, 30);
+    let row = |name: &str| lines.iter().position(|line| line.contains(name)).unwrap();
+    assert!(row("  primary") < row("  secondary"));
+    assert_shows(&lines, &["applied priorities secondary=17, primary=3"]);
+}
+
+#[tokio::test]
+async fn escape_discards_priority_edits() {
+    let fixture = Fixture::new(true).await;
+    let mut app = fixture.app();
+    let actions = press(
+        &mut app,
+        &[
+            key(KeyCode::Char('2')),
+            key(KeyCode::Char('e')),
+            key(KeyCode::Char('9')),
+            key(KeyCode::Char('9')),
+            key(KeyCode::Esc),
+        ],
+    );
+    assert!(actions.is_empty());
+    assert!(app.editing().is_none());
+    assert_eq!(app.notice().unwrap().text, "discarded 1 priority edit(s)");
+    assert!(fixture
+        .forwarder
+        .endpoints()
+        .iter()
+        .all(|endpoint| endpoint.priority == endpoint.config_priority));
+    // Ctrl+S with nothing typed applies nothing.
+    let actions = press(&mut app, &[key(KeyCode::Enter), ctrl('s')]);
+    assert!(actions.is_empty());
+    // Ctrl+C quits even while editing.
+    let actions = press(&mut app, &[key(KeyCode::Enter), ctrl('c')]);
+    assert_eq!(actions, [Action::Quit]);
+}
+
+#[tokio::test]
+async fn applied_edits_are_saved_into_the_commented_yaml_file() {
+    let fixture = Fixture::new(true).await;
+    let before = std::fs::read_to_string(&fixture.path).unwrap();
+    let mut app = fixture.app();
+    // secondary (first row, no priority line) -> 4; then backup (third row) -> 12.
+    let actions = press(
+        &mut app,
+        &[
+            key(KeyCode::Char('2')),
+            key(KeyCode::Enter),
+            key(KeyCode::Char('4')),
+            key(KeyCode::Down),
+            key(KeyCode::Down),
+            key(KeyCode::Char('1')),
+            key(KeyCode::Char('2')),
+            ctrl('s'),
+        ],
+    );
+    assert_eq!(actions.len(), 1);
+    let notice = perform(&fixture.forwarder, &actions[0]).unwrap();
+    assert!(!notice.error, "{notice:?}");
+    assert!(notice.text.contains("saved to"), "{}", notice.text);
+    let after = std::fs::read_to_string(&fixture.path).unwrap();
+    let expected = before
+        .replace(
+            "  - name: \"secondary\"\n",
+            "  - name: \"secondary\"\n    priority: 4\n",
+        )
+        .replace("    priority: 5\n", "    priority: 12\n");
+    assert_eq!(after, expected);
+    // The saved file still loads, with the new priorities.
+    let reloaded = ConfigLoader::new()
+        .file(&fixture.path)
+        .without_env_overrides()
+        .load()
+        .unwrap()
+        .config;
+    assert_eq!(reloaded.endpoint("secondary").unwrap().priority, 4);
+    assert_eq!(reloaded.endpoint("backup").unwrap().priority, 12);
+    assert_eq!(reloaded.endpoint("primary").unwrap().priority, 1);
+}
+
+#[tokio::test]
+async fn group_keys_activate_pause_and_resume() {
+    let fixture = Fixture::new(false).await;
+    let mut app = fixture.app();
+    press(&mut app, &[key(KeyCode::Char('3'))]);
+    assert_eq!(app.selected_group(), Some("main"));
+    let run = |app: &mut App, keys: &[KeyEvent]| {
+        let actions = press(app, keys);
+        for action in &actions {
+            if let Some(notice) = perform(&fixture.forwarder, action) {
+                app.notify(notice);
+            }
+        }
+        fixture.refresh(app);
+        actions
+    };
+    let active = || {
+        fixture
+            .forwarder
+            .groups()
+            .into_iter()
+            .find(|group| group.is_active)
+            .map(|group| group.name)
+    };
+
+    let actions = run(&mut app, &[key(KeyCode::Down), key(KeyCode::Char('a'))]);
+    assert_eq!(
+        actions,
+        [Action::ActivateGroup {
+            group: "backup".to_string(),
+            force: false
+        }]
+    );
+    assert_eq!(active().as_deref(), Some("backup"));
+    assert_eq!(app.notice().unwrap().text, "group backup activated");
+
+    run(&mut app, &[key(KeyCode::Up), key(KeyCode::Char('p'))]);
+    let main = fixture
+        .forwarder
+        .groups()
+        .into_iter()
+        .find(|group| group.name == "main")
+        .unwrap();
+    assert!(main.paused);
+    assert_shows(
+        &screen(&app, 100, 8),
+        &["paused until resumed", "group main paused until resumed"],
+    );
+
+    run(&mut app, &[key(KeyCode::Char('r'))]);
+    assert!(fixture.forwarder.groups().iter().all(|group| !group.paused));
+    // Resuming a group that is not paused is refused, and said so.
+    run(&mut app, &[key(KeyCode::Char('r'))]);
+    let notice = app.notice().unwrap();
+    assert!(notice.error);
+    assert_eq!(notice.text, "cannot resume: group `main` is not paused");
+
+    // Force-activation works even without a healthy endpoint.
+    for _ in 0..3 {
+        fixture
+            .forwarder
+            .health()
+            .record_failure("primary", ccf_health::PassiveFailure::Connect);
+        fixture
+            .forwarder
+            .health()
+            .record_failure("secondary", ccf_health::PassiveFailure::Connect);
+    }
+    run(&mut app, &[key(KeyCode::Char('a'))]);
+    assert!(app.notice().unwrap().error);
+    run(&mut app, &[key(KeyCode::Char('f'))]);
+    assert_eq!(active().as_deref(), Some("main"));
+    assert_eq!(app.notice().unwrap().text, "group main force-activated");
+}
