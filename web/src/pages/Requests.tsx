@@ -15,10 +15,11 @@ interface Filters {
   model: string;
   endpoint: string;
   group: string;
+  instance: string;
   start_date: string;
   end_date: string;
 }
-const NO_FILTERS: Filters = { status: "", model: "", endpoint: "", group: "", start_date: "", end_date: "" };
+const NO_FILTERS: Filters = { status: "", model: "", endpoint: "", group: "", instance: "", start_date: "", end_date: "" };
 
 function query(filters: Filters, limit: number, offset: number): string {
   const q = new URLSearchParams();
@@ -100,6 +101,10 @@ function RequestList() {
           <label>
             {t("common.group")}
             <input value={filters.group} onChange={(e) => set("group", e.target.value)} data-testid="filter-group" />
+          </label>
+          <label>
+            {t("requests.instance")}
+            <input value={filters.instance} onChange={(e) => set("instance", e.target.value)} data-testid="filter-instance" />
           </label>
           <label>
             {t("requests.from")}
@@ -258,6 +263,7 @@ function RequestDetail({ id }: { id: string }) {
     [t("common.status"), <Badge status={r.status ?? live?.status} />],
     [t("requests.model"), r.model_name ?? live?.model_name ?? "–"],
     [t("requests.endpoint"), `${r.endpoint_name ?? live?.endpoint_name ?? "–"}${r.group_name ? ` (${r.group_name})` : ""}`],
+    [t("requests.instance"), String(r.instance_id ?? "–")],
     [t("requests.http"), r.http_status_code ?? live?.http_status ?? "–"],
     [t("requests.time"), `${time(r.start_time)} → ${time(r.end_time)}`],
     [t("requests.duration"), ms(r.duration_ms)],

@@ -37,10 +37,17 @@ function dualAxis(labels: string[], bars: { label: string; data: number[] }, lin
 export function Usage() {
   const t = useT();
   const [period, setPeriod] = useState("7d");
+  // Several forwarders sharing one MySQL store: narrow everything to one instance id.
+  const [instance, setInstance] = useState("");
+  const instanceQuery = instance ? `&instance=${encodeURIComponent(instance)}` : "";
   const requestTopic = useTopic("request");
   const slow = useInterval(30_000);
   const refresh = Math.floor(requestTopic / 5);
-  const stats = useLoad(() => getJson(`/api/v1/usage/stats?period=${period}`), [period, refresh, slow], 800);
+  const stats = useLoad(
+    () => getJson(`/api/v1/usage/stats?period=${period}${instanceQuery}`),
+    [period, instanceQuery, refresh, slow],
+    800,
+  );
   const [date, setDate] = useState(localDate());
   const endpointCosts = useLoad(() => getJson(`/api/v1/chart/endpoint-costs?date=${date}`), [date, refresh, slow], 800);
   const [exportError, setExportError] = useState<string | null>(null);
@@ -82,7 +89,7 @@ export function Usage() {
     [days, t],
   );
 
-  const exportHref = (format: string) => `/api/v1/usage/export?format=${format}`;
+  const exportHref = (format: string) => `/api/v1/usage/export?format=${format}${instanceQuery}`;
   const onExport = (format: string) => (e: React.MouseEvent) => {
     // With a token the browser cannot add the header to a plain link: fetch it instead.
     if (!getToken()) return;
@@ -102,6 +109,13 @@ export function Usage() {
             </button>
           ))}
         </div>
+        <input
+          placeholder={t("requests.instance")}
+          aria-label={t("requests.instance")}
+          value={instance}
+          onChange={(e) => setInstance(e.target.value.trim())}
+          data-testid="usage-instance"
+        />
         <div className="spacer" />
         <a className="button" href={exportHref("csv")} download onClick={onExport("csv")} data-testid="export-csv">
           ⇩ {t("usage.exportCsv")}
