@@ -10,6 +10,7 @@
 //! driven through the forwarder). The `tidy` test module checks repository invariants from
 //! `docs/ARCHITECTURE.md` as ordinary `#[test]`s.
 
+mod bench;
 mod ci;
 mod clients;
 mod demo;
@@ -55,6 +56,8 @@ enum Task {
     Web(web::WebArgs),
     /// Build the release binary and package it into target/dist/ (tarball + SHA-256).
     Dist(dist::DistArgs),
+    /// Benchmark the forwarder against the mock upstream (release build); `--quick` for a short run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Task::Migrate { config } => migrate::run(&root, &config),
         Task::Web(args) => web::run(&root, &args),
         Task::Dist(args) => dist::run(&root, &args),
+        Task::Bench(args) => bench::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

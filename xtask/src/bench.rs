@@ -1,0 +1,796 @@
+//! `cargo xtask bench [--quick]`: the forwarder's performance harness (issue 8).
+//!
+//! Builds the release binaries, starts two mock upstreams (record off: one fast, one paced at 64
+//! deltas every 20 ms) and three forwarders (usage tracking on SQLite, usage tracking off, and a
+//! third, usage on, in front of the paced mock), all on loopback. Then, over several rounds and
+//! alternating the order inside each round, it runs `ccf-loadgen` directly against the mock and
+//! through each forwarder, and reports medians across rounds: added latency at concurrency 1,
+//! requests/s at concurrency 64 (JSON and SSE) and the ratio to direct, added TTFB and
+//! inter-event gap on paced streams, 1,000 concurrent paced streams, RSS (idle, peak) and CPU
+//! seconds per 10,000 requests (from `/proc/<pid>/stat`).
+//!
+//! Writes `target/bench/results.json` and `target/bench/results.md` and prints the table.
+//! Every child is killed on every way out (its `Drop`), every load run is bounded in time.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// How long a process gets to start listening.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// Extra time a load run may take over its nominal duration before it is killed.
+const RUN_GRACE: Duration = Duration::from_secs(60);
+/// Paced stream: deltas per message and delay between two events.
+const PACED_DELTAS: u32 = 64;
+const PACED_DELAY_MS: u32 = 20;
+/// The "many streams" scenario.
+const MANY_STREAMS: u32 = 1_000;
+
+/// `cargo xtask bench` options.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A short run (2 rounds, short scenarios): checks the harness, not for published figures.
+    #[arg(long)]
+    quick: bool,
+    /// Number of interleaved rounds (default 3, or 2 with --quick).
+    #[arg(long)]
+    rounds: Option<u32>,
+}
+
+/// Durations and sizes of one run.
+struct Plan {
+    rounds: u32,
+    seconds: f64,
+    paced_seconds: f64,
+    warmup: u32,
+}
+
+/// Runs the whole benchmark.
+pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl+C handler")?;
+    }
+    let plan = if args.quick {
+        Plan {
+            rounds: args.rounds.unwrap_or(2),
+            seconds: 1.5,
+            paced_seconds: 3.0,
+            warmup: 20,
+        }
+    } else {
+        Plan {
+            rounds: args.rounds.unwrap_or(3),
+            seconds: 5.0,
+            paced_seconds: 6.0,
+            warmup: 100,
+        }
+    };
+    let started = Instant::now();
+    build(root)?;
+    let bin = target_dir(root).join("release");
+    let out_dir = target_dir(root).join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let work = TempDir::new()?;
+
+    // Upstreams.
+    let fast_port = free_port()?;
+    let paced_port = free_port()?;
+    let mut fast_mock = Proc::spawn(
+        "mock (fast)",
+        Command::new(bin.join("ccf-mock-upstream")).args(["--port", &fast_port.to_string()]),
+    )?;
+    let mut paced_mock = Proc::spawn(
+        "mock (paced)",
+        Command::new(bin.join("ccf-mock-upstream")).args([
+            "--port",
+            &paced_port.to_string(),
+            "--deltas",
+            &PACED_DELTAS.to_string(),
+            "--chunk-delay-ms",
+            &PACED_DELAY_MS.to_string(),
+        ]),
+    )?;
+    fast_mock.wait_listening(fast_port, &stop)?;
+    paced_mock.wait_listening(paced_port, &stop)?;
+
+    // Forwarders.
+    let mut forwarders = Vec::new();
+    for (name, upstream, usage) in [
+        ("usage_on", fast_port, true),
+        ("usage_off", fast_port, false),
+        ("paced", paced_port, true),
+    ] {
+        let port = free_port()?;
+        let config = work.path.join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            forwarder_config(&work.path, name, port, upstream, usage),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        let mut child = Proc::spawn(
+            name,
+            Command::new(bin.join("cc-forwarder"))
+                .arg("--config")
+                .arg(&config)
+                .arg("--no-tui")
+                .current_dir(&work.path),
+        )?;
+        child.wait_listening(port, &stop)?;
+        forwarders.push((name, port, child));
+    }
+    // Idle RSS: after start-up settles, before any request.
+    thread::sleep(Duration::from_secs(1));
+    let mut idle_rss = BTreeMap::new();
+    for (name, _, child) in &forwarders {
+        idle_rss.insert(*name, proc_status_kb(child.pid(), "VmRSS")?);
+    }
+
+    let loadgen = bin.join("ccf-loadgen");
+    let target = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let fast = target(fast_port);
+    let paced = target(paced_port);
+    let on = target(forwarders[0].1);
+    let off = target(forwarders[1].1);
+    let paced_fwd = target(forwarders[2].1);
+    let pids: BTreeMap<&str, u32> = [
+        ("direct", fast_mock.pid()),
+        ("usage_on", forwarders[0].2.pid()),
+        ("usage_off", forwarders[1].2.pid()),
+    ]
+    .into_iter()
+    .collect();
+
+    let mut rounds = Vec::new();
+    for round in 0..plan.rounds {
+        println!("\n==> round {} of {}", round + 1, plan.rounds);
+        let mut order = vec![("direct", fast), ("usage_on", on), ("usage_off", off)];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut results = BTreeMap::new();
+        for (scenario, mode, concurrency) in [
+            ("json_c1", "json", 1u32),
+            ("json_c64", "json", 64),
+            ("sse_c64", "sse", 64),
+        ] {
+            for (who, address) in &order {
+                let cpu_before = pids.get(who).map(|pid| cpu_ticks(*pid)).transpose()?;
+                let mut result = load(
+                    &loadgen,
+                    &stop,
+                    &LoadRun {
+                        mode,
+                        target: *address,
+                        concurrency,
+                        requests: 0,
+                        seconds: plan.seconds,
+                        warmup: plan.warmup,
+                    },
+                )?;
+                if let (Some(before), Some(pid)) = (cpu_before, pids.get(who)) {
+                    let ticks = cpu_ticks(*pid)?.saturating_sub(before);
+                    let ok = result["ok"].as_f64().unwrap_or(0.0);
+                    let seconds = ticks as f64 / clock_ticks_per_second();
+                    if ok > 0.0 {
+                        result["cpu_s_per_10k"] = json!(seconds / ok * 10_000.0);
+                    }
+                }
+                print_line(scenario, who, &result);
+                results.insert(format!("{scenario}/{who}"), result);
+            }
+        }
+        let mut paced_order = vec![("direct", paced), ("usage_on", paced_fwd)];
+        if round % 2 == 1 {
+            paced_order.reverse();
+        }
+        for (who, address) in paced_order {
+            let result = load(
+                &loadgen,
+                &stop,
+                &LoadRun {
+                    mode: "sse",
+                    target: address,
+                    concurrency: 32,
+                    requests: 0,
+                    seconds: plan.paced_seconds,
+                    warmup: 1,
+                },
+            )?;
+            print_line("paced_sse", who, &result);
+            results.insert(format!("paced_sse/{who}"), result);
+        }
+        rounds.push(results);
+    }
+
+    println!("\n==> {MANY_STREAMS} concurrent paced streams");
+    let mut many = BTreeMap::new();
+    for (who, address) in [("direct", paced), ("usage_on", paced_fwd)] {
+        let result = load(
+            &loadgen,
+            &stop,
+            &LoadRun {
+                mode: "sse",
+                target: address,
+                concurrency: MANY_STREAMS,
+                requests: u64::from(MANY_STREAMS),
+                seconds: 60.0,
+                warmup: 0,
+            },
+        )?;
+        print_line("many_streams", who, &result);
+        many.insert(who, result);
+    }
+    let mut peak_rss = BTreeMap::new();
+    for (name, _, child) in &forwarders {
+        peak_rss.insert(*name, proc_status_kb(child.pid(), "VmHWM")?);
+    }
+    for (_, _, child) in &mut forwarders {
+        child.stop();
+    }
+    paced_mock.stop();
+    fast_mock.stop();
+
+    let summary = summarize(&rounds, &many, &idle_rss, &peak_rss);
+    let table = markdown(&summary, &plan, args.quick);
+    let results = json!({
+        "command": if args.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" },
+        "rounds": plan.rounds,
+        "seconds_per_run": plan.seconds,
+        "machine": machine(),
+        "wall_seconds": started.elapsed().as_secs_f64(),
+        "summary": summary,
+        "raw": { "rounds": rounds, "many_streams": many, "idle_rss_kb": idle_rss, "peak_rss_kb": peak_rss },
+    });
+    let json_path = out_dir.join("results.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let md_path = out_dir.join("results.md");
+    std::fs::write(&md_path, &table).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("\n{table}");
+    println!(
+        "wrote {} and {} ({:.0} s)",
+        json_path.display(),
+        md_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The forwarder's configuration for one instance.
+fn forwarder_config(dir: &Path, name: &str, port: u16, upstream: u16, usage: bool) -> String {
+    let db = dir.join(format!("{name}.db"));
+    format!(
+        "server:\n  host: \"127.0.0.1\"\n  port: {port}\n\
+         logging:\n  level: warn\n\
+         web:\n  enabled: false\n\
+         tui:\n  enabled: false\n\
+         health:\n  check_interval: 300s\n\
+         usage_tracking:\n  enabled: {usage}\n  database:\n    type: sqlite\n    path: \"{}\"\n\
+         endpoints:\n  - name: mock\n    url: http://127.0.0.1:{upstream}\n    token: bench-token\n",
+        db.display()
+    )
+}
+
+/// One `ccf-loadgen` invocation.
+struct LoadRun {
+    mode: &'static str,
+    target: SocketAddr,
+    concurrency: u32,
+    requests: u64,
+    seconds: f64,
+    warmup: u32,
+}
+
+/// Runs `ccf-loadgen` and parses its JSON line; bounded in time, killed on Ctrl+C.
+fn load(loadgen: &Path, stop: &AtomicBool, run: &LoadRun) -> Result<Value> {
+    let mut command = Command::new(loadgen);
+    command
+        .args(["--mode", run.mode])
+        .args(["--target", &run.target.to_string()])
+        .args(["--concurrency", &run.concurrency.to_string()])
+        .args(["--requests", &run.requests.to_string()])
+        .args(["--duration", &run.seconds.to_string()])
+        .args(["--warmup", &run.warmup.to_string()])
+        .args(["--timeout", "30"])
+        .stdout(Stdio::piped());
+    let mut child = Proc::spawn_quiet("ccf-loadgen", &mut command)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(run.seconds) + RUN_GRACE;
+    loop {
+        if let Some(status) = child.child.try_wait()? {
+            let mut out = String::new();
+            if let Some(mut stdout) = child.child.stdout.take() {
+                use std::io::Read;
+                stdout.read_to_string(&mut out)?;
+            }
+            if !status.success() {
+                bail!("ccf-loadgen failed ({status}): {out}");
+            }
+            return serde_json::from_str(out.trim())
+                .with_context(|| format!("parsing ccf-loadgen's output: {out}"));
+        }
+        if stop.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        if Instant::now() >= deadline {
+            bail!("ccf-loadgen did not finish in time");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn print_line(scenario: &str, who: &str, result: &Value) {
+    let pick = |key: &str, q: &str| result[key][q].as_u64().unwrap_or(0);
+    println!(
+        "{scenario:<13} {who:<10} {:>9.0} req/s  p50 {:>7} µs  p99 {:>7} µs  ttfb p99 {:>6} µs  gap p99 {:>6} µs  errors {} incomplete {} stalled {}",
+        result["rps"].as_f64().unwrap_or(0.0),
+        pick("latency_us", "p50"),
+        pick("latency_us", "p99"),
+        pick("ttfb_us", "p99"),
+        pick("gap_us", "p99"),
+        result["errors"],
+        result["incomplete"],
+        result["stalled"],
+    );
+}
+
+/// Median of the values (NaN when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Medians across rounds of every figure the table shows.
+fn summarize(
+    rounds: &[BTreeMap<String, Value>],
+    many: &BTreeMap<&str, Value>,
+    idle_rss: &BTreeMap<&str, u64>,
+    peak_rss: &BTreeMap<&str, u64>,
+) -> Value {
+    let get = |round: &BTreeMap<String, Value>, key: &str, field: &str, q: &str| -> f64 {
+        let value = &round.get(key).unwrap_or(&Value::Null)[field];
+        if q.is_empty() {
+            value.as_f64().unwrap_or(f64::NAN)
+        } else {
+            value[q].as_f64().unwrap_or(f64::NAN)
+        }
+    };
+    let med = |f: &dyn Fn(&BTreeMap<String, Value>) -> f64| median(rounds.iter().map(f).collect());
+    let mut out = serde_json::Map::new();
+    for who in ["direct", "usage_on", "usage_off"] {
+        for q in ["p50", "p99"] {
+            out.insert(
+                format!("json_c1_{who}_{q}_us"),
+                json!(med(&|r| get(r, &format!("json_c1/{who}"), "latency_us", q))),
+            );
+        }
+        for scenario in ["json_c64", "sse_c64"] {
+            out.insert(
+                format!("{scenario}_{who}_rps"),
+                json!(med(&|r| get(r, &format!("{scenario}/{who}"), "rps", ""))),
+            );
+            out.insert(
+                format!("{scenario}_{who}_cpu_s_per_10k"),
+                json!(med(&|r| get(
+                    r,
+                    &format!("{scenario}/{who}"),
+                    "cpu_s_per_10k",
+                    ""
+                ))),
+            );
+            out.insert(
+                format!("{scenario}_{who}_errors"),
+                json!(rounds
+                    .iter()
+                    .map(|r| get(r, &format!("{scenario}/{who}"), "errors", ""))
+                    .sum::<f64>()),
+            );
+        }
+        if who != "direct" {
+            for q in ["p50", "p99"] {
+                out.insert(
+                    format!("json_c1_{who}_added_{q}_us"),
+                    json!(med(&|r| get(r, &format!("json_c1/{who}"), "latency_us", q)
+                        - get(r, "json_c1/direct", "latency_us", q))),
+                );
+            }
+            for scenario in ["json_c64", "sse_c64"] {
+                out.insert(
+                    format!("{scenario}_{who}_ratio"),
+                    json!(med(&|r| get(r, &format!("{scenario}/{who}"), "rps", "")
+                        / get(r, &format!("{scenario}/direct"), "rps", ""))),
+                );
+            }
+        }
+    }
+    for who in ["direct", "usage_on"] {
+        let key = format!("paced_sse/{who}");
+        for (field, q) in [
+            ("ttfb_us", "p50"),
+            ("ttfb_us", "p99"),
+            ("gap_us", "p50"),
+            ("gap_us", "p99"),
+            ("gap_us", "max"),
+        ] {
+            out.insert(
+                format!("paced_{who}_{field}_{q}"),
+                json!(med(&|r| get(r, &key, field, q))),
+            );
+        }
+    }
+    for (field, q) in [("ttfb_us", "p50"), ("ttfb_us", "p99"), ("gap_us", "p99")] {
+        out.insert(
+            format!("paced_added_{field}_{q}"),
+            json!(med(
+                &|r| get(r, "paced_sse/usage_on", field, q) - get(r, "paced_sse/direct", field, q)
+            )),
+        );
+    }
+    for (who, result) in many {
+        for field in ["ok", "errors", "incomplete", "stalled"] {
+            out.insert(format!("many_{who}_{field}"), result[field].clone());
+        }
+        out.insert(
+            format!("many_{who}_gap_p99_us"),
+            result["gap_us"]["p99"].clone(),
+        );
+        out.insert(
+            format!("many_{who}_ttfb_p99_us"),
+            result["ttfb_us"]["p99"].clone(),
+        );
+        out.insert(format!("many_{who}_elapsed_s"), result["elapsed_s"].clone());
+    }
+    for (name, kb) in idle_rss {
+        out.insert(format!("idle_rss_{name}_kb"), json!(kb));
+    }
+    for (name, kb) in peak_rss {
+        out.insert(format!("peak_rss_{name}_kb"), json!(kb));
+    }
+    Value::Object(out)
+}
+
+/// The markdown table.
+fn markdown(s: &Value, plan: &Plan, quick: bool) -> String {
+    let f = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
+    let us = |key: &str| format!("{:.0} µs", f(key));
+    let rps = |key: &str| format!("{:.0}/s", f(key));
+    let pct = |key: &str| format!("{:.0}%", f(key) * 100.0);
+    let mb = |key: &str| format!("{:.1} MB", f(key) / 1024.0);
+    let cpu = |key: &str| format!("{:.2} s", f(key));
+    let mut t = String::new();
+    t.push_str(&format!(
+        "`cargo xtask bench{}`: {} interleaved rounds of {} s per run (paced: {} s), medians across rounds.\n\n",
+        if quick { " --quick" } else { "" },
+        plan.rounds,
+        plan.seconds,
+        plan.paced_seconds
+    ));
+    t.push_str(
+        "| scenario | figure | direct | forwarder, usage on (SQLite) | forwarder, usage off |\n",
+    );
+    t.push_str("|---|---|---|---|---|\n");
+    let row = |t: &mut String, a: &str, b: &str, c: String, d: String, e: String| {
+        t.push_str(&format!("| {a} | {b} | {c} | {d} | {e} |\n"));
+    };
+    for q in ["p50", "p99"] {
+        row(
+            &mut t,
+            "JSON, concurrency 1",
+            &format!("latency {q}"),
+            us(&format!("json_c1_direct_{q}_us")),
+            us(&format!("json_c1_usage_on_{q}_us")),
+            us(&format!("json_c1_usage_off_{q}_us")),
+        );
+        row(
+            &mut t,
+            "JSON, concurrency 1",
+            &format!("**added latency {q}**"),
+            "-".into(),
+            us(&format!("json_c1_usage_on_added_{q}_us")),
+            us(&format!("json_c1_usage_off_added_{q}_us")),
+        );
+    }
+    for (scenario, label) in [
+        ("json_c64", "JSON, concurrency 64"),
+        ("sse_c64", "SSE (3 deltas), concurrency 64"),
+    ] {
+        row(
+            &mut t,
+            label,
+            "requests/s",
+            rps(&format!("{scenario}_direct_rps")),
+            rps(&format!("{scenario}_usage_on_rps")),
+            rps(&format!("{scenario}_usage_off_rps")),
+        );
+        row(
+            &mut t,
+            label,
+            "**ratio to direct**",
+            "100%".into(),
+            pct(&format!("{scenario}_usage_on_ratio")),
+            pct(&format!("{scenario}_usage_off_ratio")),
+        );
+        row(
+            &mut t,
+            label,
+            "CPU s per 10k requests (mock / forwarder)",
+            cpu(&format!("{scenario}_direct_cpu_s_per_10k")),
+            cpu(&format!("{scenario}_usage_on_cpu_s_per_10k")),
+            cpu(&format!("{scenario}_usage_off_cpu_s_per_10k")),
+        );
+        row(
+            &mut t,
+            label,
+            "errors (all rounds)",
+            format!("{}", f(&format!("{scenario}_direct_errors"))),
+            format!("{}", f(&format!("{scenario}_usage_on_errors"))),
+            format!("{}", f(&format!("{scenario}_usage_off_errors"))),
+        );
+    }
+    let paced = format!("Paced SSE ({PACED_DELTAS} deltas / {PACED_DELAY_MS} ms), 32 streams");
+    for (field, q, label) in [
+        ("ttfb_us", "p50", "TTFB p50"),
+        ("ttfb_us", "p99", "TTFB p99"),
+        ("gap_us", "p99", "inter-event gap p99"),
+    ] {
+        row(
+            &mut t,
+            &paced,
+            label,
+            us(&format!("paced_direct_{field}_{q}")),
+            us(&format!("paced_usage_on_{field}_{q}")),
+            "".into(),
+        );
+        row(
+            &mut t,
+            &paced,
+            &format!("**added {label}**"),
+            "-".into(),
+            us(&format!("paced_added_{field}_{q}")),
+            "".into(),
+        );
+    }
+    let many = |who: &str| {
+        format!(
+            "{} ok, {} incomplete, {} stalled, {} errors; gap p99 {:.0} µs",
+            s[format!("many_{who}_ok")],
+            s[format!("many_{who}_incomplete")],
+            s[format!("many_{who}_stalled")],
+            s[format!("many_{who}_errors")],
+            s[format!("many_{who}_gap_p99_us")]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        )
+    };
+    row(
+        &mut t,
+        &format!("{MANY_STREAMS} concurrent paced streams"),
+        "completed (stall = gap > 1 s)",
+        many("direct"),
+        many("usage_on"),
+        "".into(),
+    );
+    row(
+        &mut t,
+        "memory",
+        "idle RSS (VmRSS before any request)",
+        "-".into(),
+        mb("idle_rss_usage_on_kb"),
+        mb("idle_rss_usage_off_kb"),
+    );
+    row(
+        &mut t,
+        "memory",
+        "peak RSS (VmHWM): JSON/SSE c64 runs; paced + 1,000 streams",
+        "-".into(),
+        format!(
+            "{}; {}",
+            mb("peak_rss_usage_on_kb"),
+            mb("peak_rss_paced_kb")
+        ),
+        mb("peak_rss_usage_off_kb"),
+    );
+    t
+}
+
+/// A short description of the machine.
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({
+        "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+    })
+}
+
+/// `cargo build --release -p cc-forwarder -p ccf-testkit --bins`.
+fn build(root: &Path) -> Result<()> {
+    let args = [
+        "build",
+        "--release",
+        "-p",
+        "cc-forwarder",
+        "-p",
+        "ccf-testkit",
+        "--bins",
+    ];
+    println!("$ cargo {}", args.join(" "));
+    let status = Command::new(crate::cargo_program())
+        .args(args)
+        .current_dir(root)
+        .status()
+        .context("could not start cargo build")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// `CARGO_TARGET_DIR` when set (relative to the root), else `<root>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// A free loopback port (bound then released: another process could take it in between).
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
+fn proc_status_kb(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(field)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kb| kb.parse().ok())
+        })
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+/// utime + stime of a process, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may hold spaces: count from the closing parenthesis.
+    let after = text
+        .rfind(')')
+        .map(|at| &text[at + 1..])
+        .with_context(|| format!("malformed {path}"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(utime + stime)
+}
+
+/// `getconf CLK_TCK` (100 on every Linux this runs on; read to be sure).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A temporary directory removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("ccf-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A child process killed when dropped (every way out of [`run`]).
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: &str, command: &mut Command) -> Result<Self> {
+        println!("$ {command:?}");
+        Self::spawn_quiet(name, command)
+    }
+
+    fn spawn_quiet(name: &str, command: &mut Command) -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            // Own process group: the terminal's Ctrl+C reaches only xtask, which then stops us.
+            command.process_group(0);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("could not start {name} (was it built?)"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_listening(&mut self, port: u16, stop: &AtomicBool) -> Result<()> {
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited before listening on {address} ({status})",
+                    self.name
+                );
+            }
+            if stop.load(Ordering::SeqCst) {
+                bail!("interrupted while waiting for {}", self.name);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} did not listen on {address} in time", self.name);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the process and reaps it.
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
