@@ -9,11 +9,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ccf_config::MysqlTarget;
-use ccf_store::contract::{at_ms, outcome, pricing, snapshot, tokens};
-use ccf_store::{status, Recorder, RecorderSettings, RequestFilter, UsageStore};
+use ccf_store::contract::recorder_workload;
+use ccf_store::UsageStore;
 use ccf_store_mysql::{MysqlOptions, MysqlStore};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mysql_async::prelude::Queryable;
@@ -50,46 +50,7 @@ async fn run(batch_size: usize) -> Duration {
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    let store = Arc::new(store);
-    let settings = RecorderSettings {
-        batch_size,
-        flush_interval: Duration::from_secs(1),
-        ..RecorderSettings::default()
-    };
-    let started = Instant::now();
-    let recorder = Recorder::spawn(store.clone(), settings, pricing());
-    let mut tasks = Vec::new();
-    for task in 0..TASKS {
-        let recorder = recorder.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..REQUESTS / TASKS {
-                let id = format!("req-{task}-{i:08}");
-                let start = at_ms(i);
-                recorder.record(snapshot(&id, start, status::PENDING));
-                recorder.record(outcome(
-                    &id,
-                    start,
-                    status::COMPLETED,
-                    "claude-sonnet-4-5-20250929",
-                    "primary",
-                    "main",
-                    tokens(1000 + i, 200),
-                    1200,
-                ));
-                if i % 256 == 0 {
-                    tokio::task::yield_now().await;
-                }
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    recorder.shutdown().await;
-    let elapsed = started.elapsed();
-    let stats = store.stats(&RequestFilter::default()).await.unwrap();
-    assert_eq!(stats.totals.success_count, REQUESTS, "none lost");
-    assert_eq!(recorder.dropped(), 0);
+    let elapsed = recorder_workload(Arc::new(store), REQUESTS, TASKS, batch_size).await;
     admin
         .query_drop(format!("DROP DATABASE {database}"))
         .await

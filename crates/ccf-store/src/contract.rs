@@ -1155,3 +1155,55 @@ pub async fn recorder_writes_every_final_outcome(store: Arc<dyn UsageStore>) {
     let summary = store.summary(&SummaryQuery::default()).await.unwrap();
     assert_eq!(summary.iter().map(|r| r.request_count).sum::<i64>(), 2000);
 }
+
+/// The recorder benchmark's workload, shared by every adapter's bench: `requests` requests from
+/// `tasks` producers (a `pending` and a final `completed` snapshot each) into a fresh recorder
+/// on `store`, then a shutdown that flushes everything. Returns the time from spawn to flushed
+/// and asserts that every request is stored as completed and nothing was dropped.
+pub async fn recorder_workload(
+    store: Arc<dyn UsageStore>,
+    requests: u64,
+    tasks: u64,
+    batch_size: usize,
+) -> Duration {
+    let settings = RecorderSettings {
+        batch_size,
+        flush_interval: Duration::from_secs(1),
+        ..RecorderSettings::default()
+    };
+    let started = std::time::Instant::now();
+    let recorder = Recorder::spawn(store.clone(), settings, pricing());
+    let mut producers = Vec::new();
+    for task in 0..tasks {
+        let recorder = recorder.clone();
+        producers.push(tokio::spawn(async move {
+            for i in 0..requests / tasks {
+                let id = format!("req-{task}-{i:08}");
+                let start = at_ms(i);
+                recorder.record(snapshot(&id, start, status::PENDING));
+                recorder.record(outcome(
+                    &id,
+                    start,
+                    status::COMPLETED,
+                    "claude-sonnet-4-5-20250929",
+                    "primary",
+                    "main",
+                    tokens(1000 + i, 200),
+                    1200,
+                ));
+                if i % 256 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    recorder.shutdown().await;
+    let elapsed = started.elapsed();
+    let stats = store.stats(&RequestFilter::default()).await.unwrap();
+    assert_eq!(stats.totals.success_count, requests, "none lost");
+    assert_eq!(recorder.dropped(), 0);
+    elapsed
+}
