@@ -200,13 +200,7 @@ impl Admin {
             secrets.push(token.expose().to_string());
         }
         let pricing = Pricing::from_config(&config.usage_tracking);
-        let cost_pricing = pricing.clone();
-        state
-            .forwarder
-            .metrics()
-            .set_cost_model(Arc::new(move |model, usage| {
-                cost_pricing.cost(model, usage).total_usd()
-            }));
+        install_cost_metric(&state.forwarder, pricing.clone());
         let zone = LegacyZone::from_config(
             config
                 .usage_tracking
@@ -263,6 +257,16 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Admin {
         let admin = self.clone();
         Box::pin(async move { Ok(admin.handle(request).await) })
     }
+}
+
+/// Makes `ccf_cost_usd_total` price every outcome with `pricing` (the recorder's rules). The admin
+/// API installs it; the application does too when usage tracking runs without the admin API.
+pub fn install_cost_metric(forwarder: &Forwarder, pricing: Pricing) {
+    forwarder
+        .metrics()
+        .set_cost_model(Arc::new(move |model, usage| {
+            pricing.cost(model, usage).total_usd()
+        }));
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves, then ends the live streams and

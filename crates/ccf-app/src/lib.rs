@@ -109,13 +109,10 @@ impl App {
                     last_error: last_error.map(|error| error.message),
                 }
             }));
-            // `ccf_cost_usd_total` prices outcomes with the recorder's rules.
-            let pricing = ccf_store::Pricing::from_config(&config.usage_tracking);
-            forwarder
-                .metrics()
-                .set_cost_model(Arc::new(move |model, usage| {
-                    ccf_store::Cost::usd(pricing.cost(model, usage).total)
-                }));
+            ccf_admin::install_cost_metric(
+                &forwarder,
+                ccf_store::Pricing::from_config(&config.usage_tracking),
+            );
         }
         let admin_listener = if config.web.enabled {
             let address = format!("{}:{}", config.web.host, config.web.port);
