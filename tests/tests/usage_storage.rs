@@ -170,6 +170,17 @@ async fn usage_tracker_health_reports_disabled_healthy_and_a_locked_database() {
         if health.status == 503 {
             assert_eq!(health.json()["status"], "unhealthy");
             assert!(health.json()["backlog"].as_u64().unwrap_or(0) >= 1);
+            // The gauge reads the same recorder when /metrics is scraped.
+            let metrics = forwarder
+                .send(hyper::Method::GET, "/metrics", &[], "")
+                .await;
+            let text = String::from_utf8_lossy(&metrics.bytes()).into_owned();
+            let backlog = text
+                .lines()
+                .find_map(|line| line.strip_prefix("ccf_recorder_backlog "))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .unwrap_or_default();
+            assert!(backlog >= 1.0, "{text}");
             break;
         }
         assert!(

@@ -201,6 +201,9 @@ impl Admin {
         }
         let pricing = Pricing::from_config(&config.usage_tracking);
         install_cost_metric(&state.forwarder, pricing.clone());
+        if let Some(recorder) = &state.recorder {
+            install_recorder_health(&state.forwarder, recorder.clone());
+        }
         let zone = LegacyZone::from_config(
             config
                 .usage_tracking
@@ -257,6 +260,20 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Admin {
         let admin = self.clone();
         Box::pin(async move { Ok(admin.handle(request).await) })
     }
+}
+
+/// Reports the usage recorder through the engine's metrics: `/health/usage-tracker` and the
+/// `ccf_recorder_backlog` gauge read it when they are served. The admin API installs it when it
+/// has a recorder; the application installs it whenever usage tracking runs.
+pub fn install_recorder_health(forwarder: &Forwarder, recorder: RecorderHandle) {
+    forwarder.metrics().set_usage_health(Arc::new(move || {
+        let last_error = recorder.last_error();
+        ccf_proxy::monitoring::UsageHealth {
+            healthy: last_error.is_none(),
+            backlog: recorder.backlog(),
+            last_error: last_error.map(|error| error.message),
+        }
+    }));
 }
 
 /// Makes `ccf_cost_usd_total` price every outcome with `pricing` (the recorder's rules). The admin

@@ -729,9 +729,6 @@ pub(crate) fn spawn_aggregator(shared: &Arc<Shared>) -> JoinHandle<()> {
                     let Some(shared) = weak.upgrade() else { break };
                     count += 1;
                     shared.hub.tick(count, &mut last_generation);
-                    if let Some(recorder) = &shared.recorder {
-                        shared.forwarder.metrics().set_recorder_backlog(recorder.backlog());
-                    }
                 }
             }
         }

@@ -100,15 +100,7 @@ impl App {
             Some(Arc::new(usage::Observers(observers))),
         )?;
         if let Some(tracking) = &usage {
-            let recorder = tracking.recorder.clone();
-            forwarder.metrics().set_usage_health(Arc::new(move || {
-                let last_error = recorder.last_error();
-                ccf_proxy::monitoring::UsageHealth {
-                    healthy: last_error.is_none(),
-                    backlog: recorder.backlog(),
-                    last_error: last_error.map(|error| error.message),
-                }
-            }));
+            ccf_admin::install_recorder_health(&forwarder, tracking.recorder.clone());
             ccf_admin::install_cost_metric(
                 &forwarder,
                 ccf_store::Pricing::from_config(&config.usage_tracking),
@@ -201,17 +193,6 @@ impl App {
             ),
             None => None,
         };
-        let backlog_gauge = self.usage.as_ref().map(|tracking| {
-            let recorder = tracking.recorder.clone();
-            let forwarder = self.forwarder.clone();
-            tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
-                loop {
-                    ticker.tick().await;
-                    forwarder.metrics().set_recorder_backlog(recorder.backlog());
-                }
-            })
-        });
         let retention = self.usage.as_ref().map(|tracking| {
             tokio::spawn(usage::retention_loop(
                 Arc::clone(&tracking.store),
@@ -260,8 +241,8 @@ impl App {
             cluster.stop().await;
         }
         background.stop().await;
-        for task in [retention, backlog_gauge].into_iter().flatten() {
-            task.abort();
+        if let Some(retention) = retention {
+            retention.abort();
         }
         // Every outcome of the drained requests is written before the process may exit.
         if let Some(tracking) = &self.usage {

@@ -558,6 +558,9 @@ impl Metrics {
     }
 
     fn render(&self, endpoints: &[Arc<Endpoint>], health: &HealthSnapshot) -> String {
+        if let Some(usage) = self.usage_health() {
+            self.set_recorder_backlog(usage.backlog);
+        }
         let mut healthy = 0;
         for endpoint in endpoints {
             let state = endpoint_health(health, &endpoint.name);
