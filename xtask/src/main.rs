@@ -15,9 +15,11 @@ mod ci;
 mod clients;
 mod demo;
 mod dist;
+mod fuzz;
 mod http;
 mod migrate;
 mod package;
+mod soak;
 mod summary;
 #[cfg(test)]
 mod tidy;
@@ -58,6 +60,12 @@ enum Task {
     Dist(dist::DistArgs),
     /// Benchmark the forwarder against the mock upstream (release build); `--quick` for a short run.
     Bench(bench::BenchArgs),
+    /// Build the cargo-fuzz targets (nightly) and run each for a bounded time; crash inputs
+    /// are kept in fuzz/regressions/.
+    Fuzz(fuzz::FuzzArgs),
+    /// Steady mixed traffic through the forwarder for N minutes (release build); reports RSS,
+    /// file descriptors, threads and outcomes versus requests.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +79,8 @@ fn main() -> ExitCode {
         Task::Web(args) => web::run(&root, &args),
         Task::Dist(args) => dist::run(&root, &args),
         Task::Bench(args) => bench::run(&root, &args),
+        Task::Fuzz(args) => fuzz::run(&root, &args),
+        Task::Soak(args) => soak::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

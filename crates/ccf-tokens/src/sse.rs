@@ -20,6 +20,10 @@ use memchr::{memchr, memchr2};
 /// Largest event (its data lines joined) and largest single line the decoder buffers by default.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
+/// How much longer than the event limit one line may be: room for the field name (`data: `), so
+/// that a line holding a value of exactly the limit is not dropped for its prefix.
+const LINE_ALLOWANCE: usize = 16;
+
 const UTF8_BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
 /// One dispatched event. It borrows the decoder's buffers (or the chunk being fed) and is only
@@ -88,7 +92,8 @@ impl SseDecoder {
         Self::with_max_event_bytes(DEFAULT_MAX_EVENT_BYTES)
     }
 
-    /// A decoder that drops (and counts) events or lines longer than `max_event_bytes`.
+    /// A decoder that drops (and counts) events longer than `max_event_bytes`, and the event of a
+    /// line longer than `max_event_bytes` plus a 16-byte allowance for the field name.
     pub fn with_max_event_bytes(max_event_bytes: usize) -> Self {
         Self {
             line: Vec::new(),
@@ -192,12 +197,14 @@ impl SseDecoder {
                 // The tail of an oversized line: drop it; the event is already marked.
                 self.skipping_line = false;
                 self.line.clear();
+            } else if self.line.len() + segment.len() > self.max_line_bytes() {
+                // An oversized line marks its event whether or not it was split across chunks
+                // (found by the `sse_decoder` fuzz target: the in-place path skipped this check).
+                self.line.clear();
+                self.oversized = true;
             } else if self.line.is_empty() {
                 // The common case: the whole line is in this chunk. Parse it in place.
                 self.process_line(segment, on_event);
-            } else if self.line.len() + segment.len() > self.max_event_bytes {
-                self.line.clear();
-                self.oversized = true;
             } else {
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(segment);
@@ -218,13 +225,19 @@ impl SseDecoder {
         if rest.is_empty() || self.skipping_line {
             return;
         }
-        if self.line.len() + rest.len() > self.max_event_bytes {
+        if self.line.len() + rest.len() > self.max_line_bytes() {
             self.line.clear();
             self.skipping_line = true;
             self.oversized = true;
         } else {
             self.line.extend_from_slice(rest);
         }
+    }
+
+    /// The longest line kept: the event limit plus [`LINE_ALLOWANCE`]. The same rule holds for a
+    /// line parsed in place and one joined across chunks, so splitting never changes the result.
+    fn max_line_bytes(&self) -> usize {
+        self.max_event_bytes.saturating_add(LINE_ALLOWANCE)
     }
 
     /// Interprets one complete line (without its line end).

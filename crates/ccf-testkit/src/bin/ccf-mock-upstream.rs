@@ -1,5 +1,9 @@
 //! `ccf-mock-upstream`: the mock Anthropic upstream as a standalone server, for benchmarks and
 //! manual runs. Serves `Reply::auto()` forever, records nothing, exits on Ctrl+C.
+//!
+//! `--fail-every N` (for `cargo xtask soak`) makes every Nth reply an upstream failure,
+//! alternating 529 `overloaded_error` and 500 `api_error`: a task keeps the reply queue topped
+//! up with that cycle.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -24,7 +28,13 @@ struct Args {
     /// Number of text deltas per streamed message.
     #[arg(long, default_value_t = 3)]
     deltas: usize,
+    /// Make every Nth reply a failure (529 and 500 alternately); 0 never fails.
+    #[arg(long, default_value_t = 0)]
+    fail_every: u64,
 }
+
+/// Replies kept waiting in the queue when `--fail-every` is on (refilled every few ms).
+const FAILURE_QUEUE_DEPTH: usize = 256;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -50,7 +60,42 @@ async fn run(args: Args) -> std::io::Result<()> {
     })
     .await?;
     println!("ccf-mock-upstream listening on {}", upstream.url());
-    tokio::signal::ctrl_c().await?;
+    if args.fail_every == 0 {
+        tokio::signal::ctrl_c().await?;
+    } else {
+        let normal = Reply::auto()
+            .deltas(args.deltas)
+            .chunk_delay(Duration::from_millis(args.chunk_delay_ms));
+        // Counts down to the next failure; failures alternate between 529 and 500.
+        let mut until_failure = args.fail_every;
+        let mut failures: u64 = 0;
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            while upstream.queued_replies() < FAILURE_QUEUE_DEPTH {
+                until_failure -= 1;
+                let reply = if until_failure > 0 {
+                    normal.clone()
+                } else {
+                    until_failure = args.fail_every;
+                    failures += 1;
+                    if failures % 2 == 1 {
+                        Reply::overloaded()
+                    } else {
+                        Reply::error(500, "api_error", "Internal server error")
+                    }
+                };
+                upstream.enqueue(reply);
+            }
+            tokio::select! {
+                result = &mut ctrl_c => {
+                    result?;
+                    break;
+                }
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    }
     upstream.shutdown().await;
     Ok(())
 }
