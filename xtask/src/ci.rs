@@ -28,6 +28,13 @@ const STEPS: &[Step] = &[
         counts_tests: false,
     },
     Step {
+        // Offline checks of deny.toml (the advisory database needs GitHub: run
+        // `cargo deny check advisories` where it is reachable).
+        name: "cargo deny",
+        args: &["deny", "check", "bans", "licenses", "sources"],
+        counts_tests: false,
+    },
+    Step {
         name: "clippy",
         args: &[
             "clippy",
@@ -218,7 +225,10 @@ mod tests {
     #[test]
     fn steps_run_format_then_clippy_then_tests() {
         let names: Vec<_> = STEPS.iter().map(|step| step.name).collect();
-        assert_eq!(names, ["format check", "clippy", "tests", "doc tests"]);
-        assert!(STEPS[1].args.ends_with(&["-D", "warnings"]));
+        assert_eq!(
+            names,
+            ["format check", "cargo deny", "clippy", "tests", "doc tests"]
+        );
+        assert!(STEPS[2].args.ends_with(&["-D", "warnings"]));
     }
 }

@@ -83,6 +83,7 @@ fn filter(shared: &Shared, query: &HashMap<String, String>) -> Result<RequestFil
         group: non_empty(query, "group").map(str::to_string),
         request_id: non_empty(query, "request_id").map(str::to_string),
         instance: non_empty(query, "instance").map(str::to_string),
+        api_key: non_empty(query, "api_key").map(str::to_string),
     })
 }
 
@@ -226,6 +227,8 @@ pub(crate) async fn stats(shared: &Shared, query: &HashMap<String, String>) -> H
             "top_endpoints": top_endpoints,
             "daily_stats": daily,
             "by_group": stats.by_group,
+            // Per inbound auth key (`auth.tokens[].name`); `""` gathers requests made without one.
+            "by_api_key": stats.by_api_key,
             "hourly_stats": stats.by_hour,
         }
     }))
@@ -287,7 +290,7 @@ pub(crate) async fn export(shared: &Shared, query: &HashMap<String, String>) -> 
     });
     let filename = format!(
         "usage_export_{}.{}",
-        views::local_time(shared.forwarder.config(), now, "%Y-%m-%d_%H-%M-%S"),
+        views::local_time(&shared.forwarder.config(), now, "%Y-%m-%d_%H-%M-%S"),
         format.extension()
     );
     let mut response = Response::new(channel_body(receiver));

@@ -13,6 +13,12 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{full_body, ProxyBody};
 
+/// `529`: the status the Anthropic API answers when it is overloaded.
+pub const OVERLOADED: StatusCode = match StatusCode::from_u16(529) {
+    Ok(status) => status,
+    Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+};
+
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorOrigin {
@@ -45,6 +51,12 @@ pub enum ProxyError {
     Unauthorized {
         /// Why, as shown to the client.
         reason: &'static str,
+    },
+    /// `server.max_in_flight` requests are already in flight.
+    #[error("the forwarder is overloaded: {limit} requests are already in flight (server.max_in_flight); retry shortly")]
+    Overloaded {
+        /// The configured limit.
+        limit: usize,
     },
     /// No endpoint is configured or available for this request.
     #[error("no upstream endpoint is available")]
@@ -84,7 +96,9 @@ impl ProxyError {
             | ProxyError::BodyRead { .. }
             | ProxyError::Unauthorized { .. } => ErrorOrigin::Client,
             ProxyError::Connect { .. } | ProxyError::HeaderTimeout { .. } => ErrorOrigin::Upstream,
-            ProxyError::NoEndpoint | ProxyError::BadUpstreamUrl { .. } => ErrorOrigin::Internal,
+            ProxyError::NoEndpoint
+            | ProxyError::BadUpstreamUrl { .. }
+            | ProxyError::Overloaded { .. } => ErrorOrigin::Internal,
         }
     }
 
@@ -103,6 +117,7 @@ impl ProxyError {
             ProxyError::BodyRead { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded { .. } => OVERLOADED,
             ProxyError::BadUpstreamUrl { .. } | ProxyError::Connect { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -116,7 +131,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BodyRead { .. } => "invalid_request_error",
             ProxyError::Unauthorized { .. } => "authentication_error",
-            ProxyError::NoEndpoint => "overloaded_error",
+            ProxyError::NoEndpoint | ProxyError::Overloaded { .. } => "overloaded_error",
             ProxyError::BadUpstreamUrl { .. }
             | ProxyError::Connect { .. }
             | ProxyError::HeaderTimeout { .. } => "api_error",
@@ -183,6 +198,21 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("10 byte limit"));
+    }
+
+    #[tokio::test]
+    async fn overload_is_a_529_overloaded_error() {
+        let error = ProxyError::Overloaded { limit: 3 };
+        assert!(!error.is_retryable());
+        let response = error.to_response();
+        assert_eq!(response.status().as_u16(), 529);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["error"]["type"], "overloaded_error");
+        assert!(json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_in_flight"));
     }
 
     #[test]

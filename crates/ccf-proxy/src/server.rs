@@ -4,6 +4,21 @@
 //! resolves it stops accepting, asks every connection to finish its in-flight request (HTTP/1
 //! connections close after their current response, HTTP/2 ones send GOAWAY) and waits up to
 //! `drain_timeout` for them; connections still open after that are dropped.
+//!
+//! Limits ([`ConnectionLimits`], from `server.*` for the proxy listener):
+//! - `max_connections`: the accept loop takes a slot before it accepts; with every slot taken it
+//!   stops accepting, so further clients wait in the kernel's listen backlog (their connect
+//!   succeeds, their request is answered once a slot frees) instead of being reset;
+//! - `header_read_timeout`: a connection must deliver its first complete request head within
+//!   this time of being accepted, whatever the protocol (this also covers the bytes hyper-util
+//!   reads to tell HTTP/1 from HTTP/2, which hyper's own timer does not), and every later HTTP/1
+//!   request head within this time of the server starting to wait for it (hyper's timer), so
+//!   slowloris clients and idle connections are closed;
+//! - `max_header_bytes` (hyper's HTTP/1 read buffer) and `max_headers`: a bigger request head
+//!   gets `431 Request Header Fields Too Large` and the connection is closed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::forwarder::Forwarder;
@@ -51,6 +67,43 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
 }
 
+/// Resource limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest HTTP/1 request head in bytes (at least 8 KiB, hyper's minimum buffer).
+    pub max_header_bytes: usize,
+    /// Most headers in one request.
+    pub max_headers: usize,
+}
+
+/// hyper refuses a smaller HTTP/1 read buffer.
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+impl Default for ConnectionLimits {
+    /// The `server.*` defaults: 4096 connections, 64 KiB of headers, 100 headers.
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 4096,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The limits `server.*` asks for.
+    pub fn from_config(server: &ccf_config::ServerConfig) -> Self {
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        ConnectionLimits {
+            max_connections: size(u64::from(server.max_connections)).max(1),
+            max_header_bytes: size(server.max_header_bytes.bytes()),
+            max_headers: size(u64::from(server.max_headers)).max(1),
+        }
+    }
+}
+
 /// How a [`serve`] run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeReport {
@@ -58,29 +111,29 @@ pub struct ServeReport {
     pub abandoned_connections: usize,
 }
 
-/// Serves `forwarder` on `listener` until `shutdown` resolves, then drains.
+/// Serves `forwarder` on `listener` until `shutdown` resolves, then drains. The connection
+/// limits are the forwarder's `server.*` settings at the time of the call.
 pub async fn serve(
     listener: TcpListener,
     forwarder: Forwarder,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> ServeReport {
-    serve_connections(
+    let limits = ConnectionLimits::from_config(&forwarder.config().server);
+    serve_connections_with_limits(
         listener,
         move |peer| WithClientAddr {
             forwarder: forwarder.clone(),
             client: ClientAddr(peer),
         },
         options,
+        limits,
         shutdown,
     )
     .await
 }
 
-/// The accept loop shared by every listener of the forwarder (proxy and admin): HTTP/1 and
-/// HTTP/2 on one port, a header read timeout, one task per connection, and on `shutdown` a
-/// graceful drain bounded by `options.drain_timeout`. `service_for` makes the service of one
-/// connection from the peer's address.
+/// [`serve_connections_with_limits`] with the default [`ConnectionLimits`].
 pub async fn serve_connections<S, B>(
     listener: TcpListener,
     service_for: impl Fn(SocketAddr) -> S,
@@ -99,15 +152,80 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_connections_with_limits(
+        listener,
+        service_for,
+        options,
+        ConnectionLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Marks its connection as having delivered a complete request head.
+struct NoticeRequests<S> {
+    inner: S,
+    seen: Arc<AtomicBool>,
+}
+
+impl<S, R> hyper::service::Service<R> for NoticeRequests<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: R) -> Self::Future {
+        self.seen.store(true, Ordering::Release);
+        self.inner.call(request)
+    }
+}
+
+/// The accept loop shared by every listener of the forwarder (proxy and admin): HTTP/1 and
+/// HTTP/2 on one port, a header read timeout, one task per connection, and on `shutdown` a
+/// graceful drain bounded by `options.drain_timeout`, and the `limits` (see the module doc).
+/// `service_for` makes the service of one connection from the peer's address.
+pub async fn serve_connections_with_limits<S, B>(
+    listener: TcpListener,
+    service_for: impl Fn(SocketAddr) -> S,
+    options: ServeOptions,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) -> ServeReport
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
+        .max_headers(limits.max_headers);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let first_head_timeout = options.header_read_timeout;
     tokio::pin!(shutdown);
     loop {
+        // A slot first: with none free, stop accepting (clients wait in the listen backlog).
+        let slot = tokio::select! {
+            slot = Arc::clone(&connection_slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -120,13 +238,42 @@ where
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let seen = Arc::new(AtomicBool::new(false));
+                let service = NoticeRequests {
+                    inner: service_for(peer),
+                    seen: Arc::clone(&seen),
+                };
                 let connection = builder
-                    .serve_connection(TokioIo::new(stream), service_for(peer))
+                    .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
                 let connection = graceful.watch(connection);
+                // The task owns the connection and its slot; dropping the connection closes it.
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        debug!(%peer, "connection ended: {error}");
+                    let _slot = slot;
+                    tokio::pin!(connection);
+                    let first_head_deadline = tokio::time::sleep(first_head_timeout);
+                    tokio::pin!(first_head_deadline);
+                    let mut deadline_passed = false;
+                    let result = loop {
+                        tokio::select! {
+                            result = &mut connection => break Some(result),
+                            () = &mut first_head_deadline, if !deadline_passed => {
+                                if seen.load(Ordering::Acquire) {
+                                    deadline_passed = true;
+                                } else {
+                                    break None;
+                                }
+                            }
+                        }
+                    };
+                    match result {
+                        Some(Err(error)) => debug!(%peer, "connection ended: {error}"),
+                        Some(Ok(())) => {}
+                        None => debug!(
+                            %peer,
+                            timeout = ?first_head_timeout,
+                            "closing connection: no complete request head within server.header_read_timeout"
+                        ),
                     }
                 });
             }

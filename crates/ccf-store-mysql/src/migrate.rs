@@ -5,7 +5,8 @@
 //! v1 and v2 are made of idempotent statements (an existing table, column or index is skipped) and
 //! resume after an interruption; v3 is DML only and runs in one transaction with its
 //! `schema_migrations` row. v4 (MySQL only) adds `cluster_state`, the settings shared by several
-//! instances. A named lock (`GET_LOCK`) serialises forwarders migrating at once.
+//! instances. v5 adds the nullable `api_key_name` (the inbound auth key each request was made
+//! with) and its index, idempotently like v1 and v2. A named lock (`GET_LOCK`) serialises forwarders migrating at once.
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -20,13 +21,15 @@ const V1_INITIAL: &str = include_str!("../migrations/0001_initial.sql");
 const V2_EXTEND: &str = include_str!("../migrations/0002_extend.sql");
 const V3_SUMMARY: &str = include_str!("../migrations/0003_summary.sql");
 const V4_CLUSTER_STATE: &str = include_str!("../migrations/0004_cluster_state.sql");
+const V5_API_KEY_NAME: &str = include_str!("../migrations/0005_api_key_name.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 4] = [
+pub const MIGRATIONS: [(u32, &str); 5] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
     (4, "cluster_state"),
+    (5, "api_key_name"),
 ];
 
 const LOCK_NAME: &str = "ccf_usage_migrate";
@@ -144,6 +147,12 @@ async fn run_locked(conn: &mut Conn, zone: LegacyZone) -> Result<MigrationReport
             }
             2 => {
                 apply_statements(conn, V2_EXTEND).await.map_err(failed)?;
+                record(conn, version, name, false).await?;
+            }
+            5 => {
+                apply_statements(conn, V5_API_KEY_NAME)
+                    .await
+                    .map_err(failed)?;
                 record(conn, version, name, false).await?;
             }
             4 => {

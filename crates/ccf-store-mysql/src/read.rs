@@ -21,7 +21,7 @@ const ROW_COLUMNS: &str = "id, request_id, client_ip, user_agent, method, path, 
     cache_creation_5m_tokens, cache_creation_1h_tokens, input_cost_nano_usd, output_cost_nano_usd, \
     cache_creation_cost_nano_usd, cache_read_cost_nano_usd, total_cost_nano_usd, \
     time_to_first_byte_ms, attempts_json, model_mismatch, partial, instance_id, is_final, \
-    created_at, updated_at";
+    created_at, updated_at, api_key_name";
 
 fn params(values: Vec<Value>) -> Params {
     if values.is_empty() {
@@ -77,6 +77,7 @@ fn row_to_request(row: &Row, zone: LegacyZone) -> RequestRow {
             model_mismatch: as_bool(get(32)),
             partial: as_bool(get(33)),
             instance_id: as_text(get(34)),
+            api_key_name: as_text(get(38)),
             is_final: as_bool(get(35)),
         },
         cost: Cost {
@@ -116,6 +117,7 @@ fn where_clause(filter: &RequestFilter) -> (String, Vec<Value>) {
         ("group_name", &filter.group),
         ("request_id", &filter.request_id),
         ("instance_id", &filter.instance),
+        ("api_key_name", &filter.api_key),
     ] {
         if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
             clauses.push(format!("{column} = ?"));
@@ -327,6 +329,14 @@ pub(crate) async fn stats(conn: &mut Conn, filter: &RequestFilter) -> Result<Sta
         )
         .await?,
         by_group: buckets(conn, "COALESCE(group_name, '')", &where_sql, &values, false).await?,
+        by_api_key: buckets(
+            conn,
+            "COALESCE(api_key_name, '')",
+            &where_sql,
+            &values,
+            false,
+        )
+        .await?,
         by_day: buckets(
             conn,
             "DATE_FORMAT(start_time, '%Y-%m-%d')",

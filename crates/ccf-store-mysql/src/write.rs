@@ -20,7 +20,7 @@ const ROWS_PER_INSERT: usize = 200;
 const IDS_PER_SELECT: usize = 500;
 const CLEANUP_CHUNK: u64 = 5000;
 
-const COLUMNS: [&str; 43] = [
+const COLUMNS: [&str; 44] = [
     "request_id",
     "client_ip",
     "user_agent",
@@ -64,6 +64,7 @@ const COLUMNS: [&str; 43] = [
     "summarized",
     "created_at",
     "updated_at",
+    "api_key_name",
 ];
 
 /// Columns a later snapshot does not change.
@@ -165,6 +166,7 @@ fn record_values(stored: &StoredRecord, now: &Value, out: &mut Vec<Value>) {
         Value::from(record.is_final),
         now.clone(),
         now.clone(),
+        opt_text(record.api_key_name.as_deref()),
     ]);
 }
 

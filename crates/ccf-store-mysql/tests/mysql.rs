@@ -74,7 +74,7 @@ async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
     .unwrap();
     let report = store.migrate().await.unwrap();
     assert!(report.detected_legacy);
-    assert_eq!(report.applied, vec![2, 3, 4]);
+    assert_eq!(report.applied, vec![2, 3, 4, 5]);
 
     let completed = store.get_request("req-0000aaaa").await.unwrap().unwrap();
     assert_eq!(

@@ -6,6 +6,8 @@
 //! - v2 `extend`: the columns this port adds, exact integer costs filled from the USD columns.
 //! - v3 `utc_timestamps_and_summary`: every stored time rewritten as RFC 3339 UTC (zone-less legacy
 //!   values read in the store's [`LegacyZone`]), then `usage_summary` rebuilt from final rows.
+//! - v5 `api_key_name`: the nullable name of the inbound auth key each request was made with
+//!   (v4 is MySQL's `cluster_state`; SQLite has no counterpart, the number is kept aligned).
 //!
 //! All of it runs in one `BEGIN IMMEDIATE` transaction on the writer connection, so it is atomic
 //! and two processes migrating at once serialise.
@@ -22,13 +24,15 @@ use crate::convert::{as_text, sqlite_error};
 const V1_INITIAL: &str = include_str!("../migrations/0001_initial.sql");
 const V2_EXTEND: &str = include_str!("../migrations/0002_extend.sql");
 const V3_SUMMARY: &str = include_str!("../migrations/0003_summary.sql");
+const V5_API_KEY_NAME: &str = include_str!("../migrations/0005_api_key_name.sql");
 const TRIGGERS: &str = include_str!("../migrations/triggers.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 3] = [
+pub const MIGRATIONS: [(u32, &str); 4] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
+    (5, "api_key_name"),
 ];
 
 /// v1 columns that an older Go database may lack, with the definition used to add them.
@@ -208,6 +212,12 @@ fn apply(tx: &Transaction<'_>, version: u32, zone: LegacyZone) -> rusqlite::Resu
             }
             tx.execute_batch(V3_SUMMARY)?;
             tx.execute_batch(TRIGGERS)
+        }
+        5 => {
+            if !columns(tx, "request_logs")?.contains("api_key_name") {
+                tx.execute_batch("ALTER TABLE request_logs ADD COLUMN api_key_name TEXT;")?;
+            }
+            tx.execute_batch(V5_API_KEY_NAME)
         }
         _ => Ok(()),
     }

@@ -20,7 +20,7 @@ const ROW_COLUMNS: &str = "id, request_id, client_ip, user_agent, method, path, 
     cache_creation_5m_tokens, cache_creation_1h_tokens, input_cost_nano_usd, output_cost_nano_usd, \
     cache_creation_cost_nano_usd, cache_read_cost_nano_usd, total_cost_nano_usd, \
     time_to_first_byte_ms, attempts_json, model_mismatch, partial, instance_id, is_final, \
-    created_at, updated_at";
+    created_at, updated_at, api_key_name";
 
 fn row_to_request(row: &Row<'_>, zone: LegacyZone) -> rusqlite::Result<RequestRow> {
     let get = |index: usize| row.get_ref(index);
@@ -72,6 +72,7 @@ fn row_to_request(row: &Row<'_>, zone: LegacyZone) -> rusqlite::Result<RequestRo
         model_mismatch: as_bool(get(32)?),
         partial: as_bool(get(33)?),
         instance_id: text(34)?,
+        api_key_name: text(38)?,
         is_final: as_bool(get(35)?),
     };
     Ok(RequestRow {
@@ -115,6 +116,7 @@ fn where_clause(filter: &RequestFilter) -> (String, Vec<Value>) {
         ("group_name", &filter.group),
         ("request_id", &filter.request_id),
         ("instance_id", &filter.instance),
+        ("api_key_name", &filter.api_key),
     ] {
         if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
             clauses.push(format!("{column} = ?"));
@@ -346,6 +348,13 @@ pub(crate) fn stats(connection: &Connection, filter: &RequestFilter) -> Result<S
         by_group: buckets(
             connection,
             "COALESCE(group_name, '')",
+            &where_sql,
+            &values,
+            false,
+        )?,
+        by_api_key: buckets(
+            connection,
+            "COALESCE(api_key_name, '')",
             &where_sql,
             &values,
             false,

@@ -165,8 +165,8 @@ async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
     .unwrap();
     let report = store.migrate().await.unwrap();
     assert!(report.detected_legacy);
-    assert_eq!(report.applied, vec![2, 3]);
-    assert_eq!(report.current_version, 3);
+    assert_eq!(report.applied, vec![2, 3, 5]);
+    assert_eq!(report.current_version, 5);
 
     let page = store
         .list_requests(&RequestQuery {
@@ -212,6 +212,10 @@ async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
     );
     assert!(completed.record.is_streaming);
     assert!(completed.record.is_final);
+    assert_eq!(
+        completed.record.api_key_name, None,
+        "rows the Go forwarder wrote have no key name"
+    );
     assert_eq!(completed.record.usage.cache_read_input_tokens, 4000);
     assert_eq!(
         completed.cost.total, 8_325_000,

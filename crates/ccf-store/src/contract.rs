@@ -51,6 +51,7 @@ macro_rules! usage_store_contract {
             timestamps_round_trip_in_utc,
             get_request_health_and_idempotent_migrate,
             recorder_writes_every_final_outcome,
+            usage_is_split_by_api_key,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -1160,6 +1161,90 @@ pub async fn recorder_writes_every_final_outcome(store: Arc<dyn UsageStore>) {
 /// `tasks` producers (a `pending` and a final `completed` snapshot each) into a fresh recorder
 /// on `store`, then a shutdown that flushes everything. Returns the time from spawn to flushed
 /// and asserts that every request is stored as completed and nothing was dropped.
+/// The inbound auth key's name is stored, filtered on and grouped by; rows without one (auth off,
+/// rows the Go forwarder wrote) read back as `None` and group under `""`.
+pub async fn usage_is_split_by_api_key(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let mut rows = Vec::new();
+    for (index, key) in [Some("alice"), Some("alice"), Some("bob"), None]
+        .into_iter()
+        .enumerate()
+    {
+        let mut row = outcome(
+            &format!("req-key-{index}"),
+            at_ms(index as u64),
+            status::COMPLETED,
+            "claude-sonnet-4-5",
+            "primary",
+            "main",
+            tokens(100, 10),
+            100,
+        );
+        row.api_key_name = key.map(str::to_string);
+        rows.push(row);
+    }
+    // A later snapshot of a keyed request keeps its key.
+    let mut pending = snapshot("req-key-live", at_ms(10), status::PENDING);
+    pending.api_key_name = Some("carol".into());
+    rows.push(pending.clone());
+    write(store, rows).await;
+
+    let alice = get(store, "req-key-0").await;
+    assert_eq!(alice.record.api_key_name.as_deref(), Some("alice"));
+    assert_eq!(get(store, "req-key-3").await.record.api_key_name, None);
+    pending.status = status::FORWARDING.into();
+    write(store, vec![pending]).await;
+    assert_eq!(
+        get(store, "req-key-live")
+            .await
+            .record
+            .api_key_name
+            .as_deref(),
+        Some("carol")
+    );
+
+    let only = |key: &str| RequestFilter {
+        api_key: Some(key.into()),
+        ..RequestFilter::default()
+    };
+    assert_eq!(count(store, only("alice")).await, 2);
+    assert_eq!(count(store, only("bob")).await, 1);
+    assert_eq!(count(store, only("nobody")).await, 0);
+    let alice_stats = store.stats(&only("alice")).await.unwrap();
+    assert_eq!(alice_stats.totals.request_count, 2);
+    assert_eq!(alice_stats.totals.input_tokens, 200);
+
+    let stats = store.stats(&RequestFilter::default()).await.unwrap();
+    let by_key: Vec<(&str, u64, u64)> = stats
+        .by_api_key
+        .iter()
+        .map(|bucket| {
+            (
+                bucket.key.as_str(),
+                bucket.aggregate.request_count,
+                bucket.aggregate.input_tokens,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_key,
+        vec![
+            ("alice", 2, 200),
+            ("", 1, 100),
+            ("bob", 1, 100),
+            ("carol", 1, 0)
+        ],
+        "most requests first, then by name"
+    );
+    let alice_cost = stats.by_api_key[0].aggregate.total_cost_nano_usd;
+    assert_eq!(
+        alice_cost,
+        2 * pricing()
+            .cost(Some("claude-sonnet-4-5"), &tokens(100, 10))
+            .total
+    );
+}
+
 pub async fn recorder_workload(
     store: Arc<dyn UsageStore>,
     requests: u64,

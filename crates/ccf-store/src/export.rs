@@ -14,7 +14,7 @@ use crate::{StoreError, UsageStore};
 pub const EXPORT_CHUNK_ROWS: u32 = 1000;
 
 /// CSV header: the Go forwarder's columns in its order, then the columns this port added.
-pub const CSV_HEADER: [&str; 37] = [
+pub const CSV_HEADER: [&str; 38] = [
     "request_id",
     "client_ip",
     "user_agent",
@@ -52,6 +52,7 @@ pub const CSV_HEADER: [&str; 37] = [
     "instance_id",
     "is_final",
     "total_cost_nano_usd",
+    "api_key_name",
 ];
 
 /// Encodes rows as CSV (RFC 4180 quoting by the `csv` crate) or as one JSON array.
@@ -180,6 +181,7 @@ fn csv_fields(row: &RequestRow) -> Vec<String> {
         opt(record.instance_id.as_deref()),
         record.is_final.to_string(),
         row.cost.total.to_string(),
+        opt(record.api_key_name.as_deref()),
     ]
 }
 

@@ -27,6 +27,8 @@ pub struct RequestFilter {
     pub request_id: Option<String>,
     /// Exact `instance_id` (the forwarder instance that wrote the row).
     pub instance: Option<String>,
+    /// Exact `api_key_name` (the inbound auth key the request was made with).
+    pub api_key: Option<String>,
 }
 
 /// Stats use the listing filters.
@@ -123,7 +125,7 @@ impl Aggregate {
 /// An [`Aggregate`] for one value of a grouping key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Bucket {
-    /// The model, endpoint or group name (empty when the rows have none), the UTC day
+    /// The model, endpoint, group or API key name (empty when the rows have none), the UTC day
     /// `YYYY-MM-DD`, or the UTC hour `YYYY-MM-DDTHH:00:00Z`.
     pub key: String,
     /// The numbers.
@@ -144,6 +146,8 @@ pub struct Stats {
     pub by_endpoint: Vec<Bucket>,
     /// By group, most requests first.
     pub by_group: Vec<Bucket>,
+    /// By inbound auth key name (`""` for rows without one), most requests first.
+    pub by_api_key: Vec<Bucket>,
     /// By UTC day, oldest first.
     pub by_day: Vec<Bucket>,
     /// By UTC hour, oldest first.

@@ -112,6 +112,10 @@ pub struct UsageRecord {
     pub partial: bool,
     /// The forwarder instance that wrote the row.
     pub instance_id: Option<String>,
+    /// The name of the inbound auth key the request was made with (`auth.tokens[].name`,
+    /// `default` for `auth.token`); `None` with inbound auth off and on rows the Go forwarder
+    /// wrote.
+    pub api_key_name: Option<String>,
     /// This is the request's final outcome: it is priced, counted in `usage_summary`, and never
     /// overwritten by a non-final snapshot.
     pub is_final: bool,
@@ -145,6 +149,7 @@ impl UsageRecord {
             model_mismatch: false,
             partial: false,
             instance_id: None,
+            api_key_name: None,
             is_final: false,
         }
     }
@@ -254,6 +259,8 @@ struct RequestDetail<'a> {
     partial: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     instance_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_name: Option<&'a str>,
     is_final: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at: Option<String>,
@@ -304,6 +311,7 @@ impl Serialize for RequestRow {
             model_mismatch: record.model_mismatch,
             partial: record.partial,
             instance_id: record.instance_id.as_deref(),
+            api_key_name: record.api_key_name.as_deref(),
             is_final: record.is_final,
             created_at: self.created_at.map(format_timestamp),
             updated_at: self.updated_at.map(format_timestamp),
