@@ -76,6 +76,9 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     legacy_zone: LegacyZone,
+    busy_timeout: Duration,
+    /// Identity of the file the writer has open (see `reopen_if_deleted`).
+    opened: std::sync::Arc<std::sync::Mutex<Option<(u64, u64)>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -93,6 +96,53 @@ fn configure(connection: &Connection, busy_timeout: Duration) -> rusqlite::Resul
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
     )?;
     connection.pragma_update(None, "busy_timeout", busy_timeout.as_millis() as i64)?;
+    Ok(())
+}
+
+/// Which file a path names right now: (device, inode), `None` if there is none.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((metadata.dev(), metadata.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
+        Some((0, 0))
+    }
+}
+
+/// The database file was deleted (or replaced) while open — an operator's `rm`, a clean-up job:
+/// writes through the open connection would land in an unlinked file and vanish at exit, with
+/// no error. Opens the path again instead, creating and migrating a fresh database, so every
+/// later batch is kept (readers pick the new file up as the pool renews its connections). If the
+/// path cannot be opened, the error makes the recorder keep the batch and report itself
+/// unhealthy. `opened` is the identity of the file the writer has open (`None`: no file, e.g.
+/// in-memory).
+fn reopen_if_deleted(
+    connection: &mut Connection,
+    path: &Path,
+    opened: &std::sync::Mutex<Option<(u64, u64)>>,
+    busy_timeout: Duration,
+    zone: LegacyZone,
+) -> Result<(), StoreError> {
+    let mut opened = opened
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if opened.is_none() || file_identity(path) == *opened {
+        return Ok(());
+    }
+    tracing::error!(
+        path = %path.display(),
+        "the usage database file was deleted or replaced while open; opening it again"
+    );
+    let mut fresh = Connection::open(path).map_err(sqlite_error)?;
+    configure(&fresh, busy_timeout).map_err(sqlite_error)?;
+    migrate::run(&mut fresh, zone)?;
+    *connection = fresh;
+    *opened = file_identity(path);
     Ok(())
 }
 
@@ -115,13 +165,17 @@ impl SqliteStore {
                     })?;
                 }
             }
-            let connection = Connection::open(&open_path).map_err(sqlite_error)?;
-            configure(&connection, busy_timeout).map_err(sqlite_error)?;
+            // Name the file: "unable to open database file" alone does not say which one.
+            let in_file =
+                |error| sqlite_error(error).context(format_args!("{}", open_path.display()));
+            let connection = Connection::open(&open_path).map_err(in_file)?;
+            configure(&connection, busy_timeout).map_err(in_file)?;
             Ok::<_, StoreError>(connection)
         })
         .await
         .map_err(|e| StoreError::unavailable("sqlite open task failed", e))??;
 
+        let opened = file_identity(&path);
         let (sender, receiver) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("ccf-sqlite-writer".into())
@@ -153,6 +207,8 @@ impl SqliteStore {
             writer: sender,
             readers,
             legacy_zone: options.legacy_zone,
+            busy_timeout,
+            opened: std::sync::Arc::new(std::sync::Mutex::new(opened)),
         })
     }
 
@@ -241,8 +297,14 @@ impl UsageStore for SqliteStore {
         }
         let batch = batch.to_vec();
         let zone = self.legacy_zone;
-        self.on_writer(move |connection| write::write_batch(connection, &batch, zone))
-            .await
+        let path = self.path.clone();
+        let busy_timeout = self.busy_timeout;
+        let opened = std::sync::Arc::clone(&self.opened);
+        self.on_writer(move |connection| {
+            reopen_if_deleted(connection, &path, &opened, busy_timeout, zone)?;
+            write::write_batch(connection, &batch, zone)
+        })
+        .await
     }
 
     async fn list_requests(&self, query: &RequestQuery) -> Result<Page<RequestRow>, StoreError> {

@@ -85,6 +85,20 @@ impl StoreError {
         )
     }
 
+    /// Prefixes the message with where it happened (e.g. the database file), keeping the kind,
+    /// so an operator reading "unable to open database file" also learns which file.
+    pub fn context(mut self, context: impl std::fmt::Display) -> Self {
+        match &mut self {
+            StoreError::Unavailable { message, .. }
+            | StoreError::Locked { message, .. }
+            | StoreError::ReadOnly { message, .. }
+            | StoreError::Database { message, .. } => *message = format!("{context}: {message}"),
+            StoreError::InvalidInput(message) => *message = format!("{context}: {message}"),
+            StoreError::Migration { .. } | StoreError::Sink(_) | StoreError::Closed => {}
+        }
+        self
+    }
+
     /// Builds [`StoreError::Unavailable`].
     pub fn unavailable(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         StoreError::Unavailable {

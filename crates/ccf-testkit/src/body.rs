@@ -91,6 +91,8 @@ pub(crate) struct MockBody {
     aborted: bool,
     status: u16,
     tracker: Option<Tracker>,
+    /// Counts the bytes handed to hyper ([`crate::MockUpstream::body_bytes_sent`]).
+    shared: Arc<Shared>,
 }
 
 impl MockBody {
@@ -101,6 +103,7 @@ impl MockBody {
         delay: Option<Duration>,
         status: u16,
         tracker: Option<Tracker>,
+        shared: Arc<Shared>,
     ) -> MockBody {
         let stop_at = match end {
             End::Complete => frames.len(),
@@ -120,6 +123,7 @@ impl MockBody {
             aborted: false,
             status,
             tracker,
+            shared,
         }
     }
 
@@ -182,6 +186,7 @@ impl Body for MockBody {
         }
         let frame = this.frames[this.sent].clone();
         this.sent += 1;
+        this.shared.add_body_bytes(frame.len());
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 

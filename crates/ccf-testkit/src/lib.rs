@@ -7,7 +7,9 @@
 //! any other cc-forwarder crate, so every crate can use it as a dev-dependency without cycles.
 //!
 //! Main types: [`MockUpstream`] (the server handle), [`Reply`] (what to answer),
-//! [`RecordedRequest`] (what arrived and what was sent back), [`ReplyOutcome`].
+//! [`RecordedRequest`] (what arrived and what was sent back), [`ReplyOutcome`]; for faults
+//! below HTTP (a lying `content-length`, a reset mid-body) [`RawUpstream`] writes scripted
+//! bytes ([`RawReply`]).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -23,9 +25,11 @@
 //! ```
 
 mod body;
+mod raw;
 mod render;
 mod reply;
 mod server;
 
+pub use raw::{RawEnd, RawReply, RawRequest, RawUpstream};
 pub use reply::{MockUsage, Reply, ReplyOutcome, DEFAULT_MODEL};
 pub use server::{MockConfig, MockUpstream, RecordedRequest};

@@ -225,6 +225,13 @@ impl Reply {
         Reply::of(Kind::RawSse(chunks.into_iter().map(Into::into).collect()))
     }
 
+    /// Send `count` copies of `event` as `text/event-stream`, one frame each: a large stream
+    /// made cheaply (every frame shares one buffer), for backpressure tests with
+    /// [`MockUpstream::body_bytes_sent`](crate::MockUpstream::body_bytes_sent).
+    pub fn bulk_sse(event: impl Into<Bytes>, count: usize) -> Reply {
+        Reply::of(Kind::RawSse(vec![event.into(); count]))
+    }
+
     /// The model named in the reply (default: the request body's `model`, else
     /// [`DEFAULT_MODEL`]).
     pub fn model(mut self, model: impl Into<String>) -> Reply {

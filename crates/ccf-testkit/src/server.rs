@@ -117,6 +117,8 @@ pub(crate) struct Shared {
     /// Bumped on every new record and every finished reply.
     changed: watch::Sender<()>,
     connections: AtomicU64,
+    /// Response body bytes handed to hyper, over every reply.
+    body_bytes_sent: AtomicU64,
     shutting_down: AtomicBool,
     shutdown: Notify,
 }
@@ -136,6 +138,12 @@ struct State {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts response body bytes handed to hyper.
+    pub(crate) fn add_body_bytes(&self, bytes: usize) {
+        self.body_bytes_sent
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -312,6 +320,7 @@ impl MockUpstream {
             }),
             changed,
             connections: AtomicU64::new(0),
+            body_bytes_sent: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
         });
@@ -392,6 +401,16 @@ impl MockUpstream {
     /// How many connections were accepted.
     pub fn connection_count(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Response body bytes handed to the connection so far, over every reply (probes included).
+    ///
+    /// hyper asks a body for its next frame only once it could write the previous ones, so
+    /// with a large reply ([`Reply::bulk_sse`](crate::Reply::bulk_sse)) this shows how far a
+    /// slow reader downstream let the mock get: backpressure tests compare it with what the
+    /// client read.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.shared.body_bytes_sent.load(Ordering::Relaxed)
     }
 
     /// Wait until at least `count` requests were received or `timeout` passed; returns every
@@ -536,6 +555,7 @@ async fn answer(
                 None,
                 400,
                 None,
+                Arc::clone(&shared),
             ));
             *response.status_mut() = StatusCode::BAD_REQUEST;
             return Ok(response);
@@ -579,6 +599,7 @@ async fn answer(
         reply.chunk_delay,
         status.as_u16(),
         tracker,
+        Arc::clone(&shared),
     );
     let mut response = Response::new(body);
     *response.status_mut() = status;

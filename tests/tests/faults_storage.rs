@@ -1,0 +1,324 @@
+//! Fault injection, storage side: the usage database deleted while running, made read-only
+//! under the forwarder, and MariaDB "restarted" (every connection dropped, the port refusing,
+//! then back). Clients must never notice; no outcome may be lost; `/health/usage-tracker` must
+//! say what is going on. (A locked SQLite database is covered by `usage_storage.rs`.)
+
+mod faults_common;
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccf_store::{status, UsageStore};
+use ccf_testkit::MockUpstream;
+use faults_common::{assert_completed_with_mock_usage, message, request_id, Rig};
+use support::{endpoint_yaml, messages_sent, WAIT};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Sends `count` normal requests; every client gets its 200; returns the request ids.
+async fn traffic(rig: &Rig, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for index in 0..count {
+        let answer = rig.forwarder.messages(message(index % 2 == 1), &[]).await;
+        assert_eq!(answer.status, 200, "clients never notice the database");
+        ids.push(request_id(&answer));
+    }
+    ids
+}
+
+/// Polls `/health/usage-tracker` until `wanted` holds for (status code, JSON).
+async fn wait_for_usage_health(
+    rig: &Rig,
+    what: &str,
+    wanted: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        let (code, json) = rig.usage_health().await;
+        if wanted(code, &json) {
+            return json;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "usage tracker never {what}: {code} {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn unhealthy_with_backlog(code: u16, json: &serde_json::Value) -> bool {
+    code == 503 && json["status"] == "unhealthy" && json["backlog"].as_u64().unwrap_or(0) >= 1
+}
+
+fn healthy_and_drained(code: u16, json: &serde_json::Value) -> bool {
+    code == 200 && json["status"] == "healthy" && json["backlog"] == 0
+}
+
+/// Opens the SQLite file at `path` afresh (not through the app's connections).
+async fn open_sqlite(path: &Path) -> Arc<dyn UsageStore> {
+    Arc::new(
+        ccf_store_sqlite::SqliteStore::open(path, ccf_store_sqlite::SqliteOptions::default())
+            .await
+            .expect("open the database file"),
+    )
+}
+
+#[tokio::test]
+async fn a_database_deleted_while_running_is_recreated_and_no_outcome_is_lost() {
+    let upstream = MockUpstream::start().await;
+    let rig = Rig::in_front_of(&upstream.url(), "", "").await;
+    rig.serves_normally().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = rig.db_path.clone().into_os_string();
+        name.push(suffix);
+        match std::fs::remove_file(&name) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => panic!("remove {name:?}: {error}"),
+        }
+    }
+    let ids = traffic(&rig, 3).await;
+    assert_eq!(messages_sent(&upstream), 4);
+    // The outcomes after the deletion end up in a database at the configured path, read
+    // through a connection of its own.
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        let mut found = 0;
+        if rig.db_path.exists() {
+            let store = open_sqlite(&rig.db_path).await;
+            for id in &ids {
+                if let Ok(Some(row)) = store.get_request(id).await {
+                    if status::is_terminal(&row.record.status) {
+                        assert_completed_with_mock_usage(&row);
+                        found += 1;
+                    }
+                }
+            }
+        }
+        if found == ids.len() {
+            break;
+        }
+        let (code, health) = rig.usage_health().await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outcomes written after the deletion are lost: {found} of {} in {} (health {code} {health})",
+            ids.len(),
+            rig.db_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_usage_health(&rig, "healthy", healthy_and_drained).await;
+    // Still serving, still recording.
+    let answer = rig.forwarder.messages(message(false), &[]).await;
+    assert_eq!(answer.status, 200);
+    let id = request_id(&answer);
+    let store = open_sqlite(&rig.db_path).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(row)) = store.get_request(&id).await {
+            if status::is_terminal(&row.record.status) {
+                assert_completed_with_mock_usage(&row);
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id} never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A folder that can be made read-only: a tmpfs remounted read-only where mounting is allowed
+/// (root with `CAP_SYS_ADMIN`), else file modes (which stop only a non-root user). Linux refuses
+/// to remount a filesystem read-only while a file on it is open for writing, so the forwarder is
+/// stopped before and started on the read-only database.
+enum ReadOnlyFolder {
+    Mounted(std::path::PathBuf),
+    Modes(std::path::PathBuf),
+}
+
+impl ReadOnlyFolder {
+    fn new(path: &Path) -> Option<ReadOnlyFolder> {
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "ccf-faults"])
+            .arg(path)
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if mounted {
+            return Some(ReadOnlyFolder::Mounted(path.to_path_buf()));
+        }
+        // File modes do not stop root.
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|output| output.stdout.starts_with(b"0"));
+        (!root).then(|| ReadOnlyFolder::Modes(path.to_path_buf()))
+    }
+
+    fn set_read_only(&self, read_only: bool) {
+        match self {
+            ReadOnlyFolder::Mounted(path) => {
+                let mode = if read_only {
+                    "remount,ro"
+                } else {
+                    "remount,rw"
+                };
+                let output = Command::new("mount")
+                    .args(["-o", mode])
+                    .arg(path)
+                    .output()
+                    .expect("mount");
+                assert!(
+                    output.status.success(),
+                    "{mode}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            ReadOnlyFolder::Modes(path) => {
+                use std::os::unix::fs::PermissionsExt;
+                let (file, folder) = if read_only {
+                    (0o444, 0o555)
+                } else {
+                    (0o644, 0o755)
+                };
+                for entry in std::fs::read_dir(path).expect("list").flatten() {
+                    std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(file))
+                        .expect("chmod");
+                }
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(folder))
+                    .expect("chmod");
+            }
+        }
+    }
+}
+
+impl Drop for ReadOnlyFolder {
+    fn drop(&mut self) {
+        match self {
+            ReadOnlyFolder::Mounted(path) => {
+                let _ = Command::new("umount").arg("-l").arg(&*path).output();
+            }
+            ReadOnlyFolder::Modes(_) => self.set_read_only(false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_database_is_refused_at_start_with_a_clear_error_and_no_row_is_lost() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let Some(read_only) = ReadOnlyFolder::new(folder.path()) else {
+        eprintln!("skipped: root without CAP_SYS_ADMIN cannot make a folder read-only");
+        return;
+    };
+    let upstream = MockUpstream::start().await;
+    let db_path = folder.path().join("usage.db");
+    let database = format!("  database_path: {}\n", db_path.display());
+    let endpoints = [endpoint_yaml("mock", &upstream.url(), "")];
+    let mut rig = Rig::start_with_database("", &database, &endpoints).await;
+    rig.db_path = db_path.clone();
+    let before = rig.serves_normally().await;
+    rig.forwarder.stop().await;
+
+    read_only.set_read_only(true);
+    let refused = ccf_app::App::bind(faults_common::rig_config("", &database, &endpoints)).await;
+    let error = match refused {
+        Ok(_) => panic!("a forwarder must not start on a database it cannot write"),
+        Err(error) => {
+            let mut chain = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                chain.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            chain
+        }
+    };
+    eprintln!("read-only database: {error}");
+    // The chain says which store and why (it does not name the file yet: see docs/operations.md).
+    assert!(
+        error.starts_with("usage store: usage database unavailable")
+            && error.contains("unable to open database file"),
+        "the error says what is wrong: {error}"
+    );
+    assert_eq!(messages_sent(&upstream), 1, "nothing was forwarded");
+
+    // Writable again: it starts, the earlier row is intact, and it records again.
+    read_only.set_read_only(false);
+    let mut rig = Rig::start_with_database("", &database, &endpoints).await;
+    rig.db_path = db_path;
+    let kept = rig.row(&before.record.request_id).await;
+    assert_completed_with_mock_usage(&kept);
+    rig.serves_normally().await;
+    assert_eq!(rig.final_rows(2).await.len(), 2);
+    rig.forwarder.stop().await;
+    drop(read_only);
+}
+
+/// A TCP proxy in front of MariaDB: stopping it drops every connection and refuses new ones,
+/// which is what a database restart looks like to the forwarder.
+struct TcpProxy {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    async fn start(on: SocketAddr, target: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind(on).await.expect("proxy binds");
+        let addr = listener.local_addr().expect("proxy address");
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, task }
+    }
+
+    /// Drops the listener and every proxied connection.
+    async fn stop(self) -> SocketAddr {
+        self.task.abort();
+        let _ = self.task.await;
+        self.addr
+    }
+}
+
+#[tokio::test]
+async fn a_mariadb_restart_loses_no_outcome() {
+    let upstream = MockUpstream::start().await;
+    let mariadb: SocketAddr = "127.0.0.1:3306".parse().expect("address");
+    let proxy = TcpProxy::start("127.0.0.1:0".parse().expect("address"), mariadb).await;
+    let database = format!(
+        "  database:\n    type: mysql\n    host: 127.0.0.1\n    port: {}\n    database: test\n    username: root\n    password: \"\"\n",
+        proxy.addr.port()
+    );
+    let rig =
+        Rig::start_with_database("", &database, &[endpoint_yaml("mock", &upstream.url(), "")])
+            .await;
+    rig.serves_normally().await;
+
+    // "Restart": every connection dropped, the port refusing.
+    let address = proxy.stop().await;
+    let ids = traffic(&rig, 3).await;
+    let health = wait_for_usage_health(&rig, "unhealthy", unhealthy_with_backlog).await;
+    assert!(health["last_error"].is_string(), "{health}");
+
+    // Back on the same port: the backlog drains and every outcome is there.
+    let proxy = TcpProxy::start(address, mariadb).await;
+    wait_for_usage_health(&rig, "healthy", healthy_and_drained).await;
+    for id in &ids {
+        assert_completed_with_mock_usage(&rig.row(id).await);
+    }
+    assert_eq!(messages_sent(&upstream), 4);
+    rig.serves_normally().await;
+    rig.forwarder.stop().await;
+    proxy.stop().await;
+}
