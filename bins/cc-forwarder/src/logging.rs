@@ -25,10 +25,13 @@ use tracing::Subscriber;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Layered, SubscriberExt};
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+
+/// The level filter, replaceable at run time (configuration reload).
+type ReloadableFilter = reload::Layer<EnvFilter, Registry>;
 
 /// The subscriber's base: the registry under the level filter.
-type Base = Layered<EnvFilter, Registry>;
+type Base = Layered<ReloadableFilter, Registry>;
 
 /// An output layer over [`Base`].
 type OutputLayer = Box<dyn Layer<Base> + Send + Sync>;
@@ -42,6 +45,22 @@ const NOISY_DEPENDENCIES: &[&str] = &["h2", "hyper", "hyper_util", "rustls", "to
 #[derive(Debug, Default)]
 pub struct LogGuard {
     _file_worker: Option<WorkerGuard>,
+    /// Replaces the level filter; `None` when `CCF_LOG`/`RUST_LOG` chose it (they win).
+    level: Option<reload::Handle<EnvFilter, Registry>>,
+}
+
+impl LogGuard {
+    /// Applies a reloaded `logging.level`, unless `CCF_LOG` or `RUST_LOG` set the filter.
+    pub fn level_setter(&self) -> impl Fn(LogLevel) + Send + Sync + 'static {
+        let handle = self.level.clone();
+        move |level| {
+            if let Some(handle) = &handle {
+                if let Err(error) = handle.reload(level_filter(level)) {
+                    tracing::warn!("cannot change the log level: {error}");
+                }
+            }
+        }
+    }
 }
 
 /// Builds the subscriber from `config`, filtering with `CCF_LOG`/`RUST_LOG` when set, and installs
@@ -50,6 +69,11 @@ pub struct LogGuard {
 pub fn init(config: &LoggingConfig, tui: Option<LogBuffer>) -> Result<LogGuard> {
     let ccf_log = std::env::var("CCF_LOG").ok();
     let rust_log = std::env::var("RUST_LOG").ok();
+    let from_env = [&ccf_log, &rust_log].iter().any(|value| {
+        value
+            .as_deref()
+            .is_some_and(|value| !value.trim().is_empty())
+    });
     let filter = match env_filter(config.level, ccf_log.as_deref(), rust_log.as_deref()) {
         Ok(filter) => filter,
         Err(message) => {
@@ -58,7 +82,7 @@ pub fn init(config: &LoggingConfig, tui: Option<LogBuffer>) -> Result<LogGuard> 
             level_filter(config.level)
         }
     };
-    let guard = match tui {
+    let mut guard = match tui {
         // The terminal UI's log panel instead of stderr (no colour codes in the panel).
         Some(logs) => {
             let (subscriber, guard) = build_subscriber(config, filter, TuiConsole { logs }, false)?;
@@ -74,6 +98,9 @@ pub fn init(config: &LoggingConfig, tui: Option<LogBuffer>) -> Result<LogGuard> 
             guard
         }
     };
+    if from_env {
+        guard.level = None;
+    }
     Ok(guard)
 }
 
@@ -210,6 +237,8 @@ where
         layers.push(output_layer(config.format, writer, false));
         guard._file_worker = Some(worker);
     }
+    let (filter, handle) = reload::Layer::new(filter);
+    guard.level = Some(handle);
     let subscriber = tracing_subscriber::registry().with(filter).with(layers);
     Ok((subscriber, guard))
 }

@@ -48,7 +48,7 @@ fn labels(shared: &Shared, samples: &[MinuteSample]) -> Vec<String> {
         .iter()
         .map(|sample| {
             views::local_time(
-                config,
+                &config,
                 UNIX_EPOCH + Duration::from_secs(sample.timestamp),
                 "%H:%M",
             )

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ccf_config::Endpoint;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -22,29 +23,30 @@ impl HealthMonitor {
     /// calls that both miss the cache each probe; the later result wins the cache.
     pub async fn fast_test(&self, endpoints: &[String]) -> Vec<(String, Duration)> {
         let shared = &self.shared;
-        let Some(settings) = shared.settings.fast_test.clone() else {
+        let topology = shared.topology();
+        let Some(settings) = topology.settings.fast_test.clone() else {
             return Vec::new();
         };
-        let mut indices: Vec<usize> = Vec::with_capacity(endpoints.len());
+        let mut tested: Vec<Endpoint> = Vec::with_capacity(endpoints.len());
         for name in endpoints {
-            if let Some(index) = shared.index_of(name) {
-                if !indices.contains(&index) {
-                    indices.push(index);
+            if let Some(endpoint) = topology.endpoint(name) {
+                if !tested.iter().any(|seen| seen.name == endpoint.name) {
+                    tested.push(endpoint.clone());
                 }
             }
         }
-        if indices.is_empty() {
+        if tested.is_empty() {
             return Vec::new();
         }
 
         let cached: Option<Vec<Option<Duration>>> = {
             let cache = lock(&shared.fast_cache);
             let now = Instant::now();
-            indices
+            tested
                 .iter()
-                .map(|index| {
+                .map(|endpoint| {
                     cache
-                        .get(index)
+                        .get(&endpoint.name)
                         .filter(|entry| now.duration_since(entry.tested_at) < settings.cache_ttl)
                         .map(|entry| entry.latency)
                 })
@@ -56,16 +58,17 @@ impl HealthMonitor {
             None => {
                 let tested_at = Instant::now();
                 let mut probes = JoinSet::new();
-                for (position, &index) in indices.iter().enumerate() {
-                    let shared = shared.clone();
+                for (position, endpoint) in tested.iter().enumerate() {
+                    let topology = topology.clone();
+                    let endpoint = endpoint.clone();
                     let path = settings.path.clone();
                     let timeout = settings.timeout;
                     probes.spawn(async move {
-                        let outcome = shared.run_probe(index, &path, timeout).await;
+                        let outcome = topology.run_probe(&endpoint, &path, timeout).await;
                         (position, outcome)
                     });
                 }
-                let mut latencies = vec![None; indices.len()];
+                let mut latencies = vec![None; tested.len()];
                 while let Some(joined) = probes.join_next().await {
                     // A panicked probe counts as failed.
                     if let Ok((position, outcome)) = joined {
@@ -75,20 +78,17 @@ impl HealthMonitor {
                     }
                 }
                 let mut cache = lock(&shared.fast_cache);
-                for (&index, &latency) in indices.iter().zip(&latencies) {
-                    cache.insert(index, FastEntry { tested_at, latency });
+                for (endpoint, &latency) in tested.iter().zip(&latencies) {
+                    cache.insert(endpoint.name.clone(), FastEntry { tested_at, latency });
                 }
                 latencies
             }
         };
 
-        let mut reachable: Vec<(String, Duration)> = indices
+        let mut reachable: Vec<(String, Duration)> = tested
             .iter()
             .zip(latencies)
-            .filter_map(|(&index, latency)| {
-                let endpoint = shared.endpoints.get(index)?;
-                Some((endpoint.name.clone(), latency?))
-            })
+            .filter_map(|(endpoint, latency)| Some((endpoint.name.clone(), latency?)))
             .collect();
         // Stable: equal latencies keep the requested order.
         reachable.sort_by_key(|(_, latency)| *latency);

@@ -19,9 +19,8 @@ use tokio::time::Instant;
 /// The shared suspension state of one forwarder.
 #[derive(Debug)]
 pub struct Suspension {
-    enabled: bool,
-    timeout: Duration,
-    capacity: usize,
+    /// `request_suspend.*`, replaced by a configuration reload; held requests keep their slots.
+    settings: Mutex<SuspendSettings>,
     held: AtomicUsize,
     since: Mutex<HashMap<RequestId, Instant>>,
     generation: watch::Sender<u64>,
@@ -53,22 +52,48 @@ impl Drop for HoldPermit {
     }
 }
 
+/// `request_suspend.*` as the engine uses it.
+#[derive(Debug, Clone, Copy)]
+struct SuspendSettings {
+    enabled: bool,
+    timeout: Duration,
+    capacity: usize,
+}
+
 impl Suspension {
     /// Suspension as configured; `enabled: false` never holds anything.
     pub fn new(enabled: bool, timeout: Duration, capacity: usize) -> Self {
         Suspension {
-            enabled,
-            timeout,
-            capacity,
+            settings: Mutex::new(SuspendSettings {
+                enabled,
+                timeout,
+                capacity,
+            }),
             held: AtomicUsize::new(0),
             since: Mutex::new(HashMap::new()),
             generation: watch::Sender::new(0),
         }
     }
 
+    fn settings(&self) -> SuspendSettings {
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hot reload: new settings for the next holds and waits. Requests already held keep their
+    /// slots (a lower cap only refuses new ones) and wake up to route again under the new
+    /// configuration; their deadline is computed from the new timeout.
+    pub fn reconfigure(&self, enabled: bool, timeout: Duration, capacity: usize) {
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner) = SuspendSettings {
+            enabled,
+            timeout,
+            capacity,
+        };
+        self.wake();
+    }
+
     /// The longest time a request is held.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.settings().timeout
     }
 
     /// Requests held now.
@@ -91,12 +116,13 @@ impl Suspension {
 
     /// Takes a slot, or `None` when suspension is off or the cap is reached.
     pub fn try_hold(self: &Arc<Self>, request_id: RequestId) -> Option<HoldPermit> {
-        if !self.enabled {
+        let settings = self.settings();
+        if !settings.enabled {
             return None;
         }
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held < self.capacity).then_some(held + 1)
+                (held < settings.capacity).then_some(held + 1)
             })
             .ok()?;
         let since = Instant::now();
@@ -166,6 +192,22 @@ mod tests {
         }
         assert_eq!(permits.len(), 5);
         assert_eq!(suspension.held(), 5);
+    }
+
+    #[tokio::test]
+    async fn reconfigure_changes_the_cap_and_wakes_held_requests() {
+        let suspension = Arc::new(Suspension::new(true, Duration::from_secs(1), 1));
+        let receiver = suspension.subscribe();
+        let _held = suspension
+            .try_hold(RequestId::from_u64(1))
+            .expect("a free slot");
+        assert!(suspension.try_hold(RequestId::from_u64(2)).is_none());
+        suspension.reconfigure(true, Duration::from_secs(5), 2);
+        assert!(receiver.has_changed().expect("sender alive"));
+        assert_eq!(suspension.timeout(), Duration::from_secs(5));
+        assert!(suspension.try_hold(RequestId::from_u64(2)).is_some());
+        suspension.reconfigure(false, Duration::from_secs(5), 2);
+        assert!(suspension.try_hold(RequestId::from_u64(3)).is_none());
     }
 
     #[tokio::test]

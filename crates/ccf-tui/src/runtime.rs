@@ -63,7 +63,7 @@ pub async fn run(
     info: AppInfo,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, TuiError> {
-    let config = std::sync::Arc::new(forwarder.config().clone());
+    let config = forwarder.config();
     let interval = config
         .tui
         .update_interval

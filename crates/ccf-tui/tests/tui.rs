@@ -95,7 +95,7 @@ impl Fixture {
     fn app(&self) -> App {
         let now = Instant::now();
         let mut app = App::new(
-            Arc::new(self.forwarder.config().clone()),
+            self.forwarder.config(),
             AppInfo {
                 base_url: "http://127.0.0.1:8087".to_string(),
                 version: "0.1.0".to_string(),
