@@ -23,8 +23,9 @@
 //! - A group is *available* when it is neither paused nor in cooldown.
 //! - Inside the active group, rate-limited endpoints are left out; healthy endpoints come first
 //!   in strategy order (`priority`: effective priority, then configuration index; `fastest`:
-//!   latency score, unmeasured endpoints last by priority), and when none is healthy every
-//!   unblocked endpoint is tried anyway, marked unhealthy.
+//!   latency score, unmeasured endpoints last by priority; endpoints demoted for a low honesty
+//!   score, see [`honesty`], after all others), and when none is healthy every unblocked
+//!   endpoint is tried anyway, marked unhealthy.
 //! - Auto mode: the active group is the operator-pinned group while it is available and has an
 //!   unblocked endpoint, else the lowest-priority available group with a healthy unblocked
 //!   endpoint, else the lowest-priority available group with an unblocked endpoint, else none.
@@ -43,8 +44,23 @@ use std::time::{Duration, Instant};
 use ccf_config::{Config, Endpoint, StrategyType};
 use serde::Serialize;
 
+mod affinity;
+pub mod honesty;
+mod quota;
+#[cfg(test)]
+mod reconfigure_tests;
 #[cfg(test)]
 mod tests;
+
+pub use affinity::{
+    AffinityMove, AffinitySettings, AffinityTable, AffinityTotals, AffinityView, CacheTokens,
+    EndpointCacheView, HeldTokens, SessionDecision, SessionKey, SessionRequest, SessionSource,
+    SessionView, TurnTokens, DEFAULT_AFFINITY_CAPACITY, DEFAULT_AFFINITY_TTL, LONG_AFFINITY_TTL,
+};
+pub use quota::{
+    DimensionView, DrainReason, EndpointQuotaView, QuotaBook, QuotaDimension, QuotaObservation,
+    QuotaReading,
+};
 
 /// Weight of a new sample in the latency moving average.
 const LATENCY_EWMA_ALPHA: f64 = 0.3;
@@ -196,6 +212,8 @@ pub struct EndpointView {
     pub blocked_until: Option<Instant>,
     /// What the health snapshot says.
     pub healthy: bool,
+    /// Demoted for a low honesty score: tried after the other endpoints of its group.
+    pub demoted: bool,
 }
 
 /// A change in routing state, returned by the method that made it.
@@ -261,6 +279,13 @@ pub enum RouterEvent {
         /// End of the block.
         #[serde(skip)]
         until: Instant,
+    },
+    /// An endpoint was demoted for a low honesty score (`demoted: true`) or restored.
+    EndpointDemoted {
+        /// The endpoint.
+        endpoint: String,
+        /// Demoted now; `false` when restored.
+        demoted: bool,
     },
 }
 
@@ -385,6 +410,9 @@ struct EndpointState {
     latency_ewma: Option<f64>,
     probe_latency: Option<Duration>,
     blocked_until: Option<Instant>,
+    /// Demoted for a low honesty score ([`honesty`]); the configured and overridden priorities
+    /// are kept.
+    demoted: bool,
 }
 
 impl EndpointState {
@@ -431,6 +459,10 @@ pub struct Router {
     forced: Option<usize>,
     /// The active group found by the previous evaluation.
     last_active: Option<usize>,
+    /// Session bindings and cache statistics (`affinity.rs`).
+    affinity: AffinityTable,
+    /// Per-endpoint rate-limit readings and predictions (`quota.rs`).
+    quota: QuotaBook,
 }
 
 impl Router {
@@ -478,6 +510,7 @@ impl Router {
                 latency_ewma: None,
                 probe_latency: None,
                 blocked_until: None,
+                demoted: false,
             });
         }
 
@@ -490,12 +523,141 @@ impl Router {
             manual_started: false,
             forced: None,
             last_active: None,
+            affinity: AffinityTable::default(),
+            quota: QuotaBook::default(),
         }
     }
 
     /// A router over the configuration's endpoints with its settings.
     pub fn from_config(config: &Config) -> Router {
-        Router::new(&config.endpoints, RouterSettings::from_config(config))
+        let mut router = Router::new(&config.endpoints, RouterSettings::from_config(config));
+        router.set_affinity_settings(AffinitySettings::from_config(config));
+        router
+    }
+
+    /// Hot reload: routes over a new endpoint list with new settings, keeping the live state
+    /// of whatever the new configuration still names.
+    ///
+    /// State is matched by name. A group that stays keeps its pause, cooldown and
+    /// needs-attention mark and, in auto mode, the operator's pin; in manual mode the operator's
+    /// (or the startup) choice stays active while the group exists, and a new startup choice is
+    /// made when it was removed. Its priority comes from the new configuration. An endpoint
+    /// that stays keeps its latency measurements, rate-limit block and every other mark; the
+    /// endpoints for which `reset` answers `true` (their URL or credentials changed) start over
+    /// unmeasured and unblocked. Priorities: an operator's priority edit (`set_priority`,
+    /// `prefer_endpoint`) survives unless the new configuration changes that endpoint's
+    /// priority, in which case the file wins. Removed groups and endpoints are forgotten.
+    ///
+    /// Returns the events of the change: `PriorityChanged` for every kept endpoint whose
+    /// effective priority changed, and those of an evaluation at `now` (a new active group).
+    pub fn reconfigure(
+        &mut self,
+        endpoints: &[Endpoint],
+        settings: RouterSettings,
+        reset: &dyn Fn(&str) -> bool,
+        healthy: &dyn Fn(&str) -> bool,
+        now: Instant,
+    ) -> Vec<RouterEvent> {
+        let mut next = Router::new(endpoints, settings);
+        let mut events = Vec::new();
+        for group in &mut next.groups {
+            if let Some(old) = self.groups.iter().find(|old| old.name == group.name) {
+                let mut kept = old.clone();
+                kept.priority = group.priority;
+                kept.members = std::mem::take(&mut group.members);
+                *group = kept;
+            }
+        }
+        for state in &mut next.endpoints {
+            let Some(old) = self.endpoints.iter().find(|old| old.name == state.name) else {
+                continue;
+            };
+            let old_priority = old.priority();
+            let mut kept = if reset(&state.name) {
+                EndpointState {
+                    priority_override: old.priority_override,
+                    ..state.clone()
+                }
+            } else {
+                EndpointState {
+                    group: state.group,
+                    index: state.index,
+                    config_priority: state.config_priority,
+                    ..old.clone()
+                }
+            };
+            if old.config_priority != state.config_priority {
+                // An explicit change in the file wins over an earlier operator edit.
+                kept.priority_override = None;
+            }
+            if kept.priority() != old_priority {
+                events.push(RouterEvent::PriorityChanged {
+                    endpoint: kept.name.clone(),
+                    priority: kept.priority(),
+                });
+            }
+            *state = kept;
+        }
+        let group_name = |router: &Router, position: Option<usize>| {
+            position.and_then(|position| router.groups.get(position).map(|g| g.name.clone()))
+        };
+        let position_in = |router: &Router, name: Option<String>| {
+            name.and_then(|name| router.groups.iter().position(|g| g.name == name))
+        };
+        let old_active = group_name(self, self.last_active);
+        next.pinned = position_in(&next, group_name(self, self.pinned));
+        next.forced = position_in(&next, group_name(self, self.forced));
+        next.last_active = position_in(&next, group_name(self, self.last_active));
+        if settings.auto_switch == self.settings.auto_switch {
+            next.manual_active = position_in(&next, group_name(self, self.manual_active));
+            next.manual_started = self.manual_started && next.manual_active.is_some();
+        }
+        // Only the topology and its positions are replaced; every other part of the state
+        // (session affinity, quota readings) is keyed by name and stays as it is.
+        self.settings = next.settings;
+        self.endpoints = next.endpoints;
+        self.groups = next.groups;
+        self.pinned = next.pinned;
+        self.manual_active = next.manual_active;
+        self.manual_started = next.manual_started;
+        self.forced = next.forced;
+        self.last_active = next.last_active;
+        self.begin_evaluation(healthy, now, &mut events);
+        self.finish_evaluation(healthy, now, &mut events);
+        if next.last_active.is_none() && old_active.is_some() {
+            // The active group was removed: the change is reported from it, not from no group.
+            match events.iter_mut().find_map(|event| match event {
+                RouterEvent::ActiveGroupChanged { from, .. } if from.is_none() => Some(from),
+                _ => None,
+            }) {
+                Some(from) => *from = old_active,
+                None => events.push(RouterEvent::ActiveGroupChanged {
+                    from: old_active,
+                    to: None,
+                }),
+            }
+        }
+        events
+    }
+
+    /// [`Router::reconfigure`] with the configuration's endpoints and settings (affinity
+    /// settings included).
+    pub fn reconfigure_from_config(
+        &mut self,
+        config: &Config,
+        reset: &dyn Fn(&str) -> bool,
+        healthy: &dyn Fn(&str) -> bool,
+        now: Instant,
+    ) -> Vec<RouterEvent> {
+        let events = self.reconfigure(
+            &config.endpoints,
+            RouterSettings::from_config(config),
+            reset,
+            healthy,
+            now,
+        );
+        self.set_affinity_settings(AffinitySettings::from_config(config));
+        events
     }
 
     /// The settings this router was built with.
@@ -615,6 +777,24 @@ impl Router {
         vec![RouterEvent::EndpointBlocked {
             endpoint: state.name.clone(),
             until,
+        }]
+    }
+
+    /// Demotes `endpoint` (tried after every endpoint of its group that is not demoted,
+    /// whatever the strategy) or restores it; its priority is untouched. Reports a change only.
+    /// An unknown endpoint is ignored.
+    pub fn set_demoted(&mut self, endpoint: &str, demoted: bool) -> Vec<RouterEvent> {
+        let Some(position) = self.endpoint_position(endpoint) else {
+            return Vec::new();
+        };
+        let state = &mut self.endpoints[position];
+        if state.demoted == demoted {
+            return Vec::new();
+        }
+        state.demoted = demoted;
+        vec![RouterEvent::EndpointDemoted {
+            endpoint: state.name.clone(),
+            demoted,
         }]
     }
 
@@ -760,7 +940,8 @@ impl Router {
     }
 
     /// `-p <name>`: the endpoint gets priority 1 and every other endpoint with priority <= 1
-    /// is moved back by 2, so the named one is preferred inside its group.
+    /// is moved back by 2, so the named one is preferred inside its group. Session-affinity
+    /// bindings are released, so conversations already bound elsewhere move too.
     pub fn prefer_endpoint(&mut self, endpoint: &str) -> Result<Vec<RouterEvent>, RouterError> {
         let preferred = self.require_endpoint(endpoint)?;
         let mut events = Vec::new();
@@ -775,6 +956,10 @@ impl Router {
             };
             self.override_priority(position, priority, &mut events);
         }
+        // "Use this endpoint" is an explicit request to move traffic: sessions bound elsewhere
+        // follow it instead of holding their prompt cache (a plain priority edit only steers
+        // new sessions).
+        self.affinity.release_all();
         Ok(events)
     }
 
@@ -840,6 +1025,7 @@ impl Router {
                 score: state.score().and_then(secs_to_duration),
                 blocked_until: state.blocked_until.filter(|until| now < *until),
                 healthy: healthy(&state.name),
+                demoted: state.demoted,
             })
             .collect()
     }
@@ -1011,7 +1197,8 @@ impl Router {
     fn strategy_order(&self, a: usize, b: usize) -> Ordering {
         let (a, b) = (&self.endpoints[a], &self.endpoints[b]);
         let by_priority = a.priority().cmp(&b.priority()).then(a.index.cmp(&b.index));
-        match self.settings.strategy {
+        let by_honesty = a.demoted.cmp(&b.demoted);
+        by_honesty.then(match self.settings.strategy {
             StrategyType::Priority => by_priority,
             StrategyType::Fastest => {
                 let by_score = match (a.score(), b.score()) {
@@ -1022,7 +1209,7 @@ impl Router {
                 };
                 by_score.then(by_priority)
             }
-        }
+        })
     }
 
     // ---- helpers ----

@@ -130,6 +130,9 @@ impl Harness {
             RouterEvent::EndpointBlocked { endpoint, until } => {
                 format!("blocked {endpoint} until {}", self.secs(*until))
             }
+            RouterEvent::EndpointDemoted { endpoint, demoted } => {
+                format!("demoted {endpoint}={demoted}")
+            }
         }
     }
 

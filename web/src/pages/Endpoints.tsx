@@ -5,6 +5,7 @@ import { ms, num, pct, time } from "../format";
 import { useT } from "../i18n";
 import { useInterval, useLoad, useTopic } from "../store";
 import { Badge, Card, Empty } from "./common";
+import { HonestyCard } from "./Honesty";
 
 export function Endpoints() {
   const t = useT();
@@ -134,6 +135,7 @@ export function Endpoints() {
           </div>
         )}
       </Card>
+      <HonestyCard />
     </div>
   );
 }

@@ -1,0 +1,462 @@
+//! Relay honesty on the request path: the per-request [`HonestyProbe`] that watches a relayed
+//! answer, and the engine's [`Honesty`] scoreboard it reports to.
+//!
+//! The probe is made at admission for `POST /v1/messages` when `routing.relay_honesty` is on. It
+//! holds the request's model and a reference to its body (`Bytes`, no copy) and, for a
+//! successful SSE answer, notes per body frame when content deltas arrived: the first and the
+//! last arrival and a count, found by scanning the frame for `"content_block_delta"` (no
+//! allocation, no parsing; compressed streams are not timed). When the answer ended well, the
+//! probe compares what the endpoint reported with what was asked and sent, and the scoreboard
+//! ([`ccf_router::honesty::HonestyBoard`]) folds the verdicts into the endpoint's scores.
+//!
+//! The local token estimate (`ccf_tokens::estimate_input_tokens`, a JSON parse plus one pass over
+//! the text) runs once, when the answer has ended, not before forwarding: it never delays the
+//! upstream request or the first byte, and a request that fails or is cancelled costs nothing.
+//! It runs inside the relay body's end callback, so it can delay the very end of the answer (for a
+//! body of known length, its last frame) by the estimate's time. The price is also that the request
+//! body stays referenced until its answer ends.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use ccf_config::Config;
+use ccf_lifecycle::{models_match, RequestId};
+use ccf_router::honesty::{
+    DemotionChange, EndpointHonesty, HonestyBoard, HonestyCheck, HonestySettings, HonestySignal,
+    SignalVerdict, BURST_MIN_DELTAS, BURST_TIGHT_GAP,
+};
+use ccf_tokens::Extraction;
+use tracing::{info, warn};
+
+use crate::monitoring::Metrics;
+
+/// The path whose answers are checked.
+const MESSAGES_PATH: &str = "/v1/messages";
+
+/// What marks a content delta in an SSE frame: the event's JSON `type`. The `event:` line has no
+/// quotes, and the same word inside generated text is escaped (`\"content_block_delta\"`), so
+/// each delta event matches exactly once.
+const CONTENT_DELTA_MARKER: &[u8] = b"\"content_block_delta\"";
+
+/// The engine's honesty scoreboard.
+pub(crate) struct Honesty {
+    board: Mutex<HonestyBoard>,
+}
+
+impl Honesty {
+    /// A scoreboard for the configuration's endpoints.
+    pub(crate) fn new(config: &Config) -> Self {
+        Honesty {
+            board: Mutex::new(HonestyBoard::new(
+                config
+                    .endpoints
+                    .iter()
+                    .map(|endpoint| endpoint.name.as_str()),
+                HonestySettings::from_config(config),
+            )),
+        }
+    }
+
+    fn board(&self) -> MutexGuard<'_, HonestyBoard> {
+        self.board.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A probe for this request, when its answer is to be checked: `routing.relay_honesty` is on
+    /// and it is a `POST /v1/messages`.
+    pub(crate) fn probe(
+        config: &Config,
+        request_id: RequestId,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        request_model: Option<&str>,
+    ) -> Option<HonestyProbe> {
+        if !config.routing.relay_honesty.0
+            || parts.method != http::Method::POST
+            || parts.uri.path() != MESSAGES_PATH
+        {
+            return None;
+        }
+        Some(HonestyProbe {
+            request_id,
+            request_model: request_model
+                .filter(|model| !model.trim().is_empty())
+                .map(str::to_string),
+            body: body.clone(),
+            estimation_ratio: config.token_counting.estimation_ratio,
+            usage_tolerance: config.routing.usage_tolerance,
+            stream: None,
+        })
+    }
+
+    /// Folds one request's checks into `endpoint`'s scores with the settings of `config` (they
+    /// follow configuration reloads); returns the demotions and restorations to apply.
+    pub(crate) fn record(
+        &self,
+        config: &Config,
+        endpoint: &str,
+        check: HonestyCheck,
+        now: Instant,
+    ) -> Vec<DemotionChange> {
+        let mut board = self.board();
+        let settings = HonestySettings::from_config(config);
+        if *board.settings() != settings {
+            board.set_settings(settings);
+        }
+        board.record(endpoint, check, now)
+    }
+
+    /// Every endpoint's scores at `now`.
+    pub(crate) fn view(&self, now: Instant) -> Vec<EndpointHonesty> {
+        self.board().view(now)
+    }
+
+    /// Whether each endpoint is demoted.
+    pub(crate) fn demotions(&self) -> Vec<(String, bool)> {
+        self.board().demotions()
+    }
+
+    /// Logs the flagged verdicts of `check`, folds it into `endpoint`'s scores, exports the
+    /// scores to `/metrics` and logs the demotions and restorations it caused (the caller applies
+    /// [`Honesty::demotions`] to the router).
+    pub(crate) fn record_check(
+        &self,
+        config: &Config,
+        metrics: &Metrics,
+        endpoint: &str,
+        check: HonestyCheck,
+    ) {
+        for verdict in check.verdicts.iter().filter(|verdict| verdict.flagged) {
+            info!(
+                endpoint,
+                request_id = %check.request_id,
+                signal = verdict.signal.as_str(),
+                asked = %verdict.asked,
+                reported = %verdict.reported,
+                "relay honesty check flagged"
+            );
+        }
+        let now = Instant::now();
+        let changes = self.record(config, endpoint, check, now);
+        if let Some(view) = self
+            .view(now)
+            .into_iter()
+            .find(|view| view.endpoint == endpoint)
+        {
+            metrics.set_honesty_score(endpoint, "overall", view.score);
+            for signal in HonestySignal::ALL {
+                metrics.set_honesty_score(endpoint, signal.as_str(), view.signal(signal).score);
+            }
+        }
+        for change in &changes {
+            if change.demoted {
+                warn!(
+                    endpoint = %change.endpoint,
+                    score = change.score,
+                    "relay honesty score fell below routing.honesty_threshold: endpoint demoted"
+                );
+            } else {
+                info!(
+                    endpoint = %change.endpoint,
+                    score = change.score,
+                    "relay honesty score recovered: endpoint restored"
+                );
+            }
+        }
+    }
+}
+
+/// When a stream's content deltas arrived.
+#[derive(Debug, Clone, Copy, Default)]
+struct DeltaTiming {
+    first: Option<Instant>,
+    last: Option<Instant>,
+    deltas: u32,
+    /// Gaps between consecutive deltas shorter than [`BURST_TIGHT_GAP`] (the deltas of one
+    /// frame arrived together: their gaps are tight).
+    tight_gaps: u32,
+}
+
+/// Watches one request's answer for the honesty checks.
+pub(crate) struct HonestyProbe {
+    request_id: RequestId,
+    request_model: Option<String>,
+    body: Bytes,
+    estimation_ratio: f64,
+    usage_tolerance: f64,
+    /// Set for an uncompressed SSE answer: its deltas are timed.
+    stream: Option<DeltaTiming>,
+}
+
+impl HonestyProbe {
+    /// The answer is about to be relayed: time its content deltas when it is an SSE stream the
+    /// frames of which can be read as they are (no content encoding).
+    pub(crate) fn watch_answer(&mut self, is_event_stream: bool, content_encoding: Option<&str>) {
+        let plain = content_encoding.map(str::trim).is_none_or(|encoding| {
+            encoding.is_empty() || encoding.eq_ignore_ascii_case("identity")
+        });
+        if is_event_stream && plain {
+            self.stream = Some(DeltaTiming::default());
+        }
+    }
+
+    /// One relayed body frame. Allocation-free: a scan for the delta marker and, when found, one
+    /// clock read.
+    pub(crate) fn on_data(&mut self, data: &[u8]) {
+        let Some(timing) = self.stream.as_mut() else {
+            return;
+        };
+        let deltas = count_content_deltas(data);
+        if deltas == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut tight = deltas - 1;
+        if timing
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < BURST_TIGHT_GAP)
+        {
+            tight += 1;
+        }
+        timing.first.get_or_insert(now);
+        timing.last = Some(now);
+        timing.deltas = timing.deltas.saturating_add(deltas);
+        timing.tight_gaps = timing.tight_gaps.saturating_add(tight);
+    }
+
+    /// The answer ended well: compares what the endpoint reported with what was asked and sent.
+    pub(crate) fn finish(self, extraction: &Extraction) -> HonestyCheck {
+        let mut verdicts = Vec::with_capacity(3);
+        if let (Some(requested), Some(responded)) = (
+            self.request_model.as_deref(),
+            extraction
+                .model
+                .as_deref()
+                .filter(|model| !model.is_empty()),
+        ) {
+            verdicts.push(SignalVerdict::model(
+                requested,
+                responded,
+                models_match(requested, responded),
+            ));
+        }
+        if let Some(usage) = extraction.usage.as_ref().filter(|_| !extraction.partial) {
+            if let Ok(estimated) =
+                ccf_tokens::estimate_input_tokens(&self.body, self.estimation_ratio)
+            {
+                let reported = usage
+                    .input_tokens
+                    .saturating_add(usage.cache_read_input_tokens)
+                    .saturating_add(usage.cache_creation_input_tokens);
+                verdicts.push(SignalVerdict::usage(
+                    reported,
+                    estimated,
+                    self.usage_tolerance,
+                ));
+            }
+        }
+        // Too few deltas say nothing about pacing: no verdict rather than a pass.
+        if let Some(DeltaTiming {
+            first: Some(first),
+            last: Some(last),
+            deltas,
+            tight_gaps,
+        }) = self
+            .stream
+            .filter(|timing| timing.deltas >= BURST_MIN_DELTAS)
+        {
+            verdicts.push(SignalVerdict::stream(
+                deltas,
+                tight_gaps,
+                last.saturating_duration_since(first),
+            ));
+        }
+        HonestyCheck {
+            request_id: self.request_id.to_string(),
+            at: SystemTime::now(),
+            verdicts,
+        }
+    }
+}
+
+/// How many content delta events start in `data`.
+fn count_content_deltas(data: &[u8]) -> u32 {
+    let mut count: u32 = 0;
+    let mut rest = data;
+    while let Some(quote) = rest.iter().position(|byte| *byte == b'"') {
+        rest = &rest[quote..];
+        if rest.starts_with(CONTENT_DELTA_MARKER) {
+            count = count.saturating_add(1);
+            rest = &rest[CONTENT_DELTA_MARKER.len()..];
+        } else {
+            rest = &rest[1..];
+        }
+    }
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ccf_types::Usage;
+
+    fn config(yaml_routing: &str) -> Config {
+        let yaml = format!(
+            "{yaml_routing}\nendpoints:\n  - name: relay\n    url: https://relay.invalid\n"
+        );
+        Config::from_yaml_str(&yaml).expect("valid test config")
+    }
+
+    fn parts(method: &str, path: &str) -> http::request::Parts {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .expect("valid request")
+            .into_parts()
+            .0
+    }
+
+    fn body() -> Bytes {
+        Bytes::from_static(
+            br#"{"model":"claude-opus-4-1","messages":[{"role":"user","content":"hello there"}]}"#,
+        )
+    }
+
+    fn probe(config: &Config) -> HonestyProbe {
+        Honesty::probe(
+            config,
+            RequestId::generate(),
+            &parts("POST", "/v1/messages"),
+            &body(),
+            Some("claude-opus-4-1"),
+        )
+        .expect("messages are probed")
+    }
+
+    fn extraction(model: &str, input_tokens: u64) -> Extraction {
+        let mut extraction =
+            ccf_tokens::extract_body(br#"{"type":"message","model":"m","usage":{}}"#);
+        extraction.model = Some(model.to_string());
+        extraction.usage = Some(Usage {
+            input_tokens,
+            output_tokens: 10,
+            ..Usage::default()
+        });
+        extraction.partial = false;
+        extraction
+    }
+
+    #[test]
+    fn counts_each_delta_event_once_and_ignores_the_word_in_text() {
+        let check = |frame: &str, expected: u32| {
+            assert_eq!(count_content_deltas(frame.as_bytes()), expected, "{frame}");
+        };
+        let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+        check(delta, 1);
+        check(&delta.repeat(5), 5);
+        check("event: content_block_delta\n", 0);
+        check(
+            "data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"say \\\"content_block_delta\\\"\"}}\n\n",
+            1,
+        );
+        check("", 0);
+        check("\"", 0);
+        check("event: ping\ndata: {\"type\":\"ping\"}\n\n", 0);
+    }
+
+    #[test]
+    fn only_messages_posts_are_probed_and_only_when_enabled() {
+        let on = config("");
+        let off = config("routing:\n  relay_honesty: off\n");
+        let id = RequestId::generate();
+        let probe_of = |config: &Config, method: &str, path: &str| {
+            Honesty::probe(config, id, &parts(method, path), &body(), Some("m")).is_some()
+        };
+        assert!(probe_of(&on, "POST", "/v1/messages"));
+        assert!(probe_of(&on, "POST", "/v1/messages?beta=true"));
+        assert!(!probe_of(&on, "POST", "/v1/messages/count_tokens"));
+        assert!(!probe_of(&on, "GET", "/v1/models"));
+        assert!(!probe_of(&off, "POST", "/v1/messages"));
+    }
+
+    #[test]
+    fn finish_compares_model_usage_and_stream_pacing() {
+        let config = config("");
+        let mut short = probe(&config);
+        short.watch_answer(true, None);
+        short.on_data(b"data: {\"type\":\"content_block_delta\"}\n\n");
+        let check = short.finish(&extraction("claude-opus-4-1-20250805", 20));
+        let flagged: Vec<bool> = check.verdicts.iter().map(|v| v.flagged).collect();
+        // One delta is too few to judge pacing: no stream verdict at all.
+        assert_eq!(flagged, [false, false], "{:?}", check.verdicts);
+
+        let mut paced = probe(&config);
+        paced.watch_answer(true, None);
+        let start = Instant::now();
+        paced.stream = Some(DeltaTiming {
+            first: Some(start),
+            last: Some(start + std::time::Duration::from_millis(600)),
+            deltas: 20,
+            tight_gaps: 3,
+        });
+        let check = paced.finish(&extraction("claude-opus-4-1", 20));
+        let flagged: Vec<bool> = check.verdicts.iter().map(|v| v.flagged).collect();
+        assert_eq!(flagged, [false, false, false], "{:?}", check.verdicts);
+
+        let mut dishonest = probe(&config);
+        dishonest.watch_answer(true, None);
+        dishonest.on_data(
+            "data: {\"type\":\"content_block_delta\"}\n\n"
+                .repeat(20)
+                .as_bytes(),
+        );
+        let check = dishonest.finish(&extraction("claude-3-haiku-20240307", 50_000));
+        let flagged: Vec<bool> = check.verdicts.iter().map(|v| v.flagged).collect();
+        assert_eq!(flagged, [true, true, true], "{:?}", check.verdicts);
+        assert!(
+            !check.verdicts.iter().any(
+                |verdict| verdict.asked.contains("hello") || verdict.reported.contains("hello")
+            ),
+            "prompt text never appears in a verdict"
+        );
+    }
+
+    #[test]
+    fn compressed_or_json_answers_are_not_timed_and_partial_usage_is_not_judged() {
+        let config = config("");
+        let mut compressed = probe(&config);
+        compressed.watch_answer(true, Some("gzip"));
+        compressed.on_data("\"content_block_delta\"".repeat(20).as_bytes());
+        let mut partial = extraction("claude-opus-4-1", 50_000);
+        partial.partial = true;
+        let check = compressed.finish(&partial);
+        assert_eq!(check.verdicts.len(), 1, "{:?}", check.verdicts);
+
+        let mut json = probe(&config);
+        json.watch_answer(false, None);
+        json.on_data("\"content_block_delta\"".repeat(20).as_bytes());
+        let check = json.finish(&extraction("claude-opus-4-1", 20));
+        assert_eq!(check.verdicts.len(), 2, "{:?}", check.verdicts);
+    }
+
+    #[test]
+    fn the_scoreboard_follows_the_configuration_settings() {
+        let quiet = config("");
+        let demoting = config("routing:\n  demote_dishonest: true\n");
+        let honesty = Honesty::new(&quiet);
+        let now = Instant::now();
+        let flagged = || HonestyCheck {
+            request_id: "req".into(),
+            at: SystemTime::now(),
+            verdicts: vec![SignalVerdict::model("a", "b", false)],
+        };
+        for _ in 0..6 {
+            assert!(honesty.record(&quiet, "relay", flagged(), now).is_empty());
+        }
+        let changes = honesty.record(&demoting, "relay", flagged(), now);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(changes[0].demoted);
+        assert!(honesty.view(now)[0].demoted);
+    }
+}
