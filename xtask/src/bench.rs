@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--quick]`: the forwarder's performance harness (issue 8).
 //!
-//! Builds the release binaries, starts two mock upstreams (record off: one fast, one paced at 64
+//! Builds the forwarder (`dist` profile by default: what ships) and the test kit (`release`),
+//! starts two mock upstreams (record off: one fast, one paced at 64
 //! deltas every 20 ms) and three forwarders (usage tracking on SQLite, usage tracking off, and a
 //! third, usage on, in front of the paced mock), all on loopback. Then, over several rounds and
 //! alternating the order inside each round, it runs `ccf-loadgen` directly against the mock and
@@ -43,6 +44,11 @@ pub struct BenchArgs {
     /// Number of interleaved rounds (default 3, or 2 with --quick).
     #[arg(long)]
     rounds: Option<u32>,
+    /// Cargo profile the forwarder is built with: `dist` (fat LTO, one codegen unit: what
+    /// `cargo xtask dist` ships) or `release` (faster to build). The mock and the load generator
+    /// are always built with `release`.
+    #[arg(long, default_value = "dist")]
+    profile: String,
 }
 
 /// Durations and sizes of one run.
@@ -77,8 +83,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         }
     };
     let started = Instant::now();
-    build(root)?;
+    build(root, &args.profile)?;
     let bin = target_dir(root).join("release");
+    let forwarder_bin = target_dir(root).join(&args.profile).join("cc-forwarder");
     let out_dir = target_dir(root).join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let work = TempDir::new()?;
@@ -120,7 +127,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("writing {}", config.display()))?;
         let mut child = Proc::spawn(
             name,
-            Command::new(bin.join("cc-forwarder"))
+            Command::new(&forwarder_bin)
                 .arg("--config")
                 .arg(&config)
                 .arg("--no-tui")
@@ -242,9 +249,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     fast_mock.stop();
 
     let summary = summarize(&rounds, &many, &idle_rss, &peak_rss);
-    let table = markdown(&summary, &plan, args.quick);
+    let table = markdown(&summary, &plan, args.quick, &args.profile);
     let results = json!({
         "command": if args.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" },
+        "forwarder_profile": args.profile,
         "rounds": plan.rounds,
         "seconds_per_run": plan.seconds,
         "machine": machine(),
@@ -468,7 +476,7 @@ fn summarize(
 }
 
 /// The markdown table.
-fn markdown(s: &Value, plan: &Plan, quick: bool) -> String {
+fn markdown(s: &Value, plan: &Plan, quick: bool, profile: &str) -> String {
     let f = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
     let us = |key: &str| format!("{:.0} µs", f(key));
     let rps = |key: &str| format!("{:.0}/s", f(key));
@@ -477,8 +485,9 @@ fn markdown(s: &Value, plan: &Plan, quick: bool) -> String {
     let cpu = |key: &str| format!("{:.2} s", f(key));
     let mut t = String::new();
     t.push_str(&format!(
-        "`cargo xtask bench{}`: {} interleaved rounds of {} s per run (paced: {} s), medians across rounds.\n\n",
+        "`cargo xtask bench{}{}`: forwarder built with the `{profile}` profile, {} interleaved rounds of {} s per run (paced: {} s), medians across rounds.\n\n",
         if quick { " --quick" } else { "" },
+        if profile == "dist" { String::new() } else { format!(" --profile {profile}") },
         plan.rounds,
         plan.seconds,
         plan.paced_seconds
@@ -628,25 +637,21 @@ fn machine() -> Value {
     })
 }
 
-/// `cargo build --release -p cc-forwarder -p ccf-testkit --bins`.
-fn build(root: &Path) -> Result<()> {
-    let args = [
-        "build",
-        "--release",
-        "-p",
-        "cc-forwarder",
-        "-p",
-        "ccf-testkit",
-        "--bins",
-    ];
-    println!("$ cargo {}", args.join(" "));
-    let status = Command::new(crate::cargo_program())
-        .args(args)
-        .current_dir(root)
-        .status()
-        .context("could not start cargo build")?;
-    if !status.success() {
-        bail!("`cargo {}` failed ({status})", args.join(" "));
+/// `cargo build --profile <profile> -p cc-forwarder`, then
+/// `cargo build --release -p ccf-testkit --bins` (the mock and the load generator).
+fn build(root: &Path, profile: &str) -> Result<()> {
+    let forwarder = ["build", "--profile", profile, "-p", "cc-forwarder"];
+    let testkit = ["build", "--release", "-p", "ccf-testkit", "--bins"];
+    for args in [&forwarder[..], &testkit[..]] {
+        println!("$ cargo {}", args.join(" "));
+        let status = Command::new(crate::cargo_program())
+            .args(args)
+            .current_dir(root)
+            .status()
+            .context("could not start cargo build")?;
+        if !status.success() {
+            bail!("`cargo {}` failed ({status})", args.join(" "));
+        }
     }
     Ok(())
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use ccf_config::{Config, StorageTarget};
 use ccf_lifecycle::{LifecycleEvent, Outcome};
 use ccf_proxy::RequestObserver;
-use ccf_store::{LegacyZone, Pricing, Recorder, RecorderHandle, RecorderSettings, UsageStore};
+use ccf_store::{
+    DeferredRecord, LegacyZone, Pricing, Recorder, RecorderHandle, RecorderSettings, UsageStore,
+};
 use ccf_store_mysql::{MysqlOptions, MysqlStore};
 use ccf_store_sqlite::{SqliteOptions, SqliteStore};
 use tracing::{info, warn};
@@ -117,26 +119,52 @@ pub(crate) async fn retention_loop(
 }
 
 /// Writes every request's changes (coalesced by the recorder) and its final outcome.
+///
+/// The request path only hands the recorder a shared snapshot (the event's record is behind an
+/// `Arc`); the row is built by the writer task, and only for the snapshot that is written.
 pub(crate) struct StoreObserver {
     pub(crate) recorder: RecorderHandle,
     pub(crate) instance_id: String,
 }
 
+/// One request state waiting in the recorder; becomes a row only if it is written.
+struct PendingState {
+    event: LifecycleEvent,
+    instance_id: String,
+}
+
+impl DeferredRecord for PendingState {
+    fn is_final(&self) -> bool {
+        self.event.record().is_final()
+    }
+
+    fn to_record(&self) -> ccf_store::UsageRecord {
+        ccf_admin::usage_record(self.event.record(), Some(&self.instance_id))
+    }
+}
+
+impl StoreObserver {
+    fn hand_over(&self, event: LifecycleEvent) {
+        let request = event.request_id().as_u64();
+        self.recorder.record_deferred(
+            request,
+            Box::new(PendingState {
+                event,
+                instance_id: self.instance_id.clone(),
+            }),
+        );
+    }
+}
+
 impl RequestObserver for StoreObserver {
     fn on_event(&self, event: &LifecycleEvent) {
         if !event.is_final() {
-            self.recorder.record(ccf_admin::usage_record(
-                event.record(),
-                Some(&self.instance_id),
-            ));
+            self.hand_over(event.clone());
         }
     }
 
     fn on_outcome(&self, outcome: &Outcome) {
-        self.recorder.record(ccf_admin::usage_record(
-            outcome.record(),
-            Some(&self.instance_id),
-        ));
+        self.hand_over(outcome.event());
     }
 }
 

@@ -96,6 +96,12 @@ struct OutcomeKindLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HonestyLabels {
+    endpoint: String,
+    signal: &'static str,
+}
+
 /// What `/health/usage-tracker` reports about the usage recorder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageHealth {
@@ -167,10 +173,50 @@ pub struct Metrics {
     suspended_now: Gauge,
     recorder_backlog: Gauge,
     endpoint_up: Family<RouteLabels, Gauge>,
+    honesty_score: Family<HonestyLabels, Gauge<f64, AtomicU64>>,
     cost_model: RwLock<Option<CostModel>>,
     usage_health: RwLock<Option<UsageHealthProbe>>,
     suspension: OnceLock<Arc<Suspension>>,
+    /// Handles of the series finished requests touch, by label values (see [`FinishedSeries`]).
+    finished_cache: RwLock<Vec<Arc<FinishedSeries>>>,
+    /// Handles of `requests` series, by endpoint and status.
+    request_cache: RwLock<Vec<(String, u16, Counter)>>,
 }
+
+/// Label combinations kept in each per-request handle cache; beyond it the slow path is used.
+const SERIES_CACHE_LIMIT: usize = 256;
+
+/// The metric handles one kind of finished request (endpoint, group, model, status, status
+/// class) updates, resolved once: a finished request then neither builds nor hashes label
+/// strings. Handles share their value with the family's series (they are the same metric); the
+/// optional series are created on first use, as before, so no zero-valued series appear.
+struct FinishedSeries {
+    endpoint: String,
+    group: String,
+    model: String,
+    status: &'static str,
+    class: &'static str,
+    outcome: Counter,
+    finished: Counter,
+    duration: OnceLock<Histogram>,
+    time_to_first_byte: OnceLock<Histogram>,
+    /// Input, output, cache creation, cache read.
+    tokens: [OnceLock<Counter>; 4],
+    cost: OnceLock<Counter<f64, AtomicU64>>,
+}
+
+impl FinishedSeries {
+    fn matches(&self, endpoint: &str, group: &str, model: &str, status: &str, class: &str) -> bool {
+        self.status == status
+            && self.class == class
+            && self.endpoint == endpoint
+            && self.group == group
+            && self.model == model
+    }
+}
+
+/// The `kind` label of `tokens`, in [`FinishedSeries::tokens`] order.
+const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_creation", "cache_read"];
 
 impl Metrics {
     /// Registers every metric.
@@ -202,9 +248,12 @@ impl Metrics {
             suspended_now: Gauge::default(),
             recorder_backlog: Gauge::default(),
             endpoint_up: Family::default(),
+            honesty_score: Family::default(),
             cost_model: RwLock::new(None),
             usage_health: RwLock::new(None),
             suspension: OnceLock::new(),
+            finished_cache: RwLock::new(Vec::new()),
+            request_cache: RwLock::new(Vec::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -332,10 +381,25 @@ impl Metrics {
             "1 when the endpoint is healthy, by endpoint and group",
             metrics.endpoint_up.clone(),
         );
+        registry.register(
+            "ccf_endpoint_honesty_score",
+            "Relay honesty score (1 = trusted) by endpoint and signal (overall, model_substitution, usage_mismatch, burst_stream)",
+            metrics.honesty_score.clone(),
+        );
         Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Sets an endpoint's relay honesty score for `signal` (`overall` or a signal name).
+    pub fn set_honesty_score(&self, endpoint: &str, signal: &'static str, score: f64) {
+        self.honesty_score
+            .get_or_create(&HonestyLabels {
+                endpoint: endpoint.to_string(),
+                signal,
+            })
+            .set(score);
     }
 
     /// Installs the pricing used for `ccf_cost_usd` (replacing any earlier one).
@@ -421,42 +485,74 @@ impl Metrics {
 
     /// A request finished: counts, durations, tokens, cost, retries and failovers.
     pub fn record_finished(&self, record: &RequestRecord) {
-        let endpoint = record.endpoint.clone().unwrap_or_default();
-        let group = record.group.clone().unwrap_or_default();
-        let model = record.model().unwrap_or("unknown").to_string();
+        let endpoint = record.endpoint.as_deref().unwrap_or_default();
+        let group = record.group.as_deref().unwrap_or_default();
+        let model = record.model().unwrap_or("unknown");
+        let status = record.status.as_str();
         let class = status_class(record.http_status);
-        let usage = record.usage.clone().unwrap_or_default();
-        self.record_outcome(record.status.as_str(), &endpoint, &group, &model, &usage);
-        self.finished
-            .get_or_create(&FinishedLabels {
-                endpoint: endpoint.clone(),
-                group: group.clone(),
-                model: model.clone(),
-                status: record.status.as_str().to_string(),
-                status_class: class,
-            })
-            .inc();
+        let series = self.finished_series(endpoint, group, model, status, class);
+        series.outcome.inc();
+        if status == "cancelled" {
+            self.cancelled.inc();
+        }
+        let usage = record.usage.as_ref();
+        if let Some(usage) = usage {
+            let counts = [
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_creation_input_tokens,
+                usage.cache_read_input_tokens,
+            ];
+            for ((slot, kind), count) in series.tokens.iter().zip(TOKEN_KINDS).zip(counts) {
+                if count > 0 {
+                    slot.get_or_init(|| {
+                        self.tokens
+                            .get_or_create(&TokenLabels {
+                                endpoint: endpoint.to_string(),
+                                group: group.to_string(),
+                                model: model.to_string(),
+                                kind,
+                            })
+                            .clone()
+                    })
+                    .inc_by(count);
+                }
+            }
+        }
+        series.finished.inc();
         if let Some(duration) = record.duration {
-            self.request_duration
-                .get_or_create(&DurationLabels {
-                    endpoint: endpoint.clone(),
-                    group: group.clone(),
-                    status_class: class,
+            series
+                .duration
+                .get_or_init(|| {
+                    self.request_duration
+                        .get_or_create(&DurationLabels {
+                            endpoint: endpoint.to_string(),
+                            group: group.to_string(),
+                            status_class: class,
+                        })
+                        .clone()
                 })
                 .observe(duration.as_secs_f64());
         }
-        let route = RouteLabels {
-            endpoint: endpoint.clone(),
-            group: group.clone(),
-        };
         if let Some(ttfb) = record.time_to_first_byte {
-            self.time_to_first_byte
-                .get_or_create(&route)
+            series
+                .time_to_first_byte
+                .get_or_init(|| {
+                    self.time_to_first_byte
+                        .get_or_create(&RouteLabels {
+                            endpoint: endpoint.to_string(),
+                            group: group.to_string(),
+                        })
+                        .clone()
+                })
                 .observe(ttfb.as_secs_f64());
         }
         if record.retry_count > 0 {
             self.retries
-                .get_or_create(&route)
+                .get_or_create(&RouteLabels {
+                    endpoint: endpoint.to_string(),
+                    group: group.to_string(),
+                })
                 .inc_by(u64::from(record.retry_count));
         }
         for pair in record.attempts.windows(2) {
@@ -469,68 +565,120 @@ impl Metrics {
             };
             self.failovers.get_or_create(&KindLabels { kind }).inc();
         }
+        let Some(usage) = usage.filter(|usage| !usage.is_empty()) else {
+            return;
+        };
         let cost_model = self
             .cost_model
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        if let (Some(cost_model), false) = (cost_model, usage.is_empty()) {
-            let cost = cost_model(record.model(), &usage);
+        if let Some(cost_model) = cost_model {
+            let cost = cost_model(record.model(), usage);
             if cost.is_finite() && cost > 0.0 {
-                self.cost
-                    .get_or_create(&CostLabels {
-                        endpoint,
-                        group,
-                        model,
+                series
+                    .cost
+                    .get_or_init(|| {
+                        self.cost
+                            .get_or_create(&CostLabels {
+                                endpoint: endpoint.to_string(),
+                                group: group.to_string(),
+                                model: model.to_string(),
+                            })
+                            .clone()
                     })
                     .inc_by(cost);
             }
         }
     }
 
-    /// A request was answered with `status` (`endpoint` empty when none was used).
-    pub fn record_request(&self, endpoint: &str, status: StatusCode) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                endpoint: endpoint.to_string(),
-                status: status.as_u16().to_string(),
-            })
-            .inc();
-    }
-
-    /// A request finished with `status` (`completed`, `failed`, `cancelled`) and this usage.
-    fn record_outcome(
+    /// The cached handles for these label values (made, and cached while there is room, on
+    /// first use).
+    fn finished_series(
         &self,
-        status: &str,
         endpoint: &str,
         group: &str,
         model: &str,
-        usage: &ccf_types::Usage,
-    ) {
-        self.outcomes
-            .get_or_create(&OutcomeLabels {
-                status: status.to_string(),
-            })
-            .inc();
-        if status == "cancelled" {
-            self.cancelled.inc();
+        status: &'static str,
+        class: &'static str,
+    ) -> Arc<FinishedSeries> {
+        let cache = self
+            .finished_cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(series) = cache
+            .iter()
+            .find(|series| series.matches(endpoint, group, model, status, class))
+        {
+            return Arc::clone(series);
         }
-        for (kind, count) in [
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-            ("cache_creation", usage.cache_creation_input_tokens),
-            ("cache_read", usage.cache_read_input_tokens),
-        ] {
-            if count > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        endpoint: endpoint.to_string(),
-                        group: group.to_string(),
-                        model: model.to_string(),
-                        kind,
-                    })
-                    .inc_by(count);
-            }
+        drop(cache);
+        let series = Arc::new(FinishedSeries {
+            endpoint: endpoint.to_string(),
+            group: group.to_string(),
+            model: model.to_string(),
+            status,
+            class,
+            outcome: self
+                .outcomes
+                .get_or_create(&OutcomeLabels {
+                    status: status.to_string(),
+                })
+                .clone(),
+            finished: self
+                .finished
+                .get_or_create(&FinishedLabels {
+                    endpoint: endpoint.to_string(),
+                    group: group.to_string(),
+                    model: model.to_string(),
+                    status: status.to_string(),
+                    status_class: class,
+                })
+                .clone(),
+            duration: OnceLock::new(),
+            time_to_first_byte: OnceLock::new(),
+            tokens: Default::default(),
+            cost: OnceLock::new(),
+        });
+        let mut cache = self
+            .finished_cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() < SERIES_CACHE_LIMIT {
+            cache.push(Arc::clone(&series));
+        }
+        series
+    }
+
+    /// A request was answered with `status` (`endpoint` empty when none was used).
+    pub fn record_request(&self, endpoint: &str, status: StatusCode) {
+        let code = status.as_u16();
+        let cache = self
+            .request_cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, _, counter)) = cache
+            .iter()
+            .find(|(name, cached, _)| *cached == code && name == endpoint)
+        {
+            counter.inc();
+            return;
+        }
+        drop(cache);
+        let counter = self
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_string(),
+                status: code.to_string(),
+            })
+            .clone();
+        counter.inc();
+        let mut cache = self
+            .request_cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() < SERIES_CACHE_LIMIT {
+            cache.push((endpoint.to_string(), code, counter));
         }
     }
 
@@ -539,7 +687,7 @@ impl Metrics {
         self.upstream_failures
             .get_or_create(&EndpointLabels {
                 name: endpoint.name.clone(),
-                url: endpoint.url.to_string(),
+                url: ccf_config::mask_url_password(endpoint.url.as_str()),
             })
             .inc();
     }
@@ -566,7 +714,7 @@ impl Metrics {
             let state = endpoint_health(health, &endpoint.name);
             let labels = EndpointLabels {
                 name: endpoint.name.clone(),
-                url: endpoint.url.to_string(),
+                url: ccf_config::mask_url_password(endpoint.url.as_str()),
             };
             healthy += i64::from(state.healthy);
             self.endpoint_healthy
@@ -755,7 +903,7 @@ fn health_response(
                 .iter()
                 .map(|(endpoint, state)| EndpointHealthJson {
                     name: endpoint.name.clone(),
-                    url: endpoint.url.to_string(),
+                    url: ccf_config::mask_url_password(endpoint.url.as_str()),
                     group: endpoint.group.clone(),
                     healthy: state.healthy,
                     never_checked: state.never_checked,

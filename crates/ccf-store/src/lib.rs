@@ -39,7 +39,7 @@ pub use query::{
     RequestFilter, RequestQuery, Stats, StatsQuery, SummaryQuery, SummaryRow, MAX_PAGE_SIZE,
 };
 pub use record::{status, RequestRow, StoredRecord, UsageRecord};
-pub use recorder::{Recorder, RecorderError, RecorderHandle, RecorderSettings};
+pub use recorder::{DeferredRecord, Recorder, RecorderError, RecorderHandle, RecorderSettings};
 pub use retention::{Retention, RetentionHandle};
 pub use shared::{ApplyOutcome, SharedChange, SharedSetting, SharedState};
 pub use store::UsageStore;

@@ -9,6 +9,13 @@
 //! - [`RecorderHandle::record`] never blocks on the database and never fails: it replaces the
 //!   pending snapshot of the same request id (intermediate updates coalesce), so memory is bounded
 //!   by in-flight requests plus what is waiting to be written;
+//! - [`RecorderHandle::record_deferred`] does the same with a snapshot whose row is built only if
+//!   it is written, by the writer task: the request path pays one small allocation per change
+//!   instead of a row's worth of strings;
+//! - a final snapshot is written at the next full batch or tick; a non-final (live) one only once
+//!   it has waited through one tick of `flush_interval` (or on [`RecorderHandle::flush`] and at
+//!   shutdown), so a request that ends within about one interval costs one row write, not two,
+//!   and a long one still shows up live within two intervals;
 //! - a final snapshot is never replaced by a non-final one and never dropped because the database
 //!   is unavailable: the batch is kept and retried with exponential backoff, loudly logged, and the
 //!   backlog is visible through [`RecorderHandle::backlog`] and [`RecorderHandle::last_error`];
@@ -81,6 +88,46 @@ pub struct RecorderError {
     pub consecutive_failures: u64,
 }
 
+/// A request's state, turned into a [`UsageRecord`] only when the recorder writes it (see
+/// [`RecorderHandle::record_deferred`]).
+pub trait DeferredRecord: Send + 'static {
+    /// Whether it is the request's final state.
+    fn is_final(&self) -> bool;
+    /// The row to write.
+    fn to_record(&self) -> UsageRecord;
+}
+
+/// One pending snapshot: a row, or what a row is made from.
+enum Snapshot {
+    Ready(Box<UsageRecord>),
+    Deferred(Box<dyn DeferredRecord>),
+}
+
+impl Snapshot {
+    fn is_final(&self) -> bool {
+        match self {
+            Snapshot::Ready(record) => record.is_final,
+            Snapshot::Deferred(deferred) => deferred.is_final(),
+        }
+    }
+
+    fn into_record(self) -> UsageRecord {
+        match self {
+            Snapshot::Ready(record) => *record,
+            Snapshot::Deferred(deferred) => deferred.to_record(),
+        }
+    }
+}
+
+/// What identifies a request in the pending map.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    /// A row's `request_id` ([`RecorderHandle::record`]).
+    Text(String),
+    /// A caller-chosen number ([`RecorderHandle::record_deferred`]).
+    Number(u64),
+}
+
 /// Starts recorders.
 #[derive(Debug)]
 pub struct Recorder;
@@ -143,12 +190,26 @@ impl RecorderHandle {
     /// Hands over a snapshot. Never blocks on the database, never fails: it replaces the pending
     /// snapshot of the same request (unless that one is final and this one is not).
     pub fn record(&self, record: UsageRecord) {
-        let pending_len = {
+        self.insert(
+            Key::Text(record.request_id.clone()),
+            Snapshot::Ready(Box::new(record)),
+        );
+    }
+
+    /// Like [`record`](Self::record) for a snapshot whose row is built only if it is written
+    /// (by the writer task, off the request path). `request` identifies the request: snapshots
+    /// with the same number replace each other. Use one of the two methods per request, not both.
+    pub fn record_deferred(&self, request: u64, snapshot: Box<dyn DeferredRecord>) {
+        self.insert(Key::Number(request), Snapshot::Deferred(snapshot));
+    }
+
+    fn insert(&self, key: Key, snapshot: Snapshot) {
+        let finals = {
             let mut pending = lock(&self.shared.pending);
-            pending.insert(record);
-            pending.by_id.len()
+            pending.insert(key, snapshot);
+            pending.finals
         };
-        if pending_len >= self.shared.batch_size {
+        if finals >= self.shared.batch_size {
             self.shared.wake.notify_one();
         }
     }
@@ -238,41 +299,67 @@ struct Shared {
     dropped: AtomicU64,
 }
 
-/// Snapshots waiting to be written: the latest per request id, in order of first arrival.
+/// Snapshots waiting to be written: the latest per request, in order of first arrival.
 #[derive(Default)]
 struct Pending {
-    by_id: HashMap<String, (u64, UsageRecord)>,
-    order: BTreeMap<u64, String>,
+    by_id: HashMap<Key, (u64, Snapshot)>,
+    order: BTreeMap<u64, Key>,
     next_seq: u64,
+    /// How many of `by_id` are final.
+    finals: usize,
+    /// Non-final snapshots that arrived before this sequence number have waited through a tick.
+    settled_before: u64,
 }
 
 impl Pending {
-    fn insert(&mut self, record: UsageRecord) {
-        if let Some((_, existing)) = self.by_id.get_mut(&record.request_id) {
-            if !existing.is_final || record.is_final {
-                *existing = record;
+    fn insert(&mut self, key: Key, snapshot: Snapshot) {
+        let is_final = snapshot.is_final();
+        if let Some((_, existing)) = self.by_id.get_mut(&key) {
+            let was_final = existing.is_final();
+            if !was_final || is_final {
+                *existing = snapshot;
+                if is_final && !was_final {
+                    self.finals += 1;
+                }
             }
             return;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.order.insert(seq, record.request_id.clone());
-        self.by_id.insert(record.request_id.clone(), (seq, record));
+        self.order.insert(seq, key.clone());
+        self.by_id.insert(key, (seq, snapshot));
+        if is_final {
+            self.finals += 1;
+        }
     }
 
-    /// Takes up to `limit` of the oldest snapshots that arrived before `cutoff`.
-    fn take(&mut self, limit: usize, cutoff: u64) -> Vec<UsageRecord> {
-        let mut batch = Vec::with_capacity(limit.min(self.by_id.len()));
-        while batch.len() < limit {
-            let Some(entry) = self.order.first_entry() else {
-                break;
-            };
-            if *entry.key() >= cutoff {
+    /// Takes up to `limit` of the oldest snapshots that arrived before `cutoff`, leaving the
+    /// non-final ones that arrived at or after `settled_before`.
+    fn take(&mut self, limit: usize, cutoff: u64, settled_before: u64) -> Vec<Snapshot> {
+        let mut chosen = Vec::with_capacity(limit.min(self.by_id.len()));
+        for (&seq, key) in self.order.range(..cutoff) {
+            if chosen.len() >= limit {
                 break;
             }
-            let id = entry.remove();
-            if let Some((_, record)) = self.by_id.remove(&id) {
-                batch.push(record);
+            let young_live = seq >= settled_before
+                && self
+                    .by_id
+                    .get(key)
+                    .is_some_and(|(_, snapshot)| !snapshot.is_final());
+            if !young_live {
+                chosen.push(seq);
+            }
+        }
+        let mut batch = Vec::with_capacity(chosen.len());
+        for seq in chosen {
+            let Some(key) = self.order.remove(&seq) else {
+                continue;
+            };
+            if let Some((_, snapshot)) = self.by_id.remove(&key) {
+                if snapshot.is_final() {
+                    self.finals -= 1;
+                }
+                batch.push(snapshot);
             }
         }
         batch
@@ -287,9 +374,13 @@ struct Writer {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Drain {
-    /// Only full batches (woken because a batch filled up).
+    /// Only full batches of final snapshots (woken because one filled up), with the live
+    /// snapshots that already waited through a tick.
     FullBatches,
-    /// Everything that arrived before now.
+    /// The interval's tick: what arrived before now, except live snapshots younger than the
+    /// previous tick.
+    Tick,
+    /// Everything that arrived before now (a flush).
     All,
     /// Everything, including what arrives while draining (shutdown).
     Everything,
@@ -301,7 +392,7 @@ impl Writer {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => self.drain(Drain::All).await,
+                _ = ticker.tick() => self.drain(Drain::Tick).await,
                 _ = self.shared.wake.notified() => self.drain(Drain::FullBatches).await,
                 command = commands.recv() => match command {
                     Some(Command::Flush(reply)) => {
@@ -328,18 +419,28 @@ impl Writer {
     }
 
     async fn drain(&self, mode: Drain) {
-        let cutoff = match mode {
-            Drain::Everything => u64::MAX,
-            _ => lock(&self.shared.pending).next_seq,
+        let (cutoff, settled_before) = {
+            let mut pending = lock(&self.shared.pending);
+            let now = pending.next_seq;
+            match mode {
+                Drain::Everything => (u64::MAX, u64::MAX),
+                Drain::All => (now, u64::MAX),
+                Drain::FullBatches => (now, pending.settled_before),
+                Drain::Tick => {
+                    // Live snapshots pending now are old enough at the next tick.
+                    let settled = std::mem::replace(&mut pending.settled_before, now);
+                    (now, settled)
+                }
+            }
         };
         let batch_size = self.shared.batch_size;
         loop {
             let batch = {
                 let mut pending = lock(&self.shared.pending);
-                if mode == Drain::FullBatches && pending.by_id.len() < batch_size {
+                if mode == Drain::FullBatches && pending.finals < batch_size {
                     return;
                 }
-                let batch = pending.take(batch_size, cutoff);
+                let batch = pending.take(batch_size, cutoff, settled_before);
                 // Counted as backlog while it is being written.
                 self.shared.writing.store(batch.len(), Ordering::Release);
                 batch
@@ -354,7 +455,7 @@ impl Writer {
 
     /// Writes one batch, retrying until it is written; only records the database rejects as
     /// invalid are ever dropped.
-    async fn write(&self, batch: Vec<UsageRecord>) {
+    async fn write(&self, batch: Vec<Snapshot>) {
         let pricing = self
             .shared
             .pricing
@@ -363,7 +464,7 @@ impl Writer {
             .clone();
         let stored: Vec<StoredRecord> = batch
             .into_iter()
-            .map(|record| StoredRecord::price(record, &pricing))
+            .map(|snapshot| StoredRecord::price(snapshot.into_record(), &pricing))
             .collect();
         let mut queue = vec![stored];
         while let Some(stored) = queue.pop() {
@@ -468,4 +569,75 @@ impl Writer {
 fn split(mut stored: Vec<StoredRecord>) -> (Vec<StoredRecord>, Vec<StoredRecord>) {
     let right = stored.split_off(stored.len() / 2);
     (stored, right)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    struct Live {
+        id: &'static str,
+        is_final: bool,
+    }
+
+    impl DeferredRecord for Live {
+        fn is_final(&self) -> bool {
+            self.is_final
+        }
+
+        fn to_record(&self) -> UsageRecord {
+            let mut record = UsageRecord::new(self.id, UNIX_EPOCH);
+            record.is_final = self.is_final;
+            record
+        }
+    }
+
+    fn deferred(id: &'static str, is_final: bool) -> Snapshot {
+        Snapshot::Deferred(Box::new(Live { id, is_final }))
+    }
+
+    fn ids(batch: Vec<Snapshot>) -> Vec<String> {
+        batch
+            .into_iter()
+            .map(|snapshot| snapshot.into_record().request_id)
+            .collect()
+    }
+
+    #[test]
+    fn a_live_snapshot_waits_for_one_tick_and_a_final_one_does_not() {
+        let mut pending = Pending::default();
+        pending.insert(Key::Number(1), deferred("live", false));
+        pending.insert(Key::Number(2), deferred("done", true));
+        assert_eq!(pending.finals, 1);
+        // Nothing has waited through a tick yet: only the final snapshot goes.
+        let batch = pending.take(10, pending.next_seq, pending.settled_before);
+        assert_eq!(ids(batch), ["done"]);
+        assert_eq!(pending.finals, 0);
+        // A tick passes: the live snapshot is old enough now.
+        pending.settled_before = pending.next_seq;
+        let batch = pending.take(10, pending.next_seq, pending.settled_before);
+        assert_eq!(ids(batch), ["live"]);
+        assert!(pending.by_id.is_empty());
+    }
+
+    #[test]
+    fn the_final_state_replaces_the_live_one_and_is_counted_once() {
+        let mut pending = Pending::default();
+        pending.insert(Key::Number(7), deferred("a-live", false));
+        pending.insert(Key::Number(7), deferred("a-final", true));
+        pending.insert(Key::Number(7), deferred("a-late-live", false));
+        assert_eq!(pending.finals, 1);
+        let batch = pending.take(10, u64::MAX, 0);
+        assert_eq!(ids(batch), ["a-final"]);
+        assert_eq!(pending.finals, 0);
+    }
+
+    #[test]
+    fn a_flush_takes_young_live_snapshots_too() {
+        let mut pending = Pending::default();
+        pending.insert(Key::Text("req-a".into()), deferred("a", false));
+        let batch = pending.take(10, pending.next_seq, u64::MAX);
+        assert_eq!(ids(batch), ["a"]);
+    }
 }
