@@ -307,10 +307,19 @@ async fn inbound_auth_accepts_bearer_and_x_api_key_and_rejects_the_rest() {
     // Claude Code's reachability probe carries no credential and is not refused.
     let probe = forwarder.send(Method::HEAD, "/api/hello", &[], "").await;
     assert_ne!(probe.status, 401);
-    // Monitoring stays open.
+    // `/health` stays open; `/metrics` needs the token too (see docs/operations.md).
     let health = forwarder.send(Method::GET, "/health", &[], "").await;
     assert_eq!(health.status, 200);
     let metrics = forwarder.send(Method::GET, "/metrics", &[], "").await;
+    metrics.assert_anthropic_error(401, "authentication_error");
+    let metrics = forwarder
+        .send(
+            Method::GET,
+            "/metrics",
+            &[("x-api-key", "inbound-secret")],
+            "",
+        )
+        .await;
     assert_eq!(metrics.status, 200);
 }
 

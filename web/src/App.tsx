@@ -10,6 +10,8 @@ import { Requests } from "./pages/Requests";
 import { Usage } from "./pages/Usage";
 import { ConfigPage } from "./pages/Config";
 import { Logs } from "./pages/Logs";
+import { RoutingPanel } from "./pages/Routing";
+import { ReloadBanner } from "./ReloadBanner";
 
 type Theme = "light" | "dark";
 
@@ -17,6 +19,7 @@ const PAGES: Array<{ path: string; key: Key; icon: string; render: () => JSX.Ele
   { path: "/", key: "nav.overview", icon: "◎", render: () => <Overview /> },
   { path: "/endpoints", key: "nav.endpoints", icon: "⇄", render: () => <Endpoints /> },
   { path: "/groups", key: "nav.groups", icon: "▦", render: () => <Groups /> },
+  { path: "/routing", key: "nav.routing", icon: "⇶", render: () => <RoutingPanel /> },
   { path: "/requests", key: "nav.requests", icon: "≡", render: () => <Requests /> },
   { path: "/usage", key: "nav.usage", icon: "$", render: () => <Usage /> },
   { path: "/config", key: "nav.config", icon: "⚙", render: () => <ConfigPage /> },
@@ -90,6 +93,7 @@ export function App() {
               {theme === "dark" ? "☀" : "☾"}
             </button>
           </header>
+          <ReloadBanner />
           <main className="content">{page.render()}</main>
         </div>
       </div>

@@ -8,6 +8,7 @@ const en = {
   "nav.overview": "Overview",
   "nav.endpoints": "Endpoints",
   "nav.groups": "Groups",
+  "nav.routing": "Routing",
   "nav.requests": "Requests",
   "nav.usage": "Usage",
   "nav.config": "Config",
@@ -123,6 +124,8 @@ const en = {
   "auth.text": "This admin API needs a token (web.auth_token). It is kept for this browser tab only.",
   "auth.placeholder": "Admin token",
   "auth.submit": "Sign in",
+  "reload.rejected": "Configuration reload ({trigger}, {when}) rejected: the previous configuration is still in force.",
+  "reload.restart": "Configuration reloaded at {when}; these changes need a restart: {list}",
 };
 
 export type Key = keyof typeof en;
@@ -132,6 +135,7 @@ const zh: Record<Key, string> = {
   "nav.overview": "概览",
   "nav.endpoints": "端点",
   "nav.groups": "组",
+  "nav.routing": "路由",
   "nav.requests": "请求",
   "nav.usage": "用量",
   "nav.config": "配置",
@@ -247,6 +251,8 @@ const zh: Record<Key, string> = {
   "auth.text": "此管理 API 需要令牌（web.auth_token），仅保存在当前浏览器标签页中。",
   "auth.placeholder": "管理令牌",
   "auth.submit": "登录",
+  "reload.rejected": "配置重新加载（{trigger}，{when}）被拒绝：仍在使用之前的配置。",
+  "reload.restart": "配置已于 {when} 重新加载；以下更改需要重启才能生效：{list}",
 };
 
 export const dictionaries: Record<Lang, Record<Key, string>> = { en, zh };

@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use ccf_app::reload::ConfigSource;
 use ccf_app::App;
 use ccf_config::{Config, ConfigError, ConfigLoader, LoadedConfig};
 use clap::Parser;
@@ -77,6 +78,19 @@ fn load_config(cli: &Cli) -> Result<LoadedConfig, ConfigError> {
         loaded.config.prefer_endpoint(name)?;
     }
     Ok(loaded)
+}
+
+/// How a reload makes the configuration again: the same file, the environment captured at start,
+/// the same command-line overrides and `-p`; the file is watched for changes.
+fn config_source(cli: &Cli) -> ConfigSource {
+    ConfigSource::new(
+        ConfigLoader::new()
+            .file(&cli.config)
+            .env_vars(config_environment())
+            .overrides(cli.overrides()),
+    )
+    .primary_endpoint(cli.primary_endpoint.clone())
+    .watch(&cli.config)
 }
 
 /// Prints a configuration error, one problem per line, to stderr.
@@ -288,7 +302,9 @@ fn serve(cli: &Cli) -> ExitCode {
     if tui_wanted && tui_logs.is_none() {
         warn!("the terminal UI is on (--tui or tui.enabled) but stdout is not a terminal: not starting it");
     }
-    let status = match run(loaded.config, tui_logs) {
+    let reload = config_source(cli);
+    let set_level = guard.level_setter();
+    let status = match run(loaded.config, tui_logs, reload, set_level) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error:#}");
@@ -302,19 +318,29 @@ fn serve(cli: &Cli) -> ExitCode {
 
 /// Builds the runtime and runs the app on it until a signal (or until the terminal UI, when
 /// `tui_logs` is given, is quit).
-fn run(config: Config, tui_logs: Option<ccf_tui::LogBuffer>) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    tui_logs: Option<ccf_tui::LogBuffer>,
+    reload: ConfigSource,
+    set_level: impl Fn(ccf_config::LogLevel) + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ccf-worker")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run_app(config, tui_logs));
+    let result = runtime.block_on(run_app(config, tui_logs, reload, set_level));
     // Tasks the app left behind are cancelled; blocking ones get a moment, not forever.
     runtime.shutdown_timeout(RUNTIME_TEARDOWN);
     result
 }
 
-async fn run_app(config: Config, tui_logs: Option<ccf_tui::LogBuffer>) -> anyhow::Result<()> {
+async fn run_app(
+    config: Config,
+    tui_logs: Option<ccf_tui::LogBuffer>,
+    reload: ConfigSource,
+    set_level: impl Fn(ccf_config::LogLevel) + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     let drain_timeout = config.server.shutdown_timeout.get();
     let show_export_line = tui_logs.is_none();
     let exposure = exposure_warning(&config);
@@ -328,7 +354,11 @@ async fn run_app(config: Config, tui_logs: Option<ccf_tui::LogBuffer>) -> anyhow
         shutdown::watch_signals(drain_timeout).context("cannot install signal handlers")?;
     let app = App::bind(config)
         .await
-        .context("cannot start the forwarder")?;
+        .context("cannot start the forwarder")?
+        .with_reload(reload)
+        .on_reload(std::sync::Arc::new(move |config: &Config| {
+            set_level(config.logging.level)
+        }));
     let base_url = app.base_url();
     info!(
         version = cli::VERSION,

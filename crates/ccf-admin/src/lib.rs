@@ -194,8 +194,8 @@ impl Admin {
     /// Installs the configured pricing as the forwarder's cost metric.
     pub fn new(state: AdminState) -> Result<Admin, AdminError> {
         let config = state.forwarder.config();
-        let auth = AuthPolicy::from_config(config)?;
-        let mut secrets = views::collect_secrets(config);
+        let auth = AuthPolicy::from_config(&config)?;
+        let mut secrets = views::collect_secrets(&config);
         if let Some(token) = auth.token() {
             secrets.push(token.expose().to_string());
         }

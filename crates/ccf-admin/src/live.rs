@@ -354,7 +354,9 @@ impl LiveState {
                 self.suspended.timed_out += 1;
                 self.waited(*waited);
             }
-            ForwarderEvent::Router(_) | ForwarderEvent::Health(_) => {}
+            ForwarderEvent::Router(_)
+            | ForwarderEvent::Health(_)
+            | ForwarderEvent::ConfigReloaded(_) => {}
         }
     }
 
@@ -550,7 +552,8 @@ impl Hub {
                     }
                     if mask.contains(EventKind::Endpoint) {
                         if let RouterEvent::PriorityChanged { endpoint, .. }
-                        | RouterEvent::EndpointBlocked { endpoint, .. } = router
+                        | RouterEvent::EndpointBlocked { endpoint, .. }
+                        | RouterEvent::EndpointDemoted { endpoint, .. } = router
                         {
                             pending.endpoints.insert(endpoint.clone());
                         }
@@ -572,6 +575,16 @@ impl Hub {
                 | ForwarderEvent::RequestSuspensionTimedOut { .. } => {
                     if mask.contains(EventKind::Suspended) {
                         pending.suspended = true;
+                    }
+                }
+                ForwarderEvent::ConfigReloaded(_) => {
+                    // The status message carries `config_reload`; groups and endpoints may
+                    // have changed too.
+                    if mask.contains(EventKind::Status) {
+                        pending.status = true;
+                    }
+                    if mask.contains(EventKind::Group) {
+                        pending.group = true;
                     }
                 }
             }
@@ -656,6 +669,13 @@ fn log_line(event: &ForwarderEvent) -> Option<LogLine> {
                 RouterEvent::EndpointBlocked { endpoint, .. } => {
                     format!("endpoint {endpoint} rate limited")
                 }
+                RouterEvent::EndpointDemoted { endpoint, demoted } => {
+                    if *demoted {
+                        format!("endpoint {endpoint} demoted: low relay honesty score")
+                    } else {
+                        format!("endpoint {endpoint} restored: relay honesty score recovered")
+                    }
+                }
             };
             ("info", message, None)
         }
@@ -685,6 +705,33 @@ fn log_line(event: &ForwarderEvent) -> Option<LogLine> {
             format!("held request timed out after {} ms", waited.as_millis()),
             Some(request_id.to_string()),
         ),
+        ForwarderEvent::ConfigReloaded(status) => match &status.error {
+            None => (
+                "info",
+                format!(
+                    "configuration reloaded ({}): {} change(s) applied{}",
+                    status.trigger,
+                    status.applied.len(),
+                    if status.restart_required.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; restart needed for: {}",
+                            status.restart_required.join(", ")
+                        )
+                    }
+                ),
+                None,
+            ),
+            Some(error) => (
+                "error",
+                format!(
+                    "configuration reload rejected ({}), old configuration kept: {error}",
+                    status.trigger
+                ),
+                None,
+            ),
+        },
     };
     Some(LogLine {
         level,
@@ -756,6 +803,7 @@ mod tests {
                 path: "/v1/messages".into(),
                 is_streaming: false,
                 request_model: Some("claude-sonnet-4-5".into()),
+                api_key_name: None,
             },
             SystemTime::now(),
         )

@@ -23,6 +23,9 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/endpoints/{name}/priority"),
     ("POST", "/api/v1/endpoints/{name}/health-check"),
     ("GET", "/api/v1/groups"),
+    ("GET", "/api/v1/routing/honesty"),
+    ("GET", "/api/v1/routing/affinity"),
+    ("GET", "/api/v1/routing/quota"),
     ("POST", "/api/v1/groups/{name}/activate"),
     ("POST", "/api/v1/groups/{name}/pause"),
     ("POST", "/api/v1/groups/{name}/resume"),
@@ -43,6 +46,8 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/tokens/usage"),
     ("GET", "/api/v1/metrics/history"),
     ("GET", "/api/v1/config"),
+    ("GET", "/api/v1/config/status"),
+    ("POST", "/api/v1/config/reload"),
     ("GET", "/api/v1/stream"),
     ("GET", "/api/v1/openapi.json"),
 ];
@@ -217,6 +222,16 @@ where
         }
         "/api/v1/endpoints/{name}/health-check" => health_check(shared, &name).await,
         "/api/v1/groups" => ok(views::groups_view(shared)),
+        "/api/v1/routing/honesty" => ok(views::honesty_view(shared)),
+        "/api/v1/routing/affinity" => {
+            let limit = query
+                .get("limit")
+                .and_then(|limit| limit.parse::<usize>().ok())
+                .unwrap_or(100)
+                .min(1000);
+            ok(views::affinity_view(shared, limit))
+        }
+        "/api/v1/routing/quota" => ok(views::quota_view(shared)),
         "/api/v1/groups/{name}/activate" => {
             let force = matches!(
                 query.get("force").map(String::as_str),
@@ -270,6 +285,11 @@ where
         "/api/v1/tokens/usage" => charts::tokens_usage(shared, &query),
         "/api/v1/metrics/history" => charts::metrics_history(shared, &query),
         "/api/v1/config" => ok(views::config_view(shared)),
+        "/api/v1/config/status" => ok(json!({
+            "reload_enabled": shared.forwarder.reload_enabled(),
+            "last_reload": shared.forwarder.reload_status(),
+        })),
+        "/api/v1/config/reload" => reload_config(shared).await,
         "/api/v1/stream" => stream::open(shared, &query),
         "/api/v1/openapi.json" => Ok(Answer::Response(bytes_response(
             StatusCode::OK,
@@ -280,6 +300,41 @@ where
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
             format!("route {other} has no handler"),
+        )),
+    }
+}
+
+/// `POST /api/v1/config/reload`: re-reads the configuration file (with the same environment and
+/// command-line layers) and applies it; a rejected file answers 422 and changes nothing.
+async fn reload_config(shared: &Shared) -> Handled {
+    let forwarder = shared.forwarder.clone();
+    // Reading and validating the file is blocking IO.
+    let status = tokio::task::spawn_blocking(move || forwarder.request_reload("api"))
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("reload task failed: {error}"),
+            )
+        })?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reload_unavailable",
+                "hot reload is off: the forwarder was not started from a configuration file",
+            )
+        })?;
+    match &status.error {
+        None => ok(json!({
+            "success": true,
+            "message": "configuration reloaded",
+            "reload": status,
+        })),
+        Some(error) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "config_rejected",
+            format!("the new configuration was rejected, the old one stays: {error}"),
         )),
     }
 }

@@ -76,6 +76,9 @@ pub(crate) fn collect_secrets(config: &Config) -> Vec<String> {
     if let Some(token) = &config.auth.token {
         add(token.expose());
     }
+    for named in &config.auth.tokens {
+        add(named.token.expose());
+    }
     if let Some(token) = &config.web.auth_token {
         add(token.expose());
     }
@@ -221,7 +224,7 @@ pub(crate) fn status_view(shared: &Shared) -> Value {
         "status": "running",
         "uptime": humantime::format_duration(Duration::from_secs(uptime.as_secs())).to_string(),
         "uptime_seconds": uptime.as_secs(),
-        "start_time": local_time(config, shared.hub.started, "%Y-%m-%d %H:%M:%S"),
+        "start_time": local_time(&config, shared.hub.started, "%Y-%m-%d %H:%M:%S"),
         "start_timestamp": unix_secs(shared.hub.started),
         "config_file": shared.config_path.as_ref().or(config.source.as_ref()).map(|path| path.display().to_string()),
         "version": {
@@ -248,6 +251,7 @@ pub(crate) fn status_view(shared: &Shared) -> Value {
         "in_flight": in_flight,
         "suspended_requests": shared.forwarder.held_requests().len(),
         "usage_tracking": usage,
+        "config_reload": shared.forwarder.reload_status(),
         "stream_clients": shared.hub.client_count(),
         "timestamp": rfc3339(now),
     })
@@ -282,6 +286,7 @@ fn endpoint_json(shared: &Shared, name: &str) -> Option<Value> {
         "auth_failed": state.auth_failed,
         "latency_ewma_ms": view.and_then(|view| view.latency_ewma).map(millis),
         "rate_limited": view.is_some_and(|view| view.blocked_until.is_some()),
+        "honesty_demoted": view.is_some_and(|view| view.demoted),
         "supports_count_tokens": endpoint.supports_count_tokens,
     }))
 }
@@ -362,7 +367,7 @@ pub(crate) fn groups_view(shared: &Shared) -> Value {
     }
     drop(state);
     json!({
-        "groups": groups.iter().map(|group| group_json(config, group)).collect::<Vec<_>>(),
+        "groups": groups.iter().map(|group| group_json(&config, group)).collect::<Vec<_>>(),
         "active_group": active_group(&groups),
         "total_groups": groups.len(),
         "auto_switch_enabled": config.group.auto_switch_between_groups,
@@ -508,6 +513,7 @@ pub fn usage_record(record: &RequestRecord, instance_id: Option<&str>) -> UsageR
     row.model_mismatch = record.model_mismatch;
     row.partial = record.partial;
     row.instance_id = instance_id.map(str::to_string);
+    row.api_key_name = record.api_key_name.clone();
     row.is_final = record.is_final();
     row
 }
@@ -572,4 +578,234 @@ pub(crate) fn request_event(shared: &Shared, event: &LifecycleEvent) -> Value {
         "request": live_request_json(shared, event),
         "timestamp": unix_now(),
     })
+}
+
+/// `GET /api/v1/routing/honesty`: every endpoint's relay honesty scores, checks, last flag and
+/// demotion, with the settings they are judged by.
+pub(crate) fn honesty_view(shared: &Shared) -> Value {
+    use ccf_router::honesty::{HonestySettings, HonestySignal, MIN_CHECKS_FOR_DEMOTION};
+    let config = shared.forwarder.config();
+    let settings = HonestySettings::from_config(&config);
+    let endpoints: Vec<Value> = shared
+        .forwarder
+        .honesty()
+        .into_iter()
+        .map(|honesty| {
+            let signals: Map<String, Value> = HonestySignal::ALL
+                .iter()
+                .map(|signal| {
+                    let score = honesty.signal(*signal);
+                    (
+                        signal.as_str().to_string(),
+                        json!({"score": score.score, "checks": score.checks, "flags": score.flags}),
+                    )
+                })
+                .collect();
+            json!({
+                "endpoint": honesty.endpoint,
+                "group": config.endpoint(&honesty.endpoint).map(|endpoint| endpoint.group.clone()),
+                "score": honesty.score,
+                "checks": honesty.checks,
+                "flagged_requests": honesty.flagged_requests,
+                "signals": signals,
+                "last_flag": honesty.last_flag.map(|flag| json!({
+                    "request_id": flag.request_id,
+                    "signal": flag.signal.as_str(),
+                    "asked": flag.asked,
+                    "reported": flag.reported,
+                    "at": rfc3339(flag.at),
+                })),
+                "below_threshold": honesty.below_threshold,
+                "demoted": honesty.demoted,
+            })
+        })
+        .collect();
+    json!({
+        "enabled": settings.enabled,
+        "demote_dishonest": settings.demote,
+        "threshold": settings.threshold,
+        "restore_level": settings.restore_level(),
+        "usage_tolerance": settings.usage_tolerance,
+        "min_checks": MIN_CHECKS_FOR_DEMOTION,
+        "endpoints": endpoints,
+        "timestamp": rfc3339(SystemTime::now()),
+    })
+}
+
+/// What affinity saved on held turns, in nano-USD: every held cache-read token would have been
+/// a cache write on the endpoint routing without affinity picks (it holds no cache for the
+/// conversation), so it saved `cache-write price (TTL asked for) - cache-read price` of the
+/// model it was billed for.
+fn affinity_saved_nano(pricing: &ccf_store::Pricing, held: &[ccf_router::HeldTokens]) -> i64 {
+    held.iter()
+        .map(|entry| {
+            let price = pricing.price(Some(entry.model.as_str()).filter(|model| !model.is_empty()));
+            let saved_5m = price.cache_creation.saturating_sub(price.cache_read).max(0);
+            let saved_1h = price
+                .cache_creation_1h
+                .unwrap_or(price.cache_creation)
+                .saturating_sub(price.cache_read)
+                .max(0);
+            let tokens = |count: u64| i64::try_from(count).unwrap_or(i64::MAX);
+            tokens(entry.cache_read_5m)
+                .saturating_mul(saved_5m)
+                .saturating_add(tokens(entry.cache_read_1h).saturating_mul(saved_1h))
+        })
+        .fold(0i64, i64::saturating_add)
+}
+
+fn cache_tokens_json(tokens: &ccf_router::CacheTokens, ratio: Option<f64>) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert("turns".into(), json!(tokens.turns));
+    map.insert("input_tokens".into(), json!(tokens.input_tokens));
+    map.insert(
+        "cache_creation_tokens".into(),
+        json!(tokens.cache_creation_tokens),
+    );
+    map.insert("cache_read_tokens".into(), json!(tokens.cache_read_tokens));
+    map.insert("cache_read_ratio".into(), json!(ratio));
+    map
+}
+
+fn held_json(pricing: &ccf_store::Pricing, held: &[ccf_router::HeldTokens]) -> Value {
+    let tokens: u64 = held
+        .iter()
+        .map(|entry| entry.cache_read_5m.saturating_add(entry.cache_read_1h))
+        .sum();
+    json!({
+        "held_cache_read_tokens": tokens,
+        "saved_usd": Cost::usd(affinity_saved_nano(pricing, held)),
+    })
+}
+
+/// `GET /api/v1/routing/affinity`: session affinity settings, counters, per-endpoint and
+/// per-session cache-read ratios and the cost affinity saved.
+pub(crate) fn affinity_view(shared: &Shared, limit: usize) -> Value {
+    let view = shared.forwarder.affinity(limit);
+    let pricing = &shared.pricing;
+    let merge = |mut base: Map<String, Value>, extra: Value| {
+        if let Value::Object(extra) = extra {
+            base.extend(extra);
+        }
+        Value::Object(base)
+    };
+    let endpoints: Vec<Value> = view
+        .endpoints
+        .iter()
+        .map(|endpoint| {
+            let mut map = cache_tokens_json(&endpoint.tokens, endpoint.cache_read_ratio);
+            map.insert("endpoint".into(), json!(endpoint.endpoint));
+            map.insert("bound_sessions".into(), json!(endpoint.bound_sessions));
+            map.insert("held_turns".into(), json!(endpoint.held_turns));
+            merge(map, held_json(pricing, &endpoint.held))
+        })
+        .collect();
+    let sessions: Vec<Value> = view
+        .sessions
+        .iter()
+        .map(|session| {
+            let mut map = cache_tokens_json(&session.tokens, session.cache_read_ratio);
+            map.insert("session".into(), json!(session.session.to_string()));
+            map.insert("source".into(), json!(session.source));
+            map.insert("endpoint".into(), json!(session.endpoint));
+            map.insert(
+                "expires_in_seconds".into(),
+                json!(session.expires_in.as_secs()),
+            );
+            map.insert("idle_seconds".into(), json!(session.idle.as_secs()));
+            map.insert("long_ttl".into(), json!(session.long_ttl));
+            map.insert("moves".into(), json!(session.moves));
+            map.insert("moved_from".into(), json!(session.moved_from));
+            map.insert("held_turns".into(), json!(session.held_turns));
+            merge(map, held_json(pricing, &session.held))
+        })
+        .collect();
+    let saved_nano = view
+        .endpoints
+        .iter()
+        .map(|endpoint| affinity_saved_nano(pricing, &endpoint.held))
+        .fold(0i64, i64::saturating_add);
+    let mut all = ccf_router::CacheTokens::default();
+    for endpoint in &view.endpoints {
+        all.turns = all.turns.saturating_add(endpoint.tokens.turns);
+        all.input_tokens = all
+            .input_tokens
+            .saturating_add(endpoint.tokens.input_tokens);
+        all.cache_creation_tokens = all
+            .cache_creation_tokens
+            .saturating_add(endpoint.tokens.cache_creation_tokens);
+        all.cache_read_tokens = all
+            .cache_read_tokens
+            .saturating_add(endpoint.tokens.cache_read_tokens);
+    }
+    let mut totals = cache_tokens_json(&all, all.cache_read_ratio());
+    totals.insert("bound".into(), json!(view.totals.bound));
+    totals.insert("moves".into(), json!(view.totals.moves));
+    totals.insert("expired".into(), json!(view.totals.expired));
+    totals.insert("evicted".into(), json!(view.totals.evicted));
+    totals.insert("held_turns".into(), json!(view.totals.held_turns));
+    totals.insert("saved_usd".into(), json!(Cost::usd(saved_nano)));
+    json!({
+        "enabled": view.enabled,
+        "ttl_seconds": view.ttl.as_secs(),
+        "long_ttl_seconds": view.long_ttl.as_secs(),
+        "capacity": view.capacity,
+        "active_sessions": view.active_sessions,
+        "totals": totals,
+        "endpoints": endpoints,
+        "sessions": sessions,
+        "saved_formula": "sum over held turns of cache_read_tokens x (cache write price for the TTL asked for - cache read price) of the model billed",
+    })
+}
+
+/// `GET /api/v1/routing/quota`: per endpoint, the latest rate-limit readings, burn rates,
+/// predicted exhaustion and whether new sessions are drained away from it.
+pub(crate) fn quota_view(shared: &Shared) -> Value {
+    let now = SystemTime::now();
+    let at = |left: Option<Duration>| left.and_then(|left| now.checked_add(left)).map(rfc3339);
+    let secs = |left: Option<Duration>| left.map(|left| left.as_secs_f64());
+    let quotas = shared.forwarder.quota();
+    let config = shared.forwarder.config();
+    let mut names: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).collect();
+    for quota in &quotas {
+        if !names.contains(&quota.endpoint) {
+            names.push(quota.endpoint.clone());
+        }
+    }
+    let endpoints: Vec<Value> = names
+        .iter()
+        .map(
+            |name| match quotas.iter().find(|quota| quota.endpoint == *name) {
+                None => json!({
+                    "endpoint": name,
+                    "reported": false,
+                    "draining": false,
+                    "drain_reason": null,
+                    "dimensions": [],
+                }),
+                Some(quota) => json!({
+                    "endpoint": name,
+                    "reported": true,
+                    "draining": quota.draining.is_some(),
+                    "drain_reason": quota.draining,
+                    "retry_after_seconds": secs(quota.retry_after_in),
+                    "predicted_exhaustion_in_seconds": secs(quota.predicted_exhaustion_in),
+                    "predicted_exhaustion_at": at(quota.predicted_exhaustion_in),
+                    "last_observed_seconds_ago": secs(quota.last_observed_ago),
+                    "dimensions": quota.dimensions.iter().map(|dimension| json!({
+                        "dimension": dimension.dimension,
+                        "limit": dimension.limit,
+                        "remaining": dimension.remaining,
+                        "reset_in_seconds": secs(dimension.reset_in),
+                        "reset_at": at(dimension.reset_in),
+                        "reset_passed": dimension.reset_passed,
+                        "burn_rate_per_sec": dimension.burn_rate_per_sec,
+                        "predicted_exhaustion_in_seconds": secs(dimension.predicted_exhaustion_in),
+                        "runs_out_before_reset": dimension.runs_out_before_reset,
+                    })).collect::<Vec<_>>(),
+                }),
+            },
+        )
+        .collect();
+    json!({ "endpoints": endpoints })
 }

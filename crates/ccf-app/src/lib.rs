@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod cluster;
+pub mod reload;
 pub mod usage;
 
 /// Why the application could not start.
@@ -40,6 +41,10 @@ pub enum AppError {
     /// The admin API may not start as configured (e.g. a public address without a token).
     #[error(transparent)]
     Admin(#[from] ccf_admin::AdminError),
+    /// A listener would be reachable from other machines without authentication (the message
+    /// names the key to change; `server.allow_insecure: true` overrides the proxy check).
+    #[error(transparent)]
+    Insecure(#[from] ccf_config::InsecureExposure),
 }
 
 /// A bound, ready-to-run forwarder.
@@ -54,6 +59,9 @@ pub struct App {
     /// Operator actions shared with other instances (MySQL only).
     cluster: Option<cluster::Cluster>,
     instance_id: String,
+    /// Hot reload: how to re-read the configuration, and what else to update on a reload.
+    reload_source: Option<reload::ConfigSource>,
+    reload_hooks: reload::ReloadHooks,
 }
 
 impl App {
@@ -71,18 +79,27 @@ impl App {
     ) -> Result<App, AppError> {
         let config = Arc::new(config);
         let address = format!("{}:{}", config.server.host, config.server.port);
+        config.check_exposure()?;
+        if config.server.allow_insecure
+            && !config.auth.enabled
+            && !ccf_config::is_loopback_host(&config.server.host)
+        {
+            warn!(
+                host = %config.server.host,
+                "server.allow_insecure is set: the proxy accepts unauthenticated requests from other machines"
+            );
+        }
         if config.web.enabled {
             ccf_admin::check_security(&config)?;
         }
         let usage = usage::open(&config).await?;
         let cluster = cluster::open(&config).await?;
-        let proxy_listener =
-            TcpListener::bind(&address)
-                .await
-                .map_err(|source| AppError::Bind {
-                    address: address.clone(),
-                    source,
-                })?;
+        let proxy_listener = bind_listener(&address)
+            .await
+            .map_err(|source| AppError::Bind {
+                address: address.clone(),
+                source,
+            })?;
         let proxy_addr = proxy_listener
             .local_addr()
             .map_err(|source| AppError::Bind { address, source })?;
@@ -108,7 +125,7 @@ impl App {
         }
         let admin_listener = if config.web.enabled {
             let address = format!("{}:{}", config.web.host, config.web.port);
-            let listener = TcpListener::bind(&address)
+            let listener = bind_listener(&address)
                 .await
                 .map_err(|source| AppError::Bind {
                     address: address.clone(),
@@ -122,6 +139,8 @@ impl App {
             None
         };
         Ok(App {
+            reload_source: None,
+            reload_hooks: reload::ReloadHooks::default(),
             admin_listener,
             cluster,
             instance_id,
@@ -131,6 +150,21 @@ impl App {
             proxy_listener,
             proxy_addr,
         })
+    }
+
+    /// Turns hot reload on: the configuration is re-read from `source` (same file, environment,
+    /// overrides and `-p`) when its watched file changes, on `SIGHUP` and on
+    /// `POST /api/v1/config/reload`. See [`reload`].
+    pub fn with_reload(mut self, source: reload::ConfigSource) -> App {
+        self.reload_source = Some(source);
+        self
+    }
+
+    /// Calls `hook` with every configuration a reload applied (the binary updates its log
+    /// level with it).
+    pub fn on_reload(mut self, hook: reload::ReloadHook) -> App {
+        self.reload_hooks.0.push(hook);
+        self
     }
 
     /// The address the proxy listener is bound to.
@@ -183,6 +217,39 @@ impl App {
         };
         // The health probes run while the listener serves and stop after the drain.
         let background = self.forwarder.spawn_background();
+        // Hot reload triggers; they end when the listeners have drained.
+        let reload_stop = CancellationToken::new();
+        let mut reload_tasks = Vec::new();
+        if let Some(source) = self.reload_source {
+            let reloader = Arc::new(reload::AppReloader {
+                forwarder: self.forwarder.clone(),
+                recorder: self
+                    .usage
+                    .as_ref()
+                    .map(|tracking| tracking.recorder.clone()),
+                hooks: self.reload_hooks,
+                source: source.clone(),
+            });
+            self.forwarder.set_reloader(reloader.clone());
+            #[cfg(unix)]
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangups) => reload_tasks.push(tokio::spawn(reload::watch_sighup(
+                    hangups,
+                    Arc::clone(&reloader),
+                    reload_stop.clone(),
+                ))),
+                Err(error) => warn!("cannot listen for SIGHUP, reload by signal is off: {error}"),
+            }
+            if let Some(path) = source.watched_file() {
+                info!(file = %path.display(), "watching the configuration file for changes");
+                reload_tasks.push(tokio::spawn(reload::watch_file(
+                    path.to_path_buf(),
+                    source.interval(),
+                    reloader,
+                    reload_stop.clone(),
+                )));
+            }
+        }
         // Several instances on one MySQL store: operator actions are shared (applied before
         // serving, then polled).
         let cluster = match self.cluster {
@@ -240,6 +307,10 @@ impl App {
         if let Some(cluster) = cluster {
             cluster.stop().await;
         }
+        reload_stop.cancel();
+        for task in reload_tasks {
+            let _ = task.await;
+        }
         background.stop().await;
         if let Some(retention) = retention {
             retention.abort();
@@ -258,4 +329,33 @@ impl App {
         );
         Ok(())
     }
+}
+
+/// Pending connections the kernel queues per listener before the accept loop takes them
+/// (Tokio's `TcpListener::bind` uses 1024; a burst of thousands of clients would otherwise wait on
+/// SYN retransmits for seconds).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `address` (`host:port`, names resolved; the first address that binds wins) with
+/// [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, like `TcpListener::bind` otherwise.
+async fn bind_listener(address: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for candidate in tokio::net::lookup_host(address).await? {
+        let socket = if candidate.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(candidate) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{address} resolves to no address"),
+        )
+    }))
 }

@@ -10,6 +10,7 @@
 //! [`ConfigLoader`] (layered loading), [`ConfigError`] (names the file and key path).
 
 mod error;
+mod exposure;
 mod interpolate;
 mod loader;
 mod path;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 pub use ccf_types::Secret;
 pub use error::{ConfigError, ConfigWarning, Problem};
+pub use exposure::{is_loopback_host, ExposureProblem, InsecureExposure};
 pub use loader::{
     CliOverrides, ConfigLoader, LoadedConfig, CLI_SOURCE, DEFAULT_ENV_PREFIX, ENV_KEY_SEPARATOR,
     ENV_SOURCE, INLINE_SOURCE,
@@ -76,8 +78,9 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// One upstream endpoint with every inherited value resolved.
-#[derive(Debug, Clone, PartialEq)]
+/// One upstream endpoint with every inherited value resolved. `Debug` masks the credentials,
+/// including a password in the URL's user info.
+#[derive(Clone, PartialEq)]
 pub struct Endpoint {
     /// Unique name.
     pub name: String,
@@ -99,6 +102,67 @@ pub struct Endpoint {
     pub headers: Vec<(String, String)>,
     /// The endpoint answers `/v1/messages/count_tokens`.
     pub supports_count_tokens: bool,
+}
+
+impl Endpoint {
+    /// The URL to send requests to: [`Endpoint::url`] without any user info (hyper does not
+    /// turn it into credentials, and it must not reach connection pool keys or logs), with no
+    /// trailing `/`.
+    pub fn request_base(&self) -> String {
+        if self.url.username().is_empty() && self.url.password().is_none() {
+            return self.url.as_str().trim_end_matches('/').to_string();
+        }
+        let mut url = self.url.clone();
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.as_str().trim_end_matches('/').to_string()
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.name)
+            .field("url", &mask_url_password(self.url.as_str()))
+            .field("priority", &self.priority)
+            .field("group", &self.group)
+            .field("group_priority", &self.group_priority)
+            .field("token", &self.token)
+            .field("api_key", &self.api_key)
+            .field("timeout", &self.timeout)
+            .field("headers", &MaskedHeaders(&self.headers))
+            .field("supports_count_tokens", &self.supports_count_tokens)
+            .finish()
+    }
+}
+
+/// Custom endpoint headers in `Debug`, values of credential-like names masked.
+struct MaskedHeaders<'a>(&'a [(String, String)]);
+
+impl std::fmt::Debug for MaskedHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut list = f.debug_list();
+        for (name, value) in self.0 {
+            let lower = name.to_ascii_lowercase().replace('-', "_");
+            let sensitive = [
+                "token",
+                "auth",
+                "password",
+                "secret",
+                "key",
+                "cookie",
+                "signature",
+            ]
+            .iter()
+            .any(|word| lower.contains(word));
+            if sensitive {
+                list.entry(&(name, ccf_types::mask_secret(value)));
+            } else {
+                list.entry(&(name, value));
+            }
+        }
+        list.finish()
+    }
 }
 
 impl Config {

@@ -244,10 +244,18 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
         check.positive_duration(&["global_timeout"], timeout);
     }
 
-    if raw.auth.enabled && raw.auth.token.as_ref().is_none_or(Secret::is_empty) {
+    validate_auth(raw, &mut check);
+    check.positive_count(&["server", "max_headers"], raw.server.max_headers);
+    check.positive_count(&["server", "max_connections"], raw.server.max_connections);
+    check.positive_count(&["server", "max_in_flight"], raw.server.max_in_flight);
+    // hyper's smallest read buffer is 8 KiB; a smaller limit would refuse every request.
+    if raw.server.max_header_bytes.bytes() < 8192 {
         check.fail(
-            &["auth", "token"],
-            "required when auth.enabled is true: expected the token clients must send",
+            &["server", "max_header_bytes"],
+            format!(
+                "must be at least 8KB, found {}",
+                raw.server.max_header_bytes
+            ),
         );
     }
 
@@ -265,6 +273,87 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
 
     validate_proxy(raw, &mut check);
     validate_usage_tracking(raw, &mut check);
+    validate_honesty(raw, &mut check);
+    check.positive_duration(&["routing", "affinity_ttl"], raw.routing.affinity_ttl);
+    if raw.routing.affinity_max_sessions == 0 {
+        check.fail(&["routing", "affinity_max_sessions"], "must be at least 1");
+    }
+}
+
+/// `routing.honesty_threshold` and `routing.usage_tolerance`.
+fn validate_honesty(raw: &RawConfig, check: &mut Check<'_>) {
+    let threshold = raw.routing.honesty_threshold;
+    if !threshold.is_finite() || threshold <= 0.0 || threshold >= 1.0 {
+        check.fail(
+            &["routing", "honesty_threshold"],
+            format!("must be a score between 0 and 1 (exclusive), found {threshold}"),
+        );
+    }
+    let tolerance = raw.routing.usage_tolerance;
+    if !tolerance.is_finite() || tolerance < 1.0 {
+        check.fail(
+            &["routing", "usage_tolerance"],
+            format!("must be a ratio of at least 1.0 (e.g. 2.5), found {tolerance}"),
+        );
+    }
+}
+
+/// `auth.*`: with auth on, at least one token; every named token has a unique name and a
+/// distinct, non-empty value (two names for one value would make the recorded name ambiguous).
+fn validate_auth(raw: &RawConfig, check: &mut Check<'_>) {
+    let auth = &raw.auth;
+    let has_legacy = auth.token.as_ref().is_some_and(|token| !token.is_empty());
+    if auth.enabled && !has_legacy && auth.tokens.is_empty() {
+        check.fail(
+            &["auth", "token"],
+            "required when auth.enabled is true: expected the token clients must send \
+             (or a list of named tokens under auth.tokens)",
+        );
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut values: HashMap<&str, usize> = HashMap::new();
+    if has_legacy {
+        names.insert(crate::schema::DEFAULT_AUTH_TOKEN_NAME, usize::MAX);
+        if let Some(token) = &auth.token {
+            values.insert(token.expose(), usize::MAX);
+        }
+    }
+    let base = KeyPath::keys(&["auth", "tokens"]);
+    for (index, entry) in auth.tokens.iter().enumerate() {
+        let entry_path = base.index(index);
+        let name = entry.name.trim();
+        if name.is_empty() {
+            check
+                .problems
+                .push((entry_path.key("name"), "must not be empty: expected the name recorded on this key's requests, e.g. `alice`".into()));
+        } else if let Some(previous) = names.insert(name, index) {
+            let first = if previous == usize::MAX {
+                "auth.token (named `default`)".to_string()
+            } else {
+                format!("auth.tokens[{previous}]")
+            };
+            check.problems.push((
+                entry_path.key("name"),
+                format!("`{name}` is already used by {first}: names must be unique"),
+            ));
+        }
+        if entry.token.is_empty() {
+            check.problems.push((
+                entry_path.key("token"),
+                "must not be empty: expected the token this client sends".into(),
+            ));
+        } else if let Some(previous) = values.insert(entry.token.expose(), index) {
+            let first = if previous == usize::MAX {
+                "auth.token".to_string()
+            } else {
+                format!("auth.tokens[{previous}]")
+            };
+            check.problems.push((
+                entry_path.key("token"),
+                format!("the same token is already given by {first}: every key must be distinct"),
+            ));
+        }
+    }
 }
 
 fn validate_proxy(raw: &RawConfig, check: &mut Check<'_>) {

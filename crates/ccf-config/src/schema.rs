@@ -67,6 +67,21 @@ pub struct ServerConfig {
     pub header_read_timeout: GoDuration,
     /// How long in-flight requests may run after a shutdown signal (default `30s`).
     pub shutdown_timeout: GoDuration,
+    /// Largest request head (request line plus headers) accepted (default `64KB`); larger heads
+    /// get a 431.
+    pub max_header_bytes: ByteSize,
+    /// Most request headers accepted (default 100); more get a 431.
+    pub max_headers: u32,
+    /// Most client connections open at once (default 4096); connections beyond it wait in the
+    /// listen backlog until one closes.
+    pub max_connections: u32,
+    /// Most proxied requests in flight at once (default 1024); beyond it the proxy answers 529
+    /// `overloaded_error`.
+    pub max_in_flight: u32,
+    /// Start even when a listener is reachable from other machines without authentication
+    /// (`auth.enabled: false` on a non-loopback `server.host`, or `web.enabled` on a non-loopback
+    /// `web.host` without `web.auth_token`). Default false: such a start is refused.
+    pub allow_insecure: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +92,11 @@ impl Default for ServerConfig {
             max_request_body_size: ByteSize(32 * 1024 * 1024),
             header_read_timeout: GoDuration::secs(30),
             shutdown_timeout: GoDuration::secs(30),
+            max_header_bytes: ByteSize(64 * 1024),
+            max_headers: 100,
+            max_connections: 4096,
+            max_in_flight: 1024,
+            allow_insecure: false,
         }
     }
 }
@@ -333,8 +353,43 @@ impl Default for RequestSuspendConfig {
 pub struct AuthConfig {
     /// Require the token on every proxied request.
     pub enabled: bool,
-    /// The token clients must send as `Authorization: Bearer` or `x-api-key`.
+    /// The token clients must send as `Authorization: Bearer` or `x-api-key` (the Go key; it
+    /// acts as a token named `default`).
     pub token: Option<Secret>,
+    /// Named tokens, one per person or client: the matching token's name is recorded on each
+    /// request row (`api_key_name`) so usage can be split by key.
+    pub tokens: Vec<AuthToken>,
+}
+
+/// The name `auth.token` is recorded under.
+pub const DEFAULT_AUTH_TOKEN_NAME: &str = "default";
+
+/// One `auth.tokens[]` entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthToken {
+    /// Name recorded on the requests made with this token (not secret).
+    pub name: String,
+    /// The token itself.
+    pub token: Secret,
+}
+
+impl AuthConfig {
+    /// Every accepted token with its name: `auth.token` (named [`DEFAULT_AUTH_TOKEN_NAME`]) first,
+    /// then `auth.tokens` in file order. Empty tokens are skipped.
+    pub fn named_tokens(&self) -> Vec<(String, Secret)> {
+        let legacy = self
+            .token
+            .iter()
+            .filter(|token| !token.is_empty())
+            .map(|token| (DEFAULT_AUTH_TOKEN_NAME.to_string(), token.clone()));
+        let named = self
+            .tokens
+            .iter()
+            .filter(|entry| !entry.token.is_empty())
+            .map(|entry| (entry.name.clone(), entry.token.clone()));
+        legacy.chain(named).collect()
+    }
 }
 
 /// `tui.*`.
@@ -417,8 +472,9 @@ pub enum OutboundProxyType {
     Socks5,
 }
 
-/// `proxy.*`: outbound proxy for all upstream traffic.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `proxy.*`: outbound proxy for all upstream traffic. `Debug` masks the password, including
+/// one written inside `url`.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OutboundProxyConfig {
     /// Use the proxy.
@@ -436,6 +492,37 @@ pub struct OutboundProxyConfig {
     pub username: Option<String>,
     /// Proxy password.
     pub password: Option<Secret>,
+}
+
+impl std::fmt::Debug for OutboundProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundProxyConfig")
+            .field("enabled", &self.enabled)
+            .field("kind", &self.kind)
+            .field("url", &self.url.as_deref().map(mask_url_password))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user info masked (`http://bob:***@proxy:3128`); anything
+/// that does not parse as a URL is masked whole when it could hold credentials (contains `@`).
+pub fn mask_url_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            if parsed.set_password(Some("***")).is_ok() {
+                parsed.to_string()
+            } else {
+                "***".to_string()
+            }
+        }
+        Ok(_) => url.to_string(),
+        Err(_) if url.contains('@') => "***".to_string(),
+        Err(_) => url.to_string(),
+    }
 }
 
 /// `usage_tracking.*`.
@@ -593,12 +680,35 @@ impl Default for ModelPricing {
 pub struct RoutingConfig {
     /// Keep a conversation on the endpoint holding its prompt cache (`on`/`off`, default on).
     pub session_affinity: OnOff,
+    /// How long a session stays bound to its endpoint after a turn (default `5m`, the prompt
+    /// cache's TTL; turns that ask for the 1-hour cache keep it for `1h`, or this when longer).
+    pub affinity_ttl: GoDuration,
+    /// Most sessions remembered at once (default 10000); past it the binding closest to expiry
+    /// is dropped.
+    pub affinity_max_sessions: u64,
+    /// Compare what endpoints report (model, usage, stream pacing) with what was asked and sent,
+    /// and keep per-endpoint honesty scores (`on`/`off`, default on).
+    pub relay_honesty: OnOff,
+    /// Try endpoints whose honesty score fell below `honesty_threshold` after the honest ones
+    /// of their group (default false).
+    pub demote_dishonest: bool,
+    /// Honesty score (between 0 and 1, exclusive) below which `demote_dishonest` demotes an endpoint (default 0.5).
+    pub honesty_threshold: f64,
+    /// How many times more (or fewer) input tokens than the local estimate an endpoint may
+    /// report before its usage is called wrong (default 2.5).
+    pub usage_tolerance: f64,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
         Self {
+            relay_honesty: OnOff(true),
+            demote_dishonest: false,
+            honesty_threshold: 0.5,
+            usage_tolerance: 2.5,
             session_affinity: OnOff(true),
+            affinity_ttl: GoDuration::secs(5 * 60),
+            affinity_max_sessions: 10_000,
         }
     }
 }
@@ -733,5 +843,36 @@ mod decimal {
             }
         }
         deserializer.deserialize_option(OptionalVisitor)
+    }
+}
+
+#[cfg(test)]
+mod secret_masking_tests {
+    use super::*;
+
+    #[test]
+    fn proxy_debug_masks_the_password_in_the_url_and_the_field() {
+        let proxy = OutboundProxyConfig {
+            enabled: true,
+            url: Some("http://bob:hunter2-long-password@proxy.example:3128".into()),
+            password: Some(Secret::new("field-password-value")),
+            ..OutboundProxyConfig::default()
+        };
+        let debug = format!("{proxy:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("field-password-value"), "{debug}");
+        assert!(
+            debug.contains("http://bob:***@proxy.example:3128"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn url_masking_keeps_urls_without_credentials() {
+        assert_eq!(
+            mask_url_password("socks5://127.0.0.1:1080"),
+            "socks5://127.0.0.1:1080"
+        );
+        assert_eq!(mask_url_password("not a url @ with secret"), "***");
     }
 }

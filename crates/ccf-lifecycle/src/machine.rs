@@ -98,7 +98,8 @@ pub enum TransitionError {
 /// # use std::time::SystemTime;
 /// # use ccf_lifecycle::*;
 /// # let start = RequestStart { id: RequestId::generate(), client_ip: None, user_agent: None,
-/// #     method: "POST".into(), path: "/v1/messages".into(), is_streaming: false, request_model: None };
+/// #     method: "POST".into(), path: "/v1/messages".into(), is_streaming: false, request_model: None,
+/// #     api_key_name: None };
 /// let (lifecycle, _started) = Lifecycle::start(start, SystemTime::now());
 /// let first = lifecycle.cancel("client went away", SystemTime::now());
 /// let second = lifecycle.cancel("again", SystemTime::now());
@@ -212,6 +213,18 @@ impl Lifecycle {
         self.record.response_model = Some(model.to_string());
         self.record.model_mismatch = mismatch;
         mismatch
+    }
+
+    /// The conversation this request belongs to (a hashed session key; see
+    /// [`RequestRecord::session_id`]).
+    pub fn set_session(&mut self, session_id: &str) {
+        self.record.session_id = Some(session_id.to_string());
+    }
+
+    /// Session affinity moved the conversation here from `from` (see
+    /// [`RequestRecord::affinity_moved_from`]).
+    pub fn affinity_moved(&mut self, from: &str) {
+        self.record.affinity_moved_from = Some(from.to_string());
     }
 
     /// The latest known usage (`message_start`'s, then the final one), replacing the previous;

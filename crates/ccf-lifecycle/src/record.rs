@@ -28,6 +28,9 @@ pub struct RequestStart {
     pub is_streaming: bool,
     /// The `model` of the request body, when there is one.
     pub request_model: Option<String>,
+    /// The name of the inbound auth key the client presented (`auth.tokens[].name`, `default`
+    /// for `auth.token`); `None` when inbound auth is off.
+    pub api_key_name: Option<String>,
 }
 
 /// The full state of one request.
@@ -97,6 +100,17 @@ pub struct RequestRecord {
     pub last_failure_reason: Option<String>,
     /// Why the request was cancelled; set exactly when the status is `cancelled`.
     pub cancel_reason: Option<String>,
+    /// The name of the inbound auth key the request was made with (never the key itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_name: Option<String>,
+    /// The conversation the request belongs to, as routing identified it: a 64-bit hash in
+    /// 16 hex digits (never the text it was computed from).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Session affinity moved the conversation to this request's endpoint from this one (the
+    /// endpoint that served its previous turn).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_moved_from: Option<String>,
 }
 
 impl RequestRecord {
@@ -127,6 +141,9 @@ impl RequestRecord {
             failure_reason: None,
             last_failure_reason: None,
             cancel_reason: None,
+            api_key_name: start.api_key_name,
+            session_id: None,
+            affinity_moved_from: None,
         }
     }
 

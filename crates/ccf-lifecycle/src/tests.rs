@@ -23,6 +23,7 @@ fn request_start(request_model: Option<&str>) -> RequestStart {
         path: "/v1/messages".to_string(),
         is_streaming: true,
         request_model: request_model.map(str::to_string),
+        api_key_name: None,
     }
 }
 

@@ -51,6 +51,8 @@ pub enum ForwarderEvent {
         /// How long it was held.
         waited: Duration,
     },
+    /// A configuration reload was attempted (applied or rejected).
+    ConfigReloaded(crate::reload::ReloadStatus),
 }
 
 /// The broadcast bus.
@@ -168,6 +170,7 @@ mod tests {
                 path: "/v1/messages".into(),
                 is_streaming: false,
                 request_model: None,
+                api_key_name: None,
             },
             SystemTime::now(),
         )

@@ -2,8 +2,9 @@
 //!
 //! [`Forwarder`] is cheap to clone (one `Arc`) and is a hyper `Service`, so it can be served on
 //! any listener or mounted inside another hyper application. Per request it:
-//! 1. admits: monitoring routes, inbound auth, reads the body once (bounded) as `Bytes`, parses
-//!    `model` and `stream` from the JSON, gives the request its [`RequestId`];
+//! 1. admits: an in-flight slot (`server.max_in_flight`, else 529), inbound auth (every path
+//!    but `/health`, recording the key's name), monitoring routes, reads the body once (bounded)
+//!    as `Bytes`, parses `model` and `stream` from the JSON, gives the request its [`RequestId`];
 //! 2. routes: asks the [`Router`] for the active group's endpoints, best first;
 //! 3. forwards: up to `retry.max_attempts` attempts per endpoint, acting on each result's class
 //!    ([`crate::classify`]); when every endpoint of the group failed, the group fails (auto mode:
@@ -22,6 +23,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use ccf_config::{Config, Endpoint};
 use ccf_health::{HealthMonitor, HealthSettings, HealthSnapshot, HealthTask, PassiveFailure};
@@ -41,8 +43,11 @@ use crate::client::{build_upstream_client, ClientBuildError, UpstreamClient};
 use crate::error::{anthropic_error_response, ProxyError};
 use crate::events::{EventBus, ForwarderEvent};
 use crate::headers::{remove_hop_by_hop, rewrite_request_headers, X_CCF_REQUEST_ID};
+use crate::honesty::{Honesty, HonestyProbe};
+use crate::limits::{hold_until_body_ends, InFlightLimit};
 use crate::monitoring::{self, Metrics};
 use crate::probe::UpstreamProber;
+use crate::reload::{ReloadError, ReloadReport, ReloadStatus, Reloader};
 use crate::server::ClientAddr;
 use crate::suspend::{HoldPermit, Suspension};
 use crate::tracking::{RequestObserver, Tracker, TrackingHub};
@@ -117,23 +122,39 @@ pub struct Forwarder {
 }
 
 struct Shared {
-    config: Arc<Config>,
-    endpoints: Vec<Arc<Endpoint>>,
-    client: UpstreamClient,
-    auth: Option<InboundAuth>,
+    /// The reloadable configuration and what is derived from it, swapped as one unit by
+    /// [`Forwarder::reload`]. A request loads it where it needs it (admission, each group
+    /// round), so a round never mixes two configurations.
+    current: ArcSwap<Snapshot>,
     router: Mutex<Router>,
     health: HealthMonitor,
     suspension: Arc<Suspension>,
     events: EventBus,
     metrics: Arc<Metrics>,
     hub: Arc<TrackingHub>,
+    /// Requests in flight, against `server.max_in_flight`.
+    in_flight_limit: InFlightLimit,
+    /// Relay honesty scores (`routing.relay_honesty`).
+    honesty: Honesty,
     operator_observer: OnceLock<Arc<dyn OperatorObserver>>,
+    /// Hot reload: who re-reads the configuration, one reload at a time, and the last result.
+    reloader: OnceLock<Arc<dyn Reloader>>,
+    reload_lock: Mutex<()>,
+    reload_status: Mutex<Option<ReloadStatus>>,
+}
+
+/// One configuration and what the engine derives from it; immutable, replaced whole on reload.
+pub(crate) struct Snapshot {
+    pub(crate) config: Arc<Config>,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    pub(crate) client: UpstreamClient,
+    pub(crate) auth: Option<InboundAuth>,
 }
 
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")
-            .field("endpoints", &self.shared.endpoints.len())
+            .field("endpoints", &self.shared.current().endpoints.len())
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +164,25 @@ impl std::fmt::Debug for Forwarder {
 struct BodyProbe {
     model: Option<String>,
     stream: Option<bool>,
+    // Smart routing (session.rs): read in the same parse, never copied as text.
+    metadata: Option<crate::session::Metadata>,
+    system: Option<crate::session::SystemPrompt>,
+    messages: Option<crate::session::Messages>,
+    tools: Option<crate::session::CacheScan>,
+    cache_control: Option<crate::session::CacheScan>,
+}
+
+impl BodyProbe {
+    /// The parts a session is identified by.
+    fn session(&self) -> crate::session::BodySession<'_> {
+        crate::session::BodySession {
+            user_id: self.metadata.as_ref().and_then(|m| m.user_id.as_deref()),
+            system: self.system.map(|part| part.0),
+            messages: self.messages.map(|part| part.0),
+            long_ttl_elsewhere: self.tools.is_some_and(|scan| scan.0)
+                || self.cache_control.is_some_and(|scan| scan.0),
+        }
+    }
 }
 
 /// Everything about one request that the routing loop needs.
@@ -159,6 +199,12 @@ struct RequestContext {
     in_flight: Option<monitoring::InFlightGuard>,
     /// Attempts made so far (mirrors the lifecycle's trail, for the response header).
     attempt_count: usize,
+    /// Checks the successful answer's honesty; moved into the response body's observer.
+    honesty: Option<HonestyProbe>,
+    /// The conversation the request belongs to (session affinity).
+    session: Option<ccf_router::SessionRequest>,
+    /// What session routing did to the current round's plan.
+    decision: ccf_router::SessionDecision,
 }
 
 impl RequestContext {
@@ -239,11 +285,7 @@ impl Forwarder {
         let client = build_upstream_client(&config.proxy, CONNECT_TIMEOUT)?;
         let endpoints: Vec<Arc<Endpoint>> =
             config.endpoints.iter().cloned().map(Arc::new).collect();
-        let auth = config
-            .auth
-            .enabled
-            .then(|| config.auth.token.clone().map(InboundAuth::new))
-            .flatten();
+        let auth = InboundAuth::from_config(&config.auth);
         let health = HealthMonitor::new(
             &config.endpoints,
             HealthSettings::from_config(&config),
@@ -265,16 +307,23 @@ impl Forwarder {
         Ok(Forwarder {
             shared: Arc::new(Shared {
                 router: Mutex::new(Router::from_config(&config)),
-                config,
-                endpoints,
-                client,
-                auth,
+                honesty: Honesty::new(&config),
+                current: ArcSwap::from_pointee(Snapshot {
+                    config,
+                    endpoints,
+                    client,
+                    auth,
+                }),
                 health,
                 suspension,
                 events,
                 metrics,
                 hub,
+                in_flight_limit: InFlightLimit::default(),
                 operator_observer: OnceLock::new(),
+                reloader: OnceLock::new(),
+                reload_lock: Mutex::new(()),
+                reload_status: Mutex::new(None),
             }),
         })
     }
@@ -313,9 +362,105 @@ impl Forwarder {
         }
     }
 
-    /// The configuration the engine runs with.
-    pub fn config(&self) -> &Config {
-        &self.shared.config
+    /// The configuration the engine runs with now (replaced by [`Forwarder::reload`]).
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.shared.current().config)
+    }
+
+    /// Hot reload: applies a new validated configuration without dropping anything.
+    ///
+    /// Endpoints, priorities, groups, strategy, retry, health, streaming, suspension, inbound
+    /// auth, token counting and the outbound proxy take effect for the next routing round;
+    /// requests already relaying keep the upstream connection they have. Live state carries
+    /// over by name (see [`Router::reconfigure`] and [`HealthMonitor::reconfigure`]): health,
+    /// cooldowns, pauses, the active group and operator priority edits; held requests wake up
+    /// and route again under the new configuration. Listen addresses, storage and the admin API
+    /// are left as they are and listed in [`ReloadReport::restart_required`]. On error nothing
+    /// changed.
+    pub fn reload(&self, config: Arc<Config>) -> Result<ReloadReport, ReloadError> {
+        let shared = &self.shared;
+        let _one_at_a_time = shared
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = shared.current();
+        let report = crate::reload::diff(&old.config, &config);
+        let config = Arc::new(crate::reload::effective(&old.config, &config));
+        let client = if serde_json::to_value(&old.config.proxy).ok()
+            == serde_json::to_value(&config.proxy).ok()
+        {
+            old.client.clone()
+        } else {
+            build_upstream_client(&config.proxy, CONNECT_TIMEOUT)?
+        };
+        let reset = |name: &str| match (old.config.endpoint(name), config.endpoint(name)) {
+            (Some(before), Some(after)) => crate::reload::connection_changed(before, after),
+            _ => false,
+        };
+        shared.health.reconfigure(
+            &config.endpoints,
+            HealthSettings::from_config(&config),
+            Arc::new(UpstreamProber::new(client.clone())),
+        );
+        shared.current.store(Arc::new(Snapshot {
+            endpoints: config.endpoints.iter().cloned().map(Arc::new).collect(),
+            auth: InboundAuth::from_config(&config.auth),
+            client,
+            config: Arc::clone(&config),
+        }));
+        let health = shared.health.snapshot();
+        let events = shared.router().reconfigure_from_config(
+            &config,
+            &reset,
+            &|name| health.is_healthy(name),
+            Instant::now(),
+        );
+        shared.publish_router(events);
+        shared.suspension.reconfigure(
+            config.request_suspend.enabled,
+            config.request_suspend.timeout.get(),
+            usize::try_from(config.request_suspend.max_suspended_requests).unwrap_or(usize::MAX),
+        );
+        Ok(report)
+    }
+
+    /// Installs what [`Forwarder::request_reload`] calls (the application's configuration
+    /// reader). Only the first call takes effect; returns whether this one did.
+    pub fn set_reloader(&self, reloader: Arc<dyn Reloader>) -> bool {
+        self.shared.reloader.set(reloader).is_ok()
+    }
+
+    /// Whether a [`Reloader`] is installed (the application was started from a file).
+    pub fn reload_enabled(&self) -> bool {
+        self.shared.reloader.get().is_some()
+    }
+
+    /// Re-reads and applies the configuration through the installed [`Reloader`] (the admin
+    /// API's `POST /api/v1/config/reload`); `None` when no reloader is installed.
+    pub fn request_reload(&self, trigger: &str) -> Option<ReloadStatus> {
+        let reloader = Arc::clone(self.shared.reloader.get()?);
+        Some(reloader.reload(trigger))
+    }
+
+    /// Keeps `status` as the last reload result and publishes it on the event bus.
+    pub fn record_reload(&self, status: ReloadStatus) {
+        *self
+            .shared
+            .reload_status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(status.clone());
+        self.shared
+            .events
+            .publish(ForwarderEvent::ConfigReloaded(status));
+    }
+
+    /// The last reload result, if any reload was attempted.
+    pub fn reload_status(&self) -> Option<ReloadStatus> {
+        self.shared
+            .reload_status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The event bus (routing, health and suspension changes).
@@ -345,6 +490,50 @@ impl Forwarder {
         self.shared
             .router()
             .groups(&|name| health.is_healthy(name), Instant::now())
+    }
+
+    /// Session affinity: settings, counters, per-endpoint cache numbers and up to `limit` live
+    /// sessions (most recent first).
+    pub fn affinity(&self, limit: usize) -> ccf_router::AffinityView {
+        self.shared.router().affinity_view(Instant::now(), limit)
+    }
+
+    /// Every endpoint's last rate-limit readings, burn rate and predicted exhaustion.
+    pub fn quota(&self) -> Vec<ccf_router::EndpointQuotaView> {
+        self.shared.router().quota_view(Instant::now())
+    }
+
+    /// A success from `endpoint` is relayed: binds the request's session there (noting a move
+    /// on the request) and returns what records the turn's tokens when the body ends.
+    fn session_turn(
+        &self,
+        endpoint: &Endpoint,
+        context: &RequestContext,
+        tracker: &mut Option<Tracker>,
+    ) -> crate::session::TurnRecorder {
+        let session = context.session;
+        if let Some(session) = &session {
+            let moved =
+                self.shared
+                    .router()
+                    .session_served(session, &endpoint.name, Instant::now());
+            if let Some(moved) = moved {
+                info!(session = %moved.session, from = %moved.from, to = %moved.to, "session affinity moved");
+                if let Some(tracker) = tracker.as_mut() {
+                    tracker.update(|lifecycle| lifecycle.affinity_moved(&moved.from));
+                }
+            }
+        }
+        let held = context.decision.held
+            && context.decision.preferred.as_deref() == Some(endpoint.name.as_str());
+        let forwarder = self.clone();
+        let name = endpoint.name.clone();
+        crate::session::TurnRecorder::new(move |model, tokens| {
+            forwarder
+                .shared
+                .router()
+                .record_turn(session.as_ref(), &name, model, tokens, held);
+        })
     }
 
     /// Every endpoint's routing state.
@@ -445,6 +634,33 @@ impl Forwarder {
         Ok(())
     }
 
+    /// Every endpoint's relay honesty scores, flags and demotion (see `docs/routing.md`).
+    pub fn honesty(&self) -> Vec<ccf_router::honesty::EndpointHonesty> {
+        self.shared.honesty.view(Instant::now())
+    }
+
+    /// Folds a successful answer's honesty check into the scores and applies the demotions it
+    /// causes to routing.
+    fn record_honesty(&self, endpoint: &str, check: ccf_router::honesty::HonestyCheck) {
+        let shared = &self.shared;
+        let current = shared.current();
+        shared
+            .honesty
+            .record_check(&current.config, &shared.metrics, endpoint, check);
+        // Every endpoint's state, not only what this check changed: a configuration reload may
+        // have rebuilt an endpoint's routing state since it was demoted. Only real changes make
+        // events.
+        let demotions = shared.honesty.demotions();
+        let mut events = Vec::new();
+        {
+            let mut router = shared.router();
+            for (name, demoted) in demotions {
+                events.extend(router.set_demoted(&name, demoted));
+            }
+        }
+        shared.publish_router(events);
+    }
+
     /// Installs the observer of operator actions (the multi-instance sync). Only the first call
     /// takes effect; returns whether this one did.
     pub fn set_operator_observer(&self, observer: Arc<dyn OperatorObserver>) -> bool {
@@ -509,10 +725,33 @@ impl Forwarder {
             method = %request.method(),
             path = %request.uri().path(),
         );
+        // Monitoring routes stay answerable when the forwarder is saturated.
+        let slot = if crate::limits::is_monitoring_path(request.uri().path()) {
+            None
+        } else {
+            let limit = usize::try_from(self.shared.current().config.server.max_in_flight)
+                .unwrap_or(usize::MAX);
+            match self.shared.in_flight_limit.try_acquire(limit) {
+                Some(slot) => Some(slot),
+                None => {
+                    let error = ProxyError::Overloaded { limit };
+                    span.in_scope(|| info!(status = 529, "rejected: {error}"));
+                    self.shared.metrics.record_request("", error.status());
+                    let mut response = error.to_response();
+                    if let Ok(value) = HeaderValue::try_from(request_id.to_string()) {
+                        response.headers_mut().insert(X_CCF_REQUEST_ID, value);
+                    }
+                    return response;
+                }
+            }
+        };
         let mut response = self
             .handle_inner(request, request_id)
             .instrument(span)
             .await;
+        if let Some(slot) = slot {
+            response = hold_until_body_ends(response, slot);
+        }
         if let Ok(value) = HeaderValue::try_from(request_id.to_string()) {
             response.headers_mut().insert(X_CCF_REQUEST_ID, value);
         }
@@ -529,10 +768,27 @@ impl Forwarder {
         B::Error: Into<BoxError>,
     {
         let shared = &self.shared;
+        let current = shared.current();
+        // Inbound auth covers every path but `/health` and credential-less reachability probes
+        // (`/health/detailed`, `/metrics` and friends included); the name of the matching key is
+        // recorded on the request.
+        let api_key_name = match current.auth.as_ref().filter(|_| {
+            !is_reachability_check(&request) && !crate::auth::is_open_path(request.uri().path())
+        }) {
+            Some(auth) => match auth.check(request.headers()) {
+                Ok(name) => Some(name.to_string()),
+                Err(error) => {
+                    info!(status = 401, "rejected: {error}");
+                    shared.metrics.record_request("", error.status());
+                    return error.to_response();
+                }
+            },
+            None => None,
+        };
         if let Some(response) = monitoring::respond(
             request.method(),
             request.uri().path(),
-            &shared.endpoints,
+            &current.endpoints,
             &shared.health.snapshot(),
             &shared.metrics,
         ) {
@@ -544,19 +800,8 @@ impl Forwarder {
             .extensions()
             .get::<ClientAddr>()
             .map(|client| client.0.ip());
-        if let Some(auth) = shared
-            .auth
-            .as_ref()
-            .filter(|_| !is_reachability_check(&request))
-        {
-            if let Err(error) = auth.check(request.headers()) {
-                info!(status = 401, "rejected: {error}");
-                shared.metrics.record_request("", error.status());
-                return error.to_response();
-            }
-        }
         let (parts, body) = request.into_parts();
-        let limit = shared.config.server.max_request_body_size.bytes();
+        let limit = current.config.server.max_request_body_size.bytes();
         let body = match read_body(body, parts.headers.get(header::CONTENT_LENGTH), limit).await {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -565,13 +810,19 @@ impl Forwarder {
                 return error.to_response();
             }
         };
-        if shared.config.token_counting.enabled
+        if current.config.token_counting.enabled
             && parts.method == http::Method::POST
             && parts.uri.path() == COUNT_TOKENS_PATH
         {
             return self.count_tokens(&parts, &body).await;
         }
         let probe = probe_body(&parts.headers, &body);
+        let session = crate::session::identify(
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            &probe.session(),
+        );
         let is_streaming = probe.stream == Some(true)
             || parts
                 .headers
@@ -597,11 +848,19 @@ impl Forwarder {
                 path: parts.uri.path().to_string(),
                 is_streaming,
                 request_model: probe.model.clone(),
+                api_key_name,
             },
             started_at,
         );
         let mut context = RequestContext {
             request_id,
+            honesty: Honesty::probe(
+                &current.config,
+                request_id,
+                &parts,
+                &body,
+                probe.model.as_deref(),
+            ),
             parts,
             body,
             is_streaming,
@@ -613,7 +872,12 @@ impl Forwarder {
             )),
             in_flight: Some(shared.metrics.in_flight_guard()),
             attempt_count: 0,
+            session,
+            decision: ccf_router::SessionDecision::default(),
         };
+        if let (Some(session), Some(tracker)) = (session, context.tracker()) {
+            tracker.update(|lifecycle| lifecycle.set_session(&session.key.to_string()));
+        }
         let mut response = self.route_and_forward(&mut context).await;
         if let Ok(value) = HeaderValue::try_from(context.attempt_count.to_string()) {
             response.headers_mut().insert(X_CCF_ATTEMPTS, value);
@@ -630,9 +894,10 @@ impl Forwarder {
         body: &Bytes,
     ) -> Response<ProxyBody> {
         let shared = &self.shared;
+        let current = shared.current();
         let plan = shared.plan();
         for planned in plan.endpoints.iter().filter(|planned| planned.healthy) {
-            let Some(endpoint) = shared.endpoint(&planned.name) else {
+            let Some(endpoint) = current.endpoint(&planned.name) else {
                 continue;
             };
             if !endpoint.supports_count_tokens {
@@ -657,8 +922,10 @@ impl Forwarder {
                 Err(error) => debug!(endpoint = %endpoint.name, "count_tokens failed: {error}"),
             }
         }
-        match ccf_tokens::estimate_input_tokens(body, shared.config.token_counting.estimation_ratio)
-        {
+        match ccf_tokens::estimate_input_tokens(
+            body,
+            current.config.token_counting.estimation_ratio,
+        ) {
             Ok(tokens) => {
                 info!(input_tokens = tokens, "count_tokens estimated locally");
                 shared.metrics.record_request("", StatusCode::OK);
@@ -703,6 +970,11 @@ impl Forwarder {
                     break;
                 };
                 self.rank_by_fast_test(&mut plan).await;
+                // Session affinity and quota draining reorder the plan last, so they win.
+                context.decision =
+                    shared
+                        .router()
+                        .arrange(&mut plan, context.session.as_ref(), Instant::now());
                 if tried_groups.contains(&group) {
                     break;
                 }
@@ -803,7 +1075,8 @@ impl Forwarder {
     /// others stay as a last resort.
     async fn rank_by_fast_test(&self, plan: &mut RoutePlan) {
         let shared = &self.shared;
-        let strategy = &shared.config.strategy;
+        let current = shared.current();
+        let strategy = &current.config.strategy;
         if strategy.kind != ccf_config::StrategyType::Fastest
             || !strategy.fast_test_enabled
             || plan.endpoints.len() < 2
@@ -821,11 +1094,19 @@ impl Forwarder {
                 router.record_probe_latency(name, *latency);
             }
         }
+        // Endpoints demoted for a low honesty score stay behind the others, as in the router.
+        let demoted: Vec<String> = shared
+            .honesty
+            .demotions()
+            .into_iter()
+            .filter_map(|(name, demoted)| demoted.then_some(name))
+            .collect();
         plan.endpoints.sort_by_key(|planned| {
-            ranked
+            let rank = ranked
                 .iter()
                 .position(|(name, _)| *name == planned.name)
-                .unwrap_or(usize::MAX)
+                .unwrap_or(usize::MAX);
+            (demoted.contains(&planned.name), rank)
         });
     }
 
@@ -924,10 +1205,11 @@ impl Forwarder {
         last_error: &mut Option<ProxyError>,
     ) -> GroupOutcome {
         let shared = &self.shared;
-        let retry = &shared.config.retry;
+        let current = shared.current();
+        let retry = &current.config.retry;
         let max_attempts = retry.max_attempts.max(1);
         for planned in &plan.endpoints {
-            let Some(endpoint) = shared.endpoint(&planned.name) else {
+            let Some(endpoint) = current.endpoint(&planned.name) else {
                 continue;
             };
             if let Some(tracker) = context.tracker() {
@@ -987,6 +1269,13 @@ impl Forwarder {
                     }
                 };
                 let status = upstream.status();
+                let quota =
+                    crate::session::quota_observation(upstream.headers(), SystemTime::now());
+                if !quota.is_empty() {
+                    shared
+                        .router()
+                        .record_quota(&endpoint.name, &quota, Instant::now());
+                }
                 context.record_attempt(Attempt {
                     endpoint: endpoint.name.clone(),
                     group: endpoint.group.clone(),
@@ -1077,7 +1366,8 @@ impl Forwarder {
 
     /// Sleeps the back-off before attempt `attempt + 1`; cancelled with the request.
     async fn back_off(&self, attempt: u32) {
-        let retry = &self.shared.config.retry;
+        let current = self.shared.current();
+        let retry = &current.config.retry;
         let delay = backoff(
             attempt,
             retry.base_delay.get(),
@@ -1113,6 +1403,7 @@ impl Forwarder {
         endpoint: &Endpoint,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         let shared = &self.shared;
+        let current = shared.current();
         let uri = upstream_uri(endpoint, &parts.uri)?;
         let headers = rewrite_request_headers(&parts.headers, endpoint).map_err(|error| {
             ProxyError::BadUpstreamUrl {
@@ -1125,9 +1416,9 @@ impl Forwarder {
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = headers;
         let header_timeout = if is_streaming {
-            shared.config.streaming.response_header_timeout.get()
+            current.config.streaming.response_header_timeout.get()
         } else {
-            shared
+            current
                 .config
                 .streaming
                 .response_header_timeout
@@ -1136,7 +1427,7 @@ impl Forwarder {
         };
         debug!(endpoint = %endpoint.name, group = %endpoint.group, "forwarding");
         let sent = Instant::now();
-        match tokio::time::timeout(header_timeout, shared.client.request(upstream_request)).await {
+        match tokio::time::timeout(header_timeout, current.client.request(upstream_request)).await {
             Ok(Ok(response)) => {
                 shared.metrics.record_header_latency(sent.elapsed());
                 Ok(response)
@@ -1163,6 +1454,7 @@ impl Forwarder {
         expectation: Expectation,
     ) -> Response<ProxyBody> {
         let shared = &self.shared;
+        let current = shared.current();
         let (mut parts, body) = upstream.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         let status = parts.status;
@@ -1181,7 +1473,7 @@ impl Forwarder {
             .as_deref()
             .is_some_and(|content_type| content_type.starts_with("text/event-stream"));
         let options = RelayOptions {
-            idle_limit: Some(shared.config.streaming.max_idle_time.get()).filter(|d| !d.is_zero()),
+            idle_limit: Some(current.config.streaming.max_idle_time.get()).filter(|d| !d.is_zero()),
             total_limit: (!context.is_streaming)
                 .then(|| endpoint.timeout.saturating_sub(context.started.elapsed())),
             sse_error_event: status.is_success() && is_event_stream,
@@ -1192,8 +1484,20 @@ impl Forwarder {
             tracker
                 .transition(|lifecycle| lifecycle.processing(status.as_u16(), time_to_first_byte));
         }
+        let honesty = context
+            .honesty
+            .take()
+            .filter(|_| expectation == Expectation::Success)
+            .map(|mut probe| {
+                probe.watch_answer(is_event_stream, content_encoding.as_deref());
+                (probe, self.clone())
+            });
+        let turn = (expectation == Expectation::Success)
+            .then(|| self.session_turn(endpoint, context, &mut tracker));
         let observer = RequestFinisher {
             tracker,
+            turn,
+            honesty,
             tap: BodyTap::new(content_type.as_deref(), content_encoding.as_deref()),
             expectation,
             status,
@@ -1216,16 +1520,23 @@ enum Expectation {
     Failure(FailureReason),
 }
 
-impl Shared {
-    fn router(&self) -> MutexGuard<'_, Router> {
-        self.router.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
+impl Snapshot {
     fn endpoint(&self, name: &str) -> Option<Arc<Endpoint>> {
         self.endpoints
             .iter()
             .find(|endpoint| endpoint.name == name)
             .cloned()
+    }
+}
+
+impl Shared {
+    fn router(&self) -> MutexGuard<'_, Router> {
+        self.router.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The configuration snapshot in force now.
+    fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
     }
 
     /// The router's plan for a new round, with the current health.
@@ -1287,6 +1598,10 @@ async fn buffer_answer(
 /// lifecycle, exactly once, when the body ends, fails or the client leaves.
 struct RequestFinisher {
     tracker: Option<Tracker>,
+    /// The honesty probe of a successful answer, and the engine to report it to.
+    honesty: Option<(HonestyProbe, Forwarder)>,
+    /// Records a successful turn's tokens for session affinity.
+    turn: Option<crate::session::TurnRecorder>,
     tap: BodyTap,
     expectation: Expectation,
     status: StatusCode,
@@ -1300,11 +1615,16 @@ impl RelayObserver for RequestFinisher {
     fn on_data(&mut self, data: &Bytes) {
         self.body_bytes += data.len() as u64;
         self.tap.feed(data);
+        if let Some((probe, _)) = self.honesty.as_mut() {
+            probe.on_data(data);
+        }
     }
 
     fn on_end(self: Box<Self>, end: RelayEnd) {
         let RequestFinisher {
             tracker,
+            turn,
+            honesty,
             tap,
             expectation,
             status,
@@ -1317,6 +1637,9 @@ impl RelayObserver for RequestFinisher {
         let extraction = tap.finish();
         for diagnostic in &extraction.diagnostics {
             debug!(endpoint = %endpoint, "usage parsing: {diagnostic}");
+        }
+        if let (Some(turn), RelayEnd::Complete) = (turn, &end) {
+            turn.finish(extraction.model.as_deref(), extraction.usage.as_ref());
         }
         let Some(mut tracker) = tracker else { return };
         tracker.observe(
@@ -1354,7 +1677,12 @@ impl RelayObserver for RequestFinisher {
                     warn!(endpoint = %endpoint, "stream ended with an error event: {detail}");
                     tracker.finish(|lifecycle, now| lifecycle.fail(reason, &detail, None, now));
                 }
-                None => tracker.finish(|lifecycle, now| lifecycle.complete(now)),
+                None => {
+                    if let Some((probe, forwarder)) = honesty {
+                        forwarder.record_honesty(&endpoint, probe.finish(&extraction));
+                    }
+                    tracker.finish(|lifecycle, now| lifecycle.complete(now));
+                }
             },
             (Expectation::Success, other) => {
                 let (reason, detail) = match other {
@@ -1451,7 +1779,8 @@ fn upstream_uri(endpoint: &Endpoint, request_uri: &Uri) -> Result<Uri, ProxyErro
             message: "the endpoint url must not carry a query string".into(),
         });
     }
-    let base = endpoint.url.as_str().trim_end_matches('/');
+    // Without user info: it must not reach the pool key, which hyper-util logs at TRACE.
+    let base = endpoint.request_base();
     let path_and_query = request_uri
         .path_and_query()
         .map_or("/", |path_and_query| path_and_query.as_str());

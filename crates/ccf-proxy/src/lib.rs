@@ -21,9 +21,13 @@ mod error;
 pub mod events;
 mod forwarder;
 pub mod headers;
+mod honesty;
+mod limits;
 pub mod monitoring;
 mod probe;
+pub mod reload;
 mod server;
+mod session;
 mod suspend;
 mod tracking;
 
@@ -34,5 +38,9 @@ pub use error::{anthropic_error_response, ErrorOrigin, ProxyError};
 pub use events::{EventBus, ForwarderEvent};
 pub use forwarder::{BackgroundTasks, BuildError, Forwarder, OperatorAction, OperatorObserver};
 pub use probe::UpstreamProber;
-pub use server::{serve, serve_connections, ClientAddr, ServeOptions, ServeReport};
+pub use reload::{ReloadError, ReloadReport, ReloadStatus, Reloader};
+pub use server::{
+    serve, serve_connections, serve_connections_with_limits, ClientAddr, ConnectionLimits,
+    ServeOptions, ServeReport,
+};
 pub use tracking::RequestObserver;

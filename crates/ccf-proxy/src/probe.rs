@@ -45,7 +45,7 @@ impl UpstreamProber {
             Ok(headers) => headers,
             Err(error) => return failed(error.to_string()),
         };
-        let url = format!("{}{}", endpoint.url.as_str().trim_end_matches('/'), path);
+        let url = format!("{}{}", endpoint.request_base(), path);
         let uri = match url.parse::<http::Uri>() {
             Ok(uri) => uri,
             Err(error) => return failed(format!("invalid probe url {url}: {error}")),

@@ -32,10 +32,10 @@ const UPSERT: &str = "INSERT INTO request_logs (
     input_cost_nano_usd, output_cost_nano_usd, cache_creation_cost_nano_usd,
     cache_read_cost_nano_usd, total_cost_nano_usd,
     time_to_first_byte_ms, attempts_json, model_mismatch, partial, instance_id, is_final,
-    summarized, created_at, updated_at
+    summarized, created_at, updated_at, api_key_name
 ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
     ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38,
-    ?39, ?40, ?41, ?42, ?42)
+    ?39, ?40, ?41, ?42, ?42, ?43)
 ON CONFLICT(request_id) DO UPDATE SET
     client_ip = excluded.client_ip, user_agent = excluded.user_agent, method = excluded.method,
     path = excluded.path, end_time = excluded.end_time, duration_ms = excluded.duration_ms,
@@ -61,7 +61,8 @@ ON CONFLICT(request_id) DO UPDATE SET
     attempts_json = excluded.attempts_json, model_mismatch = excluded.model_mismatch,
     partial = excluded.partial, instance_id = excluded.instance_id,
     is_final = excluded.is_final, summarized = excluded.summarized,
-    updated_at = excluded.updated_at";
+    updated_at = excluded.updated_at,
+    api_key_name = COALESCE(excluded.api_key_name, request_logs.api_key_name)";
 
 const SUMMARY_UPSERT: &str = "INSERT INTO usage_summary (
     date, model_name, endpoint_name, group_name, request_count, success_count, error_count,
@@ -196,6 +197,7 @@ pub(crate) fn write_batch(
                     record.is_final,
                     record.is_final,
                     now,
+                    opt_text(record.api_key_name.as_deref()),
                 ])
                 .map_err(sqlite_error)?;
         }

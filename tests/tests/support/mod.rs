@@ -31,6 +31,8 @@ pub struct Forwarder {
     pub admin: Option<String>,
     /// Plain HTTP client (no proxy-specific behaviour).
     pub client: Client<HttpConnector, Full<Bytes>>,
+    /// The usage store and recorder, when `usage_tracking.enabled`.
+    pub usage: Option<ccf_app::usage::UsageTracking>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -80,9 +82,15 @@ impl Forwarder {
         let app = App::bind_observed(config, observer)
             .await
             .expect("app binds on loopback");
+        Self::run_app(app)
+    }
+
+    /// Runs an app the test bound itself (e.g. with hot reload turned on).
+    pub fn run_app(app: App) -> Forwarder {
         let base = format!("http://{}", app.proxy_addr());
         let engine = app.forwarder().clone();
         let admin = app.admin_addr().map(|address| format!("http://{address}"));
+        let usage = app.usage().cloned();
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = app
@@ -96,6 +104,7 @@ impl Forwarder {
             engine,
             admin,
             client: Client::builder(TokioExecutor::new()).build_http(),
+            usage,
             shutdown: Some(shutdown),
             task: Some(task),
         }
