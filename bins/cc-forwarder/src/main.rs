@@ -16,7 +16,6 @@ mod shutdown;
 mod tui;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -117,8 +116,9 @@ fn check_config(cli: &Cli) -> ExitCode {
     for warning in &loaded.warnings {
         eprintln!("cc-forwarder: warning: {warning}");
     }
-    if let Some(warning) = exposure_warning(&loaded.config) {
-        eprintln!("cc-forwarder: warning: {warning}");
+    // Loading never fails for an exposed listener (a Go config must load); starting does.
+    if let Err(refusal) = loaded.config.check_exposure() {
+        eprintln!("cc-forwarder: warning: {refusal}");
     }
     println!("{}", summary(&cli.config.display().to_string(), &loaded));
     ExitCode::SUCCESS
@@ -247,33 +247,6 @@ fn summary(file: &str, loaded: &LoadedConfig) -> String {
     .join("\n")
 }
 
-/// The warning for a forwarder reachable from the network without inbound auth.
-fn exposure_warning(config: &Config) -> Option<String> {
-    if config.auth.enabled || is_loopback_host(&config.server.host) {
-        return None;
-    }
-    Some(format!(
-        "server.host `{}` is not a loopback address and auth.enabled is false: anyone who can \
-         reach this port can use the forwarder's upstream credentials; enable auth or bind to \
-         127.0.0.1",
-        config.server.host
-    ))
-}
-
-/// `localhost`, `127.0.0.0/8` and `::1` (bracketed or not).
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim();
-    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
-        return true;
-    }
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|rest| rest.strip_suffix(']'))
-        .unwrap_or(host);
-    bare.parse::<IpAddr>()
-        .is_ok_and(|address| address.is_loopback())
-}
-
 /// Serve until a signal; see the crate docs for the exit status.
 fn serve(cli: &Cli) -> ExitCode {
     let loaded = match load_config(cli) {
@@ -343,7 +316,6 @@ async fn run_app(
 ) -> anyhow::Result<()> {
     let drain_timeout = config.server.shutdown_timeout.get();
     let show_export_line = tui_logs.is_none();
-    let exposure = exposure_warning(&config);
     let source = config
         .source
         .as_ref()
@@ -370,9 +342,6 @@ async fn run_app(
         println!("export ANTHROPIC_BASE_URL={base_url}");
     }
     info!("point Claude Code at the forwarder: export ANTHROPIC_BASE_URL={base_url}");
-    if let Some(warning) = exposure {
-        warn!("{warning}");
-    }
     let (tui, shutdown) = tui::start(tui_logs, app.forwarder(), base_url, shutdown);
     let result = tokio::select! {
         result = app.run(shutdown) => {
@@ -391,44 +360,11 @@ async fn run_app(
 mod tests {
     use super::*;
 
-    #[test]
-    fn recognises_loopback_hosts() {
-        for host in [
-            "localhost",
-            "LOCALHOST",
-            "127.0.0.1",
-            "127.1.2.3",
-            "::1",
-            "[::1]",
-        ] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in ["0.0.0.0", "::", "", "192.168.1.10", "example.com", "[::]"] {
-            assert!(!is_loopback_host(host), "{host}");
-        }
-    }
-
     fn config(yaml: &str) -> Config {
         Config::from_yaml_str(yaml).unwrap()
     }
 
     const ENDPOINTS: &str = "endpoints:\n  - name: a\n    url: https://a.example\n    group: main\n    group-priority: 1\n";
-
-    #[test]
-    fn warns_when_exposed_without_auth() {
-        let exposed = config(&format!("server:\n  host: 0.0.0.0\n{ENDPOINTS}"));
-        let warning = exposure_warning(&exposed).unwrap();
-        assert!(warning.contains("0.0.0.0"), "{warning}");
-        assert!(warning.contains("auth.enabled"), "{warning}");
-
-        let local = config(&format!("server:\n  host: 127.0.0.1\n{ENDPOINTS}"));
-        assert_eq!(exposure_warning(&local), None);
-
-        let authed = config(&format!(
-            "server:\n  host: 0.0.0.0\nauth:\n  enabled: true\n  token: secret\n{ENDPOINTS}"
-        ));
-        assert_eq!(exposure_warning(&authed), None);
-    }
 
     #[test]
     fn summary_lists_listen_address_and_groups() {

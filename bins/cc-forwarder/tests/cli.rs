@@ -157,7 +157,7 @@ fn check_config_applies_command_line_overrides() {
         "{output:?}"
     );
     assert!(
-        text(&output.stderr).contains("anyone who can reach this port"),
+        text(&output.stderr).contains("refusing to start: auth.enabled: server.host `0.0.0.0`"),
         "exposure warning: {output:?}"
     );
 }
