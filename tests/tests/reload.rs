@@ -14,7 +14,7 @@ use ccf_testkit::{MockUpstream, Reply};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use serde_json::json;
-use support::{eventually, messages_sent, Forwarder, WAIT};
+use support::{admin_request, eventually, messages_sent, Forwarder, WAIT};
 
 /// Fast retries, one attempt per endpoint, so failures move on at once.
 /// Session affinity is off: it keeps a conversation on its endpoint on purpose, and these tests
@@ -110,27 +110,11 @@ impl Reloadable {
 
     /// `method path` on the admin API, with the JSON answer.
     async fn admin(&self, method: Method, path: &str) -> (u16, serde_json::Value) {
-        let admin = self.forwarder.admin.as_ref().expect("web.enabled");
-        let request = Request::builder()
-            .method(method)
-            .uri(format!("{admin}{path}"))
-            .body(Full::new(Bytes::new()))
-            .expect("valid request");
-        let response = tokio::time::timeout(WAIT, self.forwarder.client.request(request))
-            .await
-            .expect("admin answers in time")
-            .expect("admin answers");
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("admin body")
-            .to_bytes();
+        let (status, body) = admin_request(&self.forwarder, method, path).await;
         let json = serde_json::from_slice(&body).unwrap_or_else(|error| {
             panic!("admin body is not JSON ({error}): {body:?}");
         });
-        (status, json)
+        (status.as_u16(), json)
     }
 }
 
@@ -624,4 +608,53 @@ async fn a_held_request_routes_again_under_the_new_configuration() {
     );
     assert_eq!(messages_sent(&a), 0, "main is still paused");
     app.forwarder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_prices_apply_to_live_costs_after_a_reload() {
+    let upstream = MockUpstream::start().await;
+    let web = "web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n";
+    let prices = |input: f64| {
+        format!(
+            "usage_tracking:\n  model_pricing:\n    claude-sonnet-4-5:\n      input: {input}\n      output: 0\n      cache_creation: 0\n      cache_read: 0\n"
+        )
+    };
+    // The prices go into the `usage_tracking:` section `file_text` writes (tracking stays off).
+    let text = |input: f64| {
+        file_text(&format!("{FAST}{web}"), &[endpoint("a", &upstream, "")]).replacen(
+            "usage_tracking:\n",
+            &prices(input),
+            1,
+        )
+    };
+    let app = Reloadable::start(&text(3.0), None, false).await;
+    let before = app.forwarder.messages(request(false), &[]).await;
+    assert_eq!(before.status.as_u16(), 200);
+    let cost_before = live_cost(&app, &before).await;
+    assert!(cost_before > 0.0, "priced: {cost_before}");
+
+    replace_file(&app.path, &text(6.0));
+    let (code, json) = app.admin(Method::POST, "/api/v1/config/reload").await;
+    assert_eq!(code, 200, "{json}");
+    let after = app.forwarder.messages(request(false), &[]).await;
+    let cost_after = live_cost(&app, &after).await;
+    assert!(
+        (cost_after - 2.0 * cost_before).abs() < 1e-9,
+        "doubled input price doubles the cost: {cost_before} -> {cost_after}"
+    );
+    app.forwarder.stop().await;
+}
+
+/// The cost the admin API shows for the (finished, in-memory) request that gave `answer`.
+async fn live_cost(app: &Reloadable, answer: &support::Answer) -> f64 {
+    let id = answer
+        .header("x-ccf-request-id")
+        .expect("request id header");
+    let (code, json) = app
+        .admin(Method::GET, &format!("/api/v1/requests/{id}"))
+        .await;
+    assert_eq!(code, 200, "{json}");
+    json["data"]["total_cost_usd"]
+        .as_f64()
+        .expect("a finished request has a cost")
 }

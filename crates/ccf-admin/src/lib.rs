@@ -141,16 +141,53 @@ pub(crate) struct Shared {
     pub(crate) heartbeat: Duration,
     pub(crate) hub: Hub,
     pub(crate) auth: AuthPolicy,
-    pub(crate) secrets: Vec<String>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) zone: LegacyZone,
+    /// The admin token (`web.auth_token`), fixed at start like the listener.
+    admin_token: Option<String>,
+    /// What is derived from the running configuration; see [`Shared::derived`].
+    derived: std::sync::Mutex<Arc<ConfigDerived>>,
+}
+
+/// What the admin API derives from the forwarder's configuration: rebuilt when a hot reload
+/// swaps it, so new prices and new credentials apply at once.
+pub(crate) struct ConfigDerived {
+    config: Arc<ccf_config::Config>,
+    /// Prices for live costs and affinity savings.
     pub(crate) pricing: Pricing,
+    /// Every configured credential, for [`Shared::sweep`].
+    secrets: Vec<String>,
+}
+
+impl ConfigDerived {
+    fn new(config: Arc<ccf_config::Config>, admin_token: Option<&str>) -> ConfigDerived {
+        let mut secrets = views::collect_secrets(&config);
+        secrets.extend(admin_token.map(str::to_string));
+        ConfigDerived {
+            pricing: Pricing::from_config(&config.usage_tracking),
+            secrets,
+            config,
+        }
+    }
 }
 
 impl Shared {
+    /// The values derived from the running configuration (rebuilt after a reload).
+    pub(crate) fn derived(&self) -> Arc<ConfigDerived> {
+        let config = self.forwarder.config();
+        let mut cached = self
+            .derived
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !Arc::ptr_eq(&cached.config, &config) {
+            *cached = Arc::new(ConfigDerived::new(config, self.admin_token.as_deref()));
+        }
+        Arc::clone(&cached)
+    }
+
     /// Replaces every configured credential that might have slipped into an answer.
     pub(crate) fn sweep(&self, mut text: String) -> String {
-        for secret in &self.secrets {
+        for secret in &self.derived().secrets {
             if secret.len() >= 6 && text.contains(secret.as_str()) {
                 text = text.replace(secret.as_str(), &ccf_types::mask_secret(secret));
             }
@@ -195,12 +232,9 @@ impl Admin {
     pub fn new(state: AdminState) -> Result<Admin, AdminError> {
         let config = state.forwarder.config();
         let auth = AuthPolicy::from_config(&config)?;
-        let mut secrets = views::collect_secrets(&config);
-        if let Some(token) = auth.token() {
-            secrets.push(token.expose().to_string());
-        }
-        let pricing = Pricing::from_config(&config.usage_tracking);
-        install_cost_metric(&state.forwarder, pricing.clone());
+        let admin_token = auth.token().map(|token| token.expose().to_string());
+        let derived = ConfigDerived::new(Arc::clone(&config), admin_token.as_deref());
+        install_cost_metric(&state.forwarder, derived.pricing.clone());
         if let Some(recorder) = &state.recorder {
             install_recorder_health(&state.forwarder, recorder.clone());
         }
@@ -221,10 +255,10 @@ impl Admin {
             heartbeat: state.heartbeat,
             hub: Hub::new(),
             auth,
-            secrets,
             shutdown,
             zone,
-            pricing,
+            admin_token,
+            derived: std::sync::Mutex::new(Arc::new(derived)),
         });
         let aggregator = live::spawn_aggregator(&shared);
         Ok(Admin {

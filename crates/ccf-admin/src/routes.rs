@@ -114,16 +114,6 @@ fn security_headers(response: &mut AdminResponse, api: bool) {
     }
 }
 
-/// Replaces every configured credential that might have slipped into an answer.
-fn sweep(shared: &Shared, mut text: String) -> String {
-    for secret in &shared.secrets {
-        if secret.len() >= 6 && text.contains(secret.as_str()) {
-            text = text.replace(secret.as_str(), &ccf_types::mask_secret(secret));
-        }
-    }
-    text
-}
-
 /// Answers one request.
 pub(crate) async fn handle<B>(shared: Arc<Shared>, request: Request<B>) -> AdminResponse
 where
@@ -137,7 +127,7 @@ where
         match route(&shared, request, &path).await {
             Ok(Answer::Json(status, value)) => {
                 let text = serde_json::to_string(&value).unwrap_or_else(|_| "{}".into());
-                bytes_response(status, sweep(&shared, text), "application/json")
+                bytes_response(status, shared.sweep(text), "application/json")
             }
             Ok(Answer::Response(response)) => response,
             Err(error) => error.into_response(),

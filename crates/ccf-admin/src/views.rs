@@ -526,7 +526,7 @@ pub(crate) fn live_request_json(shared: &Shared, event: &LifecycleEvent) -> Valu
         record
             .usage
             .as_ref()
-            .map(|usage| shared.pricing.cost(record.model(), usage))
+            .map(|usage| shared.derived().pricing.cost(record.model(), usage))
             .unwrap_or_default()
     } else {
         Cost::default()
@@ -682,7 +682,8 @@ fn held_json(pricing: &ccf_store::Pricing, held: &[ccf_router::HeldTokens]) -> V
 /// per-session cache-read ratios and the cost affinity saved.
 pub(crate) fn affinity_view(shared: &Shared, limit: usize) -> Value {
     let view = shared.forwarder.affinity(limit);
-    let pricing = &shared.pricing;
+    let derived = shared.derived();
+    let pricing = &derived.pricing;
     let merge = |mut base: Map<String, Value>, extra: Value| {
         if let Value::Object(extra) = extra {
             base.extend(extra);
