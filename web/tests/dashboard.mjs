@@ -177,8 +177,19 @@ try {
     assert(csv.includes(requestId), `the CSV does not contain ${requestId}:\n${csv.slice(0, 500)}`);
   });
 
+  await check("routing insight: affinity, quota and relay honesty render from the API", async () => {
+    await nav("routing");
+    await page.waitForSelector('[data-testid="affinity-stats"]', { timeout: 5000 });
+    await page.waitForSelector('[data-testid="quota-card"]', { timeout: 5000 });
+    const affinity = await api("/api/v1/routing/affinity");
+    assert(affinity.totals !== undefined, `affinity answer: ${JSON.stringify(affinity).slice(0, 300)}`);
+    await nav("endpoints");
+    await page.waitForSelector('[data-testid="honesty-card"]', { timeout: 5000 });
+    assert(consoleErrors.length === 0, `console errors:\n${consoleErrors.join("\n")}`);
+  });
+
   await check("screenshots of every page (light, dark, Chinese, narrow)", async () => {
-    for (const name of ["overview", "endpoints", "groups", "requests", "usage", "config", "logs"]) {
+    for (const name of ["overview", "endpoints", "groups", "routing", "requests", "usage", "config", "logs"]) {
       await nav(name);
       await page.waitForTimeout(600);
       await shot(name);
