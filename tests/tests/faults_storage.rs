@@ -165,16 +165,25 @@ impl ReadOnlyFolder {
                 } else {
                     "remount,rw"
                 };
-                let output = Command::new("mount")
-                    .args(["-o", mode])
-                    .arg(path)
-                    .output()
-                    .expect("mount");
-                assert!(
-                    output.status.success(),
-                    "{mode}: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
+                // The stopped forwarder's database handles close on their own threads a moment
+                // later; until then the kernel refuses a read-only remount as busy.
+                let deadline = std::time::Instant::now() + WAIT;
+                loop {
+                    let output = Command::new("mount")
+                        .args(["-o", mode])
+                        .arg(path)
+                        .output()
+                        .expect("mount");
+                    if output.status.success() {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{mode}: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
             ReadOnlyFolder::Modes(path) => {
                 use std::os::unix::fs::PermissionsExt;

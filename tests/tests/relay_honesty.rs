@@ -10,10 +10,9 @@ mod support;
 use std::time::Duration;
 
 use ccf_testkit::{MockUpstream, MockUsage, Reply};
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
+use hyper::Method;
 use serde_json::{json, Value};
-use support::{config, endpoint_yaml, messages_sent, Forwarder, WAIT};
+use support::{admin_get, config, endpoint_yaml, messages_sent, Forwarder};
 
 /// The admin API on a free loopback port; session affinity off so that every request follows
 /// the routing order (the tests send unrelated one-turn conversations anyway).
@@ -58,28 +57,6 @@ impl Pair {
         ))
         .await
     }
-}
-
-/// `GET` on the admin API, as JSON.
-async fn admin_get(forwarder: &Forwarder, path: &str) -> Value {
-    let admin = forwarder.admin.as_deref().expect("web.enabled");
-    let request = Request::builder()
-        .method(Method::GET)
-        .uri(format!("{admin}{path}"))
-        .body(Full::new(bytes::Bytes::new()))
-        .expect("request");
-    let response = tokio::time::timeout(WAIT, forwarder.client.request(request))
-        .await
-        .expect("admin answers in time")
-        .expect("admin answers");
-    assert_eq!(response.status(), 200, "{path}");
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("admin body")
-        .to_bytes();
-    serde_json::from_slice(&body).expect("admin JSON")
 }
 
 /// One endpoint's entry of `GET /api/v1/routing/honesty`.

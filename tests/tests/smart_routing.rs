@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ccf_testkit::{MockUpstream, MockUsage, Reply};
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
 use serde_json::{json, Value};
-use support::{config, endpoint_yaml, eventually, messages_sent, Forwarder, Outcomes, WAIT};
+use support::{admin_get, config, endpoint_yaml, eventually, messages_sent, Forwarder, Outcomes};
 
 /// Fast retries so failures do not wait on production back-offs; probes rarely.
 const BASE: &str = "retry:\n  max_attempts: 3\n  base_delay: 10ms\n  max_delay: 50ms\n";
@@ -83,28 +81,6 @@ async fn send_turn(forwarder: &Forwarder, session: &str, body: Value) {
         .messages(body, &[("x-claude-code-session-id", session)])
         .await;
     assert_eq!(answer.status, 200, "turn of {session}");
-}
-
-/// `GET` on the admin API, as JSON.
-async fn admin_get(forwarder: &Forwarder, path: &str) -> Value {
-    let admin = forwarder.admin.as_deref().expect("web.enabled");
-    let request = Request::builder()
-        .method(Method::GET)
-        .uri(format!("{admin}{path}"))
-        .body(Full::new(bytes::Bytes::new()))
-        .expect("request");
-    let response = tokio::time::timeout(WAIT, forwarder.client.request(request))
-        .await
-        .expect("admin answers in time")
-        .expect("admin answers");
-    assert_eq!(response.status(), 200, "{path}");
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("admin body")
-        .to_bytes();
-    serde_json::from_slice(&body).expect("admin JSON")
 }
 
 const ADMIN: &str = "web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n";

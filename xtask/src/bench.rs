@@ -14,19 +14,21 @@
 //! Every child is killed on every way out (its `Drop`), every load run is bounded in time.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::process::{
+    cargo_build, free_port, machine, proc_status_number, target_dir, Proc, TempDir,
+};
 use serde_json::{json, Value};
 
-/// How long a process gets to start listening.
-const START_DEADLINE: Duration = Duration::from_secs(30);
 /// Extra time a load run may take over its nominal duration before it is killed.
 const RUN_GRACE: Duration = Duration::from_secs(60);
 /// Paced stream: deltas per message and delay between two events.
@@ -88,7 +90,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let forwarder_bin = target_dir(root).join(&args.profile).join("cc-forwarder");
     let out_dir = target_dir(root).join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let work = TempDir::new()?;
+    let work = TempDir::new("ccf-bench")?;
 
     // Upstreams.
     let fast_port = free_port()?;
@@ -140,7 +142,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     thread::sleep(Duration::from_secs(1));
     let mut idle_rss = BTreeMap::new();
     for (name, _, child) in &forwarders {
-        idle_rss.insert(*name, proc_status_kb(child.pid(), "VmRSS")?);
+        idle_rss.insert(*name, proc_status_number(child.pid(), "VmRSS")?);
     }
 
     let loadgen = bin.join("ccf-loadgen");
@@ -240,7 +242,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     let mut peak_rss = BTreeMap::new();
     for (name, _, child) in &forwarders {
-        peak_rss.insert(*name, proc_status_kb(child.pid(), "VmHWM")?);
+        peak_rss.insert(*name, proc_status_number(child.pid(), "VmHWM")?);
     }
     for (_, _, child) in &mut forwarders {
         child.stop();
@@ -620,68 +622,15 @@ fn markdown(s: &Value, plan: &Plan, quick: bool, profile: &str) -> String {
     t
 }
 
-/// A short description of the machine.
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|name| name.trim().to_string())
-        })
-        .unwrap_or_default();
-    json!({
-        "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "cpu": cpu,
-    })
-}
-
 /// `cargo build --profile <profile> -p cc-forwarder`, then
 /// `cargo build --release -p ccf-testkit --bins` (the mock and the load generator).
 fn build(root: &Path, profile: &str) -> Result<()> {
     let forwarder = ["build", "--profile", profile, "-p", "cc-forwarder"];
     let testkit = ["build", "--release", "-p", "ccf-testkit", "--bins"];
     for args in [&forwarder[..], &testkit[..]] {
-        println!("$ cargo {}", args.join(" "));
-        let status = Command::new(crate::cargo_program())
-            .args(args)
-            .current_dir(root)
-            .status()
-            .context("could not start cargo build")?;
-        if !status.success() {
-            bail!("`cargo {}` failed ({status})", args.join(" "));
-        }
+        cargo_build(root, args)?;
     }
     Ok(())
-}
-
-/// `CARGO_TARGET_DIR` when set (relative to the root), else `<root>/target`.
-fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    }
-}
-
-/// A free loopback port (bound then released: another process could take it in between).
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
-fn proc_status_kb(pid: u32, field: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(field)
-                .and_then(|rest| rest.strip_prefix(':'))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kb| kb.parse().ok())
-        })
-        .with_context(|| format!("no {field} in {path}"))
 }
 
 /// utime + stime of a process, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
@@ -709,93 +658,4 @@ fn clock_ticks_per_second() -> f64 {
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-/// A temporary directory removed on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("ccf-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A child process killed when dropped (every way out of [`run`]).
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &str, command: &mut Command) -> Result<Self> {
-        println!("$ {command:?}");
-        Self::spawn_quiet(name, command)
-    }
-
-    fn spawn_quiet(name: &str, command: &mut Command) -> Result<Self> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            // Own process group: the terminal's Ctrl+C reaches only xtask, which then stops us.
-            command.process_group(0);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("could not start {name} (was it built?)"))?;
-        Ok(Self {
-            name: name.to_string(),
-            child,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_listening(&mut self, port: u16, stop: &AtomicBool) -> Result<()> {
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited before listening on {address} ({status})",
-                    self.name
-                );
-            }
-            if stop.load(Ordering::SeqCst) {
-                bail!("interrupted while waiting for {}", self.name);
-            }
-            if Instant::now() >= deadline {
-                bail!("{} did not listen on {address} in time", self.name);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kills the process and reaps it.
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

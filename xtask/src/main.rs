@@ -19,6 +19,7 @@ mod fuzz;
 mod http;
 mod migrate;
 mod package;
+mod process;
 mod soak;
 mod summary;
 #[cfg(test)]

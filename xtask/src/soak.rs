@@ -25,19 +25,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::process::{
+    cargo_build, free_port, machine, proc_status_number, target_dir, Proc, TempDir,
+};
 use serde_json::{json, Value};
 
-/// How long a process gets to start listening.
-const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the forwarder gets to shut down gracefully after SIGTERM.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
 /// Longest a single client request may take before the client gives up (an error, counted).
@@ -143,7 +145,7 @@ pub fn run(root: &Path, args: &SoakArgs) -> Result<()> {
     let bin = target_dir(root).join("release");
     let out_dir = target_dir(root).join("soak");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let work = TempDir::new()?;
+    let work = TempDir::new("ccf-soak")?;
 
     let mock_port = free_port()?;
     let mut mock = Proc::spawn(
@@ -228,7 +230,7 @@ pub fn run(root: &Path, args: &SoakArgs) -> Result<()> {
     let traffic_seconds = started.elapsed().as_secs_f64();
 
     println!("\n==> graceful shutdown (SIGTERM) and export");
-    let exit = forwarder.terminate()?;
+    let exit = forwarder.terminate(SHUTDOWN_DEADLINE)?;
     mock.stop();
     let rows = export_rows(&bin, &config, &work.path)?;
 
@@ -750,189 +752,26 @@ fn markdown(args: &SoakArgs, summary: &Value, samples: &[Sample], traffic_second
     t
 }
 
-/// A short description of the machine.
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|name| name.trim().to_string())
-        })
-        .unwrap_or_default();
-    json!({
-        "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "cpu": cpu,
-    })
-}
-
 /// `cargo build --release -p cc-forwarder -p ccf-testkit --bins`.
 fn build(root: &Path) -> Result<()> {
-    let args = [
-        "build",
-        "--release",
-        "-p",
-        "cc-forwarder",
-        "-p",
-        "ccf-testkit",
-        "--bins",
-    ];
-    println!("$ cargo {}", args.join(" "));
-    let status = Command::new(crate::cargo_program())
-        .args(args)
-        .current_dir(root)
-        .status()
-        .context("could not start cargo build")?;
-    if !status.success() {
-        bail!("`cargo {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
-/// `CARGO_TARGET_DIR` when set (relative to the root), else `<root>/target`.
-fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    }
-}
-
-/// A free loopback port (bound then released: another process could take it in between).
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// A number field of `/proc/<pid>/status` (`VmRSS` in kB, `Threads`).
-fn proc_status_number(pid: u32, field: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_status_field(&text, field).with_context(|| format!("no {field} in {path}"))
-}
-
-fn parse_status_field(text: &str, field: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(field)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|value| value.parse().ok())
-    })
-}
-
-/// A temporary directory removed on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("ccf-soak-{}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A child process killed when dropped (every way out of [`run`]).
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &str, command: &mut Command) -> Result<Self> {
-        println!("$ {command:?}");
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            // Own process group: the terminal's Ctrl+C reaches only xtask, which then stops us.
-            command.process_group(0);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("could not start {name} (was it built?)"))?;
-        Ok(Self {
-            name: name.to_string(),
-            child,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_listening(&mut self, port: u16, stop: &AtomicBool) -> Result<()> {
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited before listening on {address} ({status})",
-                    self.name
-                );
-            }
-            if stop.load(Ordering::SeqCst) {
-                bail!("interrupted while waiting for {}", self.name);
-            }
-            if Instant::now() >= deadline {
-                bail!("{} did not listen on {address} in time", self.name);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, then waits for the exit (killed after [`SHUTDOWN_DEADLINE`]); the exit status.
-    fn terminate(&mut self) -> Result<String> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .context("could not run kill")?;
-        if !status.success() {
-            bail!("kill -TERM {} failed", self.pid());
-        }
-        let deadline = Instant::now() + SHUTDOWN_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.to_string());
-            }
-            if Instant::now() >= deadline {
-                self.stop();
-                bail!(
-                    "{} did not exit within {SHUTDOWN_DEADLINE:?} of SIGTERM",
-                    self.name
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kills the process and reaps it.
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    cargo_build(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "cc-forwarder",
+            "-p",
+            "ccf-testkit",
+            "--bins",
+        ],
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::parse_status_field;
 
     #[test]
     fn the_mix_is_four_json_four_streamed_two_cancelled_in_ten() {

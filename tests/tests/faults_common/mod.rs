@@ -12,7 +12,7 @@ use ccf_config::Config;
 use ccf_store::{status, RequestQuery, RequestRow, UsageStore};
 use serde_json::json;
 
-use crate::support::{Answer, Forwarder, WAIT};
+use crate::support::{config_with_usage, Answer, Forwarder, WAIT};
 
 /// How often the recorder writes in these tests: short, so rows show up fast.
 pub const FLUSH: &str = "50ms";
@@ -30,20 +30,11 @@ pub struct Rig {
 /// A config with `settings` (top-level YAML, may have its own `server:` section), usage
 /// tracking into `database` (YAML lines under `usage_tracking:`), and `endpoints`.
 pub fn rig_config(settings: &str, database: &str, endpoints: &[String]) -> Config {
-    const SERVER: &str = "server:\n  host: 127.0.0.1\n  port: 0\n";
-    let settings = if settings.contains("server:\n") {
-        settings.replacen("server:\n", SERVER, 1)
-    } else {
-        format!("{SERVER}{settings}")
-    };
-    let yaml = format!(
-        "usage_tracking:\n  enabled: true\n  flush_interval: {FLUSH}\n{database}{settings}\nendpoints:\n{}",
-        endpoints.concat()
-    );
-    match Config::from_yaml_str(&yaml) {
-        Ok(config) => config,
-        Err(error) => panic!("test config is invalid: {error}\n{yaml}"),
-    }
+    config_with_usage(
+        &format!("  enabled: true\n  flush_interval: {FLUSH}\n{database}"),
+        settings,
+        endpoints,
+    )
 }
 
 impl Rig {

@@ -51,6 +51,12 @@ pub fn endpoint_yaml(name: &str, url: &str, extra: &str) -> String {
 /// A full config: loopback on a free port, `settings` (top-level YAML) and `endpoints` (YAML list
 /// items from [`endpoint_yaml`]).
 pub fn config(settings: &str, endpoints: &[String]) -> Config {
+    config_with_usage("  enabled: false\n", settings, endpoints)
+}
+
+/// [`config`] with `usage_tracking` (the YAML lines under `usage_tracking:`) instead of usage
+/// tracking off.
+pub fn config_with_usage(usage_tracking: &str, settings: &str, endpoints: &[String]) -> Config {
     // Loopback on a free port, merged into the test's own `server:` section when it has one.
     const SERVER: &str = "server:\n  host: 127.0.0.1\n  port: 0\n";
     let settings = if settings.contains("server:\n") {
@@ -59,7 +65,7 @@ pub fn config(settings: &str, endpoints: &[String]) -> Config {
         format!("{SERVER}{settings}")
     };
     let yaml = format!(
-        "usage_tracking:\n  enabled: false\n{settings}\nendpoints:\n{}",
+        "usage_tracking:\n{usage_tracking}{settings}\nendpoints:\n{}",
         endpoints.concat()
     );
     match Config::from_yaml_str(&yaml) {
@@ -277,6 +283,39 @@ pub fn messages_sent(upstream: &MockUpstream) -> usize {
         .iter()
         .filter(|request| request.method == "POST" && request.path.ends_with("/v1/messages"))
         .count()
+}
+
+/// `method path` on the forwarder's admin API (`web.enabled`): the status and the whole body.
+pub async fn admin_request(
+    forwarder: &Forwarder,
+    method: Method,
+    path: &str,
+) -> (StatusCode, Bytes) {
+    let admin = forwarder.admin.as_deref().expect("web.enabled");
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("{admin}{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, forwarder.client.request(request))
+        .await
+        .expect("admin answers in time")
+        .expect("admin answers");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("admin body")
+        .to_bytes();
+    (status, body)
+}
+
+/// `GET` on the admin API, as JSON; asserts a 200.
+pub async fn admin_get(forwarder: &Forwarder, path: &str) -> serde_json::Value {
+    let (status, body) = admin_request(forwarder, Method::GET, path).await;
+    assert_eq!(status, 200, "{path}");
+    serde_json::from_slice(&body).expect("admin JSON")
 }
 
 /// Polls `check` until it holds or `WAIT` passes.
