@@ -3,7 +3,7 @@
 use ccf_store::{LegacyZone, StoreError};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::ErrorCode;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Classifies a rusqlite error: busy/locked, read-only/full and open/IO failures are retryable.
 pub(crate) fn sqlite_error(error: rusqlite::Error) -> StoreError {
@@ -104,4 +104,126 @@ pub(crate) fn opt_int(value: Option<u64>) -> Value {
 
 pub(crate) fn opt_text(value: Option<&str>) -> Value {
     value.map_or(Value::Null, |text| Value::Text(text.to_string()))
+}
+
+/// The first instant whose year has five digits (10000-01-01T00:00:00Z), in Unix seconds.
+const YEAR_10000: u64 = 253_402_300_800;
+
+/// Formats an instant as stored, byte for byte what [`ccf_store::time::format_timestamp`] writes
+/// (`2025-09-28T04:34:56.123456Z`: UTC, microseconds truncated), without chrono's formatting
+/// machinery: the civil date comes from the day count and the digits go into a fixed buffer.
+/// Instants before 1970 or from year 10000 on (signed years) are left to chrono.
+pub(crate) fn format_timestamp(time: SystemTime) -> String {
+    let since_epoch = match time.duration_since(UNIX_EPOCH) {
+        Ok(since) if since.as_secs() < YEAR_10000 => since,
+        _ => return ccf_store::time::format_timestamp(time),
+    };
+    let seconds = since_epoch.as_secs();
+    let (year, month, day) = civil_from_days(seconds / 86_400);
+    let of_day = seconds % 86_400;
+    let micros = since_epoch.subsec_micros();
+    let mut text = String::with_capacity(27);
+    push_digits(&mut text, u64::from(year), 4);
+    text.push('-');
+    push_digits(&mut text, u64::from(month), 2);
+    text.push('-');
+    push_digits(&mut text, u64::from(day), 2);
+    text.push('T');
+    push_digits(&mut text, of_day / 3_600, 2);
+    text.push(':');
+    push_digits(&mut text, of_day % 3_600 / 60, 2);
+    text.push(':');
+    push_digits(&mut text, of_day % 60, 2);
+    text.push('.');
+    push_digits(&mut text, u64::from(micros), 6);
+    text.push('Z');
+    text
+}
+
+/// The last `width` decimal digits of `value`, zero-padded.
+fn push_digits(text: &mut String, value: u64, width: u32) {
+    let mut divisor = 10u64.pow(width.saturating_sub(1));
+    while divisor > 0 {
+        let digit = (value / divisor % 10) as u8;
+        text.push(char::from(b'0' + digit));
+        divisor /= 10;
+    }
+}
+
+/// `(year, month, day)` of the proleptic Gregorian calendar for a day count since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`, for non-negative counts).
+fn civil_from_days(days: u64) -> (u32, u32, u32) {
+    // Shift the epoch to 0000-03-01: leap days fall at the end of each 400-year era.
+    let days = days + 719_468;
+    let era = days / 146_097;
+    let day_of_era = days % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153; // 0 = March
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    // Every value is bounded by the callers (years below 10000), so the narrowing never cuts.
+    (
+        u32::try_from(year).unwrap_or(u32::MAX),
+        u32::try_from(month).unwrap_or(u32::MAX),
+        u32::try_from(day).unwrap_or(u32::MAX),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(seconds: u64, nanos: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::new(seconds, nanos)
+    }
+
+    #[test]
+    fn timestamps_match_chrono_byte_for_byte() {
+        let mut instants = vec![
+            UNIX_EPOCH,
+            at(0, 999_999_999),
+            at(951_782_400, 0),             // 2000-02-29
+            at(951_868_799, 999_999),       // 2000-02-29T23:59:59.000999
+            at(4_107_542_400, 1_000),       // 2100-03-01
+            at(1_759_034_096, 123_456_789), // 2025-09-28T04:34:56.123456
+            at(YEAR_10000 - 1, 999_999_999),
+            at(YEAR_10000, 0),
+            at(YEAR_10000 + 86_400 * 400, 5),
+            UNIX_EPOCH - Duration::new(1, 1),
+            UNIX_EPOCH - Duration::from_secs(86_400 * 365 * 100),
+        ];
+        // Every day of four whole years around a century, and a pseudo-random spread over the
+        // whole fast range.
+        let start = 946_684_800 - 86_400 * 366 * 2; // 1998
+        instants.extend((0..86_400 * 366 * 4).step_by(86_399).map(|second| {
+            at(
+                start + second,
+                u32::try_from(second % 1_000_000_000).expect("small"),
+            )
+        }));
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..200_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let seconds = (state >> 11) % YEAR_10000;
+            let nanos = u32::try_from((state >> 3) % 1_000_000_000).expect("below 1e9");
+            instants.push(at(seconds, nanos));
+        }
+        for instant in instants {
+            assert_eq!(
+                format_timestamp(instant),
+                ccf_store::time::format_timestamp(instant),
+                "{instant:?}"
+            );
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use ccf_store::time::{format_date, format_timestamp};
+use ccf_store::time::format_date;
 use ccf_store::{
     plan_batch, ContributionParts, Cost, ExistingRow, LegacyZone, StoreError, StoredRecord,
     SummaryContribution,
@@ -11,7 +11,8 @@ use ccf_store::{
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::convert::{
-    as_bool, as_i64, as_text, as_time, int, opt_int, opt_text, sqlite_error, u64_or_zero,
+    as_bool, as_i64, as_text, as_time, format_timestamp, int, opt_int, opt_text, sqlite_error,
+    u64_or_zero,
 };
 
 /// Rows deleted per retention statement.

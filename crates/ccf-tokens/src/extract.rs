@@ -1,9 +1,14 @@
 //! Usage extraction from Anthropic responses: [`UsageExtractor`] for streams, [`extract_body`]
 //! for complete bodies, and the [`Extraction`] they both produce.
 
-use ccf_types::Usage;
+use std::borrow::Cow;
+use std::fmt;
 
-use crate::report::{text, ApiError, Payload, UsageReport};
+use ccf_types::Usage;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::report::{text, ApiError, MessageObject, Payload, UsageReport};
 use crate::sse::{SseDecoder, SseEvent};
 
 /// At most this many diagnostics are kept per response; the rest are counted.
@@ -373,12 +378,17 @@ pub(crate) fn looks_like_sse(body: &[u8]) -> bool {
 }
 
 /// A JSON body: a message (`model`, `id`, `usage`) or an error envelope (`error`).
+///
+/// Parsed into [`JsonBody`], a typed view that borrows its strings from `body` and builds no
+/// `serde_json::Value`: the fields read are decoded as they stream past, everything else is
+/// skipped. The leniency is that of [`Payload`] + [`UsageReport::from_value`] +
+/// [`ApiError::from_value`] (the SSE path), and the tests below compare the two on many shapes.
 fn extract_json(body: &[u8]) -> Extraction {
     let mut extraction = Extraction {
         format: BodyFormat::Json,
         ..Extraction::default()
     };
-    let payload: Payload = match serde_json::from_slice(body) {
+    let payload: JsonBody<'_> = match serde_json::from_slice(body) {
         Ok(payload) => payload,
         Err(error) => {
             extraction.diagnostics.push(Diagnostic::MalformedJsonBody {
@@ -387,28 +397,436 @@ fn extract_json(body: &[u8]) -> Extraction {
             return extraction;
         }
     };
-    extraction.model = text(payload.model.as_ref());
-    extraction.message_id = text(payload.id.as_ref());
-    if let Some(usage) = payload.usage.as_ref() {
-        match UsageReport::from_value(usage) {
-            Some(report) => extraction.usage = Some(report.to_usage()),
-            None if usage.is_null() => {}
-            None => extraction.diagnostics.push(Diagnostic::MalformedUsage),
-        }
+    extraction.model = payload.model.and_then(LenientText::into_text);
+    extraction.message_id = payload.id.and_then(LenientText::into_text);
+    match payload.usage {
+        Some(UsageField::Object(counts)) => extraction.usage = Some(counts.into_usage()),
+        Some(UsageField::NotAnObject) => extraction.diagnostics.push(Diagnostic::MalformedUsage),
+        None => {}
     }
-    let is_error_type = payload
-        .kind
-        .as_ref()
-        .and_then(serde_json::Value::as_str)
-        .is_some_and(|kind| kind == "error");
+    let is_error_type = payload.kind.is_some_and(|kind| kind.is_str("error"));
     match payload.error {
-        Some(error) if !error.is_null() => extraction.error = Some(ApiError::from_value(&error)),
-        _ if is_error_type => {
-            extraction.error = Some(ApiError::from_value(&serde_json::Value::Null));
+        Some(error) => extraction.error = Some(error.into_api_error()),
+        None if is_error_type => {
+            extraction.error = Some(ApiError {
+                error_type: UNKNOWN_ERROR.to_string(),
+                message: String::new(),
+            });
         }
-        _ => extraction.completed = true,
+        None => extraction.completed = true,
     }
     extraction
+}
+
+/// `error.type` when the upstream gave none (as [`ApiError::from_value`] says).
+const UNKNOWN_ERROR: &str = "unknown_error";
+
+/// The top-level fields of a JSON body that are read; a `null` field is the same as an absent
+/// one. `message` is kept as [`Payload`] has it so that the same bodies are rejected.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct JsonBody<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<LenientText<'a>>,
+    #[serde(borrow)]
+    id: Option<LenientText<'a>>,
+    #[serde(borrow)]
+    model: Option<LenientText<'a>>,
+    usage: Option<UsageField>,
+    error: Option<ErrorField>,
+    #[allow(dead_code)]
+    message: Option<MessageObject>,
+}
+
+/// Any JSON value, kept only when it is a string (borrowed from the body unless it had escapes).
+enum LenientText<'a> {
+    Text(Cow<'a, str>),
+    Other,
+}
+
+impl LenientText<'_> {
+    /// A non-empty string, owned.
+    fn into_text(self) -> Option<String> {
+        match self {
+            LenientText::Text(text) if !text.is_empty() => Some(text.into_owned()),
+            _ => None,
+        }
+    }
+
+    fn is_str(&self, expected: &str) -> bool {
+        matches!(self, LenientText::Text(text) if text == expected)
+    }
+
+    /// A string value (even empty), or `None` for anything else.
+    fn into_string(self) -> Option<String> {
+        match self {
+            LenientText::Text(text) => Some(text.into_owned()),
+            LenientText::Other => None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for LenientText<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AnyValue(|kind: AnyKind<'_, 'de>| match kind {
+            AnyKind::BorrowedStr(text) => LenientText::Text(Cow::Borrowed(text)),
+            AnyKind::Str(text) => LenientText::Text(Cow::Owned(text.to_string())),
+            _ => LenientText::Other,
+        }))
+    }
+}
+
+/// What a scalar (or a skipped container) turned out to be, handed to an [`AnyValue`] closure:
+/// a string borrowed from the body (`'de`) or only for the call (`'s`, it had escapes), ...
+enum AnyKind<'s, 'de> {
+    BorrowedStr(&'de str),
+    Str(&'s str),
+    Unsigned(u64),
+    Negative,
+    Float(f64),
+    Null,
+    /// `true`/`false`, an array or an object (already skipped).
+    Other,
+}
+
+/// A visitor that accepts any JSON value, validates it fully (as a `serde_json::Value` parse
+/// would) without building it, and maps what it was with a closure.
+struct AnyValue<F>(F);
+
+impl<'de, T, F> Visitor<'de> for AnyValue<F>
+where
+    F: for<'s> FnOnce(AnyKind<'s, 'de>) -> T,
+{
+    type Value = T;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<T, E> {
+        Ok((self.0)(AnyKind::Other))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<T, E> {
+        Ok((self.0)(match u64::try_from(value) {
+            Ok(value) => AnyKind::Unsigned(value),
+            Err(_) => AnyKind::Negative,
+        }))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<T, E> {
+        Ok((self.0)(AnyKind::Unsigned(value)))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<T, E> {
+        Ok((self.0)(AnyKind::Float(value)))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<T, E> {
+        Ok((self.0)(AnyKind::Str(value)))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<T, E> {
+        Ok((self.0)(AnyKind::BorrowedStr(value)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        Ok((self.0)(AnyKind::Null))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<T, E> {
+        Ok((self.0)(AnyKind::Null))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok((self.0)(AnyKind::Other))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        while map.next_key::<Skip>()?.is_some() {
+            map.next_value::<Skip>()?;
+        }
+        Ok((self.0)(AnyKind::Other))
+    }
+}
+
+/// Any JSON value, validated (strings, escapes, numbers, nesting) and dropped.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AnyValue(|_: AnyKind<'_, 'de>| Skip))
+    }
+}
+
+/// A token count read leniently (as `report::count`): a non-negative integer, a finite
+/// non-negative float (saturating), or a string holding an integer; anything else is "not
+/// reported".
+struct Count(Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AnyValue(|kind: AnyKind<'_, 'de>| {
+            Count(match kind {
+                AnyKind::Unsigned(value) => Some(value),
+                // `as` saturates: a float beyond u64::MAX becomes u64::MAX, never UB or a panic.
+                AnyKind::Float(value) if value.is_finite() && value >= 0.0 => Some(value as u64),
+                AnyKind::BorrowedStr(text) | AnyKind::Str(text) => text.trim().parse().ok(),
+                _ => None,
+            })
+        }))
+    }
+}
+
+/// The key of an object, borrowed when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("an object key")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(value.to_string())))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(value)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A `usage` value: an object (its counts), or something else (a diagnostic).
+enum UsageField {
+    Object(UsageCounts),
+    NotAnObject,
+}
+
+/// The counts of a `usage` object; a repeated key counts with its last value (as in a
+/// `serde_json::Map`).
+#[derive(Default)]
+struct UsageCounts {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_5m_input_tokens: Option<u64>,
+    cache_creation_1h_input_tokens: Option<u64>,
+    web_search_requests: Option<u64>,
+    service_tier: Option<String>,
+}
+
+impl UsageCounts {
+    fn into_usage(self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.unwrap_or(0),
+            output_tokens: self.output_tokens.unwrap_or(0),
+            cache_creation_input_tokens: self.cache_creation_input_tokens.unwrap_or(0),
+            cache_read_input_tokens: self.cache_read_input_tokens.unwrap_or(0),
+            cache_creation_5m_input_tokens: self.cache_creation_5m_input_tokens.unwrap_or(0),
+            cache_creation_1h_input_tokens: self.cache_creation_1h_input_tokens.unwrap_or(0),
+            web_search_requests: self.web_search_requests.unwrap_or(0),
+            service_tier: self.service_tier,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UsageField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UsageVisitor;
+        impl<'de> Visitor<'de> for UsageVisitor {
+            type Value = UsageField;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a usage object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UsageField, A::Error> {
+                let mut counts = UsageCounts::default();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    match key.as_ref() {
+                        "input_tokens" => counts.input_tokens = map.next_value::<Count>()?.0,
+                        "output_tokens" => counts.output_tokens = map.next_value::<Count>()?.0,
+                        "cache_creation_input_tokens" => {
+                            counts.cache_creation_input_tokens = map.next_value::<Count>()?.0;
+                        }
+                        "cache_read_input_tokens" => {
+                            counts.cache_read_input_tokens = map.next_value::<Count>()?.0;
+                        }
+                        "cache_creation" => {
+                            let [five_minutes, one_hour] = map.next_value_seed(Counts([
+                                "ephemeral_5m_input_tokens",
+                                "ephemeral_1h_input_tokens",
+                            ]))?;
+                            counts.cache_creation_5m_input_tokens = five_minutes;
+                            counts.cache_creation_1h_input_tokens = one_hour;
+                        }
+                        "server_tool_use" => {
+                            let [searches] =
+                                map.next_value_seed(Counts(["web_search_requests"]))?;
+                            counts.web_search_requests = searches;
+                        }
+                        "service_tier" => {
+                            counts.service_tier =
+                                map.next_value::<LenientText<'de>>()?.into_string();
+                        }
+                        _ => {
+                            map.next_value::<Skip>()?;
+                        }
+                    }
+                }
+                Ok(UsageField::Object(counts))
+            }
+        }
+        // Anything but an object (a `null` never gets here: it is an absent field).
+        deserializer.deserialize_any(Either(UsageVisitor, || UsageField::NotAnObject))
+    }
+}
+
+/// Reads the named counts of a nested object (`cache_creation`, `server_tool_use`); a value
+/// that is not an object gives no counts, a repeated key counts with its last value.
+struct Counts<const N: usize>([&'static str; N]);
+
+impl<'de, const N: usize> DeserializeSeed<'de> for Counts<N> {
+    type Value = [Option<u64>; N];
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        struct CountsVisitor<const N: usize>([&'static str; N]);
+        impl<'de, const N: usize> Visitor<'de> for CountsVisitor<N> {
+            type Value = [Option<u64>; N];
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("an object of counts")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = [None; N];
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    match self.0.iter().position(|name| *name == key.as_ref()) {
+                        Some(index) => found[index] = map.next_value::<Count>()?.0,
+                        None => {
+                            map.next_value::<Skip>()?;
+                        }
+                    }
+                }
+                Ok(found)
+            }
+        }
+        deserializer.deserialize_any(Either(CountsVisitor(self.0), || [None; N]))
+    }
+}
+
+/// An `error` value: a string (the message), an object (`type`, `message`) or anything else.
+struct ErrorField {
+    error_type: Option<String>,
+    message: Option<String>,
+}
+
+impl ErrorField {
+    fn into_api_error(self) -> ApiError {
+        ApiError {
+            error_type: self.error_type.unwrap_or_else(|| UNKNOWN_ERROR.to_string()),
+            message: self.message.unwrap_or_default(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ErrorVisitor;
+        impl<'de> Visitor<'de> for ErrorVisitor {
+            type Value = ErrorField;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("an error object or message")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<ErrorField, E> {
+                Ok(ErrorField {
+                    error_type: None,
+                    message: Some(value.to_string()),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ErrorField, A::Error> {
+                let mut error = ErrorField {
+                    error_type: None,
+                    message: None,
+                };
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let slot = match key.as_ref() {
+                        "type" => &mut error.error_type,
+                        "message" => &mut error.message,
+                        _ => {
+                            map.next_value::<Skip>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value::<LenientText<'de>>()?.into_string();
+                }
+                Ok(error)
+            }
+        }
+        deserializer.deserialize_any(Either(ErrorVisitor, || ErrorField {
+            error_type: None,
+            message: None,
+        }))
+    }
+}
+
+/// A visitor that hands strings and objects to `.0` and turns any other value (validated and
+/// skipped) into `.1()`.
+struct Either<V, F>(V, F);
+
+impl<'de, V, F> Visitor<'de> for Either<V, F>
+where
+    V: Visitor<'de>,
+    F: FnOnce() -> V::Value,
+{
+    type Value = V::Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(formatter)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.0.visit_map(map)
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<V::Value, E> {
+        // Only the error visitor reads strings; the others say "not an object".
+        match self.0.visit_str::<E>(value) {
+            Ok(read) => Ok(read),
+            Err(_) => Ok((self.1)()),
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<V::Value, E> {
+        Ok((self.1)())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<V::Value, E> {
+        Ok((self.1)())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<V::Value, E> {
+        Ok((self.1)())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<V::Value, E> {
+        Ok((self.1)())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
+        Ok((self.1)())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<V::Value, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok((self.1)())
+    }
 }
 
 #[cfg(test)]
@@ -435,6 +853,203 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(data)
             );
+        }
+    }
+
+    /// The JSON-body extraction as it was before [`JsonBody`]: everything read through
+    /// `serde_json::Value`, the reference the typed parse must match.
+    fn extract_json_via_value(body: &[u8]) -> Extraction {
+        let mut extraction = Extraction {
+            format: BodyFormat::Json,
+            ..Extraction::default()
+        };
+        let payload: Payload = match serde_json::from_slice(body) {
+            Ok(payload) => payload,
+            Err(error) => {
+                extraction.diagnostics.push(Diagnostic::MalformedJsonBody {
+                    error: error.to_string(),
+                });
+                return extraction;
+            }
+        };
+        extraction.model = text(payload.model.as_ref());
+        extraction.message_id = text(payload.id.as_ref());
+        if let Some(usage) = payload.usage.as_ref() {
+            match UsageReport::from_value(usage) {
+                Some(report) => extraction.usage = Some(report.to_usage()),
+                None if usage.is_null() => {}
+                None => extraction.diagnostics.push(Diagnostic::MalformedUsage),
+            }
+        }
+        let is_error_type = payload
+            .kind
+            .as_ref()
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|kind| kind == "error");
+        match payload.error {
+            Some(error) if !error.is_null() => {
+                extraction.error = Some(ApiError::from_value(&error));
+            }
+            _ if is_error_type => {
+                extraction.error = Some(ApiError::from_value(&serde_json::Value::Null));
+            }
+            _ => extraction.completed = true,
+        }
+        extraction
+    }
+
+    fn assert_same(body: &[u8]) {
+        assert_eq!(
+            extract_json(body),
+            extract_json_via_value(body),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+
+    #[test]
+    fn the_typed_json_parse_matches_the_value_parse_on_odd_shapes() {
+        let bodies: &[&str] = &[
+            r#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","content":[{"type":"text","text":"hi \"there\""}],"usage":{"input_tokens":12,"output_tokens":7,"cache_creation_input_tokens":3,"cache_read_input_tokens":4,"cache_creation":{"ephemeral_5m_input_tokens":1,"ephemeral_1h_input_tokens":2},"server_tool_use":{"web_search_requests":5},"service_tier":"standard"}}"#,
+            r#"{"model":"m\u00e9","id":"","usage":{"input_tokens":12.7,"output_tokens":"7","cache_read_input_tokens":-3,"cache_creation_input_tokens":null,"unknown":{"nested":[1,2,{"a":null}]},"cache_creation":"no","server_tool_use":{"web_search_requests":"2 "},"service_tier":5}}"#,
+            r#"{"usage":{"input_tokens":1e30,"output_tokens":-0.0,"cache_read_input_tokens":18446744073709551616,"service_tier":""}}"#,
+            r#"{"usage":{"input_tokens":1,"input_tokens":"x","cache_creation":{"ephemeral_5m_input_tokens":1},"cache_creation":null}}"#,
+            r#"{"usage":{"cache_creation":{"ephemeral_5m_input_tokens":1,"ephemeral_5m_input_tokens":true,"ephemeral_1h_input_tokens":[9]}}}"#,
+            r#"{"usage":null,"model":null,"id":null,"type":null,"error":null}"#,
+            r#"{"usage":[1,2],"model":7,"id":{"x":1}}"#,
+            r#"{"usage":"12"}"#,
+            r#"{"usage":true}"#,
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            r#"{"type":"error","error":{"type":"a","type":5,"message":"m","message":"n\n"}}"#,
+            r#"{"type":"error","error":"boom"}"#,
+            r#"{"type":"error","error":42}"#,
+            r#"{"type":"error","error":[{"type":"x"}]}"#,
+            r#"{"type":"error"}"#,
+            r#"{"type":"error","error":null}"#,
+            r#"{"type":"err\u006fr"}"#,
+            r#"{"type":["error"]}"#,
+            r#"{"error":{}}"#,
+            r#"{"error":{"message":{"nested":"x"}}}"#,
+            r#"{"message":"not an object"}"#,
+            r#"{"message":{"model":"x","usage":{"input_tokens":1}},"model":"y"}"#,
+            r#"{"usage":{"input_tokens":1},"usage":{"input_tokens":2}}"#,
+            r#"{"model":"a","model":"b"}"#,
+            r#"{"usage":{"input_tokens":1,}}"#,
+            r#"{"usage":{"x":"\ud800"}}"#,
+            r#"{"usage":{"x":"\ud83d\ude00"}}"#,
+            r#"{"usage":{"\u0069nput_tokens":5}}"#,
+            r#"{"usage":{"input_tokens":01}}"#,
+            r#"{"usage":{"input_tokens":1}} trailing"#,
+            r#"{"usage":{"input_tokens":1}"#,
+            r#"{}"#,
+            r#"{"content":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#,
+        ];
+        for body in bodies {
+            assert_same(body.as_bytes());
+        }
+        let deep = format!(
+            r#"{{"usage":{{"unknown":{}1{}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_same(deep.as_bytes());
+        assert_same(b"{\"model\":\"\xff\"}");
+    }
+
+    #[test]
+    fn the_typed_json_parse_matches_the_value_parse_on_the_fixtures_and_fuzz_corpus() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = 0;
+        for dir in [
+            root.join("tests/fixtures/json"),
+            root.join("../../fuzz/corpus/usage_extractor"),
+            root.join("../../fuzz/regressions/usage_extractor"),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.expect("listing inputs").path();
+                let body = std::fs::read(&path).expect("reading an input");
+                let trimmed = skip_whitespace(body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body));
+                if trimmed.first() == Some(&b'{') {
+                    assert_same(trimmed);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 0, "no JSON inputs found");
+    }
+
+    mod typed_versus_value {
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<u64>().prop_map(|n| json!(n)),
+                any::<i64>().prop_map(|n| json!(n)),
+                (-1e20f64..1e20).prop_map(|f| json!(f)),
+                "[a-z0-9 \\-\"é]{0,6}".prop_map(Value::String),
+                Just(json!("error")),
+                Just(json!(" 42 ")),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("type"),
+                Just("id"),
+                Just("model"),
+                Just("usage"),
+                Just("error"),
+                Just("message"),
+                Just("input_tokens"),
+                Just("output_tokens"),
+                Just("cache_creation_input_tokens"),
+                Just("cache_read_input_tokens"),
+                Just("cache_creation"),
+                Just("ephemeral_5m_input_tokens"),
+                Just("ephemeral_1h_input_tokens"),
+                Just("server_tool_use"),
+                Just("web_search_requests"),
+                Just("service_tier"),
+                Just("content"),
+            ]
+            .prop_map(str::to_string)
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::vec((key(), inner), 0..6)
+                        .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn same_extraction(fields in prop::collection::vec((key(), value()), 0..6)) {
+                // Written by hand so that repeated keys stay repeated.
+                let body = format!(
+                    "{{{}}}",
+                    fields
+                        .iter()
+                        .map(|(key, value)| format!("{}:{}", Value::String(key.clone()), value))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                prop_assert_eq!(
+                    super::extract_json(body.as_bytes()),
+                    super::extract_json_via_value(body.as_bytes()),
+                    "{}",
+                    body
+                );
+            }
         }
     }
 
