@@ -7,7 +7,7 @@
 //! one would make it skip its graceful drain).
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::thread;
@@ -57,7 +57,8 @@ pub fn run(root: &Path, args: &DemoArgs) -> Result<()> {
         bail!("{} does not exist", config.display());
     }
     build(root, args.debug)?;
-    let bin_dir = target_dir(root).join(if args.debug { "debug" } else { "release" });
+    let bin_dir =
+        crate::process::target_dir(root).join(if args.debug { "debug" } else { "release" });
 
     let mut mock = ChildProcess::spawn(
         "ccf-mock-upstream",
@@ -133,24 +134,7 @@ fn build(root: &Path, debug: bool) -> Result<()> {
         args.push("--release");
     }
     args.extend(["-p", "cc-forwarder", "-p", "ccf-testkit", "--bins"]);
-    println!("$ cargo {}", args.join(" "));
-    let status = Command::new(crate::cargo_program())
-        .args(&args)
-        .current_dir(root)
-        .status()
-        .context("could not start cargo build")?;
-    if !status.success() {
-        bail!("`cargo {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
-/// `CARGO_TARGET_DIR` when set (relative to the root), else `<root>/target`.
-fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    }
+    crate::process::cargo_build(root, &args)
 }
 
 /// Polls until `address` accepts a connection, the child exits, Ctrl+C, or the deadline.
