@@ -967,25 +967,13 @@ mod tests {
 
     /// Endpoints `a` (priority 1), `b` (2), `c` (3) in one group, plus `z` in a second group.
     fn router(enabled: bool) -> Router {
-        let endpoint =
-            |name: &str, group: &str, group_priority: u32, priority: u32| ccf_config::Endpoint {
-                name: name.to_string(),
-                url: url::Url::parse("https://upstream.invalid/").expect("static url"),
-                priority,
-                group: group.to_string(),
-                group_priority,
-                token: None,
-                api_key: None,
-                timeout: Duration::from_secs(300),
-                headers: Vec::new(),
-                supports_count_tokens: false,
-            };
+        use crate::test_support::endpoint;
         let mut router = Router::new(
             &[
-                endpoint("a", "main", 1, 1),
-                endpoint("b", "main", 1, 2),
-                endpoint("c", "main", 1, 3),
-                endpoint("z", "backup", 2, 1),
+                endpoint(("a", "main", 1, 1)),
+                endpoint(("b", "main", 1, 2)),
+                endpoint(("c", "main", 1, 3)),
+                endpoint(("z", "backup", 2, 1)),
             ],
             crate::RouterSettings::default(),
         );

@@ -694,19 +694,8 @@ mod tests {
         );
     }
 
-    fn endpoint(name: &str, priority: u32) -> ccf_config::Endpoint {
-        ccf_config::Endpoint {
-            name: name.to_string(),
-            url: url::Url::parse("https://upstream.invalid/").expect("static url"),
-            priority,
-            group: "main".to_string(),
-            group_priority: 1,
-            token: None,
-            api_key: None,
-            timeout: Duration::from_secs(300),
-            headers: Vec::new(),
-            supports_count_tokens: false,
-        }
+    fn endpoint(name: &'static str, priority: u32) -> ccf_config::Endpoint {
+        crate::test_support::endpoint((name, "main", 1, priority))
     }
 
     #[test]

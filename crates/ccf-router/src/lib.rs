@@ -50,6 +50,8 @@ mod quota;
 #[cfg(test)]
 mod reconfigure_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 
 pub use affinity::{

@@ -2,42 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use ccf_config::{Endpoint, StrategyType};
+use ccf_config::Endpoint;
 
 use super::*;
 
-/// `(name, group, group_priority, priority)`.
-type Spec = (&'static str, &'static str, u32, u32);
+use crate::test_support::{endpoint, Spec, AUTO, MANUAL};
 
 fn endpoints(specs: &[Spec]) -> Vec<Endpoint> {
-    specs
-        .iter()
-        .map(|&(name, group, group_priority, priority)| Endpoint {
-            name: name.to_string(),
-            url: url::Url::parse("https://upstream.invalid/").expect("static url"),
-            priority,
-            group: group.to_string(),
-            group_priority,
-            token: None,
-            api_key: None,
-            timeout: Duration::from_secs(300),
-            headers: Vec::new(),
-            supports_count_tokens: false,
-        })
-        .collect()
+    specs.iter().copied().map(endpoint).collect()
 }
-
-const AUTO: RouterSettings = RouterSettings {
-    auto_switch: true,
-    cooldown: Duration::from_secs(600),
-    strategy: StrategyType::Priority,
-};
-
-const MANUAL: RouterSettings = RouterSettings {
-    auto_switch: false,
-    cooldown: Duration::from_secs(600),
-    strategy: StrategyType::Priority,
-};
 
 const AB: &[Spec] = &[("a1", "A", 1, 1), ("a2", "A", 1, 2), ("b1", "B", 2, 1)];
 

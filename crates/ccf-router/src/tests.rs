@@ -8,34 +8,8 @@ use ccf_config::{Endpoint, StrategyType};
 
 use super::*;
 
-/// `(name, group, group_priority, priority)`.
-type Spec = (&'static str, &'static str, u32, u32);
+use crate::test_support::{endpoint, Spec, AUTO, MANUAL};
 
-fn endpoint((name, group, group_priority, priority): Spec) -> Endpoint {
-    Endpoint {
-        name: name.to_string(),
-        url: url::Url::parse("https://upstream.invalid/").expect("static url"),
-        priority,
-        group: group.to_string(),
-        group_priority,
-        token: None,
-        api_key: None,
-        timeout: Duration::from_secs(300),
-        headers: Vec::new(),
-        supports_count_tokens: false,
-    }
-}
-
-const AUTO: RouterSettings = RouterSettings {
-    auto_switch: true,
-    cooldown: Duration::from_secs(600),
-    strategy: StrategyType::Priority,
-};
-const MANUAL: RouterSettings = RouterSettings {
-    auto_switch: false,
-    cooldown: Duration::from_secs(600),
-    strategy: StrategyType::Priority,
-};
 const FASTEST: RouterSettings = RouterSettings {
     auto_switch: true,
     cooldown: Duration::from_secs(600),
