@@ -21,6 +21,9 @@ pub(crate) fn mysql_error(error: mysql_async::Error) -> StoreError {
             | 1317 | 1927 | 2002 | 2003 | 2006 | 2013 | 4031 | 4151 => {
                 StoreError::unavailable("mysql database unavailable", error)
             }
+            // Unknown column: the schema is older than this binary (a restored dump, or another
+            // instance still migrating). Retry until it is migrated; never drop records for it.
+            1054 => StoreError::unavailable("mysql schema not migrated yet", error),
             _ => StoreError::database("mysql statement failed", error),
         },
         _ => StoreError::database("mysql error", error),

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(crate) fn sqlite_error(error: rusqlite::Error) -> StoreError {
     let code = match &error {
         rusqlite::Error::SqliteFailure(failure, _) => Some(failure.code),
+        rusqlite::Error::SqlInputError { error, .. } => Some(error.code),
         _ => None,
     };
     match code {
@@ -24,8 +25,23 @@ pub(crate) fn sqlite_error(error: rusqlite::Error) -> StoreError {
         | Some(ErrorCode::NoLargeFileSupport) => {
             StoreError::unavailable("sqlite database cannot be used", error)
         }
+        // The schema is older than this binary (the file was replaced by an older copy, or
+        // another process is still migrating it): retry until migrated, never drop records.
+        Some(ErrorCode::Unknown) if names_missing_schema(&error) => {
+            StoreError::unavailable("sqlite schema not migrated yet", error)
+        }
         _ => StoreError::database("sqlite statement failed", error),
     }
+}
+
+/// SQLite reports a missing table or column only in the message (`SQLITE_ERROR`).
+fn names_missing_schema(error: &rusqlite::Error) -> bool {
+    let message = match error {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => message,
+        rusqlite::Error::SqlInputError { msg, .. } => msg,
+        _ => return false,
+    };
+    message.starts_with("no such table") || message.starts_with("no such column")
 }
 
 /// A reader pool that cannot hand out a connection: the database is unavailable.
@@ -180,6 +196,26 @@ fn civil_from_days(days: u64) -> (u32, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_missing_table_or_column_is_retryable_and_a_bad_statement_is_not() {
+        let connection = rusqlite::Connection::open_in_memory().expect("in-memory database");
+        connection
+            .execute_batch("CREATE TABLE request_logs (id INTEGER)")
+            .expect("schema");
+        let classify = |sql: &str| {
+            sqlite_error(
+                connection
+                    .execute_batch(sql)
+                    .expect_err("the statement fails"),
+            )
+        };
+        let missing = classify("SELECT * FROM usage_summary");
+        assert!(missing.is_retryable(), "{missing:?}");
+        let column = classify("SELECT total_cost_nano_usd FROM request_logs");
+        assert!(column.is_retryable(), "{column:?}");
+        assert!(!classify("SELEC 1").is_retryable());
+    }
 
     fn at(seconds: u64, nanos: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(seconds, nanos)
