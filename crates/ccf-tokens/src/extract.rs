@@ -400,7 +400,7 @@ fn extract_json(body: &[u8]) -> Extraction {
     extraction.model = payload.model.and_then(LenientText::into_text);
     extraction.message_id = payload.id.and_then(LenientText::into_text);
     match payload.usage {
-        Some(UsageField::Object(counts)) => extraction.usage = Some(counts.into_usage()),
+        Some(UsageField::Object(counts)) => extraction.usage = Some(counts.to_usage()),
         Some(UsageField::NotAnObject) => extraction.diagnostics.push(Diagnostic::MalformedUsage),
         None => {}
     }
@@ -607,37 +607,9 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// A `usage` value: an object (its counts), or something else (a diagnostic).
 enum UsageField {
-    Object(UsageCounts),
+    /// The counts; a repeated key counts with its last value (as in a `serde_json::Map`).
+    Object(UsageReport),
     NotAnObject,
-}
-
-/// The counts of a `usage` object; a repeated key counts with its last value (as in a
-/// `serde_json::Map`).
-#[derive(Default)]
-struct UsageCounts {
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    cache_creation_5m_input_tokens: Option<u64>,
-    cache_creation_1h_input_tokens: Option<u64>,
-    web_search_requests: Option<u64>,
-    service_tier: Option<String>,
-}
-
-impl UsageCounts {
-    fn into_usage(self) -> Usage {
-        Usage {
-            input_tokens: self.input_tokens.unwrap_or(0),
-            output_tokens: self.output_tokens.unwrap_or(0),
-            cache_creation_input_tokens: self.cache_creation_input_tokens.unwrap_or(0),
-            cache_read_input_tokens: self.cache_read_input_tokens.unwrap_or(0),
-            cache_creation_5m_input_tokens: self.cache_creation_5m_input_tokens.unwrap_or(0),
-            cache_creation_1h_input_tokens: self.cache_creation_1h_input_tokens.unwrap_or(0),
-            web_search_requests: self.web_search_requests.unwrap_or(0),
-            service_tier: self.service_tier,
-        }
-    }
 }
 
 impl<'de> Deserialize<'de> for UsageField {
@@ -649,7 +621,7 @@ impl<'de> Deserialize<'de> for UsageField {
                 formatter.write_str("a usage object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UsageField, A::Error> {
-                let mut counts = UsageCounts::default();
+                let mut counts = UsageReport::default();
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     match key.as_ref() {
                         "input_tokens" => counts.input_tokens = map.next_value::<Count>()?.0,

@@ -64,14 +64,14 @@ const UNKNOWN_ERROR: &str = "unknown_error";
 /// A `usage` object as reported, keeping "absent" apart from "zero" (the merge rule needs it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct UsageReport {
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    cache_creation_5m_input_tokens: Option<u64>,
-    cache_creation_1h_input_tokens: Option<u64>,
-    web_search_requests: Option<u64>,
-    service_tier: Option<String>,
+    pub(crate) input_tokens: Option<u64>,
+    pub(crate) output_tokens: Option<u64>,
+    pub(crate) cache_creation_input_tokens: Option<u64>,
+    pub(crate) cache_read_input_tokens: Option<u64>,
+    pub(crate) cache_creation_5m_input_tokens: Option<u64>,
+    pub(crate) cache_creation_1h_input_tokens: Option<u64>,
+    pub(crate) web_search_requests: Option<u64>,
+    pub(crate) service_tier: Option<String>,
 }
 
 impl UsageReport {
