@@ -8,6 +8,7 @@
 //! hand-written instead of using `arbitrary`, and why these files use only the owning crate's
 //! own dependencies.
 
+pub mod chunks;
 pub mod config_loader;
 pub mod count_tokens_estimator;
 pub mod header_rewriting;

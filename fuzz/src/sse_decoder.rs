@@ -9,6 +9,8 @@
 
 use ccf_tokens::{SseDecoder, DEFAULT_MAX_EVENT_BYTES};
 
+use crate::chunks::split_chunks;
+
 /// One decoded event, owned: (event name, data).
 type Event = (String, Vec<u8>);
 
@@ -77,22 +79,4 @@ fn decode(limit: usize, chunks: &[&[u8]]) -> (Vec<Event>, u64) {
     }
     decoder.finish(&mut on_event);
     (events, decoder.dropped_events())
-}
-
-/// Splits `data` (chunk count, chunk lengths, stream) into the chunks and the whole stream.
-fn split_chunks(data: &[u8]) -> (Vec<&[u8]>, &[u8]) {
-    let Some((&count, rest)) = data.split_first() else {
-        return (vec![&[][..]], &[][..]);
-    };
-    let count = usize::from(count % 16).min(rest.len());
-    let (lengths, stream) = rest.split_at(count);
-    let mut chunks = Vec::with_capacity(count + 1);
-    let mut remaining = stream;
-    for &length in lengths {
-        let (chunk, tail) = remaining.split_at(usize::from(length).min(remaining.len()));
-        chunks.push(chunk);
-        remaining = tail;
-    }
-    chunks.push(remaining);
-    (chunks, stream)
 }

@@ -15,6 +15,8 @@ use std::io::Write;
 
 use ccf_tokens::{extract_body, BodyTap, Extraction, UsageExtractor};
 
+use crate::chunks::split_chunks;
+
 const CONTENT_TYPES: [Option<&str>; 4] = [
     None,
     Some("text/event-stream; charset=utf-8"),
@@ -117,22 +119,4 @@ fn resplit<'a>(data: &'a [u8], lengths: &[usize]) -> Vec<&'a [u8]> {
     }
     frames.push(remaining);
     frames
-}
-
-/// Splits `data` (frame count, frame lengths, body) into the frames and the whole body.
-fn split_chunks(data: &[u8]) -> (Vec<&[u8]>, &[u8]) {
-    let Some((&count, rest)) = data.split_first() else {
-        return (vec![&[][..]], &[][..]);
-    };
-    let count = usize::from(count % 16).min(rest.len());
-    let (lengths, stream) = rest.split_at(count);
-    let mut chunks = Vec::with_capacity(count + 1);
-    let mut remaining = stream;
-    for &length in lengths {
-        let (chunk, tail) = remaining.split_at(usize::from(length).min(remaining.len()));
-        chunks.push(chunk);
-        remaining = tail;
-    }
-    chunks.push(remaining);
-    (chunks, stream)
 }

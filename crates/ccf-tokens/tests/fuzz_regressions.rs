@@ -2,6 +2,8 @@
 //! `fuzz/regressions/<target>/`) through the same oracles the cargo-fuzz targets use
 //! (`fuzz/src/<target>.rs`, compiled in here), on stable, in `cargo test`.
 
+#[path = "../../../fuzz/src/chunks.rs"]
+mod chunks;
 #[path = "../../../fuzz/src/count_tokens_estimator.rs"]
 mod count_tokens_estimator;
 #[path = "../../../fuzz/src/sse_decoder.rs"]
