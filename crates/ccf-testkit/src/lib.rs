@@ -25,11 +25,13 @@
 //! ```
 
 mod body;
+pub mod prerequisite;
 mod raw;
 mod render;
 mod reply;
 mod server;
 
+pub use prerequisite::{in_ci, skip_unless_ci};
 pub use raw::{RawEnd, RawReply, RawRequest, RawUpstream};
 pub use reply::{MockUsage, Reply, ReplyOutcome, DEFAULT_MODEL};
 pub use server::{MockConfig, MockUpstream, RecordedRequest};
