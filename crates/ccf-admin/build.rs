@@ -2,9 +2,13 @@
 //!
 //! When `web/dist/index.html` is missing or older than the dashboard's sources and `npm` is on
 //! the `PATH`, this runs `npm ci` (or `npm install` without a lockfile) when `node_modules` is
-//! missing or stale, then `npm run build` in `web/`. Whatever happens with npm the Rust build
-//! goes on: without a built dashboard a small page explaining how to build it
-//! (`cargo xtask web`) is embedded instead. Set `CCF_WEB_NO_NPM=1` to never run npm here.
+//! missing or stale, then `npm run build` in `web/`. Outside CI, whatever happens with npm the
+//! Rust build goes on: without a built dashboard a small page explaining how to build it
+//! (`cargo xtask web`) is embedded instead, with a cargo warning. Under CI (`CI` set to anything
+//! but empty, `0` or `false`) or with `CCF_REQUIRE_DASHBOARD=1` (set by `cargo xtask dist`) the
+//! real dashboard is required: a failed dashboard build (a TypeScript or vite error, npm missing)
+//! or a missing `web/dist` fails the Rust build with npm's output, so a green CI never embeds the
+//! fallback page. Set `CCF_WEB_NO_NPM=1` to never run npm here.
 //!
 //! The result is `$OUT_DIR/web_assets.rs`: a table of `(path, bytes, content type)` built with
 //! `include_bytes!`, so the crate recompiles whenever an embedded file changes.
@@ -51,6 +55,9 @@ fn main() {
         println!("cargo:rerun-if-changed={}", web.join(input).display());
     }
     println!("cargo:rerun-if-env-changed=CCF_WEB_NO_NPM");
+    println!("cargo:rerun-if-env-changed=CI");
+    println!("cargo:rerun-if-env-changed={REQUIRE_VARIABLE}");
+    let required = dashboard_required();
 
     let dist = web.join("dist");
     let index = dist.join("index.html");
@@ -63,9 +70,32 @@ fn main() {
     };
     let npm_allowed = std::env::var_os("CCF_WEB_NO_NPM").is_none_or(|v| v.is_empty() || v == "0");
     if stale && web.join("package.json").is_file() && npm_allowed {
-        if let Err(why) = build_dashboard(&web) {
-            println!("cargo:warning=web dashboard not rebuilt ({why}); run `cargo xtask web`");
+        if let Err(failure) = build_dashboard(&web) {
+            if required {
+                panic!(
+                    "\n{output}\nthe web dashboard does not build: {what}.\n\
+                     {why_required}, so the \"dashboard not built\" page is not embedded in its \
+                     place. Fix the error above (npm's output), or install Node.js 20+ with npm, \
+                     then check with `cargo xtask web`.",
+                    output = failure.output,
+                    what = failure.what,
+                    why_required = why_required(),
+                );
+            }
+            eprintln!("{}", failure.output);
+            println!(
+                "cargo:warning=web dashboard not rebuilt ({}); run `cargo xtask web`",
+                failure.what
+            );
         }
+    }
+    if required && !index.is_file() {
+        panic!(
+            "{} is missing and was not built (is npm disabled with CCF_WEB_NO_NPM?). {}, so the \
+             \"dashboard not built\" page is not embedded in its place; run `cargo xtask web`.",
+            index.display(),
+            why_required()
+        );
     }
 
     let table = if index.is_file() {
@@ -125,6 +155,30 @@ fn main() {
     }
 }
 
+/// The variable that requires the real dashboard outside CI (`cargo xtask dist` sets it).
+const REQUIRE_VARIABLE: &str = "CCF_REQUIRE_DASHBOARD";
+
+/// Whether a failed dashboard build must fail the Rust build: under CI (`CI` set to anything but
+/// empty, `0` or `false`, the rule of `ccf_testkit::in_ci`) or with `CCF_REQUIRE_DASHBOARD` set
+/// the same way.
+fn dashboard_required() -> bool {
+    ["CI", REQUIRE_VARIABLE].into_iter().any(|name| {
+        std::env::var(name).is_ok_and(|value| {
+            let value = value.trim();
+            !(value.is_empty() || value == "0" || value.eq_ignore_ascii_case("false"))
+        })
+    })
+}
+
+/// Which variable made the dashboard required, for the failure message.
+fn why_required() -> String {
+    if std::env::var_os(REQUIRE_VARIABLE).is_some() {
+        format!("{REQUIRE_VARIABLE} is set (cargo xtask dist)")
+    } else {
+        "CI is set".to_string()
+    }
+}
+
 fn env(name: &str) -> String {
     match std::env::var(name) {
         Ok(value) => value,
@@ -132,12 +186,28 @@ fn env(name: &str) -> String {
     }
 }
 
+/// Why the dashboard was not built: a one-line summary and npm's output (empty when npm did not
+/// run).
+struct BuildFailure {
+    what: String,
+    output: String,
+}
+
+impl BuildFailure {
+    fn without_output(what: impl Into<String>) -> Self {
+        BuildFailure {
+            what: what.into(),
+            output: String::new(),
+        }
+    }
+}
+
 /// `npm ci`/`npm install` when needed, then `npm run build`.
-fn build_dashboard(web: &Path) -> Result<(), String> {
+fn build_dashboard(web: &Path) -> Result<(), BuildFailure> {
     let npm = if cfg!(windows) { "npm.cmd" } else { "npm" };
     match Command::new(npm).arg("--version").output() {
         Ok(output) if output.status.success() => {}
-        _ => return Err("npm is not installed".into()),
+        _ => return Err(BuildFailure::without_output("npm is not installed")),
     }
     let lock = web.join("package-lock.json");
     let installed = web.join("node_modules/.package-lock.json");
@@ -155,17 +225,26 @@ fn build_dashboard(web: &Path) -> Result<(), String> {
     run(Command::new(npm).args(["run", "build"]).current_dir(web))
 }
 
-fn run(command: &mut Command) -> Result<(), String> {
+fn run(command: &mut Command) -> Result<(), BuildFailure> {
     let shown = format!("{command:?}");
-    // npm's own output goes to cargo's build log (shown with -vv or on failure).
+    // npm's output is kept for the failure: in the panic when the dashboard is required, else in
+    // cargo's build log (shown with -vv).
     match command.output() {
         Ok(output) if output.status.success() => Ok(()),
         Ok(output) => {
-            eprintln!("{}", String::from_utf8_lossy(&output.stdout));
-            eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-            Err(format!("{shown} failed with {}", output.status))
+            let text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&output.stdout).trim_end(),
+                String::from_utf8_lossy(&output.stderr).trim_end()
+            );
+            Err(BuildFailure {
+                what: format!("{shown} failed with {}", output.status),
+                output: text,
+            })
         }
-        Err(error) => Err(format!("cannot run {shown}: {error}")),
+        Err(error) => Err(BuildFailure::without_output(format!(
+            "cannot run {shown}: {error}"
+        ))),
     }
 }
 

@@ -5,9 +5,9 @@
 //! workspace crate: it drives `cargo` and the built binaries as child processes, which keeps it
 //! building even when the workspace does not.
 //!
-//! Tasks: `ci` (format check, clippy, tests), `demo` (the forwarder in front of the mock
-//! upstream, with a little traffic) and `clients` (the anthropic Python SDK and Claude Code
-//! driven through the forwarder). The `tidy` test module checks repository invariants from
+//! Tasks: `ci` (format check, cargo deny, clippy, tests, web unit tests), `demo` (the forwarder
+//! in front of the mock upstream, with a little traffic) and `clients` (the anthropic Python SDK
+//! and Claude Code driven through the forwarder). The `tidy` test module checks repository invariants from
 //! `docs/ARCHITECTURE.md` as ordinary `#[test]`s.
 
 mod bench;
@@ -43,7 +43,8 @@ struct Cli {
 /// The tasks.
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Check formatting, run clippy with warnings denied, run every test (what CI runs).
+    /// What CI runs: format check, cargo deny, clippy with warnings denied, every test and doc
+    /// test, the web unit tests; ends with `ci: N passed, M failed, K skipped`.
     Ci,
     /// Run the forwarder in front of the mock upstream and send it a little traffic.
     Demo(demo::DemoArgs),

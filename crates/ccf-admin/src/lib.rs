@@ -47,6 +47,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub use assets::dashboard_built;
 pub use http_util::{AdminBody, AdminResponse};
 pub use views::usage_record;
 

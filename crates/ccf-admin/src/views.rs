@@ -253,6 +253,7 @@ pub(crate) fn status_view(shared: &Shared) -> Value {
         "usage_tracking": usage,
         "config_reload": shared.forwarder.reload_status(),
         "stream_clients": shared.hub.client_count(),
+        "dashboard_built": crate::assets::dashboard_built(),
         "timestamp": rfc3339(now),
     })
 }

@@ -22,6 +22,15 @@ const SECRETS: [&str; 5] = [
     PROXY_PASSWORD,
 ];
 
+/// One request with the mock's usage (12 in, 6 out, 5 cache writes, 7 cache reads) at the
+/// harness's Sonnet prices (3 / 15 / 3.75 / 0.30 USD per million tokens), in nano-USD:
+/// 12 x 3000 + 6 x 15000 + 5 x 3750 + 7 x 300.
+const ONE_REQUEST_NANO_USD: i64 = 146_850;
+/// [`ONE_REQUEST_NANO_USD`] in USD, as the API shows it.
+const ONE_REQUEST_USD: f64 = ONE_REQUEST_NANO_USD as f64 / 1e9;
+/// Two such requests, in USD.
+const TWO_REQUESTS_USD: f64 = (2 * ONE_REQUEST_NANO_USD) as f64 / 1e9;
+
 fn assert_no_secret(text: &str) {
     for secret in SECRETS {
         assert!(!text.contains(secret), "secret {secret} leaked in {text}");
@@ -52,6 +61,7 @@ async fn status_reports_live_state_with_version_active_group_and_uptime() {
     assert_eq!(status["usage_tracking"]["enabled"], true);
     assert_eq!(status["usage_tracking"]["backend"], "sqlite");
     assert_eq!(status["admin_auth_enabled"], false);
+    assert_eq!(status["dashboard_built"], ccf_admin::dashboard_built());
     // The active group is known once routing has run.
     harness.send_message(false).await;
     let status = harness.get("/api/v1/status").await.json();
@@ -185,9 +195,8 @@ async fn endpoints_priority_health_check_and_performance() {
     let primary = &performance["endpoints"][0];
     assert_eq!(primary["successful_requests"], 1);
     assert_eq!(primary["success_rate"], 100.0);
-    assert!(primary["token_usage"]
-        .as_u64()
-        .is_some_and(|tokens| tokens > 0));
+    // The mock's usage: 12 in, 6 out, 5 cache writes, 7 cache reads.
+    assert_eq!(primary["token_usage"], 30);
 }
 
 #[tokio::test]
@@ -494,9 +503,8 @@ async fn usage_routes_answer_from_the_database() {
     assert_eq!(data["period"], "1d");
     assert_eq!(data["total_requests"], 2);
     assert_eq!(data["success_rate"], 100.0);
-    assert!(data["total_cost_usd"]
-        .as_f64()
-        .is_some_and(|cost| cost > 0.0));
+    let cost = data["total_cost_usd"].as_f64().expect("total_cost_usd");
+    assert!((cost - TWO_REQUESTS_USD).abs() < 1e-13, "{cost}");
     assert_eq!(data["top_models"][0]["model_name"], "claude-sonnet-4-5");
     assert_eq!(data["top_endpoints"][0]["group_name"], "main");
     assert!(data["daily_stats"].is_array());
@@ -543,7 +551,7 @@ async fn usage_routes_answer_from_the_database() {
     let summary = harness.get("/api/v1/usage/summary").await.json();
     assert_eq!(summary["success"], true);
     let rows = summary["data"].as_array().cloned().unwrap_or_default();
-    assert!(!rows.is_empty(), "summary rows: {summary}");
+    assert_eq!(rows.len(), 1, "one day, model and endpoint: {summary}");
     assert_eq!(
         rows.iter()
             .map(|r| r["request_count"].as_i64().unwrap_or(0))
@@ -579,12 +587,12 @@ async fn usage_routes_answer_from_the_database() {
 
     let costs = harness.get("/api/v1/chart/endpoint-costs").await.json();
     assert_eq!(costs["labels"][0], "primary (main)");
-    assert!(costs["datasets"][0]["data"][0]
-        .as_u64()
-        .is_some_and(|t| t > 0));
-    assert!(costs["datasets"][1]["data"][0]
-        .as_f64()
-        .is_some_and(|c| c > 0.0));
+    assert_eq!(
+        costs["datasets"][0]["data"][0], 60,
+        "two requests of 30 tokens"
+    );
+    let cost = costs["datasets"][1]["data"][0].as_f64().expect("cost");
+    assert!((cost - TWO_REQUESTS_USD).abs() < 1e-13, "{cost}");
     assert_eq!(
         harness
             .get("/api/v1/chart/endpoint-costs?date=today")
@@ -631,9 +639,8 @@ async fn database_routes_answer_503_when_tracking_is_off() {
         .await;
     assert_eq!(detail["data"]["source"], "live");
     assert_eq!(detail["data"]["status"], "completed");
-    assert!(detail["data"]["total_cost_usd"]
-        .as_f64()
-        .is_some_and(|c| c > 0.0));
+    let cost = detail["data"]["total_cost_usd"].as_f64().expect("cost");
+    assert!((cost - ONE_REQUEST_USD).abs() < 1e-13, "{cost}");
     assert_eq!(
         harness.get("/api/v1/status").await.json()["usage_tracking"]["enabled"],
         false
@@ -685,9 +692,13 @@ async fn connections_and_charts_move_with_traffic() {
     let tokens = harness.get("/api/v1/tokens/usage").await.json();
     assert_eq!(tokens["current"]["input_tokens"], 36);
     assert_eq!(tokens["current"]["output_tokens"], 18);
-    assert!(tokens["distribution"]["input_percentage"]
+    let input_share = tokens["distribution"]["input_percentage"]
         .as_f64()
-        .is_some_and(|p| p > 0.0));
+        .expect("input_percentage");
+    assert!(
+        (input_share - 36.0 * 100.0 / 54.0).abs() < 1e-9,
+        "{input_share}"
+    );
     let history = harness
         .get("/api/v1/metrics/history?minutes=10")
         .await
