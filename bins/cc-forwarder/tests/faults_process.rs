@@ -1,11 +1,14 @@
 //! Fault injection, process side (issue 9): the real `cc-forwarder` binary under load, stopped
 //! with SIGTERM (every in-flight request finishes, every outcome is stored, exit status 0) and
-//! killed with SIGKILL (at most the last flush interval of outcomes is missing, and the database
-//! opens cleanly after: integrity check, and a restarted forwarder on the same file serves and
-//! records again).
+//! killed with SIGKILL (every outcome the recorder had written before the kill is still there,
+//! and the database opens cleanly after: integrity check, and a restarted forwarder on the same
+//! file serves and records again).
 //!
-//! Each test checks what the clients got, what the mock upstream saw, what the SQLite file holds
-//! and that a forwarder started again on the same file is healthy.
+//! Each test checks what the clients got, what the upstream saw, what the SQLite file holds and
+//! that a forwarder started again on the same file is healthy. Nothing here depends on how fast
+//! the machine is: the SIGTERM test holds every answer at a gated upstream until the forwarder is
+//! draining, and the SIGKILL test defines the outcomes that must survive by a sentinel request
+//! seen stored, not by a time window.
 
 // Test helpers outside `#[test]` functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,11 +18,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ccf_testkit::{MockUpstream, Reply};
+use ccf_testkit::MockUpstream;
+
+mod support;
+use support::gated_upstream::{GatedUpstream, INPUT_TOKENS, OUTPUT_TOKENS};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cc-forwarder");
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -226,15 +232,46 @@ fn database_path(folder: &Path) -> PathBuf {
     folder.join("usage.db")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_under_load_finishes_every_in_flight_request_and_stores_every_outcome() {
+/// The request ids of every final row (no integrity check: the forwarder may be writing).
+fn final_ids(database: &Path) -> BTreeSet<String> {
+    let connection = rusqlite::Connection::open(database).unwrap();
+    connection.busy_timeout(DEADLINE).unwrap();
+    let mut statement = connection
+        .prepare("SELECT request_id FROM request_logs WHERE is_final = 1")
+        .unwrap();
+    let ids = statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    ids
+}
+
+/// Waits until `done` holds; panics with `what` and the forwarder's log after the deadline.
+fn wait_until(process: &Process, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; stderr:\n{}",
+            process.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until nothing accepts connections on `address` any more (the forwarder closed its
+/// listener: the drain has begun).
+fn wait_for_listener_closed(process: &Process, address: SocketAddr) {
+    wait_until(process, "the listener to close", || {
+        TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_err()
+    });
+}
+
+#[test]
+fn sigterm_under_load_finishes_every_in_flight_request_and_stores_every_outcome() {
     const CLIENTS: usize = 12;
-    let upstream = MockUpstream::start().await;
-    upstream.set_default(
-        Reply::auto()
-            .deltas(20)
-            .chunk_delay(Duration::from_millis(25)),
-    );
+    let upstream = GatedUpstream::start();
     let folder = tempfile::tempdir().unwrap();
     write_config(folder.path(), &upstream.url());
     let mut process = Process::start(folder.path());
@@ -242,22 +279,20 @@ async fn sigterm_under_load_finishes_every_in_flight_request_and_stores_every_ou
     let clients: Vec<_> = (0..CLIENTS)
         .map(|index| std::thread::spawn(move || exchange(proxy, index % 3 != 0)))
         .collect();
-    // Every request is in flight at the upstream: now stop the forwarder.
-    let seen = upstream.wait_for_requests(CLIENTS, DEADLINE).await;
-    assert_eq!(seen.len(), CLIENTS);
-    assert!(upstream
-        .outcomes()
-        .iter()
-        .any(|outcome| !outcome.is_finished()));
+    // Every request is in flight, its answer begun and held at the upstream: stop the forwarder,
+    // and let the answers finish only once it is draining.
+    upstream.wait_for_held(CLIENTS, DEADLINE);
     process.signal("TERM");
+    wait_for_listener_closed(&process, proxy);
+    upstream.release();
 
     let mut ids = BTreeSet::new();
     for client in clients {
-        let answer = tokio::task::spawn_blocking(move || client.join().unwrap())
-            .await
+        let answer = client
+            .join()
             .unwrap()
             .expect("every in-flight client gets its whole answer");
-        assert_eq!(answer.status, 200);
+        assert_eq!(answer.status, 200, "{}", answer.body);
         assert!(
             answer.body.contains("message_stop")
                 || answer.body.contains("\"stop_reason\":\"end_turn\""),
@@ -266,17 +301,9 @@ async fn sigterm_under_load_finishes_every_in_flight_request_and_stores_every_ou
         );
         ids.insert(answer.request_id);
     }
-    let status = tokio::task::spawn_blocking(move || {
-        let status = process.wait();
-        (status, process.logs())
-    })
-    .await
-    .unwrap();
-    assert!(status.0.success(), "clean exit: {}\n{}", status.0, status.1);
-    assert!(upstream
-        .outcomes()
-        .iter()
-        .all(|outcome| *outcome == ccf_testkit::ReplyOutcome::Completed));
+    assert_eq!(ids.len(), CLIENTS, "one request id per client");
+    let status = process.wait();
+    assert!(status.success(), "clean exit: {status}\n{}", process.logs());
 
     let database = database_path(folder.path());
     let rows = rows(&database);
@@ -284,53 +311,68 @@ async fn sigterm_under_load_finishes_every_in_flight_request_and_stores_every_ou
     for (id, status, input, output) in &rows {
         assert!(ids.contains(id), "{id} is one of the clients' requests");
         assert_eq!(status, "completed");
-        assert_eq!((*input, *output), (12, 6), "usage of {id}");
+        assert_eq!(
+            (*input, *output),
+            (INPUT_TOKENS, OUTPUT_TOKENS),
+            "usage of {id}"
+        );
     }
-    let folder_path = folder.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        restarted_forwarder_serves_and_records(&folder_path, &database)
-    })
-    .await
-    .unwrap();
+    restarted_forwarder_serves_and_records(folder.path(), &database);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_at_most_the_last_flush_interval_and_the_database_opens_cleanly() {
+async fn sigkill_under_load_keeps_every_flushed_outcome_and_the_database_opens_cleanly() {
     const CLIENTS: usize = 4;
-    /// Writing a batch on a busy machine; outcomes older than FLUSH + this must be stored.
-    const WRITE_SLACK: Duration = Duration::from_millis(800);
     let upstream = MockUpstream::start().await;
     let folder = tempfile::tempdir().unwrap();
     write_config(folder.path(), &upstream.url());
+    let database = database_path(folder.path());
     let process = Process::start(folder.path());
     let proxy = process.proxy;
     let stop = Arc::new(AtomicBool::new(false));
-    let completed = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    // Request ids in the order their answers ended.
+    let answered = Arc::new(Mutex::new(Vec::<String>::new()));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|index| {
             let stop = Arc::clone(&stop);
-            let completed = Arc::clone(&completed);
+            let sent = Arc::clone(&sent);
+            let answered = Arc::clone(&answered);
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
+                    sent.fetch_add(1, Ordering::Relaxed);
                     match exchange(proxy, index % 2 == 0) {
-                        Ok(answer) if answer.status == 200 => completed
-                            .lock()
-                            .unwrap()
-                            .push((Instant::now(), answer.request_id)),
+                        Ok(answer) if answer.status == 200 => {
+                            answered.lock().unwrap().push(answer.request_id);
+                        }
                         _ => return,
                     }
                 }
             })
         })
         .collect();
-    // Load for a while (more than a few flush intervals), then kill.
-    let started = Instant::now();
-    let deadline = started + DEADLINE;
-    while completed.lock().unwrap().len() < 60 || started.elapsed() < FLUSH * 5 + WRITE_SLACK {
-        assert!(Instant::now() < deadline, "traffic does not flow");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let killed_at = Instant::now();
+    let answered_count = || answered.lock().unwrap().len();
+
+    // Load, then a sentinel request. A request hands its final outcome to the recorder with the
+    // last frame of its answer, before the client has it all; the recorder writes outcomes in the
+    // order the requests arrived. So once the sentinel's final row is stored, the final row of
+    // every request answered before the sentinel was sent is stored too: that set, not "older
+    // than some time", is what a SIGKILL must not lose.
+    let (answered_before_sentinel, sentinel) = tokio::task::block_in_place(|| {
+        wait_until(&process, "traffic to flow", || answered_count() >= 20);
+        let answered_before_sentinel = answered.lock().unwrap().clone();
+        let (status, sentinel) = process.message();
+        assert_eq!(status, 200, "the sentinel is answered");
+        wait_until(&process, "the sentinel's final row", || {
+            final_ids(&database).contains(&sentinel)
+        });
+        // Keep the load on for a few more answers, so outcomes are waiting to be written when
+        // the process dies.
+        let seen = answered_count();
+        wait_until(&process, "more answers", || answered_count() >= seen + 10);
+        (answered_before_sentinel, sentinel)
+    });
+    let stored_before_kill = final_ids(&database);
     process.signal("KILL");
     let mut process = process;
     let status = tokio::task::spawn_blocking(move || process.wait())
@@ -344,37 +386,42 @@ async fn sigkill_under_load_loses_at_most_the_last_flush_interval_and_the_databa
             .unwrap();
     }
 
-    let database = database_path(folder.path());
+    // The file is intact, and everything stored before the kill is still there.
     let rows = rows(&database);
-    let stored: BTreeSet<&str> = rows.iter().map(|row| row.0.as_str()).collect();
-    let completed = completed.lock().unwrap().clone();
-    let old_enough: Vec<&String> = completed
+    let stored = final_ids(&database);
+    let must_be_stored: BTreeSet<&String> = answered_before_sentinel
         .iter()
-        .filter(|(at, _)| *at + FLUSH + WRITE_SLACK < killed_at)
-        .map(|(_, id)| id)
+        .chain([&sentinel])
+        .chain(&stored_before_kill)
         .collect();
-    assert!(!old_enough.is_empty());
-    let missing: Vec<&&String> = old_enough
+    let missing: Vec<&&String> = must_be_stored
         .iter()
         .filter(|id| !stored.contains(id.as_str()))
         .collect();
     assert!(
         missing.is_empty(),
-        "outcomes older than the flush interval were lost: {missing:?} ({} stored, {} answered)",
-        rows.len(),
-        completed.len()
+        "outcomes stored before the kill were lost: {missing:?} ({} final rows stored)",
+        stored.len()
     );
     for (id, status, input, output) in &rows {
         if status == "completed" {
             assert_eq!((*input, *output), (12, 6), "usage of {id}");
         }
     }
-    assert!(upstream.request_count() as usize >= completed.len());
+    let sent = sent.load(Ordering::Relaxed) + 1;
+    assert!(
+        rows.len() <= sent,
+        "{} rows for {sent} requests",
+        rows.len()
+    );
+    let answered = answered.lock().unwrap().len();
     eprintln!(
-        "SIGKILL: {} answered, {} rows stored, {} answered within the last flush window",
-        completed.len(),
+        "SIGKILL: {sent} sent, {answered} answered, {} final rows before the kill and {} after \
+         ({} rows in all); {} had to be stored",
+        stored_before_kill.len(),
+        stored.len(),
         rows.len(),
-        completed.len() - old_enough.len()
+        must_be_stored.len()
     );
     let folder_path = folder.path().to_path_buf();
     tokio::task::spawn_blocking(move || {
