@@ -42,12 +42,13 @@ async fn observed(
     (forwarder, outcomes)
 }
 
-/// Waits for exactly one outcome and checks no second one follows.
-async fn the_outcome(outcomes: &Outcomes) -> RequestRecord {
-    let all = outcomes.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let all_after = outcomes.all();
-    assert_eq!(all_after.len(), 1, "exactly one outcome: {all_after:#?}");
+/// Stops the app once the test's one request is done and returns its outcome, checking it is
+/// the only one. Stopping drains every connection, so every request has ended and reported by
+/// then: a second outcome could not arrive later.
+async fn the_outcome(forwarder: Forwarder, outcomes: &Outcomes) -> RequestRecord {
+    forwarder.stop_settled().await;
+    let all = outcomes.all();
+    assert_eq!(all.len(), 1, "exactly one outcome: {all:#?}");
     all.into_iter().next().expect("one outcome")
 }
 
@@ -75,7 +76,7 @@ async fn a_json_answer_completes_with_its_model_and_exact_usage() {
         .messages(request(false), &[("user-agent", "claude-cli/2.0")])
         .await;
     assert_eq!(answer.status, 200);
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(record.status, Status::Completed);
     assert_eq!(record.http_status, Some(200));
     assert_eq!(record.model(), Some("claude-sonnet-4-5-20250929"));
@@ -113,7 +114,7 @@ async fn a_stream_takes_output_from_message_delta_and_cache_counts_from_message_
     }));
     let (forwarder, outcomes) = observed(&[("a", &upstream)], "").await;
     assert_eq!(forwarder.messages(request(true), &[]).await.status, 200);
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(record.status, Status::Completed);
     assert_eq!(usage(&record), (10, 99, 20, 30));
     assert!(record.is_streaming);
@@ -128,7 +129,7 @@ async fn gzip_streams_are_parsed_while_the_client_gets_the_compressed_bytes() {
         .messages(request(true), &[("accept-encoding", "gzip")])
         .await;
     assert_eq!(answer.header("content-encoding"), Some("gzip"));
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(usage(&record), (12, 6, 5, 7));
 }
 
@@ -139,7 +140,7 @@ async fn a_stream_cut_after_message_start_fails_keeping_the_initial_usage() {
     let (forwarder, outcomes) = observed(&[("a", &upstream)], "").await;
     let answer = forwarder.messages(request(true), &[]).await;
     assert_eq!(answer.status, 200);
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(record.status, Status::Failed);
     assert_eq!(record.failure_reason, Some(FailureReason::StreamError));
     assert_eq!(record.http_status, Some(200), "the stream had started");
@@ -155,7 +156,7 @@ async fn an_sse_error_event_fails_the_request_with_its_type() {
     upstream.enqueue(Reply::sse().error_event_after(4, "overloaded_error", "Overloaded"));
     let (forwarder, outcomes) = observed(&[("a", &upstream)], "").await;
     assert_eq!(forwarder.messages(request(true), &[]).await.status, 200);
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(record.status, Status::Failed);
     assert_eq!(record.failure_reason, Some(FailureReason::StreamError));
     assert!(record
@@ -174,7 +175,7 @@ async fn a_final_event_without_its_blank_line_still_counts() {
     ]));
     let (forwarder, outcomes) = observed(&[("a", &upstream)], "").await;
     assert_eq!(forwarder.messages(request(true), &[]).await.status, 200);
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(usage(&record), (40, 17, 0, 3));
     assert_eq!(record.model(), Some("claude-haiku-4-5"));
     assert!(record.model_mismatch, "sonnet was asked, haiku answered");
@@ -204,7 +205,7 @@ async fn a_client_leaving_mid_stream_is_cancelled_with_499_and_the_tokens_seen()
         seen.extend_from_slice(&buffer[..read]);
     }
     drop(stream);
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(record.status, Status::Cancelled);
     assert_eq!(record.http_status, Some(499));
     assert_eq!(
@@ -220,7 +221,7 @@ async fn a_retried_then_successful_request_has_one_outcome_with_its_attempts() {
     upstream.enqueue(Reply::overloaded());
     let (forwarder, outcomes) = observed(&[("a", &upstream)], "").await;
     assert_eq!(forwarder.messages(request(false), &[]).await.status, 200);
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(record.status, Status::Completed);
     assert_eq!(record.attempts.len(), 2);
     assert_eq!(record.retry_count, 1);
@@ -238,7 +239,7 @@ async fn failover_records_the_trail_and_the_endpoint_that_served() {
     a.set_default(Reply::overloaded());
     let (forwarder, outcomes) = observed(&[("a", &a), ("b", &b)], "").await;
     assert_eq!(forwarder.messages(request(false), &[]).await.status, 200);
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(record.status, Status::Completed);
     assert_eq!(record.endpoint.as_deref(), Some("b"));
     let trail: Vec<&str> = record
@@ -262,7 +263,7 @@ async fn an_exhausted_request_bills_the_usage_its_error_answer_carried() {
     ));
     let (forwarder, outcomes) = observed(&[("a", &upstream)], "").await;
     assert_eq!(forwarder.messages(request(false), &[]).await.status, 529);
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(record.status, Status::Failed);
     assert_eq!(
         record.failure_reason,
@@ -282,7 +283,7 @@ async fn a_client_error_relayed_verbatim_is_a_failed_outcome() {
     ));
     let (forwarder, outcomes) = observed(&[("a", &upstream)], "").await;
     assert_eq!(forwarder.messages(request(false), &[]).await.status, 400);
-    let record = the_outcome(&outcomes).await;
+    let record = the_outcome(forwarder, &outcomes).await;
     assert_eq!(record.status, Status::Failed);
     assert_eq!(record.failure_reason, Some(FailureReason::HttpError));
     assert_eq!(record.http_status, Some(400));
@@ -296,24 +297,27 @@ async fn a_client_error_relayed_verbatim_is_a_failed_outcome() {
 async fn many_concurrent_requests_each_end_exactly_once() {
     let upstream = MockUpstream::start().await;
     let (forwarder, outcomes) = observed(&[("a", &upstream)], "").await;
-    let forwarder = Arc::new(forwarder);
-    let mut tasks = Vec::new();
-    for index in 0..40 {
-        let forwarder = Arc::clone(&forwarder);
-        tasks.push(tokio::spawn(async move {
-            forwarder
-                .messages(request(index % 2 == 0), &[])
-                .await
-                .status
-        }));
-    }
-    for task in tasks {
-        assert_eq!(task.await.unwrap(), 200);
-    }
-    let all = outcomes.wait_for(40).await;
+    let answers = futures_util::future::join_all(
+        (0..40).map(|index| forwarder.messages(request(index % 2 == 0), &[])),
+    )
+    .await;
+    let mut answered: Vec<String> = answers
+        .iter()
+        .map(|answer| {
+            assert_eq!(answer.status, 200);
+            answer
+                .header("x-ccf-request-id")
+                .expect("request id")
+                .to_string()
+        })
+        .collect();
+    forwarder.stop_settled().await;
+    let all = outcomes.all();
+    assert_eq!(all.len(), 40, "one outcome per request: {all:#?}");
     let mut ids: Vec<String> = all.iter().map(|record| record.id.to_string()).collect();
     ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 40, "one outcome per request, no duplicates");
+    answered.sort();
+    assert_eq!(ids, answered, "each request's own outcome, no duplicates");
     assert!(all.iter().all(|record| usage(record) == (12, 6, 5, 7)));
+    assert_eq!(all.iter().filter(|record| record.is_streaming).count(), 20);
 }

@@ -3,7 +3,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ccf_testkit::{MockUpstream, Reply};
 use hyper::Method;
@@ -56,9 +55,28 @@ async fn a_supporting_endpoint_answers_verbatim() {
     assert_eq!(answer.bytes(), recorded.sent_body);
     assert_eq!(recorded.query.as_deref(), Some("beta=true"));
     assert_eq!(recorded.header("authorization"), Some("Bearer t"));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        outcomes.all().is_empty(),
+    // A Messages request after it proves the observer sees tracked requests; stopping the app
+    // ends every request, so the outcomes are complete: only the Messages request's is there.
+    let sentinel = forwarder
+        .messages(
+            serde_json::json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 16,
+                "messages": [{"role": "user", "content": "tracked"}],
+            }),
+            &[],
+        )
+        .await;
+    assert_eq!(sentinel.status, 200);
+    forwarder.stop_settled().await;
+    let tracked: Vec<String> = outcomes
+        .all()
+        .iter()
+        .map(|record| record.id.to_string())
+        .collect();
+    assert_eq!(
+        tracked,
+        [sentinel.header("x-ccf-request-id").expect("request id")],
         "count_tokens is not billed, so not tracked"
     );
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ccf_store::status;
 use ccf_testkit::{MockUpstream, Reply, ReplyOutcome};
-use faults_common::{message, request_id, summary, Rig};
+use faults_common::{message, request_id, Rig};
 use support::{messages_sent, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -58,6 +58,17 @@ async fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
     received
 }
 
+/// Stops the rig and returns the request id of every row it wrote, oldest first. The list is
+/// final (every request ended, every row written, see [`Rig::stop_settled`]), so a row that is
+/// missing from it will never appear.
+async fn row_ids_after_stop(rig: Rig) -> Vec<String> {
+    rig.stop_settled()
+        .await
+        .into_iter()
+        .map(|row| row.record.request_id)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_client_leaving_before_the_upstream_answered_cancels_and_is_recorded() {
     let upstream = MockUpstream::start().await;
@@ -74,8 +85,12 @@ async fn a_client_leaving_before_the_upstream_answered_cancels_and_is_recorded()
     let row = rig.only_row().await;
     assert_eq!(row.record.status, status::CANCELLED, "{:?}", row.record);
     assert!(row.record.cancel_reason.is_some(), "{:?}", row.record);
-    rig.serves_normally().await;
+    let normal = rig.serves_normally().await;
     assert_eq!(messages_sent(&upstream), 2);
+    assert_eq!(
+        row_ids_after_stop(rig).await,
+        [row.record.request_id, normal.record.request_id]
+    );
 }
 
 #[tokio::test]
@@ -98,7 +113,11 @@ async fn a_client_leaving_mid_stream_cancels_keeping_the_tokens_seen() {
     let row = rig.only_row().await;
     assert_eq!(row.record.status, status::CANCELLED, "{:?}", row.record);
     assert_eq!(row.record.usage.input_tokens, 12, "message_start was seen");
-    rig.serves_normally().await;
+    let normal = rig.serves_normally().await;
+    assert_eq!(
+        row_ids_after_stop(rig).await,
+        [row.record.request_id, normal.record.request_id]
+    );
 }
 
 #[tokio::test]
@@ -116,7 +135,11 @@ async fn a_client_leaving_after_the_upstream_answered_still_bills_the_answer() {
     assert!(status::is_terminal(&row.record.status), "{:?}", row.record);
     assert_eq!(row.record.usage.input_tokens, 12, "{:?}", row.record);
     assert_eq!(row.record.usage.output_tokens, 6, "{:?}", row.record);
-    rig.serves_normally().await;
+    let normal = rig.serves_normally().await;
+    assert_eq!(
+        row_ids_after_stop(rig).await,
+        [row.record.request_id, normal.record.request_id]
+    );
 }
 
 #[tokio::test]
@@ -184,7 +207,11 @@ async fn a_slow_reader_holds_the_upstream_back_and_memory_stays_bounded() {
     );
     let row = rig.only_row().await;
     assert_eq!(row.record.status, status::CANCELLED, "{:?}", row.record);
-    rig.serves_normally().await;
+    let normal = rig.serves_normally().await;
+    assert_eq!(
+        row_ids_after_stop(rig).await,
+        [row.record.request_id, normal.record.request_id]
+    );
 }
 
 /// Reads `amount` more bytes; returns the new total.
@@ -236,11 +263,19 @@ async fn an_oversized_body_gets_413_and_never_reaches_upstream_or_the_database()
     body["messages"][0]["content"] = "x".repeat(4096).into();
     let answer = rig.forwarder.messages(body, &[]).await;
     answer.assert_anthropic_error(413, "request_too_large");
-    assert!(upstream.requests().is_empty(), "nothing reached upstream");
-    // Refused before it became a request: nothing to bill, no row.
-    let rows = rig.rows().await;
-    assert!(rows.is_empty(), "{:#?}", summary(&rows));
-    rig.serves_normally().await;
+    // Refused before it became a request: nothing to bill, no row. Once the app has stopped
+    // after a normal request, that request's row is the only one, and upstream saw it alone.
+    let normal = rig.serves_normally().await;
+    assert_eq!(
+        row_ids_after_stop(rig).await,
+        [normal.record.request_id],
+        "the refused request left no row"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the normal request reached upstream"
+    );
 }
 
 #[tokio::test]
@@ -268,14 +303,17 @@ async fn a_truncated_body_is_refused_and_never_reaches_upstream() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
         "{answer}"
     );
+    let normal = rig.serves_normally().await;
+    assert_eq!(
+        row_ids_after_stop(rig).await,
+        [normal.record.request_id],
+        "the truncated request left no row"
+    );
     assert_eq!(
         upstream.requests().len(),
-        0,
+        1,
         "a truncated request is never forwarded as if it were whole"
     );
-    let rows = rig.rows().await;
-    assert!(rows.is_empty(), "{:#?}", summary(&rows));
-    rig.serves_normally().await;
 }
 
 #[tokio::test]
@@ -334,9 +372,17 @@ async fn invalid_headers_get_400_and_never_reach_upstream() {
         assert!(closed, "{bad:?}: the connection is closed");
         assert!(answer.starts_with("HTTP/1.1 400"), "{bad:?}: {answer}");
     }
-    assert!(upstream.requests().is_empty(), "nothing reached upstream");
-    assert!(rig.rows().await.is_empty());
-    rig.serves_normally().await;
+    let normal = rig.serves_normally().await;
+    assert_eq!(
+        row_ids_after_stop(rig).await,
+        [normal.record.request_id],
+        "no invalid request left a row"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the normal request reached upstream"
+    );
 }
 
 /// The (soft, hard) limits on open files of this process, from `/proc/self/limits`.
@@ -458,18 +504,20 @@ async fn two_thousand_concurrent_connections_are_all_answered_and_recorded() {
         ok,
         "upstream saw each answered request once"
     );
-    let rows = rig.rows().await;
+    let rows = rig.final_rows(ok).await;
     let completed = rows
         .iter()
         .filter(|row| row.record.status == status::COMPLETED)
         .count();
     assert_eq!(completed, ok, "every answered request is in the database");
+    rig.serves_normally().await;
+    // Once the app has stopped every row is written: the answered requests and the normal one.
+    let rows = rig.stop_settled().await;
     assert_eq!(
         rows.len(),
-        ok,
+        ok + 1,
         "a request refused with 529 never became a row"
     );
-    rig.serves_normally().await;
 }
 
 #[tokio::test]
@@ -500,9 +548,17 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let mut idle = TcpStream::connect(address(&rig)).await.expect("connect");
     let (_, closed) = read_to_close(&mut idle).await;
     assert!(closed, "an idle connection without a request is closed");
-    assert!(upstream.requests().is_empty(), "nothing reached upstream");
-    assert!(rig.rows().await.is_empty());
-    rig.serves_normally().await;
+    let normal = rig.serves_normally().await;
+    assert_eq!(
+        row_ids_after_stop(rig).await,
+        [normal.record.request_id],
+        "neither connection left a row"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the normal request reached upstream"
+    );
 }
 
 #[tokio::test]
@@ -524,5 +580,9 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     assert_eq!(messages_sent(&upstream), 1);
     let row = rig.only_row().await;
     assert_eq!(row.record.status, status::COMPLETED);
-    rig.serves_normally().await;
+    let normal = rig.serves_normally().await;
+    assert_eq!(
+        row_ids_after_stop(rig).await,
+        [row.record.request_id, normal.record.request_id]
+    );
 }

@@ -93,6 +93,18 @@ async fn assert_rows(store: Arc<dyn UsageStore>, ids: &[String]) {
     assert_eq!(page.total, 1);
 }
 
+/// The database holds exactly `count` rows (for a database only this test wrote to).
+async fn assert_row_count(store: &dyn UsageStore, count: u64) {
+    let everything = store
+        .list_requests(&RequestQuery {
+            limit: 100,
+            ..RequestQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(everything.total, count, "one row per request, no other");
+}
+
 #[tokio::test]
 async fn every_request_is_written_to_sqlite_and_flushed_at_shutdown() {
     let upstream = MockUpstream::start().await;
@@ -101,12 +113,13 @@ async fn every_request_is_written_to_sqlite_and_flushed_at_shutdown() {
     let config = app_config(&upstream, &format!("  database_path: {}\n", path.display()));
     let forwarder = Forwarder::start(config).await;
     let ids = send_traffic(&forwarder).await;
-    forwarder.stop().await;
+    forwarder.stop_settled().await;
     let store: Arc<dyn UsageStore> = Arc::new(
         ccf_store_sqlite::SqliteStore::open(&path, ccf_store_sqlite::SqliteOptions::default())
             .await
             .expect("open the database the app wrote"),
     );
+    assert_row_count(store.as_ref(), 2).await;
     assert_rows(store, &ids).await;
 }
 
@@ -121,7 +134,7 @@ async fn every_request_is_written_to_mariadb() {
     };
     let forwarder = Forwarder::start(config).await;
     let ids = send_traffic(&forwarder).await;
-    forwarder.stop().await;
+    forwarder.stop_settled().await;
     let store: Arc<dyn UsageStore> = Arc::new(
         ccf_store_mysql::MysqlStore::connect(&target, ccf_store_mysql::MysqlOptions::default())
             .await
@@ -206,11 +219,12 @@ async fn usage_tracker_health_reports_disabled_healthy_and_a_locked_database() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    forwarder.stop().await;
+    forwarder.stop_settled().await;
     let store: Arc<dyn UsageStore> = Arc::new(
         ccf_store_sqlite::SqliteStore::open(&path, ccf_store_sqlite::SqliteOptions::default())
             .await
             .expect("open"),
     );
+    assert_row_count(store.as_ref(), 2).await;
     assert_rows(store, &ids).await;
 }

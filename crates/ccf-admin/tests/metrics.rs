@@ -116,7 +116,10 @@ async fn metrics_parse_and_move_when_traffic_flows() {
         ),
         24.0
     );
-    assert!(value(&samples, "ccf_cost_usd_total", &route) > 0.0);
+    // Two requests with the mock's usage (12 in, 6 out, 5 cache writes, 7 cache reads) at the
+    // harness's Sonnet prices: 2 x 146,850 nano-USD.
+    let cost = value(&samples, "ccf_cost_usd_total", &route);
+    assert!((cost - 293_700.0 / 1e9).abs() < 1e-13, "{cost}");
     assert_eq!(
         value(&samples, "ccf_request_duration_seconds_count", &route),
         2.0
@@ -142,7 +145,10 @@ async fn metrics_parse_and_move_when_traffic_flows() {
         http::StatusCode::OK
     );
     let samples = scrape(&harness).await;
-    assert!(value(&samples, "ccf_group_switches_total", &[("to", "spare")]) >= 1.0);
+    assert_eq!(
+        value(&samples, "ccf_group_switches_total", &[("to", "spare")]),
+        1.0
+    );
     assert_eq!(
         value(&samples, "ccf_group_active", &[("group", "spare")]),
         1.0

@@ -101,6 +101,25 @@ impl Rig {
         page.items
     }
 
+    /// Stops the app (see [`Forwarder::stop_settled`]) and returns every row it wrote, oldest
+    /// first. Every request has ended and every row is written by then, so the list is final:
+    /// "no row for that request" can be asserted on it without waiting for something not to
+    /// happen.
+    pub async fn stop_settled(self) -> Vec<RequestRow> {
+        let store = self.store();
+        self.forwarder.stop_settled().await;
+        let mut rows = store
+            .list_requests(&RequestQuery {
+                limit: 10_000,
+                ..RequestQuery::default()
+            })
+            .await
+            .expect("list the rows")
+            .items;
+        rows.sort_by_key(|row| row.id);
+        rows
+    }
+
     /// Waits until exactly `count` rows exist and all are final (one more than `count` fails
     /// at once), and returns them oldest first.
     pub async fn final_rows(&self, count: usize) -> Vec<RequestRow> {

@@ -18,8 +18,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Generous bound for anything a test waits for; never used as synchronisation by sleeping.
-pub const WAIT: Duration = Duration::from_secs(10);
+/// Generous bound for anything a test waits for, long enough that only a hang reaches it (also
+/// on a loaded two-core machine); never used as synchronisation by sleeping.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A running forwarder and the client to talk to it.
 pub struct Forwarder {
@@ -199,6 +200,40 @@ impl Forwarder {
         }
     }
 
+    /// Stops the app and waits until it has stopped for good: the listener closed, every
+    /// connection drained (so every request has reached its one outcome and handed it to the
+    /// observers) and, with usage tracking on, every row written. Nothing more can be observed or
+    /// recorded once this returns, so a test may count outcomes and rows exactly ("exactly one",
+    /// "none") without pausing for stragglers. Panics when the app does not stop within the
+    /// deadline, a request is still in flight after the drain, or the recorder kept a backlog.
+    /// Returns the usage store and recorder (when tracking is on) so the rows can still be read.
+    pub async fn stop_settled(mut self) -> Option<ccf_app::usage::UsageTracking> {
+        let usage = self.usage.clone();
+        self.begin_stop();
+        if let Some(task) = self.task.take() {
+            match tokio::time::timeout(WAIT * 4, task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => panic!("the app task failed: {error}"),
+                Err(_) => panic!("the app did not drain and stop in time"),
+            }
+        }
+        // The drain has a timeout of its own (`server.shutdown_timeout`): a connection it gave
+        // up on would still hold its request.
+        assert_eq!(
+            requests_in_flight(&self.engine).await,
+            0,
+            "a request is still in flight after the app stopped"
+        );
+        if let Some(tracking) = &usage {
+            assert_eq!(
+                tracking.recorder.backlog(),
+                0,
+                "the recorder writes everything before the app stops"
+            );
+        }
+        usage
+    }
+
     /// Signals shutdown without waiting.
     pub fn begin_stop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
@@ -274,6 +309,26 @@ impl Answer {
 /// test's mock).
 pub async fn closed_port_url() -> String {
     "http://127.0.0.1:1".to_string()
+}
+
+/// The engine's `ccf_requests_in_flight` gauge, read from its `/metrics` route in process (so it
+/// also works once the listener is closed). The gauge counts a request from admission until its
+/// answer is fully relayed or dropped, after its outcome was recorded.
+pub async fn requests_in_flight(engine: &ccf_proxy::Forwarder) -> i64 {
+    let request = Request::get("/metrics")
+        .body(Full::new(Bytes::new()))
+        .expect("metrics request");
+    let response = engine.handle(request).await;
+    assert_eq!(response.status(), StatusCode::OK, "GET /metrics");
+    let body = match response.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => panic!("metrics body: {error}"),
+    };
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix("ccf_requests_in_flight "))
+        .and_then(|value| value.trim().parse::<i64>().ok())
+        .unwrap_or_else(|| panic!("no ccf_requests_in_flight gauge in:\n{text}"))
 }
 
 /// `POST /v1/messages` requests the upstream received (health probes excluded).
