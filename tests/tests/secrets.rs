@@ -5,36 +5,33 @@
 //! admin API GET answer, the monitoring routes, error bodies, `Debug` of the configuration and of
 //! the engine, startup errors, a panic message and every tab of the terminal UI.
 //!
-//! Every secret contains the marker `SECRET`, and the check is that the marker appears nowhere:
-//! that also catches partial leaks (a masked value shows at most its first four characters).
+//! Every credential carries a start marker, `SECRET` and an end marker (`secrets/credentials.rs`),
+//! and the check is that none of them appears anywhere: a leaked prefix longer than the four
+//! characters a masked value shows, a leaked middle and a leaked suffix are all caught. The real
+//! binary's console and file logs are checked by `bins/cc-forwarder/tests/secrets_logging.rs`.
 
+#[path = "secrets/credentials.rs"]
+mod credentials;
 mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
-use ccf_app::App;
+use ccf_app::{App, AppError};
 use ccf_config::Config;
+use ccf_store::StoreError;
 use ccf_testkit::{MockUpstream, Reply};
+use credentials::{
+    assert_clean, find_leak, markers, CREDENTIALS, DATABASE_PASSWORD, ENDPOINT_API_KEY,
+    ENDPOINT_TOKEN, ENDPOINT_URL_PASSWORD, INBOUND_ALICE, INBOUND_LEGACY, PROXY_PASSWORD,
+    PROXY_URL_PASSWORD, REJECTED_TOKEN, RELAY_HEADER, WEB_TOKEN, WRONG_ALICE, WRONG_LEGACY,
+    WRONG_WEB_TOKEN,
+};
 use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::json;
 use support::{endpoint_yaml, Forwarder, Outcomes, WAIT};
-
-/// What no output may contain.
-const MARKER: &str = "SECRET";
-
-const ENDPOINT_TOKEN: &str = "sk-ant-endpoint-token-SECRET-1111";
-const ENDPOINT_API_KEY: &str = "sk-ant-endpoint-apikey-SECRET-2222";
-const REJECTED_TOKEN: &str = "sk-ant-rejected-token-SECRET-3333";
-const INBOUND_LEGACY: &str = "inbound-legacy-SECRET-4444";
-const INBOUND_ALICE: &str = "inbound-alice-SECRET-5555";
-const WEB_TOKEN: &str = "web-admin-token-SECRET-6666";
-const DATABASE_PASSWORD: &str = "db-password-SECRET-7777";
-const PROXY_PASSWORD: &str = "proxy-password-SECRET-8888";
-const PROXY_URL_PASSWORD: &str = "proxy-url-password-SECRET-9999";
-const ENDPOINT_URL_PASSWORD: &str = "endpoint-url-password-SECRET-0000";
 
 /// Every log line of this test binary, from every thread, at TRACE level.
 fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
@@ -70,22 +67,6 @@ fn logs_text() -> String {
     String::from_utf8_lossy(&captured_logs().lock().expect("log buffer")).into_owned()
 }
 
-#[track_caller]
-fn assert_clean(place: &str, text: &str) {
-    if let Some(at) = text.find(MARKER) {
-        let start = text[..at]
-            .char_indices()
-            .rev()
-            .nth(120)
-            .map_or(0, |(i, _)| i);
-        let end = (at + 60).min(text.len());
-        let end = (end..=text.len())
-            .find(|index| text.is_char_boundary(*index))
-            .unwrap_or(text.len());
-        panic!("a secret leaked in {place}: …{}…", &text[start..end]);
-    }
-}
-
 fn main_config(ok_url: &str, rejecting_url: &str, database_path: &str) -> String {
     format!(
         "server:\n  host: 127.0.0.1\n  port: 0\n\
@@ -98,7 +79,7 @@ fn main_config(ok_url: &str, rejecting_url: &str, database_path: &str) -> String
         endpoint_yaml(
             "primary",
             ok_url,
-            &format!("token: {ENDPOINT_TOKEN}\napi-key: {ENDPOINT_API_KEY}\ngroup: main\ngroup-priority: 1\nheaders:\n  x-custom: plain-value\n  x-relay-token: relay-header-SECRET-1212"),
+            &format!("token: {ENDPOINT_TOKEN}\napi-key: {ENDPOINT_API_KEY}\ngroup: main\ngroup-priority: 1\nheaders:\n  x-custom: plain-value\n  x-relay-token: {RELAY_HEADER}"),
         ),
         endpoint_yaml(
             "rejecting",
@@ -201,9 +182,9 @@ async fn no_secret_appears_in_logs_api_errors_debug_output_or_the_tui() {
     }
     // Wrong, malformed and missing inbound credentials (the wrong one looks like a real one).
     for headers in [
-        vec![("x-api-key", "inbound-alice-SECRET-5556")],
-        vec![("authorization", "Bearer inbound-legacy-SECRET-4445")],
-        vec![("authorization", "Basic inbound-legacy-SECRET-4444")],
+        vec![("x-api-key", WRONG_ALICE)],
+        vec![("authorization", &*format!("Bearer {WRONG_LEGACY}"))],
+        vec![("authorization", &*format!("Basic {INBOUND_LEGACY}"))],
         vec![],
     ] {
         let answer = forwarder
@@ -266,12 +247,7 @@ async fn no_secret_appears_in_logs_api_errors_debug_output_or_the_tui() {
     let request_id = records[0].id.to_string();
     let (status, _) = admin_get(&forwarder, "/api/v1/config", None).await;
     assert_eq!(status, 401, "the admin API asks for its token");
-    let (status, body) = admin_get(
-        &forwarder,
-        "/api/v1/config",
-        Some("web-admin-token-SECRET-6667"),
-    )
-    .await;
+    let (status, body) = admin_get(&forwarder, "/api/v1/config", Some(WRONG_WEB_TOKEN)).await;
     assert_eq!(status, 401);
     assert_clean("an admin API error", &body);
     for path in [
@@ -381,7 +357,8 @@ async fn failing_outbound_proxy_and_database_logins_do_not_leak_their_passwords(
     );
     forwarder.stop().await;
 
-    // A MySQL login that fails: the start error names the problem, not the password.
+    // A MySQL login that fails: the start is refused; the error says the database is unavailable
+    // and carries the server's refusal (which names the user), never the password.
     let yaml = format!(
         "server:\n  host: 127.0.0.1\n  port: 0\n\
          usage_tracking:\n  enabled: true\n  database:\n    type: mysql\n    host: 127.0.0.1\n    port: 3306\n    database: test\n    username: ccf_no_such_user\n    password: {DATABASE_PASSWORD}\n\
@@ -393,14 +370,83 @@ async fn failing_outbound_proxy_and_database_logins_do_not_leak_their_passwords(
         "Debug of the database configuration",
         &format!("{config:?}"),
     );
-    match App::bind(config).await {
-        Ok(app) => assert_clean("Debug of the app", &format!("{app:?}")),
-        Err(error) => {
-            assert_clean("the start error", &error.to_string());
-            assert_clean("Debug of the start error", &format!("{error:?}"));
-        }
-    }
+    let error = App::bind(config)
+        .await
+        .expect_err("a MySQL login with a wrong user and password refuses the start");
+    assert!(
+        matches!(error, AppError::Store(StoreError::Unavailable { .. })),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "usage store: usage database unavailable: mysql database unavailable"
+    );
+    let chain = error_chain(&error);
+    assert!(
+        chain.contains("Access denied for user 'ccf_no_such_user'"),
+        "the server's refusal is kept as the cause: {chain}"
+    );
+    assert!(
+        chain.contains("using password: YES"),
+        "the password was sent, so it is the one thing not to print: {chain}"
+    );
+    assert_clean("the start error", &error.to_string());
+    assert_clean("the start error with its causes", &chain);
+    assert_clean("Debug of the start error", &format!("{error:?}"));
+    assert_clean("pretty Debug of the start error", &format!("{error:#?}"));
     assert_clean("the logs", &logs_text());
+}
+
+/// `error` and its causes, one per line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut lines = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        lines.push(cause.to_string());
+        source = cause.source();
+    }
+    lines.join("\n")
+}
+
+/// The check itself can fail: a prefix one character longer than a masked value shows, the
+/// middle, and a suffix of every credential are each found, while the masked forms pass.
+#[test]
+fn the_markers_catch_a_leaked_prefix_middle_or_suffix_but_not_a_masked_value() {
+    for (what, value) in CREDENTIALS {
+        let [start, end] = markers(value);
+        assert!(
+            value.starts_with(start) && value.ends_with(end) && value.contains("SECRET"),
+            "{what}"
+        );
+        let leaked_prefix = &value[..credentials::START_MARKER_CHARS];
+        let leaked_suffix = &value[value.len() - credentials::END_MARKER_CHARS..];
+        for leaked in [leaked_prefix, "SECRET", leaked_suffix] {
+            let found = find_leak(&format!("log line: {leaked} …")).map(|leak| leak.credentials);
+            assert!(
+                found.as_ref().is_some_and(|names| names.contains(what)),
+                "{what}: `{leaked}` is not caught ({found:?})"
+            );
+        }
+        let masked = ccf_types::mask_secret(value);
+        assert!(
+            find_leak(&masked).is_none(),
+            "{what}: the masked form {masked} must pass"
+        );
+        // The URL mask of the admin API and of `Debug`.
+        let url = format!("http://bob:{value}@127.0.0.1:3128/");
+        assert!(
+            find_leak(&ccf_config::mask_url_password(&url)).is_none(),
+            "{what}"
+        );
+    }
+    // Every credential has its own end marker, so a failure names the one that leaked.
+    let mut ends: Vec<&str> = CREDENTIALS
+        .iter()
+        .map(|(_, value)| markers(value)[1])
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    assert_eq!(ends.len(), CREDENTIALS.len());
 }
 
 /// The terminal UI drawn into a `TestBackend`, as text.
