@@ -130,31 +130,50 @@ async fn a_database_deleted_while_running_is_recreated_and_no_outcome_is_lost() 
     }
 }
 
-/// A folder that can be made read-only: a tmpfs remounted read-only where mounting is allowed
-/// (root with `CAP_SYS_ADMIN`), else file modes (which stop only a non-root user). Linux refuses
-/// to remount a filesystem read-only while a file on it is open for writing, so the forwarder is
-/// stopped before and started on the read-only database.
+/// Set (to `1`) in the child process that runs the read-only scenario inside a private mount
+/// namespace: there the test mounts its own tmpfs, which no other process sees.
+const IN_PRIVATE_MOUNT_NAMESPACE: &str = "CCF_TEST_IN_PRIVATE_MOUNT_NAMESPACE";
+
+/// The read-only scenario's name: the child runs exactly this test.
+const READ_ONLY_TEST: &str =
+    "a_read_only_database_is_refused_at_start_with_a_clear_error_and_no_row_is_lost";
+
+/// Whether this process runs as uid 0 (for whom file modes stop nothing).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A folder that can be made read-only: a tmpfs remounted read-only (inside the private mount
+/// namespace of the child process, the one way that stops root), or file modes (which stop a
+/// user other than root). Linux refuses to remount a filesystem read-only while a file on it is
+/// open for writing, so the forwarder is stopped before and started on the read-only database.
 enum ReadOnlyFolder {
     Mounted(std::path::PathBuf),
     Modes(std::path::PathBuf),
 }
 
 impl ReadOnlyFolder {
-    fn new(path: &Path) -> Option<ReadOnlyFolder> {
-        let mounted = Command::new("mount")
+    /// A tmpfs mounted on `path`; only called in the private mount namespace.
+    fn mount(path: &Path) -> ReadOnlyFolder {
+        let output = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=64m", "ccf-faults"])
             .arg(path)
             .output()
-            .is_ok_and(|output| output.status.success());
-        if mounted {
-            return Some(ReadOnlyFolder::Mounted(path.to_path_buf()));
-        }
-        // File modes do not stop root.
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|output| output.stdout.starts_with(b"0"));
-        (!root).then(|| ReadOnlyFolder::Modes(path.to_path_buf()))
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "mount a tmpfs in the private mount namespace: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ReadOnlyFolder::Mounted(path.to_path_buf())
     }
 
     fn set_read_only(&self, read_only: bool) {
@@ -206,6 +225,8 @@ impl ReadOnlyFolder {
 impl Drop for ReadOnlyFolder {
     fn drop(&mut self) {
         match self {
+            // The namespace dies with the child anyway; unmounting first lets the temp folder
+            // below be removed.
             ReadOnlyFolder::Mounted(path) => {
                 let _ = Command::new("umount").arg("-l").arg(&*path).output();
             }
@@ -214,12 +235,68 @@ impl Drop for ReadOnlyFolder {
     }
 }
 
+/// Root: runs this same test again in a child process inside a new private mount namespace
+/// (`unshare --mount --propagation private`), where mounting a tmpfs and remounting it read-only
+/// touches nothing outside; panics when the child's test fails. `Err` with the reason when the
+/// namespace cannot be made (no `unshare`, no `CAP_SYS_ADMIN`).
+async fn run_in_private_mount_namespace() -> Result<(), String> {
+    let test_binary = std::env::current_exe().map_err(|error| format!("test binary: {error}"))?;
+    let namespace_works = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .output()
+        .map_err(|error| format!("run unshare: {error}"))?;
+    if !namespace_works.status.success() {
+        return Err(format!(
+            "unshare --mount failed: {}",
+            String::from_utf8_lossy(&namespace_works.stderr).trim()
+        ));
+    }
+    let child = tokio::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(&test_binary)
+        .args([READ_ONLY_TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(IN_PRIVATE_MOUNT_NAMESPACE, "1")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT * 10, child)
+        .await
+        .expect("the child test finishes")
+        .expect("run the child test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Prefixed, so that no line of it reads as this process's own `test result:` line.
+    for line in stdout.lines().chain(stderr.lines()) {
+        eprintln!("private mount namespace | {line}");
+    }
+    // Exactly this one test ran there and passed: a filter that matched nothing would also
+    // exit 0.
+    assert!(
+        output.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "the read-only scenario failed in its private mount namespace ({})",
+        output.status
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_read_only_database_is_refused_at_start_with_a_clear_error_and_no_row_is_lost() {
-    let folder = tempfile::tempdir().expect("temp dir");
-    let Some(read_only) = ReadOnlyFolder::new(folder.path()) else {
-        eprintln!("skipped: root without CAP_SYS_ADMIN cannot make a folder read-only");
+    let in_private_mount_namespace = std::env::var_os(IN_PRIVATE_MOUNT_NAMESPACE).is_some();
+    if !in_private_mount_namespace && running_as_root() {
+        if let Err(reason) = run_in_private_mount_namespace().await {
+            ccf_testkit::skip_unless_ci(
+                READ_ONLY_TEST,
+                &format!(
+                    "root needs a private mount namespace to make a folder read-only: {reason}"
+                ),
+            );
+        }
         return;
+    }
+    let folder = tempfile::tempdir().expect("temp dir");
+    let read_only = if in_private_mount_namespace {
+        ReadOnlyFolder::mount(folder.path())
+    } else {
+        ReadOnlyFolder::Modes(folder.path().to_path_buf())
     };
     let upstream = MockUpstream::start().await;
     let db_path = folder.path().join("usage.db");
@@ -231,6 +308,15 @@ async fn a_read_only_database_is_refused_at_start_with_a_clear_error_and_no_row_
     rig.forwarder.stop().await;
 
     read_only.set_read_only(true);
+    // The folder really is read-only for this process: nothing in it can be created or opened
+    // for writing (else the refusal below would prove nothing).
+    let probe = std::fs::write(folder.path().join("probe"), b"written");
+    assert!(probe.is_err(), "a new file could be written in the folder");
+    let writable = std::fs::OpenOptions::new().append(true).open(&db_path);
+    assert!(
+        writable.is_err(),
+        "the database file could be opened for writing"
+    );
     let refused = ccf_app::App::bind(faults_common::rig_config("", &database, &endpoints)).await;
     let error = match refused {
         Ok(_) => panic!("a forwarder must not start on a database it cannot write"),
@@ -247,8 +333,10 @@ async fn a_read_only_database_is_refused_at_start_with_a_clear_error_and_no_row_
     eprintln!("read-only database: {error}");
     // The chain says which store and why (it does not name the file yet: see docs/operations.md).
     assert!(
-        error.starts_with("usage store: usage database unavailable")
-            && error.contains("unable to open database file"),
+        (error.starts_with("usage store: usage database unavailable")
+            && error.contains("unable to open database file"))
+            || (error.starts_with("usage store: usage database read-only")
+                && error.contains(&db_path.display().to_string())),
         "the error says what is wrong: {error}"
     );
     assert_eq!(messages_sent(&upstream), 1, "nothing was forwarded");

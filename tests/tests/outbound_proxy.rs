@@ -1,14 +1,22 @@
 //! The outbound proxy (`proxy.*`): upstream traffic goes through an HTTP CONNECT or SOCKS5 proxy
-//! with credentials. The proxies here are minimal, written for the test, on loopback.
+//! with credentials, or an HTTPS proxy (CONNECT over TLS). The HTTP and SOCKS5 proxies here are
+//! minimal, written for the test, on loopback; the HTTPS one is the test kit's
+//! [`TlsConnectProxy`], whose certificate comes from a CA made at test time.
+//!
+//! The forwarder trusts only the built-in webpki roots, for upstreams and proxy alike, and has
+//! no setting to trust another CA; so the HTTPS mode is checked up to the TLS handshake here (it
+//! speaks TLS to the proxy and verifies its certificate), and the full tunnel through that proxy
+//! with the test CA trusted is checked on the same client stack in the test kit
+//! (`tls_proxy.rs`).
 
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ccf_testkit::MockUpstream;
+use ccf_testkit::{MockUpstream, TlsConnectProxy};
 use serde_json::json;
-use support::{config, endpoint_yaml, Forwarder};
+use support::{config, endpoint_yaml, Forwarder, WAIT};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -189,4 +197,92 @@ async fn upstream_traffic_goes_through_a_socks5_proxy_with_credentials() {
         .iter()
         .all(|value| value == "bob:hunter2"));
     assert_eq!(support::messages_sent(&upstream), 1);
+}
+
+#[tokio::test]
+async fn https_proxy_mode_speaks_tls_to_the_proxy_and_refuses_a_certificate_it_does_not_trust() {
+    let upstream = MockUpstream::start().await;
+    let proxy = TlsConnectProxy::start().await;
+    let forwarder = Forwarder::start(config(
+        &format!(
+            "proxy:\n  enabled: true\n  type: https\n  url: {}\n  username: alice\n  password: s3cret\n",
+            proxy.url()
+        ),
+        &[endpoint_yaml("a", &upstream.url(), "")],
+    ))
+    .await;
+    let answer = forwarder.messages(request(), &[]).await;
+    assert_eq!(answer.status, 502, "{:?}", answer.body);
+    let body: serde_json::Value =
+        serde_json::from_slice(answer.body.as_ref().expect("answer body")).expect("json");
+    assert_eq!(body["type"], "error", "{body}");
+    // The forwarder opened TLS to the proxy (a plain CONNECT would not even be a handshake) and
+    // aborted it over the certificate: nothing was sent through, nothing reached the upstream.
+    let log = proxy
+        .wait_for(WAIT, |log| !log.failed_handshakes.is_empty())
+        .await
+        .unwrap_or_else(|log| panic!("the forwarder never spoke TLS to the proxy: {log:?}"));
+    assert!(
+        log.failed_handshakes
+            .iter()
+            .all(|reason| reason.contains("UnknownCA")),
+        "refused for its unknown CA: {:?}",
+        log.failed_handshakes
+    );
+    assert_eq!(
+        log.connects,
+        vec![],
+        "no CONNECT before the proxy is trusted"
+    );
+    assert_eq!(support::messages_sent(&upstream), 0);
+}
+
+#[tokio::test]
+async fn upstream_traffic_goes_through_an_https_proxy_trusted_by_its_ca_file() {
+    let upstream = MockUpstream::start().await;
+    let proxy = TlsConnectProxy::start().await;
+    let folder = tempfile::tempdir().expect("temp dir");
+    let ca_file = folder.path().join("proxy-ca.pem");
+    std::fs::write(&ca_file, proxy.ca_certificate_pem()).expect("write the CA file");
+    let usage = format!(
+        "  enabled: true\n  database_path: {}\n",
+        folder.path().join("usage.db").display()
+    );
+    let forwarder = Forwarder::start(support::config_with_usage(
+        &usage,
+        &format!(
+            "proxy:\n  enabled: true\n  type: https\n  url: {}\n  ca_file: {}\n  username: alice\n  password: s3cret\n",
+            proxy.url(),
+            ca_file.display()
+        ),
+        &[endpoint_yaml("a", &upstream.url(), "")],
+    ))
+    .await;
+    let answer = forwarder.messages(request(), &[]).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let request_id = answer
+        .header("x-ccf-request-id")
+        .expect("request id")
+        .to_string();
+    let usage = forwarder.stop_settled().await.expect("usage tracking on");
+    let log = proxy.log();
+    // The request and the health checker's probes: every one tunnelled, with the credentials.
+    let expected = ccf_testkit::ConnectRecord {
+        target: upstream.url().trim_start_matches("http://").to_string(),
+        proxy_authorization: Some("Basic YWxpY2U6czNjcmV0".into()),
+    };
+    assert!(!log.connects.is_empty());
+    assert!(log.connects.iter().all(|c| *c == expected), "{log:?}");
+    assert_eq!(log.tunnels, log.connects.len());
+    assert!(log.failed_handshakes.is_empty(), "{log:?}");
+    assert_eq!(support::messages_sent(&upstream), 1);
+    let row = usage
+        .store
+        .get_request(&request_id)
+        .await
+        .expect("read the row")
+        .expect("the row is stored");
+    assert_eq!(row.record.status, "completed");
+    assert_eq!(row.record.endpoint_name.as_deref(), Some("a"));
+    assert_eq!(row.record.http_status_code, Some(200));
 }

@@ -492,6 +492,9 @@ pub struct OutboundProxyConfig {
     pub username: Option<String>,
     /// Proxy password.
     pub password: Option<Secret>,
+    /// PEM file of CA certificates trusted for the proxy's own certificate (`type: https`), in
+    /// addition to the built-in webpki roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for OutboundProxyConfig {
@@ -504,6 +507,7 @@ impl std::fmt::Debug for OutboundProxyConfig {
             .field("port", &self.port)
             .field("username", &self.username)
             .field("password", &self.password)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }

@@ -88,7 +88,7 @@ impl UpstreamConnector {
             )?),
             OutboundProxyType::Https => {
                 let tls = HttpsConnectorBuilder::new()
-                    .with_webpki_roots()
+                    .with_tls_config(proxy_tls_config(proxy.ca_file.as_deref())?)
                     .https_or_http()
                     .enable_http1()
                     .wrap_connector(tcp);
@@ -109,6 +109,33 @@ impl UpstreamConnector {
             }
         })
     }
+}
+
+/// TLS to an HTTPS proxy: the webpki roots plus the CAs of `proxy.ca_file`.
+fn proxy_tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, ClientBuildError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let unreadable = |error: &dyn std::fmt::Display| {
+            ClientBuildError::Proxy(format!("ca_file `{}`: {error}", path.display()))
+        };
+        let certificates = CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))?;
+        for certificate in certificates {
+            roots
+                .add(certificate.map_err(|e| unreadable(&e))?)
+                .map_err(|e| unreadable(&e))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientBuildError::Proxy(format!("tls: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn with_basic_auth<C>(
@@ -292,6 +319,7 @@ mod tests {
             port,
             username: None,
             password: None,
+            ca_file: None,
         }
     }
 

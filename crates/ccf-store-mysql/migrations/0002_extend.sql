@@ -22,7 +22,10 @@ DROP INDEX idx_request_id ON request_logs;
 ALTER TABLE usage_summary ADD COLUMN total_cost_nano_usd BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage_summary ADD COLUMN total_duration_ms BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage_summary MODIFY COLUMN total_cost_usd DECIMAL(20,9) DEFAULT 0;
+-- `updated_at = updated_at`: without it ON UPDATE CURRENT_TIMESTAMP would stamp every legacy
+-- row with the migration's time (which v3 would then shift as if it were a legacy local time).
 UPDATE request_logs SET
+    updated_at = updated_at,
     is_final = CASE WHEN status IN ('completed', 'cancelled', 'failed', 'error', 'timeout',
         'auth_error', 'rate_limited', 'server_error', 'network_error', 'stream_error')
         THEN TRUE ELSE FALSE END,

@@ -28,4 +28,5 @@ SELECT
 FROM request_logs
 WHERE is_final = TRUE
 GROUP BY 1, 2, 3, 4;
-UPDATE request_logs SET summarized = is_final;
+-- `updated_at = updated_at` keeps ON UPDATE CURRENT_TIMESTAMP from restamping every row.
+UPDATE request_logs SET summarized = is_final, updated_at = updated_at;

@@ -1,25 +1,39 @@
-//! MariaDB-specific behaviour: a database written by the Go forwarder, two forwarders writing
-//! at once, and outcomes kept while the database is gone.
+//! MariaDB-specific behaviour: a database written by the Go forwarder (the current schema, and an
+//! older one without the v3.5.0 failure columns), two forwarders writing at once, and outcomes
+//! kept while the database is gone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ccf_store::contract::{at_ms, outcome, pricing, snapshot, tokens};
-use ccf_store::time::format_timestamp;
+use ccf_store::time::{format_timestamp, parse_timestamp};
 use ccf_store::{
-    status, LegacyZone, Recorder, RecorderSettings, RequestFilter, RequestQuery, SummaryQuery,
-    UsageStore,
+    status, Cost, LegacyZone, Recorder, RecorderSettings, RequestFilter, RequestQuery, RequestRow,
+    StoredRecord, SummaryQuery, UsageRecord, UsageStore,
 };
 use ccf_store_mysql::{MysqlOptions, MysqlStore};
-use common::{admin, create_database, drop_database, target};
+use ccf_types::Usage;
+use common::{admin, create_database, drop_database, target, with_database};
 use mysql_async::prelude::Queryable;
 
 /// The Go forwarder's MySQL schema (reference §7.1, `mysql_schema.sql`).
 const GO_SCHEMA: &str = include_str!("../migrations/0001_initial.sql");
+
+/// A database left by a Go forwarder older than v3.5.0, hand-written from the reference (not
+/// from this project's migrations): no `failure_reason`, `last_failure_reason`, `cancel_reason`,
+/// and three rows as that version wrote them, in Shanghai local time.
+const GO_SCHEMA_BEFORE_V3_5_0: &str = include_str!("fixtures/go_schema_before_v3_5_0.sql");
+
+/// The columns v3.5.0 added, with the types the published schema gives them.
+const V3_5_0_COLUMNS: [(&str, &str); 3] = [
+    ("cancel_reason", "varchar(255)"),
+    ("failure_reason", "varchar(50)"),
+    ("last_failure_reason", "text"),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
@@ -340,4 +354,237 @@ async fn recorder_keeps_outcomes_while_the_database_is_gone_and_writes_them_afte
     );
     recorder.shutdown().await;
     drop_database(&database).await;
+}
+
+/// `text` (an instant with its offset, e.g. the fixture's local time plus `+08:00`).
+fn instant(text: &str) -> SystemTime {
+    parse_timestamp(text, LegacyZone::Utc).unwrap_or_else(|| panic!("not a timestamp: {text}"))
+}
+
+/// Which of the v3.5.0 failure columns `request_logs` has in `database`, with their types.
+async fn failure_columns(conn: &mut mysql_async::Conn, database: &str) -> Vec<(String, String)> {
+    conn.exec(
+        "SELECT column_name, column_type FROM information_schema.columns \
+         WHERE table_schema = ? AND table_name = 'request_logs' \
+         AND column_name IN ('failure_reason', 'last_failure_reason', 'cancel_reason') \
+         ORDER BY column_name",
+        (database,),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrates_a_go_database_older_than_v3_5_0_adding_the_failure_columns() {
+    with_database(|database| async move {
+        let mut conn =
+            mysql_async::Conn::from_url(format!("mysql://root@127.0.0.1:3306/{database}"))
+                .await
+                .unwrap();
+        // The Go forwarder's session ran in its zone; the fixture's times are local.
+        conn.query_drop("SET time_zone = '+08:00'").await.unwrap();
+        let fixture: String = GO_SCHEMA_BEFORE_V3_5_0
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let statements: Vec<&str> = fixture
+            .split(";\n")
+            .map(|statement| statement.trim().trim_end_matches(';'))
+            .filter(|statement| !statement.is_empty())
+            .collect();
+        assert_eq!(statements.len(), 5, "two tables and three rows");
+        for statement in statements {
+            conn.query_drop(statement).await.unwrap();
+        }
+        assert_eq!(
+            failure_columns(&mut conn, &database).await,
+            vec![],
+            "the fixture is the schema from before v3.5.0"
+        );
+
+        // Opened as the forwarder opens it: connect, then migrate.
+        let store = MysqlStore::connect(
+            &target(&database),
+            MysqlOptions {
+                legacy_zone: LegacyZone::parse("Asia/Shanghai").unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+        let report = store.migrate().await.unwrap();
+        assert!(report.detected_legacy, "{report:?}");
+        assert_eq!(report.applied, vec![2, 3, 4, 5]);
+        let expected_columns: Vec<(String, String)> = V3_5_0_COLUMNS
+            .iter()
+            .map(|(name, kind)| (name.to_string(), kind.to_string()))
+            .collect();
+        assert_eq!(
+            failure_columns(&mut conn, &database).await,
+            expected_columns
+        );
+        conn.disconnect().await.unwrap();
+
+        // The old rows read back exactly, their local times now UTC instants.
+        let completed = store.get_request("req-1a2b3c4d").await.unwrap().unwrap();
+        let expected_completed = RequestRow {
+            id: completed.id,
+            record: UsageRecord {
+                client_ip: Some("192.168.1.20:53122".into()),
+                user_agent: Some("claude-cli/1.0.98 (external, cli)".into()),
+                end_time: Some(instant("2025-08-30 14:05:17.5+08:00")),
+                duration_ms: Some(8375),
+                endpoint_name: Some("anthropic-main".into()),
+                group_name: Some("primary".into()),
+                model_name: Some("claude-sonnet-4-20250514".into()),
+                is_streaming: true,
+                status: status::COMPLETED.into(),
+                http_status_code: Some(200),
+                usage: Usage {
+                    input_tokens: 1200,
+                    output_tokens: 350,
+                    cache_creation_input_tokens: 2000,
+                    cache_read_input_tokens: 10000,
+                    ..Usage::default()
+                },
+                is_final: true,
+                ..UsageRecord::new("req-1a2b3c4d", instant("2025-08-30 14:05:09.125+08:00"))
+            },
+            cost: Cost::new(3_600_000, 5_250_000, 7_500_000, 3_000_000),
+            created_at: Some(instant("2025-08-30 14:05:09.126+08:00")),
+            updated_at: Some(instant("2025-08-30 14:05:17.501+08:00")),
+        };
+        assert_eq!(completed, expected_completed);
+
+        let timed_out = store.get_request("req-5e6f7a8b").await.unwrap().unwrap();
+        let expected_timed_out = RequestRow {
+            id: timed_out.id,
+            record: UsageRecord {
+                client_ip: Some("192.168.1.21:40010".into()),
+                user_agent: Some("Python/3.12 aiohttp/3.9.5".into()),
+                end_time: Some(instant("2025-08-31 00:01:00.25+08:00")),
+                duration_ms: Some(62250),
+                endpoint_name: Some("relay-backup".into()),
+                group_name: Some("backup".into()),
+                model_name: Some("claude-3-5-haiku-20241022".into()),
+                status: "timeout".into(),
+                retry_count: 2,
+                is_final: true,
+                ..UsageRecord::new("req-5e6f7a8b", instant("2025-08-30 23:59:58+08:00"))
+            },
+            cost: Cost::default(),
+            created_at: Some(instant("2025-08-30 23:59:58.001+08:00")),
+            updated_at: Some(instant("2025-08-31 00:01:00.251+08:00")),
+        };
+        assert_eq!(timed_out, expected_timed_out);
+
+        let in_flight = store.get_request("req-9c0d1e2f").await.unwrap().unwrap();
+        let go_start = instant("2025-08-31 09:30:00+08:00");
+        let expected_in_flight = RequestRow {
+            id: in_flight.id,
+            record: UsageRecord {
+                client_ip: Some("127.0.0.1:61000".into()),
+                user_agent: Some("claude-cli/1.0.98 (external, cli)".into()),
+                endpoint_name: Some("anthropic-main".into()),
+                group_name: Some("primary".into()),
+                is_streaming: true,
+                status: status::FORWARDING.into(),
+                ..UsageRecord::new("req-9c0d1e2f", go_start)
+            },
+            cost: Cost::default(),
+            created_at: Some(instant("2025-08-31 09:30:00.0005+08:00")),
+            updated_at: Some(instant("2025-08-31 09:30:00.01+08:00")),
+        };
+        assert_eq!(in_flight, expected_in_flight);
+
+        // The summary is rebuilt from the two final rows (both on 2025-08-30 in UTC).
+        let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+        let totals: Vec<(&str, &str, i64, i64, i64, i64)> = summary
+            .iter()
+            .map(|row| {
+                (
+                    row.date.as_str(),
+                    row.model_name.as_str(),
+                    row.request_count,
+                    row.success_count,
+                    row.error_count,
+                    row.total_cost_nano_usd,
+                )
+            })
+            .collect();
+        assert_eq!(
+            totals,
+            vec![
+                ("2025-08-30", "claude-3-5-haiku-20241022", 1, 0, 1, 0),
+                (
+                    "2025-08-30",
+                    "claude-sonnet-4-20250514",
+                    1,
+                    1,
+                    0,
+                    19_350_000
+                ),
+            ]
+        );
+
+        // New records use the added columns; the Go row in flight is finished and keeps its
+        // first start time.
+        let mut failed = outcome(
+            "req-new-failed",
+            at_ms(1_000),
+            status::FAILED,
+            "claude-haiku-4-5",
+            "anthropic-main",
+            "primary",
+            Usage::default(),
+            40,
+        );
+        failed.failure_reason = Some("rate_limited".into());
+        failed.last_failure_reason = Some("anthropic-main answered 429".into());
+        let mut cancelled = outcome(
+            "req-new-cancelled",
+            at_ms(2_000),
+            status::CANCELLED,
+            "claude-haiku-4-5",
+            "anthropic-main",
+            "primary",
+            tokens(10, 2),
+            25,
+        );
+        cancelled.cancel_reason = Some("client disconnected".into());
+        let finished = outcome(
+            "req-9c0d1e2f",
+            at_ms(3_000),
+            status::COMPLETED,
+            "claude-haiku-4-5",
+            "anthropic-main",
+            "primary",
+            tokens(5, 5),
+            7,
+        );
+        let batch: Vec<StoredRecord> = [failed, cancelled, finished]
+            .into_iter()
+            .map(|record| StoredRecord::price(record, &pricing()))
+            .collect();
+        store.write_batch(&batch).await.unwrap();
+        for written in &batch[..2] {
+            let row = store
+                .get_request(&written.record().request_id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&row.record, written.record());
+            assert_eq!(&row.cost, written.cost());
+        }
+        let finished_row = store.get_request("req-9c0d1e2f").await.unwrap().unwrap();
+        let expected_finished = UsageRecord {
+            start_time: go_start,
+            ..batch[2].record().clone()
+        };
+        assert_eq!(finished_row.record, expected_finished);
+        assert_eq!(&finished_row.cost, batch[2].cost());
+        assert!(store.migrate().await.unwrap().applied.is_empty());
+        store.close().await.unwrap();
+    })
+    .await;
 }

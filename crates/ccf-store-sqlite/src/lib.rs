@@ -169,6 +169,18 @@ impl SqliteStore {
             let in_file =
                 |error| sqlite_error(error).context(format_args!("{}", open_path.display()));
             let connection = Connection::open(&open_path).map_err(in_file)?;
+            // SQLite quietly opens a file it may not write (file modes) read-only, and every
+            // record would then fail later: refuse at the start, naming the file.
+            if connection.is_readonly(rusqlite::MAIN_DB).map_err(in_file)? {
+                return Err(StoreError::ReadOnly {
+                    message: format!(
+                        "{}: the database file cannot be written (check the permissions of the \
+                         file and its folder)",
+                        open_path.display()
+                    ),
+                    source: None,
+                });
+            }
             configure(&connection, busy_timeout).map_err(in_file)?;
             Ok::<_, StoreError>(connection)
         })

@@ -30,8 +30,10 @@ mod raw;
 mod render;
 mod reply;
 mod server;
+mod tls_proxy;
 
 pub use prerequisite::{in_ci, skip_unless_ci};
 pub use raw::{RawEnd, RawReply, RawRequest, RawUpstream};
 pub use reply::{MockUsage, Reply, ReplyOutcome, DEFAULT_MODEL};
 pub use server::{MockConfig, MockUpstream, RecordedRequest};
+pub use tls_proxy::{ConnectRecord, TlsConnectProxy, TlsProxyError, TlsProxyLog};

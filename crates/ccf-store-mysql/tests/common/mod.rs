@@ -56,6 +56,24 @@ pub async fn drop_database(name: &str) {
         .await;
 }
 
+/// Runs `test` against a fresh database and drops the database afterwards, also when `test`
+/// panics (the panic is then resumed, so the test still fails with its own message).
+pub async fn with_database<F, Fut>(test: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let database = create_database().await;
+    let outcome = tokio::spawn(test(database.clone())).await;
+    drop_database(&database).await;
+    if let Err(error) = outcome {
+        if error.is_panic() {
+            std::panic::resume_unwind(error.into_panic());
+        }
+        panic!("test task did not finish: {error}");
+    }
+}
+
 /// A migrated store in a fresh database, dropped on teardown.
 pub struct MysqlFixture {
     /// The store.
