@@ -9,7 +9,7 @@
 //!
 //! What is covered is decided by the forwarder: every proxied path, `/health/detailed`,
 //! `/health/usage-tracker` and `/metrics`; only `/health` and Claude Code's credential-less
-//! reachability probes (`HEAD /`, `HEAD /api/hello`) stay open.
+//! reachability checks (`HEAD /`, `HEAD /api/hello`) stay open.
 
 use ccf_types::Secret;
 use http::{header, HeaderMap};

@@ -1,10 +1,12 @@
-//! What an attempt's result means for the request: classification by type and status code,
-//! never by matching strings (the Go original matched substrings such as `"400"` or `"limit"`).
+//! What an upstream answer is: classification by status code and headers, never by matching
+//! strings (the Go original matched substrings such as `"400"` or `"limit"`). What follows from
+//! each class (health signal, lifecycle reason, metric, next step) is the retry policy, in one
+//! place: the crate's `retry.rs`, which also classifies attempts that got no answer.
 //!
 //! | result | class |
 //! |---|---|
 //! | 2xx, 3xx | [`AttemptClass::Success`]: relay it |
-//! | connect error, reset before response, response-header timeout | [`AttemptClass::Retry`] |
+//! | connect error, reset before response, response-header timeout | no answer to classify: `retry.rs` makes it a verdict of its own, retried like [`AttemptClass::Retry`] |
 //! | 500, 502, 503, 504, 520-525, 529 | [`AttemptClass::Retry`] |
 //! | 429 | [`AttemptClass::RateLimited`] with the wait the upstream asked for |
 //! | 401, 403 | [`AttemptClass::NextEndpoint`]: this endpoint's credentials are bad |

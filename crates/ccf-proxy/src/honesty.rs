@@ -1,12 +1,12 @@
-//! Relay honesty on the request path: the per-request [`HonestyProbe`] that watches a relayed
+//! Relay honesty on the request path: the per-request [`HonestyWatch`] that watches a relayed
 //! answer, and the engine's [`Honesty`] scoreboard it reports to.
 //!
-//! The probe is made at admission for `POST /v1/messages` when `routing.relay_honesty` is on. It
+//! The watch is made at admission for `POST /v1/messages` when `routing.relay_honesty` is on. It
 //! holds the request's model and a reference to its body (`Bytes`, no copy) and, for a
 //! successful SSE answer, notes per body frame when content deltas arrived: the first and the
 //! last arrival and a count, found by scanning the frame for `"content_block_delta"` (no
 //! allocation, no parsing; compressed streams are not timed). When the answer ended well, the
-//! probe compares what the endpoint reported with what was asked and sent, and the scoreboard
+//! watch compares what the endpoint reported with what was asked and sent, and the scoreboard
 //! ([`ccf_router::honesty::HonestyBoard`]) folds the verdicts into the endpoint's scores.
 //!
 //! The local token estimate (`ccf_tokens::estimate_input_tokens`, a JSON parse plus one pass over
@@ -62,22 +62,22 @@ impl Honesty {
         self.board.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A probe for this request, when its answer is to be checked: `routing.relay_honesty` is on
+    /// A watch for this request, when its answer is to be checked: `routing.relay_honesty` is on
     /// and it is a `POST /v1/messages`.
-    pub(crate) fn probe(
+    pub(crate) fn watch(
         config: &Config,
         request_id: RequestId,
         parts: &http::request::Parts,
         body: &Bytes,
         request_model: Option<&str>,
-    ) -> Option<HonestyProbe> {
+    ) -> Option<HonestyWatch> {
         if !config.routing.relay_honesty.0
             || parts.method != http::Method::POST
             || parts.uri.path() != MESSAGES_PATH
         {
             return None;
         }
-        Some(HonestyProbe {
+        Some(HonestyWatch {
             request_id,
             request_model: request_model
                 .filter(|model| !model.trim().is_empty())
@@ -178,7 +178,7 @@ struct DeltaTiming {
 }
 
 /// Watches one request's answer for the honesty checks.
-pub(crate) struct HonestyProbe {
+pub(crate) struct HonestyWatch {
     request_id: RequestId,
     request_model: Option<String>,
     body: Bytes,
@@ -188,7 +188,7 @@ pub(crate) struct HonestyProbe {
     stream: Option<DeltaTiming>,
 }
 
-impl HonestyProbe {
+impl HonestyWatch {
     /// The answer is about to be relayed: time its content deltas when it is an SSE stream the
     /// frames of which can be read as they are (no content encoding).
     pub(crate) fn watch_answer(&mut self, is_event_stream: bool, content_encoding: Option<&str>) {
@@ -323,15 +323,15 @@ mod tests {
         )
     }
 
-    fn probe(config: &Config) -> HonestyProbe {
-        Honesty::probe(
+    fn watch(config: &Config) -> HonestyWatch {
+        Honesty::watch(
             config,
             RequestId::generate(),
             &parts("POST", "/v1/messages"),
             &body(),
             Some("claude-opus-4-1"),
         )
-        .expect("messages are probed")
+        .expect("messages are watched")
     }
 
     fn extraction(model: &str, input_tokens: u64) -> Extraction {
@@ -366,24 +366,24 @@ mod tests {
     }
 
     #[test]
-    fn only_messages_posts_are_probed_and_only_when_enabled() {
+    fn only_messages_posts_are_watched_and_only_when_enabled() {
         let on = config("");
         let off = config("routing:\n  relay_honesty: off\n");
         let id = RequestId::generate();
-        let probe_of = |config: &Config, method: &str, path: &str| {
-            Honesty::probe(config, id, &parts(method, path), &body(), Some("m")).is_some()
+        let watched = |config: &Config, method: &str, path: &str| {
+            Honesty::watch(config, id, &parts(method, path), &body(), Some("m")).is_some()
         };
-        assert!(probe_of(&on, "POST", "/v1/messages"));
-        assert!(probe_of(&on, "POST", "/v1/messages?beta=true"));
-        assert!(!probe_of(&on, "POST", "/v1/messages/count_tokens"));
-        assert!(!probe_of(&on, "GET", "/v1/models"));
-        assert!(!probe_of(&off, "POST", "/v1/messages"));
+        assert!(watched(&on, "POST", "/v1/messages"));
+        assert!(watched(&on, "POST", "/v1/messages?beta=true"));
+        assert!(!watched(&on, "POST", "/v1/messages/count_tokens"));
+        assert!(!watched(&on, "GET", "/v1/models"));
+        assert!(!watched(&off, "POST", "/v1/messages"));
     }
 
     #[test]
     fn finish_compares_model_usage_and_stream_pacing() {
         let config = config("");
-        let mut short = probe(&config);
+        let mut short = watch(&config);
         short.watch_answer(true, None);
         short.on_data(b"data: {\"type\":\"content_block_delta\"}\n\n");
         let check = short.finish(&extraction("claude-opus-4-1-20250805", 20));
@@ -391,7 +391,7 @@ mod tests {
         // One delta is too few to judge pacing: no stream verdict at all.
         assert_eq!(flagged, [false, false], "{:?}", check.verdicts);
 
-        let mut paced = probe(&config);
+        let mut paced = watch(&config);
         paced.watch_answer(true, None);
         let start = Instant::now();
         paced.stream = Some(DeltaTiming {
@@ -404,7 +404,7 @@ mod tests {
         let flagged: Vec<bool> = check.verdicts.iter().map(|v| v.flagged).collect();
         assert_eq!(flagged, [false, false, false], "{:?}", check.verdicts);
 
-        let mut dishonest = probe(&config);
+        let mut dishonest = watch(&config);
         dishonest.watch_answer(true, None);
         dishonest.on_data(
             "data: {\"type\":\"content_block_delta\"}\n\n"
@@ -425,7 +425,7 @@ mod tests {
     #[test]
     fn compressed_or_json_answers_are_not_timed_and_partial_usage_is_not_judged() {
         let config = config("");
-        let mut compressed = probe(&config);
+        let mut compressed = watch(&config);
         compressed.watch_answer(true, Some("gzip"));
         compressed.on_data("\"content_block_delta\"".repeat(20).as_bytes());
         let mut partial = extraction("claude-opus-4-1", 50_000);
@@ -433,7 +433,7 @@ mod tests {
         let check = compressed.finish(&partial);
         assert_eq!(check.verdicts.len(), 1, "{:?}", check.verdicts);
 
-        let mut json = probe(&config);
+        let mut json = watch(&config);
         json.watch_answer(false, None);
         json.on_data("\"content_block_delta\"".repeat(20).as_bytes());
         let check = json.finish(&extraction("claude-opus-4-1", 20));

@@ -1,10 +1,14 @@
 //! The cc-forwarder forwarding engine.
 //!
-//! This crate owns the request path: admit (inbound auth, bounded body read, request id), route
-//! (the router's candidate endpoints, group failover, suspension), forward (header rewriting, credentials, the shared pooled rustls
-//! client, timeouts), relay (upstream frames to the client untouched, with idle and total
-//! timeouts) and finish (logs, metrics, health observations). It never buffers a response body and
-//! never reads a database; storage, dashboards and the TUI observe it.
+//! This crate owns the request path, one file per phase under `forwarder/` (the driver is
+//! `Forwarder::handle` in `forwarder/mod.rs`): admit (`admit.rs`: in-flight slot, inbound auth,
+//! bounded body read, request fields, request id), route (`route.rs`: the router's candidate
+//! endpoints, group failover, suspension), forward (`attempts.rs`: header rewriting,
+//! credentials, the shared pooled rustls client, timeouts; what each attempt's result leads to is
+//! the retry policy in `retry.rs`), relay and finish (`finish.rs`: upstream frames to the client
+//! untouched, with idle and total timeouts; then logs, metrics, health observations). It never
+//! buffers a response body and never reads a database; storage, dashboards and the TUI observe
+//! it.
 //!
 //! It is a library first: build a [`Forwarder`] from a [`ccf_config::Config`], then either
 //! [`serve`] it on your own listener or call it as a hyper `Service` from your own server (see
@@ -25,7 +29,9 @@ mod honesty;
 mod limits;
 pub mod monitoring;
 mod probe;
+mod ratelimit;
 pub mod reload;
+mod retry;
 mod server;
 mod session;
 mod suspend;

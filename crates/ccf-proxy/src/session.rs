@@ -1,27 +1,20 @@
-//! Reading what smart routing needs from requests and answers: the session a request belongs
-//! to, whether it asks for the 1-hour prompt cache, and the rate-limit headers of every
-//! upstream answer.
+//! Reading what smart routing needs from requests: the session a request belongs to and
+//! whether it asks for the 1-hour prompt cache. (The rate-limit headers of every upstream answer
+//! are read in `ratelimit.rs`.)
 //!
 //! Sessions ([`identify`]): an explicit session header (`x-claude-code-session-id`, then
 //! `x-session-id`), else the body's `metadata.user_id`, else a hash of the system prompt and the
 //! first message. Only the 64-bit FNV-1a hash is kept ([`SessionKey`]), never the text. The body
-//! pieces come from the one JSON parse the forwarder already makes (`probe_body`): the
+//! pieces come from the one JSON parse the forwarder already makes (the request fields,
+//! `forwarder/admit.rs`): the
 //! [`PromptHash`] and [`CacheScan`] types are `Deserialize` impls that hash or scan a value while
 //! serde walks it, so nothing is parsed twice and no value tree is built. `cache_control` objects
 //! are left out of the prompt hash (clients move their cache breakpoints from turn to turn) and
 //! scanned for `ttl: "1h"`.
-//!
-//! Rate limits ([`quota_observation`]): `anthropic-ratelimit-{requests,input-tokens,
-//! output-tokens,tokens}-{limit,remaining,reset}` (reset as an RFC 3339 time) and `retry-after`
-//! (seconds or an HTTP date).
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
 
-use ccf_router::{
-    QuotaDimension, QuotaObservation, QuotaReading, SessionKey, SessionRequest, SessionSource,
-    TurnTokens,
-};
+use ccf_router::{SessionKey, SessionRequest, SessionSource, TurnTokens};
 use http::HeaderMap;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -580,114 +573,14 @@ impl TurnRecorder {
     }
 }
 
-/// The prefix every rate-limit header shares.
-const RATE_LIMIT_PREFIX: &str = "anthropic-ratelimit-";
-
-/// The three fields one dimension's headers carry.
-#[derive(Clone, Copy)]
-enum QuotaField {
-    /// `-limit`.
-    Limit,
-    /// `-remaining`.
-    Remaining,
-    /// `-reset`.
-    Reset,
-}
-
-/// Every rate-limit header name after [`RATE_LIMIT_PREFIX`], with the dimension (an index into
-/// [`QuotaDimension::ALL`]) and field it carries. Names are matched against this fixed table, so
-/// reading an answer's headers builds no strings.
-const RATE_LIMIT_SUFFIXES: [(&str, usize, QuotaField); 12] = [
-    ("requests-limit", 0, QuotaField::Limit),
-    ("requests-remaining", 0, QuotaField::Remaining),
-    ("requests-reset", 0, QuotaField::Reset),
-    ("input-tokens-limit", 1, QuotaField::Limit),
-    ("input-tokens-remaining", 1, QuotaField::Remaining),
-    ("input-tokens-reset", 1, QuotaField::Reset),
-    ("output-tokens-limit", 2, QuotaField::Limit),
-    ("output-tokens-remaining", 2, QuotaField::Remaining),
-    ("output-tokens-reset", 2, QuotaField::Reset),
-    ("tokens-limit", 3, QuotaField::Limit),
-    ("tokens-remaining", 3, QuotaField::Remaining),
-    ("tokens-reset", 3, QuotaField::Reset),
-];
-
-/// The first value of each rate-limit header of one dimension (`None`: header absent; a value
-/// that is not visible ASCII counts as present but unreadable, like `HeaderMap::get` + `to_str`).
-#[derive(Default, Clone, Copy)]
-struct DimensionHeaders<'a> {
-    limit: Option<Option<&'a str>>,
-    remaining: Option<Option<&'a str>>,
-    reset: Option<Option<&'a str>>,
-}
-
-/// The rate-limit headers of an upstream answer, seen at `now`.
-///
-/// One pass over the answer's headers: names without the `anthropic-ratelimit-` prefix are
-/// skipped at once, the others are matched against a static table; only the first value of a
-/// repeated header counts (as with `HeaderMap::get`).
-pub(crate) fn quota_observation(headers: &HeaderMap, now: SystemTime) -> QuotaObservation {
-    let mut found = [DimensionHeaders::default(); 4];
-    let mut any = false;
-    for (name, value) in headers {
-        let Some(suffix) = name.as_str().strip_prefix(RATE_LIMIT_PREFIX) else {
-            continue;
-        };
-        let Some(&(_, index, field)) = RATE_LIMIT_SUFFIXES
-            .iter()
-            .find(|(known, _, _)| *known == suffix)
-        else {
-            continue;
-        };
-        let slot = &mut found[index];
-        let seen = match field {
-            QuotaField::Limit => &mut slot.limit,
-            QuotaField::Remaining => &mut slot.remaining,
-            QuotaField::Reset => &mut slot.reset,
-        };
-        if seen.is_none() {
-            *seen = Some(value.to_str().ok().map(str::trim));
-            any = true;
-        }
-    }
-    let mut observation = QuotaObservation::default();
-    if any {
-        let number =
-            |text: Option<Option<&str>>| text.flatten().and_then(|value| value.parse::<u64>().ok());
-        for (dimension, headers) in QuotaDimension::ALL.into_iter().zip(found) {
-            let limit = number(headers.limit);
-            let remaining = number(headers.remaining);
-            let reset_in = headers
-                .reset
-                .flatten()
-                .and_then(|value| humantime::parse_rfc3339_weak(value).ok())
-                .map(|reset| reset.duration_since(now).unwrap_or(Duration::ZERO));
-            if limit.is_some() || remaining.is_some() || reset_in.is_some() {
-                observation.readings.push(QuotaReading {
-                    dimension,
-                    limit,
-                    remaining,
-                    reset_in,
-                });
-            }
-        }
-    }
-    if let Some(value) = headers.get(http::header::RETRY_AFTER) {
-        let mut only_retry_after = HeaderMap::with_capacity(1);
-        only_retry_after.insert(http::header::RETRY_AFTER, value.clone());
-        observation.retry_after = crate::classify::retry_after(&only_retry_after, now);
-    }
-    observation
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
 
-    /// The session parts the forwarder's probe would read from `body`.
+    /// The session parts the forwarder's request fields would read from `body`.
     #[derive(Deserialize, Default)]
-    struct Probe {
+    struct Fields {
         metadata: Option<Metadata>,
         system: Option<SystemPrompt>,
         messages: Option<Messages>,
@@ -700,7 +593,7 @@ mod tests {
         headers: &[(&'static str, &str)],
         body: &serde_json::Value,
     ) -> Option<SessionRequest> {
-        let probe: Probe = serde_json::from_str(&body.to_string()).expect("probe parses");
+        let fields: Fields = serde_json::from_str(&body.to_string()).expect("fields parse");
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.insert(*name, HeaderValue::from_str(value).expect("header"));
@@ -710,11 +603,11 @@ mod tests {
             "/v1/messages",
             &map,
             &BodySession {
-                user_id: probe.metadata.as_ref().and_then(|m| m.user_id.as_deref()),
-                system: probe.system.map(|part| part.0),
-                messages: probe.messages.map(|part| part.0),
-                long_ttl_elsewhere: probe.tools.is_some_and(|scan| scan.0)
-                    || probe.cache_control.is_some_and(|scan| scan.0),
+                user_id: fields.metadata.as_ref().and_then(|m| m.user_id.as_deref()),
+                system: fields.system.map(|part| part.0),
+                messages: fields.messages.map(|part| part.0),
+                long_ttl_elsewhere: fields.tools.is_some_and(|scan| scan.0)
+                    || fields.cache_control.is_some_and(|scan| scan.0),
             },
         )
     }
@@ -766,7 +659,7 @@ mod tests {
         let generic = session_of(&[("x-session-id", "s-1")], &body).expect("session");
         assert_eq!(generic.key, by_header.key, "one value, one session");
         assert_ne!(by_user.key, by_header.key);
-        // A user id that is not a string is ignored, and does not break the probe.
+        // A user id that is not a string is ignored, and does not break the request fields.
         body["metadata"] = serde_json::json!({"user_id": 42});
         let fallback = session_of(&[], &body).expect("session");
         assert_eq!(fallback.source, SessionSource::Prompt);
@@ -810,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn odd_value_types_never_break_the_probe() {
+    fn odd_value_types_never_break_the_request_fields() {
         let body = serde_json::json!({
             "model": "m",
             "system": "plain text system",
@@ -819,9 +712,9 @@ mod tests {
             "cache_control": {"type": "ephemeral", "ttl": "1h"},
             "metadata": null,
         });
-        let probe: Probe = serde_json::from_str(&body.to_string()).expect("probe parses");
-        assert_eq!(probe.model.as_deref(), Some("m"));
-        assert!(probe.cache_control.is_some_and(|scan| scan.0));
+        let fields: Fields = serde_json::from_str(&body.to_string()).expect("fields parse");
+        assert_eq!(fields.model.as_deref(), Some("m"));
+        assert!(fields.cache_control.is_some_and(|scan| scan.0));
         let session = session_of(&[], &body).expect("session");
         assert!(session.long_ttl);
     }
@@ -833,91 +726,5 @@ mod tests {
         assert_eq!(a, key_of(b'h', "session-1"));
         assert_eq!(a.to_string().len(), 16);
         assert_ne!(a, key_of(b'u', "session-1"));
-    }
-
-    #[test]
-    fn rate_limit_headers_become_readings() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let reset = humantime::format_rfc3339_seconds(now + Duration::from_secs(42)).to_string();
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
-            ("anthropic-ratelimit-requests-limit", "50"),
-            ("anthropic-ratelimit-requests-remaining", "7"),
-            ("anthropic-ratelimit-requests-reset", reset.as_str()),
-            ("anthropic-ratelimit-output-tokens-remaining", "900"),
-            ("anthropic-ratelimit-tokens-limit", "not a number"),
-            ("retry-after", "3"),
-        ] {
-            headers.insert(name, HeaderValue::from_str(value).expect("header"));
-        }
-        let observation = quota_observation(&headers, now);
-        assert_eq!(
-            observation.readings,
-            vec![
-                QuotaReading {
-                    dimension: QuotaDimension::Requests,
-                    limit: Some(50),
-                    remaining: Some(7),
-                    reset_in: Some(Duration::from_secs(42)),
-                },
-                QuotaReading {
-                    dimension: QuotaDimension::OutputTokens,
-                    limit: None,
-                    remaining: Some(900),
-                    reset_in: None,
-                },
-            ]
-        );
-        assert_eq!(observation.retry_after, Some(Duration::from_secs(3)));
-        assert!(quota_observation(&HeaderMap::new(), now).is_empty());
-    }
-
-    #[test]
-    fn the_header_table_matches_the_dimensions() {
-        for (suffix, index, field) in RATE_LIMIT_SUFFIXES {
-            let part = QuotaDimension::ALL[index].header_part();
-            let field = match field {
-                QuotaField::Limit => "limit",
-                QuotaField::Remaining => "remaining",
-                QuotaField::Reset => "reset",
-            };
-            assert_eq!(suffix, format!("{part}-{field}"));
-        }
-        assert_eq!(RATE_LIMIT_SUFFIXES.len(), QuotaDimension::ALL.len() * 3);
-    }
-
-    #[test]
-    fn only_the_first_value_of_a_repeated_header_counts() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut headers = HeaderMap::new();
-        headers.append(
-            "anthropic-ratelimit-tokens-remaining",
-            HeaderValue::from_static("oops"),
-        );
-        headers.append(
-            "anthropic-ratelimit-tokens-remaining",
-            HeaderValue::from_static("12"),
-        );
-        headers.append(
-            "anthropic-ratelimit-input-tokens-limit",
-            HeaderValue::from_static(" 40 "),
-        );
-        headers.append(
-            "anthropic-ratelimit-input-tokens-limit",
-            HeaderValue::from_static("41"),
-        );
-        headers.insert("anthropic-ratelimit-unknown", HeaderValue::from_static("1"));
-        headers.insert("content-type", HeaderValue::from_static("application/json"));
-        let observation = quota_observation(&headers, now);
-        assert_eq!(
-            observation.readings,
-            vec![QuotaReading {
-                dimension: QuotaDimension::InputTokens,
-                limit: Some(40),
-                remaining: None,
-                reset_in: None,
-            }]
-        );
-        assert_eq!(observation.retry_after, None);
     }
 }

@@ -45,6 +45,7 @@ use ccf_config::{Config, Endpoint, StrategyType};
 use serde::Serialize;
 
 mod affinity;
+mod fast_test;
 pub mod honesty;
 mod quota;
 #[cfg(test)]
@@ -59,6 +60,7 @@ pub use affinity::{
     EndpointCacheView, HeldTokens, SessionDecision, SessionKey, SessionRequest, SessionSource,
     SessionView, TurnTokens, DEFAULT_AFFINITY_CAPACITY, DEFAULT_AFFINITY_TTL, LONG_AFFINITY_TTL,
 };
+pub use fast_test::rank_by_fast_test;
 pub use quota::{
     DimensionView, DrainReason, EndpointQuotaView, QuotaBook, QuotaDimension, QuotaObservation,
     QuotaReading,

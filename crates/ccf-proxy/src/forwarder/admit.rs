@@ -1,0 +1,282 @@
+//! Phases 0 to 2, admission: an in-flight slot (`server.max_in_flight`, else 529), inbound auth
+//! (every path but `/health` and reachability checks, recording the key's name), the monitoring
+//! routes, the body read once (bounded) as `Bytes`, the request fields read from it in one JSON
+//! parse ([`RequestFields`]: `model`, `stream`, the session's parts), and the request's
+//! [`RequestId`]-keyed lifecycle. What comes out is a [`RequestContext`] to route, a token count
+//! to answer, or an answer already made.
+//!
+//! It must not know routing, upstreams or retries: nothing here talks to an endpoint.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use ccf_lifecycle::{Lifecycle, RequestId, RequestStart};
+use http::{header, HeaderValue, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use tracing::info;
+
+use super::{count_tokens, Forwarder, RequestContext};
+use crate::body::{BoxError, ProxyBody};
+use crate::error::ProxyError;
+use crate::honesty::Honesty;
+use crate::limits::InFlightSlot;
+use crate::monitoring;
+use crate::server::ClientAddr;
+use crate::tracking::Tracker;
+
+/// How admission ended.
+pub(super) enum Admission {
+    /// Answered without forwarding: refused (auth, body), or a monitoring route.
+    Answered(Response<ProxyBody>),
+    /// `POST /v1/messages/count_tokens` with token counting on (`count_tokens.rs`).
+    CountTokens {
+        parts: http::request::Parts,
+        body: Bytes,
+    },
+    /// A request to route and forward.
+    Forward(Box<RequestContext>),
+}
+
+/// What the engine needs to know about the request body, read in one JSON parse.
+#[derive(serde::Deserialize, Default)]
+struct RequestFields {
+    model: Option<String>,
+    stream: Option<bool>,
+    // Smart routing (session.rs): read in the same parse, never copied as text.
+    metadata: Option<crate::session::Metadata>,
+    system: Option<crate::session::SystemPrompt>,
+    messages: Option<crate::session::Messages>,
+    tools: Option<crate::session::CacheScan>,
+    cache_control: Option<crate::session::CacheScan>,
+}
+
+impl RequestFields {
+    /// The parts a session is identified by.
+    fn session(&self) -> crate::session::BodySession<'_> {
+        crate::session::BodySession {
+            user_id: self.metadata.as_ref().and_then(|m| m.user_id.as_deref()),
+            system: self.system.map(|part| part.0),
+            messages: self.messages.map(|part| part.0),
+            long_ttl_elsewhere: self.tools.is_some_and(|scan| scan.0)
+                || self.cache_control.is_some_and(|scan| scan.0),
+        }
+    }
+}
+
+impl Forwarder {
+    /// Phase 0: an in-flight slot against `server.max_in_flight`; over it, the refusal (logged
+    /// and counted here) to answer. Monitoring routes take none, so they stay answerable when
+    /// the forwarder is saturated.
+    pub(super) fn in_flight_slot(
+        &self,
+        path: &str,
+        span: &tracing::Span,
+    ) -> Result<Option<InFlightSlot>, ProxyError> {
+        if crate::limits::is_monitoring_path(path) {
+            return Ok(None);
+        }
+        let limit = usize::try_from(self.shared.current().config.server.max_in_flight)
+            .unwrap_or(usize::MAX);
+        match self.shared.in_flight_limit.try_acquire(limit) {
+            Some(slot) => Ok(Some(slot)),
+            None => {
+                let error = ProxyError::Overloaded { limit };
+                span.in_scope(|| info!(status = 529, "rejected: {error}"));
+                self.shared.metrics.record_request("", error.status());
+                Err(error)
+            }
+        }
+    }
+
+    /// Phases 1 and 2: inbound auth, monitoring routes, the body, the request fields and the
+    /// request's lifecycle.
+    pub(super) async fn admit<B>(&self, request: Request<B>, request_id: RequestId) -> Admission
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<BoxError>,
+    {
+        let shared = &self.shared;
+        let current = shared.current();
+        // Inbound auth covers every path but `/health` and credential-less reachability checks
+        // (`/health/detailed`, `/metrics` and friends included); the name of the matching key is
+        // recorded on the request.
+        let api_key_name = match current.auth.as_ref().filter(|_| {
+            !is_reachability_check(&request) && !crate::auth::is_open_path(request.uri().path())
+        }) {
+            Some(auth) => match auth.check(request.headers()) {
+                Ok(name) => Some(name.to_string()),
+                Err(error) => {
+                    info!(status = 401, "rejected: {error}");
+                    shared.metrics.record_request("", error.status());
+                    return Admission::Answered(error.to_response());
+                }
+            },
+            None => None,
+        };
+        if let Some(response) = monitoring::respond(
+            request.method(),
+            request.uri().path(),
+            &current.endpoints,
+            &shared.health.snapshot(),
+            &shared.metrics,
+        ) {
+            return Admission::Answered(response);
+        }
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let client_ip = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|client| client.0.ip());
+        let (parts, body) = request.into_parts();
+        let limit = current.config.server.max_request_body_size.bytes();
+        let body = match read_body(body, parts.headers.get(header::CONTENT_LENGTH), limit).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                info!(status = error.status().as_u16(), "rejected: {error}");
+                shared.metrics.record_request("", error.status());
+                return Admission::Answered(error.to_response());
+            }
+        };
+        if count_tokens::answers(&current.config, &parts) {
+            return Admission::CountTokens { parts, body };
+        }
+        let fields = read_request_fields(&parts.headers, &body);
+        let session = crate::session::identify(
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            &fields.session(),
+        );
+        let is_streaming = fields.stream == Some(true)
+            || parts
+                .headers
+                .get(header::ACCEPT)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|accept| accept.contains("text/event-stream"));
+        info!(
+            model = fields.model.as_deref().unwrap_or("unknown"),
+            streaming = is_streaming,
+            body_bytes = body.len(),
+            "request started"
+        );
+        let (lifecycle, started_event) = Lifecycle::start(
+            RequestStart {
+                id: request_id,
+                client_ip,
+                user_agent: parts
+                    .headers
+                    .get(header::USER_AGENT)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string),
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                is_streaming,
+                request_model: fields.model.clone(),
+                api_key_name,
+            },
+            started_at,
+        );
+        let mut context = Box::new(RequestContext {
+            request_id,
+            honesty: Honesty::watch(
+                &current.config,
+                request_id,
+                &parts,
+                &body,
+                fields.model.as_deref(),
+            ),
+            parts,
+            body,
+            is_streaming,
+            started,
+            tracker: Some(Tracker::start(
+                Arc::clone(&shared.hub),
+                lifecycle,
+                started_event,
+            )),
+            in_flight: Some(shared.metrics.in_flight_guard()),
+            attempt_count: 0,
+            session,
+            decision: ccf_router::SessionDecision::default(),
+        });
+        if let (Some(session), Some(tracker)) = (session, context.tracker()) {
+            tracker.update(|lifecycle| lifecycle.set_session(&session.key.to_string()));
+        }
+        Admission::Forward(context)
+    }
+}
+
+/// Claude Code checks reachability with `HEAD /api/hello` (older versions `HEAD /`) without
+/// credentials before its first request; such body-less reachability checks skip inbound auth.
+fn is_reachability_check<B>(request: &Request<B>) -> bool {
+    request.method() == http::Method::HEAD && matches!(request.uri().path(), "/" | "/api/hello")
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+async fn read_body<B>(
+    body: B,
+    content_length: Option<&HeaderValue>,
+    limit: u64,
+) -> Result<Bytes, ProxyError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let declared = content_length
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit_usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(error) => Err(ProxyError::BodyRead { source: error }),
+    }
+}
+
+/// Reads the request fields from a JSON body; anything else yields no fields.
+fn read_request_fields(headers: &http::HeaderMap, body: &Bytes) -> RequestFields {
+    let looks_like_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_none_or(|content_type| content_type.contains("json"))
+        && body.first().is_some_and(|byte| *byte == b'{');
+    if !looks_like_json {
+        return RequestFields::default();
+    }
+    serde_json::from_slice(body).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_is_read_from_the_json_body_not_from_substrings() {
+        let headers = http::HeaderMap::new();
+        let fields = read_request_fields(
+            &headers,
+            &Bytes::from_static(br#"{"model":"m","stream":true}"#),
+        );
+        assert_eq!(fields.stream, Some(true));
+        assert_eq!(fields.model.as_deref(), Some("m"));
+        let text_mentions_stream = read_request_fields(
+            &headers,
+            &Bytes::from_static(
+                br#"{"model":"m","messages":[{"role":"user","content":"\"stream\":true"}]}"#,
+            ),
+        );
+        assert_eq!(text_mentions_stream.stream, None);
+        assert_eq!(
+            read_request_fields(&headers, &Bytes::from_static(b"not json")).stream,
+            None
+        );
+    }
+}

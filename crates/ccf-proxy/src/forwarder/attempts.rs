@@ -1,0 +1,400 @@
+//! Phase 4, forward: one group's plan, each endpoint up to `retry.max_attempts` times. An
+//! attempt rewrites the headers for its endpoint and sends the request's `Bytes` on the shared
+//! client within the response-header timeout; its result becomes an attempt verdict, and the
+//! loop applies the verdict's effects ([`crate::retry`]) in a fixed order: the signals (health,
+//! metric, log, lifecycle, wake-ups), then the answer is relayed or kept as the last one, then
+//! the next step (back off, wait, skip the endpoint, next endpoint).
+//!
+//! It must not decide what a result means (that is [`crate::retry`]) nor how an answer reaches
+//! the client (`finish.rs`).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use ccf_config::Endpoint;
+use ccf_lifecycle::{Attempt, AttemptOutcome};
+use ccf_router::RoutePlan;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use tracing::{debug, info, warn};
+
+use super::finish::Expectation;
+use super::{Forwarder, RequestContext};
+use crate::body::ProxyBody;
+use crate::classify::backoff;
+use crate::error::ProxyError;
+use crate::headers::{remove_hop_by_hop, rewrite_request_headers};
+use crate::retry::{AttemptBudget, AttemptVerdict, Effects, HealthSignal, LogLevel, NextStep};
+
+/// Largest upstream error body kept to be relayed verbatim after other attempts failed.
+const MAX_BUFFERED_ERROR_BODY: usize = 1024 * 1024;
+
+/// An upstream answer kept whole so it can be relayed later, verbatim.
+pub(super) struct BufferedAnswer {
+    pub(super) parts: http::response::Parts,
+    pub(super) body: Bytes,
+}
+
+/// What one attempt got: the upstream answer's head (its body still unread), or why none came.
+type AttemptResult = Result<Response<hyper::body::Incoming>, ProxyError>;
+
+/// How trying one group ended.
+pub(super) enum GroupOutcome {
+    /// A response for the client (success, or a final upstream answer).
+    Answered(Response<ProxyBody>),
+    /// Every endpoint failed.
+    Exhausted,
+}
+
+impl Forwarder {
+    /// Tries every endpoint of the plan, `retry.max_attempts` times each, following each
+    /// attempt's effects ([`crate::retry`]) in a fixed order: signals (health, metric, log,
+    /// lifecycle, wake-ups), then the answer is relayed or kept, then the next step.
+    pub(super) async fn try_group(
+        &self,
+        context: &mut RequestContext,
+        plan: &RoutePlan,
+        last_answer: &mut Option<BufferedAnswer>,
+        last_error: &mut Option<ProxyError>,
+    ) -> GroupOutcome {
+        let shared = &self.shared;
+        let current = shared.current();
+        let retry = &current.config.retry;
+        let max_attempts = retry.max_attempts.max(1);
+        for planned in &plan.endpoints {
+            let Some(endpoint) = current.endpoint(&planned.name) else {
+                continue;
+            };
+            if let Some(tracker) = context.tracker() {
+                tracker
+                    .transition(|lifecycle| lifecycle.forwarding(&endpoint.name, &endpoint.group));
+            }
+            for attempt in 1..=max_attempts {
+                let sent_at = SystemTime::now();
+                let sent = Instant::now();
+                let result = self.attempt(context, &endpoint).await;
+                let duration = sent.elapsed();
+                let verdict = self.judge(context, &endpoint, &result, sent_at, duration);
+                let effects = verdict.effects(AttemptBudget {
+                    attempt,
+                    max_attempts,
+                    max_wait: retry.max_delay.get(),
+                });
+                self.signal(context, &endpoint, attempt, &result, &effects, duration);
+                match result {
+                    Ok(upstream) => {
+                        if let NextStep::Relay { fails_with } = effects.next {
+                            let expectation =
+                                fails_with.map_or(Expectation::Success, Expectation::Failure);
+                            return GroupOutcome::Answered(self.relay(
+                                upstream,
+                                &endpoint,
+                                context,
+                                expectation,
+                            ));
+                        }
+                        *last_answer = buffer_answer(upstream, endpoint.timeout).await;
+                    }
+                    Err(error) => *last_error = Some(error),
+                }
+                match effects.next {
+                    NextStep::BackOffAndRetry => self.back_off(attempt).await,
+                    NextStep::WaitAndRetry(wait) => tokio::time::sleep(wait).await,
+                    NextStep::SkipEndpoint(wait) => {
+                        let events = shared
+                            .router()
+                            .block_until(&endpoint.name, Instant::now() + wait);
+                        shared.publish_router(events);
+                        break;
+                    }
+                    NextStep::Relay { .. } | NextStep::NextEndpoint => break,
+                }
+            }
+        }
+        GroupOutcome::Exhausted
+    }
+
+    /// Notes an attempt on the request's trail and returns its verdict. Every upstream answer,
+    /// whatever its class, also feeds the router's quota model (its rate-limit headers) and the
+    /// `fastest` strategy (its latency).
+    fn judge(
+        &self,
+        context: &mut RequestContext,
+        endpoint: &Endpoint,
+        result: &AttemptResult,
+        sent_at: SystemTime,
+        duration: Duration,
+    ) -> AttemptVerdict {
+        let upstream = match result {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                context.record_attempt(failed_attempt(endpoint, sent_at, duration, error));
+                return AttemptVerdict::of_error(error);
+            }
+        };
+        let shared = &self.shared;
+        let quota = crate::ratelimit::quota_observation(upstream.headers(), SystemTime::now());
+        if !quota.is_empty() {
+            shared
+                .router()
+                .record_quota(&endpoint.name, &quota, Instant::now());
+        }
+        context.record_attempt(Attempt {
+            endpoint: endpoint.name.clone(),
+            group: endpoint.group.clone(),
+            started_at: sent_at,
+            duration,
+            outcome: AttemptOutcome::Status {
+                status: upstream.status().as_u16(),
+            },
+        });
+        shared.router().record_latency(&endpoint.name, duration);
+        AttemptVerdict::of_answer(upstream.status(), upstream.headers(), SystemTime::now())
+    }
+
+    /// Applies the effects that are signals: the passive health observation, the metric, the
+    /// log line, the lifecycle's retry reason and waking held requests.
+    fn signal(
+        &self,
+        context: &mut RequestContext,
+        endpoint: &Endpoint,
+        attempt: u32,
+        result: &AttemptResult,
+        effects: &Effects,
+        latency: Duration,
+    ) {
+        let shared = &self.shared;
+        match effects.health {
+            HealthSignal::None => {}
+            HealthSignal::Success => shared.health.record_success(&endpoint.name, latency),
+            HealthSignal::Failure(failure) => shared.health.record_failure(&endpoint.name, failure),
+            HealthSignal::AuthFailed => shared.health.mark_auth_failed(&endpoint.name),
+        }
+        if effects.counts_upstream_failure {
+            shared.metrics.record_upstream_failure(endpoint);
+        }
+        log_attempt(endpoint, attempt, result, effects);
+        if let Some(reason) = effects.retrying {
+            let detail = match result {
+                Ok(upstream) => format!(
+                    "{} answered HTTP {}",
+                    endpoint.name,
+                    upstream.status().as_u16()
+                ),
+                Err(error) => error.to_string(),
+            };
+            context.retrying(reason, &detail);
+        }
+        if effects.wakes_held_requests && shared.suspension.held() > 0 {
+            // A sibling's success may be what a held request waits for.
+            shared.suspension.wake();
+        }
+    }
+
+    /// Sleeps the back-off before attempt `attempt + 1`; cancelled with the request.
+    async fn back_off(&self, attempt: u32) {
+        let current = self.shared.current();
+        let retry = &current.config.retry;
+        let delay = backoff(
+            attempt,
+            retry.base_delay.get(),
+            retry.multiplier,
+            retry.max_delay.get(),
+            rand::random::<f64>(),
+        );
+        debug!(delay_ms = delay.as_millis(), "backing off");
+        tokio::time::sleep(delay).await;
+    }
+
+    /// One attempt on one endpoint: `Ok` as soon as upstream response headers arrive.
+    async fn attempt(&self, context: &RequestContext, endpoint: &Endpoint) -> AttemptResult {
+        self.send_upstream(
+            &context.parts,
+            &context.body,
+            context.is_streaming,
+            endpoint,
+        )
+        .await
+    }
+
+    /// Sends the request to one endpoint: `Ok` as soon as upstream response headers arrive.
+    pub(super) async fn send_upstream(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        is_streaming: bool,
+        endpoint: &Endpoint,
+    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+        let shared = &self.shared;
+        let current = shared.current();
+        let uri = upstream_uri(endpoint, &parts.uri)?;
+        let headers = rewrite_request_headers(&parts.headers, endpoint).map_err(|error| {
+            ProxyError::BadUpstreamUrl {
+                endpoint: endpoint.name.clone(),
+                message: error.to_string(),
+            }
+        })?;
+        let mut upstream_request = Request::new(Full::new(body.clone()));
+        *upstream_request.method_mut() = parts.method.clone();
+        *upstream_request.uri_mut() = uri;
+        *upstream_request.headers_mut() = headers;
+        let header_timeout = if is_streaming {
+            current.config.streaming.response_header_timeout.get()
+        } else {
+            current
+                .config
+                .streaming
+                .response_header_timeout
+                .get()
+                .min(endpoint.timeout)
+        };
+        debug!(endpoint = %endpoint.name, group = %endpoint.group, "forwarding");
+        let sent = Instant::now();
+        match tokio::time::timeout(header_timeout, current.client.request(upstream_request)).await {
+            Ok(Ok(response)) => {
+                shared.metrics.record_header_latency(sent.elapsed());
+                Ok(response)
+            }
+            Ok(Err(error)) => Err(ProxyError::Connect {
+                endpoint: endpoint.name.clone(),
+                source: Box::new(error),
+            }),
+            Err(_elapsed) => Err(ProxyError::HeaderTimeout {
+                endpoint: endpoint.name.clone(),
+                timeout: header_timeout,
+            }),
+        }
+    }
+}
+
+/// The trail entry of an attempt that got no answer.
+fn failed_attempt(
+    endpoint: &Endpoint,
+    started_at: SystemTime,
+    duration: Duration,
+    error: &ProxyError,
+) -> Attempt {
+    let outcome = match error {
+        ProxyError::HeaderTimeout { .. } => AttemptOutcome::HeaderTimeout,
+        other => AttemptOutcome::ConnectError {
+            message: other.to_string(),
+        },
+    };
+    Attempt {
+        endpoint: endpoint.name.clone(),
+        group: endpoint.group.clone(),
+        started_at,
+        duration,
+        outcome,
+    }
+}
+
+/// Logs an attempt as its effects say: the policy's message, with the status or the error and
+/// the wait the next step takes.
+fn log_attempt(endpoint: &Endpoint, attempt: u32, result: &AttemptResult, effects: &Effects) {
+    let Some((level, message)) = effects.log else {
+        return;
+    };
+    let (status, error) = match result {
+        Ok(upstream) => (Some(upstream.status().as_u16()), String::new()),
+        Err(error) => (None, format!(": {error}")),
+    };
+    let wait_ms = match effects.next {
+        NextStep::WaitAndRetry(wait) | NextStep::SkipEndpoint(wait) => Some(wait.as_millis()),
+        _ => None,
+    };
+    match level {
+        LogLevel::Info => {
+            info!(endpoint = %endpoint.name, status, attempt, wait_ms, "{message}{error}");
+        }
+        LogLevel::Warn => {
+            warn!(endpoint = %endpoint.name, status, attempt, wait_ms, "{message}{error}");
+        }
+    }
+}
+
+/// Reads an upstream answer whole (bounded), so it can be relayed later; `None` when the body
+/// is too large or broken (the connection is dropped with it).
+async fn buffer_answer(
+    upstream: Response<hyper::body::Incoming>,
+    timeout: Duration,
+) -> Option<BufferedAnswer> {
+    let (mut parts, body) = upstream.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    let collected = tokio::time::timeout(
+        timeout,
+        Limited::new(body, MAX_BUFFERED_ERROR_BODY).collect(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(BufferedAnswer {
+        parts,
+        body: collected.to_bytes(),
+    })
+}
+
+/// `endpoint.url` + request path + query; the endpoint URL may carry a path prefix.
+fn upstream_uri(endpoint: &Endpoint, request_uri: &Uri) -> Result<Uri, ProxyError> {
+    if endpoint.url.query().is_some() {
+        return Err(ProxyError::BadUpstreamUrl {
+            endpoint: endpoint.name.clone(),
+            message: "the endpoint url must not carry a query string".into(),
+        });
+    }
+    // Without user info: it must not reach the pool key, which hyper-util logs at TRACE.
+    let base = endpoint.request_base();
+    let path_and_query = request_uri
+        .path_and_query()
+        .map_or("/", |path_and_query| path_and_query.as_str());
+    format!("{base}{path_and_query}")
+        .parse()
+        .map_err(|error: http::uri::InvalidUri| ProxyError::BadUpstreamUrl {
+            endpoint: endpoint.name.clone(),
+            message: error.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(url: &str) -> Endpoint {
+        Endpoint {
+            name: "e".into(),
+            url: url::Url::parse(url).unwrap(),
+            priority: 0,
+            group: "g".into(),
+            group_priority: 1,
+            token: None,
+            api_key: None,
+            timeout: Duration::from_secs(1),
+            headers: vec![],
+            supports_count_tokens: false,
+        }
+    }
+
+    #[test]
+    fn joins_base_path_prefix_request_path_and_query() {
+        let check = |base: &str, request: &str, expected: &str| {
+            let uri = upstream_uri(&endpoint(base), &request.parse().unwrap()).unwrap();
+            assert_eq!(uri.to_string(), expected, "{base} + {request}");
+        };
+        check(
+            "https://api.anthropic.com",
+            "/v1/messages",
+            "https://api.anthropic.com/v1/messages",
+        );
+        check(
+            "https://relay.example/api",
+            "/v1/messages?beta=true",
+            "https://relay.example/api/v1/messages?beta=true",
+        );
+        check(
+            "https://relay.example/api/",
+            "/v1/models",
+            "https://relay.example/api/v1/models",
+        );
+        check("http://127.0.0.1:9000", "/", "http://127.0.0.1:9000/");
+    }
+}

@@ -1,0 +1,97 @@
+//! `POST /v1/messages/count_tokens` with `token_counting.enabled`: answered beside the phases,
+//! without a routing round. The first `200` of the healthy endpoints that support it (routing
+//! order) is relayed verbatim; otherwise the local estimate (`ccf_tokens`) answers, marked with
+//! `x-token-estimation: true`. Not billed, so not tracked: no lifecycle, no retry policy, no
+//! health observations.
+//!
+//! It must not know the retry policy or the request's lifecycle; it only borrows the plan and
+//! the upstream send of the forward phase.
+
+use bytes::Bytes;
+use ccf_config::Config;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use tracing::{debug, info};
+
+use super::Forwarder;
+use crate::body::{full_body, ProxyBody};
+use crate::error::anthropic_error_response;
+use crate::headers::remove_hop_by_hop;
+
+/// The token counting path answered by the forwarder.
+const COUNT_TOKENS_PATH: &str = "/v1/messages/count_tokens";
+
+/// Whether this request is a token count the forwarder answers itself.
+pub(super) fn answers(config: &Config, parts: &http::request::Parts) -> bool {
+    config.token_counting.enabled
+        && parts.method == http::Method::POST
+        && parts.uri.path() == COUNT_TOKENS_PATH
+}
+
+impl Forwarder {
+    /// Answers a token count: a supporting healthy endpoint's `200`, else the local estimate.
+    pub(super) async fn count_tokens(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Response<ProxyBody> {
+        let shared = &self.shared;
+        let current = shared.current();
+        let plan = shared.plan();
+        for planned in plan.endpoints.iter().filter(|planned| planned.healthy) {
+            let Some(endpoint) = current.endpoint(&planned.name) else {
+                continue;
+            };
+            if !endpoint.supports_count_tokens {
+                continue;
+            }
+            match self.send_upstream(parts, body, false, &endpoint).await {
+                Ok(response) if response.status() == StatusCode::OK => {
+                    info!(endpoint = %endpoint.name, "count_tokens answered by upstream");
+                    shared
+                        .metrics
+                        .record_request(&endpoint.name, StatusCode::OK);
+                    let (mut response_parts, upstream_body) = response.into_parts();
+                    remove_hop_by_hop(&mut response_parts.headers);
+                    return Response::from_parts(
+                        response_parts,
+                        upstream_body.map_err(Into::into).boxed_unsync(),
+                    );
+                }
+                Ok(response) => {
+                    debug!(endpoint = %endpoint.name, status = response.status().as_u16(), "count_tokens refused: next endpoint");
+                }
+                Err(error) => debug!(endpoint = %endpoint.name, "count_tokens failed: {error}"),
+            }
+        }
+        match ccf_tokens::estimate_input_tokens(
+            body,
+            current.config.token_counting.estimation_ratio,
+        ) {
+            Ok(tokens) => {
+                info!(input_tokens = tokens, "count_tokens estimated locally");
+                shared.metrics.record_request("", StatusCode::OK);
+                let mut response = Response::new(full_body(
+                    serde_json::json!({ "input_tokens": tokens }).to_string(),
+                ));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response.headers_mut().insert(
+                    http::HeaderName::from_static("x-token-estimation"),
+                    HeaderValue::from_static("true"),
+                );
+                response
+            }
+            Err(error) => {
+                shared.metrics.record_request("", StatusCode::BAD_REQUEST);
+                anthropic_error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    &format!("cannot count tokens: {error}"),
+                )
+            }
+        }
+    }
+}

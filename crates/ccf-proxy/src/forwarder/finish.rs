@@ -1,0 +1,273 @@
+//! Phases 5 and 6, relay and finish: the chosen upstream answer goes to the client with its
+//! frames untouched (`body::RelayBody`: idle and total timeouts, SSE error event on a cut), and
+//! [`RequestFinisher`] watches the body: it feeds every frame to the usage tap and the honesty
+//! watch, and when the body ends, fails or the client leaves it finishes the request's
+//! lifecycle exactly once, records the session's turn and folds the honesty check into routing.
+//!
+//! It must not know how the answer was chosen (routing, retries): it gets one upstream answer and
+//! what it means for the request ([`Expectation`]).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use ccf_config::Endpoint;
+use ccf_lifecycle::FailureReason;
+use ccf_tokens::BodyTap;
+use http::{header, Response, StatusCode};
+use http_body_util::BodyExt;
+use tracing::{debug, info, warn};
+
+use super::{Forwarder, RequestContext};
+use crate::body::{ProxyBody, RelayBody, RelayEnd, RelayObserver, RelayOptions};
+use crate::headers::remove_hop_by_hop;
+use crate::honesty::HonestyWatch;
+use crate::monitoring;
+use crate::tracking::Tracker;
+
+/// What a relayed answer means for the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expectation {
+    /// A success: the request completes when the body ends well.
+    Success,
+    /// A final upstream error relayed verbatim: the request fails with this reason.
+    Failure(FailureReason),
+}
+
+impl Forwarder {
+    /// Hands the upstream answer to the client, frames untouched; the request's lifecycle moves
+    /// into the body's observer, which reads usage from the frames and finishes the request when
+    /// the body ends.
+    pub(super) fn relay(
+        &self,
+        upstream: Response<hyper::body::Incoming>,
+        endpoint: &Endpoint,
+        context: &mut RequestContext,
+        expectation: Expectation,
+    ) -> Response<ProxyBody> {
+        let shared = &self.shared;
+        let current = shared.current();
+        let (mut parts, body) = upstream.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        let status = parts.status;
+        info!(endpoint = %endpoint.name, group = %endpoint.group, status = status.as_u16(), attempts = context.attempt_count, "upstream answered");
+        shared.metrics.record_request(&endpoint.name, status);
+        let header_text = |name: header::HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header_text(header::CONTENT_TYPE);
+        let content_encoding = header_text(header::CONTENT_ENCODING);
+        let is_event_stream = content_type
+            .as_deref()
+            .is_some_and(|content_type| content_type.starts_with("text/event-stream"));
+        let options = RelayOptions {
+            idle_limit: Some(current.config.streaming.max_idle_time.get()).filter(|d| !d.is_zero()),
+            total_limit: (!context.is_streaming)
+                .then(|| endpoint.timeout.saturating_sub(context.started.elapsed())),
+            sse_error_event: status.is_success() && is_event_stream,
+        };
+        let mut tracker = context.tracker.take();
+        if let Some(tracker) = tracker.as_mut() {
+            let time_to_first_byte = context.started.elapsed();
+            tracker
+                .transition(|lifecycle| lifecycle.processing(status.as_u16(), time_to_first_byte));
+        }
+        let honesty = context
+            .honesty
+            .take()
+            .filter(|_| expectation == Expectation::Success)
+            .map(|mut watch| {
+                watch.watch_answer(is_event_stream, content_encoding.as_deref());
+                (watch, self.clone())
+            });
+        let turn = (expectation == Expectation::Success)
+            .then(|| self.session_turn(endpoint, context, &mut tracker));
+        let observer = RequestFinisher {
+            tracker,
+            turn,
+            honesty,
+            tap: BodyTap::new(content_type.as_deref(), content_encoding.as_deref()),
+            expectation,
+            status,
+            endpoint: endpoint.name.clone(),
+            body_bytes: 0,
+            span: tracing::Span::current(),
+            _in_flight: context.in_flight.take(),
+        };
+        let relay = RelayBody::new(body, options, Box::new(observer));
+        Response::from_parts(parts, relay.boxed_unsync())
+    }
+
+    /// A success from `endpoint` is relayed: binds the request's session there (noting a move
+    /// on the request) and returns what records the turn's tokens when the body ends.
+    fn session_turn(
+        &self,
+        endpoint: &Endpoint,
+        context: &RequestContext,
+        tracker: &mut Option<Tracker>,
+    ) -> crate::session::TurnRecorder {
+        let session = context.session;
+        if let Some(session) = &session {
+            let moved =
+                self.shared
+                    .router()
+                    .session_served(session, &endpoint.name, Instant::now());
+            if let Some(moved) = moved {
+                info!(session = %moved.session, from = %moved.from, to = %moved.to, "session affinity moved");
+                if let Some(tracker) = tracker.as_mut() {
+                    tracker.update(|lifecycle| lifecycle.affinity_moved(&moved.from));
+                }
+            }
+        }
+        let held = context.decision.held
+            && context.decision.preferred.as_deref() == Some(endpoint.name.as_str());
+        let forwarder = self.clone();
+        let name = endpoint.name.clone();
+        crate::session::TurnRecorder::new(move |model, tokens| {
+            forwarder
+                .shared
+                .router()
+                .record_turn(session.as_ref(), &name, model, tokens, held);
+        })
+    }
+
+    /// Folds a successful answer's honesty check into the scores and applies the demotions it
+    /// causes to routing.
+    fn record_honesty(&self, endpoint: &str, check: ccf_router::honesty::HonestyCheck) {
+        let shared = &self.shared;
+        let current = shared.current();
+        shared
+            .honesty
+            .record_check(&current.config, &shared.metrics, endpoint, check);
+        // Every endpoint's state, not only what this check changed: a configuration reload may
+        // have rebuilt an endpoint's routing state since it was demoted. Only real changes make
+        // events.
+        let demotions = shared.honesty.demotions();
+        let mut events = Vec::new();
+        {
+            let mut router = shared.router();
+            for (name, demoted) in demotions {
+                events.extend(router.set_demoted(&name, demoted));
+            }
+        }
+        shared.publish_router(events);
+    }
+}
+
+/// Watches a relayed body: feeds every frame to the usage tap and finishes the request's
+/// lifecycle, exactly once, when the body ends, fails or the client leaves.
+struct RequestFinisher {
+    tracker: Option<Tracker>,
+    /// The honesty watch of a successful answer, and the engine to report it to.
+    honesty: Option<(HonestyWatch, Forwarder)>,
+    /// Records a successful turn's tokens for session affinity.
+    turn: Option<crate::session::TurnRecorder>,
+    tap: BodyTap,
+    expectation: Expectation,
+    status: StatusCode,
+    endpoint: String,
+    body_bytes: u64,
+    span: tracing::Span,
+    _in_flight: Option<monitoring::InFlightGuard>,
+}
+
+impl RelayObserver for RequestFinisher {
+    fn on_data(&mut self, data: &Bytes) {
+        self.body_bytes += data.len() as u64;
+        self.tap.feed(data);
+        if let Some((watch, _)) = self.honesty.as_mut() {
+            watch.on_data(data);
+        }
+    }
+
+    fn on_end(self: Box<Self>, end: RelayEnd) {
+        let RequestFinisher {
+            tracker,
+            turn,
+            honesty,
+            tap,
+            expectation,
+            status,
+            endpoint,
+            body_bytes,
+            span,
+            _in_flight,
+        } = *self;
+        let _entered = span.enter();
+        let extraction = tap.finish();
+        for diagnostic in &extraction.diagnostics {
+            debug!(endpoint = %endpoint, "usage parsing: {diagnostic}");
+        }
+        if let (Some(turn), RelayEnd::Complete) = (turn, &end) {
+            turn.finish(extraction.model.as_deref(), extraction.usage.as_ref());
+        }
+        let Some(mut tracker) = tracker else { return };
+        tracker.observe(
+            extraction.model.as_deref(),
+            extraction.usage.clone(),
+            extraction.partial,
+        );
+        let status_code = status.as_u16();
+        match (expectation, end) {
+            (_, RelayEnd::ClientGone) => {
+                info!(endpoint = %endpoint, body_bytes, "client disconnected; upstream request cancelled");
+                tracker.finish(|lifecycle, now| lifecycle.cancel("client disconnected", now));
+            }
+            (Expectation::Failure(reason), _) => {
+                let detail = match &extraction.error {
+                    Some(error) => format!(
+                        "HTTP {status_code}: {}: {}",
+                        error.error_type, error.message
+                    ),
+                    None => format!("HTTP {status_code}"),
+                };
+                tracker.finish(|lifecycle, now| {
+                    lifecycle.fail(reason, &detail, Some(status_code), now)
+                });
+            }
+            (Expectation::Success, RelayEnd::Complete) => match &extraction.error {
+                // An SSE `error` event: the stream started well and then failed upstream.
+                Some(error) => {
+                    let reason = if error.error_type == "rate_limit_error" {
+                        FailureReason::RateLimited
+                    } else {
+                        FailureReason::StreamError
+                    };
+                    let detail = format!("{}: {}", error.error_type, error.message);
+                    warn!(endpoint = %endpoint, "stream ended with an error event: {detail}");
+                    tracker.finish(|lifecycle, now| lifecycle.fail(reason, &detail, None, now));
+                }
+                None => {
+                    if let Some((watch, forwarder)) = honesty {
+                        forwarder.record_honesty(&endpoint, watch.finish(&extraction));
+                    }
+                    tracker.finish(|lifecycle, now| lifecycle.complete(now));
+                }
+            },
+            (Expectation::Success, other) => {
+                let (reason, detail) = match other {
+                    RelayEnd::IdleTimeout(limit) => (
+                        FailureReason::Timeout,
+                        format!("upstream sent no data for {limit:?}"),
+                    ),
+                    RelayEnd::DeadlineExceeded(limit) => (
+                        FailureReason::Timeout,
+                        format!("response exceeded the {limit:?} total timeout"),
+                    ),
+                    RelayEnd::UpstreamError(error) => (
+                        FailureReason::StreamError,
+                        format!("upstream connection failed mid-body: {error}"),
+                    ),
+                    RelayEnd::Complete | RelayEnd::ClientGone => {
+                        (FailureReason::UnknownError, String::new())
+                    }
+                };
+                warn!(endpoint = %endpoint, body_bytes, "response cut: {detail}");
+                tracker.finish(|lifecycle, now| lifecycle.fail(reason, &detail, None, now));
+            }
+        }
+    }
+}

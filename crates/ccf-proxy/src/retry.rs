@@ -1,0 +1,485 @@
+//! The retry policy, in one place: what follows from one attempt's result. An attempt ends as an
+//! [`AttemptVerdict`] (its class: the status class of [`crate::classify`] for an answer, or the
+//! kind of error when no answer came), and the verdict says, through [`AttemptVerdict::effects`],
+//! everything that follows: the passive health signal, what the request's lifecycle notes, the
+//! metric, the log line and the next step. The forward phase (`forwarder/attempts.rs`) only
+//! applies these [`Effects`] in a fixed order; it never decides.
+//!
+//! | verdict | health signal | lifecycle | metric | next step (attempts left on the endpoint) | next step (its last attempt) |
+//! |---|---|---|---|---|---|
+//! | `Success` (2xx, 3xx) | success | completes when the body ends | - | relay; wake held requests | same |
+//! | `Final` (any other status) | success | fails `http_error` when the body ends | - | relay verbatim | same |
+//! | `ServerError` (500, 502, 503, 504, 520-525, 529) | failure `server_error(status)` | retrying `server_error` | - | back off, same endpoint | next endpoint |
+//! | `RateLimited`, wait known and at most `retry.max_delay` | success | retrying `rate_limited` | - | wait as asked, same endpoint | skip the endpoint until its reset, next endpoint |
+//! | `RateLimited`, wait known and longer | success | retrying `rate_limited` | - | skip the endpoint until its reset, next endpoint | same |
+//! | `RateLimited`, no wait given | success | retrying `rate_limited` | - | back off, same endpoint | next endpoint |
+//! | `CredentialsRefused` (401, 403) | auth failed (only a passing health probe clears it) | retrying `auth_error` | - | next endpoint | same |
+//! | `ConnectFailed` (connect error, reset before the headers) | failure `connect` | retrying `network_error` | `ccf_upstream_failures_total` | back off, same endpoint | next endpoint |
+//! | `HeaderTimeout` (no headers within the response-header timeout) | failure `timeout` | retrying `timeout` | `ccf_upstream_failures_total` | back off, same endpoint | next endpoint |
+//! | `Unsendable` (the request cannot be built for this endpoint) | - | - | - | next endpoint | same |
+//!
+//! An answer that is not relayed is kept (bounded) as the request's last answer, an error as its
+//! last error: when every candidate fails, the final failure relays the last answer verbatim.
+//! docs/routing.md ("What happens after each attempt") is the user's version of this table.
+//!
+//! Pure: no IO, no clock, no configuration reading; the attempt's budget is passed in.
+
+use std::time::{Duration, SystemTime};
+
+use ccf_health::PassiveFailure;
+use ccf_lifecycle::FailureReason;
+use http::{HeaderMap, StatusCode};
+
+use crate::classify::{classify_status, AttemptClass};
+use crate::error::ProxyError;
+
+/// The class of one attempt's result, as far as the retry policy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttemptVerdict {
+    /// The upstream accepted the request (2xx, 3xx).
+    Success,
+    /// The upstream judged the request itself (4xx but 401, 403, 429; unusual 5xx).
+    Final,
+    /// A transient upstream error with this status.
+    ServerError {
+        /// The status, for the health signal.
+        status: u16,
+    },
+    /// 429; `retry_after` is the wait the upstream asked for, when it said.
+    RateLimited {
+        /// From `retry-after` or the earliest `anthropic-ratelimit-*-reset`.
+        retry_after: Option<Duration>,
+    },
+    /// 401 or 403: the endpoint refused our credentials.
+    CredentialsRefused,
+    /// No answer: the connection failed or broke before the response headers.
+    ConnectFailed,
+    /// No response headers within the response-header timeout.
+    HeaderTimeout,
+    /// The request could not be built for this endpoint (its URL or a configured header).
+    Unsendable,
+}
+
+/// What an attempt may still do on its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttemptBudget {
+    /// This attempt's number on its endpoint, from 1.
+    pub(crate) attempt: u32,
+    /// `retry.max_attempts` (at least 1).
+    pub(crate) max_attempts: u32,
+    /// `retry.max_delay`: the longest rate-limit wait honoured in place.
+    pub(crate) max_wait: Duration,
+}
+
+impl AttemptBudget {
+    fn attempts_left(&self) -> bool {
+        self.attempt < self.max_attempts
+    }
+}
+
+/// The passive health observation an attempt makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HealthSignal {
+    /// Nothing is observed.
+    None,
+    /// The endpoint answered (with the attempt's latency).
+    Success,
+    /// A failure towards the passive threshold.
+    Failure(PassiveFailure),
+    /// The endpoint refused its credentials: unhealthy until a health probe passes.
+    AuthFailed,
+}
+
+/// What the request does after the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NextStep {
+    /// Relay this answer to the client. The request completes when the body ends well, or fails
+    /// with `fails_with` (a final upstream error relayed verbatim).
+    Relay {
+        /// The lifecycle's failure reason for a relayed error answer.
+        fails_with: Option<FailureReason>,
+    },
+    /// Sleep the back-off, then try the same endpoint again.
+    BackOffAndRetry,
+    /// Sleep the wait the upstream asked for, then try the same endpoint again.
+    WaitAndRetry(Duration),
+    /// Skip the endpoint for this long (its rate-limit reset) and move to the next one.
+    SkipEndpoint(Duration),
+    /// Move to the next endpoint at once.
+    NextEndpoint,
+}
+
+/// How loudly an attempt is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogLevel {
+    /// Expected, handled as asked (rate limits).
+    Info,
+    /// A failure worth an operator's look.
+    Warn,
+}
+
+/// Everything that follows from one attempt, applied by the forward phase in this order:
+/// health, metric, log, lifecycle, waking held requests, then relaying or keeping the answer
+/// (or error), then the next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Effects {
+    /// The passive health observation.
+    pub(crate) health: HealthSignal,
+    /// Counted in `ccf_upstream_failures_total` (the attempt got no answer).
+    pub(crate) counts_upstream_failure: bool,
+    /// The log line, when the attempt is logged here (a relayed answer is logged by the relay).
+    pub(crate) log: Option<(LogLevel, &'static str)>,
+    /// The request goes on: the lifecycle notes it as retrying for this reason.
+    pub(crate) retrying: Option<FailureReason>,
+    /// A success may be what a held request waits for: wake them.
+    pub(crate) wakes_held_requests: bool,
+    /// What the request does next.
+    pub(crate) next: NextStep,
+}
+
+impl AttemptVerdict {
+    /// The verdict on an upstream answer (status and headers; `now` reads rate-limit resets).
+    pub(crate) fn of_answer(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Self {
+        match classify_status(status, headers, now) {
+            AttemptClass::Success => AttemptVerdict::Success,
+            AttemptClass::Final => AttemptVerdict::Final,
+            AttemptClass::Retry => AttemptVerdict::ServerError {
+                status: status.as_u16(),
+            },
+            AttemptClass::RateLimited { retry_after } => {
+                AttemptVerdict::RateLimited { retry_after }
+            }
+            AttemptClass::NextEndpoint => AttemptVerdict::CredentialsRefused,
+        }
+    }
+
+    /// The verdict on an attempt that got no answer.
+    pub(crate) fn of_error(error: &ProxyError) -> Self {
+        if !error.is_retryable() {
+            AttemptVerdict::Unsendable
+        } else if matches!(error, ProxyError::HeaderTimeout { .. }) {
+            AttemptVerdict::HeaderTimeout
+        } else {
+            AttemptVerdict::ConnectFailed
+        }
+    }
+
+    /// Everything that follows from this verdict, given what the attempt may still do.
+    pub(crate) fn effects(self, budget: AttemptBudget) -> Effects {
+        let left = budget.attempts_left();
+        // Back off and retry the same endpoint while attempts are left, else move on.
+        let retry_or_move_on = if left {
+            NextStep::BackOffAndRetry
+        } else {
+            NextStep::NextEndpoint
+        };
+        let quiet = Effects {
+            health: HealthSignal::None,
+            counts_upstream_failure: false,
+            log: None,
+            retrying: None,
+            wakes_held_requests: false,
+            next: NextStep::NextEndpoint,
+        };
+        match self {
+            AttemptVerdict::Success => Effects {
+                health: HealthSignal::Success,
+                wakes_held_requests: true,
+                next: NextStep::Relay { fails_with: None },
+                ..quiet
+            },
+            AttemptVerdict::Final => Effects {
+                health: HealthSignal::Success,
+                next: NextStep::Relay {
+                    fails_with: Some(FailureReason::HttpError),
+                },
+                ..quiet
+            },
+            AttemptVerdict::ServerError { status } => Effects {
+                health: HealthSignal::Failure(PassiveFailure::ServerError(status)),
+                log: Some((LogLevel::Warn, "upstream error")),
+                retrying: Some(FailureReason::ServerError),
+                next: retry_or_move_on,
+                ..quiet
+            },
+            AttemptVerdict::RateLimited { retry_after } => {
+                let (log, next) = match retry_after {
+                    Some(wait) if wait <= budget.max_wait && left => (
+                        Some((LogLevel::Info, "rate limited: waiting as asked")),
+                        NextStep::WaitAndRetry(wait),
+                    ),
+                    Some(wait) => (
+                        Some((
+                            LogLevel::Info,
+                            "rate limited: endpoint skipped until its reset",
+                        )),
+                        NextStep::SkipEndpoint(wait),
+                    ),
+                    None => (None, retry_or_move_on),
+                };
+                Effects {
+                    health: HealthSignal::Success,
+                    log,
+                    retrying: Some(FailureReason::RateLimited),
+                    next,
+                    ..quiet
+                }
+            }
+            AttemptVerdict::CredentialsRefused => Effects {
+                health: HealthSignal::AuthFailed,
+                log: Some((
+                    LogLevel::Warn,
+                    "endpoint refused its credentials: next endpoint",
+                )),
+                retrying: Some(FailureReason::AuthError),
+                ..quiet
+            },
+            AttemptVerdict::ConnectFailed => Effects {
+                health: HealthSignal::Failure(PassiveFailure::Connect),
+                counts_upstream_failure: true,
+                log: Some((LogLevel::Warn, "attempt failed")),
+                retrying: Some(FailureReason::NetworkError),
+                next: retry_or_move_on,
+                ..quiet
+            },
+            AttemptVerdict::HeaderTimeout => Effects {
+                health: HealthSignal::Failure(PassiveFailure::Timeout),
+                counts_upstream_failure: true,
+                log: Some((LogLevel::Warn, "attempt failed")),
+                retrying: Some(FailureReason::Timeout),
+                next: retry_or_move_on,
+                ..quiet
+            },
+            AttemptVerdict::Unsendable => Effects {
+                log: Some((LogLevel::Warn, "attempt impossible")),
+                ..quiet
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX_WAIT: Duration = Duration::from_secs(10);
+
+    /// One row of the table in the module docs: health | lifecycle | metric | log | next.
+    fn row(effects: Effects) -> String {
+        let health = match effects.health {
+            HealthSignal::None => "-".to_string(),
+            HealthSignal::Success => "success".to_string(),
+            HealthSignal::Failure(PassiveFailure::Connect) => "failure connect".to_string(),
+            HealthSignal::Failure(PassiveFailure::Timeout) => "failure timeout".to_string(),
+            HealthSignal::Failure(PassiveFailure::ServerError(status)) => {
+                format!("failure server_error({status})")
+            }
+            HealthSignal::AuthFailed => "auth failed".to_string(),
+        };
+        let lifecycle = match (effects.retrying, effects.next) {
+            (Some(reason), _) => format!("retrying {}", reason.as_str()),
+            (None, NextStep::Relay { fails_with: None }) => "completes".to_string(),
+            (
+                None,
+                NextStep::Relay {
+                    fails_with: Some(reason),
+                },
+            ) => format!("fails {}", reason.as_str()),
+            (None, _) => "-".to_string(),
+        };
+        let metric = if effects.counts_upstream_failure {
+            "ccf_upstream_failures_total"
+        } else {
+            "-"
+        };
+        let log = match effects.log {
+            None => "-".to_string(),
+            Some((LogLevel::Info, message)) => format!("info: {message}"),
+            Some((LogLevel::Warn, message)) => format!("warn: {message}"),
+        };
+        let next = match effects.next {
+            NextStep::Relay { .. } => "relay".to_string(),
+            NextStep::BackOffAndRetry => "back off, same endpoint".to_string(),
+            NextStep::WaitAndRetry(wait) => format!("wait {}s, same endpoint", wait.as_secs()),
+            NextStep::SkipEndpoint(wait) => format!("skip endpoint {}s, next", wait.as_secs()),
+            NextStep::NextEndpoint => "next endpoint".to_string(),
+        };
+        let wake = if effects.wakes_held_requests {
+            "; wake held"
+        } else {
+            ""
+        };
+        format!("{health} | {lifecycle} | {metric} | {log} | {next}{wake}")
+    }
+
+    /// `verdict`'s effects with attempts left on the endpoint (attempt 1 of 3) and on its last
+    /// attempt (3 of 3).
+    fn check(verdict: AttemptVerdict, with_attempts_left: &str, on_last_attempt: &str) {
+        for (attempt, expected) in [(1, with_attempts_left), (3, on_last_attempt)] {
+            let budget = AttemptBudget {
+                attempt,
+                max_attempts: 3,
+                max_wait: MAX_WAIT,
+            };
+            assert_eq!(
+                row(verdict.effects(budget)),
+                expected,
+                "{verdict:?}, attempt {attempt} of 3"
+            );
+        }
+    }
+
+    #[test]
+    fn every_verdict_has_the_effects_of_its_table_row() {
+        use AttemptVerdict::*;
+        check(
+            Success,
+            "success | completes | - | - | relay; wake held",
+            "success | completes | - | - | relay; wake held",
+        );
+        check(
+            Final,
+            "success | fails http_error | - | - | relay",
+            "success | fails http_error | - | - | relay",
+        );
+        check(
+            ServerError { status: 503 },
+            "failure server_error(503) | retrying server_error | - | warn: upstream error | back off, same endpoint",
+            "failure server_error(503) | retrying server_error | - | warn: upstream error | next endpoint",
+        );
+        check(
+            RateLimited {
+                retry_after: Some(Duration::from_secs(7)),
+            },
+            "success | retrying rate_limited | - | info: rate limited: waiting as asked | wait 7s, same endpoint",
+            "success | retrying rate_limited | - | info: rate limited: endpoint skipped until its reset | skip endpoint 7s, next",
+        );
+        check(
+            RateLimited {
+                retry_after: Some(MAX_WAIT),
+            },
+            "success | retrying rate_limited | - | info: rate limited: waiting as asked | wait 10s, same endpoint",
+            "success | retrying rate_limited | - | info: rate limited: endpoint skipped until its reset | skip endpoint 10s, next",
+        );
+        check(
+            RateLimited {
+                retry_after: Some(MAX_WAIT + Duration::from_secs(1)),
+            },
+            "success | retrying rate_limited | - | info: rate limited: endpoint skipped until its reset | skip endpoint 11s, next",
+            "success | retrying rate_limited | - | info: rate limited: endpoint skipped until its reset | skip endpoint 11s, next",
+        );
+        check(
+            RateLimited { retry_after: None },
+            "success | retrying rate_limited | - | - | back off, same endpoint",
+            "success | retrying rate_limited | - | - | next endpoint",
+        );
+        check(
+            CredentialsRefused,
+            "auth failed | retrying auth_error | - | warn: endpoint refused its credentials: next endpoint | next endpoint",
+            "auth failed | retrying auth_error | - | warn: endpoint refused its credentials: next endpoint | next endpoint",
+        );
+        check(
+            ConnectFailed,
+            "failure connect | retrying network_error | ccf_upstream_failures_total | warn: attempt failed | back off, same endpoint",
+            "failure connect | retrying network_error | ccf_upstream_failures_total | warn: attempt failed | next endpoint",
+        );
+        check(
+            HeaderTimeout,
+            "failure timeout | retrying timeout | ccf_upstream_failures_total | warn: attempt failed | back off, same endpoint",
+            "failure timeout | retrying timeout | ccf_upstream_failures_total | warn: attempt failed | next endpoint",
+        );
+        check(
+            Unsendable,
+            "- | - | - | warn: attempt impossible | next endpoint",
+            "- | - | - | warn: attempt impossible | next endpoint",
+        );
+    }
+
+    #[test]
+    fn a_single_attempt_never_waits_or_backs_off() {
+        let budget = AttemptBudget {
+            attempt: 1,
+            max_attempts: 1,
+            max_wait: MAX_WAIT,
+        };
+        assert_eq!(
+            AttemptVerdict::RateLimited {
+                retry_after: Some(Duration::from_secs(1))
+            }
+            .effects(budget)
+            .next,
+            NextStep::SkipEndpoint(Duration::from_secs(1))
+        );
+        for verdict in [
+            AttemptVerdict::ServerError { status: 500 },
+            AttemptVerdict::RateLimited { retry_after: None },
+            AttemptVerdict::ConnectFailed,
+            AttemptVerdict::HeaderTimeout,
+        ] {
+            assert_eq!(
+                verdict.effects(budget).next,
+                NextStep::NextEndpoint,
+                "{verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_and_errors_get_their_verdicts() {
+        let now = SystemTime::UNIX_EPOCH;
+        let check = |status: u16, expected: AttemptVerdict| {
+            let status = StatusCode::from_u16(status).expect("valid status");
+            assert_eq!(
+                AttemptVerdict::of_answer(status, &HeaderMap::new(), now),
+                expected,
+                "{status}"
+            );
+        };
+        check(200, AttemptVerdict::Success);
+        check(304, AttemptVerdict::Success);
+        check(400, AttemptVerdict::Final);
+        check(501, AttemptVerdict::Final);
+        check(529, AttemptVerdict::ServerError { status: 529 });
+        check(429, AttemptVerdict::RateLimited { retry_after: None });
+        check(401, AttemptVerdict::CredentialsRefused);
+        check(403, AttemptVerdict::CredentialsRefused);
+
+        let timeout = ProxyError::HeaderTimeout {
+            endpoint: "e".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(
+            AttemptVerdict::of_error(&timeout),
+            AttemptVerdict::HeaderTimeout
+        );
+        let bad_url = ProxyError::BadUpstreamUrl {
+            endpoint: "e".into(),
+            message: "query".into(),
+        };
+        assert_eq!(
+            AttemptVerdict::of_error(&bad_url),
+            AttemptVerdict::Unsendable
+        );
+    }
+
+    #[test]
+    fn only_relayed_verdicts_relay_and_only_answers_are_relayed() {
+        for verdict in [
+            AttemptVerdict::ConnectFailed,
+            AttemptVerdict::HeaderTimeout,
+            AttemptVerdict::Unsendable,
+        ] {
+            for attempt in 1..=3 {
+                let effects = verdict.effects(AttemptBudget {
+                    attempt,
+                    max_attempts: 3,
+                    max_wait: MAX_WAIT,
+                });
+                assert!(
+                    !matches!(effects.next, NextStep::Relay { .. }),
+                    "{verdict:?} has no answer to relay"
+                );
+            }
+        }
+    }
+}
