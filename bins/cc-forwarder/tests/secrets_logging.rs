@@ -14,8 +14,7 @@
 // Test helpers outside `#[test]` functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../../tests/tests/secrets/credentials.rs"]
-mod credentials;
+use ccf_testkit::secret_markers as credentials;
 
 use std::io::Read;
 use std::path::Path;

@@ -29,6 +29,7 @@ pub mod prerequisite;
 mod raw;
 mod render;
 mod reply;
+pub mod secret_markers;
 mod server;
 mod tls_proxy;
 

@@ -3,8 +3,8 @@
 //! then back). Clients must never notice; no outcome may be lost; `/health/usage-tracker` must
 //! say what is going on. (A locked SQLite database is covered by `usage_storage.rs`.)
 
-mod faults_common;
-mod support;
+use crate::faults_common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -134,9 +134,10 @@ async fn a_database_deleted_while_running_is_recreated_and_no_outcome_is_lost() 
 /// namespace: there the test mounts its own tmpfs, which no other process sees.
 const IN_PRIVATE_MOUNT_NAMESPACE: &str = "CCF_TEST_IN_PRIVATE_MOUNT_NAMESPACE";
 
-/// The read-only scenario's name: the child runs exactly this test.
+/// The read-only scenario's name as libtest knows it in this binary (`faults_storage::...`): the
+/// child runs exactly this test.
 const READ_ONLY_TEST: &str =
-    "a_read_only_database_is_refused_at_start_with_a_clear_error_and_no_row_is_lost";
+    "faults_storage::a_read_only_database_is_refused_at_start_with_a_clear_error_and_no_row_is_lost";
 
 /// Whether this process runs as uid 0 (for whom file modes stop nothing).
 fn running_as_root() -> bool {
@@ -393,10 +394,8 @@ async fn a_mariadb_restart_loses_no_outcome() {
     let upstream = MockUpstream::start().await;
     let mariadb: SocketAddr = "127.0.0.1:3306".parse().expect("address");
     let proxy = TcpProxy::start("127.0.0.1:0".parse().expect("address"), mariadb).await;
-    let database = format!(
-        "  database:\n    type: mysql\n    host: 127.0.0.1\n    port: {}\n    database: test\n    username: root\n    password: \"\"\n",
-        proxy.addr.port()
-    );
+    let own = crate::support::mariadb::OwnDatabase::create("restart").await;
+    let database = own.usage_yaml(proxy.addr.port());
     let rig =
         Rig::start_with_database("", &database, &[endpoint_yaml("mock", &upstream.url(), "")])
             .await;

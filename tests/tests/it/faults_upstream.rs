@@ -3,8 +3,8 @@
 //! client got, what upstream saw, what the database holds, and that the forwarder still serves
 //! a normal request afterwards.
 
-mod faults_common;
-mod support;
+use crate::faults_common;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Hot reload end to end: the real app started from a configuration file, the file edited (or a
 //! reload asked for through the admin API) while it serves, against mock upstreams.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

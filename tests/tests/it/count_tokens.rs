@@ -1,6 +1,6 @@
 //! `POST /v1/messages/count_tokens`: forwarded to endpoints that support it, else estimated.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! Routing and resilience end to end: several mock upstreams in groups behind the real app.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
 //! The credentials the secrets tests configure and send, and the search for them in any output.
 //!
-//! Shared by `tests/tests/secrets.rs` (the app in process: logs, API answers, `Debug`, the
+//! Shared by the end-to-end secrets test (the app in process: logs, API answers, `Debug`, the
 //! terminal UI) and `bins/cc-forwarder/tests/secrets_logging.rs` (the real binary's console and
-//! file logs), which includes this file by path.
+//! file logs).
 //!
 //! Every credential carries three markers, and none may appear in any output:
 //! - a start marker, its first [`START_MARKER_CHARS`] characters: `mask_secret` shows at most the
@@ -15,9 +15,6 @@
 //! do: a marker found in an output is a leak, not chance. Each credential has its own start and end
 //! marker, so a failure names which one leaked; the wrong credentials a client sends share the
 //! start marker of the real one they imitate and have their own end marker.
-
-// Each including test uses its own subset of the credentials.
-#![allow(dead_code)]
 
 /// Length of the start marker: one more than `mask_secret` ever shows.
 pub const START_MARKER_CHARS: usize = 5;

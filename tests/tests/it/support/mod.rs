@@ -1,7 +1,7 @@
 //! Shared helpers of the end-to-end tests: start a mock upstream and the real app on loopback,
 //! send requests with a plain hyper client, and stop everything when the test ends.
 
-#![allow(dead_code)]
+pub mod mariadb;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The forwarding core end to end: the real app on loopback in front of the mock upstream.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Token accounting end to end: every request through the real app ends as exactly one outcome
 //! carrying the model and the exact usage the upstream reported.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,17 +5,15 @@
 //! admin API GET answer, the monitoring routes, error bodies, `Debug` of the configuration and of
 //! the engine, startup errors, a panic message and every tab of the terminal UI.
 //!
-//! Every credential carries a start marker, `SECRET` and an end marker (`secrets/credentials.rs`),
+//! Every credential carries a start marker, `SECRET` and an end marker (`ccf_testkit::secret_markers`),
 //! and the check is that none of them appears anywhere: a leaked prefix longer than the four
 //! characters a masked value shows, a leaked middle and a leaked suffix are all caught. The real
 //! binary's console and file logs are checked by `bins/cc-forwarder/tests/secrets_logging.rs`.
 
-#[path = "secrets/credentials.rs"]
-mod credentials;
-mod support;
+use crate::support;
+use ccf_testkit::secret_markers as credentials;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use ccf_app::{App, AppError};
@@ -32,40 +30,6 @@ use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::json;
 use support::{endpoint_yaml, Forwarder, Outcomes, WAIT};
-
-/// Every log line of this test binary, from every thread, at TRACE level.
-fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = SharedWriter(Arc::clone(&buffer));
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
-        buffer
-    })
-}
-
-#[derive(Clone)]
-struct SharedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs_text() -> String {
-    String::from_utf8_lossy(&captured_logs().lock().expect("log buffer")).into_owned()
-}
 
 fn main_config(ok_url: &str, rejecting_url: &str, database_path: &str) -> String {
     format!(
@@ -121,7 +85,7 @@ fn message(model: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_logs_api_errors_debug_output_or_the_tui() {
-    captured_logs();
+    let capture = crate::log_capture::Capture::start();
     let ok_upstream = MockUpstream::start().await;
     let rejecting_upstream = MockUpstream::start().await;
     rejecting_upstream.set_default(Reply::error(
@@ -286,7 +250,7 @@ async fn no_secret_appears_in_logs_api_errors_debug_output_or_the_tui() {
 
     // Every tab of the terminal UI, with the requests fed in.
     let logs = ccf_tui::LogBuffer::new(1000);
-    for line in logs_text().lines().rev().take(500) {
+    for line in capture.text().lines().rev().take(500) {
         logs.push(ccf_tui::LogLevel::Info, line);
     }
     let now = Instant::now();
@@ -318,16 +282,16 @@ async fn no_secret_appears_in_logs_api_errors_debug_output_or_the_tui() {
     }
 
     forwarder.stop().await;
-    assert_clean("the logs", &logs_text());
+    assert_clean("the logs", &capture.text());
     assert!(
-        logs_text().contains("request started"),
+        capture.text().contains("request started"),
         "the logs were captured"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_outbound_proxy_and_database_logins_do_not_leak_their_passwords() {
-    captured_logs();
+    let capture = crate::log_capture::Capture::start();
     let upstream = MockUpstream::start().await;
     // The outbound proxy refuses connections: every upstream attempt fails through it.
     let yaml = format!(
@@ -394,7 +358,7 @@ async fn failing_outbound_proxy_and_database_logins_do_not_leak_their_passwords(
     assert_clean("the start error with its causes", &chain);
     assert_clean("Debug of the start error", &format!("{error:?}"));
     assert_clean("pretty Debug of the start error", &format!("{error:#?}"));
-    assert_clean("the logs", &logs_text());
+    assert_clean("the logs", &capture.text());
 }
 
 /// `error` and its causes, one per line.

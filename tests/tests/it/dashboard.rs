@@ -8,7 +8,7 @@
 //! [`ccf_testkit::skip_unless_ci`]: a counted skip outside CI, a failure under CI.
 //! Screenshots go to `target/dashboard-screenshots/`.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

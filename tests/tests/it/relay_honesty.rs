@@ -12,7 +12,7 @@
 //! before). The thresholds themselves are tested with synthetic timings in the router's and the
 //! proxy's unit tests (`ccf_router::honesty`, `ccf_proxy::honesty`).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

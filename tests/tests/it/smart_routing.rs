@@ -2,7 +2,7 @@
 //! awareness (draining before a 429, return after the reset), with mock upstreams behind the
 //! real app, and the admin API routes that show both.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -9,7 +9,7 @@
 //! with the test CA trusted is checked on the same client stack in the test kit
 //! (`tls_proxy.rs`).
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,8 +2,6 @@
 //! or any database section), and the four checks every scenario makes — what the client got,
 //! what upstream saw, what the database holds, and that a normal request still works after.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +22,7 @@ pub struct Rig {
     /// The SQLite file (when the rig uses SQLite).
     pub db_path: PathBuf,
     /// Keeps the temp dir alive as long as the rig.
-    pub folder: tempfile::TempDir,
+    _folder: tempfile::TempDir,
 }
 
 /// A config with `settings` (top-level YAML, may have its own `server:` section), usage
@@ -47,7 +45,7 @@ impl Rig {
         Rig {
             forwarder,
             db_path,
-            folder,
+            _folder: folder,
         }
     }
 
@@ -59,7 +57,7 @@ impl Rig {
         Rig {
             forwarder,
             db_path: PathBuf::new(),
-            folder,
+            _folder: folder,
         }
     }
 

@@ -2,7 +2,7 @@
 //! refusal to start an open door, and the listener limits (header size and count, header read
 //! time, connections, requests in flight), all on loopback against the mock upstream.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

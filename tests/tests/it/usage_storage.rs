@@ -1,7 +1,7 @@
 //! Usage reaches the database: the real app with usage tracking on, against SQLite (a temp file)
 //! and the real MariaDB, one exactly priced row per request, flushed at shutdown.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 
@@ -126,8 +126,9 @@ async fn every_request_is_written_to_sqlite_and_flushed_at_shutdown() {
 #[tokio::test]
 async fn every_request_is_written_to_mariadb() {
     let upstream = MockUpstream::start().await;
-    let database = "  database:\n    type: mysql\n    host: 127.0.0.1\n    port: 3306\n    database: test\n    username: root\n    password: \"\"\n";
-    let config = app_config(&upstream, database);
+    let own = support::mariadb::OwnDatabase::create("usage").await;
+    let database = own.usage_yaml(3306);
+    let config = app_config(&upstream, &database);
     let target = match config.usage_tracking.storage() {
         ccf_config::StorageTarget::Mysql(target) => target,
         other => panic!("expected mysql, got {other:?}"),
@@ -140,6 +141,8 @@ async fn every_request_is_written_to_mariadb() {
             .await
             .expect("connect to MariaDB"),
     );
+    // The database is this test's own: exactly its requests' rows.
+    assert_row_count(store.as_ref(), u64::try_from(ids.len()).expect("few ids")).await;
     assert_rows(store, &ids).await;
 }
 
