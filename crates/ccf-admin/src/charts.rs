@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ccf_store::RequestFilter;
 use serde_json::{json, Value};
 
+use crate::dispatch::{ok, Handled};
 use crate::error::ApiError;
 use crate::http_util::rfc3339;
 use crate::live::{MinuteSample, MAX_MINUTES};
-use crate::routes::{ok, Handled};
 use crate::{views, Shared};
 
 fn minutes(query: &HashMap<String, String>, default: usize) -> Result<usize, ApiError> {

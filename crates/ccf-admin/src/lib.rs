@@ -22,9 +22,12 @@
 //! each live stream client has a writer task that ends when the client leaves or
 //! [`Admin::shutdown`] is called (which [`serve`] does when its shutdown future resolves).
 
+mod actions;
 mod assets;
 mod auth;
 mod charts;
+mod dispatch;
+mod dto;
 mod error;
 mod http_util;
 mod live;
@@ -49,7 +52,6 @@ use tracing::{info, warn};
 
 pub use assets::dashboard_built;
 pub use http_util::{AdminBody, AdminResponse};
-pub use views::usage_record;
 
 use auth::AuthPolicy;
 use live::Hub;
@@ -229,16 +231,11 @@ pub fn check_security(config: &ccf_config::Config) -> Result<(), AdminError> {
 
 impl Admin {
     /// Builds the admin API and starts its aggregator task (must run inside a tokio runtime).
-    /// Installs the configured pricing as the forwarder's cost metric.
     pub fn new(state: AdminState) -> Result<Admin, AdminError> {
         let config = state.forwarder.config();
         let auth = AuthPolicy::from_config(&config)?;
         let admin_token = auth.token().map(|token| token.expose().to_string());
         let derived = ConfigDerived::new(Arc::clone(&config), admin_token.as_deref());
-        install_cost_metric(&state.forwarder, derived.pricing.clone());
-        if let Some(recorder) = &state.recorder {
-            install_recorder_health(&state.forwarder, recorder.clone());
-        }
         let zone = LegacyZone::from_config(
             config
                 .usage_tracking
@@ -275,7 +272,7 @@ impl Admin {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        routes::handle(Arc::clone(&self.shared), request).await
+        dispatch::handle(Arc::clone(&self.shared), request).await
     }
 
     /// Ends every live stream (their writers stop; clients see the stream end).
@@ -295,30 +292,6 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Admin {
         let admin = self.clone();
         Box::pin(async move { Ok(admin.handle(request).await) })
     }
-}
-
-/// Reports the usage recorder through the engine's metrics: `/health/usage-tracker` and the
-/// `ccf_recorder_backlog` gauge read it when they are served. The admin API installs it when it
-/// has a recorder; the application installs it whenever usage tracking runs.
-pub fn install_recorder_health(forwarder: &Forwarder, recorder: RecorderHandle) {
-    forwarder.metrics().set_usage_health(Arc::new(move || {
-        let last_error = recorder.last_error();
-        ccf_proxy::monitoring::UsageHealth {
-            healthy: last_error.is_none(),
-            backlog: recorder.backlog(),
-            last_error: last_error.map(|error| error.message),
-        }
-    }));
-}
-
-/// Makes `ccf_cost_usd_total` price every outcome with `pricing` (the recorder's rules). The admin
-/// API installs it; the application does too when usage tracking runs without the admin API.
-pub fn install_cost_metric(forwarder: &Forwarder, pricing: Pricing) {
-    forwarder
-        .metrics()
-        .set_cost_model(Arc::new(move |model, usage| {
-            pricing.cost(model, usage).total_usd()
-        }));
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves, then ends the live streams and

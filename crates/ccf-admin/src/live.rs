@@ -19,12 +19,12 @@ use ccf_health::HealthEvent;
 use ccf_lifecycle::{ChangeType, Coalescer, LifecycleEvent, RequestId, Status};
 use ccf_proxy::ForwarderEvent;
 use ccf_router::RouterEvent;
-use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::http_util::{unix_millis, unix_now, unix_secs};
+use crate::dto::events::LogLine;
+use crate::http_util::{unix_now, unix_secs};
 use crate::Shared;
 
 /// Per-minute samples kept (24 hours).
@@ -118,8 +118,8 @@ impl EventMask {
     }
 }
 
-/// One minute of traffic.
-#[derive(Debug, Clone, Default, Serialize)]
+/// One minute of traffic (sent as [`crate::dto::events::MinuteDto`]).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct MinuteSample {
     /// Unix time of the minute's start, in seconds.
     pub(crate) timestamp: u64,
@@ -394,16 +394,6 @@ impl LiveState {
             .find(|event| event.request_id().to_string() == id)
             .cloned()
     }
-}
-
-/// One log line of the live stream.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct LogLine {
-    pub(crate) level: &'static str,
-    pub(crate) message: String,
-    pub(crate) timestamp: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) request_id: Option<String>,
 }
 
 /// What one stream client has not received yet.
@@ -780,11 +770,6 @@ pub(crate) fn spawn_aggregator(shared: &Arc<Shared>) -> JoinHandle<()> {
             }
         }
     })
-}
-
-/// Milliseconds since the Unix epoch of a live record's start, for views.
-pub(crate) fn started_ms(event: &LifecycleEvent) -> u64 {
-    unix_millis(event.record().started_at)
 }
 
 #[cfg(test)]

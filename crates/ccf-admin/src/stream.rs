@@ -17,10 +17,12 @@ use http::{header, HeaderValue, Response};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::dispatch::{Answer, Handled};
+use crate::dto::events::{MinuteDto, RouterEventDto};
+use crate::dto::to_json;
 use crate::error::ApiError;
 use crate::http_util::{channel_body, unix_now};
 use crate::live::{ClientQueue, EventKind, EventMask, Pending};
-use crate::routes::{Answer, Handled};
 use crate::{views, Shared};
 
 /// How long changes gather before a client's batch is rendered.
@@ -208,7 +210,13 @@ fn render(
             map.insert("change_type".into(), json!("group_status_changed"));
             map.insert(
                 "events".into(),
-                serde_json::to_value(&pending.router_events).unwrap_or(Value::Null),
+                to_json(
+                    &pending
+                        .router_events
+                        .iter()
+                        .map(RouterEventDto::from)
+                        .collect::<Vec<_>>(),
+                ),
             );
         }
         event_frame(shared, &mut out, seq, EventKind::Group, data);
@@ -250,7 +258,11 @@ fn render(
             &mut out,
             seq,
             EventKind::Chart,
-            json!({"change_type": "chart_updated", "previous_minute": samples.first(), "current_minute": samples.last()}),
+            json!({
+                "change_type": "chart_updated",
+                "previous_minute": samples.first().map(MinuteDto::from),
+                "current_minute": samples.last().map(MinuteDto::from),
+            }),
         );
     }
     if pending.logs_dropped > 0 {
@@ -263,13 +275,7 @@ fn render(
         );
     }
     for line in &pending.logs {
-        event_frame(
-            shared,
-            &mut out,
-            seq,
-            EventKind::Log,
-            serde_json::to_value(line).unwrap_or(Value::Null),
-        );
+        event_frame(shared, &mut out, seq, EventKind::Log, to_json(line));
     }
     out
 }

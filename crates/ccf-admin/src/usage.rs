@@ -7,15 +7,16 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use ccf_store::{
-    ExportCursor, ExportFormat, RequestFilter, RequestQuery, SummaryQuery, UsageStore,
+    Bucket, ExportCursor, ExportFormat, RequestFilter, RequestQuery, SummaryQuery, UsageStore,
 };
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::dispatch::{ok, Answer, Handled};
+use crate::dto::usage::{BucketDto, ModelPriceDto, RequestRowDto, StoredRequestDto, SummaryRowDto};
 use crate::error::ApiError;
 use crate::http_util::{channel_body, rfc3339};
-use crate::routes::{ok, Answer, Handled};
 use crate::{views, Shared};
 
 /// Default and largest page of `/usage/requests`.
@@ -117,9 +118,10 @@ pub(crate) async fn list(shared: &Shared, query: &HashMap<String, String>) -> Ha
         })
         .await
         .map_err(|error| ApiError::store(&error))?;
+    let rows: Vec<RequestRowDto> = page.items.iter().map(RequestRowDto::from).collect();
     ok(json!({
         "success": true,
-        "data": page.items,
+        "data": rows,
         "total": page.total,
         "limit": page.limit,
         "offset": page.offset,
@@ -226,12 +228,17 @@ pub(crate) async fn stats(shared: &Shared, query: &HashMap<String, String>) -> H
             "top_models": top_models,
             "top_endpoints": top_endpoints,
             "daily_stats": daily,
-            "by_group": stats.by_group,
+            "by_group": buckets(&stats.by_group),
             // Per inbound auth key (`auth.tokens[].name`); `""` gathers requests made without one.
-            "by_api_key": stats.by_api_key,
-            "hourly_stats": stats.by_hour,
+            "by_api_key": buckets(&stats.by_api_key),
+            "hourly_stats": buckets(&stats.by_hour),
         }
     }))
+}
+
+/// Stats buckets on the wire.
+fn buckets(buckets: &[Bucket]) -> Vec<BucketDto<'_>> {
+    buckets.iter().map(BucketDto::from).collect()
 }
 
 /// `GET /api/v1/usage/export?format=csv|json`: streamed from the store in chunks.
@@ -329,7 +336,8 @@ pub(crate) async fn summary(shared: &Shared, query: &HashMap<String, String>) ->
         })
         .await
         .map_err(|error| ApiError::store(&error))?;
-    ok(json!({"success": true, "data": rows, "total": rows.len()}))
+    let data: Vec<SummaryRowDto> = rows.iter().map(SummaryRowDto::from).collect();
+    ok(json!({"success": true, "data": data, "total": rows.len()}))
 }
 
 fn display_name(model: &str) -> String {
@@ -360,7 +368,7 @@ pub(crate) async fn models(shared: &Shared) -> Handled {
     for (model, price) in &config.usage_tracking.model_pricing {
         models.insert(
             model.clone(),
-            json!({"model_name": model, "display_name": display_name(model), "priced": true, "pricing": price}),
+            json!({"model_name": model, "display_name": display_name(model), "priced": true, "pricing": ModelPriceDto::from(price)}),
         );
     }
     if let Some(store) = &shared.store {
@@ -419,11 +427,7 @@ pub(crate) async fn request_detail(shared: &Shared, id: &str) -> Handled {
     if let Some(store) = &shared.store {
         match store.get_request(id).await {
             Ok(Some(row)) => {
-                let mut value = serde_json::to_value(&row).unwrap_or(Value::Null);
-                if let Value::Object(map) = &mut value {
-                    map.insert("source".into(), Value::String("store".into()));
-                }
-                return ok(json!({"success": true, "data": value}));
+                return ok(json!({"success": true, "data": StoredRequestDto::from(&row)}));
             }
             Ok(None) => {}
             Err(error) if live.is_none() => return Err(ApiError::store(&error)),

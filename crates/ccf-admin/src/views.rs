@@ -1,23 +1,26 @@
 //! The JSON views of live state shared by the routes and the live stream: status, endpoints,
-//! groups, connections, performance, the masked configuration and single requests.
+//! groups, connections, performance, the masked configuration, single requests and the smart
+//! routing tables. What comes from another crate's types goes on the wire through its DTO in
+//! [`crate::dto`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use ccf_config::Config;
-use ccf_lifecycle::{ErrorState, LifecycleEvent, RequestRecord};
-use ccf_router::{GroupStatus, GroupView};
+use ccf_config::{Config, StrategyType};
+use ccf_lifecycle::{ErrorState, LifecycleEvent};
+use ccf_router::honesty::HonestySettings;
+use ccf_router::GroupView;
 use ccf_store::{Cost, RequestRow, UsageRecord};
 use ccf_types::mask_secret;
 use serde_json::{json, Map, Value};
 
-use crate::http_util::{go_duration, rfc3339, unix_now, unix_secs};
-use crate::live::started_ms;
+use crate::dto::events::{ReloadStatusDto, RequestEventDto};
+use crate::dto::groups::{millis, EndpointDto, GroupDto};
+use crate::dto::routing::{AffinityDto, EndpointHonestyDto, HonestyDto, QuotaDto};
+use crate::dto::to_json;
+use crate::dto::usage::LiveRequestDto;
+use crate::http_util::{go_duration, rfc3339, unix_secs};
 use crate::Shared;
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
 
 /// A time in the configured display zone (`timezone`, else the machine's), with `format`.
 pub(crate) fn local_time(config: &Config, time: SystemTime, format: &str) -> String {
@@ -201,6 +204,14 @@ pub(crate) fn active_group(groups: &[GroupView]) -> Option<String> {
         .map(|group| group.name.clone())
 }
 
+/// The ordering strategy's name, as the configuration file spells it.
+fn strategy_word(strategy: StrategyType) -> &'static str {
+    match strategy {
+        StrategyType::Priority => "priority",
+        StrategyType::Fastest => "fastest",
+    }
+}
+
 /// `GET /api/v1/status`.
 pub(crate) fn status_view(shared: &Shared) -> Value {
     let config = shared.forwarder.config();
@@ -238,7 +249,7 @@ pub(crate) fn status_view(shared: &Shared) -> Value {
             "web_host": config.web.host,
             "web_port": config.web.port,
         },
-        "strategy": config.strategy.kind,
+        "strategy": strategy_word(config.strategy.kind),
         "auth_enabled": config.auth.enabled,
         "admin_auth_enabled": shared.auth.enabled(),
         "proxy_enabled": config.proxy.enabled,
@@ -251,7 +262,7 @@ pub(crate) fn status_view(shared: &Shared) -> Value {
         "in_flight": in_flight,
         "suspended_requests": shared.forwarder.held_requests().len(),
         "usage_tracking": usage,
-        "config_reload": shared.forwarder.reload_status(),
+        "config_reload": shared.forwarder.reload_status().as_ref().map(ReloadStatusDto::from),
         "stream_clients": shared.hub.client_count(),
         "dashboard_built": crate::assets::dashboard_built(),
         "timestamp": rfc3339(now),
@@ -269,27 +280,7 @@ fn endpoint_json(shared: &Shared, name: &str) -> Option<Value> {
         .get(name)
         .cloned()
         .unwrap_or_else(ccf_health::EndpointHealth::unchecked);
-    Some(json!({
-        "name": endpoint.name,
-        "url": mask_url(endpoint.url.as_str()),
-        "priority": view.map_or(endpoint.priority, |view| view.priority),
-        "config_priority": endpoint.priority,
-        "group": endpoint.group,
-        "group_priority": endpoint.group_priority,
-        "timeout": go_duration(endpoint.timeout),
-        "healthy": state.healthy,
-        "last_check": state.last_check.map(rfc3339).unwrap_or_default(),
-        "response_time": state.last_latency.map(go_duration).unwrap_or_else(|| "0s".into()),
-        "response_time_ms": state.last_latency.map(millis),
-        "never_checked": state.never_checked,
-        "error": state.last_error.clone().unwrap_or_default(),
-        "consecutive_fails": state.consecutive_failures,
-        "auth_failed": state.auth_failed,
-        "latency_ewma_ms": view.and_then(|view| view.latency_ewma).map(millis),
-        "rate_limited": view.is_some_and(|view| view.blocked_until.is_some()),
-        "honesty_demoted": view.is_some_and(|view| view.demoted),
-        "supports_count_tokens": endpoint.supports_count_tokens,
-    }))
+    Some(to_json(&EndpointDto::new(endpoint, view, &state)))
 }
 
 /// `GET /api/v1/endpoints`.
@@ -314,43 +305,15 @@ pub(crate) fn endpoint_event(shared: &Shared, name: &str) -> Option<Value> {
     Some(value)
 }
 
+/// One group with the names of its configured endpoints.
 fn group_json(config: &Config, group: &GroupView) -> Value {
-    let (status_text, color) = match group.status {
-        GroupStatus::Active => ("活跃", "success"),
-        GroupStatus::Paused => ("手动暂停", "warning"),
-        GroupStatus::Cooldown => ("冷却中", "danger"),
-        GroupStatus::NoHealthyEndpoints => ("无健康端点", "danger"),
-        GroupStatus::Available => ("可用", "secondary"),
-    };
     let endpoints: Vec<&str> = config
         .endpoints
         .iter()
         .filter(|endpoint| endpoint.group == group.name)
         .map(|endpoint| endpoint.name.as_str())
         .collect();
-    json!({
-        "name": group.name,
-        "priority": group.priority,
-        "is_active": group.is_active,
-        "status": group.status,
-        "status_text": status_text,
-        "status_color": color,
-        "total_endpoints": group.total_endpoints,
-        "healthy_endpoints": group.healthy_endpoints,
-        "unhealthy_endpoints": group.total_endpoints.saturating_sub(group.healthy_endpoints),
-        "endpoints": endpoints,
-        "manually_paused": group.paused,
-        "in_cooldown": group.in_cooldown,
-        "cooldown_remaining": go_duration(Duration::from_secs(group.cooldown_remaining.as_secs())),
-        "cooldown_remaining_seconds": group.cooldown_remaining.as_secs(),
-        "needs_attention": group.needs_attention,
-        "can_activate": group.can_activate,
-        "can_force_activate": group.can_force_activate,
-        "can_pause": group.can_pause,
-        "can_resume": group.can_resume,
-        "forced_activation": group.forced,
-        "activation_type": if group.forced { "forced" } else { "normal" },
-    })
+    to_json(&GroupDto::new(group, endpoints))
 }
 
 /// `GET /api/v1/groups`.
@@ -480,49 +443,10 @@ pub(crate) fn performance_view(shared: &Shared) -> Value {
     json!({"endpoints": endpoints, "total": config.endpoints.len(), "timestamp": rfc3339(SystemTime::now())})
 }
 
-/// A usage-store row made from a live record (what the recorder writes for it).
-pub fn usage_record(record: &RequestRecord, instance_id: Option<&str>) -> UsageRecord {
-    let mut row = UsageRecord::new(record.id.to_string(), record.started_at);
-    row.client_ip = record.client_ip.map(|ip| ip.to_string());
-    row.user_agent = record.user_agent.clone();
-    row.method = record.method.clone();
-    row.path = record.path.clone();
-    row.end_time = record.ended_at;
-    row.duration_ms = record.duration.map(millis);
-    row.endpoint_name = record.endpoint.clone();
-    row.group_name = record.group.clone();
-    row.model_name = record.model().map(str::to_string);
-    row.is_streaming = record.is_streaming;
-    // The Go original stored the error dimension in the status column while a request was live.
-    row.status = match (record.status.is_final(), record.error_state) {
-        (false, Some(ErrorState::Retry)) => "retry".to_string(),
-        (false, Some(ErrorState::Suspended)) => "suspended".to_string(),
-        _ => record.status.as_str().to_string(),
-    };
-    row.http_status_code = record.http_status;
-    row.retry_count = record.retry_count;
-    row.failure_reason = record
-        .failure_reason
-        .map(|reason| reason.as_str().to_string());
-    row.last_failure_reason = record.last_failure_reason.clone();
-    row.cancel_reason = record.cancel_reason.clone();
-    row.usage = record.usage.clone().unwrap_or_default();
-    row.time_to_first_byte_ms = record.time_to_first_byte.map(millis);
-    row.attempts_json = (!record.attempts.is_empty())
-        .then(|| serde_json::to_string(&record.attempts).ok())
-        .flatten();
-    row.model_mismatch = record.model_mismatch;
-    row.partial = record.partial;
-    row.instance_id = instance_id.map(str::to_string);
-    row.api_key_name = record.api_key_name.clone();
-    row.is_final = record.is_final();
-    row
-}
-
 /// A live request in the same shape as a stored row, plus `source: "live"` and its live state.
 pub(crate) fn live_request_json(shared: &Shared, event: &LifecycleEvent) -> Value {
     let record = event.record();
-    let row = usage_record(record, shared.forwarder.config().instance_id.as_deref());
+    let row = UsageRecord::from_request(record, shared.forwarder.config().instance_id.as_deref());
     let cost = if record.is_final() {
         record
             .usage
@@ -532,240 +456,59 @@ pub(crate) fn live_request_json(shared: &Shared, event: &LifecycleEvent) -> Valu
     } else {
         Cost::default()
     };
-    let mut value = serde_json::to_value(RequestRow {
+    let row = RequestRow {
         id: 0,
         record: row,
         cost,
         created_at: None,
         updated_at: None,
-    })
-    .unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        map.remove("id");
-        map.insert("source".into(), Value::String("live".into()));
-        map.insert(
-            "error_state".into(),
-            serde_json::to_value(record.error_state).unwrap_or(Value::Null),
-        );
-        map.insert(
-            "change_type".into(),
-            Value::String(event.change_type().as_str().into()),
-        );
-    }
-    value
+    };
+    to_json(&LiveRequestDto::new(
+        &row,
+        record.error_state.map(|state| state.as_str()),
+        event.change_type().as_str(),
+    ))
 }
 
 /// The live stream's `connection` event for one request change (the original's fields plus the
 /// whole record).
 pub(crate) fn request_event(shared: &Shared, event: &LifecycleEvent) -> Value {
-    let record = event.record();
-    json!({
-        "request_id": record.id.to_string(),
-        "change_type": event.change_type().as_str(),
-        "client_ip": record.client_ip.map(|ip| ip.to_string()),
-        "user_agent": record.user_agent,
-        "method": record.method,
-        "path": record.path,
-        "is_streaming": record.is_streaming,
-        "endpoint_name": record.endpoint,
-        "group_name": record.group,
-        "status": record.status,
-        "error_state": record.error_state,
-        "retry_count": record.retry_count,
-        "http_status": record.http_status,
-        "model_name": record.model(),
-        "start_timestamp_ms": started_ms(event),
-        "is_final": event.is_final(),
-        "request": live_request_json(shared, event),
-        "timestamp": unix_now(),
-    })
+    to_json(&RequestEventDto::new(
+        event,
+        live_request_json(shared, event),
+    ))
 }
 
 /// `GET /api/v1/routing/honesty`: every endpoint's relay honesty scores, checks, last flag and
 /// demotion, with the settings they are judged by.
 pub(crate) fn honesty_view(shared: &Shared) -> Value {
-    use ccf_router::honesty::{HonestySettings, HonestySignal, MIN_CHECKS_FOR_DEMOTION};
     let config = shared.forwarder.config();
-    let settings = HonestySettings::from_config(&config);
-    let endpoints: Vec<Value> = shared
-        .forwarder
-        .honesty()
-        .into_iter()
+    let honesty = shared.forwarder.honesty();
+    let endpoints = honesty
+        .iter()
         .map(|honesty| {
-            let signals: Map<String, Value> = HonestySignal::ALL
-                .iter()
-                .map(|signal| {
-                    let score = honesty.signal(*signal);
-                    (
-                        signal.as_str().to_string(),
-                        json!({"score": score.score, "checks": score.checks, "flags": score.flags}),
-                    )
-                })
-                .collect();
-            json!({
-                "endpoint": honesty.endpoint,
-                "group": config.endpoint(&honesty.endpoint).map(|endpoint| endpoint.group.clone()),
-                "score": honesty.score,
-                "checks": honesty.checks,
-                "flagged_requests": honesty.flagged_requests,
-                "signals": signals,
-                "last_flag": honesty.last_flag.map(|flag| json!({
-                    "request_id": flag.request_id,
-                    "signal": flag.signal.as_str(),
-                    "asked": flag.asked,
-                    "reported": flag.reported,
-                    "at": rfc3339(flag.at),
-                })),
-                "below_threshold": honesty.below_threshold,
-                "demoted": honesty.demoted,
-            })
+            let group = config
+                .endpoint(&honesty.endpoint)
+                .map(|endpoint| endpoint.group.as_str());
+            EndpointHonestyDto::new(honesty, group)
         })
         .collect();
-    json!({
-        "enabled": settings.enabled,
-        "demote_dishonest": settings.demote,
-        "threshold": settings.threshold,
-        "restore_level": settings.restore_level(),
-        "usage_tolerance": settings.usage_tolerance,
-        "min_checks": MIN_CHECKS_FOR_DEMOTION,
-        "endpoints": endpoints,
-        "timestamp": rfc3339(SystemTime::now()),
-    })
-}
-
-/// What affinity saved on held turns, in nano-USD: every held cache-read token would have been
-/// a cache write on the endpoint routing without affinity picks (it holds no cache for the
-/// conversation), so it saved `cache-write price (TTL asked for) - cache-read price` of the
-/// model it was billed for.
-fn affinity_saved_nano(pricing: &ccf_store::Pricing, held: &[ccf_router::HeldTokens]) -> i64 {
-    held.iter()
-        .map(|entry| {
-            let price = pricing.price(Some(entry.model.as_str()).filter(|model| !model.is_empty()));
-            let saved_5m = price.cache_creation.saturating_sub(price.cache_read).max(0);
-            let saved_1h = price
-                .cache_creation_1h
-                .unwrap_or(price.cache_creation)
-                .saturating_sub(price.cache_read)
-                .max(0);
-            let tokens = |count: u64| i64::try_from(count).unwrap_or(i64::MAX);
-            tokens(entry.cache_read_5m)
-                .saturating_mul(saved_5m)
-                .saturating_add(tokens(entry.cache_read_1h).saturating_mul(saved_1h))
-        })
-        .fold(0i64, i64::saturating_add)
-}
-
-fn cache_tokens_json(tokens: &ccf_router::CacheTokens, ratio: Option<f64>) -> Map<String, Value> {
-    let mut map = Map::new();
-    map.insert("turns".into(), json!(tokens.turns));
-    map.insert("input_tokens".into(), json!(tokens.input_tokens));
-    map.insert(
-        "cache_creation_tokens".into(),
-        json!(tokens.cache_creation_tokens),
-    );
-    map.insert("cache_read_tokens".into(), json!(tokens.cache_read_tokens));
-    map.insert("cache_read_ratio".into(), json!(ratio));
-    map
-}
-
-fn held_json(pricing: &ccf_store::Pricing, held: &[ccf_router::HeldTokens]) -> Value {
-    let tokens: u64 = held
-        .iter()
-        .map(|entry| entry.cache_read_5m.saturating_add(entry.cache_read_1h))
-        .sum();
-    json!({
-        "held_cache_read_tokens": tokens,
-        "saved_usd": Cost::usd(affinity_saved_nano(pricing, held)),
-    })
+    to_json(&HonestyDto::new(
+        &HonestySettings::from_config(&config),
+        endpoints,
+    ))
 }
 
 /// `GET /api/v1/routing/affinity`: session affinity settings, counters, per-endpoint and
 /// per-session cache-read ratios and the cost affinity saved.
 pub(crate) fn affinity_view(shared: &Shared, limit: usize) -> Value {
     let view = shared.forwarder.affinity(limit);
-    let derived = shared.derived();
-    let pricing = &derived.pricing;
-    let merge = |mut base: Map<String, Value>, extra: Value| {
-        if let Value::Object(extra) = extra {
-            base.extend(extra);
-        }
-        Value::Object(base)
-    };
-    let endpoints: Vec<Value> = view
-        .endpoints
-        .iter()
-        .map(|endpoint| {
-            let mut map = cache_tokens_json(&endpoint.tokens, endpoint.cache_read_ratio);
-            map.insert("endpoint".into(), json!(endpoint.endpoint));
-            map.insert("bound_sessions".into(), json!(endpoint.bound_sessions));
-            map.insert("held_turns".into(), json!(endpoint.held_turns));
-            merge(map, held_json(pricing, &endpoint.held))
-        })
-        .collect();
-    let sessions: Vec<Value> = view
-        .sessions
-        .iter()
-        .map(|session| {
-            let mut map = cache_tokens_json(&session.tokens, session.cache_read_ratio);
-            map.insert("session".into(), json!(session.session.to_string()));
-            map.insert("source".into(), json!(session.source));
-            map.insert("endpoint".into(), json!(session.endpoint));
-            map.insert(
-                "expires_in_seconds".into(),
-                json!(session.expires_in.as_secs()),
-            );
-            map.insert("idle_seconds".into(), json!(session.idle.as_secs()));
-            map.insert("long_ttl".into(), json!(session.long_ttl));
-            map.insert("moves".into(), json!(session.moves));
-            map.insert("moved_from".into(), json!(session.moved_from));
-            map.insert("held_turns".into(), json!(session.held_turns));
-            merge(map, held_json(pricing, &session.held))
-        })
-        .collect();
-    let saved_nano = view
-        .endpoints
-        .iter()
-        .map(|endpoint| affinity_saved_nano(pricing, &endpoint.held))
-        .fold(0i64, i64::saturating_add);
-    let mut all = ccf_router::CacheTokens::default();
-    for endpoint in &view.endpoints {
-        all.turns = all.turns.saturating_add(endpoint.tokens.turns);
-        all.input_tokens = all
-            .input_tokens
-            .saturating_add(endpoint.tokens.input_tokens);
-        all.cache_creation_tokens = all
-            .cache_creation_tokens
-            .saturating_add(endpoint.tokens.cache_creation_tokens);
-        all.cache_read_tokens = all
-            .cache_read_tokens
-            .saturating_add(endpoint.tokens.cache_read_tokens);
-    }
-    let mut totals = cache_tokens_json(&all, all.cache_read_ratio());
-    totals.insert("bound".into(), json!(view.totals.bound));
-    totals.insert("moves".into(), json!(view.totals.moves));
-    totals.insert("expired".into(), json!(view.totals.expired));
-    totals.insert("evicted".into(), json!(view.totals.evicted));
-    totals.insert("held_turns".into(), json!(view.totals.held_turns));
-    totals.insert("saved_usd".into(), json!(Cost::usd(saved_nano)));
-    json!({
-        "enabled": view.enabled,
-        "ttl_seconds": view.ttl.as_secs(),
-        "long_ttl_seconds": view.long_ttl.as_secs(),
-        "capacity": view.capacity,
-        "active_sessions": view.active_sessions,
-        "totals": totals,
-        "endpoints": endpoints,
-        "sessions": sessions,
-        "saved_formula": "sum over held turns of cache_read_tokens x (cache write price for the TTL asked for - cache read price) of the model billed",
-    })
+    to_json(&AffinityDto::new(&view, &shared.derived().pricing))
 }
 
-/// `GET /api/v1/routing/quota`: per endpoint, the latest rate-limit readings, burn rates,
-/// predicted exhaustion and whether new sessions are drained away from it.
+/// `GET /api/v1/routing/quota`: per endpoint (configured ones first), the latest rate-limit
+/// readings, burn rates, predicted exhaustion and whether new sessions are drained away from it.
 pub(crate) fn quota_view(shared: &Shared) -> Value {
-    let now = SystemTime::now();
-    let at = |left: Option<Duration>| left.and_then(|left| now.checked_add(left)).map(rfc3339);
-    let secs = |left: Option<Duration>| left.map(|left| left.as_secs_f64());
     let quotas = shared.forwarder.quota();
     let config = shared.forwarder.config();
     let mut names: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).collect();
@@ -774,40 +517,5 @@ pub(crate) fn quota_view(shared: &Shared) -> Value {
             names.push(quota.endpoint.clone());
         }
     }
-    let endpoints: Vec<Value> = names
-        .iter()
-        .map(
-            |name| match quotas.iter().find(|quota| quota.endpoint == *name) {
-                None => json!({
-                    "endpoint": name,
-                    "reported": false,
-                    "draining": false,
-                    "drain_reason": null,
-                    "dimensions": [],
-                }),
-                Some(quota) => json!({
-                    "endpoint": name,
-                    "reported": true,
-                    "draining": quota.draining.is_some(),
-                    "drain_reason": quota.draining,
-                    "retry_after_seconds": secs(quota.retry_after_in),
-                    "predicted_exhaustion_in_seconds": secs(quota.predicted_exhaustion_in),
-                    "predicted_exhaustion_at": at(quota.predicted_exhaustion_in),
-                    "last_observed_seconds_ago": secs(quota.last_observed_ago),
-                    "dimensions": quota.dimensions.iter().map(|dimension| json!({
-                        "dimension": dimension.dimension,
-                        "limit": dimension.limit,
-                        "remaining": dimension.remaining,
-                        "reset_in_seconds": secs(dimension.reset_in),
-                        "reset_at": at(dimension.reset_in),
-                        "reset_passed": dimension.reset_passed,
-                        "burn_rate_per_sec": dimension.burn_rate_per_sec,
-                        "predicted_exhaustion_in_seconds": secs(dimension.predicted_exhaustion_in),
-                        "runs_out_before_reset": dimension.runs_out_before_reset,
-                    })).collect::<Vec<_>>(),
-                }),
-            },
-        )
-        .collect();
-    json!({ "endpoints": endpoints })
+    to_json(&QuotaDto::new(&names, &quotas, SystemTime::now()))
 }

@@ -783,3 +783,282 @@ async fn the_live_view_shows_a_held_request() {
         .expect("answer");
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Every admin route, in a fixed state that fills as many fields as traffic can (stored and live
+/// requests, a flagged relay, quota readings, a bound session, a paused group, a reload), checked
+/// against `tests/snapshots/wire_shapes.txt`: field names, nesting, number vs string, integer vs
+/// float, null vs absent, vocabulary words, status codes and headers. The JSON the API returns is
+/// its own contract: a field renamed in the router or the store must not change it.
+#[tokio::test]
+async fn every_route_answers_in_its_pinned_wire_shape() {
+    let harness = Harness::start().await;
+    let mut shapes = support::shape::Shapes::default();
+
+    // Both endpoints checked, so their latencies are numbers.
+    for name in ["primary", "backup"] {
+        let answer = harness
+            .post(&format!("/api/v1/endpoints/{name}/health-check"), "")
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        if name == "primary" {
+            shapes.answer("POST /api/v1/endpoints/{name}/health-check", &answer);
+        }
+    }
+    // A turn of an explicit session, a streamed turn, and an answer from a substituted model (a
+    // relay-honesty flag on `primary`).
+    let turn = serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 16,
+        "system": [{"type": "text", "text": "You are a test.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "hello"}],
+    });
+    let (status, completed_id) = harness
+        .send_message_with(&turn, &[("x-claude-code-session-id", "session-1")])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(harness.send_message(true).await.0, StatusCode::OK);
+    harness
+        .upstream
+        .enqueue(ccf_testkit::Reply::auto().model("claude-3-haiku-20240307"));
+    assert_eq!(harness.send_message(false).await.0, StatusCode::OK);
+    // Two quota readings on `primary`: 90 then 89 requests left, the reset an hour away (drained
+    // as "predicted" for well over a minute).
+    let reset = chrono::Utc::now() + chrono::Duration::hours(1);
+    let reset = reset.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for remaining in ["90", "89"] {
+        harness.upstream.enqueue(
+            ccf_testkit::Reply::auto()
+                .header("anthropic-ratelimit-requests-limit", "100")
+                .header("anthropic-ratelimit-requests-remaining", remaining)
+                .header("anthropic-ratelimit-requests-reset", &reset),
+        );
+        assert_eq!(harness.send_message(false).await.0, StatusCode::OK);
+    }
+    // Operator actions.
+    let answer = harness
+        .post("/api/v1/endpoints/backup/priority", r#"{"priority": 7}"#)
+        .await;
+    shapes.answer("POST /api/v1/endpoints/{name}/priority", &answer);
+    let answer = harness
+        .post("/api/v1/groups/spare/pause", r#"{"duration":"30m"}"#)
+        .await;
+    shapes.answer("POST /api/v1/groups/{name}/pause (timed)", &answer);
+    let answer = harness.post("/api/v1/groups/spare/resume", "").await;
+    shapes.answer("POST /api/v1/groups/{name}/resume", &answer);
+    let answer = harness.post("/api/v1/groups/spare/pause", "").await;
+    shapes.answer("POST /api/v1/groups/{name}/pause (until resumed)", &answer);
+    let answer = harness.post("/api/v1/groups/main/activate", "").await;
+    shapes.answer("POST /api/v1/groups/{name}/activate", &answer);
+    let answer = harness.post("/api/v1/config/reload", "").await;
+    shapes.exact("POST /api/v1/config/reload (no reloader)", &answer);
+    assert!(harness
+        .forwarder
+        .set_reloader(std::sync::Arc::new(support::shape::FixedReloader {
+            forwarder: harness.forwarder.clone(),
+        })));
+    let answer = harness.post("/api/v1/config/reload", "").await;
+    shapes.answer("POST /api/v1/config/reload", &answer);
+
+    // One request in flight, waiting for the upstream's headers.
+    harness.upstream.enqueue(ccf_testkit::Reply::hang());
+    let url = harness.proxy_url("/v1/messages");
+    let _in_flight = tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let request = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"wait"}]}"#,
+            )))
+            .expect("request");
+        client
+            .request(request)
+            .await
+            .map(|response| response.status())
+    });
+    let live_id = harness
+        .eventually("the hanging request is forwarding", || async {
+            let live = harness.get("/api/v1/requests").await.json();
+            (live["data"][0]["status"] == "forwarding")
+                .then(|| live["data"][0]["request_id"].as_str().map(str::to_string))
+                .flatten()
+        })
+        .await;
+    harness.flush().await;
+    harness
+        .eventually("five final rows and the live one stored", || async {
+            let list = harness.get("/api/v1/usage/requests").await.json();
+            let rows = list["data"].as_array().cloned().unwrap_or_default();
+            let completed = rows.iter().filter(|r| r["status"] == "completed").count();
+            let forwarding = rows.iter().filter(|r| r["status"] == "forwarding").count();
+            (completed == 5 && forwarding == 1).then_some(())
+        })
+        .await;
+    harness
+        .eventually("the affinity table counts every finished turn", || async {
+            let affinity = harness.get("/api/v1/routing/affinity").await.json();
+            (affinity["totals"]["turns"] == 5).then_some(())
+        })
+        .await;
+
+    for path in [
+        "/api/v1/status",
+        "/api/v1/endpoints",
+        "/api/v1/endpoints/performance",
+        "/api/v1/groups",
+        "/api/v1/routing/honesty",
+        "/api/v1/routing/affinity",
+        "/api/v1/routing/quota",
+        "/api/v1/connections",
+        "/api/v1/requests",
+        "/api/v1/usage/requests",
+        "/api/v1/usage/stats?period=1d",
+        "/api/v1/usage/summary",
+        "/api/v1/usage/models",
+        "/api/v1/usage/export?format=json",
+        "/api/v1/chart/request-trends?minutes=3",
+        "/api/v1/chart/response-times?minutes=3",
+        "/api/v1/chart/endpoint-health",
+        "/api/v1/chart/connection-activity?minutes=3",
+        "/api/v1/chart/endpoint-costs",
+        "/api/v1/chart/suspended-trends?minutes=3",
+        "/api/v1/tokens/usage?minutes=3",
+        "/api/v1/metrics/history?minutes=3",
+        "/api/v1/config",
+        "/api/v1/config/status",
+    ] {
+        let answer = harness.get(path).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.text());
+        shapes.answer(&format!("GET {path}"), &answer);
+    }
+    let answer = harness
+        .get(&format!("/api/v1/requests/{completed_id}"))
+        .await;
+    shapes.answer("GET /api/v1/requests/{id} (stored)", &answer);
+    let answer = harness.get(&format!("/api/v1/requests/{live_id}")).await;
+    shapes.answer("GET /api/v1/requests/{id} (live)", &answer);
+    let answer = harness.get("/api/v1/usage/export?format=csv").await;
+    shapes.head("GET /api/v1/usage/export?format=csv", &answer);
+    shapes.lines.push(format!(
+        "GET /api/v1/usage/export?format=csv header {}",
+        answer.text().lines().next().unwrap_or_default()
+    ));
+    let answer = harness.get("/api/v1/openapi.json").await;
+    shapes.head("GET /api/v1/openapi.json", &answer);
+    let answer = harness
+        .admin_request(Method::HEAD, "/api/v1/status", &[], "")
+        .await;
+    shapes.head("HEAD /api/v1/status", &answer);
+    let answer = harness.get("/api/v1/status/").await;
+    shapes.head("GET /api/v1/status/ (trailing slash)", &answer);
+
+    // Refusals: status, headers and the whole body.
+    for (method, path, body) in [
+        (Method::GET, "/api/v1/nothing-here", ""),
+        (Method::GET, "/api/v1", ""),
+        (Method::GET, "/api/v1/groups//pause", ""),
+        (Method::DELETE, "/api/v1/groups", ""),
+        (Method::GET, "/api/v1/groups/main/pause", ""),
+        (Method::POST, "/api/v1/status", ""),
+        (Method::PUT, "/api/v1/stream", ""),
+        (Method::POST, "/api/v1/groups/no%20such/pause", ""),
+        (
+            Method::POST,
+            "/api/v1/endpoints/no%2Bsuch/priority",
+            r#"{"priority": 2}"#,
+        ),
+        (Method::GET, "/api/v1/requests/req-00000000000000ff", ""),
+        (Method::GET, "/api/v1/usage/requests?limit=x", ""),
+        (Method::GET, "/api/v1/stream?events=nope", ""),
+        (Method::GET, "/no-such-page", ""),
+        (Method::POST, "/", ""),
+    ] {
+        let answer = harness.admin_request(method.clone(), path, &[], body).await;
+        shapes.exact(&format!("{method} {path}"), &answer);
+    }
+
+    // The live stream: the snapshots it opens with, then one event of each kind.
+    let mut stream = support::SseReader::open(
+        &harness,
+        "/api/v1/stream?events=status,endpoint,group,connection,log,config",
+        &[],
+    )
+    .await;
+    let mut initial = 0;
+    while initial < 6 {
+        let frame = stream.next(support::WAIT).await.expect("initial frame");
+        if let Some(event) = &frame.event {
+            shapes.json(&format!("stream initial {event}"), &frame.json());
+            initial += 1;
+        }
+    }
+    let answer = harness
+        .post("/api/v1/endpoints/backup/priority", r#"{"priority": 3}"#)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        harness.post("/api/v1/groups/spare/resume", "").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(harness.send_message(false).await.0, StatusCode::OK);
+    let wanted = [
+        "group",
+        "endpoint",
+        "log",
+        "status",
+        "connection request_completed",
+        "connection connection_stats_updated",
+    ];
+    let mut seen: std::collections::BTreeMap<String, Value> = Default::default();
+    let mut router_events: std::collections::BTreeMap<String, Value> = Default::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while wanted.iter().any(|kind| !seen.contains_key(*kind)) || router_events.len() < 2 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let frame = stream
+            .next(left)
+            .await
+            .unwrap_or_else(|| panic!("stream events missing; seen {:?}", seen.keys()));
+        let Some(event) = frame.event.clone() else {
+            continue;
+        };
+        let mut value = frame.json();
+        let kind = match event.as_str() {
+            "connection" => format!(
+                "connection {}",
+                value["data"]["change_type"].as_str().unwrap_or_default()
+            ),
+            other => other.to_string(),
+        };
+        if kind == "group" {
+            let events = value["data"]
+                .as_object_mut()
+                .and_then(|data| data.remove("events"));
+            for router_event in events
+                .and_then(|e| e.as_array().cloned())
+                .unwrap_or_default()
+            {
+                let name = router_event["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                router_events.entry(name).or_insert(router_event);
+            }
+            // A frame rendered before the resume still shows `spare` paused: pin the settled one.
+            let settled = value["data"]["groups"]
+                .as_array()
+                .is_some_and(|groups| groups.iter().all(|g| g["manually_paused"] == false));
+            if !settled {
+                continue;
+            }
+        }
+        seen.entry(kind).or_insert(value);
+    }
+    for kind in wanted {
+        shapes.json(&format!("stream event {kind}"), &seen[kind]);
+    }
+    for (name, router_event) in &router_events {
+        shapes.json(&format!("stream group.events[] {name}"), router_event);
+    }
+    support::shape::check_snapshot("wire_shapes.txt", &shapes.text());
+}

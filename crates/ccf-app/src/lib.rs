@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod cluster;
+mod metrics;
 pub mod reload;
 pub mod usage;
 
@@ -117,8 +118,12 @@ impl App {
             Some(Arc::new(usage::Observers(observers))),
         )?;
         if let Some(tracking) = &usage {
-            ccf_admin::install_recorder_health(&forwarder, tracking.recorder.clone());
-            ccf_admin::install_cost_metric(
+            metrics::install_recorder_health(&forwarder, tracking.recorder.clone());
+        }
+        // Costs are shown by the usage store and the admin API: the metric prices outcomes
+        // whenever either runs (a reload installs it in any case).
+        if usage.is_some() || config.web.enabled {
+            metrics::install_cost_metric(
                 &forwarder,
                 ccf_store::Pricing::from_config(&config.usage_tracking),
             );

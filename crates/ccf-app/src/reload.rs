@@ -164,7 +164,7 @@ impl Reloader for AppReloader {
                         if let Some(recorder) = &self.recorder {
                             recorder.set_pricing(pricing.clone());
                         }
-                        ccf_admin::install_cost_metric(&self.forwarder, pricing);
+                        crate::metrics::install_cost_metric(&self.forwarder, pricing);
                         for hook in &self.hooks.0 {
                             hook(&config);
                         }

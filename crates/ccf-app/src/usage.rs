@@ -139,7 +139,7 @@ impl DeferredRecord for PendingState {
     }
 
     fn to_record(&self) -> ccf_store::UsageRecord {
-        ccf_admin::usage_record(self.event.record(), Some(&self.instance_id))
+        ccf_store::UsageRecord::from_request(self.event.record(), Some(&self.instance_id))
     }
 }
 

@@ -117,7 +117,7 @@ pub struct UsageHealth {
 pub type UsageHealthProbe = Arc<dyn Fn() -> UsageHealth + Send + Sync>;
 
 /// Prices a request's usage in USD: `(model, usage) -> cost`. Installed by whoever knows the
-/// pricing table (the admin API or the application), so this crate needs no store.
+/// pricing table (the application), so this crate needs no store.
 pub type CostModel = Arc<dyn Fn(Option<&str>, &ccf_types::Usage) -> f64 + Send + Sync>;
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;

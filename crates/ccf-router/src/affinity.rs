@@ -26,9 +26,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use ccf_config::Config;
-use serde::Serialize;
 
-use crate::{instant_after, RoutePlan, Router};
+use crate::state::instant_after;
+use crate::{RoutePlan, Router};
 
 /// Default binding lifetime after a turn: the 5-minute prompt cache.
 pub const DEFAULT_AFFINITY_TTL: Duration = Duration::from_secs(5 * 60);
@@ -98,15 +98,8 @@ impl fmt::Display for SessionKey {
     }
 }
 
-impl Serialize for SessionKey {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
 /// Where a session's identity came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionSource {
     /// An explicit session header (`x-claude-code-session-id`, `x-session-id`).
     Header,
@@ -140,7 +133,7 @@ pub struct SessionDecision {
 }
 
 /// A session changed endpoint: its previous turn was served by `from`, this one by `to`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AffinityMove {
     /// The session.
     pub session: SessionKey,
@@ -151,7 +144,7 @@ pub struct AffinityMove {
 }
 
 /// Token counts of finished turns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheTokens {
     /// Finished turns counted.
     pub turns: u64,
@@ -198,7 +191,7 @@ pub struct TurnTokens {
 }
 
 /// Cache-read tokens of held turns for one model: what would have been cache writes elsewhere.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeldTokens {
     /// The model billed (`""` when unknown, or for models past the per-session limit).
     pub model: String,
@@ -243,7 +236,7 @@ struct Binding {
 }
 
 /// Whole-table counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AffinityTotals {
     /// Sessions bound for the first time (or again after their binding expired).
     pub bound: u64,
@@ -258,7 +251,7 @@ pub struct AffinityTotals {
 }
 
 /// One session as shown to operators.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionView {
     /// The session's key (16 hex digits).
     pub session: SessionKey,
@@ -287,7 +280,7 @@ pub struct SessionView {
 }
 
 /// One endpoint's cache numbers as shown to operators.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointCacheView {
     /// Endpoint name.
     pub endpoint: String,
@@ -304,7 +297,7 @@ pub struct EndpointCacheView {
 }
 
 /// The affinity table as shown to operators.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AffinityView {
     /// `routing.session_affinity`.
     pub enabled: bool,

@@ -25,7 +25,6 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use ccf_config::Config;
-use serde::Serialize;
 
 /// Weight of one new check in a signal's score.
 pub const SCORE_ALPHA: f64 = 0.2;
@@ -97,8 +96,7 @@ impl HonestySettings {
 }
 
 /// What is compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HonestySignal {
     /// The response's model is not the one the request asked for.
     ModelSubstitution,
@@ -220,7 +218,7 @@ pub struct HonestyCheck {
 }
 
 /// A flagged check, kept as the endpoint's last example.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlagExample {
     /// The request.
     pub request_id: String,
@@ -231,12 +229,11 @@ pub struct FlagExample {
     /// What the endpoint reported.
     pub reported: String,
     /// When (wall clock).
-    #[serde(skip)]
     pub at: SystemTime,
 }
 
 /// One signal's score on one endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SignalScore {
     /// Moving average in `[0, 1]`; 1 = trusted.
     pub score: f64,
@@ -279,7 +276,7 @@ fn recover(score: f64, elapsed: Duration) -> f64 {
 }
 
 /// One endpoint's honesty as shown to operators.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointHonesty {
     /// Endpoint name.
     pub endpoint: String,

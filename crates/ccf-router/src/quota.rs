@@ -20,9 +20,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use crate::{instant_after, Router};
+use crate::state::instant_after;
+use crate::Router;
 
 /// Samples older than this (relative to the newest) do not count in the burn rate.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -32,8 +31,7 @@ pub const MAX_SAMPLES: usize = 32;
 pub const MIN_RATE_SPAN: Duration = Duration::from_secs(1);
 
 /// One rate-limited quantity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum QuotaDimension {
     /// `anthropic-ratelimit-requests-*`.
     Requests,
@@ -95,8 +93,7 @@ impl QuotaObservation {
 }
 
 /// Why new sessions avoid an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainReason {
     /// A `retry-after` is running.
     RetryAfter,
@@ -208,7 +205,7 @@ struct EndpointQuota {
 }
 
 /// One dimension of one endpoint as shown to operators.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DimensionView {
     /// The dimension.
     pub dimension: QuotaDimension,
@@ -229,7 +226,7 @@ pub struct DimensionView {
 }
 
 /// One endpoint's quota as shown to operators.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointQuotaView {
     /// Endpoint name.
     pub endpoint: String,

@@ -1151,32 +1151,6 @@ fn a_huge_cooldown_does_not_overflow_the_clock() {
     assert!(router.next_change_at(now).is_some());
 }
 
-#[test]
-fn views_and_events_serialize_for_the_admin_api() {
-    let event = RouterEvent::ActiveGroupChanged {
-        from: None,
-        to: Some("B".into()),
-    };
-    assert_eq!(
-        serde_json::to_string(&event).expect("serializable"),
-        r#"{"type":"active_group_changed","from":null,"to":"B"}"#
-    );
-    let event = RouterEvent::EndpointBlocked {
-        endpoint: "b1".into(),
-        until: Instant::now(),
-    };
-    assert_eq!(
-        serde_json::to_string(&event).expect("serializable"),
-        r#"{"type":"endpoint_blocked","endpoint":"b1"}"#
-    );
-    let endpoints: Vec<Endpoint> = ABC.iter().copied().map(endpoint).collect();
-    let router = Router::new(&endpoints, AUTO);
-    let views = router.groups(&|_| true, Instant::now());
-    let json = serde_json::to_value(&views[0]).expect("serializable");
-    assert_eq!(json["status"], "active");
-    assert_eq!(json["name"], "A");
-}
-
 /// xorshift64*: a small deterministic generator for the random-sequence test.
 struct Rng(u64);
 

@@ -2,9 +2,10 @@
 
 use std::time::SystemTime;
 
+use ccf_store::columns::{ColumnRow, ColumnValue};
 use ccf_store::time::{from_parts, parse_timestamp, to_parts, DateTimeParts};
 use ccf_store::{LegacyZone, StoreError};
-use mysql_async::Value;
+use mysql_async::{Row, Value};
 
 /// Classifies a driver error: lost connections, unknown databases, lock waits, deadlocks and
 /// read-only servers are retryable.
@@ -130,4 +131,53 @@ pub(crate) fn text(value: &str) -> Value {
 /// The value at `index` of a row (NULL when absent).
 pub(crate) fn at(row: &mysql_async::Row, index: usize) -> &Value {
     row.as_ref(index).unwrap_or(&Value::NULL)
+}
+
+/// Nano-USD as an exact decimal string for a DECIMAL column (rounded by the column's scale).
+pub(crate) fn usd(nano: i64) -> Value {
+    let sign = if nano < 0 { "-" } else { "" };
+    let abs = nano.unsigned_abs();
+    text(&format!(
+        "{sign}{}.{:09}",
+        abs / 1_000_000_000,
+        abs % 1_000_000_000
+    ))
+}
+
+/// A column's value as MySQL is sent it: text as bytes, instants as DATETIME(6), counts, flags
+/// (0/1) and nano-USD as integers, legacy USD as an exact decimal string.
+pub(crate) fn column_value(value: ColumnValue<'_>) -> Value {
+    match value {
+        ColumnValue::Text(value) => opt_text(value),
+        ColumnValue::Time(time) => opt_datetime(time),
+        ColumnValue::Count(count) => opt_int(count),
+        ColumnValue::Flag(flag) => Value::from(flag),
+        ColumnValue::NanoUsd(nano) => Value::Int(nano),
+        ColumnValue::Usd(nano) => usd(nano),
+    }
+}
+
+/// A result row read by position in the column list it was selected with; DATETIMEs are read
+/// in `zone`.
+pub(crate) struct MysqlRow<'a> {
+    pub(crate) row: &'a Row,
+    pub(crate) zone: LegacyZone,
+}
+
+impl ColumnRow for MysqlRow<'_> {
+    fn text(&self, position: usize) -> Option<String> {
+        as_text(at(self.row, position))
+    }
+
+    fn int(&self, position: usize) -> Option<i64> {
+        as_i64(at(self.row, position))
+    }
+
+    fn flag(&self, position: usize) -> bool {
+        as_bool(at(self.row, position))
+    }
+
+    fn time(&self, position: usize) -> Option<SystemTime> {
+        as_time(at(self.row, position), self.zone)
+    }
 }

@@ -1,27 +1,21 @@
 //! Listing, stats and summary, filtering and aggregating in SQL.
 
-use std::time::SystemTime;
+use std::sync::LazyLock;
 
+use ccf_store::columns::REQUEST_ROW;
 use ccf_store::{
     status, Aggregate, Bucket, Cost, LegacyZone, Page, RequestFilter, RequestQuery, RequestRow,
-    Stats, StoreError, SummaryQuery, SummaryRow, UsageRecord,
+    Stats, StoreError, SummaryQuery, SummaryRow,
 };
-use ccf_types::Usage;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Row, Value};
 
 use crate::convert::{
-    as_bool, as_f64, as_i64, as_text, as_time, at, datetime, mysql_error, text, u64_or_zero,
+    as_f64, as_i64, as_text, at, datetime, mysql_error, text, u64_or_zero, MysqlRow,
 };
 
-const ROW_COLUMNS: &str = "id, request_id, client_ip, user_agent, method, path, start_time, \
-    end_time, duration_ms, endpoint_name, group_name, model_name, is_streaming, status, \
-    http_status_code, retry_count, failure_reason, last_failure_reason, cancel_reason, \
-    input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, \
-    cache_creation_5m_tokens, cache_creation_1h_tokens, input_cost_nano_usd, output_cost_nano_usd, \
-    cache_creation_cost_nano_usd, cache_read_cost_nano_usd, total_cost_nano_usd, \
-    time_to_first_byte_ms, attempts_json, model_mismatch, partial, instance_id, is_final, \
-    created_at, updated_at, api_key_name";
+/// The SELECT list of a stored row ([`REQUEST_ROW`]).
+static ROW_COLUMNS: LazyLock<String> = LazyLock::new(|| REQUEST_ROW.join(", "));
 
 fn params(values: Vec<Value>) -> Params {
     if values.is_empty() {
@@ -32,64 +26,7 @@ fn params(values: Vec<Value>) -> Params {
 }
 
 fn row_to_request(row: &Row, zone: LegacyZone) -> RequestRow {
-    let get = |index: usize| at(row, index);
-    let opt_u64 = |index: usize| as_i64(get(index)).and_then(|n| u64::try_from(n).ok());
-    let cost = |index: usize| as_i64(get(index)).unwrap_or(0);
-    let request_id = as_text(get(1)).unwrap_or_default();
-    let start_time = as_time(get(6), zone).unwrap_or_else(|| {
-        tracing::warn!(request_id = %request_id, "unreadable start_time; shown as the Unix epoch");
-        SystemTime::UNIX_EPOCH
-    });
-    RequestRow {
-        id: as_i64(get(0)).unwrap_or(0),
-        record: UsageRecord {
-            request_id,
-            client_ip: as_text(get(2)),
-            user_agent: as_text(get(3)),
-            method: as_text(get(4)).unwrap_or_else(|| "POST".into()),
-            path: as_text(get(5)).unwrap_or_else(|| "/v1/messages".into()),
-            start_time,
-            end_time: as_time(get(7), zone),
-            duration_ms: opt_u64(8),
-            endpoint_name: as_text(get(9)),
-            group_name: as_text(get(10)),
-            model_name: as_text(get(11)),
-            is_streaming: as_bool(get(12)),
-            status: as_text(get(13)).unwrap_or_else(|| status::PENDING.into()),
-            http_status_code: as_i64(get(14)).and_then(|n| u16::try_from(n).ok()),
-            retry_count: as_i64(get(15))
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0),
-            failure_reason: as_text(get(16)),
-            last_failure_reason: as_text(get(17)),
-            cancel_reason: as_text(get(18)),
-            usage: Usage {
-                input_tokens: u64_or_zero(get(19)),
-                output_tokens: u64_or_zero(get(20)),
-                cache_creation_input_tokens: u64_or_zero(get(21)),
-                cache_read_input_tokens: u64_or_zero(get(22)),
-                cache_creation_5m_input_tokens: u64_or_zero(get(23)),
-                cache_creation_1h_input_tokens: u64_or_zero(get(24)),
-                ..Usage::default()
-            },
-            time_to_first_byte_ms: opt_u64(30),
-            attempts_json: as_text(get(31)),
-            model_mismatch: as_bool(get(32)),
-            partial: as_bool(get(33)),
-            instance_id: as_text(get(34)),
-            api_key_name: as_text(get(38)),
-            is_final: as_bool(get(35)),
-        },
-        cost: Cost {
-            input: cost(25),
-            output: cost(26),
-            cache_creation: cost(27),
-            cache_read: cost(28),
-            total: cost(29),
-        },
-        created_at: as_time(get(36), zone),
-        updated_at: as_time(get(37), zone),
-    }
+    RequestRow::from_columns(&MysqlRow { row, zone })
 }
 
 fn where_clause(filter: &RequestFilter) -> (String, Vec<Value>) {
@@ -147,10 +84,11 @@ pub(crate) async fn list_requests(
     let limit = query.effective_limit();
     values.push(Value::UInt(u64::from(limit)));
     values.push(Value::UInt(query.offset));
+    let columns = ROW_COLUMNS.as_str();
     let rows: Vec<Row> = conn
         .exec(
             format!(
-                "SELECT {ROW_COLUMNS} FROM request_logs{where_sql} \
+                "SELECT {columns} FROM request_logs{where_sql} \
                  ORDER BY start_time DESC, id DESC LIMIT ? OFFSET ?"
             ),
             params(values),
@@ -170,9 +108,10 @@ pub(crate) async fn get_request(
     request_id: &str,
     zone: LegacyZone,
 ) -> Result<Option<RequestRow>, StoreError> {
+    let columns = ROW_COLUMNS.as_str();
     let row: Option<Row> = conn
         .exec_first(
-            format!("SELECT {ROW_COLUMNS} FROM request_logs WHERE request_id = ?"),
+            format!("SELECT {columns} FROM request_logs WHERE request_id = ?"),
             (request_id,),
         )
         .await
@@ -195,9 +134,12 @@ pub(crate) async fn scan_requests(
     };
     values.push(Value::Int(after_id));
     values.push(Value::UInt(u64::from(limit.max(1))));
+    let columns = ROW_COLUMNS.as_str();
     let rows: Vec<Row> = conn
         .exec(
-            format!("SELECT {ROW_COLUMNS} FROM request_logs{where_sql}{joiner} id > ? ORDER BY id LIMIT ?"),
+            format!(
+                "SELECT {columns} FROM request_logs{where_sql}{joiner} id > ? ORDER BY id LIMIT ?"
+            ),
             params(values),
         )
         .await

@@ -1,6 +1,7 @@
 //! rusqlite errors and values to store types.
 
-use ccf_store::{LegacyZone, StoreError};
+use ccf_store::columns::{ColumnRow, ColumnValue};
+use ccf_store::{Cost, LegacyZone, StoreError};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::ErrorCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -120,6 +121,53 @@ pub(crate) fn opt_int(value: Option<u64>) -> Value {
 
 pub(crate) fn opt_text(value: Option<&str>) -> Value {
     value.map_or(Value::Null, |text| Value::Text(text.to_string()))
+}
+
+/// A column's value as SQLite stores it: text as TEXT, instants as [`format_timestamp`] text,
+/// counts, flags (0/1) and nano-USD as INTEGER, legacy USD as REAL.
+pub(crate) fn column_value(value: ColumnValue<'_>) -> Value {
+    match value {
+        ColumnValue::Text(text) => opt_text(text),
+        ColumnValue::Time(time) => {
+            time.map_or(Value::Null, |time| Value::Text(format_timestamp(time)))
+        }
+        ColumnValue::Count(count) => opt_int(count),
+        ColumnValue::Flag(flag) => Value::Integer(i64::from(flag)),
+        ColumnValue::NanoUsd(nano) => Value::Integer(nano),
+        ColumnValue::Usd(nano) => Value::Real(Cost::usd(nano)),
+    }
+}
+
+/// A result row read by position in the column list it was selected with; timestamps without a
+/// zone are read in `zone`.
+pub(crate) struct SqliteRow<'a, 'r> {
+    pub(crate) row: &'a rusqlite::Row<'r>,
+    pub(crate) zone: LegacyZone,
+}
+
+impl SqliteRow<'_, '_> {
+    fn value(&self, position: usize) -> Option<ValueRef<'_>> {
+        self.row.get_ref(position).ok()
+    }
+}
+
+impl ColumnRow for SqliteRow<'_, '_> {
+    fn text(&self, position: usize) -> Option<String> {
+        self.value(position).and_then(as_text)
+    }
+
+    fn int(&self, position: usize) -> Option<i64> {
+        self.value(position).and_then(as_i64)
+    }
+
+    fn flag(&self, position: usize) -> bool {
+        self.value(position).is_some_and(as_bool)
+    }
+
+    fn time(&self, position: usize) -> Option<SystemTime> {
+        self.value(position)
+            .and_then(|value| as_time(value, self.zone))
+    }
 }
 
 /// The first instant whose year has five digits (10000-01-01T00:00:00Z), in Unix seconds.

@@ -1,93 +1,23 @@
 //! Reader-pool queries: listing, stats and summary, all filtering and aggregating in SQL.
 
-use std::time::SystemTime;
+use std::sync::LazyLock;
 
+use ccf_store::columns::REQUEST_ROW;
 use ccf_store::time::format_timestamp;
 use ccf_store::{
     status, Aggregate, Bucket, Cost, LegacyZone, Page, RequestFilter, RequestQuery, RequestRow,
-    Stats, StoreError, SummaryQuery, SummaryRow, UsageRecord,
+    Stats, StoreError, SummaryQuery, SummaryRow,
 };
-use ccf_types::Usage;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, Row};
 
-use crate::convert::{as_bool, as_f64, as_i64, as_text, as_time, sqlite_error, u64_or_zero};
+use crate::convert::{as_f64, as_i64, as_text, sqlite_error, u64_or_zero, SqliteRow};
 
-const ROW_COLUMNS: &str = "id, request_id, client_ip, user_agent, method, path, start_time, \
-    end_time, duration_ms, endpoint_name, group_name, model_name, is_streaming, status, \
-    http_status_code, retry_count, failure_reason, last_failure_reason, cancel_reason, \
-    input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, \
-    cache_creation_5m_tokens, cache_creation_1h_tokens, input_cost_nano_usd, output_cost_nano_usd, \
-    cache_creation_cost_nano_usd, cache_read_cost_nano_usd, total_cost_nano_usd, \
-    time_to_first_byte_ms, attempts_json, model_mismatch, partial, instance_id, is_final, \
-    created_at, updated_at, api_key_name";
+/// The SELECT list of a stored row ([`REQUEST_ROW`]).
+static ROW_COLUMNS: LazyLock<String> = LazyLock::new(|| REQUEST_ROW.join(", "));
 
 fn row_to_request(row: &Row<'_>, zone: LegacyZone) -> rusqlite::Result<RequestRow> {
-    let get = |index: usize| row.get_ref(index);
-    let text = |index: usize| -> rusqlite::Result<Option<String>> { Ok(as_text(get(index)?)) };
-    let request_id = text(1)?.unwrap_or_default();
-    let start_time = match as_time(get(6)?, zone) {
-        Some(time) => time,
-        None => {
-            tracing::warn!(request_id = %request_id, "unreadable start_time; shown as the Unix epoch");
-            SystemTime::UNIX_EPOCH
-        }
-    };
-    let opt_u64 = |index: usize| -> rusqlite::Result<Option<u64>> {
-        Ok(as_i64(get(index)?).and_then(|n| u64::try_from(n).ok()))
-    };
-    let cost = |index: usize| -> rusqlite::Result<i64> { Ok(as_i64(get(index)?).unwrap_or(0)) };
-    let record = UsageRecord {
-        request_id,
-        client_ip: text(2)?,
-        user_agent: text(3)?,
-        method: text(4)?.unwrap_or_else(|| "POST".into()),
-        path: text(5)?.unwrap_or_else(|| "/v1/messages".into()),
-        start_time,
-        end_time: as_time(get(7)?, zone),
-        duration_ms: opt_u64(8)?,
-        endpoint_name: text(9)?,
-        group_name: text(10)?,
-        model_name: text(11)?,
-        is_streaming: as_bool(get(12)?),
-        status: text(13)?.unwrap_or_else(|| status::PENDING.into()),
-        http_status_code: as_i64(get(14)?).and_then(|n| u16::try_from(n).ok()),
-        retry_count: as_i64(get(15)?)
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0),
-        failure_reason: text(16)?,
-        last_failure_reason: text(17)?,
-        cancel_reason: text(18)?,
-        usage: Usage {
-            input_tokens: u64_or_zero(get(19)?),
-            output_tokens: u64_or_zero(get(20)?),
-            cache_creation_input_tokens: u64_or_zero(get(21)?),
-            cache_read_input_tokens: u64_or_zero(get(22)?),
-            cache_creation_5m_input_tokens: u64_or_zero(get(23)?),
-            cache_creation_1h_input_tokens: u64_or_zero(get(24)?),
-            ..Usage::default()
-        },
-        time_to_first_byte_ms: opt_u64(30)?,
-        attempts_json: text(31)?,
-        model_mismatch: as_bool(get(32)?),
-        partial: as_bool(get(33)?),
-        instance_id: text(34)?,
-        api_key_name: text(38)?,
-        is_final: as_bool(get(35)?),
-    };
-    Ok(RequestRow {
-        id: row.get(0)?,
-        record,
-        cost: Cost {
-            input: cost(25)?,
-            output: cost(26)?,
-            cache_creation: cost(27)?,
-            cache_read: cost(28)?,
-            total: cost(29)?,
-        },
-        created_at: as_time(get(36)?, zone),
-        updated_at: as_time(get(37)?, zone),
-    })
+    Ok(RequestRow::from_columns(&SqliteRow { row, zone }))
 }
 
 /// `WHERE …` (or empty) and its parameters.
@@ -145,9 +75,10 @@ pub(crate) fn list_requests(
     values.push(Value::Integer(
         i64::try_from(query.offset).unwrap_or(i64::MAX),
     ));
+    let columns = ROW_COLUMNS.as_str();
     let mut statement = connection
         .prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM request_logs{where_sql} \
+            "SELECT {columns} FROM request_logs{where_sql} \
              ORDER BY start_time DESC, id DESC LIMIT ? OFFSET ?"
         ))
         .map_err(sqlite_error)?;
@@ -171,9 +102,10 @@ pub(crate) fn get_request(
     request_id: &str,
     zone: LegacyZone,
 ) -> Result<Option<RequestRow>, StoreError> {
+    let columns = ROW_COLUMNS.as_str();
     let mut statement = connection
         .prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM request_logs WHERE request_id = ?1"
+            "SELECT {columns} FROM request_logs WHERE request_id = ?1"
         ))
         .map_err(sqlite_error)?;
     let mut rows = statement
@@ -197,9 +129,10 @@ pub(crate) fn scan_requests(
     };
     values.push(Value::Integer(after_id));
     values.push(Value::Integer(i64::from(limit.max(1))));
+    let columns = ROW_COLUMNS.as_str();
     let mut statement = connection
         .prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM request_logs{where_sql}{joiner} id > ? ORDER BY id LIMIT ?"
+            "SELECT {columns} FROM request_logs{where_sql}{joiner} id > ? ORDER BY id LIMIT ?"
         ))
         .map_err(sqlite_error)?;
     let rows = statement

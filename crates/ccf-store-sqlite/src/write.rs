@@ -1,69 +1,55 @@
 //! The writer thread's statements: batch upserts with `usage_summary` upkeep, and retention.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::SystemTime;
 
+use ccf_store::columns::{EXISTING_ROW, KEPT_ON_UPDATE, SNAPSHOT};
 use ccf_store::time::format_date;
-use ccf_store::{
-    plan_batch, ContributionParts, Cost, ExistingRow, LegacyZone, StoreError, StoredRecord,
-    SummaryContribution,
-};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use ccf_store::{plan_batch, ExistingRow, LegacyZone, StoreError, StoredRecord};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::convert::{
-    as_bool, as_i64, as_text, as_time, format_timestamp, int, opt_int, opt_text, sqlite_error,
-    u64_or_zero,
-};
+use crate::convert::{column_value, format_timestamp, sqlite_error, SqliteRow};
 
 /// Rows deleted per retention statement.
 pub(crate) const CLEANUP_CHUNK: u64 = 5000;
 
-const SELECT_EXISTING: &str =
-    "SELECT is_final, summarized, start_time, model_name, endpoint_name, \
-    group_name, status, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, \
-    total_cost_nano_usd, duration_ms FROM request_logs WHERE request_id = ?1";
+/// What the store holds for one request id ([`EXISTING_ROW`]).
+static SELECT_EXISTING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM request_logs WHERE request_id = ?1",
+        EXISTING_ROW.join(", ")
+    )
+});
 
-const UPSERT: &str = "INSERT INTO request_logs (
-    request_id, client_ip, user_agent, method, path, start_time, end_time, duration_ms,
-    endpoint_name, group_name, model_name, is_streaming, status, http_status_code, retry_count,
-    failure_reason, last_failure_reason, cancel_reason,
-    input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens,
-    cache_creation_5m_tokens, cache_creation_1h_tokens,
-    input_cost_usd, output_cost_usd, cache_creation_cost_usd, cache_read_cost_usd, total_cost_usd,
-    input_cost_nano_usd, output_cost_nano_usd, cache_creation_cost_nano_usd,
-    cache_read_cost_nano_usd, total_cost_nano_usd,
-    time_to_first_byte_ms, attempts_json, model_mismatch, partial, instance_id, is_final,
-    summarized, created_at, updated_at, api_key_name
-) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38,
-    ?39, ?40, ?41, ?42, ?42, ?43)
-ON CONFLICT(request_id) DO UPDATE SET
-    client_ip = excluded.client_ip, user_agent = excluded.user_agent, method = excluded.method,
-    path = excluded.path, end_time = excluded.end_time, duration_ms = excluded.duration_ms,
-    endpoint_name = excluded.endpoint_name, group_name = excluded.group_name,
-    model_name = excluded.model_name, is_streaming = excluded.is_streaming,
-    status = excluded.status, http_status_code = excluded.http_status_code,
-    retry_count = excluded.retry_count, failure_reason = excluded.failure_reason,
-    last_failure_reason = excluded.last_failure_reason, cancel_reason = excluded.cancel_reason,
-    input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
-    cache_creation_tokens = excluded.cache_creation_tokens,
-    cache_read_tokens = excluded.cache_read_tokens,
-    cache_creation_5m_tokens = excluded.cache_creation_5m_tokens,
-    cache_creation_1h_tokens = excluded.cache_creation_1h_tokens,
-    input_cost_usd = excluded.input_cost_usd, output_cost_usd = excluded.output_cost_usd,
-    cache_creation_cost_usd = excluded.cache_creation_cost_usd,
-    cache_read_cost_usd = excluded.cache_read_cost_usd, total_cost_usd = excluded.total_cost_usd,
-    input_cost_nano_usd = excluded.input_cost_nano_usd,
-    output_cost_nano_usd = excluded.output_cost_nano_usd,
-    cache_creation_cost_nano_usd = excluded.cache_creation_cost_nano_usd,
-    cache_read_cost_nano_usd = excluded.cache_read_cost_nano_usd,
-    total_cost_nano_usd = excluded.total_cost_nano_usd,
-    time_to_first_byte_ms = excluded.time_to_first_byte_ms,
-    attempts_json = excluded.attempts_json, model_mismatch = excluded.model_mismatch,
-    partial = excluded.partial, instance_id = excluded.instance_id,
-    is_final = excluded.is_final, summarized = excluded.summarized,
-    updated_at = excluded.updated_at,
-    api_key_name = COALESCE(excluded.api_key_name, request_logs.api_key_name)";
+/// Columns an upsert keeps when the new snapshot has none. (The MySQL adapter overwrites
+/// them; every snapshot of a request carries the same key name, so both agree in practice.)
+const KEPT_WHEN_NULL: [&str; 1] = ["api_key_name"];
+
+/// Inserts a snapshot ([`SNAPSHOT`], bound in its order) or updates every column of the stored
+/// row but those of [`KEPT_ON_UPDATE`].
+static UPSERT: LazyLock<String> = LazyLock::new(|| {
+    let placeholders: Vec<String> = (1..=SNAPSHOT.len())
+        .map(|number| format!("?{number}"))
+        .collect();
+    let updates: Vec<String> = SNAPSHOT
+        .iter()
+        .filter(|column| !KEPT_ON_UPDATE.contains(column))
+        .map(|column| {
+            if KEPT_WHEN_NULL.contains(column) {
+                format!("{column} = COALESCE(excluded.{column}, request_logs.{column})")
+            } else {
+                format!("{column} = excluded.{column}")
+            }
+        })
+        .collect();
+    format!(
+        "INSERT INTO request_logs ({}) VALUES ({}) ON CONFLICT(request_id) DO UPDATE SET {}",
+        SNAPSHOT.join(", "),
+        placeholders.join(", "),
+        updates.join(", ")
+    )
+});
 
 const SUMMARY_UPSERT: &str = "INSERT INTO usage_summary (
     date, model_name, endpoint_name, group_name, request_count, success_count, error_count,
@@ -99,7 +85,9 @@ pub(crate) fn write_batch(
         .map_err(sqlite_error)?;
     let mut existing: HashMap<String, ExistingRow> = HashMap::new();
     {
-        let mut select = tx.prepare_cached(SELECT_EXISTING).map_err(sqlite_error)?;
+        let mut select = tx
+            .prepare_cached(SELECT_EXISTING.as_str())
+            .map_err(sqlite_error)?;
         for stored in batch {
             let id = &stored.record().request_id;
             if existing.contains_key(id) {
@@ -107,103 +95,30 @@ pub(crate) fn write_batch(
             }
             let row = select
                 .query_row([id], |row| {
-                    let is_final = as_bool(row.get_ref(0)?);
-                    let summarized = as_bool(row.get_ref(1)?);
-                    let start_time =
-                        as_time(row.get_ref(2)?, zone).unwrap_or(SystemTime::UNIX_EPOCH);
-                    let counted = if is_final && summarized {
-                        let model = as_text(row.get_ref(3)?);
-                        let endpoint = as_text(row.get_ref(4)?);
-                        let group = as_text(row.get_ref(5)?);
-                        let status = as_text(row.get_ref(6)?).unwrap_or_default();
-                        Some(SummaryContribution::from_parts(ContributionParts {
-                            start_time,
-                            model_name: model.as_deref(),
-                            endpoint_name: endpoint.as_deref(),
-                            group_name: group.as_deref(),
-                            status: &status,
-                            input_tokens: u64_or_zero(row.get_ref(7)?),
-                            output_tokens: u64_or_zero(row.get_ref(8)?),
-                            cache_creation_tokens: u64_or_zero(row.get_ref(9)?),
-                            cache_read_tokens: u64_or_zero(row.get_ref(10)?),
-                            cost_nano_usd: as_i64(row.get_ref(11)?).unwrap_or(0),
-                            duration_ms: as_i64(row.get_ref(12)?)
-                                .and_then(|d| u64::try_from(d).ok()),
-                        }))
-                    } else {
-                        None
-                    };
-                    Ok(ExistingRow {
-                        is_final,
-                        start_time,
-                        counted,
-                    })
+                    Ok(ExistingRow::from_columns(&SqliteRow { row, zone }))
                 })
                 .optional()
-                .map_err(sqlite_error)?;
-            if let Some(row) = row {
+                .map_err(sqlite_error)?
+                .flatten();
+            if let Some((_, row)) = row {
                 existing.insert(id.clone(), row);
             }
         }
     }
     let plan = plan_batch(batch, &existing);
-    let now = format_timestamp(SystemTime::now());
+    let now = SystemTime::now();
     {
-        let mut upsert = tx.prepare_cached(UPSERT).map_err(sqlite_error)?;
+        let mut upsert = tx.prepare_cached(UPSERT.as_str()).map_err(sqlite_error)?;
         for stored in &plan.writes {
-            let record = stored.record();
-            let cost: &Cost = stored.cost();
-            let usage = &record.usage;
             upsert
-                .execute(params![
-                    record.request_id,
-                    opt_text(record.client_ip.as_deref()),
-                    opt_text(record.user_agent.as_deref()),
-                    record.method,
-                    record.path,
-                    format_timestamp(record.start_time),
-                    record.end_time.map(format_timestamp),
-                    opt_int(record.duration_ms),
-                    opt_text(record.endpoint_name.as_deref()),
-                    opt_text(record.group_name.as_deref()),
-                    opt_text(record.model_name.as_deref()),
-                    record.is_streaming,
-                    record.status,
-                    record.http_status_code,
-                    record.retry_count,
-                    opt_text(record.failure_reason.as_deref()),
-                    opt_text(record.last_failure_reason.as_deref()),
-                    opt_text(record.cancel_reason.as_deref()),
-                    int(usage.input_tokens),
-                    int(usage.output_tokens),
-                    int(usage.cache_creation_input_tokens),
-                    int(usage.cache_read_input_tokens),
-                    int(usage.cache_creation_5m_input_tokens),
-                    int(usage.cache_creation_1h_input_tokens),
-                    Cost::usd(cost.input),
-                    Cost::usd(cost.output),
-                    Cost::usd(cost.cache_creation),
-                    Cost::usd(cost.cache_read),
-                    Cost::usd(cost.total),
-                    cost.input,
-                    cost.output,
-                    cost.cache_creation,
-                    cost.cache_read,
-                    cost.total,
-                    opt_int(record.time_to_first_byte_ms),
-                    opt_text(record.attempts_json.as_deref()),
-                    record.model_mismatch,
-                    record.partial,
-                    opt_text(record.instance_id.as_deref()),
-                    record.is_final,
-                    record.is_final,
-                    now,
-                    opt_text(record.api_key_name.as_deref()),
-                ])
+                .execute(params_from_iter(
+                    stored.snapshot_values(now).map(column_value),
+                ))
                 .map_err(sqlite_error)?;
         }
     }
     if !plan.summary.is_empty() {
+        let now = format_timestamp(now);
         let mut upsert = tx.prepare_cached(SUMMARY_UPSERT).map_err(sqlite_error)?;
         for (key, delta) in &plan.summary {
             upsert

@@ -1,19 +1,23 @@
 //! Usage storage for cc-forwarder, without SQL.
 //!
-//! This crate owns what a usage row is ([`UsageRecord`]), how it is priced ([`Pricing`], exact
-//! integer nano-USD [`Cost`]s), the [`UsageStore`] trait every database adapter implements, the
-//! query and answer types (listing, stats, summary, export) and the [`Recorder`], the tokio task
-//! that batches snapshots into a store without ever blocking the request path. It knows nothing
-//! of SQL or of any driver: `ccf-store-sqlite` and `ccf-store-mysql` implement the trait, and
-//! [`plan_batch`] holds the write rules they share. With the `contract-tests` feature,
-//! [`contract`] is the test suite every adapter runs.
+//! This crate owns what a usage row is ([`UsageRecord`], made from a request's lifecycle record
+//! by [`UsageRecord::from_request`]), how it is priced ([`Pricing`], exact integer nano-USD
+//! [`Cost`]s), the [`UsageStore`] trait every database adapter implements, the query and answer
+//! types (listing, stats, summary, export) and the [`Recorder`], the tokio task that batches
+//! snapshots into a store without ever blocking the request path. It knows nothing of SQL or of
+//! any driver: `ccf-store-sqlite` and `ccf-store-mysql` implement the trait, [`plan_batch`]
+//! holds the write rules they share and [`columns`] the `request_logs` column names with the
+//! mapping of rows to and from them. With the `contract-tests` feature, [`contract`] is the
+//! test suite every adapter runs.
 //!
 //! Main types: [`UsageRecord`], [`StoredRecord`], [`RequestRow`], [`UsageStore`], [`Pricing`],
 //! [`Recorder`]/[`RecorderHandle`], [`StoreError`], [`LegacyZone`], and [`SharedState`] (settings
 //! shared by several instances on one database).
 
+pub mod columns;
 mod error;
 pub mod export;
+mod lifecycle;
 mod plan;
 mod pricing;
 mod query;

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use ccf_config::{ModelPricing, UsageTrackingConfig};
 use ccf_types::Usage;
-use serde::Serialize;
 
 /// Nano-USD in one USD.
 pub const NANO_PER_USD: i64 = 1_000_000_000;
@@ -83,7 +82,7 @@ fn mul(tokens: u64, nano_per_token: i64) -> i64 {
 }
 
 /// The cost of one request in nano-USD, by component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cost {
     /// Input tokens.
     pub input: i64,

@@ -2,8 +2,6 @@
 
 use std::time::SystemTime;
 
-use serde::Serialize;
-
 use crate::pricing::Cost;
 
 /// Row filters shared by listing, stats and export. Every field narrows the result; `None`
@@ -58,7 +56,7 @@ impl RequestQuery {
 }
 
 /// One page of results with the total number of rows matching the same filter.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
     /// The rows of this page.
     pub items: Vec<T>,
@@ -71,7 +69,7 @@ pub struct Page<T> {
 }
 
 /// Counts, durations, tokens and cost over a set of rows.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Aggregate {
     /// Rows.
     pub request_count: u64,
@@ -123,18 +121,17 @@ impl Aggregate {
 }
 
 /// An [`Aggregate`] for one value of a grouping key.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Bucket {
     /// The model, endpoint, group or API key name (empty when the rows have none), the UTC day
     /// `YYYY-MM-DD`, or the UTC hour `YYYY-MM-DDTHH:00:00Z`.
     pub key: String,
     /// The numbers.
-    #[serde(flatten)]
     pub aggregate: Aggregate,
 }
 
 /// Stats over the rows matching a [`StatsQuery`], computed in SQL.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     /// Every matching row.
     pub totals: Aggregate,
@@ -170,7 +167,7 @@ pub struct SummaryQuery {
 }
 
 /// One `usage_summary` row: the final requests of one UTC day, model, endpoint and group.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SummaryRow {
     /// UTC day, `YYYY-MM-DD`.
     pub date: String,

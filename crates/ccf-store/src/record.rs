@@ -59,9 +59,10 @@ pub mod status {
     }
 }
 
-/// One request's row, as a snapshot: the engine maps its lifecycle record into this and hands
-/// each new snapshot to the recorder, keyed by `request_id`; the latest snapshot wins.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One request's row, as a snapshot: each lifecycle record becomes one
+/// ([`UsageRecord::from_request`]) and is handed to the recorder, keyed by `request_id`; the
+/// latest snapshot wins.
+#[derive(Debug, Clone, PartialEq)]
 pub struct UsageRecord {
     /// Request id (`req-…`), unique per row.
     pub request_id: String,

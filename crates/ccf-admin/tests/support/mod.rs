@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod shape;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use ccf_admin::AdminState;
 use ccf_config::Config;
 use ccf_lifecycle::{LifecycleEvent, Outcome};
 use ccf_proxy::{Forwarder, RequestObserver, ServeOptions};
-use ccf_store::{Pricing, Recorder, RecorderHandle, RecorderSettings, UsageStore};
+use ccf_store::{Pricing, Recorder, RecorderHandle, RecorderSettings, UsageRecord, UsageStore};
 use ccf_store_sqlite::{SqliteOptions, SqliteStore};
 use ccf_testkit::MockUpstream;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -37,12 +39,33 @@ struct RecorderBridge {
 impl RequestObserver for RecorderBridge {
     fn on_event(&self, event: &LifecycleEvent) {
         self.recorder
-            .record(ccf_admin::usage_record(event.record(), None));
+            .record(UsageRecord::from_request(event.record(), None));
     }
 
     fn on_outcome(&self, outcome: &Outcome) {
         self.recorder
-            .record(ccf_admin::usage_record(outcome.record(), None));
+            .record(UsageRecord::from_request(outcome.record(), None));
+    }
+}
+
+/// What the application (ccf-app, the composition root) installs on the engine's metrics when it
+/// runs the admin API: the cost model and, with usage tracking, the recorder's health.
+fn install_store_metrics(forwarder: &Forwarder, config: &Config, recorder: Option<RecorderHandle>) {
+    let pricing = Pricing::from_config(&config.usage_tracking);
+    forwarder
+        .metrics()
+        .set_cost_model(Arc::new(move |model, usage| {
+            pricing.cost(model, usage).total_usd()
+        }));
+    if let Some(recorder) = recorder {
+        forwarder.metrics().set_usage_health(Arc::new(move || {
+            let last_error = recorder.last_error();
+            ccf_proxy::monitoring::UsageHealth {
+                healthy: last_error.is_none(),
+                backlog: recorder.backlog(),
+                last_error: last_error.map(|error| error.message),
+            }
+        }));
     }
 }
 
@@ -163,6 +186,7 @@ impl Harness {
             .map(|recorder| Arc::new(RecorderBridge { recorder }) as Arc<dyn RequestObserver>);
         let forwarder =
             Forwarder::build_observed(Arc::clone(&config), observer).expect("forwarder builds");
+        install_store_metrics(&forwarder, &config, recorder.clone());
         let mut stop = Vec::new();
 
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
@@ -273,9 +297,23 @@ impl Harness {
             "stream": stream,
             "messages": [{"role": "user", "content": "hello"}],
         });
-        let request = Request::post(format!("http://{}/v1/messages", self.proxy))
+        self.send_message_with(&body, &[]).await
+    }
+
+    /// Sends `body` to `/v1/messages` through the proxy with extra `headers`; returns the status
+    /// and the request id.
+    pub async fn send_message_with(
+        &self,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        let mut request = Request::post(format!("http://{}/v1/messages", self.proxy))
             .header("content-type", "application/json")
-            .header("anthropic-version", "2023-06-01")
+            .header("anthropic-version", "2023-06-01");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("request");
         let response = tokio::time::timeout(WAIT, self.client.request(request))

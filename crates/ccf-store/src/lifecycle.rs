@@ -1,0 +1,165 @@
+//! The row of a request: how a ccf-lifecycle [`RequestRecord`] (live or final) becomes the
+//! [`UsageRecord`] the recorder writes. It lives with the row so that adding a `request_logs`
+//! column touches the row type, this mapping and the adapters' column lists, all in the storage
+//! crates. The admin API's live view uses the same mapping, so a live request and its stored row
+//! show the same values.
+
+use std::time::Duration;
+
+use ccf_lifecycle::{ErrorState, RequestRecord};
+
+use crate::UsageRecord;
+
+/// Whole milliseconds, saturating (a row column is a `u64`).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl UsageRecord {
+    /// The row for `record` as it is now, written by the forwarder instance `instance_id`.
+    ///
+    /// While the request is live, its error dimension goes in the status column (`retry`,
+    /// `suspended`), as the Go original stored it; the attempts trail is stored as JSON, and
+    /// not at all when there was no attempt.
+    pub fn from_request(record: &RequestRecord, instance_id: Option<&str>) -> UsageRecord {
+        let mut row = UsageRecord::new(record.id.to_string(), record.started_at);
+        row.client_ip = record.client_ip.map(|ip| ip.to_string());
+        row.user_agent = record.user_agent.clone();
+        row.method = record.method.clone();
+        row.path = record.path.clone();
+        row.end_time = record.ended_at;
+        row.duration_ms = record.duration.map(millis);
+        row.endpoint_name = record.endpoint.clone();
+        row.group_name = record.group.clone();
+        row.model_name = record.model().map(str::to_string);
+        row.is_streaming = record.is_streaming;
+        // The Go original stored the error dimension in the status column while a request was
+        // live.
+        row.status = match (record.status.is_final(), record.error_state) {
+            (false, Some(ErrorState::Retry)) => "retry".to_string(),
+            (false, Some(ErrorState::Suspended)) => "suspended".to_string(),
+            _ => record.status.as_str().to_string(),
+        };
+        row.http_status_code = record.http_status;
+        row.retry_count = record.retry_count;
+        row.failure_reason = record
+            .failure_reason
+            .map(|reason| reason.as_str().to_string());
+        row.last_failure_reason = record.last_failure_reason.clone();
+        row.cancel_reason = record.cancel_reason.clone();
+        row.usage = record.usage.clone().unwrap_or_default();
+        row.time_to_first_byte_ms = record.time_to_first_byte.map(millis);
+        row.attempts_json = (!record.attempts.is_empty())
+            .then(|| serde_json::to_string(&record.attempts).ok())
+            .flatten();
+        row.model_mismatch = record.model_mismatch;
+        row.partial = record.partial;
+        row.instance_id = instance_id.map(str::to_string);
+        row.api_key_name = record.api_key_name.clone();
+        row.is_final = record.is_final();
+        row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use ccf_lifecycle::{
+        Attempt, AttemptOutcome, FailureReason, Lifecycle, RequestId, RequestStart,
+    };
+    use ccf_types::Usage;
+
+    use crate::UsageRecord;
+
+    fn start() -> (Lifecycle, SystemTime) {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let start = RequestStart {
+            id: RequestId::generate(),
+            client_ip: Some([127, 0, 0, 1].into()),
+            user_agent: Some("claude-cli/1.0".into()),
+            method: "POST".into(),
+            path: "/v1/messages".into(),
+            is_streaming: true,
+            request_model: Some("claude-sonnet-4".into()),
+            api_key_name: Some("team".into()),
+        };
+        let (lifecycle, _started) = Lifecycle::start(start, now);
+        (lifecycle, now)
+    }
+
+    #[test]
+    fn a_live_request_shows_its_error_dimension_as_the_status() {
+        let (mut lifecycle, _) = start();
+        lifecycle.forwarding("a", "main").expect("forward");
+        lifecycle
+            .retrying(FailureReason::RateLimited, "429 from a")
+            .expect("retry");
+        let row = UsageRecord::from_request(lifecycle.record(), Some("node-1"));
+        assert_eq!(row.status, "retry");
+        assert_eq!(row.failure_reason.as_deref(), Some("rate_limited"));
+        assert_eq!(row.last_failure_reason.as_deref(), Some("429 from a"));
+        assert!(!row.is_final);
+
+        lifecycle.suspended().expect("suspend");
+        let row = UsageRecord::from_request(lifecycle.record(), None);
+        assert_eq!(row.status, "suspended");
+        assert_eq!(row.instance_id, None);
+
+        lifecycle.resumed().expect("resume");
+        let row = UsageRecord::from_request(lifecycle.record(), None);
+        assert_eq!(row.status, "forwarding");
+        assert_eq!(row.attempts_json, None, "no attempt yet, no trail");
+    }
+
+    #[test]
+    fn a_finished_request_maps_every_column() {
+        let (mut lifecycle, started) = start();
+        lifecycle.forwarding("a", "main").expect("forward");
+        lifecycle.attempt_finished(Attempt {
+            endpoint: "a".into(),
+            group: "main".into(),
+            started_at: started,
+            duration: Duration::from_millis(40),
+            outcome: AttemptOutcome::Status { status: 200 },
+        });
+        lifecycle
+            .processing(200, Duration::from_millis(45))
+            .expect("process");
+        let usage = Usage {
+            input_tokens: 10,
+            output_tokens: 20,
+            ..Usage::default()
+        };
+        lifecycle.set_usage(usage.clone(), false);
+        let outcome = lifecycle.complete(started + Duration::from_millis(1_250));
+        let row = UsageRecord::from_request(outcome.record(), Some("node-1"));
+
+        assert_eq!(row.request_id, outcome.record().id.to_string());
+        assert_eq!(row.client_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(row.user_agent.as_deref(), Some("claude-cli/1.0"));
+        assert_eq!(
+            (row.method.as_str(), row.path.as_str()),
+            ("POST", "/v1/messages")
+        );
+        assert_eq!(row.start_time, started);
+        assert_eq!(row.end_time, Some(started + Duration::from_millis(1_250)));
+        assert_eq!(row.duration_ms, Some(1_250));
+        assert_eq!(row.endpoint_name.as_deref(), Some("a"));
+        assert_eq!(row.group_name.as_deref(), Some("main"));
+        assert_eq!(row.model_name.as_deref(), Some("claude-sonnet-4"));
+        assert!(row.is_streaming);
+        assert_eq!(row.status, "completed");
+        assert_eq!(row.http_status_code, Some(200));
+        assert_eq!(row.retry_count, 0);
+        assert_eq!(row.usage, usage);
+        assert_eq!(row.time_to_first_byte_ms, Some(45));
+        let attempts: serde_json::Value =
+            serde_json::from_str(row.attempts_json.as_deref().expect("trail")).expect("json");
+        assert_eq!(attempts[0]["endpoint"], "a");
+        assert_eq!(attempts[0]["outcome"]["status"], 200);
+        assert_eq!(row.instance_id.as_deref(), Some("node-1"));
+        assert_eq!(row.api_key_name.as_deref(), Some("team"));
+        assert!(row.is_final);
+    }
+}
