@@ -4,7 +4,7 @@
 //   node web/tests/dashboard.mjs <admin-url> <proxy-url>
 //
 // The forwarder must have at least two groups (one endpoint each is enough) in front of a mock
-// upstream, usage tracking on, and the admin API open on loopback. `tests/tests/dashboard.rs`
+// upstream, usage tracking on, and the admin API open on loopback. `tests/tests/it/dashboard.rs`
 // starts exactly that and runs this script. Screenshots go to $CCF_SCREENSHOT_DIR (default
 // target/dashboard-screenshots). Exit code 0 = every check passed.
 //

@@ -7,7 +7,7 @@
 //! libtest has no "skipped at run time" outcome: a test missing a prerequisite (Chromium, tmux,
 //! npm) calls `ccf_testkit::skip_unless_ci`, which panics under CI and otherwise returns (libtest
 //! counts a pass) after writing `test<TAB>reason` to `skips-<pid>.tsv` in the folder named by
-//! `CCF_TEST_SKIP_DIR`. This task gives the test steps a fresh, empty such folder and reads it back
+//! `CC_FORWARDER_TEST_SKIP_DIR`. This task gives the test steps a fresh, empty such folder and reads it back
 //! at the end: each recorded skip moves one test from "passed" to "skipped". Under CI (`CI` set)
 //! a recorded skip, or a step this task could not run, fails the run.
 
@@ -20,7 +20,7 @@ use serde_json::Value;
 
 /// The environment variable naming the folder where skipped tests are recorded (the same name
 /// as `ccf_testkit::prerequisite::SKIP_DIR_VARIABLE`; xtask depends on no workspace crate).
-const SKIP_DIR_VARIABLE: &str = "CCF_TEST_SKIP_DIR";
+const SKIP_DIR_VARIABLE: &str = "CC_FORWARDER_TEST_SKIP_DIR";
 
 /// What a step runs.
 enum Action {
@@ -88,18 +88,18 @@ const STEPS: &[Step] = &[
         },
     },
     Step {
-        // Includes the dashboard's browser test (tests/tests/dashboard.rs) and the terminal UI
+        // Includes the dashboard's browser test (tests/tests/it/dashboard.rs) and the terminal UI
         // test in tmux (bins/cc-forwarder/tests/tui.rs).
         name: "tests",
         action: Action::Cargo {
-            args: &["test", "--workspace", "--all-targets"],
+            args: &["test", "--workspace", "--all-targets", "--no-fail-fast"],
             counts_tests: true,
         },
     },
     Step {
         name: "doc tests",
         action: Action::Cargo {
-            args: &["test", "--workspace", "--doc"],
+            args: &["test", "--workspace", "--doc", "--no-fail-fast"],
             counts_tests: true,
         },
     },

@@ -42,8 +42,9 @@ pub fn run(root: &Path, args: &WebArgs) -> Result<()> {
                     "-p",
                     "ccf-e2e-tests",
                     "--test",
-                    "dashboard",
+                    "it",
                     "--",
+                    "dashboard::",
                     "--nocapture",
                 ])
                 .current_dir(root),

@@ -8,7 +8,7 @@
 //! marker of every credential (`tests/tests/secrets/credentials.rs`, shared with the in-process
 //! secrets test).
 //!
-//! The in-process test (`tests/tests/secrets.rs`) installs its own subscriber; only this one
+//! The in-process test (`tests/tests/it/secrets.rs`) installs its own subscriber; only this one
 //! checks the binary's own JSON, text and file layers.
 
 // Test helpers outside `#[test]` functions: a failed unwrap is a failed test.

@@ -114,7 +114,7 @@ pub struct UsageHealth {
 }
 
 /// Reads the usage recorder's health; set by the application when usage tracking is on.
-pub type UsageHealthProbe = Arc<dyn Fn() -> UsageHealth + Send + Sync>;
+pub type UsageHealthReader = Arc<dyn Fn() -> UsageHealth + Send + Sync>;
 
 /// Prices a request's usage in USD: `(model, usage) -> cost`. Installed by whoever knows the
 /// pricing table (the application), so this crate needs no store.
@@ -175,7 +175,7 @@ pub struct Metrics {
     endpoint_up: Family<RouteLabels, Gauge>,
     honesty_score: Family<HonestyLabels, Gauge<f64, AtomicU64>>,
     cost_model: RwLock<Option<CostModel>>,
-    usage_health: RwLock<Option<UsageHealthProbe>>,
+    usage_health: RwLock<Option<UsageHealthReader>>,
     suspension: OnceLock<Arc<Suspension>>,
     /// Handles of the series finished requests touch, by label values (see [`FinishedSeries`]).
     finished_cache: RwLock<Vec<Arc<FinishedSeries>>>,
@@ -410,22 +410,22 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner) = Some(model);
     }
 
-    /// Installs the probe behind `/health/usage-tracker`.
-    pub fn set_usage_health(&self, probe: UsageHealthProbe) {
+    /// Installs the reader behind `/health/usage-tracker`.
+    pub fn set_usage_health(&self, reader: UsageHealthReader) {
         *self
             .usage_health
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(probe);
+            .unwrap_or_else(PoisonError::into_inner) = Some(reader);
     }
 
     /// The usage recorder's health, `None` when usage tracking is off.
     pub fn usage_health(&self) -> Option<UsageHealth> {
-        let probe = self
+        let reader = self
             .usage_health
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        probe.map(|probe| probe())
+        reader.map(|read| read())
     }
 
     /// Sets the usage recorder's backlog gauge.

@@ -23,8 +23,9 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-/// The environment variable naming the folder where skipped tests are recorded.
-pub const SKIP_DIR_VARIABLE: &str = "CCF_TEST_SKIP_DIR";
+/// The environment variable naming the folder where skipped tests are recorded. Not `CCF_...`:
+/// that prefix is the forwarder's own configuration, and the binaries under test inherit it.
+pub const SKIP_DIR_VARIABLE: &str = "CC_FORWARDER_TEST_SKIP_DIR";
 
 /// Whether this process runs under CI (`CI` set to anything but empty, `0` or `false`).
 pub fn in_ci() -> bool {
@@ -37,7 +38,7 @@ pub fn in_ci() -> bool {
 /// Records that `test` could not run because of `reason`.
 ///
 /// Under CI this panics with the reason (the test fails). Outside CI it prints a `SKIPPED` line on
-/// standard error and appends `test<TAB>reason` to a file in `$CCF_TEST_SKIP_DIR` when that is
+/// standard error and appends `test<TAB>reason` to a file in `$CC_FORWARDER_TEST_SKIP_DIR` when that is
 /// set; the caller then returns early.
 #[track_caller]
 pub fn skip_unless_ci(test: &str, reason: &str) {
