@@ -506,7 +506,7 @@ async fn a_held_request_times_out_with_503_and_the_cap_is_enforced() {
 }
 
 #[tokio::test]
-async fn a_restored_upstream_carries_traffic_again_within_about_a_second() {
+async fn a_restored_upstream_is_found_by_fast_recovery_probes_and_carries_traffic_again() {
     let upstream = MockUpstream::start().await;
     let address = upstream.addr();
     let backup = MockUpstream::start().await;
