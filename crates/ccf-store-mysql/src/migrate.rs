@@ -219,6 +219,13 @@ async fn add_missing_columns(conn: &mut Conn) -> Result<(), StoreError> {
             .map_err(mysql_error)?;
         }
     }
+    // v1's CREATE TABLE, which carries the failure filter's index, is skipped for an existing
+    // table: a Go database older than v3.5.0 gets the index here (an existing one is kept).
+    apply_statements(
+        conn,
+        "CREATE INDEX idx_failure_reason ON request_logs (failure_reason);",
+    )
+    .await?;
     Ok(())
 }
 

@@ -423,6 +423,17 @@ async fn migrates_a_go_database_older_than_v3_5_0_adding_the_failure_columns() {
             failure_columns(&mut conn, &database).await,
             expected_columns
         );
+        // The failure filter's index, which v3.5.0's CREATE TABLE would have made, exists too.
+        let failure_indexes: Vec<String> = conn
+            .exec(
+                "SELECT DISTINCT index_name FROM information_schema.statistics \
+                 WHERE table_schema = ? AND table_name = 'request_logs' \
+                 AND column_name = 'failure_reason'",
+                (&database,),
+            )
+            .await
+            .unwrap();
+        assert_eq!(failure_indexes, ["idx_failure_reason"]);
         conn.disconnect().await.unwrap();
 
         // The old rows read back exactly, their local times now UTC instants.
