@@ -132,7 +132,7 @@ async fn a_database_deleted_while_running_is_recreated_and_no_outcome_is_lost() 
 
 /// Set (to `1`) in the child process that runs the read-only scenario inside a private mount
 /// namespace: there the test mounts its own tmpfs, which no other process sees.
-const IN_PRIVATE_MOUNT_NAMESPACE: &str = "CCF_TEST_IN_PRIVATE_MOUNT_NAMESPACE";
+const IN_PRIVATE_MOUNT_NAMESPACE: &str = "CC_FORWARDER_TEST_IN_PRIVATE_MOUNT_NAMESPACE";
 
 /// The read-only scenario's name as libtest knows it in this binary (`faults_storage::...`): the
 /// child runs exactly this test.
