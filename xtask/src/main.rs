@@ -11,6 +11,7 @@
 //! `docs/ARCHITECTURE.md` as ordinary `#[test]`s.
 
 mod bench;
+mod brownout;
 mod ci;
 mod clients;
 mod demo;
@@ -62,6 +63,9 @@ enum Task {
     Dist(dist::DistArgs),
     /// Benchmark the forwarder against the mock upstream (release build); `--quick` for a short run.
     Bench(bench::BenchArgs),
+    /// The brown-out scenario (issue #17): a 529 storm on group 1 of two realistic upstreams,
+    /// 50 clients; attempts per request, failover, cooldown returns, recovery, 5xx.
+    Brownout(brownout::BrownoutArgs),
     /// Build the cargo-fuzz targets (nightly) and run each for a bounded time; crash inputs
     /// are kept in fuzz/regressions/.
     Fuzz(fuzz::FuzzArgs),
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Task::Web(args) => web::run(&root, &args),
         Task::Dist(args) => dist::run(&root, &args),
         Task::Bench(args) => bench::run(&root, &args),
+        Task::Brownout(args) => brownout::run(&root, &args),
         Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::Soak(args) => soak::run(&root, &args),
     };

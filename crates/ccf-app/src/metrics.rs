@@ -22,9 +22,13 @@ pub(crate) fn install_recorder_health(forwarder: &Forwarder, recorder: RecorderH
     }));
 }
 
-/// Makes `ccf_cost_usd_total` price every outcome with `pricing` (the recorder's rules),
-/// replacing any earlier pricing.
+/// Makes `ccf_cost_usd_total` price every outcome with `pricing` (the recorder's rules), and
+/// lets the models it prices be `model` label values, replacing any earlier pricing.
 pub(crate) fn install_cost_metric(forwarder: &Forwarder, pricing: Pricing) {
+    let catalog = pricing.clone();
+    forwarder
+        .metrics()
+        .set_model_catalog(Arc::new(move |model| catalog.prices(model)));
     forwarder
         .metrics()
         .set_cost_model(Arc::new(move |model, usage| {

@@ -70,6 +70,14 @@ pub struct Config {
     pub token_counting: TokenCountingConfig,
     /// `proxy.*`.
     pub proxy: OutboundProxyConfig,
+    /// `tls.*`.
+    pub tls: TlsConfig,
+    /// `upstream.*`.
+    pub upstream: UpstreamConfig,
+    /// `endpoints[].ca_file` by endpoint name. Kept beside the endpoints rather than in
+    /// [`Endpoint`] because only the upstream client reads it (the client is rebuilt when it
+    /// changes, the router never looks at it).
+    pub endpoint_ca_files: std::collections::BTreeMap<String, PathBuf>,
     /// `usage_tracking.*`.
     pub usage_tracking: UsageTrackingConfig,
     /// `routing.*`.

@@ -58,10 +58,16 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         web,
         token_counting,
         proxy,
+        tls,
+        upstream,
         usage_tracking,
         routing,
-        endpoints: _,
+        endpoints: raw_endpoints,
     } = raw;
+    let endpoint_ca_files = raw_endpoints
+        .into_iter()
+        .filter_map(|endpoint| Some((endpoint.name, endpoint.ca_file?)))
+        .collect();
 
     if strategy
         .fast_test_path
@@ -89,6 +95,9 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         web,
         token_counting,
         proxy,
+        tls,
+        upstream,
+        endpoint_ca_files,
         usage_tracking,
         routing,
         endpoints,
@@ -108,6 +117,19 @@ impl Check<'_> {
         if value.get().is_zero() {
             self.fail(key, "must be greater than 0");
         }
+    }
+
+    /// A PEM file holding at least one certificate.
+    fn ca_file(&mut self, key: KeyPath, path: &std::path::Path) {
+        let problem = match std::fs::read_to_string(path) {
+            Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => return,
+            Ok(_) => format!(
+                "`{}` holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+                path.display()
+            ),
+            Err(error) => format!("cannot read `{}`: {error}", path.display()),
+        };
+        self.problems.push((key, problem));
     }
 
     fn positive_count(&mut self, key: &[&str], value: u32) {
@@ -204,6 +226,15 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
             format!("must be at least 1.0, found {}", raw.retry.multiplier),
         );
     }
+    if !raw.retry.budget_percent.is_finite() || !(0.0..=100.0).contains(&raw.retry.budget_percent) {
+        check.fail(
+            &["retry", "budget_percent"],
+            format!(
+                "must be between 0 and 100, found {}",
+                raw.retry.budget_percent
+            ),
+        );
+    }
 
     check.positive_duration(&["health", "check_interval"], raw.health.check_interval);
     check.positive_duration(&["health", "timeout"], raw.health.timeout);
@@ -272,12 +303,40 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
     }
 
     validate_proxy(raw, &mut check);
+    validate_connections(raw, &mut check);
     validate_usage_tracking(raw, &mut check);
     validate_honesty(raw, &mut check);
     check.positive_duration(&["routing", "affinity_ttl"], raw.routing.affinity_ttl);
     if raw.routing.affinity_max_sessions == 0 {
         check.fail(&["routing", "affinity_max_sessions"], "must be at least 1");
     }
+}
+
+/// `tls.ca_file`, `endpoints[].ca_file`, `upstream.*` and `server.body_read_timeout`.
+fn validate_connections(raw: &RawConfig, check: &mut Check<'_>) {
+    if let Some(path) = &raw.tls.ca_file {
+        check.ca_file(KeyPath::keys(&["tls", "ca_file"]), path);
+    }
+    for (index, endpoint) in raw.endpoints.iter().enumerate() {
+        if let Some(path) = &endpoint.ca_file {
+            let key = KeyPath::keys(&["endpoints"]).index(index).key("ca_file");
+            check.ca_file(key, path);
+        }
+    }
+    check.positive_count(
+        &["upstream", "max_streams_per_connection"],
+        raw.upstream.max_streams_per_connection,
+    );
+    if !raw.upstream.keep_alive_interval.get().is_zero() {
+        check.positive_duration(
+            &["upstream", "keep_alive_timeout"],
+            raw.upstream.keep_alive_timeout,
+        );
+    }
+    check.positive_duration(
+        &["server", "body_read_timeout"],
+        raw.server.body_read_timeout,
+    );
 }
 
 /// `routing.honesty_threshold` and `routing.usage_tolerance`.

@@ -45,6 +45,10 @@ pub struct RawConfig {
     pub token_counting: TokenCountingConfig,
     /// Outbound proxy for every upstream connection.
     pub proxy: OutboundProxyConfig,
+    /// Certificates trusted for upstream TLS besides the system and bundled roots.
+    pub tls: TlsConfig,
+    /// Upstream connection behaviour: HTTP/2 streams per connection and keep-alive PINGs.
+    pub upstream: UpstreamConfig,
     /// Usage storage and pricing.
     pub usage_tracking: UsageTrackingConfig,
     /// Smart-routing settings (session affinity and friends).
@@ -78,6 +82,10 @@ pub struct ServerConfig {
     /// Most proxied requests in flight at once (default 1024); beyond it the proxy answers 529
     /// `overloaded_error`.
     pub max_in_flight: u32,
+    /// How long a client may take to send its whole request body once the head arrived
+    /// (default `60s`, the Go original's read timeout); a slower body gets a 408 and frees its
+    /// in-flight slot.
+    pub body_read_timeout: GoDuration,
     /// Start even when a listener is reachable from other machines without authentication
     /// (`auth.enabled: false` on a non-loopback `server.host`, or `web.enabled` on a non-loopback
     /// `web.host` without `web.auth_token`). Default false: such a start is refused.
@@ -96,6 +104,7 @@ impl Default for ServerConfig {
             max_headers: 100,
             max_connections: 4096,
             max_in_flight: 1024,
+            body_read_timeout: GoDuration::secs(60),
             allow_insecure: false,
         }
     }
@@ -154,6 +163,12 @@ pub struct RetryConfig {
     /// Back-off factor (default 2.0).
     #[serde(deserialize_with = "decimal::required")]
     pub multiplier: f64,
+    /// Retry budget (Envoy's): retries in flight are at most this percentage of the requests in
+    /// flight, 0 to 100 (default 20).
+    #[serde(deserialize_with = "decimal::required")]
+    pub budget_percent: f64,
+    /// Retry budget floor: this many retries may always be in flight (default 3).
+    pub min_retry_concurrency: u32,
 }
 
 impl Default for RetryConfig {
@@ -163,6 +178,8 @@ impl Default for RetryConfig {
             base_delay: GoDuration::secs(1),
             max_delay: GoDuration::secs(30),
             multiplier: 2.0,
+            budget_percent: 20.0,
+            min_retry_concurrency: 3,
         }
     }
 }
@@ -512,6 +529,39 @@ impl std::fmt::Debug for OutboundProxyConfig {
     }
 }
 
+/// `tls.*`: trust for upstream TLS connections. The system's certificate store and the bundled
+/// webpki roots are always trusted; `ca_file` adds more (a relay with a private CA).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM file of CA certificates trusted for every upstream (optional).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// `upstream.*`: how upstream connections are used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamConfig {
+    /// Most concurrent requests sent on one HTTP/2 connection (default 100); when every
+    /// connection to an origin carries this many, another connection is opened instead of
+    /// queueing behind them. Set it at or below the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub max_streams_per_connection: u32,
+    /// Interval of HTTP/2 keep-alive PINGs (default `30s`; `0s` turns them off).
+    pub keep_alive_interval: GoDuration,
+    /// How long a PING may go unanswered before the connection is closed (default `20s`).
+    pub keep_alive_timeout: GoDuration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_connection: 100,
+            keep_alive_interval: GoDuration::secs(30),
+            keep_alive_timeout: GoDuration::secs(20),
+        }
+    }
+}
+
 /// `url` with the password of its user info masked (`http://bob:***@proxy:3128`); anything
 /// that does not parse as a URL is masked whole when it could hold credentials (contains `@`).
 pub fn mask_url_password(url: &str) -> String {
@@ -775,6 +825,9 @@ pub struct RawEndpoint {
     pub headers: Option<BTreeMap<String, String>>,
     /// The endpoint answers `/v1/messages/count_tokens`.
     pub supports_count_tokens: bool,
+    /// PEM file of CA certificates trusted for this endpoint's TLS, besides `tls.ca_file`, the
+    /// system store and the bundled roots (optional; not inherited).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Decimal numbers read from their text with full `f64` precision. The loader hands YAML

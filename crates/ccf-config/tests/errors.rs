@@ -98,6 +98,7 @@ fn section_problems() {
         ("strategy:\n  type: random", "strategy.type: unknown value `random`: expected one of `priority`, `fastest`"),
         ("retry:\n  max_attempts: 0", "retry.max_attempts: must be at least 1 (it counts the first attempt), found 0"),
         ("retry:\n  multiplier: 0.5", "retry.multiplier: must be at least 1.0, found 0.5"),
+        ("retry:\n  budget_percent: 150", "retry.budget_percent: must be between 0 and 100, found 150"),
         ("health:\n  check_interval: 0", "health.check_interval: must be greater than 0"),
         ("health:\n  health_path: v1/models", "health.health_path: `v1/models` must start with `/`, e.g. `/v1/models`"),
         ("logging:\n  file_enabled: true\n  max_files: 0", "logging.max_files: must be at least 1 when logging.file_enabled is true, found 0"),
@@ -263,4 +264,44 @@ fn environment_type_errors_name_the_variable() {
         error.to_string(),
         "environment: web.port: expected u16, found string \"eighty\" (from `CCF_WEB__PORT`)"
     );
+}
+
+#[test]
+fn connection_settings_are_validated() {
+    check_section(
+        "upstream:\n  max_streams_per_connection: 0\n",
+        "upstream.max_streams_per_connection: must be greater than 0",
+    );
+    check_section(
+        "upstream:\n  keep_alive_timeout: 0s\n",
+        "upstream.keep_alive_timeout: must be greater than 0",
+    );
+    check_section(
+        "server:\n  body_read_timeout: 0s\n",
+        "server.body_read_timeout: must be greater than 0",
+    );
+    check_section(
+        "tls:\n  ca_file: /nonexistent/ca.pem\n",
+        "tls.ca_file: cannot read `/nonexistent/ca.pem`: No such file or directory (os error 2)",
+    );
+    let mut not_pem = tempfile::NamedTempFile::new().expect("temp file");
+    not_pem.write_all(b"not a certificate").expect("write");
+    let path = not_pem.path().display().to_string();
+    check(
+        &format!("endpoints:\n  - name: a\n    url: https://a.example\n    ca_file: {path}\n"),
+        &format!(
+            "endpoints[0].ca_file: `{path}` holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)"
+        ),
+    );
+}
+
+#[test]
+fn connection_settings_are_optional_with_documented_defaults() {
+    let config = ccf_config::Config::from_yaml_str(ONE_ENDPOINT).expect("loads");
+    assert_eq!(config.upstream.max_streams_per_connection, 100);
+    assert_eq!(config.upstream.keep_alive_interval.get().as_secs(), 30);
+    assert_eq!(config.upstream.keep_alive_timeout.get().as_secs(), 20);
+    assert_eq!(config.server.body_read_timeout.get().as_secs(), 60);
+    assert!(config.tls.ca_file.is_none());
+    assert!(config.endpoint_ca_files.is_empty());
 }

@@ -60,6 +60,9 @@ fn go_sample_sections_keep_their_values() {
     );
     assert_eq!(config.retry.max_attempts, 3);
     assert_eq!(config.retry.multiplier, 2.0);
+    // The retry budget keys are new: a Go file without them gets the defaults.
+    assert_eq!(config.retry.budget_percent, 20.0);
+    assert_eq!(config.retry.min_retry_concurrency, 3);
     assert_eq!(config.logging.max_file_size.bytes(), 100 * 1024 * 1024);
     assert!(config.logging.compress_rotated);
     assert_eq!(

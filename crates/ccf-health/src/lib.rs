@@ -21,7 +21,9 @@
 //! - endpoints start healthy and never checked (optimistic start);
 //! - an endpoint that turns unhealthy, by any path, is re-probed after 500 ms, 1 s, 2 s, ... up
 //!   to `check_interval`, until a probe passes, so a recovered upstream is back within about a
-//!   second.
+//!   second. A passing probe means "reachable", not "serving" (`/v1/models` answers 200 through
+//!   an overload): the router does not end a group's cooldown on it, only on real traffic
+//!   succeeding or at the cooldown's end.
 //!
 //! Main types: [`HealthMonitor`] (the shared state and every operation), [`HealthTask`] (the
 //! running probes), [`HealthSettings`], [`Prober`] / [`ProbeOutcome`], [`HealthSnapshot`] /

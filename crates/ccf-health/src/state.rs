@@ -155,6 +155,9 @@ pub enum PassiveFailure {
     Timeout,
     /// The upstream answered with this 5xx status.
     ServerError(u16),
+    /// A successful answer broke off after its headers: cut, an SSE `error` event, or a stream
+    /// that ended before `message_stop`.
+    BrokenResponse,
 }
 
 impl fmt::Display for PassiveFailure {
@@ -165,6 +168,7 @@ impl fmt::Display for PassiveFailure {
             PassiveFailure::ServerError(status) => {
                 write!(f, "request answered status {status}")
             }
+            PassiveFailure::BrokenResponse => f.write_str("response broke off after its headers"),
         }
     }
 }

@@ -2,8 +2,12 @@
 //! enforcing the stream timeouts and reporting how the stream ended, plus small helpers.
 //!
 //! Invariant: a frame is handed to the client in the same poll that received it from upstream;
-//! nothing is buffered, re-chunked, added or removed. Observers see a borrowed view of each data
-//! frame (the seam where usage extraction taps the stream).
+//! nothing is buffered, re-chunked or removed. Observers see a borrowed view of each data frame
+//! (the seam where usage extraction taps the stream). The one addition: a successful event
+//! stream that upstream breaks off (cut, stall, or a clean end before `message_stop`) ends with
+//! one well-formed `event: error` when the break falls between two events, as the observer's SSE
+//! decoder knows them ([`RelayObserver::stream_position`]); otherwise the body ends with an
+//! error, so a client never takes a broken stream for a whole one.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -11,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ccf_tokens::StreamPosition;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -50,6 +55,9 @@ pub enum RelayEnd {
     DeadlineExceeded(Duration),
     /// The client went away before the body ended; the upstream request is dropped with it.
     ClientGone,
+    /// Upstream ended a successful event stream cleanly before its last event (`message_stop`):
+    /// the message is incomplete although no byte was lost.
+    EndedEarly,
 }
 
 /// Watches a relayed body: sees every data frame and learns exactly once how it ended.
@@ -58,7 +66,23 @@ pub trait RelayObserver: Send + 'static {
     fn on_data(&mut self, data: &Bytes);
     /// Called exactly once, when the body ends for any reason (including being dropped).
     fn on_end(self: Box<Self>, end: RelayEnd);
+    /// Where the event stream stands after the frames seen so far, from the observer's SSE
+    /// decoder; `None` when it cannot tell (not decoded as an event stream). The relay asks it
+    /// before ending a successful event stream, to know whether an `event: error` can follow
+    /// and whether the stream reached its end.
+    fn stream_position(&self) -> Option<StreamPosition> {
+        None
+    }
+    /// Called once when a frame was already waiting when the client asked for it, after the
+    /// client had kept the relay waiting ([`BACKPRESSURE_GAP`] or more): from then on, when
+    /// frames are read says nothing about when the upstream sent them.
+    fn on_backpressure(&mut self) {}
 }
+
+/// How long after a frame the client may come back for the next one before a frame found
+/// already waiting counts as held back by the client (the relay honesty check's tight gap:
+/// frames held back that long can look like a burst).
+pub const BACKPRESSURE_GAP: Duration = Duration::from_millis(1);
 
 /// The error a relayed body ends with when a timeout cuts it.
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +102,13 @@ pub struct RelayOptions {
     pub idle_limit: Option<Duration>,
     /// Cut the body when it is not complete after this long (from the relay's start).
     pub total_limit: Option<Duration>,
-    /// The body is a successful SSE stream: when upstream fails mid-stream, end it with a
-    /// well-formed `event: error` (when the cut falls between events) so clients retry, instead
-    /// of an abrupt reset.
+    /// The body is a successful SSE stream: it must reach its last event (`message_stop`, or an
+    /// upstream `error` event), and when upstream breaks it off it ends with a well-formed
+    /// `event: error` (when the break falls between events and the body is neither compressed
+    /// nor of a fixed length) so clients retry, instead of an abrupt reset.
     pub sse_error_event: bool,
+    /// The body carries a content coding: nothing can be appended in plain text.
+    pub encoded: bool,
 }
 
 pin_project! {
@@ -90,9 +117,18 @@ pin_project! {
         #[pin]
         inner: B,
         idle_limit: Option<Duration>,
-        sse_error_event: bool,
-        at_event_boundary: bool,
+        // A successful event stream: judged by its last event when it ends.
+        event_stream: bool,
+        // An `event: error` may be appended (plain body of no fixed length).
+        may_append: bool,
+        // What the client gets after the last upstream frame, when the stream ended early.
+        tail: Option<Tail>,
         idle_timer: Option<Pin<Box<Sleep>>>,
+        // The relay waited for upstream (a `Pending`) since the last frame.
+        waited: bool,
+        // When the last data frame went to the client.
+        last_frame_at: Option<Instant>,
+        backpressure_reported: bool,
         deadline: Option<(Duration, Pin<Box<Sleep>>)>,
         observer: Option<Box<dyn RelayObserver>>,
         finished: bool,
@@ -116,6 +152,19 @@ pin_project! {
     }
 }
 
+/// What follows the last upstream frame of a stream that ended early.
+enum Tail {
+    /// One `event: error`, then a clean end.
+    Event(Bytes),
+    /// An error: the client sees the body cut.
+    Cut(BoxError),
+}
+
+/// The body ended before its stream's last event and no `event: error` could stand on its own.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream ended the stream before its last event")]
+struct EndedEarly;
+
 impl<B: Body> RelayBody<B> {
     /// Wraps `inner`, guarded as `options` say, reporting to `observer`.
     pub fn new(inner: B, options: RelayOptions, observer: Box<dyn RelayObserver>) -> Self {
@@ -123,15 +172,22 @@ impl<B: Body> RelayBody<B> {
             idle_limit,
             total_limit,
             sse_error_event,
+            encoded,
         } = options;
         let now = Instant::now();
         let empty_from_start = inner.is_end_stream();
+        // Appending to a body of announced length would break its framing.
+        let may_append = sse_error_event && !encoded && inner.size_hint().exact().is_none();
         RelayBody {
             empty_from_start,
             inner,
             idle_limit,
-            sse_error_event,
-            at_event_boundary: true,
+            event_stream: sse_error_event,
+            may_append,
+            tail: None,
+            waited: false,
+            last_frame_at: None,
+            backpressure_reported: false,
             idle_timer: idle_limit.map(|limit| Box::pin(tokio::time::sleep_until(now + limit))),
             deadline: total_limit
                 .map(|limit| (limit, Box::pin(tokio::time::sleep_until(now + limit)))),
@@ -141,9 +197,38 @@ impl<B: Body> RelayBody<B> {
     }
 }
 
-/// Whether a chunk of an SSE stream ends exactly after an event (a blank line).
-fn ends_an_sse_event(data: &[u8]) -> bool {
-    data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n") || data.ends_with(b"\r\r")
+/// Whether an `event: error` may follow what the observer saw: a plain event stream standing
+/// between two events that has not ended yet (after `message_stop` or an upstream `error`
+/// event, the client already knows how the stream went).
+fn error_event_fits(may_append: bool, observer: Option<&dyn RelayObserver>) -> bool {
+    may_append
+        && observer
+            .and_then(RelayObserver::stream_position)
+            .is_some_and(|position| position.at_event_boundary && !position.ended)
+}
+
+/// How a successful event stream that upstream ended cleanly ends for the client: `None` when
+/// it reached its last event (or the observer cannot tell), else what follows the last frame.
+fn judge_clean_end(
+    event_stream: bool,
+    may_append: bool,
+    observer: Option<&dyn RelayObserver>,
+) -> Option<Tail> {
+    if !event_stream {
+        return None;
+    }
+    let position = observer.and_then(RelayObserver::stream_position)?;
+    if position.ended {
+        return None;
+    }
+    Some(if may_append && position.at_event_boundary {
+        Tail::Event(sse_error_event(
+            "api_error",
+            "the upstream ended the stream before message_stop",
+        ))
+    } else {
+        Tail::Cut(Box::new(EndedEarly))
+    })
 }
 
 /// A complete SSE `error` event in the Anthropic format.
@@ -169,6 +254,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(tail) = this.tail.take() {
+            *this.finished = true;
+            return Poll::Ready(Some(match tail {
+                Tail::Event(event) => Ok(Frame::data(event)),
+                Tail::Cut(error) => Err(error),
+            }));
+        }
         if *this.finished {
             return Poll::Ready(None);
         }
@@ -180,18 +272,41 @@ where
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    if !data.is_empty() {
-                        *this.at_event_boundary = ends_an_sse_event(data);
-                    }
+                    let now = Instant::now();
+                    // Found ready without waiting, after the client took its time to ask: the
+                    // frame waited for the client, not the client for the frame.
+                    let held_back = !*this.waited
+                        && this.last_frame_at.is_some_and(|at| {
+                            now.saturating_duration_since(at) >= BACKPRESSURE_GAP
+                        });
+                    *this.waited = false;
+                    *this.last_frame_at = Some(now);
                     if let Some(observer) = this.observer.as_mut() {
+                        if held_back && !*this.backpressure_reported {
+                            *this.backpressure_reported = true;
+                            observer.on_backpressure();
+                        }
                         observer.on_data(data);
                     }
                 }
                 if this.inner.is_end_stream() {
                     // hyper stops polling a body of known length once its last byte went out,
                     // so the end must be reported with the last frame, not on the next poll.
-                    *this.finished = true;
-                    end(this.observer, RelayEnd::Complete);
+                    match judge_clean_end(
+                        *this.event_stream,
+                        *this.may_append,
+                        this.observer.as_deref(),
+                    ) {
+                        None => {
+                            *this.finished = true;
+                            end(this.observer, RelayEnd::Complete);
+                        }
+                        Some(tail) => {
+                            // The tail goes out on the next poll (`is_end_stream` says so).
+                            *this.tail = Some(tail);
+                            end(this.observer, RelayEnd::EndedEarly);
+                        }
+                    }
                 } else if let (Some(limit), Some(timer)) =
                     (this.idle_limit, this.idle_timer.as_mut())
                 {
@@ -201,8 +316,9 @@ where
             }
             Poll::Ready(Some(Err(error))) => {
                 *this.finished = true;
+                let fits = error_event_fits(*this.may_append, this.observer.as_deref());
                 end(this.observer, RelayEnd::UpstreamError(error.to_string()));
-                if *this.sse_error_event && *this.at_event_boundary {
+                if fits {
                     return Poll::Ready(Some(Ok(Frame::data(sse_error_event(
                         "api_error",
                         "the upstream connection failed mid-stream",
@@ -212,10 +328,26 @@ where
             }
             Poll::Ready(None) => {
                 *this.finished = true;
-                end(this.observer, RelayEnd::Complete);
-                Poll::Ready(None)
+                match judge_clean_end(
+                    *this.event_stream,
+                    *this.may_append,
+                    this.observer.as_deref(),
+                ) {
+                    None => {
+                        end(this.observer, RelayEnd::Complete);
+                        Poll::Ready(None)
+                    }
+                    Some(tail) => {
+                        end(this.observer, RelayEnd::EndedEarly);
+                        Poll::Ready(Some(match tail {
+                            Tail::Event(event) => Ok(Frame::data(event)),
+                            Tail::Cut(error) => Err(error),
+                        }))
+                    }
+                }
             }
             Poll::Pending => {
+                *this.waited = true;
                 if let Some((limit, timer)) = this.deadline.as_mut() {
                     if timer.as_mut().poll(cx).is_ready() {
                         let limit = *limit;
@@ -228,8 +360,9 @@ where
                     if timer.as_mut().poll(cx).is_ready() {
                         let limit = *limit;
                         *this.finished = true;
+                        let fits = error_event_fits(*this.may_append, this.observer.as_deref());
                         end(this.observer, RelayEnd::IdleTimeout(limit));
-                        if *this.sse_error_event && *this.at_event_boundary {
+                        if fits {
                             return Poll::Ready(Some(Ok(Frame::data(sse_error_event(
                                 "overloaded_error",
                                 &format!("the upstream sent no data for {limit:?}"),
@@ -244,7 +377,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished || self.inner.is_end_stream()
+        self.tail.is_none() && (self.finished || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -257,19 +390,100 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    #[derive(Clone, Default)]
+    /// Records what it sees, and reads the stream with the usage tap's SSE decoder (as the
+    /// forwarder's observer does) to answer where the stream stands.
+    #[derive(Clone)]
     struct Recorder {
         data: Arc<Mutex<Vec<u8>>>,
         ends: Arc<Mutex<Vec<RelayEnd>>>,
+        tap: Arc<Mutex<ccf_tokens::BodyTap>>,
+        backpressure: Arc<Mutex<u32>>,
+    }
+
+    impl Default for Recorder {
+        fn default() -> Self {
+            Recorder {
+                data: Arc::default(),
+                ends: Arc::default(),
+                backpressure: Arc::default(),
+                tap: Arc::new(Mutex::new(ccf_tokens::BodyTap::new(
+                    Some("text/event-stream"),
+                    None,
+                ))),
+            }
+        }
     }
 
     impl RelayObserver for Recorder {
         fn on_data(&mut self, data: &Bytes) {
             self.data.lock().unwrap().extend_from_slice(data);
+            self.tap.lock().unwrap().feed(data);
         }
         fn on_end(self: Box<Self>, end: RelayEnd) {
             self.ends.lock().unwrap().push(end);
         }
+        fn stream_position(&self) -> Option<StreamPosition> {
+            self.tap.lock().unwrap().stream_position()
+        }
+        fn on_backpressure(&mut self) {
+            *self.backpressure.lock().unwrap() += 1;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_that_waited_for_a_slow_client_report_backpressure_once() {
+        let recorder = Recorder::default();
+        let (sender, stream_body) = channel_body();
+        let mut body = Box::pin(RelayBody::new(
+            stream_body,
+            sse_options(),
+            Box::new(recorder.clone()),
+        ));
+        let ping = || {
+            Ok(Frame::data(Bytes::from_static(
+                b"event: ping\ndata: {}\n\n",
+            )))
+        };
+        // Paced by upstream: the relay waits for each frame.
+        for _ in 0..3 {
+            let sender = sender.clone();
+            let send_later = async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                sender.send(ping()).await.unwrap();
+            };
+            let (frame, ()) = tokio::join!(body.frame(), send_later);
+            frame.unwrap().unwrap();
+        }
+        // A fast client reading a burst: frames ready, asked for at once.
+        sender.send(ping()).await.unwrap();
+        sender.send(ping()).await.unwrap();
+        body.frame().await.unwrap().unwrap();
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(*recorder.backpressure.lock().unwrap(), 0);
+        // A slow client: the frames waited while the client took 10 ms to ask.
+        for _ in 0..2 {
+            sender.send(ping()).await.unwrap();
+            tokio::time::advance(Duration::from_millis(10)).await;
+            body.frame().await.unwrap().unwrap();
+        }
+        assert_eq!(*recorder.backpressure.lock().unwrap(), 1, "reported once");
+    }
+
+    fn sse_options() -> RelayOptions {
+        RelayOptions {
+            sse_error_event: true,
+            ..RelayOptions::default()
+        }
+    }
+
+    /// The text of the next frame, which must be data.
+    async fn next_text<B>(body: &mut Pin<Box<RelayBody<B>>>) -> String
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::fmt::Display + Into<BoxError>,
+    {
+        let frame = body.frame().await.expect("a frame").expect("not an error");
+        String::from_utf8(frame.into_data().expect("data").to_vec()).expect("UTF-8")
     }
 
     #[tokio::test]
@@ -378,6 +592,98 @@ mod tests {
             recorder.ends.lock().unwrap().as_slice(),
             [RelayEnd::UpstreamError(_)]
         ));
+    }
+
+    #[tokio::test]
+    async fn a_blank_line_flushed_on_its_own_still_ends_the_event() {
+        let recorder = Recorder::default();
+        let (sender, stream_body) = channel_body();
+        let mut body = Box::pin(RelayBody::new(
+            stream_body,
+            sse_options(),
+            Box::new(recorder.clone()),
+        ));
+        for piece in [&b"event: ping\ndata: {}\n"[..], b"\n"] {
+            sender
+                .send(Ok(Frame::data(Bytes::from_static(piece))))
+                .await
+                .unwrap();
+            body.frame().await.unwrap().unwrap();
+        }
+        sender
+            .send(Err(std::io::Error::other("connection reset")))
+            .await
+            .unwrap();
+        let last = next_text(&mut body).await;
+        assert!(last.starts_with("event: error\ndata: {"), "{last}");
+        assert!(body.frame().await.is_none(), "then a clean end");
+        assert!(matches!(
+            recorder.ends.lock().unwrap().as_slice(),
+            [RelayEnd::UpstreamError(_)]
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_cleanly_before_message_stop_ends_with_an_error_event() {
+        let recorder = Recorder::default();
+        let (sender, stream_body) = channel_body();
+        let mut body = Box::pin(RelayBody::new(
+            stream_body,
+            sse_options(),
+            Box::new(recorder.clone()),
+        ));
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(
+                b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n",
+            ))))
+            .await
+            .unwrap();
+        body.frame().await.unwrap().unwrap();
+        drop(sender);
+        let last = next_text(&mut body).await;
+        assert!(last.starts_with("event: error\ndata: {"), "{last}");
+        assert!(last.contains("message_stop"), "{last}");
+        assert!(body.frame().await.is_none(), "then a clean end");
+        assert_eq!(*recorder.ends.lock().unwrap(), vec![RelayEnd::EndedEarly]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_known_length_without_message_stop_is_cut_after_its_last_frame() {
+        let recorder = Recorder::default();
+        let mut body = Box::pin(RelayBody::new(
+            Full::new(Bytes::from_static(b"event: ping\ndata: {}\n\n")),
+            sse_options(),
+            Box::new(recorder.clone()),
+        ));
+        assert_eq!(next_text(&mut body).await, "event: ping\ndata: {}\n\n");
+        assert!(!body.is_end_stream(), "the end is still to come");
+        assert!(
+            body.frame().await.unwrap().is_err(),
+            "no bytes beyond the announced length: the body is cut"
+        );
+        assert!(body.frame().await.is_none());
+        assert_eq!(*recorder.ends.lock().unwrap(), vec![RelayEnd::EndedEarly]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_reaches_message_stop_ends_as_it_came() {
+        let recorder = Recorder::default();
+        let (sender, stream_body) = channel_body();
+        let mut body = Box::pin(RelayBody::new(
+            stream_body,
+            sse_options(),
+            Box::new(recorder.clone()),
+        ));
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(
+                b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            ))))
+            .await
+            .unwrap();
+        body.frame().await.unwrap().unwrap();
+        drop(sender);
+        assert!(body.frame().await.is_none());
+        assert_eq!(*recorder.ends.lock().unwrap(), vec![RelayEnd::Complete]);
     }
 
     #[tokio::test]

@@ -6,9 +6,9 @@
 //! | result | class |
 //! |---|---|
 //! | 2xx, 3xx | [`AttemptClass::Success`]: relay it |
-//! | connect error, reset before response, response-header timeout | no answer to classify: `retry.rs` makes it a verdict of its own, retried like [`AttemptClass::Retry`] |
+//! | connect error, reset before response, no headers in time | no answer to classify: `retry.rs` makes each a verdict of its own (a timeout after the request was sent gets one last attempt elsewhere) |
 //! | 500, 502, 503, 504, 520-525, 529 | [`AttemptClass::Retry`] |
-//! | 429 | [`AttemptClass::RateLimited`] with the wait the upstream asked for |
+//! | 429 | [`AttemptClass::RateLimited`] with the wait the upstream asked for ([`retry_after`]: `retry-after`, else the reset of the exhausted limit) |
 //! | 401, 403 | [`AttemptClass::NextEndpoint`]: this endpoint's credentials are bad |
 //! | any other status | [`AttemptClass::Final`]: the request itself is wrong; relay verbatim |
 
@@ -47,14 +47,25 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap, now: SystemTime)
     }
 }
 
-/// The wait a 429 asks for: `retry-after` (seconds or an HTTP date), else the earliest future
-/// `anthropic-ratelimit-*-reset` (RFC 3339).
+/// The per-minute rate-limit dimensions: `anthropic-ratelimit-<dimension>-{remaining,reset}`.
+const RATE_LIMIT_DIMENSIONS: [&str; 4] = ["requests", "input-tokens", "output-tokens", "tokens"];
+
+/// The wait a 429 asks for, in this order:
+/// 1. `retry-after` (seconds or an HTTP date);
+/// 2. the reset of the limits it exhausted: the latest `anthropic-ratelimit-<d>-reset` (RFC 3339)
+///    of the dimensions whose `-remaining` is `0` (every exhausted one must have reset);
+/// 3. a subscription account's `anthropic-ratelimit-unified-reset` (epoch seconds) when its
+///    `-status` is `rejected`;
+/// 4. when no answer says which limit is exhausted, the latest reset of all: an earlier one may
+///    belong to a limit with room left, and retrying then only meets the same 429.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(value) = headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-    {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(value) = text(http::header::RETRY_AFTER.as_str()) {
         if let Ok(seconds) = value.parse::<f64>() {
             if seconds.is_finite() && seconds >= 0.0 {
                 return Some(Duration::from_secs_f64(seconds.min(86_400.0)));
@@ -64,16 +75,37 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             return Some(date.duration_since(now).unwrap_or_default());
         }
     }
-    headers
-        .iter()
-        .filter(|(name, _)| {
-            let name = name.as_str();
-            name.starts_with("anthropic-ratelimit-") && name.ends_with("-reset")
-        })
-        .filter_map(|(_, value)| value.to_str().ok())
-        .filter_map(|text| humantime::parse_rfc3339_weak(text.trim()).ok())
-        .filter_map(|reset| reset.duration_since(now).ok())
-        .min()
+    let mut exhausted: Option<Duration> = None;
+    let mut any: Option<Duration> = None;
+    for dimension in RATE_LIMIT_DIMENSIONS {
+        let Some(reset) = text(&format!("anthropic-ratelimit-{dimension}-reset"))
+            .and_then(|value| humantime::parse_rfc3339_weak(value).ok())
+            .and_then(|reset| reset.duration_since(now).ok())
+        else {
+            continue;
+        };
+        any = any.max(Some(reset));
+        let remaining = text(&format!("anthropic-ratelimit-{dimension}-remaining"))
+            .and_then(|value| value.parse::<u64>().ok());
+        if remaining == Some(0) {
+            exhausted = exhausted.max(Some(reset));
+        }
+    }
+    if exhausted.is_some() {
+        return exhausted;
+    }
+    let unified_rejected = text("anthropic-ratelimit-unified-status")
+        .is_some_and(|status| status.eq_ignore_ascii_case("rejected"));
+    if unified_rejected {
+        let unified_reset = text("anthropic-ratelimit-unified-reset")
+            .and_then(|value| value.parse::<u64>().ok())
+            .map(|epoch| SystemTime::UNIX_EPOCH + Duration::from_secs(epoch))
+            .map(|reset| reset.duration_since(now).unwrap_or_default());
+        if unified_reset.is_some() {
+            return unified_reset;
+        }
+    }
+    any
 }
 
 /// `min(base * multiplier^(attempt-1), max)`, then jittered into `[d/2, d]` so that many
@@ -145,6 +177,32 @@ mod tests {
         );
         let reset_soon = humantime::format_rfc3339(now + Duration::from_secs(12)).to_string();
         let reset_later = humantime::format_rfc3339(now + Duration::from_secs(50)).to_string();
+        // The exhausted limit decides, not the earliest reset.
+        assert_eq!(
+            retry_after(
+                &headers(&[
+                    ("anthropic-ratelimit-tokens-reset", &reset_later),
+                    ("anthropic-ratelimit-tokens-remaining", "0"),
+                    ("anthropic-ratelimit-requests-reset", &reset_soon),
+                    ("anthropic-ratelimit-requests-remaining", "40"),
+                ]),
+                now
+            ),
+            Some(Duration::from_secs(50))
+        );
+        assert_eq!(
+            retry_after(
+                &headers(&[
+                    ("anthropic-ratelimit-tokens-reset", &reset_later),
+                    ("anthropic-ratelimit-tokens-remaining", "9000"),
+                    ("anthropic-ratelimit-requests-reset", &reset_soon),
+                    ("anthropic-ratelimit-requests-remaining", "0"),
+                ]),
+                now
+            ),
+            Some(Duration::from_secs(12))
+        );
+        // Nothing says which is exhausted: the latest reset, when every limit has room again.
         assert_eq!(
             retry_after(
                 &headers(&[
@@ -153,7 +211,32 @@ mod tests {
                 ]),
                 now
             ),
-            Some(Duration::from_secs(12))
+            Some(Duration::from_secs(50))
+        );
+        // A subscription account spent until its unified reset (epoch seconds).
+        let epoch = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_secs()
+            + 3600;
+        let epoch = epoch.to_string();
+        let unified = [
+            ("anthropic-ratelimit-unified-status", "rejected"),
+            ("anthropic-ratelimit-unified-reset", epoch.as_str()),
+        ];
+        assert_eq!(
+            retry_after(&headers(&unified), now),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            retry_after(
+                &headers(&[
+                    ("anthropic-ratelimit-unified-status", "allowed_warning"),
+                    ("anthropic-ratelimit-unified-reset", epoch.as_str()),
+                ]),
+                now
+            ),
+            None
         );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);

@@ -1,20 +1,47 @@
-//! The one shared upstream HTTP client: pooled connections, rustls (HTTP/2 by ALPN), and the
+//! The one shared upstream HTTP client: pooled connections, rustls (HTTP/2 by ALPN), the
 //! optional outbound proxy (`proxy.*`: HTTP CONNECT, CONNECT over TLS, or SOCKS5, with
-//! credentials).
+//! credentials), upstream trust (`tls.*`, `endpoints[].ca_file`) and connection use
+//! (`upstream.*`).
 //!
 //! Connections are reused across requests and retries (the Go original built a new transport per
 //! attempt). Every upstream connection, whatever the proxy, is a [`BoxedIo`], so the client has
 //! one concrete type.
+//!
+//! **Several HTTP/2 connections per origin.** hyper-util's pooled client multiplexes every
+//! request to an h2 origin onto one connection; once the upstream's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` is reached, further requests queue inside hyper until the
+//! header timeout, and long Claude Code streams reach that limit. hyper does not expose the
+//! peer's SETTINGS, and opening h2 connections by hand would mean re-implementing its pool, so
+//! an origin gets *lanes*: independent hyper-util clients (each holding its own connection pool,
+//! so one h2 connection each) sharing the connector. A request goes to the lane with the fewest
+//! requests in flight (counted until the response body is dropped); when every lane carries
+//! `upstream.max_streams_per_connection` requests, a new lane (a new connection) is opened, up
+//! to [`MAX_LANES_PER_ORIGIN`]. For HTTP/1 upstreams lanes change nothing visible: each lane's
+//! pool opens a connection per concurrent request anyway. Only maintained crates' public APIs
+//! are used; the cost is one pool per lane (idle lanes' connections close after 90 s).
+//!
+//! **Dead connections** are found by HTTP/2 keep-alive PINGs (`upstream.keep_alive_interval`,
+//! also while idle) and by TCP keepalive on every upstream socket (idle 30 s, then every 30 s,
+//! 5 probes), so a silently dropped connection fails fast instead of taking requests until TCP
+//! notices minutes later.
+//!
+//! **Trust:** the system certificate store, the bundled webpki roots, `tls.ca_file` and, for an
+//! endpoint's origin, `endpoints[].ca_file`.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use ccf_config::{OutboundProxyConfig, OutboundProxyType};
-use http::{HeaderValue, Uri};
+use ccf_config::{Config, OutboundProxyConfig, OutboundProxyType, UpstreamConfig};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -22,11 +49,21 @@ use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
 
 use crate::body::BoxError;
 
-/// The client every upstream request goes through.
-pub type UpstreamClient = Client<HttpsConnector<UpstreamConnector>, Full<Bytes>>;
+/// Most connections (lanes) opened to one origin; past it the least loaded lane is shared.
+pub const MAX_LANES_PER_ORIGIN: usize = 64;
+
+/// TCP keepalive on upstream sockets: first probe after this much idle time, then every
+/// interval, [`TCP_KEEPALIVE_RETRIES`] probes (close to the Python SDK's 60 s / 60 s / 5).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Unanswered TCP keepalive probes before the socket is closed.
+const TCP_KEEPALIVE_RETRIES: u32 = 5;
+
+/// One lane's hyper-util client.
+type LaneClient = Client<HttpsConnector<UpstreamConnector>, Full<Bytes>>;
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -34,31 +71,313 @@ pub enum ClientBuildError {
     /// `proxy.*` does not describe a usable proxy.
     #[error("proxy: {0}")]
     Proxy(String),
+    /// A `ca_file` cannot be used.
+    #[error("{key}: {message}")]
+    CaFile {
+        /// The configuration key, e.g. `tls.ca_file`.
+        key: String,
+        /// What is wrong with the file.
+        message: String,
+    },
 }
 
-/// Builds the shared pooled client.
+/// The client every upstream request goes through: cheap to clone (shared state).
+#[derive(Clone)]
+pub struct UpstreamClient {
+    shared: Arc<ClientShared>,
+}
+
+struct ClientShared {
+    /// The connector for origins without an `endpoints[].ca_file`.
+    default_connector: HttpsConnector<UpstreamConnector>,
+    /// Connectors trusting an endpoint's own `ca_file`, by origin.
+    origin_connectors: HashMap<String, HttpsConnector<UpstreamConnector>>,
+    upstream: UpstreamConfig,
+    lanes: Mutex<HashMap<String, Vec<Lane>>>,
+}
+
+/// One independent pooled client of an origin and the requests it carries.
+#[derive(Clone)]
+struct Lane {
+    client: LaneClient,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A request counted on its lane until the response body is dropped.
+struct LaneLoad(Arc<AtomicUsize>);
+
+impl Drop for LaneLoad {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body; holds its lane's in-flight count until dropped.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: hyper::body::Incoming,
+        load: LaneLoad,
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl UpstreamClient {
+    /// Sends `request` on the least loaded connection of its origin, opening another one when
+    /// every connection carries `upstream.max_streams_per_connection` requests.
+    pub fn request(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>>
+           + Send
+           + 'static {
+        let (client, load) = self.lane_for(request.uri());
+        let future = client.request(request);
+        async move {
+            let response = future.await?;
+            Ok(response.map(|inner| UpstreamBody { inner, load }))
+        }
+    }
+
+    /// Requests in flight per connection (lane) of `origin` (`scheme://host:port`), for tests
+    /// and diagnostics.
+    pub fn lane_loads(&self, origin: &str) -> Vec<usize> {
+        let lanes = self
+            .shared
+            .lanes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        lanes
+            .get(origin)
+            .map(|lanes| {
+                lanes
+                    .iter()
+                    .map(|lane| lane.in_flight.load(Ordering::Acquire))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn lane_for(&self, uri: &Uri) -> (LaneClient, LaneLoad) {
+        let origin = origin_of(uri);
+        let per_connection =
+            usize::try_from(self.shared.upstream.max_streams_per_connection.max(1))
+                .unwrap_or(usize::MAX);
+        let mut all = self
+            .shared
+            .lanes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let lanes = all.entry(origin.clone()).or_default();
+        let least_loaded = lanes
+            .iter()
+            .min_by_key(|lane| lane.in_flight.load(Ordering::Acquire))
+            .filter(|lane| {
+                lane.in_flight.load(Ordering::Acquire) < per_connection
+                    || lanes.len() >= MAX_LANES_PER_ORIGIN
+            })
+            .cloned();
+        let lane = match least_loaded {
+            Some(lane) => lane,
+            None => {
+                let connector = self
+                    .shared
+                    .origin_connectors
+                    .get(&origin)
+                    .unwrap_or(&self.shared.default_connector)
+                    .clone();
+                let lane = Lane {
+                    client: lane_client(&self.shared.upstream, connector),
+                    in_flight: Arc::new(AtomicUsize::new(0)),
+                };
+                lanes.push(lane.clone());
+                lane
+            }
+        };
+        lane.in_flight.fetch_add(1, Ordering::AcqRel);
+        (lane.client, LaneLoad(lane.in_flight))
+    }
+}
+
+/// `scheme://host:port` of a request URI (the lane key).
+fn origin_of(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or_default();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    format!("{scheme}://{host}:{port}")
+}
+
+/// `scheme://host:port` of an endpoint's base URL.
+fn origin_of_url(url: &url::Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+/// One lane: a pooled hyper-util client with HTTP/2 keep-alive PINGs.
+fn lane_client(
+    upstream: &UpstreamConfig,
+    connector: HttpsConnector<UpstreamConnector>,
+) -> LaneClient {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256);
+    let interval = upstream.keep_alive_interval.get();
+    if !interval.is_zero() {
+        builder
+            .http2_keep_alive_interval(interval)
+            .http2_keep_alive_timeout(upstream.keep_alive_timeout.get())
+            .http2_keep_alive_while_idle(true);
+    }
+    builder.build(connector)
+}
+
+/// Whether a reload from `old` to `new` can keep the running client (same proxy, trust and
+/// connection settings, same endpoint origins with their own CA).
+pub fn same_client_settings(old: &Config, new: &Config) -> bool {
+    serde_json::to_value(&old.proxy).ok() == serde_json::to_value(&new.proxy).ok()
+        && old.tls == new.tls
+        && old.upstream == new.upstream
+        && endpoint_trust(old) == endpoint_trust(new)
+}
+
+/// Origins with their own `ca_file`.
+fn endpoint_trust(config: &Config) -> Vec<(String, PathBuf)> {
+    config
+        .endpoints
+        .iter()
+        .filter_map(|endpoint| {
+            let ca_file = config.endpoint_ca_files.get(&endpoint.name)?;
+            Some((origin_of_url(&endpoint.url), ca_file.clone()))
+        })
+        .collect()
+}
+
+/// Builds the shared client from `proxy.*`, `tls.*`, `upstream.*` and `endpoints[].ca_file`.
 pub fn build_upstream_client(
-    proxy: &OutboundProxyConfig,
+    config: &Config,
     connect_timeout: Duration,
 ) -> Result<UpstreamClient, ClientBuildError> {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
-    tcp.set_keepalive(Some(Duration::from_secs(30)));
+    tcp.set_keepalive(Some(TCP_KEEPALIVE));
+    tcp.set_keepalive_interval(Some(TCP_KEEPALIVE));
+    tcp.set_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
     tcp.set_connect_timeout(Some(connect_timeout));
-    let base = UpstreamConnector::new(proxy, tcp)?;
-    let https = HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(base);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https))
+    let base = UpstreamConnector::new(&config.proxy, tcp)?;
+    let mut global_cas = Vec::new();
+    if let Some(path) = &config.tls.ca_file {
+        global_cas = read_ca_file(path, "tls.ca_file")?;
+    }
+    let https = |extra: &[CertificateDer<'static>]| -> Result<_, ClientBuildError> {
+        let tls = tls_config(global_cas.iter().chain(extra).cloned())?;
+        Ok(HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(base.clone()))
+    };
+    let mut origin_connectors = HashMap::new();
+    for (index, endpoint) in config.endpoints.iter().enumerate() {
+        let Some(path) = config.endpoint_ca_files.get(&endpoint.name) else {
+            continue;
+        };
+        let own = read_ca_file(path, &format!("endpoints[{index}].ca_file"))?;
+        origin_connectors.insert(origin_of_url(&endpoint.url), https(&own)?);
+    }
+    Ok(UpstreamClient {
+        shared: Arc::new(ClientShared {
+            default_connector: https(&[])?,
+            origin_connectors,
+            upstream: config.upstream.clone(),
+            lanes: Mutex::new(HashMap::new()),
+        }),
+    })
+}
+
+/// The certificates of a PEM file.
+fn read_ca_file(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, ClientBuildError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let unusable = |error: &dyn std::fmt::Display| ClientBuildError::CaFile {
+        key: key.to_string(),
+        message: format!("`{}`: {error}", path.display()),
+    };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| unusable(&e))?
+        .map(|certificate| certificate.map_err(|e| unusable(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if certificates.is_empty() {
+        return Err(unusable(&"no PEM certificate in the file"));
+    }
+    // Checked here so a certificate rustls refuses is reported with its key and file.
+    let mut check = rustls::RootCertStore::empty();
+    for certificate in &certificates {
+        check.add(certificate.clone()).map_err(|e| unusable(&e))?;
+    }
+    Ok(certificates)
+}
+
+/// The system's certificate store, read once per process (reading it costs milliseconds and
+/// it does not change under a running forwarder). Unreadable entries are skipped with a warning:
+/// the bundled roots still apply.
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for error in &loaded.errors {
+            tracing::warn!("system certificate store: {error}");
+        }
+        loaded.certs
+    })
+}
+
+/// A rustls configuration trusting the system store, the webpki roots and `extra`.
+fn tls_config(
+    extra: impl Iterator<Item = CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, ClientBuildError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // System stores hold the odd certificate rustls rejects; those are skipped.
+    let _ = roots.add_parsable_certificates(system_roots().iter().cloned());
+    for certificate in extra {
+        // Already accepted once by `read_ca_file`, which reports problems with key and file.
+        let _ = roots.add(certificate);
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientBuildError::Proxy(format!("tls: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Opens the TCP (or proxied) connection under TLS.
@@ -111,31 +430,13 @@ impl UpstreamConnector {
     }
 }
 
-/// TLS to an HTTPS proxy: the webpki roots plus the CAs of `proxy.ca_file`.
-fn proxy_tls_config(
-    ca_file: Option<&std::path::Path>,
-) -> Result<rustls::ClientConfig, ClientBuildError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let unreadable = |error: &dyn std::fmt::Display| {
-            ClientBuildError::Proxy(format!("ca_file `{}`: {error}", path.display()))
-        };
-        let certificates = CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))?;
-        for certificate in certificates {
-            roots
-                .add(certificate.map_err(|e| unreadable(&e))?)
-                .map_err(|e| unreadable(&e))?;
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientBuildError::Proxy(format!("tls: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+/// TLS to an HTTPS proxy: the system store, the webpki roots and the CAs of `proxy.ca_file`.
+fn proxy_tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientBuildError> {
+    let extra = match ca_file {
+        Some(path) => read_ca_file(path, "proxy.ca_file")?,
+        None => Vec::new(),
+    };
+    tls_config(extra.into_iter())
 }
 
 fn with_basic_auth<C>(
@@ -361,16 +662,73 @@ mod tests {
 
     #[tokio::test]
     async fn every_proxy_kind_builds_a_client() {
+        let base = ccf_config::Config::from_yaml_str(
+            "endpoints:\n  - name: a\n    url: https://api.example.com\n",
+        )
+        .unwrap();
         for kind in [
             OutboundProxyType::Http,
             OutboundProxyType::Https,
             OutboundProxyType::Socks5,
         ] {
-            let config = proxy(kind, None, Some("127.0.0.1"), Some(9));
+            let mut config = base.clone();
+            config.proxy = proxy(kind, None, Some("127.0.0.1"), Some(9));
             assert!(build_upstream_client(&config, Duration::from_secs(1)).is_ok());
         }
-        assert!(
-            build_upstream_client(&OutboundProxyConfig::default(), Duration::from_secs(1)).is_ok()
-        );
+        assert!(build_upstream_client(&base, Duration::from_secs(1)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_full_connection_opens_another_lane_and_a_dropped_body_frees_it() {
+        let mut config = ccf_config::Config::from_yaml_str(
+            "endpoints:\n  - name: a\n    url: https://api.example.com\n",
+        )
+        .unwrap();
+        config.upstream.max_streams_per_connection = 2;
+        let client = build_upstream_client(&config, Duration::from_secs(1)).unwrap();
+        let uri: Uri = "https://api.example.com/v1/messages".parse().unwrap();
+        let origin = "https://api.example.com:443";
+        let first = client.lane_for(&uri);
+        let second = client.lane_for(&uri);
+        assert_eq!(client.lane_loads(origin), vec![2]);
+        let third = client.lane_for(&uri);
+        assert_eq!(client.lane_loads(origin), vec![2, 1]);
+        drop(first);
+        let fourth = client.lane_for(&uri);
+        assert_eq!(client.lane_loads(origin), vec![2, 1]);
+        drop((second, third, fourth));
+        assert_eq!(client.lane_loads(origin), vec![0, 0]);
+    }
+
+    #[test]
+    fn a_reload_rebuilds_the_client_when_trust_or_connection_settings_change() {
+        let base = ccf_config::Config::from_yaml_str(
+            "endpoints:\n  - name: a\n    url: https://api.example.com\n",
+        )
+        .unwrap();
+        assert!(same_client_settings(&base, &base.clone()));
+        let mut tls = base.clone();
+        tls.tls.ca_file = Some(PathBuf::from("/etc/ssl/relay-ca.pem"));
+        assert!(!same_client_settings(&base, &tls));
+        let mut streams = base.clone();
+        streams.upstream.max_streams_per_connection = 10;
+        assert!(!same_client_settings(&base, &streams));
+        let mut own_ca = base.clone();
+        own_ca
+            .endpoint_ca_files
+            .insert("a".into(), PathBuf::from("/etc/ssl/a.pem"));
+        assert!(!same_client_settings(&base, &own_ca));
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_reported_with_its_key_and_path() {
+        let path = std::env::temp_dir().join(format!("ccf-bad-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, "not a certificate").unwrap();
+        let error = read_ca_file(&path, "endpoints[0].ca_file")
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(error.starts_with("endpoints[0].ca_file: "), "{error}");
+        assert!(error.contains(&path.display().to_string()), "{error}");
     }
 }

@@ -85,6 +85,9 @@ pub enum ProxyError {
         endpoint: String,
         /// The applied limit.
         timeout: Duration,
+        /// The request was handed to the upstream on an open connection: it may be generating
+        /// (and billing) it.
+        request_sent: bool,
     },
 }
 
@@ -141,6 +144,20 @@ impl ProxyError {
     /// The response the client receives for this error.
     pub fn to_response(&self) -> Response<ProxyBody> {
         anthropic_error_response(self.status(), self.anthropic_type(), &self.to_string())
+    }
+}
+
+/// `x-should-retry`: the official SDKs obey it instead of their own retry rules.
+pub const X_SHOULD_RETRY: header::HeaderName = header::HeaderName::from_static("x-should-retry");
+
+/// Marks the final error of a request the forwarder already retried with `x-should-retry:
+/// false`, so the client's SDK does not multiply the attempts again (it retries twice by
+/// default). An answer after a single attempt is left as it is: the client may retry it.
+pub fn mark_already_retried(response: &mut Response<ProxyBody>, attempts: usize) {
+    if attempts > 1 && !response.status().is_success() {
+        response
+            .headers_mut()
+            .insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
     }
 }
 
@@ -213,6 +230,25 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("server.max_in_flight"));
+    }
+
+    #[test]
+    fn only_a_retried_failure_says_do_not_retry() {
+        let mut once = anthropic_error_response(OVERLOADED, "overloaded_error", "Overloaded");
+        mark_already_retried(&mut once, 1);
+        assert_eq!(once.headers().get(X_SHOULD_RETRY), None);
+        let mut retried = anthropic_error_response(OVERLOADED, "overloaded_error", "Overloaded");
+        retried
+            .headers_mut()
+            .insert(X_SHOULD_RETRY, HeaderValue::from_static("true"));
+        mark_already_retried(&mut retried, 2);
+        assert_eq!(
+            retried.headers().get(X_SHOULD_RETRY),
+            Some(&HeaderValue::from_static("false"))
+        );
+        let mut success = Response::new(full_body(Bytes::new()));
+        mark_already_retried(&mut success, 3);
+        assert_eq!(success.headers().get(X_SHOULD_RETRY), None);
     }
 
     #[test]

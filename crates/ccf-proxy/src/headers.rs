@@ -2,7 +2,9 @@
 //!
 //! Request: the client's `Authorization`, `x-api-key`, `Host` and hop-by-hop headers are dropped,
 //! the endpoint's credentials are injected, then the endpoint's custom headers are applied (they
-//! win). Everything else (`anthropic-version`, `anthropic-beta`, `user-agent`, unknown headers)
+//! win). User info in the endpoint URL (`https://user:pass@relay`) is sent as
+//! `Authorization: Basic` when nothing else set `Authorization` (the Go original's `net/http`
+//! does the same: a token or a custom `Authorization` header wins). Everything else (`anthropic-version`, `anthropic-beta`, `user-agent`, unknown headers)
 //! passes through untouched. Response: hop-by-hop headers are dropped, everything else passes.
 
 use ccf_config::Endpoint;
@@ -85,7 +87,52 @@ pub fn rewrite_request_headers(
         };
         headers.insert(header_name, header_value);
     }
+    if !headers.contains_key(header::AUTHORIZATION) {
+        if let Some(value) = url_basic_auth(&endpoint.url) {
+            headers.insert(header::AUTHORIZATION, sensitive(value));
+        }
+    }
     Ok(headers)
+}
+
+/// `Basic base64(user:password)` from a URL's user info (percent-decoded, as Go does), if any.
+fn url_basic_auth(url: &url::Url) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let credentials = format!(
+        "{}:{}",
+        percent_decode(url.username()),
+        percent_decode(url.password().unwrap_or_default())
+    );
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    HeaderValue::try_from(format!("Basic {encoded}")).ok()
+}
+
+/// Decodes `%XX` escapes (user info is kept percent-encoded by the URL parser).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            None => {
+                decoded.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// The `x-api-key` header.
@@ -203,5 +250,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("bad name"));
+    }
+
+    #[test]
+    fn url_user_info_is_sent_as_basic_auth_unless_authorization_is_set() {
+        let mut with_user_info = endpoint(None, Some("key"), &[]);
+        with_user_info.url = url::Url::parse("https://us%40er:p%3Ass@relay.example/api").unwrap();
+        let out = rewrite_request_headers(&client_headers(), &with_user_info).unwrap();
+        // base64("us@er:p:ss")
+        assert_eq!(out["authorization"], "Basic dXNAZXI6cDpzcw==");
+        assert!(out["authorization"].is_sensitive());
+        assert_eq!(out["x-api-key"], "key");
+        with_user_info.token = Some(Secret::new("tok"));
+        let out = rewrite_request_headers(&client_headers(), &with_user_info).unwrap();
+        assert_eq!(out["authorization"], "Bearer tok");
     }
 }

@@ -9,8 +9,14 @@
 //! watch compares what the endpoint reported with what was asked and sent, and the scoreboard
 //! ([`ccf_router::honesty::HonestyBoard`]) folds the verdicts into the endpoint's scores.
 //!
-//! The local token estimate (`ccf_tokens::estimate_input_tokens`, a JSON parse plus one pass over
-//! the text) runs once, when the answer has ended, not before forwarding: it never delays the
+//! Honest upstreams must never be flagged, so each check leaves out what it cannot know: the
+//! usage estimate (`ccf_tokens::estimate_request_input`) drops earlier turns' thinking as the
+//! API does and, when the request carries images or documents of unknown size, is only a lower
+//! bound (only under-reporting is judged); and stream pacing is not judged when the relay was
+//! backpressured by a slow client (frames that waited for the client arrive back to back
+//! whatever the upstream's pace).
+//!
+//! The local token estimate (a JSON parse plus one pass over the text) runs once, when the answer has ended, not before forwarding: it never delays the
 //! upstream request or the first byte, and a request that fails or is cancelled costs nothing.
 //! It runs inside the relay body's end callback, so it can delay the very end of the answer (for a
 //! body of known length, its last frame) by the estimate's time. The price is also that the request
@@ -200,6 +206,12 @@ impl HonestyWatch {
         }
     }
 
+    /// The client held the relay back (frames waited for it): arrival times say nothing about
+    /// the upstream's pace any more, so this answer's pacing is not judged.
+    pub(crate) fn relay_backpressured(&mut self) {
+        self.stream = None;
+    }
+
     /// One relayed body frame. Allocation-free: a scan for the delta marker and, when found, one
     /// clock read.
     pub(crate) fn on_data(&mut self, data: &[u8]) {
@@ -241,18 +253,19 @@ impl HonestyWatch {
             ));
         }
         if let Some(usage) = extraction.usage.as_ref().filter(|_| !extraction.partial) {
-            if let Ok(estimated) =
-                ccf_tokens::estimate_input_tokens(&self.body, self.estimation_ratio)
+            if let Ok(estimate) =
+                ccf_tokens::estimate_request_input(&self.body, self.estimation_ratio)
             {
                 let reported = usage
                     .input_tokens
                     .saturating_add(usage.cache_read_input_tokens)
                     .saturating_add(usage.cache_creation_input_tokens);
-                verdicts.push(SignalVerdict::usage(
-                    reported,
-                    estimated,
-                    self.usage_tolerance,
-                ));
+                let known = estimate.known_tokens;
+                verdicts.push(if estimate.unknown_blocks == 0 {
+                    SignalVerdict::usage(reported, known, self.usage_tolerance)
+                } else {
+                    SignalVerdict::usage_at_least(reported, known, self.usage_tolerance)
+                });
             }
         }
         // Too few deltas say nothing about pacing: no verdict rather than a pass.
@@ -419,6 +432,89 @@ mod tests {
                 |verdict| verdict.asked.contains("hello") || verdict.reported.contains("hello")
             ),
             "prompt text never appears in a verdict"
+        );
+    }
+
+    /// A watch on a request with this body.
+    fn watch_body(config: &Config, body: serde_json::Value) -> HonestyWatch {
+        Honesty::watch(
+            config,
+            RequestId::generate(),
+            &parts("POST", "/v1/messages"),
+            &Bytes::from(body.to_string()),
+            Some("claude-opus-4-1"),
+        )
+        .expect("messages are watched")
+    }
+
+    /// Honest upstreams that the checks once flagged: none of these may ever be flagged.
+    #[test]
+    fn honest_upstreams_are_never_flagged() {
+        let config = config("");
+        let thought = "Let me weigh each option carefully before answering. ".repeat(80);
+        let assistant_turn = |answer: &str| {
+            serde_json::json!({"role": "assistant", "content": [
+                {"type": "thinking", "thinking": thought, "signature": "c2ln"},
+                {"type": "text", "text": answer}]})
+        };
+        let image = serde_json::json!({"type": "image", "source": {
+            "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgoAAAANSUhEUg=="}});
+        let pdf = serde_json::json!({"type": "document", "source": {
+            "type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}});
+        // (what, request body, input tokens the real API reports for it)
+        let fixtures = [
+            (
+                "earlier turns' thinking, which the API drops from the context",
+                serde_json::json!({"model": "claude-opus-4-1", "messages": [
+                    {"role": "user", "content": "Which sort should I use?"},
+                    assistant_turn("Merge sort."),
+                    {"role": "user", "content": "And for nearly sorted data?"},
+                    assistant_turn("Insertion sort."),
+                    {"role": "user", "content": "Thanks. One more question then."}]}),
+                60,
+            ),
+            (
+                "ten small images (a few dozen tokens each, not 1,600)",
+                serde_json::json!({"model": "claude-opus-4-1", "messages": [
+                    {"role": "user", "content": [
+                        image.clone(), image.clone(), image.clone(), image.clone(),
+                        image.clone(), image.clone(), image.clone(), image.clone(),
+                        image.clone(), image,
+                        {"type": "text", "text": "Which of these icons is blue?"}]}]}),
+                900,
+            ),
+            (
+                "a long PDF (thousands of tokens per page, many pages)",
+                serde_json::json!({"model": "claude-opus-4-1", "messages": [
+                    {"role": "user", "content": [
+                        pdf, {"type": "text", "text": "Summarise this report."}]}]}),
+                60_000,
+            ),
+        ];
+        for (what, body, reported) in fixtures {
+            let check = watch_body(&config, body).finish(&extraction("claude-opus-4-1", reported));
+            assert!(
+                check.verdicts.iter().all(|verdict| !verdict.flagged),
+                "{what}: {:?}",
+                check.verdicts
+            );
+        }
+
+        // A slow client held the relay back: the frames that waited for it were read back to
+        // back, however the upstream paced them.
+        let mut backpressured = watch(&config);
+        backpressured.watch_answer(true, None);
+        backpressured.relay_backpressured();
+        backpressured.on_data(
+            "data: {\"type\":\"content_block_delta\"}\n\n"
+                .repeat(20)
+                .as_bytes(),
+        );
+        let check = backpressured.finish(&extraction("claude-opus-4-1", 20));
+        assert!(
+            check.verdicts.iter().all(|verdict| !verdict.flagged),
+            "a backpressured stream: {:?}",
+            check.verdicts
         );
     }
 

@@ -39,7 +39,7 @@ mod tracking;
 
 pub use auth::InboundAuth;
 pub use body::{ProxyBody, RelayBody, RelayEnd, RelayObserver};
-pub use client::{build_upstream_client, ClientBuildError, UpstreamClient};
+pub use client::{build_upstream_client, ClientBuildError, UpstreamBody, UpstreamClient};
 pub use error::{anthropic_error_response, ErrorOrigin, ProxyError};
 pub use events::{EventBus, ForwarderEvent};
 pub use forwarder::{BackgroundTasks, BuildError, Forwarder, OperatorAction, OperatorObserver};

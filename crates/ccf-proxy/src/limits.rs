@@ -58,7 +58,6 @@ impl InFlightLimit {
     }
 
     /// Slots taken now.
-    #[cfg(test)]
     pub(crate) fn taken(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }

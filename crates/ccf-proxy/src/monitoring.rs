@@ -4,8 +4,9 @@
 //! observed); the JSON shapes follow the Go original (reference section 9.6) so existing monitors
 //! keep working, with correct UTC timestamps.
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -120,6 +121,55 @@ pub type UsageHealthReader = Arc<dyn Fn() -> UsageHealth + Send + Sync>;
 /// pricing table (the application), so this crate needs no store.
 pub type CostModel = Arc<dyn Fn(Option<&str>, &ccf_types::Usage) -> f64 + Send + Sync>;
 
+/// Whether the pricing table prices a model by its own name or family (not by the default
+/// price). Installed with the [`CostModel`]; its names are bounded by the configuration.
+pub type ModelCatalog = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Distinct model names from upstream answers kept as `model` label values; a new one beyond
+/// this is labelled `other` (a relay that echoes the request's model would otherwise let
+/// clients mint series).
+const MAX_ANSWERED_MODELS: usize = 64;
+
+/// The `model` label's values. The request's `model` comes from the client: any string, so
+/// using it as is lets a client create one series per request. A name is used when an upstream
+/// answered with it (bounded by [`MAX_ANSWERED_MODELS`]) or the pricing table knows it;
+/// anything else is `other`, and a request with no model is `unknown`.
+#[derive(Default)]
+struct ModelLabels {
+    answered: Mutex<HashSet<String>>,
+    catalog: RwLock<Option<ModelCatalog>>,
+}
+
+impl ModelLabels {
+    fn label(&self, requested: Option<&str>, answered: Option<&str>) -> String {
+        let mut seen = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(answered) = answered.filter(|model| !model.is_empty()) {
+            if seen.contains(answered) {
+                return answered.to_string();
+            }
+            if seen.len() < MAX_ANSWERED_MODELS {
+                seen.insert(answered.to_string());
+                return answered.to_string();
+            }
+        }
+        let Some(model) = answered.or(requested).filter(|model| !model.is_empty()) else {
+            return "unknown".to_string();
+        };
+        let priced = || {
+            self.catalog
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|knows| knows(model))
+        };
+        if seen.contains(model) || priced() {
+            model.to_string()
+        } else {
+            "other".to_string()
+        }
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn request_buckets() -> Histogram {
@@ -175,6 +225,7 @@ pub struct Metrics {
     endpoint_up: Family<RouteLabels, Gauge>,
     honesty_score: Family<HonestyLabels, Gauge<f64, AtomicU64>>,
     cost_model: RwLock<Option<CostModel>>,
+    model_labels: ModelLabels,
     usage_health: RwLock<Option<UsageHealthReader>>,
     suspension: OnceLock<Arc<Suspension>>,
     /// Handles of the series finished requests touch, by label values (see [`FinishedSeries`]).
@@ -250,6 +301,7 @@ impl Metrics {
             endpoint_up: Family::default(),
             honesty_score: Family::default(),
             cost_model: RwLock::new(None),
+            model_labels: ModelLabels::default(),
             usage_health: RwLock::new(None),
             suspension: OnceLock::new(),
             finished_cache: RwLock::new(Vec::new()),
@@ -410,6 +462,16 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner) = Some(model);
     }
 
+    /// Installs what tells which models the pricing table knows: those may be `model` label
+    /// values (replacing any earlier catalog).
+    pub fn set_model_catalog(&self, catalog: ModelCatalog) {
+        *self
+            .model_labels
+            .catalog
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(catalog);
+    }
+
     /// Installs the reader behind `/health/usage-tracker`.
     pub fn set_usage_health(&self, reader: UsageHealthReader) {
         *self
@@ -487,7 +549,11 @@ impl Metrics {
     pub fn record_finished(&self, record: &RequestRecord) {
         let endpoint = record.endpoint.as_deref().unwrap_or_default();
         let group = record.group.as_deref().unwrap_or_default();
-        let model = record.model().unwrap_or("unknown");
+        let model = self.model_labels.label(
+            record.request_model.as_deref(),
+            record.response_model.as_deref(),
+        );
+        let model = model.as_str();
         let status = record.status.as_str();
         let class = status_class(record.http_status);
         let series = self.finished_series(endpoint, group, model, status, class);
@@ -947,6 +1013,49 @@ pub fn rfc3339(time: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_labels_are_answered_or_priced_models_and_the_rest_is_other() {
+        let labels = ModelLabels::default();
+        let label =
+            |requested: Option<&str>, answered: Option<&str>| labels.label(requested, answered);
+        // No pricing installed yet: only what upstreams answered with is a label.
+        assert_eq!(label(Some("client-made-up-1"), None), "other");
+        assert_eq!(label(None, None), "unknown");
+        assert_eq!(
+            label(
+                Some("claude-sonnet-4-5"),
+                Some("claude-sonnet-4-5-20250929")
+            ),
+            "claude-sonnet-4-5-20250929"
+        );
+        // Seen in an answer once: a later failed request asking for it keeps its name.
+        assert_eq!(
+            label(Some("claude-sonnet-4-5-20250929"), None),
+            "claude-sonnet-4-5-20250929"
+        );
+        labels.set_catalog_for_test(|model| model.starts_with("claude-haiku-4-5"));
+        assert_eq!(label(Some("claude-haiku-4-5"), None), "claude-haiku-4-5");
+        assert_eq!(label(Some("client-made-up-2"), None), "other");
+        // A relay echoing whatever the client asks cannot mint series beyond the bound.
+        let mut distinct = HashSet::new();
+        for n in 0..1000 {
+            let echoed = format!("echo-{n}");
+            distinct.insert(label(Some(&echoed), Some(&echoed)));
+        }
+        assert!(
+            distinct.len() <= MAX_ANSWERED_MODELS + 1,
+            "{}",
+            distinct.len()
+        );
+        assert!(distinct.contains("other"));
+    }
+
+    impl ModelLabels {
+        fn set_catalog_for_test(&self, knows: impl Fn(&str) -> bool + Send + Sync + 'static) {
+            *self.catalog.write().unwrap() = Some(Arc::new(knows));
+        }
+    }
 
     #[test]
     fn formats_utc_timestamps() {

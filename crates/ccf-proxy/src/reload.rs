@@ -188,6 +188,12 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
         differs(&old.token_counting, &new.token_counting),
     );
     section("proxy", differs(&old.proxy, &new.proxy));
+    section("tls", old.tls != new.tls);
+    section("upstream", old.upstream != new.upstream);
+    section(
+        "endpoints[].ca_file",
+        old.endpoint_ca_files != new.endpoint_ca_files,
+    );
     section("routing", differs(&old.routing, &new.routing));
     section("logging.level", old.logging.level != new.logging.level);
     section(
@@ -207,6 +213,10 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
     section(
         "server.max_in_flight",
         old.server.max_in_flight != new.server.max_in_flight,
+    );
+    section(
+        "server.body_read_timeout",
+        old.server.body_read_timeout != new.server.body_read_timeout,
     );
     section("timezone", old.timezone != new.timezone);
 
@@ -268,6 +278,7 @@ pub(crate) fn effective(old: &Config, new: &Config) -> Config {
     // Read per request: these two apply at once.
     effective.server.max_request_body_size = max_request_body_size;
     effective.server.max_in_flight = max_in_flight;
+    effective.server.body_read_timeout = new.server.body_read_timeout;
     effective.web = old.web.clone();
     let (model_pricing, default_pricing) = (
         new.usage_tracking.model_pricing.clone(),

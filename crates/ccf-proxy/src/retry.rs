@@ -7,7 +7,7 @@
 //!
 //! | verdict | health signal | lifecycle | metric | next step (attempts left on the endpoint) | next step (its last attempt) |
 //! |---|---|---|---|---|---|
-//! | `Success` (2xx, 3xx) | success | completes when the body ends | - | relay; wake held requests | same |
+//! | `Success` (2xx, 3xx) | - (the relay records it when the body ends: success when it ends well, failure when it is cut, stalls, carries an SSE `error` event or ends before `message_stop`) | completes when the body ends | - | relay; wake held requests | same |
 //! | `Final` (any other status) | success | fails `http_error` when the body ends | - | relay verbatim | same |
 //! | `ServerError` (500, 502, 503, 504, 520-525, 529) | failure `server_error(status)` | retrying `server_error` | - | back off, same endpoint | next endpoint |
 //! | `RateLimited`, wait known and at most `retry.max_delay` | success | retrying `rate_limited` | - | wait as asked, same endpoint | skip the endpoint until its reset, next endpoint |
@@ -15,15 +15,26 @@
 //! | `RateLimited`, no wait given | success | retrying `rate_limited` | - | back off, same endpoint | next endpoint |
 //! | `CredentialsRefused` (401, 403) | auth failed (only a passing health probe clears it) | retrying `auth_error` | - | next endpoint | same |
 //! | `ConnectFailed` (connect error, reset before the headers) | failure `connect` | retrying `network_error` | `ccf_upstream_failures_total` | back off, same endpoint | next endpoint |
-//! | `HeaderTimeout` (no headers within the response-header timeout) | failure `timeout` | retrying `timeout` | `ccf_upstream_failures_total` | back off, same endpoint | next endpoint |
+//! | `HeaderTimeout` (no headers in time, no connection was open for the request) | failure `timeout` | retrying `timeout` | `ccf_upstream_failures_total` | back off, same endpoint | next endpoint |
+//! | `TimedOutAfterSend` (no headers in time, the request was handed to the upstream: it may be generating it) | failure `timeout` | retrying `timeout` | `ccf_upstream_failures_total` | one last attempt, on another endpoint | same |
 //! | `Unsendable` (the request cannot be built for this endpoint) | - | - | - | next endpoint | same |
 //!
 //! An answer that is not relayed is kept (bounded) as the request's last answer, an error as its
 //! last error: when every candidate fails, the final failure relays the last answer verbatim.
 //! docs/routing.md ("What happens after each attempt") is the user's version of this table.
 //!
-//! Pure: no IO, no clock, no configuration reading; the attempt's budget is passed in.
+//! "One last attempt, on another endpoint" is kept on the request by [`RequestRetries`]: after
+//! it, whatever it gets, the request ends (a timed-out upstream may still be generating, and
+//! billing, the first copy). Every attempt of a request is a retry and needs a permit of the
+//! forwarder's [`RetryBudget`] (Envoy's retry budget), except its first attempt and the first
+//! attempt on each group it fails over to: without a permit the request stops trying its group
+//! (it fails over, or a held request waits again).
+//!
+//! Pure but for the budget's counter: no IO, no clock, no configuration reading; the attempt's
+//! budget and the retry budget's settings are passed in.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ccf_health::PassiveFailure;
@@ -54,8 +65,12 @@ pub(crate) enum AttemptVerdict {
     CredentialsRefused,
     /// No answer: the connection failed or broke before the response headers.
     ConnectFailed,
-    /// No response headers within the response-header timeout.
+    /// No response headers in time, and no connection was ever open for the request: nothing
+    /// reached the upstream.
     HeaderTimeout,
+    /// No response headers in time after the request was handed to the upstream on an open
+    /// connection: the upstream may be generating (and billing) it.
+    TimedOutAfterSend,
     /// The request could not be built for this endpoint (its URL or a configured header).
     Unsendable,
 }
@@ -107,6 +122,9 @@ pub(crate) enum NextStep {
     SkipEndpoint(Duration),
     /// Move to the next endpoint at once.
     NextEndpoint,
+    /// Make one last attempt, on another endpoint than this one, and then stop
+    /// ([`RequestRetries`]).
+    LastAttemptElsewhere,
 }
 
 /// How loudly an attempt is logged.
@@ -157,8 +175,12 @@ impl AttemptVerdict {
     pub(crate) fn of_error(error: &ProxyError) -> Self {
         if !error.is_retryable() {
             AttemptVerdict::Unsendable
-        } else if matches!(error, ProxyError::HeaderTimeout { .. }) {
-            AttemptVerdict::HeaderTimeout
+        } else if let ProxyError::HeaderTimeout { request_sent, .. } = error {
+            if *request_sent {
+                AttemptVerdict::TimedOutAfterSend
+            } else {
+                AttemptVerdict::HeaderTimeout
+            }
         } else {
             AttemptVerdict::ConnectFailed
         }
@@ -182,8 +204,10 @@ impl AttemptVerdict {
             next: NextStep::NextEndpoint,
         };
         match self {
+            // The headers say nothing yet about the answer: its health signal (and `fastest`'s
+            // latency sample) comes from how the body ends (`forwarder/finish.rs`).
             AttemptVerdict::Success => Effects {
-                health: HealthSignal::Success,
+                health: HealthSignal::None,
                 wakes_held_requests: true,
                 next: NextStep::Relay { fails_with: None },
                 ..quiet
@@ -250,11 +274,168 @@ impl AttemptVerdict {
                 next: retry_or_move_on,
                 ..quiet
             },
+            AttemptVerdict::TimedOutAfterSend => Effects {
+                health: HealthSignal::Failure(PassiveFailure::Timeout),
+                counts_upstream_failure: true,
+                log: Some((
+                    LogLevel::Warn,
+                    "timed out after the request was sent (the upstream may be generating it): one last attempt, on another endpoint",
+                )),
+                retrying: Some(FailureReason::Timeout),
+                next: NextStep::LastAttemptElsewhere,
+                ..quiet
+            },
             AttemptVerdict::Unsendable => Effects {
                 log: Some((LogLevel::Warn, "attempt impossible")),
                 ..quiet
             },
         }
+    }
+}
+
+/// What a request may still try, beyond each endpoint's attempts: once an attempt timed out
+/// after the request was sent, one last attempt on another endpoint, then nothing.
+#[derive(Debug, Default)]
+pub(crate) struct RequestRetries {
+    /// The endpoint that may be generating the request (its attempt timed out after sending).
+    generating_on: Option<String>,
+    /// The one last attempt after such a timeout has been made.
+    last_attempt_made: bool,
+    /// The groups the request has tried: a group's first attempt of the request is a failover,
+    /// not a retry; trying a group again (a held request routing again) is.
+    groups_tried: Vec<String>,
+}
+
+/// Whether a request may make an attempt on an endpoint ([`RequestRetries::gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttemptGate {
+    /// Go ahead.
+    Go,
+    /// Not this endpoint (it may be generating the request): try another one.
+    OtherEndpoint,
+    /// No further attempt at all: the request ends with its final failure.
+    Stop,
+}
+
+impl RequestRetries {
+    /// Whether an attempt on `endpoint` may start.
+    pub(crate) fn gate(&self, endpoint: &str) -> AttemptGate {
+        match &self.generating_on {
+            None => AttemptGate::Go,
+            Some(_) if self.last_attempt_made => AttemptGate::Stop,
+            Some(generating) if generating == endpoint => AttemptGate::OtherEndpoint,
+            Some(_) => AttemptGate::Go,
+        }
+    }
+
+    /// An attempt allowed by [`RequestRetries::gate`] starts.
+    pub(crate) fn attempt_started(&mut self) {
+        if self.generating_on.is_some() {
+            self.last_attempt_made = true;
+        }
+    }
+
+    /// The attempt on `endpoint` timed out after the request was sent
+    /// ([`NextStep::LastAttemptElsewhere`]). Only the first such endpoint is remembered: after
+    /// the last attempt nothing more is tried anyway.
+    pub(crate) fn timed_out_after_send(&mut self, endpoint: &str) {
+        if self.generating_on.is_none() {
+            self.generating_on = Some(endpoint.to_string());
+        }
+    }
+
+    /// No attempt may follow: the last attempt after a timeout was made.
+    pub(crate) fn is_over(&self) -> bool {
+        self.last_attempt_made
+    }
+
+    /// The request starts trying `group`: `true` when it never tried it before (its first
+    /// attempt there is a failover and needs no retry permit).
+    pub(crate) fn enter_group(&mut self, group: &str) -> bool {
+        if self.groups_tried.iter().any(|tried| tried == group) {
+            return false;
+        }
+        self.groups_tried.push(group.to_string());
+        true
+    }
+}
+
+/// The retry budget's settings: `retry.budget_percent` and `retry.min_retry_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RetryBudgetSettings {
+    /// Retries in flight at most this share (percent) of the requests in flight.
+    pub(crate) budget_percent: f64,
+    /// Retries always allowed in flight, whatever the share (the floor).
+    pub(crate) min_retry_concurrency: u32,
+}
+
+impl RetryBudgetSettings {
+    /// The settings of `retry.*`.
+    pub(crate) fn from_config(retry: &ccf_config::RetryConfig) -> Self {
+        RetryBudgetSettings {
+            budget_percent: retry.budget_percent,
+            min_retry_concurrency: retry.min_retry_concurrency,
+        }
+    }
+
+    /// Retries allowed in flight with `active_requests` requests in flight:
+    /// `max(min_retry_concurrency, floor(active_requests × budget_percent / 100))`.
+    pub(crate) fn limit(&self, active_requests: usize) -> usize {
+        let percent = if self.budget_percent.is_finite() {
+            self.budget_percent.clamp(0.0, 100.0)
+        } else {
+            0.0
+        };
+        // Exact for any realistic count: both factors are far below 2^52.
+        let share = (active_requests as f64 * percent / 100.0).floor() as usize;
+        share.max(usize::try_from(self.min_retry_concurrency).unwrap_or(usize::MAX))
+    }
+}
+
+/// Envoy's retry budget: retries in flight are at most `retry.budget_percent` of the requests in
+/// flight, and never fewer than `retry.min_retry_concurrency`. A retry is every attempt of a
+/// request but its first and the first on each group it fails over to: the same endpoint
+/// again, the next endpoint of the group, and every attempt of a held request routing again.
+/// Shared by every request of a forwarder.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RetryBudget {
+    retries_in_flight: Arc<AtomicUsize>,
+}
+
+/// One retry in flight, counted against the [`RetryBudget`] until dropped.
+#[derive(Debug)]
+pub(crate) struct RetryPermit {
+    retries_in_flight: Arc<AtomicUsize>,
+}
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.retries_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl RetryBudget {
+    /// A permit for one retry, or `None` when `settings` allow no more retries in flight with
+    /// `active_requests` requests in flight. Hold the permit while the retry is in flight.
+    pub(crate) fn try_acquire(
+        &self,
+        settings: RetryBudgetSettings,
+        active_requests: usize,
+    ) -> Option<RetryPermit> {
+        let limit = settings.limit(active_requests);
+        self.retries_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |in_flight| {
+                (in_flight < limit).then_some(in_flight + 1)
+            })
+            .ok()
+            .map(|_| RetryPermit {
+                retries_in_flight: Arc::clone(&self.retries_in_flight),
+            })
+    }
+
+    /// Retries in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.retries_in_flight.load(Ordering::Acquire)
     }
 }
 
@@ -273,6 +454,9 @@ mod tests {
             HealthSignal::Failure(PassiveFailure::Timeout) => "failure timeout".to_string(),
             HealthSignal::Failure(PassiveFailure::ServerError(status)) => {
                 format!("failure server_error({status})")
+            }
+            HealthSignal::Failure(PassiveFailure::BrokenResponse) => {
+                "failure broken_response".to_string()
             }
             HealthSignal::AuthFailed => "auth failed".to_string(),
         };
@@ -303,6 +487,7 @@ mod tests {
             NextStep::WaitAndRetry(wait) => format!("wait {}s, same endpoint", wait.as_secs()),
             NextStep::SkipEndpoint(wait) => format!("skip endpoint {}s, next", wait.as_secs()),
             NextStep::NextEndpoint => "next endpoint".to_string(),
+            NextStep::LastAttemptElsewhere => "one last attempt, another endpoint".to_string(),
         };
         let wake = if effects.wakes_held_requests {
             "; wake held"
@@ -334,8 +519,8 @@ mod tests {
         use AttemptVerdict::*;
         check(
             Success,
-            "success | completes | - | - | relay; wake held",
-            "success | completes | - | - | relay; wake held",
+            "- | completes | - | - | relay; wake held",
+            "- | completes | - | - | relay; wake held",
         );
         check(
             Final,
@@ -387,6 +572,11 @@ mod tests {
             HeaderTimeout,
             "failure timeout | retrying timeout | ccf_upstream_failures_total | warn: attempt failed | back off, same endpoint",
             "failure timeout | retrying timeout | ccf_upstream_failures_total | warn: attempt failed | next endpoint",
+        );
+        check(
+            TimedOutAfterSend,
+            "failure timeout | retrying timeout | ccf_upstream_failures_total | warn: timed out after the request was sent (the upstream may be generating it): one last attempt, on another endpoint | one last attempt, another endpoint",
+            "failure timeout | retrying timeout | ccf_upstream_failures_total | warn: timed out after the request was sent (the upstream may be generating it): one last attempt, on another endpoint | one last attempt, another endpoint",
         );
         check(
             Unsendable,
@@ -444,13 +634,18 @@ mod tests {
         check(401, AttemptVerdict::CredentialsRefused);
         check(403, AttemptVerdict::CredentialsRefused);
 
-        let timeout = ProxyError::HeaderTimeout {
+        let timeout = |request_sent| ProxyError::HeaderTimeout {
             endpoint: "e".into(),
             timeout: Duration::from_secs(1),
+            request_sent,
         };
         assert_eq!(
-            AttemptVerdict::of_error(&timeout),
+            AttemptVerdict::of_error(&timeout(false)),
             AttemptVerdict::HeaderTimeout
+        );
+        assert_eq!(
+            AttemptVerdict::of_error(&timeout(true)),
+            AttemptVerdict::TimedOutAfterSend
         );
         let bad_url = ProxyError::BadUpstreamUrl {
             endpoint: "e".into(),
@@ -467,6 +662,7 @@ mod tests {
         for verdict in [
             AttemptVerdict::ConnectFailed,
             AttemptVerdict::HeaderTimeout,
+            AttemptVerdict::TimedOutAfterSend,
             AttemptVerdict::Unsendable,
         ] {
             for attempt in 1..=3 {
@@ -481,5 +677,66 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn after_a_timeout_after_sending_one_last_attempt_goes_elsewhere_then_nothing() {
+        let mut retries = RequestRetries::default();
+        assert_eq!(retries.gate("a"), AttemptGate::Go);
+        retries.attempt_started();
+        assert!(!retries.is_over(), "an ordinary attempt ends nothing");
+        retries.timed_out_after_send("a");
+        assert_eq!(retries.gate("a"), AttemptGate::OtherEndpoint);
+        assert_eq!(retries.gate("b"), AttemptGate::Go);
+        retries.attempt_started();
+        assert!(retries.is_over());
+        assert_eq!(retries.gate("b"), AttemptGate::Stop);
+        assert_eq!(retries.gate("c"), AttemptGate::Stop);
+        // A second timeout does not move the blame or reopen anything.
+        retries.timed_out_after_send("b");
+        assert_eq!(retries.gate("a"), AttemptGate::Stop);
+    }
+
+    #[test]
+    fn only_a_groups_first_visit_is_a_failover() {
+        let mut retries = RequestRetries::default();
+        assert!(retries.enter_group("main"));
+        assert!(retries.enter_group("backup"), "failing over to a new group");
+        assert!(!retries.enter_group("main"), "routing again after a hold");
+        assert!(!retries.enter_group("backup"));
+    }
+
+    #[test]
+    fn the_retry_budget_allows_a_share_of_active_requests_with_a_floor() {
+        let settings = RetryBudgetSettings {
+            budget_percent: 20.0,
+            min_retry_concurrency: 3,
+        };
+        assert_eq!(settings.limit(0), 3);
+        assert_eq!(settings.limit(10), 3, "20% of 10 is below the floor");
+        assert_eq!(settings.limit(19), 3);
+        assert_eq!(settings.limit(20), 4);
+        assert_eq!(settings.limit(24), 4, "rounded down");
+        assert_eq!(settings.limit(100), 20);
+        let no_floor = RetryBudgetSettings {
+            budget_percent: 50.0,
+            min_retry_concurrency: 0,
+        };
+        assert_eq!(no_floor.limit(1), 0);
+        assert_eq!(no_floor.limit(9), 4);
+
+        let budget = RetryBudget::default();
+        let permits: Vec<RetryPermit> = (0..4)
+            .map(|_| budget.try_acquire(settings, 20).expect("within the budget"))
+            .collect();
+        assert_eq!(budget.in_flight(), 4);
+        assert!(budget.try_acquire(settings, 20).is_none(), "budget spent");
+        assert!(
+            budget.try_acquire(settings, 25).is_some(),
+            "more requests in flight, more retries"
+        );
+        drop(permits);
+        assert_eq!(budget.in_flight(), 0, "permits released when dropped");
+        assert!(budget.try_acquire(settings, 1).is_some());
     }
 }

@@ -14,6 +14,10 @@
 //!   reads to tell HTTP/1 from HTTP/2, which hyper's own timer does not), and every later HTTP/1
 //!   request head within this time of the server starting to wait for it (hyper's timer), so
 //!   slowloris clients and idle connections are closed;
+//! - TCP keepalive on every accepted socket (idle 60 s, then every 60 s, 5 probes), so a client
+//!   machine that vanishes without closing its connection is noticed and its connection (and
+//!   the request it carried) dropped; a client that stalls mid-body while its socket stays up is
+//!   the admission's `server.body_read_timeout`;
 //! - `max_header_bytes` (hyper's HTTP/1 read buffer) and `max_headers`: a bigger request head
 //!   gets `431 Request Header Fields Too Large` and the connection is closed.
 
@@ -182,6 +186,22 @@ where
     }
 }
 
+/// TCP keepalive timing on accepted sockets (the Python SDK's values for its own sockets).
+const INBOUND_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Unanswered keepalive probes before the kernel closes an accepted socket.
+const INBOUND_KEEPALIVE_RETRIES: u32 = 5;
+
+/// Turns on TCP keepalive for an accepted client socket; failure only loses the early notice.
+fn set_tcp_keepalive(stream: &tokio::net::TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(INBOUND_KEEPALIVE)
+        .with_interval(INBOUND_KEEPALIVE)
+        .with_retries(INBOUND_KEEPALIVE_RETRIES);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        debug!("cannot enable TCP keepalive on a client socket: {error}");
+    }
+}
+
 /// The accept loop shared by every listener of the forwarder (proxy and admin): HTTP/1 and
 /// HTTP/2 on one port, a header read timeout, one task per connection, and on `shutdown` a
 /// graceful drain bounded by `options.drain_timeout`, and the `limits` (see the module doc).
@@ -238,6 +258,7 @@ where
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                set_tcp_keepalive(&stream);
                 let seen = Arc::new(AtomicBool::new(false));
                 let service = NoticeRequests {
                     inner: service_for(peer),

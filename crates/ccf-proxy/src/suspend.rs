@@ -4,8 +4,15 @@
 //! `max_suspended_requests` at once (enforced atomically: over the cap it fails at once), for at
 //! most `request_suspend.timeout`. Anything that may make an endpoint available (an operator
 //! action, a health probe passing, a sibling request succeeding) calls [`Suspension::wake`];
-//! held requests then route again from scratch. Cancellation: a held request is a future; when
-//! the client disconnects hyper drops it, its [`HoldPermit`] is dropped and the slot is freed.
+//! held requests then route again from scratch. They also route again on their own at a bounded
+//! interval (the request path decides it), because only real traffic shows that an overloaded
+//! upstream serves again and nothing may signal it.
+//!
+//! No lost wakes: a request subscribes ([`Suspension::subscribe`]) before its routing round, and
+//! [`Suspension::wake`] always bumps the generation, even while nothing is held yet, so a wake
+//! between "nothing could serve it" and taking a hold slot is seen by the wait that follows.
+//! Cancellation: a held request is a future; when the client disconnects hyper drops it, its
+//! [`HoldPermit`] is dropped and the slot is freed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -138,10 +145,13 @@ impl Suspension {
     }
 
     /// Something may have become available: every held request looks again.
+    ///
+    /// Always bumps the generation, also while nothing is held: a request between its failed
+    /// round and taking a slot has subscribed already and must see this wake (a `held() > 0`
+    /// shortcut here lost it). Cheap: no receiver runs until it waits.
     pub fn wake(&self) {
-        if self.held() > 0 {
-            self.generation.send_modify(|generation| *generation += 1);
-        }
+        self.generation
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// A receiver that changes on every [`Suspension::wake`]; take it *before* checking
@@ -211,14 +221,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wake_reaches_subscribers_only_when_something_is_held() {
+    async fn a_wake_before_the_hold_slot_is_taken_is_not_lost() {
         let suspension = Arc::new(Suspension::new(true, Duration::from_secs(1), 5));
+        // The request subscribes before its round; its round fails; a sibling succeeds and
+        // wakes before the request takes its slot.
         let mut receiver = suspension.subscribe();
         suspension.wake();
-        assert!(!receiver.has_changed().unwrap());
         let _permit = suspension.try_hold(RequestId::from_u64(1)).unwrap();
+        assert!(receiver.has_changed().unwrap(), "the early wake is seen");
+        receiver.changed().await.unwrap();
         suspension.wake();
         assert!(receiver.has_changed().unwrap());
-        receiver.changed().await.unwrap();
     }
 }

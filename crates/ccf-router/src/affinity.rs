@@ -375,6 +375,31 @@ impl AffinityTable {
         self.by_expiry.clear();
     }
 
+    /// Drops the bindings to `endpoint` (statistics stay) and returns how many there were: the
+    /// operator demoted it ([`crate::Router::set_priority`] with a larger number, or a reload
+    /// that raises it), which is an explicit "move", so its sessions follow the new order on
+    /// their next turn instead of keeping their prompt cache there.
+    pub fn release_endpoint(&mut self, endpoint: &str) -> usize {
+        let keys: Vec<SessionKey> = self
+            .bindings
+            .iter()
+            .filter(|(_, binding)| binding.endpoint == endpoint)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &keys {
+            self.remove(*key);
+        }
+        keys.len()
+    }
+
+    /// Sessions bound to `endpoint` at `now` (expired bindings not counted).
+    pub fn bound_to(&self, endpoint: &str, now: Instant) -> usize {
+        self.bindings
+            .values()
+            .filter(|binding| binding.endpoint == endpoint && now < binding.expires_at)
+            .count()
+    }
+
     /// Bindings alive (not yet swept; expired ones are dropped lazily).
     pub fn len(&self) -> usize {
         self.bindings.len()
@@ -649,6 +674,11 @@ impl Router {
     /// The affinity table at `now` with up to `limit` sessions.
     pub fn affinity_view(&self, now: Instant, limit: usize) -> AffinityView {
         self.affinity.view(now, limit)
+    }
+
+    /// Sessions bound to `endpoint` at `now` (see [`AffinityTable::bound_to`]).
+    pub fn sessions_bound_to(&self, endpoint: &str, now: Instant) -> usize {
+        self.affinity.bound_to(endpoint, now)
     }
 
     /// The affinity settings in force.
@@ -1051,19 +1081,80 @@ mod tests {
     }
 
     #[test]
-    fn preferring_an_endpoint_releases_every_binding_but_a_priority_edit_does_not() {
+    fn preferring_an_endpoint_releases_every_binding_but_promoting_another_does_not() {
         let start = Instant::now();
         let mut router = router(true);
         let one = session(1);
         router.session_served(&one, "c", start);
         router.set_priority("b", 0).expect("b exists");
         let (order, decision) = turn(&mut router, Some(&one), &[], start + MIN);
-        assert_eq!(order[0], "c", "a priority edit steers new sessions only");
+        assert_eq!(
+            order[0], "c",
+            "promoting another endpoint steers new sessions only"
+        );
         assert!(decision.held);
         router.prefer_endpoint("a").expect("a exists");
         let (order, decision) = turn(&mut router, Some(&one), &[], start + 2 * MIN);
         assert_eq!(order[0], "a", "prefer moves bound sessions too");
         assert!(!decision.held);
+    }
+
+    #[test]
+    fn demoting_the_bound_endpoint_releases_its_bindings_only() {
+        let start = Instant::now();
+        let mut router = router(true);
+        let (one, two) = (session(1), session(2));
+        router.session_served(&one, "c", start);
+        router.session_served(&two, "b", start);
+        // Same priority again: not a demotion.
+        router.set_priority("c", 3).expect("c exists");
+        assert_eq!(router.sessions_bound_to("c", start), 1);
+        // The number raised: the operator said "move".
+        router.set_priority("c", 7).expect("c exists");
+        assert_eq!(router.sessions_bound_to("c", start), 0);
+        let (order, decision) = turn(&mut router, Some(&one), &[], start + MIN);
+        assert_eq!(
+            order[0], "a",
+            "the demoted endpoint's session follows the new order"
+        );
+        assert_eq!(decision.preferred, None);
+        // A session bound elsewhere keeps its cache.
+        let (order, decision) = turn(&mut router, Some(&two), &[], start + MIN);
+        assert_eq!(order[0], "b");
+        assert!(decision.held);
+        // Lowering the number (a promotion) releases nothing.
+        router.session_served(&one, "a", start + MIN);
+        router.set_priority("a", 0).expect("a exists");
+        assert_eq!(router.sessions_bound_to("a", start + MIN), 1);
+        assert_eq!(router.affinity_view(start + MIN, 10).totals.moves, 0);
+    }
+
+    #[test]
+    fn a_demotion_in_the_file_releases_the_bindings_on_reload() {
+        use crate::test_support::endpoint;
+        let start = Instant::now();
+        let mut router = router(true);
+        let (one, two) = (session(1), session(2));
+        router.session_served(&one, "a", start);
+        router.session_served(&two, "b", start);
+        let reloaded = [
+            endpoint(("a", "main", 1, 4)),
+            endpoint(("b", "main", 1, 1)),
+            endpoint(("c", "main", 1, 3)),
+            endpoint(("z", "backup", 2, 1)),
+        ];
+        let healthy = |_: &str| true;
+        router.reconfigure(
+            &reloaded,
+            crate::RouterSettings::default(),
+            &|_| false,
+            &healthy,
+            start,
+        );
+        assert_eq!(router.sessions_bound_to("a", start), 0, "a was demoted");
+        assert_eq!(router.sessions_bound_to("b", start), 1, "b was promoted");
+        let (order, _) = turn(&mut router, Some(&one), &[], start + MIN);
+        assert_eq!(order[0], "b");
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub enum RouterEvent {
         /// End of the cooldown.
         until: Instant,
     },
-    /// A cooldown expired.
+    /// A cooldown expired, or real traffic on the group succeeded (never a probe).
     GroupCooldownEnded {
         /// The group.
         group: String,

@@ -161,6 +161,21 @@ impl SignalVerdict {
         }
     }
 
+    /// Compares reported input tokens with a local estimate that is only a lower bound (the
+    /// request carries images or documents whose size is unknown locally): flagged only when
+    /// the report is below the bound beyond the tolerance, as [`usage_disagrees`] measures it.
+    /// Reporting more is never flagged: the unknown content can account for any amount.
+    pub fn usage_at_least(reported: u64, known: u64, tolerance: f64) -> SignalVerdict {
+        SignalVerdict {
+            signal: HonestySignal::UsageMismatch,
+            flagged: reported < known && usage_disagrees(reported, known, tolerance),
+            asked: format!(
+                "at least ~{known} input tokens (local estimate; images and documents not counted)"
+            ),
+            reported: format!("{reported} input tokens"),
+        }
+    }
+
     /// Judges a stream by its content deltas: how many arrived, how many of the gaps between
     /// them were shorter than [`BURST_TIGHT_GAP`], and the time from the first to the last.
     pub fn stream(deltas: u32, tight_gaps: u32, span: Duration) -> SignalVerdict {
@@ -562,6 +577,16 @@ mod tests {
         // A nonsense tolerance falls back to the default.
         assert!(usage_disagrees(2600, 1000, f64::NAN));
         assert!(!usage_disagrees(2400, 1000, 0.5));
+    }
+
+    #[test]
+    fn a_lower_bound_estimate_flags_only_under_reporting() {
+        // Ten small images and a PDF: the API reports far more than the text alone.
+        assert!(!SignalVerdict::usage_at_least(40_000, 60, 2.5).flagged);
+        assert!(!SignalVerdict::usage_at_least(900, 60, 2.5).flagged);
+        // Less than the text alone, beyond the tolerance: flagged.
+        assert!(SignalVerdict::usage_at_least(100, 5_000, 2.5).flagged);
+        assert!(!SignalVerdict::usage_at_least(4_000, 5_000, 2.5).flagged);
     }
 
     #[test]

@@ -28,8 +28,12 @@
 //!   endpoint is tried anyway, marked unhealthy.
 //! - Auto mode: the active group is the operator-pinned group while it is available and has an
 //!   unblocked endpoint, else the lowest-priority available group with a healthy unblocked
-//!   endpoint, else the lowest-priority available group with an unblocked endpoint, else none.
-//!   A group whose endpoints all failed in one request cools down and loses its pin.
+//!   endpoint, else the lowest-priority available group with an unblocked endpoint, else (the
+//!   last resort) the lowest-priority group in cooldown, not paused, with an unblocked endpoint
+//!   (healthy first), else none. A group whose endpoints all failed in one request cools down
+//!   and loses its pin. A cooldown ends at its time or when real traffic on the group succeeds
+//!   ([`Router::record_group_success`]), never on a health probe: a probe says "reachable", not
+//!   "serving".
 //! - Manual mode: the first evaluation picks the lowest-priority group with a healthy endpoint
 //!   (else the lowest-priority group); afterwards only operator actions move traffic. A failed
 //!   group is marked as needing attention and stays active.

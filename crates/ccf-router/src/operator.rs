@@ -187,14 +187,25 @@ impl Router {
     }
 
     /// Operator: give `endpoint` this priority (overrides the configuration).
+    ///
+    /// A demotion (a larger number than its current priority) releases the session-affinity
+    /// bindings to the endpoint: the operator said "move", so its conversations follow the new
+    /// order on their next turn instead of keeping their prompt cache there
+    /// ([`Router::sessions_bound_to`] tells the caller how many were bound). A promotion, or a
+    /// demotion of another endpoint, releases nothing: sessions bound elsewhere keep their cache
+    /// and only new sessions follow the new order.
     pub fn set_priority(
         &mut self,
         endpoint: &str,
         priority: u32,
     ) -> Result<Vec<RouterEvent>, RouterError> {
         let position = self.require_endpoint(endpoint)?;
+        let demoted = priority > self.endpoints[position].priority();
         let mut events = Vec::new();
         self.override_priority(position, priority, &mut events);
+        if demoted {
+            self.affinity.release_endpoint(endpoint);
+        }
         Ok(events)
     }
 

@@ -1,6 +1,6 @@
 //! What traffic and probes report back to the router: a group whose endpoints all failed in one
-//! request (cooldown or needs-attention), an endpoint a health probe found healthy again, real
-//! and probe latencies for the `fastest` strategy, rate-limit blocks, and honesty demotions.
+//! request (cooldown or needs-attention), a group whose real traffic succeeded (its cooldown
+//! ends; a health probe never ends one), real and probe latencies for the `fastest` strategy, rate-limit blocks, and honesty demotions.
 //! These are the inputs the proxy and the health prober feed in after the fact; the next
 //! [`Router::plan`] acts on them.
 
@@ -50,19 +50,22 @@ impl Router {
         events
     }
 
-    /// A health probe found `endpoint` healthy again after it had been unhealthy: its group's
-    /// cooldown ends early (the cooldown exists to spare a dead group; a passing probe shows it
-    /// is back), so traffic and held requests can return at once. An unknown endpoint, or a group
-    /// not in cooldown, changes nothing.
-    pub fn endpoint_recovered(&mut self, endpoint: &str, now: Instant) -> Vec<RouterEvent> {
-        let Some(position) = self.endpoint_position(endpoint) else {
+    /// Real traffic on `group` succeeded: a cooldown it is in ends now, reported as
+    /// [`RouterEvent::GroupCooldownEnded`]. A cooling group only gets traffic as the last resort
+    /// (see [`Router::plan`]), so this is how it comes back before its time: its upstream serves
+    /// again. A passing health probe never ends a cooldown: `GET /v1/models` keeps answering 200
+    /// while `POST /v1/messages` is overloaded, so a probe says "reachable", not "serving", and
+    /// ending the cooldown on it sends traffic straight back into the overload. An unknown group,
+    /// or one not in cooldown, changes nothing.
+    pub fn record_group_success(&mut self, group: &str, now: Instant) -> Vec<RouterEvent> {
+        let Some(position) = self.group_position(group) else {
             return Vec::new();
         };
-        let group = &mut self.groups[self.endpoints[position].group];
-        if group.cooldown_until.is_some_and(|until| now < until) {
-            group.cooldown_until = None;
+        let state = &mut self.groups[position];
+        if state.cooldown_until.is_some_and(|until| now < until) {
+            state.cooldown_until = None;
             return vec![RouterEvent::GroupCooldownEnded {
-                group: group.name.clone(),
+                group: state.name.clone(),
             }];
         }
         Vec::new()

@@ -126,14 +126,28 @@ impl Router {
                 }
             }
             let available = || (0..self.groups.len()).filter(|g| self.groups[*g].is_available(now));
-            available()
-                .find(|group| {
-                    self.groups[*group].members.iter().any(|member| {
-                        let state = &self.endpoints[*member];
-                        !state.is_blocked(now) && healthy(&state.name)
-                    })
+            // The last resort: a group cooling down (never a paused one) when no available group
+            // has an unblocked endpoint. Turning every request away for the rest of a cooldown
+            // would be worse than trying the group again, and only real traffic can tell whether
+            // it serves again (a passing probe cannot); a success ends its cooldown
+            // (`record_group_success`).
+            let cooling = || {
+                (0..self.groups.len()).filter(|g| {
+                    let state = &self.groups[*g];
+                    !state.is_paused(now) && state.in_cooldown(now)
                 })
+            };
+            let with_healthy_unblocked = |group: &usize| {
+                self.groups[*group].members.iter().any(|member| {
+                    let state = &self.endpoints[*member];
+                    !state.is_blocked(now) && healthy(&state.name)
+                })
+            };
+            available()
+                .find(with_healthy_unblocked)
                 .or_else(|| available().find(|group| self.has_unblocked(*group, now)))
+                .or_else(|| cooling().find(with_healthy_unblocked))
+                .or_else(|| cooling().find(|group| self.has_unblocked(*group, now)))
         } else {
             let choice = if self.manual_started {
                 self.manual_active

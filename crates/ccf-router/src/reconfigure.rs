@@ -22,7 +22,9 @@ impl Router {
     /// endpoints for which `reset` answers `true` (their URL or credentials changed) start over
     /// unmeasured and unblocked. Priorities: an operator's priority edit (`set_priority`,
     /// `prefer_endpoint`) survives unless the new configuration changes that endpoint's
-    /// priority, in which case the file wins. Removed groups and endpoints are forgotten.
+    /// priority, in which case the file wins. An endpoint whose effective priority rises (a
+    /// demotion) loses its session-affinity bindings, as with [`Router::set_priority`]. Removed
+    /// groups and endpoints are forgotten.
     ///
     /// Returns the events of the change: `PriorityChanged` for every kept endpoint whose
     /// effective priority changed, and those of an evaluation at `now` (a new active group).
@@ -65,6 +67,10 @@ impl Router {
             if old.config_priority != state.config_priority {
                 // An explicit change in the file wins over an earlier operator edit.
                 kept.priority_override = None;
+            }
+            if kept.priority() > old_priority {
+                // A demotion by the file is the operator saying "move", as through the API.
+                self.affinity.release_endpoint(&kept.name);
             }
             if kept.priority() != old_priority {
                 events.push(RouterEvent::PriorityChanged {

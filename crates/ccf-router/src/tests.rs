@@ -38,8 +38,8 @@ enum Act {
     Up(&'static [&'static str]),
     Plan,
     Fail(&'static str),
-    /// A probe found the endpoint healthy again.
-    Recovered(&'static str),
+    /// Real traffic on the group succeeded.
+    Served(&'static str),
     Latency(&'static str, u64),
     Probe(&'static str, u64),
     /// Block until `t0 + secs`.
@@ -181,8 +181,8 @@ impl Harness {
                     .block_until(name, self.t0 + Duration::from_secs(secs));
                 self.events(&events)
             }
-            Act::Recovered(name) => {
-                let events = self.router.endpoint_recovered(name, now);
+            Act::Served(group) => {
+                let events = self.router.record_group_success(group, now);
                 self.events(&events)
             }
             Act::Activate(group) => {
@@ -273,7 +273,12 @@ impl Harness {
         .map(|(_, letter)| *letter)
         .collect();
         // The redundant booleans must agree with the status.
-        assert_eq!(view.is_active, view.status == GroupStatus::Active);
+        // A group in cooldown is active only as the last resort, and shows its cooldown.
+        assert_eq!(
+            view.is_active,
+            view.status == GroupStatus::Active
+                || (view.status == GroupStatus::Cooldown && view.is_active)
+        );
         assert_eq!(
             view.in_cooldown && !view.paused,
             view.status == GroupStatus::Cooldown
@@ -569,24 +574,76 @@ fn auto_mode_fails_over_cools_down_and_returns() {
                 (Fail("B"), "cooldown B until 600"),
                 (At(5), ""),
                 (Fail("C"), "cooldown C until 605"),
-                (Plan, "-: | active B -> -"),
+                // Nothing is available: the preferred group is tried anyway, still cooling.
+                (Plan, "A: a1 a2 | active B -> A"),
                 (NextChange, "at 600"),
                 (At(600), ""),
-                (Plan, "A: a1 a2 | cooldown ended A; cooldown ended B; active - -> A"),
+                (Plan, "A: a1 a2 | cooldown ended A; cooldown ended B"),
             ],
         ),
         (
-            "a recovered endpoint ends its group's cooldown early",
+            "a probe passing does not end a cooldown: only its time or real traffic does",
             &[
                 (Plan, "A: a1 a2 | active - -> A"),
-                (Fail("A"), "cooldown A until 600"),
+                (At(10), ""),
+                // The storm made a1 and a2 unhealthy; the failed request cooled the group.
+                (Down(&["a1", "a2"]), ""),
+                (Fail("A"), "cooldown A until 610"),
                 (Plan, "B: b1 b2 | active A -> B"),
+                // Half a second later `/v1/models` answers 200 again: healthy, still cooling.
+                (Up(&["a1", "a2"]), ""),
+                (At(11), ""),
+                (Plan, "B: b1 b2"),
+                (Groups, "A(1) cooldown 2/2 cd 599s to 610 [p], B(2) active 2/2 [p], C(3) available 1/1 [a,p]"),
+                (At(300), ""),
+                (Plan, "B: b1 b2"),
+                (At(610), ""),
+                (Plan, "A: a1 a2 | cooldown ended A; active B -> A"),
+            ],
+        ),
+        (
+            "a cooling group is the last resort, and its real traffic succeeding ends the cooldown",
+            &[
+                (Fail("A"), "cooldown A until 600"),
+                (Plan, "B: b1 b2 | active - -> B"),
+                (Pause("B", None), "ok | paused B; active B -> C"),
+                (Plan, "C: c1"),
+                (Pause("C", None), "ok | paused C; active C -> A"),
+                (Plan, "A: a1 a2"),
+                (Groups, "A(1) cooldown 2/2 cd 600s to 600 [p], B(2) paused 2/2 [a,r], C(3) paused 1/1 [a,r]"),
+                (Served("nope"), ""),
+                (Served("B"), ""),
                 (At(30), ""),
-                (Recovered("b1"), ""),
-                (Recovered("nope"), ""),
-                (Recovered("a2"), "cooldown ended A"),
-                (Plan, "A: a1 a2 | active B -> A"),
-                (Recovered("a1"), ""),
+                (Served("A"), "cooldown ended A"),
+                (Served("A"), ""),
+                (Resume("B"), "ok | resumed B"),
+                (Plan, "A: a1 a2"),
+            ],
+        ),
+        (
+            "a paused group is never the last resort, and blocked endpoints are left out",
+            &[
+                (Fail("A"), "cooldown A until 600"),
+                (Fail("B"), "cooldown B until 600"),
+                (Block("c1", 100), "blocked c1 until 100"),
+                (Pause("A", None), "ok | paused A; active - -> B"),
+                (Plan, "B: b1 b2"),
+                (Block("b1", 100), "blocked b1 until 100"),
+                (Block("b2", 100), "blocked b2 until 100"),
+                (Plan, "-: | active B -> -"),
+                (NextChange, "at 100"),
+            ],
+        ),
+        (
+            "the last resort prefers a cooling group with a healthy endpoint",
+            &[
+                (Fail("A"), "cooldown A until 600"),
+                (Fail("B"), "cooldown B until 600"),
+                (Fail("C"), "cooldown C until 600"),
+                (Down(&["a1", "a2"]), ""),
+                (Plan, "B: b1 b2 | active - -> B"),
+                (Down(&["b1", "b2", "c1"]), ""),
+                (Plan, "A: a1? a2? | active B -> A"),
             ],
         ),
         (
@@ -1203,7 +1260,7 @@ fn random_action_sequences_never_panic_or_repeat_an_endpoint() {
         for _ in 0..400 {
             let snapshot = down.clone();
             let healthy = move |name: &str| !snapshot.contains(name);
-            match rng.below(14) {
+            match rng.below(15) {
                 0 => now += Duration::from_secs(rng.below(90)),
                 1 => {
                     let name = rng.pick(&endpoint_names);
@@ -1257,6 +1314,9 @@ fn random_action_sequences_never_panic_or_repeat_an_endpoint() {
                         assert!(at > now, "seed {seed}");
                     }
                 }
+                13 => {
+                    let _ = router.record_group_success(rng.pick(&group_names), now);
+                }
                 _ => {
                     let expected = router.active_group(&healthy, now);
                     let plan = router.plan(&healthy, now);
@@ -1296,10 +1356,24 @@ fn random_action_sequences_never_panic_or_repeat_an_endpoint() {
                             .iter()
                             .find(|view| &view.name == group)
                             .expect("known");
-                        assert!(
-                            view.is_active && !view.paused && !view.in_cooldown,
-                            "seed {seed}"
-                        );
+                        assert!(view.is_active && !view.paused, "seed {seed}");
+                        if view.in_cooldown {
+                            // Only as the last resort: no available group has an unblocked
+                            // endpoint.
+                            assert!(settings.auto_switch, "seed {seed}");
+                            let endpoint_views = router.endpoints(&healthy, now);
+                            let usable = |name: &str| {
+                                endpoint_views.iter().any(|endpoint| {
+                                    endpoint.group == name && endpoint.blocked_until.is_none()
+                                })
+                            };
+                            assert!(
+                                views.iter().all(|other| other.paused
+                                    || other.in_cooldown
+                                    || !usable(&other.name)),
+                                "seed {seed}: a cooling group planned while another is available"
+                            );
+                        }
                     }
                 }
             }

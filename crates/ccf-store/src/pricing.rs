@@ -175,6 +175,17 @@ impl Pricing {
             .unwrap_or(self.default)
     }
 
+    /// Whether `model` has a price of its own: a configured name or family, not the default
+    /// price.
+    pub fn prices(&self, model: &str) -> bool {
+        let model = model.trim();
+        self.models.contains_key(model)
+            || self
+                .models
+                .keys()
+                .any(|prefix| is_family_prefix(prefix, model))
+    }
+
     /// The cost of `usage` for `model`.
     pub fn cost(&self, model: Option<&str>, usage: &Usage) -> Cost {
         self.price(model).cost(usage)

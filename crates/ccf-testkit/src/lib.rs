@@ -9,7 +9,9 @@
 //! Main types: [`MockUpstream`] (the server handle), [`Reply`] (what to answer),
 //! [`RecordedRequest`] (what arrived and what was sent back), [`ReplyOutcome`]; for faults
 //! below HTTP (a lying `content-length`, a reset mid-body) [`RawUpstream`] writes scripted
-//! bytes ([`RawReply`]).
+//! bytes ([`RawReply`]). [`RealisticUpstream`] behaves like the real API under real traffic
+//! instead of following a script: generation time, TLS with HTTP/2 and a small stream limit,
+//! 529 storms that end while `/v1/models` stays healthy, broken streams, rate-limit headers.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -27,6 +29,7 @@
 mod body;
 pub mod prerequisite;
 mod raw;
+pub mod realistic;
 mod render;
 mod reply;
 pub mod secret_markers;
@@ -35,6 +38,10 @@ mod tls_proxy;
 
 pub use prerequisite::{in_ci, skip_unless_ci};
 pub use raw::{RawEnd, RawReply, RawRequest, RawUpstream};
+pub use realistic::{
+    RateLimitFamily, RealisticConfig, RealisticError, RealisticRecord, RealisticUpstream, Storm,
+    StormAnswer, StreamFault,
+};
 pub use reply::{MockUsage, Reply, ReplyOutcome, DEFAULT_MODEL};
 pub use server::{MockConfig, MockUpstream, RecordedRequest};
 pub use tls_proxy::{ConnectRecord, TlsConnectProxy, TlsProxyError, TlsProxyLog};

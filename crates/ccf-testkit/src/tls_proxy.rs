@@ -170,6 +170,21 @@ impl Drop for TlsConnectProxy {
 /// A fresh CA, a server certificate for `127.0.0.1` and `localhost` signed by it, and the
 /// acceptor presenting that certificate (and the CA, as a real proxy would send its chain).
 fn tls_acceptor() -> Result<(CertificateDer<'static>, String, TlsAcceptor), TlsProxyError> {
+    let (ca_certificate, ca_certificate_pem, config) =
+        test_ca_server_config("cc-forwarder test proxy")?;
+    Ok((
+        ca_certificate,
+        ca_certificate_pem,
+        TlsAcceptor::from(Arc::new(config)),
+    ))
+}
+
+/// A fresh CA (DER and PEM) and a rustls server configuration presenting a certificate for
+/// `127.0.0.1` and `localhost` named `common_name`, signed by that CA, with the CA in the chain.
+/// Shared with the realistic upstream (`realistic.rs`), which adds its ALPN protocols.
+pub(crate) fn test_ca_server_config(
+    common_name: &str,
+) -> Result<(CertificateDer<'static>, String, rustls::ServerConfig), TlsProxyError> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -189,7 +204,7 @@ fn tls_acceptor() -> Result<(CertificateDer<'static>, String, TlsAcceptor), TlsP
         CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
     server_params
         .distinguished_name
-        .push(DnType::CommonName, "cc-forwarder test proxy");
+        .push(DnType::CommonName, common_name);
     server_params.use_authority_key_identifier_extension = true;
     server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -209,11 +224,7 @@ fn tls_acceptor() -> Result<(CertificateDer<'static>, String, TlsAcceptor), TlsP
             ],
             private_key,
         )?;
-    Ok((
-        ca_certificate.der().clone(),
-        ca_certificate_pem,
-        TlsAcceptor::from(Arc::new(config)),
-    ))
+    Ok((ca_certificate.der().clone(), ca_certificate_pem, config))
 }
 
 /// One client connection: TLS, one `CONNECT`, then bytes copied both ways until either side

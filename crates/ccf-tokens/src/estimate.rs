@@ -65,6 +65,64 @@ pub enum EstimateError {
 /// `metadata`, ...) are ignored, and unexpected shapes are counted as well as they can be rather
 /// than rejected: only a body that is not a JSON object is an error.
 pub fn estimate_input_tokens(body: &[u8], estimation_ratio: f64) -> Result<u64, EstimateError> {
+    let counter = count_request(body, estimation_ratio, false)?;
+    // Saturating float-to-int conversion: never a panic, whatever the input.
+    Ok((counter.tokens + counter.opaque_tokens).ceil() as u64)
+}
+
+/// What [`estimate_request_input`] can say about a request's input tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputEstimate {
+    /// The tokens of everything whose size can be read locally: text, tool definitions and
+    /// inputs, framing overheads.
+    pub known_tokens: u64,
+    /// Blocks whose size cannot be known locally (images, PDFs and other non-text documents,
+    /// `redacted_thinking`): each adds an unknown number of tokens, from a few dozen (a small
+    /// image) to thousands (a PDF of many pages), on top of `known_tokens`.
+    pub unknown_blocks: u32,
+}
+
+/// Estimates a request's input tokens as the API counts them, for comparing with what an
+/// upstream reported: thinking blocks of earlier turns are left out (the API drops them from
+/// the context: only the current turn's thinking, after the last user message that is not a
+/// tool result, is read), and content whose size cannot be known locally is counted apart in
+/// [`InputEstimate::unknown_blocks`] instead of as a flat amount, so a caller can treat the
+/// estimate as a lower bound.
+pub fn estimate_request_input(
+    body: &[u8],
+    estimation_ratio: f64,
+) -> Result<InputEstimate, EstimateError> {
+    let counter = count_request(body, estimation_ratio, true)?;
+    Ok(InputEstimate {
+        known_tokens: counter.tokens.ceil() as u64,
+        unknown_blocks: counter.opaque_blocks,
+    })
+}
+
+/// Where the current turn starts: the index of the last user message that is not only tool
+/// results (a tool result continues the assistant's turn). Thinking before it is of earlier
+/// turns.
+fn current_turn_start(messages: &[Value]) -> usize {
+    messages
+        .iter()
+        .rposition(|message| {
+            message.get("role").and_then(Value::as_str) == Some("user")
+                && match message.get("content") {
+                    Some(Value::Array(blocks)) => !blocks.iter().all(|block| {
+                        block.get("type").and_then(Value::as_str) == Some("tool_result")
+                    }),
+                    _ => true,
+                }
+        })
+        .unwrap_or(0)
+}
+
+/// Counts a request body; `drop_earlier_thinking` leaves out the thinking of earlier turns.
+fn count_request(
+    body: &[u8],
+    estimation_ratio: f64,
+    drop_earlier_thinking: bool,
+) -> Result<Counter, EstimateError> {
     let request: Value = serde_json::from_slice(body).map_err(EstimateError::InvalidJson)?;
     let Value::Object(request) = request else {
         return Err(EstimateError::NotAnObject);
@@ -80,7 +138,9 @@ pub fn estimate_input_tokens(body: &[u8], estimation_ratio: f64) -> Result<u64, 
         counter.content(system);
     }
     if let Some(Value::Array(messages)) = request.get("messages") {
-        for message in messages {
+        let turn_start = current_turn_start(messages);
+        for (index, message) in messages.iter().enumerate() {
+            counter.skip_thinking = drop_earlier_thinking && index < turn_start;
             counter.tokens += MESSAGE_OVERHEAD;
             match message.get("content") {
                 Some(content) => counter.content(content),
@@ -96,14 +156,18 @@ pub fn estimate_input_tokens(body: &[u8], estimation_ratio: f64) -> Result<u64, 
             counter.tool(tool);
         }
     }
-    // Saturating float-to-int conversion: never a panic, whatever the input.
-    Ok(counter.tokens.ceil() as u64)
+    Ok(counter)
 }
 
 /// Adds up the weighted characters and overheads.
 struct Counter {
     tokens: f64,
     ascii_weight: f64,
+    /// Flat amounts for content whose size is unknown here, and how many such blocks.
+    opaque_tokens: f64,
+    opaque_blocks: u32,
+    /// The blocks being read are of an earlier turn whose thinking the API drops.
+    skip_thinking: bool,
 }
 
 impl Counter {
@@ -111,7 +175,16 @@ impl Counter {
         Self {
             tokens: 0.0,
             ascii_weight: 1.0 / ratio,
+            opaque_tokens: 0.0,
+            opaque_blocks: 0,
+            skip_thinking: false,
         }
+    }
+
+    /// A block whose size is unknown here, counted as `flat` tokens by the plain estimate.
+    fn opaque(&mut self, flat: f64) {
+        self.opaque_tokens += flat;
+        self.opaque_blocks = self.opaque_blocks.saturating_add(1);
     }
 
     /// Plain text.
@@ -149,9 +222,10 @@ impl Counter {
         let kind = fields.get("type").and_then(Value::as_str).unwrap_or("");
         match kind {
             "text" => self.field_text(fields, "text"),
+            "thinking" | "redacted_thinking" if self.skip_thinking => {}
             "thinking" => self.field_text(fields, "thinking"),
-            "redacted_thinking" => self.tokens += REDACTED_THINKING_TOKENS,
-            "image" => self.tokens += IMAGE_TOKENS,
+            "redacted_thinking" => self.opaque(REDACTED_THINKING_TOKENS),
+            "image" => self.opaque(IMAGE_TOKENS),
             "tool_use" | "server_tool_use" | "mcp_tool_use" => {
                 self.tokens += BLOCK_OVERHEAD;
                 self.field_text(fields, "name");
@@ -196,7 +270,7 @@ impl Counter {
                 }
             }
             // base64 PDFs, URLs, file ids: content unknown here.
-            _ => self.tokens += BINARY_DOCUMENT_TOKENS,
+            _ => self.opaque(BINARY_DOCUMENT_TOKENS),
         }
     }
 
@@ -319,6 +393,55 @@ fn is_cjk(character: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request_input(body: &serde_json::Value) -> InputEstimate {
+        estimate_request_input(body.to_string().as_bytes(), 4.0).unwrap()
+    }
+
+    #[test]
+    fn the_request_estimate_drops_earlier_turns_thinking_and_keeps_the_current_turns() {
+        let thought = "weighing every option at length ".repeat(100);
+        let earlier = serde_json::json!({"messages": [
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": thought, "signature": "sig"},
+                {"type": "text", "text": "first answer"}]},
+            {"role": "user", "content": "second question"}]});
+        let without = serde_json::json!({"messages": [
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": [{"type": "text", "text": "first answer"}]},
+            {"role": "user", "content": "second question"}]});
+        assert_eq!(request_input(&earlier), request_input(&without));
+        // The plain estimate (count_tokens' fallback) is unchanged: it reads every block.
+        assert!(
+            estimate_input_tokens(earlier.to_string().as_bytes(), 4.0).unwrap()
+                > request_input(&earlier).known_tokens + 500
+        );
+        // A tool result continues the turn: the thinking before it is read.
+        let current = serde_json::json!({"messages": [
+            {"role": "user", "content": "question"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": thought, "signature": "sig"},
+                {"type": "tool_use", "id": "t1", "name": "look", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "found"}]}]});
+        assert!(request_input(&current).known_tokens > 500);
+    }
+
+    #[test]
+    fn images_and_binary_documents_are_unknown_in_the_request_estimate() {
+        let body = serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}},
+            {"type": "text", "text": "what do these show?"}]}]});
+        let estimate = request_input(&body);
+        assert_eq!(estimate.unknown_blocks, 2);
+        assert!(estimate.known_tokens < 100, "{estimate:?}");
+        assert!(
+            estimate_input_tokens(body.to_string().as_bytes(), 4.0).unwrap()
+                >= estimate.known_tokens + 1600 + 2250
+        );
+    }
 
     #[test]
     fn classifies_scripts() {

@@ -305,6 +305,18 @@ impl StreamState {
     }
 }
 
+/// Where a stream stands after the bytes fed so far ([`UsageExtractor::position`],
+/// [`crate::BodyTap::stream_position`]): what a relay needs to end it well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// The bytes so far end exactly between two events (the decoder's state: see
+    /// [`SseDecoder::at_event_boundary`]), so an event written after them stands on its own.
+    pub at_event_boundary: bool,
+    /// The stream's last event was seen: `message_stop`, or an `error` event. A stream that
+    /// stops before that did not deliver a whole message.
+    pub ended: bool,
+}
+
 /// Reads the model and usage out of a streamed (SSE) Anthropic response, chunk by chunk.
 ///
 /// Only `message_start`, `message_delta`, `message_stop` and `error` events are looked at, and
@@ -331,6 +343,14 @@ impl UsageExtractor {
     /// The model, as soon as `message_start` has been seen.
     pub fn model(&self) -> Option<&str> {
         self.state.model.as_deref()
+    }
+
+    /// Where the stream stands after the bytes fed so far.
+    pub fn position(&self) -> StreamPosition {
+        StreamPosition {
+            at_event_boundary: self.decoder.at_event_boundary(),
+            ended: self.state.completed || self.state.error.is_some(),
+        }
     }
 
     /// Ends the stream (end of body, cancel or interruption alike): a last event without its

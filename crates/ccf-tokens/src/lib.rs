@@ -25,8 +25,10 @@ mod report;
 mod sse;
 mod tap;
 
-pub use estimate::{estimate_input_tokens, EstimateError};
-pub use extract::{extract_body, BodyFormat, Diagnostic, Extraction, UsageExtractor};
+pub use estimate::{estimate_input_tokens, estimate_request_input, EstimateError, InputEstimate};
+pub use extract::{
+    extract_body, BodyFormat, Diagnostic, Extraction, StreamPosition, UsageExtractor,
+};
 pub use report::ApiError;
 pub use sse::{SseDecoder, SseEvent, DEFAULT_MAX_EVENT_BYTES};
 pub use tap::{BodyTap, DEFAULT_MAX_BUFFERED_BYTES};

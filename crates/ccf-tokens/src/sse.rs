@@ -117,6 +117,23 @@ impl SseDecoder {
         self.dropped_events
     }
 
+    /// Whether the bytes fed so far end exactly between two events: no partial line, no field
+    /// of an event still waiting for its blank line. A new event written after them (a relay's
+    /// own `event: error`) is then read as an event of its own and cannot corrupt another.
+    ///
+    /// This is the decoder's state, not a look at the last chunk: a blank line that arrives in
+    /// a chunk of its own ends an event as well as one at the tail of a chunk does. Before any
+    /// byte, the stream is at a boundary.
+    pub fn at_event_boundary(&self) -> bool {
+        let holds_bom_prefix = matches!(self.bom, Bom::Checking { len, .. } if len > 0);
+        !holds_bom_prefix
+            && self.line.is_empty()
+            && !self.skipping_line
+            && !self.has_data
+            && !self.oversized
+            && self.event.is_empty()
+    }
+
     /// Decodes one chunk, calling `on_event` for every event it completes.
     pub fn feed<F>(&mut self, chunk: &[u8], on_event: &mut F)
     where
@@ -406,6 +423,41 @@ mod tests {
         decoder.finish(&mut collect);
         assert_eq!(events, vec!["ok".to_string(), "end".to_string()]);
         assert_eq!(decoder.dropped_events(), 3);
+    }
+
+    /// `at_event_boundary` after feeding `pieces` one by one.
+    fn boundary_after(pieces: &[&[u8]]) -> bool {
+        let mut decoder = SseDecoder::new();
+        for piece in pieces {
+            decoder.feed(piece, &mut |_| {});
+        }
+        decoder.at_event_boundary()
+    }
+
+    #[test]
+    fn knows_when_the_stream_stands_between_two_events() {
+        let cases: &[(&[&[u8]], bool)] = &[
+            (&[], true),
+            (&[b"event: ping\ndata: {}\n\n"], true),
+            // The blank line flushed on its own still ends the event.
+            (&[b"event: ping\ndata: {}\n", b"\n"], true),
+            (&[b"event: ping\ndata: {}\r\n", b"\r\n"], true),
+            (&[b"event: ping\ndata: {}\r", b"\r"], true),
+            (&[b"event: ping\ndata: {}\n"], false),
+            (&[b"event: ping\n"], false),
+            (&[b"event: content_block_delta\ndata: {\"ty"], false),
+            (&[b"data: {}\n\nevent: pi"], false),
+            (&[b": keep-alive comment\n"], true),
+            (&[b"\xEF\xBB"], false),
+            (&[b"\xEF\xBB\xBF"], true),
+        ];
+        for (pieces, expected) in cases {
+            assert_eq!(boundary_after(pieces), *expected, "{pieces:?}");
+            // Byte by byte: the same answer, whatever the split.
+            let joined: Vec<u8> = pieces.concat();
+            let bytes: Vec<&[u8]> = joined.chunks(1).collect();
+            assert_eq!(boundary_after(&bytes), *expected, "{pieces:?} byte by byte");
+        }
     }
 
     #[test]

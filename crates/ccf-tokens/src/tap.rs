@@ -11,11 +11,18 @@
 use std::io::{self, Write};
 
 use crate::extract::{
-    extract_body, looks_like_sse, BodyFormat, Diagnostic, Diagnostics, Extraction, UsageExtractor,
+    extract_body, looks_like_sse, BodyFormat, Diagnostic, Diagnostics, Extraction, StreamPosition,
+    UsageExtractor,
 };
 
 /// How many decoded bytes of a non-streaming body are buffered for parsing by default.
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
+
+/// The largest zstd window (as a power of two) decoded: 8 MiB, the limit RFC 9659 sets for the
+/// `zstd` content coding. Without it a frame header can ask for a window of up to 2 GiB per
+/// response. A body that needs more is left undecoded (for parsing only: its bytes are relayed
+/// untouched).
+pub const MAX_ZSTD_WINDOW_LOG: u32 = 23;
 
 /// Where decoded bytes go: undecided until the first non-blank byte, then a streaming extractor
 /// or a bounded buffer.
@@ -82,6 +89,19 @@ impl Sink {
         match &self.mode {
             Mode::Stream(extractor) => extractor.model(),
             _ => None,
+        }
+    }
+
+    /// Where the event stream stands; `None` when the body is not read as an event stream.
+    fn position(&self) -> Option<StreamPosition> {
+        match &self.mode {
+            // Nothing but blank lines so far: between events, and nothing ended.
+            Mode::Undecided => Some(StreamPosition {
+                at_event_boundary: true,
+                ended: false,
+            }),
+            Mode::Stream(extractor) => Some(extractor.position()),
+            Mode::Buffer(_) | Mode::Overflowed => None,
         }
     }
 
@@ -214,6 +234,9 @@ pub struct BodyTap {
     /// Whether any body byte was fed: an empty body (HEAD, 204, 304) is not a cut stream, even
     /// when the headers announce a content coding.
     fed_any: bool,
+    /// The content coding could not be decoded (unsupported, corrupt, or a zstd window over
+    /// [`MAX_ZSTD_WINDOW_LOG`]): what the decoded stream looks like is unknown.
+    undecodable: bool,
     diagnostics: Diagnostics,
 }
 
@@ -264,6 +287,7 @@ impl BodyTap {
                         decoding: Decoding::Stopped(sink),
                         coding: None,
                         fed_any: false,
+                        undecodable: true,
                         diagnostics,
                     };
                 }
@@ -277,10 +301,12 @@ impl BodyTap {
                     decoding: Decoding::Stopped(sink),
                     coding: None,
                     fed_any: false,
+                    undecodable: true,
                     diagnostics,
                 };
             }
         };
+        let mut undecodable = false;
         let decoding = match coding {
             None => Decoding::Identity(sink),
             Some(Coding::Gzip) => {
@@ -296,13 +322,19 @@ impl BodyTap {
             Some(Coding::Zstd) => {
                 // Creating the context only fails when zstd cannot allocate it; the sink was
                 // moved into the failed call, so start from a fresh one.
-                match zstd::stream::write::Decoder::new(Sink {
+                let decoder = zstd::stream::write::Decoder::new(Sink {
                     mode: Mode::Undecided,
                     declared_sse,
                     max_buffered_bytes,
-                }) {
+                })
+                .and_then(|mut decoder| {
+                    decoder.window_log_max(MAX_ZSTD_WINDOW_LOG)?;
+                    Ok(decoder)
+                });
+                match decoder {
                     Ok(decoder) => Decoding::Zstd(Box::new(decoder)),
                     Err(error) => {
+                        undecodable = true;
                         diagnostics.push(Diagnostic::CorruptEncoding {
                             encoding: "zstd".to_string(),
                             error: error.to_string(),
@@ -320,8 +352,20 @@ impl BodyTap {
             decoding,
             coding,
             fed_any: false,
+            undecodable,
             diagnostics,
         }
+    }
+
+    /// Where the decoded event stream stands after the frames fed so far: whether they end
+    /// between two events, and whether its last event (`message_stop` or `error`) was seen.
+    /// `None` when that is unknown: the body is not read as an event stream (JSON, too large)
+    /// or its content coding could not be decoded.
+    pub fn stream_position(&self) -> Option<StreamPosition> {
+        if self.undecodable {
+            return None;
+        }
+        self.sink().position()
     }
 
     /// The model, as soon as a streamed response's `message_start` has been decoded.
@@ -389,6 +433,7 @@ impl BodyTap {
                     encoding: self.coding_name(),
                     error: error.to_string(),
                 });
+                self.undecodable = true;
                 self.stop();
             }
         }
@@ -488,6 +533,94 @@ mod tests {
         assert!(is_zlib_header(0x78, 0xDA));
         assert!(!is_zlib_header(0xED, 0xBD)); // a typical raw deflate start
         assert!(!is_zlib_header(0x1F, 0x8B)); // gzip magic
+    }
+
+    const JSON_MESSAGE: &[u8] = br#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","usage":{"input_tokens":3,"output_tokens":4}}"#;
+
+    /// `body` compressed by zstd with a window of 2^`window_log` bytes announced in its frame
+    /// header (a streaming encoder: no content size, so the header carries the window).
+    fn zstd_with_window(body: &[u8], window_log: u32) -> Vec<u8> {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(window_log).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        encoder.write_all(body).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_zstd_window_over_8_mib_is_not_decoded_and_one_within_is() {
+        let within = zstd_with_window(JSON_MESSAGE, MAX_ZSTD_WINDOW_LOG);
+        let mut tap = BodyTap::new(Some("application/json"), Some("zstd"));
+        tap.feed(&within);
+        let extraction = tap.finish();
+        assert_eq!(extraction.model.as_deref(), Some("claude-sonnet-4-5"));
+        assert!(
+            extraction.diagnostics.is_empty(),
+            "{:?}",
+            extraction.diagnostics
+        );
+
+        let over = zstd_with_window(JSON_MESSAGE, MAX_ZSTD_WINDOW_LOG + 1);
+        let mut tap = BodyTap::new(Some("application/json"), Some("zstd"));
+        tap.feed(&over);
+        let extraction = tap.finish();
+        assert_eq!(
+            extraction.model, None,
+            "a window over the limit is never decoded"
+        );
+        assert!(
+            matches!(
+                extraction.diagnostics.first(),
+                Some(Diagnostic::CorruptEncoding { encoding, .. }) if encoding == "zstd"
+            ),
+            "{:?}",
+            extraction.diagnostics
+        );
+    }
+
+    #[test]
+    fn the_stream_position_follows_the_decoded_events() {
+        let position = |at_event_boundary, ended| {
+            Some(StreamPosition {
+                at_event_boundary,
+                ended,
+            })
+        };
+        let mut tap = BodyTap::new(Some("text/event-stream"), None);
+        assert_eq!(tap.stream_position(), position(true, false));
+        tap.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n");
+        assert_eq!(tap.stream_position(), position(false, false));
+        // The blank line in a frame of its own.
+        tap.feed(b"\n");
+        assert_eq!(tap.stream_position(), position(true, false));
+        tap.feed(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        assert_eq!(tap.stream_position(), position(true, true));
+
+        let mut tap = BodyTap::new(Some("text/event-stream"), None);
+        tap.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
+        assert_eq!(
+            tap.stream_position(),
+            position(true, true),
+            "an error event ends it"
+        );
+
+        // Compressed: the decoded events decide.
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(b"event: ping\ndata: {}\n").unwrap();
+        let mut tap = BodyTap::new(Some("text/event-stream"), Some("gzip"));
+        encoder.flush().unwrap();
+        tap.feed(encoder.get_ref());
+        assert_eq!(tap.stream_position(), position(false, false));
+
+        let mut tap = BodyTap::new(Some("application/json"), None);
+        tap.feed(JSON_MESSAGE);
+        assert_eq!(tap.stream_position(), None, "not an event stream");
+        let mut tap = BodyTap::new(Some("text/event-stream"), Some("compress"));
+        tap.feed(b"anything");
+        assert_eq!(tap.stream_position(), None, "not decodable");
+        let mut tap = BodyTap::new(Some("text/event-stream"), Some("gzip"));
+        tap.feed(b"not gzip at all");
+        assert_eq!(tap.stream_position(), None, "corrupt");
     }
 
     #[test]

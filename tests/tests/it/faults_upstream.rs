@@ -86,12 +86,9 @@ async fn an_upstream_that_refuses_connections_fails_cleanly_then_recovers() {
 async fn an_upstream_that_accepts_and_never_answers_times_out_with_504() {
     let upstream = MockUpstream::start().await;
     upstream.enqueue(Reply::hang());
-    let rig = Rig::in_front_of(
-        &upstream.url(),
-        &format!("{ONE_ATTEMPT}streaming:\n  response_header_timeout: 300ms\n"),
-        "",
-    )
-    .await;
+    // A non-streaming request waits for its endpoint's `timeout` (issue #17: not for
+    // `streaming.response_header_timeout`, which bounds streams only).
+    let rig = Rig::in_front_of(&upstream.url(), ONE_ATTEMPT, "timeout: 300ms\n").await;
     let answer = rig.forwarder.messages(message(false), &[]).await;
     answer.assert_anthropic_error(504, "api_error");
     // Upstream got the whole request and saw the forwarder hang up.
@@ -358,7 +355,9 @@ async fn error_storms_on_every_endpoint_fail_every_request_cleanly_then_traffic_
     first.set_default(Reply::overloaded());
     second.set_default(Reply::error(500, "api_error", "Internal server error"));
     let rig = Rig::start(
-        "retry:\n  max_attempts: 2\n  base_delay: 5ms\n  max_delay: 20ms\ngroup:\n  cooldown: 200ms\nhealth:\n  check_interval: 100ms\n",
+        // The retry budget is opened wide: this test counts each request's own attempts (the
+        // budget's cap under a storm is `timeouts::the_retry_budget_caps_retries_under_a_storm`).
+        "retry:\n  max_attempts: 2\n  base_delay: 5ms\n  max_delay: 20ms\n  budget_percent: 100\n  min_retry_concurrency: 100\ngroup:\n  cooldown: 200ms\nhealth:\n  check_interval: 100ms\n",
         &[
             endpoint_yaml("first", &first.url(), "priority: 1"),
             endpoint_yaml("second", &second.url(), "priority: 2"),

@@ -1,6 +1,7 @@
-//! Phases 0 to 2, admission: an in-flight slot (`server.max_in_flight`, else 529), inbound auth
-//! (every path but `/health` and reachability checks, recording the key's name), the monitoring
-//! routes, the body read once (bounded) as `Bytes`, the request fields read from it in one JSON
+//! Phases 0 to 2, admission: an in-flight slot (`server.max_in_flight`, else 529), reachability
+//! checks (`HEAD /`, `HEAD /api/hello`) answered here, inbound auth (every path but `/health`,
+//! recording the key's name), the monitoring routes, the body read once (bounded in size and,
+//! by `server.body_read_timeout`, in time) as `Bytes`, the request fields read from it in one JSON
 //! parse ([`RequestFields`]: `model`, `stream`, the session's parts), and the request's
 //! [`RequestId`]-keyed lifecycle. What comes out is a [`RequestContext`] to route, a token count
 //! to answer, or an answer already made.
@@ -19,7 +20,7 @@ use tracing::info;
 
 use super::{count_tokens, Forwarder, RequestContext};
 use crate::body::{BoxError, ProxyBody};
-use crate::error::ProxyError;
+use crate::error::{anthropic_error_response, ProxyError};
 use crate::honesty::Honesty;
 use crate::limits::InFlightSlot;
 use crate::monitoring;
@@ -99,12 +100,16 @@ impl Forwarder {
     {
         let shared = &self.shared;
         let current = shared.current();
-        // Inbound auth covers every path but `/health` and credential-less reachability checks
-        // (`/health/detailed`, `/metrics` and friends included); the name of the matching key is
-        // recorded on the request.
-        let api_key_name = match current.auth.as_ref().filter(|_| {
-            !is_reachability_check(&request) && !crate::auth::is_open_path(request.uri().path())
-        }) {
+        if is_reachability_check(&request) {
+            return Admission::Answered(reachability_answer());
+        }
+        // Inbound auth covers every path but `/health` (`/health/detailed`, `/metrics` and
+        // friends included); the name of the matching key is recorded on the request.
+        let api_key_name = match current
+            .auth
+            .as_ref()
+            .filter(|_| !crate::auth::is_open_path(request.uri().path()))
+        {
             Some(auth) => match auth.check(request.headers()) {
                 Ok(name) => Some(name.to_string()),
                 Err(error) => {
@@ -132,12 +137,30 @@ impl Forwarder {
             .map(|client| client.0.ip());
         let (parts, body) = request.into_parts();
         let limit = current.config.server.max_request_body_size.bytes();
-        let body = match read_body(body, parts.headers.get(header::CONTENT_LENGTH), limit).await {
-            Ok(bytes) => bytes,
-            Err(error) => {
+        let read_timeout = current.config.server.body_read_timeout.get();
+        let reading = read_body(body, parts.headers.get(header::CONTENT_LENGTH), limit);
+        let body = match tokio::time::timeout(read_timeout, reading).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(error)) => {
                 info!(status = error.status().as_u16(), "rejected: {error}");
                 shared.metrics.record_request("", error.status());
                 return Admission::Answered(error.to_response());
+            }
+            Err(_elapsed) => {
+                // A client that stalls mid-body must not keep its in-flight slot: the slot is
+                // released when this answer is returned.
+                let status = http::StatusCode::REQUEST_TIMEOUT;
+                let message = format!(
+                    "the request body was not received within {read_timeout:?} (server.body_read_timeout)"
+                );
+                info!(status = status.as_u16(), "rejected: {message}");
+                shared.metrics.record_request("", status);
+                let mut response =
+                    anthropic_error_response(status, "invalid_request_error", &message);
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Admission::Answered(response);
             }
         };
         if count_tokens::answers(&current.config, &parts) {
@@ -199,6 +222,9 @@ impl Forwarder {
             )),
             in_flight: Some(shared.metrics.in_flight_guard()),
             attempt_count: 0,
+            attempt_sent: started,
+            retries: crate::retry::RequestRetries::default(),
+            last_attempt_latency: std::time::Duration::ZERO,
             session,
             decision: ccf_router::SessionDecision::default(),
         });
@@ -210,9 +236,21 @@ impl Forwarder {
 }
 
 /// Claude Code checks reachability with `HEAD /api/hello` (older versions `HEAD /`) without
-/// credentials before its first request; such body-less reachability checks skip inbound auth.
+/// credentials before its first request. Such checks are answered here, with or without inbound
+/// auth: they ask whether the forwarder is reachable, which needs no upstream, and forwarding
+/// them spent upstream quota with the endpoint's credentials for anyone reaching the port (and
+/// relays that answer `HEAD /` with 404 or 5xx made a working forwarder look broken).
 fn is_reachability_check<B>(request: &Request<B>) -> bool {
     request.method() == http::Method::HEAD && matches!(request.uri().path(), "/" | "/api/hello")
+}
+
+/// `200 OK` with no body: all a reachability check reads.
+fn reachability_answer() -> Response<ProxyBody> {
+    let mut response = Response::new(crate::body::full_body(Bytes::new()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes.

@@ -1,9 +1,12 @@
 //! Phase 4, forward: one group's plan, each endpoint up to `retry.max_attempts` times. An
 //! attempt rewrites the headers for its endpoint and sends the request's `Bytes` on the shared
-//! client within the response-header timeout; its result becomes an attempt verdict, and the
-//! loop applies the verdict's effects ([`crate::retry`]) in a fixed order: the signals (health,
-//! metric, log, lifecycle, wake-ups), then the answer is relayed or kept as the last one, then
-//! the next step (back off, wait, skip the endpoint, next endpoint).
+//! client within its deadline (non-streaming: the endpoint's `timeout`, headers and body;
+//! streaming: `streaming.response_header_timeout` for the headers, counted from this attempt's
+//! send); its result becomes an attempt verdict, and the loop applies the verdict's effects
+//! ([`crate::retry`]) in a fixed order: the signals (health, metric, log, lifecycle, wake-ups),
+//! then the answer is relayed or kept as the last one, then the next step (back off, wait, skip
+//! the endpoint, next endpoint, one last attempt elsewhere). Every attempt but a request's first
+//! is a retry and takes a permit of the retry budget first.
 //!
 //! It must not decide what a result means (that is [`crate::retry`]) nor how an answer reaches
 //! the client (`finish.rs`).
@@ -14,20 +17,29 @@ use bytes::Bytes;
 use ccf_config::Endpoint;
 use ccf_lifecycle::{Attempt, AttemptOutcome};
 use ccf_router::RoutePlan;
-use http::{Request, Response, Uri};
+use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::capture_connection;
 use tracing::{debug, info, warn};
 
 use super::finish::Expectation;
 use super::{Forwarder, RequestContext};
 use crate::body::ProxyBody;
 use crate::classify::backoff;
-use crate::error::ProxyError;
+use crate::error::{anthropic_error_json, ProxyError};
 use crate::headers::{remove_hop_by_hop, rewrite_request_headers};
-use crate::retry::{AttemptBudget, AttemptVerdict, Effects, HealthSignal, LogLevel, NextStep};
+use crate::retry::{
+    AttemptBudget, AttemptGate, AttemptVerdict, Effects, HealthSignal, LogLevel, NextStep,
+    RetryBudgetSettings, RetryPermit,
+};
 
-/// Largest upstream error body kept to be relayed verbatim after other attempts failed.
-const MAX_BUFFERED_ERROR_BODY: usize = 1024 * 1024;
+/// Largest upstream error body kept to be relayed verbatim after other attempts failed (an
+/// Anthropic error is a few hundred bytes; a relay's HTML error page a few kilobytes).
+const MAX_BUFFERED_ERROR_BODY: usize = 256 * 1024;
+
+/// Longest wait for an error answer's body once its headers arrived: it is short and sent at
+/// once, and waiting `endpoint.timeout` for it only delayed the next attempt.
+const ERROR_BODY_DEADLINE: Duration = Duration::from_secs(5);
 
 /// An upstream answer kept whole so it can be relayed later, verbatim.
 pub(super) struct BufferedAnswer {
@@ -36,7 +48,7 @@ pub(super) struct BufferedAnswer {
 }
 
 /// What one attempt got: the upstream answer's head (its body still unread), or why none came.
-type AttemptResult = Result<Response<hyper::body::Incoming>, ProxyError>;
+type AttemptResult = Result<Response<crate::client::UpstreamBody>, ProxyError>;
 
 /// How trying one group ended.
 pub(super) enum GroupOutcome {
@@ -44,6 +56,14 @@ pub(super) enum GroupOutcome {
     Answered(Response<ProxyBody>),
     /// Every endpoint failed.
     Exhausted,
+    /// The retry budget allowed no further attempt now in a group the request had tried before
+    /// (a held request routing again): the round ends without failing the group over. (In a
+    /// group tried for the first time, a refused retry ends it as [`GroupOutcome::Exhausted`]:
+    /// the request fails over without retrying.)
+    RetryDenied,
+    /// No further attempt at all (the last attempt after a timeout that may have left an
+    /// upstream generating the request was made): the request ends with its final failure.
+    GiveUp,
 }
 
 impl Forwarder {
@@ -61,6 +81,12 @@ impl Forwarder {
         let current = shared.current();
         let retry = &current.config.retry;
         let max_attempts = retry.max_attempts.max(1);
+        // The first attempt on a group the request never tried is a failover, not a retry.
+        let fresh_group = plan
+            .group
+            .as_deref()
+            .is_some_and(|group| context.retries.enter_group(group));
+        let mut failover_attempt = fresh_group;
         for planned in &plan.endpoints {
             let Some(endpoint) = current.endpoint(&planned.name) else {
                 continue;
@@ -70,8 +96,27 @@ impl Forwarder {
                     .transition(|lifecycle| lifecycle.forwarding(&endpoint.name, &endpoint.group));
             }
             for attempt in 1..=max_attempts {
+                match context.retries.gate(&endpoint.name) {
+                    AttemptGate::Go => {}
+                    AttemptGate::OtherEndpoint => break,
+                    AttemptGate::Stop => return GroupOutcome::GiveUp,
+                }
+                // Held for the attempt; dropped when its verdict is known.
+                let needs_permit = !std::mem::take(&mut failover_attempt);
+                let Ok(_retry_permit) = self.retry_permit(context, &endpoint, needs_permit) else {
+                    // No retry now. A request on its first round fails over without retrying
+                    // (the group failed it); a held one routing again waits again instead of
+                    // failing a group it did not even try.
+                    return if fresh_group {
+                        GroupOutcome::Exhausted
+                    } else {
+                        GroupOutcome::RetryDenied
+                    };
+                };
+                context.retries.attempt_started();
                 let sent_at = SystemTime::now();
                 let sent = Instant::now();
+                context.attempt_sent = sent;
                 let result = self.attempt(context, &endpoint).await;
                 let duration = sent.elapsed();
                 let verdict = self.judge(context, &endpoint, &result, sent_at, duration);
@@ -93,9 +138,13 @@ impl Forwarder {
                                 expectation,
                             ));
                         }
-                        *last_answer = buffer_answer(upstream, endpoint.timeout).await;
+                        keep_answer(last_answer, upstream, endpoint.timeout).await;
                     }
                     Err(error) => *last_error = Some(error),
+                }
+                if context.retries.is_over() {
+                    info!(endpoint = %endpoint.name, attempts = context.attempt_count, "the last attempt after a timeout failed: no further attempt");
+                    return GroupOutcome::GiveUp;
                 }
                 match effects.next {
                     NextStep::BackOffAndRetry => self.back_off(attempt).await,
@@ -107,6 +156,10 @@ impl Forwarder {
                         shared.publish_router(events);
                         break;
                     }
+                    NextStep::LastAttemptElsewhere => {
+                        context.retries.timed_out_after_send(&endpoint.name);
+                        break;
+                    }
                     NextStep::Relay { .. } | NextStep::NextEndpoint => break,
                 }
             }
@@ -114,9 +167,38 @@ impl Forwarder {
         GroupOutcome::Exhausted
     }
 
+    /// The retry budget's permit for the next attempt: none needed for a request's first
+    /// attempt, nor when `needs_permit` is false (a failover's first attempt) (`Ok(None)`);
+    /// `Err(())` when the budget allows no further retry now (logged).
+    fn retry_permit(
+        &self,
+        context: &RequestContext,
+        endpoint: &Endpoint,
+        needs_permit: bool,
+    ) -> Result<Option<RetryPermit>, ()> {
+        if context.attempt_count == 0 || !needs_permit {
+            return Ok(None);
+        }
+        let shared = &self.shared;
+        let settings = RetryBudgetSettings::from_config(&shared.current().config.retry);
+        let active_requests = shared.in_flight_limit.taken();
+        match shared.retry_budget.try_acquire(settings, active_requests) {
+            Some(permit) => Ok(Some(permit)),
+            None => {
+                let detail = format!(
+                    "retry budget spent: {} retries in flight for {active_requests} requests (retry.budget_percent {}, retry.min_retry_concurrency {})",
+                    shared.retry_budget.in_flight(),
+                    settings.budget_percent,
+                    settings.min_retry_concurrency
+                );
+                warn!(endpoint = %endpoint.name, attempts = context.attempt_count, "no retry: {detail}");
+                Err(())
+            }
+        }
+    }
+
     /// Notes an attempt on the request's trail and returns its verdict. Every upstream answer,
-    /// whatever its class, also feeds the router's quota model (its rate-limit headers) and the
-    /// `fastest` strategy (its latency).
+    /// whatever its class, also feeds the router's quota model (its rate-limit headers).
     fn judge(
         &self,
         context: &mut RequestContext,
@@ -148,7 +230,8 @@ impl Forwarder {
                 status: upstream.status().as_u16(),
             },
         });
-        shared.router().record_latency(&endpoint.name, duration);
+        // No latency sample here: `fastest` learns from successful answers only, when their
+        // body has ended well (`finish.rs`).
         AttemptVerdict::of_answer(upstream.status(), upstream.headers(), SystemTime::now())
     }
 
@@ -185,7 +268,7 @@ impl Forwarder {
             };
             context.retrying(reason, &detail);
         }
-        if effects.wakes_held_requests && shared.suspension.held() > 0 {
+        if effects.wakes_held_requests {
             // A sibling's success may be what a held request waits for.
             shared.suspension.wake();
         }
@@ -224,7 +307,7 @@ impl Forwarder {
         body: &Bytes,
         is_streaming: bool,
         endpoint: &Endpoint,
-    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+    ) -> Result<Response<crate::client::UpstreamBody>, ProxyError> {
         let shared = &self.shared;
         let current = shared.current();
         let uri = upstream_uri(endpoint, &parts.uri)?;
@@ -238,16 +321,16 @@ impl Forwarder {
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = headers;
+        // Non-streaming answers arrive whole, when generation ends: only the endpoint's
+        // `timeout` bounds them (headers here, the body in the relay). A stream's first byte is
+        // bounded by `response_header_timeout`, the gaps after it by the idle timeout.
         let header_timeout = if is_streaming {
             current.config.streaming.response_header_timeout.get()
         } else {
-            current
-                .config
-                .streaming
-                .response_header_timeout
-                .get()
-                .min(endpoint.timeout)
+            endpoint.timeout
         };
+        // Tells, when no headers came in time, whether a connection carried the request.
+        let connection = capture_connection(&mut upstream_request);
         debug!(endpoint = %endpoint.name, group = %endpoint.group, "forwarding");
         let sent = Instant::now();
         match tokio::time::timeout(header_timeout, current.client.request(upstream_request)).await {
@@ -262,6 +345,7 @@ impl Forwarder {
             Err(_elapsed) => Err(ProxyError::HeaderTimeout {
                 endpoint: endpoint.name.clone(),
                 timeout: header_timeout,
+                request_sent: connection.connection_metadata().is_some(),
             }),
         }
     }
@@ -313,25 +397,66 @@ fn log_attempt(endpoint: &Endpoint, attempt: u32, result: &AttemptResult, effect
     }
 }
 
-/// Reads an upstream answer whole (bounded), so it can be relayed later; `None` when the body
-/// is too large or broken (the connection is dropped with it).
-async fn buffer_answer(
-    upstream: Response<hyper::body::Incoming>,
-    timeout: Duration,
-) -> Option<BufferedAnswer> {
+/// Keeps an upstream error answer (not relayed) as the request's last answer. Its body is read
+/// whole within [`ERROR_BODY_DEADLINE`] (and the endpoint's `timeout`) and
+/// [`MAX_BUFFERED_ERROR_BODY`]; when that fails, an earlier answer is kept instead, else the
+/// answer's status and headers with an Anthropic error body saying what happened (never a
+/// made-up 503 in place of a real upstream error).
+async fn keep_answer(
+    last_answer: &mut Option<BufferedAnswer>,
+    upstream: Response<crate::client::UpstreamBody>,
+    endpoint_timeout: Duration,
+) {
     let (mut parts, body) = upstream.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    let deadline = ERROR_BODY_DEADLINE.min(endpoint_timeout);
     let collected = tokio::time::timeout(
-        timeout,
+        deadline,
         Limited::new(body, MAX_BUFFERED_ERROR_BODY).collect(),
     )
-    .await
-    .ok()?
-    .ok()?;
-    Some(BufferedAnswer {
-        parts,
-        body: collected.to_bytes(),
-    })
+    .await;
+    match collected {
+        Ok(Ok(collected)) => {
+            *last_answer = Some(BufferedAnswer {
+                parts,
+                body: collected.to_bytes(),
+            });
+        }
+        Ok(Err(_)) | Err(_) if last_answer.is_some() => {
+            debug!(
+                status = parts.status.as_u16(),
+                "error body unreadable: the earlier answer is kept"
+            );
+        }
+        Ok(Err(_)) | Err(_) => {
+            let status = parts.status;
+            let message = format!(
+                "the upstream answered HTTP {} and its body could not be read (over {} bytes, broken, or not within {deadline:?})",
+                status.as_u16(),
+                MAX_BUFFERED_ERROR_BODY
+            );
+            let error_type = match status.as_u16() {
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                _ => "api_error",
+            };
+            for name in [
+                header::CONTENT_LENGTH,
+                header::CONTENT_ENCODING,
+                header::CONTENT_TYPE,
+            ] {
+                parts.headers.remove(name);
+            }
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            *last_answer = Some(BufferedAnswer {
+                parts,
+                body: anthropic_error_json(error_type, &message),
+            });
+        }
+    }
 }
 
 /// `endpoint.url` + request path + query; the endpoint URL may carry a path prefix.

@@ -89,12 +89,10 @@ impl Forwarder {
         let old = shared.current();
         let report = crate::reload::diff(&old.config, &config);
         let config = Arc::new(crate::reload::effective(&old.config, &config));
-        let client = if serde_json::to_value(&old.config.proxy).ok()
-            == serde_json::to_value(&config.proxy).ok()
-        {
+        let client = if crate::client::same_client_settings(&old.config, &config) {
             old.client.clone()
         } else {
-            build_upstream_client(&config.proxy, CONNECT_TIMEOUT)?
+            build_upstream_client(&config, CONNECT_TIMEOUT)?
         };
         let reset = |name: &str| match (old.config.endpoint(name), config.endpoint(name)) {
             (Some(before), Some(after)) => crate::reload::connection_changed(before, after),
@@ -109,12 +107,28 @@ impl Forwarder {
             .current
             .store(Arc::new(ConfigGeneration::new(Arc::clone(&config), client)));
         let health = shared.health.snapshot();
-        let events = shared.router().reconfigure_from_config(
-            &config,
-            &reset,
-            &|name| health.is_healthy(name),
-            Instant::now(),
-        );
+        let events = {
+            let now = Instant::now();
+            let mut router = shared.router();
+            let bound: Vec<(&str, usize)> = config
+                .endpoints
+                .iter()
+                .map(|endpoint| {
+                    let name = endpoint.name.as_str();
+                    (name, router.sessions_bound_to(name, now))
+                })
+                .collect();
+            let events = router.reconfigure_from_config(
+                &config,
+                &reset,
+                &|name| health.is_healthy(name),
+                now,
+            );
+            for (endpoint, before) in bound {
+                log_released(endpoint, before, router.sessions_bound_to(endpoint, now));
+            }
+            events
+        };
         shared.publish_router(events);
         shared.suspension.reconfigure(
             config.request_suspend.enabled,
@@ -274,9 +288,11 @@ impl Forwarder {
         })
     }
 
-    /// Operator action: change an endpoint's priority at once (health is kept).
+    /// Operator action: change an endpoint's priority at once (health is kept). A demotion (a
+    /// larger number) releases the session-affinity bindings to the endpoint, so its
+    /// conversations move with the traffic; that is logged.
     pub fn set_endpoint_priority(&self, endpoint: &str, priority: u32) -> Result<(), RouterError> {
-        self.operator_action(|router| router.set_priority(endpoint, priority))?;
+        self.operator_action(|router| set_priority_releasing(router, endpoint, priority))?;
         self.report(OperatorAction::Priority {
             endpoint: endpoint.to_string(),
             priority,
@@ -328,7 +344,7 @@ impl Forwarder {
             },
             OperatorAction::Resume { group } => self.resume_remote(group),
             OperatorAction::Priority { endpoint, priority } => {
-                self.operator_action(|router| router.set_priority(endpoint, *priority))
+                self.operator_action(|router| set_priority_releasing(router, endpoint, *priority))
             }
         }
     }
@@ -354,5 +370,31 @@ impl Forwarder {
         self.shared.publish_router(events);
         self.shared.suspension.wake();
         Ok(())
+    }
+}
+
+/// [`Router::set_priority`], logging the session-affinity bindings a demotion released.
+fn set_priority_releasing(
+    router: &mut Router,
+    endpoint: &str,
+    priority: u32,
+) -> Result<Vec<RouterEvent>, RouterError> {
+    let now = Instant::now();
+    let before = router.sessions_bound_to(endpoint, now);
+    let events = router.set_priority(endpoint, priority)?;
+    log_released(endpoint, before, router.sessions_bound_to(endpoint, now));
+    Ok(events)
+}
+
+/// Logs that a demotion of `endpoint` released its bindings (`before` bound, `after` left).
+fn log_released(endpoint: &str, before: usize, after: usize) {
+    let released = before.saturating_sub(after);
+    if released > 0 {
+        tracing::info!(
+            endpoint,
+            sessions = released,
+            "endpoint demoted by the operator: its session-affinity bindings were released, \
+             those conversations follow the new order"
+        );
     }
 }

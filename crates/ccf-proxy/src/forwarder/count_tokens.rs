@@ -1,16 +1,19 @@
 //! `POST /v1/messages/count_tokens` with `token_counting.enabled`: answered beside the phases,
 //! without a routing round. The first `200` of the healthy endpoints that support it (routing
 //! order) is relayed verbatim; otherwise the local estimate (`ccf_tokens`) answers, marked with
-//! `x-token-estimation: true`. Not billed, so not tracked: no lifecycle, no retry policy, no
-//! health observations.
+//! `x-token-estimation: true`. Each upstream exchange, headers and body, is bounded by the
+//! endpoint's `timeout` (the body is read whole before it is relayed). Not billed, so not
+//! tracked: no lifecycle, no retry policy, no health observations.
 //!
 //! It must not know the retry policy or the request's lifecycle; it only borrows the plan and
 //! the upstream send of the forward phase.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use ccf_config::Config;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use tracing::{debug, info};
 
 use super::Forwarder;
@@ -20,6 +23,9 @@ use crate::headers::remove_hop_by_hop;
 
 /// The token counting path answered by the forwarder.
 const COUNT_TOKENS_PATH: &str = "/v1/messages/count_tokens";
+
+/// Largest upstream token count relayed (`{"input_tokens": N}` is a few bytes).
+const MAX_COUNT_TOKENS_BODY: usize = 64 * 1024;
 
 /// Whether this request is a token count the forwarder answers itself.
 pub(super) fn answers(config: &Config, parts: &http::request::Parts) -> bool {
@@ -45,18 +51,29 @@ impl Forwarder {
             if !endpoint.supports_count_tokens {
                 continue;
             }
+            // The endpoint's `timeout` bounds the whole exchange, headers and body, as for
+            // any non-streaming request.
+            let sent = Instant::now();
             match self.send_upstream(parts, body, false, &endpoint).await {
                 Ok(response) if response.status() == StatusCode::OK => {
+                    let (mut response_parts, upstream_body) = response.into_parts();
+                    let left = endpoint.timeout.saturating_sub(sent.elapsed());
+                    let read = tokio::time::timeout(
+                        left,
+                        Limited::new(upstream_body, MAX_COUNT_TOKENS_BODY).collect(),
+                    )
+                    .await;
+                    let Ok(Ok(collected)) = read else {
+                        debug!(endpoint = %endpoint.name, "count_tokens body not read within the endpoint timeout or too large: next endpoint");
+                        continue;
+                    };
                     info!(endpoint = %endpoint.name, "count_tokens answered by upstream");
                     shared
                         .metrics
                         .record_request(&endpoint.name, StatusCode::OK);
-                    let (mut response_parts, upstream_body) = response.into_parts();
                     remove_hop_by_hop(&mut response_parts.headers);
-                    return Response::from_parts(
-                        response_parts,
-                        upstream_body.map_err(Into::into).boxed_unsync(),
-                    );
+                    response_parts.headers.remove(header::CONTENT_LENGTH);
+                    return Response::from_parts(response_parts, full_body(collected.to_bytes()));
                 }
                 Ok(response) => {
                     debug!(endpoint = %endpoint.name, status = response.status().as_u16(), "count_tokens refused: next endpoint");

@@ -1,18 +1,23 @@
 //! Phases 5 and 6, relay and finish: the chosen upstream answer goes to the client with its
-//! frames untouched (`body::RelayBody`: idle and total timeouts, SSE error event on a cut), and
-//! [`RequestFinisher`] watches the body: it feeds every frame to the usage tap and the honesty
-//! watch, and when the body ends, fails or the client leaves it finishes the request's
-//! lifecycle exactly once, records the session's turn and folds the honesty check into routing.
+//! frames untouched (`body::RelayBody`: idle and total timeouts, SSE error event on a cut or an
+//! early end), and [`RequestFinisher`] watches the body: it feeds every frame to the usage tap
+//! and the honesty watch, and when the body ends, fails or the client leaves it finishes the
+//! request's lifecycle exactly once, records the session's turn, folds the honesty check into
+//! routing, and records the answer's passive health once, from the whole outcome: a success
+//! (with the answer's latency, which a stream also gives `fastest`) when the body ended well, a
+//! failure when it was cut, stalled, carried an SSE `error` event or ended before
+//! `message_stop`.
 //!
 //! It must not know how the answer was chosen (routing, retries): it gets one upstream answer and
 //! what it means for the request ([`Expectation`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ccf_config::Endpoint;
+use ccf_health::PassiveFailure;
 use ccf_lifecycle::FailureReason;
-use ccf_tokens::BodyTap;
+use ccf_tokens::{BodyTap, Extraction, StreamPosition};
 use http::{header, Response, StatusCode};
 use http_body_util::BodyExt;
 use tracing::{debug, info, warn};
@@ -39,7 +44,7 @@ impl Forwarder {
     /// the body ends.
     pub(super) fn relay(
         &self,
-        upstream: Response<hyper::body::Incoming>,
+        upstream: Response<crate::client::UpstreamBody>,
         endpoint: &Endpoint,
         context: &mut RequestContext,
         expectation: Expectation,
@@ -65,9 +70,15 @@ impl Forwarder {
             .is_some_and(|content_type| content_type.starts_with("text/event-stream"));
         let options = RelayOptions {
             idle_limit: Some(current.config.streaming.max_idle_time.get()).filter(|d| !d.is_zero()),
-            total_limit: (!context.is_streaming)
-                .then(|| endpoint.timeout.saturating_sub(context.started.elapsed())),
+            total_limit: (!context.is_streaming).then(|| {
+                endpoint
+                    .timeout
+                    .saturating_sub(context.attempt_sent.elapsed())
+            }),
             sse_error_event: status.is_success() && is_event_stream,
+            encoded: content_encoding
+                .as_deref()
+                .is_some_and(|coding| !coding.trim().eq_ignore_ascii_case("identity")),
         };
         let mut tracker = context.tracker.take();
         if let Some(tracker) = tracker.as_mut() {
@@ -93,6 +104,9 @@ impl Forwarder {
             expectation,
             status,
             endpoint: endpoint.name.clone(),
+            forwarder: self.clone(),
+            latency: context.last_attempt_latency,
+            is_streaming: context.is_streaming,
             body_bytes: 0,
             span: tracing::Span::current(),
             _in_flight: context.in_flight.take(),
@@ -169,12 +183,79 @@ struct RequestFinisher {
     expectation: Expectation,
     status: StatusCode,
     endpoint: String,
+    /// The engine, to record the answer's passive health and latency when the body ends.
+    forwarder: Forwarder,
+    /// How long the answer's headers took.
+    latency: Duration,
+    /// The client asked for a stream: only then is `latency` a `fastest` sample.
+    is_streaming: bool,
     body_bytes: u64,
     span: tracing::Span,
     _in_flight: Option<monitoring::InFlightGuard>,
 }
 
+/// What a relayed successful answer's end says about its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// It ended well: the endpoint served.
+    Served,
+    /// It broke off after its headers: a failure of the endpoint.
+    Failed(PassiveFailure),
+    /// Nothing to learn (the client left, or the upstream said the account is rate limited,
+    /// which the 429 row of the retry policy does not count as a failure either).
+    Nothing,
+}
+
+impl Verdict {
+    fn of(end: &RelayEnd, extraction: &Extraction) -> Verdict {
+        match end {
+            RelayEnd::ClientGone => Verdict::Nothing,
+            RelayEnd::Complete => match &extraction.error {
+                Some(error) if error.error_type == "rate_limit_error" => Verdict::Nothing,
+                Some(_) => Verdict::Failed(PassiveFailure::BrokenResponse),
+                None => Verdict::Served,
+            },
+            RelayEnd::IdleTimeout(_) | RelayEnd::DeadlineExceeded(_) => {
+                Verdict::Failed(PassiveFailure::Timeout)
+            }
+            RelayEnd::UpstreamError(_) | RelayEnd::EndedEarly => {
+                Verdict::Failed(PassiveFailure::BrokenResponse)
+            }
+        }
+    }
+}
+
+impl Forwarder {
+    /// Records a relayed successful answer's passive health, once, from how its body ended;
+    /// a served stream's time to headers is also a `fastest` sample. A non-streaming answer's
+    /// headers come only when the whole answer is generated, so that time measures the
+    /// answer's length more than the endpoint: it is not a sample (docs/routing.md).
+    fn record_outcome(&self, endpoint: &str, verdict: Verdict, latency: Duration, stream: bool) {
+        let shared = &self.shared;
+        match verdict {
+            Verdict::Served => {
+                shared.health.record_success(endpoint, latency);
+                if stream {
+                    shared.router().record_latency(endpoint, latency);
+                }
+            }
+            Verdict::Failed(failure) => shared.health.record_failure(endpoint, failure),
+            Verdict::Nothing => {}
+        }
+    }
+}
+
 impl RelayObserver for RequestFinisher {
+    fn stream_position(&self) -> Option<StreamPosition> {
+        self.tap.stream_position()
+    }
+
+    fn on_backpressure(&mut self) {
+        if let Some((watch, _)) = self.honesty.as_mut() {
+            watch.relay_backpressured();
+        }
+    }
+
     fn on_data(&mut self, data: &Bytes) {
         self.body_bytes += data.len() as u64;
         self.tap.feed(data);
@@ -192,6 +273,9 @@ impl RelayObserver for RequestFinisher {
             expectation,
             status,
             endpoint,
+            forwarder,
+            latency,
+            is_streaming,
             body_bytes,
             span,
             _in_flight,
@@ -200,6 +284,11 @@ impl RelayObserver for RequestFinisher {
         let extraction = tap.finish();
         for diagnostic in &extraction.diagnostics {
             debug!(endpoint = %endpoint, "usage parsing: {diagnostic}");
+        }
+        if expectation == Expectation::Success {
+            // A final upstream error (4xx) was judged by its headers; a success only now.
+            let verdict = Verdict::of(&end, &extraction);
+            forwarder.record_outcome(&endpoint, verdict, latency, is_streaming);
         }
         if let (Some(turn), RelayEnd::Complete) = (turn, &end) {
             turn.finish(extraction.model.as_deref(), extraction.usage.as_ref());
@@ -260,6 +349,10 @@ impl RelayObserver for RequestFinisher {
                     RelayEnd::UpstreamError(error) => (
                         FailureReason::StreamError,
                         format!("upstream connection failed mid-body: {error}"),
+                    ),
+                    RelayEnd::EndedEarly => (
+                        FailureReason::StreamError,
+                        "upstream ended the stream before message_stop".to_string(),
                     ),
                     RelayEnd::Complete | RelayEnd::ClientGone => {
                         (FailureReason::UnknownError, String::new())

@@ -95,6 +95,8 @@ struct Shared {
     in_flight_limit: InFlightLimit,
     /// Relay honesty scores (`routing.relay_honesty`).
     honesty: Honesty,
+    /// Retries in flight against `retry.budget_percent` (`retry.rs`).
+    retry_budget: crate::retry::RetryBudget,
     operator_observer: OnceLock<Arc<dyn OperatorObserver>>,
     /// Hot reload: who re-reads the configuration, one reload at a time, and the last result.
     reloader: OnceLock<Arc<dyn Reloader>>,
@@ -153,6 +155,15 @@ struct RequestContext {
     in_flight: Option<monitoring::InFlightGuard>,
     /// Attempts made so far (mirrors the lifecycle's trail, for the response header).
     attempt_count: usize,
+    /// When the current (last) attempt was sent: a non-streaming answer's deadline
+    /// (`endpoint.timeout`) counts from there, not from the request's arrival.
+    attempt_sent: Instant,
+    /// What the request may still try after a timeout that may have left the upstream
+    /// generating it (`retry.rs`).
+    retries: crate::retry::RequestRetries,
+    /// How long the latest attempt waited for its answer's headers: the relayed answer's
+    /// latency, recorded (health, `fastest`) once its body has ended well.
+    last_attempt_latency: std::time::Duration,
     /// Checks the successful answer's honesty; moved into the response body's observer.
     honesty: Option<HonestyWatch>,
     /// The conversation the request belongs to (session affinity).
@@ -174,6 +185,7 @@ impl RequestContext {
 
     fn record_attempt(&mut self, attempt: Attempt) {
         self.attempt_count += 1;
+        self.last_attempt_latency = attempt.duration;
         if let Some(tracker) = self.tracker() {
             tracker.update(|lifecycle| lifecycle.attempt_finished(attempt));
         }
@@ -222,7 +234,7 @@ impl Forwarder {
         config: Arc<Config>,
         observer: Option<Arc<dyn RequestObserver>>,
     ) -> Result<Forwarder, BuildError> {
-        let client = build_upstream_client(&config.proxy, CONNECT_TIMEOUT)?;
+        let client = build_upstream_client(&config, CONNECT_TIMEOUT)?;
         let health = HealthMonitor::new(
             &config.endpoints,
             HealthSettings::from_config(&config),
@@ -252,6 +264,7 @@ impl Forwarder {
                 metrics,
                 hub,
                 in_flight_limit: InFlightLimit::default(),
+                retry_budget: crate::retry::RetryBudget::default(),
                 operator_observer: OnceLock::new(),
                 reloader: OnceLock::new(),
                 reload_lock: Mutex::new(()),
@@ -278,9 +291,11 @@ impl Forwarder {
                         shared.router().record_probe_latency(endpoint, *latency);
                         continue;
                     }
-                    ccf_health::HealthEvent::EndpointHealthy { endpoint, .. } => {
-                        let events = shared.router().endpoint_recovered(endpoint, Instant::now());
-                        shared.publish_router(events);
+                    ccf_health::HealthEvent::EndpointHealthy { .. } => {
+                        // A passing probe means "reachable", not "serving" (`/v1/models` answers
+                        // 200 through an overload): it ends no cooldown; a cooldown ends at its
+                        // time or when real traffic on the group succeeds (route.rs). It may
+                        // still make an available group routable, so held requests look again.
                         shared.suspension.wake();
                     }
                     ccf_health::HealthEvent::EndpointUnhealthy { .. } => {}

@@ -3,8 +3,10 @@
 //! draining order it last, and hands it to the forward phase (`attempts.rs`). A group whose
 //! every endpoint failed fails over (auto mode: cooldown, and the same request continues on the
 //! next group; manual mode: marked as needing attention). When nothing is left the request is
-//! held (`request_suspend`) until something may have changed, or it ends with the final
-//! failure: the last upstream answer verbatim, else an Anthropic-format error.
+//! held (`request_suspend`) until something may have changed, or at the latest until it looks
+//! again on its own (1 s doubling to 5 s), or it ends with the final failure: the last upstream
+//! answer verbatim, else an Anthropic-format error. A success on a group in cooldown (tried as
+//! the last resort) ends that cooldown.
 //!
 //! It must not know what an attempt's result means (that is [`crate::retry`]) nor how an answer
 //! is relayed; ordering rules belong to ccf-router, this file only feeds them.
@@ -22,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::attempts::{BufferedAnswer, GroupOutcome};
 use super::{Forwarder, RequestContext, Shared};
 use crate::body::{full_body, ProxyBody};
-use crate::error::{anthropic_error_response, ProxyError};
+use crate::error::{anthropic_error_response, mark_already_retried, ProxyError};
 use crate::events::ForwarderEvent;
 use crate::suspend::HoldPermit;
 
@@ -38,8 +40,10 @@ impl Forwarder {
         let mut last_answer: Option<BufferedAnswer> = None;
         let mut last_error: Option<ProxyError> = None;
         let mut permit: Option<HoldPermit> = None;
+        let mut recheck = HOLD_RECHECK_FIRST;
         loop {
-            // Subscribe before routing so that a wake-up during the round is not lost.
+            // Subscribe before routing so that a wake-up during the round, or between the round
+            // and taking a hold slot, is not lost (`Suspension::wake` always bumps the counter).
             let mut wakes = shared.suspension.subscribe();
             // One round: the active group, then each group it fails over to.
             let mut tried_groups: Vec<String> = Vec::new();
@@ -63,6 +67,9 @@ impl Forwarder {
                     .await
                 {
                     GroupOutcome::Answered(response) => {
+                        if response.status().is_success() {
+                            shared.group_served(&group);
+                        }
                         if let Some(permit) = permit.take() {
                             self.note_resumed(context, &permit);
                         }
@@ -73,16 +80,37 @@ impl Forwarder {
                             break;
                         }
                     }
+                    // The retry budget refused an attempt: the group did not fail; the round
+                    // ends without failover (held requests look again later).
+                    GroupOutcome::RetryDenied => break,
+                    GroupOutcome::GiveUp => {
+                        return self.final_failure(context, last_answer, last_error)
+                    }
                 }
             }
-            // Nothing (more) to try: hold the request when allowed.
-            if permit.is_none() {
-                permit = self.hold(context);
+            // Nothing (more) to try: hold the request when allowed (again after a re-route).
+            match &permit {
+                None => permit = self.hold(context),
+                Some(_) => {
+                    if let Some(tracker) = context.tracker() {
+                        tracker.transition(|lifecycle| lifecycle.suspended());
+                    }
+                }
             }
             let Some(held) = &permit else { break };
             let deadline = held_deadline(held, shared.suspension.timeout());
-            if !self.wait_for_change(&mut wakes, deadline).await {
+            // Route again on a signal, at the router's next scheduled change, or on our own after
+            // `recheck` at the latest: an overloaded upstream that serves again may send no
+            // signal at all (its probes passed all along), and only real traffic can tell.
+            let recheck_at = tokio::time::Instant::now() + recheck;
+            recheck = (recheck * 2).min(HOLD_RECHECK_MAX);
+            if !self.wait_for_change(&mut wakes, recheck_at, deadline).await {
                 return self.suspension_timed_out(context, held.waited());
+            }
+            // Each re-route's attempts count against the retry budget (`try_group`): when it
+            // refuses, the round ends with `RetryDenied` and the request waits again.
+            if let Some(tracker) = context.tracker() {
+                tracker.transition(|lifecycle| lifecycle.resumed());
             }
             debug!("held request routes again");
         }
@@ -132,12 +160,9 @@ impl Forwarder {
         Some(permit)
     }
 
-    /// A held request was answered.
-    fn note_resumed(&self, context: &mut RequestContext, permit: &HoldPermit) {
+    /// A held request was answered (its lifecycle shows `resumed` since it routed again).
+    fn note_resumed(&self, context: &RequestContext, permit: &HoldPermit) {
         let shared = &self.shared;
-        if let Some(tracker) = context.tracker() {
-            tracker.transition(|lifecycle| lifecycle.resumed());
-        }
         shared.metrics.record_suspension("resumed");
         shared.events.publish(ForwarderEvent::RequestResumed {
             request_id: context.request_id,
@@ -172,11 +197,13 @@ impl Forwarder {
                 lifecycle.fail(FailureReason::NoHealthy, &message, Some(503), now)
             });
         }
-        anthropic_error_response(
+        let mut response = anthropic_error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded_error",
             &message,
-        )
+        );
+        mark_already_retried(&mut response, context.attempt_count);
+        response
     }
 
     /// With `strategy: fastest` and `fast_test_enabled`, probes the plan's endpoints (results
@@ -214,11 +241,13 @@ impl Forwarder {
         });
     }
 
-    /// Waits until something may have changed (a wake-up, or the router's next scheduled
-    /// change) or the deadline; `false` when the deadline passed.
+    /// Waits until something may have changed (a wake-up, the router's next scheduled change,
+    /// or `recheck_at`, when the held request looks again on its own) or the deadline; `false`
+    /// when the deadline passed.
     async fn wait_for_change(
         &self,
         wakes: &mut tokio::sync::watch::Receiver<u64>,
+        recheck_at: tokio::time::Instant,
         deadline: tokio::time::Instant,
     ) -> bool {
         let now = Instant::now();
@@ -228,6 +257,7 @@ impl Forwarder {
             .next_change_at(now)
             .map(tokio::time::Instant::from_std);
         let wake_at = next_change.map_or(deadline, |next| next.min(deadline));
+        let wake_at = wake_at.min(recheck_at);
         tokio::select! {
             changed = wakes.changed() => changed.is_ok() || tokio::time::Instant::now() < deadline,
             () = tokio::time::sleep_until(wake_at) => tokio::time::Instant::now() < deadline,
@@ -235,7 +265,8 @@ impl Forwarder {
     }
 
     /// The answer when nothing succeeded: the last upstream answer verbatim, else an
-    /// Anthropic-format error.
+    /// Anthropic-format error; with `x-should-retry: false` when the forwarder already retried,
+    /// so that the client's SDK does not multiply the attempts again.
     fn final_failure(
         &self,
         context: &mut RequestContext,
@@ -277,7 +308,9 @@ impl Forwarder {
                     )
                 });
             }
-            return Response::from_parts(answer.parts, full_body(answer.body));
+            let mut response = Response::from_parts(answer.parts, full_body(answer.body));
+            mark_already_retried(&mut response, attempts);
+            return response;
         }
         let error = last_error.unwrap_or(ProxyError::NoEndpoint);
         warn!(
@@ -296,7 +329,9 @@ impl Forwarder {
             let status = error.status().as_u16();
             tracker.finish(|lifecycle, now| lifecycle.fail(reason, &message, Some(status), now));
         }
-        error.to_response()
+        let mut response = error.to_response();
+        mark_already_retried(&mut response, attempts);
+        response
     }
 }
 
@@ -311,6 +346,17 @@ impl Shared {
         plan
     }
 
+    /// Real traffic on `group` succeeded: a cooldown it is in (it served as the last resort)
+    /// ends, and held requests look again. Probes never do this (`Router::record_group_success`).
+    fn group_served(&self, group: &str) {
+        let events = self.router().record_group_success(group, Instant::now());
+        if !events.is_empty() {
+            info!(group = %group, "real traffic succeeded on a cooling group: cooldown ended");
+            self.publish_router(events);
+            self.suspension.wake();
+        }
+    }
+
     /// Whether a group other than `group` could take traffic now (not paused, not cooling down).
     fn another_group_available(&self, group: &str) -> bool {
         let health = self.health.snapshot();
@@ -322,6 +368,15 @@ impl Shared {
             })
     }
 }
+
+/// A held request routes again on its own after this long without a signal, then after twice
+/// that, and so on up to [`HOLD_RECHECK_MAX`] (always within its hold time): 1 s, 2 s, 4 s, 5 s,
+/// 5 s, ... Fast enough that a request held through a brown-out is served about a second after
+/// the upstream serves again; slow enough that a few hundred held requests add a small share of
+/// the traffic (each re-route's attempts also count against the retry budget).
+const HOLD_RECHECK_FIRST: Duration = Duration::from_secs(1);
+/// The longest a held request waits before routing again on its own.
+const HOLD_RECHECK_MAX: Duration = Duration::from_secs(5);
 
 fn held_deadline(permit: &HoldPermit, timeout: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + timeout.saturating_sub(permit.waited())
