@@ -1,0 +1,130 @@
+//! Unit tests of `client.rs`, kept in their own file so the module reads as its logic.
+
+use super::*;
+use ccf_config::Secret;
+
+fn proxy(
+    kind: OutboundProxyType,
+    url: Option<&str>,
+    host: Option<&str>,
+    port: Option<u16>,
+) -> OutboundProxyConfig {
+    OutboundProxyConfig {
+        enabled: true,
+        kind,
+        url: url.map(str::to_string),
+        host: host.map(str::to_string),
+        port,
+        username: None,
+        password: None,
+        ca_file: None,
+    }
+}
+
+#[test]
+fn proxy_address_comes_from_url_with_credentials() {
+    let (uri, user, pass) = proxy_target(&proxy(
+        OutboundProxyType::Socks5,
+        Some("socks5://u:p@127.0.0.1:1080"),
+        None,
+        None,
+    ))
+    .unwrap();
+    assert_eq!(uri.to_string(), "socks5://127.0.0.1:1080/");
+    assert_eq!(user.as_deref(), Some("u"));
+    assert_eq!(pass.as_deref(), Some("p"));
+}
+
+#[test]
+fn proxy_address_comes_from_host_and_port_and_explicit_credentials_win() {
+    let mut config = proxy(
+        OutboundProxyType::Http,
+        None,
+        Some("proxy.example.com"),
+        Some(8080),
+    );
+    config.username = Some("user".into());
+    config.password = Some(Secret::new("pw"));
+    let (uri, user, pass) = proxy_target(&config).unwrap();
+    assert_eq!(uri.to_string(), "http://proxy.example.com:8080/");
+    assert_eq!(user.as_deref(), Some("user"));
+    assert_eq!(pass.as_deref(), Some("pw"));
+}
+
+#[test]
+fn a_proxy_without_address_is_an_error() {
+    let error = proxy_target(&proxy(OutboundProxyType::Http, None, None, None)).unwrap_err();
+    assert!(error.to_string().contains("host"));
+}
+
+#[tokio::test]
+async fn every_proxy_kind_builds_a_client() {
+    let base = ccf_config::Config::from_yaml_str(
+        "endpoints:\n  - name: a\n    url: https://api.example.com\n",
+    )
+    .unwrap();
+    for kind in [
+        OutboundProxyType::Http,
+        OutboundProxyType::Https,
+        OutboundProxyType::Socks5,
+    ] {
+        let mut config = base.clone();
+        config.proxy = proxy(kind, None, Some("127.0.0.1"), Some(9));
+        assert!(build_upstream_client(&config, Duration::from_secs(1)).is_ok());
+    }
+    assert!(build_upstream_client(&base, Duration::from_secs(1)).is_ok());
+}
+
+#[tokio::test]
+async fn a_full_connection_opens_another_lane_and_a_dropped_body_frees_it() {
+    let mut config = ccf_config::Config::from_yaml_str(
+        "endpoints:\n  - name: a\n    url: https://api.example.com\n",
+    )
+    .unwrap();
+    config.upstream.max_streams_per_connection = 2;
+    let client = build_upstream_client(&config, Duration::from_secs(1)).unwrap();
+    let uri: Uri = "https://api.example.com/v1/messages".parse().unwrap();
+    let origin = "https://api.example.com:443";
+    let first = client.lane_for(&uri);
+    let second = client.lane_for(&uri);
+    assert_eq!(client.lane_loads(origin), vec![2]);
+    let third = client.lane_for(&uri);
+    assert_eq!(client.lane_loads(origin), vec![2, 1]);
+    drop(first);
+    let fourth = client.lane_for(&uri);
+    assert_eq!(client.lane_loads(origin), vec![2, 1]);
+    drop((second, third, fourth));
+    assert_eq!(client.lane_loads(origin), vec![0, 0]);
+}
+
+#[test]
+fn a_reload_rebuilds_the_client_when_trust_or_connection_settings_change() {
+    let base = ccf_config::Config::from_yaml_str(
+        "endpoints:\n  - name: a\n    url: https://api.example.com\n",
+    )
+    .unwrap();
+    assert!(same_client_settings(&base, &base.clone()));
+    let mut tls = base.clone();
+    tls.tls.ca_file = Some(PathBuf::from("/etc/ssl/relay-ca.pem"));
+    assert!(!same_client_settings(&base, &tls));
+    let mut streams = base.clone();
+    streams.upstream.max_streams_per_connection = 10;
+    assert!(!same_client_settings(&base, &streams));
+    let mut own_ca = base.clone();
+    own_ca
+        .endpoint_ca_files
+        .insert("a".into(), PathBuf::from("/etc/ssl/a.pem"));
+    assert!(!same_client_settings(&base, &own_ca));
+}
+
+#[test]
+fn an_unusable_ca_file_is_reported_with_its_key_and_path() {
+    let path = std::env::temp_dir().join(format!("ccf-bad-ca-{}.pem", std::process::id()));
+    std::fs::write(&path, "not a certificate").unwrap();
+    let error = read_ca_file(&path, "endpoints[0].ca_file")
+        .unwrap_err()
+        .to_string();
+    let _ = std::fs::remove_file(&path);
+    assert!(error.starts_with("endpoints[0].ca_file: "), "{error}");
+    assert!(error.contains(&path.display().to_string()), "{error}");
+}
