@@ -155,6 +155,11 @@ impl UsageStore for MysqlStore {
         result
     }
 
+    async fn pending_migrations(&self) -> Result<Vec<u32>, StoreError> {
+        let mut conn = self.conn().await?;
+        migrate::pending(&mut conn).await
+    }
+
     async fn write_batch(&self, batch: &[StoredRecord]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());

@@ -86,8 +86,14 @@ async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
     )
     .await
     .unwrap();
+    // Read without migrating: the Go database lacks every recorded version.
+    assert_eq!(
+        store.pending_migrations().await.unwrap(),
+        vec![1, 2, 3, 4, 5]
+    );
     let report = store.migrate().await.unwrap();
     assert!(report.detected_legacy);
+    assert!(store.pending_migrations().await.unwrap().is_empty());
     assert_eq!(report.applied, vec![2, 3, 4, 5]);
 
     let completed = store.get_request("req-0000aaaa").await.unwrap().unwrap();

@@ -303,6 +303,11 @@ impl UsageStore for SqliteStore {
             .await
     }
 
+    async fn pending_migrations(&self) -> Result<Vec<u32>, StoreError> {
+        self.on_reader(|connection, _| migrate::pending(connection))
+            .await
+    }
+
     async fn write_batch(&self, batch: &[StoredRecord]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());

@@ -131,6 +131,36 @@ pub(crate) fn run(
     Ok(report)
 }
 
+/// The versions of [`MIGRATIONS`] not recorded in `schema_migrations`, read only: every version
+/// when the table is missing (a Go-written or empty database).
+pub(crate) fn pending(connection: &Connection) -> Result<Vec<u32>, StoreError> {
+    let recorded: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(sqlite_error)?;
+    let applied: BTreeSet<u32> = if recorded == 0 {
+        BTreeSet::new()
+    } else {
+        let mut statement = connection
+            .prepare("SELECT version FROM schema_migrations")
+            .map_err(sqlite_error)?;
+        let versions = statement
+            .query_map([], |row| row.get::<_, u32>(0))
+            .map_err(sqlite_error)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite_error)?;
+        versions
+    };
+    Ok(MIGRATIONS
+        .iter()
+        .map(|(version, _)| *version)
+        .filter(|version| !applied.contains(version))
+        .collect())
+}
+
 fn record(
     tx: &Transaction<'_>,
     version: u32,

@@ -43,72 +43,7 @@ async fn pragmas_are_set_on_the_writer_and_every_reader() {
 
 /// The Go forwarder's SQLite schema, as its `schema.sql` created it (reference §7.1), with its
 /// '+08:00' local-time defaults and its updated_at trigger.
-const GO_SCHEMA: &str = "
-CREATE TABLE request_logs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT UNIQUE NOT NULL,
-    client_ip TEXT,
-    user_agent TEXT,
-    method TEXT DEFAULT 'POST',
-    path TEXT DEFAULT '/v1/messages',
-    start_time DATETIME NOT NULL,
-    end_time DATETIME,
-    duration_ms INTEGER,
-    endpoint_name TEXT,
-    group_name TEXT,
-    model_name TEXT,
-    is_streaming BOOLEAN DEFAULT FALSE,
-    status TEXT NOT NULL DEFAULT 'pending',
-    http_status_code INTEGER,
-    retry_count INTEGER DEFAULT 0,
-    failure_reason TEXT,
-    last_failure_reason TEXT,
-    cancel_reason TEXT,
-    input_tokens INTEGER DEFAULT 0,
-    output_tokens INTEGER DEFAULT 0,
-    cache_creation_tokens INTEGER DEFAULT 0,
-    cache_read_tokens INTEGER DEFAULT 0,
-    input_cost_usd REAL DEFAULT 0,
-    output_cost_usd REAL DEFAULT 0,
-    cache_creation_cost_usd REAL DEFAULT 0,
-    cache_read_cost_usd REAL DEFAULT 0,
-    total_cost_usd REAL DEFAULT 0,
-    created_at DATETIME DEFAULT (datetime('now', 'localtime') || '+08:00'),
-    updated_at DATETIME DEFAULT (datetime('now', 'localtime') || '+08:00')
-);
-CREATE INDEX idx_request_id ON request_logs(request_id);
-CREATE INDEX idx_start_time ON request_logs(start_time);
-CREATE INDEX idx_status ON request_logs(status);
-CREATE INDEX idx_model_name ON request_logs(model_name);
-CREATE INDEX idx_endpoint_name ON request_logs(endpoint_name);
-CREATE INDEX idx_group_name ON request_logs(group_name);
-CREATE INDEX idx_failure_reason ON request_logs(failure_reason);
-CREATE TRIGGER update_request_logs_timestamp
-    AFTER UPDATE ON request_logs
-    WHEN NEW.updated_at = OLD.updated_at
-BEGIN
-    UPDATE request_logs SET updated_at = datetime('now', 'localtime') || '+08:00' WHERE id = NEW.id;
-END;
-CREATE TABLE usage_summary (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    date TEXT NOT NULL,
-    model_name TEXT NOT NULL,
-    endpoint_name TEXT NOT NULL,
-    group_name TEXT,
-    request_count INTEGER DEFAULT 0,
-    success_count INTEGER DEFAULT 0,
-    error_count INTEGER DEFAULT 0,
-    total_input_tokens INTEGER DEFAULT 0,
-    total_output_tokens INTEGER DEFAULT 0,
-    total_cache_creation_tokens INTEGER DEFAULT 0,
-    total_cache_read_tokens INTEGER DEFAULT 0,
-    total_cost_usd REAL DEFAULT 0,
-    avg_duration_ms REAL DEFAULT 0,
-    created_at DATETIME DEFAULT (datetime('now', 'localtime') || '+08:00'),
-    updated_at DATETIME DEFAULT (datetime('now', 'localtime') || '+08:00'),
-    UNIQUE(date, model_name, endpoint_name, group_name)
-);
-";
+const GO_SCHEMA: &str = include_str!("fixtures/go_schema.sql");
 
 /// Rows as the Go forwarder wrote them: zone-less local times (Asia/Shanghai) for start/end,
 /// '+08:00'-suffixed created_at, REAL costs, legacy statuses.
@@ -163,8 +98,11 @@ async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
     )
     .await
     .unwrap();
+    // Read without migrating: the Go database lacks every recorded version.
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![1, 2, 3, 5]);
     let report = store.migrate().await.unwrap();
     assert!(report.detected_legacy);
+    assert!(store.pending_migrations().await.unwrap().is_empty());
     assert_eq!(report.applied, vec![2, 3, 5]);
     assert_eq!(report.current_version, 5);
 

@@ -52,6 +52,7 @@ macro_rules! usage_store_contract {
             get_request_health_and_idempotent_migrate,
             recorder_writes_every_final_outcome,
             usage_is_split_by_api_key,
+            over_long_values_are_fitted_to_their_columns,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -1097,6 +1098,7 @@ pub async fn get_request_health_and_idempotent_migrate(store: Arc<dyn UsageStore
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "already migrated: {again:?}");
     assert!(again.current_version >= 2);
+    assert!(store.pending_migrations().await.unwrap().is_empty());
     assert!(!store.backend().is_empty());
 }
 
@@ -1291,4 +1293,105 @@ pub async fn recorder_workload(
     assert_eq!(stats.totals.success_count, requests, "none lost");
     assert_eq!(recorder.dropped(), 0);
     elapsed
+}
+
+/// A 300-character value from a client (model name, path, method, client address, user agent,
+/// endpoint and group names, cancel reason, key name) neither fails its row nor the rest of its
+/// batch: it is stored cut to its column's [`MAX_CHARS`](crate::columns::MAX_CHARS), on a
+/// character boundary (multi-byte characters), the same by every adapter, and the summary
+/// counts the row under the cut names.
+pub async fn over_long_values_are_fitted_to_their_columns(store: Arc<dyn UsageStore>) {
+    // Two-byte characters, so a cut by bytes would split one.
+    let long = |prefix: &str| format!("{prefix}{}", "é".repeat(300 - prefix.chars().count()));
+    let mut wide = outcome(
+        "req-wide",
+        t0(),
+        status::COMPLETED,
+        &long("model-"),
+        &long("endpoint-"),
+        &long("group-"),
+        tokens(10, 5),
+        100,
+    );
+    wide.path = long("/v1/");
+    wide.method = long("POST");
+    wide.client_ip = Some(long("10."));
+    wide.user_agent = Some(long("agent/"));
+    wide.cancel_reason = Some(long("cancel "));
+    wide.api_key_name = Some(long("key-"));
+    wide.instance_id = Some(long("node-"));
+    let before = outcome(
+        "req-before",
+        t0(),
+        status::COMPLETED,
+        "claude-sonnet-4",
+        "primary",
+        "main",
+        tokens(1, 1),
+        10,
+    );
+    let after = outcome(
+        "req-after",
+        t0(),
+        status::COMPLETED,
+        "claude-sonnet-4",
+        "primary",
+        "main",
+        tokens(1, 1),
+        10,
+    );
+    write(&*store, vec![before, wide.clone(), after]).await;
+
+    let cut = |value: &str, column: &str| -> String {
+        let limit = crate::columns::max_chars(column).unwrap();
+        value.chars().take(limit).collect()
+    };
+    let stored = get(&*store, "req-wide").await.record;
+    assert_eq!(
+        stored.model_name.as_deref(),
+        Some(cut(wide.model_name.as_deref().unwrap(), "model_name").as_str())
+    );
+    assert_eq!(stored.model_name.as_deref().unwrap().chars().count(), 255);
+    assert_eq!(stored.path, cut(&wide.path, "path"));
+    assert_eq!(stored.method, cut(&wide.method, "method"));
+    assert_eq!(stored.method.chars().count(), 10);
+    assert_eq!(
+        stored.client_ip.as_deref(),
+        Some(cut(wide.client_ip.as_deref().unwrap(), "client_ip").as_str())
+    );
+    assert_eq!(
+        stored.endpoint_name.as_deref(),
+        Some(cut(wide.endpoint_name.as_deref().unwrap(), "endpoint_name").as_str())
+    );
+    assert_eq!(
+        stored.group_name.as_deref(),
+        Some(cut(wide.group_name.as_deref().unwrap(), "group_name").as_str())
+    );
+    assert_eq!(
+        stored.cancel_reason.as_deref(),
+        Some(cut(wide.cancel_reason.as_deref().unwrap(), "cancel_reason").as_str())
+    );
+    assert_eq!(
+        stored.api_key_name.as_deref(),
+        Some(cut(wide.api_key_name.as_deref().unwrap(), "api_key_name").as_str())
+    );
+    assert_eq!(
+        stored.instance_id.as_deref(),
+        Some(cut(wide.instance_id.as_deref().unwrap(), "instance_id").as_str())
+    );
+    // A TEXT column: nothing to cut.
+    assert_eq!(stored.user_agent, wide.user_agent);
+    for id in ["req-before", "req-after"] {
+        assert_eq!(get(&*store, id).await.record.status, status::COMPLETED);
+    }
+
+    let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+    let counted: i64 = summary.iter().map(|row| row.request_count).sum();
+    assert_eq!(counted, 3, "{summary:?}");
+    assert!(
+        summary
+            .iter()
+            .any(|row| row.model_name == stored.model_name.clone().unwrap()),
+        "{summary:?}"
+    );
 }

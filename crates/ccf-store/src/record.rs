@@ -165,13 +165,15 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
-    /// Prices `record` (final records only) with `pricing`.
-    pub fn price(record: UsageRecord, pricing: &Pricing) -> Self {
+    /// Prices `record` (final records only) with `pricing` and fits its text to the columns
+    /// ([`UsageRecord::fit_to_columns`]): every value a store writes comes from here.
+    pub fn price(mut record: UsageRecord, pricing: &Pricing) -> Self {
         let cost = if record.is_final && !record.usage.is_empty() {
             pricing.cost(record.model_name.as_deref(), &record.usage)
         } else {
             Cost::default()
         };
+        record.fit_to_columns();
         Self { record, cost }
     }
 

@@ -21,6 +21,9 @@
 //!   backlog is visible through [`RecorderHandle::backlog`] and [`RecorderHandle::last_error`];
 //! - only a record that the database rejects as invalid `max_retry` times (a non-retryable
 //!   [`StoreError`]) is dropped, alone, with an error log; [`RecorderHandle::dropped`] counts them.
+//!   A rejected batch is split at once and a rejected record retried without waiting: invalid data
+//!   fails the same way every time, so only unavailable, locked or read-only databases are waited
+//!   for, and a bad row costs the writer the split and its own attempts, never a backoff.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -42,8 +45,9 @@ pub struct RecorderSettings {
     pub batch_size: usize,
     /// Longest time a record waits before it is written.
     pub flush_interval: Duration,
-    /// Attempts at a batch the database rejects as invalid before it is split and the offending
-    /// record dropped. Retryable errors are retried for ever.
+    /// Attempts at a single record the database rejects as invalid before it is dropped (made
+    /// back to back, without backoff); a rejected batch of several is split at the first
+    /// rejection. Retryable errors are retried for ever, with backoff.
     pub max_retry: u32,
     /// First wait after a failed write.
     pub initial_backoff: Duration,
@@ -494,8 +498,9 @@ impl Writer {
         }
     }
 
-    /// Retries retryable errors for ever (with backoff); returns a non-retryable error after
-    /// `max_retry` attempts.
+    /// Retries retryable errors for ever (with backoff); returns a non-retryable error at once
+    /// for a batch of several (the caller splits it) and after `max_retry` immediate attempts for
+    /// a single record.
     async fn write_with_retry(&self, stored: &[StoredRecord]) -> Result<(), StoreError> {
         let mut backoff = self.settings.initial_backoff;
         let mut invalid_attempts = 0;
@@ -537,10 +542,12 @@ impl Writer {
                         );
                     }
                     if !retryable {
+                        // Invalid data: waiting changes nothing, so never sleep for it.
                         invalid_attempts += 1;
-                        if invalid_attempts >= self.settings.max_retry {
+                        if stored.len() > 1 || invalid_attempts >= self.settings.max_retry {
                             return Err(error);
                         }
+                        continue;
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.settings.max_backoff);

@@ -23,6 +23,14 @@ pub trait UsageStore: Send + Sync {
     /// forwarder and only adds what it lacks. Idempotent, safe to call from several processes.
     async fn migrate(&self) -> Result<MigrationReport, StoreError>;
 
+    /// The migration versions [`UsageStore::migrate`] would apply, found without changing the
+    /// database (a Go-written database lists every version). Readers that must not migrate
+    /// (`cc-forwarder export`) refuse when it is not empty. The default, for stores without
+    /// versioned migrations (test doubles), reports nothing pending.
+    async fn pending_migrations(&self) -> Result<Vec<u32>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Writes a batch in one transaction: upsert by `request_id` (a later snapshot overwrites the
     /// earlier fields, `start_time` stays the first one written, a final row is never overwritten
     /// by a non-final snapshot) and keeps `usage_summary` current for final rows. On error nothing

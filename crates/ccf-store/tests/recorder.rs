@@ -238,6 +238,34 @@ async fn a_record_the_database_rejects_is_dropped_alone() {
     assert!(!rows.contains_key("req-bad"));
 }
 
+/// Invalid data fails the same way every time: the batch is split and the bad record dropped
+/// without waiting, even with an hour of backoff configured (only outages are waited for).
+#[tokio::test]
+async fn a_rejected_record_costs_no_backoff() {
+    let store = Arc::new(ScriptedStore::default());
+    *store.reject.lock().unwrap() = Some("req-bad".into());
+    let hour = Duration::from_secs(3600);
+    let recorder = Recorder::spawn(
+        store.clone(),
+        RecorderSettings {
+            initial_backoff: hour,
+            max_backoff: hour,
+            ..settings(100, hour)
+        },
+        Pricing::default(),
+    );
+    for i in 0..20 {
+        recorder.record(record(&format!("req-{i}"), status::COMPLETED, true));
+    }
+    recorder.record(record("req-bad", status::COMPLETED, true));
+    // A deadline that only catches the hang of an hour's sleep.
+    tokio::time::timeout(Duration::from_secs(60), recorder.shutdown())
+        .await
+        .expect("the writer slept on a data error");
+    assert_eq!(recorder.dropped(), 1);
+    assert_eq!(store.rows.lock().unwrap().len(), 20);
+}
+
 #[tokio::test]
 async fn shutdown_writes_everything_and_a_bounded_shutdown_reports_what_is_left() {
     let store = Arc::new(ScriptedStore::default());
