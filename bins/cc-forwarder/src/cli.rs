@@ -71,8 +71,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load and validate the configuration, print warnings and a summary, and exit
-    /// (0 when valid, 2 when not).
-    CheckConfig,
+    /// (0 when the forwarder would start with it, 2 when not).
+    CheckConfig {
+        /// Print the effective configuration (defaults, environment, command-line overrides and
+        /// inheritance applied) as YAML, every secret masked, instead of the summary.
+        #[arg(long)]
+        print: bool,
+    },
     /// Apply the usage store's migrations (SQLite or MySQL, as configured) and exit.
     Migrate,
     /// Write the stored usage rows to stdout as CSV or JSON, oldest first.
@@ -349,7 +354,7 @@ mod tests {
     #[test]
     fn check_config_takes_config_before_or_after_the_subcommand() {
         let cli = parse(&["check-config", "-config", "a.yaml"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::CheckConfig)));
+        assert!(matches!(cli.command, Some(Command::CheckConfig { .. })));
         assert_eq!(cli.config, PathBuf::from("a.yaml"));
         let cli = parse(&["--config", "b.yaml", "check-config"]).unwrap();
         assert_eq!(cli.config, PathBuf::from("b.yaml"));

@@ -132,14 +132,24 @@ pub fn export(cli: &Cli, args: &ExportArgs) -> ExitCode {
     }
 }
 
-/// Opens and migrates the store, then writes every chunk to stdout as it is read.
+/// Opens the store without migrating it, then writes every chunk to stdout as it is read.
+///
+/// Export is a reader: it may run while the Go forwarder still writes the database, so it
+/// refuses an unmigrated schema instead of migrating it in place (which rewrites timestamps and
+/// drops the Go triggers); reading the Go schema as it is would need a second read path.
 async fn stream_export(
     config: &Config,
     filter: RequestFilter,
     format: ExportFormat,
 ) -> anyhow::Result<u64> {
     let store: Arc<dyn UsageStore> = ccf_app::usage::open_store(config).await?;
-    store.migrate().await?;
+    let pending = store.pending_migrations().await?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "the usage database is not migrated (pending versions {pending:?}): \
+             run `cc-forwarder migrate` first"
+        );
+    }
     let mut cursor = ExportCursor::new(store, filter, format);
     let stdout = std::io::stdout();
     while let Some(chunk) = cursor.next_chunk().await? {
@@ -239,9 +249,24 @@ pub fn env(cli: &Cli, args: &EnvArgs) -> ExitCode {
         .as_ref()
         .filter(|_| config.auth.enabled)
         .map(|token| token.expose().to_string());
+    // Named tokens belong to people: only their names are printed, never the tokens.
+    let key_names: Vec<&str> = if config.auth.enabled {
+        config
+            .auth
+            .tokens
+            .iter()
+            .map(|named| named.name.as_str())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if token.is_none() && !key_names.is_empty() && args.shell == ShellArg::Json {
+        // A JSON document has no comments: the note goes to stderr.
+        eprint!("{}", named_keys_note(&key_names));
+    }
     print!(
         "{}",
-        render_env(&base_url(config), token.as_deref(), args.shell)
+        render_env(&base_url(config), token.as_deref(), &key_names, args.shell)
     );
     ExitCode::SUCCESS
 }
@@ -256,8 +281,24 @@ pub(crate) fn base_url(config: &Config) -> String {
     format!("http://{host}:{}", config.server.port)
 }
 
-/// The lines (or JSON document) for `shell`.
-pub(crate) fn render_env(base_url: &str, token: Option<&str>, shell: ShellArg) -> String {
+/// The note for a forwarder whose inbound auth accepts only named tokens (`auth.tokens`): the
+/// names exist, the client has to bring its own token.
+fn named_keys_note(key_names: &[&str]) -> String {
+    format!(
+        "# inbound auth is on with named tokens ({}): set ANTHROPIC_AUTH_TOKEN to your own \
+         token from auth.tokens\n",
+        key_names.join(", ")
+    )
+}
+
+/// The lines (or JSON document) for `shell`; `key_names` are the names of the inbound
+/// `auth.tokens` (empty when auth is off).
+pub(crate) fn render_env(
+    base_url: &str,
+    token: Option<&str>,
+    key_names: &[&str],
+    shell: ShellArg,
+) -> String {
     let mut vars = vec![("ANTHROPIC_BASE_URL", base_url)];
     if let Some(token) = token {
         vars.push(("ANTHROPIC_AUTH_TOKEN", token));
@@ -294,7 +335,11 @@ pub(crate) fn render_env(base_url: &str, token: Option<&str>, shell: ShellArg) -
         }
     }
     if token.is_none() {
-        out.push_str(auth_off_note);
+        if key_names.is_empty() {
+            out.push_str(auth_off_note);
+        } else {
+            out.push_str(&named_keys_note(key_names));
+        }
     }
     out
 }
@@ -384,24 +429,24 @@ mod tests {
     fn env_renders_every_shell() {
         let url = "http://127.0.0.1:8087";
         assert_eq!(
-            render_env(url, Some("s3cret"), ShellArg::Sh),
+            render_env(url, Some("s3cret"), &[], ShellArg::Sh),
             "export ANTHROPIC_BASE_URL=http://127.0.0.1:8087\nexport ANTHROPIC_AUTH_TOKEN=s3cret\n"
         );
         assert_eq!(
-            render_env(url, Some("it's"), ShellArg::Fish),
+            render_env(url, Some("it's"), &[], ShellArg::Fish),
             "set -gx ANTHROPIC_BASE_URL http://127.0.0.1:8087\nset -gx ANTHROPIC_AUTH_TOKEN 'it\\'s'\n"
         );
         assert_eq!(
-            render_env(url, Some("it's"), ShellArg::Powershell),
+            render_env(url, Some("it's"), &[], ShellArg::Powershell),
             "$env:ANTHROPIC_BASE_URL = 'http://127.0.0.1:8087'\n$env:ANTHROPIC_AUTH_TOKEN = 'it''s'\n"
         );
         let json: serde_json::Value =
-            serde_json::from_str(&render_env(url, Some("s3cret"), ShellArg::Json)).unwrap();
+            serde_json::from_str(&render_env(url, Some("s3cret"), &[], ShellArg::Json)).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"env": {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": "s3cret"}})
         );
-        let open = render_env(url, None, ShellArg::Sh);
+        let open = render_env(url, None, &[], ShellArg::Sh);
         assert!(open.starts_with("export ANTHROPIC_BASE_URL=http://127.0.0.1:8087\n# "));
         assert!(!open.contains("export ANTHROPIC_AUTH_TOKEN"));
     }

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         Err(error) => error.exit(),
     };
     match cli.command {
-        Some(Command::CheckConfig) => check_config(&cli),
+        Some(Command::CheckConfig { print }) => check_config(&cli, print),
         Some(Command::Migrate) => migrate(&cli),
         Some(Command::Export(ref args)) => commands::export(&cli, args),
         Some(Command::Env(ref args)) => commands::env(&cli, args),
@@ -104,8 +104,10 @@ fn report_config_error(error: &ConfigError) {
     }
 }
 
-/// `cc-forwarder check-config`: validate, print warnings and a summary.
-fn check_config(cli: &Cli) -> ExitCode {
+/// `cc-forwarder check-config`: validate, print warnings and a summary (or, with `--print`, the
+/// effective configuration with every secret masked). Exits 2 for anything the forwarder would
+/// refuse at start, through the same [`ccf_app::check_startable`] that start runs.
+fn check_config(cli: &Cli, print: bool) -> ExitCode {
     let loaded = match load_config(cli) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -116,11 +118,24 @@ fn check_config(cli: &Cli) -> ExitCode {
     for warning in &loaded.warnings {
         eprintln!("cc-forwarder: warning: {warning}");
     }
-    // Loading never fails for an exposed listener (a Go config must load); starting does.
-    if let Err(refusal) = loaded.config.check_exposure() {
-        eprintln!("cc-forwarder: warning: {refusal}");
+    // Loading never fails for an exposed listener (a Go config must load); starting does, and so
+    // does this check, so a systemd `ExecStartPre` stops a unit that would crash-loop.
+    if let Err(refusal) = ccf_app::check_startable(&loaded.config) {
+        eprintln!("cc-forwarder: error: {refusal}");
+        return ExitCode::from(EXIT_CONFIG);
     }
-    println!("{}", summary(&cli.config.display().to_string(), &loaded));
+    if print {
+        let view = ccf_app::effective_config(&loaded.config, Some(&cli.config));
+        match serde_yaml::to_string(&view) {
+            Ok(yaml) => print!("{yaml}"),
+            Err(error) => {
+                eprintln!("cc-forwarder: error: cannot render the configuration: {error}");
+                return ExitCode::from(EXIT_FATAL);
+            }
+        }
+    } else {
+        println!("{}", summary(&cli.config.display().to_string(), &loaded));
+    }
     ExitCode::SUCCESS
 }
 
@@ -256,6 +271,14 @@ fn serve(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Refused before logging starts, with the words and status `check-config` uses.
+    if let Err(refusal) = ccf_app::check_startable(&loaded.config) {
+        for warning in &loaded.warnings {
+            eprintln!("cc-forwarder: warning: {warning}");
+        }
+        eprintln!("cc-forwarder: error: {refusal}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     // The terminal UI runs only on a terminal; its log panel then replaces stderr.
     let tui_wanted = loaded.config.tui.enabled;
     let tui_logs = (tui_wanted && ccf_tui::stdout_is_terminal()).then(ccf_tui::LogBuffer::default);

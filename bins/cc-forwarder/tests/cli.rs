@@ -156,14 +156,102 @@ fn check_config_applies_command_line_overrides() {
         "--config",
         "config.yaml",
     ]);
+    // `--host 0.0.0.0` without auth is refused, like start refuses it.
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        text(&output.stderr)
+            .contains("error: refusing to start: auth.enabled: server.host `0.0.0.0`"),
+        "exposure refusal: {output:?}"
+    );
+    let output = fixture.run(&["--port", "9999", "check-config", "--config", "config.yaml"]);
     assert!(output.status.success(), "{output:?}");
     assert!(
-        text(&output.stdout).contains("listen:    0.0.0.0:9999"),
+        text(&output.stdout).contains("listen:    127.0.0.1:9999"),
         "{output:?}"
     );
+}
+
+/// The `cc-forwarder: error:` lines of a run's stderr.
+fn error_lines(output: &Output) -> Vec<String> {
+    text(&output.stderr)
+        .lines()
+        .filter(|line| line.starts_with("cc-forwarder: error:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `check-config` exits 2 for every configuration start refuses (a public proxy without auth, a
+/// public admin API without a token), with the very words start prints; start exits 2 as well,
+/// so a systemd `ExecStartPre=cc-forwarder check-config` stops the unit instead of a crash loop.
+#[test]
+fn check_config_refuses_exactly_what_start_refuses() {
+    for extra in [
+        "web:\n  enabled: false\n",
+        "web:\n  enabled: true\n  host: 0.0.0.0\n  port: 0\n",
+    ] {
+        let public_proxy = extra.contains("enabled: false");
+        let config = config_yaml(extra);
+        let config = if public_proxy {
+            config.replace("host: 127.0.0.1", "host: 0.0.0.0")
+        } else {
+            config
+        };
+        let fixture = Fixture::new(&config);
+        let checked = fixture.run(&["check-config", "--config", "config.yaml"]);
+        assert_eq!(checked.status.code(), Some(2), "{extra}: {checked:?}");
+        let started = fixture.run(&["--config", "config.yaml"]);
+        assert_eq!(started.status.code(), Some(2), "{extra}: {started:?}");
+        let refusal = error_lines(&checked);
+        assert!(!refusal.is_empty(), "{extra}: {checked:?}");
+        assert_eq!(refusal, error_lines(&started), "{extra}");
+        let expected_key = if public_proxy {
+            "auth.enabled"
+        } else {
+            "web.auth_token"
+        };
+        assert!(refusal[0].contains(expected_key), "{refusal:?}");
+    }
+}
+
+/// `check-config --print`: the effective configuration as YAML (defaults filled, command-line
+/// overrides and the environment applied), every secret masked.
+#[test]
+fn check_config_print_shows_the_effective_configuration_with_secrets_masked() {
+    let fixture = Fixture::new(&config_yaml(
+        "auth:\n  enabled: true\n  tokens:\n    - name: alice\n      token: alice-TOKEN-MARKER-1234567\n\
+         web:\n  enabled: true\n  port: 0\n  auth_token: web-TOKEN-MARKER-7654321\n",
+    ));
+    let output = fixture
+        .command()
+        .env("CCF_RETRY__MAX_ATTEMPTS", "7")
+        .args([
+            "--port",
+            "9999",
+            "check-config",
+            "--print",
+            "--config",
+            "config.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = text(&output.stdout);
     assert!(
-        text(&output.stderr).contains("refusing to start: auth.enabled: server.host `0.0.0.0`"),
-        "exposure warning: {output:?}"
+        !stdout.contains("TOKEN-MARKER"),
+        "a secret is shown:\n{stdout}"
+    );
+    let printed: serde_yaml::Value = serde_yaml::from_str(&stdout).unwrap();
+    assert_eq!(printed["auth"]["tokens"][0]["name"], "alice", "{stdout}");
+    assert_eq!(printed["auth"]["tokens"][0]["token"], "alic***", "{stdout}");
+    assert_eq!(printed["web"]["auth_token"], "web-***", "{stdout}");
+    // The command line, and defaults of keys the file never mentions.
+    assert_eq!(printed["server"]["port"], 9999, "{stdout}");
+    assert!(!printed["health"]["check_interval"].is_null(), "{stdout}");
+    assert_eq!(printed["retry"]["max_attempts"], 7, "environment: {stdout}");
+    assert_eq!(printed["endpoints"][1]["name"], "backup", "{stdout}");
+    assert_eq!(
+        printed["request_suspend"]["max_suspended_requests"], 100,
+        "{stdout}"
     );
 }
 

@@ -271,6 +271,43 @@ fn env_prints_the_base_url_and_the_real_token_when_auth_is_on() {
     );
 }
 
+/// Inbound auth with only named tokens (`auth.tokens`) is on: `env` says so and names the keys,
+/// and prints none of the tokens.
+#[test]
+fn env_with_only_named_tokens_says_auth_is_on_and_names_the_keys() {
+    let folder = tempfile::tempdir().unwrap();
+    write_config(
+        folder.path(),
+        &format!(
+            "server:\n  host: 127.0.0.1\n  port: 8087\nauth:\n  enabled: true\n  tokens:\n    - name: alice\n      token: alice-TOKEN-MARKER-123\n    - name: ci-bot\n      token: bot-TOKEN-MARKER-456\n{ENDPOINTS}"
+        ),
+    );
+    let sh = run(folder.path(), &["env", "--config", "config.yaml"]);
+    assert!(sh.status.success(), "{}", text(&sh.stderr));
+    let stdout = text(&sh.stdout);
+    assert!(!stdout.contains("auth is off"), "{stdout}");
+    assert!(!stdout.contains("TOKEN-MARKER"), "{stdout}");
+    assert!(
+        stdout.contains("# inbound auth is on with named tokens (alice, ci-bot)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("ANTHROPIC_AUTH_TOKEN="), "{stdout}");
+
+    // JSON stays a valid document; the note goes to stderr.
+    let json = run(
+        folder.path(),
+        &["env", "--config", "config.yaml", "--shell", "json"],
+    );
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let settings: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        settings,
+        serde_json::json!({"env": {"ANTHROPIC_BASE_URL": "http://127.0.0.1:8087"}})
+    );
+    assert!(text(&json.stderr).contains("alice, ci-bot"), "{json:?}");
+    assert!(!text(&json.stderr).contains("TOKEN-MARKER"), "{json:?}");
+}
+
 #[test]
 fn env_without_auth_prints_no_token_and_help_warns_about_the_token() {
     let folder = tempfile::tempdir().unwrap();

@@ -88,6 +88,76 @@ impl AuthPolicy {
     }
 }
 
+/// The `Host` a request names must be one this server is known by: `localhost`, an IP literal
+/// (IPv4, or bracketed IPv6), or a name in `web.allowed_hosts`; with or without a port. Any
+/// other name means a page reached us through a name that merely resolves here (DNS
+/// rebinding): such a page is same-origin with itself and passes the `Origin` check, so the
+/// name itself is what gives it away. Only `localhost` among loopback names is accepted: it is
+/// the name the dashboard is opened by, and `*.localhost` adds nothing but surface. A request
+/// without any `Host` (non-browser HTTP/1.0 clients) passes: browsers always send one.
+pub(crate) fn check_host(
+    headers: &HeaderMap,
+    authority: Option<&str>,
+    allowed_hosts: &[String],
+) -> Result<(), ApiError> {
+    let refused = |why: String| {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_host",
+            format!(
+                "{why}: the admin API answers only to localhost, IP addresses and the names in \
+                 web.allowed_hosts"
+            ),
+        ))
+    };
+    let host = match headers.get(header::HOST) {
+        Some(value) => match value.to_str() {
+            Ok(text) => Some(text),
+            Err(_) => return refused("unreadable Host header".into()),
+        },
+        None => authority,
+    };
+    let Some(host) = host else {
+        return Ok(());
+    };
+    let host = host.trim();
+    if host_is_allowed(host, allowed_hosts) {
+        Ok(())
+    } else {
+        refused(format!("host `{host}` refused"))
+    }
+}
+
+/// Whether `host` (a `Host` header value, port optional) is one [`check_host`] accepts.
+fn host_is_allowed(host: &str, allowed_hosts: &[String]) -> bool {
+    let port_ok = |port: &str| port.is_empty() || port.parse::<u16>().is_ok();
+    if let Some(bracketed) = host.strip_prefix('[') {
+        let Some((address, rest)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let port = match rest.strip_prefix(':') {
+            Some(port) if !port.is_empty() => port,
+            Some(_) => return false,
+            None if rest.is_empty() => "",
+            None => return false,
+        };
+        return port_ok(port) && address.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let (name, port) = match host.split_once(':') {
+        Some((name, port)) if !port.is_empty() => (name, port),
+        Some(_) => return false,
+        None => (host, ""),
+    };
+    if !port_ok(port) || name.is_empty() {
+        return false;
+    }
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name))
+}
+
 /// A state-changing request from a browser must come from a page of this server: its `Origin`
 /// (when present) must name the same host and port as its `Host`. Non-browser clients send no
 /// `Origin` and pass.
@@ -144,6 +214,42 @@ mod tests {
             map.insert(*name, HeaderValue::from_str(value).expect("header"));
         }
         map
+    }
+
+    #[test]
+    fn only_known_host_names_pass() {
+        let allowed = vec!["dash.lan".to_string()];
+        let cases = [
+            ("127.0.0.1:8088", true),
+            ("127.0.0.1", true),
+            ("localhost:8088", true),
+            ("LOCALHOST", true),
+            ("[::1]:8088", true),
+            ("[::1]", true),
+            ("192.168.1.20:8088", true),
+            ("dash.lan:8088", true),
+            ("DASH.LAN", true),
+            ("evil.example:8088", false),
+            ("evil.example", false),
+            ("app.localhost:8088", false),
+            ("localhost.evil.example", false),
+            ("127.0.0.1.evil.example", false),
+            ("[::1", false),
+            ("[::1]x", false),
+            ("[evil]:80", false),
+            ("localhost:", false),
+            ("localhost:99999", false),
+            (":8088", false),
+        ];
+        for (host, expected) in cases {
+            assert_eq!(
+                check_host(&headers(&[("host", host)]), None, &allowed).is_ok(),
+                expected,
+                "{host}"
+            );
+        }
+        assert!(check_host(&HeaderMap::new(), None, &allowed).is_ok());
+        assert!(check_host(&HeaderMap::new(), Some("evil.example:1"), &allowed).is_err());
     }
 
     #[test]

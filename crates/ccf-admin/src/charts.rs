@@ -33,7 +33,7 @@ fn minutes(query: &HashMap<String, String>, default: usize) -> Result<usize, Api
     }
 }
 
-fn samples(
+pub(crate) fn samples(
     shared: &Shared,
     query: &HashMap<String, String>,
     default: usize,

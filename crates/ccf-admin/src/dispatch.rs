@@ -1,4 +1,5 @@
-//! The one dispatcher: a request becomes an [`AdminRoute`] (or a 404 / 405), passes
+//! The one dispatcher: a request whose `Host` names this server (see
+//! [`crate::auth::check_host`]) becomes an [`AdminRoute`] (or a 404 / 405), passes
 //! authentication and, for `POST`, the `Origin` check, and goes to its handler through one
 //! exhaustive `match`; answers and errors become responses with the security headers. Paths
 //! outside `/api/` are the dashboard's files.
@@ -10,7 +11,7 @@ use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body::Body as HttpBody;
 use serde_json::{json, Value};
 
-use crate::auth::check_origin;
+use crate::auth::{check_host, check_origin};
 use crate::dto::events::ReloadStatusDto;
 use crate::error::ApiError;
 use crate::http_util::{bytes_response, query_map, read_json_body, AdminResponse};
@@ -58,7 +59,18 @@ where
 {
     let path = request.uri().path().to_string();
     let api = path.starts_with("/api/");
-    let mut response = if api {
+    // Before anything else, the dashboard's files included: a DNS-rebound page must get nothing.
+    let host_check = check_host(
+        request.headers(),
+        request
+            .uri()
+            .authority()
+            .map(|authority| authority.as_str()),
+        &shared.forwarder.config().web.allowed_hosts,
+    );
+    let mut response = if let Err(error) = host_check {
+        error.into_response()
+    } else if api {
         match route(&shared, request, &path).await {
             Ok(Answer::Json(status, value)) => {
                 let text = serde_json::to_string(&value).unwrap_or_else(|_| "{}".into());
@@ -178,6 +190,7 @@ where
         AdminRoute::ChartConnectionActivity => charts::connection_activity(shared, query),
         AdminRoute::ChartEndpointCosts => charts::endpoint_costs(shared, query).await,
         AdminRoute::ChartSuspendedTrends => charts::suspended_trends(shared, query),
+        AdminRoute::SuspendedRequests => views::suspended_requests(shared, query),
         AdminRoute::TokensUsage => charts::tokens_usage(shared, query),
         AdminRoute::MetricsHistory => charts::metrics_history(shared, query),
         AdminRoute::Config => ok(views::config_view(shared)),

@@ -52,6 +52,7 @@ use tracing::{info, warn};
 
 pub use assets::dashboard_built;
 pub use http_util::{AdminBody, AdminResponse};
+pub use views::effective_config;
 
 use auth::AuthPolicy;
 use live::Hub;
@@ -174,6 +175,14 @@ impl ConfigDerived {
     }
 }
 
+impl ConfigDerived {
+    /// Replaces every configured credential in `text`; see [`ccf_types::sweep_secrets`] for
+    /// which occurrences of short secrets count.
+    pub(crate) fn sweep(&self, text: String) -> String {
+        ccf_types::sweep_secrets(text, &self.secrets)
+    }
+}
+
 impl Shared {
     /// The values derived from the running configuration (rebuilt after a reload).
     pub(crate) fn derived(&self) -> Arc<ConfigDerived> {
@@ -189,13 +198,8 @@ impl Shared {
     }
 
     /// Replaces every configured credential that might have slipped into an answer.
-    pub(crate) fn sweep(&self, mut text: String) -> String {
-        for secret in &self.derived().secrets {
-            if secret.len() >= 6 && text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), &ccf_types::mask_secret(secret));
-            }
-        }
-        text
+    pub(crate) fn sweep(&self, text: String) -> String {
+        self.derived().sweep(text)
     }
 }
 

@@ -67,6 +67,8 @@ pub(crate) enum AdminRoute {
     ChartEndpointCosts,
     /// `GET /api/v1/chart/suspended-trends`.
     ChartSuspendedTrends,
+    /// `GET /api/v1/suspended/requests` (the Go route): the requests held now, with history.
+    SuspendedRequests,
     /// `GET /api/v1/tokens/usage`.
     TokensUsage,
     /// `GET /api/v1/metrics/history`.
@@ -177,6 +179,9 @@ impl AdminRoute {
         get("/api/v1/chart/suspended-trends", |_| {
             AdminRoute::ChartSuspendedTrends
         }),
+        get("/api/v1/suspended/requests", |_| {
+            AdminRoute::SuspendedRequests
+        }),
         get("/api/v1/tokens/usage", |_| AdminRoute::TokensUsage),
         get("/api/v1/metrics/history", |_| AdminRoute::MetricsHistory),
         get("/api/v1/config", |_| AdminRoute::Config),
@@ -281,6 +286,69 @@ mod tests {
             AdminRoute::TABLE.len(),
             "openapi.json describes routes that do not exist"
         );
+    }
+
+    /// The operator's reference, `docs/api.md`.
+    const API_DOCS: &str = include_str!("../../../docs/api.md");
+
+    /// Every `METHOD /api/...` a document names: in `docs/api.md` the code spans (a query string,
+    /// an optional `[?force=true]` and prose after the path are not part of the route); in
+    /// `openapi.json` the operations of every path.
+    fn documented_routes(markdown: &str) -> std::collections::BTreeSet<(String, String)> {
+        const METHODS: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
+        markdown
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter_map(|span| {
+                let (method, rest) = span.split_once(' ')?;
+                // `/metrics` and the dashboard are on other ports or outside the API.
+                if !METHODS.contains(&method) || !rest.starts_with("/api/") {
+                    return None;
+                }
+                let path = rest.split(['?', '[', ' ']).next().unwrap_or(rest);
+                Some((method.to_string(), path.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn docs_api_md_and_openapi_json_describe_the_same_routes() {
+        let document: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let described: std::collections::BTreeSet<(String, String)> = document["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .into_iter()
+                    .flat_map(|operations| operations.keys())
+                    .map(move |method| (method.to_ascii_uppercase(), path.clone()))
+            })
+            .collect();
+        let documented = documented_routes(API_DOCS);
+        let undocumented: Vec<_> = described.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "in openapi.json but not in docs/api.md: {undocumented:?}"
+        );
+        let unknown: Vec<_> = documented.difference(&described).collect();
+        assert!(
+            unknown.is_empty(),
+            "in docs/api.md but not in openapi.json: {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn documented_routes_reads_code_spans_only() {
+        let routes = documented_routes(
+            "| `GET /api/v1/a?x=1` | `POST /api/v1/b/{name}/go[?force=true]` | GET /api/v1/c | `GET /metrics` |",
+        );
+        let expected: Vec<(String, String)> = vec![
+            ("GET".into(), "/api/v1/a".into()),
+            ("POST".into(), "/api/v1/b/{name}/go".into()),
+        ];
+        assert_eq!(routes.into_iter().collect::<Vec<_>>(), expected);
     }
 
     #[test]

@@ -270,17 +270,26 @@ pub(crate) async fn export(shared: &Shared, query: &HashMap<String, String>) -> 
             Err(error) => return Err(ApiError::store(&error)),
         }
     }
+    // Rows carry upstream text verbatim (`last_failure_reason`), so each chunk (whole rows) is
+    // swept for configured credentials like every other answer.
+    let derived = shared.derived();
+    let sweep = move |chunk: Vec<u8>| match String::from_utf8(chunk) {
+        Ok(text) => Bytes::from(derived.sweep(text)),
+        Err(error) => {
+            Bytes::from(derived.sweep(String::from_utf8_lossy(error.as_bytes()).into_owned()))
+        }
+    };
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     // The task owns the cursor; it ends when the export is complete, fails, or the client goes
     // away (the send fails).
     tokio::spawn(async move {
-        if sender.send(Ok(Bytes::from(first))).await.is_err() {
+        if sender.send(Ok(sweep(first))).await.is_err() {
             return;
         }
         loop {
             match cursor.next_chunk().await {
                 Ok(Some(chunk)) => {
-                    if sender.send(Ok(Bytes::from(chunk))).await.is_err() {
+                    if sender.send(Ok(sweep(chunk))).await.is_err() {
                         return;
                     }
                 }

@@ -3,23 +3,26 @@
 //! routing tables. What comes from another crate's types goes on the wire through its DTO in
 //! [`crate::dto`].
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ccf_config::{Config, StrategyType};
-use ccf_lifecycle::{ErrorState, LifecycleEvent};
+use ccf_lifecycle::{ErrorState, LifecycleEvent, RequestId};
 use ccf_router::honesty::HonestySettings;
 use ccf_router::GroupView;
 use ccf_store::{Cost, RequestRow, UsageRecord};
 use ccf_types::mask_secret;
 use serde_json::{json, Map, Value};
 
+use crate::charts;
+use crate::dispatch::{ok, Handled};
 use crate::dto::events::{ReloadStatusDto, RequestEventDto};
 use crate::dto::groups::{millis, EndpointDto, GroupDto};
 use crate::dto::routing::{AffinityDto, EndpointHonestyDto, HonestyDto, QuotaDto};
 use crate::dto::to_json;
 use crate::dto::usage::LiveRequestDto;
 use crate::http_util::{go_duration, rfc3339, unix_secs};
+use crate::live::LiveState;
 use crate::Shared;
 
 /// A time in the configured display zone (`timezone`, else the machine's), with `format`.
@@ -68,6 +71,21 @@ pub(crate) fn is_sensitive_name(name: &str) -> bool {
         || name.ends_with("_key")
 }
 
+/// Whether a custom header's value is swept from answers as a credential: its name looks secret
+/// (including names such as `X-Relay-Pass` that [`is_sensitive_name`] does not know), or the
+/// value itself looks like a key (a long unbroken mix of letters and digits).
+fn sweepable_header(name: &str, value: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    is_sensitive_name(name)
+        || ["pass", "auth", "credential", "session", "signature"]
+            .iter()
+            .any(|word| lower.contains(word))
+        || (value.len() >= 16
+            && !value.contains(char::is_whitespace)
+            && value.chars().any(|c| c.is_ascii_alphabetic())
+            && value.chars().any(|c| c.is_ascii_digit()))
+}
+
 /// Every credential in the configuration (for the final sweep of API answers).
 pub(crate) fn collect_secrets(config: &Config) -> Vec<String> {
     let mut secrets = Vec::new();
@@ -113,8 +131,11 @@ pub(crate) fn collect_secrets(config: &Config) -> Vec<String> {
         if let Some(password) = endpoint.url.password() {
             add(password);
         }
+        // Every custom header value is masked in the views, but only credential-like ones are
+        // swept from other text: an ordinary value (`2023-06-01`, `on`) swept everywhere would
+        // cut dates and words out of answers.
         for (name, value) in &endpoint.headers {
-            if is_sensitive_name(name) {
+            if sweepable_header(name, value) {
                 add(value);
             }
         }
@@ -145,6 +166,47 @@ fn mask_tree(value: &mut Value) {
 /// strings, endpoints included.
 pub(crate) fn config_view(shared: &Shared) -> Value {
     let config = shared.forwarder.config();
+    effective_config(&config, shared.config_path.as_deref())
+}
+
+/// The effective configuration as `GET /api/v1/config` and `cc-forwarder check-config --print`
+/// show it: every credential-named value masked, then every configured secret swept from the
+/// remaining strings (a token pasted into another value is masked too).
+pub fn effective_config(config: &Config, config_path: Option<&std::path::Path>) -> Value {
+    let mut view = effective_config_unswept(config, config_path);
+    let secrets = collect_secrets(config);
+    sweep_strings(&mut view, &secrets);
+    view
+}
+
+/// Replaces every occurrence of a secret in the tree's strings with its masked form.
+fn sweep_strings(value: &mut Value, secrets: &[String]) {
+    match value {
+        Value::String(text) => {
+            for secret in secrets {
+                // The sweep rule of `ccf_types`: a short secret is masked only as a whole value
+                // (inside other text it is too likely to be an ordinary word).
+                if secret.chars().count() >= ccf_types::SWEEP_SUBSTRING_MIN_CHARS {
+                    if text.contains(secret.as_str()) {
+                        *text = text.replace(secret.as_str(), &mask_secret(secret));
+                    }
+                } else if text == secret {
+                    *text = mask_secret(secret);
+                }
+            }
+        }
+        Value::Object(map) => map
+            .values_mut()
+            .for_each(|child| sweep_strings(child, secrets)),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|child| sweep_strings(child, secrets)),
+        _ => {}
+    }
+}
+
+/// [`effective_config`] before the sweep.
+fn effective_config_unswept(config: &Config, config_path: Option<&std::path::Path>) -> Value {
     let section = |value: Result<Value, serde_json::Error>| value.unwrap_or(Value::Null);
     let endpoints: Vec<Value> = config
         .endpoints
@@ -153,7 +215,17 @@ pub(crate) fn config_view(shared: &Shared) -> Value {
             let headers: Map<String, Value> = endpoint
                 .headers
                 .iter()
-                .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+                // Every value masked, whatever the header's name: custom headers carry relay
+                // passwords under names no list can foresee (`X-Relay-Pass`). Credential-named
+                // ones are left to `mask_tree` below, which masks them once.
+                .map(|(name, value)| {
+                    let shown = if is_sensitive_name(name) {
+                        value.clone()
+                    } else {
+                        mask_secret(value)
+                    };
+                    (name.clone(), Value::String(shown))
+                })
                 .collect();
             json!({
                 "name": endpoint.name,
@@ -171,7 +243,7 @@ pub(crate) fn config_view(shared: &Shared) -> Value {
         })
         .collect();
     let mut view = json!({
-        "config_file": shared.config_path.as_ref().or(config.source.as_ref()).map(|path| path.display().to_string()),
+        "config_file": config_path.or(config.source.as_deref()).map(|path| path.display().to_string()),
         "timezone": config.timezone,
         "instance_id": config.instance_id,
         "server": section(serde_json::to_value(&config.server)),
@@ -342,6 +414,53 @@ pub(crate) fn groups_view(shared: &Shared) -> Value {
     })
 }
 
+/// The requests held now, in Go's `suspended_connections` shape (the request's details come from
+/// the live state; a request it no longer knows keeps its id and wait).
+fn suspended_connections(held: &[(RequestId, Duration)], state: &LiveState) -> Vec<Value> {
+    held
+        .iter()
+        .map(|(id, waited)| {
+            let record = state.in_flight.get(id).map(LifecycleEvent::record);
+            json!({
+                "id": id.to_string(),
+                "client_ip": record.and_then(|r| r.client_ip).map(|ip| ip.to_string()).unwrap_or_default(),
+                "method": record.map(|r| r.method.clone()).unwrap_or_default(),
+                "path": record.map(|r| r.path.clone()).unwrap_or_default(),
+                "endpoint": record.and_then(|r| r.endpoint.clone()).unwrap_or_default(),
+                "suspended_time": go_duration(*waited),
+                "suspended_ms": millis(*waited),
+                "suspended_at": rfc3339(SystemTime::now() - *waited),
+                "retry_count": record.map_or(0, |r| r.retry_count),
+                "user_agent": record.and_then(|r| r.user_agent.clone()).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// `GET /api/v1/suspended/requests?minutes=60` (the Go route): `{current, history,
+/// suspended_connections, timestamp}`: how many requests are held now, the per-minute count of held
+/// requests, and each held request.
+pub(crate) fn suspended_requests(shared: &Shared, query: &HashMap<String, String>) -> Handled {
+    let samples = charts::samples(shared, query, 60)?;
+    let history: Vec<Value> = samples
+        .iter()
+        .map(|sample| {
+            json!({
+                "timestamp": rfc3339(UNIX_EPOCH + Duration::from_secs(sample.timestamp)),
+                "suspended_requests": sample.suspended,
+            })
+        })
+        .collect();
+    let held = shared.forwarder.held_requests();
+    let state = shared.hub.state();
+    ok(json!({
+        "current": held.len(),
+        "history": history,
+        "suspended_connections": suspended_connections(&held, &state),
+        "timestamp": rfc3339(SystemTime::now()),
+    }))
+}
+
 /// `GET /api/v1/connections` (and the stream's connection stats).
 pub(crate) fn connections_view(shared: &Shared) -> Value {
     let held = shared.forwarder.held_requests();
@@ -359,24 +478,7 @@ pub(crate) fn connections_view(shared: &Shared) -> Value {
         .iter()
         .map(|(name, perf)| (name.as_str(), perf.failed))
         .collect();
-    let suspended_connections: Vec<Value> = held
-        .iter()
-        .map(|(id, waited)| {
-            let record = state.in_flight.get(id).map(LifecycleEvent::record);
-            json!({
-                "id": id.to_string(),
-                "client_ip": record.and_then(|r| r.client_ip).map(|ip| ip.to_string()).unwrap_or_default(),
-                "method": record.map(|r| r.method.clone()).unwrap_or_default(),
-                "path": record.map(|r| r.path.clone()).unwrap_or_default(),
-                "endpoint": record.and_then(|r| r.endpoint.clone()).unwrap_or_default(),
-                "suspended_time": go_duration(*waited),
-                "suspended_ms": millis(*waited),
-                "suspended_at": rfc3339(SystemTime::now() - *waited),
-                "retry_count": record.map_or(0, |r| r.retry_count),
-                "user_agent": record.and_then(|r| r.user_agent.clone()).unwrap_or_default(),
-            })
-        })
-        .collect();
+    let suspended_connections = suspended_connections(&held, &state);
     let avg_wait = suspended
         .wait_sum_ms
         .checked_div(suspended.wait_count)

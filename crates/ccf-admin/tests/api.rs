@@ -734,6 +734,16 @@ async fn the_live_view_shows_a_held_request() {
     };
     let config = Config::from_yaml_str(&config_yaml(&options, &upstream.url())).expect("config");
     let harness = Harness::start_config(upstream, config, options).await;
+    // Nothing held yet: the Go route answers its shape, empty.
+    let none_held = harness.get("/api/v1/suspended/requests").await.json();
+    assert_eq!(none_held["current"], 0, "{none_held}");
+    assert_eq!(
+        none_held["suspended_connections"],
+        serde_json::json!([]),
+        "{none_held}"
+    );
+    assert!(none_held["history"].is_array(), "{none_held}");
+    assert!(none_held["timestamp"].is_string(), "{none_held}");
     assert_eq!(
         harness.post("/api/v1/groups/main/pause", "").await.status,
         StatusCode::OK
@@ -763,6 +773,26 @@ async fn the_live_view_shows_a_held_request() {
         })
         .await;
     assert_eq!(connections["suspended_connections"][0]["method"], "POST");
+    let held = harness.get("/api/v1/suspended/requests").await.json();
+    assert_eq!(held["current"], 1, "{held}");
+    let entry = &held["suspended_connections"][0];
+    assert_eq!(
+        entry["id"], connections["suspended_connections"][0]["id"],
+        "{held}"
+    );
+    assert_eq!(entry["method"], "POST", "{held}");
+    assert_eq!(entry["path"], "/v1/messages", "{held}");
+    for key in [
+        "client_ip",
+        "endpoint",
+        "suspended_at",
+        "suspended_time",
+        "user_agent",
+    ] {
+        assert!(entry[key].is_string(), "{key}: {held}");
+    }
+    assert!(entry["retry_count"].is_u64(), "{held}");
+    assert!(held["history"].is_array(), "{held}");
     let live = harness.get("/api/v1/requests").await.json();
     assert_eq!(live["total"], 1);
     let id = live["data"][0]["request_id"]
@@ -923,6 +953,7 @@ async fn every_route_answers_in_its_pinned_wire_shape() {
         "/api/v1/chart/connection-activity?minutes=3",
         "/api/v1/chart/endpoint-costs",
         "/api/v1/chart/suspended-trends?minutes=3",
+        "/api/v1/suspended/requests?minutes=3",
         "/api/v1/tokens/usage?minutes=3",
         "/api/v1/metrics/history?minutes=3",
         "/api/v1/config",

@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ccf_config::Config;
+
+/// The effective configuration with every secret masked (`check-config --print`).
+pub use ccf_admin::effective_config;
 use ccf_proxy::{serve, Forwarder, RequestObserver, ServeOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +51,17 @@ pub enum AppError {
     Insecure(#[from] ccf_config::InsecureExposure),
 }
 
+/// The checks that make [`App::bind`] refuse a configuration before it opens anything: a
+/// listener reachable from other machines without authentication, or an admin API that may not
+/// start as configured. `check-config` runs this same function, so a file it accepts starts.
+pub fn check_startable(config: &Config) -> Result<(), AppError> {
+    config.check_exposure()?;
+    if config.web.enabled {
+        ccf_admin::check_security(config)?;
+    }
+    Ok(())
+}
+
 /// A bound, ready-to-run forwarder.
 #[derive(Debug)]
 pub struct App {
@@ -80,7 +94,7 @@ impl App {
     ) -> Result<App, AppError> {
         let config = Arc::new(config);
         let address = format!("{}:{}", config.server.host, config.server.port);
-        config.check_exposure()?;
+        check_startable(&config)?;
         if config.server.allow_insecure
             && !config.auth.enabled
             && !ccf_config::is_loopback_host(&config.server.host)
@@ -89,9 +103,6 @@ impl App {
                 host = %config.server.host,
                 "server.allow_insecure is set: the proxy accepts unauthenticated requests from other machines"
             );
-        }
-        if config.web.enabled {
-            ccf_admin::check_security(&config)?;
         }
         let usage = usage::open(&config).await?;
         let cluster = cluster::open(&config).await?;

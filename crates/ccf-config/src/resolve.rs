@@ -276,6 +276,17 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
     }
 
     validate_auth(raw, &mut check);
+    for (index, name) in raw.web.allowed_hosts.iter().enumerate() {
+        if !is_plain_host_name(name) {
+            check.problems.push((
+                KeyPath::keys(&["web", "allowed_hosts"]).index(index),
+                format!(
+                    "`{name}` is not a host name: expected letters, digits, `-` and `.` \
+                     without scheme, port or path (e.g. `dashboard.lan`)"
+                ),
+            ));
+        }
+    }
     check.positive_count(&["server", "max_headers"], raw.server.max_headers);
     check.positive_count(&["server", "max_connections"], raw.server.max_connections);
     check.positive_count(&["server", "max_in_flight"], raw.server.max_in_flight);
@@ -310,6 +321,20 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
     if raw.routing.affinity_max_sessions == 0 {
         check.fail(&["routing", "affinity_max_sessions"], "must be at least 1");
     }
+}
+
+/// Whether `name` is a bare DNS name, as `web.allowed_hosts` needs it: labels of ASCII letters,
+/// digits and `-`, separated by single dots, no port, scheme or path.
+fn is_plain_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// `tls.ca_file`, `endpoints[].ca_file`, `upstream.*` and `server.body_read_timeout`.

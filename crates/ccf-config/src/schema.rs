@@ -443,6 +443,10 @@ pub struct WebConfig {
     pub port: u16,
     /// Token required by the admin API when bound to a non-loopback address.
     pub auth_token: Option<Secret>,
+    /// Extra host names the admin API answers to (its `Host` header), besides `localhost` and
+    /// IP literals; any other name is refused so a DNS-rebinding page cannot reach the API.
+    /// Bare names without port, compared case-insensitively (default empty).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -452,6 +456,7 @@ impl Default for WebConfig {
             host: "localhost".into(),
             port: 8088,
             auth_token: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -595,7 +600,8 @@ pub struct UsageTrackingConfig {
     pub batch_size: u32,
     /// Longest time an outcome waits before it is written (default `1s`).
     pub flush_interval: GoDuration,
-    /// Attempts to write a batch (default 3).
+    /// Attempts at a record the database rejects as invalid data, after its batch was split
+    /// (default 3); unavailable, locked or read-only databases are retried without limit.
     pub max_retry: u32,
     /// Days of rows kept; `0` keeps everything (default 90).
     pub retention_days: u32,

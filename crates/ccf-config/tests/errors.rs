@@ -117,6 +117,7 @@ fn section_problems() {
         ("server:\n  max_header_bytes: 1KB", "server.max_header_bytes: must be at least 8KB, found 1KB"),
         ("timezone: Shanghai", "timezone: `Shanghai` is not an IANA time zone name: expected e.g. `Asia/Shanghai`, `Europe/Berlin`, `UTC` or `Local`"),
         ("global_timeout: 0", "global_timeout: must be greater than 0"),
+        ("web:\n  allowed_hosts: [\"http://dash.example:80\"]", "web.allowed_hosts[0]: `http://dash.example:80` is not a host name: expected letters, digits, `-` and `.` without scheme, port or path (e.g. `dashboard.lan`)"),
         ("request_suspend:\n  enabled: true\n  timeout: 0", "request_suspend.timeout: must be greater than 0"),
         ("request_suspend:\n  enabled: true\n  max_suspended_requests: 0", "request_suspend.max_suspended_requests: must be between 1 and 10000, found 0"),
         ("request_suspend:\n  enabled: true\n  max_suspended_requests: 10001", "request_suspend.max_suspended_requests: must be between 1 and 10000, found 10001"),

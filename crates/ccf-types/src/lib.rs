@@ -79,6 +79,81 @@ pub fn mask_secret(value: &str) -> String {
     format!("{visible}***")
 }
 
+/// Secrets at least this long are swept wherever they occur, even inside longer text.
+pub const SWEEP_SUBSTRING_MIN_CHARS: usize = 6;
+
+/// Replaces every configured secret found in `text` (JSON or CSV an API is about to send) by its
+/// masked form.
+///
+/// The rule, and why: a secret of [`SWEEP_SUBSTRING_MIN_CHARS`] characters or more is replaced
+/// wherever it occurs, since such a string inside other text is almost surely the secret itself.
+/// A shorter secret (`abc`, `on`) is too likely to be part of ordinary words, dates or numbers to
+/// be cut out of arbitrary text, so it is replaced only where it is a whole JSON string *value*:
+/// `"abc"` not followed by `:` (that would be an object key, part of the answer's shape) and not
+/// opened by an escaped quote (that would be inside another string).
+pub fn sweep_secrets(mut text: String, secrets: &[String]) -> String {
+    for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
+        let masked = mask_secret(secret);
+        if secret.chars().count() >= SWEEP_SUBSTRING_MIN_CHARS {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), &masked);
+            }
+            // The form the secret takes inside a JSON string, when escaping changes it.
+            let escaped = json_string(secret);
+            let inner = &escaped[1..escaped.len() - 1];
+            if inner != secret && text.contains(inner) {
+                text = text.replace(inner, &masked);
+            }
+        } else {
+            text = replace_json_string_values(&text, &json_string(secret), &json_string(&masked));
+        }
+    }
+    text
+}
+
+/// `value` as a quoted JSON string, escaped the way `serde_json` writes it.
+fn json_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if c < ' ' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Replaces each occurrence of the quoted JSON string `quoted` that is a whole value (not a key,
+/// not inside another string) by `replacement`.
+fn replace_json_string_values(text: &str, quoted: &str, replacement: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(quoted) {
+        let before = &rest[..at];
+        let after = &rest[at + quoted.len()..];
+        let escaped_open = before.ends_with('\\') || (before.is_empty() && out.ends_with('\\'));
+        let is_key = after.trim_start().starts_with(':');
+        out.push_str(before);
+        if escaped_open || is_key {
+            out.push_str(quoted);
+        } else {
+            out.push_str(replacement);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The token usage an upstream reported for one request (Anthropic `usage` object).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -121,6 +196,36 @@ impl Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_replaces_long_secrets_anywhere_and_short_ones_as_whole_values() {
+        let secrets = vec!["sk-long-secret-1".to_string(), "abc".to_string()];
+        let text = r#"{"abc":"abc","reason":"upstream said sk-long-secret-1 abc","list":["abc"],"quoted":"say \"abc\""}"#;
+        let swept = sweep_secrets(text.to_string(), &secrets);
+        assert_eq!(
+            swept,
+            r#"{"abc":"***","reason":"upstream said sk-l*** abc","list":["***"],"quoted":"say \"abc\""}"#
+        );
+    }
+
+    #[test]
+    fn json_string_matches_serde_json() {
+        for value in ["plain", "q\"b\\s", "nl\n\t\r\u{1}\u{8}\u{c}", "ünï"] {
+            assert_eq!(
+                json_string(value),
+                serde_json::to_string(value).expect("json")
+            );
+        }
+    }
+
+    #[test]
+    fn sweep_handles_secrets_that_json_escapes() {
+        let secrets = vec!["pa\"ss\\word".to_string()];
+        let text = serde_json::json!({"reason": "got pa\"ss\\word back"}).to_string();
+        let swept = sweep_secrets(text, &secrets);
+        assert!(!swept.contains("ss\\\\word"), "{swept}");
+        assert!(swept.contains("***"), "{swept}");
+    }
 
     #[test]
     fn debug_and_display_never_show_the_value() {
