@@ -4,9 +4,12 @@
 //! - Format: `text` (human-readable) or `json` (one JSON object per line), for both outputs.
 //! - File: when `file_enabled`, `file_path` is rotated by `file-rotate` once it passes
 //!   `max_file_size`; `max_files` rotated files are kept (`app.log.1` is the newest), gzipped when
-//!   `compress_rotated`. Writes go through a `tracing-appender` worker thread so the request path
-//!   never waits on the disk; the worker is flushed when the returned [`LogGuard`] is dropped, so
-//!   the binary keeps the guard alive until it exits.
+//!   `compress_rotated`. Writes go through a `tracing-appender` worker thread (which also rotates
+//!   and gzips) so the request path never waits on the disk: up to [`FILE_BUFFERED_LINES`] lines
+//!   wait in memory, and past that new lines are dropped and counted rather than stalling the
+//!   caller. The count is reported as a warning every [`DROPPED_LINES_REPORT_INTERVAL`] while it
+//!   grows and once more on stderr at exit. The worker is flushed when the returned [`LogGuard`]
+//!   is dropped, so the binary keeps the guard alive until it exits.
 //!
 //! [`build_subscriber`] does all of it without touching global state, for tests; [`init`] installs
 //! the result as the process's default subscriber.
@@ -21,8 +24,11 @@ use ccf_tui::{LogBuffer, LogLevel as TuiLevel};
 use file_rotate::compression::Compression;
 use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 use tracing::Subscriber;
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
@@ -40,16 +46,68 @@ type OutputLayer = Box<dyn Layer<Base> + Send + Sync>;
 /// environment filter asks otherwise.
 const NOISY_DEPENDENCIES: &[&str] = &["h2", "hyper", "hyper_util", "rustls", "tokio_util", "mio"];
 
-/// Keeps the file writer's worker alive; dropping it flushes what is queued.
+/// Lines the file writer thread may hold while the disk is slow (about 10 MB at typical line
+/// lengths); past it new lines are dropped and counted instead of stalling the logging thread.
+pub const FILE_BUFFERED_LINES: usize = 32_768;
+
+/// How often a growing count of dropped file log lines is reported.
+pub const DROPPED_LINES_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Keeps the file writer's worker alive; dropping it flushes what is queued and reports on stderr
+/// how many lines the file lost because it could not keep up.
 #[must_use = "dropping the guard stops the log file writer"]
 #[derive(Debug, Default)]
 pub struct LogGuard {
-    _file_worker: Option<WorkerGuard>,
+    file_worker: Option<WorkerGuard>,
+    /// Lines dropped because the file writer's buffer was full.
+    file_dropped: Option<ErrorCounter>,
+    /// Stops the periodic dropped-lines report when dropped.
+    _stop_drop_reports: Option<mpsc::Sender<()>>,
     /// Replaces the level filter; `None` when `CCF_LOG`/`RUST_LOG` chose it (they win).
     level: Option<reload::Handle<EnvFilter, Registry>>,
 }
 
 impl LogGuard {
+    /// Lines the log file has lost so far because the disk could not keep up (0 without a file).
+    pub fn dropped_file_lines(&self) -> usize {
+        self.file_dropped
+            .as_ref()
+            .map_or(0, ErrorCounter::dropped_lines)
+    }
+
+    /// Warns through the installed subscriber whenever the dropped count has grown, checking every
+    /// `interval`, until the guard is dropped.
+    fn report_dropped_lines(&mut self, interval: Duration) {
+        let Some(counter) = self.file_dropped.clone() else {
+            return;
+        };
+        let (stop, stopped) = mpsc::channel::<()>();
+        // The subscriber current here (the global one once `init` installed it).
+        let dispatch = tracing::dispatcher::get_default(|dispatch| dispatch.clone());
+        let reporter = std::thread::Builder::new()
+            .name("ccf-log-drops".into())
+            .spawn(move || {
+                let mut reported = 0;
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    let dropped = counter.dropped_lines();
+                    if dropped > reported {
+                        tracing::dispatcher::with_default(&dispatch, || {
+                            tracing::warn!(
+                                dropped_total = dropped,
+                                "{} log lines dropped because the log file could not keep up",
+                                dropped - reported
+                            );
+                        });
+                        reported = dropped;
+                    }
+                }
+            });
+        match reporter {
+            Ok(_) => self._stop_drop_reports = Some(stop),
+            Err(error) => tracing::warn!("cannot start the dropped log lines report: {error}"),
+        }
+    }
+
     /// Applies a reloaded `logging.level`, unless `CCF_LOG` or `RUST_LOG` set the filter.
     pub fn level_setter(&self) -> impl Fn(LogLevel) + Send + Sync + 'static {
         let handle = self.level.clone();
@@ -59,6 +117,21 @@ impl LogGuard {
                     tracing::warn!("cannot change the log level: {error}");
                 }
             }
+        }
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        // Flush first so the count is final.
+        drop(self.file_worker.take());
+        let dropped = self.dropped_file_lines();
+        if dropped > 0 {
+            // The subscriber may no longer reach anyone (the file writer is gone), so stderr.
+            eprintln!(
+                "cc-forwarder: warning: {dropped} log lines dropped because the log file could \
+                 not keep up"
+            );
         }
     }
 }
@@ -101,6 +174,7 @@ pub fn init(config: &LoggingConfig, tui: Option<LogBuffer>) -> Result<LogGuard> 
     if from_env {
         guard.level = None;
     }
+    guard.report_dropped_lines(DROPPED_LINES_REPORT_INTERVAL);
     Ok(guard)
 }
 
@@ -229,18 +303,31 @@ where
     let mut guard = LogGuard::default();
     if config.file_enabled {
         let file = rotating_file(config)?;
-        let (writer, worker) = NonBlockingBuilder::default()
-            // Wait rather than drop lines when the disk falls behind.
-            .lossy(false)
-            .thread_name("ccf-log-writer")
-            .finish(file);
+        let (writer, worker) = file_writer(file, FILE_BUFFERED_LINES);
+        guard.file_dropped = Some(writer.error_counter());
         layers.push(output_layer(config.format, writer, false));
-        guard._file_worker = Some(worker);
+        guard.file_worker = Some(worker);
     }
     let (filter, handle) = reload::Layer::new(filter);
     guard.level = Some(handle);
     let subscriber = tracing_subscriber::registry().with(filter).with(layers);
     Ok((subscriber, guard))
+}
+
+/// Puts `file` behind the log writer thread, which owns it (rotation and gzip run there). At most
+/// `buffered_lines` lines wait for the thread; past that a line is dropped and counted in the
+/// writer's `error_counter()`, so a stalled disk never stalls the thread that logs.
+pub fn file_writer<F>(file: F, buffered_lines: usize) -> (NonBlocking, WorkerGuard)
+where
+    F: Write + Send + 'static,
+{
+    NonBlockingBuilder::default()
+        .buffered_lines_limit(buffered_lines)
+        // Drop (and count) rather than wait when the disk falls behind: logging happens on the
+        // request path.
+        .lossy(true)
+        .thread_name("ccf-log-writer")
+        .finish(file)
 }
 
 /// One fmt layer in the configured format.
@@ -480,6 +567,130 @@ mod tests {
             assert!(folder.path().join(name).is_file(), "{name} missing");
         }
         assert!(!folder.path().join("app.log.3").exists());
+    }
+
+    /// A log file whose writes wait until the test opens the gate: a stalled disk.
+    struct StalledFile {
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for StalledFile {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (open, opened) = &*self.gate;
+            let mut is_open = open.lock().unwrap();
+            while !*is_open {
+                is_open = opened.wait(is_open).unwrap();
+            }
+            drop(is_open);
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_log_file_drops_and_counts_lines_instead_of_blocking_the_caller() {
+        const LINES: usize = 200;
+        const BUFFERED: usize = 8;
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let file = StalledFile {
+            gate: gate.clone(),
+            written: written.clone(),
+        };
+        let (writer, worker) = file_writer(file, BUFFERED);
+        let dropped = writer.error_counter();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_ansi(false)
+            .finish();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        // The "request path": it logs while the disk is stalled and must get through.
+        let request_path = std::thread::spawn(move || {
+            tracing::subscriber::with_default(subscriber, || {
+                for line in 0..LINES {
+                    tracing::info!(line, "request finished");
+                }
+            });
+            let _ = done_tx.send(());
+        });
+        let finished = done_rx.recv_timeout(std::time::Duration::from_secs(30));
+        // Open the gate in any case so that a failing run does not leave threads hanging.
+        {
+            let (open, opened) = &*gate;
+            *open.lock().unwrap() = true;
+            opened.notify_all();
+        }
+        assert!(
+            finished.is_ok(),
+            "logging waited for the stalled log file (the gate was still closed)"
+        );
+        request_path.join().unwrap();
+        // Dropping the guard lets the writer thread drain what it had queued.
+        drop(worker);
+        let written_lines = String::from_utf8(written.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .count();
+        let dropped_lines = dropped.dropped_lines();
+        assert!(dropped_lines > 0, "a full buffer drops lines");
+        assert!(
+            written_lines <= BUFFERED + 1,
+            "{written_lines} written past a buffer of {BUFFERED}"
+        );
+        assert_eq!(
+            written_lines + dropped_lines,
+            LINES,
+            "every line written or counted"
+        );
+    }
+
+    #[test]
+    fn dropped_file_lines_are_reported_as_a_warning_while_the_guard_lives() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let file = StalledFile {
+            gate: gate.clone(),
+            written: Arc::default(),
+        };
+        let (writer, worker) = file_writer(file, 2);
+        let mut guard = LogGuard::default();
+        guard.file_dropped = Some(writer.error_counter());
+        guard.file_worker = Some(worker);
+        let file_log = tracing_subscriber::fmt().with_writer(writer).finish();
+        tracing::subscriber::with_default(file_log, || {
+            for line in 0..20 {
+                tracing::info!(line, "request finished");
+            }
+        });
+        assert!(guard.dropped_file_lines() > 0);
+        let console = Captured::default();
+        let console_log = tracing_subscriber::fmt()
+            .with_writer(console.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(console_log, || {
+            guard.report_dropped_lines(Duration::from_millis(10));
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let reported = loop {
+            let text = console.text();
+            if text.contains("log lines dropped because the log file could not keep up") {
+                break text;
+            }
+            assert!(std::time::Instant::now() < deadline, "no report: {text}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            reported.contains(&format!("dropped_total={}", guard.dropped_file_lines())),
+            "{reported}"
+        );
+        let (open, opened) = &*gate;
+        *open.lock().unwrap() = true;
+        opened.notify_all();
+        drop(guard);
     }
 
     #[test]
