@@ -55,7 +55,8 @@ fn example_config_loads_without_warnings() {
     assert_eq!(official.timeout, Duration::from_secs(300));
 
     let pricing = &config.usage_tracking.model_pricing;
-    let check = |model: &str, expected: [f64; 4]| {
+    // input, output, 5-minute write, read, 1-hour write (USD per million tokens).
+    let check = |model: &str, expected: [f64; 5]| {
         let price = pricing
             .get(model)
             .unwrap_or_else(|| panic!("no pricing for {model}"));
@@ -64,19 +65,24 @@ fn example_config_loads_without_warnings() {
                 price.input,
                 price.output,
                 price.cache_creation,
-                price.cache_read
+                price.cache_read,
+                price.cache_creation_1h.unwrap_or(f64::NAN),
             ],
             expected,
             "{model}"
         );
     };
-    check("claude-sonnet-4-5", [3.0, 15.0, 3.75, 0.30]);
-    check("claude-sonnet-4", [3.0, 15.0, 3.75, 0.30]);
-    check("claude-haiku-4-5", [1.0, 5.0, 1.25, 0.10]);
-    check("claude-3-5-haiku", [0.80, 4.0, 1.00, 0.08]);
-    check("claude-opus-4-5", [5.0, 25.0, 6.25, 0.50]);
-    check("claude-opus-4-1", [15.0, 75.0, 18.75, 1.50]);
-    check("claude-opus-4", [15.0, 75.0, 18.75, 1.50]);
+    check("claude-sonnet-4-5", [3.0, 15.0, 3.75, 0.30, 6.0]);
+    check("claude-sonnet-4", [3.0, 15.0, 3.75, 0.30, 6.0]);
+    check("claude-haiku-4-5", [1.0, 5.0, 1.25, 0.10, 2.0]);
+    check("claude-3-5-haiku", [0.80, 4.0, 1.00, 0.08, 1.60]);
+    check("claude-opus-4-5", [5.0, 25.0, 6.25, 0.50, 10.0]);
+    check("claude-opus-4-1", [15.0, 75.0, 18.75, 1.50, 30.0]);
+    check("claude-opus-4", [15.0, 75.0, 18.75, 1.50, 30.0]);
+    assert_eq!(
+        config.usage_tracking.default_pricing.cache_creation_1h,
+        Some(6.0)
+    );
 }
 
 #[test]

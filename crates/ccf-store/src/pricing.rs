@@ -19,49 +19,47 @@ pub struct Price {
     pub input: i64,
     /// Output tokens.
     pub output: i64,
-    /// Cache writes with the 5-minute TTL, and every cache write when `cache_creation_1h` is
-    /// absent.
+    /// Cache writes with the 5-minute TTL, and cache writes the upstream did not split by TTL.
     pub cache_creation: i64,
-    /// Cache writes with the 1-hour TTL, when the entry gives that price.
-    pub cache_creation_1h: Option<i64>,
+    /// Cache writes with the 1-hour TTL: the entry's `cache_creation_1h`, else 2 x `input`.
+    pub cache_creation_1h: i64,
     /// Cache reads.
     pub cache_read: i64,
 }
 
 impl Price {
-    /// Converts a configured entry (USD per million tokens).
+    /// Converts a configured entry (USD per million tokens). An entry without a 1-hour price
+    /// prices 1-hour cache writes at 2 x input, Anthropic's multiplier (docs/configuration.md).
     pub fn from_config(pricing: &ModelPricing) -> Self {
+        let input = nano_per_token(pricing.input);
         Self {
-            input: nano_per_token(pricing.input),
+            input,
             output: nano_per_token(pricing.output),
             cache_creation: nano_per_token(pricing.cache_creation),
-            cache_creation_1h: pricing.cache_creation_1h.map(nano_per_token),
+            cache_creation_1h: pricing
+                .cache_creation_1h
+                .map(nano_per_token)
+                .unwrap_or_else(|| input.saturating_mul(2)),
             cache_read: nano_per_token(pricing.cache_read),
         }
     }
 
     /// The cost of `usage` at these prices.
     ///
-    /// With a 1-hour price, 1-hour cache writes cost `cache_creation_1h` and every other cache
-    /// write (5-minute, or not split by the upstream) costs `cache_creation`; without one, every
-    /// cache write costs `cache_creation`.
+    /// 1-hour cache writes cost `cache_creation_1h`; every other cache write (5-minute, or not
+    /// split by the upstream) costs `cache_creation`.
     pub fn cost(&self, usage: &Usage) -> Cost {
         let input = mul(usage.input_tokens, self.input);
         let output = mul(usage.output_tokens, self.output);
         let cache_read = mul(usage.cache_read_input_tokens, self.cache_read);
-        let cache_creation = match self.cache_creation_1h {
-            Some(one_hour_price) => {
-                let all_writes = usage.cache_creation_input_tokens.max(
-                    usage
-                        .cache_creation_5m_input_tokens
-                        .saturating_add(usage.cache_creation_1h_input_tokens),
-                );
-                let one_hour = usage.cache_creation_1h_input_tokens.min(all_writes);
-                mul(all_writes - one_hour, self.cache_creation)
-                    .saturating_add(mul(one_hour, one_hour_price))
-            }
-            None => mul(usage.cache_creation_input_tokens, self.cache_creation),
-        };
+        let all_writes = usage.cache_creation_input_tokens.max(
+            usage
+                .cache_creation_5m_input_tokens
+                .saturating_add(usage.cache_creation_1h_input_tokens),
+        );
+        let one_hour = usage.cache_creation_1h_input_tokens.min(all_writes);
+        let cache_creation = mul(all_writes - one_hour, self.cache_creation)
+            .saturating_add(mul(one_hour, self.cache_creation_1h));
         Cost::new(input, output, cache_creation, cache_read)
     }
 }
@@ -291,6 +289,89 @@ mod tests {
         assert!((cost.total_usd() - 3.0825).abs() < 1e-12);
     }
 
+    /// One row of [`prices_cache_writes_by_ttl_in_exact_nano_usd`].
+    struct CacheWriteCase {
+        name: &'static str,
+        model: &'static str,
+        unsplit: u64,
+        five_minute: u64,
+        one_hour: u64,
+        expected_cache_creation: i64,
+    }
+
+    #[test]
+    fn prices_cache_writes_by_ttl_in_exact_nano_usd() {
+        let pricing = pricing();
+        let cases = [
+            CacheWriteCase {
+                // No 1h price: 2 x input = 6000 nano-USD per token.
+                name: "1h writes without an explicit 1h price",
+                model: "claude-sonnet-4-5-20250929",
+                unsplit: 1_000,
+                five_minute: 0,
+                one_hour: 1_000,
+                expected_cache_creation: 6_000_000,
+            },
+            CacheWriteCase {
+                // 1000 x 3750 + 2000 x 6000
+                name: "5m and 1h writes without an explicit 1h price",
+                model: "claude-sonnet-4-5",
+                unsplit: 3_000,
+                five_minute: 1_000,
+                one_hour: 2_000,
+                expected_cache_creation: 15_750_000,
+            },
+            CacheWriteCase {
+                // Explicit 1h price 30 USD/M = 30000 nano-USD per token.
+                name: "1h writes with an explicit 1h price",
+                model: "claude-opus-4-1-20250805",
+                unsplit: 1_000,
+                five_minute: 0,
+                one_hour: 1_000,
+                expected_cache_creation: 30_000_000,
+            },
+            CacheWriteCase {
+                // 1000 x 1250
+                name: "5m writes only",
+                model: "claude-haiku-4-5-20251001",
+                unsplit: 1_000,
+                five_minute: 1_000,
+                one_hour: 0,
+                expected_cache_creation: 1_250_000,
+            },
+            CacheWriteCase {
+                // The default price (input 2) has no 1h price either: 500 x 2000 + 500 x 4000.
+                name: "1h writes at the default price",
+                model: "gpt-4o",
+                unsplit: 1_000,
+                five_minute: 500,
+                one_hour: 500,
+                expected_cache_creation: 3_000_000,
+            },
+        ];
+        for case in cases {
+            let usage = Usage {
+                input_tokens: 10,
+                cache_creation_input_tokens: case.unsplit,
+                cache_creation_5m_input_tokens: case.five_minute,
+                cache_creation_1h_input_tokens: case.one_hour,
+                ..Usage::default()
+            };
+            let cost = pricing.cost(Some(case.model), &usage);
+            assert_eq!(
+                cost.cache_creation, case.expected_cache_creation,
+                "{}",
+                case.name
+            );
+            assert_eq!(
+                cost.total,
+                cost.input + case.expected_cache_creation,
+                "{}",
+                case.name
+            );
+        }
+    }
+
     #[test]
     fn prices_cache_writes_per_ttl_when_the_entry_has_a_one_hour_price() {
         let pricing = pricing();
@@ -305,12 +386,12 @@ mod tests {
             pricing.cost(Some("claude-opus-4-1"), &usage).cache_creation,
             78_750_000
         );
-        // Without a 1h price every write costs cache_creation.
+        // Without a 1h price 1-hour writes cost 2 x input: 1000 × 3750 + 2000 × 6000.
         assert_eq!(
             pricing
                 .cost(Some("claude-sonnet-4-5"), &usage)
                 .cache_creation,
-            11_250_000
+            15_750_000
         );
         // Writes not split by the upstream count as 5-minute writes.
         let unsplit = Usage {

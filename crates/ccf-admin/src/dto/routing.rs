@@ -328,7 +328,6 @@ fn affinity_saved_nano(pricing: &Pricing, held: &[HeldTokens]) -> i64 {
             let saved_5m = price.cache_creation.saturating_sub(price.cache_read).max(0);
             let saved_1h = price
                 .cache_creation_1h
-                .unwrap_or(price.cache_creation)
                 .saturating_sub(price.cache_read)
                 .max(0);
             let tokens = |count: u64| i64::try_from(count).unwrap_or(i64::MAX);
