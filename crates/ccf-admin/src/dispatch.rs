@@ -16,7 +16,7 @@ use crate::dto::events::ReloadStatusDto;
 use crate::error::ApiError;
 use crate::http_util::{bytes_response, query_map, read_json_body, AdminResponse};
 use crate::routes::{AdminRoute, RouteError, OPENAPI};
-use crate::{actions, assets, charts, stream, usage, views, Shared};
+use crate::{actions, assets, charts, stream, tickets, usage, views, Shared};
 
 /// What a handler answers.
 pub(crate) enum Answer {
@@ -114,11 +114,22 @@ where
         RouteError::MethodNotAllowed { allow } => ApiError::method_not_allowed(&allow),
     })?;
     let query = query_map(request.uri().query());
-    let query_token = query
-        .get("access_token")
-        .filter(|_| route.accepts_query_token())
-        .map(String::as_str);
-    shared.auth.check(request.headers(), query_token)?;
+    // A download link of the dashboard carries a ticket instead of credentials: the ticket is
+    // checked (and used up) instead of the token, with or without one configured.
+    let ticket = query
+        .get("ticket")
+        .filter(|_| route == AdminRoute::UsageExport);
+    if let Some(ticket) = ticket {
+        shared
+            .tickets
+            .redeem(ticket, &query, std::time::Instant::now())?;
+    } else {
+        let query_token = query
+            .get("access_token")
+            .filter(|_| route.accepts_query_token())
+            .map(String::as_str);
+        shared.auth.check(request.headers(), query_token)?;
+    }
     if request.method() == Method::POST {
         check_origin(
             request.headers(),
@@ -182,6 +193,7 @@ where
         AdminRoute::UsageRequests => usage::list(shared, query).await,
         AdminRoute::UsageStats => usage::stats(shared, query).await,
         AdminRoute::UsageExport => usage::export(shared, query).await,
+        AdminRoute::UsageExportTicket => tickets::issue_ticket(&shared.tickets, query),
         AdminRoute::UsageSummary => usage::summary(shared, query).await,
         AdminRoute::UsageModels => usage::models(shared).await,
         AdminRoute::ChartRequestTrends => charts::request_trends(shared, query),

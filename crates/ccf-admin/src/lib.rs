@@ -33,6 +33,7 @@ mod http_util;
 mod live;
 mod routes;
 mod stream;
+mod tickets;
 mod usage;
 mod views;
 
@@ -52,10 +53,12 @@ use tracing::{info, warn};
 
 pub use assets::dashboard_built;
 pub use http_util::{AdminBody, AdminResponse};
+pub use tickets::DEFAULT_TICKET_TTL;
 pub use views::effective_config;
 
 use auth::AuthPolicy;
 use live::Hub;
+use tickets::DownloadTickets;
 
 /// Default interval of the live stream's `: ping` comments.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
@@ -88,6 +91,7 @@ pub struct AdminState {
     recorder: Option<RecorderHandle>,
     config_path: Option<PathBuf>,
     heartbeat: Duration,
+    download_ticket_ttl: Duration,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -108,6 +112,7 @@ impl AdminState {
             recorder: None,
             config_path: None,
             heartbeat: DEFAULT_HEARTBEAT,
+            download_ticket_ttl: DEFAULT_TICKET_TTL,
         }
     }
 
@@ -134,6 +139,13 @@ impl AdminState {
         self.heartbeat = interval.max(Duration::from_millis(10));
         self
     }
+
+    /// How long a usage-export download ticket stays valid (default [`DEFAULT_TICKET_TTL`]);
+    /// tests shorten it to see tickets expire.
+    pub fn with_download_ticket_ttl(mut self, ttl: Duration) -> Self {
+        self.download_ticket_ttl = ttl;
+        self
+    }
 }
 
 /// State shared by every route.
@@ -147,6 +159,8 @@ pub(crate) struct Shared {
     pub(crate) auth: AuthPolicy,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) zone: LegacyZone,
+    /// Outstanding usage-export download tickets.
+    pub(crate) tickets: DownloadTickets,
     /// The admin token (`web.auth_token`), fixed at start like the listener.
     admin_token: Option<String>,
     /// What is derived from the running configuration; see [`Shared::derived`].
@@ -259,6 +273,7 @@ impl Admin {
             auth,
             shutdown,
             zone,
+            tickets: DownloadTickets::new(state.download_ticket_ttl),
             admin_token,
             derived: std::sync::Mutex::new(Arc::new(derived)),
         });

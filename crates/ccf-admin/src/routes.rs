@@ -51,6 +51,8 @@ pub(crate) enum AdminRoute {
     UsageStats,
     /// `GET /api/v1/usage/export`.
     UsageExport,
+    /// `POST /api/v1/usage/export/ticket`: a single-use download ticket for one export query.
+    UsageExportTicket,
     /// `GET /api/v1/usage/summary`.
     UsageSummary,
     /// `GET /api/v1/usage/models`.
@@ -159,6 +161,9 @@ impl AdminRoute {
         get("/api/v1/usage/requests", |_| AdminRoute::UsageRequests),
         get("/api/v1/usage/stats", |_| AdminRoute::UsageStats),
         get("/api/v1/usage/export", |_| AdminRoute::UsageExport),
+        post("/api/v1/usage/export/ticket", |_| {
+            AdminRoute::UsageExportTicket
+        }),
         get("/api/v1/usage/summary", |_| AdminRoute::UsageSummary),
         get("/api/v1/usage/models", |_| AdminRoute::UsageModels),
         get("/api/v1/chart/request-trends", |_| {

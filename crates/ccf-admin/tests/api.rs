@@ -397,6 +397,188 @@ async fn an_admin_token_is_required_when_configured() {
     assert_eq!(harness.get("/").await.status, StatusCode::OK);
 }
 
+/// A harness whose admin API needs [`ADMIN_TOKEN`], with download tickets living `ticket_ttl`.
+async fn token_harness(ticket_ttl: Duration) -> support::Harness {
+    let upstream = MockUpstream::start().await;
+    let options = Options {
+        settings: format!("web:\n  host: 127.0.0.1\n  auth_token: {ADMIN_TOKEN}\n"),
+        ticket_ttl,
+        ..Options::default()
+    };
+    let yaml = config_yaml(&options, &upstream.url()).replacen(
+        "web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n",
+        "",
+        1,
+    );
+    let config = Config::from_yaml_str(&yaml).expect("config");
+    Harness::start_config(upstream, config, options).await
+}
+
+/// Asks for a download ticket with the admin token; returns the answer's `data`.
+async fn ticket_for(harness: &support::Harness, export_query: &str) -> Value {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let answer = harness
+        .admin_request(
+            Method::POST,
+            &format!("/api/v1/usage/export/ticket?{export_query}"),
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_no_secret(&answer.text());
+    answer.json()["data"].clone()
+}
+
+#[tokio::test]
+async fn download_tickets_are_single_use_and_bound_to_their_export_query() {
+    let harness = token_harness(ccf_admin::DEFAULT_TICKET_TTL).await;
+    let (_, first) = harness.send_message(false).await;
+    let (_, second) = harness.send_message(true).await;
+    harness.flush().await;
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    harness
+        .eventually("both requests stored as final", || async {
+            let list = harness
+                .admin_request(
+                    Method::GET,
+                    "/api/v1/usage/requests?status=completed",
+                    &[("authorization", &bearer)],
+                    "",
+                )
+                .await
+                .json();
+            (list["total"] == 2).then_some(())
+        })
+        .await;
+
+    // Issuing needs the token like every route.
+    let refused = harness
+        .post("/api/v1/usage/export/ticket?format=csv", "")
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.error_code(), "unauthorized");
+
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let export_query = format!("format=csv&endpoint=primary&start_date={since}");
+    let issued = ticket_for(&harness, &export_query).await;
+    let ticket = issued["ticket"].as_str().expect("ticket").to_string();
+    assert_eq!(ticket.len(), 64, "256 bits in hex: {ticket}");
+    assert_eq!(issued["expires_in_seconds"], 60);
+    let url = issued["url"].as_str().expect("url").to_string();
+    assert_eq!(
+        url,
+        format!(
+            "/api/v1/usage/export?endpoint=primary&format=csv&start_date={}&ticket={ticket}",
+            since.replace(':', "%3A")
+        )
+    );
+
+    // The link alone downloads the export, once.
+    let csv = harness.get(&url).await;
+    assert_eq!(csv.status, StatusCode::OK, "{}", csv.text());
+    assert!(csv
+        .headers
+        .get("content-disposition")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("attachment; filename=\"usage_export_")));
+    let text = csv.text();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.contains(&first) && text.contains(&second), "{text}");
+    let again = harness.get(&url).await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(again.error_code(), "invalid_ticket");
+
+    // Another query (here another format) is refused, and the ticket is used up by trying.
+    let issued = ticket_for(&harness, &export_query).await;
+    let url = issued["url"].as_str().expect("url").to_string();
+    let other = harness
+        .get(&url.replacen("format=csv", "format=json", 1))
+        .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert_eq!(other.error_code(), "ticket_query_mismatch");
+    let after = harness.get(&url).await;
+    assert_eq!(after.error_code(), "invalid_ticket");
+    let widened = ticket_for(&harness, &export_query).await;
+    // Dropping a filter would widen the export: refused too.
+    let widened_url = widened["url"]
+        .as_str()
+        .expect("url")
+        .replacen("endpoint=primary&", "", 1);
+    assert_eq!(
+        harness.get(&widened_url).await.error_code(),
+        "ticket_query_mismatch"
+    );
+
+    // A made-up ticket, and a ticket on any other route, authenticate nothing.
+    let made_up = harness
+        .get(&format!(
+            "/api/v1/usage/export?{export_query}&ticket={}",
+            "0".repeat(64)
+        ))
+        .await;
+    assert_eq!(made_up.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(made_up.error_code(), "invalid_ticket");
+    let issued = ticket_for(&harness, "").await;
+    let ticket = issued["ticket"].as_str().expect("ticket");
+    let status = harness
+        .get(&format!("/api/v1/status?ticket={ticket}"))
+        .await;
+    assert_eq!(status.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status.error_code(), "unauthorized");
+    // ... and that did not use it up: the export without filters still takes it.
+    assert_eq!(
+        issued["url"],
+        format!("/api/v1/usage/export?ticket={ticket}")
+    );
+    let all = harness.get(issued["url"].as_str().expect("url")).await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.text());
+    assert_eq!(all.text().lines().count(), 3);
+}
+
+#[tokio::test]
+async fn an_expired_download_ticket_is_refused() {
+    // A zero lifetime: every ticket has expired by the time it is presented.
+    let harness = token_harness(Duration::ZERO).await;
+    let issued = ticket_for(&harness, "format=json").await;
+    assert_eq!(issued["expires_in_seconds"], 0);
+    let expired = harness.get(issued["url"].as_str().expect("url")).await;
+    assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(expired.error_code(), "ticket_expired");
+    assert!(expired.headers.contains_key("www-authenticate"));
+    // Used up too.
+    let again = harness.get(issued["url"].as_str().expect("url")).await;
+    assert_eq!(again.error_code(), "invalid_ticket");
+}
+
+#[tokio::test]
+async fn without_a_token_the_export_link_needs_no_ticket() {
+    let harness = Harness::start().await;
+    let (_, id) = harness.send_message(false).await;
+    harness.flush().await;
+    harness
+        .eventually("the request stored as final", || async {
+            let list = harness
+                .get("/api/v1/usage/requests?status=completed")
+                .await
+                .json();
+            (list["total"] == 1).then_some(())
+        })
+        .await;
+    let plain = harness.get("/api/v1/usage/export?format=csv").await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert_eq!(plain.text().lines().count(), 2);
+    assert!(plain.text().contains(&id));
+    // A ticket presented anyway is still checked: a wrong one is refused.
+    let wrong = harness
+        .get("/api/v1/usage/export?format=csv&ticket=nope")
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.error_code(), "invalid_ticket");
+}
+
 #[tokio::test]
 async fn a_non_loopback_host_uses_the_inbound_token_or_refuses_to_start() {
     let upstream = MockUpstream::start().await;
@@ -969,6 +1151,24 @@ async fn every_route_answers_in_its_pinned_wire_shape() {
     shapes.answer("GET /api/v1/requests/{id} (stored)", &answer);
     let answer = harness.get(&format!("/api/v1/requests/{live_id}")).await;
     shapes.answer("GET /api/v1/requests/{id} (live)", &answer);
+    let answer = harness
+        .post("/api/v1/usage/export/ticket?format=csv", "")
+        .await;
+    shapes.answer("POST /api/v1/usage/export/ticket", &answer);
+    let url = answer.json()["data"]["url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let answer = harness.get(&url).await;
+    shapes.head(
+        "GET /api/v1/usage/export?format=csv&ticket={ticket}",
+        &answer,
+    );
+    let answer = harness.get(&url).await;
+    shapes.exact(
+        "GET /api/v1/usage/export?format=csv&ticket={used ticket}",
+        &answer,
+    );
     let answer = harness.get("/api/v1/usage/export?format=csv").await;
     shapes.head("GET /api/v1/usage/export?format=csv", &answer);
     shapes.lines.push(format!(

@@ -79,6 +79,8 @@ pub struct Options {
     pub heartbeat: Duration,
     /// Endpoint groups: (name, group, group_priority).
     pub endpoints: Vec<(&'static str, &'static str, u32)>,
+    /// Lifetime of usage-export download tickets.
+    pub ticket_ttl: Duration,
 }
 
 impl Default for Options {
@@ -88,6 +90,7 @@ impl Default for Options {
             tracking: true,
             heartbeat: Duration::from_secs(15),
             endpoints: vec![("primary", "main", 1), ("backup", "spare", 2)],
+            ticket_ttl: ccf_admin::DEFAULT_TICKET_TTL,
         }
     }
 }
@@ -211,7 +214,9 @@ impl Harness {
 
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let admin = admin_listener.local_addr().expect("admin addr");
-        let mut state = AdminState::new(forwarder.clone()).with_heartbeat(options.heartbeat);
+        let mut state = AdminState::new(forwarder.clone())
+            .with_heartbeat(options.heartbeat)
+            .with_download_ticket_ttl(options.ticket_ttl);
         if let (Some(store), Some(recorder)) = (&store, &recorder) {
             state = state
                 .with_store(Arc::clone(store))
