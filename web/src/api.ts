@@ -106,21 +106,31 @@ export async function postJson<T = any>(path: string, body?: unknown): Promise<T
   );
 }
 
-/** Downloads a file through apiFetch (so the token is sent) and saves it with its own name. */
-export async function download(path: string, fallbackName: string) {
-  const response = await apiFetch(path, { headers: { Accept: "*/*" } });
-  if (!response.ok) throw new ApiError(response.status, `${response.status} ${response.statusText}`);
-  const disposition = response.headers.get("content-disposition") ?? "";
-  const match = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition);
-  const blob = await response.blob();
-  const url = URL.createObjectURL(blob);
+/** Makes the browser follow `url` as a download: it streams the answer to disk itself. */
+function followDownloadLink(url: string) {
   const a = document.createElement("a");
   a.href = url;
-  a.download = match ? decodeURIComponent(match[1]) : fallbackName;
+  a.download = "";
   document.body.appendChild(a);
   a.click();
   a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+/**
+ * Downloads the usage export of `query` (see exportLink.ts) as a stream to disk. Without an admin
+ * token the export link is followed as it is. With one, the token never goes into a link and the
+ * export is never held in memory: a single-use download ticket bound to this query is asked for
+ * (an authenticated POST like every call) and the link the server returns, with the ticket, is
+ * followed instead.
+ */
+export async function downloadExport(query: string): Promise<void> {
+  let url = `/api/v1/usage/export?${query}`;
+  if (getToken()) {
+    const answer = await postJson<{ data?: { url?: string } }>(`/api/v1/usage/export/ticket?${query}`);
+    if (!answer?.data?.url) throw new ApiError(500, "the server issued no download ticket");
+    url = answer.data.url;
+  }
+  followDownloadLink(url);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // Live state fed by the event stream: pages subscribe to topics and refetch or merge on change.
-import { useEffect, useRef, useState, useSyncExternalStore } from "react";
+import { useEffect, useMemo, useRef, useState, useSyncExternalStore } from "react";
 import { openStream, type StreamEvent, type StreamState } from "./api";
+import { createThrottle } from "./throttle";
 
 export interface LogLine {
   seq: number;
@@ -47,8 +48,18 @@ function set(patch: Partial<LiveState>) {
   listeners.forEach((l) => l());
 }
 
-function bump(topic: string, patch: Partial<LiveState> = {}) {
-  set({ ...patch, versions: { ...state.versions, [topic]: (state.versions[topic] ?? 0) + 1 } });
+function bump(topic: string | string[], patch: Partial<LiveState> = {}) {
+  const versions = { ...state.versions };
+  for (const t of Array.isArray(topic) ? topic : [topic]) versions[t] = (versions[t] ?? 0) + 1;
+  set({ ...patch, versions });
+}
+
+/** The topic bumped once per request that reached its final outcome (stored stats change). */
+export const REQUEST_FINAL_TOPIC = "request_final";
+
+/** Whether a `connection` event reports a request's final outcome (not a progress update). */
+export function isFinalRequestEvent(data: any): boolean {
+  return Boolean(data?.request_id) && data.is_final === true;
 }
 
 function topicOf(type: string): string {
@@ -74,7 +85,8 @@ export function handleEvent(event: StreamEvent) {
         const existing = state.requests.find((r) => r.request_id === data.request_id);
         const merged = { ...existing, ...data, _seen: Date.now() };
         const rest = state.requests.filter((r) => r.request_id !== data.request_id);
-        return bump("request", { requests: [merged, ...rest].slice(0, MAX_REQUESTS) });
+        const topics = isFinalRequestEvent(data) ? ["request", REQUEST_FINAL_TOPIC] : "request";
+        return bump(topics, { requests: [merged, ...rest].slice(0, MAX_REQUESTS) });
       }
       if ("total_requests" in data || "active_connections" in data) {
         return bump(topic, { connections: { ...state.connections, ...data, _at: Date.now() } });
@@ -122,9 +134,31 @@ export function useLive<T>(select: (s: LiveState) => T): T {
   );
 }
 
+/** The version counter of a topic now (outside React; the tests read it). */
+export function topicVersion(topic: string): number {
+  return state.versions[topic] ?? 0;
+}
+
 /** The version counter of a topic: use it as an effect dependency to refetch on change. */
 export function useTopic(topic: string): number {
   return useLive((s) => s.versions[topic] ?? 0);
+}
+
+/**
+ * A topic's version that changes at most once per `intervalMs` (the first change at once, the
+ * rest folded into one change at the end of the interval): for refetches of queries too costly
+ * to run on every event, like the usage stats on every finished request.
+ */
+export function useThrottledTopic(topic: string, intervalMs: number): number {
+  const version = useTopic(topic);
+  const [shown, setShown] = useState(version);
+  const throttle = useMemo(() => createThrottle<number>(setShown, intervalMs), [intervalMs]);
+  useEffect(() => () => throttle.cancel(), [throttle]);
+  useEffect(() => {
+    if (version !== shown) throttle.push(version);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [version, throttle]);
+  return shown;
 }
 
 /** Fetches with `load` whenever `deps` change, debounced, keeping the last good data. */

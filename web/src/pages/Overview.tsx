@@ -5,7 +5,7 @@ import { ChartView, PALETTE } from "../chart";
 import { ErrorBox } from "../App";
 import { ms, num, pct, usd } from "../format";
 import { useT } from "../i18n";
-import { useInterval, useLive, useLoad, useTopic } from "../store";
+import { REQUEST_FINAL_TOPIC, useInterval, useLive, useLoad, useThrottledTopic, useTopic } from "../store";
 import { Card, Stat, todayStartIso } from "./common";
 
 interface Sample {
@@ -35,7 +35,8 @@ export function Overview() {
   const t = useT();
   const tick = useInterval(2000);
   const connectionTopic = useTopic("connection");
-  const requestTopic = useTopic("request");
+  // Today's totals change when a request finishes: refetch at most once per 5 s.
+  const finishedRequests = useThrottledTopic(REQUEST_FINAL_TOPIC, 5000);
   const groupTopic = useTopic("group");
   const chartTopic = useTopic("chart");
   const slow = useInterval(30_000);
@@ -45,7 +46,7 @@ export function Overview() {
   const groups = useLoad(() => getJson("/api/v1/groups"), [groupTopic], 200);
   const today = useLoad(
     () => getJson(`/api/v1/usage/stats?start_date=${encodeURIComponent(todayStartIso())}&end_date=${encodeURIComponent(new Date().toISOString())}`),
-    [Math.floor(requestTopic / 5), slow],
+    [finishedRequests, slow],
     1000,
   );
   const trends = useLoad(() => getJson("/api/v1/chart/request-trends?minutes=30"), [chartTopic, slow], 1000);

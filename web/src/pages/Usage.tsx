@@ -1,14 +1,17 @@
 import { useMemo, useState } from "react";
 import type { ChartConfiguration } from "chart.js";
-import { download, getToken, getJson } from "../api";
+import { downloadExport, getJson } from "../api";
 import { ChartView, PALETTE } from "../chart";
 import { ErrorBox } from "../App";
 import { ms, num, pct, usd } from "../format";
 import { useT } from "../i18n";
-import { useInterval, useLoad, useTopic } from "../store";
+import { exportQuery } from "../exportLink";
+import { REQUEST_FINAL_TOPIC, useInterval, useLoad, useThrottledTopic } from "../store";
 import { Card, Empty, Stat } from "./common";
 
 const PERIODS = ["1h", "1d", "7d", "30d", "90d"];
+/** Shortest time between two refetches of the stats driven by finished requests. */
+const STATS_REFRESH_MS = 5000;
 
 function localDate(d = new Date()): string {
   const pad = (n: number) => String(n).padStart(2, "0");
@@ -40,9 +43,9 @@ export function Usage() {
   // Several forwarders sharing one MySQL store: narrow everything to one instance id.
   const [instance, setInstance] = useState("");
   const instanceQuery = instance ? `&instance=${encodeURIComponent(instance)}` : "";
-  const requestTopic = useTopic("request");
+  // Stored stats change when a request finishes: refetch at most once per STATS_REFRESH_MS.
+  const refresh = useThrottledTopic(REQUEST_FINAL_TOPIC, STATS_REFRESH_MS);
   const slow = useInterval(30_000);
-  const refresh = Math.floor(requestTopic / 5);
   const stats = useLoad(
     () => getJson(`/api/v1/usage/stats?period=${period}${instanceQuery}`),
     [period, instanceQuery, refresh, slow],
@@ -89,13 +92,16 @@ export function Usage() {
     [days, t],
   );
 
-  const exportHref = (format: string) => `/api/v1/usage/export?format=${format}${instanceQuery}`;
-  const onExport = (format: string) => (e: React.MouseEvent) => {
-    // With a token the browser cannot add the header to a plain link: fetch it instead.
-    if (!getToken()) return;
+  // The export covers the period shown, ending when the button is clicked (the href is only
+  // what a "copy link" gets; the click computes the period afresh).
+  const exportHref = (format: "csv" | "json") =>
+    `/api/v1/usage/export?${exportQuery({ format, period, instance, now: new Date() })}`;
+  const onExport = (format: "csv" | "json") => (e: React.MouseEvent) => {
     e.preventDefault();
     setExportError(null);
-    download(exportHref(format), `usage_export.${format}`).catch((err) => setExportError(String(err?.message ?? err)));
+    downloadExport(exportQuery({ format, period, instance, now: new Date() })).catch((err) =>
+      setExportError(String(err?.message ?? err)),
+    );
   };
 
   return (
