@@ -1,6 +1,8 @@
 //! Browser tests of the web dashboard: the real app (proxy + admin listener with the embedded
 //! dashboard) on loopback, two groups in front of mock upstreams, driven by
-//! `web/tests/dashboard.mjs` (playwright-core with Debian's `/usr/bin/chromium`).
+//! `web/tests/dashboard.mjs` (playwright-core with Debian's `/usr/bin/chromium`); the Usage
+//! page's export with an admin token, over rows seeded across three months, by
+//! `web/tests/export.mjs`.
 //!
 //! Builds nothing itself: the dashboard is embedded by `crates/ccf-admin/build.rs` and
 //! `web/node_modules` comes from `npm ci` (`.ci/run`, `cargo xtask web`). When Chromium, Node.js,
@@ -72,12 +74,20 @@ fn dashboard_config(primary: &MockUpstream, backup: &MockUpstream, db: &std::pat
     }
 }
 
-/// Waits until the admin listener answers `/api/v1/status`.
-async fn wait_for_admin(forwarder: &Forwarder, admin: &str) -> Result<(), String> {
+/// Waits until the admin listener answers `/api/v1/status` (with `token` as a bearer, if any).
+async fn wait_for_admin(
+    forwarder: &Forwarder,
+    admin: &str,
+    token: Option<&str>,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = String::new();
     while Instant::now() < deadline {
-        let request = Request::get(format!("{admin}/api/v1/status"))
+        let mut request = Request::get(format!("{admin}/api/v1/status"));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(Bytes::new()))
             .expect("valid request");
         match tokio::time::timeout(Duration::from_secs(2), forwarder.client.request(request)).await
@@ -120,7 +130,7 @@ async fn dashboard_in_a_real_browser() {
         .admin
         .clone()
         .expect("web.enabled starts the admin listener");
-    if let Err(why) = wait_for_admin(&forwarder, &admin).await {
+    if let Err(why) = wait_for_admin(&forwarder, &admin, None).await {
         panic!("the admin listener at {admin} never answered /api/v1/status ({why}): is web.enabled wired into ccf-app?");
     }
 
@@ -152,6 +162,118 @@ async fn dashboard_in_a_real_browser() {
         (primary.requests().len(), backup.requests().len()),
         (1, 1),
         "the browser tests' requests reached the group they were meant for"
+    );
+    forwarder.stop().await;
+}
+
+/// The admin token of [`dashboard_export_follows_the_period_through_a_download_ticket`].
+const EXPORT_ADMIN_TOKEN: &str = "dashboard-export-admin-token-4711";
+
+/// Seeded rows: (how long before now the request started, how many). Chosen well inside each
+/// period of the Usage page, so a period's rows are exact whatever the seconds between seeding
+/// and clicking.
+const SEEDED_ROWS: [(Duration, usize); 5] = [
+    (Duration::from_secs(20 * 60), 3),
+    (Duration::from_secs(6 * 3600), 4),
+    (Duration::from_secs(3 * 86_400), 5),
+    (Duration::from_secs(20 * 86_400), 2),
+    (Duration::from_secs(60 * 86_400), 1),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_export_follows_the_period_through_a_download_ticket() {
+    let root = repo_root();
+    let missing = missing_prerequisites(&root);
+    if !missing.is_empty() {
+        ccf_testkit::skip_unless_ci(
+            "dashboard_export_follows_the_period_through_a_download_ticket",
+            &format!("missing {}", missing.join(", ")),
+        );
+        return;
+    }
+
+    let primary = MockUpstream::start().await;
+    let backup = MockUpstream::start().await;
+    let folder = tempfile::tempdir().expect("temp dir");
+    let mut config = dashboard_config(&primary, &backup, &folder.path().join("usage.db"));
+    config.web.auth_token = Some(ccf_config::Secret::new(EXPORT_ADMIN_TOKEN));
+    let forwarder = Forwarder::start(config).await;
+    let admin = forwarder
+        .admin
+        .clone()
+        .expect("web.enabled starts the admin listener");
+    if let Err(why) = wait_for_admin(&forwarder, &admin, Some(EXPORT_ADMIN_TOKEN)).await {
+        panic!("the admin listener at {admin} never answered /api/v1/status ({why})");
+    }
+
+    // Rows spread over three months, written straight to the app's store.
+    let usage = forwarder.usage.as_ref().expect("usage tracking is on");
+    let now = std::time::SystemTime::now();
+    let mut batch = Vec::new();
+    for (age, count) in SEEDED_ROWS {
+        for index in 0..count {
+            let start = now - age;
+            let mut record =
+                ccf_store::UsageRecord::new(format!("req-seeded-{}-{index}", age.as_secs()), start);
+            record.status = ccf_store::status::COMPLETED.into();
+            record.is_final = true;
+            record.end_time = Some(start + Duration::from_millis(800));
+            record.duration_ms = Some(800);
+            record.http_status_code = Some(200);
+            record.endpoint_name = Some("primary-1".into());
+            record.group_name = Some("primary".into());
+            record.model_name = Some("claude-sonnet-4-20250514".into());
+            batch.push(ccf_store::StoredRecord::price(
+                record,
+                &ccf_store::Pricing::default(),
+            ));
+        }
+    }
+    usage.store.write_batch(&batch).await.expect("seed rows");
+    // Each period counts the rows younger than it.
+    let periods = [
+        ("1h", 3600),
+        ("1d", 86_400),
+        ("7d", 7 * 86_400),
+        ("30d", 30 * 86_400),
+        ("90d", 90 * 86_400),
+    ];
+    let expected: serde_json::Map<String, serde_json::Value> = periods
+        .iter()
+        .map(|(period, seconds)| {
+            let rows: usize = SEEDED_ROWS
+                .iter()
+                .filter(|(age, _)| age.as_secs() < *seconds)
+                .map(|(_, count)| count)
+                .sum();
+            (period.to_string(), rows.into())
+        })
+        .collect();
+    assert_eq!(
+        serde_json::Value::Object(expected.clone()),
+        serde_json::json!({"1h": 3, "1d": 7, "7d": 12, "30d": 14, "90d": 15})
+    );
+
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(root.join("web/tests/export.mjs"))
+        .arg(&admin)
+        .arg(EXPORT_ADMIN_TOKEN)
+        .arg(serde_json::Value::Object(expected).to_string())
+        .current_dir(root.join("web"))
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(600), command.output())
+        .await
+        .expect("the browser test finishes (10 minute hang bound)")
+        .expect("node starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "dashboard export browser test failed ({}):\n{stdout}\n{stderr}",
+        output.status
     );
     forwarder.stop().await;
 }

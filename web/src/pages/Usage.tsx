@@ -110,7 +110,7 @@ export function Usage() {
       <div className="row wrap">
         <div className="segmented" role="group" aria-label={t("usage.period")}>
           {PERIODS.map((p) => (
-            <button key={p} className={p === period ? "on" : ""} onClick={() => setPeriod(p)}>
+            <button key={p} className={p === period ? "on" : ""} onClick={() => setPeriod(p)} data-testid={`period-${p}`}>
               {p}
             </button>
           ))}
