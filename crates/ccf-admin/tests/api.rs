@@ -1206,7 +1206,19 @@ async fn every_route_answers_in_its_pinned_wire_shape() {
         (Method::POST, "/", ""),
     ] {
         let answer = harness.admin_request(method.clone(), path, &[], body).await;
-        shapes.exact(&format!("{method} {path}"), &answer);
+        if path == "/no-such-page" {
+            // The dashboard's own routes: the same page as `/`. Its body names the bundle's
+            // hashed file names, which change with every dashboard change, so it is compared
+            // with `/` rather than pinned.
+            shapes.head(&format!("{method} {path}"), &answer);
+            let index = harness.get("/").await;
+            shapes.lines.push(format!(
+                "{method} {path} body is the page of GET /: {}",
+                answer.body == index.body
+            ));
+        } else {
+            shapes.exact(&format!("{method} {path}"), &answer);
+        }
     }
 
     // The live stream: the snapshots it opens with, then one event of each kind.
