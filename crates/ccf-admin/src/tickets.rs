@@ -294,6 +294,74 @@ mod tests {
         );
     }
 
+    /// Records every event's fields as text: the smallest subscriber that shows what a log line
+    /// would contain.
+    #[derive(Default, Clone)]
+    struct Recorded(std::sync::Arc<Mutex<Vec<String>>>);
+
+    struct FieldText<'a>(&'a mut String);
+
+    impl tracing::field::Visit for FieldText<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Recorded {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut line = String::new();
+            event.record(&mut FieldText(&mut line));
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(line);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn a_refused_ticket_is_logged_masked_only() {
+        let tickets = DownloadTickets::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let export = query(&[("format", "csv")]);
+        let recorded = Recorded::default();
+        let issued = tracing::subscriber::with_default(recorded.clone(), || {
+            let issued = tickets.issue(&export, now);
+            let wrong = query(&[("format", "json")]);
+            assert_eq!(
+                tickets.redeem(&issued.ticket, &wrong, now),
+                Err(TicketRefusal::OtherQuery)
+            );
+            assert_eq!(
+                tickets.redeem(&issued.ticket, &export, now),
+                Err(TicketRefusal::Unknown)
+            );
+            issued
+        });
+        let lines = recorded
+            .0
+            .lock()
+            .map(|lines| lines.clone())
+            .unwrap_or_default();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let masked = format!("ticket={}***", &issued.ticket[..4]);
+        for line in &lines {
+            assert!(!line.contains(&issued.ticket), "unmasked ticket in {line}");
+            assert!(line.contains(&masked), "{line}");
+        }
+        assert!(lines[0].contains("reason=OtherQuery"), "{lines:?}");
+        assert!(lines[1].contains("reason=Unknown"), "{lines:?}");
+    }
+
     #[test]
     fn outstanding_tickets_are_bounded_and_expired_ones_pruned() {
         let tickets = DownloadTickets::new(Duration::from_secs(60));
