@@ -126,6 +126,8 @@ fn section_problems() {
         ("proxy:\n  enabled: true\n  type: socks4\n  url: socks4://p:1", "proxy.type: unknown value `socks4`: expected one of `http`, `https`, `socks5`"),
         ("proxy:\n  enabled: true\n  url: p.example:8080", "proxy.url: unsupported scheme `p.example` in `p.example:8080`: expected `http`, `https` or `socks5`"),
         ("usage_tracking:\n  buffer_size: 0", "usage_tracking.buffer_size: must be greater than 0"),
+        ("usage_tracking:\n  model_pricing:\n    m:\n      input: 3\n      long_context:\n        threshold_input_tokens: 0\n        input: 6", "usage_tracking.model_pricing.m.long_context.threshold_input_tokens: must be a number of input tokens > 0, found 0"),
+        ("usage_tracking:\n  model_pricing:\n    m:\n      long_context:\n        output: -1", "usage_tracking.model_pricing.m.long_context.output: must be a non-negative price in USD per million tokens, found -1"),
         ("usage_tracking:\n  batch_size: 0", "usage_tracking.batch_size: must be greater than 0"),
         ("usage_tracking:\n  flush_interval: 0s", "usage_tracking.flush_interval: must be greater than 0"),
         ("usage_tracking:\n  max_retry: 0", "usage_tracking.max_retry: must be greater than 0"),

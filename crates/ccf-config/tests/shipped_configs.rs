@@ -82,7 +82,28 @@ fn example_config_loads_without_warnings() {
     assert_eq!(
         config.usage_tracking.default_pricing.cache_creation_1h,
         Some(6.0)
-    );
+    ); // The >200K-input tier: Sonnet 4 and 4.5 only (input, output, 5-minute write, read, 1-hour
+       // write); no other shipped model has one.
+    for model in ["claude-sonnet-4-5", "claude-sonnet-4"] {
+        let long = pricing[model].long_context.unwrap();
+        assert_eq!(long.threshold_input_tokens, 200_000, "{model}");
+        assert_eq!(
+            [
+                long.input,
+                long.output,
+                long.cache_creation,
+                long.cache_read,
+                long.cache_creation_1h.unwrap_or(f64::NAN),
+            ],
+            [6.0, 22.5, 7.5, 0.60, 12.0],
+            "{model}"
+        );
+    }
+    for (model, price) in pricing {
+        if !model.starts_with("claude-sonnet-4") {
+            assert_eq!(price.long_context, None, "{model}");
+        }
+    }
 }
 
 #[test]
