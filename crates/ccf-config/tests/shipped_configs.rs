@@ -1,4 +1,5 @@
-//! `config/example.yaml` and `config/demo.yaml` load cleanly and say what they promise.
+//! `config/example.yaml`, `config/demo.yaml` and `config/docker.yaml` load cleanly and say what
+//! they promise.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -160,4 +161,44 @@ fn demo_config_loads_without_credentials_or_warnings() {
         ]
     );
     assert!(config.endpoints.iter().all(|e| e.token.is_some()));
+}
+
+#[test]
+fn docker_config_loads_with_its_variables_and_passes_the_exposure_check() {
+    let loaded = load(
+        "config/docker.yaml",
+        &[
+            ("FORWARDER_CLIENT_TOKEN", "client-token"),
+            ("ANTHROPIC_API_KEY", "sk-ant-test"),
+        ],
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let config = loaded.config;
+    assert_eq!(
+        (config.server.host.as_str(), config.server.port),
+        ("0.0.0.0", 8087)
+    );
+    assert_eq!(config.web.host.as_str(), "127.0.0.1");
+    assert!(config.auth.enabled);
+    config.check_exposure().unwrap();
+    let upstream = config.endpoint("anthropic").unwrap();
+    assert_eq!(upstream.url.as_str(), "https://api.anthropic.com/");
+    assert_eq!(
+        upstream.api_key.as_ref().map(|k| k.expose()),
+        Some("sk-ant-test")
+    );
+    // The image prices exactly as the example does.
+    let example = load(
+        "config/example.yaml",
+        &[("ANTHROPIC_API_KEY", "sk-ant-test")],
+    )
+    .config;
+    assert_eq!(
+        config.usage_tracking.model_pricing,
+        example.usage_tracking.model_pricing
+    );
+    assert_eq!(
+        config.usage_tracking.default_pricing,
+        example.usage_tracking.default_pricing
+    );
 }
