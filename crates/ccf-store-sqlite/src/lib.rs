@@ -265,9 +265,9 @@ impl SqliteStore {
         .await
     }
 
-    /// The reader pool, rebuilt first when the path names another file than the pool's (checked
-    /// at most once per `replacement_check_interval`). The writer reopens (and migrates) the
-    /// new file before the readers see it.
+    /// The reader pool, rebuilt first when the path names another file than the pool's, or none
+    /// (checked at most once per `replacement_check_interval`). The writer reopens (and
+    /// migrates) the new file, or creates a deleted one, before the readers see it.
     async fn current_readers(&self) -> Result<ReaderPool, StoreError> {
         let current = || {
             self.readers
@@ -278,18 +278,20 @@ impl SqliteStore {
         if !self.replacement_check.due() {
             return Ok(current().pool);
         }
-        let now = file_identity(&self.path);
-        // A path with no file: the writer creates it at its next job; until then the old
-        // file's rows are better than errors.
-        if now.is_none() || now == current().identity {
+        if file_identity(&self.path) == current().identity {
             return Ok(current().pool);
         }
         let _one_rebuild = self.rebuilding.lock().await;
-        let identity = file_identity(&self.path);
-        if identity.is_none() || identity == current().identity {
+        if file_identity(&self.path) == current().identity {
             return Ok(current().pool);
         }
+        // The writer first: it opens (and migrates) the replacement, or creates the deleted
+        // file afresh, so the readers never see an unmigrated file.
         self.on_current_writer(|_| Ok(())).await?;
+        let identity = file_identity(&self.path);
+        if identity.is_none() {
+            return Ok(current().pool);
+        }
         let path = self.path.clone();
         let (pool_size, busy_timeout) = (self.pool_size, self.busy_timeout);
         let pool =

@@ -79,8 +79,8 @@ impl WriterFile {
                 path = %path.display(),
                 "the usage database file was replaced while open; opening the new file"
             );
-            remove_stale_wal(path);
         }
+        remove_stale_wal(path);
         let mut fresh = Connection::open(path).map_err(sqlite_error)?;
         crate::vacuum::prefer_incremental(&fresh).map_err(sqlite_error)?;
         configure(&fresh, busy_timeout).map_err(sqlite_error)?;
@@ -91,10 +91,10 @@ impl WriterFile {
     }
 }
 
-/// Removes `<path>-wal` and `<path>-shm` after the database file was replaced: they belong to
-/// the file this process had open (a replacement brings no WAL of its own — a backup made with
-/// `.backup` or `VACUUM INTO` is one file), and SQLite pairs them with a database by name only,
-/// so the new file would be read through the old file's pages. Our old connections keep the
+/// Removes `<path>-wal` and `<path>-shm` after the database file was replaced or deleted: they
+/// belong to the file this process had open (a replacement brings no WAL of its own — a backup
+/// made with `.backup` or `VACUUM INTO` is one file), and SQLite pairs them with a database by
+/// name only, so the new (or recreated) file would be read through the old file's pages. Our old connections keep the
 /// unlinked files open; SQLite neither checkpoints nor deletes a moved database's WAL on close.
 fn remove_stale_wal(path: &Path) {
     for suffix in ["-wal", "-shm"] {

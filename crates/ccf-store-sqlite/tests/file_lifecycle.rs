@@ -137,6 +137,22 @@ async fn a_write_notices_the_replacement_before_any_read() {
     assert_eq!(ids, vec!["after-0000".to_string(), "new-0000".to_string()]);
 }
 
+#[tokio::test]
+async fn a_deleted_file_reads_as_the_fresh_database_the_writer_creates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    let store = open(&path, checking_every_read()).await;
+    store.write_batch(&rows("old", 2)).await.unwrap();
+    assert_eq!(listed_ids(&store).await, expected_ids("old", 2));
+    // `rm usage.db`: its -wal and -shm stay behind.
+    std::fs::remove_file(&path).unwrap();
+    // Not the unlinked file's rows: the path's, a fresh migrated database.
+    assert_eq!(listed_ids(&store).await, Vec::<String>::new());
+    assert!(path.exists());
+    store.write_batch(&rows("new", 1)).await.unwrap();
+    assert_eq!(listed_ids(&store).await, expected_ids("new", 1));
+}
+
 /// (page_count, freelist_count) of the file at `path`, read by a connection of its own.
 fn pages(path: &Path) -> (i64, i64) {
     let connection = Connection::open(path).unwrap();
