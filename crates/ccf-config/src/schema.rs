@@ -706,10 +706,10 @@ pub const DEFAULT_LONG_CONTEXT_THRESHOLD: u64 = 200_000;
 /// whose input (input + cache writes + cache reads, as Anthropic counts it) exceeds
 /// `threshold_input_tokens`.
 ///
-/// Absent prices follow the entry's rules, from this tier's own `input`: `input`/`output` 0,
+/// `input` and `output` are required; absent cache prices follow this tier's own `input`:
 /// `cache_creation` 1.25 x, `cache_read` 0.1 x, `cache_creation_1h` 2 x `input`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(from = "LongContextPricingRepr")]
+#[serde(try_from = "LongContextPricingRepr")]
 pub struct LongContextPricing {
     /// The tier applies when the request's input tokens exceed this (default 200000).
     pub threshold_input_tokens: u64,
@@ -742,19 +742,29 @@ struct LongContextPricingRepr {
     cache_creation_1h: Option<f64>,
 }
 
-impl From<LongContextPricingRepr> for LongContextPricing {
-    fn from(repr: LongContextPricingRepr) -> Self {
-        let input = repr.input.unwrap_or(0.0);
-        Self {
+impl TryFrom<LongContextPricingRepr> for LongContextPricing {
+    type Error = String;
+
+    /// Unlike an entry, a tier must write its `input` and `output`: a misspelt key would
+    /// otherwise price every long request's tokens at 0.
+    fn try_from(repr: LongContextPricingRepr) -> Result<Self, String> {
+        let (Some(input), Some(output)) = (repr.input, repr.output) else {
+            return Err(
+                "a long_context tier needs its own `input` and `output` prices \
+                        (USD per million tokens)"
+                    .into(),
+            );
+        };
+        Ok(Self {
             threshold_input_tokens: repr
                 .threshold_input_tokens
                 .unwrap_or(DEFAULT_LONG_CONTEXT_THRESHOLD),
             input,
-            output: repr.output.unwrap_or(0.0),
+            output,
             cache_creation: repr.cache_creation.unwrap_or(input * 1.25),
             cache_read: repr.cache_read.unwrap_or(input * 0.1),
             cache_creation_1h: repr.cache_creation_1h,
-        }
+        })
     }
 }
 

@@ -274,7 +274,7 @@ fn a_long_context_tier_is_optional_and_its_absent_prices_follow_its_input() {
          tiered:\n      input: 3.0\n      output: 15.0\n      long_context:\n        \
          input: 6.0\n        output: 22.5\n    \
          explicit:\n      input: 3.0\n      long_context:\n        threshold_input_tokens: 1000\n        \
-         input: 6.0\n        cache_creation: 7.0\n        cache_read: 0.5\n        cache_creation_1h: 11.0\n\
+         input: 6.0\n        output: 9.0\n        cache_creation: 7.0\n        cache_read: 0.5\n        cache_creation_1h: 11.0\n\
          {ONE_ENDPOINT}"
     ))
     .unwrap();
