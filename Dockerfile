@@ -54,6 +54,9 @@ COPY config/docker.yaml /etc/cc-forwarder/config.yaml
 # The dashboard stays on the container's loopback unless you publish it with a token (the admin
 # API refuses a non-loopback address without one):
 #   -p 8088:8088 -e CCF_WEB__HOST=0.0.0.0 -e CCF_WEB__AUTH_TOKEN=<long random token>
+# A mounted config listens on every interface too (environment overrides win over the file),
+# as with earlier images: a container's loopback cannot be reached through -p.
+ENV CCF_SERVER__HOST=0.0.0.0
 WORKDIR /data
 VOLUME ["/data"]
 USER ccf:ccf

@@ -227,6 +227,10 @@ fn the_dockerfile_runs_the_binary_with_the_image_config() {
     );
     assert_eq!(stage.workdir, "/data");
     assert_eq!(
+        stage.env.get("CCF_SERVER__HOST").map(String::as_str),
+        Some("0.0.0.0")
+    );
+    assert_eq!(
         stage.cmd,
         [
             "cc-forwarder",
