@@ -4,15 +4,16 @@
 # into a small Debian runtime that runs it as a non-root user.
 #
 #   docker build -t cc-forwarder .
-#   docker run -d --name cc-forwarder -p 8087:8087 -p 8088:8088 \
-#     -e CCF_WEB__HOST=0.0.0.0 -e CCF_WEB__AUTH_TOKEN="$(openssl rand -hex 24)" \
-#     -v "$PWD/config.yaml:/etc/cc-forwarder/config.yaml:ro" -v ccf-data:/data cc-forwarder
+#   docker run -d --name cc-forwarder -p 8087:8087 -v ccf-data:/data \
+#     -e FORWARDER_CLIENT_TOKEN="$(openssl rand -hex 24)" -e ANTHROPIC_API_KEY=sk-ant-... \
+#     cc-forwarder
 #
-# The image's default config is config/example.yaml (which needs -e ANTHROPIC_API_KEY=...) with
-# the proxy listening on 0.0.0.0 (CCF_SERVER__HOST below); mount your own at
-# /etc/cc-forwarder/config.yaml.
-# Relative paths in it (data/usage.db, logs/app.log) resolve under /data, the volume.
-# See docs/operations.md.
+# The image's config is config/docker.yaml: the proxy on 0.0.0.0 with inbound auth on, its token
+# from FORWARDER_CLIENT_TOKEN; the forwarder refuses to start, naming the variable, when it or
+# ANTHROPIC_API_KEY is missing. Mount your own config at /etc/cc-forwarder/config.yaml for more.
+# Relative paths in it (data/usage.db) resolve under /data, the volume.
+# bins/cc-forwarder/tests/docker_image.rs runs the binary the way the runtime stage below does
+# (it reads the COPY, ENV, WORKDIR and CMD lines of this file). See docs/operations.md.
 
 # --- the web dashboard (embedded into the binary by crates/ccf-admin/build.rs) ---
 FROM node:20-bookworm-slim AS web
@@ -49,12 +50,12 @@ RUN apt-get update \
     && install -d -o ccf -g ccf -m 0750 /data \
     && install -d -m 0755 /etc/cc-forwarder
 COPY --from=builder /usr/local/bin/cc-forwarder /usr/local/bin/cc-forwarder
-COPY config/example.yaml /etc/cc-forwarder/config.yaml
-# Inside a container the proxy must bind every interface to be reachable through -p (environment
-# overrides win over the file). Turn on inbound auth in your config when the port is reachable by
-# others. The dashboard stays on the container's loopback unless you publish it with a token,
-# because the admin API refuses a non-loopback address without one:
-#   -e CCF_WEB__HOST=0.0.0.0 -e CCF_WEB__AUTH_TOKEN=<long random token>
+COPY config/docker.yaml /etc/cc-forwarder/config.yaml
+# The dashboard stays on the container's loopback unless you publish it with a token (the admin
+# API refuses a non-loopback address without one):
+#   -p 8088:8088 -e CCF_WEB__HOST=0.0.0.0 -e CCF_WEB__AUTH_TOKEN=<long random token>
+# A mounted config listens on every interface too (environment overrides win over the file),
+# as with earlier images: a container's loopback cannot be reached through -p.
 ENV CCF_SERVER__HOST=0.0.0.0
 WORKDIR /data
 VOLUME ["/data"]

@@ -168,13 +168,38 @@ impl Check<'_> {
     }
 
     fn pricing(&mut self, key: &[&str], pricing: &ModelPricing) {
-        let fields = [
-            ("input", Some(pricing.input)),
-            ("output", Some(pricing.output)),
-            ("cache_creation", Some(pricing.cache_creation)),
-            ("cache_read", Some(pricing.cache_read)),
-            ("cache_creation_1h", pricing.cache_creation_1h),
-        ];
+        if let Some(long) = &pricing.long_context {
+            let mut long_key = key.to_vec();
+            long_key.push("long_context");
+            if long.threshold_input_tokens == 0 {
+                let mut path = long_key.clone();
+                path.push("threshold_input_tokens");
+                self.fail(&path, "must be a number of input tokens > 0, found 0");
+            }
+            self.prices(
+                &long_key,
+                [
+                    ("input", Some(long.input)),
+                    ("output", Some(long.output)),
+                    ("cache_creation", Some(long.cache_creation)),
+                    ("cache_read", Some(long.cache_read)),
+                    ("cache_creation_1h", long.cache_creation_1h),
+                ],
+            );
+        }
+        self.prices(
+            key,
+            [
+                ("input", Some(pricing.input)),
+                ("output", Some(pricing.output)),
+                ("cache_creation", Some(pricing.cache_creation)),
+                ("cache_read", Some(pricing.cache_read)),
+                ("cache_creation_1h", pricing.cache_creation_1h),
+            ],
+        );
+    }
+
+    fn prices(&mut self, key: &[&str], fields: [(&str, Option<f64>); 5]) {
         for (field, value) in fields {
             if let Some(value) = value {
                 if !value.is_finite() || value < 0.0 {

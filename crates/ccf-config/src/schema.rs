@@ -692,6 +692,80 @@ pub struct ModelPricing {
     pub cache_read: f64,
     /// Cache writes with the 1-hour TTL; absent means 2x input.
     pub cache_creation_1h: Option<f64>,
+    /// The higher prices of a long request (`long_context`), for models that have such a tier;
+    /// absent (as in every Go config): one price at every length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<LongContextPricing>,
+}
+
+/// Input tokens above which [`LongContextPricing`] applies when the entry does not say
+/// (Anthropic's 200K tier).
+pub const DEFAULT_LONG_CONTEXT_THRESHOLD: u64 = 200_000;
+
+/// `model_pricing.<model>.long_context`: USD per million tokens for every token of a request
+/// whose input (input + cache writes + cache reads, as Anthropic counts it) exceeds
+/// `threshold_input_tokens`.
+///
+/// `input` and `output` are required; absent cache prices follow this tier's own `input`:
+/// `cache_creation` 1.25 x, `cache_read` 0.1 x, `cache_creation_1h` 2 x `input`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "LongContextPricingRepr")]
+pub struct LongContextPricing {
+    /// The tier applies when the request's input tokens exceed this (default 200000).
+    pub threshold_input_tokens: u64,
+    /// Input tokens.
+    pub input: f64,
+    /// Output tokens.
+    pub output: f64,
+    /// Cache writes (5-minute TTL).
+    pub cache_creation: f64,
+    /// Cache reads.
+    pub cache_read: f64,
+    /// Cache writes with the 1-hour TTL; absent means 2x this tier's input.
+    pub cache_creation_1h: Option<f64>,
+}
+
+/// A long-context tier as written.
+#[derive(Deserialize)]
+struct LongContextPricingRepr {
+    #[serde(default)]
+    threshold_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "decimal::optional")]
+    input: Option<f64>,
+    #[serde(default, deserialize_with = "decimal::optional")]
+    output: Option<f64>,
+    #[serde(default, deserialize_with = "decimal::optional")]
+    cache_creation: Option<f64>,
+    #[serde(default, deserialize_with = "decimal::optional")]
+    cache_read: Option<f64>,
+    #[serde(default, deserialize_with = "decimal::optional")]
+    cache_creation_1h: Option<f64>,
+}
+
+impl TryFrom<LongContextPricingRepr> for LongContextPricing {
+    type Error = String;
+
+    /// Unlike an entry, a tier must write its `input` and `output`: a misspelt key would
+    /// otherwise price every long request's tokens at 0.
+    fn try_from(repr: LongContextPricingRepr) -> Result<Self, String> {
+        let (Some(input), Some(output)) = (repr.input, repr.output) else {
+            return Err(
+                "a long_context tier needs its own `input` and `output` prices \
+                        (USD per million tokens)"
+                    .into(),
+            );
+        };
+        Ok(Self {
+            threshold_input_tokens: repr
+                .threshold_input_tokens
+                .unwrap_or(DEFAULT_LONG_CONTEXT_THRESHOLD),
+            input,
+            output,
+            cache_creation: repr.cache_creation.unwrap_or(input * 1.25),
+            cache_read: repr.cache_read.unwrap_or(input * 0.1),
+            cache_creation_1h: repr.cache_creation_1h,
+        })
+    }
 }
 
 /// A pricing entry as written, so absent prices can be told from explicit zeros.
@@ -707,6 +781,8 @@ struct ModelPricingRepr {
     cache_read: Option<f64>,
     #[serde(default, deserialize_with = "decimal::optional")]
     cache_creation_1h: Option<f64>,
+    #[serde(default)]
+    long_context: Option<LongContextPricing>,
 }
 
 impl From<ModelPricingRepr> for ModelPricing {
@@ -718,6 +794,7 @@ impl From<ModelPricingRepr> for ModelPricing {
             cache_creation: repr.cache_creation.unwrap_or(input * 1.25),
             cache_read: repr.cache_read.unwrap_or(input * 0.1),
             cache_creation_1h: repr.cache_creation_1h,
+            long_context: repr.long_context,
         }
     }
 }
@@ -730,6 +807,7 @@ impl Default for ModelPricing {
             cache_creation: 3.75,
             cache_read: 0.30,
             cache_creation_1h: None,
+            long_context: None,
         }
     }
 }

@@ -268,6 +268,44 @@ fn yaml_merge_keys_and_anchors_work() {
 }
 
 #[test]
+fn a_long_context_tier_is_optional_and_its_absent_prices_follow_its_input() {
+    let config = Config::from_yaml_str(&format!(
+        "usage_tracking:\n  model_pricing:\n    plain:\n      input: 3.0\n    \
+         tiered:\n      input: 3.0\n      output: 15.0\n      long_context:\n        \
+         input: 6.0\n        output: 22.5\n    \
+         explicit:\n      input: 3.0\n      long_context:\n        threshold_input_tokens: 1000\n        \
+         input: 6.0\n        output: 9.0\n        cache_creation: 7.0\n        cache_read: 0.5\n        cache_creation_1h: 11.0\n\
+         {ONE_ENDPOINT}"
+    ))
+    .unwrap();
+    let pricing = &config.usage_tracking.model_pricing;
+    // A Go entry (no long_context) loads unchanged.
+    assert_eq!(pricing["plain"].long_context, None);
+    let tiered = pricing["tiered"].long_context.unwrap();
+    assert_eq!(
+        (
+            tiered.threshold_input_tokens,
+            tiered.input,
+            tiered.output,
+            tiered.cache_creation,
+            tiered.cache_read,
+            tiered.cache_creation_1h
+        ),
+        (200_000, 6.0, 22.5, 7.5, 0.6000000000000001, None)
+    );
+    let explicit = pricing["explicit"].long_context.unwrap();
+    assert_eq!(
+        (
+            explicit.threshold_input_tokens,
+            explicit.cache_creation,
+            explicit.cache_read,
+            explicit.cache_creation_1h
+        ),
+        (1000, 7.0, 0.5, Some(11.0))
+    );
+}
+
+#[test]
 fn absent_cache_prices_follow_the_input_price() {
     let config = Config::from_yaml_str(&format!(
         "usage_tracking:\n  model_pricing:\n    m:\n      input: 2.0\n      output: 10.0\n    \

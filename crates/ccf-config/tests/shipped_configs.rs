@@ -1,4 +1,5 @@
-//! `config/example.yaml` and `config/demo.yaml` load cleanly and say what they promise.
+//! `config/example.yaml`, `config/demo.yaml` and `config/docker.yaml` load cleanly and say what
+//! they promise.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -82,7 +83,28 @@ fn example_config_loads_without_warnings() {
     assert_eq!(
         config.usage_tracking.default_pricing.cache_creation_1h,
         Some(6.0)
-    );
+    ); // The >200K-input tier: Sonnet 4 and 4.5 only (input, output, 5-minute write, read, 1-hour
+       // write); no other shipped model has one.
+    for model in ["claude-sonnet-4-5", "claude-sonnet-4"] {
+        let long = pricing[model].long_context.unwrap();
+        assert_eq!(long.threshold_input_tokens, 200_000, "{model}");
+        assert_eq!(
+            [
+                long.input,
+                long.output,
+                long.cache_creation,
+                long.cache_read,
+                long.cache_creation_1h.unwrap_or(f64::NAN),
+            ],
+            [6.0, 22.5, 7.5, 0.60, 12.0],
+            "{model}"
+        );
+    }
+    for (model, price) in pricing {
+        if !model.starts_with("claude-sonnet-4") {
+            assert_eq!(price.long_context, None, "{model}");
+        }
+    }
 }
 
 #[test]
@@ -139,4 +161,44 @@ fn demo_config_loads_without_credentials_or_warnings() {
         ]
     );
     assert!(config.endpoints.iter().all(|e| e.token.is_some()));
+}
+
+#[test]
+fn docker_config_loads_with_its_variables_and_passes_the_exposure_check() {
+    let loaded = load(
+        "config/docker.yaml",
+        &[
+            ("FORWARDER_CLIENT_TOKEN", "client-token"),
+            ("ANTHROPIC_API_KEY", "sk-ant-test"),
+        ],
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let config = loaded.config;
+    assert_eq!(
+        (config.server.host.as_str(), config.server.port),
+        ("0.0.0.0", 8087)
+    );
+    assert_eq!(config.web.host.as_str(), "127.0.0.1");
+    assert!(config.auth.enabled);
+    config.check_exposure().unwrap();
+    let upstream = config.endpoint("anthropic").unwrap();
+    assert_eq!(upstream.url.as_str(), "https://api.anthropic.com/");
+    assert_eq!(
+        upstream.api_key.as_ref().map(|k| k.expose()),
+        Some("sk-ant-test")
+    );
+    // The image prices exactly as the example does.
+    let example = load(
+        "config/example.yaml",
+        &[("ANTHROPIC_API_KEY", "sk-ant-test")],
+    )
+    .config;
+    assert_eq!(
+        config.usage_tracking.model_pricing,
+        example.usage_tracking.model_pricing
+    );
+    assert_eq!(
+        config.usage_tracking.default_pricing,
+        example.usage_tracking.default_pricing
+    );
 }

@@ -5,7 +5,9 @@
 //! transaction), a pool of reader connections (8 by default) so that dashboard queries never wait
 //! behind writes, WAL with `synchronous=NORMAL` and a busy timeout set by real PRAGMAs on every
 //! connection, and the versioned migrations embedded in the binary. It opens a `usage.db` written
-//! by the Go forwarder and migrates it in place. It must not be used from outside a tokio
+//! by the Go forwarder and migrates it in place. A database file replaced or deleted while open
+//! is noticed and opened again ([`reopen`]); the space of deleted rows is given back with
+//! incremental auto-vacuum ([`vacuum`]). It must not be used from outside a tokio
 //! runtime's async context; blocking SQLite calls run only on its own threads and on
 //! `spawn_blocking`.
 //!
@@ -14,10 +16,12 @@
 mod convert;
 mod migrate;
 mod read;
+mod reopen;
+mod vacuum;
 mod write;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use ccf_store::{
@@ -29,6 +33,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::convert::{pool_error, sqlite_error};
+use crate::reopen::{file_identity, FileIdentity, ReplacementCheck, WriterFile};
 
 /// How [`SqliteStore::open`] opens the database.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +47,9 @@ pub struct SqliteOptions {
     pub legacy_zone: LegacyZone,
     /// Create the file's parent directories if missing (default true).
     pub create_dirs: bool,
+    /// How often, at most, a reader checkout looks whether the file was replaced (one `stat`;
+    /// default 1 s; zero: at every checkout).
+    pub replacement_check_interval: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -51,6 +59,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             legacy_zone: LegacyZone::Utc,
             create_dirs: true,
+            replacement_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -70,15 +79,29 @@ pub struct ConnectionPragmas {
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+type ReaderPool = r2d2::Pool<SqliteConnectionManager>;
+
+/// The reader pool and the identity of the file the path named just before it was built.
+#[derive(Clone)]
+struct Readers {
+    pool: ReaderPool,
+    identity: Option<FileIdentity>,
+}
+
 /// A usage store in one SQLite file.
 pub struct SqliteStore {
     path: PathBuf,
     writer: mpsc::Sender<Job>,
-    readers: r2d2::Pool<SqliteConnectionManager>,
+    readers: RwLock<Readers>,
+    pool_size: u32,
     legacy_zone: LegacyZone,
     busy_timeout: Duration,
-    /// Identity of the file the writer has open (see `reopen_if_deleted`).
-    opened: std::sync::Arc<std::sync::Mutex<Option<(u64, u64)>>>,
+    /// Identity of the file the writer has open.
+    writer_file: Arc<WriterFile>,
+    /// When the readers look for a replaced file next.
+    replacement_check: ReplacementCheck,
+    /// One reader-pool rebuild at a time.
+    rebuilding: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -99,51 +122,25 @@ fn configure(connection: &Connection, busy_timeout: Duration) -> rusqlite::Resul
     Ok(())
 }
 
-/// Which file a path names right now: (device, inode), `None` if there is none.
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    let metadata = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        Some((metadata.dev(), metadata.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = metadata;
-        Some((0, 0))
-    }
-}
-
-/// The database file was deleted (or replaced) while open — an operator's `rm`, a clean-up job:
-/// writes through the open connection would land in an unlinked file and vanish at exit, with
-/// no error. Opens the path again instead, creating and migrating a fresh database, so every
-/// later batch is kept (readers pick the new file up as the pool renews its connections). If the
-/// path cannot be opened, the error makes the recorder keep the batch and report itself
-/// unhealthy. `opened` is the identity of the file the writer has open (`None`: no file, e.g.
-/// in-memory).
-fn reopen_if_deleted(
-    connection: &mut Connection,
+/// Builds the reader pool on `path` (blocking: opens one connection).
+fn build_reader_pool(
     path: &Path,
-    opened: &std::sync::Mutex<Option<(u64, u64)>>,
+    pool_size: u32,
     busy_timeout: Duration,
-    zone: LegacyZone,
-) -> Result<(), StoreError> {
-    let mut opened = opened
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if opened.is_none() || file_identity(path) == *opened {
-        return Ok(());
-    }
-    tracing::error!(
-        path = %path.display(),
-        "the usage database file was deleted or replaced while open; opening it again"
-    );
-    let mut fresh = Connection::open(path).map_err(sqlite_error)?;
-    configure(&fresh, busy_timeout).map_err(sqlite_error)?;
-    migrate::run(&mut fresh, zone)?;
-    *connection = fresh;
-    *opened = file_identity(path);
-    Ok(())
+) -> Result<ReaderPool, StoreError> {
+    let manager = SqliteConnectionManager::file(path)
+        .with_init(move |connection| configure(connection, busy_timeout));
+    // Every connection is opened here and kept (no idle reaping, no lifetime): a pool never
+    // opens the path later, when it may name another file (see `reopen`); a replaced file gets
+    // a new pool.
+    r2d2::Pool::builder()
+        .max_size(pool_size)
+        .min_idle(Some(pool_size))
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connection_timeout(Duration::from_secs(30))
+        .build(manager)
+        .map_err(pool_error)
 }
 
 impl SqliteStore {
@@ -181,13 +178,15 @@ impl SqliteStore {
                     source: None,
                 });
             }
+            // Takes effect on a new file only; existing ones are switched by `migrate`.
+            vacuum::prefer_incremental(&connection).map_err(in_file)?;
             configure(&connection, busy_timeout).map_err(in_file)?;
             Ok::<_, StoreError>(connection)
         })
         .await
         .map_err(|e| StoreError::unavailable("sqlite open task failed", e))??;
 
-        let opened = file_identity(&path);
+        let writer_file = Arc::new(WriterFile::new(file_identity(&path)));
         let (sender, receiver) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("ccf-sqlite-writer".into())
@@ -200,27 +199,27 @@ impl SqliteStore {
             })
             .map_err(|e| StoreError::unavailable("cannot start the sqlite writer thread", e))?;
 
-        let manager = SqliteConnectionManager::file(&path)
-            .with_init(move |connection| configure(connection, busy_timeout));
         let pool_size = options.readers.max(1);
-        let readers = tokio::task::spawn_blocking(move || {
-            r2d2::Pool::builder()
-                .max_size(pool_size)
-                .min_idle(Some(1))
-                .connection_timeout(Duration::from_secs(30))
-                .build(manager)
+        // The identity is taken before the pool opens connections: a replacement in between is
+        // seen at the next check.
+        let identity = file_identity(&path);
+        let pool_path = path.clone();
+        let pool = tokio::task::spawn_blocking(move || {
+            build_reader_pool(&pool_path, pool_size, busy_timeout)
         })
         .await
-        .map_err(|e| StoreError::unavailable("sqlite pool task failed", e))?
-        .map_err(pool_error)?;
+        .map_err(|e| StoreError::unavailable("sqlite pool task failed", e))??;
 
         Ok(Self {
             path,
             writer: sender,
-            readers,
+            readers: RwLock::new(Readers { pool, identity }),
+            pool_size,
             legacy_zone: options.legacy_zone,
             busy_timeout,
-            opened: std::sync::Arc::new(std::sync::Mutex::new(opened)),
+            writer_file,
+            replacement_check: ReplacementCheck::new(options.replacement_check_interval),
+            rebuilding: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -248,13 +247,75 @@ impl SqliteStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Runs `job` on the writer thread after making sure the writer has the file the path
+    /// names open ([`WriterFile::reopen_if_replaced`]).
+    async fn on_current_writer<R, F>(&self, job: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let path = self.path.clone();
+        let busy_timeout = self.busy_timeout;
+        let zone = self.legacy_zone;
+        let writer_file = Arc::clone(&self.writer_file);
+        self.on_writer(move |connection| {
+            writer_file.reopen_if_replaced(connection, &path, busy_timeout, zone)?;
+            job(connection)
+        })
+        .await
+    }
+
+    /// The reader pool, rebuilt first when the path names another file than the pool's, or none
+    /// (checked at most once per `replacement_check_interval`). The writer reopens (and
+    /// migrates) the new file, or creates a deleted one, before the readers see it.
+    async fn current_readers(&self) -> Result<ReaderPool, StoreError> {
+        let current = || {
+            self.readers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        };
+        if !self.replacement_check.due() {
+            return Ok(current().pool);
+        }
+        if file_identity(&self.path) == current().identity {
+            return Ok(current().pool);
+        }
+        let _one_rebuild = self.rebuilding.lock().await;
+        if file_identity(&self.path) == current().identity {
+            return Ok(current().pool);
+        }
+        // The writer first: it opens (and migrates) the replacement, or creates the deleted
+        // file afresh, so the readers never see an unmigrated file.
+        self.on_current_writer(|_| Ok(())).await?;
+        let identity = file_identity(&self.path);
+        if identity.is_none() {
+            return Ok(current().pool);
+        }
+        let path = self.path.clone();
+        let (pool_size, busy_timeout) = (self.pool_size, self.busy_timeout);
+        let pool =
+            tokio::task::spawn_blocking(move || build_reader_pool(&path, pool_size, busy_timeout))
+                .await
+                .map_err(|e| StoreError::unavailable("sqlite pool task failed", e))??;
+        tracing::warn!(
+            path = %self.path.display(),
+            "the usage database file was replaced; readers reopened it"
+        );
+        *self.readers.write().unwrap_or_else(PoisonError::into_inner) = Readers {
+            pool: pool.clone(),
+            identity,
+        };
+        Ok(pool)
+    }
+
     /// Runs `job` on a pooled reader connection (on the blocking thread pool).
     async fn on_reader<R, F>(&self, job: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&Connection, LegacyZone) -> Result<R, StoreError> + Send + 'static,
     {
-        let pool = self.readers.clone();
+        let pool = self.current_readers().await?;
         let zone = self.legacy_zone;
         tokio::task::spawn_blocking(move || {
             let connection = pool.get().map_err(pool_error)?;
@@ -262,6 +323,37 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::unavailable("sqlite reader task failed", e))?
+    }
+
+    /// Gives the free pages (left by deleted rows) back to the file system with
+    /// `PRAGMA incremental_vacuum`, one chunk per writer job so that batches are written in
+    /// between. Does nothing on a database not yet switched to incremental auto-vacuum.
+    async fn release_free_pages(&self) -> Result<(), StoreError> {
+        let (mode, before) = self
+            .on_writer(|c| Ok((vacuum::auto_vacuum_mode(c)?, vacuum::free_pages(c)?)))
+            .await?;
+        if mode != vacuum::INCREMENTAL || before == 0 {
+            return Ok(());
+        }
+        let mut left = before;
+        // Bounded: each step releases PAGES_PER_STEP pages, or there is nothing left to do.
+        for _ in 0..=before / u64::from(vacuum::PAGES_PER_STEP) + 1 {
+            left = self.on_writer(|c| vacuum::incremental_step(c)).await?;
+            if left == 0 {
+                break;
+            }
+        }
+        tracing::info!(
+            pages_released = before.saturating_sub(left),
+            pages_free = left,
+            "usage database space of deleted rows released (incremental vacuum)"
+        );
+        Ok(())
+    }
+
+    /// `PRAGMA auto_vacuum` of the database (0 none, 1 full, 2 incremental).
+    pub async fn auto_vacuum_mode(&self) -> Result<i64, StoreError> {
+        self.on_writer(|c| vacuum::auto_vacuum_mode(c)).await
     }
 
     /// The PRAGMAs in force on the writer connection and on a reader connection.
@@ -299,8 +391,14 @@ impl UsageStore for SqliteStore {
 
     async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         let zone = self.legacy_zone;
-        self.on_writer(move |connection| migrate::run(connection, zone))
-            .await
+        self.on_current_writer(move |connection| {
+            let report = migrate::run(connection, zone)?;
+            // Documented moment of the one-time switch (docs/storage.md): right after the
+            // schema migrations, before the first batch.
+            vacuum::convert_to_incremental(connection);
+            Ok(report)
+        })
+        .await
     }
 
     async fn pending_migrations(&self) -> Result<Vec<u32>, StoreError> {
@@ -314,14 +412,8 @@ impl UsageStore for SqliteStore {
         }
         let batch = batch.to_vec();
         let zone = self.legacy_zone;
-        let path = self.path.clone();
-        let busy_timeout = self.busy_timeout;
-        let opened = std::sync::Arc::clone(&self.opened);
-        self.on_writer(move |connection| {
-            reopen_if_deleted(connection, &path, &opened, busy_timeout, zone)?;
-            write::write_batch(connection, &batch, zone)
-        })
-        .await
+        self.on_current_writer(move |connection| write::write_batch(connection, &batch, zone))
+            .await
     }
 
     async fn list_requests(&self, query: &RequestQuery) -> Result<Page<RequestRow>, StoreError> {
@@ -366,7 +458,9 @@ impl UsageStore for SqliteStore {
         let mut report = CleanupReport::default();
         loop {
             let deleted = self
-                .on_writer(move |connection| write::delete_requests_chunk(connection, older_than))
+                .on_current_writer(move |connection| {
+                    write::delete_requests_chunk(connection, older_than)
+                })
                 .await?;
             report.requests_deleted += deleted;
             if deleted < write::CLEANUP_CHUNK {
@@ -374,8 +468,11 @@ impl UsageStore for SqliteStore {
             }
         }
         report.summary_rows_deleted = self
-            .on_writer(move |connection| write::delete_summary(connection, older_than))
+            .on_current_writer(move |connection| write::delete_summary(connection, older_than))
             .await?;
+        if report.requests_deleted > 0 || report.summary_rows_deleted > 0 {
+            self.release_free_pages().await?;
+        }
         Ok(report)
     }
 

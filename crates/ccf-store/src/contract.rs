@@ -91,6 +91,7 @@ pub fn pricing() -> Pricing {
             cache_creation: 3.75,
             cache_read: 0.30,
             cache_creation_1h: Some(6.0),
+            long_context: None,
         },
     );
     config.model_pricing.insert(
@@ -101,6 +102,7 @@ pub fn pricing() -> Pricing {
             cache_creation: 1.25,
             cache_read: 0.10,
             cache_creation_1h: None,
+            long_context: None,
         },
     );
     Pricing::from_config(&config)

@@ -37,7 +37,9 @@ pub use plan::{
     plan_batch, BatchPlan, ContributionParts, ExistingRow, SummaryContribution, SummaryDelta,
     SummaryKey, UNKNOWN,
 };
-pub use pricing::{Cost, Price, Pricing, NANO_PER_USD};
+pub use pricing::{
+    context_input_tokens, Cost, LongContextPrice, Price, Pricing, Rates, NANO_PER_USD,
+};
 pub use query::{
     Aggregate, Bucket, CleanupReport, ExportFormat, ExportQuery, MigrationReport, Page,
     RequestFilter, RequestQuery, Stats, StatsQuery, SummaryQuery, SummaryRow, MAX_PAGE_SIZE,

@@ -25,42 +25,146 @@ pub struct Price {
     pub cache_creation_1h: i64,
     /// Cache reads.
     pub cache_read: i64,
+    /// The higher prices of a request whose input exceeds a threshold (`long_context`).
+    pub long_context: Option<LongContextPrice>,
+}
+
+/// A long-context tier in nano-USD per token: every token of a request whose input tokens
+/// (input + cache writes + cache reads, as Anthropic counts them) exceed
+/// `threshold_input_tokens` is priced at these rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LongContextPrice {
+    /// The tier applies above this many input tokens (200,000 is priced at the base rates,
+    /// 200,001 at these).
+    pub threshold_input_tokens: u64,
+    /// The tier's rates (its own `long_context` is `None`).
+    pub rates: Rates,
+}
+
+/// Rates of one tier in nano-USD per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rates {
+    /// Input tokens.
+    pub input: i64,
+    /// Output tokens.
+    pub output: i64,
+    /// Cache writes with the 5-minute TTL, and cache writes not split by TTL.
+    pub cache_creation: i64,
+    /// Cache writes with the 1-hour TTL.
+    pub cache_creation_1h: i64,
+    /// Cache reads.
+    pub cache_read: i64,
+}
+
+impl Rates {
+    fn from_usd(
+        input: f64,
+        output: f64,
+        cache_creation: f64,
+        cache_read: f64,
+        cache_creation_1h: Option<f64>,
+    ) -> Self {
+        let input = nano_per_token(input);
+        Self {
+            input,
+            output: nano_per_token(output),
+            cache_creation: nano_per_token(cache_creation),
+            cache_creation_1h: cache_creation_1h
+                .map(nano_per_token)
+                .unwrap_or_else(|| input.saturating_mul(2)),
+            cache_read: nano_per_token(cache_read),
+        }
+    }
+
+    /// The cost of `usage` at these rates.
+    fn cost(&self, usage: &Usage) -> Cost {
+        let input = mul(usage.input_tokens, self.input);
+        let output = mul(usage.output_tokens, self.output);
+        let cache_read = mul(usage.cache_read_input_tokens, self.cache_read);
+        let all_writes = cache_writes(usage);
+        let one_hour = usage.cache_creation_1h_input_tokens.min(all_writes);
+        let cache_creation = mul(all_writes - one_hour, self.cache_creation)
+            .saturating_add(mul(one_hour, self.cache_creation_1h));
+        Cost::new(input, output, cache_creation, cache_read)
+    }
+}
+
+/// Cache writes of `usage`: the upstream's total, or the sum of its per-TTL split if larger.
+fn cache_writes(usage: &Usage) -> u64 {
+    usage.cache_creation_input_tokens.max(
+        usage
+            .cache_creation_5m_input_tokens
+            .saturating_add(usage.cache_creation_1h_input_tokens),
+    )
+}
+
+/// The input tokens Anthropic compares with a long-context threshold: input + cache writes +
+/// cache reads.
+pub fn context_input_tokens(usage: &Usage) -> u64 {
+    usage
+        .input_tokens
+        .saturating_add(cache_writes(usage))
+        .saturating_add(usage.cache_read_input_tokens)
 }
 
 impl Price {
     /// Converts a configured entry (USD per million tokens). An entry without a 1-hour price
-    /// prices 1-hour cache writes at 2 x input, Anthropic's multiplier (docs/configuration.md).
+    /// prices 1-hour cache writes at 2 x input, Anthropic's multiplier (docs/configuration.md);
+    /// the same holds inside its `long_context` tier.
     pub fn from_config(pricing: &ModelPricing) -> Self {
-        let input = nano_per_token(pricing.input);
+        let base = Rates::from_usd(
+            pricing.input,
+            pricing.output,
+            pricing.cache_creation,
+            pricing.cache_read,
+            pricing.cache_creation_1h,
+        );
         Self {
-            input,
-            output: nano_per_token(pricing.output),
-            cache_creation: nano_per_token(pricing.cache_creation),
-            cache_creation_1h: pricing
-                .cache_creation_1h
-                .map(nano_per_token)
-                .unwrap_or_else(|| input.saturating_mul(2)),
-            cache_read: nano_per_token(pricing.cache_read),
+            input: base.input,
+            output: base.output,
+            cache_creation: base.cache_creation,
+            cache_creation_1h: base.cache_creation_1h,
+            cache_read: base.cache_read,
+            long_context: pricing.long_context.map(|long| LongContextPrice {
+                threshold_input_tokens: long.threshold_input_tokens,
+                rates: Rates::from_usd(
+                    long.input,
+                    long.output,
+                    long.cache_creation,
+                    long.cache_read,
+                    long.cache_creation_1h,
+                ),
+            }),
+        }
+    }
+
+    /// The base tier's rates.
+    pub fn base_rates(&self) -> Rates {
+        Rates {
+            input: self.input,
+            output: self.output,
+            cache_creation: self.cache_creation,
+            cache_creation_1h: self.cache_creation_1h,
+            cache_read: self.cache_read,
+        }
+    }
+
+    /// The rates `usage` is priced at: the long-context tier's when the request's input tokens
+    /// ([`context_input_tokens`]) exceed its threshold, else the base rates.
+    pub fn rates_for(&self, usage: &Usage) -> Rates {
+        match self.long_context {
+            Some(long) if context_input_tokens(usage) > long.threshold_input_tokens => long.rates,
+            _ => self.base_rates(),
         }
     }
 
     /// The cost of `usage` at these prices.
     ///
     /// 1-hour cache writes cost `cache_creation_1h`; every other cache write (5-minute, or not
-    /// split by the upstream) costs `cache_creation`.
+    /// split by the upstream) costs `cache_creation`. A request over the long-context threshold
+    /// is priced wholly at the tier's rates (every component, every token).
     pub fn cost(&self, usage: &Usage) -> Cost {
-        let input = mul(usage.input_tokens, self.input);
-        let output = mul(usage.output_tokens, self.output);
-        let cache_read = mul(usage.cache_read_input_tokens, self.cache_read);
-        let all_writes = usage.cache_creation_input_tokens.max(
-            usage
-                .cache_creation_5m_input_tokens
-                .saturating_add(usage.cache_creation_1h_input_tokens),
-        );
-        let one_hour = usage.cache_creation_1h_input_tokens.min(all_writes);
-        let cache_creation = mul(all_writes - one_hour, self.cache_creation)
-            .saturating_add(mul(one_hour, self.cache_creation_1h));
-        Cost::new(input, output, cache_creation, cache_read)
+        self.rates_for(usage).cost(usage)
     }
 }
 
@@ -207,6 +311,7 @@ fn is_family_prefix(prefix: &str, model: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ccf_config::LongContextPricing;
 
     fn entry(input: f64, output: f64, cache_creation: f64, cache_read: f64) -> ModelPricing {
         ModelPricing {
@@ -215,6 +320,7 @@ mod tests {
             cache_creation,
             cache_read,
             cache_creation_1h: None,
+            long_context: None,
         }
     }
 
@@ -234,7 +340,140 @@ mod tests {
             entry(1.0, 5.0, 1.25, 0.10),
         );
         config.default_pricing = entry(2.0, 2.0, 2.0, 2.0);
+        let mut sonnet_4 = entry(3.0, 15.0, 3.75, 0.30);
+        sonnet_4.cache_creation_1h = Some(6.0);
+        sonnet_4.long_context = Some(LongContextPricing {
+            threshold_input_tokens: 200_000,
+            input: 6.0,
+            output: 22.5,
+            cache_creation: 7.5,
+            cache_read: 0.6,
+            cache_creation_1h: Some(12.0),
+        });
+        config
+            .model_pricing
+            .insert("claude-sonnet-4".into(), sonnet_4);
+        let mut no_1h = entry(3.0, 15.0, 3.75, 0.30);
+        no_1h.long_context = Some(LongContextPricing {
+            threshold_input_tokens: 1_000,
+            input: 6.0,
+            output: 22.5,
+            cache_creation: 7.5,
+            cache_read: 0.6,
+            cache_creation_1h: None,
+        });
+        config.model_pricing.insert("tiered-no-1h".into(), no_1h);
         Pricing::from_config(&config)
+    }
+
+    /// One row of [`prices_the_long_context_tier_above_the_threshold_only`].
+    struct TierCase {
+        name: &'static str,
+        model: &'static str,
+        usage: Usage,
+        expected: Cost,
+    }
+
+    #[test]
+    fn prices_the_long_context_tier_above_the_threshold_only() {
+        let pricing = pricing();
+        let cases = [
+            TierCase {
+                // 200,000 input tokens is not above the threshold: base rates.
+                name: "200,000 input tokens",
+                model: "claude-sonnet-4-20250514",
+                usage: Usage {
+                    input_tokens: 200_000,
+                    output_tokens: 1_000,
+                    ..Usage::default()
+                },
+                // 200000 x 3000, 1000 x 15000
+                expected: Cost::new(600_000_000, 15_000_000, 0, 0),
+            },
+            TierCase {
+                // One more: every token at the tier's rates.
+                name: "200,001 input tokens",
+                model: "claude-sonnet-4-20250514",
+                usage: Usage {
+                    input_tokens: 200_001,
+                    output_tokens: 1_000,
+                    ..Usage::default()
+                },
+                // 200001 x 6000, 1000 x 22500
+                expected: Cost::new(1_200_006_000, 22_500_000, 0, 0),
+            },
+            TierCase {
+                // input + cache writes + cache reads = 100000 + 50000 + 50000 = 200,000: base.
+                name: "200,000 with caches",
+                model: "claude-sonnet-4",
+                usage: Usage {
+                    input_tokens: 100_000,
+                    output_tokens: 10,
+                    cache_creation_input_tokens: 50_000,
+                    cache_creation_5m_input_tokens: 30_000,
+                    cache_creation_1h_input_tokens: 20_000,
+                    cache_read_input_tokens: 50_000,
+                    ..Usage::default()
+                },
+                // 100000 x 3000; 10 x 15000; 30000 x 3750 + 20000 x 6000; 50000 x 300
+                expected: Cost::new(300_000_000, 150_000, 232_500_000, 15_000_000),
+            },
+            TierCase {
+                // One more cache read: 200,001, the whole request at the tier's rates.
+                name: "200,001 with caches",
+                model: "claude-sonnet-4",
+                usage: Usage {
+                    input_tokens: 100_000,
+                    output_tokens: 10,
+                    cache_creation_input_tokens: 50_000,
+                    cache_creation_5m_input_tokens: 30_000,
+                    cache_creation_1h_input_tokens: 20_000,
+                    cache_read_input_tokens: 50_001,
+                    ..Usage::default()
+                },
+                // 100000 x 6000; 10 x 22500; 30000 x 7500 + 20000 x 12000; 50001 x 600
+                expected: Cost::new(600_000_000, 225_000, 465_000_000, 30_000_600),
+            },
+            TierCase {
+                // A model without a tier keeps its rates at any length.
+                name: "no tier",
+                model: "claude-sonnet-4-5",
+                usage: Usage {
+                    input_tokens: 500_000,
+                    ..Usage::default()
+                },
+                expected: Cost::new(1_500_000_000, 0, 0, 0),
+            },
+            TierCase {
+                // The tier's 1-hour writes without a price: 2 x the tier's input (12000).
+                name: "tier without a 1-hour price",
+                model: "tiered-no-1h",
+                usage: Usage {
+                    input_tokens: 1,
+                    cache_creation_input_tokens: 1_000,
+                    cache_creation_1h_input_tokens: 1_000,
+                    ..Usage::default()
+                },
+                expected: Cost::new(6_000, 0, 12_000_000, 0),
+            },
+        ];
+        for case in cases {
+            assert_eq!(
+                pricing.cost(Some(case.model), &case.usage),
+                case.expected,
+                "{}",
+                case.name
+            );
+        }
+        assert_eq!(
+            context_input_tokens(&Usage {
+                input_tokens: 1,
+                cache_creation_input_tokens: 2,
+                cache_read_input_tokens: 4,
+                ..Usage::default()
+            }),
+            7
+        );
     }
 
     #[test]
@@ -246,7 +485,8 @@ mod tests {
         check(Some("claude-haiku-4-5-20251001"), 1000);
         check(Some("claude-sonnet-4-5-20250929"), 3000);
         check(Some("claude-sonnet-4-5@20250929"), 3000);
-        check(Some("claude-sonnet-4-20250514"), 1000);
+        check(Some("claude-sonnet-4-20250514"), 3000);
+        check(Some("claude-sonnet-3-7-20250219"), 1000);
         // "claude-sonnet-45" is not "claude-sonnet-4-5": it falls back to the family.
         check(Some("claude-sonnet-45"), 1000);
         check(Some("claude-sonnetx"), 2000);
