@@ -73,8 +73,10 @@ fn example_config_loads_without_warnings() {
             "{model}"
         );
     };
+    check("claude-sonnet-4-6", [3.0, 15.0, 3.75, 0.30, 6.0]);
     check("claude-sonnet-4-5", [3.0, 15.0, 3.75, 0.30, 6.0]);
     check("claude-sonnet-4", [3.0, 15.0, 3.75, 0.30, 6.0]);
+    check("claude-opus-4-6", [5.0, 25.0, 6.25, 0.50, 10.0]);
     check("claude-haiku-4-5", [1.0, 5.0, 1.25, 0.10, 2.0]);
     check("claude-3-5-haiku", [0.80, 4.0, 1.00, 0.08, 1.60]);
     check("claude-opus-4-5", [5.0, 25.0, 6.25, 0.50, 10.0]);
@@ -100,8 +102,10 @@ fn example_config_loads_without_warnings() {
             "{model}"
         );
     }
+    // Opus 4.6 and Sonnet 4.6 price their 1M window flat; Sonnet 4.6 has an entry of its own so
+    // that the family fallback does not give it the claude-sonnet-4 tier.
     for (model, price) in pricing {
-        if !model.starts_with("claude-sonnet-4") {
+        if !["claude-sonnet-4-5", "claude-sonnet-4"].contains(&model.as_str()) {
             assert_eq!(price.long_context, None, "{model}");
         }
     }
