@@ -134,3 +134,30 @@ impl Signals {
         "Ctrl+C"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The terminal UI's quit goes through the trigger: it starts the same shutdown a signal
+    /// starts and arms the same backstop (`forced` fires when the app does not stop).
+    #[tokio::test]
+    async fn a_requested_shutdown_arms_the_backstop_like_a_signal() {
+        let (shutdown, forced, trigger) =
+            watch_signals(Duration::ZERO, Duration::ZERO).expect("signal handlers");
+        trigger.request("terminal UI quit");
+        tokio::time::timeout(Duration::from_secs(30), shutdown)
+            .await
+            .expect("the request starts the shutdown");
+        let Forced(reason) = tokio::time::timeout(Duration::from_secs(60), forced)
+            .await
+            .expect("the backstop fires for an app that does not stop");
+        assert_eq!(
+            reason,
+            format!(
+                "graceful shutdown did not finish within {}s; exiting",
+                BACKSTOP_MARGIN.as_secs()
+            )
+        );
+    }
+}

@@ -67,8 +67,8 @@ pub struct JournalBatch {
 }
 
 impl Journal {
-    /// Opens (creating its folder if needed) the journal at `path`; a file left by an earlier
-    /// run keeps its records, which are counted here.
+    /// Opens the journal at `path`; a file left by an earlier run keeps its records, which are
+    /// counted here. Nothing is created until the first append (then the folder too).
     pub async fn open(path: impl Into<PathBuf>) -> Result<Journal, JournalError> {
         let path = path.into();
         let io = |action| {
@@ -79,11 +79,6 @@ impl Journal {
                 source,
             }
         };
-        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(folder)
-                .await
-                .map_err(io("create the folder of"))?;
-        }
         let mut journal = Journal {
             path: path.clone(),
             records: 0,
@@ -149,6 +144,9 @@ impl Journal {
             }
         }
         let result = async {
+            if let Some(folder) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(folder).await?;
+            }
             let mut options = tokio::fs::OpenOptions::new();
             options.create(true).append(true);
             #[cfg(unix)]
