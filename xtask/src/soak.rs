@@ -20,6 +20,12 @@
 //! connection pools grow to their working size); every request is accounted for when the row
 //! count equals the request count and no response's id is missing from the database.
 //!
+//! With `--db-outage-minutes M`, a `sqlite3` process holds the usage database locked
+//! (`BEGIN EXCLUSIVE`) for M minutes starting a tenth into the run: the recorder keeps
+//! `--buffer-size` records in memory and the rest in its journal, then writes everything once
+//! the lock goes (issue 18). The samples show its backlog and journal; the summary the peak RSS
+//! (`VmHWM`).
+//!
 //! Writes `target/soak/results.json` and `target/soak/results.md` (the forwarder's log goes to
 //! `target/soak/forwarder.log`) and prints the table.
 
@@ -73,6 +79,57 @@ pub struct SoakArgs {
     /// (The default 7 is prime to the 10-request mix, so failures hit every kind of request.)
     #[arg(long, default_value_t = 7)]
     fail_every: u64,
+    /// Minutes the usage database is held locked by another process, from a tenth into the
+    /// run (0: no outage). Needs `sqlite3`.
+    #[arg(long, default_value_t = 0.0)]
+    db_outage_minutes: f64,
+    /// `usage_tracking.buffer_size` of the forwarder.
+    #[arg(long, default_value_t = 1000)]
+    buffer_size: u32,
+}
+
+/// Another process holding the SQLite database's write lock (a `sqlite3` shell in an open
+/// `BEGIN EXCLUSIVE` transaction) until dropped.
+struct DbLock {
+    shell: std::process::Child,
+}
+
+impl DbLock {
+    fn take(db: &Path) -> Result<DbLock> {
+        let mut shell = Command::new("sqlite3")
+            .arg("-bail")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting sqlite3 (needed by --db-outage-minutes)")?;
+        let stdin = shell.stdin.as_mut().context("sqlite3 stdin")?;
+        stdin.write_all(b".timeout 30000\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")?;
+        stdin.flush()?;
+        let stdout = shell.stdout.as_mut().context("sqlite3 stdout")?;
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"locked") {
+            if stdout.read(&mut byte)? == 0 {
+                bail!("sqlite3 could not lock the usage database");
+            }
+            seen.push(byte[0]);
+        }
+        println!("==> usage database locked by another process");
+        Ok(DbLock { shell })
+    }
+}
+
+impl Drop for DbLock {
+    fn drop(&mut self) {
+        if let Some(stdin) = self.shell.stdin.as_mut() {
+            let _ = stdin.write_all(b"COMMIT;\n.quit\n");
+        }
+        drop(self.shell.stdin.take());
+        let _ = self.shell.wait();
+        println!("==> usage database unlocked");
+    }
 }
 
 /// What kind of request a client sends.
@@ -121,6 +178,9 @@ struct Sample {
     fds: u64,
     threads: u64,
     in_flight: Option<f64>,
+    /// `ccf_recorder_backlog` and `ccf_recorder_journal_records`.
+    backlog: Option<f64>,
+    journal_records: Option<f64>,
     sent: u64,
     finished: u64,
 }
@@ -132,6 +192,9 @@ pub fn run(root: &Path, args: &SoakArgs) -> Result<()> {
         || args.rate == 0
         || args.clients == 0
         || args.sample_seconds == 0
+        || !args.db_outage_minutes.is_finite()
+        || args.db_outage_minutes < 0.0
+        || args.buffer_size == 0
     {
         bail!("--minutes, --rate, --clients and --sample-seconds must be positive");
     }
@@ -161,8 +224,11 @@ pub fn run(root: &Path, args: &SoakArgs) -> Result<()> {
 
     let port = free_port()?;
     let config = work.path.join("soak.yaml");
-    std::fs::write(&config, forwarder_config(&work.path, port, mock_port))
-        .with_context(|| format!("writing {}", config.display()))?;
+    std::fs::write(
+        &config,
+        forwarder_config(&work.path, port, mock_port, args.buffer_size),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
     // Its log (a warning per upstream failure) goes to a file, not the terminal.
     let log_path = out_dir.join("forwarder.log");
     let log = std::fs::File::create(&log_path)
@@ -200,7 +266,19 @@ pub fn run(root: &Path, args: &SoakArgs) -> Result<()> {
     let mut samples = Vec::new();
     let sample_every = Duration::from_secs(args.sample_seconds);
     let mut next_sample = started;
+    let outage_from = duration / 10;
+    let outage_until = outage_from + Duration::from_secs_f64(args.db_outage_minutes * 60.0);
+    let mut outage: Option<DbLock> = None;
+    let mut outage_done = args.db_outage_minutes == 0.0;
     loop {
+        let now = started.elapsed();
+        if !outage_done && outage.is_none() && now >= outage_from {
+            outage = Some(DbLock::take(&work.path.join("usage.db"))?);
+        }
+        if outage.is_some() && (now >= outage_until || now >= duration) {
+            outage = None;
+            outage_done = true;
+        }
         let sample = take_sample(pid, address, &traffic, started)?;
         print_sample(&sample);
         samples.push(sample);
@@ -213,6 +291,7 @@ pub fn run(root: &Path, args: &SoakArgs) -> Result<()> {
             thread::sleep(Duration::from_millis(50));
         }
     }
+    drop(outage);
     for worker in workers {
         worker
             .join()
@@ -224,9 +303,18 @@ pub fn run(root: &Path, args: &SoakArgs) -> Result<()> {
     // The last outcomes are recorded when their bodies end: give the tasks a moment, then take
     // an idle sample (in-flight should be back to 0).
     thread::sleep(Duration::from_secs(2));
-    let idle = take_sample(pid, address, &traffic, started)?;
+    let mut idle = take_sample(pid, address, &traffic, started)?;
+    // After an outage the journal drains at the database's pace: wait for it (bounded).
+    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    while (idle.backlog.unwrap_or(0.0) > 0.0 || idle.journal_records.unwrap_or(0.0) > 0.0)
+        && Instant::now() < drain_deadline
+    {
+        thread::sleep(Duration::from_secs(1));
+        idle = take_sample(pid, address, &traffic, started)?;
+    }
     print_sample(&idle);
     samples.push(idle);
+    let peak_rss_kb = proc_status_number(pid, "VmHWM")?;
     let traffic_seconds = started.elapsed().as_secs_f64();
 
     println!("\n==> graceful shutdown (SIGTERM) and export");
@@ -239,7 +327,15 @@ pub fn run(root: &Path, args: &SoakArgs) -> Result<()> {
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
-    let summary = summarize(&sent, &rows, &samples, &exit);
+    let mut summary = summarize(&sent, &rows, &samples, &exit);
+    summary["peak_rss_hwm_kb"] = json!(peak_rss_kb);
+    summary["db_outage_minutes"] = json!(args.db_outage_minutes);
+    summary["buffer_size"] = json!(args.buffer_size);
+    summary["max_backlog"] = json!(samples.iter().filter_map(|s| s.backlog).fold(0.0, f64::max));
+    summary["max_journal_records"] = json!(samples
+        .iter()
+        .filter_map(|s| s.journal_records)
+        .fold(0.0, f64::max));
     let table = markdown(args, &summary, &samples, traffic_seconds);
     let results = json!({
         "command": format!("cargo xtask soak --minutes {}", args.minutes),
@@ -249,6 +345,8 @@ pub fn run(root: &Path, args: &SoakArgs) -> Result<()> {
             "clients": args.clients,
             "sample_seconds": args.sample_seconds,
             "fail_every": args.fail_every,
+            "db_outage_minutes": args.db_outage_minutes,
+            "buffer_size": args.buffer_size,
             "stream_deltas": STREAM_DELTAS,
             "stream_delay_ms": STREAM_DELAY_MS,
         },
@@ -276,7 +374,7 @@ pub fn run(root: &Path, args: &SoakArgs) -> Result<()> {
 
 /// The forwarder's configuration: usage tracking on SQLite, one attempt per request (an
 /// upstream failure reaches the client instead of being retried), health checks rare.
-fn forwarder_config(dir: &Path, port: u16, upstream: u16) -> String {
+fn forwarder_config(dir: &Path, port: u16, upstream: u16, buffer_size: u32) -> String {
     let db = dir.join("usage.db");
     format!(
         "server:\n  host: \"127.0.0.1\"\n  port: {port}\n\
@@ -285,8 +383,9 @@ fn forwarder_config(dir: &Path, port: u16, upstream: u16) -> String {
          tui:\n  enabled: false\n\
          retry:\n  max_attempts: 1\n\
          health:\n  check_interval: 300s\n\
-         usage_tracking:\n  enabled: true\n  database:\n    type: sqlite\n    path: \"{}\"\n\
+         usage_tracking:\n  enabled: true\n  buffer_size: {buffer_size}\n  batch_size: {}\n  database:\n    type: sqlite\n    path: \"{}\"\n\
          endpoints:\n  - name: mock\n    url: http://127.0.0.1:{upstream}\n    token: soak-token\n",
+        buffer_size.min(100),
         db.display()
     )
 }
@@ -465,12 +564,16 @@ fn take_sample(
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .with_context(|| format!("listing /proc/{pid}/fd"))?
         .count() as u64;
+    let metrics = metrics_text(address);
+    let gauge = |name| metrics.as_deref().and_then(|text| parse_gauge(text, name));
     Ok(Sample {
         seconds: started.elapsed().as_secs_f64(),
         rss_kb: proc_status_number(pid, "VmRSS")?,
         fds,
         threads: proc_status_number(pid, "Threads")?,
-        in_flight: in_flight(address),
+        in_flight: gauge("ccf_requests_in_flight"),
+        backlog: gauge("ccf_recorder_backlog"),
+        journal_records: gauge("ccf_recorder_journal_records"),
         sent: traffic.started_count(),
         finished: traffic.finished.load(Ordering::SeqCst),
     })
@@ -478,7 +581,7 @@ fn take_sample(
 
 fn print_sample(sample: &Sample) {
     println!(
-        "{:>6.0} s  RSS {:>7.1} MB  fds {:>4}  threads {:>3}  in flight {:>4}  sent {:>6}  finished {:>6}",
+        "{:>6.0} s  RSS {:>7.1} MB  fds {:>4}  threads {:>3}  in flight {:>4}  sent {:>6}  finished {:>6}  backlog {:>5}  journal {:>6}",
         sample.seconds,
         sample.rss_kb as f64 / 1024.0,
         sample.fds,
@@ -487,12 +590,18 @@ fn print_sample(sample: &Sample) {
             .in_flight
             .map_or_else(|| "?".to_string(), |value| format!("{value:.0}")),
         sample.sent,
-        sample.finished
+        sample.finished,
+        sample
+            .backlog
+            .map_or_else(|| "?".to_string(), |value| format!("{value:.0}")),
+        sample
+            .journal_records
+            .map_or_else(|| "?".to_string(), |value| format!("{value:.0}")),
     );
 }
 
-/// `ccf_requests_in_flight` from the forwarder's `/metrics` (None when unreadable).
-fn in_flight(address: SocketAddr) -> Option<f64> {
+/// The forwarder's `/metrics` text (None when unreadable).
+fn metrics_text(address: SocketAddr) -> Option<String> {
     let mut connection = TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()?;
     connection
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -506,10 +615,7 @@ fn in_flight(address: SocketAddr) -> Option<f64> {
     let mut raw = Vec::new();
     connection.read_to_end(&mut raw).ok()?;
     let response = crate::http::parse_response(&raw).ok()?;
-    parse_gauge(
-        &String::from_utf8_lossy(&response.body),
-        "ccf_requests_in_flight",
-    )
+    Some(String::from_utf8_lossy(&response.body).into_owned())
 }
 
 /// The value of an unlabelled metric in the Prometheus text format.
@@ -658,6 +764,8 @@ fn sample_json(sample: &Sample) -> Value {
         "fds": sample.fds,
         "threads": sample.threads,
         "in_flight": sample.in_flight,
+        "backlog": sample.backlog,
+        "journal_records": sample.journal_records,
         "sent": sample.sent,
         "finished": sample.finished,
     })
@@ -705,6 +813,18 @@ fn markdown(args: &SoakArgs, summary: &Value, samples: &[Sample], traffic_second
                 .map_or_else(|| "?".to_string(), |value| format!("{value:.0}")),
             sample.sent,
             sample.finished
+        ));
+    }
+    if args.db_outage_minutes > 0.0 {
+        t.push_str(&format!(
+            "\n**Usage database locked by another process for {} min** (from a tenth into the \
+             run), `buffer_size` {}: largest in-memory backlog {}, largest journal {} records; \
+             peak RSS (VmHWM) {}.\n",
+            args.db_outage_minutes,
+            args.buffer_size,
+            summary["max_backlog"],
+            summary["max_journal_records"],
+            mb(&summary["peak_rss_hwm_kb"]),
         ));
     }
     t.push_str(&format!(

@@ -338,6 +338,11 @@ async fn run_app(
     set_level: impl Fn(ccf_config::LogLevel) + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let drain_timeout = config.server.shutdown_timeout.get();
+    let flush_timeout = if config.usage_tracking.enabled {
+        config.usage_tracking.shutdown_flush_timeout.get()
+    } else {
+        std::time::Duration::ZERO
+    };
     let show_export_line = tui_logs.is_none();
     let source = config
         .source
@@ -345,8 +350,8 @@ async fn run_app(
         .map(|path| path.display().to_string())
         .unwrap_or_default();
     // Installed before binding, so a signal that arrives while starting still shuts down cleanly.
-    let (shutdown, forced) =
-        shutdown::watch_signals(drain_timeout).context("cannot install signal handlers")?;
+    let (shutdown, forced, trigger) = shutdown::watch_signals(drain_timeout, flush_timeout)
+        .context("cannot install signal handlers")?;
     let app = App::bind(config)
         .await
         .context("cannot start the forwarder")?
@@ -365,7 +370,7 @@ async fn run_app(
         println!("export ANTHROPIC_BASE_URL={base_url}");
     }
     info!("point Claude Code at the forwarder: export ANTHROPIC_BASE_URL={base_url}");
-    let (tui, shutdown) = tui::start(tui_logs, app.forwarder(), base_url, shutdown);
+    let tui = tui::start(tui_logs, app.forwarder(), base_url, trigger);
     let result = tokio::select! {
         result = app.run(shutdown) => {
             result.context("the forwarder stopped with an error")

@@ -1,19 +1,20 @@
 //! Running the terminal UI next to the app.
 //!
 //! [`start`] spawns the UI task when the binary decided to run it (`--tui` or `tui.enabled`, not
-//! `--no-tui`, stdout a terminal) and returns the app's shutdown future extended with "the user
-//! quit the UI" (q or Ctrl+C, which in raw mode are keys, not signals). The UI task owns the
+//! `--no-tui`, stdout a terminal). Quitting the UI (q or Ctrl+C, which in raw mode are keys, not
+//! signals) asks for shutdown through the [`ShutdownTrigger`], the same path as SIGTERM, so the
+//! drain, the recorder's flush window and the hard-exit backstop apply alike. The UI task owns the
 //! terminal; [`TuiHandle::stop`] tells it the app has stopped and waits until the terminal is
 //! restored, so the final log lines land on a normal screen (the log buffer sends them to stderr
 //! again once the UI has let go). A panic restores the terminal through ratatui's panic hook.
-
-use std::future::Future;
 
 use ccf_proxy::Forwarder;
 use ccf_tui::{AppInfo, Exit, LogBuffer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+
+use crate::shutdown::ShutdownTrigger;
 
 /// The running UI, if any.
 pub struct TuiHandle {
@@ -30,29 +31,15 @@ impl TuiHandle {
     }
 }
 
-/// Starts the UI when `logs` is given; returns its handle and `shutdown` extended with the UI's
-/// quit.
+/// Starts the UI when `logs` is given; its quit requests shutdown through `trigger`.
 pub fn start(
     logs: Option<LogBuffer>,
     forwarder: &Forwarder,
     base_url: String,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> (TuiHandle, impl Future<Output = ()> + Send + 'static) {
-    let (quit_sender, quit_receiver) = oneshot::channel::<()>();
-    let shutdown = async move {
-        // Without a UI (or after it failed) the sender is dropped: only `shutdown` counts then.
-        let quit = async move {
-            if quit_receiver.await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            () = shutdown => {}
-            () = quit => {}
-        }
-    };
+    trigger: ShutdownTrigger,
+) -> TuiHandle {
     let Some(logs) = logs else {
-        return (TuiHandle { running: None }, shutdown);
+        return TuiHandle { running: None };
     };
     let (stop_sender, stop_receiver) = oneshot::channel::<()>();
     let forwarder = forwarder.clone();
@@ -67,7 +54,7 @@ pub fn start(
         match ccf_tui::run(forwarder, logs, info, stopped).await {
             Ok(Exit::Quit | Exit::InputClosed) => {
                 info!("terminal UI closed: shutting down");
-                let _ = quit_sender.send(());
+                trigger.request("terminal UI quit");
             }
             Ok(Exit::Shutdown) => {}
             Err(error) => {
@@ -75,10 +62,7 @@ pub fn start(
             }
         }
     });
-    (
-        TuiHandle {
-            running: Some((task, stop_sender)),
-        },
-        shutdown,
-    )
+    TuiHandle {
+        running: Some((task, stop_sender)),
+    }
 }

@@ -42,6 +42,9 @@ pub enum AppError {
     /// The usage store could not be opened or migrated.
     #[error("usage store: {0}")]
     Store(#[source] ccf_store::StoreError),
+    /// The usage recorder's journal could not be opened (`usage_tracking.journal_dir`).
+    #[error("usage recorder: {0}")]
+    Journal(#[source] ccf_store::JournalError),
     /// The admin API may not start as configured (e.g. a public address without a token).
     #[error(transparent)]
     Admin(#[from] ccf_admin::AdminError),
@@ -117,10 +120,12 @@ impl App {
             .map_err(|source| AppError::Bind { address, source })?;
         let instance_id = usage::instance_id(&config, proxy_addr.port());
         let mut observers: Vec<Arc<dyn RequestObserver>> = Vec::new();
+        let costs = Arc::new(std::sync::OnceLock::new());
         if let Some(tracking) = &usage {
             observers.push(Arc::new(usage::StoreObserver {
                 recorder: tracking.recorder.clone(),
                 instance_id: instance_id.clone(),
+                costs: Arc::clone(&costs),
             }));
         }
         observers.extend(observer);
@@ -130,13 +135,16 @@ impl App {
         )?;
         if let Some(tracking) = &usage {
             metrics::install_recorder_health(&forwarder, tracking.recorder.clone());
+            // The recorder prices each outcome once; the metric counts that same cost.
+            let _ = costs.set(forwarder.metrics().cost_counter());
         }
-        // Costs are shown by the usage store and the admin API: the metric prices outcomes
-        // whenever either runs (a reload installs it in any case).
+        // Costs are shown by the usage store and the admin API: the metric counts them
+        // whenever either runs (a reload installs the pricing in any case).
         if usage.is_some() || config.web.enabled {
             metrics::install_cost_metric(
                 &forwarder,
                 ccf_store::Pricing::from_config(&config.usage_tracking),
+                usage.is_some(),
             );
         }
         let admin_listener = if config.web.enabled {
@@ -331,11 +339,18 @@ impl App {
         if let Some(retention) = retention {
             retention.abort();
         }
-        // Every outcome of the drained requests is written before the process may exit.
+        // Every outcome of the drained requests is written before the process may exit, or,
+        // past `usage_tracking.shutdown_flush_timeout`, journaled (and written at the next
+        // start); the recorder logs the count and the file.
         if let Some(tracking) = &self.usage {
-            tracking.recorder.shutdown().await;
+            let report = tracking
+                .recorder
+                .shutdown_within(self.config.usage_tracking.shutdown_flush_timeout.get())
+                .await;
             info!(
                 written = tracking.recorder.written(),
+                journaled = report.journaled,
+                lost = report.lost,
                 "usage recorder flushed"
             );
         }

@@ -164,7 +164,11 @@ impl Reloader for AppReloader {
                         if let Some(recorder) = &self.recorder {
                             recorder.set_pricing(pricing.clone());
                         }
-                        crate::metrics::install_cost_metric(&self.forwarder, pricing);
+                        crate::metrics::install_cost_metric(
+                            &self.forwarder,
+                            pricing,
+                            self.recorder.is_some(),
+                        );
                         for hook in &self.hooks.0 {
                             hook(&config);
                         }

@@ -1,14 +1,16 @@
 //! Usage tracking: the store adapter chosen by `usage_tracking.database`, the recorder task
 //! writing outcomes in batches, and the observer that turns request lifecycles into rows.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ccf_config::{Config, StorageTarget};
 use ccf_lifecycle::{LifecycleEvent, Outcome};
+use ccf_proxy::monitoring::CostCounter;
 use ccf_proxy::RequestObserver;
 use ccf_store::{
-    DeferredRecord, LegacyZone, Pricing, Recorder, RecorderHandle, RecorderSettings, UsageStore,
+    BacklogSettings, Cost, DeferredRecord, LegacyZone, Pricing, Recorder, RecorderHandle,
+    RecorderSettings, UsageStore,
 };
 use ccf_store_mysql::{MysqlOptions, MysqlStore};
 use ccf_store_sqlite::{SqliteOptions, SqliteStore};
@@ -50,11 +52,20 @@ pub(crate) async fn open(config: &Config) -> Result<Option<UsageTracking>, AppEr
     let store = open_store(config).await?;
     let report = store.migrate().await.map_err(AppError::Store)?;
     info!(?report, "usage store ready");
-    let recorder = Recorder::spawn(
+    let backlog = BacklogSettings::from_config(tracking);
+    info!(
+        journal = %backlog.journal.display(),
+        buffer_size = backlog.max_records,
+        "usage records past buffer_size wait in the journal while the database is unavailable"
+    );
+    let recorder = Recorder::spawn_with_journal(
         Arc::clone(&store),
         RecorderSettings::from_config(tracking),
         Pricing::from_config(tracking),
-    );
+        backlog,
+    )
+    .await
+    .map_err(AppError::Journal)?;
     Ok(Some(UsageTracking { store, recorder }))
 }
 
@@ -118,13 +129,17 @@ pub(crate) async fn retention_loop(
     }
 }
 
-/// Writes every request's changes (coalesced by the recorder) and its final outcome.
+/// Writes every request's changes (coalesced by the recorder) and its final outcome, and adds
+/// the outcome's cost to `ccf_cost_usd_total`.
 ///
 /// The request path only hands the recorder a shared snapshot (the event's record is behind an
-/// `Arc`); the row is built by the writer task, and only for the snapshot that is written.
+/// `Arc`); the row is built by the writer task, and only for the snapshot that is written. The
+/// final outcome is priced once, by the recorder when it is handed over; the same cost goes to
+/// the metric through `costs` (set once the engine exists: the observer is built before it).
 pub(crate) struct StoreObserver {
     pub(crate) recorder: RecorderHandle,
     pub(crate) instance_id: String,
+    pub(crate) costs: Arc<OnceLock<CostCounter>>,
 }
 
 /// One request state waiting in the recorder; becomes a row only if it is written.
@@ -141,10 +156,20 @@ impl DeferredRecord for PendingState {
     fn to_record(&self) -> ccf_store::UsageRecord {
         ccf_store::UsageRecord::from_request(self.event.record(), Some(&self.instance_id))
     }
+
+    /// Priced from the lifecycle record's own fields, as `to_record` would store them (the
+    /// model by `RequestRecord::model`, the usage or none), without building the row.
+    fn cost(&self, pricing: &Pricing) -> Cost {
+        let record = self.event.record();
+        match &record.usage {
+            Some(usage) => ccf_store::final_cost(pricing, record.model(), usage),
+            None => Cost::default(),
+        }
+    }
 }
 
 impl StoreObserver {
-    fn hand_over(&self, event: LifecycleEvent) {
+    fn hand_over(&self, event: LifecycleEvent) -> Option<Cost> {
         let request = event.request_id().as_u64();
         self.recorder.record_deferred(
             request,
@@ -152,7 +177,7 @@ impl StoreObserver {
                 event,
                 instance_id: self.instance_id.clone(),
             }),
-        );
+        )
     }
 }
 
@@ -164,7 +189,11 @@ impl RequestObserver for StoreObserver {
     }
 
     fn on_outcome(&self, outcome: &Outcome) {
-        self.hand_over(outcome.event());
+        if let Some(cost) = self.hand_over(outcome.event()) {
+            if let Some(costs) = self.costs.get() {
+                costs.add(outcome.record(), cost.total_usd());
+            }
+        }
     }
 }
 

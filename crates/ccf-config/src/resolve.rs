@@ -531,6 +531,10 @@ fn validate_usage_tracking(raw: &RawConfig, check: &mut Check<'_>) {
     check.positive_count(&["usage_tracking", "buffer_size"], usage.buffer_size);
     check.positive_count(&["usage_tracking", "batch_size"], usage.batch_size);
     check.positive_duration(&["usage_tracking", "flush_interval"], usage.flush_interval);
+    check.positive_duration(
+        &["usage_tracking", "shutdown_flush_timeout"],
+        usage.shutdown_flush_timeout,
+    );
     check.positive_count(&["usage_tracking", "max_retry"], usage.max_retry);
     if usage.batch_size > usage.buffer_size {
         check.fail(

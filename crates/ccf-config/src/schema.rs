@@ -594,8 +594,15 @@ pub struct UsageTrackingConfig {
     pub database_path: String,
     /// Database selection; absent means SQLite at `database_path`.
     pub database: Option<DatabaseConfig>,
-    /// Capacity of the recorder queue (default 1000).
+    /// Most usage records the recorder keeps in memory while the database is slow or down
+    /// (default 1000); final outcomes past it go to the journal file.
     pub buffer_size: u32,
+    /// Folder of the recorder's journal (default: the SQLite file's folder; with MySQL the
+    /// folder of `database_path`, `data` by default).
+    pub journal_dir: Option<String>,
+    /// Longest time the recorder writes at shutdown, after the drain; what is left goes to the
+    /// journal and is written at the next start (default `10s`).
+    pub shutdown_flush_timeout: GoDuration,
     /// Outcomes written per batch (default 100).
     pub batch_size: u32,
     /// Longest time an outcome waits before it is written (default `1s`).
@@ -620,6 +627,8 @@ impl Default for UsageTrackingConfig {
             database_path: "data/usage.db".into(),
             database: None,
             buffer_size: 1000,
+            journal_dir: None,
+            shutdown_flush_timeout: GoDuration::secs(10),
             batch_size: 100,
             flush_interval: GoDuration::secs(1),
             max_retry: 3,

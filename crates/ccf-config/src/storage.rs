@@ -100,6 +100,51 @@ impl UsageTrackingConfig {
     }
 }
 
+impl UsageTrackingConfig {
+    /// The usage recorder's journal file: `<journal_dir>/<name>`, where `journal_dir` defaults
+    /// to the SQLite file's folder (with MySQL: the folder of `database_path`) and the name is
+    /// the SQLite file's name plus `.recorder-journal.jsonl` (with MySQL:
+    /// `usage-<database>.recorder-journal.jsonl`). Not SQLite's own `-journal` name.
+    pub fn journal_path(&self) -> PathBuf {
+        let (folder, name) = match self.storage() {
+            StorageTarget::Sqlite { path } => {
+                let name = path
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "usage.db".to_string());
+                (folder_of(&path), name)
+            }
+            StorageTarget::Mysql(target) => {
+                let database: String = target
+                    .database
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                (
+                    folder_of(std::path::Path::new(&self.database_path)),
+                    format!("usage-{database}"),
+                )
+            }
+        };
+        let folder = non_empty(&self.journal_dir).map_or(folder, PathBuf::from);
+        folder.join(format!("{name}.recorder-journal.jsonl"))
+    }
+}
+
+/// The folder a file is in (`.` for a bare name).
+fn folder_of(path: &std::path::Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 fn non_empty(value: &Option<String>) -> Option<&str> {
     value
         .as_deref()
@@ -117,6 +162,36 @@ mod tests {
             database,
             ..UsageTrackingConfig::default()
         }
+    }
+
+    #[test]
+    fn the_journal_sits_beside_the_sqlite_file_or_in_the_data_folder() {
+        let check = |tracking: UsageTrackingConfig, expected: &str| {
+            assert_eq!(tracking.journal_path(), PathBuf::from(expected));
+        };
+        check(tracking(None), "data/usage.db.recorder-journal.jsonl");
+        check(
+            tracking(Some(DatabaseConfig {
+                path: Some("/var/lib/ccf/u.sqlite".into()),
+                ..DatabaseConfig::default()
+            })),
+            "/var/lib/ccf/u.sqlite.recorder-journal.jsonl",
+        );
+        check(
+            tracking(Some(DatabaseConfig {
+                host: Some("db".into()),
+                database: Some("cc/fw".into()),
+                ..DatabaseConfig::default()
+            })),
+            "data/usage-cc_fw.recorder-journal.jsonl",
+        );
+        check(
+            UsageTrackingConfig {
+                journal_dir: Some("/srv/journal".into()),
+                ..tracking(None)
+            },
+            "/srv/journal/usage.db.recorder-journal.jsonl",
+        );
     }
 
     #[test]

@@ -108,10 +108,49 @@ struct HonestyLabels {
 pub struct UsageHealth {
     /// The last write succeeded (or nothing has failed since the last success).
     pub healthy: bool,
-    /// Records waiting to be written.
+    /// Records waiting to be written, in memory.
     pub backlog: usize,
+    /// Records waiting in the recorder's journal file (the backlog past `buffer_size`).
+    pub journal_records: u64,
+    /// Size of the journal file in bytes.
+    pub journal_bytes: u64,
     /// Why the last write failed, while the database is unavailable.
     pub last_error: Option<String>,
+}
+
+/// Adds priced outcomes to `ccf_cost_usd` (see [`Metrics::cost_counter`]). Cheap to clone; holds
+/// the metric's series, not the engine.
+#[derive(Clone)]
+pub struct CostCounter {
+    cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    model_labels: Arc<ModelLabels>,
+}
+
+impl std::fmt::Debug for CostCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CostCounter").finish_non_exhaustive()
+    }
+}
+
+impl CostCounter {
+    /// Counts `usd` for the finished request `record`, with the labels
+    /// [`Metrics::record_finished`] gives it.
+    pub fn add(&self, record: &RequestRecord, usd: f64) {
+        if !usd.is_finite() || usd <= 0.0 {
+            return;
+        }
+        let model = self.model_labels.label(
+            record.request_model.as_deref(),
+            record.response_model.as_deref(),
+        );
+        self.cost
+            .get_or_create(&CostLabels {
+                endpoint: record.endpoint.clone().unwrap_or_default(),
+                group: record.group.clone().unwrap_or_default(),
+                model,
+            })
+            .inc_by(usd);
+    }
 }
 
 /// Reads the usage recorder's health; set by the application when usage tracking is on.
@@ -222,10 +261,12 @@ pub struct Metrics {
     suspensions: Family<OutcomeKindLabels, Counter>,
     suspended_now: Gauge,
     recorder_backlog: Gauge,
+    recorder_journal_records: Gauge,
+    recorder_journal_bytes: Gauge,
     endpoint_up: Family<RouteLabels, Gauge>,
     honesty_score: Family<HonestyLabels, Gauge<f64, AtomicU64>>,
     cost_model: RwLock<Option<CostModel>>,
-    model_labels: ModelLabels,
+    model_labels: Arc<ModelLabels>,
     usage_health: RwLock<Option<UsageHealthReader>>,
     suspension: OnceLock<Arc<Suspension>>,
     /// Handles of the series finished requests touch, by label values (see [`FinishedSeries`]).
@@ -298,10 +339,12 @@ impl Metrics {
             suspensions: Family::default(),
             suspended_now: Gauge::default(),
             recorder_backlog: Gauge::default(),
+            recorder_journal_records: Gauge::default(),
+            recorder_journal_bytes: Gauge::default(),
             endpoint_up: Family::default(),
             honesty_score: Family::default(),
             cost_model: RwLock::new(None),
-            model_labels: ModelLabels::default(),
+            model_labels: Arc::default(),
             usage_health: RwLock::new(None),
             suspension: OnceLock::new(),
             finished_cache: RwLock::new(Vec::new()),
@@ -429,6 +472,16 @@ impl Metrics {
             metrics.recorder_backlog.clone(),
         );
         registry.register(
+            "ccf_recorder_journal_records",
+            "Usage records waiting in the recorder's journal file (past usage_tracking.buffer_size)",
+            metrics.recorder_journal_records.clone(),
+        );
+        registry.register(
+            "ccf_recorder_journal_bytes",
+            "Size of the usage recorder's journal file in bytes",
+            metrics.recorder_journal_bytes.clone(),
+        );
+        registry.register(
             "ccf_endpoint_healthy",
             "1 when the endpoint is healthy, by endpoint and group",
             metrics.endpoint_up.clone(),
@@ -452,6 +505,16 @@ impl Metrics {
                 signal,
             })
             .set(score);
+    }
+
+    /// A handle that adds costs priced elsewhere to `ccf_cost_usd`: the usage recorder prices
+    /// each final outcome once and reports that same number here, so the metric and the stored
+    /// rows agree. Install it instead of a [`CostModel`], not with one.
+    pub fn cost_counter(&self) -> CostCounter {
+        CostCounter {
+            cost: self.cost.clone(),
+            model_labels: Arc::clone(&self.model_labels),
+        }
     }
 
     /// Installs the pricing used for `ccf_cost_usd` (replacing any earlier one).
@@ -774,6 +837,10 @@ impl Metrics {
     fn render(&self, endpoints: &[Arc<Endpoint>], health: &HealthSnapshot) -> String {
         if let Some(usage) = self.usage_health() {
             self.set_recorder_backlog(usage.backlog);
+            self.recorder_journal_records
+                .set(i64::try_from(usage.journal_records).unwrap_or(i64::MAX));
+            self.recorder_journal_bytes
+                .set(i64::try_from(usage.journal_bytes).unwrap_or(i64::MAX));
         }
         let mut healthy = 0;
         for endpoint in endpoints {
@@ -921,6 +988,8 @@ fn usage_tracker_response(health: Option<UsageHealth>) -> Response<ProxyBody> {
             serde_json::json!({
                 "status": if health.healthy { "healthy" } else { "unhealthy" },
                 "backlog": health.backlog,
+                "journal_records": health.journal_records,
+                "journal_bytes": health.journal_bytes,
                 "last_error": health.last_error,
             }),
         ),

@@ -248,6 +248,9 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
             || old.usage_tracking.database_path != new.usage_tracking.database_path
             || differs(&old.usage_tracking.database, &new.usage_tracking.database)
             || old.usage_tracking.buffer_size != new.usage_tracking.buffer_size
+            || old.usage_tracking.journal_dir != new.usage_tracking.journal_dir
+            || old.usage_tracking.shutdown_flush_timeout
+                != new.usage_tracking.shutdown_flush_timeout
             || old.usage_tracking.batch_size != new.usage_tracking.batch_size
             || old.usage_tracking.flush_interval != new.usage_tracking.flush_interval
             || old.usage_tracking.retention_days != new.usage_tracking.retention_days

@@ -4,7 +4,8 @@
 //! by [`UsageRecord::from_request`]), how it is priced ([`Pricing`], exact integer nano-USD
 //! [`Cost`]s), the [`UsageStore`] trait every database adapter implements, the query and answer
 //! types (listing, stats, summary, export) and the [`Recorder`], the tokio task that batches
-//! snapshots into a store without ever blocking the request path. It knows nothing of SQL or of
+//! snapshots into a store without ever blocking the request path, bounded in memory by its
+//! [`journal`] (an append-only file of outcomes the database could not take yet). It knows nothing of SQL or of
 //! any driver: `ccf-store-sqlite` and `ccf-store-mysql` implement the trait, [`plan_batch`]
 //! holds the write rules they share and [`columns`] the `request_logs` column names with the
 //! mapping of rows to and from them. With the `contract-tests` feature, [`contract`] is the
@@ -17,6 +18,7 @@
 pub mod columns;
 mod error;
 pub mod export;
+pub mod journal;
 mod lifecycle;
 mod plan;
 mod pricing;
@@ -33,6 +35,7 @@ pub mod contract;
 
 pub use error::{BoxError, StoreError};
 pub use export::{ExportCursor, ExportEncoder, CSV_HEADER};
+pub use journal::{Journal, JournalError};
 pub use plan::{
     plan_batch, BatchPlan, ContributionParts, ExistingRow, SummaryContribution, SummaryDelta,
     SummaryKey, UNKNOWN,
@@ -44,8 +47,11 @@ pub use query::{
     Aggregate, Bucket, CleanupReport, ExportFormat, ExportQuery, MigrationReport, Page,
     RequestFilter, RequestQuery, Stats, StatsQuery, SummaryQuery, SummaryRow, MAX_PAGE_SIZE,
 };
-pub use record::{status, RequestRow, StoredRecord, UsageRecord};
-pub use recorder::{DeferredRecord, Recorder, RecorderError, RecorderHandle, RecorderSettings};
+pub use record::{final_cost, status, RequestRow, StoredRecord, UsageRecord};
+pub use recorder::{
+    BacklogSettings, DeferredRecord, Recorder, RecorderError, RecorderHandle, RecorderSettings,
+    ShutdownReport, JOURNAL_GRACE,
+};
 pub use retention::{Retention, RetentionHandle};
 pub use shared::{ApplyOutcome, SharedChange, SharedSetting, SharedState};
 pub use store::UsageStore;

@@ -156,8 +156,9 @@ impl UsageRecord {
     }
 }
 
-/// A snapshot ready to be written: the record plus its cost, computed here (never by callers)
-/// when the record is final and consumed tokens, and zero otherwise.
+/// A snapshot ready to be written: the record plus its cost, computed by [`StoredRecord::price`]
+/// (never by callers) when the record is final and consumed tokens, and zero otherwise; the
+/// recorder keeps that cost with the record until it is written ([`StoredRecord::with_cost`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRecord {
     record: UsageRecord,
@@ -168,8 +169,22 @@ impl StoredRecord {
     /// Prices `record` (final records only) with `pricing` and fits its text to the columns
     /// ([`UsageRecord::fit_to_columns`]): every value a store writes comes from here.
     pub fn price(mut record: UsageRecord, pricing: &Pricing) -> Self {
-        let cost = if record.is_final && !record.usage.is_empty() {
-            pricing.cost(record.model_name.as_deref(), &record.usage)
+        let cost = if record.is_final {
+            final_cost(pricing, record.model_name.as_deref(), &record.usage)
+        } else {
+            Cost::default()
+        };
+        record.fit_to_columns();
+        Self { record, cost }
+    }
+
+    /// `record` with the `cost` it was priced at when it became final (the recorder prices an
+    /// outcome once, with the prices in force then; a journal line keeps that cost). A non-final
+    /// record costs zero whatever `cost` says. Fits the text to the columns like
+    /// [`StoredRecord::price`].
+    pub fn with_cost(mut record: UsageRecord, cost: Cost) -> Self {
+        let cost = if record.is_final {
+            cost
         } else {
             Cost::default()
         };
@@ -190,6 +205,17 @@ impl StoredRecord {
     /// Takes the snapshot back.
     pub fn into_record(self) -> UsageRecord {
         self.record
+    }
+}
+
+/// The cost of a final outcome: `usage` priced for `model`, zero when no token was used. The one
+/// rule both the stored row and the `ccf_cost_usd` metric follow (the recorder computes it once
+/// per outcome, see [`RecorderHandle::record_deferred`](crate::RecorderHandle::record_deferred)).
+pub fn final_cost(pricing: &Pricing, model: Option<&str>, usage: &Usage) -> Cost {
+    if usage.is_empty() {
+        Cost::default()
+    } else {
+        pricing.cost(model, usage)
     }
 }
 

@@ -1,17 +1,22 @@
 //! The recorder: a tokio task that owns the not-yet-written snapshots and writes them in batches.
 //!
-//! Ownership and cancellation: [`Recorder::spawn`] starts one task that owns the writing; every
-//! [`RecorderHandle`] clone shares the pending map with it. The task ends on
-//! [`RecorderHandle::shutdown`] (after writing everything) or when every handle is dropped (it
-//! then also writes everything it holds before ending).
+//! Ownership and cancellation: [`Recorder::spawn`] (or [`Recorder::spawn_with_journal`]) starts
+//! one task that owns the writing and the journal; every [`RecorderHandle`] clone shares the
+//! pending map with it. The task ends on [`RecorderHandle::shutdown`] (after writing
+//! everything), on [`RecorderHandle::shutdown_within`] (after writing what it can before the
+//! deadline and journaling the rest) or when every handle is dropped (it then also writes
+//! everything it holds before ending).
 //!
 //! Guarantees:
-//! - [`RecorderHandle::record`] never blocks on the database and never fails: it replaces the
-//!   pending snapshot of the same request id (intermediate updates coalesce), so memory is bounded
-//!   by in-flight requests plus what is waiting to be written;
+//! - [`RecorderHandle::record`] never blocks on the database or the disk and never fails: it
+//!   replaces the pending snapshot of the same request id (intermediate updates coalesce);
 //! - [`RecorderHandle::record_deferred`] does the same with a snapshot whose row is built only if
 //!   it is written, by the writer task: the request path pays one small allocation per change
 //!   instead of a row's worth of strings;
+//! - an outcome is priced exactly once, when its final snapshot is handed over, with the prices
+//!   in force then ([`RecorderHandle::set_pricing`] changes only later outcomes); the call returns
+//!   that cost, so the caller's cost metric counts the number the row stores, and the cost stays
+//!   with the record through the backlog and the journal;
 //! - a final snapshot is written at the next full batch or tick; a non-final (live) one only once
 //!   it has waited through one tick of `flush_interval` (or on [`RecorderHandle::flush`] and at
 //!   shutdown), so a request that ends within about one interval costs one row write, not two,
@@ -19,6 +24,18 @@
 //! - a final snapshot is never replaced by a non-final one and never dropped because the database
 //!   is unavailable: the batch is kept and retried with exponential backoff, loudly logged, and the
 //!   backlog is visible through [`RecorderHandle::backlog`] and [`RecorderHandle::last_error`];
+//! - with a journal ([`Recorder::spawn_with_journal`]) memory is bounded: at most
+//!   [`BacklogSettings::max_records`] snapshots wait in memory (plus the batch being written and
+//!   what arrives before the writer next looks, which it does while it waits for the database).
+//!   Past the bound a new live snapshot is not kept (its final one supersedes it) and final
+//!   outcomes, oldest first, move to the append-only journal file with their cost. The journal
+//!   is written to the database before the in-memory backlog on every drain (a journal left by
+//!   an earlier run first, at start) and emptied only after all its records are committed;
+//!   [`RecorderHandle::journal_records`] and [`RecorderHandle::journal_bytes`] show its size.
+//!   Without a journal nothing final is ever dropped and memory grows with the outage;
+//! - [`RecorderHandle::shutdown_within`] writes for a bounded time; what the database did not
+//!   take by then goes to the journal, with a log line naming the count and the file, and is
+//!   written at the next start;
 //! - only a record that the database rejects as invalid `max_retry` times (a non-retryable
 //!   [`StoreError`]) is dropped, alone, with an error log; [`RecorderHandle::dropped`] counts them.
 //!   A rejected batch is split at once and a rejected record retried without waiting: invalid data
@@ -26,17 +43,25 @@
 //!   for, and a bad row costs the writer the split and its own attempts, never a backoff.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use ccf_config::UsageTrackingConfig;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::pricing::Pricing;
-use crate::record::{StoredRecord, UsageRecord};
+use crate::journal::{Journal, JournalError};
+use crate::pricing::{Cost, Pricing};
+use crate::record::{final_cost, StoredRecord, UsageRecord};
 use crate::{StoreError, UsageStore};
+
+/// How long past a [`RecorderHandle::shutdown_within`] deadline the handle waits for the writer
+/// to put what is left in the journal before it stops the task (a stalled disk).
+pub const JOURNAL_GRACE: Duration = Duration::from_secs(5);
 
 /// How the recorder batches and retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +104,25 @@ impl RecorderSettings {
     }
 }
 
+/// The bound on the in-memory backlog and the journal that takes what does not fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BacklogSettings {
+    /// Most snapshots kept in memory (`usage_tracking.buffer_size`, at least 1).
+    pub max_records: usize,
+    /// The journal file (see [`crate::journal`]).
+    pub journal: PathBuf,
+}
+
+impl BacklogSettings {
+    /// `buffer_size` and the journal path from `usage_tracking`.
+    pub fn from_config(config: &UsageTrackingConfig) -> Self {
+        Self {
+            max_records: usize::try_from(config.buffer_size.max(1)).unwrap_or(1000),
+            journal: config.journal_path(),
+        }
+    }
+}
+
 /// The latest write failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecorderError {
@@ -92,6 +136,17 @@ pub struct RecorderError {
     pub consecutive_failures: u64,
 }
 
+/// What a bounded shutdown ([`RecorderHandle::shutdown_within`]) could not write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Records put in the journal, written at the next start.
+    pub journaled: usize,
+    /// Records lost: no journal was configured, or it could not be written.
+    pub lost: usize,
+    /// The journal file, when there is one.
+    pub journal: Option<PathBuf>,
+}
+
 /// A request's state, turned into a [`UsageRecord`] only when the recorder writes it (see
 /// [`RecorderHandle::record_deferred`]).
 pub trait DeferredRecord: Send + 'static {
@@ -99,27 +154,41 @@ pub trait DeferredRecord: Send + 'static {
     fn is_final(&self) -> bool;
     /// The row to write.
     fn to_record(&self) -> UsageRecord;
+    /// The cost of the final state under `pricing` ([`final_cost`] of its model and usage).
+    /// Called once, on the request path, when the final state is handed over; the default builds
+    /// the row, an implementation can price its own fields without that.
+    fn cost(&self, pricing: &Pricing) -> Cost {
+        let record = self.to_record();
+        final_cost(pricing, record.model_name.as_deref(), &record.usage)
+    }
 }
 
-/// One pending snapshot: a row, or what a row is made from.
-enum Snapshot {
+/// What a pending snapshot is made of: a row, or what a row is made from.
+enum Body {
     Ready(Box<UsageRecord>),
     Deferred(Box<dyn DeferredRecord>),
 }
 
+/// One pending snapshot with the cost it was priced at (zero unless final).
+struct Snapshot {
+    body: Body,
+    cost: Cost,
+}
+
 impl Snapshot {
     fn is_final(&self) -> bool {
-        match self {
-            Snapshot::Ready(record) => record.is_final,
-            Snapshot::Deferred(deferred) => deferred.is_final(),
+        match &self.body {
+            Body::Ready(record) => record.is_final,
+            Body::Deferred(deferred) => deferred.is_final(),
         }
     }
 
-    fn into_record(self) -> UsageRecord {
-        match self {
-            Snapshot::Ready(record) => *record,
-            Snapshot::Deferred(deferred) => deferred.to_record(),
-        }
+    fn into_stored(self) -> StoredRecord {
+        let record = match self.body {
+            Body::Ready(record) => *record,
+            Body::Deferred(deferred) => deferred.to_record(),
+        };
+        StoredRecord::with_cost(record, self.cost)
     }
 }
 
@@ -137,27 +206,70 @@ enum Key {
 pub struct Recorder;
 
 impl Recorder {
-    /// Spawns the writer task on the current tokio runtime.
+    /// Spawns the writer task on the current tokio runtime, without a journal: the backlog is
+    /// unbounded while the database is unavailable, and a bounded shutdown loses what is left.
     pub fn spawn(
         store: Arc<dyn UsageStore>,
         settings: RecorderSettings,
         pricing: Pricing,
     ) -> RecorderHandle {
+        Self::start(store, settings, pricing, usize::MAX, None)
+    }
+
+    /// Spawns the writer task with the backlog bounded by `backlog` and its journal opened (a
+    /// journal left by an earlier run is written to the database before anything else).
+    pub async fn spawn_with_journal(
+        store: Arc<dyn UsageStore>,
+        settings: RecorderSettings,
+        pricing: Pricing,
+        backlog: BacklogSettings,
+    ) -> Result<RecorderHandle, JournalError> {
+        let journal = Journal::open(backlog.journal).await?;
+        Ok(Self::start(
+            store,
+            settings,
+            pricing,
+            backlog.max_records.max(1),
+            Some(journal),
+        ))
+    }
+
+    fn start(
+        store: Arc<dyn UsageStore>,
+        settings: RecorderSettings,
+        pricing: Pricing,
+        max_records: usize,
+        journal: Option<Journal>,
+    ) -> RecorderHandle {
+        let (deadline, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
+            overflow: Notify::new(),
             writing: AtomicUsize::new(0),
+            spilling: AtomicUsize::new(0),
             batch_size: settings.batch_size.max(1),
+            max_records,
             last_error: Mutex::new(None),
             pricing: RwLock::new(Arc::new(pricing)),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            live_not_kept: AtomicU64::new(0),
+            journal_path: journal.as_ref().map(|journal| journal.path().to_path_buf()),
+            journal_records: AtomicU64::new(0),
+            journal_bytes: AtomicU64::new(0),
+            deadline,
+            shutdown_report: Mutex::new(None),
         });
+        if let Some(journal) = &journal {
+            shared.publish_journal(journal);
+        }
         let (commands, receiver) = mpsc::unbounded_channel();
         let writer = Writer {
             store,
             settings,
             shared: shared.clone(),
+            journal: tokio::sync::Mutex::new(journal),
         };
         let task = tokio::spawn(writer.run(receiver));
         RecorderHandle {
@@ -181,6 +293,7 @@ impl std::fmt::Debug for RecorderHandle {
         f.debug_struct("RecorderHandle")
             .field("backlog", &self.backlog())
             .field("written", &self.written())
+            .field("journal_records", &self.journal_records())
             .finish()
     }
 }
@@ -192,35 +305,96 @@ enum Command {
 
 impl RecorderHandle {
     /// Hands over a snapshot. Never blocks on the database, never fails: it replaces the pending
-    /// snapshot of the same request (unless that one is final and this one is not).
-    pub fn record(&self, record: UsageRecord) {
+    /// snapshot of the same request (unless that one is final and this one is not). A final
+    /// snapshot is priced now; its cost is returned (`None` for a live one).
+    pub fn record(&self, record: UsageRecord) -> Option<Cost> {
+        let is_final = record.is_final;
+        let cost = if is_final {
+            final_cost(
+                &self.shared.current_pricing(),
+                record.model_name.as_deref(),
+                &record.usage,
+            )
+        } else {
+            Cost::default()
+        };
         self.insert(
             Key::Text(record.request_id.clone()),
-            Snapshot::Ready(Box::new(record)),
+            Snapshot {
+                body: Body::Ready(Box::new(record)),
+                cost,
+            },
         );
+        is_final.then_some(cost)
     }
 
     /// Like [`record`](Self::record) for a snapshot whose row is built only if it is written
     /// (by the writer task, off the request path). `request` identifies the request: snapshots
     /// with the same number replace each other. Use one of the two methods per request, not both.
-    pub fn record_deferred(&self, request: u64, snapshot: Box<dyn DeferredRecord>) {
-        self.insert(Key::Number(request), Snapshot::Deferred(snapshot));
+    /// A final snapshot is priced now ([`DeferredRecord::cost`]) and its cost returned: the one
+    /// number the row stores and the cost metric counts.
+    pub fn record_deferred(&self, request: u64, snapshot: Box<dyn DeferredRecord>) -> Option<Cost> {
+        let is_final = snapshot.is_final();
+        let cost = if is_final {
+            snapshot.cost(&self.shared.current_pricing())
+        } else {
+            Cost::default()
+        };
+        self.insert(
+            Key::Number(request),
+            Snapshot {
+                body: Body::Deferred(snapshot),
+                cost,
+            },
+        );
+        is_final.then_some(cost)
     }
 
     fn insert(&self, key: Key, snapshot: Snapshot) {
-        let finals = {
+        let (kept, finals, over) = {
             let mut pending = lock(&self.shared.pending);
-            pending.insert(key, snapshot);
-            pending.finals
+            let kept = pending.insert(key, snapshot, self.shared.max_records);
+            (
+                kept,
+                pending.finals,
+                pending.by_id.len() > self.shared.max_records,
+            )
         };
+        if !kept {
+            self.shared.live_not_kept.fetch_add(1, Ordering::Relaxed);
+        }
+        if over {
+            self.shared.overflow.notify_one();
+        }
         if finals >= self.shared.batch_size {
             self.shared.wake.notify_one();
         }
     }
 
-    /// Snapshots not yet written (pending plus the batch being written).
+    /// Snapshots not yet written, in memory (pending plus the batch being written).
     pub fn backlog(&self) -> usize {
-        lock(&self.shared.pending).by_id.len() + self.shared.writing.load(Ordering::Acquire)
+        self.shared.backlog()
+    }
+
+    /// Records waiting in the journal file (0 without a journal).
+    pub fn journal_records(&self) -> u64 {
+        self.shared.journal_records.load(Ordering::Relaxed)
+    }
+
+    /// Size of the journal file in bytes (0 without a journal).
+    pub fn journal_bytes(&self) -> u64 {
+        self.shared.journal_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The journal file, when the recorder has one.
+    pub fn journal_path(&self) -> Option<&std::path::Path> {
+        self.shared.journal_path.as_deref()
+    }
+
+    /// Live (non-final) snapshots not kept because the in-memory backlog was full; each is
+    /// superseded by its request's final outcome.
+    pub fn live_not_kept(&self) -> u64 {
+        self.shared.live_not_kept.load(Ordering::Relaxed)
     }
 
     /// The latest write failure, cleared when a write succeeds again.
@@ -238,7 +412,8 @@ impl RecorderHandle {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Replaces the prices used for records priced from now on (configuration reload).
+    /// Replaces the prices used for outcomes that become final from now on (configuration
+    /// reload); outcomes already handed over keep the cost they were given.
     pub fn set_pricing(&self, pricing: Pricing) {
         let mut current = self
             .shared
@@ -248,8 +423,9 @@ impl RecorderHandle {
         *current = Arc::new(pricing);
     }
 
-    /// Waits until every snapshot handed over before this call is written (retrying while the
-    /// database is unavailable). Returns at once if the recorder has shut down.
+    /// Waits until every snapshot handed over before this call, and the journal, is written
+    /// (retrying while the database is unavailable). Returns at once if the recorder has shut
+    /// down.
     pub async fn flush(&self) {
         let (reply, done) = oneshot::channel();
         if self.commands.send(Command::Flush(reply)).is_ok() {
@@ -258,7 +434,7 @@ impl RecorderHandle {
     }
 
     /// Writes everything pending, then stops the writer task. Waits as long as that takes
-    /// (wrap it in [`RecorderHandle::shutdown_timeout`] to bound it).
+    /// (use [`RecorderHandle::shutdown_within`] to bound it).
     pub async fn shutdown(&self) {
         let (reply, done) = oneshot::channel();
         if self.commands.send(Command::Shutdown(reply)).is_ok() {
@@ -270,21 +446,51 @@ impl RecorderHandle {
         }
     }
 
-    /// [`RecorderHandle::shutdown`] bounded by `limit`; on timeout the writer is stopped and the
-    /// number of snapshots left unwritten is returned (and logged as an error).
+    /// Writes everything pending for at most `limit`, then stops the writer task. What the
+    /// database has not taken by then (the batch being written included) goes to the journal,
+    /// logged as "N usage records journaled at shutdown: <path>", and is written at the next
+    /// start; without a journal it is lost and logged as an error. The writer gets
+    /// [`JOURNAL_GRACE`] more to write the journal before it is stopped.
+    pub async fn shutdown_within(&self, limit: Duration) -> ShutdownReport {
+        let deadline = Instant::now() + limit;
+        self.shared.deadline.send_replace(Some(deadline));
+        let (reply, done) = oneshot::channel();
+        let give_up = deadline + JOURNAL_GRACE;
+        if self.commands.send(Command::Shutdown(reply)).is_ok() {
+            let _ = tokio::time::timeout_at(give_up, done).await;
+        }
+        let task = lock(&self.task).take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout_at(give_up, &mut task).await.is_err() {
+                task.abort();
+                let left = self.backlog();
+                tracing::error!(
+                    records = left,
+                    "{left} usage records lost at shutdown: the journal could not be written in time"
+                );
+                let mut report = lock(&self.shared.shutdown_report)
+                    .clone()
+                    .unwrap_or_default();
+                report.lost += left;
+                return report;
+            }
+        }
+        let report = lock(&self.shared.shutdown_report).clone();
+        report.unwrap_or_else(|| ShutdownReport {
+            journal: self.shared.journal_path.clone(),
+            ..ShutdownReport::default()
+        })
+    }
+
+    /// [`RecorderHandle::shutdown_within`] that reports only the records lost (`Err(count)`);
+    /// journaled records are not lost.
     pub async fn shutdown_timeout(&self, limit: Duration) -> Result<(), usize> {
-        if tokio::time::timeout(limit, self.shutdown()).await.is_ok() {
-            return Ok(());
+        let report = self.shutdown_within(limit).await;
+        if report.lost == 0 {
+            Ok(())
+        } else {
+            Err(report.lost)
         }
-        if let Some(task) = lock(&self.task).take() {
-            task.abort();
-        }
-        let left = self.backlog();
-        tracing::error!(
-            backlog = left,
-            "usage recorder stopped before the database accepted every record"
-        );
-        Err(left)
     }
 }
 
@@ -294,13 +500,47 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct Shared {
     pending: Mutex<Pending>,
+    /// A full batch of final snapshots is waiting.
     wake: Notify,
+    /// The pending map is past `max_records`: the writer moves finals to the journal.
+    overflow: Notify,
     writing: AtomicUsize,
+    /// Records on their way from memory to the journal (still backlog until they are in it).
+    spilling: AtomicUsize,
     batch_size: usize,
+    max_records: usize,
     last_error: Mutex<Option<RecorderError>>,
     pricing: RwLock<Arc<Pricing>>,
     written: AtomicU64,
     dropped: AtomicU64,
+    live_not_kept: AtomicU64,
+    journal_path: Option<PathBuf>,
+    journal_records: AtomicU64,
+    journal_bytes: AtomicU64,
+    /// Set by a bounded shutdown: the writer stops writing at this instant.
+    deadline: watch::Sender<Option<Instant>>,
+    shutdown_report: Mutex<Option<ShutdownReport>>,
+}
+
+impl Shared {
+    fn current_pricing(&self) -> Arc<Pricing> {
+        self.pricing
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn backlog(&self) -> usize {
+        lock(&self.pending).by_id.len()
+            + self.writing.load(Ordering::Acquire)
+            + self.spilling.load(Ordering::Acquire)
+    }
+
+    fn publish_journal(&self, journal: &Journal) {
+        self.journal_records
+            .store(journal.records(), Ordering::Relaxed);
+        self.journal_bytes.store(journal.bytes(), Ordering::Relaxed);
+    }
 }
 
 /// Snapshots waiting to be written: the latest per request, in order of first arrival.
@@ -316,7 +556,9 @@ struct Pending {
 }
 
 impl Pending {
-    fn insert(&mut self, key: Key, snapshot: Snapshot) {
+    /// Keeps `snapshot` as its request's latest; returns false for a live snapshot of a new
+    /// request that was not kept because `max_records` are pending already.
+    fn insert(&mut self, key: Key, snapshot: Snapshot, max_records: usize) -> bool {
         let is_final = snapshot.is_final();
         if let Some((_, existing)) = self.by_id.get_mut(&key) {
             let was_final = existing.is_final();
@@ -326,7 +568,10 @@ impl Pending {
                     self.finals += 1;
                 }
             }
-            return;
+            return true;
+        }
+        if !is_final && self.by_id.len() >= max_records {
+            return false;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -335,6 +580,7 @@ impl Pending {
         if is_final {
             self.finals += 1;
         }
+        true
     }
 
     /// Takes up to `limit` of the oldest snapshots that arrived before `cutoff`, leaving the
@@ -354,6 +600,26 @@ impl Pending {
                 chosen.push(seq);
             }
         }
+        self.remove(chosen)
+    }
+
+    /// Takes up to `limit` of the oldest final snapshots.
+    fn take_oldest_finals(&mut self, limit: usize) -> Vec<Snapshot> {
+        let chosen: Vec<u64> = self
+            .order
+            .iter()
+            .filter(|(_, key)| {
+                self.by_id
+                    .get(*key)
+                    .is_some_and(|(_, snapshot)| snapshot.is_final())
+            })
+            .take(limit)
+            .map(|(&seq, _)| seq)
+            .collect();
+        self.remove(chosen)
+    }
+
+    fn remove(&mut self, chosen: Vec<u64>) -> Vec<Snapshot> {
         let mut batch = Vec::with_capacity(chosen.len());
         for seq in chosen {
             let Some(key) = self.order.remove(&seq) else {
@@ -374,6 +640,9 @@ struct Writer {
     store: Arc<dyn UsageStore>,
     settings: RecorderSettings,
     shared: Arc<Shared>,
+    /// Only this task touches the journal; the lock is never held across a database write (a
+    /// spill runs while a write waits).
+    journal: tokio::sync::Mutex<Option<Journal>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -390,39 +659,116 @@ enum Drain {
     Everything,
 }
 
+/// The shutdown deadline passed: the records not known to be written.
+struct Stopped(Vec<StoredRecord>);
+
+enum WriteFailure {
+    Rejected(StoreError),
+    Stopped,
+}
+
 impl Writer {
     async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut ticker = tokio::time::interval(self.settings.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
+        // A journal left by an earlier run goes first.
+        let mut result = self.replay_journal().await;
+        while result.is_ok() {
+            result = tokio::select! {
                 _ = ticker.tick() => self.drain(Drain::Tick).await,
                 _ = self.shared.wake.notified() => self.drain(Drain::FullBatches).await,
+                _ = self.shared.overflow.notified() => {
+                    self.spill_overflow().await;
+                    Ok(())
+                }
                 command = commands.recv() => match command {
                     Some(Command::Flush(reply)) => {
-                        self.drain(Drain::All).await;
+                        let result = self.drain(Drain::All).await;
                         let _ = reply.send(());
+                        result
                     }
                     Some(Command::Shutdown(reply)) => {
-                        self.drain(Drain::Everything).await;
+                        let result = self.drain(Drain::Everything).await;
+                        self.finish(result).await;
                         let _ = reply.send(());
-                        break;
+                        return;
                     }
                     // Every handle is gone: write what is left and stop.
                     None => {
-                        self.drain(Drain::Everything).await;
-                        break;
+                        let result = self.drain(Drain::Everything).await;
+                        self.finish(result).await;
+                        return;
                     }
                 },
-            }
+            };
         }
-        tracing::debug!(
-            written = self.shared.written.load(Ordering::Relaxed),
-            "usage recorder stopped"
-        );
+        // A bounded shutdown's deadline passed while writing.
+        self.finish(result).await;
     }
 
-    async fn drain(&self, mode: Drain) {
+    /// Ends the writer: after a deadline, everything not written goes to the journal.
+    async fn finish(&self, result: Result<(), Stopped>) {
+        let Err(Stopped(mut left)) = result else {
+            tracing::debug!(
+                written = self.shared.written.load(Ordering::Relaxed),
+                "usage recorder stopped"
+            );
+            return;
+        };
+        let pending = {
+            let mut pending = lock(&self.shared.pending);
+            pending.take(usize::MAX, u64::MAX, u64::MAX)
+        };
+        left.extend(pending.into_iter().map(Snapshot::into_stored));
+        self.shared.writing.store(0, Ordering::Release);
+        let mut report = ShutdownReport {
+            journal: self.shared.journal_path.clone(),
+            ..ShutdownReport::default()
+        };
+        let mut journal = self.journal.lock().await;
+        match journal.as_mut() {
+            Some(journal) => match journal.append(&left).await {
+                Ok(()) => {
+                    self.shared.publish_journal(journal);
+                    report.journaled = left.len();
+                    if !left.is_empty() {
+                        tracing::warn!(
+                            records = left.len(),
+                            journal = %journal.path().display(),
+                            "{} usage records journaled at shutdown: {}",
+                            left.len(),
+                            journal.path().display()
+                        );
+                    }
+                }
+                Err(error) => {
+                    report.lost = left.len();
+                    tracing::error!(
+                        error = %error,
+                        records = left.len(),
+                        "{} usage records lost at shutdown: the journal could not be written",
+                        left.len()
+                    );
+                }
+            },
+            None => {
+                report.lost = left.len();
+                if !left.is_empty() {
+                    tracing::error!(
+                        records = left.len(),
+                        "{} usage records lost at shutdown: the database did not take them in \
+                         time and there is no journal",
+                        left.len()
+                    );
+                }
+            }
+        }
+        *lock(&self.shared.shutdown_report) = Some(report);
+    }
+
+    async fn drain(&self, mode: Drain) -> Result<(), Stopped> {
+        // The journal holds older outcomes than the memory: it goes first.
+        self.replay_journal().await?;
         let (cutoff, settled_before) = {
             let mut pending = lock(&self.shared.pending);
             let now = pending.next_seq;
@@ -439,10 +785,11 @@ impl Writer {
         };
         let batch_size = self.shared.batch_size;
         loop {
+            self.spill_overflow().await;
             let batch = {
                 let mut pending = lock(&self.shared.pending);
                 if mode == Drain::FullBatches && pending.finals < batch_size {
-                    return;
+                    return Ok(());
                 }
                 let batch = pending.take(batch_size, cutoff, settled_before);
                 // Counted as backlog while it is being written.
@@ -450,31 +797,182 @@ impl Writer {
                 batch
             };
             if batch.is_empty() {
-                return;
+                return Ok(());
             }
-            self.write(batch).await;
+            let stored = batch.into_iter().map(Snapshot::into_stored).collect();
+            let left = self.write(stored).await;
+            if !left.is_empty() {
+                return Err(Stopped(left));
+            }
             self.shared.writing.store(0, Ordering::Release);
         }
     }
 
+    /// Writes the journal's records to the database in batches, in file order, and empties the
+    /// file once every record in it is committed (records appended meanwhile included).
+    async fn replay_journal(&self) -> Result<(), Stopped> {
+        let mut offset = 0;
+        let mut replayed = 0usize;
+        loop {
+            let batch = {
+                let mut journal = self.journal.lock().await;
+                let Some(journal) = journal.as_mut() else {
+                    return Ok(());
+                };
+                if offset == 0 && journal.records() == 0 && journal.bytes() == 0 {
+                    return Ok(());
+                }
+                let batch = match journal.read_from(offset, self.shared.batch_size).await {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        // The records stay in the file; the next drain tries again.
+                        tracing::error!(error = %error, "cannot read the usage journal");
+                        return Ok(());
+                    }
+                };
+                if batch.next_offset == offset {
+                    // Everything up to the end of the file is committed.
+                    match journal.clear().await {
+                        Ok(()) => {
+                            if replayed > 0 {
+                                tracing::info!(
+                                    records = replayed,
+                                    journal = %journal.path().display(),
+                                    "usage journal written to the database"
+                                );
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!(error = %error, "cannot empty the usage journal")
+                        }
+                    }
+                    self.shared.publish_journal(journal);
+                    return Ok(());
+                }
+                batch
+            };
+            offset = batch.next_offset;
+            let count = batch.records.len();
+            if count == 0 {
+                continue;
+            }
+            self.shared.writing.store(count, Ordering::Release);
+            let left = self.write(batch.records).await;
+            self.shared.writing.store(0, Ordering::Release);
+            if !left.is_empty() {
+                // Still in the file: nothing to journal again.
+                return Err(Stopped(Vec::new()));
+            }
+            replayed += count;
+            let mut journal = self.journal.lock().await;
+            if let Some(journal) = journal.as_mut() {
+                journal.committed(count);
+                self.shared.publish_journal(journal);
+            }
+        }
+    }
+
+    /// Moves final snapshots past the bound, oldest first, to the journal.
+    async fn spill_overflow(&self) {
+        let max_records = self.shared.max_records;
+        let snapshots = {
+            let mut pending = lock(&self.shared.pending);
+            let over = pending.by_id.len().saturating_sub(max_records);
+            if over == 0 {
+                return;
+            }
+            let snapshots = pending.take_oldest_finals(over);
+            self.shared
+                .spilling
+                .store(snapshots.len(), Ordering::Release);
+            snapshots
+        };
+        // Declared before the journal lock: cleared after the new size is published.
+        let _spilled = SpillDone(&self.shared.spilling);
+        if snapshots.is_empty() {
+            return;
+        }
+        let stored: Vec<StoredRecord> = snapshots.into_iter().map(Snapshot::into_stored).collect();
+        let mut journal = self.journal.lock().await;
+        let Some(journal) = journal.as_mut() else {
+            return;
+        };
+        match journal.append(&stored).await {
+            Ok(()) => {
+                self.shared.publish_journal(journal);
+                tracing::debug!(
+                    records = stored.len(),
+                    journal_records = journal.records(),
+                    "usage backlog full: final outcomes moved to the journal"
+                );
+            }
+            Err(error) => {
+                // Never lose a final outcome: keep it in memory and say so.
+                tracing::error!(
+                    error = %error,
+                    records = stored.len(),
+                    "cannot write the usage journal; keeping the records in memory"
+                );
+                let mut pending = lock(&self.shared.pending);
+                for record in stored {
+                    let (record, cost) = (record.record().clone(), *record.cost());
+                    pending.insert(
+                        Key::Text(record.request_id.clone()),
+                        Snapshot {
+                            body: Body::Ready(Box::new(record)),
+                            cost,
+                        },
+                        usize::MAX,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs `work`, moving overflow to the journal while it waits; `None` once a bounded
+    /// shutdown's deadline has passed (`work` is dropped then).
+    async fn interruptible<F: Future>(&self, work: F) -> Option<F::Output> {
+        let mut deadline = self.shared.deadline.subscribe();
+        tokio::pin!(work);
+        loop {
+            let until = *deadline.borrow_and_update();
+            let expired = async move {
+                match until {
+                    Some(until) => tokio::time::sleep_until(until).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                output = &mut work => return Some(output),
+                () = expired => return None,
+                changed = deadline.changed() => {
+                    if changed.is_err() {
+                        // The sender lives as long as the writer: unreachable, but never spin.
+                        return Some(work.await);
+                    }
+                }
+                _ = self.shared.overflow.notified() => self.spill_overflow().await,
+            }
+        }
+    }
+
     /// Writes one batch, retrying until it is written; only records the database rejects as
-    /// invalid are ever dropped.
-    async fn write(&self, batch: Vec<Snapshot>) {
-        let pricing = self
-            .shared
-            .pricing
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let stored: Vec<StoredRecord> = batch
-            .into_iter()
-            .map(|snapshot| StoredRecord::price(snapshot.into_record(), &pricing))
-            .collect();
+    /// invalid are ever dropped. Returns what it did not write because a bounded shutdown's
+    /// deadline passed (empty otherwise).
+    async fn write(&self, stored: Vec<StoredRecord>) -> Vec<StoredRecord> {
         let mut queue = vec![stored];
         while let Some(stored) = queue.pop() {
             match self.write_with_retry(&stored).await {
                 Ok(()) => {}
-                Err(error) if stored.len() > 1 => {
+                Err(WriteFailure::Stopped) => {
+                    let mut left = stored;
+                    for rest in queue {
+                        left.extend(rest);
+                    }
+                    return left;
+                }
+                Err(WriteFailure::Rejected(error)) if stored.len() > 1 => {
                     tracing::warn!(
                         error = %error.chain(),
                         records = stored.len(),
@@ -484,7 +982,7 @@ impl Writer {
                     queue.push(right);
                     queue.push(left);
                 }
-                Err(error) => {
+                Err(WriteFailure::Rejected(error)) => {
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                     if let Some(record) = stored.first() {
                         tracing::error!(
@@ -496,16 +994,20 @@ impl Writer {
                 }
             }
         }
+        Vec::new()
     }
 
-    /// Retries retryable errors for ever (with backoff); returns a non-retryable error at once
-    /// for a batch of several (the caller splits it) and after `max_retry` immediate attempts for
-    /// a single record.
-    async fn write_with_retry(&self, stored: &[StoredRecord]) -> Result<(), StoreError> {
+    /// Retries retryable errors for ever (with backoff) or until a bounded shutdown's deadline;
+    /// returns a non-retryable error at once for a batch of several (the caller splits it) and
+    /// after `max_retry` immediate attempts for a single record.
+    async fn write_with_retry(&self, stored: &[StoredRecord]) -> Result<(), WriteFailure> {
         let mut backoff = self.settings.initial_backoff;
         let mut invalid_attempts = 0;
         loop {
-            match self.store.write_batch(stored).await {
+            let Some(result) = self.interruptible(self.store.write_batch(stored)).await else {
+                return Err(WriteFailure::Stopped);
+            };
+            match result {
                 Ok(()) => {
                     self.shared
                         .written
@@ -514,7 +1016,8 @@ impl Writer {
                     if let Some(previous) = recovered {
                         tracing::warn!(
                             failures = previous.consecutive_failures,
-                            backlog = self.backlog(),
+                            backlog = self.shared.backlog(),
+                            journal_records = self.shared.journal_records.load(Ordering::Relaxed),
                             "usage database writable again; writing the backlog"
                         );
                     }
@@ -523,7 +1026,7 @@ impl Writer {
                 Err(error) => {
                     let retryable = error.is_retryable();
                     let failures = self.note_error(&error, retryable);
-                    let backlog = self.backlog();
+                    let backlog = self.shared.backlog();
                     if failures == 1 || failures % 10 == 0 {
                         tracing::error!(
                             error = %error.chain(),
@@ -545,11 +1048,17 @@ impl Writer {
                         // Invalid data: waiting changes nothing, so never sleep for it.
                         invalid_attempts += 1;
                         if stored.len() > 1 || invalid_attempts >= self.settings.max_retry {
-                            return Err(error);
+                            return Err(WriteFailure::Rejected(error));
                         }
                         continue;
                     }
-                    tokio::time::sleep(backoff).await;
+                    if self
+                        .interruptible(tokio::time::sleep(backoff))
+                        .await
+                        .is_none()
+                    {
+                        return Err(WriteFailure::Stopped);
+                    }
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                 }
             }
@@ -567,9 +1076,15 @@ impl Writer {
         });
         failures
     }
+}
 
-    fn backlog(&self) -> usize {
-        lock(&self.shared.pending).by_id.len() + self.shared.writing.load(Ordering::Acquire)
+/// Clears the spilling count when a spill ends (after the journal's size is published or the
+/// records are back in memory).
+struct SpillDone<'a>(&'a AtomicUsize);
+
+impl Drop for SpillDone<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
     }
 }
 
@@ -601,21 +1116,24 @@ mod tests {
     }
 
     fn deferred(id: &'static str, is_final: bool) -> Snapshot {
-        Snapshot::Deferred(Box::new(Live { id, is_final }))
+        Snapshot {
+            body: Body::Deferred(Box::new(Live { id, is_final })),
+            cost: Cost::default(),
+        }
     }
 
     fn ids(batch: Vec<Snapshot>) -> Vec<String> {
         batch
             .into_iter()
-            .map(|snapshot| snapshot.into_record().request_id)
+            .map(|snapshot| snapshot.into_stored().into_record().request_id)
             .collect()
     }
 
     #[test]
     fn a_live_snapshot_waits_for_one_tick_and_a_final_one_does_not() {
         let mut pending = Pending::default();
-        pending.insert(Key::Number(1), deferred("live", false));
-        pending.insert(Key::Number(2), deferred("done", true));
+        pending.insert(Key::Number(1), deferred("live", false), usize::MAX);
+        pending.insert(Key::Number(2), deferred("done", true), usize::MAX);
         assert_eq!(pending.finals, 1);
         // Nothing has waited through a tick yet: only the final snapshot goes.
         let batch = pending.take(10, pending.next_seq, pending.settled_before);
@@ -631,9 +1149,9 @@ mod tests {
     #[test]
     fn the_final_state_replaces_the_live_one_and_is_counted_once() {
         let mut pending = Pending::default();
-        pending.insert(Key::Number(7), deferred("a-live", false));
-        pending.insert(Key::Number(7), deferred("a-final", true));
-        pending.insert(Key::Number(7), deferred("a-late-live", false));
+        pending.insert(Key::Number(7), deferred("a-live", false), usize::MAX);
+        pending.insert(Key::Number(7), deferred("a-final", true), usize::MAX);
+        pending.insert(Key::Number(7), deferred("a-late-live", false), usize::MAX);
         assert_eq!(pending.finals, 1);
         let batch = pending.take(10, u64::MAX, 0);
         assert_eq!(ids(batch), ["a-final"]);
@@ -643,8 +1161,26 @@ mod tests {
     #[test]
     fn a_flush_takes_young_live_snapshots_too() {
         let mut pending = Pending::default();
-        pending.insert(Key::Text("req-a".into()), deferred("a", false));
+        pending.insert(Key::Text("req-a".into()), deferred("a", false), usize::MAX);
         let batch = pending.take(10, pending.next_seq, u64::MAX);
         assert_eq!(ids(batch), ["a"]);
+    }
+
+    #[test]
+    fn past_the_bound_a_new_live_snapshot_is_not_kept_and_a_final_one_is() {
+        let mut pending = Pending::default();
+        assert!(pending.insert(Key::Number(1), deferred("a", false), 2));
+        assert!(pending.insert(Key::Number(2), deferred("b", true), 2));
+        // Full: a new live snapshot is not kept, a final one always is.
+        assert!(!pending.insert(Key::Number(3), deferred("c", false), 2));
+        assert!(pending.insert(Key::Number(4), deferred("d", true), 2));
+        // A known request's snapshot still replaces its earlier one.
+        assert!(pending.insert(Key::Number(1), deferred("a-final", true), 2));
+        assert_eq!(pending.by_id.len(), 3);
+        assert_eq!(pending.finals, 3);
+        // The overflow takes the oldest finals first.
+        let batch = pending.take_oldest_finals(1);
+        assert_eq!(ids(batch), ["a-final"]);
+        assert_eq!(pending.finals, 2);
     }
 }

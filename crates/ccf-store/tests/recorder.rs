@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ccf_store::{
-    async_trait, status, CleanupReport, MigrationReport, Page, Pricing, Recorder, RecorderSettings,
-    RequestFilter, RequestQuery, RequestRow, Stats, StatsQuery, StoreError, StoredRecord,
-    SummaryQuery, SummaryRow, UsageRecord, UsageStore,
+    async_trait, status, BacklogSettings, CleanupReport, MigrationReport, Page, Pricing, Recorder,
+    RecorderHandle, RecorderSettings, RequestFilter, RequestQuery, RequestRow, Stats, StatsQuery,
+    StoreError, StoredRecord, SummaryQuery, SummaryRow, UsageRecord, UsageStore,
 };
 
 #[derive(Default)]
@@ -292,4 +292,162 @@ async fn shutdown_writes_everything_and_a_bounded_shutdown_reports_what_is_left(
         recorder.shutdown_timeout(Duration::from_millis(100)).await,
         Err(1)
     );
+}
+
+/// Pricing with one default price: `input` USD per million input tokens.
+fn input_price(input: f64) -> Pricing {
+    let mut config = ccf_config::UsageTrackingConfig::default();
+    config.default_pricing.input = input;
+    Pricing::from_config(&config)
+}
+
+async fn journaled(
+    store: Arc<ScriptedStore>,
+    max_records: usize,
+    journal: &std::path::Path,
+    pricing: Pricing,
+) -> RecorderHandle {
+    Recorder::spawn_with_journal(
+        store,
+        settings(5, Duration::from_millis(10)),
+        pricing,
+        BacklogSettings {
+            max_records,
+            journal: journal.to_path_buf(),
+        },
+    )
+    .await
+    .expect("journal opens")
+}
+
+#[tokio::test]
+async fn past_buffer_size_final_outcomes_go_to_the_journal_and_all_are_written_once_when_the_store_returns(
+) {
+    let folder = tempfile::tempdir().unwrap();
+    let journal = folder.path().join("usage.db.recorder-journal.jsonl");
+    let store = Arc::new(ScriptedStore::default());
+    store.down.store(true, Ordering::SeqCst);
+    let recorder = journaled(store.clone(), 20, &journal, Pricing::default()).await;
+    for i in 0..500 {
+        recorder.record(record(&format!("req-live-{i}"), status::PROCESSING, false));
+        recorder.record(record(&format!("req-{i}"), status::COMPLETED, true));
+    }
+    // Memory holds at most the bound plus the batch being retried.
+    eventually("the backlog to fit its bound", || {
+        recorder.backlog() <= 20 + 5
+    })
+    .await;
+    assert!(recorder.journal_records() >= 500 - 20 - 5, "{recorder:?}");
+    assert_eq!(
+        recorder.journal_bytes(),
+        std::fs::metadata(&journal).unwrap().len()
+    );
+    assert!(recorder.live_not_kept() > 0);
+    assert!(store.rows.lock().unwrap().is_empty());
+
+    store.down.store(false, Ordering::SeqCst);
+    recorder.flush().await;
+    assert_eq!((recorder.backlog(), recorder.journal_records()), (0, 0));
+    assert_eq!(recorder.journal_bytes(), 0);
+    assert!(!journal.exists(), "the journal is emptied once written");
+    let rows = store.rows.lock().unwrap();
+    let writes = store.writes_per_id.lock().unwrap();
+    for i in 0..500 {
+        let id = format!("req-{i}");
+        let row = rows.get(&id).unwrap_or_else(|| panic!("{id} lost"));
+        assert!(row.record().is_final);
+        assert_eq!(
+            row.cost(),
+            &Pricing::default().cost(None, &row.record().usage)
+        );
+        assert_eq!(writes.get(&id), Some(&1), "{id} written once");
+    }
+}
+
+#[tokio::test]
+async fn an_outcome_keeps_the_price_it_had_when_it_became_final() {
+    let folder = tempfile::tempdir().unwrap();
+    let journal = folder.path().join("j.jsonl");
+    let store = Arc::new(ScriptedStore::default());
+    store.down.store(true, Ordering::SeqCst);
+    // Bound 1: the second outcome goes to the journal, the first stays in memory.
+    let recorder = journaled(store.clone(), 1, &journal, input_price(3.0)).await;
+    let first = recorder.record(record("req-a", status::COMPLETED, true));
+    let second = recorder.record(record("req-b", status::COMPLETED, true));
+    // 1000 input tokens at 3 USD per million: 3000 nano-USD.
+    assert_eq!(first.map(|cost| cost.total), Some(3_000_000));
+    assert_eq!(second, first);
+    assert_eq!(
+        recorder.record(record("req-c", status::PENDING, false)),
+        None
+    );
+    eventually("the overflow to reach the journal", || {
+        recorder.journal_records() >= 1
+    })
+    .await;
+    recorder.set_pricing(input_price(30.0));
+    store.down.store(false, Ordering::SeqCst);
+    recorder.flush().await;
+    let later = recorder.record(record("req-d", status::COMPLETED, true));
+    recorder.flush().await;
+    let rows = store.rows.lock().unwrap();
+    let cost = |id: &str| rows.get(id).map(|row| row.cost().total);
+    assert_eq!(cost("req-a"), Some(3_000_000));
+    assert_eq!(cost("req-b"), Some(3_000_000));
+    assert_eq!(cost("req-d"), Some(30_000_000));
+    assert_eq!(later.map(|cost| cost.total), Some(30_000_000));
+    // Past the bound, a live snapshot of a new request is not kept (its final one would be).
+    assert_eq!(cost("req-c"), None);
+    assert_eq!(recorder.live_not_kept(), 1);
+}
+
+#[tokio::test]
+async fn a_bounded_shutdown_journals_what_the_store_did_not_take_and_the_next_start_writes_it() {
+    let folder = tempfile::tempdir().unwrap();
+    let journal = folder.path().join("j.jsonl");
+    let down = Arc::new(ScriptedStore::default());
+    down.down.store(true, Ordering::SeqCst);
+    let recorder = journaled(down, 1000, &journal, input_price(3.0)).await;
+    for i in 0..12 {
+        recorder.record(record(&format!("req-{i}"), status::COMPLETED, true));
+    }
+    recorder.record(record("req-live", status::PROCESSING, false));
+    eventually("the writer to be retrying", || {
+        recorder.last_error().is_some()
+    })
+    .await;
+    let report = recorder.shutdown_within(Duration::from_millis(50)).await;
+    assert_eq!(report.journaled, 13);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.journal.as_deref(), Some(journal.as_path()));
+    assert_eq!(recorder.journal_records(), 13);
+
+    // The next start writes the journal first, with the prices it had.
+    let store = Arc::new(ScriptedStore::default());
+    let recorder = journaled(store.clone(), 1000, &journal, input_price(30.0)).await;
+    assert_eq!(recorder.journal_records(), 13);
+    recorder.flush().await;
+    assert_eq!(recorder.journal_records(), 0);
+    assert!(!journal.exists());
+    let rows = store.rows.lock().unwrap();
+    assert_eq!(rows.len(), 13);
+    for i in 0..12 {
+        assert_eq!(rows[&format!("req-{i}")].cost().total, 3_000_000);
+    }
+    assert!(!rows["req-live"].record().is_final);
+}
+
+#[tokio::test]
+async fn a_bounded_shutdown_that_writes_everything_journals_nothing() {
+    let folder = tempfile::tempdir().unwrap();
+    let journal = folder.path().join("j.jsonl");
+    let store = Arc::new(ScriptedStore::default());
+    let recorder = journaled(store.clone(), 1000, &journal, Pricing::default()).await;
+    for i in 0..30 {
+        recorder.record(record(&format!("req-{i}"), status::COMPLETED, true));
+    }
+    let report = recorder.shutdown_within(Duration::from_secs(60)).await;
+    assert_eq!((report.journaled, report.lost), (0, 0));
+    assert_eq!(store.rows.lock().unwrap().len(), 30);
+    assert!(!journal.exists());
 }

@@ -356,13 +356,13 @@ async fn a_read_only_database_is_refused_at_start_with_a_clear_error_and_no_row_
 
 /// A TCP proxy in front of MariaDB: stopping it drops every connection and refuses new ones,
 /// which is what a database restart looks like to the forwarder.
-struct TcpProxy {
-    addr: SocketAddr,
+pub(crate) struct TcpProxy {
+    pub(crate) addr: SocketAddr,
     task: JoinHandle<()>,
 }
 
 impl TcpProxy {
-    async fn start(on: SocketAddr, target: SocketAddr) -> TcpProxy {
+    pub(crate) async fn start(on: SocketAddr, target: SocketAddr) -> TcpProxy {
         let listener = TcpListener::bind(on).await.expect("proxy binds");
         let addr = listener.local_addr().expect("proxy address");
         let task = tokio::spawn(async move {
@@ -382,7 +382,7 @@ impl TcpProxy {
     }
 
     /// Drops the listener and every proxied connection.
-    async fn stop(self) -> SocketAddr {
+    pub(crate) async fn stop(self) -> SocketAddr {
         self.task.abort();
         let _ = self.task.await;
         self.addr

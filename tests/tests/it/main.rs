@@ -22,6 +22,7 @@ mod faults_upstream;
 mod forwarding;
 mod outbound_proxy;
 mod outcome_health;
+mod recorder_journal;
 mod relay_honesty;
 mod reload;
 mod routing;

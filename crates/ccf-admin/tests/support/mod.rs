@@ -63,6 +63,8 @@ fn install_store_metrics(forwarder: &Forwarder, config: &Config, recorder: Optio
             ccf_proxy::monitoring::UsageHealth {
                 healthy: last_error.is_none(),
                 backlog: recorder.backlog(),
+                journal_records: recorder.journal_records(),
+                journal_bytes: recorder.journal_bytes(),
                 last_error: last_error.map(|error| error.message),
             }
         }));
