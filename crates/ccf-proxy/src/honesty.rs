@@ -16,7 +16,8 @@
 //! backpressured by a slow client (frames that waited for the client arrive back to back
 //! whatever the upstream's pace).
 //!
-//! The local token estimate (a JSON parse plus one pass over the text) runs once, when the answer has ended, not before forwarding: it never delays the
+//! The local token estimate (a JSON parse into a tree borrowing from the body, plus one pass over
+//! the text) runs once, when the answer has ended, not before forwarding: it never delays the
 //! upstream request or the first byte, and a request that fails or is cancelled costs nothing.
 //! It runs inside the relay body's end callback, so it can delay the very end of the answer (for a
 //! body of known length, its last frame) by the estimate's time. The price is also that the request
