@@ -12,6 +12,7 @@
 
 mod bench;
 mod brownout;
+mod callgrind;
 mod ci;
 mod clients;
 mod demo;
@@ -63,6 +64,9 @@ enum Task {
     Dist(dist::DistArgs),
     /// Benchmark the forwarder against the mock upstream (release build); `--quick` for a short run.
     Bench(bench::BenchArgs),
+    /// Instructions per request under callgrind (JSON usage off/on, SSE usage on): the
+    /// repeatable cost figure of docs/benchmarks.md.
+    Callgrind(callgrind::CallgrindArgs),
     /// The brown-out scenario (issue #17): a 529 storm on group 1 of two realistic upstreams,
     /// 50 clients; attempts per request, failover, cooldown returns, recovery, 5xx.
     Brownout(brownout::BrownoutArgs),
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Task::Web(args) => web::run(&root, &args),
         Task::Dist(args) => dist::run(&root, &args),
         Task::Bench(args) => bench::run(&root, &args),
+        Task::Callgrind(args) => callgrind::run(&root, &args),
         Task::Brownout(args) => brownout::run(&root, &args),
         Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::Soak(args) => soak::run(&root, &args),

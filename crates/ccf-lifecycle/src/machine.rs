@@ -108,14 +108,17 @@ pub enum TransitionError {
 #[must_use = "a request must end in exactly one outcome: complete, fail or cancel it"]
 pub struct Lifecycle {
     /// Invariant: `record.status` is `Pending`, `Forwarding` or `Processing`.
-    record: RequestRecord,
+    ///
+    /// Shared with the events made from it and copied on the next change only while one of them
+    /// is still held ([`Arc::make_mut`]): an event nobody keeps costs no copy of the record.
+    record: Arc<RequestRecord>,
 }
 
 impl Lifecycle {
     /// A request arrived: status `pending`, started at `now`.
     pub fn start(start: RequestStart, now: SystemTime) -> (Lifecycle, LifecycleEvent) {
         let lifecycle = Lifecycle {
-            record: RequestRecord::new(start, now),
+            record: Arc::new(RequestRecord::new(start, now)),
         };
         let event = lifecycle.event(ChangeType::Started);
         (lifecycle, event)
@@ -140,18 +143,18 @@ impl Lifecycle {
         group: &str,
     ) -> Result<LifecycleEvent, TransitionError> {
         self.check(Transition::Forward)?;
-        self.record.status = Status::Forwarding;
-        self.record.error_state = None;
-        self.record.endpoint = Some(endpoint.to_string());
-        self.record.group = Some(group.to_string());
+        self.record_mut().status = Status::Forwarding;
+        self.record_mut().error_state = None;
+        self.record_mut().endpoint = Some(endpoint.to_string());
+        self.record_mut().group = Some(group.to_string());
         Ok(self.event(ChangeType::StatusChanged))
     }
 
     /// An attempt ended (whatever its result): appended to the trail; `retry_count` is the
     /// number of attempts beyond the first.
     pub fn attempt_finished(&mut self, attempt: Attempt) {
-        self.record.attempts.push(attempt);
-        self.record.retry_count =
+        self.record_mut().attempts.push(attempt);
+        self.record_mut().retry_count =
             u32::try_from(self.record.attempts.len().saturating_sub(1)).unwrap_or(u32::MAX);
     }
 
@@ -164,7 +167,7 @@ impl Lifecycle {
         detail: &str,
     ) -> Result<LifecycleEvent, TransitionError> {
         self.check(Transition::Retry)?;
-        self.record.error_state = Some(ErrorState::Retry);
+        self.record_mut().error_state = Some(ErrorState::Retry);
         self.set_failure(reason, detail);
         Ok(self.event(ChangeType::RetryAttempt))
     }
@@ -172,14 +175,14 @@ impl Lifecycle {
     /// The request is held until an endpoint becomes available.
     pub fn suspended(&mut self) -> Result<LifecycleEvent, TransitionError> {
         self.check(Transition::Suspend)?;
-        self.record.error_state = Some(ErrorState::Suspended);
+        self.record_mut().error_state = Some(ErrorState::Suspended);
         Ok(self.event(ChangeType::SuspendedChange))
     }
 
     /// A held request routes again; [`forwarding`](Self::forwarding) follows.
     pub fn resumed(&mut self) -> Result<LifecycleEvent, TransitionError> {
         self.check(Transition::Resume)?;
-        self.record.error_state = None;
+        self.record_mut().error_state = None;
         Ok(self.event(ChangeType::SuspendedChange))
     }
 
@@ -191,10 +194,10 @@ impl Lifecycle {
         time_to_first_byte: Duration,
     ) -> Result<LifecycleEvent, TransitionError> {
         self.check(Transition::Process)?;
-        self.record.status = Status::Processing;
-        self.record.error_state = None;
-        self.record.http_status = Some(http_status);
-        self.record.time_to_first_byte = Some(time_to_first_byte);
+        self.record_mut().status = Status::Processing;
+        self.record_mut().error_state = None;
+        self.record_mut().http_status = Some(http_status);
+        self.record_mut().time_to_first_byte = Some(time_to_first_byte);
         Ok(self.event(ChangeType::StatusChanged))
     }
 
@@ -210,28 +213,28 @@ impl Lifecycle {
             .request_model
             .as_deref()
             .is_some_and(|requested| !models_match(requested, model));
-        self.record.response_model = Some(model.to_string());
-        self.record.model_mismatch = mismatch;
+        self.record_mut().response_model = Some(model.to_string());
+        self.record_mut().model_mismatch = mismatch;
         mismatch
     }
 
     /// The conversation this request belongs to (a hashed session key; see
     /// [`RequestRecord::session_id`]).
     pub fn set_session(&mut self, session_id: &str) {
-        self.record.session_id = Some(session_id.to_string());
+        self.record_mut().session_id = Some(session_id.to_string());
     }
 
     /// Session affinity moved the conversation here from `from` (see
     /// [`RequestRecord::affinity_moved_from`]).
     pub fn affinity_moved(&mut self, from: &str) {
-        self.record.affinity_moved_from = Some(from.to_string());
+        self.record_mut().affinity_moved_from = Some(from.to_string());
     }
 
     /// The latest known usage (`message_start`'s, then the final one), replacing the previous;
     /// `partial` when more may have been consumed than it says.
     pub fn set_usage(&mut self, usage: Usage, partial: bool) {
-        self.record.usage = Some(usage);
-        self.record.partial = partial;
+        self.record_mut().usage = Some(usage);
+        self.record_mut().partial = partial;
     }
 
     /// The response reached its end: status `completed`, HTTP status the upstream's.
@@ -270,7 +273,7 @@ impl Lifecycle {
         }
         self.set_failure(reason, detail);
         if http_status.is_some() {
-            self.record.http_status = http_status;
+            self.record_mut().http_status = http_status;
         }
         self.finish(Status::Failed, now)
     }
@@ -284,27 +287,27 @@ impl Lifecycle {
         } else {
             reason
         };
-        self.record.cancel_reason = Some(reason.to_string());
-        self.record.http_status = Some(499);
+        self.record_mut().cancel_reason = Some(reason.to_string());
+        self.record_mut().http_status = Some(499);
         self.finish(Status::Cancelled, now)
     }
 
     fn finish(mut self, status: Status, now: SystemTime) -> Outcome {
-        self.record.status = status;
-        self.record.error_state = None;
-        self.record.ended_at = Some(now);
-        self.record.duration = Some(
+        self.record_mut().status = status;
+        self.record_mut().error_state = None;
+        self.record_mut().ended_at = Some(now);
+        self.record_mut().duration = Some(
             now.duration_since(self.record.started_at)
                 .unwrap_or(Duration::ZERO),
         );
         Outcome {
-            record: Arc::new(self.record),
+            record: self.record,
         }
     }
 
     fn set_failure(&mut self, reason: FailureReason, detail: &str) {
-        self.record.failure_reason = Some(reason);
-        self.record.last_failure_reason = (!detail.is_empty()).then(|| detail.to_string());
+        self.record_mut().failure_reason = Some(reason);
+        self.record_mut().last_failure_reason = (!detail.is_empty()).then(|| detail.to_string());
     }
 
     fn check(&self, transition: Transition) -> Result<(), TransitionError> {
@@ -332,7 +335,12 @@ impl Lifecycle {
     }
 
     fn event(&self, change_type: ChangeType) -> LifecycleEvent {
-        LifecycleEvent::new(change_type, Arc::new(self.record.clone()))
+        LifecycleEvent::new(change_type, Arc::clone(&self.record))
+    }
+
+    /// The record to change: copied first when an event still shares it.
+    fn record_mut(&mut self) -> &mut RequestRecord {
+        Arc::make_mut(&mut self.record)
     }
 }
 

@@ -830,3 +830,25 @@ mod coalescer {
         );
     }
 }
+
+#[test]
+fn events_are_snapshots_that_share_the_record_until_it_changes() {
+    let mut lifecycle = started();
+    let forwarding = lifecycle.forwarding("primary", "main").unwrap();
+    // Nothing changed since: the event shares the lifecycle's record, no copy was made.
+    assert!(std::ptr::eq(forwarding.record(), lifecycle.record()));
+    lifecycle.set_usage(usage(10, 2), false);
+    // A held event keeps what it announced; the lifecycle changed a copy.
+    assert!(!std::ptr::eq(forwarding.record(), lifecycle.record()));
+    assert_eq!(forwarding.record().usage, None);
+    assert_eq!(forwarding.record().status, Status::Forwarding);
+    assert_eq!(lifecycle.record().usage, Some(usage(10, 2)));
+    let processing = lifecycle.processing(200, Duration::from_millis(5)).unwrap();
+    assert_eq!(processing.record().status, Status::Processing);
+    assert_eq!(forwarding.record().status, Status::Forwarding);
+    drop(processing);
+    let outcome = lifecycle.complete(at(50));
+    assert_eq!(outcome.record().status, Status::Completed);
+    assert_eq!(outcome.record().usage, Some(usage(10, 2)));
+    assert_eq!(forwarding.record().ended_at, None);
+}

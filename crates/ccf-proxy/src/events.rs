@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use ccf_health::HealthEvent;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use ccf_lifecycle::{Coalescer, LifecycleEvent, RequestId};
@@ -60,6 +61,9 @@ pub enum ForwarderEvent {
 pub struct EventBus {
     sender: broadcast::Sender<ForwarderEvent>,
     request_subscribers: Arc<Mutex<Vec<Weak<RequestQueue>>>>,
+    /// Live [`RequestSubscription`]s: with none, a request event takes no lock (the usual case
+    /// without dashboard or TUI).
+    live_request_subscribers: Arc<AtomicUsize>,
 }
 
 /// One lossless request subscriber's queue.
@@ -74,6 +78,21 @@ struct RequestQueue {
 #[derive(Debug)]
 pub struct RequestSubscription {
     queue: Arc<RequestQueue>,
+    subscribers: Arc<Mutex<Vec<Weak<RequestQueue>>>>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for RequestSubscription {
+    fn drop(&mut self) {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|subscriber| {
+                subscriber.strong_count() > 0
+                    && !Weak::ptr_eq(subscriber, &Arc::downgrade(&self.queue))
+            });
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl RequestSubscription {
@@ -112,12 +131,17 @@ impl EventBus {
         EventBus {
             sender: broadcast::Sender::new(CAPACITY),
             request_subscribers: Arc::new(Mutex::new(Vec::new())),
+            live_request_subscribers: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Publishes an event; having no subscriber is fine.
+    /// Publishes an event; having no subscriber is fine (then it is dropped here).
     pub fn publish(&self, event: ForwarderEvent) {
         if let ForwarderEvent::Request(request) = &event {
+            if self.live_request_subscribers.load(Ordering::Acquire) == 0 {
+                let _ = self.sender.send(event);
+                return;
+            }
             let mut subscribers = self
                 .request_subscribers
                 .lock()
@@ -141,11 +165,16 @@ impl EventBus {
     /// A lossless subscriber of request changes (see the module documentation).
     pub fn subscribe_requests(&self) -> RequestSubscription {
         let queue = Arc::new(RequestQueue::default());
+        self.live_request_subscribers.fetch_add(1, Ordering::AcqRel);
         self.request_subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Arc::downgrade(&queue));
-        RequestSubscription { queue }
+        RequestSubscription {
+            queue,
+            subscribers: Arc::clone(&self.request_subscribers),
+            live: Arc::clone(&self.live_request_subscribers),
+        }
     }
 
     /// A new subscriber, receiving events published from now on.
@@ -214,8 +243,25 @@ mod tests {
         assert_eq!(event.request_id(), RequestId::from_u64(7));
         task.await.unwrap();
         drop(subscription);
+        assert!(bus.request_subscribers.lock().unwrap().is_empty());
+        assert_eq!(bus.live_request_subscribers.load(Ordering::Acquire), 0);
         let (_lifecycle, started) = lifecycle(8);
         bus.publish(ForwarderEvent::Request(started));
+        assert!(bus.request_subscribers.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_request_subscribers_request_events_still_reach_broadcast_subscribers() {
+        let bus = EventBus::new();
+        let mut receiver = bus.subscribe();
+        let (_lifecycle, started) = lifecycle(9);
+        bus.publish(ForwarderEvent::Request(started));
+        match receiver.try_recv() {
+            Ok(ForwarderEvent::Request(event)) => {
+                assert_eq!(event.request_id(), RequestId::from_u64(9));
+            }
+            other => panic!("expected the request event, got {other:?}"),
+        }
         assert!(bus.request_subscribers.lock().unwrap().is_empty());
     }
 }

@@ -16,7 +16,8 @@
 //! backpressured by a slow client (frames that waited for the client arrive back to back
 //! whatever the upstream's pace).
 //!
-//! The local token estimate (a JSON parse plus one pass over the text) runs once, when the answer has ended, not before forwarding: it never delays the
+//! The local token estimate (a JSON parse into a tree borrowing from the body, plus one pass over
+//! the text) runs once, when the answer has ended, not before forwarding: it never delays the
 //! upstream request or the first byte, and a request that fails or is cancelled costs nothing.
 //! It runs inside the relay body's end callback, so it can delay the very end of the answer (for a
 //! body of known length, its last frame) by the estimate's time. The price is also that the request
@@ -29,8 +30,8 @@ use bytes::Bytes;
 use ccf_config::Config;
 use ccf_lifecycle::{models_match, RequestId};
 use ccf_router::honesty::{
-    DemotionChange, EndpointHonesty, HonestyBoard, HonestyCheck, HonestySettings, HonestySignal,
-    SignalVerdict, BURST_MIN_DELTAS, BURST_TIGHT_GAP,
+    EndpointHonesty, HonestyBoard, HonestyCheck, HonestySettings, HonestySignal, SignalVerdict,
+    BURST_MIN_DELTAS, BURST_TIGHT_GAP,
 };
 use ccf_tokens::Extraction;
 use tracing::{info, warn};
@@ -97,19 +98,24 @@ impl Honesty {
 
     /// Folds one request's checks into `endpoint`'s scores with the settings of `config` (they
     /// follow configuration reloads); returns the demotions and restorations to apply.
+    #[cfg(test)]
     pub(crate) fn record(
         &self,
         config: &Config,
         endpoint: &str,
         check: HonestyCheck,
         now: Instant,
-    ) -> Vec<DemotionChange> {
+    ) -> Vec<ccf_router::honesty::DemotionChange> {
         let mut board = self.board();
+        Self::follow_settings(&mut board, config);
+        board.record(endpoint, check, now)
+    }
+
+    fn follow_settings(board: &mut HonestyBoard, config: &Config) {
         let settings = HonestySettings::from_config(config);
         if *board.settings() != settings {
             board.set_settings(settings);
         }
-        board.record(endpoint, check, now)
     }
 
     /// Every endpoint's scores at `now`.
@@ -123,15 +129,18 @@ impl Honesty {
     }
 
     /// Logs the flagged verdicts of `check`, folds it into `endpoint`'s scores, exports the
-    /// scores to `/metrics` and logs the demotions and restorations it caused (the caller applies
-    /// [`Honesty::demotions`] to the router).
+    /// scores to `/metrics` and logs the demotions and restorations it caused. Returns whether
+    /// the router must be brought in step with [`Honesty::demotions`] (the caller applies them):
+    /// when this check demoted or restored an endpoint, or any endpoint is demoted (a
+    /// configuration reload may have rebuilt its routing state). With no endpoint demoted before
+    /// or after, the router has nothing to learn and is not locked.
     pub(crate) fn record_check(
         &self,
         config: &Config,
         metrics: &Metrics,
         endpoint: &str,
         check: HonestyCheck,
-    ) {
+    ) -> bool {
         for verdict in check.verdicts.iter().filter(|verdict| verdict.flagged) {
             info!(
                 endpoint,
@@ -143,12 +152,18 @@ impl Honesty {
             );
         }
         let now = Instant::now();
-        let changes = self.record(config, endpoint, check, now);
-        if let Some(view) = self
-            .view(now)
-            .into_iter()
-            .find(|view| view.endpoint == endpoint)
-        {
+        // One lock for the fold and what is read back; only this endpoint's scores are built.
+        let (changes, view, any_demoted) = {
+            let mut board = self.board();
+            Self::follow_settings(&mut board, config);
+            let changes = board.record(endpoint, check, now);
+            (
+                changes,
+                board.endpoint_view(endpoint, now),
+                board.any_demoted(),
+            )
+        };
+        if let Some(view) = view {
             metrics.set_honesty_score(endpoint, "overall", view.score);
             for signal in HonestySignal::ALL {
                 metrics.set_honesty_score(endpoint, signal.as_str(), view.signal(signal).score);
@@ -169,6 +184,7 @@ impl Honesty {
                 );
             }
         }
+        !changes.is_empty() || any_demoted
     }
 }
 

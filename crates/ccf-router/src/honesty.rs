@@ -506,26 +506,42 @@ impl HonestyBoard {
             .collect()
     }
 
+    /// Whether any endpoint is demoted.
+    pub fn any_demoted(&self) -> bool {
+        self.endpoints.iter().any(|state| state.demoted)
+    }
+
     /// Every endpoint's scores at `now`, in the order given to [`HonestyBoard::new`].
     pub fn view(&self, now: Instant) -> Vec<EndpointHonesty> {
         self.endpoints
             .iter()
-            .map(|state| {
-                let [model_substitution, usage_mismatch, burst_stream] = state.signals_at(now);
-                EndpointHonesty {
-                    endpoint: state.name.clone(),
-                    score: state.score_at(now),
-                    checks: state.checks,
-                    flagged_requests: state.flagged_requests,
-                    model_substitution,
-                    usage_mismatch,
-                    burst_stream,
-                    last_flag: state.last_flag.clone(),
-                    below_threshold: state.below(self.settings.threshold, now),
-                    demoted: state.demoted,
-                }
-            })
+            .map(|state| self.view_of(state, now))
             .collect()
+    }
+
+    /// One endpoint's scores at `now` (as in [`HonestyBoard::view`]); `None` for an endpoint
+    /// the board does not know.
+    pub fn endpoint_view(&self, endpoint: &str, now: Instant) -> Option<EndpointHonesty> {
+        self.endpoints
+            .iter()
+            .find(|state| state.name == endpoint)
+            .map(|state| self.view_of(state, now))
+    }
+
+    fn view_of(&self, state: &EndpointState, now: Instant) -> EndpointHonesty {
+        let [model_substitution, usage_mismatch, burst_stream] = state.signals_at(now);
+        EndpointHonesty {
+            endpoint: state.name.clone(),
+            score: state.score_at(now),
+            checks: state.checks,
+            flagged_requests: state.flagged_requests,
+            model_substitution,
+            usage_mismatch,
+            burst_stream,
+            last_flag: state.last_flag.clone(),
+            below_threshold: state.below(self.settings.threshold, now),
+            demoted: state.demoted,
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The writer thread's statements: batch upserts with `usage_summary` upkeep, and retention.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 use std::time::SystemTime;
 
@@ -51,6 +51,20 @@ static UPSERT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Inserts a snapshot ([`SNAPSHOT`], bound in its order) of a request id the store does not hold
+/// yet; changes nothing (0 rows) when it holds one. Tried first for every write of a batch, so a
+/// new id costs one statement instead of a read of the (missing) stored row plus the upsert.
+static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
+    let placeholders: Vec<String> = (1..=SNAPSHOT.len())
+        .map(|number| format!("?{number}"))
+        .collect();
+    format!(
+        "INSERT INTO request_logs ({}) VALUES ({}) ON CONFLICT(request_id) DO NOTHING",
+        SNAPSHOT.join(", "),
+        placeholders.join(", ")
+    )
+});
+
 const SUMMARY_UPSERT: &str = "INSERT INTO usage_summary (
     date, model_name, endpoint_name, group_name, request_count, success_count, error_count,
     total_input_tokens, total_output_tokens, total_cache_creation_tokens, total_cache_read_tokens,
@@ -75,6 +89,14 @@ ON CONFLICT(date, model_name, endpoint_name, group_name) DO UPDATE SET
     updated_at = excluded.updated_at";
 
 /// Writes one batch in one `BEGIN IMMEDIATE` transaction.
+///
+/// Most request ids of a batch were never written before (a request that ends within a flush
+/// interval is written once), so the batch is first planned as if the store held none of them
+/// and each planned write is tried as an insert ([`INSERT_NEW`]): no read precedes the insert of
+/// a new id. Only the ids whose insert found a stored row are read ([`EXISTING_ROW`]), planned
+/// again against what is stored ([`plan_batch`] decides per id, so the other ids' writes and
+/// summary contributions are the same in both plans) and upserted ([`UPSERT`]). The rows and
+/// summary written are the same as reading every id first.
 pub(crate) fn write_batch(
     connection: &mut Connection,
     batch: &[StoredRecord],
@@ -83,44 +105,64 @@ pub(crate) fn write_batch(
     let tx = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
-    let mut existing: HashMap<String, ExistingRow> = HashMap::new();
+    let now = SystemTime::now();
+    let as_if_new = plan_batch(batch, &HashMap::new());
+    let mut stored_before: HashSet<&str> = HashSet::new();
     {
-        let mut select = tx
-            .prepare_cached(SELECT_EXISTING.as_str())
+        let mut insert = tx
+            .prepare_cached(INSERT_NEW.as_str())
             .map_err(sqlite_error)?;
-        for stored in batch {
-            let id = &stored.record().request_id;
-            if existing.contains_key(id) {
-                continue;
-            }
-            let row = select
-                .query_row([id], |row| {
-                    Ok(ExistingRow::from_columns(&SqliteRow { row, zone }))
-                })
-                .optional()
-                .map_err(sqlite_error)?
-                .flatten();
-            if let Some((_, row)) = row {
-                existing.insert(id.clone(), row);
+        for stored in &as_if_new.writes {
+            let inserted = insert
+                .execute(params_from_iter(
+                    stored.snapshot_values(now).map(column_value),
+                ))
+                .map_err(sqlite_error)?;
+            if inserted == 0 {
+                stored_before.insert(stored.record().request_id.as_str());
             }
         }
     }
-    let plan = plan_batch(batch, &existing);
-    let now = SystemTime::now();
-    {
+    let summary = if stored_before.is_empty() {
+        as_if_new.summary
+    } else {
+        let mut existing: HashMap<String, ExistingRow> = HashMap::new();
+        {
+            let mut select = tx
+                .prepare_cached(SELECT_EXISTING.as_str())
+                .map_err(sqlite_error)?;
+            for id in &stored_before {
+                let row = select
+                    .query_row([id], |row| {
+                        Ok(ExistingRow::from_columns(&SqliteRow { row, zone }))
+                    })
+                    .optional()
+                    .map_err(sqlite_error)?
+                    .flatten();
+                if let Some((_, row)) = row {
+                    existing.insert((*id).to_string(), row);
+                }
+            }
+        }
+        let plan = plan_batch(batch, &existing);
         let mut upsert = tx.prepare_cached(UPSERT.as_str()).map_err(sqlite_error)?;
-        for stored in &plan.writes {
+        for stored in plan
+            .writes
+            .iter()
+            .filter(|stored| stored_before.contains(stored.record().request_id.as_str()))
+        {
             upsert
                 .execute(params_from_iter(
                     stored.snapshot_values(now).map(column_value),
                 ))
                 .map_err(sqlite_error)?;
         }
-    }
-    if !plan.summary.is_empty() {
+        plan.summary
+    };
+    if !summary.is_empty() {
         let now = format_timestamp(now);
         let mut upsert = tx.prepare_cached(SUMMARY_UPSERT).map_err(sqlite_error)?;
-        for (key, delta) in &plan.summary {
+        for (key, delta) in &summary {
             upsert
                 .execute(params![
                     key.date,

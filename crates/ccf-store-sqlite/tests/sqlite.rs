@@ -405,3 +405,83 @@ async fn recorder_keeps_outcomes_while_the_database_is_locked_and_writes_them_af
     assert_eq!(stats.totals.success_count, 500);
     recorder.shutdown().await;
 }
+
+/// One batch mixing ids never written (inserted without a read) with stored ones (read, planned
+/// and upserted): the rows and the summary are what writing them one by one gives.
+#[tokio::test]
+async fn a_batch_of_new_and_stored_ids_writes_each_row_once_and_counts_each_final_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("usage.db"), SqliteOptions::default()).await;
+    let pricing = pricing();
+    let price = |records: Vec<ccf_store::UsageRecord>| -> Vec<ccf_store::StoredRecord> {
+        records
+            .into_iter()
+            .map(|record| ccf_store::StoredRecord::price(record, &pricing))
+            .collect()
+    };
+    let final_of = |id: &str, input: u64| {
+        outcome(
+            id,
+            at_ms(0),
+            status::COMPLETED,
+            "claude-haiku-4-5",
+            "primary",
+            "main",
+            tokens(input, 1),
+            100,
+        )
+    };
+    let stored_final = final_of("req-stored-final", 10);
+    store
+        .write_batch(&price(vec![
+            snapshot("req-stored-live", at_ms(0), status::FORWARDING),
+            stored_final.clone(),
+        ]))
+        .await
+        .unwrap();
+
+    let new_final = final_of("req-new-final", 100);
+    let stored_live_final = final_of("req-stored-live", 1000);
+    store
+        .write_batch(&price(vec![
+            snapshot("req-new-final", at_ms(0), status::PENDING),
+            new_final.clone(),
+            snapshot("req-stored-final", at_ms(0), status::PROCESSING),
+            stored_live_final.clone(),
+            snapshot("req-new-live", at_ms(0), status::FORWARDING),
+        ]))
+        .await
+        .unwrap();
+
+    for (id, expected) in [
+        ("req-new-final", &new_final),
+        ("req-stored-final", &stored_final),
+        ("req-stored-live", &stored_live_final),
+    ] {
+        let row = store.get_request(id).await.unwrap().unwrap();
+        assert_eq!(&row.record, expected, "{id}");
+    }
+    let live = store.get_request("req-new-live").await.unwrap().unwrap();
+    assert_eq!(live.record.status, status::FORWARDING);
+    assert!(!live.record.is_final);
+    let page = store
+        .list_requests(&RequestQuery {
+            filter: RequestFilter::default(),
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 4);
+    let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(summary.len(), 1);
+    assert_eq!(
+        (
+            summary[0].request_count,
+            summary[0].success_count,
+            summary[0].total_input_tokens,
+            summary[0].total_output_tokens
+        ),
+        (3, 3, 10 + 100 + 1000, 3)
+    );
+}

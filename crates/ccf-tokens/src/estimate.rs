@@ -9,8 +9,14 @@
 //! (letters, spaces, line ends) about `1 / estimation_ratio` of a token. Fixed overheads are added
 //! per request, message, content block and tool, plus the tool-use system prompt when tools are
 //! present, and flat amounts for images and documents whose content is not text.
+//!
+//! The body is read into a tree that borrows its strings from the body ([`tree::Json`]) rather
+//! than a `serde_json::Value`: the estimate runs on every successful answer (the relay-honesty
+//! usage check), and copying every key and string of the request was most of its cost.
 
-use serde_json::{Map, Value};
+mod tree;
+
+use tree::{Json, Node};
 
 /// Tokens for the framing of any request (turn markers around the conversation).
 const REQUEST_OVERHEAD: f64 = 4.0;
@@ -102,16 +108,16 @@ pub fn estimate_request_input(
 /// Where the current turn starts: the index of the last user message that is not only tool
 /// results (a tool result continues the assistant's turn). Thinking before it is of earlier
 /// turns.
-fn current_turn_start(messages: &[Value]) -> usize {
+fn current_turn_start<N: Node>(messages: &[N]) -> usize {
     messages
         .iter()
         .rposition(|message| {
-            message.get("role").and_then(Value::as_str) == Some("user")
-                && match message.get("content") {
-                    Some(Value::Array(blocks)) => !blocks.iter().all(|block| {
-                        block.get("type").and_then(Value::as_str) == Some("tool_result")
-                    }),
-                    _ => true,
+            message.get("role").and_then(N::as_str) == Some("user")
+                && match message.get("content").and_then(N::as_array) {
+                    Some(blocks) => !blocks
+                        .iter()
+                        .all(|block| block.get("type").and_then(N::as_str) == Some("tool_result")),
+                    None => true,
                 }
         })
         .unwrap_or(0)
@@ -123,10 +129,19 @@ fn count_request(
     estimation_ratio: f64,
     drop_earlier_thinking: bool,
 ) -> Result<Counter, EstimateError> {
-    let request: Value = serde_json::from_slice(body).map_err(EstimateError::InvalidJson)?;
-    let Value::Object(request) = request else {
+    let request: Json<'_> = serde_json::from_slice(body).map_err(EstimateError::InvalidJson)?;
+    count_parsed(&request, estimation_ratio, drop_earlier_thinking)
+}
+
+/// Counts a parsed request body ([`count_request`]).
+fn count_parsed<N: Node>(
+    request: &N,
+    estimation_ratio: f64,
+    drop_earlier_thinking: bool,
+) -> Result<Counter, EstimateError> {
+    if !request.is_object() {
         return Err(EstimateError::NotAnObject);
-    };
+    }
     let ratio = if estimation_ratio.is_finite() && estimation_ratio > 0.0 {
         estimation_ratio
     } else {
@@ -137,7 +152,7 @@ fn count_request(
     if let Some(system) = request.get("system") {
         counter.content(system);
     }
-    if let Some(Value::Array(messages)) = request.get("messages") {
+    if let Some(messages) = request.get("messages").and_then(N::as_array) {
         let turn_start = current_turn_start(messages);
         for (index, message) in messages.iter().enumerate() {
             counter.skip_thinking = drop_earlier_thinking && index < turn_start;
@@ -148,7 +163,7 @@ fn count_request(
             }
         }
     }
-    if let Some(Value::Array(tools)) = request.get("tools") {
+    if let Some(tools) = request.get("tools").and_then(N::as_array) {
         if !tools.is_empty() {
             counter.tokens += TOOL_USE_SYSTEM_PROMPT;
         }
@@ -160,6 +175,7 @@ fn count_request(
 }
 
 /// Adds up the weighted characters and overheads.
+#[derive(Debug)]
 struct Counter {
     tokens: f64,
     ascii_weight: f64,
@@ -193,33 +209,33 @@ impl Counter {
     }
 
     /// A JSON value the model reads in serialized form (tool inputs, schemas).
-    fn json(&mut self, value: &Value) {
-        let serialized = value.to_string();
+    fn json<N: Node>(&mut self, value: &N) {
+        let serialized = value.serialized();
         self.text(&serialized);
     }
 
     /// `content` of a message, `system`, or a `tool_result`: a string or a list of blocks.
-    fn content(&mut self, content: &Value) {
-        match content {
-            Value::String(text) => self.text(text),
-            Value::Array(blocks) => {
-                for block in blocks {
-                    self.block(block);
-                }
+    fn content<N: Node>(&mut self, content: &N) {
+        if let Some(text) = content.as_str() {
+            self.text(text);
+        } else if let Some(blocks) = content.as_array() {
+            for block in blocks {
+                self.block(block);
             }
-            Value::Null => {}
-            other => self.value_strings(other),
+        } else if !content.is_null() {
+            self.value_strings(content);
         }
     }
 
     /// One content block.
-    fn block(&mut self, block: &Value) {
-        let Value::Object(fields) = block else {
+    fn block<N: Node>(&mut self, block: &N) {
+        if !block.is_object() {
             // A bare string in a block list (older clients send these in `system`).
             self.content(block);
             return;
-        };
-        let kind = fields.get("type").and_then(Value::as_str).unwrap_or("");
+        }
+        let fields = block;
+        let kind = fields.get("type").and_then(N::as_str).unwrap_or("");
         match kind {
             "text" => self.field_text(fields, "text"),
             "thinking" | "redacted_thinking" if self.skip_thinking => {}
@@ -254,13 +270,13 @@ impl Counter {
         }
     }
 
-    fn document_source(&mut self, source: Option<&Value>) {
+    fn document_source<N: Node>(&mut self, source: Option<&N>) {
         let Some(source) = source else {
             return;
         };
-        match source.get("type").and_then(Value::as_str) {
+        match source.get("type").and_then(N::as_str) {
             Some("text") => {
-                if let Some(Value::String(data)) = source.get("data") {
+                if let Some(data) = source.get("data").and_then(N::as_str) {
                     self.text(data);
                 }
             }
@@ -275,48 +291,46 @@ impl Counter {
     }
 
     /// One tool definition.
-    fn tool(&mut self, tool: &Value) {
+    fn tool<N: Node>(&mut self, tool: &N) {
         self.tokens += TOOL_OVERHEAD;
-        let Value::Object(fields) = tool else {
+        if !tool.is_object() {
             self.value_strings(tool);
             return;
-        };
+        }
+        let fields = tool;
         self.field_text(fields, "name");
         self.field_text(fields, "description");
         match fields.get("input_schema") {
             Some(schema) => self.json(schema),
             // An Anthropic-defined tool (`{"type": "bash_20250124", "name": "bash"}`): its
             // definition is added by the API.
-            None if fields.get("type").and_then(Value::as_str).is_some() => {
+            None if fields.get("type").and_then(N::as_str).is_some() => {
                 self.tokens += SERVER_TOOL_DEFINITION;
             }
             None => {}
         }
     }
 
-    fn field_text(&mut self, fields: &Map<String, Value>, key: &str) {
-        if let Some(Value::String(text)) = fields.get(key) {
+    fn field_text<N: Node>(&mut self, fields: &N, key: &str) {
+        if let Some(text) = fields.get(key).and_then(N::as_str) {
             self.text(text);
         }
     }
 
     /// Every string in a value, except identifiers, signatures and opaque payloads.
-    fn value_strings(&mut self, value: &Value) {
-        match value {
-            Value::String(text) => self.text(text),
-            Value::Array(items) => {
-                for item in items {
+    fn value_strings<N: Node>(&mut self, value: &N) {
+        if let Some(text) = value.as_str() {
+            self.text(text);
+        } else if let Some(items) = value.as_array() {
+            for item in items {
+                self.value_strings(item);
+            }
+        } else {
+            for (key, item) in value.members() {
+                if !is_opaque_key(key) {
                     self.value_strings(item);
                 }
             }
-            Value::Object(fields) => {
-                for (key, item) in fields {
-                    if !is_opaque_key(key) {
-                        self.value_strings(item);
-                    }
-                }
-            }
-            Value::Number(_) | Value::Bool(_) | Value::Null => {}
         }
     }
 }
@@ -441,6 +455,162 @@ mod tests {
             estimate_input_tokens(body.to_string().as_bytes(), 4.0).unwrap()
                 >= estimate.known_tokens + 1600 + 2250
         );
+    }
+
+    /// Both estimates of `body`, read into the borrowed tree and into a `serde_json::Value`
+    /// (what the estimate read before): they must be equal to the last bit.
+    fn both_ways(body: &[u8]) -> Option<[(f64, f64, u32); 2]> {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let tree: Json<'_> = serde_json::from_slice(body).unwrap();
+        let mut results = [(0.0, 0.0, 0); 2];
+        for (slot, drop) in [false, true].into_iter().enumerate() {
+            let from_value = count_parsed(&value, 4.0, drop);
+            let from_tree = count_parsed(&tree, 4.0, drop);
+            match (from_value, from_tree) {
+                (Ok(one), Ok(other)) => {
+                    let one = (one.tokens, one.opaque_tokens, one.opaque_blocks);
+                    let other = (other.tokens, other.opaque_tokens, other.opaque_blocks);
+                    assert_eq!(
+                        one.0.to_bits(),
+                        other.0.to_bits(),
+                        "{}",
+                        String::from_utf8_lossy(body)
+                    );
+                    assert_eq!(one, other, "{}", String::from_utf8_lossy(body));
+                    results[slot] = one;
+                }
+                (Err(EstimateError::NotAnObject), Err(EstimateError::NotAnObject)) => {}
+                (one, other) => panic!("{one:?} != {other:?}"),
+            }
+        }
+        Some(results)
+    }
+
+    #[test]
+    fn the_borrowed_tree_estimates_every_fixture_as_the_value_did() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/estimate");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|extension| extension != "json") {
+                continue;
+            }
+            let body = std::fs::read(&path).unwrap();
+            assert!(both_ways(&body).is_some(), "{}", path.display());
+            checked += 1;
+        }
+        assert!(checked >= 10, "{checked} fixtures");
+    }
+
+    #[test]
+    fn the_borrowed_tree_estimates_odd_shapes_as_the_value_did() {
+        let bodies: &[&str] = &[
+            r#"{}"#,
+            r#"[]"#,
+            r#""text""#,
+            r#"{"system": "plain", "messages": "not a list", "tools": {"a": 1}}"#,
+            r#"{"system": [{"type": "text", "text": "a\nb\u00e9\"q\"", "text": "replaced"}, "bare", 12, null]}"#,
+            r#"{"messages": [{"role": "user"}, {"role": "user", "content": null}, {"content": 3.5e3},
+                {"role": "assistant", "content": [{"type": "tool_use", "name": "f",
+                 "input": {"z": [1, -2, 3.25, 1e300, true, null], "a": "\u2603\ud83d\ude00", "a": "dup"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "content": [{"type": "text", "text": "ok"}]}]}]}"#,
+            r#"{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "long thought"}, {"type": "redacted_thinking", "data": "x"},
+                {"type": "document", "title": "t", "context": "c", "source": {"type": "content", "content": [{"type": "text", "text": "inner"}]}},
+                {"type": "document", "source": {"type": "text", "data": "doc text"}},
+                {"type": "document", "source": {"type": "url", "url": "https://x"}},
+                {"type": "search_result", "id": "skip", "title": "T", "content": [{"type": "text", "text": "body"}], "citations": {"x": "y"}},
+                {"type": "image", "source": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]}"#,
+            r#"{"tools": [], "messages": []}"#,
+            r#"{"tools": [{"name": "bash", "type": "bash_20250124"}, {"name": "f", "description": "d",
+                "input_schema": {"type": "object", "properties": {"p": {"type": "string", "description": "\t tab"}}}},
+                "bare tool", {"name": "n"}]}"#,
+        ];
+        for body in bodies {
+            both_ways(body.as_bytes()).unwrap_or_else(|| panic!("not JSON: {body}"));
+        }
+        assert!(matches!(
+            estimate_request_input(b"[1]", 4.0),
+            Err(EstimateError::NotAnObject)
+        ));
+        assert!(matches!(
+            estimate_request_input(b"{\"messages\": [", 4.0),
+            Err(EstimateError::InvalidJson(_))
+        ));
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let names = prop::sample::select(vec![
+            "type",
+            "text",
+            "content",
+            "role",
+            "messages",
+            "tools",
+            "input",
+            "input_schema",
+            "system",
+            "thinking",
+            "id",
+            "source",
+            "data",
+            "name",
+            "description",
+            "title",
+            "context",
+            "citations",
+            "x",
+        ]);
+        let words = prop::sample::select(vec![
+            "user",
+            "assistant",
+            "text",
+            "thinking",
+            "redacted_thinking",
+            "image",
+            "tool_use",
+            "tool_result",
+            "document",
+            "content",
+            "bash_1",
+            "a\"b",
+            "中文",
+            "😀 é",
+            "\n\t\u{1}",
+        ]);
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            words.prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                prop::collection::vec((names.clone(), inner), 0..6).prop_map(|members| {
+                    serde_json::Value::Object(
+                        members
+                            .into_iter()
+                            .map(|(name, value)| (name.to_string(), value))
+                            .collect(),
+                    )
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn the_borrowed_tree_estimates_any_json_as_the_value_did(value in arbitrary_json()) {
+            let wrapped = serde_json::json!({"system": value, "messages": [value, {"role": "user", "content": value}], "tools": [value]});
+            both_ways(wrapped.to_string().as_bytes()).unwrap();
+            both_ways(serde_json::to_string_pretty(&value).unwrap().as_bytes());
+        }
     }
 
     #[test]

@@ -153,9 +153,12 @@ impl Forwarder {
     fn record_honesty(&self, endpoint: &str, check: ccf_router::honesty::HonestyCheck) {
         let shared = &self.shared;
         let current = shared.current();
-        shared
+        if !shared
             .honesty
-            .record_check(&current.config, &shared.metrics, endpoint, check);
+            .record_check(&current.config, &shared.metrics, endpoint, check)
+        {
+            return;
+        }
         // Every endpoint's state, not only what this check changed: a configuration reload may
         // have rebuilt an endpoint's routing state since it was demoted. Only real changes make
         // events.
