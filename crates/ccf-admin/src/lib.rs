@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccf_proxy::Forwarder;
-use ccf_store::{LegacyZone, Pricing, RecorderHandle, UsageStore};
+use ccf_store::{DayZone, Pricing, RecorderHandle, UsageStore};
 use http::Request;
 use http_body::Body as HttpBody;
 use tokio::net::TcpListener;
@@ -146,7 +146,9 @@ pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) auth: AuthPolicy,
     pub(crate) shutdown: watch::Sender<bool>,
-    pub(crate) zone: LegacyZone,
+    /// The zone of usage days ("today", daily buckets, zone-less API dates): the configured
+    /// `timezone` at start, else the machine's, the same the store counts in.
+    pub(crate) day_zone: DayZone,
     /// The admin token (`web.auth_token`), fixed at start like the listener.
     admin_token: Option<String>,
     /// What is derived from the running configuration; see [`Shared::derived`].
@@ -240,14 +242,7 @@ impl Admin {
         let auth = AuthPolicy::from_config(&config)?;
         let admin_token = auth.token().map(|token| token.expose().to_string());
         let derived = ConfigDerived::new(Arc::clone(&config), admin_token.as_deref());
-        let zone = LegacyZone::from_config(
-            config
-                .usage_tracking
-                .database
-                .as_ref()
-                .and_then(|database| database.timezone.as_deref()),
-            config.timezone.as_deref(),
-        );
+        let day_zone = DayZone::from_config(config.timezone.as_deref());
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             forwarder: state.forwarder,
@@ -258,7 +253,7 @@ impl Admin {
             hub: Hub::new(),
             auth,
             shutdown,
-            zone,
+            day_zone,
             admin_token,
             derived: std::sync::Mutex::new(Arc::new(derived)),
         });

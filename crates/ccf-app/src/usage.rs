@@ -8,7 +8,8 @@ use ccf_config::{Config, StorageTarget};
 use ccf_lifecycle::{LifecycleEvent, Outcome};
 use ccf_proxy::RequestObserver;
 use ccf_store::{
-    DeferredRecord, LegacyZone, Pricing, Recorder, RecorderHandle, RecorderSettings, UsageStore,
+    DayZone, DeferredRecord, LegacyZone, Pricing, Recorder, RecorderHandle, RecorderSettings,
+    UsageStore,
 };
 use ccf_store_mysql::{MysqlOptions, MysqlStore};
 use ccf_store_sqlite::{SqliteOptions, SqliteStore};
@@ -68,11 +69,15 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn UsageStore>, AppError
         .as_ref()
         .and_then(|database| database.timezone.as_deref());
     let legacy_zone = LegacyZone::from_config(database_timezone, config.timezone.as_deref());
+    // Usage days ("today", summary rows, daily stats) are days of the configured `timezone`,
+    // else the machine's; the legacy zone above only reads what the Go forwarder wrote.
+    let day_zone = DayZone::from_config(config.timezone.as_deref());
     let store: Arc<dyn UsageStore> = match tracking.storage() {
         StorageTarget::Sqlite { path } => {
             info!(path = %path.display(), "usage tracking in SQLite");
             let options = SqliteOptions {
                 legacy_zone,
+                day_zone,
                 ..SqliteOptions::default()
             };
             Arc::new(
@@ -83,7 +88,10 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn UsageStore>, AppError
         }
         StorageTarget::Mysql(target) => {
             info!(host = %target.host, database = %target.database, "usage tracking in MySQL");
-            let options = MysqlOptions { legacy_zone };
+            let options = MysqlOptions {
+                legacy_zone,
+                day_zone,
+            };
             Arc::new(
                 MysqlStore::connect(&target, options)
                     .await

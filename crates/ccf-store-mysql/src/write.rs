@@ -4,12 +4,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use ccf_store::columns::{EXISTING_ROW, KEPT_ON_UPDATE, SNAPSHOT};
-use ccf_store::time::format_date;
-use ccf_store::{plan_batch, CleanupReport, ExistingRow, LegacyZone, StoreError, StoredRecord};
+use ccf_store::{
+    plan_batch, summarise, CleanupReport, ContributionParts, DayZone, ExistingRow, LegacyZone,
+    StoreError, StoredRecord, SummaryDelta, SummaryKey,
+};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Row, TxOpts, Value};
 
-use crate::convert::{column_value, datetime, mysql_error, text, usd, MysqlRow};
+use crate::convert::{
+    as_i64, as_text, as_time, at, column_value, datetime, mysql_error, text, usd, MysqlRow,
+};
 
 const ROWS_PER_INSERT: usize = 200;
 const IDS_PER_SELECT: usize = 500;
@@ -47,11 +51,14 @@ fn summary_sql(rows: usize) -> String {
         "INSERT INTO usage_summary (date, model_name, endpoint_name, group_name, request_count, \
          success_count, error_count, total_input_tokens, total_output_tokens, \
          total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd, \
-         total_duration_ms, total_cost_usd, avg_duration_ms, created_at, updated_at) VALUES {} \
+         total_duration_ms, total_cost_usd, avg_duration_ms, created_at, updated_at, \
+         cancelled_count, duration_count) VALUES {} \
          ON DUPLICATE KEY UPDATE \
          request_count = request_count + VALUES(request_count), \
          success_count = success_count + VALUES(success_count), \
          error_count = error_count + VALUES(error_count), \
+         cancelled_count = cancelled_count + VALUES(cancelled_count), \
+         duration_count = duration_count + VALUES(duration_count), \
          total_input_tokens = total_input_tokens + VALUES(total_input_tokens), \
          total_output_tokens = total_output_tokens + VALUES(total_output_tokens), \
          total_cache_creation_tokens = total_cache_creation_tokens + VALUES(total_cache_creation_tokens), \
@@ -61,15 +68,17 @@ fn summary_sql(rows: usize) -> String {
          total_cost_usd = total_cost_nano_usd / 1000000000, \
          avg_duration_ms = IF(request_count > 0, total_duration_ms / request_count, 0), \
          updated_at = VALUES(updated_at)",
-        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ")
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ")
     )
 }
 
-/// Writes one batch in one transaction (READ COMMITTED, rows locked in request-id order).
+/// Writes one batch in one transaction (READ COMMITTED, rows locked in request-id order); final
+/// requests count in the summary row of their day in `day_zone`.
 pub(crate) async fn write_batch(
     conn: &mut Conn,
     batch: &[StoredRecord],
     zone: LegacyZone,
+    day_zone: DayZone,
 ) -> Result<(), StoreError> {
     let mut tx = conn
         .start_transaction(TxOpts::default())
@@ -97,7 +106,7 @@ pub(crate) async fn write_batch(
                 .filter_map(|row| ExistingRow::from_columns(&MysqlRow { row, zone })),
         );
     }
-    let plan = plan_batch(batch, &existing);
+    let plan = plan_batch(batch, &existing, day_zone);
     let written_at = SystemTime::now();
     let now = datetime(written_at);
     for chunk in plan.writes.chunks(ROWS_PER_INSERT) {
@@ -109,8 +118,23 @@ pub(crate) async fn write_batch(
             .await
             .map_err(mysql_error)?;
     }
-    for chunk in plan.summary.chunks(ROWS_PER_INSERT) {
-        let mut values = Vec::with_capacity(chunk.len() * 17);
+    let summary: Vec<(&SummaryKey, &SummaryDelta)> = plan
+        .summary
+        .iter()
+        .map(|(key, delta)| (key, delta))
+        .collect();
+    add_to_summary(&mut tx, &summary, &now).await?;
+    tx.commit().await.map_err(mysql_error)
+}
+
+/// Adds `rows` to `usage_summary`.
+async fn add_to_summary<Q: Queryable>(
+    tx: &mut Q,
+    rows: &[(&SummaryKey, &SummaryDelta)],
+    now: &Value,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut values = Vec::with_capacity(chunk.len() * 19);
         for (key, delta) in chunk {
             let average = if delta.request_count > 0 {
                 delta.duration_ms as f64 / delta.request_count as f64
@@ -135,20 +159,115 @@ pub(crate) async fn write_batch(
                 Value::Double(average),
                 now.clone(),
                 now.clone(),
+                Value::Int(delta.cancelled_count),
+                Value::Int(delta.duration_count),
             ]);
         }
         tx.exec_drop(summary_sql(chunk.len()), params(values))
             .await
             .map_err(mysql_error)?;
     }
-    tx.commit().await.map_err(mysql_error)
+    Ok(())
+}
+
+/// The setting that records the zone the summary rows were counted in.
+const SUMMARY_DAY_ZONE: &str = "summary_day_zone";
+
+/// Rebuilds `usage_summary` from the final rows with every request on its day in `day_zone`
+/// when the summary was counted in another zone (or before the zone was recorded: UTC days),
+/// in one transaction. Returns whether it rebuilt.
+pub(crate) async fn summary_in_day_zone(
+    conn: &mut Conn,
+    day_zone: DayZone,
+) -> Result<bool, StoreError> {
+    let name = day_zone.name();
+    let recorded: Option<String> = conn
+        .exec_first(
+            "SELECT value FROM usage_settings WHERE name = ?",
+            (SUMMARY_DAY_ZONE,),
+        )
+        .await
+        .map_err(mysql_error)?;
+    if recorded.as_deref() == Some(name.as_str()) {
+        return Ok(false);
+    }
+    let mut tx = conn
+        .start_transaction(TxOpts::default())
+        .await
+        .map_err(mysql_error)?;
+    // Locks the table's rows against concurrent writers until the rebuilt summary commits.
+    let rows: Vec<Row> = tx
+        .query(
+            "SELECT start_time, model_name, endpoint_name, group_name, status, input_tokens, \
+             output_tokens, cache_creation_tokens, cache_read_tokens, total_cost_nano_usd, \
+             duration_ms FROM request_logs WHERE is_final = 1 FOR UPDATE",
+        )
+        .await
+        .map_err(mysql_error)?;
+    let texts: Vec<[Option<String>; 4]> = rows
+        .iter()
+        .map(|row| {
+            [
+                as_text(at(row, 1)),
+                as_text(at(row, 2)),
+                as_text(at(row, 3)),
+                as_text(at(row, 4)),
+            ]
+        })
+        .collect();
+    let count = |row: &Row, index: usize| -> u64 {
+        as_i64(at(row, index))
+            .and_then(|value| u64::try_from(value).ok())
+            .unwrap_or(0)
+    };
+    let parts = rows
+        .iter()
+        .zip(&texts)
+        .map(|(row, texts)| ContributionParts {
+            start_time: as_time(at(row, 0), LegacyZone::Utc).unwrap_or(SystemTime::UNIX_EPOCH),
+            model_name: texts[0].as_deref(),
+            endpoint_name: texts[1].as_deref(),
+            group_name: texts[2].as_deref(),
+            status: texts[3].as_deref().unwrap_or_default(),
+            input_tokens: count(row, 5),
+            output_tokens: count(row, 6),
+            cache_creation_tokens: count(row, 7),
+            cache_read_tokens: count(row, 8),
+            cost_nano_usd: as_i64(at(row, 9)).unwrap_or(0),
+            duration_ms: as_i64(at(row, 10)).map(|value| u64::try_from(value).unwrap_or(0)),
+        });
+    let summary = summarise(parts, day_zone);
+    tx.query_drop("DELETE FROM usage_summary")
+        .await
+        .map_err(mysql_error)?;
+    tx.query_drop("UPDATE request_logs SET summarized = is_final WHERE summarized <> is_final")
+        .await
+        .map_err(mysql_error)?;
+    let rows: Vec<(&SummaryKey, &SummaryDelta)> = summary.iter().collect();
+    add_to_summary(&mut tx, &rows, &datetime(SystemTime::now())).await?;
+    tx.exec_drop(
+        "INSERT INTO usage_settings (name, value) VALUES (?, ?) \
+         ON DUPLICATE KEY UPDATE value = VALUES(value)",
+        (SUMMARY_DAY_ZONE, name.as_str()),
+    )
+    .await
+    .map_err(mysql_error)?;
+    tx.commit().await.map_err(mysql_error)?;
+    tracing::info!(
+        day_zone = %name,
+        previous = recorded.as_deref().unwrap_or("UTC (not recorded)"),
+        rows = rows.len(),
+        "usage_summary rebuilt with the days of the configured time zone"
+    );
+    Ok(true)
 }
 
 /// Deletes rows that started before `older_than`, a chunk per statement, then summary rows of
-/// UTC days before its date.
+/// days (in `day_zone`) before its date.
 pub(crate) async fn cleanup(
     conn: &mut Conn,
     older_than: SystemTime,
+    day_zone: DayZone,
 ) -> Result<CleanupReport, StoreError> {
     let mut report = CleanupReport::default();
     loop {
@@ -166,7 +285,7 @@ pub(crate) async fn cleanup(
     }
     conn.exec_drop(
         "DELETE FROM usage_summary WHERE date < ?",
-        (format_date(older_than),),
+        (day_zone.format_date(older_than),),
     )
     .await
     .map_err(mysql_error)?;

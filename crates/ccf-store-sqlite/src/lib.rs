@@ -21,8 +21,9 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
 use ccf_store::{
-    async_trait, CleanupReport, LegacyZone, MigrationReport, Page, RequestFilter, RequestQuery,
-    RequestRow, Stats, StatsQuery, StoreError, StoredRecord, SummaryQuery, SummaryRow, UsageStore,
+    async_trait, CleanupReport, DayZone, LegacyZone, MigrationReport, Page, RequestFilter,
+    RequestQuery, RequestRow, Stats, StatsQuery, StoreError, StoredRecord, SummaryQuery,
+    SummaryRow, UsageStore,
 };
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
@@ -40,6 +41,9 @@ pub struct SqliteOptions {
     /// Zone of zone-less timestamps written by the Go forwarder (default UTC; see
     /// [`LegacyZone::from_config`]).
     pub legacy_zone: LegacyZone,
+    /// Zone of the days usage is counted in (`usage_summary.date`, daily and hourly stats;
+    /// default the machine's zone, the configured `timezone` in the application).
+    pub day_zone: DayZone,
     /// Create the file's parent directories if missing (default true).
     pub create_dirs: bool,
 }
@@ -50,6 +54,7 @@ impl Default for SqliteOptions {
             readers: 8,
             busy_timeout: Duration::from_secs(5),
             legacy_zone: LegacyZone::Utc,
+            day_zone: DayZone::machine(),
             create_dirs: true,
         }
     }
@@ -76,6 +81,7 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     legacy_zone: LegacyZone,
+    day_zone: DayZone,
     busy_timeout: Duration,
     /// Identity of the file the writer has open (see `reopen_if_deleted`).
     opened: std::sync::Arc<std::sync::Mutex<Option<(u64, u64)>>>,
@@ -86,6 +92,7 @@ impl std::fmt::Debug for SqliteStore {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
             .field("legacy_zone", &self.legacy_zone)
+            .field("day_zone", &self.day_zone)
             .finish()
     }
 }
@@ -127,6 +134,7 @@ fn reopen_if_deleted(
     opened: &std::sync::Mutex<Option<(u64, u64)>>,
     busy_timeout: Duration,
     zone: LegacyZone,
+    day_zone: DayZone,
 ) -> Result<(), StoreError> {
     let mut opened = opened
         .lock()
@@ -140,7 +148,7 @@ fn reopen_if_deleted(
     );
     let mut fresh = Connection::open(path).map_err(sqlite_error)?;
     configure(&fresh, busy_timeout).map_err(sqlite_error)?;
-    migrate::run(&mut fresh, zone)?;
+    migrate::run(&mut fresh, zone, day_zone)?;
     *connection = fresh;
     *opened = file_identity(path);
     Ok(())
@@ -219,6 +227,7 @@ impl SqliteStore {
             writer: sender,
             readers,
             legacy_zone: options.legacy_zone,
+            day_zone: options.day_zone,
             busy_timeout,
             opened: std::sync::Arc::new(std::sync::Mutex::new(opened)),
         })
@@ -227,6 +236,11 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The zone of the days usage is counted in.
+    pub fn day_zone(&self) -> DayZone {
+        self.day_zone
     }
 
     /// The zone used for zone-less legacy timestamps.
@@ -299,7 +313,8 @@ impl UsageStore for SqliteStore {
 
     async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         let zone = self.legacy_zone;
-        self.on_writer(move |connection| migrate::run(connection, zone))
+        let day_zone = self.day_zone;
+        self.on_writer(move |connection| migrate::run(connection, zone, day_zone))
             .await
     }
 
@@ -314,12 +329,13 @@ impl UsageStore for SqliteStore {
         }
         let batch = batch.to_vec();
         let zone = self.legacy_zone;
+        let day_zone = self.day_zone;
         let path = self.path.clone();
         let busy_timeout = self.busy_timeout;
         let opened = std::sync::Arc::clone(&self.opened);
         self.on_writer(move |connection| {
-            reopen_if_deleted(connection, &path, &opened, busy_timeout, zone)?;
-            write::write_batch(connection, &batch, zone)
+            reopen_if_deleted(connection, &path, &opened, busy_timeout, zone, day_zone)?;
+            write::write_batch(connection, &batch, zone, day_zone)
         })
         .await
     }
@@ -351,7 +367,8 @@ impl UsageStore for SqliteStore {
 
     async fn stats(&self, query: &StatsQuery) -> Result<Stats, StoreError> {
         let query = query.clone();
-        self.on_reader(move |connection, _| read::stats(connection, &query))
+        let day_zone = self.day_zone;
+        self.on_reader(move |connection, _| read::stats(connection, &query, day_zone))
             .await
     }
 
@@ -373,8 +390,9 @@ impl UsageStore for SqliteStore {
                 break;
             }
         }
+        let day_zone = self.day_zone;
         report.summary_rows_deleted = self
-            .on_writer(move |connection| write::delete_summary(connection, older_than))
+            .on_writer(move |connection| write::delete_summary(connection, older_than, day_zone))
             .await?;
         Ok(report)
     }

@@ -609,7 +609,11 @@ mod tests {
         assert_eq!(existing.start_time, stored.record().start_time);
         assert_eq!(
             existing.counted,
-            Some(SummaryContribution::of(stored.record(), stored.cost()))
+            Some(SummaryContribution::of(
+                stored.record(),
+                stored.cost(),
+                crate::DayZone::Utc
+            ))
         );
     }
 

@@ -11,7 +11,7 @@
 //! test suite every adapter runs.
 //!
 //! Main types: [`UsageRecord`], [`StoredRecord`], [`RequestRow`], [`UsageStore`], [`Pricing`],
-//! [`Recorder`]/[`RecorderHandle`], [`StoreError`], [`LegacyZone`], and [`SharedState`] (settings
+//! [`Recorder`]/[`RecorderHandle`], [`StoreError`], [`LegacyZone`], [`DayZone`], and [`SharedState`] (settings
 //! shared by several instances on one database).
 
 pub mod columns;
@@ -25,6 +25,7 @@ mod record;
 mod recorder;
 mod retention;
 mod shared;
+pub mod stats;
 mod store;
 pub mod time;
 
@@ -34,8 +35,8 @@ pub mod contract;
 pub use error::{BoxError, StoreError};
 pub use export::{ExportCursor, ExportEncoder, CSV_HEADER};
 pub use plan::{
-    plan_batch, BatchPlan, ContributionParts, ExistingRow, SummaryContribution, SummaryDelta,
-    SummaryKey, UNKNOWN,
+    plan_batch, summarise, BatchPlan, ContributionParts, ExistingRow, SummaryContribution,
+    SummaryDelta, SummaryKey, UNKNOWN,
 };
 pub use pricing::{Cost, Price, Pricing, NANO_PER_USD};
 pub use query::{
@@ -47,7 +48,7 @@ pub use recorder::{DeferredRecord, Recorder, RecorderError, RecorderHandle, Reco
 pub use retention::{Retention, RetentionHandle};
 pub use shared::{ApplyOutcome, SharedChange, SharedSetting, SharedState};
 pub use store::UsageStore;
-pub use time::LegacyZone;
+pub use time::{DayZone, LegacyZone};
 
 // Re-exported so adapters and callers name the same `async_trait`.
 pub use async_trait::async_trait;

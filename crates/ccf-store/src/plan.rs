@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use crate::pricing::Cost;
 use crate::record::{status, StoredRecord, UsageRecord};
-use crate::time::format_date;
+use crate::time::DayZone;
 
 /// Summary model/endpoint name used when a row has none (`usage_summary` columns are NOT NULL).
 pub const UNKNOWN: &str = "unknown";
@@ -18,7 +18,7 @@ pub const UNKNOWN: &str = "unknown";
 /// The `usage_summary` row a final request counts in.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SummaryKey {
-    /// UTC day of `start_time`, `YYYY-MM-DD`.
+    /// Day of `start_time` in the store's [`DayZone`], `YYYY-MM-DD`.
     pub date: String,
     /// Model, or `unknown`.
     pub model_name: String,
@@ -37,6 +37,10 @@ pub struct SummaryDelta {
     pub success_count: i64,
     /// Failed-family requests.
     pub error_count: i64,
+    /// Cancelled requests.
+    pub cancelled_count: i64,
+    /// Requests with a duration.
+    pub duration_count: i64,
     /// Input tokens.
     pub input_tokens: i64,
     /// Output tokens.
@@ -52,10 +56,13 @@ pub struct SummaryDelta {
 }
 
 impl SummaryDelta {
-    fn add(&mut self, other: &SummaryDelta, sign: i64) {
+    /// Adds `other` times `sign` (1 or -1).
+    pub fn add(&mut self, other: &SummaryDelta, sign: i64) {
         self.request_count += sign * other.request_count;
         self.success_count += sign * other.success_count;
         self.error_count += sign * other.error_count;
+        self.cancelled_count += sign * other.cancelled_count;
+        self.duration_count += sign * other.duration_count;
         self.input_tokens += sign * other.input_tokens;
         self.output_tokens += sign * other.output_tokens;
         self.cache_creation_tokens += sign * other.cache_creation_tokens;
@@ -114,11 +121,17 @@ fn signed(value: u64) -> i64 {
 }
 
 impl SummaryContribution {
-    /// The contribution of a row with these values.
+    /// The contribution of a row with these values. Its day is the UTC day of `start_time`;
+    /// [`plan_batch`] moves it to the store's [`DayZone`] ([`SummaryContribution::in_zone`]).
     pub fn from_parts(parts: ContributionParts<'_>) -> Self {
+        Self::from_parts_in(parts, DayZone::Utc)
+    }
+
+    /// The contribution of a row with these values, its day taken in `zone`.
+    pub fn from_parts_in(parts: ContributionParts<'_>, zone: DayZone) -> Self {
         Self {
             key: SummaryKey {
-                date: format_date(parts.start_time),
+                date: zone.format_date(parts.start_time),
                 model_name: name_or(parts.model_name, UNKNOWN).to_string(),
                 endpoint_name: name_or(parts.endpoint_name, UNKNOWN).to_string(),
                 group_name: name_or(parts.group_name, "").to_string(),
@@ -127,6 +140,8 @@ impl SummaryContribution {
                 request_count: 1,
                 success_count: i64::from(parts.status == status::COMPLETED),
                 error_count: i64::from(status::is_failure(parts.status)),
+                cancelled_count: i64::from(parts.status == status::CANCELLED),
+                duration_count: i64::from(parts.duration_ms.is_some()),
                 input_tokens: signed(parts.input_tokens),
                 output_tokens: signed(parts.output_tokens),
                 cache_creation_tokens: signed(parts.cache_creation_tokens),
@@ -137,22 +152,48 @@ impl SummaryContribution {
         }
     }
 
-    /// The contribution of a record about to be written with `cost`.
-    pub fn of(record: &UsageRecord, cost: &Cost) -> Self {
-        Self::from_parts(ContributionParts {
-            start_time: record.start_time,
-            model_name: record.model_name.as_deref(),
-            endpoint_name: record.endpoint_name.as_deref(),
-            group_name: record.group_name.as_deref(),
-            status: &record.status,
-            input_tokens: record.usage.input_tokens,
-            output_tokens: record.usage.output_tokens,
-            cache_creation_tokens: record.usage.cache_creation_input_tokens,
-            cache_read_tokens: record.usage.cache_read_input_tokens,
-            cost_nano_usd: cost.total,
-            duration_ms: record.duration_ms,
-        })
+    /// The same contribution counted on the day of `start_time` in `zone`.
+    pub fn in_zone(mut self, start_time: SystemTime, zone: DayZone) -> Self {
+        self.key.date = zone.format_date(start_time);
+        self
     }
+
+    /// The contribution of a record about to be written with `cost`, on its day in `zone`.
+    pub fn of(record: &UsageRecord, cost: &Cost, zone: DayZone) -> Self {
+        Self::from_parts_in(
+            ContributionParts {
+                start_time: record.start_time,
+                model_name: record.model_name.as_deref(),
+                endpoint_name: record.endpoint_name.as_deref(),
+                group_name: record.group_name.as_deref(),
+                status: &record.status,
+                input_tokens: record.usage.input_tokens,
+                output_tokens: record.usage.output_tokens,
+                cache_creation_tokens: record.usage.cache_creation_input_tokens,
+                cache_read_tokens: record.usage.cache_read_input_tokens,
+                cost_nano_usd: cost.total,
+                duration_ms: record.duration_ms,
+            },
+            zone,
+        )
+    }
+}
+
+/// The `usage_summary` rows of a set of final rows, each counted on its day in `zone`: what an
+/// adapter writes when it rebuilds the summary (a new day zone, or a migration).
+pub fn summarise<'a>(
+    rows: impl IntoIterator<Item = ContributionParts<'a>>,
+    zone: DayZone,
+) -> BTreeMap<SummaryKey, SummaryDelta> {
+    let mut summary: BTreeMap<SummaryKey, SummaryDelta> = BTreeMap::new();
+    for parts in rows {
+        let contribution = SummaryContribution::from_parts_in(parts, zone);
+        summary
+            .entry(contribution.key)
+            .or_default()
+            .add(&contribution.delta, 1);
+    }
+    summary
 }
 
 /// What a store holds for a request id, read inside the write transaction.
@@ -183,10 +224,13 @@ pub struct BatchPlan<'a> {
 ///
 /// - a non-final record never replaces a final row (stored, or earlier in the batch);
 /// - a final record replacing a counted final row takes that row's contribution out of the
-///   summary before adding its own, so every final request is counted exactly once.
+///   summary before adding its own, so every final request is counted exactly once;
+/// - a final request counts on the day its `start_time` falls on in `zone` (the store's
+///   [`DayZone`], the one its summary rows were built in).
 pub fn plan_batch<'a>(
     batch: &'a [StoredRecord],
     existing: &HashMap<String, ExistingRow>,
+    zone: DayZone,
 ) -> BatchPlan<'a> {
     struct State<'a> {
         is_final: bool,
@@ -202,7 +246,10 @@ pub fn plan_batch<'a>(
             match existing.get(&record.request_id) {
                 Some(row) => State {
                     is_final: row.is_final,
-                    counted: row.counted.clone(),
+                    counted: row
+                        .counted
+                        .clone()
+                        .map(|counted| counted.in_zone(row.start_time, zone)),
                     write: None,
                 },
                 None => State {
@@ -220,7 +267,7 @@ pub fn plan_batch<'a>(
             summary.entry(old.key).or_default().add(&old.delta, -1);
         }
         if record.is_final {
-            let new = SummaryContribution::of(record, stored.cost());
+            let new = SummaryContribution::of(record, stored.cost(), zone);
             summary
                 .entry(new.key.clone())
                 .or_default()
@@ -265,7 +312,7 @@ mod tests {
             stored("a", "completed", true, 10),
             stored("a", "processing", false, 0),
         ];
-        let plan = plan_batch(&batch, &HashMap::new());
+        let plan = plan_batch(&batch, &HashMap::new(), DayZone::Utc);
         let ids: Vec<_> = plan
             .writes
             .iter()
@@ -282,7 +329,7 @@ mod tests {
     #[test]
     fn replacing_a_counted_final_row_moves_its_contribution() {
         let old = stored("a", "failed", true, 5);
-        let counted = SummaryContribution::of(old.record(), old.cost());
+        let counted = SummaryContribution::of(old.record(), old.cost(), DayZone::Utc);
         let existing = HashMap::from([(
             "a".to_string(),
             ExistingRow {
@@ -292,12 +339,12 @@ mod tests {
             },
         )]);
         let batch = vec![stored("a", "pending", false, 0)];
-        let plan = plan_batch(&batch, &existing);
+        let plan = plan_batch(&batch, &existing, DayZone::Utc);
         assert!(plan.writes.is_empty());
         assert!(plan.summary.is_empty());
 
         let batch = vec![stored("a", "completed", true, 7)];
-        let plan = plan_batch(&batch, &existing);
+        let plan = plan_batch(&batch, &existing, DayZone::Utc);
         assert_eq!(plan.writes.len(), 1);
         let delta = plan.summary[0].1;
         assert_eq!(delta.request_count, 0);
