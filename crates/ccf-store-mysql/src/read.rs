@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use ccf_store::columns::REQUEST_ROW;
 use ccf_store::stats::{
-    compose_stats, p95, plan_stats, RawSlice, SummarySlice, Sums, TimeSpan, P95_SAMPLE,
-    QUARTER_HOUR_SECS,
+    compose_stats, p95, plan_stats, KeySummarySlice, RawSlice, StatsReadings, SummarySlice, Sums,
+    TimeSpan, P95_SAMPLE, QUARTER_HOUR_SECS,
 };
 use ccf_store::{
     status, Cost, DayZone, LegacyZone, Page, RequestFilter, RequestQuery, RequestRow, Stats,
@@ -197,21 +197,16 @@ fn sums_from(row: &Row, first: usize) -> Sums {
     }
 }
 
-/// Raw rows in `span` grouped by UTC quarter-hour, model, endpoint, group (or, when
-/// `by_key_only`, the quarter-hour and API key).
+/// Raw rows in `span` grouped by UTC quarter-hour, model, endpoint, group and API key.
 async fn raw_slices(
     conn: &mut Conn,
     filter: &RequestFilter,
     span: TimeSpan,
     unsummarized: bool,
-    by_key_only: bool,
 ) -> Result<Vec<RawSlice>, StoreError> {
     let (where_sql, values) = span_clause(filter, span, unsummarized);
-    let dimensions = if by_key_only {
-        "'', '', '', COALESCE(api_key_name, '')"
-    } else {
-        "COALESCE(model_name, ''), COALESCE(endpoint_name, ''), COALESCE(group_name, ''), ''"
-    };
+    let dimensions = "COALESCE(model_name, ''), COALESCE(endpoint_name, ''), \
+                      COALESCE(group_name, ''), COALESCE(api_key_name, '')";
     // Sessions run in UTC, so UNIX_TIMESTAMP reads the stored UTC DATETIME as it is.
     let sql = format!(
         "SELECT FLOOR(UNIX_TIMESTAMP(start_time) / {QUARTER_HOUR_SECS}), {dimensions}, \
@@ -314,40 +309,76 @@ async fn p95_sample(conn: &mut Conn, filter: &RequestFilter) -> Result<Option<u6
         .collect()))
 }
 
-/// Stats as [`ccf_store::stats`] plans them: whole days of `day_zone` from `usage_summary`,
-/// the rest from raw rows.
+/// `usage_key_summary` rows of the days `first..=last` (`""`: from the first).
+async fn key_summary_slices(
+    conn: &mut Conn,
+    first: &str,
+    last: &str,
+) -> Result<Vec<KeySummarySlice>, StoreError> {
+    let (from_first, mut values) = if first.is_empty() {
+        ("", Vec::new())
+    } else {
+        (" AND date >= ?", vec![text(first)])
+    };
+    values.push(text(last));
+    let rows: Vec<Row> = conn
+        .exec(
+            format!(
+                "SELECT DATE_FORMAT(date, '%Y-%m-%d'), api_key_name, request_count, \
+                 success_count, error_count, cancelled_count, total_duration_ms, duration_count, \
+                 total_input_tokens, total_output_tokens, total_cache_creation_tokens, \
+                 total_cache_read_tokens, total_cost_nano_usd FROM usage_key_summary \
+                 WHERE 1 = 1{from_first} AND date <= ?"
+            ),
+            params(values),
+        )
+        .await
+        .map_err(mysql_error)?;
+    Ok(rows
+        .iter()
+        .map(|row| KeySummarySlice {
+            date: as_text(at(row, 0)).unwrap_or_default(),
+            api_key: as_text(at(row, 1)).unwrap_or_default(),
+            sums: sums_from(row, 2),
+        })
+        .collect())
+}
+
+/// Stats as [`ccf_store::stats`] plans them: whole days of `day_zone` from `usage_summary`
+/// and `usage_key_summary`, the rest from raw rows.
 pub(crate) async fn stats(
     conn: &mut Conn,
     filter: &RequestFilter,
     day_zone: DayZone,
 ) -> Result<Stats, StoreError> {
     let plan = plan_stats(filter, day_zone, SystemTime::now());
-    let mut summary = Vec::new();
-    let mut raw = Vec::new();
+    let mut readings = StatsReadings::default();
     if let Some((first, last)) = &plan.summary_days {
-        summary = summary_slices(conn, filter, first, last).await?;
+        readings.summary = summary_slices(conn, filter, first, last).await?;
+        if !plan.api_keys_from_raw_rows {
+            readings.key_summary = key_summary_slices(conn, first, last).await?;
+        }
     }
     if let Some(span) = plan.unsummarized {
-        raw.extend(raw_slices(conn, filter, span, true, false).await?);
+        readings
+            .raw
+            .extend(raw_slices(conn, filter, span, true).await?);
     }
     for span in &plan.raw {
-        raw.extend(raw_slices(conn, filter, *span, false, false).await?);
+        readings
+            .raw
+            .extend(raw_slices(conn, filter, *span, false).await?);
     }
-    let whole = TimeSpan {
-        start: filter.start,
-        end: filter.end,
-    };
-    let api_key = raw_slices(conn, filter, whole, false, true).await?;
-    let hourly = raw_slices(conn, filter, plan.hourly, false, false).await?;
-    let p95_duration_ms = p95_sample(conn, filter).await?;
-    Ok(compose_stats(
-        day_zone,
-        &summary,
-        &raw,
-        &api_key,
-        &hourly,
-        p95_duration_ms,
-    ))
+    if plan.api_keys_from_raw_rows {
+        let whole = TimeSpan {
+            start: filter.start,
+            end: filter.end,
+        };
+        readings.api_keys = Some(raw_slices(conn, filter, whole, false).await?);
+    }
+    readings.hourly = raw_slices(conn, filter, plan.hourly, false).await?;
+    readings.p95_duration_ms = p95_sample(conn, filter).await?;
+    Ok(compose_stats(day_zone, &readings))
 }
 
 pub(crate) async fn summary(

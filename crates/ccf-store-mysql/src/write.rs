@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use ccf_store::columns::{EXISTING_ROW, KEPT_ON_UPDATE, SNAPSHOT};
 use ccf_store::{
-    plan_batch, summarise, CleanupReport, ContributionParts, DayZone, ExistingRow, LegacyZone,
-    StoreError, StoredRecord, SummaryDelta, SummaryKey,
+    plan_batch, CleanupReport, ContributionParts, DayZone, ExistingRow, KeySummaryKey, LegacyZone,
+    StoreError, StoredRecord, SummaryContribution, SummaryDelta, SummaryKey, SummaryTables,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Row, TxOpts, Value};
@@ -124,7 +124,66 @@ pub(crate) async fn write_batch(
         .map(|(key, delta)| (key, delta))
         .collect();
     add_to_summary(&mut tx, &summary, &now).await?;
+    let key_summary: Vec<(&KeySummaryKey, &SummaryDelta)> = plan
+        .key_summary
+        .iter()
+        .map(|(key, delta)| (key, delta))
+        .collect();
+    add_to_key_summary(&mut tx, &key_summary, &now).await?;
     tx.commit().await.map_err(mysql_error)
+}
+
+/// Adds `rows` to `usage_key_summary`.
+async fn add_to_key_summary<Q: Queryable>(
+    tx: &mut Q,
+    rows: &[(&KeySummaryKey, &SummaryDelta)],
+    now: &Value,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut values = Vec::with_capacity(chunk.len() * 14);
+        for (key, delta) in chunk {
+            values.extend([
+                text(&key.date),
+                text(&key.api_key_name),
+                Value::Int(delta.request_count),
+                Value::Int(delta.success_count),
+                Value::Int(delta.error_count),
+                Value::Int(delta.cancelled_count),
+                Value::Int(delta.duration_count),
+                Value::Int(delta.duration_ms),
+                Value::Int(delta.input_tokens),
+                Value::Int(delta.output_tokens),
+                Value::Int(delta.cache_creation_tokens),
+                Value::Int(delta.cache_read_tokens),
+                Value::Int(delta.cost_nano_usd),
+                now.clone(),
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO usage_key_summary (date, api_key_name, request_count, success_count, \
+             error_count, cancelled_count, duration_count, total_duration_ms, \
+             total_input_tokens, total_output_tokens, total_cache_creation_tokens, \
+             total_cache_read_tokens, total_cost_nano_usd, updated_at) VALUES {} \
+             ON DUPLICATE KEY UPDATE \
+             request_count = request_count + VALUES(request_count), \
+             success_count = success_count + VALUES(success_count), \
+             error_count = error_count + VALUES(error_count), \
+             cancelled_count = cancelled_count + VALUES(cancelled_count), \
+             duration_count = duration_count + VALUES(duration_count), \
+             total_duration_ms = total_duration_ms + VALUES(total_duration_ms), \
+             total_input_tokens = total_input_tokens + VALUES(total_input_tokens), \
+             total_output_tokens = total_output_tokens + VALUES(total_output_tokens), \
+             total_cache_creation_tokens = total_cache_creation_tokens + VALUES(total_cache_creation_tokens), \
+             total_cache_read_tokens = total_cache_read_tokens + VALUES(total_cache_read_tokens), \
+             total_cost_nano_usd = total_cost_nano_usd + VALUES(total_cost_nano_usd), \
+             updated_at = VALUES(updated_at)",
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        tx.exec_drop(sql, params(values))
+            .await
+            .map_err(mysql_error)?;
+    }
+    Ok(())
 }
 
 /// Adds `rows` to `usage_summary`.
@@ -195,56 +254,61 @@ pub(crate) async fn summary_in_day_zone(
         .start_transaction(TxOpts::default())
         .await
         .map_err(mysql_error)?;
-    // Locks the table's rows against concurrent writers until the rebuilt summary commits.
-    let rows: Vec<Row> = tx
-        .query(
-            "SELECT start_time, model_name, endpoint_name, group_name, status, input_tokens, \
-             output_tokens, cache_creation_tokens, cache_read_tokens, total_cost_nano_usd, \
-             duration_ms FROM request_logs WHERE is_final = 1 FOR UPDATE",
-        )
-        .await
-        .map_err(mysql_error)?;
-    let texts: Vec<[Option<String>; 4]> = rows
-        .iter()
-        .map(|row| {
-            [
-                as_text(at(row, 1)),
-                as_text(at(row, 2)),
-                as_text(at(row, 3)),
-                as_text(at(row, 4)),
-            ]
-        })
-        .collect();
-    let count = |row: &Row, index: usize| -> u64 {
-        as_i64(at(row, index))
-            .and_then(|value| u64::try_from(value).ok())
-            .unwrap_or(0)
-    };
-    let parts = rows
-        .iter()
-        .zip(&texts)
-        .map(|(row, texts)| ContributionParts {
-            start_time: as_time(at(row, 0), LegacyZone::Utc).unwrap_or(SystemTime::UNIX_EPOCH),
-            model_name: texts[0].as_deref(),
-            endpoint_name: texts[1].as_deref(),
-            group_name: texts[2].as_deref(),
-            status: texts[3].as_deref().unwrap_or_default(),
-            input_tokens: count(row, 5),
-            output_tokens: count(row, 6),
-            cache_creation_tokens: count(row, 7),
-            cache_read_tokens: count(row, 8),
-            cost_nano_usd: as_i64(at(row, 9)).unwrap_or(0),
-            duration_ms: as_i64(at(row, 10)).map(|value| u64::try_from(value).unwrap_or(0)),
-        });
-    let summary = summarise(parts, day_zone);
-    tx.query_drop("DELETE FROM usage_summary")
-        .await
-        .map_err(mysql_error)?;
-    tx.query_drop("UPDATE request_logs SET summarized = is_final WHERE summarized <> is_final")
-        .await
-        .map_err(mysql_error)?;
-    let rows: Vec<(&SummaryKey, &SummaryDelta)> = summary.iter().collect();
-    add_to_summary(&mut tx, &rows, &datetime(SystemTime::now())).await?;
+    // Paged by id, so that a large table is never held in memory at once. The migration lock
+    // keeps other forwarders from migrating meanwhile.
+    let mut tables = SummaryTables::default();
+    let mut after_id: i64 = 0;
+    loop {
+        let rows: Vec<Row> = tx
+            .exec(
+                "SELECT id, start_time, model_name, endpoint_name, group_name, status, \
+                 input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, \
+                 total_cost_nano_usd, duration_ms, api_key_name FROM request_logs \
+                 WHERE is_final = 1 AND id > ? ORDER BY id LIMIT 10000",
+                (after_id,),
+            )
+            .await
+            .map_err(mysql_error)?;
+        let Some(last) = rows.last() else { break };
+        after_id = as_i64(at(last, 0)).unwrap_or(i64::MAX);
+        for row in &rows {
+            let text = |index: usize| as_text(at(row, index));
+            let count = |index: usize| -> u64 {
+                as_i64(at(row, index))
+                    .and_then(|value| u64::try_from(value).ok())
+                    .unwrap_or(0)
+            };
+            let (model, endpoint, group, status, api_key) =
+                (text(2), text(3), text(4), text(5), text(12));
+            let parts = ContributionParts {
+                start_time: as_time(at(row, 1), LegacyZone::Utc).unwrap_or(SystemTime::UNIX_EPOCH),
+                model_name: model.as_deref(),
+                endpoint_name: endpoint.as_deref(),
+                group_name: group.as_deref(),
+                api_key_name: api_key.as_deref(),
+                status: status.as_deref().unwrap_or_default(),
+                input_tokens: count(6),
+                output_tokens: count(7),
+                cache_creation_tokens: count(8),
+                cache_read_tokens: count(9),
+                cost_nano_usd: as_i64(at(row, 10)).unwrap_or(0),
+                duration_ms: as_i64(at(row, 11)).map(|value| u64::try_from(value).unwrap_or(0)),
+            };
+            tables.add(&SummaryContribution::from_parts_in(parts, day_zone), 1);
+        }
+    }
+    for statement in [
+        "DELETE FROM usage_summary",
+        "DELETE FROM usage_key_summary",
+        "UPDATE request_logs SET summarized = is_final WHERE summarized <> is_final",
+    ] {
+        tx.query_drop(statement).await.map_err(mysql_error)?;
+    }
+    let now = datetime(SystemTime::now());
+    let rows: Vec<(&SummaryKey, &SummaryDelta)> = tables.by_model.iter().collect();
+    add_to_summary(&mut tx, &rows, &now).await?;
+    let key_rows: Vec<(&KeySummaryKey, &SummaryDelta)> = tables.by_key.iter().collect();
+    add_to_key_summary(&mut tx, &key_rows, &now).await?;
     tx.exec_drop(
         "INSERT INTO usage_settings (name, value) VALUES (?, ?) \
          ON DUPLICATE KEY UPDATE value = VALUES(value)",
@@ -283,12 +347,13 @@ pub(crate) async fn cleanup(
             break;
         }
     }
-    conn.exec_drop(
-        "DELETE FROM usage_summary WHERE date < ?",
-        (day_zone.format_date(older_than),),
-    )
-    .await
-    .map_err(mysql_error)?;
+    let day = day_zone.format_date(older_than);
+    conn.exec_drop("DELETE FROM usage_key_summary WHERE date < ?", (&day,))
+        .await
+        .map_err(mysql_error)?;
+    conn.exec_drop("DELETE FROM usage_summary WHERE date < ?", (&day,))
+        .await
+        .map_err(mysql_error)?;
     report.summary_rows_deleted = conn.affected_rows();
     Ok(report)
 }

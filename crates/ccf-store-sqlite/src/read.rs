@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use ccf_store::columns::REQUEST_ROW;
 use ccf_store::stats::{
-    compose_stats, p95, plan_stats, RawSlice, SummarySlice, Sums, TimeSpan, P95_SAMPLE,
-    QUARTER_HOUR_SECS,
+    compose_stats, p95, plan_stats, KeySummarySlice, RawSlice, StatsReadings, SummarySlice, Sums,
+    TimeSpan, P95_SAMPLE, QUARTER_HOUR_SECS,
 };
 use ccf_store::time::format_timestamp;
 use ccf_store::{
@@ -180,21 +180,16 @@ fn span_clause(filter: &RequestFilter, span: TimeSpan, unsummarized: bool) -> (S
     (sql, all)
 }
 
-/// Raw rows in `span` grouped by UTC quarter-hour, model, endpoint, group and API key (only
-/// the quarter-hour and API key when `by_key_only`).
+/// Raw rows in `span` grouped by UTC quarter-hour, model, endpoint, group and API key.
 fn raw_slices(
     connection: &Connection,
     filter: &RequestFilter,
     span: TimeSpan,
     unsummarized: bool,
-    by_key_only: bool,
 ) -> Result<Vec<RawSlice>, StoreError> {
     let (where_sql, values) = span_clause(filter, span, unsummarized);
-    let dimensions = if by_key_only {
-        "'', '', '', COALESCE(api_key_name, '')"
-    } else {
-        "COALESCE(model_name, ''), COALESCE(endpoint_name, ''), COALESCE(group_name, ''), ''"
-    };
+    let dimensions = "COALESCE(model_name, ''), COALESCE(endpoint_name, ''), \
+                      COALESCE(group_name, ''), COALESCE(api_key_name, '')";
     let sql = format!(
         "SELECT CAST(strftime('%s', start_time) AS INTEGER) / {QUARTER_HOUR_SECS}, {dimensions}, \
          COUNT(*), COALESCE(SUM(status = 'completed'), 0), \
@@ -328,40 +323,69 @@ fn p95_sample(connection: &Connection, filter: &RequestFilter) -> Result<Option<
     Ok(p95(durations))
 }
 
-/// Stats as [`ccf_store::stats`] plans them: whole days of `day_zone` from `usage_summary`,
-/// the rest from raw rows.
+/// `usage_key_summary` rows of the days `first..=last` (`""`: from the first).
+fn key_summary_slices(
+    connection: &Connection,
+    first: &str,
+    last: &str,
+) -> Result<Vec<KeySummarySlice>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT date, api_key_name, request_count, success_count, error_count, \
+             cancelled_count, total_duration_ms, duration_count, total_input_tokens, \
+             total_output_tokens, total_cache_creation_tokens, total_cache_read_tokens, \
+             total_cost_nano_usd FROM usage_key_summary WHERE date >= ?1 AND date <= ?2",
+        )
+        .map_err(sqlite_error)?;
+    let rows = statement
+        .query_map([first, last], |row| {
+            Ok(KeySummarySlice {
+                date: as_text(row.get_ref(0)?).unwrap_or_default(),
+                api_key: as_text(row.get_ref(1)?).unwrap_or_default(),
+                sums: sums_from(row, 2)?,
+            })
+        })
+        .map_err(sqlite_error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sqlite_error)?;
+    Ok(rows)
+}
+
+/// Stats as [`ccf_store::stats`] plans them: whole days of `day_zone` from `usage_summary`
+/// and `usage_key_summary`, the rest from raw rows.
 pub(crate) fn stats(
     connection: &Connection,
     filter: &RequestFilter,
     day_zone: DayZone,
 ) -> Result<Stats, StoreError> {
     let plan = plan_stats(filter, day_zone, SystemTime::now());
-    let mut summary = Vec::new();
-    let mut raw = Vec::new();
+    let mut readings = StatsReadings::default();
     if let Some((first, last)) = &plan.summary_days {
-        summary = summary_slices(connection, filter, first, last)?;
+        readings.summary = summary_slices(connection, filter, first, last)?;
+        if !plan.api_keys_from_raw_rows {
+            readings.key_summary = key_summary_slices(connection, first, last)?;
+        }
     }
     if let Some(span) = plan.unsummarized {
-        raw.extend(raw_slices(connection, filter, span, true, false)?);
+        readings
+            .raw
+            .extend(raw_slices(connection, filter, span, true)?);
     }
     for span in &plan.raw {
-        raw.extend(raw_slices(connection, filter, *span, false, false)?);
+        readings
+            .raw
+            .extend(raw_slices(connection, filter, *span, false)?);
     }
-    let whole = TimeSpan {
-        start: filter.start,
-        end: filter.end,
-    };
-    let api_key = raw_slices(connection, filter, whole, false, true)?;
-    let hourly = raw_slices(connection, filter, plan.hourly, false, false)?;
-    let p95_duration_ms = p95_sample(connection, filter)?;
-    Ok(compose_stats(
-        day_zone,
-        &summary,
-        &raw,
-        &api_key,
-        &hourly,
-        p95_duration_ms,
-    ))
+    if plan.api_keys_from_raw_rows {
+        let whole = TimeSpan {
+            start: filter.start,
+            end: filter.end,
+        };
+        readings.api_keys = Some(raw_slices(connection, filter, whole, false)?);
+    }
+    readings.hourly = raw_slices(connection, filter, plan.hourly, false)?;
+    readings.p95_duration_ms = p95_sample(connection, filter)?;
+    Ok(compose_stats(day_zone, &readings))
 }
 
 pub(crate) fn summary(

@@ -6,8 +6,8 @@ use std::time::SystemTime;
 
 use ccf_store::columns::{EXISTING_ROW, KEPT_ON_UPDATE, SNAPSHOT};
 use ccf_store::{
-    plan_batch, summarise, ContributionParts, DayZone, ExistingRow, LegacyZone, StoreError,
-    StoredRecord, SummaryDelta, SummaryKey,
+    plan_batch, ContributionParts, DayZone, ExistingRow, KeySummaryKey, LegacyZone, StoreError,
+    StoredRecord, SummaryContribution, SummaryDelta, SummaryKey, SummaryTables,
 };
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
@@ -129,6 +129,11 @@ pub(crate) fn write_batch(
         plan.summary.iter().map(|(key, delta)| (key, delta)),
         now,
     )?;
+    add_to_key_summary(
+        &tx,
+        plan.key_summary.iter().map(|(key, delta)| (key, delta)),
+        now,
+    )?;
     tx.commit().map_err(sqlite_error)
 }
 
@@ -167,6 +172,58 @@ fn add_to_summary<'a>(
     Ok(())
 }
 
+const KEY_SUMMARY_UPSERT: &str = "INSERT INTO usage_key_summary (
+    date, api_key_name, request_count, success_count, error_count, cancelled_count,
+    duration_count, total_duration_ms, total_input_tokens, total_output_tokens,
+    total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd, updated_at
+) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+ON CONFLICT(date, api_key_name) DO UPDATE SET
+    request_count = request_count + excluded.request_count,
+    success_count = success_count + excluded.success_count,
+    error_count = error_count + excluded.error_count,
+    cancelled_count = cancelled_count + excluded.cancelled_count,
+    duration_count = duration_count + excluded.duration_count,
+    total_duration_ms = total_duration_ms + excluded.total_duration_ms,
+    total_input_tokens = total_input_tokens + excluded.total_input_tokens,
+    total_output_tokens = total_output_tokens + excluded.total_output_tokens,
+    total_cache_creation_tokens = total_cache_creation_tokens + excluded.total_cache_creation_tokens,
+    total_cache_read_tokens = total_cache_read_tokens + excluded.total_cache_read_tokens,
+    total_cost_nano_usd = total_cost_nano_usd + excluded.total_cost_nano_usd,
+    updated_at = excluded.updated_at";
+
+/// Adds `rows` to `usage_key_summary`.
+fn add_to_key_summary<'a>(
+    connection: &Connection,
+    rows: impl Iterator<Item = (&'a KeySummaryKey, &'a SummaryDelta)>,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let now = format_timestamp(now);
+    let mut upsert = connection
+        .prepare_cached(KEY_SUMMARY_UPSERT)
+        .map_err(sqlite_error)?;
+    for (key, delta) in rows {
+        upsert
+            .execute(params![
+                key.date,
+                key.api_key_name,
+                delta.request_count,
+                delta.success_count,
+                delta.error_count,
+                delta.cancelled_count,
+                delta.duration_count,
+                delta.duration_ms,
+                delta.input_tokens,
+                delta.output_tokens,
+                delta.cache_creation_tokens,
+                delta.cache_read_tokens,
+                delta.cost_nano_usd,
+                now,
+            ])
+            .map_err(sqlite_error)?;
+    }
+    Ok(())
+}
+
 /// The setting that records the zone the summary rows were counted in.
 const SUMMARY_DAY_ZONE: &str = "summary_day_zone";
 
@@ -189,25 +246,32 @@ pub(crate) fn summary_in_day_zone(
     if recorded.as_deref() == Some(name.as_str()) {
         return Ok(false);
     }
-    let rows: Vec<RebuildRow> = {
+    // Row by row into the tables: a large request_logs is never held in memory at once.
+    let mut summary = SummaryTables::default();
+    {
         let mut select = connection
             .prepare(
-                "SELECT start_time, model_name, endpoint_name, group_name, status,                  input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens,                  total_cost_nano_usd, duration_ms FROM request_logs WHERE is_final = 1",
+                "SELECT start_time, model_name, endpoint_name, group_name, status, \
+                 input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, \
+                 total_cost_nano_usd, duration_ms, api_key_name FROM request_logs \
+                 WHERE is_final = 1",
             )
             .map_err(sqlite_error)?;
-        let rows = select
-            .query_map([], |row| {
-                let count = |index: usize| -> rusqlite::Result<u64> {
-                    Ok(row
-                        .get::<_, Option<i64>>(index)?
-                        .and_then(|value| u64::try_from(value).ok())
-                        .unwrap_or(0))
-                };
+        let mut rows = select.query([]).map_err(sqlite_error)?;
+        while let Some(row) = rows.next().map_err(sqlite_error)? {
+            let count = |index: usize| -> rusqlite::Result<u64> {
+                Ok(row
+                    .get::<_, Option<i64>>(index)?
+                    .and_then(|value| u64::try_from(value).ok())
+                    .unwrap_or(0))
+            };
+            let read = || -> rusqlite::Result<RebuildRow> {
                 Ok(RebuildRow {
                     start_time: row.get::<_, Option<String>>(0)?,
                     model: row.get(1)?,
                     endpoint: row.get(2)?,
                     group: row.get(3)?,
+                    api_key: row.get(11)?,
                     status: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
                     tokens: [count(5)?, count(6)?, count(7)?, count(8)?],
                     cost: row.get::<_, Option<i64>>(9)?.unwrap_or(0),
@@ -215,29 +279,34 @@ pub(crate) fn summary_in_day_zone(
                         .get::<_, Option<i64>>(10)?
                         .map(|value| u64::try_from(value).unwrap_or(0)),
                 })
-            })
-            .map_err(sqlite_error)?
-            .collect::<Result<_, _>>()
-            .map_err(sqlite_error)?;
-        rows
-    };
-    let summary = summarise(rows.iter().map(RebuildRow::parts), day_zone);
+            };
+            let rebuilt = read().map_err(sqlite_error)?;
+            summary.add(
+                &SummaryContribution::from_parts_in(rebuilt.parts(), day_zone),
+                1,
+            );
+        }
+    }
     connection
         .execute_batch(
-            "DELETE FROM usage_summary; UPDATE request_logs SET summarized = is_final              WHERE summarized <> is_final;",
+            "DELETE FROM usage_summary; DELETE FROM usage_key_summary; \
+             UPDATE request_logs SET summarized = is_final WHERE summarized <> is_final;",
         )
         .map_err(sqlite_error)?;
-    add_to_summary(connection, summary.iter(), SystemTime::now())?;
+    let now = SystemTime::now();
+    add_to_summary(connection, summary.by_model.iter(), now)?;
+    add_to_key_summary(connection, summary.by_key.iter(), now)?;
     connection
         .execute(
-            "INSERT INTO usage_settings (name, value) VALUES (?1, ?2)              ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            "INSERT INTO usage_settings (name, value) VALUES (?1, ?2) \
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
             [SUMMARY_DAY_ZONE, name.as_str()],
         )
         .map_err(sqlite_error)?;
     tracing::info!(
         day_zone = %name,
         previous = recorded.as_deref().unwrap_or("UTC (not recorded)"),
-        rows = summary.len(),
+        rows = summary.by_model.len(),
         "usage_summary rebuilt with the days of the configured time zone"
     );
     Ok(true)
@@ -249,6 +318,7 @@ struct RebuildRow {
     model: Option<String>,
     endpoint: Option<String>,
     group: Option<String>,
+    api_key: Option<String>,
     status: String,
     tokens: [u64; 4],
     cost: i64,
@@ -266,6 +336,7 @@ impl RebuildRow {
             model_name: self.model.as_deref(),
             endpoint_name: self.endpoint.as_deref(),
             group_name: self.group.as_deref(),
+            api_key_name: self.api_key.as_deref(),
             status: &self.status,
             input_tokens: self.tokens[0],
             output_tokens: self.tokens[1],
@@ -298,11 +369,12 @@ pub(crate) fn delete_summary(
     older_than: SystemTime,
     day_zone: DayZone,
 ) -> Result<u64, StoreError> {
+    let day = day_zone.format_date(older_than);
+    connection
+        .execute("DELETE FROM usage_key_summary WHERE date < ?1", [&day])
+        .map_err(sqlite_error)?;
     let deleted = connection
-        .execute(
-            "DELETE FROM usage_summary WHERE date < ?1",
-            [day_zone.format_date(older_than)],
-        )
+        .execute("DELETE FROM usage_summary WHERE date < ?1", [&day])
         .map_err(sqlite_error)?;
     Ok(deleted as u64)
 }

@@ -1585,7 +1585,7 @@ async fn stats_from_rows(
     use crate::stats::Sums;
     let rows = store.scan_requests(filter, 0, 100_000).await.unwrap();
     let mut totals = Sums::default();
-    let mut by: [BTreeMap<String, Sums>; 4] = Default::default();
+    let mut by: [BTreeMap<String, Sums>; 5] = Default::default();
     for row in &rows {
         let record = &row.record;
         let sums = Sums {
@@ -1607,6 +1607,7 @@ async fn stats_from_rows(
             record.endpoint_name.clone().unwrap_or_default(),
             record.group_name.clone().unwrap_or_default(),
             zone.format_date(record.start_time),
+            record.api_key_name.clone().unwrap_or_default(),
         ];
         for (map, key) in by.iter_mut().zip(keys) {
             map.entry(key).or_default().add(&sums);
@@ -1636,6 +1637,7 @@ async fn stats_from_rows(
         by_endpoint: buckets(&by[1], true),
         by_group: buckets(&by[2], true),
         by_day: buckets(&by[3], false),
+        by_api_key: buckets(&by[4], true),
         ..crate::Stats::default()
     }
 }
@@ -1673,6 +1675,9 @@ pub async fn summary_served_stats_equal_the_raw_rows(fixture: &impl ContractFixt
             record.duration_ms = None;
             record.end_time = None;
         }
+        if i % 4 != 0 {
+            record.api_key_name = Some(["team-a", "team-b", "ci"][(i % 3) as usize].into());
+        }
         rows.push(record);
     }
     // Requests that never finished, on a whole day and on an edge.
@@ -1683,21 +1688,20 @@ pub async fn summary_served_stats_equal_the_raw_rows(fixture: &impl ContractFixt
     ));
     rows.push(snapshot("req-eq-open-2", at_ms(70 * hour), status::PENDING));
     write(store, rows).await;
-    // A counted row replaced by a later outcome moves its contribution.
-    write(
-        store,
-        vec![outcome(
-            "req-eq-005",
-            at_ms(5 * 37 * 60_000 + 5),
-            status::FAILED,
-            "claude-sonnet-4-5",
-            "beta",
-            "main",
-            tokens(7, 7),
-            9,
-        )],
-    )
-    .await;
+    // A counted row replaced by a later outcome moves its contribution (every snapshot of a
+    // request carries its key name).
+    let mut replacement = outcome(
+        "req-eq-005",
+        at_ms(5 * 37 * 60_000 + 5),
+        status::FAILED,
+        "claude-sonnet-4-5",
+        "beta",
+        "main",
+        tokens(7, 7),
+        9,
+    );
+    replacement.api_key_name = Some("ci".into());
+    write(store, vec![replacement]).await;
 
     let zone = zoned_day_zone();
     let filters = [
@@ -1726,6 +1730,12 @@ pub async fn summary_served_stats_equal_the_raw_rows(fixture: &impl ContractFixt
             status: Some("failed".into()),
             ..RequestFilter::default()
         },
+        // One API key: raw rows for the whole range.
+        RequestFilter {
+            start: Some(at_ms(0)),
+            api_key: Some("team-a".into()),
+            ..RequestFilter::default()
+        },
     ];
     for filter in filters {
         let expected = stats_from_rows(store, &filter, zone).await;
@@ -1739,6 +1749,10 @@ pub async fn summary_served_stats_equal_the_raw_rows(fixture: &impl ContractFixt
         );
         assert_eq!(stats.by_group, expected.by_group, "by group for {filter:?}");
         assert_eq!(stats.by_day, expected.by_day, "by day for {filter:?}");
+        assert_eq!(
+            stats.by_api_key, expected.by_api_key,
+            "by API key for {filter:?}"
+        );
     }
 }
 

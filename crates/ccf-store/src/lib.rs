@@ -35,8 +35,8 @@ pub mod contract;
 pub use error::{BoxError, StoreError};
 pub use export::{ExportCursor, ExportEncoder, CSV_HEADER};
 pub use plan::{
-    plan_batch, summarise, BatchPlan, ContributionParts, ExistingRow, SummaryContribution,
-    SummaryDelta, SummaryKey, UNKNOWN,
+    plan_batch, summarise, BatchPlan, ContributionParts, ExistingRow, KeySummaryKey,
+    SummaryContribution, SummaryDelta, SummaryKey, SummaryTables, UNKNOWN,
 };
 pub use pricing::{Cost, Price, Pricing, NANO_PER_USD};
 pub use query::{

@@ -28,6 +28,17 @@ pub struct SummaryKey {
     pub group_name: String,
 }
 
+/// The `usage_key_summary` row a final request counts in: the requests of one day made with
+/// one inbound API key (`""` without one). Kept apart from `usage_summary`, whose unique key
+/// cannot take a fifth name column within MySQL's index size limit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeySummaryKey {
+    /// Day of `start_time` in the store's [`DayZone`], `YYYY-MM-DD`.
+    pub date: String,
+    /// `api_key_name`, or `""`.
+    pub api_key_name: String,
+}
+
 /// Increments to one `usage_summary` row (negative when a counted row is replaced).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SummaryDelta {
@@ -81,6 +92,8 @@ impl SummaryDelta {
 pub struct SummaryContribution {
     /// The summary row.
     pub key: SummaryKey,
+    /// The API key name (`""` for none): with `key.date`, its `usage_key_summary` row.
+    pub api_key_name: String,
     /// The increments.
     pub delta: SummaryDelta,
 }
@@ -96,6 +109,8 @@ pub struct ContributionParts<'a> {
     pub endpoint_name: Option<&'a str>,
     /// `group_name`.
     pub group_name: Option<&'a str>,
+    /// `api_key_name`.
+    pub api_key_name: Option<&'a str>,
     /// `status`.
     pub status: &'a str,
     /// Input tokens.
@@ -136,6 +151,7 @@ impl SummaryContribution {
                 endpoint_name: name_or(parts.endpoint_name, UNKNOWN).to_string(),
                 group_name: name_or(parts.group_name, "").to_string(),
             },
+            api_key_name: name_or(parts.api_key_name, "").to_string(),
             delta: SummaryDelta {
                 request_count: 1,
                 success_count: i64::from(parts.status == status::COMPLETED),
@@ -166,6 +182,7 @@ impl SummaryContribution {
                 model_name: record.model_name.as_deref(),
                 endpoint_name: record.endpoint_name.as_deref(),
                 group_name: record.group_name.as_deref(),
+                api_key_name: record.api_key_name.as_deref(),
                 status: &record.status,
                 input_tokens: record.usage.input_tokens,
                 output_tokens: record.usage.output_tokens,
@@ -179,21 +196,43 @@ impl SummaryContribution {
     }
 }
 
-/// The `usage_summary` rows of a set of final rows, each counted on its day in `zone`: what an
-/// adapter writes when it rebuilds the summary (a new day zone, or a migration).
+/// Summary rows: `usage_summary`'s and `usage_key_summary`'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SummaryTables {
+    /// By day, model, endpoint and group.
+    pub by_model: BTreeMap<SummaryKey, SummaryDelta>,
+    /// By day and API key.
+    pub by_key: BTreeMap<KeySummaryKey, SummaryDelta>,
+}
+
+impl SummaryTables {
+    /// Counts `contribution` `sign` times (1 or -1).
+    pub fn add(&mut self, contribution: &SummaryContribution, sign: i64) {
+        self.by_model
+            .entry(contribution.key.clone())
+            .or_default()
+            .add(&contribution.delta, sign);
+        self.by_key
+            .entry(KeySummaryKey {
+                date: contribution.key.date.clone(),
+                api_key_name: contribution.api_key_name.clone(),
+            })
+            .or_default()
+            .add(&contribution.delta, sign);
+    }
+}
+
+/// The summary rows of a set of final rows, each counted on its day in `zone`: what an adapter
+/// writes when it rebuilds the summary (a new day zone, or a migration).
 pub fn summarise<'a>(
     rows: impl IntoIterator<Item = ContributionParts<'a>>,
     zone: DayZone,
-) -> BTreeMap<SummaryKey, SummaryDelta> {
-    let mut summary: BTreeMap<SummaryKey, SummaryDelta> = BTreeMap::new();
+) -> SummaryTables {
+    let mut tables = SummaryTables::default();
     for parts in rows {
-        let contribution = SummaryContribution::from_parts_in(parts, zone);
-        summary
-            .entry(contribution.key)
-            .or_default()
-            .add(&contribution.delta, 1);
+        tables.add(&SummaryContribution::from_parts_in(parts, zone), 1);
     }
-    summary
+    tables
 }
 
 /// What a store holds for a request id, read inside the write transaction.
@@ -216,6 +255,8 @@ pub struct BatchPlan<'a> {
     pub writes: Vec<&'a StoredRecord>,
     /// Increments to apply to `usage_summary`, ordered by key, zero deltas left out.
     pub summary: Vec<(SummaryKey, SummaryDelta)>,
+    /// Increments to apply to `usage_key_summary`, ordered by key, zero deltas left out.
+    pub key_summary: Vec<(KeySummaryKey, SummaryDelta)>,
     /// Records skipped because the stored row is already final and they are not.
     pub skipped: usize,
 }
@@ -238,7 +279,7 @@ pub fn plan_batch<'a>(
         write: Option<&'a StoredRecord>,
     }
     let mut states: BTreeMap<&'a str, State<'a>> = BTreeMap::new();
-    let mut summary: BTreeMap<SummaryKey, SummaryDelta> = BTreeMap::new();
+    let mut tables = SummaryTables::default();
     let mut skipped = 0;
     for stored in batch {
         let record = stored.record();
@@ -264,14 +305,11 @@ pub fn plan_batch<'a>(
             continue;
         }
         if let Some(old) = state.counted.take() {
-            summary.entry(old.key).or_default().add(&old.delta, -1);
+            tables.add(&old, -1);
         }
         if record.is_final {
             let new = SummaryContribution::of(record, stored.cost(), zone);
-            summary
-                .entry(new.key.clone())
-                .or_default()
-                .add(&new.delta, 1);
+            tables.add(&new, 1);
             state.counted = Some(new);
         }
         state.is_final = record.is_final;
@@ -282,7 +320,13 @@ pub fn plan_batch<'a>(
             .into_values()
             .filter_map(|state| state.write)
             .collect(),
-        summary: summary
+        summary: tables
+            .by_model
+            .into_iter()
+            .filter(|(_, delta)| !delta.is_zero())
+            .collect(),
+        key_summary: tables
+            .by_key
             .into_iter()
             .filter(|(_, delta)| !delta.is_zero())
             .collect(),

@@ -10,10 +10,12 @@
 //! offset in use is a multiple of 15 minutes, so a quarter-hour lies inside one local hour of any
 //! zone and raw rows land on the right local day and hour.
 //!
-//! Filters the summary cannot answer (status, request id, instance, API key) read raw rows for
-//! the whole range. `by_api_key` always comes from raw rows (the summary has no key column), the
-//! hourly buckets cover the last [`HOURLY_WINDOW`] of the range and the p95 the latest
-//! [`P95_SAMPLE`] requests of it.
+//! `by_api_key` reads whole days from `usage_key_summary` (by day and API key) the same way,
+//! unless the query names a model, endpoint or group (that table has no such columns): then the
+//! key buckets come from raw rows of the whole range. Filters the summaries cannot answer
+//! (status, request id, instance, API key) read raw rows for the whole range. The hourly buckets
+//! cover the last [`HOURLY_WINDOW`] of the range and the p95 the latest [`P95_SAMPLE`] requests
+//! of it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -112,6 +114,17 @@ pub struct SummarySlice {
     pub sums: Sums,
 }
 
+/// `usage_key_summary` rows of one day and API key (`""` for none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySummarySlice {
+    /// `YYYY-MM-DD` in the store's day zone.
+    pub date: String,
+    /// API key name.
+    pub api_key: String,
+    /// The counts.
+    pub sums: Sums,
+}
+
 /// Raw rows of one UTC quarter-hour, model, endpoint, group and API key (`""` for none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawSlice {
@@ -151,6 +164,9 @@ pub struct StatsPlan {
     pub raw: Vec<TimeSpan>,
     /// The span of the hourly buckets.
     pub hourly: TimeSpan,
+    /// `by_api_key` needs raw rows of the whole range: the query names a model, endpoint or
+    /// group, which `usage_key_summary` cannot filter on.
+    pub api_keys_from_raw_rows: bool,
 }
 
 /// Whether the summary can answer `query` (it has no status, request, instance or key column).
@@ -179,12 +195,16 @@ pub fn plan_stats(query: &StatsQuery, zone: DayZone, now: SystemTime) -> StatsPl
         end: query.end,
     };
     let whole = whole_days(query, zone);
+    let named = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+    let api_keys_from_raw_rows =
+        named(&query.model) || named(&query.endpoint) || named(&query.group);
     match whole.filter(|_| summary_answers(query)) {
         None => StatsPlan {
             summary_days: None,
             unsummarized: None,
             raw: vec![range],
             hourly,
+            api_keys_from_raw_rows: false,
         },
         Some((first, last)) => {
             let days_start = first.map(|first| zone.day_start(first));
@@ -213,6 +233,7 @@ pub fn plan_stats(query: &StatsQuery, zone: DayZone, now: SystemTime) -> StatsPl
                 }),
                 raw,
                 hourly,
+                api_keys_from_raw_rows,
             }
         }
     }
@@ -258,17 +279,38 @@ fn raw_name(summary_name: &str) -> &str {
     }
 }
 
-/// Adds the slices up into [`Stats`]: totals and the model, endpoint, group and day buckets from
-/// `summary` and `raw`; the API-key buckets from `api_key` (raw slices of the whole range), the
-/// hourly buckets from `hourly` (raw slices of [`StatsPlan::hourly`]), both in `zone`.
-pub fn compose_stats(
-    zone: DayZone,
-    summary: &[SummarySlice],
-    raw: &[RawSlice],
-    api_key: &[RawSlice],
-    hourly: &[RawSlice],
-    p95_duration_ms: Option<u64>,
-) -> Stats {
+/// What an adapter read for a [`StatsPlan`].
+#[derive(Debug, Clone, Default)]
+pub struct StatsReadings {
+    /// `usage_summary` rows of [`StatsPlan::summary_days`].
+    pub summary: Vec<SummarySlice>,
+    /// `usage_key_summary` rows of the same days (empty when
+    /// [`StatsPlan::api_keys_from_raw_rows`]).
+    pub key_summary: Vec<KeySummarySlice>,
+    /// Raw slices of [`StatsPlan::raw`] and of [`StatsPlan::unsummarized`].
+    pub raw: Vec<RawSlice>,
+    /// Raw slices of the whole range when [`StatsPlan::api_keys_from_raw_rows`].
+    pub api_keys: Option<Vec<RawSlice>>,
+    /// Raw slices of [`StatsPlan::hourly`].
+    pub hourly: Vec<RawSlice>,
+    /// The p95 of the sample.
+    pub p95_duration_ms: Option<u64>,
+}
+
+/// Adds the readings up into [`Stats`]: totals and the model, endpoint, group and day buckets
+/// from the summary and raw slices, the API-key buckets from the key summary and raw slices (or
+/// the whole range's raw slices), the hourly buckets from the hourly raw slices, days and hours
+/// in `zone`.
+pub fn compose_stats(zone: DayZone, readings: &StatsReadings) -> Stats {
+    let StatsReadings {
+        summary,
+        key_summary,
+        raw,
+        api_keys,
+        hourly,
+        p95_duration_ms,
+    } = readings;
+    let p95_duration_ms = *p95_duration_ms;
     let mut totals = Sums::default();
     let mut by_model: BTreeMap<String, Sums> = BTreeMap::new();
     let mut by_endpoint: BTreeMap<String, Sums> = BTreeMap::new();
@@ -302,7 +344,13 @@ pub fn compose_stats(
             &slice.sums,
         );
     }
-    for slice in api_key {
+    for slice in key_summary {
+        by_api_key
+            .entry(slice.api_key.clone())
+            .or_default()
+            .add(&slice.sums);
+    }
+    for slice in api_keys.as_deref().unwrap_or(raw) {
         by_api_key
             .entry(slice.api_key.clone())
             .or_default()

@@ -119,7 +119,25 @@ fn raw_quarter_hours_land_on_local_days_and_hours() {
         group: String::new(),
         sums: sums(4),
     }];
-    let stats = compose_stats(shanghai(), &summary, &raw, &raw, &raw, Some(7));
+    let readings = StatsReadings {
+        summary,
+        key_summary: vec![KeySummarySlice {
+            date: "2026-03-01".into(),
+            api_key: "team".into(),
+            sums: sums(4),
+        }],
+        raw: raw.clone(),
+        api_keys: None,
+        hourly: raw,
+        p95_duration_ms: Some(7),
+    };
+    let stats = compose_stats(shanghai(), &readings);
+    let keys: Vec<_> = stats
+        .by_api_key
+        .iter()
+        .map(|b| (b.key.as_str(), b.aggregate.request_count))
+        .collect();
+    assert_eq!(keys, vec![("team", 4), ("", 3)]);
     let days: Vec<_> = stats
         .by_day
         .iter()
