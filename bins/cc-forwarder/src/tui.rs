@@ -8,6 +8,7 @@
 //! again once the UI has let go). A panic restores the terminal through ratatui's panic hook.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use ccf_proxy::Forwarder;
 use ccf_tui::{AppInfo, Exit, LogBuffer};
@@ -35,6 +36,7 @@ impl TuiHandle {
 pub fn start(
     logs: Option<LogBuffer>,
     forwarder: &Forwarder,
+    store: Option<Arc<dyn ccf_store::UsageStore>>,
     base_url: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> (TuiHandle, impl Future<Output = ()> + Send + 'static) {
@@ -64,7 +66,7 @@ pub fn start(
         let stopped = async move {
             let _ = stop_receiver.await;
         };
-        match ccf_tui::run(forwarder, logs, info, stopped).await {
+        match ccf_tui::run(forwarder, logs, info, store, stopped).await {
             Ok(Exit::Quit | Exit::InputClosed) => {
                 info!("terminal UI closed: shutting down");
                 let _ = quit_sender.send(());

@@ -1819,3 +1819,88 @@ pub async fn a_new_day_zone_rebuilds_the_summary(fixture: &impl ContractFixture)
         (5, 1)
     );
 }
+
+/// The stats benchmark's workload (`cargo xtask bench-stats`): `rows` final requests spread
+/// evenly over the 30 days before `now` (5 models, 6 endpoints in 2 groups, 4 API keys and
+/// none, 90 % completed, 7 % failed, 3 % cancelled), written through `write_batch` in batches
+/// of `batch`, so that `usage_summary` is kept as in production. Returns the time it took.
+pub async fn fill_for_stats_bench(
+    store: &dyn UsageStore,
+    rows: u64,
+    batch: usize,
+    now: SystemTime,
+) -> Duration {
+    const MODELS: [&str; 5] = [
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5",
+        "claude-opus-4-1",
+        "claude-3-5-haiku-20241022",
+        "claude-sonnet-4-20250514",
+    ];
+    const KEYS: [Option<&str>; 5] = [
+        None,
+        Some("team-a"),
+        Some("team-b"),
+        Some("ci"),
+        Some("bot"),
+    ];
+    let pricing = pricing();
+    let span = Duration::from_secs(30 * 86_400);
+    let first = now - span;
+    let started = std::time::Instant::now();
+    let mut pending: Vec<StoredRecord> = Vec::with_capacity(batch);
+    for i in 0..rows {
+        let offset = span.as_micros() as u64 * i / rows.max(1);
+        let start = first + Duration::from_micros(offset);
+        let status_value = match i % 100 {
+            0..=89 => status::COMPLETED,
+            90..=96 => status::FAILED,
+            _ => status::CANCELLED,
+        };
+        let endpoint = i % 6;
+        let mut record = outcome(
+            &format!("bench-{i:010}"),
+            start,
+            status_value,
+            MODELS[(i % 5) as usize],
+            &format!("endpoint-{endpoint}"),
+            if endpoint < 3 { "primary" } else { "backup" },
+            tokens(500 + i % 2000, 50 + i % 700),
+            200 + (i * 7919) % 30_000,
+        );
+        record.api_key_name = KEYS[(i % 5) as usize].map(str::to_string);
+        pending.push(StoredRecord::price(record, &pricing));
+        if pending.len() == batch {
+            store.write_batch(&pending).await.unwrap();
+            pending.clear();
+        }
+    }
+    if !pending.is_empty() {
+        store.write_batch(&pending).await.unwrap();
+    }
+    started.elapsed()
+}
+
+/// Times `store.stats` for the last `days` days before `now`, `runs` times; returns the
+/// durations sorted (the median is the middle one) and the request count the stats found.
+pub async fn time_stats(
+    store: &dyn UsageStore,
+    days: u64,
+    runs: usize,
+    now: SystemTime,
+) -> (Vec<Duration>, u64) {
+    let filter = RequestFilter {
+        start: now.checked_sub(Duration::from_secs(days * 86_400)),
+        ..RequestFilter::default()
+    };
+    let mut times = Vec::with_capacity(runs);
+    let mut requests = 0;
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        let stats = store.stats(&filter).await.unwrap();
+        times.push(started.elapsed());
+        requests = stats.totals.request_count;
+    }
+    times.sort();
+    (times, requests)
+}
