@@ -364,10 +364,15 @@ pub(crate) async fn stats(
             .raw
             .extend(raw_slices(conn, filter, span, true).await?);
     }
+    // The last day's raw rows are usually the right edge's (today), read once.
+    let mut hourly_read = false;
     for span in &plan.raw {
-        readings
-            .raw
-            .extend(raw_slices(conn, filter, *span, false).await?);
+        let slices = raw_slices(conn, filter, *span, false).await?;
+        if *span == plan.hourly {
+            readings.hourly = slices.clone();
+            hourly_read = true;
+        }
+        readings.raw.extend(slices);
     }
     if plan.api_keys_from_raw_rows {
         let whole = TimeSpan {
@@ -376,7 +381,9 @@ pub(crate) async fn stats(
         };
         readings.api_keys = Some(raw_slices(conn, filter, whole, false).await?);
     }
-    readings.hourly = raw_slices(conn, filter, plan.hourly, false).await?;
+    if !hourly_read {
+        readings.hourly = raw_slices(conn, filter, plan.hourly, false).await?;
+    }
     readings.p95_duration_ms = p95_sample(conn, filter).await?;
     Ok(compose_stats(day_zone, &readings))
 }

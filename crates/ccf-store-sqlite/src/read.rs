@@ -371,10 +371,15 @@ pub(crate) fn stats(
             .raw
             .extend(raw_slices(connection, filter, span, true)?);
     }
+    // The last day's raw rows are usually the right edge's (today), read once.
+    let mut hourly_read = false;
     for span in &plan.raw {
-        readings
-            .raw
-            .extend(raw_slices(connection, filter, *span, false)?);
+        let slices = raw_slices(connection, filter, *span, false)?;
+        if *span == plan.hourly {
+            readings.hourly = slices.clone();
+            hourly_read = true;
+        }
+        readings.raw.extend(slices);
     }
     if plan.api_keys_from_raw_rows {
         let whole = TimeSpan {
@@ -383,7 +388,9 @@ pub(crate) fn stats(
         };
         readings.api_keys = Some(raw_slices(connection, filter, whole, false)?);
     }
-    readings.hourly = raw_slices(connection, filter, plan.hourly, false)?;
+    if !hourly_read {
+        readings.hourly = raw_slices(connection, filter, plan.hourly, false)?;
+    }
     readings.p95_duration_ms = p95_sample(connection, filter)?;
     Ok(compose_stats(day_zone, &readings))
 }

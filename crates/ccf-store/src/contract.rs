@@ -704,7 +704,7 @@ pub async fn stats_are_computed_in_sql(store: Arc<dyn UsageStore>) {
         .unwrap();
     let totals = &stats.totals;
     assert_eq!(totals.request_count, 101);
-    // The hourly buckets cover the range's last 24 hours: none for a range open to now.
+    // The hourly buckets cover the range's last day: today, without rows here.
     assert!(stats.by_hour.is_empty());
     assert_eq!(
         (
@@ -769,10 +769,7 @@ pub async fn stats_are_computed_in_sql(store: Arc<dyn UsageStore>) {
         .iter()
         .map(|b| (b.key.as_str(), b.aggregate.request_count))
         .collect();
-    assert_eq!(
-        hours,
-        vec![("2025-09-28T23:00:00Z", 34), ("2025-09-29T00:00:00Z", 33)]
-    );
+    assert_eq!(hours, vec![("2025-09-29T00:00:00Z", 33)]);
     assert_eq!(two_days.totals, stats.totals);
     let cost = pricing()
         .cost(Some("claude-sonnet-4-5"), &tokens(10, 1))
@@ -1509,12 +1506,29 @@ pub async fn days_and_today_are_days_of_the_configured_zone(fixture: &impl Contr
         day_counts(&partial.by_day),
         vec![("2025-09-28".to_string(), 2), ("2025-09-29".to_string(), 1)]
     );
+    // Hours of the range's last Shanghai day.
     assert_eq!(
         day_counts(&partial.by_hour),
+        vec![("2025-09-29T00:00:00+08:00".to_string(), 1)]
+    );
+    assert_eq!(
+        day_counts(&whole_days.by_hour),
+        vec![("2025-09-29T00:00:00+08:00".to_string(), 1)]
+    );
+    let first_day = store
+        .stats(&RequestFilter {
+            start: Some(instant("2025-09-27T16:00:00Z")),
+            end: Some(instant("2025-09-28T15:59:59.999999Z")),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        day_counts(&first_day.by_hour),
         vec![
+            ("2025-09-28T07:00:00+08:00".to_string(), 1),
             ("2025-09-28T08:00:00+08:00".to_string(), 1),
             ("2025-09-28T23:00:00+08:00".to_string(), 1),
-            ("2025-09-29T00:00:00+08:00".to_string(), 1),
         ]
     );
     let summary_of_the_29th = store

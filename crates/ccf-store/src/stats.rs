@@ -14,8 +14,8 @@
 //! unless the query names a model, endpoint or group (that table has no such columns): then the
 //! key buckets come from raw rows of the whole range. Filters the summaries cannot answer
 //! (status, request id, instance, API key) read raw rows for the whole range. The hourly buckets
-//! cover the last [`HOURLY_WINDOW`] of the range and the p95 the latest [`P95_SAMPLE`] requests
-//! of it.
+//! cover the range's last day (today, for a range open to now: the raw rows read anyway) and the
+//! p95 the latest [`P95_SAMPLE`] requests of the range.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -24,9 +24,6 @@ use chrono::NaiveDate;
 
 use crate::query::{Aggregate, Bucket, Stats, StatsQuery};
 use crate::time::DayZone;
-
-/// The span of the hourly buckets: the last 24 hours of the range.
-pub const HOURLY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The p95 is taken over at most this many of the range's latest requests with a duration.
 pub const P95_SAMPLE: u32 = 10_000;
@@ -185,13 +182,14 @@ pub fn plan_stats(query: &StatsQuery, zone: DayZone, now: SystemTime) -> StatsPl
         start: query.start,
         end: query.end,
     };
-    let hourly_end = query.end.unwrap_or(now);
-    let hourly_start = hourly_end.checked_sub(HOURLY_WINDOW);
+    // The range's last day: for a range open to now, today, whose raw rows are read anyway.
+    let last_day_start = zone.day_start(zone.date_of(query.end.unwrap_or(now)));
     let hourly = TimeSpan {
-        start: match (query.start, hourly_start) {
-            (Some(start), Some(window)) => Some(start.max(window)),
-            (start, window) => start.or(window),
-        },
+        start: Some(
+            query
+                .start
+                .map_or(last_day_start, |start| start.max(last_day_start)),
+        ),
         end: query.end,
     };
     let whole = whole_days(query, zone);

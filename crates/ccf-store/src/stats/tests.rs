@@ -48,10 +48,12 @@ fn whole_local_days_come_from_the_summary_and_the_edges_from_raw_rows() {
     assert_eq!(
         plan.hourly,
         TimeSpan {
-            start: Some(at("2026-03-04T04:00:00Z")),
+            start: Some(at("2026-03-04T16:00:00Z")),
             end: Some(at("2026-03-05T04:00:00Z")),
-        }
+        },
+        "the range's last Shanghai day, the right edge's span"
     );
+    assert_eq!(plan.hourly, plan.raw[1]);
 }
 
 #[test]
