@@ -11,6 +11,7 @@
 //! `docs/ARCHITECTURE.md` as ordinary `#[test]`s.
 
 mod bench;
+mod bench_stats;
 mod brownout;
 mod callgrind;
 mod ci;
@@ -67,6 +68,9 @@ enum Task {
     /// Instructions per request under callgrind (JSON usage off/on, SSE usage on): the
     /// repeatable cost figure of docs/benchmarks.md.
     Callgrind(callgrind::CallgrindArgs),
+    /// Usage stats over 1,000,000 requests in SQLite and MariaDB: 30-, 7- and 1-day `stats`
+    /// timings (median of 9), served from `usage_summary`.
+    BenchStats(bench_stats::BenchStatsArgs),
     /// The brown-out scenario (issue #17): a 529 storm on group 1 of two realistic upstreams,
     /// 50 clients; attempts per request, failover, cooldown returns, recovery, 5xx.
     Brownout(brownout::BrownoutArgs),
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Task::Dist(args) => dist::run(&root, &args),
         Task::Bench(args) => bench::run(&root, &args),
         Task::Callgrind(args) => callgrind::run(&root, &args),
+        Task::BenchStats(args) => bench_stats::run(&root, &args),
         Task::Brownout(args) => brownout::run(&root, &args),
         Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::Soak(args) => soak::run(&root, &args),

@@ -8,6 +8,8 @@
 //! restored, so the final log lines land on a normal screen (the log buffer sends them to stderr
 //! again once the UI has let go). A panic restores the terminal through ratatui's panic hook.
 
+use std::sync::Arc;
+
 use ccf_proxy::Forwarder;
 use ccf_tui::{AppInfo, Exit, LogBuffer};
 use tokio::sync::oneshot;
@@ -35,6 +37,7 @@ impl TuiHandle {
 pub fn start(
     logs: Option<LogBuffer>,
     forwarder: &Forwarder,
+    store: Option<Arc<dyn ccf_store::UsageStore>>,
     base_url: String,
     trigger: ShutdownTrigger,
 ) -> TuiHandle {
@@ -51,7 +54,7 @@ pub fn start(
         let stopped = async move {
             let _ = stop_receiver.await;
         };
-        match ccf_tui::run(forwarder, logs, info, stopped).await {
+        match ccf_tui::run(forwarder, logs, info, store, stopped).await {
             Ok(Exit::Quit | Exit::InputClosed) => {
                 info!("terminal UI closed: shutting down");
                 trigger.request("terminal UI quit");

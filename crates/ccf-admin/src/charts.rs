@@ -214,7 +214,8 @@ pub(crate) fn metrics_history(shared: &Shared, query: &HashMap<String, String>) 
     }))
 }
 
-/// `GET /api/v1/chart/endpoint-costs?date=YYYY-MM-DD` (from the store; the day is a UTC day).
+/// `GET /api/v1/chart/endpoint-costs?date=YYYY-MM-DD` (from the store; the day, today by
+/// default, is a day of the configured `timezone`).
 pub(crate) async fn endpoint_costs(shared: &Shared, query: &HashMap<String, String>) -> Handled {
     let store = shared
         .store
@@ -231,17 +232,13 @@ pub(crate) async fn endpoint_costs(shared: &Shared, query: &HashMap<String, Stri
                 format!("date must be YYYY-MM-DD, not `{text}`"),
             )
         })?,
-        None => chrono::Utc::now().date_naive(),
+        None => shared.day_zone.today(),
     };
-    let start = date
-        .and_hms_opt(0, 0, 0)
-        .map(|naive| naive.and_utc())
-        .map(SystemTime::from);
-    let end = start.map(|start| start + Duration::from_secs(86_400) - Duration::from_micros(1));
+    let (start, end) = shared.day_zone.day_span(date);
     let stats = store
         .stats(&RequestFilter {
-            start,
-            end,
+            start: Some(start),
+            end: Some(end),
             ..RequestFilter::default()
         })
         .await

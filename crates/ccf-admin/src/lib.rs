@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccf_proxy::Forwarder;
-use ccf_store::{LegacyZone, Pricing, RecorderHandle, UsageStore};
+use ccf_store::{DayZone, Pricing, RecorderHandle, UsageStore};
 use http::Request;
 use http_body::Body as HttpBody;
 use tokio::net::TcpListener;
@@ -158,7 +158,9 @@ pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) auth: AuthPolicy,
     pub(crate) shutdown: watch::Sender<bool>,
-    pub(crate) zone: LegacyZone,
+    /// The zone of usage days ("today", daily buckets, zone-less API dates): the configured
+    /// `timezone` at start, else the machine's, the same the store counts in.
+    pub(crate) day_zone: DayZone,
     /// Outstanding usage-export download tickets.
     pub(crate) tickets: DownloadTickets,
     /// The admin token (`web.auth_token`), fixed at start like the listener.
@@ -254,14 +256,7 @@ impl Admin {
         let auth = AuthPolicy::from_config(&config)?;
         let admin_token = auth.token().map(|token| token.expose().to_string());
         let derived = ConfigDerived::new(Arc::clone(&config), admin_token.as_deref());
-        let zone = LegacyZone::from_config(
-            config
-                .usage_tracking
-                .database
-                .as_ref()
-                .and_then(|database| database.timezone.as_deref()),
-            config.timezone.as_deref(),
-        );
+        let day_zone = DayZone::from_config(config.timezone.as_deref());
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             forwarder: state.forwarder,
@@ -272,7 +267,7 @@ impl Admin {
             hub: Hub::new(),
             auth,
             shutdown,
-            zone,
+            day_zone,
             tickets: DownloadTickets::new(state.download_ticket_ttl),
             admin_token,
             derived: std::sync::Mutex::new(Arc::new(derived)),

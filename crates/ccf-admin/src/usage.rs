@@ -45,9 +45,10 @@ fn parse_date(
     let Some(text) = non_empty(query, key) else {
         return Ok(None);
     };
-    // `2025/01/02` and `01/02/2025` layouts of the original.
+    // `2025/01/02` and `01/02/2025` layouts of the original. A date or time without a zone is
+    // one of the configured `timezone` (the Go original read it in Asia/Shanghai).
     let normalised = normalise_date(text);
-    ccf_store::time::parse_timestamp(&normalised, shared.zone)
+    ccf_store::time::parse_in_day_zone(&normalised, shared.day_zone)
         .map(Some)
         .ok_or_else(|| {
             ApiError::bad_request(
@@ -370,7 +371,9 @@ fn display_name(model: &str) -> String {
 }
 
 /// `GET /api/v1/usage/models`: models with configured prices, plus models seen in the last 30
-/// days when the store is on.
+/// days when the store is on, read from `usage_summary` (a few rows per day, not a stats query
+/// over the requests): `request_count_30d` counts the finished requests of today and the 29 days
+/// before it.
 pub(crate) async fn models(shared: &Shared) -> Handled {
     let config = shared.forwarder.config();
     let mut models: BTreeMap<String, Value> = BTreeMap::new();
@@ -381,27 +384,30 @@ pub(crate) async fn models(shared: &Shared) -> Handled {
         );
     }
     if let Some(store) = &shared.store {
-        let filter = RequestFilter {
-            start: SystemTime::now().checked_sub(Duration::from_secs(30 * 86_400)),
-            ..RequestFilter::default()
-        };
-        let stats = store
-            .stats(&filter)
+        let today = shared.day_zone.today();
+        let first = today
+            .checked_sub_days(chrono::Days::new(29))
+            .unwrap_or(today);
+        let rows = store
+            .summary(&SummaryQuery {
+                start_date: Some(first.format("%Y-%m-%d").to_string()),
+                ..SummaryQuery::default()
+            })
             .await
             .map_err(|error| ApiError::store(&error))?;
-        for bucket in stats
-            .by_model
+        let mut seen: BTreeMap<&str, i64> = BTreeMap::new();
+        for row in rows
             .iter()
-            .filter(|bucket| !bucket.key.is_empty())
+            .filter(|row| row.model_name != ccf_store::UNKNOWN && !row.model_name.is_empty())
         {
-            let entry = models.entry(bucket.key.clone()).or_insert_with(|| {
-                json!({"model_name": bucket.key, "display_name": display_name(&bucket.key), "priced": false})
+            *seen.entry(row.model_name.as_str()).or_default() += row.request_count;
+        }
+        for (model, count) in seen.into_iter().filter(|(_, count)| *count > 0) {
+            let entry = models.entry(model.to_string()).or_insert_with(|| {
+                json!({"model_name": model, "display_name": display_name(model), "priced": false})
             });
             if let Value::Object(map) = entry {
-                map.insert(
-                    "request_count_30d".into(),
-                    json!(bucket.aggregate.request_count),
-                );
+                map.insert("request_count_30d".into(), json!(count));
             }
         }
     }

@@ -1305,3 +1305,80 @@ async fn every_route_answers_in_its_pinned_wire_shape() {
     }
     support::shape::check_snapshot("wire_shapes.txt", &shapes.text());
 }
+
+/// With `timezone: Asia/Shanghai`, zone-less API dates, the daily stats and the endpoint-costs
+/// chart use Shanghai days: 23:30 and 00:30 UTC are the same day there, 16:30 UTC the next.
+#[tokio::test]
+async fn usage_days_and_zone_less_dates_follow_the_configured_timezone() {
+    let harness = Harness::start_with(Options {
+        settings: "timezone: Asia/Shanghai\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let store = harness.store.clone().unwrap();
+    let pricing = ccf_store::Pricing::default();
+    let at =
+        |text: &str| ccf_store::time::parse_timestamp(text, ccf_store::LegacyZone::Utc).unwrap();
+    let rows: Vec<_> = [
+        ("req-a", "2025-09-27T23:30:00Z", 100),
+        ("req-b", "2025-09-28T00:30:00Z", 200),
+        ("req-c", "2025-09-28T16:30:00Z", 400),
+    ]
+    .into_iter()
+    .map(|(id, start, input)| {
+        let mut record = ccf_store::UsageRecord::new(id, at(start));
+        record.status = "completed".into();
+        record.is_final = true;
+        record.model_name = Some("claude-sonnet-4-5".into());
+        record.endpoint_name = Some("primary".into());
+        record.group_name = Some("main".into());
+        record.duration_ms = Some(10);
+        record.usage = ccf_types::Usage {
+            input_tokens: input,
+            ..ccf_types::Usage::default()
+        };
+        ccf_store::StoredRecord::price(record, &pricing)
+    })
+    .collect();
+    store.write_batch(&rows).await.unwrap();
+
+    // A zone-less day is a Shanghai day: 2025-09-27T16:00Z to 2025-09-28T15:59:59Z.
+    let stats = harness
+        .get("/api/v1/usage/stats?start_date=2025-09-28&end_date=2025-09-28%2023:59:59")
+        .await
+        .json();
+    assert_eq!(stats["data"]["total_requests"], 2);
+    assert_eq!(
+        stats["data"]["start_time"], "2025-09-27T16:00:00.000Z",
+        "{stats}"
+    );
+    let daily = |stats: &Value| -> Vec<(String, u64)> {
+        stats["data"]["daily_stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|day| {
+                (
+                    day["date"].as_str().unwrap().to_string(),
+                    day["request_count"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(daily(&stats), vec![("2025-09-28".to_string(), 2)]);
+    let both_days = harness
+        .get("/api/v1/usage/stats?start_date=2025-09-28&end_date=2025-09-29%2023:59:59")
+        .await
+        .json();
+    assert_eq!(
+        daily(&both_days),
+        vec![("2025-09-28".to_string(), 2), ("2025-09-29".to_string(), 1)]
+    );
+
+    let costs = harness
+        .get("/api/v1/chart/endpoint-costs?date=2025-09-28")
+        .await
+        .json();
+    assert_eq!(costs["labels"], serde_json::json!(["primary (main)"]));
+    assert_eq!(costs["datasets"][0]["data"], serde_json::json!([300]));
+}

@@ -9,7 +9,7 @@ use ccf_lifecycle::{LifecycleEvent, Outcome};
 use ccf_proxy::monitoring::CostCounter;
 use ccf_proxy::RequestObserver;
 use ccf_store::{
-    BacklogSettings, Cost, DeferredRecord, LegacyZone, Pricing, Recorder, RecorderHandle,
+    BacklogSettings, Cost, DayZone, DeferredRecord, LegacyZone, Pricing, Recorder, RecorderHandle,
     RecorderSettings, UsageStore,
 };
 use ccf_store_mysql::{MysqlOptions, MysqlStore};
@@ -79,11 +79,15 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn UsageStore>, AppError
         .as_ref()
         .and_then(|database| database.timezone.as_deref());
     let legacy_zone = LegacyZone::from_config(database_timezone, config.timezone.as_deref());
+    // Usage days ("today", summary rows, daily stats) are days of the configured `timezone`,
+    // else the machine's; the legacy zone above only reads what the Go forwarder wrote.
+    let day_zone = DayZone::from_config(config.timezone.as_deref());
     let store: Arc<dyn UsageStore> = match tracking.storage() {
         StorageTarget::Sqlite { path } => {
             info!(path = %path.display(), "usage tracking in SQLite");
             let options = SqliteOptions {
                 legacy_zone,
+                day_zone,
                 ..SqliteOptions::default()
             };
             Arc::new(
@@ -94,7 +98,10 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn UsageStore>, AppError
         }
         StorageTarget::Mysql(target) => {
             info!(host = %target.host, database = %target.database, "usage tracking in MySQL");
-            let options = MysqlOptions { legacy_zone };
+            let options = MysqlOptions {
+                legacy_zone,
+                day_zone,
+            };
             Arc::new(
                 MysqlStore::connect(&target, options)
                     .await

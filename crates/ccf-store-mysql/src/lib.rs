@@ -21,9 +21,9 @@ use std::time::{Duration, SystemTime};
 
 use ccf_config::MysqlTarget;
 use ccf_store::{
-    async_trait, ApplyOutcome, CleanupReport, LegacyZone, MigrationReport, Page, RequestFilter,
-    RequestQuery, RequestRow, SharedChange, SharedSetting, SharedState, Stats, StatsQuery,
-    StoreError, StoredRecord, SummaryQuery, SummaryRow, UsageStore,
+    async_trait, ApplyOutcome, CleanupReport, DayZone, LegacyZone, MigrationReport, Page,
+    RequestFilter, RequestQuery, RequestRow, SharedChange, SharedSetting, SharedState, Stats,
+    StatsQuery, StoreError, StoredRecord, SummaryQuery, SummaryRow, UsageStore,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts};
@@ -37,6 +37,9 @@ pub struct MysqlOptions {
     /// the global `timezone`, else `Asia/Shanghai`); existing rows are converted from it to UTC
     /// by the migration. Default UTC.
     pub legacy_zone: LegacyZone,
+    /// Zone of the days usage is counted in (`usage_summary.date`, daily and hourly stats;
+    /// default the machine's zone, the configured `timezone` in the application).
+    pub day_zone: DayZone,
 }
 
 /// A usage store in a MySQL or MariaDB database.
@@ -44,6 +47,7 @@ pub struct MysqlStore {
     pool: Pool,
     database: String,
     legacy_zone: LegacyZone,
+    day_zone: DayZone,
 }
 
 impl std::fmt::Debug for MysqlStore {
@@ -51,6 +55,7 @@ impl std::fmt::Debug for MysqlStore {
         f.debug_struct("MysqlStore")
             .field("database", &self.database)
             .field("legacy_zone", &self.legacy_zone)
+            .field("day_zone", &self.day_zone)
             .finish()
     }
 }
@@ -103,6 +108,7 @@ impl MysqlStore {
             pool,
             database: target.database.clone(),
             legacy_zone: options.legacy_zone,
+            day_zone: options.day_zone,
         };
         let mut conn = store.conn().await?;
         conn.query_drop("SELECT 1").await.map_err(mysql_error)?;
@@ -148,7 +154,7 @@ impl UsageStore for MysqlStore {
 
     async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         let mut conn = self.conn().await?;
-        let result = migrate::run(&mut conn, self.legacy_zone).await;
+        let result = migrate::run(&mut conn, self.legacy_zone, self.day_zone).await;
         if result.is_err() {
             discard(conn).await;
         }
@@ -165,7 +171,7 @@ impl UsageStore for MysqlStore {
             return Ok(());
         }
         let mut conn = self.conn().await?;
-        let result = write::write_batch(&mut conn, batch, STORED_ZONE).await;
+        let result = write::write_batch(&mut conn, batch, STORED_ZONE, self.day_zone).await;
         if result.is_err() {
             discard(conn).await;
         }
@@ -194,7 +200,7 @@ impl UsageStore for MysqlStore {
 
     async fn stats(&self, query: &StatsQuery) -> Result<Stats, StoreError> {
         let mut conn = self.conn().await?;
-        read::stats(&mut conn, query).await
+        read::stats(&mut conn, query, self.day_zone).await
     }
 
     async fn summary(&self, query: &SummaryQuery) -> Result<Vec<SummaryRow>, StoreError> {
@@ -204,7 +210,7 @@ impl UsageStore for MysqlStore {
 
     async fn cleanup(&self, older_than: SystemTime) -> Result<CleanupReport, StoreError> {
         let mut conn = self.conn().await?;
-        write::cleanup(&mut conn, older_than).await
+        write::cleanup(&mut conn, older_than, self.day_zone).await
     }
 
     async fn health(&self) -> Result<(), StoreError> {

@@ -6,12 +6,17 @@
 //! resume after an interruption; v3 is DML only and runs in one transaction with its
 //! `schema_migrations` row. v4 (MySQL only) adds `cluster_state`, the settings shared by several
 //! instances. v5 adds the nullable `api_key_name` (the inbound auth key each request was made
-//! with) and its index, idempotently like v1 and v2. A named lock (`GET_LOCK`) serialises forwarders migrating at once.
+//! with) and its index, idempotently like v1 and v2. v6 adds the `usage_summary` counts stats
+//! need to be served from it exactly (cancelled requests, requests with a duration), the
+//! `(summarized, start_time)` index and `usage_settings`, idempotently. After the versions, on
+//! every run, `usage_summary` is rebuilt in the configured day zone when it was counted in
+//! another one (a database from before v6 counted UTC days). A named lock (`GET_LOCK`)
+//! serialises forwarders migrating at once.
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use ccf_store::{LegacyZone, MigrationReport, StoreError};
+use ccf_store::{DayZone, LegacyZone, MigrationReport, StoreError};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, TxOpts, Value};
 
@@ -22,14 +27,16 @@ const V2_EXTEND: &str = include_str!("../migrations/0002_extend.sql");
 const V3_SUMMARY: &str = include_str!("../migrations/0003_summary.sql");
 const V4_CLUSTER_STATE: &str = include_str!("../migrations/0004_cluster_state.sql");
 const V5_API_KEY_NAME: &str = include_str!("../migrations/0005_api_key_name.sql");
+const V6_SUMMARY_IN_DAY_ZONE: &str = include_str!("../migrations/0006_summary_in_day_zone.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 5] = [
+pub const MIGRATIONS: [(u32, &str); 6] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
     (4, "cluster_state"),
     (5, "api_key_name"),
+    (6, "summary_in_day_zone"),
 ];
 
 const LOCK_NAME: &str = "ccf_usage_migrate";
@@ -82,7 +89,12 @@ fn statements(sql: &str) -> Vec<String> {
         .collect()
 }
 
-pub(crate) async fn run(conn: &mut Conn, zone: LegacyZone) -> Result<MigrationReport, StoreError> {
+/// Applies the pending versions, then makes sure the summary is counted in `day_zone`.
+pub(crate) async fn run(
+    conn: &mut Conn,
+    zone: LegacyZone,
+    day_zone: DayZone,
+) -> Result<MigrationReport, StoreError> {
     conn.query_drop(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INT PRIMARY KEY,
@@ -103,7 +115,12 @@ pub(crate) async fn run(conn: &mut Conn, zone: LegacyZone) -> Result<MigrationRe
             source: None,
         });
     }
-    let result = run_locked(conn, zone).await;
+    let result = match run_locked(conn, zone).await {
+        Ok(report) => crate::write::summary_in_day_zone(conn, day_zone)
+            .await
+            .map(|_| report),
+        Err(error) => Err(error),
+    };
     let _ = conn.exec_drop("SELECT RELEASE_LOCK(?)", (LOCK_NAME,)).await;
     result
 }
@@ -151,6 +168,12 @@ async fn run_locked(conn: &mut Conn, zone: LegacyZone) -> Result<MigrationReport
             }
             5 => {
                 apply_statements(conn, V5_API_KEY_NAME)
+                    .await
+                    .map_err(failed)?;
+                record(conn, version, name, false).await?;
+            }
+            6 => {
+                apply_statements(conn, V6_SUMMARY_IN_DAY_ZONE)
                     .await
                     .map_err(failed)?;
                 record(conn, version, name, false).await?;

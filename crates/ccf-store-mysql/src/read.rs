@@ -1,18 +1,21 @@
 //! Listing, stats and summary, filtering and aggregating in SQL.
 
 use std::sync::LazyLock;
+use std::time::SystemTime;
 
 use ccf_store::columns::REQUEST_ROW;
+use ccf_store::stats::{
+    compose_stats, p95, plan_stats, KeySummarySlice, RawSlice, StatsReadings, SummarySlice, Sums,
+    TimeSpan, P95_SAMPLE, QUARTER_HOUR_SECS,
+};
 use ccf_store::{
-    status, Aggregate, Bucket, Cost, LegacyZone, Page, RequestFilter, RequestQuery, RequestRow,
-    Stats, StoreError, SummaryQuery, SummaryRow,
+    status, Cost, DayZone, LegacyZone, Page, RequestFilter, RequestQuery, RequestRow, Stats,
+    StoreError, SummaryQuery, SummaryRow,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Row, Value};
 
-use crate::convert::{
-    as_f64, as_i64, as_text, at, datetime, mysql_error, text, u64_or_zero, MysqlRow,
-};
+use crate::convert::{as_f64, as_i64, as_text, at, datetime, mysql_error, text, MysqlRow};
 
 /// The SELECT list of a stored row ([`REQUEST_ROW`]).
 static ROW_COLUMNS: LazyLock<String> = LazyLock::new(|| REQUEST_ROW.join(", "));
@@ -147,155 +150,242 @@ pub(crate) async fn scan_requests(
     Ok(rows.iter().map(|row| row_to_request(row, zone)).collect())
 }
 
-fn aggregate_columns() -> String {
-    let failed = status::FAILED_FAMILY
+fn failed_list() -> String {
+    status::FAILED_FAMILY
         .iter()
         .map(|s| format!("'{s}'"))
         .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "COUNT(*), COALESCE(SUM(status = 'completed'), 0), \
-         COALESCE(SUM(status IN ({failed})), 0), COALESCE(SUM(status = 'cancelled'), 0), \
-         AVG(duration_ms), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), \
-         COALESCE(SUM(cache_creation_tokens), 0), COALESCE(SUM(cache_read_tokens), 0), \
-         COALESCE(SUM(total_cost_nano_usd), 0)"
-    )
+        .join(", ")
 }
 
-fn aggregate_from(row: &Row, first: usize) -> Aggregate {
-    let count = |index: usize| u64_or_zero(at(row, first + index));
-    Aggregate {
-        request_count: count(0),
-        success_count: count(1),
-        failed_count: count(2),
-        cancelled_count: count(3),
-        avg_duration_ms: as_f64(at(row, first + 4)),
-        input_tokens: count(5),
-        output_tokens: count(6),
-        cache_creation_tokens: count(7),
-        cache_read_tokens: count(8),
-        total_cost_nano_usd: as_i64(at(row, first + 9)).unwrap_or(0),
-        ..Aggregate::default()
+/// `WHERE …` for `filter`'s columns with the time range replaced by `span` (and only the rows
+/// the summary does not count when `unsummarized`, found through `(summarized, start_time)`).
+fn span_clause(filter: &RequestFilter, span: TimeSpan, unsummarized: bool) -> (String, Vec<Value>) {
+    let (where_sql, values) = where_clause(&RequestFilter {
+        start: span.start,
+        end: span.end,
+        ..filter.clone()
+    });
+    if !unsummarized {
+        return (where_sql, values);
     }
-    .finish()
+    let mut all = vec![Value::Int(0)];
+    all.extend(values);
+    let sql = match where_sql.strip_prefix(" WHERE ") {
+        Some(clauses) => format!(" WHERE summarized = ? AND {clauses}"),
+        None => " WHERE summarized = ?".to_string(),
+    };
+    (sql, all)
 }
 
-async fn buckets(
+/// [`Sums`] from 11 columns starting at `first` (requests, completed, failed, cancelled,
+/// duration sum and count, four token counts, cost).
+fn sums_from(row: &Row, first: usize) -> Sums {
+    let int = |index: usize| as_i64(at(row, first + index)).unwrap_or(0);
+    Sums {
+        request_count: int(0),
+        success_count: int(1),
+        failed_count: int(2),
+        cancelled_count: int(3),
+        duration_sum_ms: int(4),
+        duration_count: int(5),
+        input_tokens: int(6),
+        output_tokens: int(7),
+        cache_creation_tokens: int(8),
+        cache_read_tokens: int(9),
+        cost_nano_usd: int(10),
+    }
+}
+
+/// Raw rows in `span` grouped by UTC quarter-hour, model, endpoint, group and API key.
+async fn raw_slices(
     conn: &mut Conn,
-    key_sql: &str,
-    where_sql: &str,
-    values: &[Value],
-    by_key: bool,
-) -> Result<Vec<Bucket>, StoreError> {
-    let order = if by_key {
-        "k ASC"
-    } else {
-        "COUNT(*) DESC, k ASC"
-    };
+    filter: &RequestFilter,
+    span: TimeSpan,
+    unsummarized: bool,
+) -> Result<Vec<RawSlice>, StoreError> {
+    let (where_sql, values) = span_clause(filter, span, unsummarized);
+    let dimensions = "COALESCE(model_name, ''), COALESCE(endpoint_name, ''), \
+                      COALESCE(group_name, ''), COALESCE(api_key_name, '')";
+    // Sessions run in UTC, so UNIX_TIMESTAMP reads the stored UTC DATETIME as it is.
+    let sql = format!(
+        "SELECT FLOOR(UNIX_TIMESTAMP(start_time) / {QUARTER_HOUR_SECS}), {dimensions}, \
+         COUNT(*), COALESCE(SUM(status = 'completed'), 0), \
+         COALESCE(SUM(status IN ({failed})), 0), COALESCE(SUM(status = 'cancelled'), 0), \
+         COALESCE(SUM(duration_ms), 0), COUNT(duration_ms), \
+         COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), \
+         COALESCE(SUM(cache_creation_tokens), 0), COALESCE(SUM(cache_read_tokens), 0), \
+         COALESCE(SUM(total_cost_nano_usd), 0) \
+         FROM request_logs{where_sql} GROUP BY 1, 2, 3, 4, 5",
+        failed = failed_list()
+    );
+    let rows: Vec<Row> = conn.exec(sql, params(values)).await.map_err(mysql_error)?;
+    Ok(rows
+        .iter()
+        .map(|row| RawSlice {
+            quarter_hour: as_i64(at(row, 0)).unwrap_or(0),
+            model: as_text(at(row, 1)).unwrap_or_default(),
+            endpoint: as_text(at(row, 2)).unwrap_or_default(),
+            group: as_text(at(row, 3)).unwrap_or_default(),
+            api_key: as_text(at(row, 4)).unwrap_or_default(),
+            sums: sums_from(row, 5),
+        })
+        .collect())
+}
+
+/// `usage_summary` rows of the days `first..=last` (`""`: from the first) matching the
+/// filter's model, endpoint and group.
+async fn summary_slices(
+    conn: &mut Conn,
+    filter: &RequestFilter,
+    first: &str,
+    last: &str,
+) -> Result<Vec<SummarySlice>, StoreError> {
+    let mut clauses = vec!["date <= ?".to_string()];
+    let mut values = vec![text(last)];
+    if !first.is_empty() {
+        clauses.push("date >= ?".into());
+        values.push(text(first));
+    }
+    for (column, value) in [
+        ("model_name", &filter.model),
+        ("endpoint_name", &filter.endpoint),
+        ("COALESCE(group_name, '')", &filter.group),
+    ] {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            clauses.push(format!("{column} = ?"));
+            values.push(text(value));
+        }
+    }
     let rows: Vec<Row> = conn
         .exec(
             format!(
-                "SELECT {key_sql} AS k, {} FROM request_logs{where_sql} GROUP BY k ORDER BY {order}",
-                aggregate_columns()
+                "SELECT DATE_FORMAT(date, '%Y-%m-%d'), model_name, endpoint_name, \
+                 COALESCE(group_name, ''), request_count, success_count, error_count, \
+                 cancelled_count, total_duration_ms, duration_count, total_input_tokens, \
+                 total_output_tokens, total_cache_creation_tokens, total_cache_read_tokens, \
+                 total_cost_nano_usd FROM usage_summary WHERE {}",
+                clauses.join(" AND ")
             ),
-            params(values.to_vec()),
+            params(values),
         )
         .await
         .map_err(mysql_error)?;
     Ok(rows
         .iter()
-        .map(|row| Bucket {
-            key: as_text(at(row, 0)).unwrap_or_default(),
-            aggregate: aggregate_from(row, 1),
+        .map(|row| SummarySlice {
+            date: as_text(at(row, 0)).unwrap_or_default(),
+            model: as_text(at(row, 1)).unwrap_or_default(),
+            endpoint: as_text(at(row, 2)).unwrap_or_default(),
+            group: as_text(at(row, 3)).unwrap_or_default(),
+            sums: sums_from(row, 4),
         })
         .collect())
 }
 
-pub(crate) async fn stats(conn: &mut Conn, filter: &RequestFilter) -> Result<Stats, StoreError> {
-    let (where_sql, values) = where_clause(filter);
-    let totals_row: Option<Row> = conn
-        .exec_first(
-            format!(
-                "SELECT {} FROM request_logs{where_sql}",
-                aggregate_columns()
-            ),
-            params(values.clone()),
-        )
-        .await
-        .map_err(mysql_error)?;
-    let totals = totals_row
-        .map(|row| aggregate_from(&row, 0))
-        .unwrap_or_default();
-    let with_duration: Option<i64> = conn
-        .exec_first(
-            format!("SELECT COUNT(duration_ms) FROM request_logs{where_sql}"),
-            params(values.clone()),
-        )
-        .await
-        .map_err(mysql_error)?;
-    let with_duration = with_duration.unwrap_or(0);
+/// The p95 of the latest [`P95_SAMPLE`] rows of the range that have a duration.
+async fn p95_sample(conn: &mut Conn, filter: &RequestFilter) -> Result<Option<u64>, StoreError> {
+    let (where_sql, mut values) = where_clause(filter);
     let joiner = if where_sql.is_empty() {
         " WHERE"
     } else {
         " AND"
     };
-    let p95_duration_ms = if with_duration > 0 {
-        // Nearest rank: the ceil(0.95 n)-th smallest duration.
-        let rank = (with_duration * 95 + 99) / 100;
-        let mut p95_values = values.clone();
-        p95_values.push(Value::Int(rank - 1));
-        let value: Option<i64> = conn
-            .exec_first(
-                format!(
-                    "SELECT duration_ms FROM request_logs{where_sql}{joiner} duration_ms IS NOT NULL \
-                     ORDER BY duration_ms LIMIT 1 OFFSET ?"
-                ),
-                params(p95_values),
-            )
-            .await
-            .map_err(mysql_error)?;
-        value.and_then(|d| u64::try_from(d).ok())
+    values.push(Value::Int(i64::from(P95_SAMPLE)));
+    let durations: Vec<Option<i64>> = conn
+        .exec(
+            format!(
+                "SELECT duration_ms FROM request_logs{where_sql}{joiner} duration_ms IS NOT NULL \
+                 ORDER BY start_time DESC LIMIT ?"
+            ),
+            params(values),
+        )
+        .await
+        .map_err(mysql_error)?;
+    Ok(p95(durations
+        .into_iter()
+        .flatten()
+        .map(|d| u64::try_from(d).unwrap_or(0))
+        .collect()))
+}
+
+/// `usage_key_summary` rows of the days `first..=last` (`""`: from the first).
+async fn key_summary_slices(
+    conn: &mut Conn,
+    first: &str,
+    last: &str,
+) -> Result<Vec<KeySummarySlice>, StoreError> {
+    let (from_first, mut values) = if first.is_empty() {
+        ("", Vec::new())
     } else {
-        None
+        (" AND date >= ?", vec![text(first)])
     };
-    Ok(Stats {
-        totals,
-        p95_duration_ms,
-        by_model: buckets(conn, "COALESCE(model_name, '')", &where_sql, &values, false).await?,
-        by_endpoint: buckets(
-            conn,
-            "COALESCE(endpoint_name, '')",
-            &where_sql,
-            &values,
-            false,
+    values.push(text(last));
+    let rows: Vec<Row> = conn
+        .exec(
+            format!(
+                "SELECT DATE_FORMAT(date, '%Y-%m-%d'), api_key_name, request_count, \
+                 success_count, error_count, cancelled_count, total_duration_ms, duration_count, \
+                 total_input_tokens, total_output_tokens, total_cache_creation_tokens, \
+                 total_cache_read_tokens, total_cost_nano_usd FROM usage_key_summary \
+                 WHERE 1 = 1{from_first} AND date <= ?"
+            ),
+            params(values),
         )
-        .await?,
-        by_group: buckets(conn, "COALESCE(group_name, '')", &where_sql, &values, false).await?,
-        by_api_key: buckets(
-            conn,
-            "COALESCE(api_key_name, '')",
-            &where_sql,
-            &values,
-            false,
-        )
-        .await?,
-        by_day: buckets(
-            conn,
-            "DATE_FORMAT(start_time, '%Y-%m-%d')",
-            &where_sql,
-            &values,
-            true,
-        )
-        .await?,
-        by_hour: buckets(
-            conn,
-            "DATE_FORMAT(start_time, '%Y-%m-%dT%H:00:00Z')",
-            &where_sql,
-            &values,
-            true,
-        )
-        .await?,
-    })
+        .await
+        .map_err(mysql_error)?;
+    Ok(rows
+        .iter()
+        .map(|row| KeySummarySlice {
+            date: as_text(at(row, 0)).unwrap_or_default(),
+            api_key: as_text(at(row, 1)).unwrap_or_default(),
+            sums: sums_from(row, 2),
+        })
+        .collect())
+}
+
+/// Stats as [`ccf_store::stats`] plans them: whole days of `day_zone` from `usage_summary`
+/// and `usage_key_summary`, the rest from raw rows.
+pub(crate) async fn stats(
+    conn: &mut Conn,
+    filter: &RequestFilter,
+    day_zone: DayZone,
+) -> Result<Stats, StoreError> {
+    let plan = plan_stats(filter, day_zone, SystemTime::now());
+    let mut readings = StatsReadings::default();
+    if let Some((first, last)) = &plan.summary_days {
+        readings.summary = summary_slices(conn, filter, first, last).await?;
+        if !plan.api_keys_from_raw_rows {
+            readings.key_summary = key_summary_slices(conn, first, last).await?;
+        }
+    }
+    if let Some(span) = plan.unsummarized {
+        readings
+            .raw
+            .extend(raw_slices(conn, filter, span, true).await?);
+    }
+    // The last day's raw rows are usually the right edge's (today), read once.
+    let mut hourly_read = false;
+    for span in &plan.raw {
+        let slices = raw_slices(conn, filter, *span, false).await?;
+        if *span == plan.hourly {
+            readings.hourly = slices.clone();
+            hourly_read = true;
+        }
+        readings.raw.extend(slices);
+    }
+    if plan.api_keys_from_raw_rows {
+        let whole = TimeSpan {
+            start: filter.start,
+            end: filter.end,
+        };
+        readings.api_keys = Some(raw_slices(conn, filter, whole, false).await?);
+    }
+    if !hourly_read {
+        readings.hourly = raw_slices(conn, filter, plan.hourly, false).await?;
+    }
+    readings.p95_duration_ms = p95_sample(conn, filter).await?;
+    Ok(compose_stats(day_zone, &readings))
 }
 
 pub(crate) async fn summary(

@@ -4,12 +4,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use ccf_store::columns::{EXISTING_ROW, KEPT_ON_UPDATE, SNAPSHOT};
-use ccf_store::time::format_date;
-use ccf_store::{plan_batch, CleanupReport, ExistingRow, LegacyZone, StoreError, StoredRecord};
+use ccf_store::{
+    plan_batch, CleanupReport, ContributionParts, DayZone, ExistingRow, KeySummaryKey, LegacyZone,
+    StoreError, StoredRecord, SummaryContribution, SummaryDelta, SummaryKey, SummaryTables,
+};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Row, TxOpts, Value};
 
-use crate::convert::{column_value, datetime, mysql_error, text, usd, MysqlRow};
+use crate::convert::{
+    as_i64, as_text, as_time, at, column_value, datetime, mysql_error, text, usd, MysqlRow,
+};
 
 const ROWS_PER_INSERT: usize = 200;
 const IDS_PER_SELECT: usize = 500;
@@ -47,11 +51,14 @@ fn summary_sql(rows: usize) -> String {
         "INSERT INTO usage_summary (date, model_name, endpoint_name, group_name, request_count, \
          success_count, error_count, total_input_tokens, total_output_tokens, \
          total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd, \
-         total_duration_ms, total_cost_usd, avg_duration_ms, created_at, updated_at) VALUES {} \
+         total_duration_ms, total_cost_usd, avg_duration_ms, created_at, updated_at, \
+         cancelled_count, duration_count) VALUES {} \
          ON DUPLICATE KEY UPDATE \
          request_count = request_count + VALUES(request_count), \
          success_count = success_count + VALUES(success_count), \
          error_count = error_count + VALUES(error_count), \
+         cancelled_count = cancelled_count + VALUES(cancelled_count), \
+         duration_count = duration_count + VALUES(duration_count), \
          total_input_tokens = total_input_tokens + VALUES(total_input_tokens), \
          total_output_tokens = total_output_tokens + VALUES(total_output_tokens), \
          total_cache_creation_tokens = total_cache_creation_tokens + VALUES(total_cache_creation_tokens), \
@@ -61,15 +68,17 @@ fn summary_sql(rows: usize) -> String {
          total_cost_usd = total_cost_nano_usd / 1000000000, \
          avg_duration_ms = IF(request_count > 0, total_duration_ms / request_count, 0), \
          updated_at = VALUES(updated_at)",
-        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ")
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ")
     )
 }
 
-/// Writes one batch in one transaction (READ COMMITTED, rows locked in request-id order).
+/// Writes one batch in one transaction (READ COMMITTED, rows locked in request-id order); final
+/// requests count in the summary row of their day in `day_zone`.
 pub(crate) async fn write_batch(
     conn: &mut Conn,
     batch: &[StoredRecord],
     zone: LegacyZone,
+    day_zone: DayZone,
 ) -> Result<(), StoreError> {
     let mut tx = conn
         .start_transaction(TxOpts::default())
@@ -97,7 +106,7 @@ pub(crate) async fn write_batch(
                 .filter_map(|row| ExistingRow::from_columns(&MysqlRow { row, zone })),
         );
     }
-    let plan = plan_batch(batch, &existing);
+    let plan = plan_batch(batch, &existing, day_zone);
     let written_at = SystemTime::now();
     let now = datetime(written_at);
     for chunk in plan.writes.chunks(ROWS_PER_INSERT) {
@@ -109,8 +118,82 @@ pub(crate) async fn write_batch(
             .await
             .map_err(mysql_error)?;
     }
-    for chunk in plan.summary.chunks(ROWS_PER_INSERT) {
-        let mut values = Vec::with_capacity(chunk.len() * 17);
+    let summary: Vec<(&SummaryKey, &SummaryDelta)> = plan
+        .summary
+        .iter()
+        .map(|(key, delta)| (key, delta))
+        .collect();
+    add_to_summary(&mut tx, &summary, &now).await?;
+    let key_summary: Vec<(&KeySummaryKey, &SummaryDelta)> = plan
+        .key_summary
+        .iter()
+        .map(|(key, delta)| (key, delta))
+        .collect();
+    add_to_key_summary(&mut tx, &key_summary, &now).await?;
+    tx.commit().await.map_err(mysql_error)
+}
+
+/// Adds `rows` to `usage_key_summary`.
+async fn add_to_key_summary<Q: Queryable>(
+    tx: &mut Q,
+    rows: &[(&KeySummaryKey, &SummaryDelta)],
+    now: &Value,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut values = Vec::with_capacity(chunk.len() * 14);
+        for (key, delta) in chunk {
+            values.extend([
+                text(&key.date),
+                text(&key.api_key_name),
+                Value::Int(delta.request_count),
+                Value::Int(delta.success_count),
+                Value::Int(delta.error_count),
+                Value::Int(delta.cancelled_count),
+                Value::Int(delta.duration_count),
+                Value::Int(delta.duration_ms),
+                Value::Int(delta.input_tokens),
+                Value::Int(delta.output_tokens),
+                Value::Int(delta.cache_creation_tokens),
+                Value::Int(delta.cache_read_tokens),
+                Value::Int(delta.cost_nano_usd),
+                now.clone(),
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO usage_key_summary (date, api_key_name, request_count, success_count, \
+             error_count, cancelled_count, duration_count, total_duration_ms, \
+             total_input_tokens, total_output_tokens, total_cache_creation_tokens, \
+             total_cache_read_tokens, total_cost_nano_usd, updated_at) VALUES {} \
+             ON DUPLICATE KEY UPDATE \
+             request_count = request_count + VALUES(request_count), \
+             success_count = success_count + VALUES(success_count), \
+             error_count = error_count + VALUES(error_count), \
+             cancelled_count = cancelled_count + VALUES(cancelled_count), \
+             duration_count = duration_count + VALUES(duration_count), \
+             total_duration_ms = total_duration_ms + VALUES(total_duration_ms), \
+             total_input_tokens = total_input_tokens + VALUES(total_input_tokens), \
+             total_output_tokens = total_output_tokens + VALUES(total_output_tokens), \
+             total_cache_creation_tokens = total_cache_creation_tokens + VALUES(total_cache_creation_tokens), \
+             total_cache_read_tokens = total_cache_read_tokens + VALUES(total_cache_read_tokens), \
+             total_cost_nano_usd = total_cost_nano_usd + VALUES(total_cost_nano_usd), \
+             updated_at = VALUES(updated_at)",
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        tx.exec_drop(sql, params(values))
+            .await
+            .map_err(mysql_error)?;
+    }
+    Ok(())
+}
+
+/// Adds `rows` to `usage_summary`.
+async fn add_to_summary<Q: Queryable>(
+    tx: &mut Q,
+    rows: &[(&SummaryKey, &SummaryDelta)],
+    now: &Value,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut values = Vec::with_capacity(chunk.len() * 19);
         for (key, delta) in chunk {
             let average = if delta.request_count > 0 {
                 delta.duration_ms as f64 / delta.request_count as f64
@@ -135,20 +218,120 @@ pub(crate) async fn write_batch(
                 Value::Double(average),
                 now.clone(),
                 now.clone(),
+                Value::Int(delta.cancelled_count),
+                Value::Int(delta.duration_count),
             ]);
         }
         tx.exec_drop(summary_sql(chunk.len()), params(values))
             .await
             .map_err(mysql_error)?;
     }
-    tx.commit().await.map_err(mysql_error)
+    Ok(())
+}
+
+/// The setting that records the zone the summary rows were counted in.
+const SUMMARY_DAY_ZONE: &str = "summary_day_zone";
+
+/// Rebuilds `usage_summary` from the final rows with every request on its day in `day_zone`
+/// when the summary was counted in another zone (or before the zone was recorded: UTC days),
+/// in one transaction. Returns whether it rebuilt.
+pub(crate) async fn summary_in_day_zone(
+    conn: &mut Conn,
+    day_zone: DayZone,
+) -> Result<bool, StoreError> {
+    let name = day_zone.name();
+    let recorded: Option<String> = conn
+        .exec_first(
+            "SELECT value FROM usage_settings WHERE name = ?",
+            (SUMMARY_DAY_ZONE,),
+        )
+        .await
+        .map_err(mysql_error)?;
+    if recorded.as_deref() == Some(name.as_str()) {
+        return Ok(false);
+    }
+    let mut tx = conn
+        .start_transaction(TxOpts::default())
+        .await
+        .map_err(mysql_error)?;
+    // Paged by id, so that a large table is never held in memory at once. The migration lock
+    // keeps other forwarders from migrating meanwhile.
+    let mut tables = SummaryTables::default();
+    let mut after_id: i64 = 0;
+    loop {
+        let rows: Vec<Row> = tx
+            .exec(
+                "SELECT id, start_time, model_name, endpoint_name, group_name, status, \
+                 input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, \
+                 total_cost_nano_usd, duration_ms, api_key_name FROM request_logs \
+                 WHERE is_final = 1 AND id > ? ORDER BY id LIMIT 10000",
+                (after_id,),
+            )
+            .await
+            .map_err(mysql_error)?;
+        let Some(last) = rows.last() else { break };
+        after_id = as_i64(at(last, 0)).unwrap_or(i64::MAX);
+        for row in &rows {
+            let text = |index: usize| as_text(at(row, index));
+            let count = |index: usize| -> u64 {
+                as_i64(at(row, index))
+                    .and_then(|value| u64::try_from(value).ok())
+                    .unwrap_or(0)
+            };
+            let (model, endpoint, group, status, api_key) =
+                (text(2), text(3), text(4), text(5), text(12));
+            let parts = ContributionParts {
+                start_time: as_time(at(row, 1), LegacyZone::Utc).unwrap_or(SystemTime::UNIX_EPOCH),
+                model_name: model.as_deref(),
+                endpoint_name: endpoint.as_deref(),
+                group_name: group.as_deref(),
+                api_key_name: api_key.as_deref(),
+                status: status.as_deref().unwrap_or_default(),
+                input_tokens: count(6),
+                output_tokens: count(7),
+                cache_creation_tokens: count(8),
+                cache_read_tokens: count(9),
+                cost_nano_usd: as_i64(at(row, 10)).unwrap_or(0),
+                duration_ms: as_i64(at(row, 11)).map(|value| u64::try_from(value).unwrap_or(0)),
+            };
+            tables.add(&SummaryContribution::from_parts_in(parts, day_zone), 1);
+        }
+    }
+    for statement in [
+        "DELETE FROM usage_summary",
+        "DELETE FROM usage_key_summary",
+        "UPDATE request_logs SET summarized = is_final WHERE summarized <> is_final",
+    ] {
+        tx.query_drop(statement).await.map_err(mysql_error)?;
+    }
+    let now = datetime(SystemTime::now());
+    let rows: Vec<(&SummaryKey, &SummaryDelta)> = tables.by_model.iter().collect();
+    add_to_summary(&mut tx, &rows, &now).await?;
+    let key_rows: Vec<(&KeySummaryKey, &SummaryDelta)> = tables.by_key.iter().collect();
+    add_to_key_summary(&mut tx, &key_rows, &now).await?;
+    tx.exec_drop(
+        "INSERT INTO usage_settings (name, value) VALUES (?, ?) \
+         ON DUPLICATE KEY UPDATE value = VALUES(value)",
+        (SUMMARY_DAY_ZONE, name.as_str()),
+    )
+    .await
+    .map_err(mysql_error)?;
+    tx.commit().await.map_err(mysql_error)?;
+    tracing::info!(
+        day_zone = %name,
+        previous = recorded.as_deref().unwrap_or("UTC (not recorded)"),
+        rows = rows.len(),
+        "usage_summary rebuilt with the days of the configured time zone"
+    );
+    Ok(true)
 }
 
 /// Deletes rows that started before `older_than`, a chunk per statement, then summary rows of
-/// UTC days before its date.
+/// days (in `day_zone`) before its date.
 pub(crate) async fn cleanup(
     conn: &mut Conn,
     older_than: SystemTime,
+    day_zone: DayZone,
 ) -> Result<CleanupReport, StoreError> {
     let mut report = CleanupReport::default();
     loop {
@@ -164,12 +347,13 @@ pub(crate) async fn cleanup(
             break;
         }
     }
-    conn.exec_drop(
-        "DELETE FROM usage_summary WHERE date < ?",
-        (format_date(older_than),),
-    )
-    .await
-    .map_err(mysql_error)?;
+    let day = day_zone.format_date(older_than);
+    conn.exec_drop("DELETE FROM usage_key_summary WHERE date < ?", (&day,))
+        .await
+        .map_err(mysql_error)?;
+    conn.exec_drop("DELETE FROM usage_summary WHERE date < ?", (&day,))
+        .await
+        .map_err(mysql_error)?;
     report.summary_rows_deleted = conn.affected_rows();
     Ok(report)
 }

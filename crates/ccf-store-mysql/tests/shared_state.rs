@@ -21,7 +21,7 @@ fn change(scope: &str, state: &str, by: &str) -> SharedChange {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_compare_and_set_on_the_version() {
-    let fixture = fixture().await;
+    let fixture = fixture(ccf_store::DayZone::Utc).await;
     let a = fixture.store.clone();
     let b = MysqlStore::connect(&target(&fixture.database), MysqlOptions::default())
         .await

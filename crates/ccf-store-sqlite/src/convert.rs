@@ -104,12 +104,6 @@ pub(crate) fn as_time(value: ValueRef<'_>, zone: LegacyZone) -> Option<SystemTim
     }
 }
 
-pub(crate) fn u64_or_zero(value: ValueRef<'_>) -> u64 {
-    as_i64(value)
-        .and_then(|n| u64::try_from(n).ok())
-        .unwrap_or(0)
-}
-
 /// An `i64` for SQLite from an unsigned count (saturating).
 pub(crate) fn int(value: u64) -> Value {
     Value::Integer(i64::try_from(value).unwrap_or(i64::MAX))

@@ -25,8 +25,9 @@ use std::sync::{mpsc, Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use ccf_store::{
-    async_trait, CleanupReport, LegacyZone, MigrationReport, Page, RequestFilter, RequestQuery,
-    RequestRow, Stats, StatsQuery, StoreError, StoredRecord, SummaryQuery, SummaryRow, UsageStore,
+    async_trait, CleanupReport, DayZone, LegacyZone, MigrationReport, Page, RequestFilter,
+    RequestQuery, RequestRow, Stats, StatsQuery, StoreError, StoredRecord, SummaryQuery,
+    SummaryRow, UsageStore,
 };
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
@@ -45,6 +46,9 @@ pub struct SqliteOptions {
     /// Zone of zone-less timestamps written by the Go forwarder (default UTC; see
     /// [`LegacyZone::from_config`]).
     pub legacy_zone: LegacyZone,
+    /// Zone of the days usage is counted in (`usage_summary.date`, daily and hourly stats;
+    /// default the machine's zone, the configured `timezone` in the application).
+    pub day_zone: DayZone,
     /// Create the file's parent directories if missing (default true).
     pub create_dirs: bool,
     /// How often, at most, a reader checkout looks whether the file was replaced (one `stat`;
@@ -58,6 +62,7 @@ impl Default for SqliteOptions {
             readers: 8,
             busy_timeout: Duration::from_secs(5),
             legacy_zone: LegacyZone::Utc,
+            day_zone: DayZone::machine(),
             create_dirs: true,
             replacement_check_interval: Duration::from_secs(1),
         }
@@ -95,6 +100,7 @@ pub struct SqliteStore {
     readers: RwLock<Readers>,
     pool_size: u32,
     legacy_zone: LegacyZone,
+    day_zone: DayZone,
     busy_timeout: Duration,
     /// Identity of the file the writer has open.
     writer_file: Arc<WriterFile>,
@@ -109,6 +115,7 @@ impl std::fmt::Debug for SqliteStore {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
             .field("legacy_zone", &self.legacy_zone)
+            .field("day_zone", &self.day_zone)
             .finish()
     }
 }
@@ -216,6 +223,7 @@ impl SqliteStore {
             readers: RwLock::new(Readers { pool, identity }),
             pool_size,
             legacy_zone: options.legacy_zone,
+            day_zone: options.day_zone,
             busy_timeout,
             writer_file,
             replacement_check: ReplacementCheck::new(options.replacement_check_interval),
@@ -226,6 +234,11 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The zone of the days usage is counted in.
+    pub fn day_zone(&self) -> DayZone {
+        self.day_zone
     }
 
     /// The zone used for zone-less legacy timestamps.
@@ -256,10 +269,10 @@ impl SqliteStore {
     {
         let path = self.path.clone();
         let busy_timeout = self.busy_timeout;
-        let zone = self.legacy_zone;
+        let (zone, day_zone) = (self.legacy_zone, self.day_zone);
         let writer_file = Arc::clone(&self.writer_file);
         self.on_writer(move |connection| {
-            writer_file.reopen_if_replaced(connection, &path, busy_timeout, zone)?;
+            writer_file.reopen_if_replaced(connection, &path, busy_timeout, zone, day_zone)?;
             job(connection)
         })
         .await
@@ -391,8 +404,9 @@ impl UsageStore for SqliteStore {
 
     async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         let zone = self.legacy_zone;
+        let day_zone = self.day_zone;
         self.on_current_writer(move |connection| {
-            let report = migrate::run(connection, zone)?;
+            let report = migrate::run(connection, zone, day_zone)?;
             // Documented moment of the one-time switch (docs/storage.md): right after the
             // schema migrations, before the first batch.
             vacuum::convert_to_incremental(connection);
@@ -412,8 +426,11 @@ impl UsageStore for SqliteStore {
         }
         let batch = batch.to_vec();
         let zone = self.legacy_zone;
-        self.on_current_writer(move |connection| write::write_batch(connection, &batch, zone))
-            .await
+        let day_zone = self.day_zone;
+        self.on_current_writer(move |connection| {
+            write::write_batch(connection, &batch, zone, day_zone)
+        })
+        .await
     }
 
     async fn list_requests(&self, query: &RequestQuery) -> Result<Page<RequestRow>, StoreError> {
@@ -443,7 +460,8 @@ impl UsageStore for SqliteStore {
 
     async fn stats(&self, query: &StatsQuery) -> Result<Stats, StoreError> {
         let query = query.clone();
-        self.on_reader(move |connection, _| read::stats(connection, &query))
+        let day_zone = self.day_zone;
+        self.on_reader(move |connection, _| read::stats(connection, &query, day_zone))
             .await
     }
 
@@ -467,8 +485,11 @@ impl UsageStore for SqliteStore {
                 break;
             }
         }
+        let day_zone = self.day_zone;
         report.summary_rows_deleted = self
-            .on_current_writer(move |connection| write::delete_summary(connection, older_than))
+            .on_current_writer(move |connection| {
+                write::delete_summary(connection, older_than, day_zone)
+            })
             .await?;
         if report.requests_deleted > 0 || report.summary_rows_deleted > 0 {
             self.release_free_pages().await?;

@@ -8,6 +8,13 @@
 //!   values read in the store's [`LegacyZone`]), then `usage_summary` rebuilt from final rows.
 //! - v5 `api_key_name`: the nullable name of the inbound auth key each request was made with
 //!   (v4 is MySQL's `cluster_state`; SQLite has no counterpart, the number is kept aligned).
+//! - v6 `summary_in_day_zone`: `usage_summary` counts cancelled requests and requests with a
+//!   duration (so stats can be served from it exactly), an index finds the rows it does not count
+//!   (`summarized, start_time`), and `usage_settings` records the day zone of its rows.
+//!
+//! After the versions, on every run: when the configured day zone is not the one recorded (a
+//! database from before v6 counted UTC days), `usage_summary` is rebuilt from the final rows in
+//! the configured zone ([`crate::write::summary_in_day_zone`]).
 //!
 //! All of it runs in one `BEGIN IMMEDIATE` transaction on the writer connection, so it is atomic
 //! and two processes migrating at once serialise.
@@ -16,7 +23,7 @@ use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use ccf_store::time::{format_timestamp, parse_timestamp};
-use ccf_store::{LegacyZone, MigrationReport, StoreError};
+use ccf_store::{DayZone, LegacyZone, MigrationReport, StoreError};
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 
 use crate::convert::{as_text, sqlite_error};
@@ -25,14 +32,16 @@ const V1_INITIAL: &str = include_str!("../migrations/0001_initial.sql");
 const V2_EXTEND: &str = include_str!("../migrations/0002_extend.sql");
 const V3_SUMMARY: &str = include_str!("../migrations/0003_summary.sql");
 const V5_API_KEY_NAME: &str = include_str!("../migrations/0005_api_key_name.sql");
+const V6_SUMMARY_IN_DAY_ZONE: &str = include_str!("../migrations/0006_summary_in_day_zone.sql");
 const TRIGGERS: &str = include_str!("../migrations/triggers.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 4] = [
+pub const MIGRATIONS: [(u32, &str); 5] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
     (5, "api_key_name"),
+    (6, "summary_in_day_zone"),
 ];
 
 /// v1 columns that an older Go database may lack, with the definition used to add them.
@@ -66,9 +75,11 @@ const V1_COLUMNS: [(&str, &str); 27] = [
     ("updated_at", "DATETIME"),
 ];
 
+/// Applies the pending versions, then makes sure the summary is counted in `day_zone`.
 pub(crate) fn run(
     connection: &mut Connection,
     zone: LegacyZone,
+    day_zone: DayZone,
 ) -> Result<MigrationReport, StoreError> {
     let tx = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -122,6 +133,9 @@ pub(crate) fn run(
         record(&tx, version, name, false)?;
         applied.insert(version);
         report.applied.push(version);
+    }
+    if applied.contains(&6) {
+        crate::write::summary_in_day_zone(&tx, day_zone)?;
     }
     tx.commit().map_err(sqlite_error)?;
     report.current_version = applied.iter().next_back().copied().unwrap_or(0);
@@ -248,6 +262,17 @@ fn apply(tx: &Transaction<'_>, version: u32, zone: LegacyZone) -> rusqlite::Resu
                 tx.execute_batch("ALTER TABLE request_logs ADD COLUMN api_key_name TEXT;")?;
             }
             tx.execute_batch(V5_API_KEY_NAME)
+        }
+        6 => {
+            let present = columns(tx, "usage_summary")?;
+            for column in ["cancelled_count", "duration_count"] {
+                if !present.contains(column) {
+                    tx.execute_batch(&format!(
+                        "ALTER TABLE usage_summary ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0;"
+                    ))?;
+                }
+            }
+            tx.execute_batch(V6_SUMMARY_IN_DAY_ZONE)
         }
         _ => Ok(()),
     }

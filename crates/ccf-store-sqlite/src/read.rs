@@ -1,17 +1,22 @@
 //! Reader-pool queries: listing, stats and summary, all filtering and aggregating in SQL.
 
 use std::sync::LazyLock;
+use std::time::SystemTime;
 
 use ccf_store::columns::REQUEST_ROW;
+use ccf_store::stats::{
+    compose_stats, p95, plan_stats, KeySummarySlice, RawSlice, StatsReadings, SummarySlice, Sums,
+    TimeSpan, P95_SAMPLE, QUARTER_HOUR_SECS,
+};
 use ccf_store::time::format_timestamp;
 use ccf_store::{
-    status, Aggregate, Bucket, Cost, LegacyZone, Page, RequestFilter, RequestQuery, RequestRow,
-    Stats, StoreError, SummaryQuery, SummaryRow,
+    status, Cost, DayZone, LegacyZone, Page, RequestFilter, RequestQuery, RequestRow, Stats,
+    StoreError, SummaryQuery, SummaryRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, Row};
 
-use crate::convert::{as_f64, as_i64, as_text, sqlite_error, u64_or_zero, SqliteRow};
+use crate::convert::{as_f64, as_i64, as_text, sqlite_error, SqliteRow};
 
 /// The SELECT list of a stored row ([`REQUEST_ROW`]).
 static ROW_COLUMNS: LazyLock<String> = LazyLock::new(|| REQUEST_ROW.join(", "));
@@ -153,62 +158,65 @@ fn failed_list() -> String {
         .join(", ")
 }
 
-fn aggregate_columns() -> String {
-    format!(
-        "COUNT(*), \
-         COALESCE(SUM(status = 'completed'), 0), \
-         COALESCE(SUM(status IN ({failed})), 0), \
-         COALESCE(SUM(status = 'cancelled'), 0), \
-         AVG(duration_ms), \
+/// `WHERE …` for `filter`'s columns with the time range replaced by `span` (and only the rows
+/// the summary does not count when `unsummarized`).
+fn span_clause(filter: &RequestFilter, span: TimeSpan, unsummarized: bool) -> (String, Vec<Value>) {
+    let (where_sql, mut values) = where_clause(&RequestFilter {
+        start: span.start,
+        end: span.end,
+        ..filter.clone()
+    });
+    if !unsummarized {
+        return (where_sql, values);
+    }
+    // `summarized` first: the rows are found through (summarized, start_time).
+    let (rest, rest_values) = (where_sql, std::mem::take(&mut values));
+    let mut all = vec![Value::Integer(0)];
+    all.extend(rest_values);
+    let sql = match rest.strip_prefix(" WHERE ") {
+        Some(clauses) => format!(" WHERE summarized = ? AND {clauses}"),
+        None => " WHERE summarized = ?".to_string(),
+    };
+    (sql, all)
+}
+
+/// Raw rows in `span` grouped by UTC quarter-hour, model, endpoint, group and API key.
+fn raw_slices(
+    connection: &Connection,
+    filter: &RequestFilter,
+    span: TimeSpan,
+    unsummarized: bool,
+) -> Result<Vec<RawSlice>, StoreError> {
+    let (where_sql, values) = span_clause(filter, span, unsummarized);
+    let dimensions = "COALESCE(model_name, ''), COALESCE(endpoint_name, ''), \
+                      COALESCE(group_name, ''), COALESCE(api_key_name, '')";
+    let sql = format!(
+        "SELECT CAST(strftime('%s', start_time) AS INTEGER) / {QUARTER_HOUR_SECS}, {dimensions}, \
+         COUNT(*), COALESCE(SUM(status = 'completed'), 0), \
+         COALESCE(SUM(status IN ({failed})), 0), COALESCE(SUM(status = 'cancelled'), 0), \
+         COALESCE(SUM(duration_ms), 0), COUNT(duration_ms), \
          COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), \
          COALESCE(SUM(cache_creation_tokens), 0), COALESCE(SUM(cache_read_tokens), 0), \
-         COALESCE(SUM(total_cost_nano_usd), 0)",
+         COALESCE(SUM(total_cost_nano_usd), 0) \
+         FROM request_logs{where_sql} GROUP BY 1, 2, 3, 4, 5",
         failed = failed_list()
-    )
-}
-
-fn aggregate_from(row: &Row<'_>, first: usize) -> rusqlite::Result<Aggregate> {
-    let count =
-        |index: usize| -> rusqlite::Result<u64> { Ok(u64_or_zero(row.get_ref(first + index)?)) };
-    Ok(Aggregate {
-        request_count: count(0)?,
-        success_count: count(1)?,
-        failed_count: count(2)?,
-        cancelled_count: count(3)?,
-        avg_duration_ms: as_f64(row.get_ref(first + 4)?),
-        input_tokens: count(5)?,
-        output_tokens: count(6)?,
-        cache_creation_tokens: count(7)?,
-        cache_read_tokens: count(8)?,
-        total_cost_nano_usd: as_i64(row.get_ref(first + 9)?).unwrap_or(0),
-        ..Aggregate::default()
-    }
-    .finish())
-}
-
-fn buckets(
-    connection: &Connection,
-    key_sql: &str,
-    where_sql: &str,
-    values: &[Value],
-    by_key: bool,
-) -> Result<Vec<Bucket>, StoreError> {
-    let order = if by_key {
-        "k ASC"
-    } else {
-        "COUNT(*) DESC, k ASC"
-    };
-    let mut statement = connection
-        .prepare_cached(&format!(
-            "SELECT {key_sql} AS k, {} FROM request_logs{where_sql} GROUP BY k ORDER BY {order}",
-            aggregate_columns()
-        ))
-        .map_err(sqlite_error)?;
+    );
+    let mut statement = connection.prepare_cached(&sql).map_err(sqlite_error)?;
     let rows = statement
         .query_map(params_from_iter(values.iter()), |row| {
-            Ok(Bucket {
-                key: as_text(row.get_ref(0)?).unwrap_or_default(),
-                aggregate: aggregate_from(row, 1)?,
+            let int = |index: usize| -> rusqlite::Result<i64> {
+                Ok(as_i64(row.get_ref(index)?).unwrap_or(0))
+            };
+            let name = |index: usize| -> rusqlite::Result<String> {
+                Ok(as_text(row.get_ref(index)?).unwrap_or_default())
+            };
+            Ok(RawSlice {
+                quarter_hour: int(0)?,
+                model: name(1)?,
+                endpoint: name(2)?,
+                group: name(3)?,
+                api_key: name(4)?,
+                sums: sums_from(row, 5)?,
             })
         })
         .map_err(sqlite_error)?
@@ -217,96 +225,174 @@ fn buckets(
     Ok(rows)
 }
 
-pub(crate) fn stats(connection: &Connection, filter: &RequestFilter) -> Result<Stats, StoreError> {
-    let (where_sql, values) = where_clause(filter);
-    let totals = connection
+/// [`Sums`] from 11 columns starting at `first` (requests, completed, failed, cancelled,
+/// duration sum and count, four token counts, cost).
+fn sums_from(row: &Row<'_>, first: usize) -> rusqlite::Result<Sums> {
+    let int = |index: usize| -> rusqlite::Result<i64> {
+        Ok(as_i64(row.get_ref(first + index)?).unwrap_or(0))
+    };
+    Ok(Sums {
+        request_count: int(0)?,
+        success_count: int(1)?,
+        failed_count: int(2)?,
+        cancelled_count: int(3)?,
+        duration_sum_ms: int(4)?,
+        duration_count: int(5)?,
+        input_tokens: int(6)?,
+        output_tokens: int(7)?,
+        cache_creation_tokens: int(8)?,
+        cache_read_tokens: int(9)?,
+        cost_nano_usd: int(10)?,
+    })
+}
+
+/// `usage_summary` rows of the days `first..=last` ( `""`: from the first) matching the filter's
+/// model, endpoint and group.
+fn summary_slices(
+    connection: &Connection,
+    filter: &RequestFilter,
+    first: &str,
+    last: &str,
+) -> Result<Vec<SummarySlice>, StoreError> {
+    let mut clauses = vec!["date <= ?".to_string()];
+    let mut values = vec![Value::Text(last.to_string())];
+    if !first.is_empty() {
+        clauses.push("date >= ?".into());
+        values.push(Value::Text(first.to_string()));
+    }
+    for (column, value) in [
+        ("model_name", &filter.model),
+        ("endpoint_name", &filter.endpoint),
+        ("COALESCE(group_name, '')", &filter.group),
+    ] {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            clauses.push(format!("{column} = ?"));
+            values.push(Value::Text(value.to_string()));
+        }
+    }
+    let mut statement = connection
         .prepare_cached(&format!(
-            "SELECT {} FROM request_logs{where_sql}",
-            aggregate_columns()
+            "SELECT date, model_name, endpoint_name, COALESCE(group_name, ''), \
+             request_count, success_count, error_count, cancelled_count, total_duration_ms, \
+             duration_count, total_input_tokens, total_output_tokens, \
+             total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd \
+             FROM usage_summary WHERE {}",
+            clauses.join(" AND ")
         ))
-        .and_then(|mut s| {
-            s.query_row(params_from_iter(values.iter()), |row| {
-                aggregate_from(row, 0)
+        .map_err(sqlite_error)?;
+    let rows = statement
+        .query_map(params_from_iter(values.iter()), |row| {
+            let name = |index: usize| -> rusqlite::Result<String> {
+                Ok(as_text(row.get_ref(index)?).unwrap_or_default())
+            };
+            Ok(SummarySlice {
+                date: name(0)?,
+                model: name(1)?,
+                endpoint: name(2)?,
+                group: name(3)?,
+                sums: sums_from(row, 4)?,
             })
         })
+        .map_err(sqlite_error)?
+        .collect::<Result<Vec<_>, _>>()
         .map_err(sqlite_error)?;
-    // p95 by nearest rank: the ceil(0.95 n)-th smallest duration.
+    Ok(rows)
+}
+
+/// The durations of the latest [`P95_SAMPLE`] rows of the range that have one.
+fn p95_sample(connection: &Connection, filter: &RequestFilter) -> Result<Option<u64>, StoreError> {
+    let (where_sql, mut values) = where_clause(filter);
     let joiner = if where_sql.is_empty() {
         " WHERE"
     } else {
         " AND"
     };
-    let with_duration: i64 = connection
+    values.push(Value::Integer(i64::from(P95_SAMPLE)));
+    let mut statement = connection
         .prepare_cached(&format!(
-            "SELECT COUNT(duration_ms) FROM request_logs{where_sql}"
+            "SELECT duration_ms FROM request_logs{where_sql}{joiner} duration_ms IS NOT NULL \
+             ORDER BY start_time DESC LIMIT ?"
         ))
-        .and_then(|mut s| s.query_row(params_from_iter(values.iter()), |row| row.get(0)))
         .map_err(sqlite_error)?;
-    let p95_duration_ms = if with_duration > 0 {
-        let rank = (with_duration * 95 + 99) / 100;
-        let mut p95_values = values.clone();
-        p95_values.push(Value::Integer(rank - 1));
-        connection
-            .prepare_cached(&format!(
-                "SELECT duration_ms FROM request_logs{where_sql}{joiner} duration_ms IS NOT NULL \
-                 ORDER BY duration_ms LIMIT 1 OFFSET ?"
-            ))
-            .and_then(|mut s| {
-                s.query_row(params_from_iter(p95_values.iter()), |row| {
-                    row.get::<_, i64>(0)
-                })
+    let durations = statement
+        .query_map(params_from_iter(values.iter()), |row| row.get::<_, i64>(0))
+        .map_err(sqlite_error)?
+        .map(|duration| duration.map(|d| u64::try_from(d).unwrap_or(0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sqlite_error)?;
+    Ok(p95(durations))
+}
+
+/// `usage_key_summary` rows of the days `first..=last` (`""`: from the first).
+fn key_summary_slices(
+    connection: &Connection,
+    first: &str,
+    last: &str,
+) -> Result<Vec<KeySummarySlice>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT date, api_key_name, request_count, success_count, error_count, \
+             cancelled_count, total_duration_ms, duration_count, total_input_tokens, \
+             total_output_tokens, total_cache_creation_tokens, total_cache_read_tokens, \
+             total_cost_nano_usd FROM usage_key_summary WHERE date >= ?1 AND date <= ?2",
+        )
+        .map_err(sqlite_error)?;
+    let rows = statement
+        .query_map([first, last], |row| {
+            Ok(KeySummarySlice {
+                date: as_text(row.get_ref(0)?).unwrap_or_default(),
+                api_key: as_text(row.get_ref(1)?).unwrap_or_default(),
+                sums: sums_from(row, 2)?,
             })
-            .map(|d| u64::try_from(d).ok())
-            .map_err(sqlite_error)?
-    } else {
-        None
-    };
-    Ok(Stats {
-        totals,
-        p95_duration_ms,
-        by_model: buckets(
-            connection,
-            "COALESCE(model_name, '')",
-            &where_sql,
-            &values,
-            false,
-        )?,
-        by_endpoint: buckets(
-            connection,
-            "COALESCE(endpoint_name, '')",
-            &where_sql,
-            &values,
-            false,
-        )?,
-        by_group: buckets(
-            connection,
-            "COALESCE(group_name, '')",
-            &where_sql,
-            &values,
-            false,
-        )?,
-        by_api_key: buckets(
-            connection,
-            "COALESCE(api_key_name, '')",
-            &where_sql,
-            &values,
-            false,
-        )?,
-        by_day: buckets(
-            connection,
-            "substr(start_time, 1, 10)",
-            &where_sql,
-            &values,
-            true,
-        )?,
-        by_hour: buckets(
-            connection,
-            "substr(start_time, 1, 13) || ':00:00Z'",
-            &where_sql,
-            &values,
-            true,
-        )?,
-    })
+        })
+        .map_err(sqlite_error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sqlite_error)?;
+    Ok(rows)
+}
+
+/// Stats as [`ccf_store::stats`] plans them: whole days of `day_zone` from `usage_summary`
+/// and `usage_key_summary`, the rest from raw rows.
+pub(crate) fn stats(
+    connection: &Connection,
+    filter: &RequestFilter,
+    day_zone: DayZone,
+) -> Result<Stats, StoreError> {
+    let plan = plan_stats(filter, day_zone, SystemTime::now());
+    let mut readings = StatsReadings::default();
+    if let Some((first, last)) = &plan.summary_days {
+        readings.summary = summary_slices(connection, filter, first, last)?;
+        if !plan.api_keys_from_raw_rows {
+            readings.key_summary = key_summary_slices(connection, first, last)?;
+        }
+    }
+    if let Some(span) = plan.unsummarized {
+        readings
+            .raw
+            .extend(raw_slices(connection, filter, span, true)?);
+    }
+    // The last day's raw rows are usually the right edge's (today), read once.
+    let mut hourly_read = false;
+    for span in &plan.raw {
+        let slices = raw_slices(connection, filter, *span, false)?;
+        if *span == plan.hourly {
+            readings.hourly = slices.clone();
+            hourly_read = true;
+        }
+        readings.raw.extend(slices);
+    }
+    if plan.api_keys_from_raw_rows {
+        let whole = TimeSpan {
+            start: filter.start,
+            end: filter.end,
+        };
+        readings.api_keys = Some(raw_slices(connection, filter, whole, false)?);
+    }
+    if !hourly_read {
+        readings.hourly = raw_slices(connection, filter, plan.hourly, false)?;
+    }
+    readings.p95_duration_ms = p95_sample(connection, filter)?;
+    Ok(compose_stats(day_zone, &readings))
 }
 
 pub(crate) fn summary(

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ccf_store::{LegacyZone, StoreError};
+use ccf_store::{DayZone, LegacyZone, StoreError};
 use rusqlite::Connection;
 
 use crate::convert::sqlite_error;
@@ -63,6 +63,7 @@ impl WriterFile {
         path: &Path,
         busy_timeout: Duration,
         zone: LegacyZone,
+        day_zone: DayZone,
     ) -> Result<(), StoreError> {
         let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
         let now = file_identity(path);
@@ -84,7 +85,7 @@ impl WriterFile {
         let mut fresh = Connection::open(path).map_err(sqlite_error)?;
         crate::vacuum::prefer_incremental(&fresh).map_err(sqlite_error)?;
         configure(&fresh, busy_timeout).map_err(sqlite_error)?;
-        migrate::run(&mut fresh, zone)?;
+        migrate::run(&mut fresh, zone, day_zone)?;
         *connection = fresh;
         *opened = file_identity(path);
         Ok(())

@@ -5,8 +5,10 @@ use std::sync::LazyLock;
 use std::time::SystemTime;
 
 use ccf_store::columns::{EXISTING_ROW, KEPT_ON_UPDATE, SNAPSHOT};
-use ccf_store::time::format_date;
-use ccf_store::{plan_batch, ExistingRow, LegacyZone, StoreError, StoredRecord};
+use ccf_store::{
+    plan_batch, ContributionParts, DayZone, ExistingRow, KeySummaryKey, LegacyZone, StoreError,
+    StoredRecord, SummaryContribution, SummaryDelta, SummaryKey, SummaryTables,
+};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::convert::{column_value, format_timestamp, sqlite_error, SqliteRow};
@@ -68,13 +70,16 @@ static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
 const SUMMARY_UPSERT: &str = "INSERT INTO usage_summary (
     date, model_name, endpoint_name, group_name, request_count, success_count, error_count,
     total_input_tokens, total_output_tokens, total_cache_creation_tokens, total_cache_read_tokens,
-    total_cost_nano_usd, total_duration_ms, total_cost_usd, avg_duration_ms, created_at, updated_at
+    total_cost_nano_usd, total_duration_ms, total_cost_usd, avg_duration_ms, created_at, updated_at,
+    cancelled_count, duration_count
 ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?12 / 1000000000.0,
-    CASE WHEN ?5 > 0 THEN CAST(?13 AS REAL) / ?5 ELSE 0 END, ?14, ?14)
+    CASE WHEN ?5 > 0 THEN CAST(?13 AS REAL) / ?5 ELSE 0 END, ?14, ?14, ?15, ?16)
 ON CONFLICT(date, model_name, endpoint_name, group_name) DO UPDATE SET
     request_count = request_count + excluded.request_count,
     success_count = success_count + excluded.success_count,
     error_count = error_count + excluded.error_count,
+    cancelled_count = cancelled_count + excluded.cancelled_count,
+    duration_count = duration_count + excluded.duration_count,
     total_input_tokens = total_input_tokens + excluded.total_input_tokens,
     total_output_tokens = total_output_tokens + excluded.total_output_tokens,
     total_cache_creation_tokens = total_cache_creation_tokens + excluded.total_cache_creation_tokens,
@@ -88,7 +93,8 @@ ON CONFLICT(date, model_name, endpoint_name, group_name) DO UPDATE SET
         ELSE 0 END,
     updated_at = excluded.updated_at";
 
-/// Writes one batch in one `BEGIN IMMEDIATE` transaction.
+/// Writes one batch in one `BEGIN IMMEDIATE` transaction; final requests count in the summary
+/// row of their day in `day_zone`.
 ///
 /// Most request ids of a batch were never written before (a request that ends within a flush
 /// interval is written once), so the batch is first planned as if the store held none of them
@@ -96,17 +102,18 @@ ON CONFLICT(date, model_name, endpoint_name, group_name) DO UPDATE SET
 /// a new id. Only the ids whose insert found a stored row are read ([`EXISTING_ROW`]), planned
 /// again against what is stored ([`plan_batch`] decides per id, so the other ids' writes and
 /// summary contributions are the same in both plans) and upserted ([`UPSERT`]). The rows and
-/// summary written are the same as reading every id first.
+/// summaries written are the same as reading every id first.
 pub(crate) fn write_batch(
     connection: &mut Connection,
     batch: &[StoredRecord],
     zone: LegacyZone,
+    day_zone: DayZone,
 ) -> Result<(), StoreError> {
     let tx = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
     let now = SystemTime::now();
-    let as_if_new = plan_batch(batch, &HashMap::new());
+    let as_if_new = plan_batch(batch, &HashMap::new(), day_zone);
     let mut stored_before: HashSet<&str> = HashSet::new();
     {
         let mut insert = tx
@@ -123,8 +130,8 @@ pub(crate) fn write_batch(
             }
         }
     }
-    let summary = if stored_before.is_empty() {
-        as_if_new.summary
+    let plan = if stored_before.is_empty() {
+        as_if_new
     } else {
         let mut existing: HashMap<String, ExistingRow> = HashMap::new();
         {
@@ -144,7 +151,7 @@ pub(crate) fn write_batch(
                 }
             }
         }
-        let plan = plan_batch(batch, &existing);
+        let plan = plan_batch(batch, &existing, day_zone);
         let mut upsert = tx.prepare_cached(UPSERT.as_str()).map_err(sqlite_error)?;
         for stored in plan
             .writes
@@ -157,33 +164,231 @@ pub(crate) fn write_batch(
                 ))
                 .map_err(sqlite_error)?;
         }
-        plan.summary
+        drop(upsert);
+        plan
     };
-    if !summary.is_empty() {
-        let now = format_timestamp(now);
-        let mut upsert = tx.prepare_cached(SUMMARY_UPSERT).map_err(sqlite_error)?;
-        for (key, delta) in &summary {
-            upsert
-                .execute(params![
-                    key.date,
-                    key.model_name,
-                    key.endpoint_name,
-                    key.group_name,
-                    delta.request_count,
-                    delta.success_count,
-                    delta.error_count,
-                    delta.input_tokens,
-                    delta.output_tokens,
-                    delta.cache_creation_tokens,
-                    delta.cache_read_tokens,
-                    delta.cost_nano_usd,
-                    delta.duration_ms,
-                    now,
-                ])
-                .map_err(sqlite_error)?;
+    add_to_summary(
+        &tx,
+        plan.summary.iter().map(|(key, delta)| (key, delta)),
+        now,
+    )?;
+    add_to_key_summary(
+        &tx,
+        plan.key_summary.iter().map(|(key, delta)| (key, delta)),
+        now,
+    )?;
+    tx.commit().map_err(sqlite_error)
+}
+
+/// Adds `rows` to `usage_summary`.
+fn add_to_summary<'a>(
+    connection: &Connection,
+    rows: impl Iterator<Item = (&'a SummaryKey, &'a SummaryDelta)>,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let now = format_timestamp(now);
+    let mut upsert = connection
+        .prepare_cached(SUMMARY_UPSERT)
+        .map_err(sqlite_error)?;
+    for (key, delta) in rows {
+        upsert
+            .execute(params![
+                key.date,
+                key.model_name,
+                key.endpoint_name,
+                key.group_name,
+                delta.request_count,
+                delta.success_count,
+                delta.error_count,
+                delta.input_tokens,
+                delta.output_tokens,
+                delta.cache_creation_tokens,
+                delta.cache_read_tokens,
+                delta.cost_nano_usd,
+                delta.duration_ms,
+                now,
+                delta.cancelled_count,
+                delta.duration_count,
+            ])
+            .map_err(sqlite_error)?;
+    }
+    Ok(())
+}
+
+const KEY_SUMMARY_UPSERT: &str = "INSERT INTO usage_key_summary (
+    date, api_key_name, request_count, success_count, error_count, cancelled_count,
+    duration_count, total_duration_ms, total_input_tokens, total_output_tokens,
+    total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd, updated_at
+) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+ON CONFLICT(date, api_key_name) DO UPDATE SET
+    request_count = request_count + excluded.request_count,
+    success_count = success_count + excluded.success_count,
+    error_count = error_count + excluded.error_count,
+    cancelled_count = cancelled_count + excluded.cancelled_count,
+    duration_count = duration_count + excluded.duration_count,
+    total_duration_ms = total_duration_ms + excluded.total_duration_ms,
+    total_input_tokens = total_input_tokens + excluded.total_input_tokens,
+    total_output_tokens = total_output_tokens + excluded.total_output_tokens,
+    total_cache_creation_tokens = total_cache_creation_tokens + excluded.total_cache_creation_tokens,
+    total_cache_read_tokens = total_cache_read_tokens + excluded.total_cache_read_tokens,
+    total_cost_nano_usd = total_cost_nano_usd + excluded.total_cost_nano_usd,
+    updated_at = excluded.updated_at";
+
+/// Adds `rows` to `usage_key_summary`.
+fn add_to_key_summary<'a>(
+    connection: &Connection,
+    rows: impl Iterator<Item = (&'a KeySummaryKey, &'a SummaryDelta)>,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let now = format_timestamp(now);
+    let mut upsert = connection
+        .prepare_cached(KEY_SUMMARY_UPSERT)
+        .map_err(sqlite_error)?;
+    for (key, delta) in rows {
+        upsert
+            .execute(params![
+                key.date,
+                key.api_key_name,
+                delta.request_count,
+                delta.success_count,
+                delta.error_count,
+                delta.cancelled_count,
+                delta.duration_count,
+                delta.duration_ms,
+                delta.input_tokens,
+                delta.output_tokens,
+                delta.cache_creation_tokens,
+                delta.cache_read_tokens,
+                delta.cost_nano_usd,
+                now,
+            ])
+            .map_err(sqlite_error)?;
+    }
+    Ok(())
+}
+
+/// The setting that records the zone the summary rows were counted in.
+const SUMMARY_DAY_ZONE: &str = "summary_day_zone";
+
+/// Rebuilds `usage_summary` from the final rows with every request on its day in `day_zone`
+/// when the summary was counted in another zone (or before the zone was recorded: UTC days),
+/// inside the caller's transaction. Returns whether it rebuilt.
+pub(crate) fn summary_in_day_zone(
+    connection: &Connection,
+    day_zone: DayZone,
+) -> Result<bool, StoreError> {
+    let recorded: Option<String> = connection
+        .query_row(
+            "SELECT value FROM usage_settings WHERE name = ?1",
+            [SUMMARY_DAY_ZONE],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(sqlite_error)?;
+    let name = day_zone.name();
+    if recorded.as_deref() == Some(name.as_str()) {
+        return Ok(false);
+    }
+    // Row by row into the tables: a large request_logs is never held in memory at once.
+    let mut summary = SummaryTables::default();
+    {
+        let mut select = connection
+            .prepare(
+                "SELECT start_time, model_name, endpoint_name, group_name, status, \
+                 input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, \
+                 total_cost_nano_usd, duration_ms, api_key_name FROM request_logs \
+                 WHERE is_final = 1",
+            )
+            .map_err(sqlite_error)?;
+        let mut rows = select.query([]).map_err(sqlite_error)?;
+        while let Some(row) = rows.next().map_err(sqlite_error)? {
+            let count = |index: usize| -> rusqlite::Result<u64> {
+                Ok(row
+                    .get::<_, Option<i64>>(index)?
+                    .and_then(|value| u64::try_from(value).ok())
+                    .unwrap_or(0))
+            };
+            let read = || -> rusqlite::Result<RebuildRow> {
+                Ok(RebuildRow {
+                    start_time: row.get::<_, Option<String>>(0)?,
+                    model: row.get(1)?,
+                    endpoint: row.get(2)?,
+                    group: row.get(3)?,
+                    api_key: row.get(11)?,
+                    status: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    tokens: [count(5)?, count(6)?, count(7)?, count(8)?],
+                    cost: row.get::<_, Option<i64>>(9)?.unwrap_or(0),
+                    duration: row
+                        .get::<_, Option<i64>>(10)?
+                        .map(|value| u64::try_from(value).unwrap_or(0)),
+                })
+            };
+            let rebuilt = read().map_err(sqlite_error)?;
+            summary.add(
+                &SummaryContribution::from_parts_in(rebuilt.parts(), day_zone),
+                1,
+            );
         }
     }
-    tx.commit().map_err(sqlite_error)
+    connection
+        .execute_batch(
+            "DELETE FROM usage_summary; DELETE FROM usage_key_summary; \
+             UPDATE request_logs SET summarized = is_final WHERE summarized <> is_final;",
+        )
+        .map_err(sqlite_error)?;
+    let now = SystemTime::now();
+    add_to_summary(connection, summary.by_model.iter(), now)?;
+    add_to_key_summary(connection, summary.by_key.iter(), now)?;
+    connection
+        .execute(
+            "INSERT INTO usage_settings (name, value) VALUES (?1, ?2) \
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            [SUMMARY_DAY_ZONE, name.as_str()],
+        )
+        .map_err(sqlite_error)?;
+    tracing::info!(
+        day_zone = %name,
+        previous = recorded.as_deref().unwrap_or("UTC (not recorded)"),
+        rows = summary.by_model.len(),
+        "usage_summary rebuilt with the days of the configured time zone"
+    );
+    Ok(true)
+}
+
+/// The stored values of a final row that its summary contribution is computed from.
+struct RebuildRow {
+    start_time: Option<String>,
+    model: Option<String>,
+    endpoint: Option<String>,
+    group: Option<String>,
+    api_key: Option<String>,
+    status: String,
+    tokens: [u64; 4],
+    cost: i64,
+    duration: Option<u64>,
+}
+
+impl RebuildRow {
+    fn parts(&self) -> ContributionParts<'_> {
+        ContributionParts {
+            start_time: self
+                .start_time
+                .as_deref()
+                .and_then(|text| ccf_store::time::parse_timestamp(text, LegacyZone::Utc))
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            model_name: self.model.as_deref(),
+            endpoint_name: self.endpoint.as_deref(),
+            group_name: self.group.as_deref(),
+            api_key_name: self.api_key.as_deref(),
+            status: &self.status,
+            input_tokens: self.tokens[0],
+            output_tokens: self.tokens[1],
+            cache_creation_tokens: self.tokens[2],
+            cache_read_tokens: self.tokens[3],
+            cost_nano_usd: self.cost,
+            duration_ms: self.duration,
+        }
+    }
 }
 
 /// Deletes up to [`CLEANUP_CHUNK`] rows that started before `older_than`.
@@ -201,16 +406,18 @@ pub(crate) fn delete_requests_chunk(
     Ok(deleted as u64)
 }
 
-/// Deletes summary rows of UTC days before `older_than`'s.
+/// Deletes summary rows of days (in `day_zone`) before `older_than`'s.
 pub(crate) fn delete_summary(
     connection: &mut Connection,
     older_than: SystemTime,
+    day_zone: DayZone,
 ) -> Result<u64, StoreError> {
+    let day = day_zone.format_date(older_than);
+    connection
+        .execute("DELETE FROM usage_key_summary WHERE date < ?1", [&day])
+        .map_err(sqlite_error)?;
     let deleted = connection
-        .execute(
-            "DELETE FROM usage_summary WHERE date < ?1",
-            [format_date(older_than)],
-        )
+        .execute("DELETE FROM usage_summary WHERE date < ?1", [&day])
         .map_err(sqlite_error)?;
     Ok(deleted as u64)
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use ccf_store::contract::{at_ms, outcome, pricing, snapshot, tokens};
 use ccf_store::time::format_timestamp;
 use ccf_store::{
-    status, LegacyZone, Recorder, RecorderSettings, RequestFilter, RequestQuery, StoreError,
-    SummaryQuery, UsageStore,
+    status, DayZone, LegacyZone, Recorder, RecorderSettings, RequestFilter, RequestQuery,
+    StoreError, SummaryQuery, UsageStore,
 };
 use ccf_store_sqlite::{SqliteOptions, SqliteStore};
 use rusqlite::Connection;
@@ -93,18 +93,22 @@ async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
         &path,
         SqliteOptions {
             legacy_zone: LegacyZone::parse("Asia/Shanghai").unwrap(),
+            day_zone: DayZone::parse("Asia/Shanghai").unwrap(),
             ..SqliteOptions::default()
         },
     )
     .await
     .unwrap();
     // Read without migrating: the Go database lacks every recorded version.
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![1, 2, 3, 5]);
+    assert_eq!(
+        store.pending_migrations().await.unwrap(),
+        vec![1, 2, 3, 5, 6]
+    );
     let report = store.migrate().await.unwrap();
     assert!(report.detected_legacy);
     assert!(store.pending_migrations().await.unwrap().is_empty());
-    assert_eq!(report.applied, vec![2, 3, 5]);
-    assert_eq!(report.current_version, 5);
+    assert_eq!(report.applied, vec![2, 3, 5, 6]);
+    assert_eq!(report.current_version, 6);
 
     let page = store
         .list_requests(&RequestQuery {
@@ -217,6 +221,20 @@ async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
     assert_eq!(requests, 3);
     let total: i64 = summary.iter().map(|r| r.total_cost_nano_usd).sum();
     assert_eq!(total, 8_325_000);
+    // On the Shanghai days the Go forwarder's local times name (07:59 on the 28th is 23:59 UTC
+    // on the 27th).
+    let days: Vec<_> = summary
+        .iter()
+        .map(|r| (r.date.as_str(), r.model_name.as_str()))
+        .collect();
+    assert_eq!(
+        days,
+        vec![
+            ("2025-09-27", "claude-sonnet-4-20250514"),
+            ("2025-09-28", "claude-3-5-haiku-20241022"),
+            ("2025-09-28", "claude-sonnet-4-20250514")
+        ]
+    );
 
     // The forwarder keeps writing into it.
     let store = Arc::new(store);

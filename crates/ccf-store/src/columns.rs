@@ -176,7 +176,7 @@ pub const REQUEST_ROW: [&str; 39] = [
 
 /// The columns read, inside a write transaction, for what a store already holds for a request
 /// id ([`ExistingRow::from_columns`]), in SELECT order.
-pub const EXISTING_ROW: [&str; 14] = [
+pub const EXISTING_ROW: [&str; 15] = [
     "request_id",
     "is_final",
     "summarized",
@@ -191,6 +191,7 @@ pub const EXISTING_ROW: [&str; 14] = [
     "cache_read_tokens",
     "total_cost_nano_usd",
     "duration_ms",
+    "api_key_name",
 ];
 
 /// The position of `name` in `columns`. Used in `const` blocks, so a name missing from the list
@@ -440,12 +441,14 @@ impl ExistingRow {
             let model = row.text(existing_row!("model_name"));
             let endpoint = row.text(existing_row!("endpoint_name"));
             let group = row.text(existing_row!("group_name"));
+            let api_key = row.text(existing_row!("api_key_name"));
             let status = row.text(existing_row!("status")).unwrap_or_default();
             SummaryContribution::from_parts(ContributionParts {
                 start_time,
                 model_name: model.as_deref(),
                 endpoint_name: endpoint.as_deref(),
                 group_name: group.as_deref(),
+                api_key_name: api_key.as_deref(),
                 status: &status,
                 input_tokens: count(row, existing_row!("input_tokens")),
                 output_tokens: count(row, existing_row!("output_tokens")),
@@ -609,7 +612,11 @@ mod tests {
         assert_eq!(existing.start_time, stored.record().start_time);
         assert_eq!(
             existing.counted,
-            Some(SummaryContribution::of(stored.record(), stored.cost()))
+            Some(SummaryContribution::of(
+                stored.record(),
+                stored.cost(),
+                crate::DayZone::Utc
+            ))
         );
     }
 

@@ -1,9 +1,10 @@
 //! The contract every [`UsageStore`] honours, as async test functions, and
 //! [`usage_store_contract!`](crate::usage_store_contract) to run them all against an adapter.
 //!
-//! An adapter's test file provides a fixture factory, an `async fn() -> F` where `F:
-//! ContractFixture` holds a fresh, migrated store, and invokes the macro with it; each case
-//! becomes one `#[tokio::test]` named after it.
+//! An adapter's test file provides a fixture factory, an `async fn(DayZone) -> F` where `F:
+//! ContractFixture` holds a fresh store migrated with that day zone, and invokes the macro with
+//! it; each case becomes one `#[tokio::test]` named after it. Most cases run in UTC days; the
+//! zoned cases in [`zoned_day_zone`] (Asia/Shanghai, UTC+8).
 
 #![allow(clippy::unwrap_used, clippy::too_many_arguments, missing_docs)]
 
@@ -16,9 +17,9 @@ use ccf_config::{ModelPricing, UsageTrackingConfig};
 use ccf_types::Usage;
 
 use crate::{
-    status, Cost, ExportCursor, ExportFormat, Pricing, Recorder, RecorderSettings, RequestFilter,
-    RequestQuery, RequestRow, Retention, StoredRecord, SummaryQuery, UsageRecord, UsageStore,
-    CSV_HEADER,
+    status, Cost, DayZone, ExportCursor, ExportFormat, Pricing, Recorder, RecorderSettings,
+    RequestFilter, RequestQuery, RequestRow, Retention, StoredRecord, SummaryQuery, UsageRecord,
+    UsageStore, CSV_HEADER,
 };
 
 /// A fresh, migrated store for one test, and how to dispose of it.
@@ -26,6 +27,9 @@ use crate::{
 pub trait ContractFixture: Send + Sized {
     /// The store under test.
     fn store(&self) -> Arc<dyn UsageStore>;
+    /// Another store on the same database, opened with `day_zone` and migrated (what a restart
+    /// with another `timezone` does).
+    async fn reopen(&self, day_zone: DayZone) -> Arc<dyn UsageStore>;
     /// Removes what the fixture created (a temporary database).
     async fn teardown(self);
 }
@@ -54,12 +58,17 @@ macro_rules! usage_store_contract {
             usage_is_split_by_api_key,
             over_long_values_are_fitted_to_their_columns,
         );
+        $crate::usage_store_contract!(@zoned $make;
+            days_and_today_are_days_of_the_configured_zone,
+            summary_served_stats_equal_the_raw_rows,
+            a_new_day_zone_rebuilds_the_summary,
+        );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let fixture = $make().await;
+                let fixture = $make($crate::DayZone::Utc).await;
                 $crate::contract::$case(
                     $crate::contract::ContractFixture::store(&fixture),
                 )
@@ -68,6 +77,21 @@ macro_rules! usage_store_contract {
             }
         )*
     };
+    (@zoned $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = $make($crate::contract::zoned_day_zone()).await;
+                $crate::contract::$case(&fixture).await;
+                $crate::contract::ContractFixture::teardown(fixture).await;
+            }
+        )*
+    };
+}
+
+/// The day zone of the zoned cases: Asia/Shanghai (UTC+8, no daylight saving).
+pub fn zoned_day_zone() -> DayZone {
+    DayZone::Named(chrono_tz::Tz::Asia__Shanghai)
 }
 
 /// 2025-09-28T00:00:00Z.
@@ -682,6 +706,8 @@ pub async fn stats_are_computed_in_sql(store: Arc<dyn UsageStore>) {
         .unwrap();
     let totals = &stats.totals;
     assert_eq!(totals.request_count, 101);
+    // The hourly buckets cover the range's last day: today, without rows here.
+    assert!(stats.by_hour.is_empty());
     assert_eq!(
         (
             totals.success_count,
@@ -732,19 +758,21 @@ pub async fn stats_are_computed_in_sql(store: Arc<dyn UsageStore>) {
         .map(|b| (b.key.as_str(), b.aggregate.request_count))
         .collect();
     assert_eq!(days, vec![("2025-09-28", 68), ("2025-09-29", 33)]);
-    let hours: Vec<_> = stats
+    let two_days = store
+        .stats(&RequestFilter {
+            start: Some(at_ms(0)),
+            end: Some(at_ms(24 * 3_600_000 + 1000)),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    let hours: Vec<_> = two_days
         .by_hour
         .iter()
         .map(|b| (b.key.as_str(), b.aggregate.request_count))
         .collect();
-    assert_eq!(
-        hours,
-        vec![
-            ("2025-09-28T00:00:00Z", 34),
-            ("2025-09-28T23:00:00Z", 34),
-            ("2025-09-29T00:00:00Z", 33)
-        ]
-    );
+    assert_eq!(hours, vec![("2025-09-29T00:00:00Z", 33)]);
+    assert_eq!(two_days.totals, stats.totals);
     let cost = pricing()
         .cost(Some("claude-sonnet-4-5"), &tokens(10, 1))
         .total
@@ -1396,4 +1424,499 @@ pub async fn over_long_values_are_fitted_to_their_columns(store: Arc<dyn UsageSt
             .any(|row| row.model_name == stored.model_name.clone().unwrap()),
         "{summary:?}"
     );
+}
+
+/// `time` written as RFC 3339.
+fn instant(text: &str) -> SystemTime {
+    crate::time::parse_timestamp(text, crate::LegacyZone::Utc).unwrap()
+}
+
+fn day_counts(buckets: &[crate::Bucket]) -> Vec<(String, u64)> {
+    buckets
+        .iter()
+        .map(|b| (b.key.clone(), b.aggregate.request_count))
+        .collect()
+}
+
+fn summary_counts(rows: &[crate::SummaryRow]) -> Vec<(String, i64)> {
+    let mut by_date: BTreeMap<String, i64> = BTreeMap::new();
+    for row in rows {
+        *by_date.entry(row.date.clone()).or_default() += row.request_count;
+    }
+    by_date.into_iter().collect()
+}
+
+/// Four requests around the Shanghai day change: 23:30 and 00:30 UTC are 07:30 and 08:30 of
+/// the same Shanghai day, 15:30 and 16:30 UTC fall on both sides of its midnight.
+fn around_midnight() -> Vec<UsageRecord> {
+    [
+        ("req-tz-a", "2025-09-27T23:30:00Z"),
+        ("req-tz-b", "2025-09-28T00:30:00Z"),
+        ("req-tz-c", "2025-09-28T15:30:00Z"),
+        ("req-tz-d", "2025-09-28T16:30:00Z"),
+    ]
+    .into_iter()
+    .map(|(id, start)| {
+        outcome(
+            id,
+            instant(start),
+            status::COMPLETED,
+            "claude-haiku-4-5",
+            "alpha",
+            "main",
+            tokens(10, 1),
+            100,
+        )
+    })
+    .collect()
+}
+
+/// Runs with the store in Asia/Shanghai: summary rows, daily and hourly buckets and "today"
+/// are Shanghai days and hours.
+pub async fn days_and_today_are_days_of_the_configured_zone(fixture: &impl ContractFixture) {
+    let store = fixture.store();
+    let store = store.as_ref();
+    write(store, around_midnight()).await;
+    let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(
+        summary_counts(&summary),
+        vec![("2025-09-28".to_string(), 3), ("2025-09-29".to_string(), 1)]
+    );
+    // Two whole Shanghai days: served from the summary.
+    let whole_days = store
+        .stats(&RequestFilter {
+            start: Some(instant("2025-09-27T16:00:00Z")),
+            end: Some(instant("2025-09-29T15:59:59.999999Z")),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        day_counts(&whole_days.by_day),
+        vec![("2025-09-28".to_string(), 3), ("2025-09-29".to_string(), 1)]
+    );
+    // From 08:00 Shanghai time on the 28th: the partial day from raw rows.
+    let partial = store
+        .stats(&RequestFilter {
+            start: Some(instant("2025-09-28T00:00:00Z")),
+            end: Some(instant("2025-09-28T16:30:00Z")),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        day_counts(&partial.by_day),
+        vec![("2025-09-28".to_string(), 2), ("2025-09-29".to_string(), 1)]
+    );
+    // Hours of the range's last Shanghai day.
+    assert_eq!(
+        day_counts(&partial.by_hour),
+        vec![("2025-09-29T00:00:00+08:00".to_string(), 1)]
+    );
+    assert_eq!(
+        day_counts(&whole_days.by_hour),
+        vec![("2025-09-29T00:00:00+08:00".to_string(), 1)]
+    );
+    let first_day = store
+        .stats(&RequestFilter {
+            start: Some(instant("2025-09-27T16:00:00Z")),
+            end: Some(instant("2025-09-28T15:59:59.999999Z")),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        day_counts(&first_day.by_hour),
+        vec![
+            ("2025-09-28T07:00:00+08:00".to_string(), 1),
+            ("2025-09-28T08:00:00+08:00".to_string(), 1),
+            ("2025-09-28T23:00:00+08:00".to_string(), 1),
+        ]
+    );
+    let summary_of_the_29th = store
+        .summary(&SummaryQuery {
+            start_date: Some("2025-09-29".into()),
+            end_date: Some("2025-09-29".into()),
+            ..SummaryQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(summary_of_the_29th.len(), 1);
+    assert_eq!(summary_of_the_29th[0].total_input_tokens, 10);
+
+    // "Today" is the Shanghai day: a request a minute before its midnight is yesterday's.
+    let zone = zoned_day_zone();
+    let today_start = zone.day_start(zone.today());
+    write(
+        store,
+        vec![
+            outcome(
+                "req-tz-today",
+                SystemTime::now(),
+                status::COMPLETED,
+                "claude-sonnet-4-5",
+                "alpha",
+                "main",
+                tokens(1000, 100),
+                100,
+            ),
+            outcome(
+                "req-tz-yesterday",
+                today_start - Duration::from_secs(60),
+                status::COMPLETED,
+                "claude-sonnet-4-5",
+                "alpha",
+                "main",
+                tokens(1000, 100),
+                100,
+            ),
+        ],
+    )
+    .await;
+    let today = store
+        .stats(&RequestFilter {
+            start: Some(today_start),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(today.totals.request_count, 1);
+    assert_eq!(
+        today.totals.total_cost_nano_usd,
+        1000 * 3000 + 100 * 15_000,
+        "sonnet: $3 in, $15 out per million"
+    );
+    assert_eq!(
+        day_counts(&today.by_day),
+        vec![(zone.today().format("%Y-%m-%d").to_string(), 1)]
+    );
+}
+
+/// The stats an independent reading of every row gives for `filter` (`zone` days).
+async fn stats_from_rows(
+    store: &dyn UsageStore,
+    filter: &RequestFilter,
+    zone: DayZone,
+) -> crate::Stats {
+    use crate::stats::Sums;
+    let rows = store.scan_requests(filter, 0, 100_000).await.unwrap();
+    let mut totals = Sums::default();
+    let mut by: [BTreeMap<String, Sums>; 5] = Default::default();
+    for row in &rows {
+        let record = &row.record;
+        let sums = Sums {
+            request_count: 1,
+            success_count: i64::from(record.status == status::COMPLETED),
+            failed_count: i64::from(status::is_failure(&record.status)),
+            cancelled_count: i64::from(record.status == status::CANCELLED),
+            duration_sum_ms: record.duration_ms.map_or(0, |d| d as i64),
+            duration_count: i64::from(record.duration_ms.is_some()),
+            input_tokens: record.usage.input_tokens as i64,
+            output_tokens: record.usage.output_tokens as i64,
+            cache_creation_tokens: record.usage.cache_creation_input_tokens as i64,
+            cache_read_tokens: record.usage.cache_read_input_tokens as i64,
+            cost_nano_usd: row.cost.total,
+        };
+        totals.add(&sums);
+        let keys = [
+            record.model_name.clone().unwrap_or_default(),
+            record.endpoint_name.clone().unwrap_or_default(),
+            record.group_name.clone().unwrap_or_default(),
+            zone.format_date(record.start_time),
+            record.api_key_name.clone().unwrap_or_default(),
+        ];
+        for (map, key) in by.iter_mut().zip(keys) {
+            map.entry(key).or_default().add(&sums);
+        }
+    }
+    let buckets = |map: &BTreeMap<String, Sums>, by_count: bool| {
+        let mut buckets: Vec<crate::Bucket> = map
+            .iter()
+            .map(|(key, sums)| crate::Bucket {
+                key: key.clone(),
+                aggregate: sums.aggregate(),
+            })
+            .collect();
+        if by_count {
+            buckets.sort_by(|a, b| {
+                b.aggregate
+                    .request_count
+                    .cmp(&a.aggregate.request_count)
+                    .then_with(|| a.key.cmp(&b.key))
+            });
+        }
+        buckets
+    };
+    crate::Stats {
+        totals: totals.aggregate(),
+        by_model: buckets(&by[0], true),
+        by_endpoint: buckets(&by[1], true),
+        by_group: buckets(&by[2], true),
+        by_day: buckets(&by[3], false),
+        by_api_key: buckets(&by[4], true),
+        ..crate::Stats::default()
+    }
+}
+
+/// Runs with the store in Asia/Shanghai: whole days come from `usage_summary`, the edges and
+/// the unfinished rows from raw rows, and the numbers are exactly those of the rows.
+pub async fn summary_served_stats_equal_the_raw_rows(fixture: &impl ContractFixture) {
+    let store = fixture.store();
+    let store = store.as_ref();
+    let hour = 3_600_000;
+    let mut rows = Vec::new();
+    for i in 0..120u64 {
+        // Every 37 minutes over about three and a half days, from 2025-09-28T00:00Z.
+        let start = at_ms(i * 37 * 60_000 + i);
+        let status_value = match i % 10 {
+            0..=6 => status::COMPLETED,
+            7 | 8 => status::FAILED,
+            _ => status::CANCELLED,
+        };
+        let model = ["claude-haiku-4-5", "claude-sonnet-4-5", ""][(i % 3) as usize];
+        let mut record = outcome(
+            &format!("req-eq-{i:03}"),
+            start,
+            status_value,
+            model,
+            ["alpha", "beta"][(i % 2) as usize],
+            ["main", ""][(i % 5 == 0) as usize],
+            tokens(10 + i, i),
+            40 + i,
+        );
+        if model.is_empty() {
+            record.model_name = None;
+        }
+        if i % 11 == 0 {
+            record.duration_ms = None;
+            record.end_time = None;
+        }
+        if i % 4 != 0 {
+            record.api_key_name = Some(["team-a", "team-b", "ci"][(i % 3) as usize].into());
+        }
+        rows.push(record);
+    }
+    // Requests that never finished, on a whole day and on an edge.
+    rows.push(snapshot(
+        "req-eq-open-1",
+        at_ms(30 * hour),
+        status::PROCESSING,
+    ));
+    rows.push(snapshot("req-eq-open-2", at_ms(70 * hour), status::PENDING));
+    write(store, rows).await;
+    // A counted row replaced by a later outcome moves its contribution (every snapshot of a
+    // request carries its key name).
+    let mut replacement = outcome(
+        "req-eq-005",
+        at_ms(5 * 37 * 60_000 + 5),
+        status::FAILED,
+        "claude-sonnet-4-5",
+        "beta",
+        "main",
+        tokens(7, 7),
+        9,
+    );
+    replacement.api_key_name = Some("ci".into());
+    write(store, vec![replacement]).await;
+
+    let zone = zoned_day_zone();
+    let filters = [
+        // 10:00 Shanghai on the 28th to 20:00 on the 30th: two partial days, one whole one.
+        RequestFilter {
+            start: Some(instant("2025-09-28T02:00:00Z")),
+            end: Some(instant("2025-09-30T12:00:00Z")),
+            ..RequestFilter::default()
+        },
+        // Whole Shanghai days only.
+        RequestFilter {
+            start: Some(instant("2025-09-27T16:00:00Z")),
+            end: Some(instant("2025-09-30T15:59:59.999999Z")),
+            ..RequestFilter::default()
+        },
+        // Open to now, one model, one group.
+        RequestFilter {
+            start: Some(at_ms(0)),
+            model: Some("claude-sonnet-4-5".into()),
+            group: Some("main".into()),
+            ..RequestFilter::default()
+        },
+        // A status filter: raw rows for the whole range.
+        RequestFilter {
+            start: Some(at_ms(0)),
+            status: Some("failed".into()),
+            ..RequestFilter::default()
+        },
+        // One API key: raw rows for the whole range.
+        RequestFilter {
+            start: Some(at_ms(0)),
+            api_key: Some("team-a".into()),
+            ..RequestFilter::default()
+        },
+    ];
+    for filter in filters {
+        let expected = stats_from_rows(store, &filter, zone).await;
+        assert!(expected.totals.request_count > 10, "{filter:?}");
+        let stats = store.stats(&filter).await.unwrap();
+        assert_eq!(stats.totals, expected.totals, "totals for {filter:?}");
+        assert_eq!(stats.by_model, expected.by_model, "by model for {filter:?}");
+        assert_eq!(
+            stats.by_endpoint, expected.by_endpoint,
+            "by endpoint for {filter:?}"
+        );
+        assert_eq!(stats.by_group, expected.by_group, "by group for {filter:?}");
+        assert_eq!(stats.by_day, expected.by_day, "by day for {filter:?}");
+        assert_eq!(
+            stats.by_api_key, expected.by_api_key,
+            "by API key for {filter:?}"
+        );
+    }
+}
+
+/// A store reopened with another day zone (a restart after `timezone` changed) rebuilds
+/// `usage_summary` in it; the old rows (UTC days, before the zone was recorded) are rebuilt the
+/// same way on the first start.
+pub async fn a_new_day_zone_rebuilds_the_summary(fixture: &impl ContractFixture) {
+    let store = fixture.store();
+    write(store.as_ref(), around_midnight()).await;
+    let shanghai_days = vec![("2025-09-28".to_string(), 3), ("2025-09-29".to_string(), 1)];
+    let utc_days = vec![("2025-09-27".to_string(), 1), ("2025-09-28".to_string(), 3)];
+    let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(summary_counts(&summary), shanghai_days);
+
+    let utc = fixture.reopen(DayZone::Utc).await;
+    let summary = utc.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(summary_counts(&summary), utc_days);
+    let first = summary.iter().find(|row| row.date == "2025-09-27").unwrap();
+    assert_eq!(
+        (
+            first.request_count,
+            first.success_count,
+            first.total_input_tokens
+        ),
+        (1, 1, 10)
+    );
+    // Writes after the rebuild count in the new zone, once.
+    write(
+        utc.as_ref(),
+        vec![outcome(
+            "req-tz-e",
+            instant("2025-09-27T23:45:00Z"),
+            status::FAILED,
+            "claude-haiku-4-5",
+            "alpha",
+            "main",
+            tokens(1, 1),
+            5,
+        )],
+    )
+    .await;
+    let summary = utc.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(
+        summary_counts(&summary),
+        vec![("2025-09-27".to_string(), 2), ("2025-09-28".to_string(), 3)]
+    );
+
+    let back = fixture.reopen(zoned_day_zone()).await;
+    let summary = back.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(
+        summary_counts(&summary),
+        vec![("2025-09-28".to_string(), 4), ("2025-09-29".to_string(), 1)]
+    );
+    let stats = back
+        .stats(&RequestFilter {
+            start: Some(instant("2025-09-27T16:00:00Z")),
+            end: Some(instant("2025-09-29T15:59:59.999999Z")),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.totals.request_count, stats.totals.failed_count),
+        (5, 1)
+    );
+}
+
+/// The stats benchmark's workload (`cargo xtask bench-stats`): `rows` final requests spread
+/// evenly over the 30 days before `now` (5 models, 6 endpoints in 2 groups, 4 API keys and
+/// none, 90 % completed, 7 % failed, 3 % cancelled), written through `write_batch` in batches
+/// of `batch`, so that `usage_summary` is kept as in production. Returns the time it took.
+pub async fn fill_for_stats_bench(
+    store: &dyn UsageStore,
+    rows: u64,
+    batch: usize,
+    now: SystemTime,
+) -> Duration {
+    const MODELS: [&str; 5] = [
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5",
+        "claude-opus-4-1",
+        "claude-3-5-haiku-20241022",
+        "claude-sonnet-4-20250514",
+    ];
+    const KEYS: [Option<&str>; 5] = [
+        None,
+        Some("team-a"),
+        Some("team-b"),
+        Some("ci"),
+        Some("bot"),
+    ];
+    let pricing = pricing();
+    let span = Duration::from_secs(30 * 86_400);
+    let first = now - span;
+    let started = std::time::Instant::now();
+    let mut pending: Vec<StoredRecord> = Vec::with_capacity(batch);
+    for i in 0..rows {
+        let offset = span.as_micros() as u64 * i / rows.max(1);
+        let start = first + Duration::from_micros(offset);
+        let status_value = match i % 100 {
+            0..=89 => status::COMPLETED,
+            90..=96 => status::FAILED,
+            _ => status::CANCELLED,
+        };
+        let endpoint = i % 6;
+        let mut record = outcome(
+            &format!("bench-{i:010}"),
+            start,
+            status_value,
+            MODELS[(i % 5) as usize],
+            &format!("endpoint-{endpoint}"),
+            if endpoint < 3 { "primary" } else { "backup" },
+            tokens(500 + i % 2000, 50 + i % 700),
+            200 + (i * 7919) % 30_000,
+        );
+        record.api_key_name = KEYS[(i % 5) as usize].map(str::to_string);
+        pending.push(StoredRecord::price(record, &pricing));
+        if pending.len() == batch {
+            store.write_batch(&pending).await.unwrap();
+            pending.clear();
+        }
+    }
+    if !pending.is_empty() {
+        store.write_batch(&pending).await.unwrap();
+    }
+    started.elapsed()
+}
+
+/// Times `store.stats` for the last `days` days before `now`, `runs` times; returns the
+/// durations sorted (the median is the middle one) and the request count the stats found.
+pub async fn time_stats(
+    store: &dyn UsageStore,
+    days: u64,
+    runs: usize,
+    now: SystemTime,
+) -> (Vec<Duration>, u64) {
+    let filter = RequestFilter {
+        start: now.checked_sub(Duration::from_secs(days * 86_400)),
+        ..RequestFilter::default()
+    };
+    let mut times = Vec::with_capacity(runs);
+    let mut requests = 0;
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        let stats = store.stats(&filter).await.unwrap();
+        times.push(started.elapsed());
+        requests = stats.totals.request_count;
+    }
+    times.sort();
+    (times, requests)
 }

@@ -12,7 +12,7 @@
 //! test suite every adapter runs.
 //!
 //! Main types: [`UsageRecord`], [`StoredRecord`], [`RequestRow`], [`UsageStore`], [`Pricing`],
-//! [`Recorder`]/[`RecorderHandle`], [`StoreError`], [`LegacyZone`], and [`SharedState`] (settings
+//! [`Recorder`]/[`RecorderHandle`], [`StoreError`], [`LegacyZone`], [`DayZone`], and [`SharedState`] (settings
 //! shared by several instances on one database).
 
 pub mod columns;
@@ -27,6 +27,7 @@ mod record;
 mod recorder;
 mod retention;
 mod shared;
+pub mod stats;
 mod store;
 pub mod time;
 
@@ -37,8 +38,8 @@ pub use error::{BoxError, StoreError};
 pub use export::{ExportCursor, ExportEncoder, CSV_HEADER};
 pub use journal::{Journal, JournalError};
 pub use plan::{
-    plan_batch, BatchPlan, ContributionParts, ExistingRow, SummaryContribution, SummaryDelta,
-    SummaryKey, UNKNOWN,
+    plan_batch, summarise, BatchPlan, ContributionParts, ExistingRow, KeySummaryKey,
+    SummaryContribution, SummaryDelta, SummaryKey, SummaryTables, UNKNOWN,
 };
 pub use pricing::{
     context_input_tokens, Cost, LongContextPrice, Price, Pricing, Rates, NANO_PER_USD,
@@ -55,7 +56,7 @@ pub use recorder::{
 pub use retention::{Retention, RetentionHandle};
 pub use shared::{ApplyOutcome, SharedChange, SharedSetting, SharedState};
 pub use store::UsageStore;
-pub use time::LegacyZone;
+pub use time::{DayZone, LegacyZone};
 
 // Re-exported so adapters and callers name the same `async_trait`.
 pub use async_trait::async_trait;

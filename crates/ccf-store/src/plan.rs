@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use crate::pricing::Cost;
 use crate::record::{status, StoredRecord, UsageRecord};
-use crate::time::format_date;
+use crate::time::DayZone;
 
 /// Summary model/endpoint name used when a row has none (`usage_summary` columns are NOT NULL).
 pub const UNKNOWN: &str = "unknown";
@@ -18,7 +18,7 @@ pub const UNKNOWN: &str = "unknown";
 /// The `usage_summary` row a final request counts in.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SummaryKey {
-    /// UTC day of `start_time`, `YYYY-MM-DD`.
+    /// Day of `start_time` in the store's [`DayZone`], `YYYY-MM-DD`.
     pub date: String,
     /// Model, or `unknown`.
     pub model_name: String,
@@ -26,6 +26,17 @@ pub struct SummaryKey {
     pub endpoint_name: String,
     /// Group, or `""`.
     pub group_name: String,
+}
+
+/// The `usage_key_summary` row a final request counts in: the requests of one day made with
+/// one inbound API key (`""` without one). Kept apart from `usage_summary`, whose unique key
+/// cannot take a fifth name column within MySQL's index size limit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeySummaryKey {
+    /// Day of `start_time` in the store's [`DayZone`], `YYYY-MM-DD`.
+    pub date: String,
+    /// `api_key_name`, or `""`.
+    pub api_key_name: String,
 }
 
 /// Increments to one `usage_summary` row (negative when a counted row is replaced).
@@ -37,6 +48,10 @@ pub struct SummaryDelta {
     pub success_count: i64,
     /// Failed-family requests.
     pub error_count: i64,
+    /// Cancelled requests.
+    pub cancelled_count: i64,
+    /// Requests with a duration.
+    pub duration_count: i64,
     /// Input tokens.
     pub input_tokens: i64,
     /// Output tokens.
@@ -52,10 +67,13 @@ pub struct SummaryDelta {
 }
 
 impl SummaryDelta {
-    fn add(&mut self, other: &SummaryDelta, sign: i64) {
+    /// Adds `other` times `sign` (1 or -1).
+    pub fn add(&mut self, other: &SummaryDelta, sign: i64) {
         self.request_count += sign * other.request_count;
         self.success_count += sign * other.success_count;
         self.error_count += sign * other.error_count;
+        self.cancelled_count += sign * other.cancelled_count;
+        self.duration_count += sign * other.duration_count;
         self.input_tokens += sign * other.input_tokens;
         self.output_tokens += sign * other.output_tokens;
         self.cache_creation_tokens += sign * other.cache_creation_tokens;
@@ -74,6 +92,8 @@ impl SummaryDelta {
 pub struct SummaryContribution {
     /// The summary row.
     pub key: SummaryKey,
+    /// The API key name (`""` for none): with `key.date`, its `usage_key_summary` row.
+    pub api_key_name: String,
     /// The increments.
     pub delta: SummaryDelta,
 }
@@ -89,6 +109,8 @@ pub struct ContributionParts<'a> {
     pub endpoint_name: Option<&'a str>,
     /// `group_name`.
     pub group_name: Option<&'a str>,
+    /// `api_key_name`.
+    pub api_key_name: Option<&'a str>,
     /// `status`.
     pub status: &'a str,
     /// Input tokens.
@@ -114,19 +136,28 @@ fn signed(value: u64) -> i64 {
 }
 
 impl SummaryContribution {
-    /// The contribution of a row with these values.
+    /// The contribution of a row with these values. Its day is the UTC day of `start_time`;
+    /// [`plan_batch`] moves it to the store's [`DayZone`] ([`SummaryContribution::in_zone`]).
     pub fn from_parts(parts: ContributionParts<'_>) -> Self {
+        Self::from_parts_in(parts, DayZone::Utc)
+    }
+
+    /// The contribution of a row with these values, its day taken in `zone`.
+    pub fn from_parts_in(parts: ContributionParts<'_>, zone: DayZone) -> Self {
         Self {
             key: SummaryKey {
-                date: format_date(parts.start_time),
+                date: zone.format_date(parts.start_time),
                 model_name: name_or(parts.model_name, UNKNOWN).to_string(),
                 endpoint_name: name_or(parts.endpoint_name, UNKNOWN).to_string(),
                 group_name: name_or(parts.group_name, "").to_string(),
             },
+            api_key_name: name_or(parts.api_key_name, "").to_string(),
             delta: SummaryDelta {
                 request_count: 1,
                 success_count: i64::from(parts.status == status::COMPLETED),
                 error_count: i64::from(status::is_failure(parts.status)),
+                cancelled_count: i64::from(parts.status == status::CANCELLED),
+                duration_count: i64::from(parts.duration_ms.is_some()),
                 input_tokens: signed(parts.input_tokens),
                 output_tokens: signed(parts.output_tokens),
                 cache_creation_tokens: signed(parts.cache_creation_tokens),
@@ -137,22 +168,71 @@ impl SummaryContribution {
         }
     }
 
-    /// The contribution of a record about to be written with `cost`.
-    pub fn of(record: &UsageRecord, cost: &Cost) -> Self {
-        Self::from_parts(ContributionParts {
-            start_time: record.start_time,
-            model_name: record.model_name.as_deref(),
-            endpoint_name: record.endpoint_name.as_deref(),
-            group_name: record.group_name.as_deref(),
-            status: &record.status,
-            input_tokens: record.usage.input_tokens,
-            output_tokens: record.usage.output_tokens,
-            cache_creation_tokens: record.usage.cache_creation_input_tokens,
-            cache_read_tokens: record.usage.cache_read_input_tokens,
-            cost_nano_usd: cost.total,
-            duration_ms: record.duration_ms,
-        })
+    /// The same contribution counted on the day of `start_time` in `zone`.
+    pub fn in_zone(mut self, start_time: SystemTime, zone: DayZone) -> Self {
+        self.key.date = zone.format_date(start_time);
+        self
     }
+
+    /// The contribution of a record about to be written with `cost`, on its day in `zone`.
+    pub fn of(record: &UsageRecord, cost: &Cost, zone: DayZone) -> Self {
+        Self::from_parts_in(
+            ContributionParts {
+                start_time: record.start_time,
+                model_name: record.model_name.as_deref(),
+                endpoint_name: record.endpoint_name.as_deref(),
+                group_name: record.group_name.as_deref(),
+                api_key_name: record.api_key_name.as_deref(),
+                status: &record.status,
+                input_tokens: record.usage.input_tokens,
+                output_tokens: record.usage.output_tokens,
+                cache_creation_tokens: record.usage.cache_creation_input_tokens,
+                cache_read_tokens: record.usage.cache_read_input_tokens,
+                cost_nano_usd: cost.total,
+                duration_ms: record.duration_ms,
+            },
+            zone,
+        )
+    }
+}
+
+/// Summary rows: `usage_summary`'s and `usage_key_summary`'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SummaryTables {
+    /// By day, model, endpoint and group.
+    pub by_model: BTreeMap<SummaryKey, SummaryDelta>,
+    /// By day and API key.
+    pub by_key: BTreeMap<KeySummaryKey, SummaryDelta>,
+}
+
+impl SummaryTables {
+    /// Counts `contribution` `sign` times (1 or -1).
+    pub fn add(&mut self, contribution: &SummaryContribution, sign: i64) {
+        self.by_model
+            .entry(contribution.key.clone())
+            .or_default()
+            .add(&contribution.delta, sign);
+        self.by_key
+            .entry(KeySummaryKey {
+                date: contribution.key.date.clone(),
+                api_key_name: contribution.api_key_name.clone(),
+            })
+            .or_default()
+            .add(&contribution.delta, sign);
+    }
+}
+
+/// The summary rows of a set of final rows, each counted on its day in `zone`: what an adapter
+/// writes when it rebuilds the summary (a new day zone, or a migration).
+pub fn summarise<'a>(
+    rows: impl IntoIterator<Item = ContributionParts<'a>>,
+    zone: DayZone,
+) -> SummaryTables {
+    let mut tables = SummaryTables::default();
+    for parts in rows {
+        tables.add(&SummaryContribution::from_parts_in(parts, zone), 1);
+    }
+    tables
 }
 
 /// What a store holds for a request id, read inside the write transaction.
@@ -175,6 +255,8 @@ pub struct BatchPlan<'a> {
     pub writes: Vec<&'a StoredRecord>,
     /// Increments to apply to `usage_summary`, ordered by key, zero deltas left out.
     pub summary: Vec<(SummaryKey, SummaryDelta)>,
+    /// Increments to apply to `usage_key_summary`, ordered by key, zero deltas left out.
+    pub key_summary: Vec<(KeySummaryKey, SummaryDelta)>,
     /// Records skipped because the stored row is already final and they are not.
     pub skipped: usize,
 }
@@ -183,10 +265,13 @@ pub struct BatchPlan<'a> {
 ///
 /// - a non-final record never replaces a final row (stored, or earlier in the batch);
 /// - a final record replacing a counted final row takes that row's contribution out of the
-///   summary before adding its own, so every final request is counted exactly once.
+///   summary before adding its own, so every final request is counted exactly once;
+/// - a final request counts on the day its `start_time` falls on in `zone` (the store's
+///   [`DayZone`], the one its summary rows were built in).
 pub fn plan_batch<'a>(
     batch: &'a [StoredRecord],
     existing: &HashMap<String, ExistingRow>,
+    zone: DayZone,
 ) -> BatchPlan<'a> {
     struct State<'a> {
         is_final: bool,
@@ -194,7 +279,7 @@ pub fn plan_batch<'a>(
         write: Option<&'a StoredRecord>,
     }
     let mut states: BTreeMap<&'a str, State<'a>> = BTreeMap::new();
-    let mut summary: BTreeMap<SummaryKey, SummaryDelta> = BTreeMap::new();
+    let mut tables = SummaryTables::default();
     let mut skipped = 0;
     for stored in batch {
         let record = stored.record();
@@ -202,7 +287,10 @@ pub fn plan_batch<'a>(
             match existing.get(&record.request_id) {
                 Some(row) => State {
                     is_final: row.is_final,
-                    counted: row.counted.clone(),
+                    counted: row
+                        .counted
+                        .clone()
+                        .map(|counted| counted.in_zone(row.start_time, zone)),
                     write: None,
                 },
                 None => State {
@@ -217,14 +305,11 @@ pub fn plan_batch<'a>(
             continue;
         }
         if let Some(old) = state.counted.take() {
-            summary.entry(old.key).or_default().add(&old.delta, -1);
+            tables.add(&old, -1);
         }
         if record.is_final {
-            let new = SummaryContribution::of(record, stored.cost());
-            summary
-                .entry(new.key.clone())
-                .or_default()
-                .add(&new.delta, 1);
+            let new = SummaryContribution::of(record, stored.cost(), zone);
+            tables.add(&new, 1);
             state.counted = Some(new);
         }
         state.is_final = record.is_final;
@@ -235,7 +320,13 @@ pub fn plan_batch<'a>(
             .into_values()
             .filter_map(|state| state.write)
             .collect(),
-        summary: summary
+        summary: tables
+            .by_model
+            .into_iter()
+            .filter(|(_, delta)| !delta.is_zero())
+            .collect(),
+        key_summary: tables
+            .by_key
             .into_iter()
             .filter(|(_, delta)| !delta.is_zero())
             .collect(),
@@ -265,7 +356,7 @@ mod tests {
             stored("a", "completed", true, 10),
             stored("a", "processing", false, 0),
         ];
-        let plan = plan_batch(&batch, &HashMap::new());
+        let plan = plan_batch(&batch, &HashMap::new(), DayZone::Utc);
         let ids: Vec<_> = plan
             .writes
             .iter()
@@ -282,7 +373,7 @@ mod tests {
     #[test]
     fn replacing_a_counted_final_row_moves_its_contribution() {
         let old = stored("a", "failed", true, 5);
-        let counted = SummaryContribution::of(old.record(), old.cost());
+        let counted = SummaryContribution::of(old.record(), old.cost(), DayZone::Utc);
         let existing = HashMap::from([(
             "a".to_string(),
             ExistingRow {
@@ -292,12 +383,12 @@ mod tests {
             },
         )]);
         let batch = vec![stored("a", "pending", false, 0)];
-        let plan = plan_batch(&batch, &existing);
+        let plan = plan_batch(&batch, &existing, DayZone::Utc);
         assert!(plan.writes.is_empty());
         assert!(plan.summary.is_empty());
 
         let batch = vec![stored("a", "completed", true, 7)];
-        let plan = plan_batch(&batch, &existing);
+        let plan = plan_batch(&batch, &existing, DayZone::Utc);
         assert_eq!(plan.writes.len(), 1);
         let delta = plan.summary[0].1;
         assert_eq!(delta.request_count, 0);

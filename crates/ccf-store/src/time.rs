@@ -4,6 +4,11 @@
 //! that text order is time order and SQL range filters can compare strings. Legacy values without
 //! a zone (the Go forwarder wrote `'YYYY-MM-DD HH:MM:SS.ffffff'` in its configured time zone) are
 //! interpreted in a [`LegacyZone`] chosen by whoever opens the store.
+//!
+//! Calendar days and hours (the `usage_summary.date` key, the daily and hourly stats, "today")
+//! are days of a [`DayZone`]: the configured `timezone`, else the machine's zone. It is a
+//! different thing from the [`LegacyZone`], which only says how to read what the Go forwarder
+//! wrote.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -126,7 +131,7 @@ pub fn format_timestamp(time: SystemTime) -> String {
     datetime(time).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-/// The UTC calendar date of an instant, `YYYY-MM-DD` (the `usage_summary.date` key).
+/// The UTC calendar date of an instant, `YYYY-MM-DD`.
 pub fn format_date(time: SystemTime) -> String {
     datetime(time).format("%Y-%m-%d").to_string()
 }
@@ -157,6 +162,16 @@ pub fn system_time(time: DateTime<Utc>) -> SystemTime {
 ///
 /// Returns `None` for text in none of these forms.
 pub fn parse_timestamp(text: &str, zone: LegacyZone) -> Option<SystemTime> {
+    parse_with(text, |naive| zone.resolve(naive))
+}
+
+/// Reads a time given to the API: like [`parse_timestamp`], with zone-less values (`2025-09-28`,
+/// `2025-09-28 12:00`) read in the [`DayZone`] usage days are counted in.
+pub fn parse_in_day_zone(text: &str, zone: DayZone) -> Option<SystemTime> {
+    parse_with(text, |naive| zone.resolve(naive))
+}
+
+fn parse_with(text: &str, resolve: impl Fn(NaiveDateTime) -> SystemTime) -> Option<SystemTime> {
     let text = text.trim();
     if text.is_empty() {
         return None;
@@ -183,10 +198,10 @@ pub fn parse_timestamp(text: &str, zone: LegacyZone) -> Option<SystemTime> {
         }
     }
     if let Ok(naive) = parse_naive(text) {
-        return Some(zone.resolve(naive));
+        return Some(resolve(naive));
     }
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return date.and_hms_opt(0, 0, 0).map(|naive| zone.resolve(naive));
+        return date.and_hms_opt(0, 0, 0).map(resolve);
     }
     if let Ok(seconds) = text.parse::<i64>() {
         return DateTime::<Utc>::from_timestamp(seconds, 0).map(system_time);
@@ -239,6 +254,161 @@ pub fn from_parts(parts: DateTimeParts, zone: LegacyZone) -> Option<SystemTime> 
         parts.micros,
     )?;
     Some(zone.resolve(naive))
+}
+
+/// The zone whose calendar days and hours usage is counted in: `usage_summary.date`, the daily
+/// and hourly stats buckets, "today" and zone-less dates given to the API.
+///
+/// Built from the configured `timezone` ([`DayZone::from_config`]); without one it is the
+/// machine's zone, resolved to its IANA name once so that a database can record which zone its
+/// summary rows were counted in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum DayZone {
+    /// UTC days.
+    Utc,
+    /// A fixed offset from UTC.
+    Fixed(FixedOffset),
+    /// An IANA zone (daylight-saving aware).
+    Named(chrono_tz::Tz),
+    /// The machine's zone when its IANA name cannot be found (offsets from the C library).
+    MachineLocal,
+}
+
+impl Default for DayZone {
+    fn default() -> Self {
+        DayZone::machine()
+    }
+}
+
+impl fmt::Debug for DayZone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl DayZone {
+    /// The machine's zone: its IANA name when the system tells it, else the C library's local
+    /// offsets.
+    pub fn machine() -> Self {
+        iana_time_zone::get_timezone()
+            .ok()
+            .and_then(|name| name.parse::<chrono_tz::Tz>().ok())
+            .map(DayZone::Named)
+            .unwrap_or(DayZone::MachineLocal)
+    }
+
+    /// Parses `UTC`/`Z`, a fixed offset (`+08:00`) or an IANA name; `""` and `Local` are the
+    /// machine's zone.
+    pub fn parse(name: &str) -> Result<Self, StoreError> {
+        let name = name.trim();
+        if name.is_empty() || name.eq_ignore_ascii_case("local") {
+            return Ok(DayZone::machine());
+        }
+        Ok(match LegacyZone::parse(name)? {
+            LegacyZone::Utc => DayZone::Utc,
+            LegacyZone::Fixed(offset) => DayZone::Fixed(offset),
+            LegacyZone::Named(zone) => DayZone::Named(zone),
+        })
+    }
+
+    /// The zone of the configured global `timezone` (validated by ccf-config); absent, empty,
+    /// `Local` or unknown means the machine's zone.
+    pub fn from_config(timezone: Option<&str>) -> Self {
+        match DayZone::parse(timezone.unwrap_or("")) {
+            Ok(zone) => zone,
+            Err(error) => {
+                tracing::warn!(%error, "usage days will be counted in the machine's zone");
+                DayZone::machine()
+            }
+        }
+    }
+
+    /// The name recorded with the summary rows (`UTC`, `+08:00`, `Asia/Shanghai`, `Local`).
+    pub fn name(&self) -> String {
+        match self {
+            DayZone::Utc => "UTC".into(),
+            DayZone::Fixed(offset) => offset.to_string(),
+            DayZone::Named(zone) => zone.name().into(),
+            DayZone::MachineLocal => "Local".into(),
+        }
+    }
+
+    /// The offset from UTC in force at `time`.
+    pub fn offset_at(&self, time: SystemTime) -> FixedOffset {
+        use chrono::Offset;
+        let utc = datetime(time);
+        match self {
+            DayZone::Utc => Utc.fix(),
+            DayZone::Fixed(offset) => *offset,
+            DayZone::Named(zone) => zone.offset_from_utc_datetime(&utc.naive_utc()).fix(),
+            DayZone::MachineLocal => chrono::Local.offset_from_utc_datetime(&utc.naive_utc()),
+        }
+    }
+
+    fn local(&self, time: SystemTime) -> DateTime<FixedOffset> {
+        datetime(time).with_timezone(&self.offset_at(time))
+    }
+
+    /// The local calendar date of `time`.
+    pub fn date_of(&self, time: SystemTime) -> NaiveDate {
+        self.local(time).date_naive()
+    }
+
+    /// The local calendar date of `time`, `YYYY-MM-DD` (the `usage_summary.date` key and the
+    /// daily stats bucket).
+    pub fn format_date(&self, time: SystemTime) -> String {
+        self.date_of(time).format("%Y-%m-%d").to_string()
+    }
+
+    /// The local hour of `time` with its offset, `YYYY-MM-DDTHH:00:00+08:00`, `Z` for UTC (the
+    /// hourly stats bucket; the offset keeps the two 01:00 hours of a daylight-saving change
+    /// apart).
+    pub fn format_hour(&self, time: SystemTime) -> String {
+        let local = self.local(time);
+        if local.offset().local_minus_utc() == 0 {
+            local.format("%Y-%m-%dT%H:00:00Z").to_string()
+        } else {
+            local.format("%Y-%m-%dT%H:00:00%:z").to_string()
+        }
+    }
+
+    /// The instant of a local date-time in this zone (an ambiguous one takes the earlier
+    /// instant; one skipped by a daylight-saving jump, the first local time after it).
+    pub fn resolve(&self, naive: NaiveDateTime) -> SystemTime {
+        let exact = |naive: NaiveDateTime| -> Option<DateTime<Utc>> {
+            match self {
+                DayZone::Utc => Some(naive.and_utc()),
+                DayZone::Fixed(offset) => earliest(offset.from_local_datetime(&naive)),
+                DayZone::Named(zone) => earliest(zone.from_local_datetime(&naive)),
+                DayZone::MachineLocal => earliest(chrono::Local.from_local_datetime(&naive)),
+            }
+        };
+        let utc = (0..=8)
+            .find_map(|quarter| exact(naive + chrono::Duration::minutes(15 * quarter)))
+            .unwrap_or_else(|| naive.and_utc());
+        system_time(utc)
+    }
+
+    /// The first instant of a local calendar day (a midnight skipped by a daylight-saving jump
+    /// starts the day at the first local time that exists).
+    pub fn day_start(&self, date: NaiveDate) -> SystemTime {
+        self.resolve(date.and_hms_opt(0, 0, 0).unwrap_or_default())
+    }
+
+    /// The first and the last instant (to the microsecond, as stored) of a local calendar day.
+    pub fn day_span(&self, date: NaiveDate) -> (SystemTime, SystemTime) {
+        let start = self.day_start(date);
+        let next = date
+            .succ_opt()
+            .map(|next| self.day_start(next))
+            .unwrap_or(start + Duration::from_secs(86_400));
+        (start, next - Duration::from_micros(1))
+    }
+
+    /// Today's local date.
+    pub fn today(&self) -> NaiveDate {
+        self.date_of(SystemTime::now())
+    }
 }
 
 fn parse_naive(text: &str) -> Result<NaiveDateTime, chrono::ParseError> {

@@ -242,6 +242,11 @@ impl App {
         &self.stats
     }
 
+    /// Today's cost as the usage store counts it (`None`: no store, or it did not answer).
+    pub fn set_cost_today(&mut self, nano: Option<i64>) {
+        self.stats.cost_today_nano = nano;
+    }
+
     /// Whether the user asked to quit.
     pub fn is_quitting(&self) -> bool {
         self.quitting
@@ -262,7 +267,6 @@ impl App {
         self.snapshot = snapshot;
         self.now = now;
         self.stats.advance(unix_seconds(wall));
-        self.stats.roll_day(wall);
         if self.selected_endpoint.is_none()
             || !self
                 .snapshot
@@ -308,7 +312,7 @@ impl App {
             self.stats.count_arrival(unix_seconds(record.started_at));
         }
         if record.is_final() && !was_final {
-            self.stats.record_final(record, &self.pricing);
+            self.stats.record_final(record);
         }
     }
 

@@ -24,7 +24,7 @@ pub mod yaml_edit;
 pub use app::{Action, App, AppInfo, Notice, PriorityEditing, Snapshot, Tab};
 pub use control::perform;
 pub use logs::{LogBuffer, LogLevel, LogLine, DEFAULT_LOG_CAPACITY};
-pub use runtime::{run, stdout_is_terminal, Exit, TuiError, FRAME};
+pub use runtime::{cost_today, run, stdout_is_terminal, Exit, TuiError, COST_TODAY_EVERY, FRAME};
 pub use yaml_edit::{save_priority_edits, update_priorities, PriorityEdit, YamlEditError};
 
 /// Re-exported so callers build key events with the same crossterm version.

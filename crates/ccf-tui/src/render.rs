@@ -167,7 +167,12 @@ impl App {
                         + stats.tokens.cache_read,
                 ),
             ),
-            kv("Cost today", format_cost(stats.cost_today_nano)),
+            kv(
+                "Cost today",
+                stats
+                    .cost_today_nano
+                    .map_or_else(|| "-".to_string(), format_cost),
+            ),
         ];
         frame.render_widget(
             Paragraph::new(tokens).block(Block::bordered().title(" Tokens ")),

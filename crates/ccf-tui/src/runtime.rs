@@ -6,11 +6,19 @@
 //! UI wakes once per tick. Keys redraw at once; bursts of request events are batched into one
 //! frame per [`FRAME`].
 //!
+//! "Cost today" comes from the usage store: a task owned by the loop (aborted when it ends) asks
+//! the store for today's summary rows every [`COST_TODAY_EVERY`] and hands the total over a
+//! `watch` channel, so a slow database never holds up a frame.
+//!
 //! The terminal is restored when the loop ends for any reason (quit, the caller's shutdown, an
 //! error: a drop guard) and on panic (ratatui's panic hook, installed by `ratatui::try_init`).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use ccf_store::{DayZone, SummaryQuery, UsageStore};
+use tokio::sync::watch;
 
 use ccf_proxy::{Forwarder, ForwarderEvent};
 use crossterm::event::{Event, EventStream};
@@ -55,12 +63,43 @@ impl Drop for RestoreGuard {
     }
 }
 
+/// How often "cost today" is read from the usage store.
+pub const COST_TODAY_EVERY: Duration = Duration::from_secs(5);
+
+/// Today's cost in nano-USD as `store` counts it: the sum of today's `usage_summary` rows, today
+/// being a day of `day_zone` (the store's own zone, from the same `timezone`). Final requests
+/// are the only ones with a cost, and the summary counts every final request once, whichever
+/// forwarder wrote it.
+pub async fn cost_today(store: &dyn UsageStore, day_zone: DayZone) -> Option<i64> {
+    let today = day_zone.today().format("%Y-%m-%d").to_string();
+    let rows = store
+        .summary(&SummaryQuery {
+            start_date: Some(today.clone()),
+            end_date: Some(today),
+            ..SummaryQuery::default()
+        })
+        .await
+        .ok()?;
+    Some(rows.iter().map(|row| row.total_cost_nano_usd).sum())
+}
+
+/// Aborts the cost task when the loop ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the terminal UI on stdout until the user quits, `shutdown` resolves, or input ends.
 /// Takes over the terminal (raw mode, alternate screen) and gives it back before returning.
+/// `store` is the usage store when usage tracking is on ("cost today" is read from it).
 pub async fn run(
     forwarder: Forwarder,
     logs: LogBuffer,
     info: AppInfo,
+    store: Option<Arc<dyn UsageStore>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, TuiError> {
     let config = forwarder.config();
@@ -74,6 +113,20 @@ pub async fn run(
     // slow the terminal); the broadcast bus only says when routing or health changed.
     let mut bus = forwarder.events().subscribe();
     let mut requests = forwarder.events().subscribe_requests();
+    let day_zone = DayZone::from_config(config.timezone.as_deref());
+    let (cost_sender, mut cost_receiver) = watch::channel::<Option<i64>>(None);
+    let _cost_task = store.map(|store| {
+        AbortOnDrop(tokio::spawn(async move {
+            let mut every = tokio::time::interval(COST_TODAY_EVERY);
+            loop {
+                every.tick().await;
+                let cost = cost_today(store.as_ref(), day_zone).await;
+                if cost_sender.send(cost).is_err() {
+                    return;
+                }
+            }
+        }))
+    });
     let mut app = App::new(config, info, logs.clone(), Instant::now());
     app.refresh(
         Snapshot::capture(&forwarder),
@@ -162,6 +215,10 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 needs_snapshot = true;
+                redraw = true;
+            }
+            Ok(()) = cost_receiver.changed() => {
+                app.set_cost_today(*cost_receiver.borrow_and_update());
                 redraw = true;
             }
         }

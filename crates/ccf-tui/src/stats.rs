@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ccf_lifecycle::{AttemptOutcome, RequestId, RequestRecord, Status};
-use ccf_store::Pricing;
 
 /// Seconds of history the requests-per-second sparkline keeps.
 pub const RATE_HISTORY_SECONDS: usize = 120;
@@ -57,9 +56,11 @@ pub struct Stats {
     timed: u64,
     /// Tokens by kind.
     pub tokens: TokenTotals,
-    /// Cost of the requests finished today (UTC), nano-USD.
-    pub cost_today_nano: i64,
-    cost_day: u64,
+    /// Cost of today's finished requests, nano-USD, as the usage store counts it (today is a day
+    /// of the configured `timezone`, every forwarder writing the database included); `None`
+    /// without usage tracking or before the store first answered. Set by
+    /// [`crate::App::set_cost_today`], never from the requests this process saw.
+    pub cost_today_nano: Option<i64>,
     /// Per endpoint, by name.
     pub endpoints: BTreeMap<String, EndpointCounts>,
     /// Arrivals per second, oldest first; the last bucket is the current second.
@@ -127,7 +128,7 @@ impl Stats {
     }
 
     /// Adds a finished request.
-    pub fn record_final(&mut self, record: &RequestRecord, pricing: &Pricing) {
+    pub fn record_final(&mut self, record: &RequestRecord) {
         self.finished += 1;
         match record.status {
             Status::Completed => self.completed += 1,
@@ -152,25 +153,6 @@ impl Stats {
             self.tokens.output += usage.output_tokens;
             self.tokens.cache_creation += usage.cache_creation_input_tokens;
             self.tokens.cache_read += usage.cache_read_input_tokens;
-            let day = unix_seconds(record.ended_at.unwrap_or(record.started_at)) / 86_400;
-            if day > self.cost_day {
-                self.cost_day = day;
-                self.cost_today_nano = 0;
-            }
-            if day == self.cost_day {
-                self.cost_today_nano = self
-                    .cost_today_nano
-                    .saturating_add(pricing.cost(record.model(), usage).total);
-            }
-        }
-    }
-
-    /// Clears the cost at the start of a new UTC day.
-    pub fn roll_day(&mut self, now: SystemTime) {
-        let day = unix_seconds(now) / 86_400;
-        if day > self.cost_day {
-            self.cost_day = day;
-            self.cost_today_nano = 0;
         }
     }
 }

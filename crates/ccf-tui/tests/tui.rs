@@ -209,7 +209,10 @@ async fn overview_shows_totals_tokens_cost_and_the_request_rate() {
         .iter()
         .map(|record| record.usage.as_ref().unwrap().output_tokens)
         .sum();
-    assert!(app.stats().cost_today_nano > 0);
+    // Cost today is the store's figure, not what this process saw: none until it answers.
+    assert_eq!(app.stats().cost_today_nano, None);
+    assert_shows(&screen(&app, 110, 24), &["Cost today   -"]);
+    app.set_cost_today(Some(1_234_500_000));
     let lines = screen(&app, 110, 24);
     assert_eq!(lines[0], " cc-forwarder 0.1.0 │ http://127.0.0.1:8087 │ up 0ms │ active group: main │ in flight: 0 │ held: 0");
     assert_shows(
@@ -223,7 +226,7 @@ async fn overview_shows_totals_tokens_cost_and_the_request_rate() {
             "Success rate 100.0%",
             &format!("Input        {input}"),
             &format!("Output       {output}"),
-            "Cost today   $0.0",
+            "Cost today   $1.2345",
             "Active group main",
             "Endpoints    3/3 healthy",
             "Requests/s (last",
@@ -662,4 +665,44 @@ async fn group_keys_activate_pause_and_resume() {
     run(&mut app, &[key(KeyCode::Char('f'))]);
     assert_eq!(active().as_deref(), Some("main"));
     assert_eq!(app.notice().unwrap().text, "group main force-activated");
+}
+
+/// "Cost today" is read from the usage store, today being a day of the configured zone: a
+/// request a minute before today's midnight there is not counted, one this process never saw is.
+#[tokio::test]
+async fn cost_today_is_the_store_figure_for_the_configured_zones_day() {
+    use ccf_store::{DayZone, Pricing, StoredRecord, UsageRecord, UsageStore};
+    let dir = tempfile::tempdir().unwrap();
+    let zone = DayZone::parse("Asia/Shanghai").unwrap();
+    let store = ccf_store_sqlite::SqliteStore::open(
+        dir.path().join("usage.db"),
+        ccf_store_sqlite::SqliteOptions {
+            day_zone: zone,
+            ..ccf_store_sqlite::SqliteOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(ccf_tui::cost_today(&store, zone).await, Some(0));
+    let pricing = Pricing::default();
+    let finished = |id: &str, start: std::time::SystemTime, input: u64| {
+        let mut record = UsageRecord::new(id, start);
+        record.status = "completed".into();
+        record.is_final = true;
+        record.model_name = Some("claude-sonnet-4-5".into());
+        record.usage = ccf_types::Usage {
+            input_tokens: input,
+            output_tokens: 10,
+            ..ccf_types::Usage::default()
+        };
+        StoredRecord::price(record, &pricing)
+    };
+    let today_start = zone.day_start(zone.today());
+    let today = finished("req-today", std::time::SystemTime::now(), 1000);
+    let yesterday = finished("req-yesterday", today_start - Duration::from_secs(60), 5000);
+    let expected = today.cost().total;
+    assert!(expected > 0);
+    store.write_batch(&[today, yesterday]).await.unwrap();
+    assert_eq!(ccf_tui::cost_today(&store, zone).await, Some(expected));
 }

@@ -169,7 +169,12 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = Arc::new(config);
         let (store, recorder) = if options.tracking {
-            let sqlite = SqliteStore::open(dir.path().join("usage.db"), SqliteOptions::default())
+            // As the application opens it: usage days in the configured `timezone`.
+            let options = SqliteOptions {
+                day_zone: ccf_store::DayZone::from_config(config.timezone.as_deref()),
+                ..SqliteOptions::default()
+            };
+            let sqlite = SqliteStore::open(dir.path().join("usage.db"), options)
                 .await
                 .expect("open sqlite");
             sqlite.migrate().await.expect("migrate");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ccf_config::MysqlTarget;
 use ccf_store::contract::ContractFixture;
-use ccf_store::{async_trait, UsageStore};
+use ccf_store::{async_trait, DayZone, UsageStore};
 use ccf_store_mysql::{MysqlOptions, MysqlStore};
 use mysql_async::prelude::Queryable;
 
@@ -88,18 +88,32 @@ impl ContractFixture for MysqlFixture {
         self.store.clone()
     }
 
+    async fn reopen(&self, day_zone: DayZone) -> Arc<dyn UsageStore> {
+        Arc::new(open(&self.database, day_zone).await)
+    }
+
     async fn teardown(self) {
         drop_database(&self.database).await;
     }
 }
 
-/// A migrated store in a fresh database.
-pub async fn fixture() -> MysqlFixture {
-    let database = create_database().await;
-    let store = MysqlStore::connect(&target(&database), MysqlOptions::default())
+/// A store on `database` counting days in `day_zone`, migrated.
+pub async fn open(database: &str, day_zone: DayZone) -> MysqlStore {
+    let options = MysqlOptions {
+        day_zone,
+        ..MysqlOptions::default()
+    };
+    let store = MysqlStore::connect(&target(database), options)
         .await
         .unwrap();
     store.migrate().await.unwrap();
+    store
+}
+
+/// A migrated store in a fresh database, counting days in `day_zone`.
+pub async fn fixture(day_zone: DayZone) -> MysqlFixture {
+    let database = create_database().await;
+    let store = open(&database, day_zone).await;
     MysqlFixture {
         store: Arc::new(store),
         database,

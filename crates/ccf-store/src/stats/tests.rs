@@ -1,0 +1,178 @@
+use super::*;
+use crate::time::system_time;
+
+fn at(text: &str) -> SystemTime {
+    system_time(
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|time| time.with_timezone(&chrono::Utc))
+            .unwrap(),
+    )
+}
+
+fn shanghai() -> DayZone {
+    DayZone::parse("Asia/Shanghai").unwrap()
+}
+
+#[test]
+fn whole_local_days_come_from_the_summary_and_the_edges_from_raw_rows() {
+    let query = StatsQuery {
+        start: Some(at("2026-03-01T10:00:00+08:00")),
+        end: Some(at("2026-03-05T12:00:00+08:00")),
+        ..StatsQuery::default()
+    };
+    let plan = plan_stats(&query, shanghai(), at("2026-03-05T12:00:00+08:00"));
+    assert_eq!(
+        plan.summary_days,
+        Some(("2026-03-02".to_string(), "2026-03-04".to_string()))
+    );
+    assert_eq!(
+        plan.unsummarized,
+        Some(TimeSpan {
+            start: Some(at("2026-03-01T16:00:00Z")),
+            end: Some(at("2026-03-04T15:59:59.999999Z")),
+        })
+    );
+    assert_eq!(
+        plan.raw,
+        vec![
+            TimeSpan {
+                start: Some(at("2026-03-01T02:00:00Z")),
+                end: Some(at("2026-03-01T15:59:59.999999Z")),
+            },
+            TimeSpan {
+                start: Some(at("2026-03-04T16:00:00Z")),
+                end: Some(at("2026-03-05T04:00:00Z")),
+            },
+        ]
+    );
+    assert_eq!(
+        plan.hourly,
+        TimeSpan {
+            start: Some(at("2026-03-04T16:00:00Z")),
+            end: Some(at("2026-03-05T04:00:00Z")),
+        },
+        "the range's last Shanghai day, the right edge's span"
+    );
+    assert_eq!(plan.hourly, plan.raw[1]);
+}
+
+#[test]
+fn filters_the_summary_cannot_answer_read_raw_rows_for_the_whole_range() {
+    let query = StatsQuery {
+        start: Some(at("2026-03-01T00:00:00Z")),
+        end: Some(at("2026-03-05T00:00:00Z")),
+        status: Some("failed".into()),
+        ..StatsQuery::default()
+    };
+    let plan = plan_stats(&query, DayZone::Utc, at("2026-03-05T00:00:00Z"));
+    assert_eq!(plan.summary_days, None);
+    assert_eq!(
+        plan.raw,
+        vec![TimeSpan {
+            start: query.start,
+            end: query.end
+        }]
+    );
+}
+
+#[test]
+fn a_range_inside_one_day_is_all_raw() {
+    let query = StatsQuery {
+        start: Some(at("2026-03-01T01:00:00Z")),
+        end: Some(at("2026-03-01T02:00:00Z")),
+        ..StatsQuery::default()
+    };
+    let plan = plan_stats(&query, DayZone::Utc, at("2026-03-01T02:00:00Z"));
+    assert_eq!(plan.summary_days, None);
+    assert_eq!(plan.raw.len(), 1);
+}
+
+#[test]
+fn raw_quarter_hours_land_on_local_days_and_hours() {
+    let sums = |n: i64| Sums {
+        request_count: n,
+        success_count: n,
+        duration_sum_ms: 100 * n,
+        duration_count: n,
+        ..Sums::default()
+    };
+    // 23:30 UTC on 1 March is 07:30 on 2 March in Shanghai; 00:30 UTC on 2 March is 08:30.
+    let late = at("2026-03-01T23:30:00Z");
+    let early = at("2026-03-02T00:30:00Z");
+    let quarter = |time: SystemTime| crate::time::datetime(time).timestamp() / QUARTER_HOUR_SECS;
+    let raw = vec![
+        RawSlice {
+            quarter_hour: quarter(late),
+            model: "m".into(),
+            sums: sums(1),
+            ..RawSlice::default()
+        },
+        RawSlice {
+            quarter_hour: quarter(early),
+            model: "m".into(),
+            sums: sums(2),
+            ..RawSlice::default()
+        },
+    ];
+    let summary = vec![SummarySlice {
+        date: "2026-03-01".into(),
+        model: "unknown".into(),
+        endpoint: "e".into(),
+        group: String::new(),
+        sums: sums(4),
+    }];
+    let readings = StatsReadings {
+        summary,
+        key_summary: vec![KeySummarySlice {
+            date: "2026-03-01".into(),
+            api_key: "team".into(),
+            sums: sums(4),
+        }],
+        raw: raw.clone(),
+        api_keys: None,
+        hourly: raw,
+        p95_duration_ms: Some(7),
+    };
+    let stats = compose_stats(shanghai(), &readings);
+    let keys: Vec<_> = stats
+        .by_api_key
+        .iter()
+        .map(|b| (b.key.as_str(), b.aggregate.request_count))
+        .collect();
+    assert_eq!(keys, vec![("team", 4), ("", 3)]);
+    let days: Vec<_> = stats
+        .by_day
+        .iter()
+        .map(|b| (b.key.as_str(), b.aggregate.request_count))
+        .collect();
+    assert_eq!(days, vec![("2026-03-01", 4), ("2026-03-02", 3)]);
+    let hours: Vec<_> = stats
+        .by_hour
+        .iter()
+        .map(|b| (b.key.as_str(), b.aggregate.request_count))
+        .collect();
+    assert_eq!(
+        hours,
+        vec![
+            ("2026-03-02T07:00:00+08:00", 1),
+            ("2026-03-02T08:00:00+08:00", 2)
+        ]
+    );
+    let models: Vec<_> = stats
+        .by_model
+        .iter()
+        .map(|b| (b.key.as_str(), b.aggregate.request_count))
+        .collect();
+    assert_eq!(models, vec![("", 4), ("m", 3)]);
+    assert_eq!(stats.totals.request_count, 7);
+    assert_eq!(stats.totals.avg_duration_ms, Some(100.0));
+    assert_eq!(stats.p95_duration_ms, Some(7));
+}
+
+#[test]
+fn p95_is_the_nearest_rank() {
+    assert_eq!(p95(Vec::new()), None);
+    assert_eq!(p95((1..=100).rev().collect()), Some(95));
+    assert_eq!(p95(vec![5]), Some(5));
+    assert_eq!(p95((1..=21).collect()), Some(20));
+}
