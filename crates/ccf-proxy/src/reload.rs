@@ -266,6 +266,12 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
             || old.logging.compress_rotated != new.logging.compress_rotated,
     );
     restart("tui", differs(&old.tui, &new.tui));
+    // The zone applies at once to how times are shown; the usage days the stores count in
+    // (usage_summary rows, "today") are fixed when the store opens, which rebuilds the summary.
+    restart(
+        "timezone (usage days: summary rows and today)",
+        old.timezone != new.timezone,
+    );
     restart("instance_id", old.instance_id != new.instance_id);
     report
 }
@@ -339,6 +345,17 @@ mod tests {
         assert_eq!(
             report.restart_required,
             ["server.host/server.port (proxy listen address)"]
+        );
+    }
+
+    #[test]
+    fn a_timezone_change_is_shown_at_once_and_counts_usage_days_after_a_restart() {
+        let new = config(&format!("timezone: Asia/Tokyo\n{BASE}"));
+        let report = diff(&config(BASE), &new);
+        assert_eq!(report.applied, ["timezone changed"]);
+        assert_eq!(
+            report.restart_required,
+            ["timezone (usage days: summary rows and today)"]
         );
     }
 }
