@@ -283,6 +283,22 @@ pub(crate) struct ModelPriceDto {
     cache_read: f64,
     /// `null` when the file gives none (2 x input applies).
     cache_creation_1h: Option<f64>,
+    /// The rates of a request over `threshold_input_tokens` input tokens (input + cache writes
+    /// + cache reads), for models with a long-context tier; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    long_context: Option<LongContextPriceDto>,
+}
+
+/// A model's long-context tier, USD per million tokens for every token of such a request.
+#[derive(Debug, Serialize)]
+pub(crate) struct LongContextPriceDto {
+    threshold_input_tokens: u64,
+    input: f64,
+    output: f64,
+    cache_creation: f64,
+    cache_read: f64,
+    /// `null` when the file gives none (2 x the tier's input applies).
+    cache_creation_1h: Option<f64>,
 }
 
 impl From<&ModelPricing> for ModelPriceDto {
@@ -293,6 +309,14 @@ impl From<&ModelPricing> for ModelPriceDto {
             cache_creation: price.cache_creation,
             cache_read: price.cache_read,
             cache_creation_1h: price.cache_creation_1h,
+            long_context: price.long_context.as_ref().map(|tier| LongContextPriceDto {
+                threshold_input_tokens: tier.threshold_input_tokens,
+                input: tier.input,
+                output: tier.output,
+                cache_creation: tier.cache_creation,
+                cache_read: tier.cache_read,
+                cache_creation_1h: tier.cache_creation_1h,
+            }),
         }
     }
 }
@@ -388,5 +412,39 @@ mod tests {
         assert_eq!(value["change_type"], "request_updated");
         let value = to_json(&LiveRequestDto::new(&row, None, "request_started"));
         assert_eq!(value["error_state"], Value::Null);
+    }
+
+    #[test]
+    fn a_price_shows_its_long_context_tier_only_when_it_has_one() {
+        let mut price = ccf_config::ModelPricing {
+            input: 3.0,
+            output: 15.0,
+            cache_creation: 3.75,
+            cache_read: 0.3,
+            cache_creation_1h: None,
+            long_context: None,
+        };
+        assert_eq!(
+            to_json(&ModelPriceDto::from(&price)),
+            serde_json::json!({
+                "input": 3.0, "output": 15.0, "cache_creation": 3.75, "cache_read": 0.3,
+                "cache_creation_1h": null
+            })
+        );
+        price.long_context = Some(ccf_config::LongContextPricing {
+            threshold_input_tokens: 200_000,
+            input: 6.0,
+            output: 22.5,
+            cache_creation: 7.5,
+            cache_read: 0.6,
+            cache_creation_1h: Some(12.0),
+        });
+        assert_eq!(
+            to_json(&ModelPriceDto::from(&price))["long_context"],
+            serde_json::json!({
+                "threshold_input_tokens": 200000, "input": 6.0, "output": 22.5,
+                "cache_creation": 7.5, "cache_read": 0.6, "cache_creation_1h": 12.0
+            })
+        );
     }
 }
