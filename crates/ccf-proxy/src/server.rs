@@ -37,6 +37,8 @@ use tracing::{debug, info, warn};
 
 use crate::forwarder::Forwarder;
 
+pub mod per_core;
+
 /// The address of the client that sent a request, put into the request's extensions by
 /// [`serve`] (embedders serving the engine themselves may insert it too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +126,29 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> ServeReport {
     let limits = ConnectionLimits::from_config(&forwarder.config().server);
-    serve_connections_with_limits(
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    serve_forwarder_with_slots(
+        listener,
+        forwarder,
+        options,
+        limits,
+        connection_slots,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with connection slots shared with other listeners (the per-core listeners of one
+/// forwarder share `server.max_connections`).
+pub(crate) async fn serve_forwarder_with_slots(
+    listener: TcpListener,
+    forwarder: Forwarder,
+    options: ServeOptions,
+    limits: ConnectionLimits,
+    connection_slots: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) -> ServeReport {
+    serve_with_slots(
         listener,
         move |peer| WithClientAddr {
             forwarder: forwarder.clone(),
@@ -132,6 +156,7 @@ pub async fn serve(
         },
         options,
         limits,
+        connection_slots,
         shutdown,
     )
     .await
@@ -225,6 +250,40 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    serve_with_slots(
+        listener,
+        service_for,
+        options,
+        limits,
+        connection_slots,
+        shutdown,
+    )
+    .await
+}
+
+/// The accept loop of [`serve_connections_with_limits`], taking a slot of `connection_slots`
+/// for every open connection (`limits.max_connections` is already in the semaphore).
+async fn serve_with_slots<S, B>(
+    listener: TcpListener,
+    service_for: impl Fn(SocketAddr) -> S,
+    options: ServeOptions,
+    limits: ConnectionLimits,
+    connection_slots: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) -> ServeReport
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -234,7 +293,6 @@ where
         .max_headers(limits.max_headers);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
-    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let first_head_timeout = options.header_read_timeout;
     tokio::pin!(shutdown);
     loop {
