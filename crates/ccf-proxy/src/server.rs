@@ -6,9 +6,10 @@
 //! `drain_timeout` for them; connections still open after that are dropped.
 //!
 //! Limits ([`ConnectionLimits`], from `server.*` for the proxy listener):
-//! - `max_connections`: the accept loop takes a slot before it accepts; with every slot taken it
-//!   stops accepting, so further clients wait in the kernel's listen backlog (their connect
-//!   succeeds, their request is answered once a slot frees) instead of being reset;
+//! - `max_connections`: the accept loop takes a slot for each connection it accepts; with every
+//!   slot taken it holds the one connection it accepted and stops accepting, so further clients
+//!   wait in the kernel's listen backlog (their connect succeeds, their request is answered once
+//!   a slot frees) instead of being reset;
 //! - `header_read_timeout`: a connection must deliver its first complete request head within
 //!   this time of being accepted, whatever the protocol (this also covers the bytes hyper-util
 //!   reads to tell HTTP/1 from HTTP/2, which hyper's own timer does not), and every later HTTP/1
@@ -296,68 +297,72 @@ where
     let first_head_timeout = options.header_read_timeout;
     tokio::pin!(shutdown);
     loop {
-        // A slot first: with none free, stop accepting (clients wait in the listen backlog).
+        // Accept, then take a slot for the accepted connection: with none free this loop waits
+        // and accepts nothing more, so further clients wait in the listen backlog. The slot is
+        // taken after the accept so that, with several per-core listeners sharing the slots,
+        // a free slot goes to a loop that holds a waiting connection instead of to one that
+        // would then wait in `accept` with the slot while the client waits on another listener.
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                warn!("accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let slot = tokio::select! {
             slot = Arc::clone(&connection_slots).acquire_owned() => match slot {
                 Ok(slot) => slot,
                 Err(_) => break,
             },
+            // The waiting connection is closed unserved, like one still in the backlog.
             () = &mut shutdown => break,
         };
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
-                        warn!("accept failed: {error}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                set_tcp_keepalive(&stream);
-                let seen = Arc::new(AtomicBool::new(false));
-                let service = NoticeRequests {
-                    inner: service_for(peer),
-                    seen: Arc::clone(&seen),
-                };
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                // The task owns the connection and its slot; dropping the connection closes it.
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    tokio::pin!(connection);
-                    let first_head_deadline = tokio::time::sleep(first_head_timeout);
-                    tokio::pin!(first_head_deadline);
-                    let mut deadline_passed = false;
-                    let result = loop {
-                        tokio::select! {
-                            result = &mut connection => break Some(result),
-                            () = &mut first_head_deadline, if !deadline_passed => {
-                                if seen.load(Ordering::Acquire) {
-                                    deadline_passed = true;
-                                } else {
-                                    break None;
-                                }
-                            }
+        let _ = stream.set_nodelay(true);
+        set_tcp_keepalive(&stream);
+        let seen = Arc::new(AtomicBool::new(false));
+        let service = NoticeRequests {
+            inner: service_for(peer),
+            seen: Arc::clone(&seen),
+        };
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        // The task owns the connection and its slot; dropping the connection closes it.
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::pin!(connection);
+            let first_head_deadline = tokio::time::sleep(first_head_timeout);
+            tokio::pin!(first_head_deadline);
+            let mut deadline_passed = false;
+            let result = loop {
+                tokio::select! {
+                    result = &mut connection => break Some(result),
+                    () = &mut first_head_deadline, if !deadline_passed => {
+                        if seen.load(Ordering::Acquire) {
+                            deadline_passed = true;
+                        } else {
+                            break None;
                         }
-                    };
-                    match result {
-                        Some(Err(error)) => debug!(%peer, "connection ended: {error}"),
-                        Some(Ok(())) => {}
-                        None => debug!(
-                            %peer,
-                            timeout = ?first_head_timeout,
-                            "closing connection: no complete request head within server.header_read_timeout"
-                        ),
                     }
-                });
+                }
+            };
+            match result {
+                Some(Err(error)) => debug!(%peer, "connection ended: {error}"),
+                Some(Ok(())) => {}
+                None => debug!(
+                    %peer,
+                    timeout = ?first_head_timeout,
+                    "closing connection: no complete request head within server.header_read_timeout"
+                ),
             }
-            () = &mut shutdown => break,
-        }
+        });
     }
     drop(listener);
     let open = graceful.count();
