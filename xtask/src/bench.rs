@@ -10,6 +10,12 @@
 //! inter-event gap on paced streams, 1,000 concurrent paced streams, RSS (idle, peak) and CPU
 //! seconds per 10,000 requests (from `/proc/<pid>/stat`).
 //!
+//! nginx runs in the same rounds as a comparison target (issue #19): Debian's nginx (installed
+//! with `apt-get` when missing, saying why), one worker, a plain reverse proxy with keep-alive
+//! to the same mocks (`proxy_buffering off` so streams pass through as they come). The table
+//! shows its figures next to the forwarder's and the forwarder/nginx ratios. Without nginx
+//! (not installable here) its column shows `-`.
+//!
 //! Writes `target/bench/results.json` and `target/bench/results.md` and prints the table.
 //! Every child is killed on every way out (its `Drop`), every load run is bounded in time.
 
@@ -112,6 +118,12 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     )?;
     fast_mock.wait_listening(fast_port, &stop)?;
     paced_mock.wait_listening(paced_port, &stop)?;
+    let nginx = match find_or_install_nginx() {
+        Some(program) => Some(Nginx::start(
+            &program, &work.path, fast_port, paced_port, &stop,
+        )?),
+        None => None,
+    };
 
     // Forwarders.
     let mut forwarders = Vec::new();
@@ -152,18 +164,24 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let on = target(forwarders[0].1);
     let off = target(forwarders[1].1);
     let paced_fwd = target(forwarders[2].1);
-    let pids: BTreeMap<&str, u32> = [
+    let mut pids: BTreeMap<&str, u32> = [
         ("direct", fast_mock.pid()),
         ("usage_on", forwarders[0].2.pid()),
         ("usage_off", forwarders[1].2.pid()),
     ]
     .into_iter()
     .collect();
+    if let Some(nginx) = &nginx {
+        pids.insert("nginx", nginx.process.pid());
+    }
 
     let mut rounds = Vec::new();
     for round in 0..plan.rounds {
         println!("\n==> round {} of {}", round + 1, plan.rounds);
         let mut order = vec![("direct", fast), ("usage_on", on), ("usage_off", off)];
+        if let Some(nginx) = &nginx {
+            order.insert(1, ("nginx", target(nginx.fast_port)));
+        }
         if round % 2 == 1 {
             order.reverse();
         }
@@ -174,7 +192,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
             ("sse_c64", "sse", 64),
         ] {
             for (who, address) in &order {
-                let cpu_before = pids.get(who).map(|pid| cpu_ticks(*pid)).transpose()?;
+                let cpu_before = pids
+                    .get(who)
+                    .map(|pid| process_tree_ticks(*pid))
+                    .transpose()?;
                 let mut result = load(
                     &loadgen,
                     &stop,
@@ -188,7 +209,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
                     },
                 )?;
                 if let (Some(before), Some(pid)) = (cpu_before, pids.get(who)) {
-                    let ticks = cpu_ticks(*pid)?.saturating_sub(before);
+                    let ticks = process_tree_ticks(*pid)?.saturating_sub(before);
                     let ok = result["ok"].as_f64().unwrap_or(0.0);
                     let seconds = ticks as f64 / clock_ticks_per_second();
                     if ok > 0.0 {
@@ -200,6 +221,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
             }
         }
         let mut paced_order = vec![("direct", paced), ("usage_on", paced_fwd)];
+        if let Some(nginx) = &nginx {
+            paced_order.insert(1, ("nginx", target(nginx.paced_port)));
+        }
         if round % 2 == 1 {
             paced_order.reverse();
         }
@@ -247,14 +271,23 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     for (_, _, child) in &mut forwarders {
         child.stop();
     }
+    let nginx_version = nginx.as_ref().map(|nginx| nginx.version.clone());
+    drop(nginx);
     paced_mock.stop();
     fast_mock.stop();
 
     let summary = summarize(&rounds, &many, &idle_rss, &peak_rss);
-    let table = markdown(&summary, &plan, args.quick, &args.profile);
+    let table = markdown(
+        &summary,
+        &plan,
+        args.quick,
+        &args.profile,
+        nginx_version.as_deref(),
+    );
     let results = json!({
         "command": if args.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" },
         "forwarder_profile": args.profile,
+        "nginx": nginx_version,
         "rounds": plan.rounds,
         "seconds_per_run": plan.seconds,
         "machine": machine(),
@@ -385,7 +418,7 @@ fn summarize(
     };
     let med = |f: &dyn Fn(&BTreeMap<String, Value>) -> f64| median(rounds.iter().map(f).collect());
     let mut out = serde_json::Map::new();
-    for who in ["direct", "usage_on", "usage_off"] {
+    for who in ["direct", "nginx", "usage_on", "usage_off"] {
         for q in ["p50", "p99"] {
             out.insert(
                 format!("json_c1_{who}_{q}_us"),
@@ -430,8 +463,25 @@ fn summarize(
                 );
             }
         }
+        if who.starts_with("usage") {
+            // The forwarder against nginx, per round (same machine load), then the median.
+            for scenario in ["json_c64", "sse_c64"] {
+                out.insert(
+                    format!("{scenario}_{who}_vs_nginx"),
+                    json!(med(&|r| get(r, &format!("{scenario}/{who}"), "rps", "")
+                        / get(r, &format!("{scenario}/nginx"), "rps", ""))),
+                );
+            }
+            for q in ["p50", "p99"] {
+                out.insert(
+                    format!("json_c1_{who}_added_{q}_minus_nginx_us"),
+                    json!(med(&|r| get(r, &format!("json_c1/{who}"), "latency_us", q)
+                        - get(r, "json_c1/nginx", "latency_us", q))),
+                );
+            }
+        }
     }
-    for who in ["direct", "usage_on"] {
+    for who in ["direct", "nginx", "usage_on"] {
         let key = format!("paced_sse/{who}");
         for (field, q) in [
             ("ttfb_us", "p50"),
@@ -447,12 +497,20 @@ fn summarize(
         }
     }
     for (field, q) in [("ttfb_us", "p50"), ("ttfb_us", "p99"), ("gap_us", "p99")] {
-        out.insert(
-            format!("paced_added_{field}_{q}"),
-            json!(med(
-                &|r| get(r, "paced_sse/usage_on", field, q) - get(r, "paced_sse/direct", field, q)
-            )),
-        );
+        for who in ["nginx", "usage_on"] {
+            let key = format!("paced_sse/{who}");
+            let prefix = if who == "usage_on" {
+                String::new()
+            } else {
+                format!("{who}_")
+            };
+            out.insert(
+                format!("paced_{prefix}added_{field}_{q}"),
+                json!(med(
+                    &|r| get(r, &key, field, q) - get(r, "paced_sse/direct", field, q)
+                )),
+            );
+        }
     }
     for (who, result) in many {
         for field in ["ok", "errors", "incomplete", "stalled"] {
@@ -477,83 +535,122 @@ fn summarize(
     Value::Object(out)
 }
 
-/// The markdown table.
-fn markdown(s: &Value, plan: &Plan, quick: bool, profile: &str) -> String {
+/// The markdown table: direct, nginx and both forwarders side by side, then the forwarder
+/// against nginx (NaN, e.g. without nginx, is shown as `-`).
+fn markdown(s: &Value, plan: &Plan, quick: bool, profile: &str, nginx: Option<&str>) -> String {
     let f = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
-    let us = |key: &str| format!("{:.0} µs", f(key));
-    let rps = |key: &str| format!("{:.0}/s", f(key));
-    let pct = |key: &str| format!("{:.0}%", f(key) * 100.0);
-    let mb = |key: &str| format!("{:.1} MB", f(key) / 1024.0);
-    let cpu = |key: &str| format!("{:.2} s", f(key));
+    let shown = |value: f64, text: String| {
+        if value.is_finite() {
+            text
+        } else {
+            "-".to_string()
+        }
+    };
+    let us = |key: &str| shown(f(key), format!("{:.0} µs", f(key)));
+    let rps = |key: &str| shown(f(key), format!("{:.0}/s", f(key)));
+    let pct = |key: &str| shown(f(key), format!("{:.0}%", f(key) * 100.0));
+    let times = |key: &str| shown(f(key), format!("{:.2}×", f(key)));
+    let mb = |key: &str| shown(f(key), format!("{:.1} MB", f(key) / 1024.0));
+    let cpu = |key: &str| shown(f(key), format!("{:.2} s", f(key)));
+    let signed_us = |key: &str| shown(f(key), format!("{:+.0} µs", f(key)));
     let mut t = String::new();
     t.push_str(&format!(
-        "`cargo xtask bench{}{}`: forwarder built with the `{profile}` profile, {} interleaved rounds of {} s per run (paced: {} s), medians across rounds.\n\n",
+        "`cargo xtask bench{}{}`: forwarder built with the `{profile}` profile, {} interleaved rounds of {} s per run (paced: {} s), medians across rounds. nginx: {}.\n\n",
         if quick { " --quick" } else { "" },
         if profile == "dist" { String::new() } else { format!(" --profile {profile}") },
         plan.rounds,
         plan.seconds,
-        plan.paced_seconds
+        plan.paced_seconds,
+        nginx.map_or("not available (its column shows -)".to_string(), |version| {
+            format!("{version}, 1 worker, plain reverse proxy with keep-alive to the same mock")
+        }),
     ));
     t.push_str(
-        "| scenario | figure | direct | forwarder, usage on (SQLite) | forwarder, usage off |\n",
+        "| scenario | figure | direct | nginx (1 worker) | forwarder, usage on (SQLite) | forwarder, usage off |\n",
     );
-    t.push_str("|---|---|---|---|---|\n");
-    let row = |t: &mut String, a: &str, b: &str, c: String, d: String, e: String| {
-        t.push_str(&format!("| {a} | {b} | {c} | {d} | {e} |\n"));
+    t.push_str("|---|---|---|---|---|---|\n");
+    let row = |t: &mut String, a: &str, b: &str, cells: [String; 4]| {
+        let [c, n, d, e] = cells;
+        t.push_str(&format!("| {a} | {b} | {c} | {n} | {d} | {e} |\n"));
+    };
+    let each = |pattern: &dyn Fn(&str) -> String, who: [&str; 4]| -> [String; 4] {
+        who.map(|who| {
+            if who.is_empty() {
+                String::new()
+            } else {
+                pattern(who)
+            }
+        })
     };
     for q in ["p50", "p99"] {
         row(
             &mut t,
             "JSON, concurrency 1",
             &format!("latency {q}"),
-            us(&format!("json_c1_direct_{q}_us")),
-            us(&format!("json_c1_usage_on_{q}_us")),
-            us(&format!("json_c1_usage_off_{q}_us")),
+            each(
+                &|who| us(&format!("json_c1_{who}_{q}_us")),
+                ["direct", "nginx", "usage_on", "usage_off"],
+            ),
         );
+        let mut added = each(
+            &|who| us(&format!("json_c1_{who}_added_{q}_us")),
+            ["nginx", "nginx", "usage_on", "usage_off"],
+        );
+        added[0] = "-".into();
         row(
             &mut t,
             "JSON, concurrency 1",
             &format!("**added latency {q}**"),
-            "-".into(),
-            us(&format!("json_c1_usage_on_added_{q}_us")),
-            us(&format!("json_c1_usage_off_added_{q}_us")),
+            added,
+        );
+        let mut minus = each(
+            &|who| signed_us(&format!("json_c1_{who}_added_{q}_minus_nginx_us")),
+            ["usage_on", "usage_on", "usage_on", "usage_off"],
+        );
+        minus[0] = "-".into();
+        minus[1] = "-".into();
+        row(
+            &mut t,
+            "JSON, concurrency 1",
+            &format!("**added {q} minus nginx's**"),
+            minus,
         );
     }
     for (scenario, label) in [
         ("json_c64", "JSON, concurrency 64"),
         ("sse_c64", "SSE (3 deltas), concurrency 64"),
     ] {
+        let all = ["direct", "nginx", "usage_on", "usage_off"];
         row(
             &mut t,
             label,
             "requests/s",
-            rps(&format!("{scenario}_direct_rps")),
-            rps(&format!("{scenario}_usage_on_rps")),
-            rps(&format!("{scenario}_usage_off_rps")),
+            each(&|who| rps(&format!("{scenario}_{who}_rps")), all),
         );
+        let mut ratio = each(&|who| pct(&format!("{scenario}_{who}_ratio")), all);
+        ratio[0] = "100%".into();
+        row(&mut t, label, "**ratio to direct**", ratio);
+        let mut vs_nginx = each(&|who| times(&format!("{scenario}_{who}_vs_nginx")), all);
+        vs_nginx[0] = "-".into();
+        vs_nginx[1] = "1.00×".into();
+        row(&mut t, label, "**ratio to nginx**", vs_nginx);
         row(
             &mut t,
             label,
-            "**ratio to direct**",
-            "100%".into(),
-            pct(&format!("{scenario}_usage_on_ratio")),
-            pct(&format!("{scenario}_usage_off_ratio")),
-        );
-        row(
-            &mut t,
-            label,
-            "CPU s per 10k requests (mock / forwarder)",
-            cpu(&format!("{scenario}_direct_cpu_s_per_10k")),
-            cpu(&format!("{scenario}_usage_on_cpu_s_per_10k")),
-            cpu(&format!("{scenario}_usage_off_cpu_s_per_10k")),
+            "CPU s per 10k requests (mock / proxy)",
+            each(&|who| cpu(&format!("{scenario}_{who}_cpu_s_per_10k")), all),
         );
         row(
             &mut t,
             label,
             "errors (all rounds)",
-            format!("{}", f(&format!("{scenario}_direct_errors"))),
-            format!("{}", f(&format!("{scenario}_usage_on_errors"))),
-            format!("{}", f(&format!("{scenario}_usage_off_errors"))),
+            each(
+                &|who| {
+                    let value = f(&format!("{scenario}_{who}_errors"));
+                    shown(value, format!("{value}"))
+                },
+                all,
+            ),
         );
     }
     let paced = format!("Paced SSE ({PACED_DELTAS} deltas / {PACED_DELAY_MS} ms), 32 streams");
@@ -566,17 +663,21 @@ fn markdown(s: &Value, plan: &Plan, quick: bool, profile: &str) -> String {
             &mut t,
             &paced,
             label,
-            us(&format!("paced_direct_{field}_{q}")),
-            us(&format!("paced_usage_on_{field}_{q}")),
-            "".into(),
+            each(
+                &|who| us(&format!("paced_{who}_{field}_{q}")),
+                ["direct", "nginx", "usage_on", ""],
+            ),
         );
         row(
             &mut t,
             &paced,
             &format!("**added {label}**"),
-            "-".into(),
-            us(&format!("paced_added_{field}_{q}")),
-            "".into(),
+            [
+                "-".into(),
+                us(&format!("paced_nginx_added_{field}_{q}")),
+                us(&format!("paced_added_{field}_{q}")),
+                String::new(),
+            ],
         );
     }
     let many = |who: &str| {
@@ -595,31 +696,181 @@ fn markdown(s: &Value, plan: &Plan, quick: bool, profile: &str) -> String {
         &mut t,
         &format!("{MANY_STREAMS} concurrent paced streams"),
         "completed (stall = gap > 1 s)",
-        many("direct"),
-        many("usage_on"),
-        "".into(),
+        [many("direct"), "-".into(), many("usage_on"), String::new()],
     );
     row(
         &mut t,
         "memory",
         "idle RSS (VmRSS before any request)",
-        "-".into(),
-        mb("idle_rss_usage_on_kb"),
-        mb("idle_rss_usage_off_kb"),
+        [
+            "-".into(),
+            "-".into(),
+            mb("idle_rss_usage_on_kb"),
+            mb("idle_rss_usage_off_kb"),
+        ],
     );
     row(
         &mut t,
         "memory",
         "peak RSS (VmHWM): JSON/SSE c64 runs; paced + 1,000 streams",
-        "-".into(),
-        format!(
-            "{}; {}",
-            mb("peak_rss_usage_on_kb"),
-            mb("peak_rss_paced_kb")
-        ),
-        mb("peak_rss_usage_off_kb"),
+        [
+            "-".into(),
+            "-".into(),
+            format!(
+                "{}; {}",
+                mb("peak_rss_usage_on_kb"),
+                mb("peak_rss_paced_kb")
+            ),
+            mb("peak_rss_usage_off_kb"),
+        ],
     );
     t
+}
+
+/// The nginx to compare with: `nginx` on the `PATH` or in `/usr/sbin`; when there is none,
+/// Debian's package is installed with `apt-get` (the reason is printed first). `None` when it
+/// cannot be had (the bench then runs without it and says so).
+fn find_or_install_nginx() -> Option<std::path::PathBuf> {
+    let find = || {
+        std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain([std::path::PathBuf::from("/usr/sbin")])
+            .map(|dir| dir.join("nginx"))
+            .find(|candidate| candidate.is_file())
+    };
+    if let Some(found) = find() {
+        return Some(found);
+    }
+    println!(
+        "==> nginx is not installed: installing Debian's nginx with apt-get, to run it as the \
+         comparison target (1 worker, plain reverse proxy) in this same run"
+    );
+    let apt = |args: &[&str]| {
+        println!("$ apt-get {}", args.join(" "));
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    let install = ["install", "-y", "--no-install-recommends", "nginx"];
+    // Package lists may be missing in a fresh container: update once, then try again.
+    let installed = apt(&install) || (apt(&["update"]) && apt(&install));
+    if !installed {
+        println!("warning: could not install nginx (not root, or no network?): running without it");
+        return None;
+    }
+    let found = find();
+    if found.is_none() {
+        println!("warning: nginx was installed but is not on the PATH nor in /usr/sbin");
+    }
+    found
+}
+
+/// nginx as the comparison target: one worker, one server per mock.
+struct Nginx {
+    process: Proc,
+    fast_port: u16,
+    paced_port: u16,
+    /// `nginx -v`, e.g. `nginx/1.22.1`.
+    version: String,
+}
+
+impl Nginx {
+    /// Writes the configuration into `dir` and starts nginx in the foreground (`daemon off`).
+    fn start(
+        program: &Path,
+        dir: &Path,
+        fast_upstream: u16,
+        paced_upstream: u16,
+        stop: &AtomicBool,
+    ) -> Result<Nginx> {
+        let fast_port = free_port()?;
+        let paced_port = free_port()?;
+        let config = dir.join("nginx.conf");
+        std::fs::write(
+            &config,
+            nginx_config(dir, fast_port, fast_upstream, paced_port, paced_upstream),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        let version = Command::new(program)
+            .arg("-v")
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stderr).trim().to_string())
+            .unwrap_or_default();
+        let version = version
+            .strip_prefix("nginx version: ")
+            .unwrap_or(&version)
+            .to_string();
+        let mut process = Proc::spawn(
+            "nginx",
+            Command::new(program)
+                .arg("-p")
+                .arg(dir)
+                .arg("-e")
+                .arg(dir.join("nginx-error.log"))
+                .arg("-c")
+                .arg(&config),
+        )?;
+        process.wait_listening(fast_port, stop)?;
+        process.wait_listening(paced_port, stop)?;
+        Ok(Nginx {
+            process,
+            fast_port,
+            paced_port,
+            version,
+        })
+    }
+}
+
+impl Drop for Nginx {
+    /// SIGTERM: the master stops its worker (a SIGKILL would leave the worker running).
+    fn drop(&mut self) {
+        if let Err(error) = self.process.terminate(Duration::from_secs(10)) {
+            println!("warning: stopping nginx: {error:#}");
+        }
+    }
+}
+
+/// nginx as a plain reverse proxy: 1 worker, no access log, keep-alive to the client and the
+/// upstream (pools of idle connections per worker), responses passed on as they arrive.
+fn nginx_config(dir: &Path, fast_port: u16, fast: u16, paced_port: u16, paced: u16) -> String {
+    let dir = dir.display();
+    let server = |port: u16, upstream: &str| {
+        format!(
+            "    server {{\n        listen 127.0.0.1:{port};\n        location / {{\n            \
+             proxy_pass http://{upstream};\n            proxy_http_version 1.1;\n            \
+             proxy_set_header Connection \"\";\n            proxy_buffering off;\n        }}\n    }}\n"
+        )
+    };
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
+         worker_rlimit_nofile 16384;\n\
+         events {{\n    worker_connections 8192;\n}}\n\
+         http {{\n    access_log off;\n    keepalive_timeout 75s;\n    keepalive_requests 10000000;\n    \
+         client_body_temp_path {dir}/nginx-body;\n    proxy_temp_path {dir}/nginx-proxy;\n    \
+         fastcgi_temp_path {dir}/nginx-fastcgi;\n    uwsgi_temp_path {dir}/nginx-uwsgi;\n    \
+         scgi_temp_path {dir}/nginx-scgi;\n    \
+         upstream fast {{\n        server 127.0.0.1:{fast};\n        keepalive 256;\n        keepalive_requests 10000000;\n    }}\n    \
+         upstream paced {{\n        server 127.0.0.1:{paced};\n        keepalive 1100;\n    }}\n{}{}}}\n",
+        server(fast_port, "fast"),
+        server(paced_port, "paced"),
+    )
+}
+
+/// utime + stime of a process and its direct children (nginx's worker is the master's child),
+/// in clock ticks.
+fn process_tree_ticks(pid: u32) -> Result<u64> {
+    let mut ticks = cpu_ticks(pid)?;
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        // A child that exited meanwhile counts nothing.
+        ticks += cpu_ticks(child).unwrap_or(0);
+    }
+    Ok(ticks)
 }
 
 /// `cargo build --profile <profile> -p cc-forwarder`, then

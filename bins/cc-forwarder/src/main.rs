@@ -320,9 +320,18 @@ fn run(
     reload: ConfigSource,
     set_level: impl Fn(ccf_config::LogLevel) + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Thread-per-core (`server.threads`, default one per core): the proxy listeners are served
+    // by per-core runtimes the app starts on their own threads (`ccf_proxy::serve_per_core`);
+    // this runtime then only carries the background work (health probes, usage recorder, admin
+    // API, reload, TUI), so one worker is enough. With `server.threads: 0` it serves the proxy
+    // too, on every core, as before issue #19.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match config.server.per_core_runtimes() {
+        Some(_) => builder.worker_threads(1).thread_name("ccf-background"),
+        None => builder.thread_name("ccf-worker"),
+    };
+    let runtime = builder
         .enable_all()
-        .thread_name("ccf-worker")
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(run_app(config, tui_logs, reload, set_level));

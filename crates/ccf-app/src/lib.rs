@@ -14,7 +14,7 @@ use ccf_config::Config;
 
 /// The effective configuration with every secret masked (`check-config --print`).
 pub use ccf_admin::effective_config;
-use ccf_proxy::{serve, Forwarder, RequestObserver, ServeOptions};
+use ccf_proxy::{serve, serve_per_core, Forwarder, RequestObserver, ServeOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -52,6 +52,18 @@ pub enum AppError {
     /// names the key to change; `server.allow_insecure: true` overrides the proxy check).
     #[error(transparent)]
     Insecure(#[from] ccf_config::InsecureExposure),
+    /// The per-core runtimes (`server.threads`) could not start or one stopped unexpectedly.
+    #[error("per-core runtimes: {0}")]
+    PerCore(#[from] ccf_proxy::PerCoreError),
+}
+
+/// The proxy's listening socket(s).
+#[derive(Debug)]
+enum ProxyListeners {
+    /// One listener served on the runtime that runs [`App::run`] (`server.threads: 0`).
+    Shared(TcpListener),
+    /// One `SO_REUSEPORT` listener per per-core runtime (`server.threads` absent or > 0).
+    PerCore(Vec<std::net::TcpListener>),
 }
 
 /// The checks that make [`App::bind`] refuse a configuration before it opens anything: a
@@ -71,7 +83,7 @@ pub struct App {
     config: Arc<Config>,
     forwarder: Forwarder,
     usage: Option<usage::UsageTracking>,
-    proxy_listener: TcpListener,
+    proxy_listeners: ProxyListeners,
     proxy_addr: SocketAddr,
     admin_listener: Option<(TcpListener, SocketAddr)>,
     /// Operator actions shared with other instances (MySQL only).
@@ -109,15 +121,34 @@ impl App {
         }
         let usage = usage::open(&config).await?;
         let cluster = cluster::open(&config).await?;
-        let proxy_listener = bind_listener(&address)
-            .await
-            .map_err(|source| AppError::Bind {
-                address: address.clone(),
-                source,
-            })?;
-        let proxy_addr = proxy_listener
-            .local_addr()
-            .map_err(|source| AppError::Bind { address, source })?;
+        let bind_error = |source| AppError::Bind {
+            address: address.clone(),
+            source,
+        };
+        let (proxy_listeners, proxy_addr) = match config.server.per_core_runtimes() {
+            None => {
+                let listener = bind_listener(&address).await.map_err(bind_error)?;
+                let local = listener.local_addr().map_err(bind_error)?;
+                (ProxyListeners::Shared(listener), local)
+            }
+            Some(cores) => {
+                let listeners = bind_per_core_listeners(&address, cores)
+                    .await
+                    .map_err(bind_error)?;
+                let local = listeners
+                    .first()
+                    .map(std::net::TcpListener::local_addr)
+                    .transpose()
+                    .map_err(bind_error)?
+                    .ok_or_else(|| {
+                        bind_error(std::io::Error::new(
+                            std::io::ErrorKind::AddrNotAvailable,
+                            "no listener bound",
+                        ))
+                    })?;
+                (ProxyListeners::PerCore(listeners), local)
+            }
+        };
         let instance_id = usage::instance_id(&config, proxy_addr.port());
         let mut observers: Vec<Arc<dyn RequestObserver>> = Vec::new();
         let costs = Arc::new(std::sync::OnceLock::new());
@@ -171,7 +202,7 @@ impl App {
             config,
             forwarder,
             usage,
-            proxy_listener,
+            proxy_listeners,
             proxy_addr,
         })
     }
@@ -234,7 +265,16 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        info!(address = %self.proxy_addr, base_url = %self.base_url(), "forwarder listening");
+        let per_core = match &self.proxy_listeners {
+            ProxyListeners::Shared(_) => 0,
+            ProxyListeners::PerCore(listeners) => listeners.len(),
+        };
+        info!(
+            address = %self.proxy_addr,
+            base_url = %self.base_url(),
+            per_core_runtimes = per_core,
+            "forwarder listening"
+        );
         let options = ServeOptions {
             header_read_timeout: self.config.server.header_read_timeout.get(),
             drain_timeout: self.config.server.shutdown_timeout.get(),
@@ -318,13 +358,37 @@ impl App {
                 }
             })
         });
-        let report = serve(
-            self.proxy_listener,
-            self.forwarder,
-            options,
-            stop.cancelled_owned(),
-        )
-        .await;
+        // Per-core runtimes serve on their own threads; this runtime keeps the background work
+        // above (admin API, reload, cluster, retention, health probes, usage recorder).
+        let (report, per_core_failure) = match self.proxy_listeners {
+            ProxyListeners::Shared(listener) => (
+                serve(listener, self.forwarder, options, stop.cancelled_owned()).await,
+                None,
+            ),
+            ProxyListeners::PerCore(listeners) => {
+                let serving_stop = stop.clone();
+                match serve_per_core(
+                    listeners,
+                    self.forwarder,
+                    options,
+                    serving_stop.cancelled_owned(),
+                )
+                .await
+                {
+                    Ok(report) => (report, None),
+                    Err(error) => {
+                        // Everything else stops and flushes as on a signal, then the error.
+                        stop.cancel();
+                        (
+                            ccf_proxy::ServeReport {
+                                abandoned_connections: 0,
+                            },
+                            Some(error),
+                        )
+                    }
+                }
+            }
+        };
         if let Some(admin) = admin {
             let _ = admin.await;
         }
@@ -358,7 +422,10 @@ impl App {
             abandoned_connections = report.abandoned_connections,
             "forwarder stopped"
         );
-        Ok(())
+        match per_core_failure {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -366,6 +433,28 @@ impl App {
 /// (Tokio's `TcpListener::bind` uses 1024; a burst of thousands of clients would otherwise wait on
 /// SYN retransmits for seconds).
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `count` `SO_REUSEPORT` listeners on `address` (`host:port`, names resolved; the first
+/// address that binds wins) for the per-core runtimes, with [`LISTEN_BACKLOG`] each.
+async fn bind_per_core_listeners(
+    address: &str,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut last_error = None;
+    let backlog = i32::try_from(LISTEN_BACKLOG).unwrap_or(i32::MAX);
+    for candidate in tokio::net::lookup_host(address).await? {
+        match ccf_proxy::bind_reuseport_listeners(candidate, count, backlog) {
+            Ok(listeners) => return Ok(listeners),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{address} resolves to no address"),
+        )
+    }))
+}
 
 /// Binds `address` (`host:port`, names resolved; the first address that binds wins) with
 /// [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, like `TcpListener::bind` otherwise.

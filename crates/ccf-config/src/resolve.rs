@@ -315,6 +315,18 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
     check.positive_count(&["server", "max_headers"], raw.server.max_headers);
     check.positive_count(&["server", "max_connections"], raw.server.max_connections);
     check.positive_count(&["server", "max_in_flight"], raw.server.max_in_flight);
+    if let Some(threads) = raw.server.threads {
+        if threads > crate::schema::MAX_SERVER_THREADS {
+            check.fail(
+                &["server", "threads"],
+                format!(
+                    "must be at most {}, found {threads} (0 serves on one shared runtime; leave \
+                     it out for one runtime per core)",
+                    crate::schema::MAX_SERVER_THREADS
+                ),
+            );
+        }
+    }
     // hyper's smallest read buffer is 8 KiB; a smaller limit would refuse every request.
     if raw.server.max_header_bytes.bytes() < 8192 {
         check.fail(

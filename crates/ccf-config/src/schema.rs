@@ -90,6 +90,12 @@ pub struct ServerConfig {
     /// (`auth.enabled: false` on a non-loopback `server.host`, or `web.enabled` on a non-loopback
     /// `web.host` without `web.auth_token`). Default false: such a start is refused.
     pub allow_insecure: bool,
+    /// How many per-core runtimes serve the proxy listener (thread-per-core): absent (the
+    /// default) means one per available core; `0` serves the proxy on the runtime that runs the
+    /// application instead (the binary then builds one multi-threaded runtime, as before #19);
+    /// `N` starts `N` current-thread runtimes, each on its own thread with its own
+    /// `SO_REUSEPORT` listener and upstream connections. Read at start only.
+    pub threads: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +112,23 @@ impl Default for ServerConfig {
             max_in_flight: 1024,
             body_read_timeout: GoDuration::secs(60),
             allow_insecure: false,
+            threads: None,
+        }
+    }
+}
+
+/// Most per-core runtimes `server.threads` may ask for.
+pub const MAX_SERVER_THREADS: u32 = 256;
+
+impl ServerConfig {
+    /// The number of per-core runtimes to serve the proxy on: `None` for "on the application's
+    /// own runtime" (`server.threads: 0`), else `server.threads` or, when absent, the number of
+    /// cores this process may use (`std::thread::available_parallelism`, 1 if unknown).
+    pub fn per_core_runtimes(&self) -> Option<usize> {
+        match self.threads {
+            Some(0) => None,
+            Some(threads) => usize::try_from(threads).ok(),
+            None => Some(std::thread::available_parallelism().map_or(1, usize::from)),
         }
     }
 }

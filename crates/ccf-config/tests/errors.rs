@@ -114,6 +114,7 @@ fn section_problems() {
         ("server:\n  max_headers: 0", "server.max_headers: must be greater than 0"),
         ("server:\n  max_connections: 0", "server.max_connections: must be greater than 0"),
         ("server:\n  max_in_flight: 0", "server.max_in_flight: must be greater than 0"),
+        ("server:\n  threads: 257", "server.threads: must be at most 256, found 257 (0 serves on one shared runtime; leave it out for one runtime per core)"),
         ("server:\n  max_header_bytes: 1KB", "server.max_header_bytes: must be at least 8KB, found 1KB"),
         ("timezone: Shanghai", "timezone: `Shanghai` is not an IANA time zone name: expected e.g. `Asia/Shanghai`, `Europe/Berlin`, `UTC` or `Local`"),
         ("global_timeout: 0", "global_timeout: must be greater than 0"),

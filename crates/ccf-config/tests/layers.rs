@@ -362,3 +362,26 @@ fn unquoted_scalars_in_text_keys_keep_what_the_user_wrote() {
     assert_eq!(pricing.input, 0.08, "no f32 rounding on the way");
     assert_eq!(pricing.output, 4.0);
 }
+
+#[test]
+fn server_threads_absent_means_one_runtime_per_core_and_zero_means_the_shared_runtime() {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let absent = load_with(ONE_ENDPOINT, &[], CliOverrides::default()).config;
+    assert_eq!(absent.server.threads, None);
+    assert_eq!(absent.server.per_core_runtimes(), Some(cores));
+    let zero = load_with(
+        &format!("server:\n  threads: 0\n{ONE_ENDPOINT}"),
+        &[],
+        CliOverrides::default(),
+    )
+    .config;
+    assert_eq!(zero.server.per_core_runtimes(), None);
+    let from_env = load_with(
+        ONE_ENDPOINT,
+        &[("CCF_SERVER__THREADS", "3")],
+        CliOverrides::default(),
+    )
+    .config;
+    assert_eq!(from_env.server.threads, Some(3));
+    assert_eq!(from_env.server.per_core_runtimes(), Some(3));
+}

@@ -20,6 +20,14 @@
 //! pool opens a connection per concurrent request anyway. Only maintained crates' public APIs
 //! are used; the cost is one pool per lane (idle lanes' connections close after 90 s).
 //!
+//! **One set of lanes per core.** When the binary serves on per-core runtimes (`server.threads`,
+//! see `server/per_core.rs`), each runtime's thread is marked with [`use_core_lanes`] and its
+//! requests take lanes from its own set: the connection a request goes out on was opened, and
+//! is driven, by the runtime that accepted the request, so a request and its upstream
+//! connection stay on one core from accept to end and the set's mutex is only ever taken by
+//! that thread. Any other thread (a caller's multi-threaded runtime, the health probes on the
+//! background runtime) shares set 0.
+//!
 //! **Dead connections** are found by HTTP/2 keep-alive PINGs (`upstream.keep_alive_interval`,
 //! also while idle) and by TCP keepalive on every upstream socket (idle 30 s, then every 30 s,
 //! 5 probes), so a silently dropped connection fails fast instead of taking requests until TCP
@@ -28,6 +36,7 @@
 //! **Trust:** the system certificate store, the bundled webpki roots, `tls.ca_file` and, for an
 //! endpoint's origin, `endpoints[].ca_file`.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -93,7 +102,24 @@ struct ClientShared {
     /// Connectors trusting an endpoint's own `ca_file`, by origin.
     origin_connectors: HashMap<String, HttpsConnector<UpstreamConnector>>,
     upstream: UpstreamConfig,
-    lanes: Mutex<HashMap<String, Vec<Lane>>>,
+    /// Lanes by origin, one map per lane set: index 0 for threads of no per-core runtime,
+    /// `n + 1` for per-core runtime `n` (taken modulo the length).
+    lane_sets: Box<[Mutex<LanesByOrigin>]>,
+}
+
+/// The lanes of each origin (`scheme://host:port`).
+type LanesByOrigin = HashMap<String, Vec<Lane>>;
+
+thread_local! {
+    /// The lane set this thread's upstream requests use (see [`use_core_lanes`]).
+    static LANE_SET: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as the one of per-core runtime `core`: upstream requests made on
+/// it use that core's own lanes (connections) from then on. Called once by each per-core
+/// runtime's thread before it serves.
+pub(crate) fn use_core_lanes(core: usize) {
+    LANE_SET.with(|set| set.set(core.saturating_add(1)));
 }
 
 /// One independent pooled client of an origin and the requests it carries.
@@ -161,20 +187,18 @@ impl UpstreamClient {
     /// Requests in flight per connection (lane) of `origin` (`scheme://host:port`), for tests
     /// and diagnostics.
     pub fn lane_loads(&self, origin: &str) -> Vec<usize> {
-        let lanes = self
-            .shared
-            .lanes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        lanes
-            .get(origin)
-            .map(|lanes| {
-                lanes
-                    .iter()
-                    .map(|lane| lane.in_flight.load(Ordering::Acquire))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut loads = Vec::new();
+        for set in &self.shared.lane_sets {
+            let lanes = set.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(lanes) = lanes.get(origin) {
+                loads.extend(
+                    lanes
+                        .iter()
+                        .map(|lane| lane.in_flight.load(Ordering::Acquire)),
+                );
+            }
+        }
+        loads
     }
 
     fn lane_for(&self, uri: &Uri) -> (LaneClient, LaneLoad) {
@@ -182,9 +206,8 @@ impl UpstreamClient {
         let per_connection =
             usize::try_from(self.shared.upstream.max_streams_per_connection.max(1))
                 .unwrap_or(usize::MAX);
-        let mut all = self
-            .shared
-            .lanes
+        let set = LANE_SET.with(Cell::get) % self.shared.lane_sets.len();
+        let mut all = self.shared.lane_sets[set]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let lanes = all.entry(origin.clone()).or_default();
@@ -319,7 +342,9 @@ pub fn build_upstream_client(
             default_connector: https(&[])?,
             origin_connectors,
             upstream: config.upstream.clone(),
-            lanes: Mutex::new(HashMap::new()),
+            lane_sets: (0..=config.server.per_core_runtimes().unwrap_or(0))
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
         }),
     })
 }

@@ -14,6 +14,10 @@
 //! [`serve`] it on your own listener or call it as a hyper `Service` from your own server (see
 //! `examples/embed.rs`).
 //!
+//! The `cc-forwarder` binary serves it thread-per-core instead: [`bind_reuseport_listeners`]
+//! and [`serve_per_core`] (one current-thread runtime per core, each with its own listener and
+//! upstream connections; `server/per_core.rs`).
+//!
 //! Main types: [`Forwarder`], [`ProxyError`] (typed failures mapped to Anthropic-format
 //! responses), [`RelayBody`] (the streaming body), [`serve`] (graceful listener).
 
@@ -45,6 +49,7 @@ pub use events::{EventBus, ForwarderEvent};
 pub use forwarder::{BackgroundTasks, BuildError, Forwarder, OperatorAction, OperatorObserver};
 pub use probe::UpstreamProber;
 pub use reload::{ReloadError, ReloadReport, ReloadStatus, Reloader};
+pub use server::per_core::{bind_reuseport_listeners, serve_per_core, PerCoreError};
 pub use server::{
     serve, serve_connections, serve_connections_with_limits, ClientAddr, ConnectionLimits,
     ServeOptions, ServeReport,

@@ -239,6 +239,10 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
             || old.server.allow_insecure != new.server.allow_insecure,
     );
     restart(
+        "server.threads (per-core runtimes)",
+        old.server.threads != new.server.threads,
+    );
+    restart(
         "web (admin API address and token)",
         differs(&old.web, &new.web),
     );

@@ -6,9 +6,10 @@
 //! `drain_timeout` for them; connections still open after that are dropped.
 //!
 //! Limits ([`ConnectionLimits`], from `server.*` for the proxy listener):
-//! - `max_connections`: the accept loop takes a slot before it accepts; with every slot taken it
-//!   stops accepting, so further clients wait in the kernel's listen backlog (their connect
-//!   succeeds, their request is answered once a slot frees) instead of being reset;
+//! - `max_connections`: the accept loop takes a slot for each connection it accepts; with every
+//!   slot taken it holds the one connection it accepted and stops accepting, so further clients
+//!   wait in the kernel's listen backlog (their connect succeeds, their request is answered once
+//!   a slot frees) instead of being reset;
 //! - `header_read_timeout`: a connection must deliver its first complete request head within
 //!   this time of being accepted, whatever the protocol (this also covers the bytes hyper-util
 //!   reads to tell HTTP/1 from HTTP/2, which hyper's own timer does not), and every later HTTP/1
@@ -36,6 +37,8 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::forwarder::Forwarder;
+
+pub mod per_core;
 
 /// The address of the client that sent a request, put into the request's extensions by
 /// [`serve`] (embedders serving the engine themselves may insert it too).
@@ -124,7 +127,29 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> ServeReport {
     let limits = ConnectionLimits::from_config(&forwarder.config().server);
-    serve_connections_with_limits(
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    serve_forwarder_with_slots(
+        listener,
+        forwarder,
+        options,
+        limits,
+        connection_slots,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with connection slots shared with other listeners (the per-core listeners of one
+/// forwarder share `server.max_connections`).
+pub(crate) async fn serve_forwarder_with_slots(
+    listener: TcpListener,
+    forwarder: Forwarder,
+    options: ServeOptions,
+    limits: ConnectionLimits,
+    connection_slots: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) -> ServeReport {
+    serve_with_slots(
         listener,
         move |peer| WithClientAddr {
             forwarder: forwarder.clone(),
@@ -132,6 +157,7 @@ pub async fn serve(
         },
         options,
         limits,
+        connection_slots,
         shutdown,
     )
     .await
@@ -225,6 +251,40 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    serve_with_slots(
+        listener,
+        service_for,
+        options,
+        limits,
+        connection_slots,
+        shutdown,
+    )
+    .await
+}
+
+/// The accept loop of [`serve_connections_with_limits`], taking a slot of `connection_slots`
+/// for every open connection (`limits.max_connections` is already in the semaphore).
+async fn serve_with_slots<S, B>(
+    listener: TcpListener,
+    service_for: impl Fn(SocketAddr) -> S,
+    options: ServeOptions,
+    limits: ConnectionLimits,
+    connection_slots: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) -> ServeReport
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -234,72 +294,75 @@ where
         .max_headers(limits.max_headers);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
-    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let first_head_timeout = options.header_read_timeout;
     tokio::pin!(shutdown);
     loop {
-        // A slot first: with none free, stop accepting (clients wait in the listen backlog).
+        // Accept, then take a slot for the accepted connection: with none free this loop waits
+        // and accepts nothing more, so further clients wait in the listen backlog. The slot is
+        // taken after the accept so that, with several per-core listeners sharing the slots,
+        // a free slot goes to a loop that holds a waiting connection instead of to one that
+        // would then wait in `accept` with the slot while the client waits on another listener.
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                warn!("accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let slot = tokio::select! {
             slot = Arc::clone(&connection_slots).acquire_owned() => match slot {
                 Ok(slot) => slot,
                 Err(_) => break,
             },
+            // The waiting connection is closed unserved, like one still in the backlog.
             () = &mut shutdown => break,
         };
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
-                        warn!("accept failed: {error}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                set_tcp_keepalive(&stream);
-                let seen = Arc::new(AtomicBool::new(false));
-                let service = NoticeRequests {
-                    inner: service_for(peer),
-                    seen: Arc::clone(&seen),
-                };
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                // The task owns the connection and its slot; dropping the connection closes it.
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    tokio::pin!(connection);
-                    let first_head_deadline = tokio::time::sleep(first_head_timeout);
-                    tokio::pin!(first_head_deadline);
-                    let mut deadline_passed = false;
-                    let result = loop {
-                        tokio::select! {
-                            result = &mut connection => break Some(result),
-                            () = &mut first_head_deadline, if !deadline_passed => {
-                                if seen.load(Ordering::Acquire) {
-                                    deadline_passed = true;
-                                } else {
-                                    break None;
-                                }
-                            }
+        let _ = stream.set_nodelay(true);
+        set_tcp_keepalive(&stream);
+        let seen = Arc::new(AtomicBool::new(false));
+        let service = NoticeRequests {
+            inner: service_for(peer),
+            seen: Arc::clone(&seen),
+        };
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        // The task owns the connection and its slot; dropping the connection closes it.
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::pin!(connection);
+            let first_head_deadline = tokio::time::sleep(first_head_timeout);
+            tokio::pin!(first_head_deadline);
+            let mut deadline_passed = false;
+            let result = loop {
+                tokio::select! {
+                    result = &mut connection => break Some(result),
+                    () = &mut first_head_deadline, if !deadline_passed => {
+                        if seen.load(Ordering::Acquire) {
+                            deadline_passed = true;
+                        } else {
+                            break None;
                         }
-                    };
-                    match result {
-                        Some(Err(error)) => debug!(%peer, "connection ended: {error}"),
-                        Some(Ok(())) => {}
-                        None => debug!(
-                            %peer,
-                            timeout = ?first_head_timeout,
-                            "closing connection: no complete request head within server.header_read_timeout"
-                        ),
                     }
-                });
+                }
+            };
+            match result {
+                Some(Err(error)) => debug!(%peer, "connection ended: {error}"),
+                Some(Ok(())) => {}
+                None => debug!(
+                    %peer,
+                    timeout = ?first_head_timeout,
+                    "closing connection: no complete request head within server.header_read_timeout"
+                ),
             }
-            () = &mut shutdown => break,
-        }
+        });
     }
     drop(listener);
     let open = graceful.count();

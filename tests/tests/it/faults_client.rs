@@ -129,6 +129,14 @@ async fn a_client_leaving_after_the_upstream_answered_still_bills_the_answer() {
         upstream.wait_for_outcome(0, WAIT).await,
         Some(ReplyOutcome::Completed)
     );
+    // The mock has written its answer; the forwarder (on its own per-core thread) has received
+    // it once its first bytes reach the client's socket. Peeking does not read them.
+    let mut first_byte = [0u8; 1];
+    let peeked = tokio::time::timeout(WAIT, raw.peek(&mut first_byte))
+        .await
+        .expect("the answer reaches the client's socket in time")
+        .expect("peek");
+    assert_eq!((peeked, &first_byte), (1, b"H"));
     // The client never reads its answer.
     drop(raw);
     let row = rig.only_row().await;

@@ -357,7 +357,10 @@ async fn error_storms_on_every_endpoint_fail_every_request_cleanly_then_traffic_
     let rig = Rig::start(
         // The retry budget is opened wide: this test counts each request's own attempts (the
         // budget's cap under a storm is `timeouts::the_retry_budget_caps_retries_under_a_storm`).
-        "retry:\n  max_attempts: 2\n  base_delay: 5ms\n  max_delay: 20ms\n  budget_percent: 100\n  min_retry_concurrency: 100\ngroup:\n  cooldown: 200ms\nhealth:\n  check_interval: 100ms\n",
+        // Served on the test's runtime (`server.threads: 0`): the exact counts need every
+        // request routed before the first failures put `first` in cooldown, an order per-core
+        // threads do not give (requests routed later skip the cooling endpoint).
+        "server:\n  threads: 0\nretry:\n  max_attempts: 2\n  base_delay: 5ms\n  max_delay: 20ms\n  budget_percent: 100\n  min_retry_concurrency: 100\ngroup:\n  cooldown: 200ms\nhealth:\n  check_interval: 100ms\n",
         &[
             endpoint_yaml("first", &first.url(), "priority: 1"),
             endpoint_yaml("second", &second.url(), "priority: 2"),

@@ -167,7 +167,10 @@ async fn rejected_credentials_move_to_the_next_endpoint_at_once() {
         mocks.a.set_default(refused.clone());
         // Bad credentials fail the health probe too, so a stays down.
         mocks.a.set_probe_reply(refused);
-        let forwarder = mocks.forwarder("").await;
+        // The first request must reach a before the start-up probe's refusal marks it down.
+        // Served on the test's own runtime (`server.threads: 0`) the request runs first; on
+        // per-core threads the two race, and a request routed after the probe skips a.
+        let forwarder = mocks.forwarder("server:\n  threads: 0\n").await;
         let answer = forwarder.messages(request(false), &[]).await;
         assert_eq!(answer.status, 200, "{status}");
         assert_eq!(mocks.sent(), [1, 1, 0], "{status}: no same-endpoint retry");

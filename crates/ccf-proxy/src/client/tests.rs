@@ -75,6 +75,42 @@ async fn every_proxy_kind_builds_a_client() {
     assert!(build_upstream_client(&base, Duration::from_secs(1)).is_ok());
 }
 
+#[test]
+fn each_per_core_thread_opens_its_own_lanes_and_other_threads_share_one_set() {
+    let mut config = ccf_config::Config::from_yaml_str(
+        "server:\n  threads: 2\nendpoints:\n  - name: a\n    url: https://api.example.com\n",
+    )
+    .unwrap();
+    config.upstream.max_streams_per_connection = 100;
+    let client = build_upstream_client(&config, Duration::from_secs(1)).unwrap();
+    let uri: Uri = "https://api.example.com/v1/messages".parse().unwrap();
+    let origin = "https://api.example.com:443";
+    // Not a per-core thread: set 0, one lane carrying both requests.
+    let shared = (client.lane_for(&uri), client.lane_for(&uri));
+    assert_eq!(client.lane_loads(origin), vec![2]);
+    // Each core's thread opens a lane of its own although set 0's lane has room.
+    let held: Vec<(LaneClient, LaneLoad)> = std::thread::scope(|scope| {
+        let on_core = |core: usize| {
+            let client = client.clone();
+            let uri = uri.clone();
+            scope.spawn(move || {
+                use_core_lanes(core);
+                let first = client.lane_for(&uri);
+                let second = client.lane_for(&uri);
+                vec![first, second]
+            })
+        };
+        let (zero, one) = (on_core(0), on_core(1));
+        let mut held = zero.join().unwrap();
+        held.extend(one.join().unwrap());
+        held
+    });
+    assert_eq!(client.lane_loads(origin), vec![2, 2, 2]);
+    drop(shared);
+    drop(held);
+    assert_eq!(client.lane_loads(origin), vec![0, 0, 0]);
+}
+
 #[tokio::test]
 async fn a_full_connection_opens_another_lane_and_a_dropped_body_frees_it() {
     let mut config = ccf_config::Config::from_yaml_str(
