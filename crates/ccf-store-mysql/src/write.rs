@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use ccf_store::columns::{EXISTING_ROW, KEPT_ON_UPDATE, SNAPSHOT};
+use ccf_store::stats::HOURLY_REBUILD_FLUSH;
 use ccf_store::{
     plan_batch, CleanupReport, ContributionParts, DayZone, ExistingRow, KeySummaryKey, LegacyZone,
     StoreError, StoredRecord, SummaryContribution, SummaryDelta, SummaryKey, SummaryTables,
@@ -315,6 +316,22 @@ async fn add_to_summary<Q: Queryable>(
     Ok(())
 }
 
+/// Adds the hourly rows of `tables` to the hourly tables and empties them.
+async fn write_hourly<Q: Queryable>(
+    tx: &mut Q,
+    tables: &mut SummaryTables,
+) -> Result<(), StoreError> {
+    let now = datetime(SystemTime::now());
+    let hour_rows: Vec<_> = std::mem::take(&mut tables.by_model_hour)
+        .into_iter()
+        .collect();
+    add_to_hourly_summary(tx, &hour_rows, &now).await?;
+    let key_hour_rows: Vec<_> = std::mem::take(&mut tables.by_key_hour)
+        .into_iter()
+        .collect();
+    add_to_hourly_key_summary(tx, &key_hour_rows, &now).await
+}
+
 /// The setting that records the zone the summary rows were counted in.
 const SUMMARY_DAY_ZONE: &str = "summary_day_zone";
 
@@ -342,6 +359,12 @@ pub(crate) async fn summary_in_day_zone(
         .map_err(mysql_error)?;
     // Paged by id, so that a large table is never held in memory at once. The migration lock
     // keeps other forwarders from migrating meanwhile.
+    for statement in [
+        "DELETE FROM usage_hourly_summary",
+        "DELETE FROM usage_hourly_key_summary",
+    ] {
+        tx.query_drop(statement).await.map_err(mysql_error)?;
+    }
     let mut tables = SummaryTables::default();
     let mut after_id: i64 = 0;
     loop {
@@ -382,29 +405,24 @@ pub(crate) async fn summary_in_day_zone(
             };
             tables.add(&SummaryContribution::from_parts_in(parts, day_zone), 1);
         }
+        // The hourly rows are written out as they grow (upserts add up).
+        if tables.by_model_hour.len() + tables.by_key_hour.len() >= HOURLY_REBUILD_FLUSH {
+            write_hourly(&mut tx, &mut tables).await?;
+        }
     }
     for statement in [
         "DELETE FROM usage_summary",
         "DELETE FROM usage_key_summary",
-        "DELETE FROM usage_hourly_summary",
-        "DELETE FROM usage_hourly_key_summary",
         "UPDATE request_logs SET summarized = is_final WHERE summarized <> is_final",
     ] {
         tx.query_drop(statement).await.map_err(mysql_error)?;
     }
+    write_hourly(&mut tx, &mut tables).await?;
     let now = datetime(SystemTime::now());
     let rows: Vec<(&SummaryKey, &SummaryDelta)> = tables.by_model.iter().collect();
     add_to_summary(&mut tx, &rows, &now).await?;
     let key_rows: Vec<(&KeySummaryKey, &SummaryDelta)> = tables.by_key.iter().collect();
     add_to_key_summary(&mut tx, &key_rows, &now).await?;
-    let hour_rows: Vec<_> = std::mem::take(&mut tables.by_model_hour)
-        .into_iter()
-        .collect();
-    add_to_hourly_summary(&mut tx, &hour_rows, &now).await?;
-    let key_hour_rows: Vec<_> = std::mem::take(&mut tables.by_key_hour)
-        .into_iter()
-        .collect();
-    add_to_hourly_key_summary(&mut tx, &key_hour_rows, &now).await?;
     tx.exec_drop(
         "INSERT INTO usage_settings (name, value) VALUES (?, ?) \
          ON DUPLICATE KEY UPDATE value = VALUES(value)",

@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 use std::time::SystemTime;
 
 use ccf_store::columns::{EXISTING_ROW, KEPT_ON_UPDATE, SNAPSHOT};
+use ccf_store::stats::HOURLY_REBUILD_FLUSH;
 use ccf_store::{
     plan_batch, ContributionParts, DayZone, ExistingRow, KeySummaryKey, LegacyZone, StoreError,
     StoredRecord, SummaryContribution, SummaryDelta, SummaryKey, SummaryTables,
@@ -356,6 +357,26 @@ fn add_to_key_summary<'a>(
     Ok(())
 }
 
+/// Adds the hourly rows of `summary` to the hourly tables and empties them.
+fn write_hourly(connection: &Connection, summary: &mut SummaryTables) -> Result<(), StoreError> {
+    let now = SystemTime::now();
+    add_to_summary(
+        connection,
+        HOURLY_SUMMARY_UPSERT,
+        summary.by_model_hour.iter().map(by_hour),
+        now,
+    )?;
+    add_to_key_summary(
+        connection,
+        HOURLY_KEY_SUMMARY_UPSERT,
+        summary.by_key_hour.iter().map(key_by_hour),
+        now,
+    )?;
+    summary.by_model_hour.clear();
+    summary.by_key_hour.clear();
+    Ok(())
+}
+
 /// The setting that records the zone the summary rows were counted in.
 const SUMMARY_DAY_ZONE: &str = "summary_day_zone";
 
@@ -378,7 +399,11 @@ pub(crate) fn summary_in_day_zone(
     if recorded.as_deref() == Some(name.as_str()) {
         return Ok(false);
     }
-    // Row by row into the tables: a large request_logs is never held in memory at once.
+    // Row by row into the tables: a large request_logs is never held in memory at once, and
+    // the hourly rows are written out as they grow.
+    connection
+        .execute_batch("DELETE FROM usage_hourly_summary; DELETE FROM usage_hourly_key_summary;")
+        .map_err(sqlite_error)?;
     let mut summary = SummaryTables::default();
     {
         let mut select = connection
@@ -417,12 +442,14 @@ pub(crate) fn summary_in_day_zone(
                 &SummaryContribution::from_parts_in(rebuilt.parts(), day_zone),
                 1,
             );
+            if summary.by_model_hour.len() + summary.by_key_hour.len() >= HOURLY_REBUILD_FLUSH {
+                write_hourly(connection, &mut summary)?;
+            }
         }
     }
     connection
         .execute_batch(
             "DELETE FROM usage_summary; DELETE FROM usage_key_summary; \
-             DELETE FROM usage_hourly_summary; DELETE FROM usage_hourly_key_summary; \
              UPDATE request_logs SET summarized = is_final WHERE summarized <> is_final;",
         )
         .map_err(sqlite_error)?;
@@ -439,18 +466,7 @@ pub(crate) fn summary_in_day_zone(
         summary.by_key.iter().map(key_by_day),
         now,
     )?;
-    add_to_summary(
-        connection,
-        HOURLY_SUMMARY_UPSERT,
-        summary.by_model_hour.iter().map(by_hour),
-        now,
-    )?;
-    add_to_key_summary(
-        connection,
-        HOURLY_KEY_SUMMARY_UPSERT,
-        summary.by_key_hour.iter().map(key_by_hour),
-        now,
-    )?;
+    write_hourly(connection, &mut summary)?;
     connection
         .execute(
             "INSERT INTO usage_settings (name, value) VALUES (?1, ?2) \

@@ -32,6 +32,11 @@ use crate::time::DayZone;
 /// The p95 is taken over at most this many of the range's latest requests with a duration.
 pub const P95_SAMPLE: u32 = 10_000;
 
+/// A summary rebuild (migration, new day zone) writes the hourly summary rows out (upserts add
+/// up) whenever it holds this many, so that its memory stays bounded: a year of traffic has 24
+/// times as many hourly rows as daily ones.
+pub const HOURLY_REBUILD_FLUSH: usize = 50_000;
+
 /// Seconds in a raw slice.
 pub const QUARTER_HOUR_SECS: i64 = 900;
 
