@@ -6,7 +6,8 @@
 //! Fills a fresh database through `write_batch` (the summary kept as in production), then
 //! times `stats` for the last 30, 7 and 1 days, median of several runs, prints one line per
 //! period (`mysql <days>d median_ms=<…> min_ms=<…> max_ms=<…> requests=<…>`) and drops the
-//! database.
+//! database. `BENCH_STATS_DATABASE=<name>` uses (and keeps) that database instead, filling it
+//! only when it holds no requests (for iterating on the read side).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -47,12 +48,15 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let database = format!("ccf_bench_stats_{:016x}", rand::random::<u64>());
+        let kept = std::env::var("BENCH_STATS_DATABASE").ok();
+        let database = kept
+            .clone()
+            .unwrap_or_else(|| format!("ccf_bench_stats_{:016x}", rand::random::<u64>()));
         let mut admin = mysql_async::Conn::from_url("mysql://root@127.0.0.1:3306/test")
             .await
             .unwrap();
         admin
-            .query_drop(format!("CREATE DATABASE {database}"))
+            .query_drop(format!("CREATE DATABASE IF NOT EXISTS {database}"))
             .await
             .unwrap();
         let options = MysqlOptions {
@@ -64,6 +68,16 @@ fn main() {
             .unwrap();
         store.migrate().await.unwrap();
         let now = SystemTime::now();
+        let filled: Option<u64> = admin
+            .query_first(format!("SELECT COUNT(*) FROM {database}.request_logs"))
+            .await
+            .unwrap();
+        if kept.is_some() && filled.unwrap_or(0) > 0 {
+            println!("mysql reusing {database}");
+            report(&store, now).await;
+            store.close().await.unwrap();
+            return;
+        }
         let fill = fill_for_stats_bench(&store, rows, 5_000, now).await;
         println!(
             "mysql fill rows={rows} seconds={:.1} rows_per_s={:.0}",
@@ -72,6 +86,9 @@ fn main() {
         );
         report(&store, now).await;
         store.close().await.unwrap();
+        if kept.is_some() {
+            return;
+        }
         admin
             .query_drop(format!("DROP DATABASE {database}"))
             .await

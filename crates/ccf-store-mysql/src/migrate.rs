@@ -8,9 +8,11 @@
 //! instances. v5 adds the nullable `api_key_name` (the inbound auth key each request was made
 //! with) and its index, idempotently like v1 and v2. v6 adds the `usage_summary` counts stats
 //! need to be served from it exactly (cancelled requests, requests with a duration), the
-//! `(summarized, start_time)` index and `usage_settings`, idempotently. After the versions, on
-//! every run, `usage_summary` is rebuilt in the configured day zone when it was counted in
-//! another one (a database from before v6 counted UTC days). A named lock (`GET_LOCK`)
+//! `(summarized, start_time)` index and `usage_settings`, idempotently. v7 adds the hourly
+//! summaries `usage_hourly_summary` and `usage_hourly_key_summary` and forgets the recorded day
+//! zone, so that the rebuild fills them. After the versions, on every run, `usage_summary` (with
+//! the hourly summaries) is rebuilt in the configured day zone when it was counted in another
+//! one (a database from before v6 counted UTC days). A named lock (`GET_LOCK`)
 //! serialises forwarders migrating at once.
 
 use std::collections::BTreeSet;
@@ -28,15 +30,17 @@ const V3_SUMMARY: &str = include_str!("../migrations/0003_summary.sql");
 const V4_CLUSTER_STATE: &str = include_str!("../migrations/0004_cluster_state.sql");
 const V5_API_KEY_NAME: &str = include_str!("../migrations/0005_api_key_name.sql");
 const V6_SUMMARY_IN_DAY_ZONE: &str = include_str!("../migrations/0006_summary_in_day_zone.sql");
+const V7_HOURLY_SUMMARY: &str = include_str!("../migrations/0007_hourly_summary.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 6] = [
+pub const MIGRATIONS: [(u32, &str); 7] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
     (4, "cluster_state"),
     (5, "api_key_name"),
     (6, "summary_in_day_zone"),
+    (7, "hourly_summary"),
 ];
 
 const LOCK_NAME: &str = "ccf_usage_migrate";
@@ -174,6 +178,12 @@ async fn run_locked(conn: &mut Conn, zone: LegacyZone) -> Result<MigrationReport
             }
             6 => {
                 apply_statements(conn, V6_SUMMARY_IN_DAY_ZONE)
+                    .await
+                    .map_err(failed)?;
+                record(conn, version, name, false).await?;
+            }
+            7 => {
+                apply_statements(conn, V7_HOURLY_SUMMARY)
                     .await
                     .map_err(failed)?;
                 record(conn, version, name, false).await?;

@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use ccf_store::columns::REQUEST_ROW;
 use ccf_store::stats::{
-    compose_stats, p95, plan_stats, KeySummarySlice, RawSlice, StatsReadings, SummarySlice, Sums,
-    TimeSpan, P95_SAMPLE, QUARTER_HOUR_SECS,
+    compose_stats, hour_key, p95, plan_stats, KeySummarySlice, RawSlice, StatsReadings,
+    SummarySlice, Sums, TimeSpan, P95_SAMPLE, QUARTER_HOUR_SECS,
 };
 use ccf_store::{
     status, Cost, DayZone, LegacyZone, Page, RequestFilter, RequestQuery, RequestRow, Stats,
@@ -247,6 +247,51 @@ async fn summary_slices(
         clauses.push("date >= ?".into());
         values.push(text(first));
     }
+    named_summary_slices(conn, filter, "usage_summary", clauses, values, |row| {
+        as_text(at(row, 0)).unwrap_or_default()
+    })
+    .await
+}
+
+/// `usage_hourly_summary` rows of the hours starting at `hours` (Unix seconds) matching the
+/// filter's model, endpoint and group, their period the hourly bucket in `zone`.
+async fn hourly_summary_slices(
+    conn: &mut Conn,
+    filter: &RequestFilter,
+    hours: &[i64],
+    zone: DayZone,
+) -> Result<Vec<SummarySlice>, StoreError> {
+    let clauses = vec![format!(
+        "hour_start IN ({})",
+        vec!["?"; hours.len()].join(", ")
+    )];
+    let values = hours.iter().map(|hour| Value::Int(*hour)).collect();
+    named_summary_slices(
+        conn,
+        filter,
+        "usage_hourly_summary",
+        clauses,
+        values,
+        |row| hour_key(zone, as_i64(at(row, 0)).unwrap_or(0)),
+    )
+    .await
+}
+
+/// Rows of `table` (`usage_summary` or `usage_hourly_summary`) matching `clauses` and the
+/// filter's model, endpoint and group; `period` names a row's day or hour.
+async fn named_summary_slices(
+    conn: &mut Conn,
+    filter: &RequestFilter,
+    table: &str,
+    mut clauses: Vec<String>,
+    mut values: Vec<Value>,
+    period: impl Fn(&Row) -> String,
+) -> Result<Vec<SummarySlice>, StoreError> {
+    let key = if table == "usage_summary" {
+        "DATE_FORMAT(date, '%Y-%m-%d')"
+    } else {
+        "hour_start"
+    };
     for (column, value) in [
         ("model_name", &filter.model),
         ("endpoint_name", &filter.endpoint),
@@ -260,11 +305,11 @@ async fn summary_slices(
     let rows: Vec<Row> = conn
         .exec(
             format!(
-                "SELECT DATE_FORMAT(date, '%Y-%m-%d'), model_name, endpoint_name, \
+                "SELECT {key}, model_name, endpoint_name, \
                  COALESCE(group_name, ''), request_count, success_count, error_count, \
                  cancelled_count, total_duration_ms, duration_count, total_input_tokens, \
                  total_output_tokens, total_cache_creation_tokens, total_cache_read_tokens, \
-                 total_cost_nano_usd FROM usage_summary WHERE {}",
+                 total_cost_nano_usd FROM {table} WHERE {}",
                 clauses.join(" AND ")
             ),
             params(values),
@@ -274,7 +319,7 @@ async fn summary_slices(
     Ok(rows
         .iter()
         .map(|row| SummarySlice {
-            date: as_text(at(row, 0)).unwrap_or_default(),
+            date: period(row),
             model: as_text(at(row, 1)).unwrap_or_default(),
             endpoint: as_text(at(row, 2)).unwrap_or_default(),
             group: as_text(at(row, 3)).unwrap_or_default(),
@@ -344,19 +389,63 @@ async fn key_summary_slices(
         .collect())
 }
 
+/// `usage_hourly_key_summary` rows of the hours starting at `hours` (Unix seconds), their
+/// period the hourly bucket in `zone`.
+async fn hourly_key_summary_slices(
+    conn: &mut Conn,
+    hours: &[i64],
+    zone: DayZone,
+) -> Result<Vec<KeySummarySlice>, StoreError> {
+    let values: Vec<Value> = hours.iter().map(|hour| Value::Int(*hour)).collect();
+    let rows: Vec<Row> = conn
+        .exec(
+            format!(
+                "SELECT hour_start, api_key_name, request_count, \
+                 success_count, error_count, cancelled_count, total_duration_ms, duration_count, \
+                 total_input_tokens, total_output_tokens, total_cache_creation_tokens, \
+                 total_cache_read_tokens, total_cost_nano_usd FROM usage_hourly_key_summary \
+                 WHERE hour_start IN ({})",
+                vec!["?"; hours.len()].join(", ")
+            ),
+            params(values),
+        )
+        .await
+        .map_err(mysql_error)?;
+    Ok(rows
+        .iter()
+        .map(|row| KeySummarySlice {
+            date: hour_key(zone, as_i64(at(row, 0)).unwrap_or(0)),
+            api_key: as_text(at(row, 1)).unwrap_or_default(),
+            sums: sums_from(row, 2),
+        })
+        .collect())
+}
+
 /// Stats as [`ccf_store::stats`] plans them: whole days of `day_zone` from `usage_summary`
-/// and `usage_key_summary`, the rest from raw rows.
+/// and `usage_key_summary`, their whole hours from the hourly summaries, the rest from raw
+/// rows.
 pub(crate) async fn stats(
     conn: &mut Conn,
     filter: &RequestFilter,
     day_zone: DayZone,
 ) -> Result<Stats, StoreError> {
     let plan = plan_stats(filter, day_zone, SystemTime::now());
-    let mut readings = StatsReadings::default();
+    let mut readings = StatsReadings {
+        hours_from: Some(plan.hours_from),
+        ..StatsReadings::default()
+    };
     if let Some((first, last)) = &plan.summary_days {
         readings.summary = summary_slices(conn, filter, first, last).await?;
         if !plan.api_keys_from_raw_rows {
             readings.key_summary = key_summary_slices(conn, first, last).await?;
+        }
+    }
+    if !plan.summary_hours.is_empty() {
+        readings.hour_summary =
+            hourly_summary_slices(conn, filter, &plan.summary_hours, day_zone).await?;
+        if !plan.api_keys_from_raw_rows {
+            readings.hour_key_summary =
+                hourly_key_summary_slices(conn, &plan.summary_hours, day_zone).await?;
         }
     }
     if let Some(span) = plan.unsummarized {
@@ -364,15 +453,10 @@ pub(crate) async fn stats(
             .raw
             .extend(raw_slices(conn, filter, span, true).await?);
     }
-    // The last day's raw rows are usually the right edge's (today), read once.
-    let mut hourly_read = false;
     for span in &plan.raw {
-        let slices = raw_slices(conn, filter, *span, false).await?;
-        if *span == plan.hourly {
-            readings.hourly = slices.clone();
-            hourly_read = true;
-        }
-        readings.raw.extend(slices);
+        readings
+            .raw
+            .extend(raw_slices(conn, filter, *span, false).await?);
     }
     if plan.api_keys_from_raw_rows {
         let whole = TimeSpan {
@@ -380,9 +464,6 @@ pub(crate) async fn stats(
             end: filter.end,
         };
         readings.api_keys = Some(raw_slices(conn, filter, whole, false).await?);
-    }
-    if !hourly_read {
-        readings.hourly = raw_slices(conn, filter, plan.hourly, false).await?;
     }
     readings.p95_duration_ms = p95_sample(conn, filter).await?;
     Ok(compose_stats(day_zone, &readings))

@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use ccf_store::columns::{EXISTING_ROW, KEPT_ON_UPDATE, SNAPSHOT};
+use ccf_store::stats::HOURLY_REBUILD_FLUSH;
 use ccf_store::{
     plan_batch, CleanupReport, ContributionParts, DayZone, ExistingRow, KeySummaryKey, LegacyZone,
     StoreError, StoredRecord, SummaryContribution, SummaryDelta, SummaryKey, SummaryTables,
@@ -130,6 +131,8 @@ pub(crate) async fn write_batch(
         .map(|(key, delta)| (key, delta))
         .collect();
     add_to_key_summary(&mut tx, &key_summary, &now).await?;
+    add_to_hourly_summary(&mut tx, &plan.hourly_summary, &now).await?;
+    add_to_hourly_key_summary(&mut tx, &plan.hourly_key_summary, &now).await?;
     tx.commit().await.map_err(mysql_error)
 }
 
@@ -139,11 +142,39 @@ async fn add_to_key_summary<Q: Queryable>(
     rows: &[(&KeySummaryKey, &SummaryDelta)],
     now: &Value,
 ) -> Result<(), StoreError> {
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|(key, delta)| (text(&key.date), *key, *delta))
+        .collect();
+    add_to_key_table(tx, "usage_key_summary (date", &rows, now).await
+}
+
+/// Adds `rows` to `usage_hourly_key_summary`.
+async fn add_to_hourly_key_summary<Q: Queryable>(
+    tx: &mut Q,
+    rows: &[((i64, KeySummaryKey), SummaryDelta)],
+    now: &Value,
+) -> Result<(), StoreError> {
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|((hour_start, key), delta)| (Value::Int(*hour_start), key, delta))
+        .collect();
+    add_to_key_table(tx, "usage_hourly_key_summary (hour_start", &rows, now).await
+}
+
+/// Adds `rows` (period value, key, delta) to the key summary table `table_and_period`
+/// (`"<table> (<period column>"`).
+async fn add_to_key_table<Q: Queryable>(
+    tx: &mut Q,
+    table_and_period: &str,
+    rows: &[(Value, &KeySummaryKey, &SummaryDelta)],
+    now: &Value,
+) -> Result<(), StoreError> {
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut values = Vec::with_capacity(chunk.len() * 14);
-        for (key, delta) in chunk {
+        for (period, key, delta) in chunk {
             values.extend([
-                text(&key.date),
+                period.clone(),
                 text(&key.api_key_name),
                 Value::Int(delta.request_count),
                 Value::Int(delta.success_count),
@@ -160,7 +191,7 @@ async fn add_to_key_summary<Q: Queryable>(
             ]);
         }
         let sql = format!(
-            "INSERT INTO usage_key_summary (date, api_key_name, request_count, success_count, \
+            "INSERT INTO {table_and_period}, api_key_name, request_count, success_count, \
              error_count, cancelled_count, duration_count, total_duration_ms, \
              total_input_tokens, total_output_tokens, total_cache_creation_tokens, \
              total_cache_read_tokens, total_cost_nano_usd, updated_at) VALUES {} \
@@ -178,6 +209,62 @@ async fn add_to_key_summary<Q: Queryable>(
              total_cost_nano_usd = total_cost_nano_usd + VALUES(total_cost_nano_usd), \
              updated_at = VALUES(updated_at)",
             vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        tx.exec_drop(sql, params(values))
+            .await
+            .map_err(mysql_error)?;
+    }
+    Ok(())
+}
+
+/// Adds `rows` to `usage_hourly_summary`.
+async fn add_to_hourly_summary<Q: Queryable>(
+    tx: &mut Q,
+    rows: &[((i64, SummaryKey), SummaryDelta)],
+    now: &Value,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut values = Vec::with_capacity(chunk.len() * 16);
+        for ((hour_start, key), delta) in chunk {
+            values.extend([
+                Value::Int(*hour_start),
+                text(&key.model_name),
+                text(&key.endpoint_name),
+                text(&key.group_name),
+                Value::Int(delta.request_count),
+                Value::Int(delta.success_count),
+                Value::Int(delta.error_count),
+                Value::Int(delta.cancelled_count),
+                Value::Int(delta.duration_count),
+                Value::Int(delta.duration_ms),
+                Value::Int(delta.input_tokens),
+                Value::Int(delta.output_tokens),
+                Value::Int(delta.cache_creation_tokens),
+                Value::Int(delta.cache_read_tokens),
+                Value::Int(delta.cost_nano_usd),
+                now.clone(),
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO usage_hourly_summary (hour_start, model_name, endpoint_name, \
+             group_name, request_count, success_count, error_count, cancelled_count, \
+             duration_count, total_duration_ms, total_input_tokens, total_output_tokens, \
+             total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd, \
+             updated_at) VALUES {} \
+             ON DUPLICATE KEY UPDATE \
+             request_count = request_count + VALUES(request_count), \
+             success_count = success_count + VALUES(success_count), \
+             error_count = error_count + VALUES(error_count), \
+             cancelled_count = cancelled_count + VALUES(cancelled_count), \
+             duration_count = duration_count + VALUES(duration_count), \
+             total_duration_ms = total_duration_ms + VALUES(total_duration_ms), \
+             total_input_tokens = total_input_tokens + VALUES(total_input_tokens), \
+             total_output_tokens = total_output_tokens + VALUES(total_output_tokens), \
+             total_cache_creation_tokens = total_cache_creation_tokens + VALUES(total_cache_creation_tokens), \
+             total_cache_read_tokens = total_cache_read_tokens + VALUES(total_cache_read_tokens), \
+             total_cost_nano_usd = total_cost_nano_usd + VALUES(total_cost_nano_usd), \
+             updated_at = VALUES(updated_at)",
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );
         tx.exec_drop(sql, params(values))
             .await
@@ -229,6 +316,22 @@ async fn add_to_summary<Q: Queryable>(
     Ok(())
 }
 
+/// Adds the hourly rows of `tables` to the hourly tables and empties them.
+async fn write_hourly<Q: Queryable>(
+    tx: &mut Q,
+    tables: &mut SummaryTables,
+) -> Result<(), StoreError> {
+    let now = datetime(SystemTime::now());
+    let hour_rows: Vec<_> = std::mem::take(&mut tables.by_model_hour)
+        .into_iter()
+        .collect();
+    add_to_hourly_summary(tx, &hour_rows, &now).await?;
+    let key_hour_rows: Vec<_> = std::mem::take(&mut tables.by_key_hour)
+        .into_iter()
+        .collect();
+    add_to_hourly_key_summary(tx, &key_hour_rows, &now).await
+}
+
 /// The setting that records the zone the summary rows were counted in.
 const SUMMARY_DAY_ZONE: &str = "summary_day_zone";
 
@@ -256,6 +359,12 @@ pub(crate) async fn summary_in_day_zone(
         .map_err(mysql_error)?;
     // Paged by id, so that a large table is never held in memory at once. The migration lock
     // keeps other forwarders from migrating meanwhile.
+    for statement in [
+        "DELETE FROM usage_hourly_summary",
+        "DELETE FROM usage_hourly_key_summary",
+    ] {
+        tx.query_drop(statement).await.map_err(mysql_error)?;
+    }
     let mut tables = SummaryTables::default();
     let mut after_id: i64 = 0;
     loop {
@@ -296,6 +405,10 @@ pub(crate) async fn summary_in_day_zone(
             };
             tables.add(&SummaryContribution::from_parts_in(parts, day_zone), 1);
         }
+        // The hourly rows are written out as they grow (upserts add up).
+        if tables.by_model_hour.len() + tables.by_key_hour.len() >= HOURLY_REBUILD_FLUSH {
+            write_hourly(&mut tx, &mut tables).await?;
+        }
     }
     for statement in [
         "DELETE FROM usage_summary",
@@ -304,6 +417,7 @@ pub(crate) async fn summary_in_day_zone(
     ] {
         tx.query_drop(statement).await.map_err(mysql_error)?;
     }
+    write_hourly(&mut tx, &mut tables).await?;
     let now = datetime(SystemTime::now());
     let rows: Vec<(&SummaryKey, &SummaryDelta)> = tables.by_model.iter().collect();
     add_to_summary(&mut tx, &rows, &now).await?;
@@ -351,6 +465,17 @@ pub(crate) async fn cleanup(
     conn.exec_drop("DELETE FROM usage_key_summary WHERE date < ?", (&day,))
         .await
         .map_err(mysql_error)?;
+    // The hours of the same days: before the first instant of `older_than`'s day.
+    let day_start = day_zone.day_start(day_zone.date_of(older_than));
+    let first_hour = ccf_store::stats::hour_start(day_zone, day_start);
+    for sql in [
+        "DELETE FROM usage_hourly_summary WHERE hour_start < ?",
+        "DELETE FROM usage_hourly_key_summary WHERE hour_start < ?",
+    ] {
+        conn.exec_drop(sql, (first_hour,))
+            .await
+            .map_err(mysql_error)?;
+    }
     conn.exec_drop("DELETE FROM usage_summary WHERE date < ?", (&day,))
         .await
         .map_err(mysql_error)?;

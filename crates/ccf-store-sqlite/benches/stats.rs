@@ -27,16 +27,25 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        // `BENCH_STATS_DB=<path>`: keep the filled database there and reuse it when it exists
+        // (for iterating on the read side without refilling).
         let dir = tempfile::tempdir().unwrap();
+        let path = std::env::var_os("BENCH_STATS_DB")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| dir.path().join("usage.db"));
+        let reuse = path.exists();
         let options = SqliteOptions {
             day_zone: DayZone::parse("Asia/Shanghai").unwrap(),
             ..SqliteOptions::default()
         };
-        let store = SqliteStore::open(dir.path().join("usage.db"), options)
-            .await
-            .unwrap();
+        let store = SqliteStore::open(&path, options).await.unwrap();
         store.migrate().await.unwrap();
         let now = SystemTime::now();
+        if reuse {
+            println!("sqlite reusing {}", path.display());
+            report(&store, now).await;
+            return;
+        }
         let fill = fill_for_stats_bench(&store, rows, 5_000, now).await;
         println!(
             "sqlite fill rows={rows} seconds={:.1} rows_per_s={:.0}",

@@ -11,10 +11,12 @@
 //! - v6 `summary_in_day_zone`: `usage_summary` counts cancelled requests and requests with a
 //!   duration (so stats can be served from it exactly), an index finds the rows it does not count
 //!   (`summarized, start_time`), and `usage_settings` records the day zone of its rows.
+//! - v7 `hourly_summary`: `usage_hourly_summary` and `usage_hourly_key_summary`, the summaries by
+//!   local hour; the recorded day zone is forgotten so the rebuild below fills them.
 //!
 //! After the versions, on every run: when the configured day zone is not the one recorded (a
 //! database from before v6 counted UTC days), `usage_summary` is rebuilt from the final rows in
-//! the configured zone ([`crate::write::summary_in_day_zone`]).
+//! the configured zone, the hourly summaries with it ([`crate::write::summary_in_day_zone`]).
 //!
 //! All of it runs in one `BEGIN IMMEDIATE` transaction on the writer connection, so it is atomic
 //! and two processes migrating at once serialise.
@@ -33,15 +35,17 @@ const V2_EXTEND: &str = include_str!("../migrations/0002_extend.sql");
 const V3_SUMMARY: &str = include_str!("../migrations/0003_summary.sql");
 const V5_API_KEY_NAME: &str = include_str!("../migrations/0005_api_key_name.sql");
 const V6_SUMMARY_IN_DAY_ZONE: &str = include_str!("../migrations/0006_summary_in_day_zone.sql");
+const V7_HOURLY_SUMMARY: &str = include_str!("../migrations/0007_hourly_summary.sql");
 const TRIGGERS: &str = include_str!("../migrations/triggers.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 5] = [
+pub const MIGRATIONS: [(u32, &str); 6] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
     (5, "api_key_name"),
     (6, "summary_in_day_zone"),
+    (7, "hourly_summary"),
 ];
 
 /// v1 columns that an older Go database may lack, with the definition used to add them.
@@ -274,6 +278,7 @@ fn apply(tx: &Transaction<'_>, version: u32, zone: LegacyZone) -> rusqlite::Resu
             }
             tx.execute_batch(V6_SUMMARY_IN_DAY_ZONE)
         }
+        7 => tx.execute_batch(V7_HOURLY_SUMMARY),
         _ => Ok(()),
     }
 }

@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use ccf_store::columns::REQUEST_ROW;
 use ccf_store::stats::{
-    compose_stats, p95, plan_stats, KeySummarySlice, RawSlice, StatsReadings, SummarySlice, Sums,
-    TimeSpan, P95_SAMPLE, QUARTER_HOUR_SECS,
+    compose_stats, hour_key, p95, plan_stats, KeySummarySlice, RawSlice, StatsReadings,
+    SummarySlice, Sums, TimeSpan, P95_SAMPLE, QUARTER_HOUR_SECS,
 };
 use ccf_store::time::format_timestamp;
 use ccf_store::{
@@ -246,20 +246,64 @@ fn sums_from(row: &Row<'_>, first: usize) -> rusqlite::Result<Sums> {
     })
 }
 
-/// `usage_summary` rows of the days `first..=last` ( `""`: from the first) matching the filter's
-/// model, endpoint and group.
+/// Which rows of a summary table to read: days `first..=last` (`""`: from the first) of
+/// `usage_summary` / `usage_key_summary`, or listed hours of their hourly twins.
+enum SummaryRows<'a> {
+    Days(&'a str, &'a str),
+    Hours(&'a [i64]),
+}
+
+impl SummaryRows<'_> {
+    /// The table (the daily one given) and its row clauses and values.
+    fn select(&self, daily: &str) -> (String, Vec<String>, Vec<Value>) {
+        match self {
+            SummaryRows::Days(first, last) => {
+                let mut clauses = vec!["date <= ?".to_string()];
+                let mut values = vec![Value::Text(last.to_string())];
+                if !first.is_empty() {
+                    clauses.push("date >= ?".into());
+                    values.push(Value::Text(first.to_string()));
+                }
+                (daily.to_string(), clauses, values)
+            }
+            SummaryRows::Hours(hours) => (
+                daily.replacen("usage_", "usage_hourly_", 1),
+                vec![format!(
+                    "hour_start IN ({})",
+                    vec!["?"; hours.len()].join(", ")
+                )],
+                hours.iter().map(|hour| Value::Integer(*hour)).collect(),
+            ),
+        }
+    }
+
+    /// The key column: `date` or `hour_start`.
+    fn key(&self) -> &'static str {
+        match self {
+            SummaryRows::Days(..) => "date",
+            SummaryRows::Hours(_) => "hour_start",
+        }
+    }
+
+    /// A row's period as the stats name it: the day, or the hourly bucket of the hour start.
+    fn period(&self, value: rusqlite::types::ValueRef<'_>, zone: DayZone) -> String {
+        match self {
+            SummaryRows::Days(..) => as_text(value).unwrap_or_default(),
+            SummaryRows::Hours(_) => hour_key(zone, as_i64(value).unwrap_or(0)),
+        }
+    }
+}
+
+/// `usage_summary` (or `usage_hourly_summary`) rows matching the filter's model, endpoint and
+/// group.
 fn summary_slices(
     connection: &Connection,
     filter: &RequestFilter,
-    first: &str,
-    last: &str,
+    rows: &SummaryRows<'_>,
+    zone: DayZone,
 ) -> Result<Vec<SummarySlice>, StoreError> {
-    let mut clauses = vec!["date <= ?".to_string()];
-    let mut values = vec![Value::Text(last.to_string())];
-    if !first.is_empty() {
-        clauses.push("date >= ?".into());
-        values.push(Value::Text(first.to_string()));
-    }
+    let (table, mut clauses, mut values) = rows.select("usage_summary");
+    let key = rows.key();
     for (column, value) in [
         ("model_name", &filter.model),
         ("endpoint_name", &filter.endpoint),
@@ -272,11 +316,11 @@ fn summary_slices(
     }
     let mut statement = connection
         .prepare_cached(&format!(
-            "SELECT date, model_name, endpoint_name, COALESCE(group_name, ''), \
+            "SELECT {key}, model_name, endpoint_name, COALESCE(group_name, ''), \
              request_count, success_count, error_count, cancelled_count, total_duration_ms, \
              duration_count, total_input_tokens, total_output_tokens, \
              total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd \
-             FROM usage_summary WHERE {}",
+             FROM {table} WHERE {}",
             clauses.join(" AND ")
         ))
         .map_err(sqlite_error)?;
@@ -286,7 +330,7 @@ fn summary_slices(
                 Ok(as_text(row.get_ref(index)?).unwrap_or_default())
             };
             Ok(SummarySlice {
-                date: name(0)?,
+                date: rows.period(row.get_ref(0)?, zone),
                 model: name(1)?,
                 endpoint: name(2)?,
                 group: name(3)?,
@@ -323,24 +367,27 @@ fn p95_sample(connection: &Connection, filter: &RequestFilter) -> Result<Option<
     Ok(p95(durations))
 }
 
-/// `usage_key_summary` rows of the days `first..=last` (`""`: from the first).
+/// `usage_key_summary` (or `usage_hourly_key_summary`) rows.
 fn key_summary_slices(
     connection: &Connection,
-    first: &str,
-    last: &str,
+    rows: &SummaryRows<'_>,
+    zone: DayZone,
 ) -> Result<Vec<KeySummarySlice>, StoreError> {
+    let (table, clauses, values) = rows.select("usage_key_summary");
+    let key = rows.key();
     let mut statement = connection
-        .prepare_cached(
-            "SELECT date, api_key_name, request_count, success_count, error_count, \
+        .prepare_cached(&format!(
+            "SELECT {key}, api_key_name, request_count, success_count, error_count, \
              cancelled_count, total_duration_ms, duration_count, total_input_tokens, \
              total_output_tokens, total_cache_creation_tokens, total_cache_read_tokens, \
-             total_cost_nano_usd FROM usage_key_summary WHERE date >= ?1 AND date <= ?2",
-        )
+             total_cost_nano_usd FROM {table} WHERE {}",
+            clauses.join(" AND ")
+        ))
         .map_err(sqlite_error)?;
     let rows = statement
-        .query_map([first, last], |row| {
+        .query_map(params_from_iter(values.iter()), |row| {
             Ok(KeySummarySlice {
-                date: as_text(row.get_ref(0)?).unwrap_or_default(),
+                date: rows.period(row.get_ref(0)?, zone),
                 api_key: as_text(row.get_ref(1)?).unwrap_or_default(),
                 sums: sums_from(row, 2)?,
             })
@@ -359,11 +406,22 @@ pub(crate) fn stats(
     day_zone: DayZone,
 ) -> Result<Stats, StoreError> {
     let plan = plan_stats(filter, day_zone, SystemTime::now());
-    let mut readings = StatsReadings::default();
+    let mut readings = StatsReadings {
+        hours_from: Some(plan.hours_from),
+        ..StatsReadings::default()
+    };
     if let Some((first, last)) = &plan.summary_days {
-        readings.summary = summary_slices(connection, filter, first, last)?;
+        let days = SummaryRows::Days(first, last);
+        readings.summary = summary_slices(connection, filter, &days, day_zone)?;
         if !plan.api_keys_from_raw_rows {
-            readings.key_summary = key_summary_slices(connection, first, last)?;
+            readings.key_summary = key_summary_slices(connection, &days, day_zone)?;
+        }
+    }
+    if !plan.summary_hours.is_empty() {
+        let hours = SummaryRows::Hours(&plan.summary_hours);
+        readings.hour_summary = summary_slices(connection, filter, &hours, day_zone)?;
+        if !plan.api_keys_from_raw_rows {
+            readings.hour_key_summary = key_summary_slices(connection, &hours, day_zone)?;
         }
     }
     if let Some(span) = plan.unsummarized {
@@ -371,15 +429,10 @@ pub(crate) fn stats(
             .raw
             .extend(raw_slices(connection, filter, span, true)?);
     }
-    // The last day's raw rows are usually the right edge's (today), read once.
-    let mut hourly_read = false;
     for span in &plan.raw {
-        let slices = raw_slices(connection, filter, *span, false)?;
-        if *span == plan.hourly {
-            readings.hourly = slices.clone();
-            hourly_read = true;
-        }
-        readings.raw.extend(slices);
+        readings
+            .raw
+            .extend(raw_slices(connection, filter, *span, false)?);
     }
     if plan.api_keys_from_raw_rows {
         let whole = TimeSpan {
@@ -387,9 +440,6 @@ pub(crate) fn stats(
             end: filter.end,
         };
         readings.api_keys = Some(raw_slices(connection, filter, whole, false)?);
-    }
-    if !hourly_read {
-        readings.hourly = raw_slices(connection, filter, plan.hourly, false)?;
     }
     readings.p95_duration_ms = p95_sample(connection, filter)?;
     Ok(compose_stats(day_zone, &readings))

@@ -5,10 +5,12 @@ use std::sync::LazyLock;
 use std::time::SystemTime;
 
 use ccf_store::columns::{EXISTING_ROW, KEPT_ON_UPDATE, SNAPSHOT};
+use ccf_store::stats::HOURLY_REBUILD_FLUSH;
 use ccf_store::{
     plan_batch, ContributionParts, DayZone, ExistingRow, KeySummaryKey, LegacyZone, StoreError,
     StoredRecord, SummaryContribution, SummaryDelta, SummaryKey, SummaryTables,
 };
+use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::convert::{column_value, format_timestamp, sqlite_error, SqliteRow};
@@ -93,6 +95,26 @@ ON CONFLICT(date, model_name, endpoint_name, group_name) DO UPDATE SET
         ELSE 0 END,
     updated_at = excluded.updated_at";
 
+/// [`SUMMARY_UPSERT`]'s parameters into `usage_hourly_summary` (`?1` is the hour start).
+const HOURLY_SUMMARY_UPSERT: &str = "INSERT INTO usage_hourly_summary (
+    hour_start, model_name, endpoint_name, group_name, request_count, success_count, error_count,
+    total_input_tokens, total_output_tokens, total_cache_creation_tokens, total_cache_read_tokens,
+    total_cost_nano_usd, total_duration_ms, updated_at, cancelled_count, duration_count
+) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+ON CONFLICT(hour_start, model_name, endpoint_name, group_name) DO UPDATE SET
+    request_count = request_count + excluded.request_count,
+    success_count = success_count + excluded.success_count,
+    error_count = error_count + excluded.error_count,
+    cancelled_count = cancelled_count + excluded.cancelled_count,
+    duration_count = duration_count + excluded.duration_count,
+    total_input_tokens = total_input_tokens + excluded.total_input_tokens,
+    total_output_tokens = total_output_tokens + excluded.total_output_tokens,
+    total_cache_creation_tokens = total_cache_creation_tokens + excluded.total_cache_creation_tokens,
+    total_cache_read_tokens = total_cache_read_tokens + excluded.total_cache_read_tokens,
+    total_cost_nano_usd = total_cost_nano_usd + excluded.total_cost_nano_usd,
+    total_duration_ms = total_duration_ms + excluded.total_duration_ms,
+    updated_at = excluded.updated_at";
+
 /// Writes one batch in one `BEGIN IMMEDIATE` transaction; final requests count in the summary
 /// row of their day in `day_zone`.
 ///
@@ -169,31 +191,79 @@ pub(crate) fn write_batch(
     };
     add_to_summary(
         &tx,
-        plan.summary.iter().map(|(key, delta)| (key, delta)),
+        SUMMARY_UPSERT,
+        plan.summary.iter().map(|(key, delta)| by_day((key, delta))),
         now,
     )?;
     add_to_key_summary(
         &tx,
-        plan.key_summary.iter().map(|(key, delta)| (key, delta)),
+        KEY_SUMMARY_UPSERT,
+        plan.key_summary
+            .iter()
+            .map(|(key, delta)| key_by_day((key, delta))),
+        now,
+    )?;
+    add_to_summary(
+        &tx,
+        HOURLY_SUMMARY_UPSERT,
+        plan.hourly_summary
+            .iter()
+            .map(|(key, delta)| by_hour((key, delta))),
+        now,
+    )?;
+    add_to_key_summary(
+        &tx,
+        HOURLY_KEY_SUMMARY_UPSERT,
+        plan.hourly_key_summary
+            .iter()
+            .map(|(key, delta)| key_by_hour((key, delta))),
         now,
     )?;
     tx.commit().map_err(sqlite_error)
 }
 
-/// Adds `rows` to `usage_summary`.
+/// A daily summary row: its day is the period.
+fn by_day<'a>(
+    (key, delta): (&'a SummaryKey, &'a SummaryDelta),
+) -> (Value, &'a SummaryKey, &'a SummaryDelta) {
+    (Value::Text(key.date.clone()), key, delta)
+}
+
+/// A daily key summary row: its day is the period.
+fn key_by_day<'a>(
+    (key, delta): (&'a KeySummaryKey, &'a SummaryDelta),
+) -> (Value, &'a KeySummaryKey, &'a SummaryDelta) {
+    (Value::Text(key.date.clone()), key, delta)
+}
+
+/// An hourly summary row: its hour start is the period.
+fn by_hour<'a>(
+    ((hour_start, key), delta): (&'a (i64, SummaryKey), &'a SummaryDelta),
+) -> (Value, &'a SummaryKey, &'a SummaryDelta) {
+    (Value::Integer(*hour_start), key, delta)
+}
+
+/// An hourly key summary row: its hour start is the period.
+fn key_by_hour<'a>(
+    ((hour_start, key), delta): (&'a (i64, KeySummaryKey), &'a SummaryDelta),
+) -> (Value, &'a KeySummaryKey, &'a SummaryDelta) {
+    (Value::Integer(*hour_start), key, delta)
+}
+
+/// Adds `rows` to `usage_summary` ([`SUMMARY_UPSERT`]) or `usage_hourly_summary`
+/// ([`HOURLY_SUMMARY_UPSERT`]).
 fn add_to_summary<'a>(
     connection: &Connection,
-    rows: impl Iterator<Item = (&'a SummaryKey, &'a SummaryDelta)>,
+    sql: &str,
+    rows: impl Iterator<Item = (Value, &'a SummaryKey, &'a SummaryDelta)>,
     now: SystemTime,
 ) -> Result<(), StoreError> {
     let now = format_timestamp(now);
-    let mut upsert = connection
-        .prepare_cached(SUMMARY_UPSERT)
-        .map_err(sqlite_error)?;
-    for (key, delta) in rows {
+    let mut upsert = connection.prepare_cached(sql).map_err(sqlite_error)?;
+    for (period, key, delta) in rows {
         upsert
             .execute(params![
-                key.date,
+                period,
                 key.model_name,
                 key.endpoint_name,
                 key.group_name,
@@ -234,20 +304,40 @@ ON CONFLICT(date, api_key_name) DO UPDATE SET
     total_cost_nano_usd = total_cost_nano_usd + excluded.total_cost_nano_usd,
     updated_at = excluded.updated_at";
 
-/// Adds `rows` to `usage_key_summary`.
+/// [`KEY_SUMMARY_UPSERT`] into `usage_hourly_key_summary` (`?1` is the hour start).
+const HOURLY_KEY_SUMMARY_UPSERT: &str = "INSERT INTO usage_hourly_key_summary (
+    hour_start, api_key_name, request_count, success_count, error_count, cancelled_count,
+    duration_count, total_duration_ms, total_input_tokens, total_output_tokens,
+    total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd, updated_at
+) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+ON CONFLICT(hour_start, api_key_name) DO UPDATE SET
+    request_count = request_count + excluded.request_count,
+    success_count = success_count + excluded.success_count,
+    error_count = error_count + excluded.error_count,
+    cancelled_count = cancelled_count + excluded.cancelled_count,
+    duration_count = duration_count + excluded.duration_count,
+    total_duration_ms = total_duration_ms + excluded.total_duration_ms,
+    total_input_tokens = total_input_tokens + excluded.total_input_tokens,
+    total_output_tokens = total_output_tokens + excluded.total_output_tokens,
+    total_cache_creation_tokens = total_cache_creation_tokens + excluded.total_cache_creation_tokens,
+    total_cache_read_tokens = total_cache_read_tokens + excluded.total_cache_read_tokens,
+    total_cost_nano_usd = total_cost_nano_usd + excluded.total_cost_nano_usd,
+    updated_at = excluded.updated_at";
+
+/// Adds `rows` to `usage_key_summary` ([`KEY_SUMMARY_UPSERT`]) or `usage_hourly_key_summary`
+/// ([`HOURLY_KEY_SUMMARY_UPSERT`]).
 fn add_to_key_summary<'a>(
     connection: &Connection,
-    rows: impl Iterator<Item = (&'a KeySummaryKey, &'a SummaryDelta)>,
+    sql: &str,
+    rows: impl Iterator<Item = (Value, &'a KeySummaryKey, &'a SummaryDelta)>,
     now: SystemTime,
 ) -> Result<(), StoreError> {
     let now = format_timestamp(now);
-    let mut upsert = connection
-        .prepare_cached(KEY_SUMMARY_UPSERT)
-        .map_err(sqlite_error)?;
-    for (key, delta) in rows {
+    let mut upsert = connection.prepare_cached(sql).map_err(sqlite_error)?;
+    for (period, key, delta) in rows {
         upsert
             .execute(params![
-                key.date,
+                period,
                 key.api_key_name,
                 delta.request_count,
                 delta.success_count,
@@ -264,6 +354,26 @@ fn add_to_key_summary<'a>(
             ])
             .map_err(sqlite_error)?;
     }
+    Ok(())
+}
+
+/// Adds the hourly rows of `summary` to the hourly tables and empties them.
+fn write_hourly(connection: &Connection, summary: &mut SummaryTables) -> Result<(), StoreError> {
+    let now = SystemTime::now();
+    add_to_summary(
+        connection,
+        HOURLY_SUMMARY_UPSERT,
+        summary.by_model_hour.iter().map(by_hour),
+        now,
+    )?;
+    add_to_key_summary(
+        connection,
+        HOURLY_KEY_SUMMARY_UPSERT,
+        summary.by_key_hour.iter().map(key_by_hour),
+        now,
+    )?;
+    summary.by_model_hour.clear();
+    summary.by_key_hour.clear();
     Ok(())
 }
 
@@ -289,7 +399,11 @@ pub(crate) fn summary_in_day_zone(
     if recorded.as_deref() == Some(name.as_str()) {
         return Ok(false);
     }
-    // Row by row into the tables: a large request_logs is never held in memory at once.
+    // Row by row into the tables: a large request_logs is never held in memory at once, and
+    // the hourly rows are written out as they grow.
+    connection
+        .execute_batch("DELETE FROM usage_hourly_summary; DELETE FROM usage_hourly_key_summary;")
+        .map_err(sqlite_error)?;
     let mut summary = SummaryTables::default();
     {
         let mut select = connection
@@ -328,6 +442,9 @@ pub(crate) fn summary_in_day_zone(
                 &SummaryContribution::from_parts_in(rebuilt.parts(), day_zone),
                 1,
             );
+            if summary.by_model_hour.len() + summary.by_key_hour.len() >= HOURLY_REBUILD_FLUSH {
+                write_hourly(connection, &mut summary)?;
+            }
         }
     }
     connection
@@ -337,8 +454,19 @@ pub(crate) fn summary_in_day_zone(
         )
         .map_err(sqlite_error)?;
     let now = SystemTime::now();
-    add_to_summary(connection, summary.by_model.iter(), now)?;
-    add_to_key_summary(connection, summary.by_key.iter(), now)?;
+    add_to_summary(
+        connection,
+        SUMMARY_UPSERT,
+        summary.by_model.iter().map(by_day),
+        now,
+    )?;
+    add_to_key_summary(
+        connection,
+        KEY_SUMMARY_UPSERT,
+        summary.by_key.iter().map(key_by_day),
+        now,
+    )?;
+    write_hourly(connection, &mut summary)?;
     connection
         .execute(
             "INSERT INTO usage_settings (name, value) VALUES (?1, ?2) \
@@ -416,6 +544,17 @@ pub(crate) fn delete_summary(
     connection
         .execute("DELETE FROM usage_key_summary WHERE date < ?1", [&day])
         .map_err(sqlite_error)?;
+    // The hours of the same days: before the first instant of `older_than`'s day.
+    let day_start = day_zone.day_start(day_zone.date_of(older_than));
+    let first_hour = ccf_store::stats::hour_start(day_zone, day_start);
+    for sql in [
+        "DELETE FROM usage_hourly_summary WHERE hour_start < ?1",
+        "DELETE FROM usage_hourly_key_summary WHERE hour_start < ?1",
+    ] {
+        connection
+            .execute(sql, [first_hour])
+            .map_err(sqlite_error)?;
+    }
     let deleted = connection
         .execute("DELETE FROM usage_summary WHERE date < ?1", [&day])
         .map_err(sqlite_error)?;

@@ -61,6 +61,7 @@ macro_rules! usage_store_contract {
         $crate::usage_store_contract!(@zoned $make;
             days_and_today_are_days_of_the_configured_zone,
             summary_served_stats_equal_the_raw_rows,
+            hourly_summary_serves_the_whole_hours_of_partial_days,
             a_new_day_zone_rebuilds_the_summary,
         );
     };
@@ -1601,7 +1602,10 @@ async fn stats_from_rows(
     use crate::stats::Sums;
     let rows = store.scan_requests(filter, 0, 100_000).await.unwrap();
     let mut totals = Sums::default();
-    let mut by: [BTreeMap<String, Sums>; 5] = Default::default();
+    let mut by: [BTreeMap<String, Sums>; 6] = Default::default();
+    // The hourly buckets: the range's last day (a zone without daylight saving: the hours'
+    // text sorts as they follow each other).
+    let last_day_start = zone.day_start(zone.date_of(filter.end.unwrap_or_else(SystemTime::now)));
     for row in &rows {
         let record = &row.record;
         let sums = Sums {
@@ -1627,6 +1631,12 @@ async fn stats_from_rows(
         ];
         for (map, key) in by.iter_mut().zip(keys) {
             map.entry(key).or_default().add(&sums);
+        }
+        if record.start_time >= last_day_start {
+            by[5]
+                .entry(zone.format_hour(record.start_time))
+                .or_default()
+                .add(&sums);
         }
     }
     let buckets = |map: &BTreeMap<String, Sums>, by_count: bool| {
@@ -1654,6 +1664,7 @@ async fn stats_from_rows(
         by_group: buckets(&by[2], true),
         by_day: buckets(&by[3], false),
         by_api_key: buckets(&by[4], true),
+        by_hour: buckets(&by[5], false),
         ..crate::Stats::default()
     }
 }
@@ -1727,6 +1738,19 @@ pub async fn summary_served_stats_equal_the_raw_rows(fixture: &impl ContractFixt
             end: Some(instant("2025-09-30T12:00:00Z")),
             ..RequestFilter::default()
         },
+        // 10:20 Shanghai on the 28th to 20:40 on the 30th: partial hours at both ends, whole
+        // hours of two partial days, one whole day.
+        RequestFilter {
+            start: Some(instant("2025-09-28T02:20:00Z")),
+            end: Some(instant("2025-09-30T12:40:00Z")),
+            ..RequestFilter::default()
+        },
+        // Inside one Shanghai day, no whole day: whole hours and two partial ones.
+        RequestFilter {
+            start: Some(instant("2025-09-29T01:10:00Z")),
+            end: Some(instant("2025-09-29T11:50:00Z")),
+            ..RequestFilter::default()
+        },
         // Whole Shanghai days only.
         RequestFilter {
             start: Some(instant("2025-09-27T16:00:00Z")),
@@ -1769,7 +1793,95 @@ pub async fn summary_served_stats_equal_the_raw_rows(fixture: &impl ContractFixt
             stats.by_api_key, expected.by_api_key,
             "by API key for {filter:?}"
         );
+        assert_eq!(stats.by_hour, expected.by_hour, "by hour for {filter:?}");
     }
+}
+
+/// Whole hours of a partial day come from the hourly summary, the partial hours at the range's
+/// ends and a request that never finished from raw rows: each request counted exactly once, on
+/// its Shanghai hour.
+pub async fn hourly_summary_serves_the_whole_hours_of_partial_days(fixture: &impl ContractFixture) {
+    let store = fixture.store();
+    let store = store.as_ref();
+    let row = |id: &str, start: &str, status_value: &str, key: Option<&str>| {
+        let mut record = outcome(
+            id,
+            instant(start),
+            status_value,
+            "claude-haiku-4-5",
+            "alpha",
+            "main",
+            tokens(10, 1),
+            100,
+        );
+        record.api_key_name = key.map(str::to_string);
+        record
+    };
+    write(
+        store,
+        vec![
+            row(
+                "req-h-a",
+                "2025-09-28T01:10:00Z",
+                status::COMPLETED,
+                Some("team-a"),
+            ),
+            row("req-h-b", "2025-09-28T01:50:00Z", status::COMPLETED, None),
+            row(
+                "req-h-c",
+                "2025-09-28T02:05:00Z",
+                status::COMPLETED,
+                Some("team-a"),
+            ),
+            row("req-h-d", "2025-09-28T02:40:00Z", status::FAILED, None),
+            row("req-h-e", "2025-09-28T03:15:00Z", status::COMPLETED, None),
+            row("req-h-g", "2025-09-28T04:05:00Z", status::COMPLETED, None),
+            snapshot(
+                "req-h-f",
+                instant("2025-09-28T02:20:00Z"),
+                status::PROCESSING,
+            ),
+        ],
+    )
+    .await;
+    // 09:30 to 11:30 Shanghai: 10:00-11:00 is a whole hour (c, d from the hourly summary, f
+    // never finished), 09:30-10:00 (b) and 11:00-11:30 (e) are raw; a and g are outside.
+    let stats = store
+        .stats(&RequestFilter {
+            start: Some(instant("2025-09-28T01:30:00Z")),
+            end: Some(instant("2025-09-28T03:30:00Z")),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    let counts = |buckets: &[crate::Bucket]| -> Vec<(String, u64)> {
+        buckets
+            .iter()
+            .map(|bucket| (bucket.key.clone(), bucket.aggregate.request_count))
+            .collect()
+    };
+    assert_eq!(
+        (
+            stats.totals.request_count,
+            stats.totals.success_count,
+            stats.totals.failed_count,
+            stats.totals.input_tokens
+        ),
+        (5, 3, 1, 40)
+    );
+    assert_eq!(
+        counts(&stats.by_hour),
+        vec![
+            ("2025-09-28T09:00:00+08:00".to_string(), 1),
+            ("2025-09-28T10:00:00+08:00".to_string(), 3),
+            ("2025-09-28T11:00:00+08:00".to_string(), 1),
+        ]
+    );
+    assert_eq!(
+        counts(&stats.by_api_key),
+        vec![("".to_string(), 4), ("team-a".to_string(), 1)]
+    );
+    assert_eq!(counts(&stats.by_day), vec![("2025-09-28".to_string(), 5)]);
 }
 
 /// A store reopened with another day zone (a restart after `timezone` changed) rebuilds

@@ -92,6 +92,10 @@ impl SummaryDelta {
 pub struct SummaryContribution {
     /// The summary row.
     pub key: SummaryKey,
+    /// The first instant (Unix seconds) of the local hour of `start_time` in the same zone:
+    /// with the names of `key`, its `usage_hourly_summary` row, and with the API key name, its
+    /// `usage_hourly_key_summary` row.
+    pub hour_start: i64,
     /// The API key name (`""` for none): with `key.date`, its `usage_key_summary` row.
     pub api_key_name: String,
     /// The increments.
@@ -151,6 +155,7 @@ impl SummaryContribution {
                 endpoint_name: name_or(parts.endpoint_name, UNKNOWN).to_string(),
                 group_name: name_or(parts.group_name, "").to_string(),
             },
+            hour_start: crate::stats::hour_start(zone, parts.start_time),
             api_key_name: name_or(parts.api_key_name, "").to_string(),
             delta: SummaryDelta {
                 request_count: 1,
@@ -171,6 +176,7 @@ impl SummaryContribution {
     /// The same contribution counted on the day of `start_time` in `zone`.
     pub fn in_zone(mut self, start_time: SystemTime, zone: DayZone) -> Self {
         self.key.date = zone.format_date(start_time);
+        self.hour_start = crate::stats::hour_start(zone, start_time);
         self
     }
 
@@ -196,13 +202,19 @@ impl SummaryContribution {
     }
 }
 
-/// Summary rows: `usage_summary`'s and `usage_key_summary`'s.
+/// Summary rows: `usage_summary`'s and `usage_key_summary`'s, and their hourly twins
+/// `usage_hourly_summary` and `usage_hourly_key_summary` (keyed by the first instant of the
+/// local hour, Unix seconds, and the same names).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SummaryTables {
     /// By day, model, endpoint and group.
     pub by_model: BTreeMap<SummaryKey, SummaryDelta>,
     /// By day and API key.
     pub by_key: BTreeMap<KeySummaryKey, SummaryDelta>,
+    /// By hour start, model, endpoint and group (the key's `date` is the hour's day).
+    pub by_model_hour: BTreeMap<(i64, SummaryKey), SummaryDelta>,
+    /// By hour start and API key (the key's `date` is the hour's day).
+    pub by_key_hour: BTreeMap<(i64, KeySummaryKey), SummaryDelta>,
 }
 
 impl SummaryTables {
@@ -217,6 +229,20 @@ impl SummaryTables {
                 date: contribution.key.date.clone(),
                 api_key_name: contribution.api_key_name.clone(),
             })
+            .or_default()
+            .add(&contribution.delta, sign);
+        self.by_model_hour
+            .entry((contribution.hour_start, contribution.key.clone()))
+            .or_default()
+            .add(&contribution.delta, sign);
+        self.by_key_hour
+            .entry((
+                contribution.hour_start,
+                KeySummaryKey {
+                    date: contribution.key.date.clone(),
+                    api_key_name: contribution.api_key_name.clone(),
+                },
+            ))
             .or_default()
             .add(&contribution.delta, sign);
     }
@@ -257,6 +283,10 @@ pub struct BatchPlan<'a> {
     pub summary: Vec<(SummaryKey, SummaryDelta)>,
     /// Increments to apply to `usage_key_summary`, ordered by key, zero deltas left out.
     pub key_summary: Vec<(KeySummaryKey, SummaryDelta)>,
+    /// Increments to apply to `usage_hourly_summary`, by hour start and names.
+    pub hourly_summary: Vec<((i64, SummaryKey), SummaryDelta)>,
+    /// Increments to apply to `usage_hourly_key_summary`, by hour start and API key.
+    pub hourly_key_summary: Vec<((i64, KeySummaryKey), SummaryDelta)>,
     /// Records skipped because the stored row is already final and they are not.
     pub skipped: usize,
 }
@@ -327,6 +357,16 @@ pub fn plan_batch<'a>(
             .collect(),
         key_summary: tables
             .by_key
+            .into_iter()
+            .filter(|(_, delta)| !delta.is_zero())
+            .collect(),
+        hourly_summary: tables
+            .by_model_hour
+            .into_iter()
+            .filter(|(_, delta)| !delta.is_zero())
+            .collect(),
+        hourly_key_summary: tables
+            .by_key_hour
             .into_iter()
             .filter(|(_, delta)| !delta.is_zero())
             .collect(),

@@ -1,21 +1,25 @@
 //! Stats from `usage_summary` for whole days and from `request_logs` only where it must: the
 //! same plan and the same arithmetic in every adapter.
 //!
-//! [`plan_stats`] splits a [`StatsQuery`]'s time range at the days of the store's [`DayZone`]:
-//! the whole days inside it are read from `usage_summary` (one row per day, model, endpoint and
-//! group), the partial days at its edges (today, usually) from raw rows, and so are the rows of
-//! the whole days that the summary does not count (`summarized = 0`: requests still in flight or
-//! never finished). An adapter reads the summary as [`SummarySlice`]s and raw rows grouped by UTC
+//! [`plan_stats`] splits a [`StatsQuery`]'s time range at the hours and days of the store's
+//! [`DayZone`]: the whole days inside it are read from `usage_summary` (one row per day, model,
+//! endpoint and group), the whole local hours of the partial days at its edges from
+//! `usage_hourly_summary` (the same rows per local hour), only the partial hours at the range's
+//! two ends from raw rows, and so are the rows of the summarised span that the summaries do not
+//! count (`summarized = 0`: requests still in flight or never finished, found by index). An adapter reads the summary as [`SummarySlice`]s and raw rows grouped by UTC
 //! quarter-hour as [`RawSlice`]s; [`compose_stats`] adds them up into [`Stats`]. Every UTC
 //! offset in use is a multiple of 15 minutes, so a quarter-hour lies inside one local hour of any
 //! zone and raw rows land on the right local day and hour.
 //!
-//! `by_api_key` reads whole days from `usage_key_summary` (by day and API key) the same way,
+//! `by_api_key` reads whole days from `usage_key_summary` (by day and API key) and whole hours
+//! from `usage_hourly_key_summary` the same way,
 //! unless the query names a model, endpoint or group (that table has no such columns): then the
 //! key buckets come from raw rows of the whole range. Filters the summaries cannot answer
-//! (status, request id, instance, API key) read raw rows for the whole range. The hourly buckets
-//! cover the range's last day (today, for a range open to now: the raw rows read anyway) and the
-//! p95 the latest [`P95_SAMPLE`] requests of the range.
+//! (status, request id, instance, API key) read raw rows for the whole range, and so does a day
+//! with a daylight-saving change at an edge hour (its local hours are not an hour apart). The
+//! hourly buckets cover the range's last day (today, for a range open to now), whose whole hours
+//! are always read from the hourly summary (never its daily row), from the same readings, and
+//! the p95 the latest [`P95_SAMPLE`] requests of the range.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -27,6 +31,11 @@ use crate::time::DayZone;
 
 /// The p95 is taken over at most this many of the range's latest requests with a duration.
 pub const P95_SAMPLE: u32 = 10_000;
+
+/// A summary rebuild (migration, new day zone) writes the hourly summary rows out (upserts add
+/// up) whenever it holds this many, so that its memory stays bounded: a year of traffic has 24
+/// times as many hourly rows as daily ones.
+pub const HOURLY_REBUILD_FLUSH: usize = 50_000;
 
 /// Seconds in a raw slice.
 pub const QUARTER_HOUR_SECS: i64 = 900;
@@ -149,18 +158,23 @@ pub struct TimeSpan {
 }
 
 /// What to read for a stats query.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatsPlan {
     /// Whole days read from `usage_summary` (`YYYY-MM-DD`, inclusive), with the rows of the
     /// same span that it does not count read raw (`summarized = 0`, [`StatsPlan::unsummarized`]).
     pub summary_days: Option<(String, String)>,
-    /// The instants of those whole days.
+    /// Whole local hours read from `usage_hourly_summary` (and `usage_hourly_key_summary`), by
+    /// their first instant in Unix seconds ([`hour_start`]): the hours of the partial days
+    /// inside the range.
+    pub summary_hours: Vec<i64>,
+    /// The instants the summaries serve (whole days and hours): its rows that they do not count
+    /// are read raw.
     pub unsummarized: Option<TimeSpan>,
-    /// Spans read from every raw row (partial days, or the whole range when the summary cannot
-    /// answer the filter).
+    /// Spans read from every raw row (the partial hours at the range's ends, or the whole range
+    /// when the summaries cannot answer the filter).
     pub raw: Vec<TimeSpan>,
-    /// The span of the hourly buckets.
-    pub hourly: TimeSpan,
+    /// The first instant of the hourly buckets: the start of the range's last day.
+    pub hours_from: SystemTime,
     /// `by_api_key` needs raw rows of the whole range: the query names a model, endpoint or
     /// group, which `usage_key_summary` cannot filter on.
     pub api_keys_from_raw_rows: bool,
@@ -175,65 +189,99 @@ pub fn summary_answers(query: &StatsQuery) -> bool {
         && empty(&query.api_key)
 }
 
-/// Splits `query`'s range at the days of `zone` (see the module docs); `now` ends an open range
-/// for the hourly window.
+/// Splits `query`'s range at the hours and days of `zone` (see the module docs); `now` ends an
+/// open range.
 pub fn plan_stats(query: &StatsQuery, zone: DayZone, now: SystemTime) -> StatsPlan {
     let range = TimeSpan {
         start: query.start,
         end: query.end,
     };
-    // The range's last day: for a range open to now, today, whose raw rows are read anyway.
     let last_day_start = zone.day_start(zone.date_of(query.end.unwrap_or(now)));
-    let hourly = TimeSpan {
-        start: Some(
-            query
-                .start
-                .map_or(last_day_start, |start| start.max(last_day_start)),
-        ),
-        end: query.end,
-    };
-    let whole = whole_days(query, zone);
     let named = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
-    let api_keys_from_raw_rows =
-        named(&query.model) || named(&query.endpoint) || named(&query.group);
-    match whole.filter(|_| summary_answers(query)) {
-        None => StatsPlan {
-            summary_days: None,
-            unsummarized: None,
-            raw: vec![range],
-            hourly,
-            api_keys_from_raw_rows: false,
+    let all_raw = StatsPlan {
+        summary_days: None,
+        summary_hours: Vec::new(),
+        unsummarized: None,
+        raw: vec![range],
+        hours_from: last_day_start,
+        api_keys_from_raw_rows: false,
+    };
+    if !summary_answers(query) {
+        return all_raw;
+    }
+    // The served span [served_start, served_end): whole local hours inside the range.
+    let served_start = match query.start {
+        None => None,
+        Some(start) => match hour_ceil(zone, start) {
+            Some(hour) => Some(hour),
+            None => return all_raw,
         },
+    };
+    let Some(served_end) = hour_floor(zone, query.end.unwrap_or(now) + Duration::from_micros(1))
+    else {
+        return all_raw;
+    };
+    if served_start.is_some_and(|start| start >= served_end) {
+        return all_raw;
+    }
+    // The range's last day is read by the hour even when whole: it makes the hourly buckets.
+    let days_end_limit = served_end.min(last_day_start);
+    let whole = if served_start.is_some_and(|start| start >= days_end_limit) {
+        None
+    } else {
+        whole_days_between(zone, served_start, days_end_limit)
+    };
+    let (summary_days, hour_spans) = match whole {
         Some((first, last)) => {
             let days_start = first.map(|first| zone.day_start(first));
-            let days_end = zone.day_span(last).1;
-            let mut raw = Vec::new();
-            if let (Some(start), Some(days_start)) = (query.start, days_start) {
-                if start < days_start {
-                    raw.push(TimeSpan {
-                        start: Some(start),
-                        end: Some(days_start - Duration::from_micros(1)),
-                    });
-                }
+            let days_end = zone.day_span(last).1 + Duration::from_micros(1);
+            let mut hours = Vec::new();
+            if let (Some(start), Some(days_start)) = (served_start, days_start) {
+                hours.push((start, days_start));
             }
-            let after = days_end + Duration::from_micros(1);
-            if query.end.is_none_or(|end| end >= after) {
-                raw.push(TimeSpan {
-                    start: Some(after),
-                    end: query.end,
-                });
-            }
-            StatsPlan {
-                summary_days: Some((first.map(format_day).unwrap_or_default(), format_day(last))),
-                unsummarized: Some(TimeSpan {
-                    start: days_start,
-                    end: Some(days_end),
-                }),
-                raw,
-                hourly,
-                api_keys_from_raw_rows,
-            }
+            hours.push((days_end, served_end));
+            (
+                Some((first.map(format_day).unwrap_or_default(), format_day(last))),
+                hours,
+            )
         }
+        // No whole day: `served_start` is set (an open start has every earlier day).
+        None => (None, vec![(served_start.unwrap_or(served_end), served_end)]),
+    };
+    let mut summary_hours = Vec::new();
+    for (from, to) in hour_spans {
+        match local_hours(zone, from, to) {
+            Some(hours) => summary_hours.extend(hours),
+            None => return all_raw,
+        }
+    }
+    let mut raw = Vec::new();
+    if let (Some(start), Some(served_start)) = (query.start, served_start) {
+        if start < served_start {
+            raw.push(TimeSpan {
+                start: Some(start),
+                end: Some(served_start - Duration::from_micros(1)),
+            });
+        }
+    }
+    if query.end.is_none_or(|end| end >= served_end) {
+        raw.push(TimeSpan {
+            start: Some(served_end),
+            end: query.end,
+        });
+    }
+    StatsPlan {
+        summary_days,
+        summary_hours,
+        unsummarized: Some(TimeSpan {
+            start: served_start,
+            end: Some(served_end - Duration::from_micros(1)),
+        }),
+        raw,
+        hours_from: last_day_start,
+        api_keys_from_raw_rows: named(&query.model)
+            || named(&query.endpoint)
+            || named(&query.group),
     }
 }
 
@@ -241,9 +289,76 @@ fn format_day(date: NaiveDate) -> String {
     date.format("%Y-%m-%d").to_string()
 }
 
-/// The first (`None`: since the beginning) and last whole day of `zone` inside the range.
-fn whole_days(query: &StatsQuery, zone: DayZone) -> Option<(Option<NaiveDate>, NaiveDate)> {
-    let first = match query.start {
+fn unix_seconds(time: SystemTime) -> i64 {
+    crate::time::datetime(time).timestamp()
+}
+
+fn from_unix_seconds(seconds: i64) -> Option<SystemTime> {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(seconds, 0).map(crate::time::system_time)
+}
+
+/// Whether `time` is the first instant of a local hour of `zone`.
+fn is_hour_start(zone: DayZone, time: SystemTime) -> bool {
+    let offset = i64::from(zone.offset_at(time).local_minus_utc());
+    crate::time::datetime(time).timestamp_subsec_micros() == 0
+        && (unix_seconds(time) + offset).rem_euclid(3600) == 0
+}
+
+/// The start of the local hour holding `time` (`None` when it is not one, around a
+/// daylight-saving change that is not a whole hour).
+fn hour_floor(zone: DayZone, time: SystemTime) -> Option<SystemTime> {
+    let offset = i64::from(zone.offset_at(time).local_minus_utc());
+    let local = unix_seconds(time) + offset;
+    let hour = from_unix_seconds(local.div_euclid(3600) * 3600 - offset)?;
+    (hour <= time && is_hour_start(zone, hour)).then_some(hour)
+}
+
+/// The first local hour start at or after `time`.
+fn hour_ceil(zone: DayZone, time: SystemTime) -> Option<SystemTime> {
+    let floor = hour_floor(zone, time)?;
+    if floor == time {
+        return Some(time);
+    }
+    let next = floor + Duration::from_secs(3600);
+    is_hour_start(zone, next).then_some(next)
+}
+
+/// The first instant (Unix seconds) of the local hour of `zone` holding `time`: the key of the
+/// hourly summary rows.
+pub fn hour_start(zone: DayZone, time: SystemTime) -> i64 {
+    let offset = i64::from(zone.offset_at(time).local_minus_utc());
+    (unix_seconds(time) + offset).div_euclid(3600) * 3600 - offset
+}
+
+/// The hourly stats bucket ([`DayZone::format_hour`]) of an hourly summary row's hour start.
+pub fn hour_key(zone: DayZone, hour_start: i64) -> String {
+    zone.format_hour(from_unix_seconds(hour_start).unwrap_or(SystemTime::UNIX_EPOCH))
+}
+
+/// The starts ([`hour_start`]) of the local hours in `[from, to)`, both hour starts; `None`
+/// when a step of an hour misses a local hour start (a daylight-saving change that is not a
+/// whole hour).
+fn local_hours(zone: DayZone, from: SystemTime, to: SystemTime) -> Option<Vec<i64>> {
+    let mut hours = Vec::new();
+    let mut hour = from;
+    while hour < to {
+        if !is_hour_start(zone, hour) {
+            return None;
+        }
+        hours.push(unix_seconds(hour));
+        hour += Duration::from_secs(3600);
+    }
+    Some(hours)
+}
+
+/// The first (`None`: since the beginning) and last whole day of `zone` in
+/// `[start, end_exclusive)`.
+fn whole_days_between(
+    zone: DayZone,
+    start: Option<SystemTime>,
+    end_exclusive: SystemTime,
+) -> Option<(Option<NaiveDate>, NaiveDate)> {
+    let first = match start {
         None => None,
         Some(start) => {
             let day = zone.date_of(start);
@@ -254,14 +369,8 @@ fn whole_days(query: &StatsQuery, zone: DayZone) -> Option<(Option<NaiveDate>, N
             })
         }
     };
-    // An open end still leaves today partial: the last whole day is yesterday.
-    let end = query.end.unwrap_or_else(SystemTime::now);
-    let day = zone.date_of(end);
-    let last = if query.end.is_some() && zone.day_span(day).1 <= end {
-        day
-    } else {
-        day.pred_opt()?
-    };
+    // The day holding `end_exclusive` is partial, or starts there: either way not inside.
+    let last = zone.date_of(end_exclusive).pred_opt()?;
     match first {
         Some(first) if first > last => None,
         first => Some((first, last)),
@@ -285,27 +394,34 @@ pub struct StatsReadings {
     /// `usage_key_summary` rows of the same days (empty when
     /// [`StatsPlan::api_keys_from_raw_rows`]).
     pub key_summary: Vec<KeySummarySlice>,
+    /// `usage_hourly_summary` rows of [`StatsPlan::summary_hours`] (`date` holds the hour).
+    pub hour_summary: Vec<SummarySlice>,
+    /// `usage_hourly_key_summary` rows of the same hours (empty when
+    /// [`StatsPlan::api_keys_from_raw_rows`]).
+    pub hour_key_summary: Vec<KeySummarySlice>,
     /// Raw slices of [`StatsPlan::raw`] and of [`StatsPlan::unsummarized`].
     pub raw: Vec<RawSlice>,
     /// Raw slices of the whole range when [`StatsPlan::api_keys_from_raw_rows`].
     pub api_keys: Option<Vec<RawSlice>>,
-    /// Raw slices of [`StatsPlan::hourly`].
-    pub hourly: Vec<RawSlice>,
+    /// [`StatsPlan::hours_from`]: the slices from here on make the hourly buckets.
+    pub hours_from: Option<SystemTime>,
     /// The p95 of the sample.
     pub p95_duration_ms: Option<u64>,
 }
 
 /// Adds the readings up into [`Stats`]: totals and the model, endpoint, group and day buckets
-/// from the summary and raw slices, the API-key buckets from the key summary and raw slices (or
-/// the whole range's raw slices), the hourly buckets from the hourly raw slices, days and hours
-/// in `zone`.
+/// from the summary, hourly summary and raw slices, the API-key buckets from the key summaries
+/// and raw slices (or the whole range's raw slices), the hourly buckets from the hourly summary
+/// and raw slices from [`StatsReadings::hours_from`] on, days and hours in `zone`.
 pub fn compose_stats(zone: DayZone, readings: &StatsReadings) -> Stats {
     let StatsReadings {
         summary,
         key_summary,
+        hour_summary,
+        hour_key_summary,
         raw,
         api_keys,
-        hourly,
+        hours_from,
         p95_duration_ms,
     } = readings;
     let p95_duration_ms = *p95_duration_ms;
@@ -332,6 +448,15 @@ pub fn compose_stats(zone: DayZone, readings: &StatsReadings) -> Stats {
             &slice.sums,
         );
     }
+    for slice in hour_summary {
+        count(
+            raw_name(&slice.model),
+            raw_name(&slice.endpoint),
+            &slice.group,
+            slice.date.get(..10).unwrap_or_default().to_string(),
+            &slice.sums,
+        );
+    }
     for slice in raw {
         let day = zone.format_date(slice_start(slice.quarter_hour));
         count(
@@ -342,7 +467,7 @@ pub fn compose_stats(zone: DayZone, readings: &StatsReadings) -> Stats {
             &slice.sums,
         );
     }
-    for slice in key_summary {
+    for slice in key_summary.iter().chain(hour_key_summary) {
         by_api_key
             .entry(slice.api_key.clone())
             .or_default()
@@ -354,13 +479,24 @@ pub fn compose_stats(zone: DayZone, readings: &StatsReadings) -> Stats {
             .or_default()
             .add(&slice.sums);
     }
-    for slice in hourly {
+    // Keyed by the hour's text and ordered by time (the two 01:00 of a DST change differ by
+    // their offset).
+    let in_hours = |start: SystemTime| hours_from.is_some_and(|from| start >= from);
+    for slice in raw {
         let start = slice_start(slice.quarter_hour);
-        // Keyed by the hour's text and ordered by time (the two 01:00 of a DST change differ
-        // by their offset).
-        let hour = zone.format_hour(start);
-        let first = hour_instant(&hour).unwrap_or(start);
-        by_hour.entry((first, hour)).or_default().add(&slice.sums);
+        if in_hours(start) {
+            let hour = zone.format_hour(start);
+            let first = hour_instant(&hour).unwrap_or(start);
+            by_hour.entry((first, hour)).or_default().add(&slice.sums);
+        }
+    }
+    for slice in hour_summary {
+        if let Some(first) = hour_instant(&slice.date).filter(|first| in_hours(*first)) {
+            by_hour
+                .entry((first, slice.date.clone()))
+                .or_default()
+                .add(&slice.sums);
+        }
     }
     let most_requests_first = |buckets: BTreeMap<String, Sums>| {
         let mut buckets = into_buckets(buckets);
