@@ -120,13 +120,42 @@ pub(crate) async fn run(
         });
     }
     let result = match run_locked(conn, zone).await {
-        Ok(report) => crate::write::summary_in_day_zone(conn, day_zone)
+        Ok(report) => rebuild_summaries_retrying(conn, day_zone)
             .await
             .map(|_| report),
         Err(error) => Err(error),
     };
     let _ = conn.exec_drop("SELECT RELEASE_LOCK(?)", (LOCK_NAME,)).await;
     result
+}
+
+/// Attempts at the summary rebuild when it loses a deadlock to other writers.
+const REBUILD_ATTEMPTS: u32 = 5;
+
+/// [`crate::write::summary_in_day_zone`], tried again when it loses a deadlock or a lock wait:
+/// other instances (or this one's recorder, retrying a backlog) write rows and summaries while a
+/// starting instance rebuilds them, and InnoDB answers one of the two with a deadlock. The
+/// rebuild is one transaction, rolled back whole on a deadlock, so trying again is safe.
+async fn rebuild_summaries_retrying(
+    conn: &mut Conn,
+    day_zone: DayZone,
+) -> Result<bool, StoreError> {
+    let mut attempt = 1;
+    loop {
+        match crate::write::summary_in_day_zone(conn, day_zone).await {
+            Err(error @ StoreError::Locked { .. }) if attempt < REBUILD_ATTEMPTS => {
+                tracing::warn!(
+                    attempt,
+                    error = %error.chain(),
+                    "usage summary rebuild lost a lock to concurrent writes; trying again"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
+                    .await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn run_locked(conn: &mut Conn, zone: LegacyZone) -> Result<MigrationReport, StoreError> {

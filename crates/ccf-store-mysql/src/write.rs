@@ -149,6 +149,21 @@ async fn add_to_key_summary<Q: Queryable>(
     add_to_key_table(tx, "usage_key_summary (date", &rows, now).await
 }
 
+/// The `ON DUPLICATE KEY UPDATE` assignments the key and hourly summary upserts share: each
+/// summed column adds the row's increment (no assignment reads a column an earlier one set).
+const SUMMED_UPDATES: &str = "request_count = request_count + VALUES(request_count), \
+    success_count = success_count + VALUES(success_count), \
+    error_count = error_count + VALUES(error_count), \
+    cancelled_count = cancelled_count + VALUES(cancelled_count), \
+    duration_count = duration_count + VALUES(duration_count), \
+    total_duration_ms = total_duration_ms + VALUES(total_duration_ms), \
+    total_input_tokens = total_input_tokens + VALUES(total_input_tokens), \
+    total_output_tokens = total_output_tokens + VALUES(total_output_tokens), \
+    total_cache_creation_tokens = total_cache_creation_tokens + VALUES(total_cache_creation_tokens), \
+    total_cache_read_tokens = total_cache_read_tokens + VALUES(total_cache_read_tokens), \
+    total_cost_nano_usd = total_cost_nano_usd + VALUES(total_cost_nano_usd), \
+    updated_at = VALUES(updated_at)";
+
 /// Adds `rows` to `usage_hourly_key_summary`.
 async fn add_to_hourly_key_summary<Q: Queryable>(
     tx: &mut Q,
@@ -195,19 +210,7 @@ async fn add_to_key_table<Q: Queryable>(
              error_count, cancelled_count, duration_count, total_duration_ms, \
              total_input_tokens, total_output_tokens, total_cache_creation_tokens, \
              total_cache_read_tokens, total_cost_nano_usd, updated_at) VALUES {} \
-             ON DUPLICATE KEY UPDATE \
-             request_count = request_count + VALUES(request_count), \
-             success_count = success_count + VALUES(success_count), \
-             error_count = error_count + VALUES(error_count), \
-             cancelled_count = cancelled_count + VALUES(cancelled_count), \
-             duration_count = duration_count + VALUES(duration_count), \
-             total_duration_ms = total_duration_ms + VALUES(total_duration_ms), \
-             total_input_tokens = total_input_tokens + VALUES(total_input_tokens), \
-             total_output_tokens = total_output_tokens + VALUES(total_output_tokens), \
-             total_cache_creation_tokens = total_cache_creation_tokens + VALUES(total_cache_creation_tokens), \
-             total_cache_read_tokens = total_cache_read_tokens + VALUES(total_cache_read_tokens), \
-             total_cost_nano_usd = total_cost_nano_usd + VALUES(total_cost_nano_usd), \
-             updated_at = VALUES(updated_at)",
+             ON DUPLICATE KEY UPDATE {SUMMED_UPDATES}",
             vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );
         tx.exec_drop(sql, params(values))
@@ -251,19 +254,7 @@ async fn add_to_hourly_summary<Q: Queryable>(
              duration_count, total_duration_ms, total_input_tokens, total_output_tokens, \
              total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd, \
              updated_at) VALUES {} \
-             ON DUPLICATE KEY UPDATE \
-             request_count = request_count + VALUES(request_count), \
-             success_count = success_count + VALUES(success_count), \
-             error_count = error_count + VALUES(error_count), \
-             cancelled_count = cancelled_count + VALUES(cancelled_count), \
-             duration_count = duration_count + VALUES(duration_count), \
-             total_duration_ms = total_duration_ms + VALUES(total_duration_ms), \
-             total_input_tokens = total_input_tokens + VALUES(total_input_tokens), \
-             total_output_tokens = total_output_tokens + VALUES(total_output_tokens), \
-             total_cache_creation_tokens = total_cache_creation_tokens + VALUES(total_cache_creation_tokens), \
-             total_cache_read_tokens = total_cache_read_tokens + VALUES(total_cache_read_tokens), \
-             total_cost_nano_usd = total_cost_nano_usd + VALUES(total_cost_nano_usd), \
-             updated_at = VALUES(updated_at)",
+             ON DUPLICATE KEY UPDATE {SUMMED_UPDATES}",
             vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );
         tx.exec_drop(sql, params(values))

@@ -69,7 +69,28 @@ static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-const SUMMARY_UPSERT: &str = "INSERT INTO usage_summary (
+/// The `DO UPDATE SET` assignments every summary upsert shares: each summed column adds the
+/// row's increment (SQLite evaluates every right-hand side on the old row, so the order of the
+/// assignments does not matter).
+macro_rules! summed_updates {
+    () => {
+        "request_count = request_count + excluded.request_count,
+    success_count = success_count + excluded.success_count,
+    error_count = error_count + excluded.error_count,
+    cancelled_count = cancelled_count + excluded.cancelled_count,
+    duration_count = duration_count + excluded.duration_count,
+    total_input_tokens = total_input_tokens + excluded.total_input_tokens,
+    total_output_tokens = total_output_tokens + excluded.total_output_tokens,
+    total_cache_creation_tokens = total_cache_creation_tokens + excluded.total_cache_creation_tokens,
+    total_cache_read_tokens = total_cache_read_tokens + excluded.total_cache_read_tokens,
+    total_cost_nano_usd = total_cost_nano_usd + excluded.total_cost_nano_usd,
+    total_duration_ms = total_duration_ms + excluded.total_duration_ms,
+    updated_at = excluded.updated_at"
+    };
+}
+
+const SUMMARY_UPSERT: &str = concat!(
+    "INSERT INTO usage_summary (
     date, model_name, endpoint_name, group_name, request_count, success_count, error_count,
     total_input_tokens, total_output_tokens, total_cache_creation_tokens, total_cache_read_tokens,
     total_cost_nano_usd, total_duration_ms, total_cost_usd, avg_duration_ms, created_at, updated_at,
@@ -77,43 +98,26 @@ const SUMMARY_UPSERT: &str = "INSERT INTO usage_summary (
 ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?12 / 1000000000.0,
     CASE WHEN ?5 > 0 THEN CAST(?13 AS REAL) / ?5 ELSE 0 END, ?14, ?14, ?15, ?16)
 ON CONFLICT(date, model_name, endpoint_name, group_name) DO UPDATE SET
-    request_count = request_count + excluded.request_count,
-    success_count = success_count + excluded.success_count,
-    error_count = error_count + excluded.error_count,
-    cancelled_count = cancelled_count + excluded.cancelled_count,
-    duration_count = duration_count + excluded.duration_count,
-    total_input_tokens = total_input_tokens + excluded.total_input_tokens,
-    total_output_tokens = total_output_tokens + excluded.total_output_tokens,
-    total_cache_creation_tokens = total_cache_creation_tokens + excluded.total_cache_creation_tokens,
-    total_cache_read_tokens = total_cache_read_tokens + excluded.total_cache_read_tokens,
-    total_cost_nano_usd = total_cost_nano_usd + excluded.total_cost_nano_usd,
     total_cost_usd = (total_cost_nano_usd + excluded.total_cost_nano_usd) / 1000000000.0,
-    total_duration_ms = total_duration_ms + excluded.total_duration_ms,
     avg_duration_ms = CASE WHEN request_count + excluded.request_count > 0
         THEN CAST(total_duration_ms + excluded.total_duration_ms AS REAL)
             / (request_count + excluded.request_count)
         ELSE 0 END,
-    updated_at = excluded.updated_at";
+    ",
+    summed_updates!()
+);
 
 /// [`SUMMARY_UPSERT`]'s parameters into `usage_hourly_summary` (`?1` is the hour start).
-const HOURLY_SUMMARY_UPSERT: &str = "INSERT INTO usage_hourly_summary (
+const HOURLY_SUMMARY_UPSERT: &str = concat!(
+    "INSERT INTO usage_hourly_summary (
     hour_start, model_name, endpoint_name, group_name, request_count, success_count, error_count,
     total_input_tokens, total_output_tokens, total_cache_creation_tokens, total_cache_read_tokens,
     total_cost_nano_usd, total_duration_ms, updated_at, cancelled_count, duration_count
 ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
 ON CONFLICT(hour_start, model_name, endpoint_name, group_name) DO UPDATE SET
-    request_count = request_count + excluded.request_count,
-    success_count = success_count + excluded.success_count,
-    error_count = error_count + excluded.error_count,
-    cancelled_count = cancelled_count + excluded.cancelled_count,
-    duration_count = duration_count + excluded.duration_count,
-    total_input_tokens = total_input_tokens + excluded.total_input_tokens,
-    total_output_tokens = total_output_tokens + excluded.total_output_tokens,
-    total_cache_creation_tokens = total_cache_creation_tokens + excluded.total_cache_creation_tokens,
-    total_cache_read_tokens = total_cache_read_tokens + excluded.total_cache_read_tokens,
-    total_cost_nano_usd = total_cost_nano_usd + excluded.total_cost_nano_usd,
-    total_duration_ms = total_duration_ms + excluded.total_duration_ms,
-    updated_at = excluded.updated_at";
+    ",
+    summed_updates!()
+);
 
 /// Writes one batch in one `BEGIN IMMEDIATE` transaction; final requests count in the summary
 /// row of their day in `day_zone`.
@@ -285,44 +289,28 @@ fn add_to_summary<'a>(
     Ok(())
 }
 
-const KEY_SUMMARY_UPSERT: &str = "INSERT INTO usage_key_summary (
+const KEY_SUMMARY_UPSERT: &str = concat!(
+    "INSERT INTO usage_key_summary (
     date, api_key_name, request_count, success_count, error_count, cancelled_count,
     duration_count, total_duration_ms, total_input_tokens, total_output_tokens,
     total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd, updated_at
 ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
 ON CONFLICT(date, api_key_name) DO UPDATE SET
-    request_count = request_count + excluded.request_count,
-    success_count = success_count + excluded.success_count,
-    error_count = error_count + excluded.error_count,
-    cancelled_count = cancelled_count + excluded.cancelled_count,
-    duration_count = duration_count + excluded.duration_count,
-    total_duration_ms = total_duration_ms + excluded.total_duration_ms,
-    total_input_tokens = total_input_tokens + excluded.total_input_tokens,
-    total_output_tokens = total_output_tokens + excluded.total_output_tokens,
-    total_cache_creation_tokens = total_cache_creation_tokens + excluded.total_cache_creation_tokens,
-    total_cache_read_tokens = total_cache_read_tokens + excluded.total_cache_read_tokens,
-    total_cost_nano_usd = total_cost_nano_usd + excluded.total_cost_nano_usd,
-    updated_at = excluded.updated_at";
+    ",
+    summed_updates!()
+);
 
 /// [`KEY_SUMMARY_UPSERT`] into `usage_hourly_key_summary` (`?1` is the hour start).
-const HOURLY_KEY_SUMMARY_UPSERT: &str = "INSERT INTO usage_hourly_key_summary (
+const HOURLY_KEY_SUMMARY_UPSERT: &str = concat!(
+    "INSERT INTO usage_hourly_key_summary (
     hour_start, api_key_name, request_count, success_count, error_count, cancelled_count,
     duration_count, total_duration_ms, total_input_tokens, total_output_tokens,
     total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd, updated_at
 ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
 ON CONFLICT(hour_start, api_key_name) DO UPDATE SET
-    request_count = request_count + excluded.request_count,
-    success_count = success_count + excluded.success_count,
-    error_count = error_count + excluded.error_count,
-    cancelled_count = cancelled_count + excluded.cancelled_count,
-    duration_count = duration_count + excluded.duration_count,
-    total_duration_ms = total_duration_ms + excluded.total_duration_ms,
-    total_input_tokens = total_input_tokens + excluded.total_input_tokens,
-    total_output_tokens = total_output_tokens + excluded.total_output_tokens,
-    total_cache_creation_tokens = total_cache_creation_tokens + excluded.total_cache_creation_tokens,
-    total_cache_read_tokens = total_cache_read_tokens + excluded.total_cache_read_tokens,
-    total_cost_nano_usd = total_cost_nano_usd + excluded.total_cost_nano_usd,
-    updated_at = excluded.updated_at";
+    ",
+    summed_updates!()
+);
 
 /// Adds `rows` to `usage_key_summary` ([`KEY_SUMMARY_UPSERT`]) or `usage_hourly_key_summary`
 /// ([`HOURLY_KEY_SUMMARY_UPSERT`]).
