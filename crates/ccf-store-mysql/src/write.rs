@@ -149,6 +149,29 @@ async fn add_to_key_summary<Q: Queryable>(
     add_to_key_table(tx, "usage_key_summary (date", &rows, now).await
 }
 
+/// The summed columns of the key and hourly summary tables, in the order [`summed_values`]
+/// binds them.
+const SUMMED_COLUMNS: &str = "request_count, success_count, error_count, cancelled_count, \
+    duration_count, total_duration_ms, total_input_tokens, total_output_tokens, \
+    total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd";
+
+/// `delta`'s values for [`SUMMED_COLUMNS`].
+fn summed_values(delta: &SummaryDelta) -> [Value; 11] {
+    [
+        Value::Int(delta.request_count),
+        Value::Int(delta.success_count),
+        Value::Int(delta.error_count),
+        Value::Int(delta.cancelled_count),
+        Value::Int(delta.duration_count),
+        Value::Int(delta.duration_ms),
+        Value::Int(delta.input_tokens),
+        Value::Int(delta.output_tokens),
+        Value::Int(delta.cache_creation_tokens),
+        Value::Int(delta.cache_read_tokens),
+        Value::Int(delta.cost_nano_usd),
+    ]
+}
+
 /// The `ON DUPLICATE KEY UPDATE` assignments the key and hourly summary upserts share: each
 /// summed column adds the row's increment (no assignment reads a column an earlier one set).
 const SUMMED_UPDATES: &str = "request_count = request_count + VALUES(request_count), \
@@ -188,28 +211,13 @@ async fn add_to_key_table<Q: Queryable>(
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut values = Vec::with_capacity(chunk.len() * 14);
         for (period, key, delta) in chunk {
-            values.extend([
-                period.clone(),
-                text(&key.api_key_name),
-                Value::Int(delta.request_count),
-                Value::Int(delta.success_count),
-                Value::Int(delta.error_count),
-                Value::Int(delta.cancelled_count),
-                Value::Int(delta.duration_count),
-                Value::Int(delta.duration_ms),
-                Value::Int(delta.input_tokens),
-                Value::Int(delta.output_tokens),
-                Value::Int(delta.cache_creation_tokens),
-                Value::Int(delta.cache_read_tokens),
-                Value::Int(delta.cost_nano_usd),
-                now.clone(),
-            ]);
+            values.extend([period.clone(), text(&key.api_key_name)]);
+            values.extend(summed_values(delta));
+            values.push(now.clone());
         }
         let sql = format!(
-            "INSERT INTO {table_and_period}, api_key_name, request_count, success_count, \
-             error_count, cancelled_count, duration_count, total_duration_ms, \
-             total_input_tokens, total_output_tokens, total_cache_creation_tokens, \
-             total_cache_read_tokens, total_cost_nano_usd, updated_at) VALUES {} \
+            "INSERT INTO {table_and_period}, api_key_name, {SUMMED_COLUMNS}, updated_at) \
+             VALUES {} \
              ON DUPLICATE KEY UPDATE {SUMMED_UPDATES}",
             vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );
@@ -234,26 +242,13 @@ async fn add_to_hourly_summary<Q: Queryable>(
                 text(&key.model_name),
                 text(&key.endpoint_name),
                 text(&key.group_name),
-                Value::Int(delta.request_count),
-                Value::Int(delta.success_count),
-                Value::Int(delta.error_count),
-                Value::Int(delta.cancelled_count),
-                Value::Int(delta.duration_count),
-                Value::Int(delta.duration_ms),
-                Value::Int(delta.input_tokens),
-                Value::Int(delta.output_tokens),
-                Value::Int(delta.cache_creation_tokens),
-                Value::Int(delta.cache_read_tokens),
-                Value::Int(delta.cost_nano_usd),
-                now.clone(),
             ]);
+            values.extend(summed_values(delta));
+            values.push(now.clone());
         }
         let sql = format!(
             "INSERT INTO usage_hourly_summary (hour_start, model_name, endpoint_name, \
-             group_name, request_count, success_count, error_count, cancelled_count, \
-             duration_count, total_duration_ms, total_input_tokens, total_output_tokens, \
-             total_cache_creation_tokens, total_cache_read_tokens, total_cost_nano_usd, \
-             updated_at) VALUES {} \
+             group_name, {SUMMED_COLUMNS}, updated_at) VALUES {} \
              ON DUPLICATE KEY UPDATE {SUMMED_UPDATES}",
             vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );

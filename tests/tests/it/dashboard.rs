@@ -105,15 +105,21 @@ async fn wait_for_admin(
     Err(last)
 }
 
+/// Whether Chromium and the dashboard's npm packages are there; otherwise the test named `test`
+/// is skipped (a failure under CI, see `ccf_testkit::skip_unless_ci`).
+fn browser_prerequisites_present(root: &Path, test: &str) -> bool {
+    let missing = missing_prerequisites(root);
+    if missing.is_empty() {
+        return true;
+    }
+    ccf_testkit::skip_unless_ci(test, &format!("missing {}", missing.join(", ")));
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_a_real_browser() {
     let root = repo_root();
-    let missing = missing_prerequisites(&root);
-    if !missing.is_empty() {
-        ccf_testkit::skip_unless_ci(
-            "dashboard_in_a_real_browser",
-            &format!("missing {}", missing.join(", ")),
-        );
+    if !browser_prerequisites_present(&root, "dashboard_in_a_real_browser") {
         return;
     }
 
@@ -183,12 +189,10 @@ const SEEDED_ROWS: [(Duration, usize); 5] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_export_follows_the_period_through_a_download_ticket() {
     let root = repo_root();
-    let missing = missing_prerequisites(&root);
-    if !missing.is_empty() {
-        ccf_testkit::skip_unless_ci(
-            "dashboard_export_follows_the_period_through_a_download_ticket",
-            &format!("missing {}", missing.join(", ")),
-        );
+    if !browser_prerequisites_present(
+        &root,
+        "dashboard_export_follows_the_period_through_a_download_ticket",
+    ) {
         return;
     }
 
