@@ -356,7 +356,9 @@ impl LiveState {
             }
             ForwarderEvent::Router(_)
             | ForwarderEvent::Health(_)
-            | ForwarderEvent::ConfigReloaded(_) => {}
+            | ForwarderEvent::ConfigReloaded(_)
+            | ForwarderEvent::KeyBudgetExceeded { .. }
+            | ForwarderEvent::QuotaLow { .. } => {}
         }
     }
 
@@ -567,6 +569,11 @@ impl Hub {
                         pending.suspended = true;
                     }
                 }
+                ForwarderEvent::KeyBudgetExceeded { .. } | ForwarderEvent::QuotaLow { .. } => {
+                    if mask.contains(EventKind::Status) {
+                        pending.status = true;
+                    }
+                }
                 ForwarderEvent::ConfigReloaded(_) => {
                     // The status message carries `config_reload`; groups and endpoints may
                     // have changed too.
@@ -722,6 +729,40 @@ fn log_line(event: &ForwarderEvent) -> Option<LogLine> {
                 None,
             ),
         },
+        ForwarderEvent::KeyBudgetExceeded {
+            key_name,
+            period,
+            budget_usd,
+            spent_usd,
+            ..
+        } => (
+            "warn",
+            format!(
+                "API key {key_name}: {} budget of ${budget_usd:.2} reached (${spent_usd:.2} spent)",
+                period.as_str()
+            ),
+            None,
+        ),
+        ForwarderEvent::QuotaLow {
+            endpoint,
+            window,
+            utilization,
+            rejected,
+            ..
+        } => {
+            (
+                "warn",
+                if *rejected {
+                    format!("endpoint {endpoint}: subscription quota ({window}) rejected until its reset")
+                } else {
+                    format!(
+                        "endpoint {endpoint}: subscription quota ({window}) at {:.0}%",
+                        utilization * 100.0
+                    )
+                },
+                None,
+            )
+        }
     };
     Some(LogLine {
         level,

@@ -54,6 +54,54 @@ pub enum ForwarderEvent {
     },
     /// A configuration reload was attempted (applied or rejected).
     ConfigReloaded(crate::reload::ReloadStatus),
+    /// An inbound API key reached one of its budgets (`auth.tokens[].limits`): its requests are
+    /// refused until `resets_at`. Published once per key, period and budget period.
+    KeyBudgetExceeded {
+        /// The key's configured name (never the key itself).
+        key_name: String,
+        /// Which budget: daily or monthly.
+        period: BudgetPeriod,
+        /// The budget, USD.
+        budget_usd: f64,
+        /// Spent in the current period, USD.
+        spent_usd: f64,
+        /// When the period ends (midnight of the configured timezone).
+        resets_at: std::time::SystemTime,
+    },
+    /// A subscription account's quota window (`anthropic-ratelimit-unified-*`) reached
+    /// `routing.quota_drain_at` on an endpoint, or the account was rejected until its reset.
+    /// Published when the endpoint crosses the threshold, not for every answer above it.
+    QuotaLow {
+        /// The endpoint.
+        endpoint: String,
+        /// The representative window (`five_hour`, `seven_day`, ...), as the upstream named it.
+        window: String,
+        /// Fraction of the window used, 0-1 (1 when rejected).
+        utilization: f64,
+        /// True when the upstream said `rejected`: the endpoint is blocked until `resets_at`.
+        rejected: bool,
+        /// When the window resets, if the upstream said.
+        resets_at: Option<std::time::SystemTime>,
+    },
+}
+
+/// Which budget of an inbound key ([`ForwarderEvent::KeyBudgetExceeded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetPeriod {
+    /// `daily_budget_usd`: resets at midnight of the configured timezone.
+    Daily,
+    /// `monthly_budget_usd`: resets at midnight of the first day of the next month.
+    Monthly,
+}
+
+impl BudgetPeriod {
+    /// `daily` or `monthly`, as in the API and webhook payloads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Daily => "daily",
+            BudgetPeriod::Monthly => "monthly",
+        }
+    }
 }
 
 /// The broadcast bus.

@@ -45,7 +45,7 @@ pub use auth::InboundAuth;
 pub use body::{ProxyBody, RelayBody, RelayEnd, RelayObserver};
 pub use client::{build_upstream_client, ClientBuildError, UpstreamBody, UpstreamClient};
 pub use error::{anthropic_error_response, ErrorOrigin, ProxyError};
-pub use events::{EventBus, ForwarderEvent};
+pub use events::{BudgetPeriod, EventBus, ForwarderEvent};
 pub use forwarder::{BackgroundTasks, BuildError, Forwarder, OperatorAction, OperatorObserver};
 pub use probe::UpstreamProber;
 pub use reload::{ReloadError, ReloadReport, ReloadStatus, Reloader};
