@@ -9,8 +9,12 @@
 //! start-up, migrations, warm-up and shutdown cancel out. Valgrind counts user-space instructions
 //! only: system calls (the socket reads and writes) are not in the figures.
 //!
-//! Writes `target/bench/callgrind.json` and keeps each longer run's profile as
-//! `target/bench/callgrind-<scenario>.out` (`callgrind_annotate --inclusive=yes <file>`).
+//! Writes `target/bench/callgrind.json`, keeps each longer run's profile as
+//! `target/bench/callgrind-<scenario>.out` and the shorter one's as `...-short.out`
+//! (`callgrind_annotate --inclusive=yes <file>`), and subtracts the two per function into
+//! `target/bench/callgrind-<scenario>-per-request.txt`: one request's instructions by function,
+//! inclusive and exclusive, without the start-up (certificate parsing, migrations) that a whole
+//! profile is dominated by.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -115,13 +119,22 @@ pub fn run(root: &Path, args: &CallgrindArgs) -> Result<()> {
                 stop: &stop,
             };
             let (total, profile) = run.measure(scenario, requests)?;
-            if requests > BASE_REQUESTS {
-                let kept = out_dir.join(format!("callgrind-{}.out", scenario.name));
-                std::fs::copy(&profile, &kept)
-                    .with_context(|| format!("keeping {}", kept.display()))?;
-            }
+            let suffix = if requests > BASE_REQUESTS {
+                ""
+            } else {
+                "-short"
+            };
+            let kept = out_dir.join(format!("callgrind-{}{suffix}.out", scenario.name));
+            std::fs::copy(&profile, &kept)
+                .with_context(|| format!("keeping {}", kept.display()))?;
             totals.push(total);
         }
+        let long = out_dir.join(format!("callgrind-{}.out", scenario.name));
+        let short = out_dir.join(format!("callgrind-{}-short.out", scenario.name));
+        let per_request = per_request_profile(&long, &short, args.requests)?;
+        let table = out_dir.join(format!("callgrind-{}-per-request.txt", scenario.name));
+        std::fs::write(&table, per_request)
+            .with_context(|| format!("writing {}", table.display()))?;
         let per_request = totals[0].saturating_sub(totals[1]) / args.requests;
         println!(
             "{}: {per_request} instructions per request ({} - {} over {} requests)",
@@ -224,6 +237,83 @@ impl Run<'_> {
     }
 }
 
+/// Functions shown per table of the per-request profile.
+const TOP_FUNCTIONS: usize = 80;
+
+/// One request's instructions by function: the long run's profile minus the short run's, divided
+/// by the requests between them, inclusive and exclusive, largest first.
+fn per_request_profile(long: &Path, short: &Path, requests: u64) -> Result<String> {
+    let mut text = String::new();
+    for inclusive in [true, false] {
+        let long_counts = annotate(long, inclusive)?;
+        let short_counts = annotate(short, inclusive)?;
+        let mut rows: Vec<(i64, &str)> = long_counts
+            .iter()
+            .map(|(name, count)| {
+                let base = short_counts.get(name).copied().unwrap_or(0);
+                let delta = i64::try_from(*count).unwrap_or(i64::MAX)
+                    - i64::try_from(base).unwrap_or(i64::MAX);
+                (delta / i64::try_from(requests).unwrap_or(1), name.as_str())
+            })
+            .filter(|(delta, _)| *delta != 0)
+            .collect();
+        rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+        text.push_str(if inclusive {
+            "# instructions per request, inclusive (callees counted)\n"
+        } else {
+            "\n# instructions per request, exclusive (own code only)\n"
+        });
+        for (delta, name) in rows.iter().take(TOP_FUNCTIONS) {
+            text.push_str(&format!("{delta:>10}  {name}\n"));
+        }
+    }
+    Ok(text)
+}
+
+/// Instructions by function of a profile, from `callgrind_annotate` (every function: no
+/// threshold).
+fn annotate(profile: &Path, inclusive: bool) -> Result<BTreeMap<String, u64>> {
+    let output = Command::new("callgrind_annotate")
+        .arg(format!(
+            "--inclusive={}",
+            if inclusive { "yes" } else { "no" }
+        ))
+        .arg("--threshold=100")
+        .arg(profile)
+        .output()
+        .context("running callgrind_annotate (part of valgrind)")?;
+    if !output.status.success() {
+        bail!("callgrind_annotate {} failed", profile.display());
+    }
+    Ok(annotated_counts(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// The `count (percent) file:function` lines of `callgrind_annotate`'s output, summed by function
+/// (the file part, which differs between inlined copies, dropped).
+fn annotated_counts(text: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        let Some((count, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.replace(',', "").parse::<u64>() else {
+            continue;
+        };
+        let Some((_, function)) = rest.trim_start().split_once(") ") else {
+            continue;
+        };
+        let function = function.trim_start();
+        if function.starts_with("PROGRAM TOTALS") {
+            continue;
+        }
+        let function = function.split(" [").next().unwrap_or(function);
+        let name = function.split_once(':').map_or(function, |(_, name)| name);
+        *counts.entry(name.to_string()).or_insert(0) += count;
+    }
+    counts
+}
+
 /// The `summary:` (or `totals:`) line of a callgrind profile: instructions executed.
 fn total_instructions(profile: &str) -> Option<u64> {
     profile.lines().find_map(|line| {
@@ -244,5 +334,21 @@ mod tests {
         assert_eq!(total_instructions(profile), Some(123_456_789));
         assert_eq!(total_instructions("totals: 42\n"), Some(42));
         assert_eq!(total_instructions("events: Ir\n"), None);
+    }
+
+    #[test]
+    fn reads_functions_of_an_annotation_summed_over_files() {
+        let text = "98,259,149 (100.0%)  PROGRAM TOTALS\n\
+            11,450,098 (11.65%)  ???:rustls_pki_types::base64::decode_public [/x/cc-forwarder]\n\
+             4,948,485 ( 5.04%)  ./malloc/./malloc/malloc.c:_int_free [/lib/libc.so.6]\n\
+                 1,000 ( 0.01%)  ./malloc/arena.c:_int_free\n\
+            Ir  file:function\n";
+        let counts = annotated_counts(text);
+        assert_eq!(counts.get("_int_free"), Some(&4_949_485));
+        assert_eq!(
+            counts.get("rustls_pki_types::base64::decode_public"),
+            Some(&11_450_098)
+        );
+        assert_eq!(counts.len(), 2);
     }
 }

@@ -273,7 +273,14 @@ pub struct Metrics {
     finished_cache: RwLock<Vec<Arc<FinishedSeries>>>,
     /// Handles of `requests` series, by endpoint and status.
     request_cache: RwLock<Vec<(String, u16, Counter)>>,
+    /// Handles of `ccf_endpoint_honesty_score` series, by endpoint and signal: every successful
+    /// answer sets four of them, and building each one's labels (a `String`) and hashing them
+    /// cost more than the update.
+    honesty_cache: RwLock<Vec<(String, &'static str, HonestyGauge)>>,
 }
+
+/// One `ccf_endpoint_honesty_score` series.
+type HonestyGauge = Gauge<f64, AtomicU64>;
 
 /// Label combinations kept in each per-request handle cache; beyond it the slow path is used.
 const SERIES_CACHE_LIMIT: usize = 256;
@@ -349,6 +356,7 @@ impl Metrics {
             suspension: OnceLock::new(),
             finished_cache: RwLock::new(Vec::new()),
             request_cache: RwLock::new(Vec::new()),
+            honesty_cache: RwLock::new(Vec::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -499,12 +507,33 @@ impl Metrics {
 
     /// Sets an endpoint's relay honesty score for `signal` (`overall` or a signal name).
     pub fn set_honesty_score(&self, endpoint: &str, signal: &'static str, score: f64) {
-        self.honesty_score
+        let cache = self
+            .honesty_cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, _, gauge)) = cache
+            .iter()
+            .find(|(name, cached, _)| *cached == signal && name == endpoint)
+        {
+            gauge.set(score);
+            return;
+        }
+        drop(cache);
+        let gauge = self
+            .honesty_score
             .get_or_create(&HonestyLabels {
                 endpoint: endpoint.to_string(),
                 signal,
             })
-            .set(score);
+            .clone();
+        gauge.set(score);
+        let mut cache = self
+            .honesty_cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() < SERIES_CACHE_LIMIT {
+            cache.push((endpoint.to_string(), signal, gauge));
+        }
     }
 
     /// A handle that adds costs priced elsewhere to `ccf_cost_usd`: the usage recorder prices

@@ -169,15 +169,14 @@ fn span_clause(filter: &RequestFilter, span: TimeSpan, unsummarized: bool) -> (S
     if !unsummarized {
         return (where_sql, values);
     }
-    // `summarized` first: the rows are found through (summarized, start_time).
-    let (rest, rest_values) = (where_sql, std::mem::take(&mut values));
-    let mut all = vec![Value::Integer(0)];
-    all.extend(rest_values);
-    let sql = match rest.strip_prefix(" WHERE ") {
-        Some(clauses) => format!(" WHERE summarized = ? AND {clauses}"),
-        None => " WHERE summarized = ?".to_string(),
+    // A literal `summarized = 0`, not a parameter: the rows are found through the partial index
+    // `... WHERE summarized = 0` (migration 9), which SQLite uses only when the query's own
+    // condition implies the index's.
+    let sql = match where_sql.strip_prefix(" WHERE ") {
+        Some(clauses) => format!(" WHERE summarized = 0 AND {clauses}"),
+        None => " WHERE summarized = 0".to_string(),
     };
-    (sql, all)
+    (sql, std::mem::take(&mut values))
 }
 
 /// Raw rows in `span` grouped by UTC quarter-hour, model, endpoint, group and API key.
