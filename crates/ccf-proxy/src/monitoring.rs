@@ -103,6 +103,19 @@ struct HonestyLabels {
     signal: &'static str,
 }
 
+/// `ccf_quota_utilization`'s labels: a subscription account's usage window.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaWindowLabels {
+    endpoint: String,
+    window: String,
+}
+
+/// `ccf_quota_rejected_total`'s label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaEndpointLabels {
+    endpoint: String,
+}
+
 /// What `/health/usage-tracker` reports about the usage recorder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageHealth {
@@ -265,6 +278,8 @@ pub struct Metrics {
     recorder_journal_bytes: Gauge,
     endpoint_up: Family<RouteLabels, Gauge>,
     honesty_score: Family<HonestyLabels, Gauge<f64, AtomicU64>>,
+    quota_utilization: Family<QuotaWindowLabels, Gauge<f64, AtomicU64>>,
+    quota_rejected: Family<QuotaEndpointLabels, Counter>,
     cost_model: RwLock<Option<CostModel>>,
     model_labels: Arc<ModelLabels>,
     usage_health: RwLock<Option<UsageHealthReader>>,
@@ -343,6 +358,8 @@ impl Metrics {
             recorder_journal_bytes: Gauge::default(),
             endpoint_up: Family::default(),
             honesty_score: Family::default(),
+            quota_utilization: Family::default(),
+            quota_rejected: Family::default(),
             cost_model: RwLock::new(None),
             model_labels: Arc::default(),
             usage_health: RwLock::new(None),
@@ -491,9 +508,41 @@ impl Metrics {
             "Relay honesty score (1 = trusted) by endpoint and signal (overall, model_substitution, usage_mismatch, burst_stream)",
             metrics.honesty_score.clone(),
         );
+        registry.register(
+            "ccf_quota_utilization",
+            "Subscription account usage (0-1) by endpoint and window (anthropic-ratelimit-unified-<window>-utilization)",
+            metrics.quota_utilization.clone(),
+        );
+        registry.register(
+            "ccf_quota_rejected",
+            "Upstream answers whose subscription account said rejected (anthropic-ratelimit-unified-status), by endpoint",
+            metrics.quota_rejected.clone(),
+        );
         Metrics {
             registry,
             ..metrics
+        }
+    }
+
+    /// Records a subscription account's answer: each window's utilization in
+    /// `ccf_quota_utilization`, a `rejected` status in `ccf_quota_rejected_total`.
+    pub fn record_subscription(&self, endpoint: &str, reading: &ccf_router::SubscriptionReading) {
+        for window in &reading.windows {
+            if let Some(utilization) = window.utilization {
+                self.quota_utilization
+                    .get_or_create(&QuotaWindowLabels {
+                        endpoint: endpoint.to_string(),
+                        window: window.window.clone(),
+                    })
+                    .set(utilization);
+            }
+        }
+        if reading.status == Some(ccf_router::SubscriptionStatus::Rejected) {
+            self.quota_rejected
+                .get_or_create(&QuotaEndpointLabels {
+                    endpoint: endpoint.to_string(),
+                })
+                .inc();
         }
     }
 
