@@ -870,6 +870,7 @@ pub struct RoutingConfig {
     /// Subscription accounts (`anthropic-ratelimit-unified-*`): new sessions avoid an endpoint
     /// whose representative window is used at or above this fraction (0 < x <= 1, default 0.9);
     /// bound sessions stay.
+    #[serde(deserialize_with = "decimal::required")]
     pub quota_drain_at: f64,
 }
 

@@ -381,13 +381,13 @@ impl QuotaBook {
     /// Why new sessions should avoid `endpoint` at `now`, if they should.
     pub fn draining(&self, endpoint: &str, now: Instant) -> Option<DrainReason> {
         let quota = self.endpoints.get(endpoint)?;
-        if quota.retry_after_until.is_some_and(|until| now < until) {
-            return Some(DrainReason::RetryAfter);
-        }
         if let Some(subscription) = &quota.subscription {
             if subscription.rejected(now) {
                 return Some(DrainReason::SubscriptionRejected);
             }
+        }
+        if quota.retry_after_until.is_some_and(|until| now < until) {
+            return Some(DrainReason::RetryAfter);
         }
         if let Some((dimension, _)) = quota
             .dimensions
