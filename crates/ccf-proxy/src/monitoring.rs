@@ -280,6 +280,9 @@ pub struct Metrics {
     honesty_score: Family<HonestyLabels, Gauge<f64, AtomicU64>>,
     quota_utilization: Family<QuotaWindowLabels, Gauge<f64, AtomicU64>>,
     quota_rejected: Family<QuotaEndpointLabels, Counter>,
+    /// The `(endpoint, window)` series of `ccf_quota_utilization` (window names come from
+    /// upstream headers: at most [`ccf_router::subscription::MAX_WINDOWS`] per endpoint).
+    quota_windows: Mutex<HashSet<(String, String)>>,
     cost_model: RwLock<Option<CostModel>>,
     model_labels: Arc<ModelLabels>,
     usage_health: RwLock<Option<UsageHealthReader>>,
@@ -360,6 +363,7 @@ impl Metrics {
             honesty_score: Family::default(),
             quota_utilization: Family::default(),
             quota_rejected: Family::default(),
+            quota_windows: Mutex::default(),
             cost_model: RwLock::new(None),
             model_labels: Arc::default(),
             usage_health: RwLock::new(None),
@@ -525,9 +529,25 @@ impl Metrics {
     }
 
     /// Records a subscription account's answer: each window's utilization in
-    /// `ccf_quota_utilization`, a `rejected` status in `ccf_quota_rejected_total`.
+    /// `ccf_quota_utilization`, a `rejected` status in `ccf_quota_rejected_total`. An endpoint
+    /// gets at most [`ccf_router::subscription::MAX_WINDOWS`] window series; later new names
+    /// are not shown.
     pub fn record_subscription(&self, endpoint: &str, reading: &ccf_router::SubscriptionReading) {
         for window in &reading.windows {
+            let series = (endpoint.to_string(), window.window.clone());
+            {
+                let mut seen = self
+                    .quota_windows
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !seen.contains(&series) {
+                    let of_endpoint = seen.iter().filter(|(name, _)| name == endpoint).count();
+                    if of_endpoint >= ccf_router::subscription::MAX_WINDOWS {
+                        continue;
+                    }
+                    seen.insert(series);
+                }
+            }
             if let Some(utilization) = window.utilization {
                 self.quota_utilization
                     .get_or_create(&QuotaWindowLabels {
@@ -1173,6 +1193,40 @@ mod tests {
         fn set_catalog_for_test(&self, knows: impl Fn(&str) -> bool + Send + Sync + 'static) {
             *self.catalog.write().unwrap() = Some(Arc::new(knows));
         }
+    }
+
+    #[test]
+    fn quota_window_series_are_bounded_per_endpoint() {
+        let metrics = Metrics::new();
+        let reading = |names: std::ops::Range<usize>| ccf_router::SubscriptionReading {
+            status: Some(ccf_router::SubscriptionStatus::Rejected),
+            windows: names
+                .map(|n| ccf_router::WindowReading {
+                    window: format!("w{n}"),
+                    utilization: Some(0.5),
+                    reset_in: None,
+                })
+                .collect(),
+            ..ccf_router::SubscriptionReading::default()
+        };
+        metrics.record_subscription("relay", &reading(0..6));
+        metrics.record_subscription("relay", &reading(6..20));
+        metrics.record_subscription("other", &reading(0..1));
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry).expect("encodes");
+        let series = |endpoint: &str| {
+            text.lines()
+                .filter(|line| {
+                    line.starts_with(&format!("ccf_quota_utilization{{endpoint=\"{endpoint}\""))
+                })
+                .count()
+        };
+        assert_eq!(series("relay"), ccf_router::subscription::MAX_WINDOWS);
+        assert_eq!(series("other"), 1);
+        assert!(
+            text.contains("ccf_quota_rejected_total{endpoint=\"relay\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]
