@@ -33,15 +33,18 @@ impl Accounts {
         }
     }
 
-    async fn forwarder(&self, extra_settings: &str) -> Forwarder {
-        Forwarder::start(config(
+    fn config(&self, extra_settings: &str) -> ccf_config::Config {
+        config(
             &format!("{SETTINGS}{extra_settings}"),
             &[
                 endpoint_yaml("a", &self.a.url(), "group: max\npriority: 1"),
                 endpoint_yaml("b", &self.b.url(), "priority: 2"),
             ],
-        ))
-        .await
+        )
+    }
+
+    async fn forwarder(&self, extra_settings: &str) -> Forwarder {
+        Forwarder::start(self.config(extra_settings)).await
     }
 
     fn sent(&self) -> [usize; 2] {
@@ -301,4 +304,40 @@ async fn an_overloaded_529_is_a_transient_throttle_not_exhaustion() {
         "no endpoint is blocked"
     );
     assert!(quota_events(&mut events).is_empty());
+}
+
+#[tokio::test]
+async fn a_reloaded_drain_threshold_applies_to_the_next_new_session() {
+    let accounts = Accounts::start().await;
+    let reset = epoch_in(3600);
+    accounts
+        .a
+        .set_default(unified(Reply::auto(), "allowed_warning", 0.95, reset));
+    // 95 % used, below a 0.97 threshold: a keeps taking new sessions.
+    let forwarder = accounts
+        .forwarder("routing:\n  quota_drain_at: 0.97\n")
+        .await;
+    send_turn(&forwarder, "s1").await;
+    send_turn(&forwarder, "s2").await;
+    assert_eq!(accounts.sent(), [2, 0]);
+    let report = forwarder
+        .engine
+        .reload(std::sync::Arc::new(
+            accounts.config("routing:\n  quota_drain_at: 0.9\n"),
+        ))
+        .expect("the new threshold is valid");
+    assert!(
+        report
+            .applied
+            .iter()
+            .any(|change| change.contains("routing")),
+        "{report:?}"
+    );
+    assert!(report.restart_required.is_empty(), "{report:?}");
+    send_turn(&forwarder, "s3").await;
+    assert_eq!(accounts.sent(), [2, 1], "the reloaded threshold drains a");
+    assert_eq!(
+        quota_of(&forwarder, "a").await["subscription"]["drain_at"],
+        0.9
+    );
 }
