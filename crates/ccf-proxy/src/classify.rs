@@ -100,15 +100,23 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         return exhausted;
     }
     if subscription_rejected(headers) {
-        let unified_reset = text("anthropic-ratelimit-unified-reset")
-            .and_then(|value| value.parse::<u64>().ok())
-            .map(|epoch| SystemTime::UNIX_EPOCH + Duration::from_secs(epoch))
-            .map(|reset| reset.duration_since(now).unwrap_or_default());
+        let unified_reset =
+            text("anthropic-ratelimit-unified-reset").and_then(|value| epoch_reset_in(value, now));
         if unified_reset.is_some() {
             return unified_reset;
         }
     }
     any
+}
+
+/// The time from `now` to a unified reset written as Unix seconds (`anthropic-ratelimit-unified-
+/// reset`, `-<window>-reset`); zero when it has passed, `None` when it is not a number.
+pub(crate) fn epoch_reset_in(value: &str, now: SystemTime) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(|epoch| {
+        (SystemTime::UNIX_EPOCH + Duration::from_secs(epoch))
+            .duration_since(now)
+            .unwrap_or_default()
+    })
 }
 
 /// A subscription account said `anthropic-ratelimit-unified-status: rejected` (any answer):

@@ -135,13 +135,7 @@ pub(crate) fn subscription_reading(
     headers: &HeaderMap,
     now: SystemTime,
 ) -> Option<SubscriptionReading> {
-    let epoch_reset = |value: &str| {
-        value.parse::<u64>().ok().map(|epoch| {
-            (SystemTime::UNIX_EPOCH + Duration::from_secs(epoch))
-                .duration_since(now)
-                .unwrap_or(Duration::ZERO)
-        })
-    };
+    let epoch_reset = |value: &str| crate::classify::epoch_reset_in(value, now);
     let mut reading = SubscriptionReading::default();
     let mut seen_status = false;
     let mut seen_reset = false;
