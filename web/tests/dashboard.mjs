@@ -254,6 +254,7 @@ try {
     assert(affinity.totals !== undefined, `affinity answer: ${JSON.stringify(affinity).slice(0, 300)}`);
     await nav("endpoints");
     await page.waitForSelector('[data-testid="honesty-card"]', { timeout: HANG });
+    await page.waitForSelector('[data-testid="subscription-card"]', { timeout: HANG });
     assert(consoleErrors.length === 0, `console errors:\n${consoleErrors.join("\n")}`);
   });
 

@@ -1037,12 +1037,24 @@ async fn every_route_answers_in_its_pinned_wire_shape() {
     // as "predicted" for well over a minute).
     let reset = chrono::Utc::now() + chrono::Duration::hours(1);
     let reset = reset.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // With them, a subscription account's unified headers (well below the drain threshold).
+    let epoch_reset = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .timestamp()
+        .to_string();
     for remaining in ["90", "89"] {
         harness.upstream.enqueue(
             ccf_testkit::Reply::auto()
                 .header("anthropic-ratelimit-requests-limit", "100")
                 .header("anthropic-ratelimit-requests-remaining", remaining)
-                .header("anthropic-ratelimit-requests-reset", &reset),
+                .header("anthropic-ratelimit-requests-reset", &reset)
+                .header("anthropic-ratelimit-unified-status", "allowed")
+                .header("anthropic-ratelimit-unified-reset", &epoch_reset)
+                .header(
+                    "anthropic-ratelimit-unified-representative-claim",
+                    "five_hour",
+                )
+                .header("anthropic-ratelimit-unified-5h-utilization", "0.42")
+                .header("anthropic-ratelimit-unified-5h-reset", &epoch_reset),
         );
         assert_eq!(harness.send_message(false).await.0, StatusCode::OK);
     }

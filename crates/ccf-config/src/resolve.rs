@@ -354,6 +354,7 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
     validate_connections(raw, &mut check);
     validate_usage_tracking(raw, &mut check);
     validate_honesty(raw, &mut check);
+    validate_quota_drain_at(raw, &mut check);
     check.positive_duration(&["routing", "affinity_ttl"], raw.routing.affinity_ttl);
     if raw.routing.affinity_max_sessions == 0 {
         check.fail(&["routing", "affinity_max_sessions"], "must be at least 1");
@@ -415,6 +416,17 @@ fn validate_honesty(raw: &RawConfig, check: &mut Check<'_>) {
         check.fail(
             &["routing", "usage_tolerance"],
             format!("must be a ratio of at least 1.0 (e.g. 2.5), found {tolerance}"),
+        );
+    }
+}
+
+/// `routing.quota_drain_at`: a fraction of a subscription window, in (0, 1].
+fn validate_quota_drain_at(raw: &RawConfig, check: &mut Check<'_>) {
+    let drain_at = raw.routing.quota_drain_at;
+    if !drain_at.is_finite() || drain_at <= 0.0 || drain_at > 1.0 {
+        check.fail(
+            &["routing", "quota_drain_at"],
+            format!("must be a fraction of the window above 0 and at most 1 (e.g. 0.9), found {drain_at}"),
         );
     }
 }

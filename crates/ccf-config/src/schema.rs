@@ -867,6 +867,11 @@ pub struct RoutingConfig {
     /// How many times more (or fewer) input tokens than the local estimate an endpoint may
     /// report before its usage is called wrong (default 2.5).
     pub usage_tolerance: f64,
+    /// Subscription accounts (`anthropic-ratelimit-unified-*`): new sessions avoid an endpoint
+    /// whose representative window is used at or above this fraction (0 < x <= 1, default 0.9);
+    /// bound sessions stay.
+    #[serde(deserialize_with = "decimal::required")]
+    pub quota_drain_at: f64,
 }
 
 impl Default for RoutingConfig {
@@ -879,6 +884,7 @@ impl Default for RoutingConfig {
             session_affinity: OnOff(true),
             affinity_ttl: GoDuration::secs(5 * 60),
             affinity_max_sessions: 10_000,
+            quota_drain_at: 0.9,
         }
     }
 }

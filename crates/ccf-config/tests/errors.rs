@@ -150,6 +150,8 @@ fn section_problems() {
         ("routing:\n  honesty_threshold: 1.5", "routing.honesty_threshold: must be a score between 0 and 1 (exclusive), found 1.5"),
         ("routing:\n  usage_tolerance: 0.5", "routing.usage_tolerance: must be a ratio of at least 1.0 (e.g. 2.5), found 0.5"),
         ("routing:\n  relay_honesty: maybe", "routing.relay_honesty: expected `on` or `off`, found `maybe`"),
+        ("routing:\n  quota_drain_at: 0", "routing.quota_drain_at: must be a fraction of the window above 0 and at most 1 (e.g. 0.9), found 0"),
+        ("routing:\n  quota_drain_at: 1.2", "routing.quota_drain_at: must be a fraction of the window above 0 and at most 1 (e.g. 0.9), found 1.2"),
         ("server:\n  host: ${UNSET_VARIABLE}", "server.host: environment variable `UNSET_VARIABLE` is not set (use `${UNSET_VARIABLE:-default}` to give a default)"),
         ("server:\n  host: \"${SET\"", "server.host: unterminated `${` in value (write `$${` for a literal `${`)"),
     ];

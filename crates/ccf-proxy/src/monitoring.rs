@@ -103,6 +103,19 @@ struct HonestyLabels {
     signal: &'static str,
 }
 
+/// `ccf_quota_utilization`'s labels: a subscription account's usage window.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaWindowLabels {
+    endpoint: String,
+    window: String,
+}
+
+/// `ccf_quota_rejected_total`'s label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaEndpointLabels {
+    endpoint: String,
+}
+
 /// What `/health/usage-tracker` reports about the usage recorder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageHealth {
@@ -265,6 +278,11 @@ pub struct Metrics {
     recorder_journal_bytes: Gauge,
     endpoint_up: Family<RouteLabels, Gauge>,
     honesty_score: Family<HonestyLabels, Gauge<f64, AtomicU64>>,
+    quota_utilization: Family<QuotaWindowLabels, Gauge<f64, AtomicU64>>,
+    quota_rejected: Family<QuotaEndpointLabels, Counter>,
+    /// The `(endpoint, window)` series of `ccf_quota_utilization` (window names come from
+    /// upstream headers: at most [`ccf_router::subscription::MAX_WINDOWS`] per endpoint).
+    quota_windows: Mutex<HashSet<(String, String)>>,
     cost_model: RwLock<Option<CostModel>>,
     model_labels: Arc<ModelLabels>,
     usage_health: RwLock<Option<UsageHealthReader>>,
@@ -350,6 +368,9 @@ impl Metrics {
             recorder_journal_bytes: Gauge::default(),
             endpoint_up: Family::default(),
             honesty_score: Family::default(),
+            quota_utilization: Family::default(),
+            quota_rejected: Family::default(),
+            quota_windows: Mutex::default(),
             cost_model: RwLock::new(None),
             model_labels: Arc::default(),
             usage_health: RwLock::new(None),
@@ -499,9 +520,57 @@ impl Metrics {
             "Relay honesty score (1 = trusted) by endpoint and signal (overall, model_substitution, usage_mismatch, burst_stream)",
             metrics.honesty_score.clone(),
         );
+        registry.register(
+            "ccf_quota_utilization",
+            "Subscription account usage (0-1) by endpoint and window (anthropic-ratelimit-unified-<window>-utilization)",
+            metrics.quota_utilization.clone(),
+        );
+        registry.register(
+            "ccf_quota_rejected",
+            "Upstream answers whose subscription account said rejected (anthropic-ratelimit-unified-status), by endpoint",
+            metrics.quota_rejected.clone(),
+        );
         Metrics {
             registry,
             ..metrics
+        }
+    }
+
+    /// Records a subscription account's answer: each window's utilization in
+    /// `ccf_quota_utilization`, a `rejected` status in `ccf_quota_rejected_total`. An endpoint
+    /// gets at most [`ccf_router::subscription::MAX_WINDOWS`] window series; later new names
+    /// are not shown.
+    pub fn record_subscription(&self, endpoint: &str, reading: &ccf_router::SubscriptionReading) {
+        for window in &reading.windows {
+            let series = (endpoint.to_string(), window.window.clone());
+            {
+                let mut seen = self
+                    .quota_windows
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !seen.contains(&series) {
+                    let of_endpoint = seen.iter().filter(|(name, _)| name == endpoint).count();
+                    if of_endpoint >= ccf_router::subscription::MAX_WINDOWS {
+                        continue;
+                    }
+                    seen.insert(series);
+                }
+            }
+            if let Some(utilization) = window.utilization {
+                self.quota_utilization
+                    .get_or_create(&QuotaWindowLabels {
+                        endpoint: endpoint.to_string(),
+                        window: window.window.clone(),
+                    })
+                    .set(utilization);
+            }
+        }
+        if reading.status == Some(ccf_router::SubscriptionStatus::Rejected) {
+            self.quota_rejected
+                .get_or_create(&QuotaEndpointLabels {
+                    endpoint: endpoint.to_string(),
+                })
+                .inc();
         }
     }
 
@@ -1153,6 +1222,40 @@ mod tests {
         fn set_catalog_for_test(&self, knows: impl Fn(&str) -> bool + Send + Sync + 'static) {
             *self.catalog.write().unwrap() = Some(Arc::new(knows));
         }
+    }
+
+    #[test]
+    fn quota_window_series_are_bounded_per_endpoint() {
+        let metrics = Metrics::new();
+        let reading = |names: std::ops::Range<usize>| ccf_router::SubscriptionReading {
+            status: Some(ccf_router::SubscriptionStatus::Rejected),
+            windows: names
+                .map(|n| ccf_router::WindowReading {
+                    window: format!("w{n}"),
+                    utilization: Some(0.5),
+                    reset_in: None,
+                })
+                .collect(),
+            ..ccf_router::SubscriptionReading::default()
+        };
+        metrics.record_subscription("relay", &reading(0..6));
+        metrics.record_subscription("relay", &reading(6..20));
+        metrics.record_subscription("other", &reading(0..1));
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry).expect("encodes");
+        let series = |endpoint: &str| {
+            text.lines()
+                .filter(|line| {
+                    line.starts_with(&format!("ccf_quota_utilization{{endpoint=\"{endpoint}\""))
+                })
+                .count()
+        };
+        assert_eq!(series("relay"), ccf_router::subscription::MAX_WINDOWS);
+        assert_eq!(series("other"), 1);
+        assert!(
+            text.contains("ccf_quota_rejected_total{endpoint=\"relay\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]

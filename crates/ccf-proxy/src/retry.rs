@@ -13,6 +13,7 @@
 //! | `RateLimited`, wait known and at most `retry.max_delay` | success | retrying `rate_limited` | - | wait as asked, same endpoint | skip the endpoint until its reset, next endpoint |
 //! | `RateLimited`, wait known and longer | success | retrying `rate_limited` | - | skip the endpoint until its reset, next endpoint | same |
 //! | `RateLimited`, no wait given | success | retrying `rate_limited` | - | back off, same endpoint | next endpoint |
+//! | `QuotaRejected` (429, subscription account `rejected`) | success | retrying `rate_limited` | - | next endpoint (the router blocked this one until the account's reset when the answer's headers were recorded) | same |
 //! | `CredentialsRefused` (401, 403) | auth failed (only a passing health probe clears it) | retrying `auth_error` | - | next endpoint | same |
 //! | `ConnectFailed` (connect error, reset before the headers) | failure `connect` | retrying `network_error` | `ccf_upstream_failures_total` | back off, same endpoint | next endpoint |
 //! | `HeaderTimeout` (no headers in time, no connection was open for the request) | failure `timeout` | retrying `timeout` | `ccf_upstream_failures_total` | back off, same endpoint | next endpoint |
@@ -61,6 +62,8 @@ pub(crate) enum AttemptVerdict {
         /// From `retry-after` or the earliest `anthropic-ratelimit-*-reset`.
         retry_after: Option<Duration>,
     },
+    /// 429 from a subscription account that said `rejected`: spent until its reset.
+    QuotaRejected,
     /// 401 or 403: the endpoint refused our credentials.
     CredentialsRefused,
     /// No answer: the connection failed or broke before the response headers.
@@ -168,6 +171,7 @@ impl AttemptVerdict {
                 AttemptVerdict::RateLimited { retry_after }
             }
             AttemptClass::NextEndpoint => AttemptVerdict::CredentialsRefused,
+            AttemptClass::QuotaRejected => AttemptVerdict::QuotaRejected,
         }
     }
 
@@ -249,6 +253,16 @@ impl AttemptVerdict {
                     ..quiet
                 }
             }
+            // No retry against a spent account: the router blocked it until its reset.
+            AttemptVerdict::QuotaRejected => Effects {
+                health: HealthSignal::Success,
+                log: Some((
+                    LogLevel::Info,
+                    "subscription quota rejected: endpoint blocked until its reset",
+                )),
+                retrying: Some(FailureReason::RateLimited),
+                ..quiet
+            },
             AttemptVerdict::CredentialsRefused => Effects {
                 health: HealthSignal::AuthFailed,
                 log: Some((

@@ -66,6 +66,7 @@ mod reconfigure;
 #[cfg(test)]
 mod reconfigure_tests;
 mod state;
+pub mod subscription;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]
@@ -83,7 +84,11 @@ pub use operator::RouterError;
 pub use plan::{PlannedEndpoint, RoutePlan};
 pub use quota::{
     DimensionView, DrainReason, EndpointQuotaView, QuotaBook, QuotaDimension, QuotaObservation,
-    QuotaReading,
+    QuotaReading, QuotaRecorded,
+};
+pub use subscription::{
+    QuotaAlert, SubscriptionReading, SubscriptionStatus, SubscriptionView, WindowReading,
+    WindowView, DEFAULT_QUOTA_DRAIN_AT,
 };
 pub use views::{EndpointView, GroupStatus, GroupView};
 
@@ -218,6 +223,7 @@ impl Router {
     pub fn from_config(config: &Config) -> Router {
         let mut router = Router::new(&config.endpoints, RouterSettings::from_config(config));
         router.set_affinity_settings(AffinitySettings::from_config(config));
+        router.set_quota_drain_at(config.routing.quota_drain_at);
         router
     }
 

@@ -402,6 +402,15 @@ impl App {
                 ),
             ));
         }
+        if let Some(quota) = self
+            .snapshot
+            .quota
+            .iter()
+            .find(|quota| quota.endpoint == name)
+            .and_then(quota_text)
+        {
+            lines.push(kv("Quota", quota));
+        }
         if let Some(endpoint) = configured {
             lines.push(kv(
                 "Credentials",
@@ -787,6 +796,51 @@ pub(crate) fn format_duration(duration: Duration) -> String {
         let minutes = duration.as_secs() / 60;
         format!("{}h{:02}m", minutes / 60, minutes % 60)
     }
+}
+
+/// An endpoint's subscription account in one line: its status, each window's utilization and
+/// reset (the representative window marked `*`), then whether new sessions are drained and how
+/// long the endpoint stays blocked. `None` without a subscription account or a block.
+pub(crate) fn quota_text(quota: &ccf_router::EndpointQuotaView) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(subscription) = &quota.subscription {
+        parts.push(
+            subscription
+                .status
+                .map_or("status -", |status| status.as_str())
+                .to_string(),
+        );
+        for window in subscription.windows.iter().filter(|window| window.current) {
+            parts.push(format!(
+                "{}{} {} resets in {}",
+                window.window,
+                if window.representative { "*" } else { "" },
+                window
+                    .utilization
+                    .map_or("-".to_string(), |used| format!("{:.0}%", used * 100.0)),
+                window.reset_in.map_or("-".to_string(), format_duration),
+            ));
+        }
+        if subscription.draining && !subscription.rejected {
+            parts.push(format!(
+                "new sessions drained (>= {:.0}%)",
+                subscription.drain_at * 100.0
+            ));
+        }
+    }
+    if let Some(blocked) = quota.blocked_for {
+        let why = if quota
+            .subscription
+            .as_ref()
+            .is_some_and(|subscription| subscription.rejected)
+        {
+            "rejected: "
+        } else {
+            ""
+        };
+        parts.push(format!("{why}blocked for {}", format_duration(blocked)));
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
 /// `1,234,567`.

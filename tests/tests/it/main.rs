@@ -29,5 +29,6 @@ mod routing;
 mod secrets;
 mod security;
 mod smart_routing;
+mod subscription_quota;
 mod timeouts;
 mod usage_storage;

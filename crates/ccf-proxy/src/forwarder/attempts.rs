@@ -27,6 +27,7 @@ use super::{Forwarder, RequestContext};
 use crate::body::ProxyBody;
 use crate::classify::backoff;
 use crate::error::{anthropic_error_json, ProxyError};
+use crate::events::ForwarderEvent;
 use crate::headers::{remove_hop_by_hop, rewrite_request_headers};
 use crate::retry::{
     AttemptBudget, AttemptGate, AttemptVerdict, Effects, HealthSignal, LogLevel, NextStep,
@@ -214,13 +215,7 @@ impl Forwarder {
                 return AttemptVerdict::of_error(error);
             }
         };
-        let shared = &self.shared;
-        let quota = crate::ratelimit::quota_observation(upstream.headers(), SystemTime::now());
-        if !quota.is_empty() {
-            shared
-                .router()
-                .record_quota(&endpoint.name, &quota, Instant::now());
-        }
+        self.record_quota(endpoint, upstream.headers());
         context.record_attempt(Attempt {
             endpoint: endpoint.name.clone(),
             group: endpoint.group.clone(),
@@ -233,6 +228,36 @@ impl Forwarder {
         // No latency sample here: `fastest` learns from successful answers only, when their
         // body has ended well (`finish.rs`).
         AttemptVerdict::of_answer(upstream.status(), upstream.headers(), SystemTime::now())
+    }
+
+    /// Feeds an answer's rate-limit headers to the router's quota model. A subscription
+    /// account's readings also go to the metrics; a `rejected` account blocks the endpoint
+    /// until its reset (in the router, whose events are published), and crossing the drain
+    /// threshold or being rejected is published once as [`ForwarderEvent::QuotaLow`].
+    fn record_quota(&self, endpoint: &Endpoint, headers: &http::HeaderMap) {
+        let shared = &self.shared;
+        let seen_at = SystemTime::now();
+        let quota = crate::ratelimit::quota_observation(headers, seen_at);
+        if quota.is_empty() {
+            return;
+        }
+        if let Some(reading) = &quota.subscription {
+            shared.metrics.record_subscription(&endpoint.name, reading);
+        }
+        let recorded = shared
+            .router()
+            .record_quota(&endpoint.name, &quota, Instant::now());
+        shared.publish_router(recorded.events);
+        if let Some(alert) = recorded.alert {
+            warn!(endpoint = %alert.endpoint, window = %alert.window, utilization = alert.utilization, rejected = alert.rejected, "subscription quota low");
+            shared.events.publish(ForwarderEvent::QuotaLow {
+                endpoint: alert.endpoint,
+                window: alert.window,
+                utilization: alert.utilization,
+                rejected: alert.rejected,
+                resets_at: alert.resets_in.and_then(|left| seen_at.checked_add(left)),
+            });
+        }
     }
 
     /// Applies the effects that are signals: the passive health observation, the metric, the

@@ -118,6 +118,11 @@ fn every_verdict_has_the_effects_of_its_table_row() {
         "success | retrying rate_limited | - | - | next endpoint",
     );
     check(
+        QuotaRejected,
+        "success | retrying rate_limited | - | info: subscription quota rejected: endpoint blocked until its reset | next endpoint",
+        "success | retrying rate_limited | - | info: subscription quota rejected: endpoint blocked until its reset | next endpoint",
+    );
+    check(
         CredentialsRefused,
         "auth failed | retrying auth_error | - | warn: endpoint refused its credentials: next endpoint | next endpoint",
         "auth failed | retrying auth_error | - | warn: endpoint refused its credentials: next endpoint | next endpoint",
