@@ -76,6 +76,39 @@ struct CostLabels {
     model: String,
 }
 
+/// `ccf_failover_triggered_total` and `ccf_thinking_signature_repairs_total`.
+#[derive(Default)]
+struct FailoverTriggerMetrics {
+    triggered: Family<FailoverTriggerLabels, Counter>,
+    repairs: Family<RepairLabels, Counter>,
+}
+
+impl FailoverTriggerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ccf_failover_triggered",
+            "Answers that moved a request to the next endpoint by a configured failover trigger, by endpoint and reason (status, empty_answer)",
+            self.triggered.clone(),
+        );
+        registry.register(
+            "ccf_thinking_signature_repairs",
+            "Requests retried without earlier thinking blocks after the endpoint refused a thinking signature",
+            self.repairs.clone(),
+        );
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailoverTriggerLabels {
+    endpoint: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabels {
+    endpoint: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
@@ -273,6 +306,8 @@ pub struct Metrics {
     finished_cache: RwLock<Vec<Arc<FinishedSeries>>>,
     /// Handles of `requests` series, by endpoint and status.
     request_cache: RwLock<Vec<(String, u16, Counter)>>,
+    /// Failover triggers and thinking-signature repairs (issue 20, points 5 and 7).
+    failover_triggers: FailoverTriggerMetrics,
 }
 
 /// Label combinations kept in each per-request handle cache; beyond it the slow path is used.
@@ -349,8 +384,10 @@ impl Metrics {
             suspension: OnceLock::new(),
             finished_cache: RwLock::new(Vec::new()),
             request_cache: RwLock::new(Vec::new()),
+            failover_triggers: FailoverTriggerMetrics::default(),
             registry: Registry::default(),
         };
+        metrics.failover_triggers.register(&mut registry);
         registry.register(
             "endpoint_forwarder_endpoints_total",
             "Configured upstream endpoints",
@@ -495,6 +532,28 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// A failover trigger moved a request off `endpoint` (`reason`: `status` for
+    /// `retry.failover_on_status`, `empty_answer` for `retry.failover_on_empty_answer`).
+    pub fn record_failover_trigger(&self, endpoint: &str, reason: &'static str) {
+        self.failover_triggers
+            .triggered
+            .get_or_create(&FailoverTriggerLabels {
+                endpoint: endpoint.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A request's body was repaired after `endpoint` refused a thinking block's signature.
+    pub fn record_thinking_signature_repair(&self, endpoint: &str) {
+        self.failover_triggers
+            .repairs
+            .get_or_create(&RepairLabels {
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
     }
 
     /// Sets an endpoint's relay honesty score for `signal` (`overall` or a signal name).

@@ -86,7 +86,7 @@ fn each_per_core_thread_opens_its_own_lanes_and_other_threads_share_one_set() {
     let uri: Uri = "https://api.example.com/v1/messages".parse().unwrap();
     let origin = "https://api.example.com:443";
     // Not a per-core thread: set 0, one lane carrying both requests.
-    let shared = (client.lane_for(&uri), client.lane_for(&uri));
+    let shared = (client.lane_for(&uri, None), client.lane_for(&uri, None));
     assert_eq!(client.lane_loads(origin), vec![2]);
     // Each core's thread opens a lane of its own although set 0's lane has room.
     let held: Vec<(LaneClient, LaneLoad)> = std::thread::scope(|scope| {
@@ -95,8 +95,8 @@ fn each_per_core_thread_opens_its_own_lanes_and_other_threads_share_one_set() {
             let uri = uri.clone();
             scope.spawn(move || {
                 use_core_lanes(core);
-                let first = client.lane_for(&uri);
-                let second = client.lane_for(&uri);
+                let first = client.lane_for(&uri, None);
+                let second = client.lane_for(&uri, None);
                 vec![first, second]
             })
         };
@@ -121,13 +121,13 @@ async fn a_full_connection_opens_another_lane_and_a_dropped_body_frees_it() {
     let client = build_upstream_client(&config, Duration::from_secs(1)).unwrap();
     let uri: Uri = "https://api.example.com/v1/messages".parse().unwrap();
     let origin = "https://api.example.com:443";
-    let first = client.lane_for(&uri);
-    let second = client.lane_for(&uri);
+    let first = client.lane_for(&uri, None);
+    let second = client.lane_for(&uri, None);
     assert_eq!(client.lane_loads(origin), vec![2]);
-    let third = client.lane_for(&uri);
+    let third = client.lane_for(&uri, None);
     assert_eq!(client.lane_loads(origin), vec![2, 1]);
     drop(first);
-    let fourth = client.lane_for(&uri);
+    let fourth = client.lane_for(&uri, None);
     assert_eq!(client.lane_loads(origin), vec![2, 1]);
     drop((second, third, fourth));
     assert_eq!(client.lane_loads(origin), vec![0, 0]);
