@@ -395,3 +395,68 @@ async fn each_endpoint_goes_through_its_own_proxy_and_can_opt_out_of_the_global_
     assert_eq!(view["endpoints"][3]["proxy"], Value::Null);
     forwarder.stop().await;
 }
+
+#[tokio::test]
+async fn when_every_endpoint_answers_empty_the_last_empty_answer_is_relayed() {
+    let (relay, official, forwarder) = relay_then_official(EMPTY_ANSWER_ON).await;
+    relay.set_default(empty_json_message());
+    official.set_default(empty_json_message());
+    let answer = forwarder.messages(request(false), &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.json()["id"],
+        "msg_empty",
+        "the last upstream answer, verbatim"
+    );
+    assert_eq!(messages_sent(&relay), 1);
+    assert_eq!(messages_sent(&official), 1);
+    forwarder.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_repair_on_other_400s_are_relayed_untouched() {
+    let upstream = MockUpstream::start().await;
+    let (forwarder, _outcomes) =
+        one_endpoint(&upstream, "routing:\n  repair_thinking_signatures: true\n").await;
+    upstream.enqueue(Reply::error(
+        400,
+        "invalid_request_error",
+        "messages: roles must alternate between \"user\" and \"assistant\"",
+    ));
+    let answer = forwarder.messages(thinking_conversation(), &[]).await;
+    answer.assert_anthropic_error(400, "invalid_request_error");
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 1, "no repair for another 400");
+    assert_eq!(answer.bytes(), sent[0].sent_body, "byte for byte");
+    forwarder.stop().await;
+}
+
+#[tokio::test]
+async fn hot_reload_turns_a_trigger_on_for_the_next_request() {
+    let relay = MockUpstream::start().await;
+    let official = MockUpstream::start().await;
+    let endpoints = [
+        endpoint_yaml("relay", &relay.url(), "priority: 1"),
+        endpoint_yaml("official", &official.url(), "priority: 2"),
+    ];
+    let forwarder = Forwarder::start(config("retry:\n  base_delay: 10ms\n", &endpoints)).await;
+    relay.set_default(model_missing());
+    let before = forwarder.messages(request(false), &[]).await;
+    before.assert_anthropic_error(404, "not_found_error");
+    let report = forwarder
+        .engine
+        .reload(std::sync::Arc::new(config(
+            "retry:\n  base_delay: 10ms\n  failover_on_status: [404]\n",
+            &endpoints,
+        )))
+        .expect("reload applies");
+    assert!(
+        report.applied.iter().any(|change| change.contains("retry")),
+        "{:?}",
+        report.applied
+    );
+    let after = forwarder.messages(request(false), &[]).await;
+    assert_eq!(after.status, 200);
+    assert_eq!(messages_sent(&official), 1);
+    forwarder.stop().await;
+}

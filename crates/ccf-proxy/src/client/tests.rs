@@ -151,6 +151,34 @@ fn a_reload_rebuilds_the_client_when_trust_or_connection_settings_change() {
         .endpoint_ca_files
         .insert("a".into(), PathBuf::from("/etc/ssl/a.pem"));
     assert!(!same_client_settings(&base, &own_ca));
+    let mut own_proxy = base.clone();
+    own_proxy.endpoint_proxies.insert(
+        "a".into(),
+        ccf_config::OutboundProxyConfig {
+            enabled: true,
+            url: Some("socks5://127.0.0.1:1080".into()),
+            ..ccf_config::OutboundProxyConfig::default()
+        },
+    );
+    assert!(!same_client_settings(&base, &own_proxy));
+}
+
+#[test]
+fn an_endpoint_with_its_own_proxy_gets_lanes_of_its_own() {
+    let mut config = ccf_config::Config::from_yaml_str(
+        "endpoints:\n  - name: a\n    url: https://api.example.com\n  - name: b\n    url: https://api.example.com\n    group: other\n    proxy:\n      enabled: true\n      url: http://127.0.0.1:3128\n",
+    )
+    .unwrap();
+    config.upstream.max_streams_per_connection = 1;
+    let client = build_upstream_client(&config, Duration::from_secs(1)).unwrap();
+    let uri: Uri = "https://api.example.com/v1/messages".parse().unwrap();
+    let origin = "https://api.example.com:443";
+    let direct = client.lane_for(&uri, Some("a"));
+    let proxied = client.lane_for(&uri, Some("b"));
+    // `b`'s request did not take a slot of the origin's shared lanes.
+    assert_eq!(client.lane_loads(origin), vec![1]);
+    assert_eq!(client.lane_loads(&format!("{origin} via b")), vec![1]);
+    drop((direct, proxied));
 }
 
 #[test]
