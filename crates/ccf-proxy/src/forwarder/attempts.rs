@@ -274,18 +274,24 @@ impl Forwarder {
             && config.routing.repair_thinking_signatures
             && context.retries.may_repair_thinking()
         {
-            let read = upstream
-                .body_mut()
-                .read_ahead(
-                    ERROR_BODY_DEADLINE.min(endpoint.timeout),
-                    MAX_BUFFERED_ERROR_BODY,
-                    |_| false,
-                )
-                .await;
-            let repaired = (read.complete
-                && crate::thinking_repair::is_invalid_thinking_signature(&read.data))
-            .then(|| crate::thinking_repair::drop_earlier_thinking(&context.body))
-            .flatten();
+            // The request is looked at first: without earlier thinking blocks there is nothing
+            // to repair, and the error body need not be read.
+            let repaired = match crate::thinking_repair::drop_earlier_thinking(&context.body) {
+                Some(repaired) => {
+                    let read = upstream
+                        .body_mut()
+                        .read_ahead(
+                            ERROR_BODY_DEADLINE.min(endpoint.timeout),
+                            MAX_BUFFERED_ERROR_BODY,
+                            |_| false,
+                        )
+                        .await;
+                    (read.complete
+                        && crate::thinking_repair::is_invalid_thinking_signature(&read.data))
+                    .then_some(repaired)
+                }
+                None => None,
+            };
             if let Some(repaired) = repaired {
                 context.retries.thinking_repaired();
                 // The client's `content-length` described the original body.
