@@ -115,8 +115,8 @@ struct ClientShared {
     default_connector: HttpsConnector<UpstreamConnector>,
     /// Connectors trusting an endpoint's own `ca_file`, by origin.
     origin_connectors: HashMap<String, HttpsConnector<UpstreamConnector>>,
-    /// Endpoints with their own outbound proxy (`endpoints[].proxy`): their lane key suffix and
-    /// connector, by endpoint name.
+    /// Connectors of the endpoints with their own outbound proxy (`endpoints[].proxy`), by
+    /// endpoint name (their lanes are keyed `<origin> via <endpoint>`).
     endpoint_connectors: HashMap<String, HttpsConnector<UpstreamConnector>>,
     upstream: UpstreamConfig,
     /// Lanes by origin, one map per lane set: index 0 for threads of no per-core runtime,
