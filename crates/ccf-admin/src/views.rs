@@ -121,6 +121,20 @@ pub(crate) fn collect_secrets(config: &Config) -> Vec<String> {
     {
         add(password.expose());
     }
+    // `endpoints[].proxy` passwords, in the field or inside the URL.
+    for proxy in config.endpoint_proxies.values() {
+        if let Some(password) = &proxy.password {
+            add(password.expose());
+        }
+        if let Some(password) = proxy
+            .url
+            .as_deref()
+            .and_then(|url| url::Url::parse(url).ok())
+            .and_then(|parsed| parsed.password().map(str::to_string))
+        {
+            add(&password);
+        }
+    }
     for endpoint in &config.endpoints {
         if let Some(token) = &endpoint.token {
             add(token.expose());
@@ -239,6 +253,11 @@ fn effective_config_unswept(config: &Config, config_path: Option<&std::path::Pat
                 "timeout": go_duration(endpoint.timeout),
                 "headers": headers,
                 "supports_count_tokens": endpoint.supports_count_tokens,
+                // Its own outbound proxy (set or inherited); password and URL masked below.
+                "proxy": config
+                    .endpoint_proxies
+                    .get(&endpoint.name)
+                    .and_then(|proxy| serde_json::to_value(proxy).ok()),
             })
         })
         .collect();

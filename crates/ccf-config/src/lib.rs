@@ -78,6 +78,10 @@ pub struct Config {
     /// [`Endpoint`] because only the upstream client reads it (the client is rebuilt when it
     /// changes, the router never looks at it).
     pub endpoint_ca_files: std::collections::BTreeMap<String, PathBuf>,
+    /// The outbound proxy of each endpoint that has its own (`endpoints[].proxy`, set or
+    /// inherited within its group) by endpoint name; an endpoint not listed uses [`Config::proxy`].
+    /// Kept beside the endpoints for the same reason as `endpoint_ca_files`.
+    pub endpoint_proxies: std::collections::BTreeMap<String, OutboundProxyConfig>,
     /// `usage_tracking.*`.
     pub usage_tracking: UsageTrackingConfig,
     /// `routing.*`.

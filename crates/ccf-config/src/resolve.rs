@@ -64,6 +64,7 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         routing,
         endpoints: raw_endpoints,
     } = raw;
+    let endpoint_proxies = endpoint_proxies(&raw_endpoints, &endpoints);
     let endpoint_ca_files = raw_endpoints
         .into_iter()
         .filter_map(|endpoint| Some((endpoint.name, endpoint.ca_file?)))
@@ -98,6 +99,7 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         tls,
         upstream,
         endpoint_ca_files,
+        endpoint_proxies,
         usage_tracking,
         routing,
         endpoints,
@@ -350,7 +352,8 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
         );
     }
 
-    validate_proxy(raw, &mut check);
+    validate_proxy(&raw.proxy, &KeyPath::keys(&["proxy"]), &mut check);
+    validate_failover_triggers(raw, &mut check);
     validate_connections(raw, &mut check);
     validate_usage_tracking(raw, &mut check);
     validate_honesty(raw, &mut check);
@@ -489,8 +492,13 @@ fn validate_auth(raw: &RawConfig, check: &mut Check<'_>) {
     }
 }
 
-fn validate_proxy(raw: &RawConfig, check: &mut Check<'_>) {
-    let proxy = &raw.proxy;
+/// An outbound proxy (`proxy` or `endpoints[i].proxy`, at `key`): when enabled, a usable `url`
+/// or `host` and `port`.
+fn validate_proxy(
+    proxy: &crate::schema::OutboundProxyConfig,
+    key: &KeyPath,
+    check: &mut Check<'_>,
+) {
     if !proxy.enabled {
         return;
     }
@@ -500,24 +508,27 @@ fn validate_proxy(raw: &RawConfig, check: &mut Check<'_>) {
         .map(str::trim)
         .filter(|url| !url.is_empty());
     if let Some(url) = url {
-        match url::Url::parse(url) {
+        let problem = match url::Url::parse(url) {
             Ok(parsed) => {
                 if !matches!(parsed.scheme(), "http" | "https" | "socks5" | "socks5h") {
-                    check.fail(
-                        &["proxy", "url"],
-                        format!(
-                            "unsupported scheme `{}` in `{url}`: expected `http`, `https` or `socks5`",
-                            parsed.scheme()
-                        ),
-                    );
+                    Some(format!(
+                        "unsupported scheme `{}` in `{}`: expected `http`, `https` or `socks5`",
+                        parsed.scheme(),
+                        crate::mask_url_password(url)
+                    ))
                 } else if parsed.host_str().is_none_or(str::is_empty) {
-                    check.fail(&["proxy", "url"], format!("`{url}` has no host"));
+                    Some(format!("`{}` has no host", crate::mask_url_password(url)))
+                } else {
+                    None
                 }
             }
-            Err(error) => check.fail(
-                &["proxy", "url"],
-                format!("invalid url `{url}`: {error}; expected e.g. `socks5://127.0.0.1:1080`"),
-            ),
+            Err(error) => Some(format!(
+                "invalid url `{}`: {error}; expected e.g. `socks5://127.0.0.1:1080`",
+                crate::mask_url_password(url)
+            )),
+        };
+        if let Some(problem) = problem {
+            check.problems.push((key.key("url"), problem));
         }
         return;
     }
@@ -527,11 +538,68 @@ fn validate_proxy(raw: &RawConfig, check: &mut Check<'_>) {
         .map(str::trim)
         .filter(|host| !host.is_empty());
     if host.is_none() || proxy.port.is_none() {
-        check.fail(
-            &["proxy"],
-            "proxy.enabled is true but neither `url` nor both `host` and `port` are set",
-        );
+        check.problems.push((
+            key.clone(),
+            format!("{key}.enabled is true but neither `url` nor both `host` and `port` are set"),
+        ));
     }
+}
+
+/// `retry.failover_on_status` (400 to 599 but 401, 403 and 429) and `endpoints[].proxy`.
+fn validate_failover_triggers(raw: &RawConfig, check: &mut Check<'_>) {
+    for (index, status) in raw.retry.failover_on_status.iter().enumerate() {
+        let problem = match status {
+            401 | 403 => Some(format!(
+                "{status} already moves to the next endpoint (the endpoint refused its credentials): remove it"
+            )),
+            429 => Some(
+                "429 has its own handling (wait as asked, or skip the endpoint until its reset): remove it"
+                    .to_string(),
+            ),
+            400..=599 => None,
+            _ => Some(format!(
+                "must be an error status between 400 and 599, found {status}"
+            )),
+        };
+        if let Some(problem) = problem {
+            check.problems.push((
+                KeyPath::keys(&["retry", "failover_on_status"]).index(index),
+                problem,
+            ));
+        }
+    }
+    for (index, endpoint) in raw.endpoints.iter().enumerate() {
+        if let Some(proxy) = &endpoint.proxy {
+            let key = KeyPath::keys(&["endpoints"]).index(index).key("proxy");
+            validate_proxy(proxy, &key, check);
+        }
+    }
+}
+
+/// `endpoints[].proxy` resolved: an endpoint's own, else the first one set in its group (file
+/// order); endpoints with neither use the global `proxy` and are not listed.
+fn endpoint_proxies(
+    raw: &[RawEndpoint],
+    endpoints: &[Endpoint],
+) -> BTreeMap<String, crate::schema::OutboundProxyConfig> {
+    let mut group_proxies: HashMap<&str, &crate::schema::OutboundProxyConfig> = HashMap::new();
+    for (raw_endpoint, endpoint) in raw.iter().zip(endpoints) {
+        if let Some(proxy) = &raw_endpoint.proxy {
+            group_proxies
+                .entry(endpoint.group.as_str())
+                .or_insert(proxy);
+        }
+    }
+    raw.iter()
+        .zip(endpoints)
+        .filter_map(|(raw_endpoint, endpoint)| {
+            let proxy = raw_endpoint
+                .proxy
+                .as_ref()
+                .or_else(|| group_proxies.get(endpoint.group.as_str()).copied())?;
+            Some((endpoint.name.clone(), proxy.clone()))
+        })
+        .collect()
 }
 
 fn validate_usage_tracking(raw: &RawConfig, check: &mut Check<'_>) {

@@ -192,6 +192,13 @@ pub struct RetryConfig {
     pub budget_percent: f64,
     /// Retry budget floor: this many retries may always be in flight (default 3).
     pub min_retry_concurrency: u32,
+    /// Upstream statuses that move the request to the next endpoint at once, without retrying
+    /// the endpoint (a relay answering 404 or 400 when it lacks the model). 400 to 599 but 401,
+    /// 403 and 429, which have their own handling (default none). See docs/failover.md.
+    pub failover_on_status: Vec<u16>,
+    /// A 200 with no content and zero output tokens is a failure of the endpoint: the request
+    /// moves to the next endpoint (default false). See docs/failover.md.
+    pub failover_on_empty_answer: bool,
 }
 
 impl Default for RetryConfig {
@@ -203,6 +210,8 @@ impl Default for RetryConfig {
             multiplier: 2.0,
             budget_percent: 20.0,
             min_retry_concurrency: 3,
+            failover_on_status: Vec::new(),
+            failover_on_empty_answer: false,
         }
     }
 }
@@ -872,6 +881,10 @@ pub struct RoutingConfig {
     /// bound sessions stay.
     #[serde(deserialize_with = "decimal::required")]
     pub quota_drain_at: f64,
+    /// On a 400 naming an invalid `signature` in a `thinking` block, drop the thinking blocks
+    /// of earlier assistant turns and retry once on the same endpoint (default false). See
+    /// docs/failover.md.
+    pub repair_thinking_signatures: bool,
 }
 
 impl Default for RoutingConfig {
@@ -885,6 +898,7 @@ impl Default for RoutingConfig {
             affinity_ttl: GoDuration::secs(5 * 60),
             affinity_max_sessions: 10_000,
             quota_drain_at: 0.9,
+            repair_thinking_signatures: false,
         }
     }
 }
@@ -950,6 +964,10 @@ pub struct RawEndpoint {
     /// PEM file of CA certificates trusted for this endpoint's TLS, besides `tls.ca_file`, the
     /// system store and the bundled roots (optional; not inherited).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Outbound proxy for this endpoint's connections, in the forms of the global `proxy`;
+    /// inherited from the first endpoint of the same group that sets one, else the global
+    /// `proxy`. `proxy: {enabled: false}` connects directly whatever the global `proxy` says.
+    pub proxy: Option<OutboundProxyConfig>,
 }
 
 /// Decimal numbers read from their text with full `f64` precision. The loader hands YAML

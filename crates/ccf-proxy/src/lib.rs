@@ -39,6 +39,7 @@ mod retry;
 mod server;
 mod session;
 mod suspend;
+mod thinking_repair;
 mod tracking;
 
 pub use auth::InboundAuth;

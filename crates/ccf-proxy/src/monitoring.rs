@@ -76,6 +76,39 @@ struct CostLabels {
     model: String,
 }
 
+/// `ccf_failover_triggered_total` and `ccf_thinking_signature_repairs_total`.
+#[derive(Default)]
+struct FailoverTriggerMetrics {
+    triggered: Family<FailoverTriggerLabels, Counter>,
+    repairs: Family<RepairLabels, Counter>,
+}
+
+impl FailoverTriggerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ccf_failover_triggered",
+            "Answers that moved a request to the next endpoint by a configured failover trigger, by endpoint and reason (status, empty_answer)",
+            self.triggered.clone(),
+        );
+        registry.register(
+            "ccf_thinking_signature_repairs",
+            "Requests retried without earlier thinking blocks after the endpoint refused a thinking signature",
+            self.repairs.clone(),
+        );
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailoverTriggerLabels {
+    endpoint: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabels {
+    endpoint: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
@@ -295,6 +328,8 @@ pub struct Metrics {
     /// answer sets four of them, and building each one's labels (a `String`) and hashing them
     /// cost more than the update.
     honesty_cache: RwLock<Vec<(String, &'static str, HonestyGauge)>>,
+    /// Failover triggers and thinking-signature repairs (issue 20, points 5 and 7).
+    failover_triggers: FailoverTriggerMetrics,
 }
 
 /// One `ccf_endpoint_honesty_score` series.
@@ -378,8 +413,10 @@ impl Metrics {
             finished_cache: RwLock::new(Vec::new()),
             request_cache: RwLock::new(Vec::new()),
             honesty_cache: RwLock::new(Vec::new()),
+            failover_triggers: FailoverTriggerMetrics::default(),
             registry: Registry::default(),
         };
+        metrics.failover_triggers.register(&mut registry);
         registry.register(
             "endpoint_forwarder_endpoints_total",
             "Configured upstream endpoints",
@@ -572,6 +609,28 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// A failover trigger moved a request off `endpoint` (`reason`: `status` for
+    /// `retry.failover_on_status`, `empty_answer` for `retry.failover_on_empty_answer`).
+    pub fn record_failover_trigger(&self, endpoint: &str, reason: &'static str) {
+        self.failover_triggers
+            .triggered
+            .get_or_create(&FailoverTriggerLabels {
+                endpoint: endpoint.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A request's body was repaired after `endpoint` refused a thinking block's signature.
+    pub fn record_thinking_signature_repair(&self, endpoint: &str) {
+        self.failover_triggers
+            .repairs
+            .get_or_create(&RepairLabels {
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
     }
 
     /// Sets an endpoint's relay honesty score for `signal` (`overall` or a signal name).

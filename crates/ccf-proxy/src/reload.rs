@@ -194,6 +194,10 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
         "endpoints[].ca_file",
         old.endpoint_ca_files != new.endpoint_ca_files,
     );
+    section(
+        "endpoints[].proxy",
+        differs(&old.endpoint_proxies, &new.endpoint_proxies),
+    );
     section("routing", differs(&old.routing, &new.routing));
     section("logging.level", old.logging.level != new.logging.level);
     section(

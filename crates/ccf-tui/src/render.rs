@@ -980,6 +980,21 @@ pub(crate) fn config_lines(config: &Config) -> Vec<String> {
             secret(config.proxy.password.as_ref())
         ));
     }
+    // `endpoints[].proxy` (set or inherited in the group): where each such endpoint connects.
+    for (endpoint, proxy) in &config.endpoint_proxies {
+        let target = if !proxy.enabled {
+            "direct (opts out of proxy)".to_string()
+        } else {
+            let kind = format!("{:?}", proxy.kind).to_lowercase();
+            let address = match (&proxy.url, &proxy.host, proxy.port) {
+                (Some(url), _, _) => display_url(url),
+                (None, Some(host), Some(port)) => format!("{host}:{port}"),
+                _ => "-".to_string(),
+            };
+            format!("{kind} {address}")
+        };
+        lines.push(format!("  endpoint {endpoint}: {target}"));
+    }
     lines.push("usage_tracking:".to_string());
     lines.push(format!("  enabled: {}", config.usage_tracking.enabled));
     match &config.usage_tracking.database {
@@ -1053,5 +1068,23 @@ mod tests {
             display_url("https://user:pw@relay.example:8443/v1?key=s#x"),
             "https://***@relay.example:8443/v1"
         );
+    }
+
+    #[test]
+    fn endpoint_proxies_are_listed_without_credentials() {
+        let config = Config::from_yaml_str(
+            "endpoints:\n  - name: relay\n    url: https://relay.example\n    proxy:\n      enabled: true\n      url: socks5://bob:tunnel-pass-77@127.0.0.1:1080\n  - name: official\n    url: https://api.anthropic.com\n    group: main\n    proxy:\n      enabled: false\n",
+        )
+        .unwrap();
+        let lines = config_lines(&config).join("\n");
+        assert!(
+            lines.contains("  endpoint relay: http socks5://***@127.0.0.1:1080"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("  endpoint official: direct (opts out of proxy)"),
+            "{lines}"
+        );
+        assert!(!lines.contains("tunnel-pass-77"), "{lines}");
     }
 }

@@ -16,6 +16,7 @@ mod brownout_health;
 mod connections;
 mod count_tokens;
 mod dashboard;
+mod failover_triggers;
 mod faults_client;
 mod faults_storage;
 mod faults_upstream;

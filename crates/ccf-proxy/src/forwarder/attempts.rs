@@ -29,9 +29,10 @@ use crate::classify::backoff;
 use crate::error::{anthropic_error_json, ProxyError};
 use crate::events::ForwarderEvent;
 use crate::headers::{remove_hop_by_hop, rewrite_request_headers};
+use crate::retry::empty_answer::{self, AnswerContent};
 use crate::retry::{
-    AttemptBudget, AttemptGate, AttemptVerdict, Effects, HealthSignal, LogLevel, NextStep,
-    RetryBudgetSettings, RetryPermit,
+    AttemptBudget, AttemptGate, AttemptVerdict, Effects, FailoverTriggers, HealthSignal, LogLevel,
+    NextStep, RetryBudgetSettings, RetryPermit,
 };
 
 /// Largest upstream error body kept to be relayed verbatim after other attempts failed (an
@@ -96,7 +97,8 @@ impl Forwarder {
                 tracker
                     .transition(|lifecycle| lifecycle.forwarding(&endpoint.name, &endpoint.group));
             }
-            for attempt in 1..=max_attempts {
+            let mut attempt = 1;
+            loop {
                 match context.retries.gate(&endpoint.name) {
                     AttemptGate::Go => {}
                     AttemptGate::OtherEndpoint => break,
@@ -121,12 +123,18 @@ impl Forwarder {
                 let result = self.attempt(context, &endpoint).await;
                 let duration = sent.elapsed();
                 let verdict = self.judge(context, &endpoint, &result, sent_at, duration);
+                let mut result = result;
+                let (verdict, note) = self
+                    .apply_failover_triggers(context, &endpoint, verdict, &mut result)
+                    .await;
                 let effects = verdict.effects(AttemptBudget {
                     attempt,
                     max_attempts,
                     max_wait: retry.max_delay.get(),
                 });
-                self.signal(context, &endpoint, attempt, &result, &effects, duration);
+                self.signal(
+                    context, &endpoint, attempt, &result, &effects, duration, note,
+                );
                 match result {
                     Ok(upstream) => {
                         if let NextStep::Relay { fails_with } = effects.next {
@@ -148,8 +156,16 @@ impl Forwarder {
                     return GroupOutcome::GiveUp;
                 }
                 match effects.next {
-                    NextStep::BackOffAndRetry => self.back_off(attempt).await,
-                    NextStep::WaitAndRetry(wait) => tokio::time::sleep(wait).await,
+                    NextStep::BackOffAndRetry => {
+                        self.back_off(attempt).await;
+                        attempt += 1;
+                    }
+                    NextStep::WaitAndRetry(wait) => {
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    // Not counted against `retry.max_attempts`; happens once per request.
+                    NextStep::RetryRepaired => {}
                     NextStep::SkipEndpoint(wait) => {
                         let events = shared
                             .router()
@@ -260,8 +276,104 @@ impl Forwarder {
         }
     }
 
+    /// Applies the failover triggers to an answer's verdict (`retry.rs`: `FailoverStatus`,
+    /// `EmptyAnswer`, `ThinkingRepaired`), counting each; returns the verdict and a note for the
+    /// request's trail. Reading an answer ahead puts what was read back, so an answer still
+    /// relayed reaches the client untouched.
+    async fn apply_failover_triggers(
+        &self,
+        context: &mut RequestContext,
+        endpoint: &Endpoint,
+        verdict: AttemptVerdict,
+        result: &mut AttemptResult,
+    ) -> (AttemptVerdict, Option<String>) {
+        let Ok(upstream) = result else {
+            return (verdict, None);
+        };
+        let shared = &self.shared;
+        let current = shared.current();
+        let config = &current.config;
+        let status = upstream.status().as_u16();
+        if verdict == AttemptVerdict::Final
+            && status == 400
+            && config.routing.repair_thinking_signatures
+            && context.retries.may_repair_thinking()
+        {
+            // The request is looked at first: without earlier thinking blocks there is nothing
+            // to repair, and the error body need not be read.
+            let repaired = match crate::thinking_repair::drop_earlier_thinking(&context.body) {
+                Some(repaired) => {
+                    let read = upstream
+                        .body_mut()
+                        .read_ahead(
+                            ERROR_BODY_DEADLINE.min(endpoint.timeout),
+                            MAX_BUFFERED_ERROR_BODY,
+                            |_| false,
+                        )
+                        .await;
+                    (read.complete
+                        && crate::thinking_repair::is_invalid_thinking_signature(&read.data))
+                    .then_some(repaired)
+                }
+                None => None,
+            };
+            if let Some(repaired) = repaired {
+                context.retries.thinking_repaired();
+                // The client's `content-length` described the original body.
+                context.parts.headers.insert(
+                    header::CONTENT_LENGTH,
+                    HeaderValue::from(repaired.body.len()),
+                );
+                context.body = repaired.body;
+                shared
+                    .metrics
+                    .record_thinking_signature_repair(&endpoint.name);
+                let note = format!(
+                    "invalid thinking signature: {} thinking block(s) of earlier assistant turns dropped, retried once on {} (routing.repair_thinking_signatures)",
+                    repaired.dropped_blocks, endpoint.name
+                );
+                return (AttemptVerdict::ThinkingRepaired, Some(note));
+            }
+        }
+        let triggers = FailoverTriggers {
+            statuses: &config.retry.failover_on_status,
+            empty_answer: config.retry.failover_on_empty_answer,
+        };
+        let verdict = verdict.with_status_trigger(status, triggers);
+        if let AttemptVerdict::FailoverStatus { status } = verdict {
+            shared
+                .metrics
+                .record_failover_trigger(&endpoint.name, "status");
+            let note = format!("HTTP {status} is listed in retry.failover_on_status");
+            return (verdict, Some(note));
+        }
+        if verdict == AttemptVerdict::Success && triggers.empty_answer {
+            // A stream's content follows its first events at once; a whole answer is bounded
+            // by the endpoint's timeout, counted from this attempt's send.
+            let deadline = if context.is_streaming {
+                config.streaming.response_header_timeout.get()
+            } else {
+                endpoint
+                    .timeout
+                    .saturating_sub(context.attempt_sent.elapsed())
+            };
+            if empty_answer::inspect(upstream, deadline).await == AnswerContent::Empty {
+                shared
+                    .metrics
+                    .record_failover_trigger(&endpoint.name, "empty_answer");
+                let note =
+                    "empty answer: no content and 0 output tokens (retry.failover_on_empty_answer)"
+                        .to_string();
+                return (AttemptVerdict::EmptyAnswer, Some(note));
+            }
+        }
+        (verdict, None)
+    }
+
     /// Applies the effects that are signals: the passive health observation, the metric, the
-    /// log line, the lifecycle's retry reason and waking held requests.
+    /// log line, the lifecycle's retry reason (with `note`, when a failover trigger says why)
+    /// and waking held requests.
+    #[allow(clippy::too_many_arguments)]
     fn signal(
         &self,
         context: &mut RequestContext,
@@ -270,6 +382,7 @@ impl Forwarder {
         result: &AttemptResult,
         effects: &Effects,
         latency: Duration,
+        note: Option<String>,
     ) {
         let shared = &self.shared;
         match effects.health {
@@ -290,6 +403,10 @@ impl Forwarder {
                     upstream.status().as_u16()
                 ),
                 Err(error) => error.to_string(),
+            };
+            let detail = match note {
+                Some(note) => format!("{detail}: {note}"),
+                None => detail,
             };
             context.retrying(reason, &detail);
         }
@@ -358,7 +475,12 @@ impl Forwarder {
         let connection = capture_connection(&mut upstream_request);
         debug!(endpoint = %endpoint.name, group = %endpoint.group, "forwarding");
         let sent = Instant::now();
-        match tokio::time::timeout(header_timeout, current.client.request(upstream_request)).await {
+        match tokio::time::timeout(
+            header_timeout,
+            current.client.request(&endpoint.name, upstream_request),
+        )
+        .await
+        {
             Ok(Ok(response)) => {
                 shared.metrics.record_header_latency(sent.elapsed());
                 Ok(response)
