@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod cluster;
+mod key_budgets;
 mod metrics;
 pub mod reload;
 pub mod usage;
@@ -164,7 +165,9 @@ impl App {
             Arc::clone(&config),
             Some(Arc::new(usage::Observers(observers))),
         )?;
+        key_budgets::install_calendar(&forwarder, &config);
         if let Some(tracking) = &usage {
+            key_budgets::seed_spend(&forwarder, &tracking.store).await;
             metrics::install_recorder_health(&forwarder, tracking.recorder.clone());
             // The recorder prices each outcome once; the metric counts that same cost.
             let _ = costs.set(forwarder.metrics().cost_counter());
