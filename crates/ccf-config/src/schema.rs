@@ -425,8 +425,10 @@ pub struct KeyLimitsConfig {
     /// Requests of this key in flight at once; more wait (FIFO) up to `auth.queue_timeout`.
     pub concurrency: Option<u32>,
     /// USD the key may spend per day (midnight to midnight in `timezone`).
+    #[serde(default, deserialize_with = "decimal::optional")]
     pub daily_budget_usd: Option<f64>,
     /// USD the key may spend per calendar month (in `timezone`).
+    #[serde(default, deserialize_with = "decimal::optional")]
     pub monthly_budget_usd: Option<f64>,
 }
 

@@ -8,7 +8,7 @@ use crate::support;
 use ccf_proxy::{BudgetPeriod, ForwarderEvent};
 use ccf_testkit::{MockUpstream, MockUsage, Reply};
 use serde_json::json;
-use support::{config, config_with_usage, endpoint_yaml, eventually, Forwarder, WAIT};
+use support::{admin_get, config, config_with_usage, endpoint_yaml, eventually, Forwarder, WAIT};
 
 const ALICE: (&str, &str) = ("x-api-key", "alice-token-0001");
 const BOB: (&str, &str) = ("x-api-key", "bob-token-0001");
@@ -200,7 +200,7 @@ async fn over_its_daily_budget_a_key_is_refused_until_midnight_also_after_a_rest
         path.display()
     );
     let settings = format!(
-        "timezone: Asia/Shanghai\n{}",
+        "timezone: Asia/Shanghai\nweb:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n{}",
         auth("daily_budget_usd: 0.04\nmonthly_budget_usd: 100", "")
     );
     let endpoints = [endpoint_yaml("mock", &upstream.url(), "")];
@@ -228,6 +228,20 @@ async fn over_its_daily_budget_a_key_is_refused_until_midnight_also_after_a_rest
     let view = alice_view(&forwarder);
     assert!((view.spent_today_usd - 0.045).abs() < 1e-9, "{view:?}");
     assert_eq!(view.budget_exceeded, Some(BudgetPeriod::Daily));
+
+    // The admin API shows each key by name, its spend against its budgets, never the key.
+    let keys = admin_get(&forwarder, "/api/v1/keys").await;
+    let text = keys.to_string();
+    assert!(!text.contains("token-0001"), "no key in the answer: {text}");
+    assert_eq!(keys["keys"][0]["name"], "alice");
+    assert_eq!(keys["keys"][0]["daily_budget_usd"], 0.04);
+    assert_eq!(keys["keys"][0]["monthly_budget_usd"], 100.0);
+    assert_eq!(keys["keys"][0]["budget_exceeded"], "daily");
+    let spent = keys["keys"][0]["spent_today_usd"].as_f64().expect("number");
+    assert!((spent - 0.045).abs() < 1e-9, "{text}");
+    assert_eq!(keys["keys"][1]["name"], "bob");
+    assert_eq!(keys["keys"][1]["daily_budget_usd"], serde_json::Value::Null);
+    assert_eq!(keys["keys"][1]["budget_exceeded"], serde_json::Value::Null);
 
     // Published once for the key and period.
     let mut crossings = Vec::new();
