@@ -15,6 +15,14 @@ use ccf_proxy::Forwarder;
 use ccf_store::{DayZone, StatsQuery, UsageStore};
 use tracing::{info, warn};
 
+/// Whether any key has a daily or monthly budget (then outcomes must be priced even without
+/// usage tracking or the admin API).
+pub(crate) fn any_budget(config: &Config) -> bool {
+    config.auth.tokens.iter().any(|entry| {
+        entry.limits.daily_budget_usd.is_some() || entry.limits.monthly_budget_usd.is_some()
+    })
+}
+
 /// Installs the budget calendar of `config.timezone` on the engine.
 pub(crate) fn install_calendar(forwarder: &Forwarder, config: &Config) {
     let zone = DayZone::from_config(config.timezone.as_deref());

@@ -172,9 +172,10 @@ impl App {
             // The recorder prices each outcome once; the metric counts that same cost.
             let _ = costs.set(forwarder.metrics().cost_counter());
         }
-        // Costs are shown by the usage store and the admin API: the metric counts them
-        // whenever either runs (a reload installs the pricing in any case).
-        if usage.is_some() || config.web.enabled {
+        // Costs are shown by the usage store and the admin API and spent against per-key
+        // budgets: the metric counts them whenever one of these runs (a reload installs the
+        // pricing in any case).
+        if usage.is_some() || config.web.enabled || key_budgets::any_budget(&config) {
             metrics::install_cost_metric(
                 &forwarder,
                 ccf_store::Pricing::from_config(&config.usage_tracking),

@@ -296,3 +296,39 @@ async fn a_reload_applies_new_limits_and_keeps_the_counters() {
     assert_eq!(limits.requests_per_minute, Some(3));
     forwarder.stop().await;
 }
+
+#[tokio::test]
+async fn without_usage_tracking_spend_is_counted_in_memory_and_a_monthly_budget_refuses() {
+    let upstream = MockUpstream::start().await;
+    upstream.set_default(Reply::sse().usage(EXPENSIVE));
+    let usage = format!("  enabled: false\n{PRICING}");
+    let settings = format!("timezone: UTC\n{}", auth("monthly_budget_usd: 0.05", ""));
+    let endpoints = [endpoint_yaml("mock", &upstream.url(), "")];
+    let forwarder = Forwarder::start(config_with_usage(&usage, &settings, &endpoints)).await;
+    let streamed = json!({
+        "model": "claude-sonnet-4-5-20250929",
+        "max_tokens": 16,
+        "stream": true,
+        "messages": [{"role": "user", "content": "hello"}],
+    });
+    // $0.045, then $0.09: the second request crosses the budget of $0.05.
+    for _ in 0..2 {
+        assert_eq!(
+            forwarder.messages(streamed.clone(), &[ALICE]).await.status,
+            200
+        );
+    }
+    let refused = forwarder.messages(streamed, &[ALICE]).await;
+    refused.assert_anthropic_error(429, "rate_limit_error");
+    let text = refused.json()["error"]["message"].to_string();
+    assert!(text.contains("monthly budget of $0.05"), "{text}");
+    assert!(
+        text.contains("-01T00:00:00+00:00"),
+        "first of next month: {text}"
+    );
+    assert_eq!(
+        alice_view(&forwarder).budget_exceeded,
+        Some(BudgetPeriod::Monthly)
+    );
+    forwarder.stop().await;
+}
