@@ -332,3 +332,28 @@ async fn without_usage_tracking_spend_is_counted_in_memory_and_a_monthly_budget_
     );
     forwarder.stop().await;
 }
+
+#[tokio::test]
+async fn spend_stored_in_mariadb_is_read_back_at_start() {
+    let upstream = MockUpstream::start().await;
+    upstream.set_default(Reply::json().usage(EXPENSIVE));
+    let own = support::mariadb::OwnDatabase::create("key_budget").await;
+    let usage = format!("  enabled: true\n{}{PRICING}", own.usage_yaml(3306));
+    let settings = auth("daily_budget_usd: 0.04", "");
+    let endpoints = [endpoint_yaml("mock", &upstream.url(), "")];
+    let forwarder = Forwarder::start(config_with_usage(&usage, &settings, &endpoints)).await;
+    assert_eq!(forwarder.messages(message(), &[ALICE]).await.status, 200);
+    assert_eq!(forwarder.messages(message(), &[BOB]).await.status, 200);
+    forwarder.stop().await;
+
+    let again = Forwarder::start(config_with_usage(&usage, &settings, &endpoints)).await;
+    let view = alice_view(&again);
+    assert!((view.spent_today_usd - 0.045).abs() < 1e-9, "{view:?}");
+    assert!((view.spent_this_month_usd - 0.045).abs() < 1e-9, "{view:?}");
+    again
+        .messages(message(), &[ALICE])
+        .await
+        .assert_anthropic_error(429, "rate_limit_error");
+    assert_eq!(again.messages(message(), &[BOB]).await.status, 200);
+    again.stop().await;
+}
