@@ -330,6 +330,20 @@ async fn without_usage_tracking_spend_is_counted_in_memory_and_a_monthly_budget_
         alice_view(&forwarder).budget_exceeded,
         Some(BudgetPeriod::Monthly)
     );
+    let metrics = forwarder
+        .send(hyper::Method::GET, "/metrics", &[BOB], "")
+        .await;
+    let text = String::from_utf8_lossy(&metrics.bytes()).into_owned();
+    let spend = |period: &str| -> f64 {
+        let series = format!("ccf_key_spend_usd{{key=\"alice\",period=\"{period}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} in {text}"))
+    };
+    assert!((spend("monthly") - 0.09).abs() < 1e-9);
+    assert!((spend("daily") - 0.09).abs() < 1e-9);
+    assert!(text.contains("ccf_key_rejected_total{key=\"alice\",reason=\"budget\"} 1"));
     forwarder.stop().await;
 }
 
