@@ -172,7 +172,7 @@ try {
     await page.goto(`${admin}/`, { waitUntil: "networkidle" });
     await page.waitForSelector('[data-testid="stream-state"].open', { timeout: HANG });
     await page.waitForSelector('[data-testid="stat-active-group"]', { timeout: HANG });
-    const pages = ["endpoints", "groups", "routing", "requests", "usage", "config", "logs", "overview"];
+    const pages = ["endpoints", "groups", "routing", "requests", "usage", "keys", "config", "logs", "overview"];
     for (const name of pages) {
       await nav(name);
     }

@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 
 use crate::auth::{check_host, check_origin};
 use crate::dto::events::ReloadStatusDto;
+use crate::dto::keys::KeysDto;
+use crate::dto::to_json;
 use crate::error::ApiError;
 use crate::http_util::{bytes_response, query_map, read_json_body, AdminResponse};
 use crate::routes::{AdminRoute, RouteError, OPENAPI};
@@ -175,6 +177,7 @@ where
             ok(views::affinity_view(shared, limit))
         }
         AdminRoute::RoutingQuota => ok(views::quota_view(shared)),
+        AdminRoute::Keys => ok(to_json(&KeysDto::new(&shared.forwarder.key_limit_views()))),
         AdminRoute::ActivateGroup { name } => {
             let force = matches!(
                 query.get("force").map(String::as_str),

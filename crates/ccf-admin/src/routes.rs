@@ -39,6 +39,8 @@ pub(crate) enum AdminRoute {
     PauseGroup { name: String },
     /// `POST /api/v1/groups/{name}/resume`.
     ResumeGroup { name: String },
+    /// `GET /api/v1/keys`: inbound API keys' limits and usage.
+    Keys,
     /// `GET /api/v1/connections`.
     Connections,
     /// `GET /api/v1/requests`.
@@ -153,6 +155,7 @@ impl AdminRoute {
         post("/api/v1/groups/{name}/resume", |name| {
             AdminRoute::ResumeGroup { name }
         }),
+        get("/api/v1/keys", |_| AdminRoute::Keys),
         get("/api/v1/connections", |_| AdminRoute::Connections),
         get("/api/v1/requests", |_| AdminRoute::LiveRequests),
         get("/api/v1/requests/{id}", |id| AdminRoute::RequestDetail {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod cluster;
+mod key_budgets;
 mod metrics;
 pub mod reload;
 pub mod usage;
@@ -164,14 +165,17 @@ impl App {
             Arc::clone(&config),
             Some(Arc::new(usage::Observers(observers))),
         )?;
+        key_budgets::install_calendar(&forwarder, &config);
         if let Some(tracking) = &usage {
+            key_budgets::seed_spend(&forwarder, &tracking.store).await;
             metrics::install_recorder_health(&forwarder, tracking.recorder.clone());
             // The recorder prices each outcome once; the metric counts that same cost.
             let _ = costs.set(forwarder.metrics().cost_counter());
         }
-        // Costs are shown by the usage store and the admin API: the metric counts them
-        // whenever either runs (a reload installs the pricing in any case).
-        if usage.is_some() || config.web.enabled {
+        // Costs are shown by the usage store and the admin API and spent against per-key
+        // budgets: the metric counts them whenever one of these runs (a reload installs the
+        // pricing in any case).
+        if usage.is_some() || config.web.enabled || key_budgets::any_budget(&config) {
             metrics::install_cost_metric(
                 &forwarder,
                 ccf_store::Pricing::from_config(&config.usage_tracking),

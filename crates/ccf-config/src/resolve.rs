@@ -489,6 +489,38 @@ fn validate_auth(raw: &RawConfig, check: &mut Check<'_>) {
                 format!("the same token is already given by {first}: every key must be distinct"),
             ));
         }
+        validate_key_limits(&entry.limits, &entry_path.key("limits"), check);
+    }
+    check.positive_duration(&["auth", "queue_timeout"], auth.queue_timeout);
+}
+
+/// `auth.tokens[].limits`: counts of at least 1, budgets positive finite USD amounts.
+fn validate_key_limits(
+    limits: &crate::schema::KeyLimitsConfig,
+    path: &KeyPath,
+    check: &mut Check<'_>,
+) {
+    for (key, value) in [
+        ("requests_per_minute", limits.requests_per_minute),
+        ("concurrency", limits.concurrency),
+    ] {
+        if value == Some(0) {
+            check.problems.push((
+                path.key(key),
+                "must be at least 1 (leave the key out for no limit)".into(),
+            ));
+        }
+    }
+    for (key, value) in [
+        ("daily_budget_usd", limits.daily_budget_usd),
+        ("monthly_budget_usd", limits.monthly_budget_usd),
+    ] {
+        if let Some(budget) = value.filter(|budget| !budget.is_finite() || *budget <= 0.0) {
+            check.problems.push((
+                path.key(key),
+                format!("must be a positive amount of USD (e.g. 5.00), found {budget}"),
+            ));
+        }
     }
 }
 

@@ -397,7 +397,7 @@ impl Default for RequestSuspendConfig {
 }
 
 /// `auth.*`: inbound authentication on the proxy port.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
     /// Require the token on every proxied request.
@@ -408,6 +408,44 @@ pub struct AuthConfig {
     /// Named tokens, one per person or client: the matching token's name is recorded on each
     /// request row (`api_key_name`) so usage can be split by key.
     pub tokens: Vec<AuthToken>,
+    /// How long a request waits for one of its key's `limits.concurrency` slots before it is
+    /// refused with 429 (default 30s).
+    pub queue_timeout: GoDuration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token: None,
+            tokens: Vec::new(),
+            queue_timeout: GoDuration::secs(30),
+        }
+    }
+}
+
+/// `auth.tokens[].limits`: what one key may use. Every limit is optional; an absent one does not
+/// limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeyLimitsConfig {
+    /// Requests admitted per rolling minute; over it: 429 with `retry-after`.
+    pub requests_per_minute: Option<u32>,
+    /// Requests of this key in flight at once; more wait (FIFO) up to `auth.queue_timeout`.
+    pub concurrency: Option<u32>,
+    /// USD the key may spend per day (midnight to midnight in `timezone`).
+    #[serde(default, deserialize_with = "decimal::optional")]
+    pub daily_budget_usd: Option<f64>,
+    /// USD the key may spend per calendar month (in `timezone`).
+    #[serde(default, deserialize_with = "decimal::optional")]
+    pub monthly_budget_usd: Option<f64>,
+}
+
+impl KeyLimitsConfig {
+    /// True when no limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        *self == KeyLimitsConfig::default()
+    }
 }
 
 /// The name `auth.token` is recorded under.
@@ -421,6 +459,8 @@ pub struct AuthToken {
     pub name: String,
     /// The token itself.
     pub token: Secret,
+    /// Per-key rate, concurrency and budget limits (`docs/keys.md`).
+    pub limits: KeyLimitsConfig,
 }
 
 impl AuthConfig {

@@ -30,6 +30,7 @@ pub mod events;
 mod forwarder;
 pub mod headers;
 mod honesty;
+pub mod key_limits;
 mod limits;
 pub mod monitoring;
 mod probe;

@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::body::{empty_body, full_body, ProxyBody};
 use crate::error::anthropic_error_response;
+use crate::key_limits::KeyLimits;
 use crate::suspend::Suspension;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,6 +171,8 @@ pub struct UsageHealth {
 pub struct CostCounter {
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     model_labels: Arc<ModelLabels>,
+    /// The per-key spend the same cost counts in (`auth.tokens[].limits` budgets).
+    key_limits: Option<Arc<KeyLimits>>,
 }
 
 impl std::fmt::Debug for CostCounter {
@@ -184,6 +187,9 @@ impl CostCounter {
     pub fn add(&self, record: &RequestRecord, usd: f64) {
         if !usd.is_finite() || usd <= 0.0 {
             return;
+        }
+        if let (Some(key_limits), Some(key)) = (&self.key_limits, &record.api_key_name) {
+            key_limits.add_spend(key, usd, SystemTime::now());
         }
         let model = self.model_labels.label(
             record.request_model.as_deref(),
@@ -320,6 +326,8 @@ pub struct Metrics {
     model_labels: Arc<ModelLabels>,
     usage_health: RwLock<Option<UsageHealthReader>>,
     suspension: OnceLock<Arc<Suspension>>,
+    /// Per-key limits: rejections counted, spend read at every scrape.
+    key_metrics: KeyLimitMetrics,
     /// Handles of the series finished requests touch, by label values (see [`FinishedSeries`]).
     finished_cache: RwLock<Vec<Arc<FinishedSeries>>>,
     /// Handles of `requests` series, by endpoint and status.
@@ -410,6 +418,7 @@ impl Metrics {
             model_labels: Arc::default(),
             usage_health: RwLock::new(None),
             suspension: OnceLock::new(),
+            key_metrics: KeyLimitMetrics::default(),
             finished_cache: RwLock::new(Vec::new()),
             request_cache: RwLock::new(Vec::new()),
             honesty_cache: RwLock::new(Vec::new()),
@@ -522,6 +531,7 @@ impl Metrics {
             "1 for the group requests are routed to",
             metrics.group_active.clone(),
         );
+        metrics.key_metrics.register(&mut registry);
         registry.register(
             "ccf_suspensions",
             "Held requests by what happened to them (held, resumed, timed_out)",
@@ -671,6 +681,7 @@ impl Metrics {
         CostCounter {
             cost: self.cost.clone(),
             model_labels: Arc::clone(&self.model_labels),
+            key_limits: self.key_metrics.limits.get().cloned(),
         }
     }
 
@@ -862,6 +873,11 @@ impl Metrics {
         if let Some(cost_model) = cost_model {
             let cost = cost_model(record.model(), usage);
             if cost.is_finite() && cost > 0.0 {
+                if let (Some(key_limits), Some(key)) =
+                    (self.key_metrics.limits.get(), &record.api_key_name)
+                {
+                    key_limits.add_spend(key, cost, SystemTime::now());
+                }
                 series
                     .cost
                     .get_or_init(|| {
@@ -1029,6 +1045,7 @@ impl Metrics {
             self.suspended_now
                 .set(i64::try_from(suspension.held()).unwrap_or(i64::MAX));
         }
+        self.key_metrics.refresh();
         self.endpoints_total
             .set(i64::try_from(endpoints.len()).unwrap_or(i64::MAX));
         self.endpoints_healthy.set(healthy);
@@ -1042,6 +1059,83 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Labels of `ccf_key_rejected_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyRejectLabels {
+    key: String,
+    reason: &'static str,
+}
+
+/// Labels of `ccf_key_spend_usd`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeySpendLabels {
+    key: String,
+    period: &'static str,
+}
+
+/// The per-key limit metrics (`auth.tokens[].limits`): `ccf_key_rejected_total{key,reason}`
+/// and `ccf_key_spend_usd{key,period}` (read from [`KeyLimits`] at every scrape, so a new day
+/// shows 0 without a request).
+#[derive(Default)]
+struct KeyLimitMetrics {
+    limits: OnceLock<Arc<KeyLimits>>,
+    rejected: Family<KeyRejectLabels, Counter>,
+    spend: Family<KeySpendLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl KeyLimitMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ccf_key_rejected",
+            "Requests refused by their API key's limits, by key name and reason (rate, concurrency, budget)",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "ccf_key_spend_usd",
+            "Spend of each API key in the current budget period (daily, monthly), USD",
+            self.spend.clone(),
+        );
+    }
+
+    fn refresh(&self) {
+        let Some(limits) = self.limits.get() else {
+            return;
+        };
+        for view in limits.views() {
+            for (period, usd) in [
+                ("daily", view.spent_today_usd),
+                ("monthly", view.spent_this_month_usd),
+            ] {
+                self.spend
+                    .get_or_create(&KeySpendLabels {
+                        key: view.name.clone(),
+                        period,
+                    })
+                    .set(usd);
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts spend into, and reads the spend gauges from, `limits`. Set once, when the engine
+    /// is built (before any [`Metrics::cost_counter`]).
+    pub(crate) fn watch_key_limits(&self, limits: Arc<KeyLimits>) {
+        let _ = self.key_metrics.limits.set(limits);
+    }
+
+    /// A request of API key `key` was refused by its limits (`rate`, `concurrency`, `budget`).
+    pub fn record_key_rejected(&self, key: &str, reason: &'static str) {
+        self.key_metrics
+            .rejected
+            .get_or_create(&KeyRejectLabels {
+                key: key.to_string(),
+                reason,
+            })
+            .inc();
     }
 }
 

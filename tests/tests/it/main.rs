@@ -21,6 +21,7 @@ mod faults_client;
 mod faults_storage;
 mod faults_upstream;
 mod forwarding;
+mod key_limits;
 mod outbound_proxy;
 mod outcome_health;
 mod recorder_journal;

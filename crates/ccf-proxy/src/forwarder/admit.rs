@@ -166,6 +166,11 @@ impl Forwarder {
         if count_tokens::answers(&current.config, &parts) {
             return Admission::CountTokens { parts, body };
         }
+        // Per-key limits (keys.rs): budget, rate, then a place in the key's concurrency queue.
+        let key_permit = match self.key_permit(api_key_name.as_deref()).await {
+            Ok(permit) => permit,
+            Err(refused) => return Admission::Answered(refused),
+        };
         let fields = read_request_fields(&parts.headers, &body);
         let session = crate::session::identify(
             &parts.method,
@@ -221,6 +226,7 @@ impl Forwarder {
                 started_event,
             )),
             in_flight: Some(shared.metrics.in_flight_guard()),
+            key_permit,
             attempt_count: 0,
             attempt_sent: started,
             retries: crate::retry::RequestRetries::default(),
