@@ -175,6 +175,9 @@ where
             ok(views::affinity_view(shared, limit))
         }
         AdminRoute::RoutingQuota => ok(views::quota_view(shared)),
+        AdminRoute::RoutingModelRules => ok(crate::dto::to_json(
+            &crate::dto::models::ModelRoutingDto::new(&shared.forwarder.config()),
+        )),
         AdminRoute::ActivateGroup { name } => {
             let force = matches!(
                 query.get("force").map(String::as_str),

@@ -867,6 +867,22 @@ pub struct RoutingConfig {
     /// How many times more (or fewer) input tokens than the local estimate an endpoint may
     /// report before its usage is called wrong (default 2.5).
     pub usage_tolerance: f64,
+    /// Routing by model: the first rule whose `match` fits the request's model picks the group
+    /// the request starts in (default none). See docs/models.md.
+    pub model_rules: Vec<ModelRuleConfig>,
+}
+
+/// One `routing.model_rules[]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelRuleConfig {
+    /// The request model this rule applies to: an exact name or a `*` glob.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The group the request starts in (an `endpoints[].group`).
+    pub group: String,
+    /// Only that group: no failover to other groups when it fails (default false).
+    pub only: bool,
 }
 
 impl Default for RoutingConfig {
@@ -879,6 +895,7 @@ impl Default for RoutingConfig {
             session_affinity: OnOff(true),
             affinity_ttl: GoDuration::secs(5 * 60),
             affinity_max_sessions: 10_000,
+            model_rules: Vec::new(),
         }
     }
 }
@@ -944,6 +961,9 @@ pub struct RawEndpoint {
     /// PEM file of CA certificates trusted for this endpoint's TLS, besides `tls.ca_file`, the
     /// system store and the bundled roots (optional; not inherited).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Request model (exact name or `*` glob) to the model name this endpoint is sent
+    /// (optional; not inherited: a map speaks one upstream's model names). See docs/models.md.
+    pub model_map: Option<BTreeMap<String, String>>,
 }
 
 /// Decimal numbers read from their text with full `f64` precision. The loader hands YAML

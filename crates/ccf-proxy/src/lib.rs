@@ -31,6 +31,7 @@ mod forwarder;
 pub mod headers;
 mod honesty;
 mod limits;
+mod model_map;
 pub mod monitoring;
 mod probe;
 mod ratelimit;

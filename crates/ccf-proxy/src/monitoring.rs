@@ -265,6 +265,8 @@ pub struct Metrics {
     recorder_journal_bytes: Gauge,
     endpoint_up: Family<RouteLabels, Gauge>,
     honesty_score: Family<HonestyLabels, Gauge<f64, AtomicU64>>,
+    /// Model mapping and model rule counters (issue 20, `model_map.rs`).
+    pub(crate) model_routing: crate::model_map::ModelRoutingMetrics,
     cost_model: RwLock<Option<CostModel>>,
     model_labels: Arc<ModelLabels>,
     usage_health: RwLock<Option<UsageHealthReader>>,
@@ -343,6 +345,7 @@ impl Metrics {
             recorder_journal_bytes: Gauge::default(),
             endpoint_up: Family::default(),
             honesty_score: Family::default(),
+            model_routing: crate::model_map::ModelRoutingMetrics::default(),
             cost_model: RwLock::new(None),
             model_labels: Arc::default(),
             usage_health: RwLock::new(None),
@@ -491,6 +494,7 @@ impl Metrics {
             "Relay honesty score (1 = trusted) by endpoint and signal (overall, model_substitution, usage_mismatch, burst_stream)",
             metrics.honesty_score.clone(),
         );
+        metrics.model_routing.register(&mut registry);
         Metrics {
             registry,
             ..metrics

@@ -13,6 +13,8 @@
 //!   (`summarized, start_time`), and `usage_settings` records the day zone of its rows.
 //! - v7 `hourly_summary`: `usage_hourly_summary` and `usage_hourly_key_summary`, the summaries by
 //!   local hour; the recorded day zone is forgotten so the rebuild below fills them.
+//! - v8 `requested_model`: the nullable model the client asked for (an endpoint's `model_map`
+//!   may send another; `model_name` stays the model billed).
 //!
 //! After the versions, on every run: when the configured day zone is not the one recorded (a
 //! database from before v6 counted UTC days), `usage_summary` is rebuilt from the final rows in
@@ -36,16 +38,18 @@ const V3_SUMMARY: &str = include_str!("../migrations/0003_summary.sql");
 const V5_API_KEY_NAME: &str = include_str!("../migrations/0005_api_key_name.sql");
 const V6_SUMMARY_IN_DAY_ZONE: &str = include_str!("../migrations/0006_summary_in_day_zone.sql");
 const V7_HOURLY_SUMMARY: &str = include_str!("../migrations/0007_hourly_summary.sql");
+const V8_REQUESTED_MODEL: &str = include_str!("../migrations/0008_requested_model.sql");
 const TRIGGERS: &str = include_str!("../migrations/triggers.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 6] = [
+pub const MIGRATIONS: [(u32, &str); 7] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
     (5, "api_key_name"),
     (6, "summary_in_day_zone"),
     (7, "hourly_summary"),
+    (8, "requested_model"),
 ];
 
 /// v1 columns that an older Go database may lack, with the definition used to add them.
@@ -279,6 +283,12 @@ fn apply(tx: &Transaction<'_>, version: u32, zone: LegacyZone) -> rusqlite::Resu
             tx.execute_batch(V6_SUMMARY_IN_DAY_ZONE)
         }
         7 => tx.execute_batch(V7_HOURLY_SUMMARY),
+        8 => {
+            if !columns(tx, "request_logs")?.contains("requested_model") {
+                tx.execute_batch("ALTER TABLE request_logs ADD COLUMN requested_model TEXT;")?;
+            }
+            tx.execute_batch(V8_REQUESTED_MODEL)
+        }
         _ => Ok(()),
     }
 }

@@ -102,13 +102,13 @@ async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
     // Read without migrating: the Go database lacks every recorded version.
     assert_eq!(
         store.pending_migrations().await.unwrap(),
-        vec![1, 2, 3, 5, 6, 7]
+        vec![1, 2, 3, 5, 6, 7, 8]
     );
     let report = store.migrate().await.unwrap();
     assert!(report.detected_legacy);
     assert!(store.pending_migrations().await.unwrap().is_empty());
-    assert_eq!(report.applied, vec![2, 3, 5, 6, 7]);
-    assert_eq!(report.current_version, 7);
+    assert_eq!(report.applied, vec![2, 3, 5, 6, 7, 8]);
+    assert_eq!(report.current_version, 8);
 
     let page = store
         .list_requests(&RequestQuery {

@@ -20,6 +20,7 @@ mod faults_client;
 mod faults_storage;
 mod faults_upstream;
 mod forwarding;
+mod model_routing;
 mod outbound_proxy;
 mod outcome_health;
 mod recorder_journal;

@@ -25,6 +25,7 @@
 
 pub(crate) mod events;
 pub(crate) mod groups;
+pub(crate) mod models;
 pub(crate) mod routing;
 pub(crate) mod usage;
 
