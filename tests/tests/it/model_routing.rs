@@ -441,3 +441,79 @@ async fn reload_changes_the_rules_and_the_maps() {
     );
     forwarder.stop().await;
 }
+
+#[tokio::test]
+async fn a_bound_session_wins_only_inside_the_rules_group() {
+    let official = MockUpstream::start().await;
+    let cheap_one = MockUpstream::start().await;
+    let cheap_two = MockUpstream::start().await;
+    // Session affinity on (the default); one attempt per endpoint.
+    let forwarder = Forwarder::start(config(
+        "retry:\n  max_attempts: 1\n  base_delay: 1ms\n  max_delay: 2ms\nrouting:\n  model_rules:\n    - {match: '*haiku*', group: cheap}\n",
+        &[
+            endpoint_yaml(
+                "official",
+                &official.url(),
+                "group: official\ngroup-priority: 1",
+            ),
+            endpoint_yaml(
+                "cheap-one",
+                &cheap_one.url(),
+                "group: cheap\ngroup-priority: 2\npriority: 1",
+            ),
+            endpoint_yaml(
+                "cheap-two",
+                &cheap_two.url(),
+                "group: cheap\ngroup-priority: 2\npriority: 2",
+            ),
+        ],
+    ))
+    .await;
+    let turn = |model: &str| {
+        json!({
+            "model": model,
+            "max_tokens": 16,
+            "metadata": {"user_id": "user_abc_account__session_1234"},
+            "messages": [{"role": "user", "content": "one conversation"}],
+        })
+    };
+    // The conversation is bound to `official` by a Sonnet turn.
+    assert_eq!(
+        forwarder
+            .messages(turn("claude-sonnet-4-5"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(messages_models(&official), ["claude-sonnet-4-5"]);
+    // A Haiku turn of the same conversation goes to the rule's group, not to the bound endpoint.
+    assert_eq!(
+        forwarder
+            .messages(turn("claude-3-5-haiku-20241022"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(messages_models(&cheap_one), ["claude-3-5-haiku-20241022"]);
+    assert_eq!(messages_models(&official).len(), 1);
+    // Inside the group the binding wins: with `cheap-two` now first by priority, the bound
+    // conversation stays on `cheap-one`, while a new conversation goes to `cheap-two`.
+    forwarder
+        .engine
+        .set_endpoint_priority("cheap-two", 0)
+        .expect("known endpoint");
+    assert_eq!(
+        forwarder
+            .messages(turn("claude-3-5-haiku-20241022"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(messages_models(&cheap_one).len(), 2, "the binding held");
+    let mut other = turn("claude-3-5-haiku-20241022");
+    other["metadata"]["user_id"] = json!("user_def_account__session_5678");
+    other["messages"][0]["content"] = json!("another conversation");
+    assert_eq!(forwarder.messages(other, &[]).await.status, 200);
+    assert_eq!(messages_models(&cheap_two).len(), 1);
+    forwarder.stop().await;
+}
