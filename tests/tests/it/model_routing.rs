@@ -78,6 +78,21 @@ async fn each_endpoint_gets_its_own_mapping_and_a_failover_uses_the_next_ones() 
     assert_eq!(messages_models(&third), ["claude-3-5-haiku-20241022"]);
     // The relayed answer is the upstream's, naming the model it was sent.
     assert_eq!(answer.json()["model"], "claude-3-5-haiku-20241022");
+    // Each rewrite is counted by endpoint, the map key that matched and the name sent.
+    let metrics = forwarder
+        .send(Method::GET, "/metrics", &[], String::new())
+        .await;
+    let text = String::from_utf8_lossy(&metrics.bytes()).to_string();
+    for line in [
+        "ccf_model_mapped_total{endpoint=\"first\",pattern=\"claude-3-5-haiku-*\",to=\"first-haiku\"} 1",
+        "ccf_model_mapped_total{endpoint=\"second\",pattern=\"*haiku*\",to=\"second-haiku\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+    }
+    assert!(
+        !text.contains("endpoint=\"third\",pattern"),
+        "third maps nothing"
+    );
     forwarder.stop().await;
 }
 
