@@ -250,6 +250,9 @@ try {
     await nav("routing");
     await page.waitForSelector('[data-testid="affinity-stats"]', { timeout: HANG });
     await page.waitForSelector('[data-testid="quota-card"]', { timeout: HANG });
+    // Routing by model and model maps (docs/models.md): the configured rule and map are listed.
+    await page.waitForSelector('[data-testid="model-rules"] tr[data-rule="0"]', { timeout: HANG });
+    await page.waitForSelector('[data-testid="model-maps"] tr[data-endpoint="backup-1"]', { timeout: HANG });
     const affinity = await api("/api/v1/routing/affinity");
     assert(affinity.totals !== undefined, `affinity answer: ${JSON.stringify(affinity).slice(0, 300)}`);
     await nav("endpoints");

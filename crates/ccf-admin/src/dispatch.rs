@@ -178,6 +178,9 @@ where
         }
         AdminRoute::RoutingQuota => ok(views::quota_view(shared)),
         AdminRoute::Keys => ok(to_json(&KeysDto::new(&shared.forwarder.key_limit_views()))),
+        AdminRoute::RoutingModelRules => ok(crate::dto::to_json(
+            &crate::dto::models::ModelRoutingDto::new(&shared.forwarder.config()),
+        )),
         AdminRoute::ActivateGroup { name } => {
             let force = matches!(
                 query.get("force").map(String::as_str),

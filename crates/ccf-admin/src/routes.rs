@@ -33,6 +33,8 @@ pub(crate) enum AdminRoute {
     RoutingAffinity,
     /// `GET /api/v1/routing/quota`.
     RoutingQuota,
+    /// `GET /api/v1/routing/model-rules` (issue 20).
+    RoutingModelRules,
     /// `POST /api/v1/groups/{name}/activate`.
     ActivateGroup { name: String },
     /// `POST /api/v1/groups/{name}/pause`.
@@ -146,6 +148,9 @@ impl AdminRoute {
         get("/api/v1/routing/honesty", |_| AdminRoute::RoutingHonesty),
         get("/api/v1/routing/affinity", |_| AdminRoute::RoutingAffinity),
         get("/api/v1/routing/quota", |_| AdminRoute::RoutingQuota),
+        get("/api/v1/routing/model-rules", |_| {
+            AdminRoute::RoutingModelRules
+        }),
         post("/api/v1/groups/{name}/activate", |name| {
             AdminRoute::ActivateGroup { name }
         }),

@@ -1135,6 +1135,7 @@ async fn every_route_answers_in_its_pinned_wire_shape() {
         "/api/v1/routing/affinity",
         "/api/v1/routing/quota",
         "/api/v1/keys",
+        "/api/v1/routing/model-rules",
         "/api/v1/connections",
         "/api/v1/requests",
         "/api/v1/usage/requests",

@@ -13,6 +13,7 @@ mod error;
 mod exposure;
 mod interpolate;
 mod loader;
+mod model_glob;
 mod path;
 mod resolve;
 mod schema;
@@ -29,6 +30,7 @@ pub use loader::{
     CliOverrides, ConfigLoader, LoadedConfig, CLI_SOURCE, DEFAULT_ENV_PREFIX, ENV_KEY_SEPARATOR,
     ENV_SOURCE, INLINE_SOURCE,
 };
+pub use model_glob::{glob_matches, is_glob, ModelMap};
 pub use schema::*;
 pub use storage::{MysqlTarget, StorageTarget, DEFAULT_MYSQL_PORT};
 pub use units::{ByteSize, GoDuration};
@@ -114,6 +116,8 @@ pub struct Endpoint {
     pub headers: Vec<(String, String)>,
     /// The endpoint answers `/v1/messages/count_tokens`.
     pub supports_count_tokens: bool,
+    /// Request model to the model this endpoint is sent (`model_map`; never inherited).
+    pub model_map: ModelMap,
 }
 
 impl Endpoint {
@@ -144,6 +148,7 @@ impl std::fmt::Debug for Endpoint {
             .field("timeout", &self.timeout)
             .field("headers", &MaskedHeaders(&self.headers))
             .field("supports_count_tokens", &self.supports_count_tokens)
+            .field("model_map", &self.model_map)
             .finish()
     }
 }

@@ -37,6 +37,7 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         .map(GoDuration::get)
         .unwrap_or(DEFAULT_GLOBAL_TIMEOUT);
     let endpoints = resolve_endpoints(&raw.endpoints, global_timeout, &mut problems);
+    validate_model_rules(&raw.routing.model_rules, &endpoints, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -815,6 +816,8 @@ fn resolve_endpoints(
             None => group_api_keys.get(group.as_str()).map(|key| (*key).clone()),
         };
 
+        let model_map = resolve_model_map(endpoint.model_map.as_ref(), &path, problems);
+
         if let (true, Some(url)) = (name_ok, url) {
             endpoints.push(Endpoint {
                 name: endpoint.name.clone(),
@@ -827,10 +830,93 @@ fn resolve_endpoints(
                 timeout,
                 headers,
                 supports_count_tokens: endpoint.supports_count_tokens,
+                model_map,
             });
         }
     }
     endpoints
+}
+
+/// `endpoints[i].model_map` (issue 20), validated: keys and values non-empty model names or
+/// globs that can match a model name. Never inherited: a map speaks one upstream's names.
+fn resolve_model_map(
+    raw: Option<&BTreeMap<String, String>>,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> crate::ModelMap {
+    let Some(raw) = raw else {
+        return crate::ModelMap::default();
+    };
+    let map_path = path.key("model_map");
+    for (pattern, target) in raw {
+        let entry = map_path.key(pattern);
+        if let Some(problem) = crate::model_glob::pattern_problem(pattern) {
+            problems.push((
+                entry.clone(),
+                format!("the request model pattern {problem}"),
+            ));
+        }
+        if crate::model_glob::pattern_problem(target).is_some() || crate::is_glob(target) {
+            problems.push((
+                entry,
+                format!(
+                    "the upstream model `{target}` must be a model name: not empty, no `*`, no surrounding white space or control characters"
+                ),
+            ));
+        }
+    }
+    crate::ModelMap::new(raw.iter().map(|(k, v)| (k.clone(), v.clone())))
+}
+
+/// `routing.model_rules` (issue 20): each `match` a usable pattern, each `group` an existing
+/// endpoint group, and no rule hidden behind an earlier one that catches every model it would.
+fn validate_model_rules(
+    rules: &[crate::ModelRuleConfig],
+    endpoints: &[Endpoint],
+    problems: &mut Problems,
+) {
+    let list = KeyPath::keys(&["routing", "model_rules"]);
+    for (index, rule) in rules.iter().enumerate() {
+        let path = list.index(index);
+        if let Some(problem) = crate::model_glob::pattern_problem(&rule.pattern) {
+            problems.push((path.key("match"), problem.to_string()));
+        } else if let Some(earlier) = rules[..index]
+            .iter()
+            .position(|earlier| covers(&earlier.pattern, &rule.pattern))
+        {
+            problems.push((
+                path.key("match"),
+                format!(
+                    "`{}` can never match: routing.model_rules[{earlier}] (`{}`) catches every such model first (the first matching rule wins)",
+                    rule.pattern, rules[earlier].pattern
+                ),
+            ));
+        }
+        if !endpoints
+            .iter()
+            .any(|endpoint| endpoint.group == rule.group)
+        {
+            let groups: std::collections::BTreeSet<&str> =
+                endpoints.iter().map(|e| e.group.as_str()).collect();
+            let groups: Vec<&str> = groups.into_iter().collect();
+            problems.push((
+                path.key("group"),
+                format!(
+                    "unknown group `{}`: no endpoint has it (groups: {})",
+                    rule.group,
+                    groups.join(", ")
+                ),
+            ));
+        }
+    }
+}
+
+/// Whether every model `later` matches is matched by `earlier` (checked for the cases that
+/// can be decided simply: `earlier` is `*`, the same pattern, or `later` is an exact name).
+fn covers(earlier: &str, later: &str) -> bool {
+    earlier.chars().all(|c| c == '*')
+        || earlier == later
+        || (!crate::is_glob(later) && crate::glob_matches(earlier, later))
 }
 
 fn parse_endpoint_url(text: &str, path: &KeyPath, problems: &mut Problems) -> Option<url::Url> {

@@ -925,6 +925,22 @@ pub struct RoutingConfig {
     /// of earlier assistant turns and retry once on the same endpoint (default false). See
     /// docs/failover.md.
     pub repair_thinking_signatures: bool,
+    /// Routing by model: the first rule whose `match` fits the request's model picks the group
+    /// the request starts in (default none). See docs/models.md.
+    pub model_rules: Vec<ModelRuleConfig>,
+}
+
+/// One `routing.model_rules[]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelRuleConfig {
+    /// The request model this rule applies to: an exact name or a `*` glob.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The group the request starts in (an `endpoints[].group`).
+    pub group: String,
+    /// Only that group: no failover to other groups when it fails (default false).
+    pub only: bool,
 }
 
 impl Default for RoutingConfig {
@@ -939,6 +955,7 @@ impl Default for RoutingConfig {
             affinity_max_sessions: 10_000,
             quota_drain_at: 0.9,
             repair_thinking_signatures: false,
+            model_rules: Vec::new(),
         }
     }
 }
@@ -1008,6 +1025,9 @@ pub struct RawEndpoint {
     /// inherited from the first endpoint of the same group that sets one, else the global
     /// `proxy`. `proxy: {enabled: false}` connects directly whatever the global `proxy` says.
     pub proxy: Option<OutboundProxyConfig>,
+    /// Request model (exact name or `*` glob) to the model name this endpoint is sent
+    /// (optional; not inherited: a map speaks one upstream's model names). See docs/models.md.
+    pub model_map: Option<BTreeMap<String, String>>,
 }
 
 /// Decimal numbers read from their text with full `f64` precision. The loader hands YAML

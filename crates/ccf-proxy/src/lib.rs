@@ -32,6 +32,7 @@ pub mod headers;
 mod honesty;
 pub mod key_limits;
 mod limits;
+mod model_map;
 pub mod monitoring;
 mod probe;
 mod ratelimit;

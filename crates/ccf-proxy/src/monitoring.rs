@@ -322,6 +322,8 @@ pub struct Metrics {
     /// The `(endpoint, window)` series of `ccf_quota_utilization` (window names come from
     /// upstream headers: at most [`ccf_router::subscription::MAX_WINDOWS`] per endpoint).
     quota_windows: Mutex<HashSet<(String, String)>>,
+    /// Model mapping and model rule counters (issue 20, `model_map.rs`).
+    pub(crate) model_routing: crate::model_map::ModelRoutingMetrics,
     cost_model: RwLock<Option<CostModel>>,
     model_labels: Arc<ModelLabels>,
     usage_health: RwLock<Option<UsageHealthReader>>,
@@ -414,6 +416,7 @@ impl Metrics {
             quota_utilization: Family::default(),
             quota_rejected: Family::default(),
             quota_windows: Mutex::default(),
+            model_routing: crate::model_map::ModelRoutingMetrics::default(),
             cost_model: RwLock::new(None),
             model_labels: Arc::default(),
             usage_health: RwLock::new(None),
@@ -577,6 +580,7 @@ impl Metrics {
             "Upstream answers whose subscription account said rejected (anthropic-ratelimit-unified-status), by endpoint",
             metrics.quota_rejected.clone(),
         );
+        metrics.model_routing.register(&mut registry);
         Metrics {
             registry,
             ..metrics

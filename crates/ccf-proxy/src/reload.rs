@@ -146,6 +146,9 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
                 if previous.supports_count_tokens != endpoint.supports_count_tokens {
                     what.push("supports_count_tokens");
                 }
+                if previous.model_map != endpoint.model_map {
+                    what.push("model_map");
+                }
                 report.applied.push(format!(
                     "endpoint `{}` changed ({})",
                     endpoint.name,

@@ -58,6 +58,7 @@ mod affinity;
 mod events;
 mod fast_test;
 pub mod honesty;
+mod model_rules;
 mod operator;
 mod outcomes;
 mod plan;
@@ -80,6 +81,7 @@ pub use affinity::{
 };
 pub use events::RouterEvent;
 pub use fast_test::rank_by_fast_test;
+pub use model_rules::{model_route, ModelRoute};
 pub use operator::RouterError;
 pub use plan::{PlannedEndpoint, RoutePlan};
 pub use quota::{

@@ -22,6 +22,7 @@ mod faults_storage;
 mod faults_upstream;
 mod forwarding;
 mod key_limits;
+mod model_routing;
 mod outbound_proxy;
 mod outcome_health;
 mod recorder_journal;

@@ -27,6 +27,7 @@
 pub(crate) mod events;
 pub(crate) mod groups;
 pub(crate) mod keys;
+pub(crate) mod models;
 pub(crate) mod routing;
 pub(crate) mod usage;
 

@@ -233,6 +233,8 @@ impl Forwarder {
             last_attempt_latency: std::time::Duration::ZERO,
             session,
             decision: ccf_router::SessionDecision::default(),
+            models: crate::model_map::RequestModelMapping::default(),
+            model_route: self.model_route(fields.model.as_deref()),
         });
         if let (Some(session), Some(tracker)) = (session, context.tracker()) {
             tracker.update(|lifecycle| lifecycle.set_session(&session.key.to_string()));

@@ -431,15 +431,35 @@ impl Forwarder {
         tokio::time::sleep(delay).await;
     }
 
-    /// One attempt on one endpoint: `Ok` as soon as upstream response headers arrive.
-    async fn attempt(&self, context: &RequestContext, endpoint: &Endpoint) -> AttemptResult {
-        self.send_upstream(
-            &context.parts,
-            &context.body,
-            context.is_streaming,
-            endpoint,
-        )
-        .await
+    /// One attempt on one endpoint: `Ok` as soon as upstream response headers arrive. The
+    /// body is the endpoint's (its `model_map` applied, [`Forwarder::body_for`]).
+    async fn attempt(&self, context: &mut RequestContext, endpoint: &Endpoint) -> AttemptResult {
+        let body = self.body_for(context, endpoint);
+        self.send_upstream(&context.parts, &body, context.is_streaming, endpoint)
+            .await
+    }
+
+    /// Issue 20: the request body as `endpoint` gets it, rewritten by its `model_map`; the
+    /// lifecycle and the honesty watch learn the model sent, the metric counts the rewrite.
+    fn body_for(&self, context: &mut RequestContext, endpoint: &Endpoint) -> Bytes {
+        let (mapped, changed) = context.models.prepare(endpoint, &context.body);
+        if let (Some(pattern), Some(to)) = (&mapped.pattern, &mapped.mapped_to) {
+            debug!(endpoint = %endpoint.name, from = context.models.requested().unwrap_or("-"), to = %to, "model mapped");
+            self.shared
+                .metrics
+                .model_routing
+                .record_mapped(&endpoint.name, pattern, to);
+        }
+        if changed {
+            let sent = mapped.mapped_to.as_deref();
+            if let Some(tracker) = context.tracker() {
+                tracker.update(|lifecycle| lifecycle.model_sent(sent));
+            }
+            if let Some(watch) = context.honesty.as_mut() {
+                watch.model_sent(sent);
+            }
+        }
+        mapped.body
     }
 
     /// Sends the request to one endpoint: `Ok` as soon as upstream response headers arrive.
@@ -459,6 +479,11 @@ impl Forwarder {
                 message: error.to_string(),
             }
         })?;
+        let mut headers = headers;
+        // The body may have been rewritten (model_map): its length is the one sent.
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
         let mut upstream_request = Request::new(Full::new(body.clone()));
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
@@ -643,6 +668,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             headers: vec![],
             supports_count_tokens: false,
+            model_map: ccf_config::ModelMap::default(),
         }
     }
 

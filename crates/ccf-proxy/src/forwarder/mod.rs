@@ -27,6 +27,7 @@ mod control;
 mod count_tokens;
 mod finish;
 mod keys;
+mod model_rules;
 mod route;
 
 use std::convert::Infallible;
@@ -177,6 +178,10 @@ struct RequestContext {
     session: Option<ccf_router::SessionRequest>,
     /// What session routing did to the current round's plan.
     decision: ccf_router::SessionDecision,
+    /// Issue 20: the request's model as each endpoint's `model_map` rewrites it, and the
+    /// `routing.model_rules` entry it matched.
+    models: crate::model_map::RequestModelMapping,
+    model_route: Option<ccf_router::ModelRoute>,
 }
 
 impl RequestContext {
