@@ -195,6 +195,7 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
         old.endpoint_ca_files != new.endpoint_ca_files,
     );
     section("routing", differs(&old.routing, &new.routing));
+    section("webhooks", old.webhooks != new.webhooks);
     section("logging.level", old.logging.level != new.logging.level);
     section(
         "usage_tracking pricing",
