@@ -265,6 +265,7 @@ pub struct Metrics {
     recorder_journal_bytes: Gauge,
     endpoint_up: Family<RouteLabels, Gauge>,
     honesty_score: Family<HonestyLabels, Gauge<f64, AtomicU64>>,
+    webhooks: WebhookMetrics,
     cost_model: RwLock<Option<CostModel>>,
     model_labels: Arc<ModelLabels>,
     usage_health: RwLock<Option<UsageHealthReader>>,
@@ -343,6 +344,7 @@ impl Metrics {
             recorder_journal_bytes: Gauge::default(),
             endpoint_up: Family::default(),
             honesty_score: Family::default(),
+            webhooks: WebhookMetrics::default(),
             cost_model: RwLock::new(None),
             model_labels: Arc::default(),
             usage_health: RwLock::new(None),
@@ -491,6 +493,7 @@ impl Metrics {
             "Relay honesty score (1 = trusted) by endpoint and signal (overall, model_substitution, usage_mismatch, burst_stream)",
             metrics.honesty_score.clone(),
         );
+        metrics.webhooks.register(&mut registry);
         Metrics {
             registry,
             ..metrics
@@ -505,6 +508,11 @@ impl Metrics {
                 signal,
             })
             .set(score);
+    }
+
+    /// The webhook delivery metrics' handles (for the webhook dispatcher).
+    pub fn webhook_metrics(&self) -> WebhookMetrics {
+        self.webhooks.clone()
     }
 
     /// A handle that adds costs priced elsewhere to `ccf_cost_usd`: the usage recorder prices
@@ -1072,6 +1080,72 @@ fn with_type(mut response: Response<ProxyBody>, content_type: &'static str) -> R
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+// --- webhooks (issue #20, point 6) ---
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookDeliveryLabels {
+    webhook: String,
+    event: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: String,
+}
+
+/// `ccf_webhook_deliveries_total` and `ccf_webhook_queue_depth`: handles sharing their series
+/// with the engine's registry. Cheap to clone. The `webhook` label is the receiver's position in
+/// `webhooks[]`, never its URL (which may carry credentials).
+#[derive(Clone, Debug, Default)]
+pub struct WebhookMetrics {
+    deliveries: Family<WebhookDeliveryLabels, Counter>,
+    queue_depth: Family<WebhookLabels, Gauge>,
+}
+
+impl WebhookMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ccf_webhook_deliveries",
+            "Webhook delivery results by webhook (its index in webhooks[]), event and result \
+             (delivered, retried, failed, dropped, lost)",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "ccf_webhook_queue_depth",
+            "Webhook notifications waiting for delivery, by webhook",
+            self.queue_depth.clone(),
+        );
+    }
+
+    /// Counts one delivery `result` of `event` to `webhook`.
+    pub fn count(&self, webhook: &str, event: &'static str, result: &'static str, by: u64) {
+        self.deliveries
+            .get_or_create(&WebhookDeliveryLabels {
+                webhook: webhook.to_string(),
+                event,
+                result,
+            })
+            .inc_by(by);
+    }
+
+    /// Sets `webhook`'s queue depth.
+    pub fn set_queue_depth(&self, webhook: &str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_string(),
+            })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Drops `webhook`'s queue depth series (the receiver was removed by a reload).
+    pub fn forget(&self, webhook: &str) {
+        self.queue_depth.remove(&WebhookLabels {
+            webhook: webhook.to_string(),
+        });
+    }
 }
 
 /// Formats a time as RFC 3339 in UTC with milliseconds (`2026-11-26T05:49:31.123Z`).

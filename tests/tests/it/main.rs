@@ -31,3 +31,4 @@ mod security;
 mod smart_routing;
 mod timeouts;
 mod usage_storage;
+mod webhooks;

@@ -27,6 +27,7 @@ pub(crate) mod events;
 pub(crate) mod groups;
 pub(crate) mod routing;
 pub(crate) mod usage;
+pub(crate) mod webhooks;
 
 use serde::Serialize;
 use serde_json::Value;
