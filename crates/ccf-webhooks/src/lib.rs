@@ -504,3 +504,104 @@ fn secrets_of(config: &Config) -> Vec<String> {
     secrets.retain(|secret| !secret.is_empty());
     secrets
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// A dispatcher state with one receiver of `events` and no delivery task, so queues only fill.
+    fn with_receiver(capacity: usize, events: &[WebhookEvent]) -> (Webhooks, Arc<Target>) {
+        let webhooks = Webhooks {
+            shared: Arc::new(Shared {
+                instance_id: "test:1".into(),
+                policy: DeliveryPolicy {
+                    queue_capacity: capacity,
+                    ..DeliveryPolicy::default()
+                },
+                metrics: WebhookMetrics::default(),
+                targets: Mutex::new(Vec::new()),
+                secrets: Mutex::new(Vec::new()),
+                client: Mutex::new(None),
+            }),
+        };
+        let target = Arc::new(Target::new(
+            0,
+            Webhook {
+                url: url::Url::parse("http://127.0.0.1:9/hook").expect("url"),
+                events: events.to_vec(),
+                secret: None,
+            },
+        ));
+        webhooks
+            .shared
+            .targets
+            .lock()
+            .expect("lock")
+            .push(Arc::clone(&target));
+        (webhooks, target)
+    }
+
+    fn notification(event: WebhookEvent, n: u64) -> Notification {
+        Notification {
+            event,
+            at: SystemTime::UNIX_EPOCH,
+            data: json!({ "n": n }),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_counts_it() {
+        let (webhooks, target) = with_receiver(2, &[WebhookEvent::QuotaLow]);
+        for n in 0..3 {
+            webhooks.enqueue(&notification(WebhookEvent::QuotaLow, n));
+        }
+        let queued: Vec<Value> = target
+            .queue
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|waiting| waiting.data["n"].clone())
+            .collect();
+        assert_eq!(queued, vec![json!(1), json!(2)]);
+        let stats = webhooks.stats();
+        assert_eq!(stats[0].dropped, 1);
+        assert_eq!(stats[0].queued, 2);
+        assert_eq!(stats[0].failed, 0);
+    }
+
+    #[test]
+    fn events_a_receiver_did_not_subscribe_to_are_not_queued() {
+        let (webhooks, target) = with_receiver(10, &[WebhookEvent::ConfigReloadFailed]);
+        webhooks.enqueue(&notification(WebhookEvent::EndpointUnhealthy, 0));
+        webhooks.enqueue(&notification(WebhookEvent::GroupSwitched, 1));
+        assert!(target.queue.lock().expect("lock").is_empty());
+        webhooks.enqueue(&notification(WebhookEvent::ConfigReloadFailed, 2));
+        assert_eq!(target.queue.lock().expect("lock").len(), 1);
+    }
+
+    #[test]
+    fn events_lost_by_a_lagging_dispatcher_count_as_failures_of_every_receiver() {
+        let (webhooks, _target) = with_receiver(10, &[WebhookEvent::QuotaLow]);
+        webhooks.count_lost(7);
+        let stats = webhooks.stats();
+        assert_eq!(stats[0].failed, 7);
+        assert!(stats[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("7 events lost")));
+    }
+
+    #[test]
+    fn secrets_of_a_configuration_include_webhook_and_endpoint_credentials() {
+        let config = Config::from_yaml_str(
+            "endpoints:\n  - name: a\n    url: https://api.example.com\n    token: tok-endpoint-123456\n\
+             webhooks:\n  - url: https://u:pw-hook-654321@hooks.example.com/\n    events: [quota_low]\n    secret: whsec-abcdef\n",
+        )
+        .expect("valid");
+        let secrets = secrets_of(&config);
+        for expected in ["tok-endpoint-123456", "pw-hook-654321", "whsec-abcdef"] {
+            assert!(secrets.iter().any(|s| s == expected), "{expected}");
+        }
+    }
+}

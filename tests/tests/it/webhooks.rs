@@ -438,3 +438,83 @@ async fn only_subscribed_events_are_sent_and_a_reload_replaces_the_receivers() {
     );
     app.forwarder.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_delivers_the_group_cooldown_and_the_switch() {
+    let main = MockUpstream::start().await;
+    main.set_default(Reply::error(500, "api_error", "main is broken"));
+    let backup = MockUpstream::start().await;
+    let receiver = receiver().await;
+    let hook = format!("{}/hooks/ccf", receiver.url());
+    let forwarder = Forwarder::start(support::config(
+        &format!(
+            "retry:\n  max_attempts: 1\n  base_delay: 10ms\n  max_delay: 20ms\ngroup:\n  cooldown: 1h\n{}",
+            settings(&[webhook_yaml(
+                &hook,
+                &["group_switched", "group_cooldown"],
+                Some(SIGNING_KEY),
+            )])
+        ),
+        &[
+            support::endpoint_yaml("a", &main.url(), "group: main\ngroup-priority: 1"),
+            support::endpoint_yaml("c", &backup.url(), "group: backup\ngroup-priority: 2"),
+        ],
+    ))
+    .await;
+    let request = serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "fail over"}],
+    });
+    let answer = forwarder.messages(request, &[]).await;
+    assert_eq!(answer.status, 200, "served by the backup group");
+
+    // Both notifications arrive (a switch to `main` at the first plan may come first).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (cooldown, switch) = loop {
+        let bodies: Vec<(RecordedRequest, Value)> = receiver
+            .requests()
+            .into_iter()
+            .filter_map(|request| request.json().map(|body| (request, body)))
+            .collect();
+        let cooldown = bodies
+            .iter()
+            .find(|(_, body)| body["event"] == "group_cooldown")
+            .cloned();
+        let switch = bodies
+            .iter()
+            .find(|(_, body)| body["event"] == "group_switched" && body["data"]["to"] == "backup")
+            .cloned();
+        if let (Some(cooldown), Some(switch)) = (cooldown, switch) {
+            break (cooldown, switch);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the failover notifications: {bodies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let body = notification(&cooldown.0, "group_cooldown");
+    assert_signed(&cooldown.0, SIGNING_KEY);
+    assert_eq!(body["data"]["group"], "main", "{body}");
+    assert!(
+        body["data"]["until"]
+            .as_str()
+            .is_some_and(|until| until.ends_with('Z')),
+        "{body}"
+    );
+    let body = notification(&switch.0, "group_switched");
+    assert_signed(&switch.0, SIGNING_KEY);
+    assert_eq!(body["data"]["from"], "main", "{body}");
+    for request in receiver.requests() {
+        let event = request
+            .header("x-ccf-event")
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            event == "group_switched" || event == "group_cooldown",
+            "only subscribed events: {event}"
+        );
+    }
+    forwarder.stop().await;
+}
