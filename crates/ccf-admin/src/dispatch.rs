@@ -217,6 +217,7 @@ where
             "last_reload": shared.forwarder.reload_status().as_ref().map(ReloadStatusDto::from),
         })),
         AdminRoute::ReloadConfig => actions::reload_config(shared).await,
+        AdminRoute::Webhooks => ok(views::webhooks_view(shared)),
         AdminRoute::Stream => stream::open(shared, query),
         AdminRoute::OpenApi => Ok(Answer::Response(bytes_response(
             StatusCode::OK,

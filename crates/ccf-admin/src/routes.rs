@@ -85,6 +85,8 @@ pub(crate) enum AdminRoute {
     ConfigStatus,
     /// `POST /api/v1/config/reload`.
     ReloadConfig,
+    /// `GET /api/v1/webhooks`.
+    Webhooks,
     /// `GET /api/v1/stream`.
     Stream,
     /// `GET /api/v1/openapi.json`.
@@ -200,6 +202,7 @@ impl AdminRoute {
         get("/api/v1/config", |_| AdminRoute::Config),
         get("/api/v1/config/status", |_| AdminRoute::ConfigStatus),
         post("/api/v1/config/reload", |_| AdminRoute::ReloadConfig),
+        get("/api/v1/webhooks", |_| AdminRoute::Webhooks),
         get("/api/v1/stream", |_| AdminRoute::Stream),
         get("/api/v1/openapi.json", |_| AdminRoute::OpenApi),
     ];

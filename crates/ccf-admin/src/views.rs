@@ -154,6 +154,15 @@ pub(crate) fn collect_secrets(config: &Config) -> Vec<String> {
             }
         }
     }
+    // Webhook signing keys and receiver URL passwords (issue #20, point 6).
+    for webhook in &config.webhooks {
+        if let Some(secret) = &webhook.secret {
+            add(secret.expose());
+        }
+        if let Some(password) = webhook.url.password() {
+            add(password);
+        }
+    }
     secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
     secrets.dedup();
     secrets
@@ -639,4 +648,20 @@ pub(crate) fn quota_view(shared: &Shared) -> Value {
         }
     }
     to_json(&QuotaDto::new(&names, &quotas, SystemTime::now()))
+}
+
+/// `GET /api/v1/webhooks`: every receiver's delivery counters (an empty list when the dispatcher
+/// does not run, e.g. an embedded admin API).
+pub(crate) fn webhooks_view(shared: &Shared) -> Value {
+    let stats = shared
+        .webhooks
+        .as_ref()
+        .map(ccf_webhooks::Webhooks::stats)
+        .unwrap_or_default();
+    let view = to_json(&crate::dto::webhooks::WebhooksDto::from(stats.as_slice()));
+    // The URLs are masked already; a delivery error could still quote a credential.
+    match serde_json::to_string(&view) {
+        Ok(text) => serde_json::from_str(&shared.sweep(text)).unwrap_or(view),
+        Err(_) => view,
+    }
 }

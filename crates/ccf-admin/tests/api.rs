@@ -1154,6 +1154,7 @@ async fn every_route_answers_in_its_pinned_wire_shape() {
         "/api/v1/metrics/history?minutes=3",
         "/api/v1/config",
         "/api/v1/config/status",
+        "/api/v1/webhooks",
     ] {
         let answer = harness.get(path).await;
         assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.text());

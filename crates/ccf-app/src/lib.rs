@@ -283,6 +283,14 @@ impl App {
             header_read_timeout: self.config.server.header_read_timeout.get(),
             drain_timeout: self.config.server.shutdown_timeout.get(),
         };
+        // Webhooks: subscribed to the event bus before anything below can publish (the start-up
+        // probes' health changes, a rejected reload); deliveries run on this runtime, never on
+        // the request path.
+        let webhooks = ccf_webhooks::Webhooks::spawn(
+            self.forwarder.clone(),
+            self.instance_id.clone(),
+            ccf_webhooks::DeliveryPolicy::default(),
+        );
         // The health probes run while the listener serves and stop after the drain.
         let background = self.forwarder.spawn_background();
         // Hot reload triggers; they end when the listeners have drained.
@@ -343,7 +351,8 @@ impl App {
             trigger.cancel();
         });
         let admin = self.admin_listener.map(|(listener, address)| {
-            let mut state = ccf_admin::AdminState::new(self.forwarder.clone());
+            let mut state = ccf_admin::AdminState::new(self.forwarder.clone())
+                .with_webhooks(webhooks.webhooks());
             if let Some(tracking) = &self.usage {
                 state = state
                     .with_store(Arc::clone(&tracking.store))
@@ -404,6 +413,7 @@ impl App {
             let _ = task.await;
         }
         background.stop().await;
+        webhooks.stop().await;
         if let Some(retention) = retention {
             retention.abort();
         }

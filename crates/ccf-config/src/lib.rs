@@ -90,6 +90,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// The endpoints in file order, inheritance resolved.
     pub endpoints: Vec<Endpoint>,
+    /// `webhooks[]`, validated.
+    pub webhooks: Vec<Webhook>,
 }
 
 /// One upstream endpoint with every inherited value resolved. `Debug` masks the credentials,

@@ -13,7 +13,7 @@ use crate::path::KeyPath;
 use crate::schema::{ModelPricing, RawConfig, RawEndpoint};
 use crate::storage::StorageTarget;
 use crate::units::GoDuration;
-use crate::{Config, Endpoint};
+use crate::{Config, Endpoint, Webhook, WebhookEvent};
 
 /// Problems found, each with the key path it concerns.
 pub(crate) type Problems = Vec<(KeyPath, String)>;
@@ -38,6 +38,7 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         .unwrap_or(DEFAULT_GLOBAL_TIMEOUT);
     let endpoints = resolve_endpoints(&raw.endpoints, global_timeout, &mut problems);
     validate_model_rules(&raw.routing.model_rules, &endpoints, &mut problems);
+    let webhooks = resolve_webhooks(&raw.webhooks, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -64,6 +65,7 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         usage_tracking,
         routing,
         endpoints: raw_endpoints,
+        webhooks: _,
     } = raw;
     let endpoint_proxies = endpoint_proxies(&raw_endpoints, &endpoints);
     let endpoint_ca_files = raw_endpoints
@@ -104,6 +106,7 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         usage_tracking,
         routing,
         endpoints,
+        webhooks,
     })
 }
 
@@ -1010,6 +1013,83 @@ fn merge_headers(
         }
     }
     merged.into_values().collect()
+}
+
+/// `webhooks[]`: an `http`/`https` URL with a host, at least one event, every event name known
+/// (a problem names the entry, e.g. `webhooks[0].events[2]`); repeated events are kept once and
+/// an empty secret means unsigned.
+fn resolve_webhooks(raw: &[crate::schema::RawWebhook], problems: &mut Problems) -> Vec<Webhook> {
+    let base = KeyPath::keys(&["webhooks"]);
+    let mut webhooks = Vec::new();
+    for (index, entry) in raw.iter().enumerate() {
+        let entry_path = base.index(index);
+        let url = match url::Url::parse(entry.url.trim()) {
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                problems.push((
+                    entry_path.key("url"),
+                    format!(
+                        "unsupported scheme `{}`: expected an `http` or `https` URL",
+                        url.scheme()
+                    ),
+                ));
+                None
+            }
+            Ok(url) if url.host_str().is_none_or(str::is_empty) => {
+                problems.push((entry_path.key("url"), "the URL has no host".into()));
+                None
+            }
+            Ok(url) => Some(url),
+            Err(error) => {
+                // The value is not echoed: a receiver URL may carry a token.
+                problems.push((
+                    entry_path.key("url"),
+                    format!(
+                        "not a valid URL ({error}): expected e.g. `https://hooks.example.com/ccf`"
+                    ),
+                ));
+                None
+            }
+        };
+        if entry.events.is_empty() {
+            problems.push((
+                entry_path.key("events"),
+                format!(
+                    "must list at least one event: expected some of {}",
+                    known_webhook_events()
+                ),
+            ));
+        }
+        let mut events = Vec::new();
+        for (event_index, name) in entry.events.iter().enumerate() {
+            match WebhookEvent::from_name(name.trim()) {
+                Some(event) if events.contains(&event) => {}
+                Some(event) => events.push(event),
+                None => problems.push((
+                    entry_path.key("events").index(event_index),
+                    format!(
+                        "unknown event `{name}`: expected one of {}",
+                        known_webhook_events()
+                    ),
+                )),
+            }
+        }
+        if let Some(url) = url {
+            webhooks.push(Webhook {
+                url,
+                events,
+                secret: entry.secret.clone().filter(|secret| !secret.is_empty()),
+            });
+        }
+    }
+    webhooks
+}
+
+fn known_webhook_events() -> String {
+    WebhookEvent::ALL
+        .iter()
+        .map(|event| format!("`{}`", event.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub struct RawConfig {
     pub routing: RoutingConfig,
     /// The upstream endpoints, in file order.
     pub endpoints: Vec<RawEndpoint>,
+    /// Webhook receivers of routing, health, budget, quota and reload events.
+    pub webhooks: Vec<RawWebhook>,
 }
 
 /// `server.*`: the proxy listener.
@@ -1131,5 +1133,119 @@ mod secret_masking_tests {
             "socks5://127.0.0.1:1080"
         );
         assert_eq!(mask_url_password("not a url @ with secret"), "***");
+    }
+}
+
+// --- webhooks (issue #20, point 6) ---
+
+/// One `webhooks[]` entry as written: where to POST which events, signed with `secret` when set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawWebhook {
+    /// The receiver's URL (`http` or `https`).
+    pub url: String,
+    /// The event names delivered to it (see [`WebhookEvent`]).
+    pub events: Vec<String>,
+    /// Key of the `x-ccf-signature` HMAC-SHA256 header; no signature when absent or empty.
+    pub secret: Option<Secret>,
+}
+
+/// One validated webhook receiver (`webhooks[]`). `Debug` masks the secret and any password in
+/// the URL.
+#[derive(Clone, PartialEq)]
+pub struct Webhook {
+    /// The receiver's URL, `http` or `https`.
+    pub url: url::Url,
+    /// The events delivered to it, in file order, without repeats.
+    pub events: Vec<WebhookEvent>,
+    /// Key of the signature header; `None` means unsigned.
+    pub secret: Option<Secret>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.masked_url())
+            .field("events", &self.events)
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+impl Webhook {
+    /// The URL to show people: a password in the user info and every query value masked (query
+    /// strings often carry a receiver's token).
+    pub fn masked_url(&self) -> String {
+        let mut shown = self.url.clone();
+        if let Some(password) = shown.password().map(ccf_types::mask_secret) {
+            let _ = shown.set_password(Some(&password));
+        }
+        if shown.query().is_some() {
+            let pairs: Vec<(String, String)> = self
+                .url
+                .query_pairs()
+                .map(|(name, value)| (name.into_owned(), ccf_types::mask_secret(&value)))
+                .collect();
+            shown.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        shown.to_string()
+    }
+
+    /// Whether `event` is delivered to this receiver.
+    pub fn wants(&self, event: WebhookEvent) -> bool {
+        self.events.contains(&event)
+    }
+}
+
+/// An event a webhook can subscribe to; the names are the `events` values and the `event` field
+/// of the delivered body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookEvent {
+    /// An endpoint turned unhealthy.
+    EndpointUnhealthy,
+    /// An unhealthy endpoint turned healthy again.
+    EndpointRecovered,
+    /// Requests now go to another group.
+    GroupSwitched,
+    /// A group failed and cools down.
+    GroupCooldown,
+    /// An inbound key reached its daily or monthly budget.
+    KeyBudgetExceeded,
+    /// A subscription quota window reached `routing.quota_drain_at` or was rejected.
+    QuotaLow,
+    /// A configuration reload was rejected (the old configuration stays).
+    ConfigReloadFailed,
+}
+
+impl WebhookEvent {
+    /// Every event, in documentation order.
+    pub const ALL: [WebhookEvent; 7] = [
+        WebhookEvent::EndpointUnhealthy,
+        WebhookEvent::EndpointRecovered,
+        WebhookEvent::GroupSwitched,
+        WebhookEvent::GroupCooldown,
+        WebhookEvent::KeyBudgetExceeded,
+        WebhookEvent::QuotaLow,
+        WebhookEvent::ConfigReloadFailed,
+    ];
+
+    /// The configuration and wire name, e.g. `endpoint_unhealthy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::EndpointUnhealthy => "endpoint_unhealthy",
+            WebhookEvent::EndpointRecovered => "endpoint_recovered",
+            WebhookEvent::GroupSwitched => "group_switched",
+            WebhookEvent::GroupCooldown => "group_cooldown",
+            WebhookEvent::KeyBudgetExceeded => "key_budget_exceeded",
+            WebhookEvent::QuotaLow => "quota_low",
+            WebhookEvent::ConfigReloadFailed => "config_reload_failed",
+        }
+    }
+
+    /// The event named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<WebhookEvent> {
+        WebhookEvent::ALL
+            .into_iter()
+            .find(|event| event.as_str() == name)
     }
 }

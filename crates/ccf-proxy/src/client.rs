@@ -281,7 +281,28 @@ impl UpstreamClient {
     ) -> impl Future<Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>>
            + Send
            + 'static {
-        let (client, load) = self.lane_for(request.uri(), Some(endpoint));
+        self.send_on_lane(Some(endpoint), request)
+    }
+
+    /// Sends `request` for no endpoint (webhook deliveries): through the global `proxy`, with
+    /// the same trust and connection reuse as upstream requests.
+    pub fn request_unrouted(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>>
+           + Send
+           + 'static {
+        self.send_on_lane(None, request)
+    }
+
+    fn send_on_lane(
+        &self,
+        endpoint: Option<&str>,
+        request: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>>
+           + Send
+           + 'static {
+        let (client, load) = self.lane_for(request.uri(), endpoint);
         let future = client.request(request);
         async move {
             let response = future.await?;

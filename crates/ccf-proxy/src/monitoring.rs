@@ -324,6 +324,7 @@ pub struct Metrics {
     quota_windows: Mutex<HashSet<(String, String)>>,
     /// Model mapping and model rule counters (issue 20, `model_map.rs`).
     pub(crate) model_routing: crate::model_map::ModelRoutingMetrics,
+    webhooks: WebhookMetrics,
     cost_model: RwLock<Option<CostModel>>,
     model_labels: Arc<ModelLabels>,
     usage_health: RwLock<Option<UsageHealthReader>>,
@@ -417,6 +418,7 @@ impl Metrics {
             quota_rejected: Family::default(),
             quota_windows: Mutex::default(),
             model_routing: crate::model_map::ModelRoutingMetrics::default(),
+            webhooks: WebhookMetrics::default(),
             cost_model: RwLock::new(None),
             model_labels: Arc::default(),
             usage_health: RwLock::new(None),
@@ -581,6 +583,7 @@ impl Metrics {
             metrics.quota_rejected.clone(),
         );
         metrics.model_routing.register(&mut registry);
+        metrics.webhooks.register(&mut registry);
         Metrics {
             registry,
             ..metrics
@@ -676,6 +679,11 @@ impl Metrics {
         if cache.len() < SERIES_CACHE_LIMIT {
             cache.push((endpoint.to_string(), signal, gauge));
         }
+    }
+
+    /// The webhook delivery metrics' handles (for the webhook dispatcher).
+    pub fn webhook_metrics(&self) -> WebhookMetrics {
+        self.webhooks.clone()
     }
 
     /// A handle that adds costs priced elsewhere to `ccf_cost_usd`: the usage recorder prices
@@ -1327,6 +1335,72 @@ fn with_type(mut response: Response<ProxyBody>, content_type: &'static str) -> R
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+// --- webhooks (issue #20, point 6) ---
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookDeliveryLabels {
+    webhook: String,
+    event: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: String,
+}
+
+/// `ccf_webhook_deliveries_total` and `ccf_webhook_queue_depth`: handles sharing their series
+/// with the engine's registry. Cheap to clone. The `webhook` label is the receiver's position in
+/// `webhooks[]`, never its URL (which may carry credentials).
+#[derive(Clone, Debug, Default)]
+pub struct WebhookMetrics {
+    deliveries: Family<WebhookDeliveryLabels, Counter>,
+    queue_depth: Family<WebhookLabels, Gauge>,
+}
+
+impl WebhookMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ccf_webhook_deliveries",
+            "Webhook delivery results by webhook (its index in webhooks[]), event and result \
+             (delivered, retried, failed, dropped, lost)",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "ccf_webhook_queue_depth",
+            "Webhook notifications waiting for delivery, by webhook",
+            self.queue_depth.clone(),
+        );
+    }
+
+    /// Counts one delivery `result` of `event` to `webhook`.
+    pub fn count(&self, webhook: &str, event: &'static str, result: &'static str, by: u64) {
+        self.deliveries
+            .get_or_create(&WebhookDeliveryLabels {
+                webhook: webhook.to_string(),
+                event,
+                result,
+            })
+            .inc_by(by);
+    }
+
+    /// Sets `webhook`'s queue depth.
+    pub fn set_queue_depth(&self, webhook: &str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_string(),
+            })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Drops `webhook`'s queue depth series (the receiver was removed by a reload).
+    pub fn forget(&self, webhook: &str) {
+        self.queue_depth.remove(&WebhookLabels {
+            webhook: webhook.to_string(),
+        });
+    }
 }
 
 /// Formats a time as RFC 3339 in UTC with milliseconds (`2026-11-26T05:49:31.123Z`).

@@ -202,6 +202,7 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
         differs(&old.endpoint_proxies, &new.endpoint_proxies),
     );
     section("routing", differs(&old.routing, &new.routing));
+    section("webhooks", old.webhooks != new.webhooks);
     section("logging.level", old.logging.level != new.logging.level);
     section(
         "usage_tracking pricing",

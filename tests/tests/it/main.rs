@@ -35,3 +35,4 @@ mod smart_routing;
 mod subscription_quota;
 mod timeouts;
 mod usage_storage;
+mod webhooks;

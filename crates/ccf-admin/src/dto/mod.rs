@@ -30,6 +30,7 @@ pub(crate) mod keys;
 pub(crate) mod models;
 pub(crate) mod routing;
 pub(crate) mod usage;
+pub(crate) mod webhooks;
 
 use serde::Serialize;
 use serde_json::Value;
