@@ -77,6 +77,7 @@ pub fn check(data: &[u8]) {
         timeout: std::time::Duration::from_secs(1),
         headers: custom.clone(),
         supports_count_tokens: false,
+        model_map: ccf_config::ModelMap::default(),
     };
     let out = match rewrite_request_headers(&client, &endpoint) {
         Ok(out) => out,

@@ -11,6 +11,7 @@ import { Usage } from "./pages/Usage";
 import { ConfigPage } from "./pages/Config";
 import { Logs } from "./pages/Logs";
 import { RoutingPanel } from "./pages/Routing";
+import { Keys } from "./pages/Keys";
 import { ReloadBanner } from "./ReloadBanner";
 
 type Theme = "light" | "dark";
@@ -22,6 +23,7 @@ const PAGES: Array<{ path: string; key: Key; icon: string; render: () => JSX.Ele
   { path: "/routing", key: "nav.routing", icon: "⇶", render: () => <RoutingPanel /> },
   { path: "/requests", key: "nav.requests", icon: "≡", render: () => <Requests /> },
   { path: "/usage", key: "nav.usage", icon: "$", render: () => <Usage /> },
+  { path: "/keys", key: "nav.keys", icon: "⚿", render: () => <Keys /> },
   { path: "/config", key: "nav.config", icon: "⚙", render: () => <ConfigPage /> },
   { path: "/logs", key: "nav.logs", icon: "☰", render: () => <Logs /> },
 ];

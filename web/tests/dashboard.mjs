@@ -172,7 +172,7 @@ try {
     await page.goto(`${admin}/`, { waitUntil: "networkidle" });
     await page.waitForSelector('[data-testid="stream-state"].open', { timeout: HANG });
     await page.waitForSelector('[data-testid="stat-active-group"]', { timeout: HANG });
-    const pages = ["endpoints", "groups", "routing", "requests", "usage", "config", "logs", "overview"];
+    const pages = ["endpoints", "groups", "routing", "requests", "usage", "keys", "config", "logs", "overview"];
     for (const name of pages) {
       await nav(name);
     }
@@ -250,10 +250,14 @@ try {
     await nav("routing");
     await page.waitForSelector('[data-testid="affinity-stats"]', { timeout: HANG });
     await page.waitForSelector('[data-testid="quota-card"]', { timeout: HANG });
+    // Routing by model and model maps (docs/models.md): the configured rule and map are listed.
+    await page.waitForSelector('[data-testid="model-rules"] tr[data-rule="0"]', { timeout: HANG });
+    await page.waitForSelector('[data-testid="model-maps"] tr[data-endpoint="backup-1"]', { timeout: HANG });
     const affinity = await api("/api/v1/routing/affinity");
     assert(affinity.totals !== undefined, `affinity answer: ${JSON.stringify(affinity).slice(0, 300)}`);
     await nav("endpoints");
     await page.waitForSelector('[data-testid="honesty-card"]', { timeout: HANG });
+    await page.waitForSelector('[data-testid="subscription-card"]', { timeout: HANG });
     assert(consoleErrors.length === 0, `console errors:\n${consoleErrors.join("\n")}`);
   });
 

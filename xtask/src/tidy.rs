@@ -184,6 +184,16 @@ fn layering_rules_hold() {
             "it sees only `dyn UsageStore`",
         ),
         ("ccf-tui", &store_adapters, "it sees only `dyn UsageStore`"),
+        (
+            "ccf-webhooks",
+            &[
+                "ccf-store-sqlite",
+                "ccf-store-mysql",
+                "ccf-admin",
+                "ccf-app",
+            ],
+            "it sits below the admin API and the composition root",
+        ),
         ("ccf-tokens", &io, "it is pure: no IO, spawns nothing"),
         ("ccf-lifecycle", &io, "it is pure: no IO, spawns nothing"),
         ("ccf-router", &io, "it is pure: no IO, spawns nothing"),

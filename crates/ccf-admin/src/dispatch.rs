@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 
 use crate::auth::{check_host, check_origin};
 use crate::dto::events::ReloadStatusDto;
+use crate::dto::keys::KeysDto;
+use crate::dto::to_json;
 use crate::error::ApiError;
 use crate::http_util::{bytes_response, query_map, read_json_body, AdminResponse};
 use crate::routes::{AdminRoute, RouteError, OPENAPI};
@@ -175,6 +177,10 @@ where
             ok(views::affinity_view(shared, limit))
         }
         AdminRoute::RoutingQuota => ok(views::quota_view(shared)),
+        AdminRoute::Keys => ok(to_json(&KeysDto::new(&shared.forwarder.key_limit_views()))),
+        AdminRoute::RoutingModelRules => ok(crate::dto::to_json(
+            &crate::dto::models::ModelRoutingDto::new(&shared.forwarder.config()),
+        )),
         AdminRoute::ActivateGroup { name } => {
             let force = matches!(
                 query.get("force").map(String::as_str),
@@ -211,6 +217,7 @@ where
             "last_reload": shared.forwarder.reload_status().as_ref().map(ReloadStatusDto::from),
         })),
         AdminRoute::ReloadConfig => actions::reload_config(shared).await,
+        AdminRoute::Webhooks => ok(views::webhooks_view(shared)),
         AdminRoute::Stream => stream::open(shared, query),
         AdminRoute::OpenApi => Ok(Answer::Response(bytes_response(
             StatusCode::OK,

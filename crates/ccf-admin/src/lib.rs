@@ -92,6 +92,7 @@ pub struct AdminState {
     config_path: Option<PathBuf>,
     heartbeat: Duration,
     download_ticket_ttl: Duration,
+    webhooks: Option<ccf_webhooks::Webhooks>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -113,6 +114,7 @@ impl AdminState {
             config_path: None,
             heartbeat: DEFAULT_HEARTBEAT,
             download_ticket_ttl: DEFAULT_TICKET_TTL,
+            webhooks: None,
         }
     }
 
@@ -125,6 +127,12 @@ impl AdminState {
     /// The usage recorder (its backlog is shown in `status` and exported as a metric).
     pub fn with_recorder(mut self, recorder: RecorderHandle) -> Self {
         self.recorder = Some(recorder);
+        self
+    }
+
+    /// The webhook dispatcher whose counters `GET /api/v1/webhooks` shows.
+    pub fn with_webhooks(mut self, webhooks: ccf_webhooks::Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
         self
     }
 
@@ -163,6 +171,8 @@ pub(crate) struct Shared {
     pub(crate) day_zone: DayZone,
     /// Outstanding usage-export download tickets.
     pub(crate) tickets: DownloadTickets,
+    /// The webhook dispatcher, when the application runs one.
+    pub(crate) webhooks: Option<ccf_webhooks::Webhooks>,
     /// The admin token (`web.auth_token`), fixed at start like the listener.
     admin_token: Option<String>,
     /// What is derived from the running configuration; see [`Shared::derived`].
@@ -269,6 +279,7 @@ impl Admin {
             shutdown,
             day_zone,
             tickets: DownloadTickets::new(state.download_ticket_ttl),
+            webhooks: state.webhooks,
             admin_token,
             derived: std::sync::Mutex::new(Arc::new(derived)),
         });

@@ -33,12 +33,16 @@ pub(crate) enum AdminRoute {
     RoutingAffinity,
     /// `GET /api/v1/routing/quota`.
     RoutingQuota,
+    /// `GET /api/v1/routing/model-rules` (issue 20).
+    RoutingModelRules,
     /// `POST /api/v1/groups/{name}/activate`.
     ActivateGroup { name: String },
     /// `POST /api/v1/groups/{name}/pause`.
     PauseGroup { name: String },
     /// `POST /api/v1/groups/{name}/resume`.
     ResumeGroup { name: String },
+    /// `GET /api/v1/keys`: inbound API keys' limits and usage.
+    Keys,
     /// `GET /api/v1/connections`.
     Connections,
     /// `GET /api/v1/requests`.
@@ -81,6 +85,8 @@ pub(crate) enum AdminRoute {
     ConfigStatus,
     /// `POST /api/v1/config/reload`.
     ReloadConfig,
+    /// `GET /api/v1/webhooks`.
+    Webhooks,
     /// `GET /api/v1/stream`.
     Stream,
     /// `GET /api/v1/openapi.json`.
@@ -144,6 +150,9 @@ impl AdminRoute {
         get("/api/v1/routing/honesty", |_| AdminRoute::RoutingHonesty),
         get("/api/v1/routing/affinity", |_| AdminRoute::RoutingAffinity),
         get("/api/v1/routing/quota", |_| AdminRoute::RoutingQuota),
+        get("/api/v1/routing/model-rules", |_| {
+            AdminRoute::RoutingModelRules
+        }),
         post("/api/v1/groups/{name}/activate", |name| {
             AdminRoute::ActivateGroup { name }
         }),
@@ -153,6 +162,7 @@ impl AdminRoute {
         post("/api/v1/groups/{name}/resume", |name| {
             AdminRoute::ResumeGroup { name }
         }),
+        get("/api/v1/keys", |_| AdminRoute::Keys),
         get("/api/v1/connections", |_| AdminRoute::Connections),
         get("/api/v1/requests", |_| AdminRoute::LiveRequests),
         get("/api/v1/requests/{id}", |id| AdminRoute::RequestDetail {
@@ -192,6 +202,7 @@ impl AdminRoute {
         get("/api/v1/config", |_| AdminRoute::Config),
         get("/api/v1/config/status", |_| AdminRoute::ConfigStatus),
         post("/api/v1/config/reload", |_| AdminRoute::ReloadConfig),
+        get("/api/v1/webhooks", |_| AdminRoute::Webhooks),
         get("/api/v1/stream", |_| AdminRoute::Stream),
         get("/api/v1/openapi.json", |_| AdminRoute::OpenApi),
     ];

@@ -121,6 +121,20 @@ pub(crate) fn collect_secrets(config: &Config) -> Vec<String> {
     {
         add(password.expose());
     }
+    // `endpoints[].proxy` passwords, in the field or inside the URL.
+    for proxy in config.endpoint_proxies.values() {
+        if let Some(password) = &proxy.password {
+            add(password.expose());
+        }
+        if let Some(password) = proxy
+            .url
+            .as_deref()
+            .and_then(|url| url::Url::parse(url).ok())
+            .and_then(|parsed| parsed.password().map(str::to_string))
+        {
+            add(&password);
+        }
+    }
     for endpoint in &config.endpoints {
         if let Some(token) = &endpoint.token {
             add(token.expose());
@@ -138,6 +152,15 @@ pub(crate) fn collect_secrets(config: &Config) -> Vec<String> {
             if sweepable_header(name, value) {
                 add(value);
             }
+        }
+    }
+    // Webhook signing keys and receiver URL passwords (issue #20, point 6).
+    for webhook in &config.webhooks {
+        if let Some(secret) = &webhook.secret {
+            add(secret.expose());
+        }
+        if let Some(password) = webhook.url.password() {
+            add(password);
         }
     }
     secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
@@ -239,6 +262,11 @@ fn effective_config_unswept(config: &Config, config_path: Option<&std::path::Pat
                 "timeout": go_duration(endpoint.timeout),
                 "headers": headers,
                 "supports_count_tokens": endpoint.supports_count_tokens,
+                // Its own outbound proxy (set or inherited); password and URL masked below.
+                "proxy": config
+                    .endpoint_proxies
+                    .get(&endpoint.name)
+                    .and_then(|proxy| serde_json::to_value(proxy).ok()),
             })
         })
         .collect();
@@ -620,4 +648,20 @@ pub(crate) fn quota_view(shared: &Shared) -> Value {
         }
     }
     to_json(&QuotaDto::new(&names, &quotas, SystemTime::now()))
+}
+
+/// `GET /api/v1/webhooks`: every receiver's delivery counters (an empty list when the dispatcher
+/// does not run, e.g. an embedded admin API).
+pub(crate) fn webhooks_view(shared: &Shared) -> Value {
+    let stats = shared
+        .webhooks
+        .as_ref()
+        .map(ccf_webhooks::Webhooks::stats)
+        .unwrap_or_default();
+    let view = to_json(&crate::dto::webhooks::WebhooksDto::from(stats.as_slice()));
+    // The URLs are masked already; a delivery error could still quote a credential.
+    match serde_json::to_string(&view) {
+        Ok(text) => serde_json::from_str(&shared.sweep(text)).unwrap_or(view),
+        Err(_) => view,
+    }
 }

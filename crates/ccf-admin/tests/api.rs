@@ -1037,12 +1037,24 @@ async fn every_route_answers_in_its_pinned_wire_shape() {
     // as "predicted" for well over a minute).
     let reset = chrono::Utc::now() + chrono::Duration::hours(1);
     let reset = reset.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // With them, a subscription account's unified headers (well below the drain threshold).
+    let epoch_reset = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .timestamp()
+        .to_string();
     for remaining in ["90", "89"] {
         harness.upstream.enqueue(
             ccf_testkit::Reply::auto()
                 .header("anthropic-ratelimit-requests-limit", "100")
                 .header("anthropic-ratelimit-requests-remaining", remaining)
-                .header("anthropic-ratelimit-requests-reset", &reset),
+                .header("anthropic-ratelimit-requests-reset", &reset)
+                .header("anthropic-ratelimit-unified-status", "allowed")
+                .header("anthropic-ratelimit-unified-reset", &epoch_reset)
+                .header(
+                    "anthropic-ratelimit-unified-representative-claim",
+                    "five_hour",
+                )
+                .header("anthropic-ratelimit-unified-5h-utilization", "0.42")
+                .header("anthropic-ratelimit-unified-5h-reset", &epoch_reset),
         );
         assert_eq!(harness.send_message(false).await.0, StatusCode::OK);
     }
@@ -1122,6 +1134,8 @@ async fn every_route_answers_in_its_pinned_wire_shape() {
         "/api/v1/routing/honesty",
         "/api/v1/routing/affinity",
         "/api/v1/routing/quota",
+        "/api/v1/keys",
+        "/api/v1/routing/model-rules",
         "/api/v1/connections",
         "/api/v1/requests",
         "/api/v1/usage/requests",
@@ -1140,6 +1154,7 @@ async fn every_route_answers_in_its_pinned_wire_shape() {
         "/api/v1/metrics/history?minutes=3",
         "/api/v1/config",
         "/api/v1/config/status",
+        "/api/v1/webhooks",
     ] {
         let answer = harness.get(path).await;
         assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.text());

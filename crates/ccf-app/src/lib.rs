@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod cluster;
+mod key_budgets;
 mod metrics;
 pub mod reload;
 pub mod usage;
@@ -164,14 +165,17 @@ impl App {
             Arc::clone(&config),
             Some(Arc::new(usage::Observers(observers))),
         )?;
+        key_budgets::install_calendar(&forwarder, &config);
         if let Some(tracking) = &usage {
+            key_budgets::seed_spend(&forwarder, &tracking.store).await;
             metrics::install_recorder_health(&forwarder, tracking.recorder.clone());
             // The recorder prices each outcome once; the metric counts that same cost.
             let _ = costs.set(forwarder.metrics().cost_counter());
         }
-        // Costs are shown by the usage store and the admin API: the metric counts them
-        // whenever either runs (a reload installs the pricing in any case).
-        if usage.is_some() || config.web.enabled {
+        // Costs are shown by the usage store and the admin API and spent against per-key
+        // budgets: the metric counts them whenever one of these runs (a reload installs the
+        // pricing in any case).
+        if usage.is_some() || config.web.enabled || key_budgets::any_budget(&config) {
             metrics::install_cost_metric(
                 &forwarder,
                 ccf_store::Pricing::from_config(&config.usage_tracking),
@@ -279,6 +283,14 @@ impl App {
             header_read_timeout: self.config.server.header_read_timeout.get(),
             drain_timeout: self.config.server.shutdown_timeout.get(),
         };
+        // Webhooks: subscribed to the event bus before anything below can publish (the start-up
+        // probes' health changes, a rejected reload); deliveries run on this runtime, never on
+        // the request path.
+        let webhooks = ccf_webhooks::Webhooks::spawn(
+            self.forwarder.clone(),
+            self.instance_id.clone(),
+            ccf_webhooks::DeliveryPolicy::default(),
+        );
         // The health probes run while the listener serves and stop after the drain.
         let background = self.forwarder.spawn_background();
         // Hot reload triggers; they end when the listeners have drained.
@@ -339,7 +351,8 @@ impl App {
             trigger.cancel();
         });
         let admin = self.admin_listener.map(|(listener, address)| {
-            let mut state = ccf_admin::AdminState::new(self.forwarder.clone());
+            let mut state = ccf_admin::AdminState::new(self.forwarder.clone())
+                .with_webhooks(webhooks.webhooks());
             if let Some(tracking) = &self.usage {
                 state = state
                     .with_store(Arc::clone(&tracking.store))
@@ -400,6 +413,7 @@ impl App {
             let _ = task.await;
         }
         background.stop().await;
+        webhooks.stop().await;
         if let Some(retention) = retention {
             retention.abort();
         }

@@ -13,6 +13,7 @@ mod error;
 mod exposure;
 mod interpolate;
 mod loader;
+mod model_glob;
 mod path;
 mod resolve;
 mod schema;
@@ -29,6 +30,7 @@ pub use loader::{
     CliOverrides, ConfigLoader, LoadedConfig, CLI_SOURCE, DEFAULT_ENV_PREFIX, ENV_KEY_SEPARATOR,
     ENV_SOURCE, INLINE_SOURCE,
 };
+pub use model_glob::{glob_matches, is_glob, ModelMap};
 pub use schema::*;
 pub use storage::{MysqlTarget, StorageTarget, DEFAULT_MYSQL_PORT};
 pub use units::{ByteSize, GoDuration};
@@ -78,12 +80,18 @@ pub struct Config {
     /// [`Endpoint`] because only the upstream client reads it (the client is rebuilt when it
     /// changes, the router never looks at it).
     pub endpoint_ca_files: std::collections::BTreeMap<String, PathBuf>,
+    /// The outbound proxy of each endpoint that has its own (`endpoints[].proxy`, set or
+    /// inherited within its group) by endpoint name; an endpoint not listed uses [`Config::proxy`].
+    /// Kept beside the endpoints for the same reason as `endpoint_ca_files`.
+    pub endpoint_proxies: std::collections::BTreeMap<String, OutboundProxyConfig>,
     /// `usage_tracking.*`.
     pub usage_tracking: UsageTrackingConfig,
     /// `routing.*`.
     pub routing: RoutingConfig,
     /// The endpoints in file order, inheritance resolved.
     pub endpoints: Vec<Endpoint>,
+    /// `webhooks[]`, validated.
+    pub webhooks: Vec<Webhook>,
 }
 
 /// One upstream endpoint with every inherited value resolved. `Debug` masks the credentials,
@@ -110,6 +118,8 @@ pub struct Endpoint {
     pub headers: Vec<(String, String)>,
     /// The endpoint answers `/v1/messages/count_tokens`.
     pub supports_count_tokens: bool,
+    /// Request model to the model this endpoint is sent (`model_map`; never inherited).
+    pub model_map: ModelMap,
 }
 
 impl Endpoint {
@@ -140,6 +150,7 @@ impl std::fmt::Debug for Endpoint {
             .field("timeout", &self.timeout)
             .field("headers", &MaskedHeaders(&self.headers))
             .field("supports_count_tokens", &self.supports_count_tokens)
+            .field("model_map", &self.model_map)
             .finish()
     }
 }

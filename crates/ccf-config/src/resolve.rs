@@ -13,7 +13,7 @@ use crate::path::KeyPath;
 use crate::schema::{ModelPricing, RawConfig, RawEndpoint};
 use crate::storage::StorageTarget;
 use crate::units::GoDuration;
-use crate::{Config, Endpoint};
+use crate::{Config, Endpoint, Webhook, WebhookEvent};
 
 /// Problems found, each with the key path it concerns.
 pub(crate) type Problems = Vec<(KeyPath, String)>;
@@ -37,6 +37,8 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         .map(GoDuration::get)
         .unwrap_or(DEFAULT_GLOBAL_TIMEOUT);
     let endpoints = resolve_endpoints(&raw.endpoints, global_timeout, &mut problems);
+    validate_model_rules(&raw.routing.model_rules, &endpoints, &mut problems);
+    let webhooks = resolve_webhooks(&raw.webhooks, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -63,7 +65,9 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         usage_tracking,
         routing,
         endpoints: raw_endpoints,
+        webhooks: _,
     } = raw;
+    let endpoint_proxies = endpoint_proxies(&raw_endpoints, &endpoints);
     let endpoint_ca_files = raw_endpoints
         .into_iter()
         .filter_map(|endpoint| Some((endpoint.name, endpoint.ca_file?)))
@@ -98,9 +102,11 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         tls,
         upstream,
         endpoint_ca_files,
+        endpoint_proxies,
         usage_tracking,
         routing,
         endpoints,
+        webhooks,
     })
 }
 
@@ -350,10 +356,12 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
         );
     }
 
-    validate_proxy(raw, &mut check);
+    validate_proxy(&raw.proxy, &KeyPath::keys(&["proxy"]), &mut check);
+    validate_failover_triggers(raw, &mut check);
     validate_connections(raw, &mut check);
     validate_usage_tracking(raw, &mut check);
     validate_honesty(raw, &mut check);
+    validate_quota_drain_at(raw, &mut check);
     check.positive_duration(&["routing", "affinity_ttl"], raw.routing.affinity_ttl);
     if raw.routing.affinity_max_sessions == 0 {
         check.fail(&["routing", "affinity_max_sessions"], "must be at least 1");
@@ -419,6 +427,17 @@ fn validate_honesty(raw: &RawConfig, check: &mut Check<'_>) {
     }
 }
 
+/// `routing.quota_drain_at`: a fraction of a subscription window, in (0, 1].
+fn validate_quota_drain_at(raw: &RawConfig, check: &mut Check<'_>) {
+    let drain_at = raw.routing.quota_drain_at;
+    if !drain_at.is_finite() || drain_at <= 0.0 || drain_at > 1.0 {
+        check.fail(
+            &["routing", "quota_drain_at"],
+            format!("must be a fraction of the window above 0 and at most 1 (e.g. 0.9), found {drain_at}"),
+        );
+    }
+}
+
 /// `auth.*`: with auth on, at least one token; every named token has a unique name and a
 /// distinct, non-empty value (two names for one value would make the recorded name ambiguous).
 fn validate_auth(raw: &RawConfig, check: &mut Check<'_>) {
@@ -474,11 +493,48 @@ fn validate_auth(raw: &RawConfig, check: &mut Check<'_>) {
                 format!("the same token is already given by {first}: every key must be distinct"),
             ));
         }
+        validate_key_limits(&entry.limits, &entry_path.key("limits"), check);
+    }
+    check.positive_duration(&["auth", "queue_timeout"], auth.queue_timeout);
+}
+
+/// `auth.tokens[].limits`: counts of at least 1, budgets positive finite USD amounts.
+fn validate_key_limits(
+    limits: &crate::schema::KeyLimitsConfig,
+    path: &KeyPath,
+    check: &mut Check<'_>,
+) {
+    for (key, value) in [
+        ("requests_per_minute", limits.requests_per_minute),
+        ("concurrency", limits.concurrency),
+    ] {
+        if value == Some(0) {
+            check.problems.push((
+                path.key(key),
+                "must be at least 1 (leave the key out for no limit)".into(),
+            ));
+        }
+    }
+    for (key, value) in [
+        ("daily_budget_usd", limits.daily_budget_usd),
+        ("monthly_budget_usd", limits.monthly_budget_usd),
+    ] {
+        if let Some(budget) = value.filter(|budget| !budget.is_finite() || *budget <= 0.0) {
+            check.problems.push((
+                path.key(key),
+                format!("must be a positive amount of USD (e.g. 5.00), found {budget}"),
+            ));
+        }
     }
 }
 
-fn validate_proxy(raw: &RawConfig, check: &mut Check<'_>) {
-    let proxy = &raw.proxy;
+/// An outbound proxy (`proxy` or `endpoints[i].proxy`, at `key`): when enabled, a usable `url`
+/// or `host` and `port`.
+fn validate_proxy(
+    proxy: &crate::schema::OutboundProxyConfig,
+    key: &KeyPath,
+    check: &mut Check<'_>,
+) {
     if !proxy.enabled {
         return;
     }
@@ -488,24 +544,27 @@ fn validate_proxy(raw: &RawConfig, check: &mut Check<'_>) {
         .map(str::trim)
         .filter(|url| !url.is_empty());
     if let Some(url) = url {
-        match url::Url::parse(url) {
+        let problem = match url::Url::parse(url) {
             Ok(parsed) => {
                 if !matches!(parsed.scheme(), "http" | "https" | "socks5" | "socks5h") {
-                    check.fail(
-                        &["proxy", "url"],
-                        format!(
-                            "unsupported scheme `{}` in `{url}`: expected `http`, `https` or `socks5`",
-                            parsed.scheme()
-                        ),
-                    );
+                    Some(format!(
+                        "unsupported scheme `{}` in `{}`: expected `http`, `https` or `socks5`",
+                        parsed.scheme(),
+                        crate::mask_url_password(url)
+                    ))
                 } else if parsed.host_str().is_none_or(str::is_empty) {
-                    check.fail(&["proxy", "url"], format!("`{url}` has no host"));
+                    Some(format!("`{}` has no host", crate::mask_url_password(url)))
+                } else {
+                    None
                 }
             }
-            Err(error) => check.fail(
-                &["proxy", "url"],
-                format!("invalid url `{url}`: {error}; expected e.g. `socks5://127.0.0.1:1080`"),
-            ),
+            Err(error) => Some(format!(
+                "invalid url `{}`: {error}; expected e.g. `socks5://127.0.0.1:1080`",
+                crate::mask_url_password(url)
+            )),
+        };
+        if let Some(problem) = problem {
+            check.problems.push((key.key("url"), problem));
         }
         return;
     }
@@ -515,11 +574,68 @@ fn validate_proxy(raw: &RawConfig, check: &mut Check<'_>) {
         .map(str::trim)
         .filter(|host| !host.is_empty());
     if host.is_none() || proxy.port.is_none() {
-        check.fail(
-            &["proxy"],
-            "proxy.enabled is true but neither `url` nor both `host` and `port` are set",
-        );
+        check.problems.push((
+            key.clone(),
+            format!("{key}.enabled is true but neither `url` nor both `host` and `port` are set"),
+        ));
     }
+}
+
+/// `retry.failover_on_status` (400 to 599 but 401, 403 and 429) and `endpoints[].proxy`.
+fn validate_failover_triggers(raw: &RawConfig, check: &mut Check<'_>) {
+    for (index, status) in raw.retry.failover_on_status.iter().enumerate() {
+        let problem = match status {
+            401 | 403 => Some(format!(
+                "{status} already moves to the next endpoint (the endpoint refused its credentials): remove it"
+            )),
+            429 => Some(
+                "429 has its own handling (wait as asked, or skip the endpoint until its reset): remove it"
+                    .to_string(),
+            ),
+            400..=599 => None,
+            _ => Some(format!(
+                "must be an error status between 400 and 599, found {status}"
+            )),
+        };
+        if let Some(problem) = problem {
+            check.problems.push((
+                KeyPath::keys(&["retry", "failover_on_status"]).index(index),
+                problem,
+            ));
+        }
+    }
+    for (index, endpoint) in raw.endpoints.iter().enumerate() {
+        if let Some(proxy) = &endpoint.proxy {
+            let key = KeyPath::keys(&["endpoints"]).index(index).key("proxy");
+            validate_proxy(proxy, &key, check);
+        }
+    }
+}
+
+/// `endpoints[].proxy` resolved: an endpoint's own, else the first one set in its group (file
+/// order); endpoints with neither use the global `proxy` and are not listed.
+fn endpoint_proxies(
+    raw: &[RawEndpoint],
+    endpoints: &[Endpoint],
+) -> BTreeMap<String, crate::schema::OutboundProxyConfig> {
+    let mut group_proxies: HashMap<&str, &crate::schema::OutboundProxyConfig> = HashMap::new();
+    for (raw_endpoint, endpoint) in raw.iter().zip(endpoints) {
+        if let Some(proxy) = &raw_endpoint.proxy {
+            group_proxies
+                .entry(endpoint.group.as_str())
+                .or_insert(proxy);
+        }
+    }
+    raw.iter()
+        .zip(endpoints)
+        .filter_map(|(raw_endpoint, endpoint)| {
+            let proxy = raw_endpoint
+                .proxy
+                .as_ref()
+                .or_else(|| group_proxies.get(endpoint.group.as_str()).copied())?;
+            Some((endpoint.name.clone(), proxy.clone()))
+        })
+        .collect()
 }
 
 fn validate_usage_tracking(raw: &RawConfig, check: &mut Check<'_>) {
@@ -703,6 +819,8 @@ fn resolve_endpoints(
             None => group_api_keys.get(group.as_str()).map(|key| (*key).clone()),
         };
 
+        let model_map = resolve_model_map(endpoint.model_map.as_ref(), &path, problems);
+
         if let (true, Some(url)) = (name_ok, url) {
             endpoints.push(Endpoint {
                 name: endpoint.name.clone(),
@@ -715,10 +833,93 @@ fn resolve_endpoints(
                 timeout,
                 headers,
                 supports_count_tokens: endpoint.supports_count_tokens,
+                model_map,
             });
         }
     }
     endpoints
+}
+
+/// `endpoints[i].model_map` (issue 20), validated: keys and values non-empty model names or
+/// globs that can match a model name. Never inherited: a map speaks one upstream's names.
+fn resolve_model_map(
+    raw: Option<&BTreeMap<String, String>>,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> crate::ModelMap {
+    let Some(raw) = raw else {
+        return crate::ModelMap::default();
+    };
+    let map_path = path.key("model_map");
+    for (pattern, target) in raw {
+        let entry = map_path.key(pattern);
+        if let Some(problem) = crate::model_glob::pattern_problem(pattern) {
+            problems.push((
+                entry.clone(),
+                format!("the request model pattern {problem}"),
+            ));
+        }
+        if crate::model_glob::pattern_problem(target).is_some() || crate::is_glob(target) {
+            problems.push((
+                entry,
+                format!(
+                    "the upstream model `{target}` must be a model name: not empty, no `*`, no surrounding white space or control characters"
+                ),
+            ));
+        }
+    }
+    crate::ModelMap::new(raw.iter().map(|(k, v)| (k.clone(), v.clone())))
+}
+
+/// `routing.model_rules` (issue 20): each `match` a usable pattern, each `group` an existing
+/// endpoint group, and no rule hidden behind an earlier one that catches every model it would.
+fn validate_model_rules(
+    rules: &[crate::ModelRuleConfig],
+    endpoints: &[Endpoint],
+    problems: &mut Problems,
+) {
+    let list = KeyPath::keys(&["routing", "model_rules"]);
+    for (index, rule) in rules.iter().enumerate() {
+        let path = list.index(index);
+        if let Some(problem) = crate::model_glob::pattern_problem(&rule.pattern) {
+            problems.push((path.key("match"), problem.to_string()));
+        } else if let Some(earlier) = rules[..index]
+            .iter()
+            .position(|earlier| covers(&earlier.pattern, &rule.pattern))
+        {
+            problems.push((
+                path.key("match"),
+                format!(
+                    "`{}` can never match: routing.model_rules[{earlier}] (`{}`) catches every such model first (the first matching rule wins)",
+                    rule.pattern, rules[earlier].pattern
+                ),
+            ));
+        }
+        if !endpoints
+            .iter()
+            .any(|endpoint| endpoint.group == rule.group)
+        {
+            let groups: std::collections::BTreeSet<&str> =
+                endpoints.iter().map(|e| e.group.as_str()).collect();
+            let groups: Vec<&str> = groups.into_iter().collect();
+            problems.push((
+                path.key("group"),
+                format!(
+                    "unknown group `{}`: no endpoint has it (groups: {})",
+                    rule.group,
+                    groups.join(", ")
+                ),
+            ));
+        }
+    }
+}
+
+/// Whether every model `later` matches is matched by `earlier` (checked for the cases that
+/// can be decided simply: `earlier` is `*`, the same pattern, or `later` is an exact name).
+fn covers(earlier: &str, later: &str) -> bool {
+    earlier.chars().all(|c| c == '*')
+        || earlier == later
+        || (!crate::is_glob(later) && crate::glob_matches(earlier, later))
 }
 
 fn parse_endpoint_url(text: &str, path: &KeyPath, problems: &mut Problems) -> Option<url::Url> {
@@ -812,6 +1013,83 @@ fn merge_headers(
         }
     }
     merged.into_values().collect()
+}
+
+/// `webhooks[]`: an `http`/`https` URL with a host, at least one event, every event name known
+/// (a problem names the entry, e.g. `webhooks[0].events[2]`); repeated events are kept once and
+/// an empty secret means unsigned.
+fn resolve_webhooks(raw: &[crate::schema::RawWebhook], problems: &mut Problems) -> Vec<Webhook> {
+    let base = KeyPath::keys(&["webhooks"]);
+    let mut webhooks = Vec::new();
+    for (index, entry) in raw.iter().enumerate() {
+        let entry_path = base.index(index);
+        let url = match url::Url::parse(entry.url.trim()) {
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                problems.push((
+                    entry_path.key("url"),
+                    format!(
+                        "unsupported scheme `{}`: expected an `http` or `https` URL",
+                        url.scheme()
+                    ),
+                ));
+                None
+            }
+            Ok(url) if url.host_str().is_none_or(str::is_empty) => {
+                problems.push((entry_path.key("url"), "the URL has no host".into()));
+                None
+            }
+            Ok(url) => Some(url),
+            Err(error) => {
+                // The value is not echoed: a receiver URL may carry a token.
+                problems.push((
+                    entry_path.key("url"),
+                    format!(
+                        "not a valid URL ({error}): expected e.g. `https://hooks.example.com/ccf`"
+                    ),
+                ));
+                None
+            }
+        };
+        if entry.events.is_empty() {
+            problems.push((
+                entry_path.key("events"),
+                format!(
+                    "must list at least one event: expected some of {}",
+                    known_webhook_events()
+                ),
+            ));
+        }
+        let mut events = Vec::new();
+        for (event_index, name) in entry.events.iter().enumerate() {
+            match WebhookEvent::from_name(name.trim()) {
+                Some(event) if events.contains(&event) => {}
+                Some(event) => events.push(event),
+                None => problems.push((
+                    entry_path.key("events").index(event_index),
+                    format!(
+                        "unknown event `{name}`: expected one of {}",
+                        known_webhook_events()
+                    ),
+                )),
+            }
+        }
+        if let Some(url) = url {
+            webhooks.push(Webhook {
+                url,
+                events,
+                secret: entry.secret.clone().filter(|secret| !secret.is_empty()),
+            });
+        }
+    }
+    webhooks
+}
+
+fn known_webhook_events() -> String {
+    WebhookEvent::ALL
+        .iter()
+        .map(|event| format!("`{}`", event.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub struct RawConfig {
     pub routing: RoutingConfig,
     /// The upstream endpoints, in file order.
     pub endpoints: Vec<RawEndpoint>,
+    /// Webhook receivers of routing, health, budget, quota and reload events.
+    pub webhooks: Vec<RawWebhook>,
 }
 
 /// `server.*`: the proxy listener.
@@ -192,6 +194,13 @@ pub struct RetryConfig {
     pub budget_percent: f64,
     /// Retry budget floor: this many retries may always be in flight (default 3).
     pub min_retry_concurrency: u32,
+    /// Upstream statuses that move the request to the next endpoint at once, without retrying
+    /// the endpoint (a relay answering 404 or 400 when it lacks the model). 400 to 599 but 401,
+    /// 403 and 429, which have their own handling (default none). See docs/failover.md.
+    pub failover_on_status: Vec<u16>,
+    /// A 200 with no content and zero output tokens is a failure of the endpoint: the request
+    /// moves to the next endpoint (default false). See docs/failover.md.
+    pub failover_on_empty_answer: bool,
 }
 
 impl Default for RetryConfig {
@@ -203,6 +212,8 @@ impl Default for RetryConfig {
             multiplier: 2.0,
             budget_percent: 20.0,
             min_retry_concurrency: 3,
+            failover_on_status: Vec::new(),
+            failover_on_empty_answer: false,
         }
     }
 }
@@ -388,7 +399,7 @@ impl Default for RequestSuspendConfig {
 }
 
 /// `auth.*`: inbound authentication on the proxy port.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
     /// Require the token on every proxied request.
@@ -399,6 +410,44 @@ pub struct AuthConfig {
     /// Named tokens, one per person or client: the matching token's name is recorded on each
     /// request row (`api_key_name`) so usage can be split by key.
     pub tokens: Vec<AuthToken>,
+    /// How long a request waits for one of its key's `limits.concurrency` slots before it is
+    /// refused with 429 (default 30s).
+    pub queue_timeout: GoDuration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token: None,
+            tokens: Vec::new(),
+            queue_timeout: GoDuration::secs(30),
+        }
+    }
+}
+
+/// `auth.tokens[].limits`: what one key may use. Every limit is optional; an absent one does not
+/// limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeyLimitsConfig {
+    /// Requests admitted per rolling minute; over it: 429 with `retry-after`.
+    pub requests_per_minute: Option<u32>,
+    /// Requests of this key in flight at once; more wait (FIFO) up to `auth.queue_timeout`.
+    pub concurrency: Option<u32>,
+    /// USD the key may spend per day (midnight to midnight in `timezone`).
+    #[serde(default, deserialize_with = "decimal::optional")]
+    pub daily_budget_usd: Option<f64>,
+    /// USD the key may spend per calendar month (in `timezone`).
+    #[serde(default, deserialize_with = "decimal::optional")]
+    pub monthly_budget_usd: Option<f64>,
+}
+
+impl KeyLimitsConfig {
+    /// True when no limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        *self == KeyLimitsConfig::default()
+    }
 }
 
 /// The name `auth.token` is recorded under.
@@ -412,6 +461,8 @@ pub struct AuthToken {
     pub name: String,
     /// The token itself.
     pub token: Secret,
+    /// Per-key rate, concurrency and budget limits (`docs/keys.md`).
+    pub limits: KeyLimitsConfig,
 }
 
 impl AuthConfig {
@@ -867,6 +918,31 @@ pub struct RoutingConfig {
     /// How many times more (or fewer) input tokens than the local estimate an endpoint may
     /// report before its usage is called wrong (default 2.5).
     pub usage_tolerance: f64,
+    /// Subscription accounts (`anthropic-ratelimit-unified-*`): new sessions avoid an endpoint
+    /// whose representative window is used at or above this fraction (0 < x <= 1, default 0.9);
+    /// bound sessions stay.
+    #[serde(deserialize_with = "decimal::required")]
+    pub quota_drain_at: f64,
+    /// On a 400 naming an invalid `signature` in a `thinking` block, drop the thinking blocks
+    /// of earlier assistant turns and retry once on the same endpoint (default false). See
+    /// docs/failover.md.
+    pub repair_thinking_signatures: bool,
+    /// Routing by model: the first rule whose `match` fits the request's model picks the group
+    /// the request starts in (default none). See docs/models.md.
+    pub model_rules: Vec<ModelRuleConfig>,
+}
+
+/// One `routing.model_rules[]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelRuleConfig {
+    /// The request model this rule applies to: an exact name or a `*` glob.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The group the request starts in (an `endpoints[].group`).
+    pub group: String,
+    /// Only that group: no failover to other groups when it fails (default false).
+    pub only: bool,
 }
 
 impl Default for RoutingConfig {
@@ -879,6 +955,9 @@ impl Default for RoutingConfig {
             session_affinity: OnOff(true),
             affinity_ttl: GoDuration::secs(5 * 60),
             affinity_max_sessions: 10_000,
+            quota_drain_at: 0.9,
+            repair_thinking_signatures: false,
+            model_rules: Vec::new(),
         }
     }
 }
@@ -944,6 +1023,13 @@ pub struct RawEndpoint {
     /// PEM file of CA certificates trusted for this endpoint's TLS, besides `tls.ca_file`, the
     /// system store and the bundled roots (optional; not inherited).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Outbound proxy for this endpoint's connections, in the forms of the global `proxy`;
+    /// inherited from the first endpoint of the same group that sets one, else the global
+    /// `proxy`. `proxy: {enabled: false}` connects directly whatever the global `proxy` says.
+    pub proxy: Option<OutboundProxyConfig>,
+    /// Request model (exact name or `*` glob) to the model name this endpoint is sent
+    /// (optional; not inherited: a map speaks one upstream's model names). See docs/models.md.
+    pub model_map: Option<BTreeMap<String, String>>,
 }
 
 /// Decimal numbers read from their text with full `f64` precision. The loader hands YAML
@@ -1047,5 +1133,119 @@ mod secret_masking_tests {
             "socks5://127.0.0.1:1080"
         );
         assert_eq!(mask_url_password("not a url @ with secret"), "***");
+    }
+}
+
+// --- webhooks (issue #20, point 6) ---
+
+/// One `webhooks[]` entry as written: where to POST which events, signed with `secret` when set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawWebhook {
+    /// The receiver's URL (`http` or `https`).
+    pub url: String,
+    /// The event names delivered to it (see [`WebhookEvent`]).
+    pub events: Vec<String>,
+    /// Key of the `x-ccf-signature` HMAC-SHA256 header; no signature when absent or empty.
+    pub secret: Option<Secret>,
+}
+
+/// One validated webhook receiver (`webhooks[]`). `Debug` masks the secret and any password in
+/// the URL.
+#[derive(Clone, PartialEq)]
+pub struct Webhook {
+    /// The receiver's URL, `http` or `https`.
+    pub url: url::Url,
+    /// The events delivered to it, in file order, without repeats.
+    pub events: Vec<WebhookEvent>,
+    /// Key of the signature header; `None` means unsigned.
+    pub secret: Option<Secret>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.masked_url())
+            .field("events", &self.events)
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+impl Webhook {
+    /// The URL to show people: a password in the user info and every query value masked (query
+    /// strings often carry a receiver's token).
+    pub fn masked_url(&self) -> String {
+        let mut shown = self.url.clone();
+        if let Some(password) = shown.password().map(ccf_types::mask_secret) {
+            let _ = shown.set_password(Some(&password));
+        }
+        if shown.query().is_some() {
+            let pairs: Vec<(String, String)> = self
+                .url
+                .query_pairs()
+                .map(|(name, value)| (name.into_owned(), ccf_types::mask_secret(&value)))
+                .collect();
+            shown.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        shown.to_string()
+    }
+
+    /// Whether `event` is delivered to this receiver.
+    pub fn wants(&self, event: WebhookEvent) -> bool {
+        self.events.contains(&event)
+    }
+}
+
+/// An event a webhook can subscribe to; the names are the `events` values and the `event` field
+/// of the delivered body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookEvent {
+    /// An endpoint turned unhealthy.
+    EndpointUnhealthy,
+    /// An unhealthy endpoint turned healthy again.
+    EndpointRecovered,
+    /// Requests now go to another group.
+    GroupSwitched,
+    /// A group failed and cools down.
+    GroupCooldown,
+    /// An inbound key reached its daily or monthly budget.
+    KeyBudgetExceeded,
+    /// A subscription quota window reached `routing.quota_drain_at` or was rejected.
+    QuotaLow,
+    /// A configuration reload was rejected (the old configuration stays).
+    ConfigReloadFailed,
+}
+
+impl WebhookEvent {
+    /// Every event, in documentation order.
+    pub const ALL: [WebhookEvent; 7] = [
+        WebhookEvent::EndpointUnhealthy,
+        WebhookEvent::EndpointRecovered,
+        WebhookEvent::GroupSwitched,
+        WebhookEvent::GroupCooldown,
+        WebhookEvent::KeyBudgetExceeded,
+        WebhookEvent::QuotaLow,
+        WebhookEvent::ConfigReloadFailed,
+    ];
+
+    /// The configuration and wire name, e.g. `endpoint_unhealthy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::EndpointUnhealthy => "endpoint_unhealthy",
+            WebhookEvent::EndpointRecovered => "endpoint_recovered",
+            WebhookEvent::GroupSwitched => "group_switched",
+            WebhookEvent::GroupCooldown => "group_cooldown",
+            WebhookEvent::KeyBudgetExceeded => "key_budget_exceeded",
+            WebhookEvent::QuotaLow => "quota_low",
+            WebhookEvent::ConfigReloadFailed => "config_reload_failed",
+        }
+    }
+
+    /// The event named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<WebhookEvent> {
+        WebhookEvent::ALL
+            .into_iter()
+            .find(|event| event.as_str() == name)
     }
 }

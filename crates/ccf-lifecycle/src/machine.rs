@@ -202,20 +202,28 @@ impl Lifecycle {
     }
 
     /// The upstream reported `model`. It becomes the record's model (it wins for billing);
-    /// returns true, and sets `model_mismatch`, when it is not the model asked for (see
-    /// [`models_match`]). An empty name is ignored. Without a request model nothing mismatches.
+    /// returns true, and sets `model_mismatch`, when it is not the model sent to that endpoint
+    /// (the `model_map`'s name, else the one asked for; see [`models_match`]). An empty name is
+    /// ignored. Without a request model nothing mismatches.
     pub fn observe_response_model(&mut self, model: &str) -> bool {
         if model.is_empty() {
             return false;
         }
         let mismatch = self
             .record
-            .request_model
+            .sent_model
             .as_deref()
-            .is_some_and(|requested| !models_match(requested, model));
+            .or(self.record.request_model.as_deref())
+            .is_some_and(|sent| !models_match(sent, model));
         self.record_mut().response_model = Some(model.to_string());
         self.record_mut().model_mismatch = mismatch;
         mismatch
+    }
+
+    /// The attempt about to be sent rewrites the request's model to `model` (an endpoint's
+    /// `model_map`), or sends it unchanged (`None`); see [`RequestRecord::sent_model`].
+    pub fn model_sent(&mut self, model: Option<&str>) {
+        self.record_mut().sent_model = model.map(str::to_string);
     }
 
     /// The conversation this request belongs to (a hashed session key; see

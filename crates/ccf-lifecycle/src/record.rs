@@ -66,8 +66,12 @@ pub struct RequestRecord {
     pub request_model: Option<String>,
     /// The `model` the upstream reported; it wins for billing.
     pub response_model: Option<String>,
-    /// The upstream answered with another model than the one asked for (see
-    /// [`models_match`]).
+    /// The `model` sent to [`endpoint`](Self::endpoint) when its `model_map` rewrote the
+    /// request's (issue 20); `None` when the request's model was sent unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_model: Option<String>,
+    /// The upstream answered with another model than the one sent to it (the mapped name when
+    /// a `model_map` rewrote it, else the one asked for; see [`models_match`]).
     pub model_mismatch: bool,
     /// Every attempt, in order, with its endpoint, group and result.
     pub attempts: Vec<Attempt>,
@@ -128,6 +132,7 @@ impl RequestRecord {
             group: None,
             request_model: start.request_model.filter(|model| !model.is_empty()),
             response_model: None,
+            sent_model: None,
             model_mismatch: false,
             attempts: Vec::new(),
             retry_count: 0,
@@ -147,10 +152,12 @@ impl RequestRecord {
         }
     }
 
-    /// The model to bill and show: the upstream's if it reported one, else the request's.
+    /// The model to bill and show: the upstream's if it reported one, else the one sent to
+    /// it (a `model_map`'s name), else the request's.
     pub fn model(&self) -> Option<&str> {
         self.response_model
             .as_deref()
+            .or(self.sent_model.as_deref())
             .or(self.request_model.as_deref())
     }
 

@@ -852,3 +852,31 @@ fn events_are_snapshots_that_share_the_record_until_it_changes() {
     assert_eq!(outcome.record().usage, Some(usage(10, 2)));
     assert_eq!(forwarding.record().ended_at, None);
 }
+
+#[test]
+fn a_mapped_request_compares_the_answer_with_the_model_sent() {
+    let mut lifecycle = started();
+    lifecycle.model_sent(Some("glm-4.5"));
+    assert_eq!(
+        lifecycle.record().model(),
+        Some("glm-4.5"),
+        "billed as sent until the upstream reports"
+    );
+    assert!(
+        !lifecycle.observe_response_model("glm-4.5"),
+        "the mapped name is no mismatch"
+    );
+    assert_eq!(
+        lifecycle.record().request_model.as_deref(),
+        Some(REQUEST_MODEL)
+    );
+    assert_eq!(lifecycle.record().model(), Some("glm-4.5"));
+    assert!(
+        lifecycle.observe_response_model(REQUEST_MODEL),
+        "another model than the one sent"
+    );
+    // A failover to an endpoint without a map sends the request's model again.
+    lifecycle.model_sent(None);
+    assert!(!lifecycle.observe_response_model(REQUEST_MODEL));
+    assert_eq!(lifecycle.record().sent_model, None);
+}

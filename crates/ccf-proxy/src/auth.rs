@@ -146,7 +146,9 @@ mod tests {
             tokens: vec![ccf_config::AuthToken {
                 name: "alice".into(),
                 token: Secret::new("alice-token-value"),
+                ..Default::default()
             }],
+            ..Default::default()
         };
         assert!(InboundAuth::from_config(&config).is_none());
         config.enabled = true;

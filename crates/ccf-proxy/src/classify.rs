@@ -8,6 +8,7 @@
 //! | 2xx, 3xx | [`AttemptClass::Success`]: relay it |
 //! | connect error, reset before response, no headers in time | no answer to classify: `retry.rs` makes each a verdict of its own (a timeout after the request was sent gets one last attempt elsewhere) |
 //! | 500, 502, 503, 504, 520-525, 529 | [`AttemptClass::Retry`] |
+//! | 429 with `anthropic-ratelimit-unified-status: rejected` | [`AttemptClass::QuotaRejected`]: the subscription account is spent until its reset ([`subscription_rejected`]) |
 //! | 429 | [`AttemptClass::RateLimited`] with the wait the upstream asked for ([`retry_after`]: `retry-after`, else the reset of the exhausted limit) |
 //! | 401, 403 | [`AttemptClass::NextEndpoint`]: this endpoint's credentials are bad |
 //! | any other status | [`AttemptClass::Final`]: the request itself is wrong; relay verbatim |
@@ -30,6 +31,9 @@ pub enum AttemptClass {
     },
     /// The endpoint refused our credentials: move to the next endpoint at once.
     NextEndpoint,
+    /// 429 from a subscription account that said `rejected`: it is spent until its reset (the
+    /// router blocks the endpoint until then); no retry against it.
+    QuotaRejected,
     /// The upstream judged the request itself: relay its answer, try nothing else.
     Final,
 }
@@ -38,6 +42,7 @@ pub enum AttemptClass {
 pub fn classify_status(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> AttemptClass {
     match status.as_u16() {
         200..=399 => AttemptClass::Success,
+        429 if subscription_rejected(headers) => AttemptClass::QuotaRejected,
         429 => AttemptClass::RateLimited {
             retry_after: retry_after(headers, now),
         },
@@ -94,18 +99,33 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     if exhausted.is_some() {
         return exhausted;
     }
-    let unified_rejected = text("anthropic-ratelimit-unified-status")
-        .is_some_and(|status| status.eq_ignore_ascii_case("rejected"));
-    if unified_rejected {
-        let unified_reset = text("anthropic-ratelimit-unified-reset")
-            .and_then(|value| value.parse::<u64>().ok())
-            .map(|epoch| SystemTime::UNIX_EPOCH + Duration::from_secs(epoch))
-            .map(|reset| reset.duration_since(now).unwrap_or_default());
+    if subscription_rejected(headers) {
+        let unified_reset =
+            text("anthropic-ratelimit-unified-reset").and_then(|value| epoch_reset_in(value, now));
         if unified_reset.is_some() {
             return unified_reset;
         }
     }
     any
+}
+
+/// The time from `now` to a unified reset written as Unix seconds (`anthropic-ratelimit-unified-
+/// reset`, `-<window>-reset`); zero when it has passed, `None` when it is not a number.
+pub(crate) fn epoch_reset_in(value: &str, now: SystemTime) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(|epoch| {
+        (SystemTime::UNIX_EPOCH + Duration::from_secs(epoch))
+            .duration_since(now)
+            .unwrap_or_default()
+    })
+}
+
+/// A subscription account said `anthropic-ratelimit-unified-status: rejected` (any answer):
+/// it is spent until its `anthropic-ratelimit-unified-reset`.
+pub fn subscription_rejected(headers: &HeaderMap) -> bool {
+    headers
+        .get("anthropic-ratelimit-unified-status")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|status| status.trim().eq_ignore_ascii_case("rejected"))
 }
 
 /// `min(base * multiplier^(attempt-1), max)`, then jittered into `[d/2, d]` so that many
@@ -161,6 +181,33 @@ mod tests {
             check(status, AttemptClass::Final);
         }
         check(429, AttemptClass::RateLimited { retry_after: None });
+    }
+
+    #[test]
+    fn a_rejected_subscription_is_quota_rejected_and_a_529_is_not() {
+        let now = SystemTime::now();
+        let rejected = headers(&[
+            ("anthropic-ratelimit-unified-status", "rejected"),
+            ("anthropic-ratelimit-unified-reset", "1700003600"),
+        ]);
+        assert_eq!(
+            classify_status(StatusCode::TOO_MANY_REQUESTS, &rejected, now),
+            AttemptClass::QuotaRejected
+        );
+        // A 529 is a transient throttle whatever the account says.
+        assert_eq!(
+            classify_status(StatusCode::from_u16(529).unwrap(), &rejected, now),
+            AttemptClass::Retry
+        );
+        let warning = headers(&[("anthropic-ratelimit-unified-status", "allowed_warning")]);
+        assert_eq!(
+            classify_status(StatusCode::TOO_MANY_REQUESTS, &warning, now),
+            AttemptClass::RateLimited { retry_after: None }
+        );
+        assert!(subscription_rejected(&headers(&[(
+            "anthropic-ratelimit-unified-status",
+            " Rejected "
+        )])));
     }
 
     #[test]

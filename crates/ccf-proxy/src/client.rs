@@ -3,6 +3,12 @@
 //! credentials), upstream trust (`tls.*`, `endpoints[].ca_file`) and connection use
 //! (`upstream.*`).
 //!
+//! **Per-endpoint proxies.** An endpoint with its own outbound proxy (`endpoints[].proxy`, set
+//! or inherited in its group, or `enabled: false` to go direct past the global `proxy`) gets a
+//! connector of its own, and its lanes are keyed `<origin> via <endpoint>`: its connections
+//! never mix with other endpoints' even when they share an origin. Everything below (lanes,
+//! per-core sets, keep-alive) applies to them unchanged.
+//!
 //! Connections are reused across requests and retries (the Go original built a new transport per
 //! attempt). Every upstream connection, whatever the proxy, is a [`BoxedIo`], so the client has
 //! one concrete type.
@@ -80,6 +86,14 @@ pub enum ClientBuildError {
     /// `proxy.*` does not describe a usable proxy.
     #[error("proxy: {0}")]
     Proxy(String),
+    /// `endpoints[].proxy` does not describe a usable proxy.
+    #[error("endpoints[{index}].proxy: {message}")]
+    EndpointProxy {
+        /// The endpoint's index in `endpoints`.
+        index: usize,
+        /// What is wrong (never the password).
+        message: String,
+    },
     /// A `ca_file` cannot be used.
     #[error("{key}: {message}")]
     CaFile {
@@ -101,6 +115,9 @@ struct ClientShared {
     default_connector: HttpsConnector<UpstreamConnector>,
     /// Connectors trusting an endpoint's own `ca_file`, by origin.
     origin_connectors: HashMap<String, HttpsConnector<UpstreamConnector>>,
+    /// Connectors of the endpoints with their own outbound proxy (`endpoints[].proxy`), by
+    /// endpoint name (their lanes are keyed `<origin> via <endpoint>`).
+    endpoint_connectors: HashMap<String, HttpsConnector<UpstreamConnector>>,
     upstream: UpstreamConfig,
     /// Lanes by origin, one map per lane set: index 0 for threads of no per-core runtime,
     /// `n + 1` for per-core runtime `n` (taken modulo the length).
@@ -139,11 +156,78 @@ impl Drop for LaneLoad {
 }
 
 pin_project_lite::pin_project! {
-    /// An upstream response body; holds its lane's in-flight count until dropped.
+    /// An upstream response body; holds its lane's in-flight count until dropped. Frames the
+    /// engine read ahead to look at an answer before relaying it (an empty answer, a 400 naming
+    /// a thinking signature) are put back with [`UpstreamBody::put_back`] and come first, then
+    /// the error that stopped the reading, if any, then the rest of the body.
     pub struct UpstreamBody {
         #[pin]
         inner: hyper::body::Incoming,
         load: LaneLoad,
+        read_ahead: std::collections::VecDeque<Frame<Bytes>>,
+        read_error: Option<hyper::Error>,
+    }
+}
+
+/// What [`UpstreamBody::read_ahead`] read.
+pub(crate) struct ReadAhead {
+    /// The data read, in order (also put back in front of the body).
+    pub(crate) data: bytes::BytesMut,
+    /// The body ended cleanly within the reading: `data` is all of it.
+    pub(crate) complete: bool,
+}
+
+impl UpstreamBody {
+    /// Reads frames ahead until the body ends, `stop` says so for the data read so far, more
+    /// than `limit` bytes were read, the body fails or `deadline` passes; then puts everything
+    /// read (and a read error) back in front of the body, so the relay sends it as if nothing
+    /// had been read.
+    pub(crate) async fn read_ahead(
+        &mut self,
+        deadline: Duration,
+        limit: usize,
+        stop: impl Fn(&[u8]) -> bool,
+    ) -> ReadAhead {
+        use http_body_util::BodyExt as _;
+        let mut frames = Vec::new();
+        let mut data = bytes::BytesMut::new();
+        let mut error = None;
+        let reading = async {
+            loop {
+                match self.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Some(chunk) = frame.data_ref() {
+                            data.extend_from_slice(chunk);
+                        }
+                        frames.push(frame);
+                        if data.len() > limit || stop(&data) {
+                            return false;
+                        }
+                    }
+                    Some(Err(failure)) => {
+                        error = Some(failure);
+                        return false;
+                    }
+                    None => return true,
+                }
+            }
+        };
+        let complete = tokio::time::timeout(deadline, reading)
+            .await
+            .unwrap_or(false);
+        self.put_back(frames, error);
+        ReadAhead { data, complete }
+    }
+
+    /// Puts frames read ahead back in front of the rest of the body, in order, followed by
+    /// `error` (the error that ended the reading) when there was one.
+    fn put_back(&mut self, frames: Vec<Frame<Bytes>>, error: Option<hyper::Error>) {
+        for frame in frames.into_iter().rev() {
+            self.read_ahead.push_front(frame);
+        }
+        if error.is_some() {
+            self.read_error = error;
+        }
     }
 }
 
@@ -155,32 +239,79 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        if let Some(frame) = this.read_ahead.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(error) = this.read_error.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        this.inner.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.read_ahead.is_empty() && self.read_error.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let ahead: u64 = self
+            .read_ahead
+            .iter()
+            .filter_map(|frame| frame.data_ref())
+            .map(|data| data.len() as u64)
+            .sum();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(ahead));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(ahead));
+        }
+        hint
     }
 }
 
 impl UpstreamClient {
-    /// Sends `request` on the least loaded connection of its origin, opening another one when
-    /// every connection carries `upstream.max_streams_per_connection` requests.
+    /// Sends `request` for `endpoint` on the least loaded connection of its origin (through
+    /// the endpoint's own proxy when it has one), opening another one when every connection
+    /// carries `upstream.max_streams_per_connection` requests.
     pub fn request(
+        &self,
+        endpoint: &str,
+        request: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>>
+           + Send
+           + 'static {
+        self.send_on_lane(Some(endpoint), request)
+    }
+
+    /// Sends `request` for no endpoint (webhook deliveries): through the global `proxy`, with
+    /// the same trust and connection reuse as upstream requests.
+    pub fn request_unrouted(
         &self,
         request: Request<Full<Bytes>>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>>
            + Send
            + 'static {
-        let (client, load) = self.lane_for(request.uri());
+        self.send_on_lane(None, request)
+    }
+
+    fn send_on_lane(
+        &self,
+        endpoint: Option<&str>,
+        request: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>>
+           + Send
+           + 'static {
+        let (client, load) = self.lane_for(request.uri(), endpoint);
         let future = client.request(request);
         async move {
             let response = future.await?;
-            Ok(response.map(|inner| UpstreamBody { inner, load }))
+            Ok(response.map(|inner| UpstreamBody {
+                inner,
+                load,
+                read_ahead: std::collections::VecDeque::new(),
+                read_error: None,
+            }))
         }
     }
 
@@ -201,8 +332,13 @@ impl UpstreamClient {
         loads
     }
 
-    fn lane_for(&self, uri: &Uri) -> (LaneClient, LaneLoad) {
+    /// The lane for a request to `uri` made for `endpoint`.
+    fn lane_for(&self, uri: &Uri, endpoint: Option<&str>) -> (LaneClient, LaneLoad) {
         let origin = origin_of(uri);
+        let own = endpoint.and_then(|endpoint| {
+            let connector = self.shared.endpoint_connectors.get(endpoint)?;
+            Some((format!("{origin} via {endpoint}"), connector))
+        });
         let per_connection =
             usize::try_from(self.shared.upstream.max_streams_per_connection.max(1))
                 .unwrap_or(usize::MAX);
@@ -210,7 +346,10 @@ impl UpstreamClient {
         let mut all = self.shared.lane_sets[set]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let lanes = all.entry(origin.clone()).or_default();
+        let key = own
+            .as_ref()
+            .map_or_else(|| origin.clone(), |(key, _)| key.clone());
+        let lanes = all.entry(key).or_default();
         let least_loaded = lanes
             .iter()
             .min_by_key(|lane| lane.in_flight.load(Ordering::Acquire))
@@ -222,12 +361,15 @@ impl UpstreamClient {
         let lane = match least_loaded {
             Some(lane) => lane,
             None => {
-                let connector = self
-                    .shared
-                    .origin_connectors
-                    .get(&origin)
-                    .unwrap_or(&self.shared.default_connector)
-                    .clone();
+                let connector = match &own {
+                    Some((_, connector)) => (*connector).clone(),
+                    None => self
+                        .shared
+                        .origin_connectors
+                        .get(&origin)
+                        .unwrap_or(&self.shared.default_connector)
+                        .clone(),
+                };
                 let lane = Lane {
                     client: lane_client(&self.shared.upstream, connector),
                     in_flight: Arc::new(AtomicUsize::new(0)),
@@ -286,6 +428,8 @@ fn lane_client(
 /// connection settings, same endpoint origins with their own CA).
 pub fn same_client_settings(old: &Config, new: &Config) -> bool {
     serde_json::to_value(&old.proxy).ok() == serde_json::to_value(&new.proxy).ok()
+        && serde_json::to_value(&old.endpoint_proxies).ok()
+            == serde_json::to_value(&new.endpoint_proxies).ok()
         && old.tls == new.tls
         && old.upstream == new.upstream
         && endpoint_trust(old) == endpoint_trust(new)
@@ -315,32 +459,62 @@ pub fn build_upstream_client(
     tcp.set_keepalive_interval(Some(TCP_KEEPALIVE));
     tcp.set_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
     tcp.set_connect_timeout(Some(connect_timeout));
-    let base = UpstreamConnector::new(&config.proxy, tcp)?;
+    let base =
+        UpstreamConnector::new(&config.proxy, tcp.clone(), "proxy.ca_file").map_err(|error| {
+            match error {
+                ProxyProblem::Build(error) => error,
+                ProxyProblem::Unusable(message) => ClientBuildError::Proxy(message),
+            }
+        })?;
     let mut global_cas = Vec::new();
     if let Some(path) = &config.tls.ca_file {
         global_cas = read_ca_file(path, "tls.ca_file")?;
     }
-    let https = |extra: &[CertificateDer<'static>]| -> Result<_, ClientBuildError> {
+    let https = |extra: &[CertificateDer<'static>],
+                 connector: UpstreamConnector|
+     -> Result<_, ClientBuildError> {
         let tls = tls_config(global_cas.iter().chain(extra).cloned())?;
         Ok(HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(base.clone()))
+            .wrap_connector(connector))
     };
     let mut origin_connectors = HashMap::new();
+    let mut origin_cas: HashMap<String, Vec<CertificateDer<'static>>> = HashMap::new();
     for (index, endpoint) in config.endpoints.iter().enumerate() {
         let Some(path) = config.endpoint_ca_files.get(&endpoint.name) else {
             continue;
         };
         let own = read_ca_file(path, &format!("endpoints[{index}].ca_file"))?;
-        origin_connectors.insert(origin_of_url(&endpoint.url), https(&own)?);
+        let origin = origin_of_url(&endpoint.url);
+        origin_connectors.insert(origin.clone(), https(&own, base.clone())?);
+        origin_cas.insert(origin, own);
+    }
+    let mut endpoint_connectors = HashMap::new();
+    for (index, endpoint) in config.endpoints.iter().enumerate() {
+        let Some(proxy) = config.endpoint_proxies.get(&endpoint.name) else {
+            continue;
+        };
+        let ca_key = format!("endpoints[{index}].proxy.ca_file");
+        let connector =
+            UpstreamConnector::new(proxy, tcp.clone(), &ca_key).map_err(|error| match error {
+                ProxyProblem::Build(error) => error,
+                ProxyProblem::Unusable(message) => {
+                    ClientBuildError::EndpointProxy { index, message }
+                }
+            })?;
+        let extra = origin_cas
+            .get(&origin_of_url(&endpoint.url))
+            .map_or(&[][..], Vec::as_slice);
+        endpoint_connectors.insert(endpoint.name.clone(), https(extra, connector)?);
     }
     Ok(UpstreamClient {
         shared: Arc::new(ClientShared {
-            default_connector: https(&[])?,
+            default_connector: https(&[], base.clone())?,
             origin_connectors,
+            endpoint_connectors,
             upstream: config.upstream.clone(),
             lane_sets: (0..=config.server.per_core_runtimes().unwrap_or(0))
                 .map(|_| Mutex::new(HashMap::new()))
@@ -418,8 +592,31 @@ pub enum UpstreamConnector {
     Socks5(SocksV5<HttpConnector>),
 }
 
+/// Why a connector for an outbound proxy could not be made.
+enum ProxyProblem {
+    /// A problem already naming its key (a `ca_file`).
+    Build(ClientBuildError),
+    /// The proxy settings are unusable: the message, for the caller to name the key.
+    Unusable(String),
+}
+
+impl From<ClientBuildError> for ProxyProblem {
+    fn from(error: ClientBuildError) -> Self {
+        match error {
+            ClientBuildError::Proxy(message) => ProxyProblem::Unusable(message),
+            other => ProxyProblem::Build(other),
+        }
+    }
+}
+
 impl UpstreamConnector {
-    fn new(proxy: &OutboundProxyConfig, tcp: HttpConnector) -> Result<Self, ClientBuildError> {
+    /// The connector for `proxy` (direct when it is not enabled); `ca_key` names its
+    /// `ca_file` in errors.
+    fn new(
+        proxy: &OutboundProxyConfig,
+        tcp: HttpConnector,
+        ca_key: &str,
+    ) -> Result<Self, ProxyProblem> {
         if !proxy.enabled {
             return Ok(UpstreamConnector::Direct(tcp));
         }
@@ -432,7 +629,7 @@ impl UpstreamConnector {
             )?),
             OutboundProxyType::Https => {
                 let tls = HttpsConnectorBuilder::new()
-                    .with_tls_config(proxy_tls_config(proxy.ca_file.as_deref())?)
+                    .with_tls_config(proxy_tls_config(proxy.ca_file.as_deref(), ca_key)?)
                     .https_or_http()
                     .enable_http1()
                     .wrap_connector(tcp);
@@ -455,10 +652,14 @@ impl UpstreamConnector {
     }
 }
 
-/// TLS to an HTTPS proxy: the system store, the webpki roots and the CAs of `proxy.ca_file`.
-fn proxy_tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientBuildError> {
+/// TLS to an HTTPS proxy: the system store, the webpki roots and the CAs of its `ca_file`
+/// (named `ca_key` in errors).
+fn proxy_tls_config(
+    ca_file: Option<&Path>,
+    ca_key: &str,
+) -> Result<rustls::ClientConfig, ClientBuildError> {
     let extra = match ca_file {
-        Some(path) => read_ca_file(path, "proxy.ca_file")?,
+        Some(path) => read_ca_file(path, ca_key)?,
         None => Vec::new(),
     };
     tls_config(extra.into_iter())
@@ -492,7 +693,10 @@ fn proxy_target(
         OutboundProxyType::Socks5 => "socks5",
     };
     let (host, port, mut username, mut password) = if let Some(raw) = proxy.url.as_deref() {
-        let parsed = url::Url::parse(raw)
+        let parsed = url::Url::parse(raw);
+        // Errors name the URL with its password masked.
+        let raw = &ccf_config::mask_url_password(raw);
+        let parsed = parsed
             .map_err(|error| ClientBuildError::Proxy(format!("url `{raw}` is invalid: {error}")))?;
         let host = parsed
             .host_str()

@@ -52,6 +52,10 @@ pub enum ProxyError {
         /// Why, as shown to the client.
         reason: &'static str,
     },
+    /// The request's API key is over one of its `auth.tokens[].limits` (rate, concurrency queue
+    /// or budget): 429 `rate_limit_error`, with `retry-after` when a time is known.
+    #[error(transparent)]
+    KeyLimited(#[from] crate::key_limits::KeyRefusal),
     /// `server.max_in_flight` requests are already in flight.
     #[error("the forwarder is overloaded: {limit} requests are already in flight (server.max_in_flight); retry shortly")]
     Overloaded {
@@ -97,7 +101,8 @@ impl ProxyError {
         match self {
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BodyRead { .. }
-            | ProxyError::Unauthorized { .. } => ErrorOrigin::Client,
+            | ProxyError::Unauthorized { .. }
+            | ProxyError::KeyLimited(_) => ErrorOrigin::Client,
             ProxyError::Connect { .. } | ProxyError::HeaderTimeout { .. } => ErrorOrigin::Upstream,
             ProxyError::NoEndpoint
             | ProxyError::BadUpstreamUrl { .. }
@@ -119,6 +124,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyRead { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::KeyLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Overloaded { .. } => OVERLOADED,
             ProxyError::BadUpstreamUrl { .. } | ProxyError::Connect { .. } => {
@@ -134,6 +140,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BodyRead { .. } => "invalid_request_error",
             ProxyError::Unauthorized { .. } => "authentication_error",
+            ProxyError::KeyLimited(_) => "rate_limit_error",
             ProxyError::NoEndpoint | ProxyError::Overloaded { .. } => "overloaded_error",
             ProxyError::BadUpstreamUrl { .. }
             | ProxyError::Connect { .. }
@@ -143,7 +150,16 @@ impl ProxyError {
 
     /// The response the client receives for this error.
     pub fn to_response(&self) -> Response<ProxyBody> {
-        anthropic_error_response(self.status(), self.anthropic_type(), &self.to_string())
+        let mut response =
+            anthropic_error_response(self.status(), self.anthropic_type(), &self.to_string());
+        if let ProxyError::KeyLimited(refusal) = self {
+            if let Some(seconds) = refusal.retry_after_secs() {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+        }
+        response
     }
 }
 

@@ -167,6 +167,7 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             supports_count_tokens: false,
+            model_map: ccf_config::ModelMap::default(),
         }
     }
 

@@ -89,6 +89,7 @@ impl Honesty {
             request_model: request_model
                 .filter(|model| !model.trim().is_empty())
                 .map(str::to_string),
+            sent_model: None,
             body: body.clone(),
             estimation_ratio: config.token_counting.estimation_ratio,
             usage_tolerance: config.routing.usage_tolerance,
@@ -203,6 +204,8 @@ struct DeltaTiming {
 pub(crate) struct HonestyWatch {
     request_id: RequestId,
     request_model: Option<String>,
+    /// The model sent in place of `request_model` by the answering endpoint's `model_map`.
+    sent_model: Option<String>,
     body: Bytes,
     estimation_ratio: f64,
     usage_tolerance: f64,
@@ -211,6 +214,12 @@ pub(crate) struct HonestyWatch {
 }
 
 impl HonestyWatch {
+    /// The attempt about to be sent carries `model` in place of the request's (an endpoint's
+    /// `model_map`; `None`: unchanged): the answer's model is compared with what was sent.
+    pub(crate) fn model_sent(&mut self, model: Option<&str>) {
+        self.sent_model = model.map(str::to_string);
+    }
+
     /// The answer is about to be relayed: time its content deltas when it is an SSE stream the
     /// frames of which can be read as they are (no content encoding).
     pub(crate) fn watch_answer(&mut self, is_event_stream: bool, content_encoding: Option<&str>) {
@@ -256,7 +265,7 @@ impl HonestyWatch {
     pub(crate) fn finish(self, extraction: &Extraction) -> HonestyCheck {
         let mut verdicts = Vec::with_capacity(3);
         if let (Some(requested), Some(responded)) = (
-            self.request_model.as_deref(),
+            self.sent_model.as_deref().or(self.request_model.as_deref()),
             extraction
                 .model
                 .as_deref()

@@ -30,7 +30,9 @@ pub mod events;
 mod forwarder;
 pub mod headers;
 mod honesty;
+pub mod key_limits;
 mod limits;
+mod model_map;
 pub mod monitoring;
 mod probe;
 mod ratelimit;
@@ -39,6 +41,7 @@ mod retry;
 mod server;
 mod session;
 mod suspend;
+mod thinking_repair;
 mod tracking;
 
 pub use auth::InboundAuth;

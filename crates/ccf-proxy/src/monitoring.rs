@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::body::{empty_body, full_body, ProxyBody};
 use crate::error::anthropic_error_response;
+use crate::key_limits::KeyLimits;
 use crate::suspend::Suspension;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +77,39 @@ struct CostLabels {
     model: String,
 }
 
+/// `ccf_failover_triggered_total` and `ccf_thinking_signature_repairs_total`.
+#[derive(Default)]
+struct FailoverTriggerMetrics {
+    triggered: Family<FailoverTriggerLabels, Counter>,
+    repairs: Family<RepairLabels, Counter>,
+}
+
+impl FailoverTriggerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ccf_failover_triggered",
+            "Answers that moved a request to the next endpoint by a configured failover trigger, by endpoint and reason (status, empty_answer)",
+            self.triggered.clone(),
+        );
+        registry.register(
+            "ccf_thinking_signature_repairs",
+            "Requests retried without earlier thinking blocks after the endpoint refused a thinking signature",
+            self.repairs.clone(),
+        );
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailoverTriggerLabels {
+    endpoint: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabels {
+    endpoint: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
@@ -103,6 +137,19 @@ struct HonestyLabels {
     signal: &'static str,
 }
 
+/// `ccf_quota_utilization`'s labels: a subscription account's usage window.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaWindowLabels {
+    endpoint: String,
+    window: String,
+}
+
+/// `ccf_quota_rejected_total`'s label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaEndpointLabels {
+    endpoint: String,
+}
+
 /// What `/health/usage-tracker` reports about the usage recorder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageHealth {
@@ -124,6 +171,8 @@ pub struct UsageHealth {
 pub struct CostCounter {
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     model_labels: Arc<ModelLabels>,
+    /// The per-key spend the same cost counts in (`auth.tokens[].limits` budgets).
+    key_limits: Option<Arc<KeyLimits>>,
 }
 
 impl std::fmt::Debug for CostCounter {
@@ -138,6 +187,9 @@ impl CostCounter {
     pub fn add(&self, record: &RequestRecord, usd: f64) {
         if !usd.is_finite() || usd <= 0.0 {
             return;
+        }
+        if let (Some(key_limits), Some(key)) = (&self.key_limits, &record.api_key_name) {
+            key_limits.add_spend(key, usd, SystemTime::now());
         }
         let model = self.model_labels.label(
             record.request_model.as_deref(),
@@ -265,10 +317,20 @@ pub struct Metrics {
     recorder_journal_bytes: Gauge,
     endpoint_up: Family<RouteLabels, Gauge>,
     honesty_score: Family<HonestyLabels, Gauge<f64, AtomicU64>>,
+    quota_utilization: Family<QuotaWindowLabels, Gauge<f64, AtomicU64>>,
+    quota_rejected: Family<QuotaEndpointLabels, Counter>,
+    /// The `(endpoint, window)` series of `ccf_quota_utilization` (window names come from
+    /// upstream headers: at most [`ccf_router::subscription::MAX_WINDOWS`] per endpoint).
+    quota_windows: Mutex<HashSet<(String, String)>>,
+    /// Model mapping and model rule counters (issue 20, `model_map.rs`).
+    pub(crate) model_routing: crate::model_map::ModelRoutingMetrics,
+    webhooks: WebhookMetrics,
     cost_model: RwLock<Option<CostModel>>,
     model_labels: Arc<ModelLabels>,
     usage_health: RwLock<Option<UsageHealthReader>>,
     suspension: OnceLock<Arc<Suspension>>,
+    /// Per-key limits: rejections counted, spend read at every scrape.
+    key_metrics: KeyLimitMetrics,
     /// Handles of the series finished requests touch, by label values (see [`FinishedSeries`]).
     finished_cache: RwLock<Vec<Arc<FinishedSeries>>>,
     /// Handles of `requests` series, by endpoint and status.
@@ -277,6 +339,8 @@ pub struct Metrics {
     /// answer sets four of them, and building each one's labels (a `String`) and hashing them
     /// cost more than the update.
     honesty_cache: RwLock<Vec<(String, &'static str, HonestyGauge)>>,
+    /// Failover triggers and thinking-signature repairs (issue 20, points 5 and 7).
+    failover_triggers: FailoverTriggerMetrics,
 }
 
 /// One `ccf_endpoint_honesty_score` series.
@@ -350,15 +414,23 @@ impl Metrics {
             recorder_journal_bytes: Gauge::default(),
             endpoint_up: Family::default(),
             honesty_score: Family::default(),
+            quota_utilization: Family::default(),
+            quota_rejected: Family::default(),
+            quota_windows: Mutex::default(),
+            model_routing: crate::model_map::ModelRoutingMetrics::default(),
+            webhooks: WebhookMetrics::default(),
             cost_model: RwLock::new(None),
             model_labels: Arc::default(),
             usage_health: RwLock::new(None),
             suspension: OnceLock::new(),
+            key_metrics: KeyLimitMetrics::default(),
             finished_cache: RwLock::new(Vec::new()),
             request_cache: RwLock::new(Vec::new()),
             honesty_cache: RwLock::new(Vec::new()),
+            failover_triggers: FailoverTriggerMetrics::default(),
             registry: Registry::default(),
         };
+        metrics.failover_triggers.register(&mut registry);
         registry.register(
             "endpoint_forwarder_endpoints_total",
             "Configured upstream endpoints",
@@ -464,6 +536,7 @@ impl Metrics {
             "1 for the group requests are routed to",
             metrics.group_active.clone(),
         );
+        metrics.key_metrics.register(&mut registry);
         registry.register(
             "ccf_suspensions",
             "Held requests by what happened to them (held, resumed, timed_out)",
@@ -499,10 +572,82 @@ impl Metrics {
             "Relay honesty score (1 = trusted) by endpoint and signal (overall, model_substitution, usage_mismatch, burst_stream)",
             metrics.honesty_score.clone(),
         );
+        registry.register(
+            "ccf_quota_utilization",
+            "Subscription account usage (0-1) by endpoint and window (anthropic-ratelimit-unified-<window>-utilization)",
+            metrics.quota_utilization.clone(),
+        );
+        registry.register(
+            "ccf_quota_rejected",
+            "Upstream answers whose subscription account said rejected (anthropic-ratelimit-unified-status), by endpoint",
+            metrics.quota_rejected.clone(),
+        );
+        metrics.model_routing.register(&mut registry);
+        metrics.webhooks.register(&mut registry);
         Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Records a subscription account's answer: each window's utilization in
+    /// `ccf_quota_utilization`, a `rejected` status in `ccf_quota_rejected_total`. An endpoint
+    /// gets at most [`ccf_router::subscription::MAX_WINDOWS`] window series; later new names
+    /// are not shown.
+    pub fn record_subscription(&self, endpoint: &str, reading: &ccf_router::SubscriptionReading) {
+        for window in &reading.windows {
+            let series = (endpoint.to_string(), window.window.clone());
+            {
+                let mut seen = self
+                    .quota_windows
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !seen.contains(&series) {
+                    let of_endpoint = seen.iter().filter(|(name, _)| name == endpoint).count();
+                    if of_endpoint >= ccf_router::subscription::MAX_WINDOWS {
+                        continue;
+                    }
+                    seen.insert(series);
+                }
+            }
+            if let Some(utilization) = window.utilization {
+                self.quota_utilization
+                    .get_or_create(&QuotaWindowLabels {
+                        endpoint: endpoint.to_string(),
+                        window: window.window.clone(),
+                    })
+                    .set(utilization);
+            }
+        }
+        if reading.status == Some(ccf_router::SubscriptionStatus::Rejected) {
+            self.quota_rejected
+                .get_or_create(&QuotaEndpointLabels {
+                    endpoint: endpoint.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// A failover trigger moved a request off `endpoint` (`reason`: `status` for
+    /// `retry.failover_on_status`, `empty_answer` for `retry.failover_on_empty_answer`).
+    pub fn record_failover_trigger(&self, endpoint: &str, reason: &'static str) {
+        self.failover_triggers
+            .triggered
+            .get_or_create(&FailoverTriggerLabels {
+                endpoint: endpoint.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A request's body was repaired after `endpoint` refused a thinking block's signature.
+    pub fn record_thinking_signature_repair(&self, endpoint: &str) {
+        self.failover_triggers
+            .repairs
+            .get_or_create(&RepairLabels {
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
     }
 
     /// Sets an endpoint's relay honesty score for `signal` (`overall` or a signal name).
@@ -536,6 +681,11 @@ impl Metrics {
         }
     }
 
+    /// The webhook delivery metrics' handles (for the webhook dispatcher).
+    pub fn webhook_metrics(&self) -> WebhookMetrics {
+        self.webhooks.clone()
+    }
+
     /// A handle that adds costs priced elsewhere to `ccf_cost_usd`: the usage recorder prices
     /// each final outcome once and reports that same number here, so the metric and the stored
     /// rows agree. Install it instead of a [`CostModel`], not with one.
@@ -543,6 +693,7 @@ impl Metrics {
         CostCounter {
             cost: self.cost.clone(),
             model_labels: Arc::clone(&self.model_labels),
+            key_limits: self.key_metrics.limits.get().cloned(),
         }
     }
 
@@ -734,6 +885,11 @@ impl Metrics {
         if let Some(cost_model) = cost_model {
             let cost = cost_model(record.model(), usage);
             if cost.is_finite() && cost > 0.0 {
+                if let (Some(key_limits), Some(key)) =
+                    (self.key_metrics.limits.get(), &record.api_key_name)
+                {
+                    key_limits.add_spend(key, cost, SystemTime::now());
+                }
                 series
                     .cost
                     .get_or_init(|| {
@@ -901,6 +1057,7 @@ impl Metrics {
             self.suspended_now
                 .set(i64::try_from(suspension.held()).unwrap_or(i64::MAX));
         }
+        self.key_metrics.refresh();
         self.endpoints_total
             .set(i64::try_from(endpoints.len()).unwrap_or(i64::MAX));
         self.endpoints_healthy.set(healthy);
@@ -914,6 +1071,83 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Labels of `ccf_key_rejected_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyRejectLabels {
+    key: String,
+    reason: &'static str,
+}
+
+/// Labels of `ccf_key_spend_usd`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeySpendLabels {
+    key: String,
+    period: &'static str,
+}
+
+/// The per-key limit metrics (`auth.tokens[].limits`): `ccf_key_rejected_total{key,reason}`
+/// and `ccf_key_spend_usd{key,period}` (read from [`KeyLimits`] at every scrape, so a new day
+/// shows 0 without a request).
+#[derive(Default)]
+struct KeyLimitMetrics {
+    limits: OnceLock<Arc<KeyLimits>>,
+    rejected: Family<KeyRejectLabels, Counter>,
+    spend: Family<KeySpendLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl KeyLimitMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ccf_key_rejected",
+            "Requests refused by their API key's limits, by key name and reason (rate, concurrency, budget)",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "ccf_key_spend_usd",
+            "Spend of each API key in the current budget period (daily, monthly), USD",
+            self.spend.clone(),
+        );
+    }
+
+    fn refresh(&self) {
+        let Some(limits) = self.limits.get() else {
+            return;
+        };
+        for view in limits.views() {
+            for (period, usd) in [
+                ("daily", view.spent_today_usd),
+                ("monthly", view.spent_this_month_usd),
+            ] {
+                self.spend
+                    .get_or_create(&KeySpendLabels {
+                        key: view.name.clone(),
+                        period,
+                    })
+                    .set(usd);
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts spend into, and reads the spend gauges from, `limits`. Set once, when the engine
+    /// is built (before any [`Metrics::cost_counter`]).
+    pub(crate) fn watch_key_limits(&self, limits: Arc<KeyLimits>) {
+        let _ = self.key_metrics.limits.set(limits);
+    }
+
+    /// A request of API key `key` was refused by its limits (`rate`, `concurrency`, `budget`).
+    pub fn record_key_rejected(&self, key: &str, reason: &'static str) {
+        self.key_metrics
+            .rejected
+            .get_or_create(&KeyRejectLabels {
+                key: key.to_string(),
+                reason,
+            })
+            .inc();
     }
 }
 
@@ -1103,6 +1337,72 @@ fn with_type(mut response: Response<ProxyBody>, content_type: &'static str) -> R
     response
 }
 
+// --- webhooks (issue #20, point 6) ---
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookDeliveryLabels {
+    webhook: String,
+    event: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: String,
+}
+
+/// `ccf_webhook_deliveries_total` and `ccf_webhook_queue_depth`: handles sharing their series
+/// with the engine's registry. Cheap to clone. The `webhook` label is the receiver's position in
+/// `webhooks[]`, never its URL (which may carry credentials).
+#[derive(Clone, Debug, Default)]
+pub struct WebhookMetrics {
+    deliveries: Family<WebhookDeliveryLabels, Counter>,
+    queue_depth: Family<WebhookLabels, Gauge>,
+}
+
+impl WebhookMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ccf_webhook_deliveries",
+            "Webhook delivery results by webhook (its index in webhooks[]), event and result \
+             (delivered, retried, failed, dropped, lost)",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "ccf_webhook_queue_depth",
+            "Webhook notifications waiting for delivery, by webhook",
+            self.queue_depth.clone(),
+        );
+    }
+
+    /// Counts one delivery `result` of `event` to `webhook`.
+    pub fn count(&self, webhook: &str, event: &'static str, result: &'static str, by: u64) {
+        self.deliveries
+            .get_or_create(&WebhookDeliveryLabels {
+                webhook: webhook.to_string(),
+                event,
+                result,
+            })
+            .inc_by(by);
+    }
+
+    /// Sets `webhook`'s queue depth.
+    pub fn set_queue_depth(&self, webhook: &str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_string(),
+            })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Drops `webhook`'s queue depth series (the receiver was removed by a reload).
+    pub fn forget(&self, webhook: &str) {
+        self.queue_depth.remove(&WebhookLabels {
+            webhook: webhook.to_string(),
+        });
+    }
+}
+
 /// Formats a time as RFC 3339 in UTC with milliseconds (`2026-11-26T05:49:31.123Z`).
 pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
@@ -1153,6 +1453,40 @@ mod tests {
         fn set_catalog_for_test(&self, knows: impl Fn(&str) -> bool + Send + Sync + 'static) {
             *self.catalog.write().unwrap() = Some(Arc::new(knows));
         }
+    }
+
+    #[test]
+    fn quota_window_series_are_bounded_per_endpoint() {
+        let metrics = Metrics::new();
+        let reading = |names: std::ops::Range<usize>| ccf_router::SubscriptionReading {
+            status: Some(ccf_router::SubscriptionStatus::Rejected),
+            windows: names
+                .map(|n| ccf_router::WindowReading {
+                    window: format!("w{n}"),
+                    utilization: Some(0.5),
+                    reset_in: None,
+                })
+                .collect(),
+            ..ccf_router::SubscriptionReading::default()
+        };
+        metrics.record_subscription("relay", &reading(0..6));
+        metrics.record_subscription("relay", &reading(6..20));
+        metrics.record_subscription("other", &reading(0..1));
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry).expect("encodes");
+        let series = |endpoint: &str| {
+            text.lines()
+                .filter(|line| {
+                    line.starts_with(&format!("ccf_quota_utilization{{endpoint=\"{endpoint}\""))
+                })
+                .count()
+        };
+        assert_eq!(series("relay"), ccf_router::subscription::MAX_WINDOWS);
+        assert_eq!(series("other"), 1);
+        assert!(
+            text.contains("ccf_quota_rejected_total{endpoint=\"relay\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl UpstreamProber {
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         let exchange = async {
-            let response = self.client.request(request).await?;
+            let response = self.client.request(&endpoint.name, request).await?;
             let status = response.status().as_u16();
             let latency = started.elapsed();
             // Drain the (small) body so the pooled connection can be reused.

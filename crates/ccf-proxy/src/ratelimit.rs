@@ -1,14 +1,21 @@
 //! Reading the rate-limit headers of every upstream answer (any status) for the router's quota
 //! model: `anthropic-ratelimit-{requests,input-tokens,output-tokens,tokens}-{limit,remaining,
 //! reset}` (reset as an RFC 3339 time) and `retry-after` (seconds or an HTTP date), as one
-//! [`QuotaObservation`] per answer ([`quota_observation`]).
+//! [`QuotaObservation`] per answer ([`quota_observation`]). A subscription account's
+//! `anthropic-ratelimit-unified-*` family (`-status`, `-reset` in epoch seconds,
+//! `-representative-claim`, and per window `-<window>-utilization` / `-<window>-reset`) becomes
+//! the observation's [`SubscriptionReading`] ([`subscription_reading`]).
 //!
 //! It must not know what the readings mean for routing (burn rate, draining: ccf-router's
 //! `quota.rs`) nor what a 429 does to the request (the retry policy, `retry.rs`).
 
 use std::time::{Duration, SystemTime};
 
-use ccf_router::{QuotaDimension, QuotaObservation, QuotaReading};
+use ccf_router::subscription::MAX_WINDOWS;
+use ccf_router::{
+    QuotaDimension, QuotaObservation, QuotaReading, SubscriptionReading, SubscriptionStatus,
+    WindowReading,
+};
 use http::HeaderMap;
 
 /// The prefix every rate-limit header shares.
@@ -108,7 +115,122 @@ pub(crate) fn quota_observation(headers: &HeaderMap, now: SystemTime) -> QuotaOb
         only_retry_after.insert(http::header::RETRY_AFTER, value.clone());
         observation.retry_after = crate::classify::retry_after(&only_retry_after, now);
     }
+    observation.subscription = subscription_reading(headers, now);
     observation
+}
+
+/// The prefix of a subscription account's headers.
+const UNIFIED_PREFIX: &str = "anthropic-ratelimit-unified-";
+
+/// Longest window label accepted from a header name (`5h`, `7d`, `7d_opus`, ...).
+const MAX_WINDOW_LABEL: usize = 32;
+
+/// The `anthropic-ratelimit-unified-*` headers of an answer, seen at `now`; `None` when it has
+/// none. Resets are epoch seconds (a reset in the past reads as zero); utilizations are clamped
+/// to 0-1; unreadable values are ignored. A window is reported when its `-utilization` is
+/// readable (other `-<name>-reset` headers, such as an overage's, are not windows); at most
+/// [`MAX_WINDOWS`], with labels of ASCII letters, digits and `_` only. Only the first value of a
+/// repeated header counts.
+pub(crate) fn subscription_reading(
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Option<SubscriptionReading> {
+    let epoch_reset = |value: &str| crate::classify::epoch_reset_in(value, now);
+    let mut reading = SubscriptionReading::default();
+    let mut seen_status = false;
+    let mut seen_reset = false;
+    // In header order.
+    let mut windows: Vec<WindowHeaders<'_>> = Vec::new();
+    for (name, value) in headers {
+        let Some(suffix) = name.as_str().strip_prefix(UNIFIED_PREFIX) else {
+            continue;
+        };
+        let Ok(value) = value.to_str().map(str::trim) else {
+            continue;
+        };
+        match suffix {
+            "status" if !seen_status => {
+                seen_status = true;
+                reading.status = SubscriptionStatus::parse(value);
+            }
+            "reset" if !seen_reset => {
+                seen_reset = true;
+                reading.reset_in = epoch_reset(value);
+            }
+            "representative-claim" if reading.representative_claim.is_none() => {
+                if is_label(value) {
+                    reading.representative_claim = Some(value.to_string());
+                }
+            }
+            _ => {
+                let (label, utilization) = if let Some(label) = suffix.strip_suffix("-utilization")
+                {
+                    (label, true)
+                } else if let Some(label) = suffix.strip_suffix("-reset") {
+                    (label, false)
+                } else {
+                    continue;
+                };
+                if !is_label(label) {
+                    continue;
+                }
+                let position = match windows.iter().position(|known| known.label == label) {
+                    Some(position) => position,
+                    None => {
+                        windows.push(WindowHeaders {
+                            label,
+                            utilization: None,
+                            reset: None,
+                        });
+                        windows.len() - 1
+                    }
+                };
+                let slot = &mut windows[position];
+                if utilization && slot.utilization.is_none() {
+                    slot.utilization = Some(
+                        value
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|fraction| fraction.is_finite())
+                            .map(|fraction| fraction.clamp(0.0, 1.0)),
+                    );
+                } else if !utilization && slot.reset.is_none() {
+                    slot.reset = Some(epoch_reset(value));
+                }
+            }
+        }
+    }
+    reading.windows = windows
+        .into_iter()
+        .filter_map(|window| {
+            window
+                .utilization
+                .flatten()
+                .map(|utilization| WindowReading {
+                    window: window.label.to_string(),
+                    utilization: Some(utilization),
+                    reset_in: window.reset.flatten(),
+                })
+        })
+        .take(MAX_WINDOWS)
+        .collect();
+    (!reading.is_empty()).then_some(reading)
+}
+
+/// The first value of one window's headers (`None`: absent; `Some(None)`: unreadable).
+struct WindowHeaders<'a> {
+    label: &'a str,
+    utilization: Option<Option<f64>>,
+    reset: Option<Option<Duration>>,
+}
+
+/// A short name of ASCII letters, digits and `_` (a window label or a claim).
+fn is_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_WINDOW_LABEL
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
 }
 
 #[cfg(test)]
@@ -151,6 +273,60 @@ mod tests {
         );
         assert_eq!(observation.retry_after, Some(Duration::from_secs(3)));
         assert!(quota_observation(&HeaderMap::new(), now).is_empty());
+    }
+
+    #[test]
+    fn unified_headers_become_a_subscription_reading() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("anthropic-ratelimit-unified-status", "allowed_warning"),
+            ("anthropic-ratelimit-unified-reset", "1700003600"),
+            (
+                "anthropic-ratelimit-unified-representative-claim",
+                "five_hour",
+            ),
+            ("anthropic-ratelimit-unified-5h-utilization", "0.93"),
+            ("anthropic-ratelimit-unified-5h-reset", "1700001800"),
+            ("anthropic-ratelimit-unified-7d-utilization", "1.7"),
+            ("anthropic-ratelimit-unified-7d-reset", "1600000000"),
+            ("anthropic-ratelimit-unified-overage-reset", "1700001800"),
+            ("anthropic-ratelimit-unified-bad.name-utilization", "0.5"),
+            ("anthropic-ratelimit-unified-30d-utilization", "lots"),
+        ] {
+            headers.insert(name, HeaderValue::from_str(value).expect("header"));
+        }
+        let observation = quota_observation(&headers, now);
+        assert!(observation.readings.is_empty());
+        let reading = observation.subscription.expect("subscription");
+        assert_eq!(reading.status, Some(SubscriptionStatus::AllowedWarning));
+        assert_eq!(reading.reset_in, Some(Duration::from_secs(3600)));
+        assert_eq!(reading.representative_claim.as_deref(), Some("five_hour"));
+        assert_eq!(
+            reading.windows,
+            vec![
+                WindowReading {
+                    window: "5h".to_string(),
+                    utilization: Some(0.93),
+                    reset_in: Some(Duration::from_secs(1800)),
+                },
+                WindowReading {
+                    window: "7d".to_string(),
+                    utilization: Some(1.0),
+                    reset_in: Some(Duration::ZERO),
+                },
+            ]
+        );
+        let mut rejected = HeaderMap::new();
+        rejected.insert(
+            "anthropic-ratelimit-unified-status",
+            HeaderValue::from_static("rejected"),
+        );
+        assert_eq!(
+            subscription_reading(&rejected, now).and_then(|reading| reading.status),
+            Some(SubscriptionStatus::Rejected)
+        );
+        assert_eq!(subscription_reading(&HeaderMap::new(), now), None);
     }
 
     #[test]

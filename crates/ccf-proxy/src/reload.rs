@@ -146,6 +146,9 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
                 if previous.supports_count_tokens != endpoint.supports_count_tokens {
                     what.push("supports_count_tokens");
                 }
+                if previous.model_map != endpoint.model_map {
+                    what.push("model_map");
+                }
                 report.applied.push(format!(
                     "endpoint `{}` changed ({})",
                     endpoint.name,
@@ -194,7 +197,12 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
         "endpoints[].ca_file",
         old.endpoint_ca_files != new.endpoint_ca_files,
     );
+    section(
+        "endpoints[].proxy",
+        differs(&old.endpoint_proxies, &new.endpoint_proxies),
+    );
     section("routing", differs(&old.routing, &new.routing));
+    section("webhooks", old.webhooks != new.webhooks);
     section("logging.level", old.logging.level != new.logging.level);
     section(
         "usage_tracking pricing",

@@ -13,11 +13,15 @@
 //! | `RateLimited`, wait known and at most `retry.max_delay` | success | retrying `rate_limited` | - | wait as asked, same endpoint | skip the endpoint until its reset, next endpoint |
 //! | `RateLimited`, wait known and longer | success | retrying `rate_limited` | - | skip the endpoint until its reset, next endpoint | same |
 //! | `RateLimited`, no wait given | success | retrying `rate_limited` | - | back off, same endpoint | next endpoint |
+//! | `QuotaRejected` (429, subscription account `rejected`) | success | retrying `rate_limited` | - | next endpoint (the router blocked this one until the account's reset when the answer's headers were recorded) | same |
 //! | `CredentialsRefused` (401, 403) | auth failed (only a passing health probe clears it) | retrying `auth_error` | - | next endpoint | same |
 //! | `ConnectFailed` (connect error, reset before the headers) | failure `connect` | retrying `network_error` | `ccf_upstream_failures_total` | back off, same endpoint | next endpoint |
 //! | `HeaderTimeout` (no headers in time, no connection was open for the request) | failure `timeout` | retrying `timeout` | `ccf_upstream_failures_total` | back off, same endpoint | next endpoint |
 //! | `TimedOutAfterSend` (no headers in time, the request was handed to the upstream: it may be generating it) | failure `timeout` | retrying `timeout` | `ccf_upstream_failures_total` | one last attempt, on another endpoint | same |
 //! | `Unsendable` (the request cannot be built for this endpoint) | - | - | - | next endpoint | same |
+//! | `FailoverStatus` (a status listed in `retry.failover_on_status`) | 4xx: success; 5xx: failure `server_error(status)` | retrying `http_error` (4xx) / `server_error` (5xx) | `ccf_failover_triggered_total{reason="status"}` | next endpoint | same |
+//! | `EmptyAnswer` (`retry.failover_on_empty_answer`: a 200 with no content and 0 output tokens, [`empty_answer`]) | failure `broken_response` | retrying `stream_error` | `ccf_failover_triggered_total{reason="empty_answer"}` | next endpoint | same |
+//! | `ThinkingRepaired` (`routing.repair_thinking_signatures`: a 400 naming an invalid thinking `signature`, body repaired, once per request: `thinking_repair.rs`) | success | retrying `http_error` | `ccf_thinking_signature_repairs_total` | the same endpoint again at once, not counted against `retry.max_attempts` | same |
 //!
 //! An answer that is not relayed is kept (bounded) as the request's last answer, an error as its
 //! last error: when every candidate fails, the final failure relays the last answer verbatim.
@@ -61,6 +65,8 @@ pub(crate) enum AttemptVerdict {
         /// From `retry-after` or the earliest `anthropic-ratelimit-*-reset`.
         retry_after: Option<Duration>,
     },
+    /// 429 from a subscription account that said `rejected`: spent until its reset.
+    QuotaRejected,
     /// 401 or 403: the endpoint refused our credentials.
     CredentialsRefused,
     /// No answer: the connection failed or broke before the response headers.
@@ -73,6 +79,41 @@ pub(crate) enum AttemptVerdict {
     TimedOutAfterSend,
     /// The request could not be built for this endpoint (its URL or a configured header).
     Unsendable,
+    /// A status listed in `retry.failover_on_status`: the next endpoint, without retrying this
+    /// one.
+    FailoverStatus {
+        /// The status the endpoint answered.
+        status: u16,
+    },
+    /// `retry.failover_on_empty_answer`: a 200 with no content and zero output tokens.
+    EmptyAnswer,
+    /// `routing.repair_thinking_signatures`: the endpoint refused a thinking block's signature
+    /// and the request's body was repaired: the same endpoint once more.
+    ThinkingRepaired,
+}
+
+/// The failover triggers of `retry.*` that turn an answer into a failure of its endpoint.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FailoverTriggers<'a> {
+    /// `retry.failover_on_status`.
+    pub(crate) statuses: &'a [u16],
+    /// `retry.failover_on_empty_answer`.
+    pub(crate) empty_answer: bool,
+}
+
+impl AttemptVerdict {
+    /// This verdict, turned into [`AttemptVerdict::FailoverStatus`] when `status` is listed in
+    /// `retry.failover_on_status` (only answers that would be relayed or retried are: 401, 403
+    /// and 429 keep their own handling, and validation refuses them in the list).
+    pub(crate) fn with_status_trigger(self, status: u16, triggers: FailoverTriggers<'_>) -> Self {
+        let listed = triggers.statuses.contains(&status);
+        match self {
+            AttemptVerdict::Final | AttemptVerdict::ServerError { .. } if listed => {
+                AttemptVerdict::FailoverStatus { status }
+            }
+            other => other,
+        }
+    }
 }
 
 /// What an attempt may still do on its endpoint.
@@ -125,6 +166,9 @@ pub(crate) enum NextStep {
     /// Make one last attempt, on another endpoint than this one, and then stop
     /// ([`RequestRetries`]).
     LastAttemptElsewhere,
+    /// Send the (repaired) request to the same endpoint again at once; not counted against
+    /// `retry.max_attempts`.
+    RetryRepaired,
 }
 
 /// How loudly an attempt is logged.
@@ -168,6 +212,7 @@ impl AttemptVerdict {
                 AttemptVerdict::RateLimited { retry_after }
             }
             AttemptClass::NextEndpoint => AttemptVerdict::CredentialsRefused,
+            AttemptClass::QuotaRejected => AttemptVerdict::QuotaRejected,
         }
     }
 
@@ -249,6 +294,16 @@ impl AttemptVerdict {
                     ..quiet
                 }
             }
+            // No retry against a spent account: the router blocked it until its reset.
+            AttemptVerdict::QuotaRejected => Effects {
+                health: HealthSignal::Success,
+                log: Some((
+                    LogLevel::Info,
+                    "subscription quota rejected: endpoint blocked until its reset",
+                )),
+                retrying: Some(FailureReason::RateLimited),
+                ..quiet
+            },
             AttemptVerdict::CredentialsRefused => Effects {
                 health: HealthSignal::AuthFailed,
                 log: Some((
@@ -289,6 +344,44 @@ impl AttemptVerdict {
                 log: Some((LogLevel::Warn, "attempt impossible")),
                 ..quiet
             },
+            AttemptVerdict::FailoverStatus { status } => {
+                let (health, retrying) = if status >= 500 {
+                    (
+                        HealthSignal::Failure(PassiveFailure::ServerError(status)),
+                        FailureReason::ServerError,
+                    )
+                } else {
+                    (HealthSignal::Success, FailureReason::HttpError)
+                };
+                Effects {
+                    health,
+                    log: Some((
+                        LogLevel::Warn,
+                        "status listed in retry.failover_on_status: next endpoint",
+                    )),
+                    retrying: Some(retrying),
+                    ..quiet
+                }
+            }
+            AttemptVerdict::EmptyAnswer => Effects {
+                health: HealthSignal::Failure(PassiveFailure::BrokenResponse),
+                log: Some((
+                    LogLevel::Warn,
+                    "empty answer (no content, 0 output tokens; retry.failover_on_empty_answer): next endpoint",
+                )),
+                retrying: Some(FailureReason::StreamError),
+                ..quiet
+            },
+            AttemptVerdict::ThinkingRepaired => Effects {
+                health: HealthSignal::Success,
+                log: Some((
+                    LogLevel::Info,
+                    "invalid thinking signature: earlier thinking blocks dropped, same endpoint again (routing.repair_thinking_signatures)",
+                )),
+                retrying: Some(FailureReason::HttpError),
+                next: NextStep::RetryRepaired,
+                ..quiet
+            },
         }
     }
 }
@@ -304,6 +397,9 @@ pub(crate) struct RequestRetries {
     /// The groups the request has tried: a group's first attempt of the request is a failover,
     /// not a retry; trying a group again (a held request routing again) is.
     groups_tried: Vec<String>,
+    /// The request's body was repaired once after an invalid thinking signature
+    /// (`thinking_repair.rs`); it is never repaired twice.
+    thinking_repaired: bool,
 }
 
 /// Whether a request may make an attempt on an endpoint ([`RequestRetries::gate`]).
@@ -347,6 +443,17 @@ impl RequestRetries {
     /// No attempt may follow: the last attempt after a timeout was made.
     pub(crate) fn is_over(&self) -> bool {
         self.last_attempt_made
+    }
+
+    /// Whether the request may still have its body repaired after an invalid thinking
+    /// signature (once per request).
+    pub(crate) fn may_repair_thinking(&self) -> bool {
+        !self.thinking_repaired
+    }
+
+    /// The request's body was repaired after an invalid thinking signature.
+    pub(crate) fn thinking_repaired(&mut self) {
+        self.thinking_repaired = true;
     }
 
     /// The request starts trying `group`: `true` when it never tried it before (its first
@@ -438,6 +545,8 @@ impl RetryBudget {
         self.retries_in_flight.load(Ordering::Acquire)
     }
 }
+
+pub(crate) mod empty_answer;
 
 #[cfg(test)]
 mod tests;

@@ -64,8 +64,9 @@ impl TrackingHub {
         if record.model_mismatch {
             warn!(
                 requested = record.request_model.as_deref().unwrap_or("-"),
+                sent = record.sent_model.as_deref(),
                 answered = record.response_model.as_deref().unwrap_or("-"),
-                "the upstream answered with another model than requested"
+                "the upstream answered with another model than the one sent"
             );
         }
         self.metrics.record_finished(record);

@@ -1216,6 +1216,7 @@ mod tests {
                     reset_in: Some(Duration::from_secs(reset_secs)),
                 }],
                 retry_after: None,
+                subscription: None,
             }
         }
     }

@@ -58,6 +58,7 @@ mod affinity;
 mod events;
 mod fast_test;
 pub mod honesty;
+mod model_rules;
 mod operator;
 mod outcomes;
 mod plan;
@@ -66,6 +67,7 @@ mod reconfigure;
 #[cfg(test)]
 mod reconfigure_tests;
 mod state;
+pub mod subscription;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]
@@ -79,11 +81,16 @@ pub use affinity::{
 };
 pub use events::RouterEvent;
 pub use fast_test::rank_by_fast_test;
+pub use model_rules::{model_route, ModelRoute};
 pub use operator::RouterError;
 pub use plan::{PlannedEndpoint, RoutePlan};
 pub use quota::{
     DimensionView, DrainReason, EndpointQuotaView, QuotaBook, QuotaDimension, QuotaObservation,
-    QuotaReading,
+    QuotaReading, QuotaRecorded,
+};
+pub use subscription::{
+    QuotaAlert, SubscriptionReading, SubscriptionStatus, SubscriptionView, WindowReading,
+    WindowView, DEFAULT_QUOTA_DRAIN_AT,
 };
 pub use views::{EndpointView, GroupStatus, GroupView};
 
@@ -218,6 +225,7 @@ impl Router {
     pub fn from_config(config: &Config) -> Router {
         let mut router = Router::new(&config.endpoints, RouterSettings::from_config(config));
         router.set_affinity_settings(AffinitySettings::from_config(config));
+        router.set_quota_drain_at(config.routing.quota_drain_at);
         router
     }
 

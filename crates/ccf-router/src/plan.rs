@@ -185,7 +185,7 @@ impl Router {
 
     /// The group's unblocked endpoints in strategy order: the healthy ones, or all of them
     /// (marked unhealthy) when none is healthy.
-    fn group_candidates(
+    pub(crate) fn group_candidates(
         &self,
         group: usize,
         healthy: &dyn Fn(&str) -> bool,

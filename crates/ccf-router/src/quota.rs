@@ -11,6 +11,13 @@
 //! runs. Everything ends by itself at the reset: a reading whose reset has passed no longer
 //! counts, so the endpoint takes new sessions again.
 //!
+//! Subscription accounts (`anthropic-ratelimit-unified-*`, see [`crate::subscription`]) are
+//! kept beside the dimensions: an account that said `rejected` counts as exhausted until its
+//! reset (the router also blocks the endpoint until then, [`Router::record_quota`]), and one
+//! whose representative window is used at or above the drain threshold
+//! ([`QuotaBook::set_drain_at`], `routing.quota_drain_at`) drains. [`QuotaBook::record`]
+//! reports the crossing of either as a [`QuotaAlert`], once.
+//!
 //! Burn rate: the net fall of `remaining` between the oldest and the newest sample of the
 //! current window (samples of the last [`RATE_WINDOW`], at most [`MAX_SAMPLES`]; a rise of
 //! `remaining` means the limit was replenished and starts a new window), divided by the time
@@ -21,7 +28,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::state::instant_after;
-use crate::Router;
+use crate::subscription::{
+    QuotaAlert, SubscriptionReading, SubscriptionState, SubscriptionView, DEFAULT_QUOTA_DRAIN_AT,
+};
+use crate::{Router, RouterEvent};
 
 /// Samples older than this (relative to the newest) do not count in the burn rate.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -77,18 +87,25 @@ pub struct QuotaReading {
 }
 
 /// What one upstream answer said about its limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct QuotaObservation {
     /// One reading per dimension present.
     pub readings: Vec<QuotaReading>,
     /// `retry-after`, when present.
     pub retry_after: Option<Duration>,
+    /// The subscription account's `anthropic-ratelimit-unified-*` headers, when present.
+    pub subscription: Option<SubscriptionReading>,
 }
 
 impl QuotaObservation {
     /// Nothing was said.
     pub fn is_empty(&self) -> bool {
-        self.readings.is_empty() && self.retry_after.is_none()
+        self.readings.is_empty()
+            && self.retry_after.is_none()
+            && self
+                .subscription
+                .as_ref()
+                .is_none_or(SubscriptionReading::is_empty)
     }
 }
 
@@ -97,6 +114,11 @@ impl QuotaObservation {
 pub enum DrainReason {
     /// A `retry-after` is running.
     RetryAfter,
+    /// The subscription account said `rejected` and its reset has not come.
+    SubscriptionRejected,
+    /// The subscription account's representative window is used at or above the drain
+    /// threshold.
+    SubscriptionUsed,
     /// A dimension is at 0 and its reset has not come.
     Exhausted {
         /// The dimension.
@@ -202,6 +224,7 @@ struct EndpointQuota {
     dimensions: BTreeMap<QuotaDimension, DimensionState>,
     retry_after_until: Option<Instant>,
     last_observed: Option<Instant>,
+    subscription: Option<SubscriptionState>,
 }
 
 /// One dimension of one endpoint as shown to operators.
@@ -240,12 +263,28 @@ pub struct EndpointQuotaView {
     pub draining: Option<DrainReason>,
     /// Time since its last answer with rate-limit information.
     pub last_observed_ago: Option<Duration>,
+    /// Its subscription account, when it reported `anthropic-ratelimit-unified-*` headers.
+    pub subscription: Option<SubscriptionView>,
+    /// Time left on the router's rate-limit block of the endpoint (filled by
+    /// [`Router::quota_view`]; `None` from [`QuotaBook::view`]).
+    pub blocked_for: Option<Duration>,
 }
 
 /// Per-endpoint limits, burn rates and predictions. See the module docs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct QuotaBook {
     endpoints: BTreeMap<String, EndpointQuota>,
+    /// `routing.quota_drain_at`.
+    drain_at: f64,
+}
+
+impl Default for QuotaBook {
+    fn default() -> Self {
+        QuotaBook {
+            endpoints: BTreeMap::new(),
+            drain_at: DEFAULT_QUOTA_DRAIN_AT,
+        }
+    }
 }
 
 impl QuotaBook {
@@ -254,12 +293,29 @@ impl QuotaBook {
         QuotaBook::default()
     }
 
+    /// Sets the subscription drain threshold (`routing.quota_drain_at`, validated in (0, 1]).
+    pub fn set_drain_at(&mut self, drain_at: f64) {
+        self.drain_at = drain_at;
+    }
+
+    /// The subscription drain threshold in force.
+    pub fn drain_at(&self) -> f64 {
+        self.drain_at
+    }
+
     /// Records what an answer from `endpoint` said at `now`. An empty observation changes
-    /// nothing.
-    pub fn record(&mut self, endpoint: &str, observation: &QuotaObservation, now: Instant) {
+    /// nothing. Returns the alert when the endpoint's subscription account crossed the drain
+    /// threshold or was rejected (once per crossing).
+    pub fn record(
+        &mut self,
+        endpoint: &str,
+        observation: &QuotaObservation,
+        now: Instant,
+    ) -> Option<QuotaAlert> {
         if observation.is_empty() {
-            return;
+            return None;
         }
+        let drain_at = self.drain_at;
         let quota = self.endpoints.entry(endpoint.to_string()).or_default();
         for reading in &observation.readings {
             quota
@@ -278,6 +334,24 @@ impl QuotaBook {
             quota.retry_after_until = Some(instant_after(now, wait));
         }
         quota.last_observed = Some(now);
+        let reading = observation
+            .subscription
+            .as_ref()
+            .filter(|reading| !reading.is_empty())?;
+        quota
+            .subscription
+            .get_or_insert_with(|| SubscriptionState::new(now))
+            .record(endpoint, reading, drain_at, now)
+    }
+
+    /// When `endpoint`'s subscription account is served again if it said `rejected` (its
+    /// reset); `None` when it is not rejected at `now`.
+    pub fn rejected_until(&self, endpoint: &str, now: Instant) -> Option<Instant> {
+        self.endpoints
+            .get(endpoint)?
+            .subscription
+            .as_ref()?
+            .rejected_until(now)
     }
 
     /// The earliest time a current dimension of `endpoint` is predicted to reach 0; `None`
@@ -292,16 +366,26 @@ impl QuotaBook {
             .min()
     }
 
-    /// A current dimension of `endpoint` is at 0 before its reset.
+    /// A current dimension of `endpoint` is at 0 before its reset, or its subscription account
+    /// is rejected until its reset.
     pub fn exhausted(&self, endpoint: &str, now: Instant) -> bool {
-        self.endpoints
-            .get(endpoint)
-            .is_some_and(|quota| quota.dimensions.values().any(|state| state.exhausted(now)))
+        self.endpoints.get(endpoint).is_some_and(|quota| {
+            quota.dimensions.values().any(|state| state.exhausted(now))
+                || quota
+                    .subscription
+                    .as_ref()
+                    .is_some_and(|subscription| subscription.rejected(now))
+        })
     }
 
     /// Why new sessions should avoid `endpoint` at `now`, if they should.
     pub fn draining(&self, endpoint: &str, now: Instant) -> Option<DrainReason> {
         let quota = self.endpoints.get(endpoint)?;
+        if let Some(subscription) = &quota.subscription {
+            if subscription.rejected(now) {
+                return Some(DrainReason::SubscriptionRejected);
+            }
+        }
         if quota.retry_after_until.is_some_and(|until| now < until) {
             return Some(DrainReason::RetryAfter);
         }
@@ -313,6 +397,13 @@ impl QuotaBook {
             return Some(DrainReason::Exhausted {
                 dimension: *dimension,
             });
+        }
+        if quota
+            .subscription
+            .as_ref()
+            .is_some_and(|subscription| subscription.draining(self.drain_at, now))
+        {
+            return Some(DrainReason::SubscriptionUsed);
         }
         quota
             .dimensions
@@ -363,20 +454,67 @@ impl QuotaBook {
                 last_observed_ago: quota
                     .last_observed
                     .map(|at| now.saturating_duration_since(at)),
+                subscription: quota
+                    .subscription
+                    .as_ref()
+                    .map(|subscription| subscription.view(self.drain_at, now)),
+                blocked_for: None,
             })
             .collect()
     }
 }
 
+/// What recording one answer's rate-limit headers changed ([`Router::record_quota`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuotaRecorded {
+    /// The subscription account crossed the drain threshold or was rejected (once per
+    /// crossing).
+    pub alert: Option<QuotaAlert>,
+    /// The endpoint was blocked until its account's reset (a `rejected` status).
+    pub events: Vec<RouterEvent>,
+}
+
 impl Router {
     /// Records the rate-limit headers of an answer from `endpoint` (see [`QuotaBook::record`]).
-    pub fn record_quota(&mut self, endpoint: &str, observation: &QuotaObservation, now: Instant) {
-        self.quota.record(endpoint, observation, now);
+    /// An account that said `rejected` blocks the endpoint until its reset (the ordinary
+    /// rate-limit block: plans leave it out meanwhile); a longer block already in place stays.
+    pub fn record_quota(
+        &mut self,
+        endpoint: &str,
+        observation: &QuotaObservation,
+        now: Instant,
+    ) -> QuotaRecorded {
+        let alert = self.quota.record(endpoint, observation, now);
+        let mut events = Vec::new();
+        if let Some(until) = self.quota.rejected_until(endpoint, now) {
+            let blocked_longer = self
+                .endpoint_position(endpoint)
+                .and_then(|position| self.endpoints[position].blocked_until)
+                .is_some_and(|current| current >= until);
+            if !blocked_longer {
+                events = self.block_until(endpoint, until);
+            }
+        }
+        QuotaRecorded { alert, events }
     }
 
-    /// The quota of every endpoint that reported one, at `now`.
+    /// Sets the subscription drain threshold (`routing.quota_drain_at`).
+    pub fn set_quota_drain_at(&mut self, drain_at: f64) {
+        self.quota.set_drain_at(drain_at);
+    }
+
+    /// The quota of every endpoint that reported one, at `now`, with the time left on each
+    /// endpoint's rate-limit block.
     pub fn quota_view(&self, now: Instant) -> Vec<EndpointQuotaView> {
-        self.quota.view(now)
+        let mut views = self.quota.view(now);
+        for view in &mut views {
+            view.blocked_for = self
+                .endpoint_position(&view.endpoint)
+                .and_then(|position| self.endpoints[position].blocked_until)
+                .filter(|until| now < *until)
+                .map(|until| until - now);
+        }
+        views
     }
 
     /// The quota book (predictions for one endpoint).
@@ -400,6 +538,7 @@ mod tests {
                 reset_in: Some(reset_in),
             }],
             retry_after: None,
+            subscription: None,
         }
     }
 
@@ -488,6 +627,7 @@ mod tests {
             &QuotaObservation {
                 readings: Vec::new(),
                 retry_after: Some(10 * SEC),
+                subscription: None,
             },
             start,
         );
@@ -524,6 +664,79 @@ mod tests {
         assert!(after[0].dimensions[0].reset_passed);
         assert_eq!(after[0].predicted_exhaustion_in, None);
         assert_eq!(after[0].draining, None);
+    }
+
+    fn subscription(
+        status: crate::SubscriptionStatus,
+        five_hour: f64,
+        reset_secs: u64,
+    ) -> QuotaObservation {
+        QuotaObservation {
+            subscription: Some(SubscriptionReading {
+                status: Some(status),
+                reset_in: Some(Duration::from_secs(reset_secs)),
+                representative_claim: Some("five_hour".to_string()),
+                windows: vec![crate::WindowReading {
+                    window: "5h".to_string(),
+                    utilization: Some(five_hour),
+                    reset_in: Some(Duration::from_secs(reset_secs)),
+                }],
+            }),
+            ..QuotaObservation::default()
+        }
+    }
+
+    #[test]
+    fn a_rejected_account_blocks_its_endpoint_until_the_reset_and_a_used_one_drains() {
+        use crate::test_support::{endpoint, AUTO};
+        use crate::SubscriptionStatus::{Allowed, Rejected};
+        let start = Instant::now();
+        let mut router = Router::new(
+            &[endpoint(("a", "main", 1, 1)), endpoint(("b", "main", 1, 2))],
+            AUTO,
+        );
+        let order = |router: &mut Router, now: Instant| -> Vec<String> {
+            let (plan, _) = router.plan_session(None, &|_| true, now);
+            plan.endpoints.into_iter().map(|e| e.name).collect()
+        };
+        let recorded = router.record_quota("a", &subscription(Allowed, 0.95, 100), start);
+        let alert = recorded.alert.expect("crossed the default 0.9");
+        assert_eq!(alert.window, "five_hour");
+        assert!(recorded.events.is_empty(), "draining does not block");
+        assert_eq!(
+            router.quota().draining("a", start),
+            Some(DrainReason::SubscriptionUsed)
+        );
+        assert!(!router.quota().exhausted("a", start));
+        assert_eq!(order(&mut router, start), ["b", "a"], "drained last");
+        // A higher threshold: no longer draining.
+        router.set_quota_drain_at(0.96);
+        assert_eq!(router.quota().draining("a", start), None);
+        assert_eq!(order(&mut router, start), ["a", "b"]);
+
+        let recorded = router.record_quota("a", &subscription(Rejected, 1.0, 30), start);
+        assert!(recorded.alert.expect("rejected").rejected);
+        assert_eq!(
+            recorded.events,
+            vec![RouterEvent::EndpointBlocked {
+                endpoint: "a".to_string(),
+                until: start + 30 * SEC,
+            }]
+        );
+        assert_eq!(order(&mut router, start + 29 * SEC), ["b"], "blocked");
+        let view = router.quota_view(start + 10 * SEC);
+        assert_eq!(view[0].blocked_for, Some(20 * SEC));
+        let shown = view[0].subscription.as_ref().expect("subscription shown");
+        assert!(shown.rejected);
+        assert_eq!(shown.representative_window.as_deref(), Some("5h"));
+        assert_eq!(shown.utilization, Some(1.0));
+        assert_eq!(shown.windows[0].reset_in, Some(20 * SEC));
+        // The same answer again: no second alert, no second block event.
+        let again = router.record_quota("a", &subscription(Rejected, 1.0, 20), start + 10 * SEC);
+        assert_eq!(again, QuotaRecorded::default());
+        // At the reset the endpoint serves again.
+        assert_eq!(order(&mut router, start + 30 * SEC), ["a", "b"]);
+        assert_eq!(router.quota_view(start + 30 * SEC)[0].blocked_for, None);
     }
 
     #[test]

@@ -139,6 +139,7 @@ impl Router {
             now,
         );
         self.set_affinity_settings(AffinitySettings::from_config(config));
+        self.set_quota_drain_at(config.routing.quota_drain_at);
         events
     }
 }

@@ -238,3 +238,26 @@ fn settings_change_applies() {
         "the new, shorter cooldown applies"
     );
 }
+
+#[test]
+fn the_quota_drain_threshold_comes_from_the_config_and_a_reload() {
+    let yaml = |drain_at: &str| {
+        format!(
+            "routing:\n  quota_drain_at: {drain_at}\nendpoints:\n  - name: one\n    url: https://one.invalid\n"
+        )
+    };
+    let config = ccf_config::Config::from_yaml_str(&yaml("0.75")).expect("valid config");
+    let mut router = Router::from_config(&config);
+    assert_eq!(router.quota().drain_at(), 0.75);
+    let reloaded = ccf_config::Config::from_yaml_str(&yaml("0.95")).expect("valid config");
+    router.reconfigure_from_config(&reloaded, &no_reset, &all_healthy, Instant::now());
+    assert_eq!(router.quota().drain_at(), 0.95);
+    let defaults = ccf_config::Config::from_yaml_str(
+        "endpoints:\n  - name: one\n    url: https://one.invalid\n",
+    )
+    .expect("valid config");
+    assert_eq!(
+        Router::from_config(&defaults).quota().drain_at(),
+        crate::DEFAULT_QUOTA_DRAIN_AT
+    );
+}

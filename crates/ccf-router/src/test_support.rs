@@ -22,6 +22,7 @@ pub(crate) fn endpoint((name, group, group_priority, priority): Spec) -> Endpoin
         timeout: Duration::from_secs(300),
         headers: Vec::new(),
         supports_count_tokens: false,
+        model_map: ccf_config::ModelMap::default(),
     }
 }
 

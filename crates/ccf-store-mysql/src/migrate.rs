@@ -10,7 +10,8 @@
 //! need to be served from it exactly (cancelled requests, requests with a duration), the
 //! `(summarized, start_time)` index and `usage_settings`, idempotently. v7 adds the hourly
 //! summaries `usage_hourly_summary` and `usage_hourly_key_summary` and forgets the recorded day
-//! zone, so that the rebuild fills them. After the versions, on every run, `usage_summary` (with
+//! zone, so that the rebuild fills them. v8 adds the nullable `requested_model` (the model the
+//! client asked for, when an endpoint's `model_map` sent another), idempotently. After the versions, on every run, `usage_summary` (with
 //! the hourly summaries) is rebuilt in the configured day zone when it was counted in another
 //! one (a database from before v6 counted UTC days). A named lock (`GET_LOCK`)
 //! serialises forwarders migrating at once.
@@ -31,9 +32,10 @@ const V4_CLUSTER_STATE: &str = include_str!("../migrations/0004_cluster_state.sq
 const V5_API_KEY_NAME: &str = include_str!("../migrations/0005_api_key_name.sql");
 const V6_SUMMARY_IN_DAY_ZONE: &str = include_str!("../migrations/0006_summary_in_day_zone.sql");
 const V7_HOURLY_SUMMARY: &str = include_str!("../migrations/0007_hourly_summary.sql");
+const V8_REQUESTED_MODEL: &str = include_str!("../migrations/0008_requested_model.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 7] = [
+pub const MIGRATIONS: [(u32, &str); 8] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
@@ -41,6 +43,7 @@ pub const MIGRATIONS: [(u32, &str); 7] = [
     (5, "api_key_name"),
     (6, "summary_in_day_zone"),
     (7, "hourly_summary"),
+    (8, "requested_model"),
 ];
 
 const LOCK_NAME: &str = "ccf_usage_migrate";
@@ -213,6 +216,12 @@ async fn run_locked(conn: &mut Conn, zone: LegacyZone) -> Result<MigrationReport
             }
             7 => {
                 apply_statements(conn, V7_HOURLY_SUMMARY)
+                    .await
+                    .map_err(failed)?;
+                record(conn, version, name, false).await?;
+            }
+            8 => {
+                apply_statements(conn, V8_REQUESTED_MODEL)
                     .await
                     .map_err(failed)?;
                 record(conn, version, name, false).await?;
@@ -392,7 +401,13 @@ mod tests {
     fn declared_varchars() -> BTreeSet<(String, usize)> {
         let mut found = BTreeSet::new();
         let mut table = String::new();
-        for migration in [V1_INITIAL, V2_EXTEND, V3_SUMMARY, V5_API_KEY_NAME] {
+        for migration in [
+            V1_INITIAL,
+            V2_EXTEND,
+            V3_SUMMARY,
+            V5_API_KEY_NAME,
+            V8_REQUESTED_MODEL,
+        ] {
             for line in migration.lines() {
                 let line = line.trim();
                 let upper = line.to_ascii_uppercase();

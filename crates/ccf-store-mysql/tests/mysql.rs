@@ -90,12 +90,12 @@ async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
     // Read without migrating: the Go database lacks every recorded version.
     assert_eq!(
         store.pending_migrations().await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6, 7]
+        vec![1, 2, 3, 4, 5, 6, 7, 8]
     );
     let report = store.migrate().await.unwrap();
     assert!(report.detected_legacy);
     assert!(store.pending_migrations().await.unwrap().is_empty());
-    assert_eq!(report.applied, vec![2, 3, 4, 5, 6, 7]);
+    assert_eq!(report.applied, vec![2, 3, 4, 5, 6, 7, 8]);
 
     let completed = store.get_request("req-0000aaaa").await.unwrap().unwrap();
     assert_eq!(
@@ -422,7 +422,7 @@ async fn migrates_a_go_database_older_than_v3_5_0_adding_the_failure_columns() {
         .unwrap();
         let report = store.migrate().await.unwrap();
         assert!(report.detected_legacy, "{report:?}");
-        assert_eq!(report.applied, vec![2, 3, 4, 5, 6, 7]);
+        assert_eq!(report.applied, vec![2, 3, 4, 5, 6, 7, 8]);
         let expected_columns: Vec<(String, String)> = V3_5_0_COLUMNS
             .iter()
             .map(|(name, kind)| (name.to_string(), kind.to_string()))

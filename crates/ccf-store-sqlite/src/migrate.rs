@@ -13,10 +13,12 @@
 //!   (`summarized, start_time`), and `usage_settings` records the day zone of its rows.
 //! - v7 `hourly_summary`: `usage_hourly_summary` and `usage_hourly_key_summary`, the summaries by
 //!   local hour; the recorded day zone is forgotten so the rebuild below fills them.
+//! - v8 `requested_model`: the nullable model the client asked for (an endpoint's `model_map`
+//!   may send another; `model_name` stays the model billed).
 //! - v9 `lean_request_indexes`: a request row touches fewer b-trees: the status, model,
 //!   endpoint and group indexes dropped (no query looks rows up by them), the failure-reason
 //!   index holds only rows with a reason, and the index of rows the summary does not count holds
-//!   only those (`summarized = 0`). v8 is left for the requested-model column of issue 20.
+//!   only those (`summarized = 0`).
 //!
 //! After the versions, on every run: when the configured day zone is not the one recorded (a
 //! database from before v6 counted UTC days), `usage_summary` is rebuilt from the final rows in
@@ -40,17 +42,19 @@ const V3_SUMMARY: &str = include_str!("../migrations/0003_summary.sql");
 const V5_API_KEY_NAME: &str = include_str!("../migrations/0005_api_key_name.sql");
 const V6_SUMMARY_IN_DAY_ZONE: &str = include_str!("../migrations/0006_summary_in_day_zone.sql");
 const V7_HOURLY_SUMMARY: &str = include_str!("../migrations/0007_hourly_summary.sql");
+const V8_REQUESTED_MODEL: &str = include_str!("../migrations/0008_requested_model.sql");
 const V9_LEAN_REQUEST_INDEXES: &str = include_str!("../migrations/0009_lean_request_indexes.sql");
 const TRIGGERS: &str = include_str!("../migrations/triggers.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 7] = [
+pub const MIGRATIONS: [(u32, &str); 8] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
     (5, "api_key_name"),
     (6, "summary_in_day_zone"),
     (7, "hourly_summary"),
+    (8, "requested_model"),
     (9, "lean_request_indexes"),
 ];
 
@@ -285,6 +289,12 @@ fn apply(tx: &Transaction<'_>, version: u32, zone: LegacyZone) -> rusqlite::Resu
             tx.execute_batch(V6_SUMMARY_IN_DAY_ZONE)
         }
         7 => tx.execute_batch(V7_HOURLY_SUMMARY),
+        8 => {
+            if !columns(tx, "request_logs")?.contains("requested_model") {
+                tx.execute_batch("ALTER TABLE request_logs ADD COLUMN requested_model TEXT;")?;
+            }
+            tx.execute_batch(V8_REQUESTED_MODEL)
+        }
         9 => tx.execute_batch(V9_LEAN_REQUEST_INDEXES),
         _ => Ok(()),
     }

@@ -102,12 +102,12 @@ async fn migrates_a_database_written_by_the_go_forwarder_and_keeps_going() {
     // Read without migrating: the Go database lacks every recorded version.
     assert_eq!(
         store.pending_migrations().await.unwrap(),
-        vec![1, 2, 3, 5, 6, 7, 9]
+        vec![1, 2, 3, 5, 6, 7, 8, 9]
     );
     let report = store.migrate().await.unwrap();
     assert!(report.detected_legacy);
     assert!(store.pending_migrations().await.unwrap().is_empty());
-    assert_eq!(report.applied, vec![2, 3, 5, 6, 7, 9]);
+    assert_eq!(report.applied, vec![2, 3, 5, 6, 7, 8, 9]);
     assert_eq!(report.current_version, 9);
 
     let page = store

@@ -57,6 +57,7 @@ macro_rules! usage_store_contract {
             recorder_writes_every_final_outcome,
             usage_is_split_by_api_key,
             over_long_values_are_fitted_to_their_columns,
+            requested_and_billed_models_are_both_stored,
         );
         $crate::usage_store_contract!(@zoned $make;
             days_and_today_are_days_of_the_configured_zone,
@@ -1331,6 +1332,71 @@ pub async fn recorder_workload(
 /// batch: it is stored cut to its column's [`MAX_CHARS`](crate::columns::MAX_CHARS), on a
 /// character boundary (multi-byte characters), the same by every adapter, and the summary
 /// counts the row under the cut names.
+/// Issue 20: a row keeps the model the client asked for beside the model billed (the upstream's,
+/// after an endpoint's `model_map` sent another name); rows without one read back `None`, and the
+/// export carries both.
+pub async fn requested_and_billed_models_are_both_stored(store: Arc<dyn UsageStore>) {
+    let store = store.as_ref();
+    let mut mapped = outcome(
+        "req-mapped",
+        at_ms(0),
+        status::COMPLETED,
+        "glm-4.5-air",
+        "relay",
+        "cheap",
+        tokens(10, 5),
+        20,
+    );
+    mapped.requested_model = Some("claude-3-5-haiku-20241022".into());
+    let plain = outcome(
+        "req-plain",
+        at_ms(1),
+        status::COMPLETED,
+        "claude-sonnet-4-5",
+        "primary",
+        "main",
+        tokens(10, 5),
+        20,
+    );
+    write(store, vec![mapped.clone(), plain]).await;
+    let stored = get(store, "req-mapped").await.record;
+    assert_eq!(stored.model_name.as_deref(), Some("glm-4.5-air"));
+    assert_eq!(
+        stored.requested_model.as_deref(),
+        Some("claude-3-5-haiku-20241022")
+    );
+    assert_eq!(get(store, "req-plain").await.record.requested_model, None);
+    // A later snapshot of the same request keeps writing it.
+    let mut again = mapped;
+    again.usage = tokens(11, 6);
+    write(store, vec![again]).await;
+    assert_eq!(
+        get(store, "req-mapped")
+            .await
+            .record
+            .requested_model
+            .as_deref(),
+        Some("claude-3-5-haiku-20241022")
+    );
+
+    let mut out: Vec<u8> = Vec::new();
+    store
+        .export(&RequestFilter::default(), ExportFormat::Csv, &mut out)
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(out.as_slice());
+    let column = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|name| name == "requested_model")
+        .unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let by_id = |id: &str| rows.iter().find(|row| &row[0] == id).unwrap()[column].to_string();
+    assert_eq!(by_id("req-mapped"), "claude-3-5-haiku-20241022");
+    assert_eq!(by_id("req-plain"), "");
+}
+
 pub async fn over_long_values_are_fitted_to_their_columns(store: Arc<dyn UsageStore>) {
     // Two-byte characters, so a cut by bytes would split one.
     let long = |prefix: &str| format!("{prefix}{}", "é".repeat(300 - prefix.chars().count()));
@@ -1350,6 +1416,7 @@ pub async fn over_long_values_are_fitted_to_their_columns(store: Arc<dyn UsageSt
     wide.user_agent = Some(long("agent/"));
     wide.cancel_reason = Some(long("cancel "));
     wide.api_key_name = Some(long("key-"));
+    wide.requested_model = Some(long("asked-"));
     wide.instance_id = Some(long("node-"));
     let before = outcome(
         "req-before",
@@ -1409,6 +1476,10 @@ pub async fn over_long_values_are_fitted_to_their_columns(store: Arc<dyn UsageSt
     assert_eq!(
         stored.instance_id.as_deref(),
         Some(cut(wide.instance_id.as_deref().unwrap(), "instance_id").as_str())
+    );
+    assert_eq!(
+        stored.requested_model.as_deref(),
+        Some(cut(wide.requested_model.as_deref().unwrap(), "requested_model").as_str())
     );
     // A TEXT column: nothing to cut.
     assert_eq!(stored.user_agent, wide.user_agent);

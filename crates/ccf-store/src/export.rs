@@ -14,7 +14,7 @@ use crate::{StoreError, UsageStore};
 pub const EXPORT_CHUNK_ROWS: u32 = 1000;
 
 /// CSV header: the Go forwarder's columns in its order, then the columns this port added.
-pub const CSV_HEADER: [&str; 38] = [
+pub const CSV_HEADER: [&str; 39] = [
     "request_id",
     "client_ip",
     "user_agent",
@@ -53,6 +53,7 @@ pub const CSV_HEADER: [&str; 38] = [
     "is_final",
     "total_cost_nano_usd",
     "api_key_name",
+    "requested_model",
 ];
 
 /// Encodes rows as CSV (RFC 4180 quoting by the `csv` crate) or as one JSON array.
@@ -182,6 +183,7 @@ fn csv_fields(row: &RequestRow) -> Vec<String> {
         record.is_final.to_string(),
         row.cost.total.to_string(),
         opt(record.api_key_name.as_deref()),
+        opt(record.requested_model.as_deref()),
     ]
 }
 

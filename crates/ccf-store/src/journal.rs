@@ -286,6 +286,9 @@ struct JournalLine {
     partial: bool,
     instance_id: Option<String>,
     api_key_name: Option<String>,
+    /// Absent from lines written before the column existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    requested_model: Option<String>,
     is_final: bool,
     cost: JournalCost,
 }
@@ -339,6 +342,7 @@ impl From<&StoredRecord> for JournalLine {
             partial: record.partial,
             instance_id: record.instance_id.clone(),
             api_key_name: record.api_key_name.clone(),
+            requested_model: record.requested_model.clone(),
             is_final: record.is_final,
             cost: JournalCost {
                 input: cost.input,
@@ -379,6 +383,7 @@ impl JournalLine {
             partial: self.partial,
             instance_id: self.instance_id,
             api_key_name: self.api_key_name,
+            requested_model: self.requested_model,
             is_final: self.is_final,
         };
         // The cost as written: components as stored, the total as stored (not re-added).

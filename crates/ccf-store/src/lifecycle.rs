@@ -56,6 +56,7 @@ impl UsageRecord {
         row.partial = record.partial;
         row.instance_id = instance_id.map(str::to_string);
         row.api_key_name = record.api_key_name.clone();
+        row.requested_model = record.request_model.clone();
         row.is_final = record.is_final();
         row
     }

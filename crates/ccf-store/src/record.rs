@@ -84,8 +84,12 @@ pub struct UsageRecord {
     pub endpoint_name: Option<String>,
     /// That endpoint's group.
     pub group_name: Option<String>,
-    /// Model (as reported by the upstream, else as requested).
+    /// Model (as reported by the upstream, else as sent, else as requested): the model billed.
     pub model_name: Option<String>,
+    /// The model the client asked for, when the request named one (issue 20: an endpoint's
+    /// `model_map` may have sent another); `None` on rows written before v8 and by the Go
+    /// forwarder.
+    pub requested_model: Option<String>,
     /// Whether the client asked for a stream.
     pub is_streaming: bool,
     /// `pending|forwarding|processing|completed|failed|cancelled`; legacy values read back as
@@ -137,6 +141,7 @@ impl UsageRecord {
             endpoint_name: None,
             group_name: None,
             model_name: None,
+            requested_model: None,
             is_streaming: false,
             status: status::PENDING.into(),
             http_status_code: None,
@@ -290,6 +295,8 @@ struct RequestDetail<'a> {
     instance_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested_model: Option<&'a str>,
     is_final: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at: Option<String>,
@@ -341,6 +348,7 @@ impl Serialize for RequestRow {
             partial: record.partial,
             instance_id: record.instance_id.as_deref(),
             api_key_name: record.api_key_name.as_deref(),
+            requested_model: record.requested_model.as_deref(),
             is_final: record.is_final,
             created_at: self.created_at.map(format_timestamp),
             updated_at: self.updated_at.map(format_timestamp),

@@ -45,6 +45,10 @@ pub const PROXY_URL_PASSWORD: &str = "Ki~9~proxy-url-password-SECRET-~e9Z";
 pub const ENDPOINT_URL_PASSWORD: &str = "Kj~0~endpoint-url-password-SECRET-~e0Z";
 /// The value of an endpoint's custom header with a credential name (`x-relay-token`).
 pub const RELAY_HEADER: &str = "Kk~1~relay-header-SECRET-~f1Z";
+/// `webhooks[].secret` (the signing key).
+pub const WEBHOOK_SECRET: &str = "Kl~2~webhook-secret-SECRET-~f2Z";
+/// The password in the user info of a `webhooks[].url`.
+pub const WEBHOOK_URL_PASSWORD: &str = "Km~3~webhook-url-password-SECRET-~f3Z";
 /// A wrong inbound key that looks like alice's (same start, another end).
 pub const WRONG_ALICE: &str = "Ke~5~inbound-alice-SECRET-~w5Z";
 /// A wrong inbound bearer token that looks like the legacy one.
@@ -65,6 +69,8 @@ pub const CREDENTIALS: &[(&str, &str)] = &[
     ("proxy.url password", PROXY_URL_PASSWORD),
     ("endpoint url password", ENDPOINT_URL_PASSWORD),
     ("x-relay-token header", RELAY_HEADER),
+    ("webhooks[].secret", WEBHOOK_SECRET),
+    ("webhooks[].url password", WEBHOOK_URL_PASSWORD),
     ("wrong inbound key", WRONG_ALICE),
     ("wrong inbound bearer token", WRONG_LEGACY),
     ("wrong admin token", WRONG_WEB_TOKEN),

@@ -13,7 +13,7 @@ use ccf_config::Config;
 use ccf_health::HealthSnapshot;
 use ccf_lifecycle::{RequestId, RequestRecord};
 use ccf_proxy::{Forwarder, ForwarderEvent};
-use ccf_router::{EndpointView, GroupView};
+use ccf_router::{EndpointQuotaView, EndpointView, GroupView};
 use ccf_store::Pricing;
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
@@ -133,6 +133,8 @@ pub struct Snapshot {
     pub health: Arc<HealthSnapshot>,
     /// Held requests and how long each has waited.
     pub held: Vec<(RequestId, Duration)>,
+    /// Every endpoint that reported rate limits or a subscription account's windows.
+    pub quota: Vec<EndpointQuotaView>,
 }
 
 impl Snapshot {
@@ -143,6 +145,7 @@ impl Snapshot {
             endpoints: forwarder.endpoints(),
             health: forwarder.health().snapshot(),
             held: forwarder.held_requests(),
+            quota: forwarder.quota(),
         }
     }
 }

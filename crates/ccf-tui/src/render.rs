@@ -402,6 +402,15 @@ impl App {
                 ),
             ));
         }
+        if let Some(quota) = self
+            .snapshot
+            .quota
+            .iter()
+            .find(|quota| quota.endpoint == name)
+            .and_then(quota_text)
+        {
+            lines.push(kv("Quota", quota));
+        }
         if let Some(endpoint) = configured {
             lines.push(kv(
                 "Credentials",
@@ -789,6 +798,51 @@ pub(crate) fn format_duration(duration: Duration) -> String {
     }
 }
 
+/// An endpoint's subscription account in one line: its status, each window's utilization and
+/// reset (the representative window marked `*`), then whether new sessions are drained and how
+/// long the endpoint stays blocked. `None` without a subscription account or a block.
+pub(crate) fn quota_text(quota: &ccf_router::EndpointQuotaView) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(subscription) = &quota.subscription {
+        parts.push(
+            subscription
+                .status
+                .map_or("status -", |status| status.as_str())
+                .to_string(),
+        );
+        for window in subscription.windows.iter().filter(|window| window.current) {
+            parts.push(format!(
+                "{}{} {} resets in {}",
+                window.window,
+                if window.representative { "*" } else { "" },
+                window
+                    .utilization
+                    .map_or("-".to_string(), |used| format!("{:.0}%", used * 100.0)),
+                window.reset_in.map_or("-".to_string(), format_duration),
+            ));
+        }
+        if subscription.draining && !subscription.rejected {
+            parts.push(format!(
+                "new sessions drained (>= {:.0}%)",
+                subscription.drain_at * 100.0
+            ));
+        }
+    }
+    if let Some(blocked) = quota.blocked_for {
+        let why = if quota
+            .subscription
+            .as_ref()
+            .is_some_and(|subscription| subscription.rejected)
+        {
+            "rejected: "
+        } else {
+            ""
+        };
+        parts.push(format!("{why}blocked for {}", format_duration(blocked)));
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
 /// `1,234,567`.
 pub(crate) fn format_count(value: u64) -> String {
     let digits = value.to_string();
@@ -926,6 +980,21 @@ pub(crate) fn config_lines(config: &Config) -> Vec<String> {
             secret(config.proxy.password.as_ref())
         ));
     }
+    // `endpoints[].proxy` (set or inherited in the group): where each such endpoint connects.
+    for (endpoint, proxy) in &config.endpoint_proxies {
+        let target = if !proxy.enabled {
+            "direct (opts out of proxy)".to_string()
+        } else {
+            let kind = format!("{:?}", proxy.kind).to_lowercase();
+            let address = match (&proxy.url, &proxy.host, proxy.port) {
+                (Some(url), _, _) => display_url(url),
+                (None, Some(host), Some(port)) => format!("{host}:{port}"),
+                _ => "-".to_string(),
+            };
+            format!("{kind} {address}")
+        };
+        lines.push(format!("  endpoint {endpoint}: {target}"));
+    }
     lines.push("usage_tracking:".to_string());
     lines.push(format!("  enabled: {}", config.usage_tracking.enabled));
     match &config.usage_tracking.database {
@@ -999,5 +1068,23 @@ mod tests {
             display_url("https://user:pw@relay.example:8443/v1?key=s#x"),
             "https://***@relay.example:8443/v1"
         );
+    }
+
+    #[test]
+    fn endpoint_proxies_are_listed_without_credentials() {
+        let config = Config::from_yaml_str(
+            "endpoints:\n  - name: relay\n    url: https://relay.example\n    proxy:\n      enabled: true\n      url: socks5://bob:tunnel-pass-77@127.0.0.1:1080\n  - name: official\n    url: https://api.anthropic.com\n    group: main\n    proxy:\n      enabled: false\n",
+        )
+        .unwrap();
+        let lines = config_lines(&config).join("\n");
+        assert!(
+            lines.contains("  endpoint relay: http socks5://***@127.0.0.1:1080"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("  endpoint official: direct (opts out of proxy)"),
+            "{lines}"
+        );
+        assert!(!lines.contains("tunnel-pass-77"), "{lines}");
     }
 }

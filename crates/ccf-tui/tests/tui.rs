@@ -277,6 +277,43 @@ async fn endpoints_tab_groups_endpoints_and_details_mask_the_token() {
 }
 
 #[tokio::test]
+async fn endpoint_details_show_a_subscription_accounts_windows_and_their_resets() {
+    let fixture = Fixture::new(false).await;
+    let in_an_hour = (SystemTime::now() + Duration::from_secs(3600))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    fixture.main.set_default(
+        ccf_testkit::Reply::auto()
+            .header("anthropic-ratelimit-unified-status", "allowed_warning")
+            .header("anthropic-ratelimit-unified-reset", &in_an_hour)
+            .header(
+                "anthropic-ratelimit-unified-representative-claim",
+                "five_hour",
+            )
+            .header("anthropic-ratelimit-unified-5h-utilization", "0.95")
+            .header("anthropic-ratelimit-unified-5h-reset", &in_an_hour)
+            .header("anthropic-ratelimit-unified-7d-utilization", "0.3")
+            .header("anthropic-ratelimit-unified-7d-reset", &in_an_hour),
+    );
+    let mut app = fixture.app();
+    traffic(&fixture, &mut app, &["claude-sonnet-4-5"]).await;
+    fixture.refresh(&mut app);
+    press(&mut app, &[key(KeyCode::Char('2'))]);
+    assert_eq!(app.selected_endpoint(), Some("secondary"));
+    let lines = screen(&app, 160, 30);
+    assert_shows(
+        &lines,
+        &[
+            "Quota        allowed_warning · 5h* 95% resets in 59m",
+            "7d 30% resets in 59m",
+            "new sessions drained (>= 90%)",
+        ],
+    );
+}
+
+#[tokio::test]
 async fn groups_tab_snapshot() {
     let fixture = Fixture::new(false).await;
     let mut app = fixture.app();

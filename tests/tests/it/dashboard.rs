@@ -61,9 +61,10 @@ fn dashboard_config(primary: &MockUpstream, backup: &MockUpstream, db: &std::pat
          web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n\
          retry:\n  max_attempts: 2\n  base_delay: 10ms\n  max_delay: 50ms\n\
          usage_tracking:\n  enabled: true\n  database_path: {db}\n  batch_size: 1\n  flush_interval: 50ms\n\
+         routing:\n  model_rules:\n    - {{match: 'claude-3-haiku-*', group: backup}}\n\
          endpoints:\n\
          \x20 - name: primary-1\n    url: {primary}\n    group: primary\n    group-priority: 1\n    priority: 1\n    token: sk-primary\n\
-         \x20 - name: backup-1\n    url: {backup}\n    group: backup\n    group-priority: 2\n    priority: 1\n    token: sk-backup\n",
+         \x20 - name: backup-1\n    url: {backup}\n    group: backup\n    group-priority: 2\n    priority: 1\n    token: sk-backup\n    model_map: {{'claude-3-haiku-*': backup-haiku}}\n",
         db = db.display(),
         primary = primary.url(),
         backup = backup.url(),

@@ -22,13 +22,16 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// What a test proxy saw.
 #[derive(Default)]
-struct ProxyLog {
-    tunnels: AtomicUsize,
-    credentials: Mutex<Vec<String>>,
+pub(crate) struct ProxyLog {
+    pub(crate) tunnels: AtomicUsize,
+    pub(crate) credentials: Mutex<Vec<String>>,
+    /// The `CONNECT` targets (`host:port`), in order (HTTP proxy only).
+    pub(crate) targets: Mutex<Vec<String>>,
 }
 
-/// An HTTP proxy that only supports `CONNECT`, records `Proxy-Authorization`, then splices.
-async fn http_connect_proxy() -> (String, Arc<ProxyLog>) {
+/// An HTTP proxy that only supports `CONNECT`, records `Proxy-Authorization` and the target,
+/// then splices. Also used by `failover_triggers.rs` (per-endpoint proxies).
+pub(crate) async fn http_connect_proxy() -> (String, Arc<ProxyLog>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address").to_string();
     let log = Arc::new(ProxyLog::default());
@@ -61,6 +64,7 @@ async fn http_connect_proxy() -> (String, Arc<ProxyLog>) {
                             .push(value.trim().to_string());
                     }
                 }
+                log.targets.lock().expect("log lock").push(target.clone());
                 let mut upstream = TcpStream::connect(&target).await.ok()?;
                 let mut client = client.into_inner();
                 client

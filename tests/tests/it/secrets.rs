@@ -23,8 +23,8 @@ use ccf_testkit::{MockUpstream, Reply};
 use credentials::{
     assert_clean, find_leak, markers, CREDENTIALS, DATABASE_PASSWORD, ENDPOINT_API_KEY,
     ENDPOINT_TOKEN, ENDPOINT_URL_PASSWORD, INBOUND_ALICE, INBOUND_LEGACY, PROXY_PASSWORD,
-    PROXY_URL_PASSWORD, REJECTED_TOKEN, RELAY_HEADER, WEB_TOKEN, WRONG_ALICE, WRONG_LEGACY,
-    WRONG_WEB_TOKEN,
+    PROXY_URL_PASSWORD, REJECTED_TOKEN, RELAY_HEADER, WEBHOOK_SECRET, WEBHOOK_URL_PASSWORD,
+    WEB_TOKEN, WRONG_ALICE, WRONG_LEGACY, WRONG_WEB_TOKEN,
 };
 use http_body_util::BodyExt;
 use hyper::Method;
@@ -39,6 +39,7 @@ fn main_config(ok_url: &str, rejecting_url: &str, database_path: &str) -> String
          auth:\n  enabled: true\n  token: {INBOUND_LEGACY}\n  tokens:\n    - name: alice\n      token: {INBOUND_ALICE}\n\
          proxy:\n  enabled: false\n  url: http://bob:{PROXY_URL_PASSWORD}@127.0.0.1:3128\n  username: bob\n  password: {PROXY_PASSWORD}\n\
          usage_tracking:\n  enabled: true\n  flush_interval: 50ms\n  database:\n    type: sqlite\n    path: {database_path}\n    password: {DATABASE_PASSWORD}\n\
+         webhooks:\n  - url: http://hook:{WEBHOOK_URL_PASSWORD}@127.0.0.1:1/hook?token={WEBHOOK_URL_PASSWORD}\n    events: [endpoint_unhealthy, group_cooldown, group_switched]\n    secret: {WEBHOOK_SECRET}\n\
          endpoints:\n{}{}",
         endpoint_yaml(
             "primary",
@@ -240,6 +241,7 @@ async fn no_secret_appears_in_logs_api_errors_debug_output_or_the_tui() {
         "/api/v1/tokens/usage".to_string(),
         "/api/v1/metrics/history".to_string(),
         "/api/v1/config".to_string(),
+        "/api/v1/webhooks".to_string(),
         "/api/v1/openapi.json".to_string(),
         "/".to_string(),
     ] {

@@ -6,6 +6,7 @@ import { useT } from "../i18n";
 import { useInterval, useLoad, useTopic } from "../store";
 import { Badge, Card, Empty } from "./common";
 import { HonestyCard } from "./Honesty";
+import { SubscriptionCard } from "./Subscriptions";
 
 export function Endpoints() {
   const t = useT();
@@ -135,6 +136,7 @@ export function Endpoints() {
           </div>
         )}
       </Card>
+      <SubscriptionCard />
       <HonestyCard />
     </div>
   );

@@ -177,6 +177,12 @@ function RequestList() {
                     </td>
                     <td>
                       {r.model_name ?? "–"}
+                      {r.requested_model && r.requested_model !== r.model_name && (
+                        <span className="muted small" title={t("requests.requestedModel")} data-testid="requested-model">
+                          {" "}
+                          ← {r.requested_model}
+                        </span>
+                      )}
                       {r.is_streaming && <span className="muted small"> · {t("requests.streaming")}</span>}
                     </td>
                     <td>
@@ -262,6 +268,9 @@ function RequestDetail({ id }: { id: string }) {
   const fields: Array<[string, React.ReactNode]> = [
     [t("common.status"), <Badge status={r.status ?? live?.status} />],
     [t("requests.model"), r.model_name ?? live?.model_name ?? "–"],
+    ...((r.requested_model ?? live?.requested_model) && (r.requested_model ?? live?.requested_model) !== (r.model_name ?? live?.model_name)
+      ? ([[t("requests.requestedModel"), r.requested_model ?? live?.requested_model]] as Array<[string, React.ReactNode]>)
+      : []),
     [t("requests.endpoint"), `${r.endpoint_name ?? live?.endpoint_name ?? "–"}${r.group_name ? ` (${r.group_name})` : ""}`],
     [t("requests.instance"), String(r.instance_id ?? "–")],
     [t("requests.http"), r.http_status_code ?? live?.http_status ?? "–"],

@@ -8,6 +8,7 @@ import { num, time, usd } from "../format";
 import { useLang } from "../i18n";
 import { useInterval, useLoad, useTopic } from "../store";
 import { Badge, Card, Empty, Stat } from "./common";
+import { ModelRulesCard } from "./ModelRules";
 
 const STRINGS = {
   en: {
@@ -110,6 +111,7 @@ export function RoutingPanel() {
     <div className="stack" data-testid="routing-panel">
       <AffinityCard />
       <QuotaCard />
+      <ModelRulesCard />
     </div>
   );
 }

@@ -10,6 +10,7 @@
 //! word.
 //!
 //! One file per area: [`groups`] (groups and endpoints), [`routing`] (affinity, quota, honesty),
+//! [`keys`] (inbound API keys' limits and usage),
 //! [`usage`] (request rows, stats buckets, summary rows, prices), [`events`] (the live stream's
 //! router events, request events, log lines and chart minutes, and the reload status).
 //!
@@ -25,8 +26,11 @@
 
 pub(crate) mod events;
 pub(crate) mod groups;
+pub(crate) mod keys;
+pub(crate) mod models;
 pub(crate) mod routing;
 pub(crate) mod usage;
+pub(crate) mod webhooks;
 
 use serde::Serialize;
 use serde_json::Value;

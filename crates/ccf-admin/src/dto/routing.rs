@@ -1,7 +1,7 @@
 //! Smart routing on the wire: `GET /api/v1/routing/honesty` from ccf-router's
 //! [`EndpointHonesty`] and [`HonestySettings`], `GET /api/v1/routing/affinity` from its
 //! [`AffinityView`] (priced with the store's [`Pricing`]), and `GET /api/v1/routing/quota` from
-//! its [`EndpointQuotaView`]s.
+//! its [`EndpointQuotaView`]s (with a subscription account's windows, [`SubscriptionView`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -12,7 +12,7 @@ use ccf_router::honesty::{
 };
 use ccf_router::{
     AffinityView, CacheTokens, DimensionView, DrainReason, EndpointCacheView, EndpointQuotaView,
-    HeldTokens, QuotaDimension, SessionSource, SessionView,
+    HeldTokens, QuotaDimension, SessionSource, SessionView, SubscriptionView, WindowView,
 };
 use ccf_store::{Cost, Pricing};
 use serde::Serialize;
@@ -386,7 +386,7 @@ struct EndpointQuotaDto<'a> {
 }
 
 /// What an endpoint's latest rate-limit headers said, or that it said nothing: an endpoint that
-/// never reported limits has four keys besides its name, not the readings' nine.
+/// never reported limits has six keys besides its name, not the readings' eleven.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 enum QuotaReadingsDto {
@@ -395,6 +395,8 @@ enum QuotaReadingsDto {
         draining: bool,
         drain_reason: Option<DrainReasonDto>,
         dimensions: Vec<DimensionDto>,
+        blocked_until: Option<String>,
+        subscription: Option<SubscriptionDto>,
     },
     Reported(ReportedQuotaDto),
 }
@@ -407,6 +409,8 @@ impl QuotaReadingsDto {
                 draining: false,
                 drain_reason: None,
                 dimensions: Vec::new(),
+                blocked_until: None,
+                subscription: None,
             },
             Some(quota) => QuotaReadingsDto::Reported(ReportedQuotaDto::new(quota, now)),
         }
@@ -424,6 +428,10 @@ struct ReportedQuotaDto {
     predicted_exhaustion_at: Option<String>,
     last_observed_seconds_ago: Option<f64>,
     dimensions: Vec<DimensionDto>,
+    /// The end of the router's rate-limit block (a 429's reset, a rejected account's reset).
+    blocked_until: Option<String>,
+    /// The subscription account (`anthropic-ratelimit-unified-*`), when it reported one.
+    subscription: Option<SubscriptionDto>,
 }
 
 impl ReportedQuotaDto {
@@ -441,6 +449,67 @@ impl ReportedQuotaDto {
                 .iter()
                 .map(|dimension| DimensionDto::new(dimension, now))
                 .collect(),
+            blocked_until: at(now, quota.blocked_for),
+            subscription: quota
+                .subscription
+                .as_ref()
+                .map(|subscription| SubscriptionDto::new(subscription, now)),
+        }
+    }
+}
+
+/// A subscription account: its status, the window that decides, every window's use and reset.
+#[derive(Debug, Serialize)]
+struct SubscriptionDto {
+    status: Option<&'static str>,
+    representative_claim: Option<String>,
+    representative_window: Option<String>,
+    utilization: Option<f64>,
+    reset_at: Option<String>,
+    rejected: bool,
+    draining: bool,
+    drain_at: f64,
+    windows: Vec<WindowDto>,
+}
+
+impl SubscriptionDto {
+    fn new(subscription: &SubscriptionView, now: SystemTime) -> Self {
+        SubscriptionDto {
+            status: subscription.status.map(|status| status.as_str()),
+            representative_claim: subscription.representative_claim.clone(),
+            representative_window: subscription.representative_window.clone(),
+            utilization: subscription.utilization,
+            reset_at: at(now, subscription.reset_in),
+            rejected: subscription.rejected,
+            draining: subscription.draining,
+            drain_at: subscription.drain_at,
+            windows: subscription
+                .windows
+                .iter()
+                .map(|window| WindowDto::new(window, now))
+                .collect(),
+        }
+    }
+}
+
+/// One usage window of a subscription account.
+#[derive(Debug, Serialize)]
+struct WindowDto {
+    window: String,
+    utilization: Option<f64>,
+    reset_at: Option<String>,
+    current: bool,
+    representative: bool,
+}
+
+impl WindowDto {
+    fn new(window: &WindowView, now: SystemTime) -> Self {
+        WindowDto {
+            window: window.window.clone(),
+            utilization: window.utilization,
+            reset_at: at(now, window.reset_in),
+            current: window.current,
+            representative: window.representative,
         }
     }
 }
@@ -458,6 +527,8 @@ impl From<DrainReason> for DrainReasonDto {
     fn from(reason: DrainReason) -> Self {
         let (reason, dimension) = match reason {
             DrainReason::RetryAfter => ("retry_after", None),
+            DrainReason::SubscriptionRejected => ("subscription_rejected", None),
+            DrainReason::SubscriptionUsed => ("subscription_used", None),
             DrainReason::Exhausted { dimension } => ("exhausted", Some(dimension)),
             DrainReason::Predicted { dimension } => ("predicted", Some(dimension)),
         };

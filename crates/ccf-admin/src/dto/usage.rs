@@ -71,6 +71,10 @@ pub(crate) struct RequestRowDto<'a> {
     instance_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key_name: Option<&'a str>,
+    /// The model the client asked for (issue 20: `model_name` is the model billed, the
+    /// upstream's, which an endpoint's `model_map` may have made another).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested_model: Option<&'a str>,
     is_final: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at: Option<String>,
@@ -122,6 +126,7 @@ impl<'a> From<&'a RequestRow> for RequestRowDto<'a> {
             partial: record.partial,
             instance_id: record.instance_id.as_deref(),
             api_key_name: record.api_key_name.as_deref(),
+            requested_model: record.requested_model.as_deref(),
             is_final: record.is_final,
             created_at: row.created_at.map(format_timestamp),
             updated_at: row.updated_at.map(format_timestamp),

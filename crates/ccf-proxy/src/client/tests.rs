@@ -86,7 +86,7 @@ fn each_per_core_thread_opens_its_own_lanes_and_other_threads_share_one_set() {
     let uri: Uri = "https://api.example.com/v1/messages".parse().unwrap();
     let origin = "https://api.example.com:443";
     // Not a per-core thread: set 0, one lane carrying both requests.
-    let shared = (client.lane_for(&uri), client.lane_for(&uri));
+    let shared = (client.lane_for(&uri, None), client.lane_for(&uri, None));
     assert_eq!(client.lane_loads(origin), vec![2]);
     // Each core's thread opens a lane of its own although set 0's lane has room.
     let held: Vec<(LaneClient, LaneLoad)> = std::thread::scope(|scope| {
@@ -95,8 +95,8 @@ fn each_per_core_thread_opens_its_own_lanes_and_other_threads_share_one_set() {
             let uri = uri.clone();
             scope.spawn(move || {
                 use_core_lanes(core);
-                let first = client.lane_for(&uri);
-                let second = client.lane_for(&uri);
+                let first = client.lane_for(&uri, None);
+                let second = client.lane_for(&uri, None);
                 vec![first, second]
             })
         };
@@ -121,13 +121,13 @@ async fn a_full_connection_opens_another_lane_and_a_dropped_body_frees_it() {
     let client = build_upstream_client(&config, Duration::from_secs(1)).unwrap();
     let uri: Uri = "https://api.example.com/v1/messages".parse().unwrap();
     let origin = "https://api.example.com:443";
-    let first = client.lane_for(&uri);
-    let second = client.lane_for(&uri);
+    let first = client.lane_for(&uri, None);
+    let second = client.lane_for(&uri, None);
     assert_eq!(client.lane_loads(origin), vec![2]);
-    let third = client.lane_for(&uri);
+    let third = client.lane_for(&uri, None);
     assert_eq!(client.lane_loads(origin), vec![2, 1]);
     drop(first);
-    let fourth = client.lane_for(&uri);
+    let fourth = client.lane_for(&uri, None);
     assert_eq!(client.lane_loads(origin), vec![2, 1]);
     drop((second, third, fourth));
     assert_eq!(client.lane_loads(origin), vec![0, 0]);
@@ -151,6 +151,34 @@ fn a_reload_rebuilds_the_client_when_trust_or_connection_settings_change() {
         .endpoint_ca_files
         .insert("a".into(), PathBuf::from("/etc/ssl/a.pem"));
     assert!(!same_client_settings(&base, &own_ca));
+    let mut own_proxy = base.clone();
+    own_proxy.endpoint_proxies.insert(
+        "a".into(),
+        ccf_config::OutboundProxyConfig {
+            enabled: true,
+            url: Some("socks5://127.0.0.1:1080".into()),
+            ..ccf_config::OutboundProxyConfig::default()
+        },
+    );
+    assert!(!same_client_settings(&base, &own_proxy));
+}
+
+#[test]
+fn an_endpoint_with_its_own_proxy_gets_lanes_of_its_own() {
+    let mut config = ccf_config::Config::from_yaml_str(
+        "endpoints:\n  - name: a\n    url: https://api.example.com\n  - name: b\n    url: https://api.example.com\n    group: other\n    proxy:\n      enabled: true\n      url: http://127.0.0.1:3128\n",
+    )
+    .unwrap();
+    config.upstream.max_streams_per_connection = 1;
+    let client = build_upstream_client(&config, Duration::from_secs(1)).unwrap();
+    let uri: Uri = "https://api.example.com/v1/messages".parse().unwrap();
+    let origin = "https://api.example.com:443";
+    let direct = client.lane_for(&uri, Some("a"));
+    let proxied = client.lane_for(&uri, Some("b"));
+    // `b`'s request did not take a slot of the origin's shared lanes.
+    assert_eq!(client.lane_loads(origin), vec![1]);
+    assert_eq!(client.lane_loads(&format!("{origin} via b")), vec![1]);
+    drop((direct, proxied));
 }
 
 #[test]

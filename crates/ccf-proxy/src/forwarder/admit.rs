@@ -166,6 +166,11 @@ impl Forwarder {
         if count_tokens::answers(&current.config, &parts) {
             return Admission::CountTokens { parts, body };
         }
+        // Per-key limits (keys.rs): budget, rate, then a place in the key's concurrency queue.
+        let key_permit = match self.key_permit(api_key_name.as_deref()).await {
+            Ok(permit) => permit,
+            Err(refused) => return Admission::Answered(refused),
+        };
         let fields = read_request_fields(&parts.headers, &body);
         let session = crate::session::identify(
             &parts.method,
@@ -221,12 +226,15 @@ impl Forwarder {
                 started_event,
             )),
             in_flight: Some(shared.metrics.in_flight_guard()),
+            key_permit,
             attempt_count: 0,
             attempt_sent: started,
             retries: crate::retry::RequestRetries::default(),
             last_attempt_latency: std::time::Duration::ZERO,
             session,
             decision: ccf_router::SessionDecision::default(),
+            models: crate::model_map::RequestModelMapping::default(),
+            model_route: self.model_route(fields.model.as_deref()),
         });
         if let (Some(session), Some(tracker)) = (session, context.tracker()) {
             tracker.update(|lifecycle| lifecycle.set_session(&session.key.to_string()));

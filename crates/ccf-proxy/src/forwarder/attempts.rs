@@ -27,10 +27,12 @@ use super::{Forwarder, RequestContext};
 use crate::body::ProxyBody;
 use crate::classify::backoff;
 use crate::error::{anthropic_error_json, ProxyError};
+use crate::events::ForwarderEvent;
 use crate::headers::{remove_hop_by_hop, rewrite_request_headers};
+use crate::retry::empty_answer::{self, AnswerContent};
 use crate::retry::{
-    AttemptBudget, AttemptGate, AttemptVerdict, Effects, HealthSignal, LogLevel, NextStep,
-    RetryBudgetSettings, RetryPermit,
+    AttemptBudget, AttemptGate, AttemptVerdict, Effects, FailoverTriggers, HealthSignal, LogLevel,
+    NextStep, RetryBudgetSettings, RetryPermit,
 };
 
 /// Largest upstream error body kept to be relayed verbatim after other attempts failed (an
@@ -95,7 +97,8 @@ impl Forwarder {
                 tracker
                     .transition(|lifecycle| lifecycle.forwarding(&endpoint.name, &endpoint.group));
             }
-            for attempt in 1..=max_attempts {
+            let mut attempt = 1;
+            loop {
                 match context.retries.gate(&endpoint.name) {
                     AttemptGate::Go => {}
                     AttemptGate::OtherEndpoint => break,
@@ -120,12 +123,18 @@ impl Forwarder {
                 let result = self.attempt(context, &endpoint).await;
                 let duration = sent.elapsed();
                 let verdict = self.judge(context, &endpoint, &result, sent_at, duration);
+                let mut result = result;
+                let (verdict, note) = self
+                    .apply_failover_triggers(context, &endpoint, verdict, &mut result)
+                    .await;
                 let effects = verdict.effects(AttemptBudget {
                     attempt,
                     max_attempts,
                     max_wait: retry.max_delay.get(),
                 });
-                self.signal(context, &endpoint, attempt, &result, &effects, duration);
+                self.signal(
+                    context, &endpoint, attempt, &result, &effects, duration, note,
+                );
                 match result {
                     Ok(upstream) => {
                         if let NextStep::Relay { fails_with } = effects.next {
@@ -147,8 +156,16 @@ impl Forwarder {
                     return GroupOutcome::GiveUp;
                 }
                 match effects.next {
-                    NextStep::BackOffAndRetry => self.back_off(attempt).await,
-                    NextStep::WaitAndRetry(wait) => tokio::time::sleep(wait).await,
+                    NextStep::BackOffAndRetry => {
+                        self.back_off(attempt).await;
+                        attempt += 1;
+                    }
+                    NextStep::WaitAndRetry(wait) => {
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    // Not counted against `retry.max_attempts`; happens once per request.
+                    NextStep::RetryRepaired => {}
                     NextStep::SkipEndpoint(wait) => {
                         let events = shared
                             .router()
@@ -214,13 +231,7 @@ impl Forwarder {
                 return AttemptVerdict::of_error(error);
             }
         };
-        let shared = &self.shared;
-        let quota = crate::ratelimit::quota_observation(upstream.headers(), SystemTime::now());
-        if !quota.is_empty() {
-            shared
-                .router()
-                .record_quota(&endpoint.name, &quota, Instant::now());
-        }
+        self.record_quota(endpoint, upstream.headers());
         context.record_attempt(Attempt {
             endpoint: endpoint.name.clone(),
             group: endpoint.group.clone(),
@@ -235,8 +246,134 @@ impl Forwarder {
         AttemptVerdict::of_answer(upstream.status(), upstream.headers(), SystemTime::now())
     }
 
+    /// Feeds an answer's rate-limit headers to the router's quota model. A subscription
+    /// account's readings also go to the metrics; a `rejected` account blocks the endpoint
+    /// until its reset (in the router, whose events are published), and crossing the drain
+    /// threshold or being rejected is published once as [`ForwarderEvent::QuotaLow`].
+    fn record_quota(&self, endpoint: &Endpoint, headers: &http::HeaderMap) {
+        let shared = &self.shared;
+        let seen_at = SystemTime::now();
+        let quota = crate::ratelimit::quota_observation(headers, seen_at);
+        if quota.is_empty() {
+            return;
+        }
+        if let Some(reading) = &quota.subscription {
+            shared.metrics.record_subscription(&endpoint.name, reading);
+        }
+        let recorded = shared
+            .router()
+            .record_quota(&endpoint.name, &quota, Instant::now());
+        shared.publish_router(recorded.events);
+        if let Some(alert) = recorded.alert {
+            warn!(endpoint = %alert.endpoint, window = %alert.window, utilization = alert.utilization, rejected = alert.rejected, "subscription quota low");
+            shared.events.publish(ForwarderEvent::QuotaLow {
+                endpoint: alert.endpoint,
+                window: alert.window,
+                utilization: alert.utilization,
+                rejected: alert.rejected,
+                resets_at: alert.resets_in.and_then(|left| seen_at.checked_add(left)),
+            });
+        }
+    }
+
+    /// Applies the failover triggers to an answer's verdict (`retry.rs`: `FailoverStatus`,
+    /// `EmptyAnswer`, `ThinkingRepaired`), counting each; returns the verdict and a note for the
+    /// request's trail. Reading an answer ahead puts what was read back, so an answer still
+    /// relayed reaches the client untouched.
+    async fn apply_failover_triggers(
+        &self,
+        context: &mut RequestContext,
+        endpoint: &Endpoint,
+        verdict: AttemptVerdict,
+        result: &mut AttemptResult,
+    ) -> (AttemptVerdict, Option<String>) {
+        let Ok(upstream) = result else {
+            return (verdict, None);
+        };
+        let shared = &self.shared;
+        let current = shared.current();
+        let config = &current.config;
+        let status = upstream.status().as_u16();
+        if verdict == AttemptVerdict::Final
+            && status == 400
+            && config.routing.repair_thinking_signatures
+            && context.retries.may_repair_thinking()
+        {
+            // The request is looked at first: without earlier thinking blocks there is nothing
+            // to repair, and the error body need not be read.
+            let repaired = match crate::thinking_repair::drop_earlier_thinking(&context.body) {
+                Some(repaired) => {
+                    let read = upstream
+                        .body_mut()
+                        .read_ahead(
+                            ERROR_BODY_DEADLINE.min(endpoint.timeout),
+                            MAX_BUFFERED_ERROR_BODY,
+                            |_| false,
+                        )
+                        .await;
+                    (read.complete
+                        && crate::thinking_repair::is_invalid_thinking_signature(&read.data))
+                    .then_some(repaired)
+                }
+                None => None,
+            };
+            if let Some(repaired) = repaired {
+                context.retries.thinking_repaired();
+                // The client's `content-length` described the original body.
+                context.parts.headers.insert(
+                    header::CONTENT_LENGTH,
+                    HeaderValue::from(repaired.body.len()),
+                );
+                context.body = repaired.body;
+                shared
+                    .metrics
+                    .record_thinking_signature_repair(&endpoint.name);
+                let note = format!(
+                    "invalid thinking signature: {} thinking block(s) of earlier assistant turns dropped, retried once on {} (routing.repair_thinking_signatures)",
+                    repaired.dropped_blocks, endpoint.name
+                );
+                return (AttemptVerdict::ThinkingRepaired, Some(note));
+            }
+        }
+        let triggers = FailoverTriggers {
+            statuses: &config.retry.failover_on_status,
+            empty_answer: config.retry.failover_on_empty_answer,
+        };
+        let verdict = verdict.with_status_trigger(status, triggers);
+        if let AttemptVerdict::FailoverStatus { status } = verdict {
+            shared
+                .metrics
+                .record_failover_trigger(&endpoint.name, "status");
+            let note = format!("HTTP {status} is listed in retry.failover_on_status");
+            return (verdict, Some(note));
+        }
+        if verdict == AttemptVerdict::Success && triggers.empty_answer {
+            // A stream's content follows its first events at once; a whole answer is bounded
+            // by the endpoint's timeout, counted from this attempt's send.
+            let deadline = if context.is_streaming {
+                config.streaming.response_header_timeout.get()
+            } else {
+                endpoint
+                    .timeout
+                    .saturating_sub(context.attempt_sent.elapsed())
+            };
+            if empty_answer::inspect(upstream, deadline).await == AnswerContent::Empty {
+                shared
+                    .metrics
+                    .record_failover_trigger(&endpoint.name, "empty_answer");
+                let note =
+                    "empty answer: no content and 0 output tokens (retry.failover_on_empty_answer)"
+                        .to_string();
+                return (AttemptVerdict::EmptyAnswer, Some(note));
+            }
+        }
+        (verdict, None)
+    }
+
     /// Applies the effects that are signals: the passive health observation, the metric, the
-    /// log line, the lifecycle's retry reason and waking held requests.
+    /// log line, the lifecycle's retry reason (with `note`, when a failover trigger says why)
+    /// and waking held requests.
+    #[allow(clippy::too_many_arguments)]
     fn signal(
         &self,
         context: &mut RequestContext,
@@ -245,6 +382,7 @@ impl Forwarder {
         result: &AttemptResult,
         effects: &Effects,
         latency: Duration,
+        note: Option<String>,
     ) {
         let shared = &self.shared;
         match effects.health {
@@ -265,6 +403,10 @@ impl Forwarder {
                     upstream.status().as_u16()
                 ),
                 Err(error) => error.to_string(),
+            };
+            let detail = match note {
+                Some(note) => format!("{detail}: {note}"),
+                None => detail,
             };
             context.retrying(reason, &detail);
         }
@@ -289,15 +431,35 @@ impl Forwarder {
         tokio::time::sleep(delay).await;
     }
 
-    /// One attempt on one endpoint: `Ok` as soon as upstream response headers arrive.
-    async fn attempt(&self, context: &RequestContext, endpoint: &Endpoint) -> AttemptResult {
-        self.send_upstream(
-            &context.parts,
-            &context.body,
-            context.is_streaming,
-            endpoint,
-        )
-        .await
+    /// One attempt on one endpoint: `Ok` as soon as upstream response headers arrive. The
+    /// body is the endpoint's (its `model_map` applied, [`Forwarder::body_for`]).
+    async fn attempt(&self, context: &mut RequestContext, endpoint: &Endpoint) -> AttemptResult {
+        let body = self.body_for(context, endpoint);
+        self.send_upstream(&context.parts, &body, context.is_streaming, endpoint)
+            .await
+    }
+
+    /// Issue 20: the request body as `endpoint` gets it, rewritten by its `model_map`; the
+    /// lifecycle and the honesty watch learn the model sent, the metric counts the rewrite.
+    fn body_for(&self, context: &mut RequestContext, endpoint: &Endpoint) -> Bytes {
+        let (mapped, changed) = context.models.prepare(endpoint, &context.body);
+        if let (Some(pattern), Some(to)) = (&mapped.pattern, &mapped.mapped_to) {
+            debug!(endpoint = %endpoint.name, from = context.models.requested().unwrap_or("-"), to = %to, "model mapped");
+            self.shared
+                .metrics
+                .model_routing
+                .record_mapped(&endpoint.name, pattern, to);
+        }
+        if changed {
+            let sent = mapped.mapped_to.as_deref();
+            if let Some(tracker) = context.tracker() {
+                tracker.update(|lifecycle| lifecycle.model_sent(sent));
+            }
+            if let Some(watch) = context.honesty.as_mut() {
+                watch.model_sent(sent);
+            }
+        }
+        mapped.body
     }
 
     /// Sends the request to one endpoint: `Ok` as soon as upstream response headers arrive.
@@ -317,6 +479,11 @@ impl Forwarder {
                 message: error.to_string(),
             }
         })?;
+        let mut headers = headers;
+        // The body may have been rewritten (model_map): its length is the one sent.
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
         let mut upstream_request = Request::new(Full::new(body.clone()));
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
@@ -333,7 +500,12 @@ impl Forwarder {
         let connection = capture_connection(&mut upstream_request);
         debug!(endpoint = %endpoint.name, group = %endpoint.group, "forwarding");
         let sent = Instant::now();
-        match tokio::time::timeout(header_timeout, current.client.request(upstream_request)).await {
+        match tokio::time::timeout(
+            header_timeout,
+            current.client.request(&endpoint.name, upstream_request),
+        )
+        .await
+        {
             Ok(Ok(response)) => {
                 shared.metrics.record_header_latency(sent.elapsed());
                 Ok(response)
@@ -496,6 +668,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             headers: vec![],
             supports_count_tokens: false,
+            model_map: ccf_config::ModelMap::default(),
         }
     }
 

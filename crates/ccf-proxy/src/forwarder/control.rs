@@ -130,6 +130,7 @@ impl Forwarder {
             events
         };
         shared.publish_router(events);
+        shared.key_limits.reconfigure(&config.auth);
         shared.suspension.reconfigure(
             config.request_suspend.enabled,
             config.request_suspend.timeout.get(),

@@ -2,7 +2,8 @@
 //! without a routing round. The first `200` of the healthy endpoints that support it (routing
 //! order) is relayed verbatim; otherwise the local estimate (`ccf_tokens`) answers, marked with
 //! `x-token-estimation: true`. Each upstream exchange, headers and body, is bounded by the
-//! endpoint's `timeout` (the body is read whole before it is relayed). Not billed, so not
+//! endpoint's `timeout` (the body is read whole before it is relayed). Each endpoint is sent the
+//! request's model as its `model_map` names it (`model_map.rs`). Not billed, so not
 //! tracked: no lifecycle, no retry policy, no health observations.
 //!
 //! It must not know the retry policy or the request's lifecycle; it only borrows the plan and
@@ -44,6 +45,13 @@ impl Forwarder {
         let shared = &self.shared;
         let current = shared.current();
         let plan = shared.plan();
+        // Each endpoint gets the model its `model_map` names (model_map.rs), as for messages.
+        let model_field = current
+            .endpoints
+            .iter()
+            .any(|endpoint| !endpoint.model_map.is_empty())
+            .then(|| crate::model_map::ModelField::find(body))
+            .flatten();
         for planned in plan.endpoints.iter().filter(|planned| planned.healthy) {
             let Some(endpoint) = current.endpoint(&planned.name) else {
                 continue;
@@ -54,7 +62,11 @@ impl Forwarder {
             // The endpoint's `timeout` bounds the whole exchange, headers and body, as for
             // any non-streaming request.
             let sent = Instant::now();
-            match self.send_upstream(parts, body, false, &endpoint).await {
+            let mapped = crate::model_map::for_endpoint(&endpoint, model_field.as_ref(), body);
+            match self
+                .send_upstream(parts, &mapped.body, false, &endpoint)
+                .await
+            {
                 Ok(response) if response.status() == StatusCode::OK => {
                     let (mut response_parts, upstream_body) = response.into_parts();
                     let left = endpoint.timeout.saturating_sub(sent.elapsed());

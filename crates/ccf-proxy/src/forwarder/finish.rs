@@ -110,6 +110,7 @@ impl Forwarder {
             body_bytes: 0,
             span: tracing::Span::current(),
             _in_flight: context.in_flight.take(),
+            _key_permit: context.key_permit.take(),
         };
         let relay = RelayBody::new(body, options, Box::new(observer));
         Response::from_parts(parts, relay.boxed_unsync())
@@ -195,6 +196,8 @@ struct RequestFinisher {
     body_bytes: u64,
     span: tracing::Span,
     _in_flight: Option<monitoring::InFlightGuard>,
+    /// Released with the answer (per-key concurrency, `key_limits.rs`).
+    _key_permit: Option<crate::key_limits::KeyPermit>,
 }
 
 /// What a relayed successful answer's end says about its endpoint.
@@ -282,6 +285,7 @@ impl RelayObserver for RequestFinisher {
             body_bytes,
             span,
             _in_flight,
+            _key_permit,
         } = *self;
         let _entered = span.enter();
         let extraction = tap.finish();

@@ -9,8 +9,9 @@
 //! | 4 forward | `attempts.rs` | one group: each endpoint, `retry.max_attempts` times, following [`crate::retry`]'s effects |
 //! | 5 relay, 6 finish | `finish.rs` | the answer's body to the client, then `RequestFinisher` |
 //!
-//! Beside the phases: `count_tokens.rs` (token counting answered without a routing round) and
-//! `control.rs` (operator actions, views for the UIs, hot reload).
+//! Beside the phases: `count_tokens.rs` (token counting answered without a routing round),
+//! `keys.rs` (the per-key limits admission applies, their views and seeding) and `control.rs`
+//! (operator actions, views for the UIs, hot reload).
 //!
 //! This file owns the handle, what its clones share ([`Shared`]), the configuration generation,
 //! building, the background tasks and the short driver [`Forwarder::handle`]. It must not know
@@ -25,6 +26,8 @@ mod attempts;
 mod control;
 mod count_tokens;
 mod finish;
+mod keys;
+mod model_rules;
 mod route;
 
 use std::convert::Infallible;
@@ -93,6 +96,8 @@ struct Shared {
     hub: Arc<TrackingHub>,
     /// Requests in flight, against `server.max_in_flight`.
     in_flight_limit: InFlightLimit,
+    /// Per-key rate, concurrency and budget limits (`auth.tokens[].limits`).
+    key_limits: Arc<crate::key_limits::KeyLimits>,
     /// Relay honesty scores (`routing.relay_honesty`).
     honesty: Honesty,
     /// Retries in flight against `retry.budget_percent` (`retry.rs`).
@@ -164,12 +169,19 @@ struct RequestContext {
     /// How long the latest attempt waited for its answer's headers: the relayed answer's
     /// latency, recorded (health, `fastest`) once its body has ended well.
     last_attempt_latency: std::time::Duration,
+    /// The request's hold on its API key's limits (in flight, concurrency slot); moved into the
+    /// response body's observer, so it is released when the answer ends.
+    key_permit: Option<crate::key_limits::KeyPermit>,
     /// Checks the successful answer's honesty; moved into the response body's observer.
     honesty: Option<HonestyWatch>,
     /// The conversation the request belongs to (session affinity).
     session: Option<ccf_router::SessionRequest>,
     /// What session routing did to the current round's plan.
     decision: ccf_router::SessionDecision,
+    /// Issue 20: the request's model as each endpoint's `model_map` rewrites it, and the
+    /// `routing.model_rules` entry it matched.
+    models: crate::model_map::RequestModelMapping,
+    model_route: Option<ccf_router::ModelRoute>,
 }
 
 impl RequestContext {
@@ -248,6 +260,11 @@ impl Forwarder {
         let events = EventBus::new();
         let metrics = Arc::new(Metrics::new());
         metrics.watch_suspension(Arc::clone(&suspension));
+        let key_limits = Arc::new(crate::key_limits::KeyLimits::new(
+            &config.auth,
+            events.clone(),
+        ));
+        metrics.watch_key_limits(Arc::clone(&key_limits));
         let hub = Arc::new(TrackingHub {
             events: events.clone(),
             metrics: Arc::clone(&metrics),
@@ -264,6 +281,7 @@ impl Forwarder {
                 metrics,
                 hub,
                 in_flight_limit: InFlightLimit::default(),
+                key_limits,
                 retry_budget: crate::retry::RetryBudget::default(),
                 operator_observer: OnceLock::new(),
                 reloader: OnceLock::new(),

@@ -47,8 +47,8 @@ impl Forwarder {
             let mut wakes = shared.suspension.subscribe();
             // One round: the active group, then each group it fails over to.
             let mut tried_groups: Vec<String> = Vec::new();
-            loop {
-                let mut plan = shared.plan();
+            // The model rule's group first, when the request matched one (model_rules.rs).
+            while let Some(mut plan) = self.round_plan(context, &tried_groups) {
                 let Some(group) = plan.group.clone() else {
                     break;
                 };

@@ -47,6 +47,7 @@ fn row(effects: Effects) -> String {
         NextStep::SkipEndpoint(wait) => format!("skip endpoint {}s, next", wait.as_secs()),
         NextStep::NextEndpoint => "next endpoint".to_string(),
         NextStep::LastAttemptElsewhere => "one last attempt, another endpoint".to_string(),
+        NextStep::RetryRepaired => "same endpoint at once".to_string(),
     };
     let wake = if effects.wakes_held_requests {
         "; wake held"
@@ -116,6 +117,11 @@ fn every_verdict_has_the_effects_of_its_table_row() {
         RateLimited { retry_after: None },
         "success | retrying rate_limited | - | - | back off, same endpoint",
         "success | retrying rate_limited | - | - | next endpoint",
+    );
+    check(
+        QuotaRejected,
+        "success | retrying rate_limited | - | info: subscription quota rejected: endpoint blocked until its reset | next endpoint",
+        "success | retrying rate_limited | - | info: subscription quota rejected: endpoint blocked until its reset | next endpoint",
     );
     check(
         CredentialsRefused,
@@ -297,4 +303,61 @@ fn the_retry_budget_allows_a_share_of_active_requests_with_a_floor() {
     drop(permits);
     assert_eq!(budget.in_flight(), 0, "permits released when dropped");
     assert!(budget.try_acquire(settings, 1).is_some());
+}
+
+#[test]
+fn failover_triggers_have_the_effects_of_their_table_rows() {
+    use AttemptVerdict::*;
+    check(
+        FailoverStatus { status: 404 },
+        "success | retrying http_error | - | warn: status listed in retry.failover_on_status: next endpoint | next endpoint",
+        "success | retrying http_error | - | warn: status listed in retry.failover_on_status: next endpoint | next endpoint",
+    );
+    check(
+        FailoverStatus { status: 503 },
+        "failure server_error(503) | retrying server_error | - | warn: status listed in retry.failover_on_status: next endpoint | next endpoint",
+        "failure server_error(503) | retrying server_error | - | warn: status listed in retry.failover_on_status: next endpoint | next endpoint",
+    );
+    check(
+        EmptyAnswer,
+        "failure broken_response | retrying stream_error | - | warn: empty answer (no content, 0 output tokens; retry.failover_on_empty_answer): next endpoint | next endpoint",
+        "failure broken_response | retrying stream_error | - | warn: empty answer (no content, 0 output tokens; retry.failover_on_empty_answer): next endpoint | next endpoint",
+    );
+    check(
+        ThinkingRepaired,
+        "success | retrying http_error | - | info: invalid thinking signature: earlier thinking blocks dropped, same endpoint again (routing.repair_thinking_signatures) | same endpoint at once",
+        "success | retrying http_error | - | info: invalid thinking signature: earlier thinking blocks dropped, same endpoint again (routing.repair_thinking_signatures) | same endpoint at once",
+    );
+}
+
+#[test]
+fn only_listed_statuses_of_relayed_or_retried_answers_become_failovers() {
+    let triggers = FailoverTriggers {
+        statuses: &[404, 400, 503],
+        empty_answer: false,
+    };
+    assert_eq!(
+        AttemptVerdict::Final.with_status_trigger(404, triggers),
+        AttemptVerdict::FailoverStatus { status: 404 }
+    );
+    assert_eq!(
+        AttemptVerdict::ServerError { status: 503 }.with_status_trigger(503, triggers),
+        AttemptVerdict::FailoverStatus { status: 503 }
+    );
+    assert_eq!(
+        AttemptVerdict::Final.with_status_trigger(422, triggers),
+        AttemptVerdict::Final
+    );
+    assert_eq!(
+        AttemptVerdict::Success.with_status_trigger(200, triggers),
+        AttemptVerdict::Success
+    );
+    let none = FailoverTriggers {
+        statuses: &[],
+        empty_answer: false,
+    };
+    assert_eq!(
+        AttemptVerdict::Final.with_status_trigger(404, none),
+        AttemptVerdict::Final
+    );
 }

@@ -1,0 +1,4 @@
+-- v8: the model the client asked for (issue 20: an endpoint's model_map may send another name;
+-- `model_name` keeps the model billed, the upstream's). The column itself is added by migrate.rs
+-- (only when missing, since SQLite has no `ADD COLUMN IF NOT EXISTS`); rows written before it,
+-- and by the Go forwarder, keep NULL. Nothing to index: it is read with its row only.
