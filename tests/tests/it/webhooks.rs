@@ -11,12 +11,14 @@ use ccf_app::reload::ConfigSource;
 use ccf_app::App;
 use ccf_config::ConfigLoader;
 use ccf_proxy::ForwarderEvent;
-use ccf_testkit::{MockUpstream, RecordedRequest, Reply};
+use ccf_testkit::{MockUpstream, MockUsage, RecordedRequest, Reply};
 use hmac::{Hmac, Mac};
 use hyper::Method;
 use serde_json::Value;
 use sha2::Sha256;
-use support::{admin_get, admin_request, eventually, Forwarder, WAIT};
+use support::{
+    admin_get, admin_request, config_with_usage, endpoint_yaml, eventually, Forwarder, WAIT,
+};
 
 const SIGNING_KEY: &str = "whsec-test-signing-key-0123";
 const WEB: &str = "web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n";
@@ -516,5 +518,103 @@ async fn a_failover_delivers_the_group_cooldown_and_the_switch() {
             "only subscribed events: {event}"
         );
     }
+    forwarder.stop().await;
+}
+
+/// The two events other features publish, through the whole app: a key crossing its daily
+/// budget (`auth.tokens[].limits`, docs/keys.md) and a subscription account whose deciding
+/// window is 95 % used (`anthropic-ratelimit-unified-*`, docs/quotas.md). Each is delivered once,
+/// signed, with the key's name but never its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_budget_and_a_nearly_spent_account_are_delivered() {
+    const ALICE_TOKEN: &str = "alice-token-webhook-0001";
+    let reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 3_600;
+    let upstream = MockUpstream::start().await;
+    // $0.045 per answer at the prices below; the account at 95 % of its five-hour window.
+    upstream.set_default(
+        Reply::json()
+            .usage(MockUsage {
+                input: 10_000,
+                output: 1_000,
+                cache_creation: 0,
+                cache_read: 0,
+            })
+            .header("anthropic-ratelimit-unified-status", "allowed_warning")
+            .header("anthropic-ratelimit-unified-reset", &reset.to_string())
+            .header(
+                "anthropic-ratelimit-unified-representative-claim",
+                "five_hour",
+            )
+            .header("anthropic-ratelimit-unified-5h-utilization", "0.95")
+            .header("anthropic-ratelimit-unified-5h-reset", &reset.to_string()),
+    );
+    let receiver = receiver().await;
+    let hook = format!("{}/hooks/ccf", receiver.url());
+    let settings = format!(
+        "timezone: UTC\n{WEB}{HEALTH}auth:\n  enabled: true\n  tokens:\n    - name: alice\n      \
+         token: {ALICE_TOKEN}\n      limits:\n        daily_budget_usd: 0.05\nwebhooks:\n{}",
+        webhook_yaml(
+            &hook,
+            &["key_budget_exceeded", "quota_low"],
+            Some(SIGNING_KEY)
+        )
+    );
+    let usage =
+        "  enabled: false\n  model_pricing:\n    claude-sonnet-4-5:\n      input: 3.00\n      \
+                 output: 15.00\n      cache_creation: 3.75\n      cache_read: 0.30\n";
+    let endpoints = [endpoint_yaml("mock", &upstream.url(), "")];
+    let forwarder = Forwarder::start(config_with_usage(usage, &settings, &endpoints)).await;
+    let body = serde_json::json!({
+        "model": "claude-sonnet-4-5-20250929",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hello"}],
+    });
+    // $0.045, then $0.09: the second answer crosses the budget; the third is refused.
+    for expected in [200, 200, 429] {
+        let answer = forwarder
+            .messages(body.clone(), &[("x-api-key", ALICE_TOKEN)])
+            .await;
+        assert_eq!(answer.status, expected);
+    }
+
+    let delivered = receiver.wait_for_requests(2, WAIT).await;
+    let of = |event: &str| -> Vec<&RecordedRequest> {
+        delivered
+            .iter()
+            .filter(|request| request.header("x-ccf-event") == Some(event))
+            .collect()
+    };
+    let budget = of("key_budget_exceeded");
+    assert_eq!(budget.len(), 1, "delivered once: {delivered:?}");
+    assert_signed(budget[0], SIGNING_KEY);
+    let data = notification(budget[0], "key_budget_exceeded")["data"].clone();
+    assert_eq!(data["key_name"], "alice", "{data}");
+    assert_eq!(data["period"], "daily", "{data}");
+    assert_eq!(data["budget_usd"], 0.05, "{data}");
+    assert!(data["spent_usd"].as_f64() >= Some(0.05), "{data}");
+    assert!(
+        data["resets_at"]
+            .as_str()
+            .is_some_and(|at| at.ends_with("T00:00:00.000Z")),
+        "midnight UTC: {data}"
+    );
+    assert!(!budget[0].body_text().contains(ALICE_TOKEN));
+    let quota = of("quota_low");
+    assert_eq!(quota.len(), 1, "once per crossing: {delivered:?}");
+    assert_signed(quota[0], SIGNING_KEY);
+    let data = notification(quota[0], "quota_low")["data"].clone();
+    assert_eq!(data["endpoint"], "mock", "{data}");
+    assert_eq!(data["window"], "five_hour", "{data}");
+    assert_eq!(data["utilization"], 0.95, "{data}");
+    assert_eq!(data["rejected"], false, "{data}");
+
+    // Nothing more arrives: the later answers above the threshold and the refusal are the same
+    // crossing and the same budget period.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.requests().len(), 2, "{:?}", receiver.requests());
     forwarder.stop().await;
 }
