@@ -108,6 +108,9 @@ impl BudgetPeriod {
 #[derive(Debug, Clone)]
 pub struct EventBus {
     sender: broadcast::Sender<ForwarderEvent>,
+    /// Every event but request changes, for subscribers that never look at requests (webhooks):
+    /// a request event does not wake them, so they cost the request path nothing.
+    control: broadcast::Sender<ForwarderEvent>,
     request_subscribers: Arc<Mutex<Vec<Weak<RequestQueue>>>>,
     /// Live [`RequestSubscription`]s: with none, a request event takes no lock (the usual case
     /// without dashboard or TUI).
@@ -178,6 +181,7 @@ impl EventBus {
     pub fn new() -> Self {
         EventBus {
             sender: broadcast::Sender::new(CAPACITY),
+            control: broadcast::Sender::new(CAPACITY),
             request_subscribers: Arc::new(Mutex::new(Vec::new())),
             live_request_subscribers: Arc::new(AtomicUsize::new(0)),
         }
@@ -206,6 +210,8 @@ impl EventBus {
                 queue.ready.notify_one();
                 true
             });
+        } else if self.control.receiver_count() > 0 {
+            let _ = self.control.send(event.clone());
         }
         let _ = self.sender.send(event);
     }
@@ -228,6 +234,13 @@ impl EventBus {
     /// A new subscriber, receiving events published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<ForwarderEvent> {
         self.sender.subscribe()
+    }
+
+    /// A new subscriber of every event except request changes ([`ForwarderEvent::Request`]),
+    /// from now on: routing, health, suspension, reloads, budgets, quotas. Request traffic never
+    /// wakes it (nor makes it lag).
+    pub fn subscribe_control(&self) -> broadcast::Receiver<ForwarderEvent> {
+        self.control.subscribe()
     }
 }
 
@@ -311,5 +324,33 @@ mod tests {
             other => panic!("expected the request event, got {other:?}"),
         }
         assert!(bus.request_subscribers.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_control_subscriber_gets_every_event_but_request_changes() {
+        let bus = EventBus::new();
+        let mut control = bus.subscribe_control();
+        let mut all = bus.subscribe();
+        for bits in 0..3u64 {
+            let (_lifecycle, started) = lifecycle(bits);
+            bus.publish(ForwarderEvent::Request(started));
+        }
+        bus.publish(ForwarderEvent::RequestSuspended {
+            request_id: RequestId::from_u64(1),
+            held: 1,
+        });
+        match control.try_recv() {
+            Ok(ForwarderEvent::RequestSuspended { held: 1, .. }) => {}
+            other => panic!("expected the suspension first, got {other:?}"),
+        }
+        assert!(matches!(
+            control.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+        let mut seen = 0;
+        while all.try_recv().is_ok() {
+            seen += 1;
+        }
+        assert_eq!(seen, 4, "the ordinary subscriber still sees everything");
     }
 }

@@ -152,8 +152,9 @@ impl Webhooks {
             }),
         };
         webhooks.apply(&forwarder.config());
-        // Subscribed before the task starts, so nothing published from here on is missed.
-        let receiver = forwarder.events().subscribe();
+        // Subscribed before the task starts, so nothing published from here on is missed. Only
+        // the events that are not request changes: request traffic never wakes the dispatcher.
+        let receiver = forwarder.events().subscribe_control();
         let stop = CancellationToken::new();
         let dispatcher = tokio::spawn(dispatch(
             webhooks.clone(),
