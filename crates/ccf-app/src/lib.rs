@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ccf_config::Config;
 
@@ -93,6 +93,8 @@ pub struct App {
     /// Hot reload: how to re-read the configuration, and what else to update on a reload.
     reload_source: Option<reload::ConfigSource>,
     reload_hooks: reload::ReloadHooks,
+    /// The webhook dispatcher's state, filled when [`App::run`] starts it (for the terminal UI).
+    webhooks: Arc<OnceLock<ccf_webhooks::Webhooks>>,
 }
 
 impl App {
@@ -200,6 +202,7 @@ impl App {
         Ok(App {
             reload_source: None,
             reload_hooks: reload::ReloadHooks::default(),
+            webhooks: Arc::default(),
             admin_listener,
             cluster,
             instance_id,
@@ -263,6 +266,12 @@ impl App {
         self.usage.as_ref()
     }
 
+    /// The webhook dispatcher's delivery counters: empty until [`App::run`] starts the
+    /// dispatcher, then its shared state (the terminal UI starts before `run` and reads it).
+    pub fn webhooks(&self) -> Arc<OnceLock<ccf_webhooks::Webhooks>> {
+        Arc::clone(&self.webhooks)
+    }
+
     /// Serves until `shutdown` resolves, then drains in-flight requests for up to
     /// `server.shutdown_timeout` and returns.
     pub async fn run(
@@ -291,6 +300,7 @@ impl App {
             self.instance_id.clone(),
             ccf_webhooks::DeliveryPolicy::default(),
         );
+        let _ = self.webhooks.set(webhooks.webhooks());
         // The health probes run while the listener serves and stop after the drain.
         let background = self.forwarder.spawn_background();
         // Hot reload triggers; they end when the listeners have drained.
