@@ -503,3 +503,38 @@ async fn bind_listener(address: &str) -> std::io::Result<TcpListener> {
         )
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The terminal UI starts before [`App::run`] and reads the webhook counters through
+    /// [`App::webhooks`]: empty until `run` starts the dispatcher, then its receivers.
+    #[tokio::test]
+    async fn the_webhooks_slot_is_filled_when_run_starts_the_dispatcher() {
+        let config = Config::from_yaml_str(
+            "server:\n  host: 127.0.0.1\n  port: 0\nweb:\n  enabled: false\nusage_tracking:\n  enabled: false\nwebhooks:\n  - url: http://127.0.0.1:9/hook\n    events: [group_switched]\nendpoints:\n  - name: main\n    url: http://127.0.0.1:9\n",
+        )
+        .unwrap();
+        let app = App::bind(config).await.unwrap();
+        let webhooks = app.webhooks();
+        assert!(webhooks.get().is_none());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(app.run(async move {
+            let _ = stopped.await;
+        }));
+        for _ in 0..1000 {
+            if webhooks.get().is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let stats = webhooks.get().map(ccf_webhooks::Webhooks::stats).unwrap();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].url, "http://127.0.0.1:9/hook");
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+    }
+}

@@ -1211,6 +1211,7 @@ pub(crate) fn config_lines(config: &Config) -> Vec<String> {
         "auth:".to_string(),
         format!("  enabled: {}", config.auth.enabled),
         format!("  token: {}", secret(config.auth.token.as_ref())),
+        format!("  queue_timeout: {}", config.auth.queue_timeout),
         "web:".to_string(),
         format!("  enabled: {}", config.web.enabled),
         format!("  host: {}", config.web.host),
@@ -1267,6 +1268,47 @@ pub(crate) fn config_lines(config: &Config) -> Vec<String> {
         };
         lines.push(format!("  endpoint {endpoint}: {target}"));
     }
+    // `auth.tokens[]` by name with their limits (the tokens masked); `routing.model_rules`;
+    // `webhooks[]` without user-info, query or secret.
+    for token in &config.auth.tokens {
+        let limits = &token.limits;
+        let mut parts = vec![format!("token {}", token.token.masked())];
+        if let Some(rate) = limits.requests_per_minute {
+            parts.push(format!("requests_per_minute {rate}"));
+        }
+        if let Some(concurrency) = limits.concurrency {
+            parts.push(format!("concurrency {concurrency}"));
+        }
+        if let Some(budget) = limits.daily_budget_usd {
+            parts.push(format!("daily_budget_usd {budget}"));
+        }
+        if let Some(budget) = limits.monthly_budget_usd {
+            parts.push(format!("monthly_budget_usd {budget}"));
+        }
+        lines.push(format!("  key {}: {}", token.name, parts.join(", ")));
+    }
+    if !config.routing.model_rules.is_empty() {
+        lines.push("routing.model_rules:".to_string());
+        for (index, rule) in config.routing.model_rules.iter().enumerate() {
+            lines.push(format!("  {}", model_rule_text(index, rule)));
+        }
+    }
+    if !config.webhooks.is_empty() {
+        lines.push(format!("webhooks: ({})", config.webhooks.len()));
+        for webhook in &config.webhooks {
+            lines.push(format!("  - url: {}", display_url(webhook.url.as_str())));
+            lines.push(format!(
+                "    events: {}",
+                webhook
+                    .events
+                    .iter()
+                    .map(|event| event.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            lines.push(format!("    secret: {}", secret(webhook.secret.as_ref())));
+        }
+    }
     lines.push("usage_tracking:".to_string());
     lines.push(format!("  enabled: {}", config.usage_tracking.enabled));
     match &config.usage_tracking.database {
@@ -1315,6 +1357,12 @@ pub(crate) fn config_lines(config: &Config) -> Vec<String> {
             "    timeout: {}",
             format_duration(endpoint.timeout)
         ));
+        if !endpoint.model_map.is_empty() {
+            lines.push(format!(
+                "    model_map: {}",
+                model_map_text(&endpoint.model_map)
+            ));
+        }
         for (name, value) in &endpoint.headers {
             // Header values are often credentials: never shown in full.
             lines.push(format!("    header {name}: {}", mask_secret(value)));
@@ -1340,6 +1388,33 @@ mod tests {
             display_url("https://user:pw@relay.example:8443/v1?key=s#x"),
             "https://***@relay.example:8443/v1"
         );
+    }
+
+    #[test]
+    fn keys_rules_maps_and_webhooks_are_listed_without_secrets() {
+        let config = Config::from_yaml_str(
+            "auth:\n  enabled: true\n  tokens:\n    - name: alice\n      token: alice-token-0123456789\n      limits: {daily_budget_usd: 5, concurrency: 2}\nrouting:\n  model_rules:\n    - match: \"*haiku*\"\n      group: cheap\nwebhooks:\n  - url: https://bob:hook-pass-55@hooks.example/ccf?key=query-66\n    events: [group_switched, key_budget_exceeded]\n    secret: whsec-secret-77\nendpoints:\n  - name: relay\n    url: https://relay.example\n    group: cheap\n    model_map: {\"claude-*\": glm-4.6}\n",
+        )
+        .unwrap();
+        let lines = config_lines(&config).join("\n");
+        for expected in [
+            "  key alice: token alic",
+            "concurrency 2, daily_budget_usd 5",
+            "routing.model_rules:\n  1. *haiku* → group cheap",
+            "  - url: https://***@hooks.example/ccf",
+            "    events: group_switched, key_budget_exceeded",
+            "    model_map: claude-* → glm-4.6",
+        ] {
+            assert!(lines.contains(expected), "missing {expected:?} in\n{lines}");
+        }
+        for secret in [
+            "alice-token-0123456789",
+            "hook-pass-55",
+            "query-66",
+            "whsec-secret-77",
+        ] {
+            assert!(!lines.contains(secret), "{secret} shown in\n{lines}");
+        }
     }
 
     #[test]
