@@ -388,7 +388,14 @@ async fn run_app(
     }
     info!("point Claude Code at the forwarder: export ANTHROPIC_BASE_URL={base_url}");
     let usage_store = app.usage().map(|tracking| tracking.store.clone());
-    let tui = tui::start(tui_logs, app.forwarder(), usage_store, base_url, trigger);
+    let tui = tui::start(
+        tui_logs,
+        app.forwarder(),
+        usage_store,
+        app.webhooks(),
+        base_url,
+        trigger,
+    );
     let result = tokio::select! {
         result = app.run(shutdown) => {
             result.context("the forwarder stopped with an error")

@@ -38,6 +38,7 @@ pub fn start(
     logs: Option<LogBuffer>,
     forwarder: &Forwarder,
     store: Option<Arc<dyn ccf_store::UsageStore>>,
+    webhooks: Arc<std::sync::OnceLock<ccf_webhooks::Webhooks>>,
     base_url: String,
     trigger: ShutdownTrigger,
 ) -> TuiHandle {
@@ -54,7 +55,7 @@ pub fn start(
         let stopped = async move {
             let _ = stop_receiver.await;
         };
-        match ccf_tui::run(forwarder, logs, info, store, stopped).await {
+        match ccf_tui::run(forwarder, logs, info, store, webhooks, stopped).await {
             Ok(Exit::Quit | Exit::InputClosed) => {
                 info!("terminal UI closed: shutting down");
                 trigger.request("terminal UI quit");

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ccf_config::Config;
 
@@ -93,6 +93,8 @@ pub struct App {
     /// Hot reload: how to re-read the configuration, and what else to update on a reload.
     reload_source: Option<reload::ConfigSource>,
     reload_hooks: reload::ReloadHooks,
+    /// The webhook dispatcher's state, filled when [`App::run`] starts it (for the terminal UI).
+    webhooks: Arc<OnceLock<ccf_webhooks::Webhooks>>,
 }
 
 impl App {
@@ -200,6 +202,7 @@ impl App {
         Ok(App {
             reload_source: None,
             reload_hooks: reload::ReloadHooks::default(),
+            webhooks: Arc::default(),
             admin_listener,
             cluster,
             instance_id,
@@ -263,6 +266,12 @@ impl App {
         self.usage.as_ref()
     }
 
+    /// The webhook dispatcher's delivery counters: empty until [`App::run`] starts the
+    /// dispatcher, then its shared state (the terminal UI starts before `run` and reads it).
+    pub fn webhooks(&self) -> Arc<OnceLock<ccf_webhooks::Webhooks>> {
+        Arc::clone(&self.webhooks)
+    }
+
     /// Serves until `shutdown` resolves, then drains in-flight requests for up to
     /// `server.shutdown_timeout` and returns.
     pub async fn run(
@@ -291,6 +300,7 @@ impl App {
             self.instance_id.clone(),
             ccf_webhooks::DeliveryPolicy::default(),
         );
+        let _ = self.webhooks.set(webhooks.webhooks());
         // The health probes run while the listener serves and stop after the drain.
         let background = self.forwarder.spawn_background();
         // Hot reload triggers; they end when the listeners have drained.
@@ -492,4 +502,39 @@ async fn bind_listener(address: &str) -> std::io::Result<TcpListener> {
             format!("{address} resolves to no address"),
         )
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The terminal UI starts before [`App::run`] and reads the webhook counters through
+    /// [`App::webhooks`]: empty until `run` starts the dispatcher, then its receivers.
+    #[tokio::test]
+    async fn the_webhooks_slot_is_filled_when_run_starts_the_dispatcher() {
+        let config = Config::from_yaml_str(
+            "server:\n  host: 127.0.0.1\n  port: 0\nweb:\n  enabled: false\nusage_tracking:\n  enabled: false\nwebhooks:\n  - url: http://127.0.0.1:9/hook\n    events: [group_switched]\nendpoints:\n  - name: main\n    url: http://127.0.0.1:9\n",
+        )
+        .unwrap();
+        let app = App::bind(config).await.unwrap();
+        let webhooks = app.webhooks();
+        assert!(webhooks.get().is_none());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(app.run(async move {
+            let _ = stopped.await;
+        }));
+        for _ in 0..1000 {
+            if webhooks.get().is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let stats = webhooks.get().map(ccf_webhooks::Webhooks::stats).unwrap();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].url, "http://127.0.0.1:9/hook");
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+    }
 }

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 use ccf_config::Config;
 use ccf_health::HealthSnapshot;
 use ccf_lifecycle::{RequestId, RequestRecord};
+use ccf_proxy::key_limits::KeyLimitView;
 use ccf_proxy::{Forwarder, ForwarderEvent};
 use ccf_router::{EndpointQuotaView, EndpointView, GroupView};
 use ccf_store::Pricing;
+use ccf_webhooks::{WebhookStats, Webhooks};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::logs::{LogBuffer, LogLevel, LogLine};
@@ -135,10 +137,17 @@ pub struct Snapshot {
     pub held: Vec<(RequestId, Duration)>,
     /// Every endpoint that reported rate limits or a subscription account's windows.
     pub quota: Vec<EndpointQuotaView>,
+    /// Every configured API key's limits and usage (`auth.tokens[].limits`), in configuration
+    /// order; names only, never the keys.
+    pub key_limits: Vec<KeyLimitView>,
+    /// Every webhook receiver's delivery counters (`webhooks:`), in configuration order; empty
+    /// until the dispatcher runs.
+    pub webhooks: Vec<WebhookStats>,
 }
 
 impl Snapshot {
-    /// Reads the forwarder's current state.
+    /// Reads the forwarder's current state (no webhook counters: see
+    /// [`Snapshot::with_webhooks`]).
     pub fn capture(forwarder: &Forwarder) -> Self {
         Snapshot {
             groups: forwarder.groups(),
@@ -146,7 +155,15 @@ impl Snapshot {
             health: forwarder.health().snapshot(),
             held: forwarder.held_requests(),
             quota: forwarder.quota(),
+            key_limits: forwarder.key_limit_views(),
+            webhooks: Vec::new(),
         }
+    }
+
+    /// Adds the webhook dispatcher's delivery counters, when it runs.
+    pub fn with_webhooks(mut self, webhooks: Option<&Webhooks>) -> Self {
+        self.webhooks = webhooks.map(Webhooks::stats).unwrap_or_default();
+        self
     }
 }
 
@@ -182,6 +199,8 @@ pub struct App {
     pub(crate) config_lines: Vec<String>,
     pub(crate) started: Instant,
     pub(crate) now: Instant,
+    /// The wall clock at the last refresh (budget reset times are shown against it).
+    pub(crate) wall: SystemTime,
     pub(crate) selected_endpoint: Option<String>,
     pub(crate) selected_group: Option<String>,
     pub(crate) selected_request: Option<RequestId>,
@@ -212,6 +231,7 @@ impl App {
             logs,
             started: now,
             now,
+            wall: SystemTime::now(),
             selected_endpoint: None,
             selected_group: None,
             selected_request: None,
@@ -269,6 +289,7 @@ impl App {
     pub fn refresh(&mut self, snapshot: Snapshot, now: Instant, wall: SystemTime) {
         self.snapshot = snapshot;
         self.now = now;
+        self.wall = wall;
         self.stats.advance(unix_seconds(wall));
         if self.selected_endpoint.is_none()
             || !self

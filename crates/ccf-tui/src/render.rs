@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use ccf_config::Config;
 use ccf_lifecycle::{AttemptOutcome, RequestRecord, Status};
+use ccf_proxy::key_limits::KeyLimitView;
+use ccf_proxy::BudgetPeriod;
 use ccf_router::GroupStatus;
 use ccf_types::mask_secret;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -120,8 +122,22 @@ impl App {
     }
 
     fn render_overview(&self, frame: &mut Frame<'_>, area: Rect) {
-        let [top, bottom] =
-            Layout::vertical([Constraint::Length(10), Constraint::Min(3)]).areas(area);
+        let keys = self.limited_keys();
+        let keys_height = panel_height(keys.len());
+        let webhooks_height = panel_height(self.snapshot.webhooks.len());
+        let [top, keys_area, webhooks_area, bottom] = Layout::vertical([
+            Constraint::Length(10),
+            Constraint::Length(keys_height),
+            Constraint::Length(webhooks_height),
+            Constraint::Min(3),
+        ])
+        .areas(area);
+        if !keys.is_empty() {
+            self.render_key_limits(frame, keys_area, &keys);
+        }
+        if !self.snapshot.webhooks.is_empty() {
+            self.render_webhooks(frame, webhooks_area);
+        }
         let [requests_area, tokens_area, routing_area] = Layout::horizontal([
             Constraint::Percentage(34),
             Constraint::Percentage(33),
@@ -222,9 +238,147 @@ impl App {
         frame.render_widget(sparkline, bottom);
     }
 
+    /// API keys with at least one limit, in configuration order.
+    fn limited_keys(&self) -> Vec<&KeyLimitView> {
+        self.snapshot
+            .key_limits
+            .iter()
+            .filter(|view| {
+                let limits = &view.limits;
+                limits.requests_per_minute.is_some()
+                    || limits.concurrency.is_some()
+                    || limits.daily_budget_usd.is_some()
+                    || limits.monthly_budget_usd.is_some()
+            })
+            .collect()
+    }
+
+    /// The Keys panel: per key name (never the key), spend against its budgets, the request
+    /// rate, concurrency, the queue, and a budget that refuses it now with when it resets.
+    fn render_key_limits(&self, frame: &mut Frame<'_>, area: Rect, keys: &[&KeyLimitView]) {
+        let rows: Vec<Row<'_>> = keys
+            .iter()
+            .map(|view| {
+                let limits = &view.limits;
+                let state = key_state_text(view, self.wall);
+                let style = if view.budget_exceeded.is_some() {
+                    Style::new().fg(Color::Red)
+                } else if view.queued > 0 {
+                    Style::new().fg(Color::Yellow)
+                } else {
+                    Style::new()
+                };
+                Row::new(vec![
+                    Cell::from(view.name.clone()),
+                    Cell::from(spend_text(view.spent_today_usd, limits.daily_budget_usd)),
+                    Cell::from(spend_text(
+                        view.spent_this_month_usd,
+                        limits.monthly_budget_usd,
+                    )),
+                    Cell::from(of_limit(
+                        view.requests_last_minute,
+                        limits.requests_per_minute,
+                    )),
+                    Cell::from(of_limit(view.in_flight, limits.concurrency)),
+                    Cell::from(view.queued.to_string()),
+                    Cell::from(state),
+                ])
+                .style(style)
+            })
+            .collect();
+        let table = Table::new(
+            rows,
+            [
+                Constraint::Length(16),
+                Constraint::Length(18),
+                Constraint::Length(18),
+                Constraint::Length(8),
+                Constraint::Length(10),
+                Constraint::Length(7),
+                Constraint::Fill(1),
+            ],
+        )
+        .header(
+            Row::new(vec![
+                "Key",
+                "Today",
+                "This month",
+                "Req/min",
+                "In flight",
+                "Queued",
+                "State",
+            ])
+            .style(Style::new().bold().underlined()),
+        )
+        .block(Block::bordered().title(" Keys (limits per API key) "));
+        frame.render_widget(table, area);
+    }
+
+    /// The Webhooks panel: per receiver its URL (no user-info, no query), delivered / failed / dropped counts,
+    /// the queue and the last delivery error.
+    fn render_webhooks(&self, frame: &mut Frame<'_>, area: Rect) {
+        let rows: Vec<Row<'_>> = self
+            .snapshot
+            .webhooks
+            .iter()
+            .map(|webhook| {
+                let style = if webhook.failed > 0 || webhook.dropped > 0 {
+                    Style::new().fg(Color::Red)
+                } else {
+                    Style::new()
+                };
+                let last_error = match (&webhook.last_error, webhook.last_error_at) {
+                    (Some(error), Some(at)) => format!("{} {error}", clock_time(at)),
+                    (Some(error), None) => error.clone(),
+                    (None, _) => "-".to_string(),
+                };
+                Row::new(vec![
+                    // Already masked by the dispatcher; the UI also drops user-info and query,
+                    // as for endpoint URLs.
+                    Cell::from(display_url(&webhook.url)),
+                    Cell::from(if webhook.signed { "yes" } else { "no" }),
+                    Cell::from(webhook.delivered.to_string()),
+                    Cell::from(webhook.failed.to_string()),
+                    Cell::from(webhook.dropped.to_string()),
+                    Cell::from(webhook.queued.to_string()),
+                    Cell::from(last_error),
+                ])
+                .style(style)
+            })
+            .collect();
+        let table = Table::new(
+            rows,
+            [
+                Constraint::Length(40),
+                Constraint::Length(7),
+                Constraint::Length(10),
+                Constraint::Length(7),
+                Constraint::Length(8),
+                Constraint::Length(7),
+                Constraint::Fill(1),
+            ],
+        )
+        .header(
+            Row::new(vec![
+                "Webhook",
+                "Signed",
+                "Delivered",
+                "Failed",
+                "Dropped",
+                "Queued",
+                "Last error",
+            ])
+            .style(Style::new().bold().underlined()),
+        )
+        .block(Block::bordered().title(" Webhooks "));
+        frame.render_widget(table, area);
+    }
+
     fn render_endpoints(&self, frame: &mut Frame<'_>, area: Rect) {
+        let details = self.endpoint_details();
+        let details_height = u16::try_from(details.len() + 2).unwrap_or(u16::MAX).max(9);
         let [table_area, details_area] =
-            Layout::vertical([Constraint::Min(4), Constraint::Length(9)]).areas(area);
+            Layout::vertical([Constraint::Min(4), Constraint::Length(details_height)]).areas(area);
         let editing = self.editing.as_ref();
         let mut rows = Vec::new();
         let mut selected_row = None;
@@ -326,7 +480,7 @@ impl App {
         let mut state = TableState::default().with_selected(selected_row);
         frame.render_stateful_widget(table, table_area, &mut state);
         frame.render_widget(
-            Paragraph::new(self.endpoint_details())
+            Paragraph::new(details)
                 .block(Block::bordered().title(" Details "))
                 .wrap(Wrap { trim: false }),
             details_area,
@@ -410,6 +564,9 @@ impl App {
             .and_then(quota_text)
         {
             lines.push(kv("Quota", quota));
+        }
+        if let Some(endpoint) = configured.filter(|endpoint| !endpoint.model_map.is_empty()) {
+            lines.push(kv("Model map", model_map_text(&endpoint.model_map)));
         }
         if let Some(endpoint) = configured {
             lines.push(kv(
@@ -518,7 +675,28 @@ impl App {
         .block(Block::bordered().title(format!(" Groups ({mode} switching) ")))
         .row_highlight_style(HIGHLIGHT);
         let mut state = TableState::default().with_selected(selected);
-        frame.render_stateful_widget(table, area, &mut state);
+        let rules = &self.config.routing.model_rules;
+        if rules.is_empty() {
+            frame.render_stateful_widget(table, area, &mut state);
+            return;
+        }
+        let [table_area, rules_area] = Layout::vertical([
+            Constraint::Min(4),
+            Constraint::Length(panel_height(rules.len()).saturating_sub(1)),
+        ])
+        .areas(area);
+        frame.render_stateful_widget(table, table_area, &mut state);
+        let lines: Vec<Line<'_>> = rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| Line::from(model_rule_text(index, rule)))
+            .collect();
+        frame.render_widget(
+            Paragraph::new(lines).block(
+                Block::bordered().title(" Model rules (first match picks the start group) "),
+            ),
+            rules_area,
+        );
     }
 
     fn render_requests(&self, frame: &mut Frame<'_>, area: Rect) {
@@ -843,6 +1021,100 @@ pub(crate) fn quota_text(quota: &ccf_router::EndpointQuotaView) -> Option<String
     (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
+/// Height of a bordered table with a header row and `rows` rows (0 without rows: not shown).
+fn panel_height(rows: usize) -> u16 {
+    if rows == 0 {
+        0
+    } else {
+        u16::try_from(rows + 3).unwrap_or(u16::MAX)
+    }
+}
+
+/// `$1.23 / $5.00` (spend against a budget), or the spend alone without one.
+fn spend_text(spent: f64, budget: Option<f64>) -> String {
+    match budget {
+        Some(budget) => format!("{} / {}", format_usd(spent), format_usd(budget)),
+        None => format_usd(spent),
+    }
+}
+
+/// USD for people: cents, or four decimals for amounts under a cent.
+fn format_usd(value: f64) -> String {
+    if value != 0.0 && value.abs() < 0.01 {
+        format!("${value:.4}")
+    } else {
+        format!("${value:.2}")
+    }
+}
+
+/// `3/60` (a count against its limit), or the count alone without a limit.
+fn of_limit(count: u32, limit: Option<u32>) -> String {
+    match limit {
+        Some(limit) => format!("{count}/{limit}"),
+        None => count.to_string(),
+    }
+}
+
+/// What a key's limits do to its requests now: the budget refusing them and when it resets
+/// (local time and how long from `wall`), a full rate or concurrency, else `ok`.
+fn key_state_text(view: &KeyLimitView, wall: SystemTime) -> String {
+    if let Some(period) = view.budget_exceeded {
+        let resets_at = match period {
+            BudgetPeriod::Daily => view.day_resets_at,
+            BudgetPeriod::Monthly => view.month_resets_at,
+        };
+        let local = chrono::DateTime::<chrono::Local>::from(resets_at).format("%Y-%m-%d %H:%M");
+        let left = resets_at.duration_since(wall).unwrap_or_default();
+        return format!(
+            "budget reached ({}) until {local} (in {})",
+            period.as_str(),
+            format_duration(left)
+        );
+    }
+    let limits = &view.limits;
+    let mut notes = Vec::new();
+    if limits
+        .requests_per_minute
+        .is_some_and(|limit| view.requests_last_minute >= limit)
+    {
+        notes.push("rate limit reached".to_string());
+    }
+    if limits
+        .concurrency
+        .is_some_and(|limit| view.in_flight >= limit)
+    {
+        notes.push("all slots busy".to_string());
+    }
+    if notes.is_empty() {
+        "ok".to_string()
+    } else {
+        notes.join(", ")
+    }
+}
+
+/// `claude-* → glm-4.6 · opus → x`: an endpoint's model map, in the order it is tried.
+fn model_map_text(map: &ccf_config::ModelMap) -> String {
+    map.entries()
+        .map(|(pattern, target)| format!("{pattern} → {target}"))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// `1. *haiku* → group cheap (only)`: one `routing.model_rules` entry.
+fn model_rule_text(index: usize, rule: &ccf_config::ModelRuleConfig) -> String {
+    format!(
+        "{}. {} → group {}{}",
+        index + 1,
+        rule.pattern,
+        rule.group,
+        if rule.only {
+            " (only: no failover to other groups)"
+        } else {
+            ""
+        }
+    )
+}
+
 /// `1,234,567`.
 pub(crate) fn format_count(value: u64) -> String {
     let digits = value.to_string();
@@ -939,6 +1211,7 @@ pub(crate) fn config_lines(config: &Config) -> Vec<String> {
         "auth:".to_string(),
         format!("  enabled: {}", config.auth.enabled),
         format!("  token: {}", secret(config.auth.token.as_ref())),
+        format!("  queue_timeout: {}", config.auth.queue_timeout),
         "web:".to_string(),
         format!("  enabled: {}", config.web.enabled),
         format!("  host: {}", config.web.host),
@@ -995,6 +1268,47 @@ pub(crate) fn config_lines(config: &Config) -> Vec<String> {
         };
         lines.push(format!("  endpoint {endpoint}: {target}"));
     }
+    // `auth.tokens[]` by name with their limits (the tokens masked); `routing.model_rules`;
+    // `webhooks[]` without user-info, query or secret.
+    for token in &config.auth.tokens {
+        let limits = &token.limits;
+        let mut parts = vec![format!("token {}", token.token.masked())];
+        if let Some(rate) = limits.requests_per_minute {
+            parts.push(format!("requests_per_minute {rate}"));
+        }
+        if let Some(concurrency) = limits.concurrency {
+            parts.push(format!("concurrency {concurrency}"));
+        }
+        if let Some(budget) = limits.daily_budget_usd {
+            parts.push(format!("daily_budget_usd {budget}"));
+        }
+        if let Some(budget) = limits.monthly_budget_usd {
+            parts.push(format!("monthly_budget_usd {budget}"));
+        }
+        lines.push(format!("  key {}: {}", token.name, parts.join(", ")));
+    }
+    if !config.routing.model_rules.is_empty() {
+        lines.push("routing.model_rules:".to_string());
+        for (index, rule) in config.routing.model_rules.iter().enumerate() {
+            lines.push(format!("  {}", model_rule_text(index, rule)));
+        }
+    }
+    if !config.webhooks.is_empty() {
+        lines.push(format!("webhooks: ({})", config.webhooks.len()));
+        for webhook in &config.webhooks {
+            lines.push(format!("  - url: {}", display_url(webhook.url.as_str())));
+            lines.push(format!(
+                "    events: {}",
+                webhook
+                    .events
+                    .iter()
+                    .map(|event| event.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            lines.push(format!("    secret: {}", secret(webhook.secret.as_ref())));
+        }
+    }
     lines.push("usage_tracking:".to_string());
     lines.push(format!("  enabled: {}", config.usage_tracking.enabled));
     match &config.usage_tracking.database {
@@ -1043,6 +1357,12 @@ pub(crate) fn config_lines(config: &Config) -> Vec<String> {
             "    timeout: {}",
             format_duration(endpoint.timeout)
         ));
+        if !endpoint.model_map.is_empty() {
+            lines.push(format!(
+                "    model_map: {}",
+                model_map_text(&endpoint.model_map)
+            ));
+        }
         for (name, value) in &endpoint.headers {
             // Header values are often credentials: never shown in full.
             lines.push(format!("    header {name}: {}", mask_secret(value)));
@@ -1068,6 +1388,33 @@ mod tests {
             display_url("https://user:pw@relay.example:8443/v1?key=s#x"),
             "https://***@relay.example:8443/v1"
         );
+    }
+
+    #[test]
+    fn keys_rules_maps_and_webhooks_are_listed_without_secrets() {
+        let config = Config::from_yaml_str(
+            "auth:\n  enabled: true\n  tokens:\n    - name: alice\n      token: alice-token-0123456789\n      limits: {daily_budget_usd: 5, concurrency: 2}\nrouting:\n  model_rules:\n    - match: \"*haiku*\"\n      group: cheap\nwebhooks:\n  - url: https://bob:hook-pass-55@hooks.example/ccf?key=query-66\n    events: [group_switched, key_budget_exceeded]\n    secret: whsec-secret-77\nendpoints:\n  - name: relay\n    url: https://relay.example\n    group: cheap\n    model_map: {\"claude-*\": glm-4.6}\n",
+        )
+        .unwrap();
+        let lines = config_lines(&config).join("\n");
+        for expected in [
+            "  key alice: token alic",
+            "concurrency 2, daily_budget_usd 5",
+            "routing.model_rules:\n  1. *haiku* → group cheap",
+            "  - url: https://***@hooks.example/ccf",
+            "    events: group_switched, key_budget_exceeded",
+            "    model_map: claude-* → glm-4.6",
+        ] {
+            assert!(lines.contains(expected), "missing {expected:?} in\n{lines}");
+        }
+        for secret in [
+            "alice-token-0123456789",
+            "hook-pass-55",
+            "query-66",
+            "whsec-secret-77",
+        ] {
+            assert!(!lines.contains(secret), "{secret} shown in\n{lines}");
+        }
     }
 
     #[test]

@@ -14,10 +14,11 @@
 //! error: a drop guard) and on panic (ratatui's panic hook, installed by `ratatui::try_init`).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use ccf_store::{DayZone, SummaryQuery, UsageStore};
+use ccf_webhooks::Webhooks;
 use tokio::sync::watch;
 
 use ccf_proxy::{Forwarder, ForwarderEvent};
@@ -94,12 +95,14 @@ impl Drop for AbortOnDrop {
 
 /// Runs the terminal UI on stdout until the user quits, `shutdown` resolves, or input ends.
 /// Takes over the terminal (raw mode, alternate screen) and gives it back before returning.
-/// `store` is the usage store when usage tracking is on ("cost today" is read from it).
+/// `store` is the usage store when usage tracking is on ("cost today" is read from it);
+/// `webhooks` holds the webhook dispatcher's state once it runs (its delivery counters are shown).
 pub async fn run(
     forwarder: Forwarder,
     logs: LogBuffer,
     info: AppInfo,
     store: Option<Arc<dyn UsageStore>>,
+    webhooks: Arc<OnceLock<Webhooks>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, TuiError> {
     let config = forwarder.config();
@@ -129,7 +132,7 @@ pub async fn run(
     });
     let mut app = App::new(config, info, logs.clone(), Instant::now());
     app.refresh(
-        Snapshot::capture(&forwarder),
+        capture(&forwarder, &webhooks),
         Instant::now(),
         SystemTime::now(),
     );
@@ -170,7 +173,7 @@ pub async fn run(
                         needs_snapshot = true;
                     }
                     if needs_snapshot {
-                        app.refresh(Snapshot::capture(&forwarder), Instant::now(), SystemTime::now());
+                        app.refresh(capture(&forwarder, &webhooks), Instant::now(), SystemTime::now());
                         needs_snapshot = false;
                     }
                     redraw = true;
@@ -225,7 +228,7 @@ pub async fn run(
         if redraw {
             if needs_snapshot {
                 app.refresh(
-                    Snapshot::capture(&forwarder),
+                    capture(&forwarder, &webhooks),
                     Instant::now(),
                     SystemTime::now(),
                 );
@@ -235,6 +238,11 @@ pub async fn run(
         }
     };
     Ok(exit)
+}
+
+/// The forwarder's state and, once the dispatcher runs, the webhook counters.
+fn capture(forwarder: &Forwarder, webhooks: &OnceLock<Webhooks>) -> Snapshot {
+    Snapshot::capture(forwarder).with_webhooks(webhooks.get())
 }
 
 async fn wait_until(deadline: Option<tokio::time::Instant>) {

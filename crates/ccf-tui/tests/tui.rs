@@ -743,3 +743,269 @@ async fn cost_today_is_the_store_figure_for_the_configured_zones_day() {
     store.write_batch(&[today, yesterday]).await.unwrap();
     assert_eq!(ccf_tui::cost_today(&store, zone).await, Some(expected));
 }
+
+/// A UI for `forwarder` (its clock standing still at its start), on the Overview tab.
+fn app_for(forwarder: &Forwarder, snapshot: Snapshot) -> App {
+    let now = Instant::now();
+    let mut app = App::new(
+        forwarder.config(),
+        AppInfo {
+            base_url: "http://127.0.0.1:8087".to_string(),
+            version: "0.1.0".to_string(),
+        },
+        LogBuffer::new(10),
+        now,
+    );
+    app.refresh(snapshot, now, SystemTime::now());
+    app
+}
+
+fn forwarder_from(yaml: &str) -> Forwarder {
+    let config = ccf_config::Config::from_yaml_str(yaml).unwrap();
+    Forwarder::build(Arc::new(config)).unwrap()
+}
+
+const ALICE_TOKEN: &str = "alice-key-0123456789abcdef";
+const CAROL_TOKEN: &str = "carol-key-0123456789abcdef";
+
+#[tokio::test]
+async fn overview_shows_per_key_limits_and_a_reached_budget_by_name_only() {
+    let upstream = MockUpstream::start().await;
+    let forwarder = forwarder_from(&format!(
+        "\
+auth:
+  enabled: true
+  tokens:
+    - name: alice
+      token: {ALICE_TOKEN}
+      limits: {{daily_budget_usd: 1.00, monthly_budget_usd: 20}}
+    - name: carol
+      token: {CAROL_TOKEN}
+      limits: {{requests_per_minute: 60, concurrency: 2}}
+    - name: unlimited-dave
+      token: dave-key-0123456789abcdef
+usage_tracking:
+  enabled: false
+endpoints:
+  - name: main
+    url: {}
+",
+        upstream.url()
+    ));
+    // Alice spent past her daily budget (as the store would seed it at start).
+    forwarder.seed_key_spend("alice", 1.5, 3.25, SystemTime::now());
+    // One request of carol's, counted against her rate.
+    let request = http::Request::post("/v1/messages")
+        .header("content-type", "application/json")
+        .header("x-api-key", CAROL_TOKEN)
+        .body(Full::new(Bytes::from(
+            r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .unwrap();
+    let response = forwarder.handle(request).await;
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+
+    let app = app_for(&forwarder, Snapshot::capture(&forwarder));
+    let lines = screen(&app, 150, 30);
+    assert_shows(
+        &lines,
+        &[
+            "Keys (limits per API key)",
+            "Key",
+            "Today",
+            "This month",
+            "Req/min",
+            "In flight",
+            "alice",
+            "$1.50 / $1.00",
+            "$3.25 / $20.00",
+            "budget reached (daily) until ",
+            "carol",
+            "1/60",
+            "0/2",
+        ],
+    );
+    let text = text(&lines);
+    let alice = lines.iter().find(|line| line.contains("alice")).unwrap();
+    assert!(alice.contains("(in "), "{alice}");
+    let carol = lines.iter().find(|line| line.contains("carol")).unwrap();
+    assert!(carol.contains(" ok"), "{carol}");
+    // A key without limits has no row; no key itself is ever shown.
+    assert!(!text.contains("unlimited-dave"), "{text}");
+    for secret in [
+        ALICE_TOKEN,
+        CAROL_TOKEN,
+        "alice-key",
+        "carol-key",
+        "dave-key",
+    ] {
+        assert!(!text.contains(secret), "{secret} shown in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn overview_has_no_keys_panel_without_limits() {
+    let fixture = Fixture::new(false).await;
+    let app = fixture.app();
+    let text = text(&screen(&app, 110, 24));
+    assert!(!text.contains("Keys (limits"), "{text}");
+    assert!(!text.contains("Webhooks"), "{text}");
+}
+
+#[tokio::test]
+async fn model_rules_on_the_groups_tab_and_an_endpoints_model_map_in_its_details() {
+    let cheap = MockUpstream::start().await;
+    let official = MockUpstream::start().await;
+    let forwarder = forwarder_from(&format!(
+        "\
+routing:
+  model_rules:
+    - match: \"*haiku*\"
+      group: cheap
+      only: true
+    - match: claude-opus-*
+      group: official
+endpoints:
+  - name: official-api
+    url: {}
+    group: official
+    group-priority: 1
+  - name: cheap-relay
+    url: {}
+    group: cheap
+    group-priority: 2
+    model_map:
+      \"claude-3-5-haiku*\": glm-4.5-air
+      claude-haiku-4-5: glm-4.5-air-x
+",
+        official.url(),
+        cheap.url()
+    ));
+    let mut app = app_for(&forwarder, Snapshot::capture(&forwarder));
+    press(&mut app, &[key(KeyCode::Char('3'))]);
+    assert_shows(
+        &screen(&app, 120, 16),
+        &[
+            "Model rules (first match picks the start group)",
+            "1. *haiku* → group cheap (only: no failover to other groups)",
+            "2. claude-opus-* → group official",
+        ],
+    );
+    press(&mut app, &[key(KeyCode::Char('2')), key(KeyCode::Down)]);
+    assert_eq!(app.selected_endpoint(), Some("cheap-relay"));
+    let lines = screen(&app, 140, 30);
+    // Exact names first, then the globs in the order they are tried.
+    assert_shows(
+        &lines,
+        &["Model map    claude-haiku-4-5 → glm-4.5-air-x · claude-3-5-haiku* → glm-4.5-air"],
+    );
+    press(&mut app, &[key(KeyCode::Up)]);
+    let text = text(&screen(&app, 140, 30));
+    assert!(
+        !text.contains("Model map"),
+        "an endpoint without a map: {text}"
+    );
+}
+
+#[tokio::test]
+async fn overview_shows_a_webhooks_failures_with_its_url_masked() {
+    let upstream = MockUpstream::start().await;
+    let receiver = MockUpstream::start().await;
+    // The receiver refuses every delivery (a 4xx: failed at once, not retried).
+    receiver.set_default(ccf_testkit::Reply::error(
+        400,
+        "invalid_request_error",
+        "bad hook",
+    ));
+    let hook_url = receiver
+        .url()
+        .replace("http://", "http://hookuser:hook-password-77@")
+        + "/hook?token=query-secret-88";
+    let forwarder = forwarder_from(&format!(
+        "\
+webhooks:
+  - url: {hook_url}
+    events: [group_switched]
+    secret: whsec-signing-secret-99
+endpoints:
+  - name: main
+    url: {}
+    group: main
+    group-priority: 1
+  - name: backup
+    url: {}
+    group: backup
+    group-priority: 2
+",
+        upstream.url(),
+        upstream.url()
+    ));
+    let task = ccf_webhooks::Webhooks::spawn(
+        forwarder.clone(),
+        "test-instance".to_string(),
+        ccf_webhooks::DeliveryPolicy {
+            max_tries: 1,
+            ..ccf_webhooks::DeliveryPolicy::default()
+        },
+    );
+    let webhooks = task.webhooks();
+    // An operator switch is a `group_switched` notification.
+    let notice = perform(
+        &forwarder,
+        &Action::ActivateGroup {
+            group: "backup".to_string(),
+            force: false,
+        },
+    );
+    assert!(notice.is_some_and(|notice| !notice.error));
+    receiver.wait_for_requests(1, Duration::from_secs(10)).await;
+    let mut stats = webhooks.stats();
+    for _ in 0..200 {
+        if stats[0].failed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        stats = webhooks.stats();
+    }
+    assert_eq!(stats[0].failed, 1, "{stats:?}");
+
+    let app = app_for(
+        &forwarder,
+        Snapshot::capture(&forwarder).with_webhooks(Some(&webhooks)),
+    );
+    let lines = screen(&app, 160, 30);
+    assert_shows(
+        &lines,
+        &[
+            "Webhooks",
+            "Signed",
+            "Delivered",
+            "Failed",
+            "Dropped",
+            "Last error",
+        ],
+    );
+    let row = lines
+        .iter()
+        .find(|line| line.contains(&receiver.addr().to_string()))
+        .unwrap_or_else(|| panic!("no webhook row in\n{}", text(&lines)));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // URL, signed, delivered 0, failed 1, dropped 0, queued 0, then the error.
+    assert_eq!(&cells[1..6], ["yes", "0", "1", "0", "0"], "{row}");
+    assert!(row.contains("400"), "{row}");
+    assert!(
+        row.contains(&format!("│http://***@{}/hook ", receiver.addr())),
+        "{row}"
+    );
+    let text = text(&lines);
+    for secret in [
+        "hookuser",
+        "hook-password",
+        "query-secret",
+        "whsec-signing-secret-99",
+    ] {
+        assert!(!text.contains(secret), "{secret} shown in\n{text}");
+    }
+    task.stop().await;
+}
