@@ -2,7 +2,7 @@
 
 use ccf_store::columns::{ColumnRow, ColumnValue};
 use ccf_store::{Cost, LegacyZone, StoreError};
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::ErrorCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -113,22 +113,21 @@ pub(crate) fn opt_int(value: Option<u64>) -> Value {
     value.map_or(Value::Null, int)
 }
 
-pub(crate) fn opt_text(value: Option<&str>) -> Value {
-    value.map_or(Value::Null, |text| Value::Text(text.to_string()))
-}
-
 /// A column's value as SQLite stores it: text as TEXT, instants as [`format_timestamp`] text,
-/// counts, flags (0/1) and nano-USD as INTEGER, legacy USD as REAL.
-pub(crate) fn column_value(value: ColumnValue<'_>) -> Value {
+/// counts, flags (0/1) and nano-USD as INTEGER, legacy USD as REAL. Text is bound borrowed from
+/// the record (SQLite copies it while binding): a row has a dozen text columns, and an owned
+/// `Value` would allocate and copy each one first.
+pub(crate) fn column_value(value: ColumnValue<'_>) -> ToSqlOutput<'_> {
     match value {
-        ColumnValue::Text(text) => opt_text(text),
+        ColumnValue::Text(Some(text)) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+        ColumnValue::Text(None) => ToSqlOutput::Owned(Value::Null),
         ColumnValue::Time(time) => {
-            time.map_or(Value::Null, |time| Value::Text(format_timestamp(time)))
+            ToSqlOutput::Owned(time.map_or(Value::Null, |time| Value::Text(format_timestamp(time))))
         }
-        ColumnValue::Count(count) => opt_int(count),
-        ColumnValue::Flag(flag) => Value::Integer(i64::from(flag)),
-        ColumnValue::NanoUsd(nano) => Value::Integer(nano),
-        ColumnValue::Usd(nano) => Value::Real(Cost::usd(nano)),
+        ColumnValue::Count(count) => ToSqlOutput::Owned(opt_int(count)),
+        ColumnValue::Flag(flag) => ToSqlOutput::Owned(Value::Integer(i64::from(flag))),
+        ColumnValue::NanoUsd(nano) => ToSqlOutput::Owned(Value::Integer(nano)),
+        ColumnValue::Usd(nano) => ToSqlOutput::Owned(Value::Real(Cost::usd(nano))),
     }
 }
 
