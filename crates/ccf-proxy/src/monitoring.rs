@@ -332,13 +332,13 @@ pub struct Metrics {
     /// Per-key limits: rejections counted, spend read at every scrape.
     key_metrics: KeyLimitMetrics,
     /// Handles of the series finished requests touch, by label values (see [`FinishedSeries`]).
-    finished_cache: RwLock<Vec<Arc<FinishedSeries>>>,
+    finished_cache: HandleCache<Arc<FinishedSeries>>,
     /// Handles of `requests` series, by endpoint and status.
-    request_cache: RwLock<Vec<(String, u16, Counter)>>,
+    request_cache: HandleCache<(String, u16, Counter)>,
     /// Handles of `ccf_endpoint_honesty_score` series, by endpoint and signal: every successful
     /// answer sets four of them, and building each one's labels (a `String`) and hashing them
     /// cost more than the update.
-    honesty_cache: RwLock<Vec<(String, &'static str, HonestyGauge)>>,
+    honesty_cache: HandleCache<(String, &'static str, HonestyGauge)>,
     /// Failover triggers and thinking-signature repairs (issue 20, points 5 and 7).
     failover_triggers: FailoverTriggerMetrics,
 }
@@ -348,6 +348,43 @@ type HonestyGauge = Gauge<f64, AtomicU64>;
 
 /// Label combinations kept in each per-request handle cache; beyond it the slow path is used.
 const SERIES_CACHE_LIMIT: usize = 256;
+
+/// Handles of series that per-request code touches, found by their label values without
+/// building a label struct (its `String`s) and hashing it as `Family::get_or_create` does. At most
+/// [`SERIES_CACHE_LIMIT`] entries are kept; past that, new label values take the slow path every
+/// time.
+struct HandleCache<T>(RwLock<Vec<T>>);
+
+impl<T> Default for HandleCache<T> {
+    fn default() -> Self {
+        HandleCache(RwLock::new(Vec::new()))
+    }
+}
+
+impl<T> HandleCache<T> {
+    /// Runs `then` on the entry `matches` finds, under the read lock; without one, on the entry
+    /// `make` builds, which is then kept while there is room.
+    fn with<R>(
+        &self,
+        matches: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> T,
+        then: impl FnOnce(&T) -> R,
+    ) -> R {
+        {
+            let cache = self.0.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = cache.iter().find(|entry| matches(entry)) {
+                return then(entry);
+            }
+        }
+        let entry = make();
+        let result = then(&entry);
+        let mut cache = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() < SERIES_CACHE_LIMIT {
+            cache.push(entry);
+        }
+        result
+    }
+}
 
 /// The metric handles one kind of finished request (endpoint, group, model, status, status
 /// class) updates, resolved once: a finished request then neither builds nor hashes label
@@ -424,9 +461,9 @@ impl Metrics {
             usage_health: RwLock::new(None),
             suspension: OnceLock::new(),
             key_metrics: KeyLimitMetrics::default(),
-            finished_cache: RwLock::new(Vec::new()),
-            request_cache: RwLock::new(Vec::new()),
-            honesty_cache: RwLock::new(Vec::new()),
+            finished_cache: HandleCache::default(),
+            request_cache: HandleCache::default(),
+            honesty_cache: HandleCache::default(),
             failover_triggers: FailoverTriggerMetrics::default(),
             registry: Registry::default(),
         };
@@ -652,33 +689,20 @@ impl Metrics {
 
     /// Sets an endpoint's relay honesty score for `signal` (`overall` or a signal name).
     pub fn set_honesty_score(&self, endpoint: &str, signal: &'static str, score: f64) {
-        let cache = self
-            .honesty_cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, _, gauge)) = cache
-            .iter()
-            .find(|(name, cached, _)| *cached == signal && name == endpoint)
-        {
-            gauge.set(score);
-            return;
-        }
-        drop(cache);
-        let gauge = self
-            .honesty_score
-            .get_or_create(&HonestyLabels {
-                endpoint: endpoint.to_string(),
-                signal,
-            })
-            .clone();
-        gauge.set(score);
-        let mut cache = self
-            .honesty_cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if cache.len() < SERIES_CACHE_LIMIT {
-            cache.push((endpoint.to_string(), signal, gauge));
-        }
+        self.honesty_cache.with(
+            |(name, cached, _)| *cached == signal && name == endpoint,
+            || {
+                let gauge = self
+                    .honesty_score
+                    .get_or_create(&HonestyLabels {
+                        endpoint: endpoint.to_string(),
+                        signal,
+                    })
+                    .clone();
+                (endpoint.to_string(), signal, gauge)
+            },
+            |(_, _, gauge)| gauge.set(score),
+        );
     }
 
     /// The webhook delivery metrics' handles (for the webhook dispatcher).
@@ -916,18 +940,23 @@ impl Metrics {
         status: &'static str,
         class: &'static str,
     ) -> Arc<FinishedSeries> {
-        let cache = self
-            .finished_cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(series) = cache
-            .iter()
-            .find(|series| series.matches(endpoint, group, model, status, class))
-        {
-            return Arc::clone(series);
-        }
-        drop(cache);
-        let series = Arc::new(FinishedSeries {
+        self.finished_cache.with(
+            |series| series.matches(endpoint, group, model, status, class),
+            || self.new_finished_series(endpoint, group, model, status, class),
+            Arc::clone,
+        )
+    }
+
+    /// The handles of [`Self::finished_series`] for label values not cached.
+    fn new_finished_series(
+        &self,
+        endpoint: &str,
+        group: &str,
+        model: &str,
+        status: &'static str,
+        class: &'static str,
+    ) -> Arc<FinishedSeries> {
+        Arc::new(FinishedSeries {
             endpoint: endpoint.to_string(),
             group: group.to_string(),
             model: model.to_string(),
@@ -953,47 +982,28 @@ impl Metrics {
             time_to_first_byte: OnceLock::new(),
             tokens: Default::default(),
             cost: OnceLock::new(),
-        });
-        let mut cache = self
-            .finished_cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if cache.len() < SERIES_CACHE_LIMIT {
-            cache.push(Arc::clone(&series));
-        }
-        series
+        })
     }
 
     /// A request was answered with `status` (`endpoint` empty when none was used).
     pub fn record_request(&self, endpoint: &str, status: StatusCode) {
         let code = status.as_u16();
-        let cache = self
-            .request_cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, _, counter)) = cache
-            .iter()
-            .find(|(name, cached, _)| *cached == code && name == endpoint)
-        {
-            counter.inc();
-            return;
-        }
-        drop(cache);
-        let counter = self
-            .requests
-            .get_or_create(&RequestLabels {
-                endpoint: endpoint.to_string(),
-                status: code.to_string(),
-            })
-            .clone();
-        counter.inc();
-        let mut cache = self
-            .request_cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if cache.len() < SERIES_CACHE_LIMIT {
-            cache.push((endpoint.to_string(), code, counter));
-        }
+        self.request_cache.with(
+            |(name, cached, _)| *cached == code && name == endpoint,
+            || {
+                let counter = self
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        endpoint: endpoint.to_string(),
+                        status: code.to_string(),
+                    })
+                    .clone();
+                (endpoint.to_string(), code, counter)
+            },
+            |(_, _, counter)| {
+                counter.inc();
+            },
+        );
     }
 
     /// An attempt on `endpoint` got no answer.
