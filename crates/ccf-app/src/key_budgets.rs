@@ -39,14 +39,15 @@ pub(crate) fn install_calendar(forwarder: &Forwarder, config: &Config) {
 /// Seeds every key's spend today and this month from `store` (per-key sums of the stored costs
 /// since the day's and the month's first instant). Without configured keys nothing is read; a
 /// failed read is logged and the budgets start from zero.
-pub(crate) async fn seed_spend(forwarder: &Forwarder, store: &Arc<dyn UsageStore>) {
-    let views = forwarder.key_limit_views();
-    let budgeted = views.iter().any(|view| {
-        view.limits.daily_budget_usd.is_some() || view.limits.monthly_budget_usd.is_some()
-    });
-    if !budgeted {
+pub(crate) async fn seed_spend(
+    forwarder: &Forwarder,
+    config: &Config,
+    store: &Arc<dyn UsageStore>,
+) {
+    if !any_budget(config) {
         return;
     }
+    let views = forwarder.key_limit_views();
     let now = SystemTime::now();
     let periods = forwarder.budget_periods(now);
     let spent_since = |start: SystemTime| {

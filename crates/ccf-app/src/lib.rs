@@ -169,7 +169,7 @@ impl App {
         )?;
         key_budgets::install_calendar(&forwarder, &config);
         if let Some(tracking) = &usage {
-            key_budgets::seed_spend(&forwarder, &tracking.store).await;
+            key_budgets::seed_spend(&forwarder, &config, &tracking.store).await;
             metrics::install_recorder_health(&forwarder, tracking.recorder.clone());
             // The recorder prices each outcome once; the metric counts that same cost.
             let _ = costs.set(forwarder.metrics().cost_counter());
