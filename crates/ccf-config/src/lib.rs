@@ -92,6 +92,8 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
     /// `webhooks[]`, validated.
     pub webhooks: Vec<Webhook>,
+    /// `cluster.*`, validated (a `redis_url` is `redis://` or `rediss://`).
+    pub cluster: ClusterConfig,
 }
 
 /// One upstream endpoint with every inherited value resolved. `Debug` masks the credentials,

@@ -66,6 +66,7 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         routing,
         endpoints: raw_endpoints,
         webhooks: _,
+        cluster,
     } = raw;
     let endpoint_proxies = endpoint_proxies(&raw_endpoints, &endpoints);
     let endpoint_ca_files = raw_endpoints
@@ -107,6 +108,7 @@ pub(crate) fn resolve(raw: RawConfig, source: Option<PathBuf>) -> Result<Config,
         routing,
         endpoints,
         webhooks,
+        cluster,
     })
 }
 
@@ -362,6 +364,7 @@ fn validate_sections(raw: &RawConfig, problems: &mut Problems) {
     validate_usage_tracking(raw, &mut check);
     validate_honesty(raw, &mut check);
     validate_quota_drain_at(raw, &mut check);
+    validate_cluster(raw, &mut check);
     check.positive_duration(&["routing", "affinity_ttl"], raw.routing.affinity_ttl);
     if raw.routing.affinity_max_sessions == 0 {
         check.fail(&["routing", "affinity_max_sessions"], "must be at least 1");
@@ -428,6 +431,46 @@ fn validate_honesty(raw: &RawConfig, check: &mut Check<'_>) {
 }
 
 /// `routing.quota_drain_at`: a fraction of a subscription window, in (0, 1].
+/// `cluster.*`: a `redis://` / `rediss://` URL with a host, a prefix that is one word, a
+/// positive timeout.
+fn validate_cluster(raw: &RawConfig, check: &mut Check<'_>) {
+    let cluster = &raw.cluster;
+    if let Some(url) = cluster.redis_url.as_ref() {
+        let text = url.expose().trim();
+        let problem = match url::Url::parse(text) {
+            Ok(parsed) if !matches!(parsed.scheme(), "redis" | "rediss") => Some(format!(
+                "unsupported scheme `{}` in `{}`: expected `redis://` or `rediss://` (TLS)",
+                parsed.scheme(),
+                crate::mask_url_password(text)
+            )),
+            Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => {
+                Some(format!("`{}` has no host", crate::mask_url_password(text)))
+            }
+            Ok(_) => None,
+            Err(error) => Some(format!(
+                "invalid url `{}`: {error}; expected e.g. `redis://127.0.0.1:6379/0`",
+                crate::mask_url_password(text)
+            )),
+        };
+        if let Some(problem) = problem {
+            check.fail(&["cluster", "redis_url"], problem);
+        }
+    }
+    let prefix = cluster.redis_prefix.as_str();
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        check.fail(
+            &["cluster", "redis_prefix"],
+            format!("must be 1 to 64 letters, digits, `-`, `_`, `.` or `:`, found `{prefix}`"),
+        );
+    }
+    check.positive_duration(&["cluster", "redis_timeout"], cluster.redis_timeout);
+}
+
 fn validate_quota_drain_at(raw: &RawConfig, check: &mut Check<'_>) {
     let drain_at = raw.routing.quota_drain_at;
     if !drain_at.is_finite() || drain_at <= 0.0 || drain_at > 1.0 {

@@ -57,6 +57,8 @@ pub struct RawConfig {
     pub endpoints: Vec<RawEndpoint>,
     /// Webhook receivers of routing, health, budget, quota and reload events.
     pub webhooks: Vec<RawWebhook>,
+    /// State shared by several instances through Redis (docs/multi-instance.md).
+    pub cluster: ClusterConfig,
 }
 
 /// `server.*`: the proxy listener.
@@ -637,6 +639,33 @@ impl Default for UpstreamConfig {
             max_streams_per_connection: 100,
             keep_alive_interval: GoDuration::secs(30),
             keep_alive_timeout: GoDuration::secs(20),
+        }
+    }
+}
+
+/// `cluster.*`: hot routing state shared by several instances through Redis (issue #21,
+/// docs/multi-instance.md). Without `redis_url` nothing is shared through Redis: a single
+/// instance, or several sharing usage rows and operator actions through MySQL only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://` URL of the Redis server every instance shares (a password in
+    /// it is masked wherever it is shown); absent: nothing is shared through Redis.
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key and channel (default `ccf`): instances that share state use
+    /// the same prefix, separate deployments on one Redis use different ones.
+    pub redis_prefix: String,
+    /// Longest wait for Redis where a request waits for it (a key's shared rate or concurrency
+    /// counter); past it the instance decides from its local state (default `50ms`).
+    pub redis_timeout: GoDuration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_prefix: "ccf".into(),
+            redis_timeout: GoDuration::millis(50),
         }
     }
 }

@@ -19,6 +19,11 @@ impl GoDuration {
         GoDuration(Duration::from_secs(seconds))
     }
 
+    /// Whole milliseconds.
+    pub const fn millis(milliseconds: u64) -> Self {
+        GoDuration(Duration::from_millis(milliseconds))
+    }
+
     /// The std duration.
     pub const fn get(self) -> Duration {
         self.0

@@ -20,13 +20,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use ccf_config::{AuthConfig, KeyLimitsConfig};
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Offset, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cluster::{ClusterLink, SharedUpdate};
 use crate::events::{BudgetPeriod, EventBus, ForwarderEvent};
 
 /// The rolling window `requests_per_minute` counts in.
@@ -349,6 +350,9 @@ pub struct KeyLimits {
     state: Mutex<State>,
     calendar: RwLock<BudgetCalendar>,
     events: EventBus,
+    /// The other instances (`cluster.redis_url`): spend is shared with them, and rate and
+    /// concurrency are counted in their shared counters while those answer.
+    cluster: OnceLock<Arc<dyn ClusterLink>>,
 }
 
 impl std::fmt::Debug for KeyLimits {
@@ -401,6 +405,7 @@ impl KeyLimits {
             state: Mutex::new(State::default()),
             calendar: RwLock::new(Arc::new(BudgetPeriods::utc)),
             events,
+            cluster: OnceLock::new(),
         };
         limits.reconfigure(auth);
         limits
@@ -555,18 +560,66 @@ impl KeyLimits {
             return;
         }
         let periods = self.periods(at);
-        let crossed = {
+        let (crossed, day_usd, month_usd) = {
             let mut state = self.lock();
             let entry = state.keys.entry(key.to_string()).or_default();
             entry.spend.roll(&periods);
             entry.spend.day_usd += usd;
             entry.spend.month_usd += usd;
-            announce(key, entry, &periods)
+            (
+                announce(key, entry, &periods),
+                entry.spend.day_usd,
+                entry.spend.month_usd,
+            )
         };
+        if let Some(link) = self.cluster.get() {
+            link.publish(SharedUpdate::Spend {
+                key: key.to_string(),
+                usd,
+                at,
+                day_start: periods.day.start,
+                day_usd,
+                month_start: periods.month.start,
+                month_usd,
+            });
+        }
         for event in crossed {
             tracing::warn!(key = %key, "{}", budget_log(&event));
             self.events.publish(event);
         }
+    }
+
+    /// Installs the link to the other instances (see [`crate::cluster`]); the first call wins.
+    pub(crate) fn set_cluster_link(&self, link: Arc<dyn ClusterLink>) {
+        let _first = self.cluster.set(link);
+    }
+
+    /// Another instance says `key`'s spend in the day starting at `day_start` is at least
+    /// `day_usd`, and in the month starting at `month_start` at least `month_usd`: the local
+    /// totals of the current periods are raised to them (a total of an earlier period is
+    /// ignored). A budget crossed this way is marked as announced without publishing: the
+    /// instance whose spend crossed it publishes [`ForwarderEvent::KeyBudgetExceeded`].
+    pub fn observe_shared_spend(
+        &self,
+        key: &str,
+        day_start: SystemTime,
+        day_usd: f64,
+        month_start: SystemTime,
+        month_usd: f64,
+    ) {
+        let periods = self.periods(SystemTime::now());
+        let mut state = self.lock();
+        let Some(entry) = state.keys.get_mut(key) else {
+            return;
+        };
+        entry.spend.roll(&periods);
+        if day_start == periods.day.start && day_usd.is_finite() {
+            entry.spend.day_usd = entry.spend.day_usd.max(day_usd);
+        }
+        if month_start == periods.month.start && month_usd.is_finite() {
+            entry.spend.month_usd = entry.spend.month_usd.max(month_usd);
+        }
+        let _published_where_it_crossed = announce(key, entry, &periods);
     }
 
     /// Seeds `key`'s spend today and this month (as of `at`) from the store at start. A budget

@@ -25,6 +25,7 @@ mod auth;
 pub mod body;
 pub mod classify;
 mod client;
+pub mod cluster;
 mod error;
 pub mod events;
 mod forwarder;

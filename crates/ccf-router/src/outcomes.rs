@@ -25,19 +25,7 @@ impl Router {
         let mut events = Vec::new();
         if self.settings.auto_switch {
             let until = instant_after(now, self.settings.cooldown);
-            let state = &mut self.groups[position];
-            let until = state.cooldown_until.map_or(until, |old| old.max(until));
-            state.cooldown_until = Some(until);
-            events.push(RouterEvent::GroupCooldown {
-                group: state.name.clone(),
-                until,
-            });
-            if self.pinned == Some(position) {
-                self.pinned = None;
-            }
-            if self.forced == Some(position) {
-                self.forced = None;
-            }
+            events.extend(self.cool_down_at(position, until));
         } else {
             let state = &mut self.groups[position];
             if !state.needs_attention {
@@ -48,6 +36,43 @@ impl Router {
             }
         }
         events
+    }
+
+    /// `group` cools down until `until` as another instance decided (a failure it saw; see
+    /// `ccf_proxy::cluster`): the same change as [`Router::record_group_failure`] in auto mode,
+    /// with the other instance's end time. A longer cooldown already in place stays; in manual
+    /// mode, or for an unknown group or a time already passed, nothing changes.
+    pub fn cool_down_until(
+        &mut self,
+        group: &str,
+        until: Instant,
+        now: Instant,
+    ) -> Vec<RouterEvent> {
+        match self.group_position(group) {
+            Some(position) if self.settings.auto_switch && until > now => {
+                self.cool_down_at(position, until)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The group at `position` cools down until `until` (or its later current end) and loses
+    /// its operator pin.
+    fn cool_down_at(&mut self, position: usize, until: Instant) -> Vec<RouterEvent> {
+        let state = &mut self.groups[position];
+        let until = state.cooldown_until.map_or(until, |old| old.max(until));
+        state.cooldown_until = Some(until);
+        let event = RouterEvent::GroupCooldown {
+            group: state.name.clone(),
+            until,
+        };
+        if self.pinned == Some(position) {
+            self.pinned = None;
+        }
+        if self.forced == Some(position) {
+            self.forced = None;
+        }
+        vec![event]
     }
 
     /// Real traffic on `group` succeeded: a cooldown it is in ends now, reported as
@@ -104,6 +129,22 @@ impl Router {
             endpoint: state.name.clone(),
             until,
         }]
+    }
+
+    /// The endpoint is rate limited until at least `until`, as another instance learned (see
+    /// `ccf_proxy::cluster`): unlike [`Router::block_until`] a later block in place stays, so
+    /// updates applied late or twice never shorten one. Reports a change only.
+    pub fn block_at_least(&mut self, endpoint: &str, until: Instant) -> Vec<RouterEvent> {
+        let Some(position) = self.endpoint_position(endpoint) else {
+            return Vec::new();
+        };
+        if self.endpoints[position]
+            .blocked_until
+            .is_some_and(|current| current >= until)
+        {
+            return Vec::new();
+        }
+        self.block_until(endpoint, until)
     }
 
     /// Demotes `endpoint` (tried after every endpoint of its group that is not demoted,

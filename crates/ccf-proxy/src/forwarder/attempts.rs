@@ -22,12 +22,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::capture_connection;
 use tracing::{debug, info, warn};
 
+use super::cluster::Origin;
 use super::finish::Expectation;
 use super::{Forwarder, RequestContext};
 use crate::body::ProxyBody;
 use crate::classify::backoff;
+use crate::cluster::SharedUpdate;
 use crate::error::{anthropic_error_json, ProxyError};
-use crate::events::ForwarderEvent;
 use crate::headers::{remove_hop_by_hop, rewrite_request_headers};
 use crate::retry::empty_answer::{self, AnswerContent};
 use crate::retry::{
@@ -171,6 +172,10 @@ impl Forwarder {
                             .router()
                             .block_until(&endpoint.name, Instant::now() + wait);
                         shared.publish_router(events);
+                        shared.share(|| SharedUpdate::EndpointBlocked {
+                            endpoint: endpoint.name.clone(),
+                            until: SystemTime::now() + wait,
+                        });
                         break;
                     }
                     NextStep::LastAttemptElsewhere => {
@@ -231,7 +236,12 @@ impl Forwarder {
                 return AttemptVerdict::of_error(error);
             }
         };
-        self.record_quota(endpoint, upstream.headers());
+        self.shared.record_quota(
+            &endpoint.name,
+            upstream.headers(),
+            SystemTime::now(),
+            Origin::Local,
+        );
         context.record_attempt(Attempt {
             endpoint: endpoint.name.clone(),
             group: endpoint.group.clone(),
@@ -244,36 +254,6 @@ impl Forwarder {
         // No latency sample here: `fastest` learns from successful answers only, when their
         // body has ended well (`finish.rs`).
         AttemptVerdict::of_answer(upstream.status(), upstream.headers(), SystemTime::now())
-    }
-
-    /// Feeds an answer's rate-limit headers to the router's quota model. A subscription
-    /// account's readings also go to the metrics; a `rejected` account blocks the endpoint
-    /// until its reset (in the router, whose events are published), and crossing the drain
-    /// threshold or being rejected is published once as [`ForwarderEvent::QuotaLow`].
-    fn record_quota(&self, endpoint: &Endpoint, headers: &http::HeaderMap) {
-        let shared = &self.shared;
-        let seen_at = SystemTime::now();
-        let quota = crate::ratelimit::quota_observation(headers, seen_at);
-        if quota.is_empty() {
-            return;
-        }
-        if let Some(reading) = &quota.subscription {
-            shared.metrics.record_subscription(&endpoint.name, reading);
-        }
-        let recorded = shared
-            .router()
-            .record_quota(&endpoint.name, &quota, Instant::now());
-        shared.publish_router(recorded.events);
-        if let Some(alert) = recorded.alert {
-            warn!(endpoint = %alert.endpoint, window = %alert.window, utilization = alert.utilization, rejected = alert.rejected, "subscription quota low");
-            shared.events.publish(ForwarderEvent::QuotaLow {
-                endpoint: alert.endpoint,
-                window: alert.window,
-                utilization: alert.utilization,
-                rejected: alert.rejected,
-                resets_at: alert.resets_in.and_then(|left| seen_at.checked_add(left)),
-            });
-        }
     }
 
     /// Applies the failover triggers to an answer's verdict (`retry.rs`: `FailoverStatus`,

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::{Forwarder, RequestContext};
 use crate::body::{ProxyBody, RelayBody, RelayEnd, RelayObserver, RelayOptions};
+use crate::cluster::SharedUpdate;
 use crate::headers::remove_hop_by_hop;
 use crate::honesty::HonestyWatch;
 use crate::monitoring;
@@ -130,6 +131,12 @@ impl Forwarder {
                 self.shared
                     .router()
                     .session_served(session, &endpoint.name, Instant::now());
+            self.shared.share(|| SharedUpdate::SessionBound {
+                session: session.key.0,
+                source: session.source,
+                long_ttl: session.long_ttl,
+                endpoint: endpoint.name.clone(),
+            });
             if let Some(moved) = moved {
                 info!(session = %moved.session, from = %moved.from, to = %moved.to, "session affinity moved");
                 if let Some(tracker) = tracker.as_mut() {

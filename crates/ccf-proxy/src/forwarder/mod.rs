@@ -23,6 +23,7 @@
 
 mod admit;
 mod attempts;
+mod cluster;
 mod control;
 mod count_tokens;
 mod finish;
@@ -103,6 +104,8 @@ struct Shared {
     /// Retries in flight against `retry.budget_percent` (`retry.rs`).
     retry_budget: crate::retry::RetryBudget,
     operator_observer: OnceLock<Arc<dyn OperatorObserver>>,
+    /// The link to the other instances (`cluster.redis_url`), installed by the application.
+    cluster_link: OnceLock<Arc<dyn crate::cluster::ClusterLink>>,
     /// Hot reload: who re-reads the configuration, one reload at a time, and the last result.
     reloader: OnceLock<Arc<dyn Reloader>>,
     reload_lock: Mutex<()>,
@@ -284,6 +287,7 @@ impl Forwarder {
                 key_limits,
                 retry_budget: crate::retry::RetryBudget::default(),
                 operator_observer: OnceLock::new(),
+                cluster_link: OnceLock::new(),
                 reloader: OnceLock::new(),
                 reload_lock: Mutex::new(()),
                 reload_status: Mutex::new(None),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ccf_health::HealthSnapshot;
 use ccf_lifecycle::FailureReason;
-use ccf_router::RoutePlan;
+use ccf_router::{RoutePlan, RouterEvent};
 use ccf_tokens::BodyTap;
 use http::{header, Response, StatusCode};
 use tracing::{debug, info, warn};
@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::attempts::{BufferedAnswer, GroupOutcome};
 use super::{Forwarder, RequestContext, Shared};
 use crate::body::{full_body, ProxyBody};
+use crate::cluster::{wall_of, SharedUpdate};
 use crate::error::{anthropic_error_response, mark_already_retried, ProxyError};
 use crate::events::ForwarderEvent;
 use crate::suspend::HoldPermit;
@@ -131,6 +132,14 @@ impl Forwarder {
         }
         if shared.another_group_available(group) {
             let events = shared.router().record_group_failure(group, Instant::now());
+            for event in &events {
+                if let RouterEvent::GroupCooldown { group, until } = event {
+                    shared.share(|| SharedUpdate::GroupCooldown {
+                        group: group.clone(),
+                        until: wall_of(*until),
+                    });
+                }
+            }
             shared.publish_router(events);
         } else {
             // Cooling down the last available group would turn every request away until the
@@ -352,6 +361,9 @@ impl Shared {
         let events = self.router().record_group_success(group, Instant::now());
         if !events.is_empty() {
             info!(group = %group, "real traffic succeeded on a cooling group: cooldown ended");
+            self.share(|| SharedUpdate::GroupCooldownEnded {
+                group: group.to_string(),
+            });
             self.publish_router(events);
             self.suspension.wake();
         }

@@ -1,0 +1,1 @@
+//! The shared per-key counters (team K2 fills this in).
