@@ -285,6 +285,13 @@ pub(crate) fn diff(old: &Config, new: &Config) -> ReloadReport {
         old.timezone != new.timezone,
     );
     restart("instance_id", old.instance_id != new.instance_id);
+    // The link to the other instances is opened once, at start; `cluster.redis_timeout` is read
+    // per request and applies at once.
+    restart(
+        "cluster (redis_url, redis_prefix)",
+        old.cluster.redis_url != new.cluster.redis_url
+            || old.cluster.redis_prefix != new.cluster.redis_prefix,
+    );
     report
 }
 
@@ -313,6 +320,8 @@ pub(crate) fn effective(old: &Config, new: &Config) -> Config {
     effective.logging.level = level;
     effective.tui = old.tui.clone();
     effective.instance_id = old.instance_id.clone();
+    effective.cluster.redis_url = old.cluster.redis_url.clone();
+    effective.cluster.redis_prefix = old.cluster.redis_prefix.clone();
     effective
 }
 
@@ -325,6 +334,28 @@ mod tests {
     }
 
     const BASE: &str = "endpoints:\n  - name: a\n    url: https://a.invalid\n  - name: b\n    url: https://b.invalid\n";
+
+    #[test]
+    fn the_redis_link_waits_for_a_restart_and_its_timeout_applies_at_once() {
+        let old = config(&format!(
+            "cluster:\n  redis_url: redis://127.0.0.1:6379\n{BASE}"
+        ));
+        let new = config(&format!(
+            "cluster:\n  redis_url: redis://10.0.0.9:6379\n  redis_prefix: other\n  redis_timeout: 80ms\n{BASE}"
+        ));
+        let report = diff(&old, &new);
+        assert_eq!(
+            report.restart_required,
+            vec!["cluster (redis_url, redis_prefix)".to_string()]
+        );
+        let running = effective(&old, &new);
+        assert_eq!(running.cluster.redis_url, old.cluster.redis_url);
+        assert_eq!(running.cluster.redis_prefix, "ccf");
+        assert_eq!(
+            running.cluster.redis_timeout.get(),
+            std::time::Duration::from_millis(80)
+        );
+    }
 
     #[test]
     fn same_configuration_changes_nothing() {
