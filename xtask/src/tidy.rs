@@ -194,6 +194,21 @@ fn layering_rules_hold() {
             ],
             "it sits below the admin API and the composition root",
         ),
+        (
+            "ccf-cluster",
+            &[
+                "ccf-store-sqlite",
+                "ccf-store-mysql",
+                "ccf-admin",
+                "ccf-app",
+            ],
+            "it sits below the admin API and the composition root, and sees only `dyn SharedState`",
+        ),
+        (
+            "ccf-proxy",
+            &["redis"],
+            "the engine knows only its ClusterLink trait; Redis lives in ccf-cluster",
+        ),
         ("ccf-tokens", &io, "it is pure: no IO, spawns nothing"),
         ("ccf-lifecycle", &io, "it is pure: no IO, spawns nothing"),
         ("ccf-router", &io, "it is pure: no IO, spawns nothing"),
