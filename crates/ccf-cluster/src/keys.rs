@@ -406,12 +406,7 @@ impl SharedKeyCounters for RedisKeyCounters {
         key: &'a str,
         limit: u32,
     ) -> BoxFuture<'a, Result<RateAdmission, SharedUnavailable>> {
-        Box::pin(async move {
-            self.inner
-                .admit_rate(key, limit)
-                .await
-                .map_err(unavailable)
-        })
+        Box::pin(async move { self.inner.admit_rate(key, limit).await.map_err(unavailable) })
     }
 
     fn acquire_slot<'a>(
@@ -441,5 +436,7 @@ fn millis(duration: Duration) -> u64 {
 
 /// `time` as whole seconds since the Unix epoch (0 before it).
 fn unix_secs(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }

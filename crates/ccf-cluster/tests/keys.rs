@@ -130,7 +130,9 @@ async fn rate_limit_is_one_window_across_two_instances() {
                 retry_after > Duration::ZERO && retry_after <= Duration::from_secs(60),
                 "{retry_after:?}"
             ),
-            RateAdmission::Admitted => panic!("the fourth admission in a minute passed a limit of 3"),
+            RateAdmission::Admitted => {
+                panic!("the fourth admission in a minute passed a limit of 3")
+            }
         }
         assert!(matches!(
             first.admit_rate("alice", 3).await.expect("redis"),
@@ -153,7 +155,10 @@ async fn rate_limit_is_one_window_across_two_instances() {
             .query_async(&mut check)
             .await
             .expect("PTTL");
-        assert!(ttl_ms > 0 && ttl_ms <= 60_000, "the window expires: {ttl_ms}");
+        assert!(
+            ttl_ms > 0 && ttl_ms <= 60_000,
+            "the window expires: {ttl_ms}"
+        );
     })
     .await;
 }
@@ -169,7 +174,11 @@ async fn concurrency_slots_are_shared_and_a_released_slot_frees() {
         assert!(first.acquire_slot("ci", 2).await.expect("redis").is_none());
         assert!(second.acquire_slot("ci", 2).await.expect("redis").is_none());
         // Another key has its own slots.
-        assert!(second.acquire_slot("bob", 1).await.expect("redis").is_some());
+        assert!(second
+            .acquire_slot("bob", 1)
+            .await
+            .expect("redis")
+            .is_some());
 
         drop(held_first);
         let taken = wait_for_slot(&second, "ci", 2).await;
@@ -217,11 +226,19 @@ async fn a_dead_instances_lease_lapses_and_frees_its_slot() {
         // The instance dies holding it: no release, no refresh.
         std::mem::forget(slot);
         assert!(
-            alive.acquire_slot("intern", 1).await.expect("redis").is_none(),
+            alive
+                .acquire_slot("intern", 1)
+                .await
+                .expect("redis")
+                .is_none(),
             "the dead instance's lease holds until it lapses"
         );
         let _taken = wait_for_slot(&alive, "intern", 1).await;
-        assert!(alive.acquire_slot("intern", 1).await.expect("redis").is_none());
+        assert!(alive
+            .acquire_slot("intern", 1)
+            .await
+            .expect("redis")
+            .is_none());
     })
     .await;
 }
@@ -274,7 +291,13 @@ async fn a_live_instance_keeps_its_lease_past_the_lease_time() {
     .await;
 }
 
-fn spend(key: &str, usd: f64, day_usd: f64, month_usd: f64, periods: (SystemTime, SystemTime)) -> SharedUpdate {
+fn spend(
+    key: &str,
+    usd: f64,
+    day_usd: f64,
+    month_usd: f64,
+    periods: (SystemTime, SystemTime),
+) -> SharedUpdate {
     SharedUpdate::Spend {
         key: key.to_string(),
         usd,
@@ -362,7 +385,10 @@ async fn spend_is_seeded_by_the_first_instance_then_added_by_every_instance() {
             .await
             .expect("TTL");
         assert!(day_ttl > 86_400 && day_ttl <= 2 * 86_400, "{day_ttl}");
-        assert!(month_ttl > 31 * 86_400 && month_ttl <= 35 * 86_400, "{month_ttl}");
+        assert!(
+            month_ttl > 31 * 86_400 && month_ttl <= 35 * 86_400,
+            "{month_ttl}"
+        );
     })
     .await;
 }
