@@ -291,6 +291,27 @@ async fn a_live_instance_keeps_its_lease_past_the_lease_time() {
     .await;
 }
 
+#[tokio::test]
+async fn abandoned_acquires_leave_no_lease_behind() {
+    with_prefix(|prefix, connection| async move {
+        let impatient = RedisKeyCounters::new(connection.clone(), &prefix, "impatient");
+        // The engine drops an acquire past `cluster.redis_timeout`: the script may already
+        // have run on Redis, and the lease it took must not hold the slot for its lease time.
+        // Each key is given up on as early as possible (sent, then dropped at the first
+        // chance); whether the script ran first varies, the slot must come free either way.
+        let keys: Vec<String> = (0..20).map(|index| format!("key{index}")).collect();
+        for key in &keys {
+            let _given_up =
+                tokio::time::timeout(Duration::ZERO, impatient.acquire_slot(key, 1)).await;
+        }
+        let other = RedisKeyCounters::new(connection.clone(), &prefix, "other");
+        for key in &keys {
+            let _taken = wait_for_slot(&other, key, 1).await;
+        }
+    })
+    .await;
+}
+
 fn spend(
     key: &str,
     usd: f64,
