@@ -209,8 +209,15 @@ impl RedisKeyCounters {
                 let Some(inner) = inner.upgrade() else {
                     return;
                 };
-                if let Err(error) = inner.refresh_leases().await {
-                    debug!(%error, "shared concurrency leases not refreshed; next round retries");
+                // A round that hangs (Redis unreachable) is given up at the next tick's time.
+                match tokio::time::timeout(every, inner.refresh_leases()).await {
+                    Ok(Ok(_extended)) => {}
+                    Ok(Err(error)) => {
+                        debug!(%error, "shared concurrency leases not refreshed; next round retries");
+                    }
+                    Err(_) => {
+                        debug!("shared concurrency lease refresh timed out; next round retries")
+                    }
                 }
             }
         })
