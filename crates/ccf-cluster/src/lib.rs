@@ -13,3 +13,5 @@
 
 mod keys;
 mod names;
+
+pub use keys::RedisKeyCounters;

@@ -16,6 +16,15 @@
 //! The concurrency queue is a tokio [`Semaphore`] (FIFO fair): a client that leaves while queued
 //! drops its `acquire` future, which takes it out of the queue.
 //!
+//! With several instances (`cluster.redis_url`, [`crate::cluster`]) a key's limits are one
+//! limit for all of them: spend is shared as totals every instance merges into its own (the
+//! budget check stays local, on totals kept current by the other instances' updates), and the
+//! rate and concurrency are counted in the link's [`SharedKeyCounters`] as well as here. The
+//! shared counters decide while they answer within `cluster.redis_timeout`; past it, on an
+//! error, or while the link has none, the request is decided here alone (a fallback, counted by
+//! the link) and the local window, which kept counting, is not starting from zero. The views
+//! show this instance's numbers only.
+//!
 //! It must not know how requests are routed or priced: only key names, limits and amounts.
 
 use std::collections::{HashMap, VecDeque};
@@ -23,15 +32,23 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use ccf_config::{AuthConfig, KeyLimitsConfig};
+use ccf_config::{Config, KeyLimitsConfig};
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Offset, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::cluster::{ClusterLink, SharedUpdate};
+use crate::cluster::{ClusterLink, RateAdmission, SharedKeyCounters, SharedSlot, SharedUpdate};
 use crate::events::{BudgetPeriod, EventBus, ForwarderEvent};
 
 /// The rolling window `requests_per_minute` counts in.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// First pause before asking the shared counters again for a concurrency slot they said was
+/// taken; it doubles up to [`SHARED_SLOT_MAX_BACKOFF`] (a generation takes seconds to minutes,
+/// so a slot freed elsewhere is seen within a fraction of one).
+const SHARED_SLOT_FIRST_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Longest pause between two asks for a shared concurrency slot.
+const SHARED_SLOT_MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 /// One budget period: when it started, when it ends (the reset) and that end as shown to users.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,6 +360,8 @@ struct State {
     order: Vec<String>,
     keys: HashMap<String, KeyState>,
     queue_timeout: Duration,
+    /// Longest wait for the shared counters (`cluster.redis_timeout`).
+    shared_timeout: Duration,
 }
 
 /// The per-key limits of the forwarder; shared by every clone.
@@ -362,20 +381,56 @@ impl std::fmt::Debug for KeyLimits {
 }
 
 /// A request's hold on its key: counts it in flight and, with a concurrency limit, holds one
-/// slot; both are released when it is dropped (when the answer's body ends or is dropped).
+/// local slot and (with shared counters that answered) one shared slot; all are released when
+/// it is dropped (when the answer's body ends or is dropped).
 #[derive(Debug)]
 pub(crate) struct KeyPermit {
     counters: Arc<KeyCounters>,
-    slot: Option<(Arc<ConcurrencyGate>, OwnedSemaphorePermit)>,
+    _slot: Option<LocalSlot>,
+    _shared: Option<SharedSlot>,
 }
 
 impl Drop for KeyPermit {
     fn drop(&mut self) {
         self.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if let Some((gate, permit)) = self.slot.take() {
-            if gate.take_debt() {
+    }
+}
+
+/// One slot of a key's local concurrency gate; released when dropped, or forgotten when a
+/// lowered limit still has permits to take back.
+#[derive(Debug)]
+struct LocalSlot {
+    gate: Arc<ConcurrencyGate>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for LocalSlot {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            if self.gate.take_debt() {
                 permit.forget();
             }
+        }
+    }
+}
+
+/// Whether a request still asks the shared counters, and whether it already fell back.
+enum SharedCounting {
+    /// No link installed, or the key has neither a rate nor a concurrency limit.
+    Off,
+    /// The link's counters, asked within the timeout.
+    Ask(Arc<dyn ClusterLink>, Arc<dyn SharedKeyCounters>, Duration),
+    /// This request decides locally (the fallback is already counted).
+    FellBack,
+}
+
+impl SharedCounting {
+    /// Stops asking for the rest of the request and counts one fallback on the link (once
+    /// per request).
+    fn fall_back(&mut self) {
+        if let SharedCounting::Ask(link, ..) = self {
+            link.note_fallback();
+            *self = SharedCounting::FellBack;
         }
     }
 }
@@ -398,16 +453,17 @@ impl Drop for QueuedGuard {
 }
 
 impl KeyLimits {
-    /// The limits `auth` configures, publishing budget crossings on `events`; periods in UTC
-    /// until [`KeyLimits::set_calendar`].
-    pub fn new(auth: &AuthConfig, events: EventBus) -> KeyLimits {
+    /// The limits `config.auth` configures (and `cluster.redis_timeout`, the longest wait for
+    /// the shared counters), publishing budget crossings on `events`; periods in UTC until
+    /// [`KeyLimits::set_calendar`].
+    pub fn new(config: &Config, events: EventBus) -> KeyLimits {
         let limits = KeyLimits {
             state: Mutex::new(State::default()),
             calendar: RwLock::new(Arc::new(BudgetPeriods::utc)),
             events,
             cluster: OnceLock::new(),
         };
-        limits.reconfigure(auth);
+        limits.reconfigure(config);
         limits
     }
 
@@ -429,10 +485,11 @@ impl KeyLimits {
             .unwrap_or_else(PoisonError::into_inner) = calendar;
     }
 
-    /// Hot reload: applies `auth`'s limits and queue timeout. Spend, the rate window and the
-    /// requests in flight are kept by key name; a changed concurrency limit resizes the queue's
-    /// slots (a cut takes effect as requests finish).
-    pub fn reconfigure(&self, auth: &AuthConfig) {
+    /// Hot reload: applies `config.auth`'s limits and queue timeout and `cluster.redis_timeout`.
+    /// Spend, the rate window and the requests in flight are kept by key name; a changed
+    /// concurrency limit resizes the queue's slots (a cut takes effect as requests finish).
+    pub fn reconfigure(&self, config: &Config) {
+        let auth = &config.auth;
         let configured: Vec<(String, KeyLimitsConfig)> = auth
             .named_tokens()
             .into_iter()
@@ -448,6 +505,7 @@ impl KeyLimits {
             .collect();
         let mut state = self.lock();
         state.queue_timeout = auth.queue_timeout.get();
+        state.shared_timeout = config.cluster.redis_timeout.get();
         for key in state.keys.values_mut() {
             key.limits = KeyLimitsConfig::default();
         }
@@ -477,14 +535,16 @@ impl KeyLimits {
     /// Admits a request made with `key`: refused when a budget is spent or the rate is used up,
     /// else (after waiting in the key's queue if its concurrency is in use, at most
     /// `auth.queue_timeout`) a permit to hold until the answer ends. `None` for a key with no
-    /// state (not configured).
+    /// state (not configured). With shared counters the rate and the concurrency are the
+    /// cluster's (see the module doc).
     pub(crate) async fn admit(&self, key: &str) -> Result<Option<KeyPermit>, KeyRefusal> {
-        let now = Instant::now();
         let wall = SystemTime::now();
         let periods = self.periods(wall);
-        let (counters, gate, queue_timeout) = {
+        let linked = self.cluster.get().is_some();
+        let (counters, gate, limits, queue_timeout, shared_timeout) = {
             let mut state = self.lock();
             let queue_timeout = state.queue_timeout;
+            let shared_timeout = state.shared_timeout;
             let Some(entry) = state.keys.get_mut(key) else {
                 return Ok(None);
             };
@@ -506,50 +566,108 @@ impl KeyLimits {
                     resets_at: span.end_text,
                 });
             }
+            // The local window full means this instance alone admitted the limit: the cluster
+            // did too, no need to ask. Without a link the local window decides here.
             if let Some(limit) = entry.limits.requests_per_minute {
-                while entry
-                    .admitted
-                    .front()
-                    .is_some_and(|at| now.duration_since(*at) >= RATE_WINDOW)
-                {
-                    entry.admitted.pop_front();
+                let now = Instant::now();
+                local_rate_room(entry, key, limit, now)?;
+                if !linked {
+                    entry.admitted.push_back(now);
                 }
-                let full = entry.admitted.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
-                if let Some(oldest) = entry.admitted.front().filter(|_| full) {
-                    let frees_in = RATE_WINDOW.saturating_sub(now.duration_since(*oldest));
-                    return Err(KeyRefusal::Rate {
-                        key: key.to_string(),
-                        limit,
-                        retry_after_secs: frees_in.as_secs_f64().ceil() as u64,
-                    });
-                }
-                entry.admitted.push_back(now);
             }
             (
                 Arc::clone(&entry.counters),
                 entry.gate.clone(),
+                entry.limits.clone(),
                 queue_timeout,
+                shared_timeout,
             )
         };
-        let slot = match gate {
-            None => None,
-            Some(gate) => {
+        let mut shared = self.shared_counting(&limits, shared_timeout);
+        if let Some(limit) = limits.requests_per_minute.filter(|_| linked) {
+            self.admit_rate(key, limit, &mut shared).await?;
+        }
+        let slots = match (gate, limits.concurrency) {
+            (Some(gate), Some(limit)) => {
                 let _queued = QueuedGuard::enter(&counters);
-                let waiting = Arc::clone(&gate.semaphore).acquire_owned();
-                match tokio::time::timeout(queue_timeout, waiting).await {
-                    Ok(Ok(permit)) => Some((gate, permit)),
-                    Ok(Err(_)) | Err(_) => {
-                        return Err(KeyRefusal::Concurrency {
-                            key: key.to_string(),
-                            limit: gate.limit.load(Ordering::Acquire),
-                            waited: queue_timeout,
-                        })
-                    }
+                Some(acquire_slots(key, limit, gate, queue_timeout, &mut shared).await?)
+            }
+            _ => None,
+        };
+        let (slot, shared_slot) = slots.unzip();
+        counters.in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok(Some(KeyPermit {
+            counters,
+            _slot: slot,
+            _shared: shared_slot.flatten(),
+        }))
+    }
+
+    /// Whether a request of a key with `limits` asks the shared counters: with a link, for a
+    /// rate or concurrency limit. A link without counters now (disconnected) is a fallback.
+    fn shared_counting(&self, limits: &KeyLimitsConfig, timeout: Duration) -> SharedCounting {
+        let Some(link) = self.cluster.get() else {
+            return SharedCounting::Off;
+        };
+        if limits.requests_per_minute.is_none() && limits.concurrency.is_none() {
+            return SharedCounting::Off;
+        }
+        match link.key_counters() {
+            Some(counters) => SharedCounting::Ask(Arc::clone(link), counters, timeout),
+            None => {
+                link.note_fallback();
+                SharedCounting::FellBack
+            }
+        }
+    }
+
+    /// Counts one request of `key` (with a link installed) in its rate window of `limit` a
+    /// minute: the shared window decides while it answers (a full one refuses with its own
+    /// retry-after), the local one otherwise; the local window counts every admission either
+    /// way.
+    async fn admit_rate(
+        &self,
+        key: &str,
+        limit: u32,
+        shared: &mut SharedCounting,
+    ) -> Result<(), KeyRefusal> {
+        let verdict = match shared {
+            SharedCounting::Ask(_, counters, timeout) => {
+                match tokio::time::timeout(*timeout, counters.admit_rate(key, limit)).await {
+                    Ok(Ok(verdict)) => Some(verdict),
+                    Ok(Err(_)) | Err(_) => None,
                 }
             }
+            SharedCounting::Off | SharedCounting::FellBack => None,
         };
-        counters.in_flight.fetch_add(1, Ordering::AcqRel);
-        Ok(Some(KeyPermit { counters, slot }))
+        if verdict.is_none() {
+            shared.fall_back();
+        }
+        let mut state = self.lock();
+        let Some(entry) = state.keys.get_mut(key) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        match verdict {
+            Some(RateAdmission::Full { retry_after }) => Err(KeyRefusal::Rate {
+                key: key.to_string(),
+                limit,
+                retry_after_secs: retry_after.as_secs_f64().ceil() as u64,
+            }),
+            Some(RateAdmission::Admitted) => {
+                // The cluster's window decided; the local one keeps at most `limit` instants.
+                if local_rate_room(entry, key, limit, now).is_err() {
+                    entry.admitted.pop_front();
+                }
+                entry.admitted.push_back(now);
+                Ok(())
+            }
+            None => {
+                local_rate_room(entry, key, limit, now)?;
+                entry.admitted.push_back(now);
+                Ok(())
+            }
+        }
     }
 
     /// Counts `usd` spent by `key` on an outcome that finished at `at`; publishes
@@ -674,6 +792,80 @@ impl KeyLimits {
     }
 }
 
+/// Drops the admissions of `entry` that left the window by `now`; refuses when `limit` remain.
+fn local_rate_room(
+    entry: &mut KeyState,
+    key: &str,
+    limit: u32,
+    now: Instant,
+) -> Result<(), KeyRefusal> {
+    while entry
+        .admitted
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= RATE_WINDOW)
+    {
+        entry.admitted.pop_front();
+    }
+    let full = entry.admitted.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
+    match entry.admitted.front().filter(|_| full) {
+        Some(oldest) => Err(KeyRefusal::Rate {
+            key: key.to_string(),
+            limit,
+            retry_after_secs: RATE_WINDOW
+                .saturating_sub(now.duration_since(*oldest))
+                .as_secs_f64()
+                .ceil() as u64,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Takes one of `limit` concurrency slots of `key`: first a local one (FIFO, at most
+/// `queue_timeout`), then, while the shared counters answer, a shared one, asked again after a
+/// growing pause while all are held elsewhere, until the same `queue_timeout` is used up. The
+/// local slot is released again on a refusal (dropped with it).
+async fn acquire_slots(
+    key: &str,
+    limit: u32,
+    gate: Arc<ConcurrencyGate>,
+    queue_timeout: Duration,
+    shared: &mut SharedCounting,
+) -> Result<(LocalSlot, Option<SharedSlot>), KeyRefusal> {
+    let deadline = tokio::time::Instant::now() + queue_timeout;
+    let refusal = |gate: &ConcurrencyGate| KeyRefusal::Concurrency {
+        key: key.to_string(),
+        limit: gate.limit.load(Ordering::Acquire),
+        waited: queue_timeout,
+    };
+    let waiting = Arc::clone(&gate.semaphore).acquire_owned();
+    let permit = match tokio::time::timeout_at(deadline, waiting).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) | Err(_) => return Err(refusal(&gate)),
+    };
+    let local = LocalSlot {
+        gate,
+        permit: Some(permit),
+    };
+    let mut backoff = SHARED_SLOT_FIRST_BACKOFF;
+    loop {
+        let SharedCounting::Ask(_, counters, timeout) = &*shared else {
+            return Ok((local, None));
+        };
+        match tokio::time::timeout(*timeout, counters.acquire_slot(key, limit)).await {
+            Ok(Ok(Some(slot))) => return Ok((local, Some(slot))),
+            Ok(Ok(None)) => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(refusal(&local.gate));
+                }
+                tokio::time::sleep_until(deadline.min(now + backoff)).await;
+                backoff = (backoff * 2).min(SHARED_SLOT_MAX_BACKOFF);
+            }
+            Ok(Err(_)) | Err(_) => shared.fall_back(),
+        }
+    }
+}
+
 /// The budget crossings of `entry` not yet announced in this period, marked announced.
 fn announce(name: &str, entry: &mut KeyState, periods: &BudgetPeriods) -> Vec<ForwarderEvent> {
     let mut crossed = Vec::new();
@@ -733,19 +925,20 @@ fn budget_log(event: &ForwarderEvent) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU64;
+
     use super::*;
+    use crate::cluster::SharedUnavailable;
 
     fn at(text: &str) -> SystemTime {
         SystemTime::from(DateTime::parse_from_rfc3339(text).expect("time"))
     }
 
-    fn auth(yaml_limits: &str) -> AuthConfig {
+    fn auth(yaml_limits: &str) -> Config {
         let yaml = format!(
-            "auth:\n  enabled: true\n  queue_timeout: 50ms\n  tokens:\n    - name: alice\n      token: alice-token\n      limits:\n{yaml_limits}\nendpoints:\n  - name: a\n    url: https://example.com\n"
+            "auth:\n  enabled: true\n  queue_timeout: 50ms\n  tokens:\n    - name: alice\n      token: alice-token\n      limits:\n{yaml_limits}\ncluster:\n  redis_timeout: 20ms\nendpoints:\n  - name: a\n    url: https://example.com\n"
         );
-        ccf_config::Config::from_yaml_str(&yaml)
-            .expect("valid")
-            .auth
+        Config::from_yaml_str(&yaml).expect("valid")
     }
 
     #[test]
@@ -840,5 +1033,339 @@ mod tests {
         drop(third);
         assert_eq!(limits.views()[0].in_flight, 2);
         assert_eq!(limits.views()[0].queued, 0);
+    }
+
+    #[tokio::test]
+    async fn without_a_link_the_local_window_refuses_past_the_rate() {
+        let limits = KeyLimits::new(&auth("        requests_per_minute: 2"), EventBus::new());
+        let _first = limits.admit("alice").await.expect("admitted");
+        let _second = limits.admit("alice").await.expect("admitted");
+        let refusal = limits.admit("alice").await.expect_err("third in a minute");
+        assert!(
+            matches!(
+                refusal,
+                KeyRefusal::Rate {
+                    limit: 2,
+                    retry_after_secs: 1..=60,
+                    ..
+                }
+            ),
+            "{refusal:?}"
+        );
+        assert_eq!(limits.views()[0].requests_last_minute, 2);
+    }
+
+    /// How the fake shared counters answer.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Answer {
+        /// Like Redis: an in-memory window and slot count shared with "other instances".
+        Count,
+        /// Never (slower than any timeout).
+        Hang,
+        /// At once, with an error.
+        Fail,
+    }
+
+    /// Shared counters another instance also counts in (the test moves `rate_used` and
+    /// `slots_held` as it would), answering as `answer` says.
+    struct FakeCounters {
+        answer: Mutex<Answer>,
+        rate_used: AtomicU32,
+        /// When set, the rate window answers "full" with this retry-after.
+        rate_full_for: Mutex<Option<Duration>>,
+        slots_held: Arc<AtomicU32>,
+        rate_asks: AtomicU32,
+        slot_asks: AtomicU32,
+        /// Woken on every slot ask answered "all held".
+        slot_refused: tokio::sync::Notify,
+    }
+
+    impl FakeCounters {
+        fn new(answer: Answer) -> Arc<FakeCounters> {
+            Arc::new(FakeCounters {
+                answer: Mutex::new(answer),
+                rate_used: AtomicU32::new(0),
+                rate_full_for: Mutex::new(None),
+                slots_held: Arc::new(AtomicU32::new(0)),
+                rate_asks: AtomicU32::new(0),
+                slot_asks: AtomicU32::new(0),
+                slot_refused: tokio::sync::Notify::new(),
+            })
+        }
+
+        fn answer(&self) -> Answer {
+            *self.answer.lock().expect("answer")
+        }
+
+        fn set_answer(&self, answer: Answer) {
+            *self.answer.lock().expect("answer") = answer;
+        }
+    }
+
+    impl SharedKeyCounters for FakeCounters {
+        fn admit_rate<'a>(
+            &'a self,
+            _key: &'a str,
+            limit: u32,
+        ) -> futures_util::future::BoxFuture<'a, Result<RateAdmission, SharedUnavailable>> {
+            self.rate_asks.fetch_add(1, Ordering::AcqRel);
+            Box::pin(async move {
+                match self.answer() {
+                    Answer::Hang => std::future::pending().await,
+                    Answer::Fail => Err(SharedUnavailable("connection refused".into())),
+                    Answer::Count => {
+                        if let Some(retry_after) = *self.rate_full_for.lock().expect("full") {
+                            return Ok(RateAdmission::Full { retry_after });
+                        }
+                        let counted = self.rate_used.fetch_update(
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                            |used| (used < limit).then_some(used + 1),
+                        );
+                        Ok(match counted {
+                            Ok(_) => RateAdmission::Admitted,
+                            Err(_) => RateAdmission::Full {
+                                retry_after: Duration::from_secs(30),
+                            },
+                        })
+                    }
+                }
+            })
+        }
+
+        fn acquire_slot<'a>(
+            &'a self,
+            _key: &'a str,
+            limit: u32,
+        ) -> futures_util::future::BoxFuture<'a, Result<Option<SharedSlot>, SharedUnavailable>>
+        {
+            self.slot_asks.fetch_add(1, Ordering::AcqRel);
+            Box::pin(async move {
+                match self.answer() {
+                    Answer::Hang => std::future::pending().await,
+                    Answer::Fail => Err(SharedUnavailable("connection refused".into())),
+                    Answer::Count => {
+                        let taken = self.slots_held.fetch_update(
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                            |held| (held < limit).then_some(held + 1),
+                        );
+                        if taken.is_err() {
+                            self.slot_refused.notify_one();
+                            return Ok(None);
+                        }
+                        let held = Arc::clone(&self.slots_held);
+                        Ok(Some(SharedSlot::new(move || {
+                            held.fetch_sub(1, Ordering::AcqRel);
+                        })))
+                    }
+                }
+            })
+        }
+    }
+
+    /// A link whose key counters are `counters` (`None`: disconnected), counting fallbacks.
+    struct FakeLink {
+        counters: Option<Arc<FakeCounters>>,
+        fallbacks: AtomicU64,
+    }
+
+    impl ClusterLink for FakeLink {
+        fn publish(&self, _update: SharedUpdate) {}
+
+        fn key_counters(&self) -> Option<Arc<dyn SharedKeyCounters>> {
+            self.counters
+                .clone()
+                .map(|counters| counters as Arc<dyn SharedKeyCounters>)
+        }
+
+        fn status(&self) -> crate::cluster::ClusterStatus {
+            crate::cluster::ClusterStatus::default()
+        }
+
+        fn note_fallback(&self) {
+            self.fallbacks.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Limits from `yaml_limits` linked to `counters` (`None`: a link without counters).
+    fn linked(
+        yaml_limits: &str,
+        counters: Option<Arc<FakeCounters>>,
+    ) -> (KeyLimits, Arc<FakeLink>) {
+        let limits = KeyLimits::new(&auth(yaml_limits), EventBus::new());
+        let link = Arc::new(FakeLink {
+            counters,
+            fallbacks: AtomicU64::new(0),
+        });
+        limits.set_cluster_link(Arc::clone(&link) as Arc<dyn ClusterLink>);
+        (limits, link)
+    }
+
+    fn fallbacks(link: &FakeLink) -> u64 {
+        link.fallbacks.load(Ordering::Acquire)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_shared_window_refuses_with_its_retry_after() {
+        let counters = FakeCounters::new(Answer::Count);
+        *counters.rate_full_for.lock().expect("full") = Some(Duration::from_millis(41_200));
+        let (limits, link) = linked("        requests_per_minute: 5", Some(counters));
+        let refusal = limits
+            .admit("alice")
+            .await
+            .expect_err("the cluster is full");
+        assert!(
+            matches!(
+                refusal,
+                KeyRefusal::Rate {
+                    limit: 5,
+                    retry_after_secs: 42,
+                    ..
+                }
+            ),
+            "{refusal:?}"
+        );
+        assert_eq!(
+            limits.views()[0].requests_last_minute,
+            0,
+            "not admitted here"
+        );
+        assert_eq!(fallbacks(&link), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_local_window_keeps_counting_while_the_shared_one_decides() {
+        let counters = FakeCounters::new(Answer::Count);
+        let (limits, link) = linked(
+            "        requests_per_minute: 2",
+            Some(Arc::clone(&counters)),
+        );
+        let _first = limits.admit("alice").await.expect("admitted");
+        let _second = limits.admit("alice").await.expect("admitted");
+        assert_eq!(counters.rate_asks.load(Ordering::Acquire), 2);
+        assert_eq!(limits.views()[0].requests_last_minute, 2);
+        // Redis goes away: the fallback starts from the two already counted here.
+        counters.set_answer(Answer::Fail);
+        let refusal = limits.admit("alice").await.expect_err("local window full");
+        assert_eq!(refusal.reason(), "rate");
+        assert_eq!(
+            counters.rate_asks.load(Ordering::Acquire),
+            2,
+            "a full local window refuses without asking"
+        );
+        assert_eq!(fallbacks(&link), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_shared_counters_fall_back_to_the_local_decision_and_count_it() {
+        let counters = FakeCounters::new(Answer::Hang);
+        let (limits, link) = linked(
+            "        requests_per_minute: 2\n        concurrency: 1",
+            Some(Arc::clone(&counters)),
+        );
+        let first = limits.admit("alice").await.expect("decided locally");
+        assert_eq!(fallbacks(&link), 1, "one fallback per request");
+        assert_eq!(
+            counters.slot_asks.load(Ordering::Acquire),
+            0,
+            "a request that fell back does not wait for Redis twice"
+        );
+        let refusal = limits
+            .admit("alice")
+            .await
+            .expect_err("the local slot is held");
+        assert_eq!(refusal.reason(), "concurrency");
+        assert_eq!(fallbacks(&link), 2);
+        drop(first);
+        let refusal = limits
+            .admit("alice")
+            .await
+            .expect_err("two in the local window");
+        assert_eq!(refusal.reason(), "rate");
+        assert_eq!(limits.views()[0].in_flight, 0);
+        assert_eq!(limits.views()[0].queued, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_shared_counters_admit_on_the_local_slot() {
+        let counters = FakeCounters::new(Answer::Fail);
+        let (limits, link) = linked("        concurrency: 1", Some(Arc::clone(&counters)));
+        let first = limits.admit("alice").await.expect("local slot");
+        assert_eq!(counters.slot_asks.load(Ordering::Acquire), 1);
+        assert_eq!(fallbacks(&link), 1);
+        assert_eq!(limits.views()[0].in_flight, 1);
+        let refusal = limits.admit("alice").await.expect_err("local slot held");
+        assert_eq!(refusal.reason(), "concurrency");
+        drop(first);
+        // Redis is back: the shared slot is taken again, and released with the permit.
+        counters.set_answer(Answer::Count);
+        let second = limits.admit("alice").await.expect("both slots");
+        assert_eq!(counters.slots_held.load(Ordering::Acquire), 1);
+        drop(second);
+        assert_eq!(counters.slots_held.load(Ordering::Acquire), 0);
+        assert_eq!(fallbacks(&link), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_held_by_other_instances_refuse_after_the_queue_timeout() {
+        let counters = FakeCounters::new(Answer::Count);
+        counters.slots_held.store(2, Ordering::Release);
+        let (limits, link) = linked("        concurrency: 2", Some(Arc::clone(&counters)));
+        let refusal = limits
+            .admit("alice")
+            .await
+            .expect_err("the cluster's slots are held");
+        assert!(
+            matches!(refusal, KeyRefusal::Concurrency { limit: 2, waited, .. } if waited == Duration::from_millis(50)),
+            "{refusal:?}"
+        );
+        assert!(
+            counters.slot_asks.load(Ordering::Acquire) > 1,
+            "asked again while waiting"
+        );
+        assert_eq!(fallbacks(&link), 0);
+        // The local slot taken while waiting was given back.
+        let view = &limits.views()[0];
+        assert_eq!((view.in_flight, view.queued), (0, 0));
+        counters.slots_held.store(1, Ordering::Release);
+        let _permit = limits.admit("alice").await.expect("one slot free");
+        assert_eq!(counters.slots_held.load(Ordering::Acquire), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_elsewhere_admits_a_waiting_request() {
+        let counters = FakeCounters::new(Answer::Count);
+        counters.slots_held.store(1, Ordering::Release);
+        let (limits, _link) = linked("        concurrency: 1", Some(Arc::clone(&counters)));
+        let limits = Arc::new(limits);
+        let waiting = tokio::spawn({
+            let limits = Arc::clone(&limits);
+            async move { limits.admit("alice").await }
+        });
+        counters.slot_refused.notified().await;
+        assert_eq!(limits.views()[0].queued, 1);
+        // The other instance's request ends.
+        counters.slots_held.fetch_sub(1, Ordering::AcqRel);
+        let permit = waiting.await.expect("task").expect("admitted");
+        assert!(permit.is_some());
+        assert_eq!(counters.slots_held.load(Ordering::Acquire), 1);
+        drop(permit);
+        assert_eq!(counters.slots_held.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_without_counters_decides_locally_and_counts_a_fallback() {
+        let (limits, link) = linked("        requests_per_minute: 1", None);
+        let _first = limits.admit("alice").await.expect("local");
+        assert_eq!(fallbacks(&link), 1);
+        assert_eq!(
+            limits.admit("alice").await.expect_err("local").reason(),
+            "rate"
+        );
+        // A key without rate or concurrency limits never asks.
+        let (unlimited, link) = linked("        daily_budget_usd: 5", None);
+        let _permit = unlimited.admit("alice").await.expect("admitted");
+        assert_eq!(fallbacks(&link), 0);
     }
 }

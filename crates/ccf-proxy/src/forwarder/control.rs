@@ -130,7 +130,7 @@ impl Forwarder {
             events
         };
         shared.publish_router(events);
-        shared.key_limits.reconfigure(&config.auth);
+        shared.key_limits.reconfigure(&config);
         shared.suspension.reconfigure(
             config.request_suspend.enabled,
             config.request_suspend.timeout.get(),

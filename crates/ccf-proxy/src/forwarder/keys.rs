@@ -2,6 +2,10 @@
 //! admission makes for a request's API key, and what the application and the UIs read or feed
 //! (views, the budget calendar, spend seeded from the store).
 //!
+//! With a cluster link the admission of a key with a rate or concurrency limit also asks the
+//! link's shared counters (each ask bounded by `cluster.redis_timeout`, then decided locally);
+//! the views stay this instance's own numbers.
+//!
 //! It must not decide what a limit means (that is `key_limits.rs`) nor anything of routing.
 
 use std::sync::Arc;

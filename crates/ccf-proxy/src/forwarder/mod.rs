@@ -263,10 +263,7 @@ impl Forwarder {
         let events = EventBus::new();
         let metrics = Arc::new(Metrics::new());
         metrics.watch_suspension(Arc::clone(&suspension));
-        let key_limits = Arc::new(crate::key_limits::KeyLimits::new(
-            &config.auth,
-            events.clone(),
-        ));
+        let key_limits = Arc::new(crate::key_limits::KeyLimits::new(&config, events.clone()));
         metrics.watch_key_limits(Arc::clone(&key_limits));
         let hub = Arc::new(TrackingHub {
             events: events.clone(),
