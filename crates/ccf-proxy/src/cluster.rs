@@ -196,6 +196,11 @@ pub trait ClusterLink: Send + Sync {
     /// How the link is doing now.
     fn status(&self) -> ClusterStatus;
 
+    /// Whether the link is connected now (a cheaper [`ClusterLink::status`]`.connected`).
+    fn is_connected(&self) -> bool {
+        self.status().connected
+    }
+
     /// Counts one request that decided locally because the link did not answer in time.
     fn note_fallback(&self);
 }

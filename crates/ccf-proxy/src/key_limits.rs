@@ -122,6 +122,19 @@ impl BudgetPeriods {
 /// configured `timezone`; UTC until then).
 pub type BudgetCalendar = Arc<dyn Fn(SystemTime) -> BudgetPeriods + Send + Sync>;
 
+/// A key's spend totals in its current budget periods, as the shared store counts them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SharedSpendTotals {
+    /// Start of the budget day counted.
+    pub day_start: SystemTime,
+    /// Spend in that day, USD.
+    pub day_usd: f64,
+    /// Start of the budget month counted.
+    pub month_start: SystemTime,
+    /// Spend in that month, USD.
+    pub month_usd: f64,
+}
+
 /// Why a request of a limited key is refused (429 `rate_limit_error`).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum KeyRefusal {
@@ -678,17 +691,22 @@ impl KeyLimits {
             return;
         }
         let periods = self.periods(at);
+        // Linked to a connected shared store, the crossing is announced from the shared total
+        // this spend's increment returns (`observe_shared_spend`), so that N instances announce
+        // it once; otherwise here.
+        let shared_total_decides = self.cluster.get().is_some_and(|link| link.is_connected());
         let (crossed, day_usd, month_usd) = {
             let mut state = self.lock();
             let entry = state.keys.entry(key.to_string()).or_default();
             entry.spend.roll(&periods);
             entry.spend.day_usd += usd;
             entry.spend.month_usd += usd;
-            (
-                announce(key, entry, &periods),
-                entry.spend.day_usd,
-                entry.spend.month_usd,
-            )
+            let crossed = if shared_total_decides {
+                Vec::new()
+            } else {
+                announce(key, entry, &periods)
+            };
+            (crossed, entry.spend.day_usd, entry.spend.month_usd)
         };
         if let Some(link) = self.cluster.get() {
             link.publish(SharedUpdate::Spend {
@@ -712,32 +730,36 @@ impl KeyLimits {
         let _first = self.cluster.set(link);
     }
 
-    /// Another instance says `key`'s spend in the day starting at `day_start` is at least
+    /// The shared store says `key`'s spend in the day starting at `day_start` is at least
     /// `day_usd`, and in the month starting at `month_start` at least `month_usd`: the local
     /// totals of the current periods are raised to them (a total of an earlier period is
-    /// ignored). A budget crossed this way is marked as announced without publishing: the
-    /// instance whose spend crossed it publishes [`ForwarderEvent::KeyBudgetExceeded`].
-    pub fn observe_shared_spend(
-        &self,
-        key: &str,
-        day_start: SystemTime,
-        day_usd: f64,
-        month_start: SystemTime,
-        month_usd: f64,
-    ) {
+    /// ignored). `crossed_here` says whether these totals are the result of this instance's own
+    /// increment (the atomic counter moved past the budget with this instance's spend): only
+    /// then is a budget crossed this way published as [`ForwarderEvent::KeyBudgetExceeded`], so
+    /// the deployment announces it once, from the instance whose spend crossed it; otherwise it
+    /// is marked as announced without publishing.
+    pub fn observe_shared_spend(&self, key: &str, totals: SharedSpendTotals, crossed_here: bool) {
         let periods = self.periods(SystemTime::now());
-        let mut state = self.lock();
-        let Some(entry) = state.keys.get_mut(key) else {
-            return;
+        let crossed = {
+            let mut state = self.lock();
+            let Some(entry) = state.keys.get_mut(key) else {
+                return;
+            };
+            entry.spend.roll(&periods);
+            if totals.day_start == periods.day.start && totals.day_usd.is_finite() {
+                entry.spend.day_usd = entry.spend.day_usd.max(totals.day_usd);
+            }
+            if totals.month_start == periods.month.start && totals.month_usd.is_finite() {
+                entry.spend.month_usd = entry.spend.month_usd.max(totals.month_usd);
+            }
+            announce(key, entry, &periods)
         };
-        entry.spend.roll(&periods);
-        if day_start == periods.day.start && day_usd.is_finite() {
-            entry.spend.day_usd = entry.spend.day_usd.max(day_usd);
+        if crossed_here {
+            for event in crossed {
+                tracing::warn!(key = %key, "{}", budget_log(&event));
+                self.events.publish(event);
+            }
         }
-        if month_start == periods.month.start && month_usd.is_finite() {
-            entry.spend.month_usd = entry.spend.month_usd.max(month_usd);
-        }
-        let _published_where_it_crossed = announce(key, entry, &periods);
     }
 
     /// Seeds `key`'s spend today and this month (as of `at`) from the store at start. A budget
@@ -1168,6 +1190,88 @@ mod tests {
     struct FakeLink {
         counters: Option<Arc<FakeCounters>>,
         fallbacks: AtomicU64,
+    }
+
+    /// A connected link that keeps what it is given, for the spend tests.
+    #[derive(Default)]
+    struct SpendLink(Mutex<Vec<SharedUpdate>>);
+
+    impl ClusterLink for SpendLink {
+        fn publish(&self, update: SharedUpdate) {
+            self.0.lock().expect("updates").push(update);
+        }
+
+        fn key_counters(&self) -> Option<Arc<dyn SharedKeyCounters>> {
+            None
+        }
+
+        fn status(&self) -> crate::cluster::ClusterStatus {
+            crate::cluster::ClusterStatus {
+                connected: true,
+                ..crate::cluster::ClusterStatus::default()
+            }
+        }
+
+        fn note_fallback(&self) {}
+    }
+
+    fn budget_events(events: &mut tokio::sync::broadcast::Receiver<ForwarderEvent>) -> usize {
+        let mut announced = 0;
+        while let Ok(event) = events.try_recv() {
+            announced += usize::from(matches!(event, ForwarderEvent::KeyBudgetExceeded { .. }));
+        }
+        announced
+    }
+
+    #[test]
+    fn linked_instances_announce_a_budget_once_from_the_increment_that_crossed_it() {
+        let now = SystemTime::now();
+        let instance = |_: &str| {
+            let limits = KeyLimits::new(&auth("        daily_budget_usd: 1.0"), EventBus::new());
+            let link = Arc::new(SpendLink::default());
+            limits.set_cluster_link(Arc::clone(&link) as Arc<dyn ClusterLink>);
+            (limits, link)
+        };
+        let (alpha, alpha_link) = instance("alpha");
+        let (beta, _beta_link) = instance("beta");
+        let mut alpha_events = alpha.events.subscribe();
+        let mut beta_events = beta.events.subscribe();
+        // Alpha's own spend crosses its local mirror: not announced there, the shared total
+        // decides; the update carries alpha's totals.
+        alpha.add_spend("alice", 1.2, now);
+        assert_eq!(budget_events(&mut alpha_events), 0);
+        let update = alpha_link
+            .0
+            .lock()
+            .expect("updates")
+            .pop()
+            .expect("spend shared");
+        let SharedUpdate::Spend {
+            day_start,
+            month_start,
+            ..
+        } = update
+        else {
+            panic!("not a spend: {update:?}");
+        };
+        let totals = SharedSpendTotals {
+            day_start,
+            day_usd: 1.2,
+            month_start,
+            month_usd: 1.2,
+        };
+        // The shared counter's answer to alpha's increment crossed: alpha announces, once.
+        alpha.observe_shared_spend("alice", totals, true);
+        alpha.observe_shared_spend("alice", totals, true);
+        assert_eq!(budget_events(&mut alpha_events), 1);
+        // Beta learns the total from alpha: refuses, announces nothing.
+        beta.observe_shared_spend("alice", totals, false);
+        assert_eq!(budget_events(&mut beta_events), 0);
+        assert_eq!(
+            beta.views()[0].budget_exceeded,
+            Some(BudgetPeriod::Daily),
+            "beta enforces the one budget"
+        );
     }
 
     impl ClusterLink for FakeLink {

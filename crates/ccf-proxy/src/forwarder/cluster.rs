@@ -13,6 +13,7 @@ use tracing::warn;
 use super::{Forwarder, Shared};
 use crate::cluster::{instant_of, ClusterLink, ClusterStatus, SharedUpdate};
 use crate::events::ForwarderEvent;
+use crate::key_limits::SharedSpendTotals;
 
 /// Where a change was seen: on this instance (shared and alerted) or on another (applied only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,22 +98,39 @@ impl Forwarder {
                 }
                 shared.record_quota(endpoint, &map, *seen_at, Origin::Remote);
             }
-            SharedUpdate::Spend {
+            SharedUpdate::Spend { .. } => self.apply_spend_totals(update, false),
+        }
+    }
+
+    /// Applies the cluster-wide spend totals the shared store returned for this instance's own
+    /// [`SharedUpdate::Spend`] (the result of its atomic increment): like
+    /// [`Forwarder::apply_shared`], and a budget this increment crossed is published here as
+    /// [`crate::ForwarderEvent::KeyBudgetExceeded`] (once for the deployment: exactly one
+    /// increment moves a total past a budget). Other updates are ignored.
+    pub fn apply_own_spend_totals(&self, totals: &SharedUpdate) {
+        self.apply_spend_totals(totals, true);
+    }
+
+    fn apply_spend_totals(&self, update: &SharedUpdate, crossed_here: bool) {
+        if let SharedUpdate::Spend {
+            key,
+            day_start,
+            day_usd,
+            month_start,
+            month_usd,
+            ..
+        } = update
+        {
+            self.shared.key_limits.observe_shared_spend(
                 key,
-                day_start,
-                day_usd,
-                month_start,
-                month_usd,
-                ..
-            } => {
-                shared.key_limits.observe_shared_spend(
-                    key,
-                    *day_start,
-                    *day_usd,
-                    *month_start,
-                    *month_usd,
-                );
-            }
+                SharedSpendTotals {
+                    day_start: *day_start,
+                    day_usd: *day_usd,
+                    month_start: *month_start,
+                    month_usd: *month_usd,
+                },
+                crossed_here,
+            );
         }
     }
 }
