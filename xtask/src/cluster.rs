@@ -333,3 +333,118 @@ fn instance_config(
     }
     config
 }
+
+/// The production files of `deploy/` describe one topology: these tests keep the instance
+/// configurations, the systemd unit, both load balancers and the Compose file in step (text
+/// checks: xtask has no YAML parser; `deploy/compose.yaml` is checked as YAML by hand, Docker
+/// Compose being unavailable on the development machines).
+#[cfg(test)]
+mod deploy_files {
+    use std::path::Path;
+
+    fn read(path: &str) -> String {
+        let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+    }
+
+    /// `(instance_id, proxy port)` of `deploy/config/ccf-N.yaml`.
+    fn instance(n: u32) -> (String, u16) {
+        let text = read(&format!("deploy/config/ccf-{n}.yaml"));
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|line| line.trim_start().strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("ccf-{n}.yaml has no {key}"))
+        };
+        let port = text
+            .split("\nserver:\n")
+            .nth(1)
+            .and_then(|server| {
+                server
+                    .lines()
+                    .find_map(|line| line.trim_start().strip_prefix("port: "))
+            })
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("ccf-{n}.yaml has no server.port"));
+        (value("instance_id: "), port)
+    }
+
+    #[test]
+    fn every_instance_is_behind_both_balancers_and_in_the_compose_file() {
+        let nginx = read("deploy/nginx/cc-forwarder.conf");
+        let nginx_compose = read("deploy/nginx/compose.conf");
+        let haproxy = read("deploy/haproxy/haproxy.cfg");
+        let compose = read("deploy/compose.yaml");
+        let mut ports = Vec::new();
+        for n in 1..=3 {
+            let (id, port) = instance(n);
+            assert_eq!(id, format!("ccf-{n}"));
+            assert!(!ports.contains(&port), "port {port} used twice");
+            ports.push(port);
+            assert!(
+                nginx.contains(&format!("server 127.0.0.1:{port} ")),
+                "nginx: {id}"
+            );
+            assert!(
+                nginx_compose.contains(&format!("server {id}:{port} ")),
+                "compose.conf: {id}"
+            );
+            assert!(
+                haproxy.contains(&format!("server {id} 127.0.0.1:{port} check")),
+                "haproxy: {id}"
+            );
+            assert!(compose.contains(&format!("\n  {id}:\n")), "compose: {id}");
+            assert!(
+                compose.contains(&format!(
+                    "./config/{id}.yaml:/etc/cc-forwarder/config.yaml:ro"
+                )),
+                "compose mounts {id}'s file"
+            );
+        }
+        for config in [&nginx, &nginx_compose] {
+            assert!(config.contains("proxy_next_upstream error timeout;"));
+            let directives = config
+                .lines()
+                .filter(|line| !line.trim_start().starts_with('#'));
+            assert!(directives
+                .into_iter()
+                .all(|l| !l.contains("non_idempotent")));
+            assert!(config.contains("proxy_buffering off;"));
+        }
+        assert!(compose.contains("./nginx/compose.conf:/etc/nginx/conf.d/default.conf:ro"));
+    }
+
+    #[test]
+    fn the_systemd_template_runs_each_instance_from_its_own_file_and_state_directory() {
+        let unit = read("deploy/systemd/cc-forwarder@.service");
+        for line in [
+            "ExecStart=/usr/local/bin/cc-forwarder --config /etc/cc-forwarder/%i.yaml --no-tui",
+            "ExecStartPre=/usr/local/bin/cc-forwarder check-config --config /etc/cc-forwarder/%i.yaml",
+            "StateDirectory=cc-forwarder/%i",
+            "WorkingDirectory=/var/lib/cc-forwarder/%i",
+            "EnvironmentFile=/etc/cc-forwarder/env",
+            "TimeoutStopSec=45s",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+        ] {
+            assert!(unit.lines().any(|l| l == line), "missing {line}");
+        }
+        // The single-instance unit's hardening, line for line.
+        let single = read("packaging/cc-forwarder.service");
+        let hardening = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("Protect")
+                        || l.starts_with("Private")
+                        || l.starts_with("Restrict")
+                        || l.starts_with("SystemCall")
+                        || l.starts_with("Capability")
+                })
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(hardening(&unit), hardening(&single));
+    }
+}
