@@ -21,9 +21,13 @@
 //! `request_id` stored twice; every answer's row stored under the instance that answered it,
 //! except on the killed instance, whose missing rows must all have been answered within its
 //! last flush interval before the kill (the count and that bound are printed); and, when the
-//! instances report a Redis link in `/health/detailed`, that session bindings are in Redis
-//! under the run's prefix. The instances' configurations and logs and the balancer's are kept
-//! in `target/cluster/`.
+//! instances have a Redis link (a `cluster` section in `/health/detailed`), that session
+//! bindings are in Redis under the run's prefix. The instances' configurations and logs and the
+//! balancer's are kept in `target/cluster/`.
+//!
+//! `request_id` is a unique key of `request_logs`: a second write of one id is an upsert, so a
+//! request recorded by two instances would show as a row under the wrong instance, which the
+//! attribution check catches; the duplicate query guards the same thing should the key change.
 
 mod account;
 mod balancer;
@@ -240,6 +244,12 @@ pub fn run(root: &Path, args: &ClusterArgs) -> Result<()> {
     // Shared state in Redis, read while the last instance still runs.
     let bindings = redis_count(&format!("{}:session:*", redis.prefix))?;
     let all_keys = redis_count(&format!("{}:*", redis.prefix))?;
+    if let Some(section) = cluster_section(instances[0].port) {
+        println!(
+            "{}: /health/detailed cluster after the traffic = {section}",
+            instances[0].id
+        );
+    }
 
     let survivor = instances[0].id.clone();
     println!("==> SIGTERM {survivor} (the last one: its rows are flushed before counting)");
@@ -250,9 +260,11 @@ pub fn run(root: &Path, args: &ClusterArgs) -> Result<()> {
     let rows = database.rows()?;
     let duplicates = database.duplicates()?;
     let report = Report::build(&outcomes, &rows, &duplicates, &targets, &killed, killed_at);
+    // A build with the Redis wiring shows the section (connected or not: Redis answered PING,
+    // so an instance that never connects is a failure the bindings check reports).
     let redis_expected = cluster_sections
         .iter()
-        .any(|(_, section)| section.as_ref().is_some_and(|s| s["connected"] == true));
+        .any(|(_, section)| section.is_some());
     let failures = report.print(&killed, bindings, all_keys, redis_expected);
     drop(mocks);
     if failures.is_empty() {

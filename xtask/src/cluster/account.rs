@@ -263,7 +263,7 @@ impl Report {
             } else {
                 Check {
                     passed: None,
-                    what: "session bindings in Redis: the instances report no connected cluster link in /health/detailed (a build without the Redis wiring)".to_string(),
+                    what: "session bindings in Redis: the instances have no cluster section in /health/detailed (a build without the Redis wiring)".to_string(),
                 }
             },
         ]
