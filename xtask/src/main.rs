@@ -7,7 +7,8 @@
 //!
 //! Tasks: `ci` (format check, cargo deny, clippy, tests, web unit tests), `demo` (the forwarder
 //! in front of the mock upstream, with a little traffic) and `clients` (the anthropic Python SDK
-//! and Claude Code driven through the forwarder). The `tidy` test module checks repository invariants from
+//! and Claude Code driven through the forwarder), `cluster` (three instances behind a load
+//! balancer, one stopped and one killed mid-run, every request accounted for). The `tidy` test module checks repository invariants from
 //! `docs/ARCHITECTURE.md` as ordinary `#[test]`s.
 
 mod bench;
@@ -16,6 +17,7 @@ mod brownout;
 mod callgrind;
 mod ci;
 mod clients;
+mod cluster;
 mod demo;
 mod dist;
 mod fuzz;
@@ -77,6 +79,10 @@ enum Task {
     /// Build the cargo-fuzz targets (nightly) and run each for a bounded time; crash inputs
     /// are kept in fuzz/regressions/.
     Fuzz(fuzz::FuzzArgs),
+    /// Three instances behind a local load balancer (nginx or HAProxy) sharing MariaDB and
+    /// Redis: mixed traffic, one instance stopped (SIGTERM) and one killed (SIGKILL) mid-run;
+    /// requests sent, answered, retried and rows stored per instance, checked.
+    Cluster(cluster::ClusterArgs),
     /// Steady mixed traffic through the forwarder for N minutes (release build); reports RSS,
     /// file descriptors, threads and outcomes versus requests.
     Soak(soak::SoakArgs),
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
         Task::Brownout(args) => brownout::run(&root, &args),
         Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::Soak(args) => soak::run(&root, &args),
+        Task::Cluster(args) => cluster::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
