@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::charts;
 use crate::dispatch::{ok, Handled};
+use crate::dto::cluster::ClusterDto;
 use crate::dto::events::{ReloadStatusDto, RequestEventDto};
 use crate::dto::groups::{millis, EndpointDto, GroupDto};
 use crate::dto::routing::{AffinityDto, EndpointHonestyDto, HonestyDto, QuotaDto};
@@ -363,6 +364,7 @@ pub(crate) fn status_view(shared: &Shared) -> Value {
         "suspended_requests": shared.forwarder.held_requests().len(),
         "usage_tracking": usage,
         "config_reload": shared.forwarder.reload_status().as_ref().map(ReloadStatusDto::from),
+        "cluster": shared.forwarder.cluster_status().as_ref().map(ClusterDto::from),
         "stream_clients": shared.hub.client_count(),
         "dashboard_built": crate::assets::dashboard_built(),
         "timestamp": rfc3339(now),
