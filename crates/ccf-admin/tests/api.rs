@@ -150,6 +150,41 @@ async fn status_shows_the_cluster_link_when_one_is_installed_with_its_password_m
 }
 
 #[tokio::test]
+async fn the_redis_password_is_masked_in_the_config_and_swept_from_every_answer() {
+    let upstream = MockUpstream::start().await;
+    let options = Options {
+        settings: format!(
+            "cluster:\n  redis_url: redis://default:{REDIS_PASSWORD}@127.0.0.1:6379/0\n  redis_prefix: ccf-test\n  redis_timeout: 80ms\n"
+        ),
+        ..Options::default()
+    };
+    let config = Config::from_yaml_str(&config_yaml(&options, &upstream.url())).expect("config");
+    let harness = Harness::start_config(upstream, config, options).await;
+    let answer = harness.get("/api/v1/config").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(!answer.text().contains(REDIS_PASSWORD), "{}", answer.text());
+    let cluster = answer.json()["cluster"].clone();
+    assert_eq!(cluster["redis_url"], "redis://default:***@127.0.0.1:6379/0");
+    assert_eq!(cluster["redis_prefix"], "ccf-test");
+    assert_eq!(cluster["redis_timeout"], "80ms");
+    // A link that let the password into its last error (it must not): the answer is swept.
+    let link = support::FakeClusterLink::new(ccf_proxy::cluster::ClusterStatus {
+        backend: "redis",
+        address: "redis://default:***@127.0.0.1:6379/0".to_string(),
+        last_error: Some(format!(
+            "cannot connect to redis://default:{REDIS_PASSWORD}@127.0.0.1:6379/0"
+        )),
+        ..ccf_proxy::cluster::ClusterStatus::default()
+    });
+    assert!(harness.forwarder.set_cluster_link(link));
+    let status = harness.get("/api/v1/status").await;
+    assert!(!status.text().contains(REDIS_PASSWORD), "{}", status.text());
+    assert!(status.json()["cluster"]["last_error"]
+        .as_str()
+        .is_some_and(|error| error.starts_with("cannot connect to redis://default:")));
+}
+
+#[tokio::test]
 async fn config_shows_the_effective_config_with_every_secret_masked() {
     let upstream = MockUpstream::start().await;
     let options = Options {

@@ -1370,6 +1370,12 @@ pub(crate) fn config_lines(config: &Config) -> Vec<String> {
             lines.push(format!("    secret: {}", secret(webhook.secret.as_ref())));
         }
     }
+    if let Some(url) = &config.cluster.redis_url {
+        lines.push("cluster:".to_string());
+        lines.push(format!("  redis_url: {}", display_url(url.expose())));
+        lines.push(format!("  redis_prefix: {}", config.cluster.redis_prefix));
+        lines.push(format!("  redis_timeout: {}", config.cluster.redis_timeout));
+    }
     lines.push("usage_tracking:".to_string());
     lines.push(format!("  enabled: {}", config.usage_tracking.enabled));
     match &config.usage_tracking.database {
@@ -1516,6 +1522,23 @@ mod tests {
         ] {
             assert!(!lines.contains(secret), "{secret} shown in\n{lines}");
         }
+    }
+
+    #[test]
+    fn the_cluster_section_is_listed_with_the_redis_password_masked() {
+        let config = Config::from_yaml_str(
+            "cluster:\n  redis_url: rediss://default:redis-pass-4242@redis.internal:6380/0\n  redis_prefix: team-a\nendpoints:\n  - name: relay\n    url: https://relay.example\n",
+        )
+        .unwrap();
+        let lines = config_lines(&config).join("\n");
+        let expected = "cluster:\n  redis_url: rediss://***@redis.internal:6380/0\n  redis_prefix: team-a\n  redis_timeout: 50ms";
+        assert!(lines.contains(expected), "missing {expected:?} in\n{lines}");
+        assert!(!lines.contains("redis-pass-4242"), "{lines}");
+        // Without a Redis URL there is no section.
+        let plain =
+            Config::from_yaml_str("endpoints:\n  - name: relay\n    url: https://relay.example\n")
+                .unwrap();
+        assert!(!config_lines(&plain).join("\n").contains("cluster:"));
     }
 
     #[test]
