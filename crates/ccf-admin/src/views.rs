@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::charts;
 use crate::dispatch::{ok, Handled};
+use crate::dto::cluster::ClusterDto;
 use crate::dto::events::{ReloadStatusDto, RequestEventDto};
 use crate::dto::groups::{millis, EndpointDto, GroupDto};
 use crate::dto::routing::{AffinityDto, EndpointHonestyDto, HonestyDto, QuotaDto};
@@ -154,6 +155,16 @@ pub(crate) fn collect_secrets(config: &Config) -> Vec<String> {
             }
         }
     }
+    // The shared Redis's password (`cluster.redis_url`, issue 21).
+    if let Some(password) = config
+        .cluster
+        .redis_url
+        .as_ref()
+        .and_then(|url| url::Url::parse(url.expose()).ok())
+        .and_then(|parsed| parsed.password().map(str::to_string))
+    {
+        add(&password);
+    }
     // Webhook signing keys and receiver URL passwords (issue #20, point 6).
     for webhook in &config.webhooks {
         if let Some(secret) = &webhook.secret {
@@ -290,6 +301,13 @@ fn effective_config_unswept(config: &Config, config_path: Option<&std::path::Pat
         "proxy": section(serde_json::to_value(&config.proxy)),
         "usage_tracking": section(serde_json::to_value(&config.usage_tracking)),
         "routing": section(serde_json::to_value(&config.routing)),
+        // Built here rather than serialised: `redis_url` is a `Secret` (serialised in clear for
+        // figment) whose key `mask_tree` would not recognise.
+        "cluster": {
+            "redis_url": config.cluster.redis_url.as_ref().map(|url| ccf_config::mask_url_password(url.expose())),
+            "redis_prefix": config.cluster.redis_prefix,
+            "redis_timeout": go_duration(config.cluster.redis_timeout.get()),
+        },
         "endpoints": endpoints,
     });
     mask_tree(&mut view);
@@ -363,6 +381,7 @@ pub(crate) fn status_view(shared: &Shared) -> Value {
         "suspended_requests": shared.forwarder.held_requests().len(),
         "usage_tracking": usage,
         "config_reload": shared.forwarder.reload_status().as_ref().map(ReloadStatusDto::from),
+        "cluster": shared.forwarder.cluster_status().as_ref().map(ClusterDto::from),
         "stream_clients": shared.hub.client_count(),
         "dashboard_built": crate::assets::dashboard_built(),
         "timestamp": rfc3339(now),

@@ -69,6 +69,121 @@ async fn status_reports_live_state_with_version_active_group_and_uptime() {
     assert_no_secret(&harness.get("/api/v1/status").await.text());
 }
 
+/// The password of the shared Redis in the cluster tests' link address.
+const REDIS_PASSWORD: &str = "redis-password-5566778899";
+
+#[tokio::test]
+async fn status_shows_the_cluster_link_when_one_is_installed_with_its_password_masked() {
+    let harness = Harness::start().await;
+    let status = harness.get("/api/v1/status").await.json();
+    assert_eq!(status["cluster"], Value::Null, "{status}");
+
+    let since = std::time::SystemTime::now();
+    let link = support::FakeClusterLink::new(ccf_proxy::cluster::ClusterStatus {
+        backend: "redis",
+        // A link masks its address; the API masks it again, whatever the link did.
+        address: format!("rediss://default:{REDIS_PASSWORD}@redis.internal:6380/0"),
+        connected: true,
+        since: Some(since),
+        ..ccf_proxy::cluster::ClusterStatus::default()
+    });
+    assert!(harness.forwarder.set_cluster_link(link.clone()));
+    let answer = harness.get("/api/v1/status").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(!answer.text().contains(REDIS_PASSWORD), "{}", answer.text());
+    let cluster = answer.json()["cluster"].clone();
+    assert_eq!(cluster["backend"], "redis");
+    assert_eq!(
+        cluster["address"],
+        "rediss://default:***@redis.internal:6380/0"
+    );
+    assert_eq!(cluster["connected"], true);
+    assert_eq!(
+        cluster["since"],
+        ccf_proxy::monitoring::rfc3339(since).as_str()
+    );
+    assert_eq!(cluster["last_error"], Value::Null);
+    assert_eq!(cluster["fallbacks"], 0);
+
+    // A served turn is published (the session binding); the link goes down with a reason.
+    assert_eq!(harness.send_message(false).await.0, StatusCode::OK);
+    let deadline = std::time::Instant::now() + support::WAIT;
+    while ccf_proxy::cluster::ClusterLink::status(&*link).published == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing published");
+        tokio::task::yield_now().await;
+    }
+    link.set(|status| {
+        status.connected = false;
+        status.since = Some(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_136_171));
+        status.last_error = Some("connection refused".to_string());
+        status.fallbacks = 4;
+        status.reconnects = 1;
+        status.applied = 3;
+        status.dropped = 2;
+    });
+    let cluster = harness.get("/api/v1/status").await.json()["cluster"].clone();
+    assert_eq!(cluster["connected"], false);
+    assert_eq!(cluster["since"], "2025-11-26T05:49:31.000Z");
+    assert_eq!(cluster["last_error"], "connection refused");
+    assert!(
+        cluster["published"].as_u64().is_some_and(|n| n >= 1),
+        "{cluster}"
+    );
+    for (field, value) in [
+        ("fallbacks", 4),
+        ("reconnects", 1),
+        ("applied", 3),
+        ("dropped", 2),
+    ] {
+        assert_eq!(cluster[field], value, "{field} in {cluster}");
+    }
+
+    // The live stream's `status` snapshot carries the same object.
+    let mut stream = support::SseReader::open(&harness, "/api/v1/stream?events=status", &[]).await;
+    loop {
+        let frame = stream.next(support::WAIT).await.expect("status frame");
+        if frame.event.as_deref() == Some("status") {
+            assert_eq!(frame.json()["cluster"], cluster);
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_redis_password_is_masked_in_the_config_and_swept_from_every_answer() {
+    let upstream = MockUpstream::start().await;
+    let options = Options {
+        settings: format!(
+            "cluster:\n  redis_url: redis://default:{REDIS_PASSWORD}@127.0.0.1:6379/0\n  redis_prefix: ccf-test\n  redis_timeout: 80ms\n"
+        ),
+        ..Options::default()
+    };
+    let config = Config::from_yaml_str(&config_yaml(&options, &upstream.url())).expect("config");
+    let harness = Harness::start_config(upstream, config, options).await;
+    let answer = harness.get("/api/v1/config").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(!answer.text().contains(REDIS_PASSWORD), "{}", answer.text());
+    let cluster = answer.json()["cluster"].clone();
+    assert_eq!(cluster["redis_url"], "redis://default:***@127.0.0.1:6379/0");
+    assert_eq!(cluster["redis_prefix"], "ccf-test");
+    assert_eq!(cluster["redis_timeout"], "80ms");
+    // A link that let the password into its last error (it must not): the answer is swept.
+    let link = support::FakeClusterLink::new(ccf_proxy::cluster::ClusterStatus {
+        backend: "redis",
+        address: "redis://default:***@127.0.0.1:6379/0".to_string(),
+        last_error: Some(format!(
+            "cannot connect to redis://default:{REDIS_PASSWORD}@127.0.0.1:6379/0"
+        )),
+        ..ccf_proxy::cluster::ClusterStatus::default()
+    });
+    assert!(harness.forwarder.set_cluster_link(link));
+    let status = harness.get("/api/v1/status").await;
+    assert!(!status.text().contains(REDIS_PASSWORD), "{}", status.text());
+    assert!(status.json()["cluster"]["last_error"]
+        .as_str()
+        .is_some_and(|error| error.starts_with("cannot connect to redis://default:")));
+}
+
 #[tokio::test]
 async fn config_shows_the_effective_config_with_every_secret_masked() {
     let upstream = MockUpstream::start().await;
@@ -1005,6 +1120,21 @@ async fn the_live_view_shows_a_held_request() {
 async fn every_route_answers_in_its_pinned_wire_shape() {
     let harness = Harness::start().await;
     let mut shapes = support::shape::Shapes::default();
+    // A link to the other instances, down since a moment with a reason: every `cluster` field
+    // has a value.
+    assert!(harness
+        .forwarder
+        .set_cluster_link(support::FakeClusterLink::new(
+            ccf_proxy::cluster::ClusterStatus {
+                backend: "redis",
+                address: "redis://127.0.0.1:6379".to_string(),
+                connected: false,
+                since: Some(std::time::SystemTime::now()),
+                last_error: Some("connection refused".to_string()),
+                fallbacks: 1,
+                ..ccf_proxy::cluster::ClusterStatus::default()
+            }
+        )));
 
     // Both endpoints checked, so their latencies are numbers.
     for name in ["primary", "backup"] {

@@ -154,3 +154,44 @@ async fn metrics_parse_and_move_when_traffic_flows() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn cluster_series_parse_and_appear_only_with_a_link() {
+    let harness = Harness::start().await;
+    let before = scrape(&harness).await;
+    assert!(
+        !before.iter().any(|s| s.metric.starts_with("ccf_cluster_")),
+        "cluster series without a link"
+    );
+    let link = support::FakeClusterLink::new(ccf_proxy::cluster::ClusterStatus {
+        backend: "redis",
+        address: "redis://127.0.0.1:6379".to_string(),
+        connected: true,
+        reconnects: 2,
+        ..ccf_proxy::cluster::ClusterStatus::default()
+    });
+    assert!(harness.forwarder.set_cluster_link(link.clone()));
+    let samples = scrape(&harness).await;
+    assert_eq!(value(&samples, "ccf_cluster_connected", &[]), 1.0);
+    assert_eq!(value(&samples, "ccf_cluster_reconnects_total", &[]), 2.0);
+    link.set(|status| {
+        status.connected = false;
+        status.fallbacks = 6;
+        status.applied = 11;
+        status.dropped = 3;
+    });
+    let samples = scrape(&harness).await;
+    for (metric, expected) in [
+        ("ccf_cluster_connected", 0.0),
+        ("ccf_cluster_fallbacks_total", 6.0),
+        ("ccf_cluster_updates_published_total", 0.0),
+        ("ccf_cluster_updates_applied_total", 11.0),
+        ("ccf_cluster_updates_dropped_total", 3.0),
+    ] {
+        assert_eq!(value(&samples, metric, &[]), expected, "{metric}");
+        assert!(
+            samples.iter().any(|s| s.metric == metric),
+            "{metric} not emitted"
+        );
+    }
+}

@@ -3,6 +3,11 @@
 //! Endpoint health comes from the health monitor (active probes plus what real requests
 //! observed); the JSON shapes follow the Go original (reference section 9.6) so existing monitors
 //! keep working, with correct UTC timestamps.
+//!
+//! With a link to the other instances installed (`cluster.redis_url`, [`crate::cluster`]),
+//! `/health/detailed` adds a `cluster` object and `/metrics` the `ccf_cluster_*` series, both read
+//! from [`ClusterLink::status`] when asked for; a lost link makes the status `degraded` (routing
+//! decides from this instance's state meanwhile), never `unhealthy` (the instance still serves).
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
@@ -15,16 +20,18 @@ use ccf_health::{EndpointHealth, HealthSnapshot};
 use ccf_lifecycle::RequestRecord;
 use ccf_router::RouterEvent;
 use http::{header, HeaderValue, Method, Response, StatusCode};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::body::{empty_body, full_body, ProxyBody};
+use crate::cluster::{ClusterLink, ClusterStatus};
 use crate::error::anthropic_error_response;
 use crate::key_limits::KeyLimits;
 use crate::suspend::Suspension;
@@ -341,6 +348,9 @@ pub struct Metrics {
     honesty_cache: HandleCache<(String, &'static str, HonestyGauge)>,
     /// Failover triggers and thinking-signature repairs (issue 20, points 5 and 7).
     failover_triggers: FailoverTriggerMetrics,
+    /// The link to the other instances, read at every scrape (`ccf_cluster_*`) and by
+    /// `/health/detailed`; shared with the collector registered in the registry.
+    cluster: Arc<ClusterCollector>,
 }
 
 /// One `ccf_endpoint_honesty_score` series.
@@ -465,6 +475,7 @@ impl Metrics {
             request_cache: HandleCache::default(),
             honesty_cache: HandleCache::default(),
             failover_triggers: FailoverTriggerMetrics::default(),
+            cluster: Arc::default(),
             registry: Registry::default(),
         };
         metrics.failover_triggers.register(&mut registry);
@@ -621,6 +632,7 @@ impl Metrics {
         );
         metrics.model_routing.register(&mut registry);
         metrics.webhooks.register(&mut registry);
+        registry.register_collector(Box::new(Arc::clone(&metrics.cluster)));
         Metrics {
             registry,
             ..metrics
@@ -1161,6 +1173,95 @@ impl Metrics {
     }
 }
 
+/// The `ccf_cluster_*` series (issue 21): the link's [`ClusterStatus`], read at every scrape.
+/// Registered as a collector when the registry is built, it writes nothing until a link is
+/// installed ([`Metrics::watch_cluster`]), so an instance without `cluster.redis_url` has no
+/// `ccf_cluster_*` series at all (not a misleading `ccf_cluster_connected 0`).
+#[derive(Default)]
+struct ClusterCollector {
+    link: OnceLock<Arc<dyn ClusterLink>>,
+}
+
+impl ClusterCollector {
+    /// The link's status now; `None` without a link.
+    fn status(&self) -> Option<ClusterStatus> {
+        self.link.get().map(|link| link.status())
+    }
+}
+
+impl std::fmt::Debug for ClusterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCollector")
+            .field("installed", &self.link.get().is_some())
+            .finish()
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(status) = self.status() else {
+            return Ok(());
+        };
+        let connected = ConstGauge::new(i64::from(status.connected));
+        connected.encode(encoder.encode_descriptor(
+            "ccf_cluster_connected",
+            "1 while the link to the shared state (cluster.redis_url) is up; 0 while this instance decides from its local state",
+            None,
+            connected.metric_type(),
+        )?)?;
+        let counters: [(&str, &str, u64); 5] = [
+            (
+                "ccf_cluster_fallbacks",
+                "Requests that decided from local state because the shared state did not answer within cluster.redis_timeout",
+                status.fallbacks,
+            ),
+            (
+                "ccf_cluster_reconnects",
+                "Times the link to the shared state was made again after a loss",
+                status.reconnects,
+            ),
+            (
+                "ccf_cluster_updates_published",
+                "Routing and key updates sent to the other instances",
+                status.published,
+            ),
+            (
+                "ccf_cluster_updates_applied",
+                "Updates from other instances applied here",
+                status.applied,
+            ),
+            (
+                "ccf_cluster_updates_dropped",
+                "Updates not sent because the outgoing queue was full while the link was down",
+                status.dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Shows `link`'s status in `/metrics` and `/health/detailed` (set with the link, by
+    /// [`crate::Forwarder::set_cluster_link`]; only the first link counts, as there).
+    pub(crate) fn watch_cluster(&self, link: Arc<dyn ClusterLink>) {
+        let _ = self.cluster.link.set(link);
+    }
+
+    /// The link to the other instances' status now; `None` without a link.
+    pub fn cluster_status(&self) -> Option<ClusterStatus> {
+        self.cluster.status()
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -1205,9 +1306,9 @@ pub fn respond(
             Response::new(full_body(metrics.render(endpoints, health))),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
-        "/health" => health_response(endpoints, health, false),
+        "/health" => health_response(endpoints, health, metrics.cluster_status(), false),
         "/health/usage-tracker" => usage_tracker_response(metrics.usage_health()),
-        _ => health_response(endpoints, health, true),
+        _ => health_response(endpoints, health, metrics.cluster_status(), true),
     };
     Some(if method == Method::HEAD {
         let (parts, _) = response.into_parts();
@@ -1231,6 +1332,43 @@ struct HealthDetailed<'a> {
     healthy_endpoints: usize,
     total_endpoints: usize,
     endpoints: Vec<EndpointHealthJson>,
+    /// The link to the other instances; absent without `cluster.redis_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterHealthJson>,
+}
+
+/// `/health/detailed`'s `cluster` object: the link's [`ClusterStatus`].
+#[derive(Serialize)]
+struct ClusterHealthJson {
+    backend: &'static str,
+    /// Credentials masked (again: the link masks them already).
+    address: String,
+    connected: bool,
+    /// Since when `connected` has its value (RFC 3339, UTC).
+    since: Option<String>,
+    last_error: Option<String>,
+    fallbacks: u64,
+    reconnects: u64,
+    published: u64,
+    applied: u64,
+    dropped: u64,
+}
+
+impl From<ClusterStatus> for ClusterHealthJson {
+    fn from(status: ClusterStatus) -> Self {
+        ClusterHealthJson {
+            backend: status.backend,
+            address: ccf_config::mask_url_password(&status.address),
+            connected: status.connected,
+            since: status.since.map(rfc3339),
+            last_error: status.last_error,
+            fallbacks: status.fallbacks,
+            reconnects: status.reconnects,
+            published: status.published,
+            applied: status.applied,
+            dropped: status.dropped,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -1283,9 +1421,12 @@ fn endpoint_health(health: &HealthSnapshot, name: &str) -> EndpointHealth {
         .unwrap_or_else(EndpointHealth::unchecked)
 }
 
+/// `/health` and `/health/detailed`: `unhealthy` (503) without a healthy endpoint, `degraded`
+/// with some unhealthy or the link to the other instances down (`cluster`), else `healthy`.
 fn health_response(
     endpoints: &[Arc<Endpoint>],
     health: &HealthSnapshot,
+    cluster: Option<ClusterStatus>,
     detailed: bool,
 ) -> Response<ProxyBody> {
     let snapshots: Vec<(&Arc<Endpoint>, EndpointHealth)> = endpoints
@@ -1294,9 +1435,10 @@ fn health_response(
         .collect();
     let healthy = snapshots.iter().filter(|(_, state)| state.healthy).count();
     let total = snapshots.len();
+    let cluster_down = cluster.as_ref().is_some_and(|cluster| !cluster.connected);
     let status = if healthy == 0 {
         "unhealthy"
-    } else if healthy < total {
+    } else if healthy < total || cluster_down {
         "degraded"
     } else {
         "healthy"
@@ -1322,6 +1464,7 @@ fn health_response(
                     priority: endpoint.priority,
                 })
                 .collect(),
+            cluster: cluster.map(ClusterHealthJson::from),
         })
     } else {
         serde_json::to_vec(&HealthSummary {
@@ -1497,6 +1640,92 @@ mod tests {
             text.contains("ccf_quota_rejected_total{endpoint=\"relay\"} 2"),
             "{text}"
         );
+    }
+
+    /// A link whose status the test sets.
+    struct FakeLink(Mutex<ClusterStatus>);
+
+    impl ClusterLink for FakeLink {
+        fn publish(&self, _update: crate::cluster::SharedUpdate) {}
+        fn key_counters(&self) -> Option<Arc<dyn crate::cluster::SharedKeyCounters>> {
+            None
+        }
+        fn status(&self) -> ClusterStatus {
+            self.0.lock().unwrap().clone()
+        }
+        fn note_fallback(&self) {}
+    }
+
+    fn scrape(metrics: &Metrics) -> String {
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry).expect("encodes");
+        text
+    }
+
+    #[test]
+    fn cluster_series_appear_with_a_link_and_are_read_at_every_scrape() {
+        let metrics = Metrics::new();
+        assert!(!scrape(&metrics).contains("ccf_cluster"));
+        assert_eq!(metrics.cluster_status(), None);
+        let link = Arc::new(FakeLink(Mutex::new(ClusterStatus {
+            backend: "redis",
+            address: "redis://127.0.0.1:6379".to_string(),
+            connected: true,
+            fallbacks: 3,
+            reconnects: 1,
+            published: 40,
+            applied: 12,
+            dropped: 0,
+            ..ClusterStatus::default()
+        })));
+        metrics.watch_cluster(link.clone());
+        let text = scrape(&metrics);
+        for line in [
+            "# TYPE ccf_cluster_connected gauge",
+            "ccf_cluster_connected 1",
+            "# TYPE ccf_cluster_fallbacks counter",
+            "ccf_cluster_fallbacks_total 3",
+            "ccf_cluster_reconnects_total 1",
+            "ccf_cluster_updates_published_total 40",
+            "ccf_cluster_updates_applied_total 12",
+            "ccf_cluster_updates_dropped_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in {text}");
+        }
+        // The next scrape reads the link again: no value is cached.
+        {
+            let mut status = link.0.lock().unwrap();
+            status.connected = false;
+            status.fallbacks = 5;
+            status.dropped = 2;
+        }
+        let text = scrape(&metrics);
+        for line in [
+            "ccf_cluster_connected 0",
+            "ccf_cluster_fallbacks_total 5",
+            "ccf_cluster_updates_dropped_total 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in {text}");
+        }
+        assert_eq!(text.matches("# TYPE ccf_cluster_connected").count(), 1);
+    }
+
+    #[test]
+    fn cluster_health_json_masks_a_password_left_in_the_address() {
+        let json = ClusterHealthJson::from(ClusterStatus {
+            backend: "redis",
+            address: "rediss://user:hunter2-password@redis.internal:6380/0".to_string(),
+            since: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_136_171_123)),
+            ..ClusterStatus::default()
+        });
+        assert_eq!(json.address, "rediss://user:***@redis.internal:6380/0");
+        assert_eq!(json.since.as_deref(), Some("2025-11-26T05:49:31.123Z"));
+        // An address the link masked already stays as it is.
+        let masked = ClusterHealthJson::from(ClusterStatus {
+            address: json.address.clone(),
+            ..ClusterStatus::default()
+        });
+        assert_eq!(masked.address, json.address);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ccf_config::Config;
 use ccf_health::HealthSnapshot;
 use ccf_lifecycle::{RequestId, RequestRecord};
+use ccf_proxy::cluster::ClusterStatus;
 use ccf_proxy::key_limits::KeyLimitView;
 use ccf_proxy::{Forwarder, ForwarderEvent};
 use ccf_router::{EndpointQuotaView, EndpointView, GroupView};
@@ -143,6 +144,8 @@ pub struct Snapshot {
     /// Every webhook receiver's delivery counters (`webhooks:`), in configuration order; empty
     /// until the dispatcher runs.
     pub webhooks: Vec<WebhookStats>,
+    /// The link to the other instances (`cluster.redis_url`); `None` without one.
+    pub cluster: Option<ClusterStatus>,
 }
 
 impl Snapshot {
@@ -157,6 +160,7 @@ impl Snapshot {
             quota: forwarder.quota(),
             key_limits: forwarder.key_limit_views(),
             webhooks: Vec::new(),
+            cluster: forwarder.cluster_status(),
         }
     }
 

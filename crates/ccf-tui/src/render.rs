@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use ccf_config::Config;
 use ccf_lifecycle::{AttemptOutcome, RequestRecord, Status};
+use ccf_proxy::cluster::ClusterStatus;
 use ccf_proxy::key_limits::KeyLimitView;
 use ccf_proxy::BudgetPeriod;
 use ccf_router::GroupStatus;
@@ -125,13 +126,18 @@ impl App {
         let keys = self.limited_keys();
         let keys_height = panel_height(keys.len());
         let webhooks_height = panel_height(self.snapshot.webhooks.len());
-        let [top, keys_area, webhooks_area, bottom] = Layout::vertical([
+        let cluster_height = u16::from(self.snapshot.cluster.is_some());
+        let [top, cluster_area, keys_area, webhooks_area, bottom] = Layout::vertical([
             Constraint::Length(10),
+            Constraint::Length(cluster_height),
             Constraint::Length(keys_height),
             Constraint::Length(webhooks_height),
             Constraint::Min(3),
         ])
         .areas(area);
+        if let Some(cluster) = &self.snapshot.cluster {
+            frame.render_widget(Paragraph::new(cluster_line(cluster)), cluster_area);
+        }
         if !keys.is_empty() {
             self.render_key_limits(frame, keys_area, &keys);
         }
@@ -953,6 +959,61 @@ fn trail_lines(record: &RequestRecord) -> Vec<Line<'static>> {
     lines
 }
 
+/// The Overview's line about the link to the other instances (`cluster.redis_url`): the
+/// backend's state in colour, then the details an operator acts on.
+fn cluster_line(status: &ClusterStatus) -> Line<'static> {
+    let (state, details) = cluster_text(status);
+    let colour = if status.connected {
+        Color::Green
+    } else {
+        Color::Red
+    };
+    let mut spans = vec![Span::styled(
+        format!(" {state}"),
+        Style::new().bold().fg(colour),
+    )];
+    if !details.is_empty() {
+        spans.push(Span::raw(format!(" · {details}")));
+    }
+    Line::from(spans)
+}
+
+/// `Redis: connected` or `Redis: down, local state since 12:03:04`, and the details after it:
+/// the address, the last error while down, and the counters that are not zero.
+pub(crate) fn cluster_text(status: &ClusterStatus) -> (String, String) {
+    let mut backend = match status.backend {
+        "" => "cluster".to_string(),
+        named => named.to_string(),
+    };
+    if let Some(first) = backend.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    let state = match (status.connected, status.since) {
+        (true, _) => format!("{backend}: connected"),
+        (false, Some(since)) => format!("{backend}: down, local state since {}", clock_time(since)),
+        (false, None) => format!("{backend}: down, local state"),
+    };
+    let mut details = vec![display_url(&status.address)];
+    if !status.connected {
+        if let Some(error) = &status.last_error {
+            details.push(error.clone());
+        }
+    }
+    for (count, word) in [
+        (status.fallbacks, "fallbacks"),
+        (status.reconnects, "reconnects"),
+        (status.published, "sent"),
+        (status.applied, "applied"),
+        (status.dropped, "dropped"),
+    ] {
+        if count > 0 {
+            details.push(format!("{} {word}", format_count(count)));
+        }
+    }
+    details.retain(|detail| !detail.is_empty());
+    (state, details.join(" · "))
+}
+
 /// Local wall-clock time `HH:MM:SS`.
 fn clock_time(time: SystemTime) -> String {
     chrono::DateTime::<chrono::Local>::from(time)
@@ -1309,6 +1370,12 @@ pub(crate) fn config_lines(config: &Config) -> Vec<String> {
             lines.push(format!("    secret: {}", secret(webhook.secret.as_ref())));
         }
     }
+    if let Some(url) = &config.cluster.redis_url {
+        lines.push("cluster:".to_string());
+        lines.push(format!("  redis_url: {}", display_url(url.expose())));
+        lines.push(format!("  redis_prefix: {}", config.cluster.redis_prefix));
+        lines.push(format!("  redis_timeout: {}", config.cluster.redis_timeout));
+    }
     lines.push("usage_tracking:".to_string());
     lines.push(format!("  enabled: {}", config.usage_tracking.enabled));
     match &config.usage_tracking.database {
@@ -1376,6 +1443,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_cluster_line_says_connected_or_down_and_masks_the_address() {
+        let status = ClusterStatus {
+            backend: "redis",
+            address: "rediss://user:pass-word-1@redis.internal:6380/0".to_string(),
+            connected: true,
+            since: Some(SystemTime::now()),
+            last_error: Some("an old error".to_string()),
+            published: 1_234,
+            applied: 56,
+            ..ClusterStatus::default()
+        };
+        assert_eq!(
+            cluster_text(&status),
+            (
+                "Redis: connected".to_string(),
+                "rediss://***@redis.internal:6380/0 · 1,234 sent · 56 applied".to_string()
+            )
+        );
+        let since = SystemTime::now();
+        let down = ClusterStatus {
+            connected: false,
+            since: Some(since),
+            dropped: 2,
+            ..status.clone()
+        };
+        assert_eq!(
+            cluster_text(&down).0,
+            format!("Redis: down, local state since {}", clock_time(since))
+        );
+        assert!(cluster_text(&down).1.contains("an old error · "));
+        assert!(cluster_text(&down).1.ends_with("2 dropped"));
+        let unknown = ClusterStatus {
+            since: None,
+            backend: "",
+            ..down
+        };
+        assert_eq!(cluster_text(&unknown).0, "Cluster: down, local state");
+    }
+
+    #[test]
     fn formats_numbers_for_people() {
         assert_eq!(format_duration(Duration::from_millis(850)), "850ms");
         assert_eq!(format_duration(Duration::from_millis(1250)), "1.25s");
@@ -1415,6 +1522,23 @@ mod tests {
         ] {
             assert!(!lines.contains(secret), "{secret} shown in\n{lines}");
         }
+    }
+
+    #[test]
+    fn the_cluster_section_is_listed_with_the_redis_password_masked() {
+        let config = Config::from_yaml_str(
+            "cluster:\n  redis_url: rediss://default:redis-pass-4242@redis.internal:6380/0\n  redis_prefix: team-a\nendpoints:\n  - name: relay\n    url: https://relay.example\n",
+        )
+        .unwrap();
+        let lines = config_lines(&config).join("\n");
+        let expected = "cluster:\n  redis_url: rediss://***@redis.internal:6380/0\n  redis_prefix: team-a\n  redis_timeout: 50ms";
+        assert!(lines.contains(expected), "missing {expected:?} in\n{lines}");
+        assert!(!lines.contains("redis-pass-4242"), "{lines}");
+        // Without a Redis URL there is no section.
+        let plain =
+            Config::from_yaml_str("endpoints:\n  - name: relay\n    url: https://relay.example\n")
+                .unwrap();
+        assert!(!config_lines(&plain).join("\n").contains("cluster:"));
     }
 
     #[test]

@@ -1009,3 +1009,77 @@ endpoints:
     }
     task.stop().await;
 }
+
+/// A link to the other instances whose status the test sets.
+struct FakeClusterLink(std::sync::Mutex<ccf_proxy::cluster::ClusterStatus>);
+
+impl ccf_proxy::cluster::ClusterLink for FakeClusterLink {
+    fn publish(&self, _update: ccf_proxy::cluster::SharedUpdate) {
+        self.0.lock().unwrap().published += 1;
+    }
+
+    fn key_counters(&self) -> Option<Arc<dyn ccf_proxy::cluster::SharedKeyCounters>> {
+        None
+    }
+
+    fn status(&self) -> ccf_proxy::cluster::ClusterStatus {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn note_fallback(&self) {
+        self.0.lock().unwrap().fallbacks += 1;
+    }
+}
+
+#[tokio::test]
+async fn overview_shows_one_line_for_the_cluster_link_connected_or_down() {
+    let fixture = Fixture::new(false).await;
+    // No link: no line.
+    let mut app = fixture.app();
+    let text_before = text(&screen(&app, 120, 24));
+    assert!(!text_before.contains("Redis"), "{text_before}");
+
+    let link = Arc::new(FakeClusterLink(std::sync::Mutex::new(
+        ccf_proxy::cluster::ClusterStatus {
+            backend: "redis",
+            address: "redis://default:redis-password-31337@10.0.0.5:6379".to_string(),
+            connected: true,
+            since: Some(SystemTime::now()),
+            ..ccf_proxy::cluster::ClusterStatus::default()
+        },
+    )));
+    assert!(fixture.forwarder.set_cluster_link(link.clone()));
+    fixture.refresh(&mut app);
+    let lines = screen(&app, 120, 24);
+    let line = lines
+        .iter()
+        .find(|line| line.contains("Redis:"))
+        .unwrap_or_else(|| panic!("no Redis line in\n{}", text(&lines)));
+    assert_eq!(line, " Redis: connected · redis://***@10.0.0.5:6379");
+    // The line sits between the three panels and the request-rate chart.
+    let at = lines.iter().position(|l| l == line).unwrap();
+    assert!(lines[at - 1].starts_with('└'), "{}", text(&lines));
+    assert!(lines[at + 1].starts_with('┌'), "{}", text(&lines));
+
+    let lost = SystemTime::now();
+    {
+        let mut status = link.0.lock().unwrap();
+        status.connected = false;
+        status.since = Some(lost);
+        status.last_error = Some("connection refused".to_string());
+        status.fallbacks = 12;
+        status.reconnects = 3;
+    }
+    fixture.refresh(&mut app);
+    let lines = screen(&app, 160, 24);
+    let clock = chrono::DateTime::<chrono::Local>::from(lost)
+        .format("%H:%M:%S")
+        .to_string();
+    assert_shows(
+        &lines,
+        &[&format!(
+            " Redis: down, local state since {clock} · redis://***@10.0.0.5:6379 · connection refused · 12 fallbacks · 3 reconnects"
+        )],
+    );
+    assert!(!text(&lines).contains("redis-password-31337"));
+}

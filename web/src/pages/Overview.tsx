@@ -3,10 +3,11 @@ import type { ChartConfiguration } from "chart.js";
 import { getJson } from "../api";
 import { ChartView, PALETTE } from "../chart";
 import { ErrorBox } from "../App";
-import { ms, num, pct, usd } from "../format";
+import { clusterView, type ClusterView } from "../cluster";
+import { ms, num, pct, time, usd } from "../format";
 import { useT } from "../i18n";
 import { REQUEST_FINAL_TOPIC, useInterval, useLive, useLoad, useThrottledTopic, useTopic } from "../store";
-import { Card, Stat, todayStartIso } from "./common";
+import { Badge, Card, Stat, todayStartIso } from "./common";
 
 interface Sample {
   at: number;
@@ -52,6 +53,9 @@ export function Overview() {
   const trends = useLoad(() => getJson("/api/v1/chart/request-trends?minutes=30"), [chartTopic, slow], 1000);
   const latency = useLoad(() => getJson("/api/v1/chart/response-times?minutes=30"), [chartTopic, slow], 1000);
   const live = useLive((s) => s.connections);
+  // The stream's `status` event (every 10 s) is fresher than the 30 s fetch: the link to the
+  // other instances shows the newer of the two.
+  const liveStatus = useLive((s) => s.status);
 
   // Request rate and error rate over the last minute, from successive totals.
   const samples = useRef<Sample[]>([]);
@@ -80,6 +84,7 @@ export function Overview() {
   const day = today.data?.data ?? {};
   const s = status.data ?? {};
   const version = typeof s.version === "string" ? s.version : s.version?.version;
+  const cluster = clusterView(status.data, liveStatus);
 
   const trendConfig = useMemo(() => recolor(trends.data), [trends.data]);
   const latencyConfig = useMemo(() => recolor(latency.data), [latency.data]);
@@ -95,6 +100,7 @@ export function Overview() {
         <Stat testId="stat-cost" label={t("overview.costToday")} value={usd(day.total_cost_usd)} />
         <Stat testId="stat-active-group" label={t("overview.activeGroup")} value={activeGroup} sub={`${t("overview.uptime")}: ${s.uptime ?? "–"}`} tone="accent" />
       </div>
+      {cluster && <ClusterCard cluster={cluster} />}
       <div className="grid2">
         <Card title={t("overview.trend")}>
           <ChartView config={trendConfig} label={t("overview.trend")} />
@@ -121,5 +127,48 @@ export function Overview() {
         </dl>
       </Card>
     </div>
+  );
+}
+
+/** The link to the other instances (cluster.redis_url); shown only when one is configured. */
+function ClusterCard({ cluster }: { cluster: ClusterView }) {
+  const t = useT();
+  const connected = cluster.state === "connected";
+  return (
+    <Card
+      testId="cluster-card"
+      title={`${t("cluster.title")} · ${cluster.backend}`}
+      actions={
+        <Badge
+          status={cluster.state}
+          tone={connected ? "ok" : "bad"}
+          label={connected ? t("cluster.connected") : t("cluster.fallback")}
+        />
+      }
+    >
+      {!connected && <div className="warning">{t("cluster.fallbackHint", { backend: cluster.backend })}</div>}
+      <dl className="kv">
+        <dt>{t("cluster.address")}</dt>
+        <dd>{cluster.address || "–"}</dd>
+        <dt>{t("cluster.since")}</dt>
+        <dd>{time(cluster.since)}</dd>
+        {cluster.lastError && (
+          <>
+            <dt>{t("cluster.lastError")}</dt>
+            <dd className={connected ? "" : "bad-text"}>{cluster.lastError}</dd>
+          </>
+        )}
+        <dt>{t("cluster.fallbacks")}</dt>
+        <dd>{num(cluster.fallbacks)}</dd>
+        <dt>{t("cluster.reconnects")}</dt>
+        <dd>{num(cluster.reconnects)}</dd>
+        <dt>{t("cluster.published")}</dt>
+        <dd>{num(cluster.published)}</dd>
+        <dt>{t("cluster.applied")}</dt>
+        <dd>{num(cluster.applied)}</dd>
+        <dt>{t("cluster.dropped")}</dt>
+        <dd className={cluster.dropped > 0 ? "bad-text" : ""}>{num(cluster.dropped)}</dd>
+      </dl>
+    </Card>
   );
 }

@@ -10,7 +10,7 @@
 //! word.
 //!
 //! One file per area: [`groups`] (groups and endpoints), [`routing`] (affinity, quota, honesty),
-//! [`keys`] (inbound API keys' limits and usage),
+//! [`keys`] (inbound API keys' limits and usage), [`cluster`] (the link to the other instances),
 //! [`usage`] (request rows, stats buckets, summary rows, prices), [`events`] (the live stream's
 //! router events, request events, log lines and chart minutes, and the reload status).
 //!
@@ -24,6 +24,7 @@
 //! JSON objects are emitted through `serde_json::Value` (no `preserve_order`): keys come out
 //! sorted, whatever the field order of a struct here.
 
+pub(crate) mod cluster;
 pub(crate) mod events;
 pub(crate) mod groups;
 pub(crate) mod keys;

@@ -477,3 +477,40 @@ impl SseReader {
         }
     }
 }
+
+/// A link to the other instances (`cluster.redis_url`) whose status the test sets, installed with
+/// `Forwarder::set_cluster_link`; it counts what the engine publishes, as a real link does.
+pub struct FakeClusterLink {
+    status: std::sync::Mutex<ccf_proxy::cluster::ClusterStatus>,
+}
+
+impl FakeClusterLink {
+    pub fn new(status: ccf_proxy::cluster::ClusterStatus) -> Arc<FakeClusterLink> {
+        Arc::new(FakeClusterLink {
+            status: std::sync::Mutex::new(status),
+        })
+    }
+
+    /// Changes the status the link reports.
+    pub fn set(&self, change: impl FnOnce(&mut ccf_proxy::cluster::ClusterStatus)) {
+        change(&mut self.status.lock().expect("status lock"));
+    }
+}
+
+impl ccf_proxy::cluster::ClusterLink for FakeClusterLink {
+    fn publish(&self, _update: ccf_proxy::cluster::SharedUpdate) {
+        self.status.lock().expect("status lock").published += 1;
+    }
+
+    fn key_counters(&self) -> Option<Arc<dyn ccf_proxy::cluster::SharedKeyCounters>> {
+        None
+    }
+
+    fn status(&self) -> ccf_proxy::cluster::ClusterStatus {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    fn note_fallback(&self) {
+        self.status.lock().expect("status lock").fallbacks += 1;
+    }
+}

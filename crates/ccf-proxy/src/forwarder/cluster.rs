@@ -30,6 +30,7 @@ impl Forwarder {
     pub fn set_cluster_link(&self, link: Arc<dyn ClusterLink>) -> bool {
         let installed = self.shared.cluster_link.set(Arc::clone(&link)).is_ok();
         if installed {
+            self.shared.metrics.watch_cluster(Arc::clone(&link));
             self.shared.key_limits.set_cluster_link(link);
         }
         installed
