@@ -1,0 +1,49 @@
+//! The link's side of the per-key counters (`keys.rs`): what the link needs from them, as the
+//! [`KeyStore`] trait, and the one place they are made ([`key_store`]).
+//!
+//! The counters themselves (shared rate windows, concurrency leases, spend totals, all Lua
+//! scripts on Redis) live in `keys.rs`; the link only hands them to the engine while Redis is
+//! reachable (`ClusterLink::key_counters`), runs their lease refresh, and lets the writer add a
+//! key's spend to the shared totals before publishing the totals instead of the local amount.
+
+use std::sync::Arc;
+
+use ccf_proxy::cluster::{SharedKeyCounters, SharedUpdate};
+use futures_util::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use tokio::task::JoinHandle;
+
+use crate::names::Names;
+
+/// What the link needs from the per-key counters.
+pub(crate) trait KeyStore: Send + Sync {
+    /// The counters the engine asks on the request path.
+    fn counters(&self) -> Arc<dyn SharedKeyCounters>;
+
+    /// Adds a `Spend` update's amount to the key's shared day and month totals (the first
+    /// instance seeds them with its local totals) and returns the totals as a `Spend` to publish
+    /// instead (`None`: publish the local update as it is).
+    fn record_spend<'a>(
+        &'a self,
+        update: &'a SharedUpdate,
+    ) -> BoxFuture<'a, Result<Option<SharedUpdate>, redis::RedisError>>;
+
+    /// Starts the task that extends this instance's live concurrency leases.
+    fn spawn_lease_refresh(&self) -> Option<JoinHandle<()>>;
+}
+
+/// The per-key counters on `manager` under `names`, for instance `instance`.
+///
+/// Until `keys::RedisKeyCounters` lands this is `None`: no shared per-key counters (the engine
+/// keeps its local limits) and a key's spend is published as the local totals (applied as a
+/// maximum by the others). Plugging them in is this body plus an `impl KeyStore` forwarding to
+/// `RedisKeyCounters` (`counters`: an `Arc` of it; `record_spend`: `Box::pin` of its
+/// `record_spend`; `spawn_lease_refresh`: `Some` of its handle).
+pub(crate) fn key_store(
+    manager: &ConnectionManager,
+    names: &Names,
+    instance: &str,
+) -> Option<Arc<dyn KeyStore>> {
+    let _ = (manager, names, instance);
+    None
+}

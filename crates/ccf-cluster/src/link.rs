@@ -1,0 +1,374 @@
+//! [`RedisCluster`]: the engine's `ClusterLink` on Redis, and [`ClusterTask`], its running tasks.
+//!
+//! Shape: [`RedisCluster::new`] checks the URL and prepares the connections without touching
+//! the network (an unreachable Redis never stops an instance from starting);
+//! [`RedisCluster::start`] installs the link in the forwarder and spawns two tasks, the writer
+//! (`writer.rs`: outbox -> Redis) and the supervisor (`subscriber.rs`: connection, reconcile,
+//! Redis -> forwarder), then waits a bounded moment for the first reconcile so a starting
+//! instance routes with what the others know; [`ClusterTask::stop`] flushes and ends them.
+//!
+//! Connections: commands go through one `redis::aio::ConnectionManager` (multiplexed,
+//! reconnecting by itself), each call bounded by a timeout; the subscription is its own
+//! connection, made again by the supervisor. The request path only ever touches the outbox
+//! (`publish`) and an atomic (`key_counters`, `status`).
+
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ccf_config::ClusterConfig;
+use ccf_proxy::cluster::{ClusterLink, ClusterStatus, SharedKeyCounters, SharedUpdate};
+use ccf_proxy::Forwarder;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::counters::{key_store, KeyStore};
+use crate::error::ClusterError;
+use crate::names::Names;
+use crate::operator::{OperatorNotifier, RedisSharedState};
+use crate::outbox::{Outbox, Outgoing, OUTBOX_CAPACITY};
+use crate::status::LinkState;
+use crate::subscriber::Supervisor;
+use crate::writer::{Writer, COMMAND_TIMEOUT, FLUSH_TIMEOUT};
+
+/// Longest [`RedisCluster::start`] waits for the first reconcile.
+pub const START_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for one connection attempt of the command connection.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the link's parts share: names, state, outbox, counters.
+pub(crate) struct Link {
+    /// Key and channel names under the prefix.
+    pub(crate) names: Names,
+    /// This process on the channels: the instance id and a per-process nonce.
+    pub(crate) sender: String,
+    /// Connected or not, counters, last error.
+    pub(crate) state: LinkState,
+    /// Updates waiting for the writer.
+    pub(crate) outbox: Outbox,
+    /// The per-key counters, when available (`counters.rs`).
+    pub(crate) key_store: Option<Arc<dyn KeyStore>>,
+    /// Bumped when another instance changed the operator state (see `OperatorNotifier`).
+    pub(crate) operator_changes: watch::Sender<u64>,
+    /// The writer saw a batch fail: the supervisor checks the link at once.
+    pub(crate) check_now: Notify,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("address", &self.state.address())
+            .field("prefix", &self.names.prefix())
+            .field("sender", &self.sender)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterLink for Link {
+    fn publish(&self, update: SharedUpdate) {
+        self.outbox.push(Outgoing::Update(update));
+    }
+
+    fn key_counters(&self) -> Option<Arc<dyn SharedKeyCounters>> {
+        if !self.state.is_connected() {
+            return None;
+        }
+        self.key_store.as_ref().map(|store| store.counters())
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let mut status = self.state.status();
+        status.dropped = self.outbox.dropped();
+        status
+    }
+
+    fn note_fallback(&self) {
+        self.state.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The Redis link of one instance, prepared but not running (see the module docs).
+pub struct RedisCluster {
+    link: Arc<Link>,
+    client: redis::Client,
+    manager: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCluster")
+            .field("address", &self.link.state.address())
+            .field("prefix", &self.link.names.prefix())
+            .field("sender", &self.link.sender)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCluster {
+    /// Checks `config.redis_url` and prepares the connections for instance `instance_id`.
+    /// Never fails because Redis is down: nothing connects before [`RedisCluster::start`].
+    /// Must be called inside a Tokio runtime.
+    pub fn new(config: &ClusterConfig, instance_id: &str) -> Result<RedisCluster, ClusterError> {
+        let url = config.redis_url.as_ref().ok_or(ClusterError::NoUrl)?;
+        let url = url.expose().trim();
+        let address = ccf_config::mask_url_password(url);
+        let secrets = url_secrets(url);
+        let masked = |text: String| {
+            secrets
+                .iter()
+                .fold(text, |text, secret| text.replace(secret.as_str(), "***"))
+        };
+        let client = redis::Client::open(url).map_err(|error| ClusterError::InvalidUrl {
+            url: address.clone(),
+            message: masked(error.to_string()),
+        })?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ClusterError::NoRuntime);
+        }
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            // One quick retry inside the manager; the supervisor paces the rest.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|error| ClusterError::InvalidUrl {
+                url: address.clone(),
+                message: masked(error.to_string()),
+            })?;
+        let names = Names::new(&config.redis_prefix);
+        let key_store = key_store(&manager, &names, instance_id);
+        let link = Arc::new(Link {
+            names,
+            sender: format!("{instance_id}#{:016x}", process_nonce()),
+            state: LinkState::new(address, secrets),
+            outbox: Outbox::new(OUTBOX_CAPACITY),
+            key_store,
+            operator_changes: watch::channel(0).0,
+            check_now: Notify::new(),
+        });
+        Ok(RedisCluster {
+            link,
+            client,
+            manager,
+        })
+    }
+
+    /// The operator state on Redis (`ccf_store::SharedState`), for deployments where no MySQL
+    /// store holds `cluster_state`.
+    pub fn shared_state(&self) -> Arc<dyn ccf_store::SharedState> {
+        Arc::new(RedisSharedState::new(
+            self.manager.clone(),
+            Arc::clone(&self.link),
+        ))
+    }
+
+    /// Says and hears "operator state changed" (see [`OperatorNotifier`]).
+    pub fn operator_notifier(&self) -> OperatorNotifier {
+        OperatorNotifier::new(Arc::clone(&self.link))
+    }
+
+    /// The link as the engine sees it, for status before [`RedisCluster::start`].
+    pub fn status(&self) -> ClusterStatus {
+        self.link.status()
+    }
+
+    /// Installs the link in `forwarder`, starts the writer and the supervisor, and waits up to
+    /// [`START_WAIT`] for the first connection and reconcile (Redis down: it goes on at once
+    /// after that wait, on local state, and catches up when Redis is reachable).
+    pub async fn start(self, forwarder: Forwarder) -> ClusterTask {
+        let link: Arc<dyn ClusterLink> = Arc::clone(&self.link) as Arc<dyn ClusterLink>;
+        if !forwarder.set_cluster_link(link) {
+            warn!("cluster: the forwarder already has a cluster link; this one only writes");
+        }
+        let stop_supervisor = CancellationToken::new();
+        let stop_writer = CancellationToken::new();
+        let mut connected = self.link.state.watch();
+        let supervisor = tokio::spawn(
+            Supervisor {
+                link: Arc::clone(&self.link),
+                client: self.client.clone(),
+                manager: self.manager.clone(),
+                forwarder: forwarder.clone(),
+            }
+            .run(stop_supervisor.clone()),
+        );
+        let writer = tokio::spawn(
+            Writer {
+                link: Arc::clone(&self.link),
+                manager: self.manager.clone(),
+                forwarder,
+            }
+            .run(stop_writer.clone()),
+        );
+        let lease_refresh = self
+            .link
+            .key_store
+            .as_ref()
+            .and_then(|store| store.spawn_lease_refresh());
+        let _ = tokio::time::timeout(START_WAIT, connected.wait_for(|up| *up)).await;
+        ClusterTask {
+            link: self.link,
+            stop_supervisor,
+            stop_writer,
+            supervisor,
+            writer,
+            lease_refresh,
+        }
+    }
+}
+
+/// The running link; [`ClusterTask::stop`] flushes queued updates and ends its tasks.
+#[derive(Debug)]
+pub struct ClusterTask {
+    link: Arc<Link>,
+    stop_supervisor: CancellationToken,
+    stop_writer: CancellationToken,
+    supervisor: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    lease_refresh: Option<JoinHandle<()>>,
+}
+
+impl ClusterTask {
+    /// How the link is doing now.
+    pub fn status(&self) -> ClusterStatus {
+        self.link.status()
+    }
+
+    /// Messages from the channels that could not be read (garbled or of an unknown kind).
+    pub fn ignored_messages(&self) -> u64 {
+        self.link.state.ignored.load(Ordering::Relaxed)
+    }
+
+    /// Flushes the queued updates (bounded by about two seconds), then stops every task and
+    /// waits for them.
+    pub async fn stop(self) {
+        self.stop_writer.cancel();
+        // The writer's own flush is bounded; this only guards against a hang.
+        let writer = self.writer;
+        if tokio::time::timeout(FLUSH_TIMEOUT * 2, writer)
+            .await
+            .is_err()
+        {
+            warn!("cluster: the writer did not stop in time");
+        }
+        self.stop_supervisor.cancel();
+        let _ = self.supervisor.await;
+        if let Some(refresh) = self.lease_refresh {
+            refresh.abort();
+            let _ = refresh.await;
+        }
+        self.link.state.down("stopped");
+    }
+}
+
+/// The password of `url`, as written and percent-decoded (both forms may appear in errors).
+fn url_secrets(url: &str) -> Vec<String> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Vec::new();
+    };
+    let Some(password) = parsed.password() else {
+        return Vec::new();
+    };
+    let mut secrets = vec![password.to_string()];
+    if let Ok(decoded) = percent_decode(password) {
+        if decoded != password {
+            secrets.push(decoded);
+        }
+    }
+    secrets
+}
+
+/// `%XX` sequences decoded (the URL crate keeps the password encoded).
+fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        let hex = bytes
+            .get(index + 1..index + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (byte, hex) {
+            (b'%', Some(value)) => {
+                out.push(value);
+                index += 3;
+            }
+            _ => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+}
+
+/// A number that differs between processes (and between links of one process).
+fn process_nonce() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one((
+        SystemTime::now(),
+        std::process::id(),
+        std::thread::current().id(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ccf_types::Secret;
+
+    fn config(url: &str) -> ClusterConfig {
+        ClusterConfig {
+            redis_url: Some(Secret::new(url.to_string())),
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_password_is_found_in_both_forms() {
+        assert_eq!(
+            url_secrets("redis://user:p%40ss@host:6379/0"),
+            vec!["p%40ss".to_string(), "p@ss".to_string()]
+        );
+        assert!(url_secrets("redis://host:6379").is_empty());
+        assert_eq!(percent_decode("a%2Fb%zz").unwrap(), "a/b%zz");
+    }
+
+    #[tokio::test]
+    async fn a_url_is_checked_without_connecting_and_shown_masked() {
+        // Nothing listens on port 1: new() still succeeds (it does not connect).
+        let cluster = RedisCluster::new(&config("redis://default:hunter22@127.0.0.1:1/0"), "a")
+            .expect("prepared without connecting");
+        let status = cluster.status();
+        assert!(!status.connected);
+        assert_eq!(status.address, "redis://default:***@127.0.0.1:1/0");
+        assert!(!format!("{cluster:?}").contains("hunter22"));
+
+        let tls = RedisCluster::new(&config("rediss://default:hunter22@127.0.0.1:1"), "a")
+            .expect("rediss:// is accepted");
+        assert!(tls.status().address.starts_with("rediss://"));
+
+        let error = RedisCluster::new(&config("http://default:hunter22@127.0.0.1:1"), "a")
+            .expect_err("not a Redis URL");
+        assert!(
+            matches!(error, ClusterError::InvalidUrl { .. }),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains("hunter22"), "{error}");
+        assert!(matches!(
+            RedisCluster::new(&ClusterConfig::default(), "a"),
+            Err(ClusterError::NoUrl)
+        ));
+    }
+
+    #[test]
+    fn outside_a_runtime_it_says_so_instead_of_panicking() {
+        let error = RedisCluster::new(&config("redis://127.0.0.1:1"), "a").expect_err("no runtime");
+        assert!(matches!(error, ClusterError::NoRuntime), "{error:?}");
+    }
+}
