@@ -47,3 +47,81 @@ pub(crate) fn key_store(
     let _ = (manager, names, instance);
     None
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use ccf_proxy::cluster::{RateAdmission, SharedSlot, SharedUnavailable};
+
+    use super::*;
+
+    /// Key counters that answer nothing, and a spend ledger that counts its calls and says the
+    /// day's total is 10 and the month's 100.
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeStore {
+        pub(crate) spends: AtomicUsize,
+    }
+
+    impl FakeStore {
+        pub(crate) fn new() -> Arc<FakeStore> {
+            Arc::new(FakeStore::default())
+        }
+    }
+
+    impl SharedKeyCounters for FakeStore {
+        fn admit_rate<'a>(
+            &'a self,
+            _key: &'a str,
+            _limit: u32,
+        ) -> BoxFuture<'a, Result<RateAdmission, SharedUnavailable>> {
+            Box::pin(async { Err(SharedUnavailable("fake".into())) })
+        }
+
+        fn acquire_slot<'a>(
+            &'a self,
+            _key: &'a str,
+            _limit: u32,
+        ) -> BoxFuture<'a, Result<Option<SharedSlot>, SharedUnavailable>> {
+            Box::pin(async { Err(SharedUnavailable("fake".into())) })
+        }
+    }
+
+    impl KeyStore for FakeStore {
+        fn counters(&self) -> Arc<dyn SharedKeyCounters> {
+            Arc::new(FakeStore::default())
+        }
+
+        fn record_spend<'a>(
+            &'a self,
+            update: &'a SharedUpdate,
+        ) -> BoxFuture<'a, Result<Option<SharedUpdate>, redis::RedisError>> {
+            self.spends.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                let SharedUpdate::Spend {
+                    key,
+                    at,
+                    day_start,
+                    month_start,
+                    ..
+                } = update
+                else {
+                    return Ok(None);
+                };
+                Ok(Some(SharedUpdate::Spend {
+                    key: key.clone(),
+                    usd: 0.0,
+                    at: *at,
+                    day_start: *day_start,
+                    day_usd: 10.0,
+                    month_start: *month_start,
+                    month_usd: 100.0,
+                }))
+            })
+        }
+
+        fn spawn_lease_refresh(&self) -> Option<JoinHandle<()>> {
+            None
+        }
+    }
+}

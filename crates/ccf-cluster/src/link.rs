@@ -91,6 +91,22 @@ impl ClusterLink for Link {
     }
 }
 
+#[cfg(test)]
+impl Link {
+    /// A link under `prefix` with these key counters, disconnected, for unit tests.
+    pub(crate) fn for_tests(prefix: &str, key_store: Option<Arc<dyn KeyStore>>) -> Arc<Link> {
+        Arc::new(Link {
+            names: Names::new(prefix),
+            sender: format!("test#{:016x}", process_nonce()),
+            state: LinkState::new("redis://127.0.0.1:6379".into(), Vec::new()),
+            outbox: Outbox::new(OUTBOX_CAPACITY),
+            key_store,
+            operator_changes: watch::channel(0).0,
+            check_now: Notify::new(),
+        })
+    }
+}
+
 /// The Redis link of one instance, prepared but not running (see the module docs).
 pub struct RedisCluster {
     link: Arc<Link>,
@@ -327,6 +343,24 @@ mod tests {
             redis_url: Some(Secret::new(url.to_string())),
             ..ClusterConfig::default()
         }
+    }
+
+    #[test]
+    fn key_counters_are_offered_only_while_connected() {
+        let link = Link::for_tests(
+            "ccf-test-unit",
+            Some(crate::counters::tests::FakeStore::new()),
+        );
+        assert!(link.key_counters().is_none());
+        link.state.up();
+        assert!(link.key_counters().is_some());
+        link.state.down("lost");
+        assert!(link.key_counters().is_none());
+        assert!(Link::for_tests("ccf-test-unit", None)
+            .key_counters()
+            .is_none());
+        link.note_fallback();
+        assert_eq!(link.status().fallbacks, 1);
     }
 
     #[test]

@@ -445,6 +445,142 @@ mod tests {
         );
     }
 
+    /// A writer on the real Redis under a fresh prefix, with the fake key counters.
+    async fn writer(store: Arc<crate::counters::tests::FakeStore>) -> (Writer, String) {
+        let prefix = format!("ccf-test-{:016x}", {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(SystemTime::now())
+        });
+        let link = Link::for_tests(&prefix, Some(store));
+        let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+        let manager = ConnectionManager::new(client).await.unwrap();
+        let config = ccf_config::Config::from_yaml_str(
+            "routing:\n  affinity_ttl: 90s\nendpoints:\n  - name: a\n    url: http://127.0.0.1:9\n    token: t\n",
+        )
+        .unwrap();
+        let forwarder = Forwarder::build(Arc::new(config)).unwrap();
+        (
+            Writer {
+                link,
+                manager,
+                forwarder,
+            },
+            prefix,
+        )
+    }
+
+    async fn delete_prefix(manager: &mut ConnectionManager, prefix: &str) {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(manager)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(manager)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spend_is_added_once_and_its_totals_are_published() {
+        let store = crate::counters::tests::FakeStore::new();
+        let (mut writer, prefix) = writer(Arc::clone(&store)).await;
+        let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub
+            .subscribe(writer.link.names.updates_channel())
+            .await
+            .unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_760_000_000);
+        let spend = SharedUpdate::Spend {
+            key: "alice".into(),
+            usd: 0.5,
+            at,
+            day_start: at,
+            day_usd: 2.0,
+            month_start: at,
+            month_usd: 20.0,
+        };
+        let mut batch = vec![Outgoing::Update(spend), bound(7, "a"), bound(7, "b")];
+        writer.send(&mut batch).await.unwrap();
+        // As if the batch had failed after the spend was recorded: sent again, not added again.
+        writer.send(&mut batch).await.unwrap();
+        assert_eq!(store.spends.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(batch.len(), 2, "one binding per session");
+
+        let mut messages = pubsub.on_message();
+        let first = futures_util::StreamExt::next(&mut messages).await.unwrap();
+        let envelope: Envelope = serde_json::from_slice(first.get_payload_bytes()).unwrap();
+        assert_eq!(envelope.from, writer.link.sender);
+        let updates: Vec<SharedUpdate> = envelope
+            .updates
+            .into_iter()
+            .filter_map(WireUpdate::into_update)
+            .collect();
+        assert!(
+            matches!(&updates[0], SharedUpdate::Spend { usd, day_usd, month_usd, .. }
+                if *usd == 0.0 && *day_usd == 10.0 && *month_usd == 100.0),
+            "the totals, not the local amount: {updates:?}"
+        );
+        assert!(
+            matches!(&updates[1], SharedUpdate::SessionBound { endpoint, .. } if endpoint == "b")
+        );
+        drop(messages);
+
+        // The binding's key holds the last endpoint for the affinity TTL.
+        let key = writer.link.names.session(7);
+        let (value, ttl): (String, i64) = redis::pipe()
+            .get(&key)
+            .pttl(&key)
+            .query_async(&mut writer.manager)
+            .await
+            .unwrap();
+        assert!(value.contains(r#""endpoint":"b""#), "{value}");
+        assert!(ttl > 0 && ttl <= 90_000, "{ttl}");
+        delete_prefix(&mut writer.manager, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn a_block_keeps_its_latest_end_and_a_passed_one_writes_nothing() {
+        let (mut writer, prefix) = writer(crate::counters::tests::FakeStore::new()).await;
+        let now = SystemTime::now();
+        let block = |secs: u64| {
+            Outgoing::Update(SharedUpdate::EndpointBlocked {
+                endpoint: "a".into(),
+                until: now + Duration::from_secs(secs),
+            })
+        };
+        let passed = Outgoing::Update(SharedUpdate::GroupCooldown {
+            group: "main".into(),
+            until: now - Duration::from_secs(1),
+        });
+        writer.send(&mut vec![block(600), passed]).await.unwrap();
+        writer.send(&mut vec![block(60)]).await.unwrap();
+        let key = writer.link.names.block("a");
+        let (value, ttl): (u64, i64) = redis::pipe()
+            .get(&key)
+            .pttl(&key)
+            .query_async(&mut writer.manager)
+            .await
+            .unwrap();
+        assert_eq!(
+            value,
+            unix_ms(now + Duration::from_secs(600)),
+            "the later end stays"
+        );
+        assert!(ttl > 60_000 && ttl <= 600_000, "{ttl}");
+        let cooldown: bool = redis::cmd("EXISTS")
+            .arg(writer.link.names.cooldown("main"))
+            .query_async(&mut writer.manager)
+            .await
+            .unwrap();
+        assert!(!cooldown, "a passed end writes nothing");
+        delete_prefix(&mut writer.manager, &prefix).await;
+    }
+
     #[test]
     fn only_connection_trouble_is_retried() {
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
