@@ -574,3 +574,71 @@ async fn an_unreachable_redis_leaves_start_up_and_requests_alone() {
     assert_eq!((first.request_count(), second.request_count()), (1, 2));
     task_a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_under_load_is_answered_while_redis_is_cut_and_restored() {
+    let prefix = Prefix::new();
+    let (first, second) = (MockUpstream::start().await, MockUpstream::start().await);
+    let redis_addr: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    let mut proxy = TcpProxy::start("127.0.0.1:0".parse().unwrap(), redis_addr).await;
+    let url = format!("redis://{}", proxy.addr());
+    let (a, task_a) = instance("a", config(&prefix, &url, &first, &second, false)).await;
+    assert!(status(&a).connected);
+
+    // Four clients, each sending turns of its own conversation until told to stop.
+    let running = tokio_util::sync::CancellationToken::new();
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let (a, running) = (a.clone(), running.clone());
+        clients.push(tokio::spawn(async move {
+            let session = format!("load-{client}");
+            let mut statuses = Vec::new();
+            while !running.is_cancelled() {
+                statuses.push(send(&a, Some(&session)).await);
+            }
+            statuses
+        }));
+    }
+    let sent = || first.request_count() + second.request_count();
+    let before = sent();
+    eventually("traffic to flow", || (sent() > before + 20).then_some(())).await;
+    proxy.interrupt().await;
+    eventually("A to report Redis lost", || {
+        (!status(&a).connected).then_some(())
+    })
+    .await;
+    let during = sent();
+    eventually("traffic to flow during the outage", || {
+        (sent() > during + 20).then_some(())
+    })
+    .await;
+    proxy.resume().await.unwrap();
+    eventually("A to reconnect", || status(&a).connected.then_some(())).await;
+    let after = sent();
+    eventually("traffic to flow after the outage", || {
+        (sent() > after + 20).then_some(())
+    })
+    .await;
+    running.cancel();
+    let mut answered = 0;
+    for client in clients {
+        let statuses = client.await.unwrap();
+        assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+        answered += statuses.len();
+    }
+    assert_eq!(u64::try_from(answered).unwrap(), sent());
+    // Every conversation's binding is shared, and nothing queued was lost.
+    let redis = connection().await;
+    eventually_async("the four bindings in Redis", || {
+        let mut redis = redis.clone();
+        let pattern = prefix.key("session:*");
+        async move {
+            let keys: Vec<String> = redis.keys(pattern).await.ok()?;
+            (keys.len() == 4).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(status(&a).dropped, 0);
+    task_a.stop().await;
+    proxy.stop().await;
+}
