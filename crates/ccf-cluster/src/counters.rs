@@ -1,5 +1,6 @@
 //! The link's side of the per-key counters (`keys.rs`): what the link needs from them, as the
-//! [`KeyStore`] trait, and the one place they are made ([`key_store`]).
+//! [`KeyStore`] trait (a seam: the writer's tests use a fake), and the one place they are made
+//! ([`key_store`]).
 //!
 //! The counters themselves (shared rate windows, concurrency leases, spend totals, all Lua
 //! scripts on Redis) live in `keys.rs`; the link only hands them to the engine while Redis is
@@ -13,6 +14,7 @@ use futures_util::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use tokio::task::JoinHandle;
 
+use crate::keys::RedisKeyCounters;
 use crate::names::Names;
 
 /// What the link needs from the per-key counters.
@@ -32,20 +34,39 @@ pub(crate) trait KeyStore: Send + Sync {
     fn spawn_lease_refresh(&self) -> Option<JoinHandle<()>>;
 }
 
-/// The per-key counters on `manager` under `names`, for instance `instance`.
-///
-/// Until `keys::RedisKeyCounters` lands this is `None`: no shared per-key counters (the engine
-/// keeps its local limits) and a key's spend is published as the local totals (applied as a
-/// maximum by the others). Plugging them in is this body plus an `impl KeyStore` forwarding to
-/// `RedisKeyCounters` (`counters`: an `Arc` of it; `record_spend`: `Box::pin` of its
-/// `record_spend`; `spawn_lease_refresh`: `Some` of its handle).
+/// The per-key counters (`keys::RedisKeyCounters`) on `manager` under `names`, for this
+/// process (`sender`: the instance id and a per-process nonce, so that two instances
+/// configured with the same id still hold distinct leases).
 pub(crate) fn key_store(
     manager: &ConnectionManager,
     names: &Names,
-    instance: &str,
+    sender: &str,
 ) -> Option<Arc<dyn KeyStore>> {
-    let _ = (manager, names, instance);
-    None
+    Some(Arc::new(RedisKeys(Arc::new(RedisKeyCounters::new(
+        manager.clone(),
+        names.prefix(),
+        sender,
+    )))))
+}
+
+/// [`KeyStore`] on the key counters of `keys.rs`.
+struct RedisKeys(Arc<RedisKeyCounters>);
+
+impl KeyStore for RedisKeys {
+    fn counters(&self) -> Arc<dyn SharedKeyCounters> {
+        Arc::clone(&self.0) as Arc<dyn SharedKeyCounters>
+    }
+
+    fn record_spend<'a>(
+        &'a self,
+        update: &'a SharedUpdate,
+    ) -> BoxFuture<'a, Result<Option<SharedUpdate>, redis::RedisError>> {
+        Box::pin(self.0.record_spend(update))
+    }
+
+    fn spawn_lease_refresh(&self) -> Option<JoinHandle<()>> {
+        Some(self.0.spawn_lease_refresh())
+    }
 }
 
 #[cfg(test)]

@@ -38,5 +38,6 @@ mod wire;
 mod writer;
 
 pub use error::ClusterError;
+pub use keys::RedisKeyCounters;
 pub use link::{ClusterTask, RedisCluster, START_WAIT};
 pub use operator::{OperatorNotifier, RedisSharedState};

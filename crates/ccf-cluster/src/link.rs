@@ -157,10 +157,11 @@ impl RedisCluster {
                 message: masked(error.to_string()),
             })?;
         let names = Names::new(&config.redis_prefix);
-        let key_store = key_store(&manager, &names, instance_id);
+        let sender = format!("{instance_id}#{:016x}", process_nonce());
+        let key_store = key_store(&manager, &names, &sender);
         let link = Arc::new(Link {
             names,
-            sender: format!("{instance_id}#{:016x}", process_nonce()),
+            sender,
             state: LinkState::new(address, secrets),
             outbox: Outbox::new(OUTBOX_CAPACITY),
             key_store,
@@ -278,7 +279,7 @@ impl ClusterTask {
             refresh.abort();
             let _ = refresh.await;
         }
-        self.link.state.down("stopped");
+        self.link.state.closed();
     }
 }
 
@@ -361,6 +362,96 @@ mod tests {
             .is_none());
         link.note_fallback();
         assert_eq!(link.status().fallbacks, 1);
+    }
+
+    /// A random prefix of this test's own.
+    fn test_prefix() -> String {
+        format!("ccf-test-{:016x}", process_nonce())
+    }
+
+    async fn delete_prefix(prefix: &str) {
+        let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+        }
+    }
+
+    fn forwarder() -> Forwarder {
+        let config = ccf_config::Config::from_yaml_str(
+            "endpoints:\n  - name: a\n    url: http://127.0.0.1:9\n    token: t\n",
+        )
+        .unwrap();
+        Forwarder::build(Arc::new(config)).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_linked_instances_share_one_rate_window_and_add_up_spend() {
+        let prefix = test_prefix();
+        let cluster_config = ClusterConfig {
+            redis_url: Some(Secret::new("redis://127.0.0.1:6379")),
+            redis_prefix: prefix.clone(),
+            ..ClusterConfig::default()
+        };
+        let a = RedisCluster::new(&cluster_config, "a")
+            .unwrap()
+            .start(forwarder())
+            .await;
+        let b = RedisCluster::new(&cluster_config, "b")
+            .unwrap()
+            .start(forwarder())
+            .await;
+        assert!(a.status().connected && b.status().connected);
+        let (counters_a, counters_b) = (
+            a.link.key_counters().expect("offered while connected"),
+            b.link.key_counters().expect("offered while connected"),
+        );
+        for counters in [&counters_a, &counters_a, &counters_b] {
+            assert_eq!(
+                counters.admit_rate("alice", 3).await.unwrap(),
+                ccf_proxy::cluster::RateAdmission::Admitted
+            );
+        }
+        let full = counters_b.admit_rate("alice", 3).await.unwrap();
+        assert!(
+            matches!(full, ccf_proxy::cluster::RateAdmission::Full { retry_after }
+                if retry_after > Duration::ZERO && retry_after <= Duration::from_secs(60)),
+            "{full:?}"
+        );
+
+        // Spend: each instance's amount is added once to the shared totals.
+        let at = SystemTime::now();
+        let spend = |usd: f64, local: f64| SharedUpdate::Spend {
+            key: "alice".into(),
+            usd,
+            at,
+            day_start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_760_000_000),
+            day_usd: local,
+            month_start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_759_000_000),
+            month_usd: local,
+        };
+        let store_a = a.link.key_store.clone().unwrap();
+        let store_b = b.link.key_store.clone().unwrap();
+        let first = store_a.record_spend(&spend(1.5, 1.5)).await.unwrap();
+        let second = store_b.record_spend(&spend(0.25, 0.25)).await.unwrap();
+        assert!(matches!(first, Some(SharedUpdate::Spend { day_usd, .. }) if day_usd == 1.5));
+        assert!(
+            matches!(second, Some(SharedUpdate::Spend { usd, day_usd, month_usd, .. })
+                if usd == 0.0 && day_usd == 1.75 && month_usd == 1.75),
+            "{second:?}"
+        );
+        a.stop().await;
+        b.stop().await;
+        delete_prefix(&prefix).await;
     }
 
     #[test]

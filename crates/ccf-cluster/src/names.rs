@@ -54,7 +54,6 @@ impl Names {
     }
 
     /// The prefix itself.
-    #[allow(dead_code)] // for the key counters (keys.rs)
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -110,31 +109,27 @@ impl Names {
     }
 
     /// A key's shared rolling-minute admissions (sorted set, score: unix ms).
-    #[allow(dead_code)] // for the key counters (keys.rs)
     pub(crate) fn rate(&self, key: &str) -> String {
         format!("{}:rate:{key}", self.prefix)
     }
 
     /// A key's shared concurrency leases (sorted set, score: lease end, unix ms).
-    #[allow(dead_code)] // for the key counters (keys.rs)
     pub(crate) fn slots(&self, key: &str) -> String {
         format!("{}:slots:{key}", self.prefix)
     }
 
     /// A key's spend in the budget day starting at `start_unix` (seconds), USD.
-    #[allow(dead_code)] // for the key counters (keys.rs)
     pub(crate) fn spend_day(&self, key: &str, start_unix: u64) -> String {
         format!("{}:spend:{key}:day:{start_unix}", self.prefix)
     }
 
     /// A key's spend in the budget month starting at `start_unix` (seconds), USD.
-    #[allow(dead_code)] // for the key counters (keys.rs)
     pub(crate) fn spend_month(&self, key: &str, start_unix: u64) -> String {
         format!("{}:spend:{key}:month:{start_unix}", self.prefix)
     }
 
     /// Marks that a key's budget crossing in a period was announced by one instance.
-    #[allow(dead_code)] // for the key counters (keys.rs)
+    #[allow(dead_code)] // reserved: announcing a budget crossing once per deployment
     pub(crate) fn budget_announced(&self, key: &str, period: &str, start_unix: u64) -> String {
         format!("{}:announced:{key}:{period}:{start_unix}", self.prefix)
     }

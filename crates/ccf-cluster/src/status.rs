@@ -129,6 +129,16 @@ impl LinkState {
         inner.last_error = Some(error);
     }
 
+    /// The link was closed on purpose (shutdown): down, without an outage to report.
+    pub(crate) fn closed(&self) {
+        let mut inner = self.inner();
+        if self.is_connected() {
+            inner.since = SystemTime::now();
+            self.connected.send_replace(false);
+            info!(address = %self.address, "cluster: link to Redis closed");
+        }
+    }
+
     /// A command failed (`error`); the supervisor decides whether the link is down.
     pub(crate) fn failed(&self, error: &str) {
         let error = self.mask(error);
@@ -187,6 +197,10 @@ mod tests {
         assert!(!state.is_connected());
         state.up();
         assert_eq!(state.status().reconnects, 1);
+        state.closed();
+        let closed = state.status();
+        assert!(!closed.connected);
+        assert_eq!(closed.last_error.as_deref(), Some("connection reset"));
         assert_eq!(
             state.mask("x p@ss-word y"),
             "x *** y",

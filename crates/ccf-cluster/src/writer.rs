@@ -19,7 +19,7 @@
 //! | `GroupCooldownEnded` | `cooldown:<group>` deleted | - | yes |
 //! | `SessionBound` | `session:<hex>` = binding JSON (only the batch's last per session) | the affinity TTL (`routing.affinity_ttl`, the 1-hour one for `long_ttl`) | yes |
 //! | `QuotaHeaders` | `quota:<endpoint>` = headers JSON (only the batch's last per endpoint) | [`QUOTA_TTL`] | yes |
-//! | `Spend` | the key's day and month totals, through the key counters (`keys.rs`) | theirs | the totals instead of the local amount |
+//! | `Spend` | the key's day and month totals, through the key counters (`keys.rs`); the totals are applied here too | theirs | the totals instead of the local amount |
 //! | operator change | - | - | the sender's id on the operator channel |
 
 use std::collections::HashSet;
@@ -217,6 +217,11 @@ impl Writer {
             for item in batch.iter_mut() {
                 if let Outgoing::Update(update @ SharedUpdate::Spend { .. }) = item {
                     let totals = store.record_spend(update).await?;
+                    if let Some(totals) = &totals {
+                        // This instance's own increment: the cluster-wide totals apply here
+                        // too (and a budget it crossed is announced here, once).
+                        self.forwarder.apply_own_spend_totals(totals);
+                    }
                     *item = Outgoing::SpendTotals(totals.unwrap_or_else(|| update.clone()));
                 }
             }
