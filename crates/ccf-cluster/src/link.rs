@@ -261,17 +261,19 @@ impl ClusterTask {
         self.link.state.ignored.load(Ordering::Relaxed)
     }
 
-    /// Flushes the queued updates (bounded by about two seconds), then stops every task and
-    /// waits for them.
+    /// Flushes the queued updates (the batch being sent, then what is left: a few seconds at
+    /// most when Redis does not answer), then stops every task and waits for them.
     pub async fn stop(self) {
         self.stop_writer.cancel();
-        // The writer's own flush is bounded; this only guards against a hang.
-        let writer = self.writer;
-        if tokio::time::timeout(FLUSH_TIMEOUT * 2, writer)
+        // The writer finishes the batch it is sending (bounded by its command timeout), then
+        // flushes (bounded): this only guards against a hang.
+        let mut writer = self.writer;
+        if tokio::time::timeout(COMMAND_TIMEOUT + FLUSH_TIMEOUT * 2, &mut writer)
             .await
             .is_err()
         {
             warn!("cluster: the writer did not stop in time");
+            writer.abort();
         }
         self.stop_supervisor.cancel();
         let _ = self.supervisor.await;

@@ -5,7 +5,7 @@
 //! traffic) the oldest entry is dropped and counted: the newest state is the one worth sharing
 //! when the link comes back, and the bound keeps memory flat through any outage.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -26,6 +26,27 @@ pub(crate) enum Outgoing {
     SpendTotals(SharedUpdate),
     /// The operator state changed here: tell the other instances to read it now.
     OperatorChanged,
+}
+
+/// What a reconcile must leave alone (see [`Outbox::pending`]). Blocks and cooldowns need no
+/// such care: applying them only ever extends.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// Sessions bound here since the link was lost.
+    pub(crate) sessions: HashSet<u64>,
+    /// Endpoints whose rate-limit headers were read here since the link was lost.
+    pub(crate) quota: HashSet<String>,
+}
+
+impl Pending {
+    /// Whether `update` (read from Redis) is older than a local change waiting to be sent.
+    pub(crate) fn supersedes(&self, update: &SharedUpdate) -> bool {
+        match update {
+            SharedUpdate::SessionBound { session, .. } => self.sessions.contains(session),
+            SharedUpdate::QuotaHeaders { endpoint, .. } => self.quota.contains(endpoint),
+            _ => false,
+        }
+    }
 }
 
 /// The bounded queue.
@@ -85,6 +106,24 @@ impl Outbox {
         items.drain(..count).collect()
     }
 
+    /// The sessions and quota endpoints whose local state waits here: newer than what Redis
+    /// holds for them, so a reconcile must not apply Redis's over it.
+    pub(crate) fn pending(&self) -> Pending {
+        let mut pending = Pending::default();
+        for item in self.items().iter() {
+            match item {
+                Outgoing::Update(SharedUpdate::SessionBound { session, .. }) => {
+                    pending.sessions.insert(*session);
+                }
+                Outgoing::Update(SharedUpdate::QuotaHeaders { endpoint, .. }) => {
+                    pending.quota.insert(endpoint.clone());
+                }
+                _ => {}
+            }
+        }
+        pending
+    }
+
     /// Entries waiting.
     pub(crate) fn len(&self) -> usize {
         self.items().len()
@@ -131,6 +170,40 @@ mod tests {
         assert_eq!(outbox.dropped(), 2);
         assert_eq!(outbox.take(10), vec![group("c"), group("d"), group("e")]);
         assert!(outbox.take(10).is_empty());
+    }
+
+    #[test]
+    fn what_waits_to_be_sent_is_not_overwritten_by_a_reconcile() {
+        let outbox = Outbox::new(10);
+        outbox.push(Outgoing::Update(SharedUpdate::SessionBound {
+            session: 7,
+            source: ccf_router::SessionSource::Header,
+            long_ttl: false,
+            endpoint: "b".into(),
+        }));
+        outbox.push(Outgoing::Update(SharedUpdate::QuotaHeaders {
+            endpoint: "a".into(),
+            headers: Vec::new(),
+            seen_at: std::time::SystemTime::UNIX_EPOCH,
+        }));
+        let pending = outbox.pending();
+        let bound = |session| SharedUpdate::SessionBound {
+            session,
+            source: ccf_router::SessionSource::Header,
+            long_ttl: false,
+            endpoint: "a".into(),
+        };
+        assert!(pending.supersedes(&bound(7)));
+        assert!(!pending.supersedes(&bound(8)));
+        assert!(pending.supersedes(&SharedUpdate::QuotaHeaders {
+            endpoint: "a".into(),
+            headers: Vec::new(),
+            seen_at: std::time::SystemTime::UNIX_EPOCH,
+        }));
+        assert!(!pending.supersedes(&SharedUpdate::EndpointBlocked {
+            endpoint: "a".into(),
+            until: std::time::SystemTime::UNIX_EPOCH,
+        }));
     }
 
     #[tokio::test]

@@ -6,7 +6,10 @@
 //! The keys are found with `SCAN` (never `KEYS`: it would stall Redis for every other client)
 //! and read with `MGET` in chunks. A key that expired between the two reads is skipped; a value
 //! that does not decode (another version's format) is skipped and logged at debug. Applying is
-//! idempotent: blocks and cooldowns only grow, a binding is the same binding again.
+//! idempotent: blocks and cooldowns only grow, a binding is the same binding again. A session
+//! binding or quota reading this instance made while the link was down, still waiting in the
+//! outbox, is newer than Redis's: that key is skipped ([`Pending`]), and the writer sends the
+//! local one right after.
 
 use ccf_proxy::cluster::SharedUpdate;
 use ccf_proxy::Forwarder;
@@ -15,16 +18,19 @@ use redis::RedisResult;
 use tracing::debug;
 
 use crate::names::{Names, StateKind};
+use crate::outbox::Pending;
 use crate::wire::{from_unix_ms, parse_session, StoredBinding, StoredQuota};
 
 /// Keys asked per `SCAN` step and read per `MGET`.
 const CHUNK: usize = 500;
 
-/// Applies every shared state key to `forwarder`; returns how many were applied.
+/// Applies every shared state key to `forwarder`, but those `pending` holds newer; returns
+/// how many were applied.
 pub(crate) async fn reconcile(
     manager: &mut ConnectionManager,
     names: &Names,
     forwarder: &Forwarder,
+    pending: &Pending,
 ) -> RedisResult<usize> {
     let mut applied = 0;
     for kind in StateKind::ALL {
@@ -40,6 +46,7 @@ pub(crate) async fn reconcile(
                     .subject(kind, key)
                     .and_then(|subject| decode(kind, subject, &value));
                 match update {
+                    Some(update) if pending.supersedes(&update) => {}
                     Some(update) => {
                         forwarder.apply_shared(&update);
                         applied += 1;

@@ -112,9 +112,10 @@ impl Supervisor {
             }
         }
         let mut manager = self.manager.clone();
+        let pending = self.link.outbox.pending();
         match tokio::time::timeout(
             RECONCILE_TIMEOUT,
-            crate::reconcile::reconcile(&mut manager, &names, &self.forwarder),
+            crate::reconcile::reconcile(&mut manager, &names, &self.forwarder, &pending),
         )
         .await
         {

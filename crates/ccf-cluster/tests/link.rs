@@ -18,7 +18,7 @@ use ccf_cluster::{ClusterTask, RedisCluster};
 use ccf_config::Config;
 use ccf_proxy::cluster::ClusterStatus;
 use ccf_proxy::Forwarder;
-use ccf_router::SessionSource;
+use ccf_router::{SessionKey, SessionSource};
 use ccf_store::{ApplyOutcome, SharedChange, SharedState};
 use ccf_testkit::{MockUpstream, Reply, TcpProxy};
 use http_body_util::{BodyExt, Full};
@@ -337,6 +337,27 @@ async fn an_instance_that_starts_later_reads_what_is_shared() {
     task_c.stop().await;
 }
 
+/// The session key `forwarder` bound for a conversation header, other than `except`.
+fn header_session(forwarder: &Forwarder, except: Option<SessionKey>) -> SessionKey {
+    forwarder
+        .affinity(100)
+        .sessions
+        .into_iter()
+        .find(|session| session.source == SessionSource::Header && Some(session.session) != except)
+        .expect("a conversation is bound")
+        .session
+}
+
+/// Where `forwarder` has `session` bound, if anywhere.
+fn bound_to(forwarder: &Forwarder, session: SessionKey) -> Option<String> {
+    forwarder
+        .affinity(100)
+        .sessions
+        .into_iter()
+        .find(|view| view.session == session)
+        .map(|view| view.endpoint)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_redis_fails_no_request_and_the_link_catches_up_when_it_returns() {
     let prefix = Prefix::new();
@@ -351,6 +372,13 @@ async fn losing_redis_fails_no_request_and_the_link_catches_up_when_it_returns()
         status(&a).address,
         format!("redis://default:***@{}/0", proxy.addr())
     );
+    // A conversation B started on `first`, known to A.
+    assert_eq!(send(&b, Some("conversation-shared")).await, 200);
+    let shared = header_session(&b, None);
+    eventually("A to learn B's binding", || {
+        (bound_to(&a, shared).as_deref() == Some("first")).then_some(())
+    })
+    .await;
 
     // Redis gone for A: it says so, and serves on its local state.
     proxy.interrupt().await;
@@ -361,20 +389,25 @@ async fn losing_redis_fails_no_request_and_the_link_catches_up_when_it_returns()
     for _ in 0..3 {
         assert_eq!(send(&a, None).await, 200, "requests never fail for Redis");
     }
-    // What A learns meanwhile waits for the link.
+    // What A learns meanwhile waits for the link: `first` blocked, so the shared conversation
+    // moves to `second` here.
     first.enqueue(Reply::rate_limited(3600));
     assert_eq!(send(&a, None).await, 200);
     assert!(blocked(&a, "first"));
+    assert_eq!(send(&a, Some("conversation-shared")).await, 200);
+    assert_eq!(bound_to(&a, shared).as_deref(), Some("second"));
     let down = status(&a);
     let error = down.last_error.clone().expect("the error is shown");
     assert!(!format!("{down:?}").contains("s3cret-pw"), "{down:?}");
     assert!(!error.is_empty());
-    assert_eq!((first.request_count(), second.request_count()), (4, 1));
+    assert_eq!((first.request_count(), second.request_count()), (5, 2));
     // And what B learns meanwhile, A misses for now.
     assert_eq!(send(&b, Some("conversation-during-outage")).await, 200);
-    assert_eq!((first.request_count(), second.request_count()), (5, 1));
+    let missed = header_session(&b, Some(shared));
+    assert_eq!((first.request_count(), second.request_count()), (6, 2));
 
-    // Back: A reconnects and reads what it missed; B learns the block made during the outage.
+    // Back: A reconnects and reads what it missed, but keeps what it changed meanwhile (newer
+    // than Redis's copy); B learns the block and the move made during the outage.
     proxy
         .resume()
         .await
@@ -384,26 +417,22 @@ async fn losing_redis_fails_no_request_and_the_link_catches_up_when_it_returns()
         (up.connected && up.reconnects >= 1).then_some(())
     })
     .await;
-    let missed = b
-        .affinity(100)
-        .sessions
-        .into_iter()
-        .find(|session| session.source == SessionSource::Header)
-        .expect("B bound the conversation")
-        .session;
     eventually("A to read the binding B made during the outage", || {
-        a.affinity(100)
-            .sessions
-            .into_iter()
-            .find(|session| session.session == missed && session.endpoint == "first")
+        (bound_to(&a, missed).as_deref() == Some("first")).then_some(())
     })
     .await;
-    eventually("B to see the block made during the outage", || {
-        blocked(&b, "first").then_some(())
-    })
+    eventually(
+        "B to see the block and the move made during the outage",
+        || {
+            (blocked(&b, "first") && bound_to(&b, shared).as_deref() == Some("second"))
+                .then_some(())
+        },
+    )
     .await;
-    assert_eq!(send(&b, None).await, 200);
-    assert_eq!((first.request_count(), second.request_count()), (5, 2));
+    // A's reconcile ran before its queued updates went out: it kept its own newer binding.
+    assert_eq!(bound_to(&a, shared).as_deref(), Some("second"));
+    assert_eq!(send(&b, Some("conversation-shared")).await, 200);
+    assert_eq!((first.request_count(), second.request_count()), (6, 3));
     assert!(!format!("{:?}", status(&a)).contains("s3cret-pw"));
     task_a.stop().await;
     task_b.stop().await;
