@@ -115,14 +115,6 @@ impl Forwarder {
             }
         }
     }
-
-    /// Applies the cluster-wide spend totals the shared store returned for this instance's own
-    /// [`SharedUpdate::Spend`] (the result of its atomic increment). Main's version of this
-    /// function (budget crossings announced once, by the instance whose increment crossed)
-    /// replaces this stand-in, which applies them like another instance's.
-    pub fn apply_own_spend_totals(&self, totals: &SharedUpdate) {
-        self.apply_shared(totals);
-    }
 }
 
 impl Shared {
