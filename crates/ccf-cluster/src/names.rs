@@ -1,6 +1,43 @@
 //! Every Redis key and channel name, in one place, under the configured prefix
 //! (`cluster.redis_prefix`, default `ccf`), so two deployments on one Redis never meet and a
 //! test owns its own prefix.
+//!
+//! The state keys a starting instance reads back ([`StateKind`]: blocks, cooldowns, session
+//! bindings, quota readings) are `<prefix>:<kind>:<subject>`; [`Names::pattern`] and
+//! [`Names::subject`] are the two directions of that mapping, so the reconcile scan and the
+//! writer cannot disagree on it.
+
+/// A kind of state key that a (re)connecting instance reads back and applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StateKind {
+    /// [`Names::block`].
+    Block,
+    /// [`Names::cooldown`].
+    Cooldown,
+    /// [`Names::session`].
+    Session,
+    /// [`Names::quota`].
+    Quota,
+}
+
+impl StateKind {
+    /// Every kind, in the order a reconcile applies them.
+    pub(crate) const ALL: [StateKind; 4] = [
+        StateKind::Cooldown,
+        StateKind::Block,
+        StateKind::Quota,
+        StateKind::Session,
+    ];
+
+    fn word(self) -> &'static str {
+        match self {
+            StateKind::Block => "block",
+            StateKind::Cooldown => "cooldown",
+            StateKind::Session => "session",
+            StateKind::Quota => "quota",
+        }
+    }
+}
 
 /// The names of one deployment's keys and channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -8,7 +45,6 @@ pub(crate) struct Names {
     prefix: String,
 }
 
-#[allow(dead_code)] // filled in by the modules that use them
 impl Names {
     /// Names under `prefix`.
     pub(crate) fn new(prefix: &str) -> Names {
@@ -20,6 +56,21 @@ impl Names {
     /// The prefix itself.
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// `SCAN MATCH` pattern of every key of `kind` (the prefix holds no glob characters: the
+    /// configuration allows letters, digits, `-`, `_`, `.` and `:` only).
+    pub(crate) fn pattern(&self, kind: StateKind) -> String {
+        format!("{}:{}:*", self.prefix, kind.word())
+    }
+
+    /// What a key of `kind` is about (the endpoint, group or session hex), when `key` is one.
+    pub(crate) fn subject<'k>(&self, kind: StateKind, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.prefix.as_str())?
+            .strip_prefix(':')?
+            .strip_prefix(kind.word())?
+            .strip_prefix(':')
+            .filter(|subject| !subject.is_empty())
     }
 
     /// Channel of routing updates (`SharedUpdate`s) between instances.
@@ -78,7 +129,37 @@ impl Names {
     }
 
     /// Marks that a key's budget crossing in a period was announced by one instance.
+    #[allow(dead_code)] // reserved: announcing a budget crossing once per deployment
     pub(crate) fn budget_announced(&self, key: &str, period: &str, start_unix: u64) -> String {
         format!("{}:announced:{key}:{period}:{start_unix}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_keys_map_back_to_their_subject() {
+        let names = Names::new("ccf-test:a.b");
+        let cases = [
+            (StateKind::Block, names.block("relay:eu"), "relay:eu"),
+            (StateKind::Cooldown, names.cooldown("main"), "main"),
+            (StateKind::Session, names.session(0xabc), "0000000000000abc"),
+            (StateKind::Quota, names.quota("official"), "official"),
+        ];
+        for (kind, key, subject) in cases {
+            assert_eq!(names.subject(kind, &key), Some(subject), "{key}");
+            let pattern = names.pattern(kind);
+            assert!(
+                key.starts_with(pattern.trim_end_matches('*')),
+                "{pattern} {key}"
+            );
+            for other in StateKind::ALL.into_iter().filter(|other| *other != kind) {
+                assert_eq!(names.subject(other, &key), None, "{key} is not a {other:?}");
+            }
+        }
+        assert_eq!(names.subject(StateKind::Block, "ccf-test:a.b:block:"), None);
+        assert_eq!(names.subject(StateKind::Block, "other:block:x"), None);
     }
 }

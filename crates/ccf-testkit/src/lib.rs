@@ -12,6 +12,8 @@
 //! bytes ([`RawReply`]). [`RealisticUpstream`] behaves like the real API under real traffic
 //! instead of following a script: generation time, TLS with HTTP/2 and a small stream limit,
 //! 529 storms that end while `/v1/models` stays healthy, broken streams, rate-limit headers.
+//! [`TcpProxy`] sits in front of a real server (MariaDB, Redis) and can be cut and restored on
+//! the same port, for outage tests.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -34,6 +36,7 @@ mod render;
 mod reply;
 pub mod secret_markers;
 mod server;
+mod tcp_proxy;
 mod tls_proxy;
 
 pub use prerequisite::{in_ci, skip_unless_ci};
@@ -44,4 +47,5 @@ pub use realistic::{
 };
 pub use reply::{MockUsage, Reply, ReplyOutcome, DEFAULT_MODEL};
 pub use server::{MockConfig, MockUpstream, RecordedRequest};
+pub use tcp_proxy::TcpProxy;
 pub use tls_proxy::{ConnectRecord, TlsConnectProxy, TlsProxyError, TlsProxyLog};

@@ -13,11 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccf_store::{status, UsageStore};
-use ccf_testkit::MockUpstream;
+use ccf_testkit::{MockUpstream, TcpProxy};
 use faults_common::{assert_completed_with_mock_usage, message, request_id, Rig};
 use support::{endpoint_yaml, messages_sent, WAIT};
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
 
 /// Sends `count` normal requests; every client gets its 200; returns the request ids.
 async fn traffic(rig: &Rig, count: usize) -> Vec<String> {
@@ -354,48 +352,13 @@ async fn a_read_only_database_is_refused_at_start_with_a_clear_error_and_no_row_
     drop(read_only);
 }
 
-/// A TCP proxy in front of MariaDB: stopping it drops every connection and refuses new ones,
-/// which is what a database restart looks like to the forwarder.
-pub(crate) struct TcpProxy {
-    pub(crate) addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl TcpProxy {
-    pub(crate) async fn start(on: SocketAddr, target: SocketAddr) -> TcpProxy {
-        let listener = TcpListener::bind(on).await.expect("proxy binds");
-        let addr = listener.local_addr().expect("proxy address");
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        TcpProxy { addr, task }
-    }
-
-    /// Drops the listener and every proxied connection.
-    pub(crate) async fn stop(self) -> SocketAddr {
-        self.task.abort();
-        let _ = self.task.await;
-        self.addr
-    }
-}
-
 #[tokio::test]
 async fn a_mariadb_restart_loses_no_outcome() {
     let upstream = MockUpstream::start().await;
     let mariadb: SocketAddr = "127.0.0.1:3306".parse().expect("address");
     let proxy = TcpProxy::start("127.0.0.1:0".parse().expect("address"), mariadb).await;
     let own = crate::support::mariadb::OwnDatabase::create("restart").await;
-    let database = own.usage_yaml(proxy.addr.port());
+    let database = own.usage_yaml(proxy.addr().port());
     let rig =
         Rig::start_with_database("", &database, &[endpoint_yaml("mock", &upstream.url(), "")])
             .await;

@@ -5,9 +5,9 @@
 //! shutdown that cannot reach the database journals what is left for the next start.
 
 use crate::faults_common::{assert_completed_with_mock_usage, message, request_id};
-use crate::faults_storage::TcpProxy;
 use crate::log_capture::Capture;
 use crate::support::{self, eventually, Forwarder, WAIT};
+use ccf_testkit::TcpProxy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -147,7 +147,7 @@ async fn outcomes_past_buffer_size_wait_in_the_journal_and_reach_mariadb_exactly
     let own = support::mariadb::OwnDatabase::create("journal").await;
     let folder = tempfile::tempdir().expect("temp dir");
     let config = parse(&file_text(
-        &own.usage_yaml(proxy.addr.port()),
+        &own.usage_yaml(proxy.addr().port()),
         folder.path(),
         1,
         &upstream,
@@ -211,7 +211,7 @@ async fn an_outcome_held_through_a_price_reload_keeps_its_price_and_the_metric_a
     let proxy = TcpProxy::start("127.0.0.1:0".parse().expect("address"), mariadb).await;
     let own = support::mariadb::OwnDatabase::create("reprice").await;
     let folder = tempfile::tempdir().expect("temp dir");
-    let database = own.usage_yaml(proxy.addr.port());
+    let database = own.usage_yaml(proxy.addr().port());
     let path = folder.path().join("config.yaml");
     std::fs::write(&path, file_text(&database, folder.path(), 1, &upstream)).expect("write");
     let source = ConfigSource::new(
@@ -279,7 +279,7 @@ async fn a_shutdown_without_the_database_journals_the_records_and_the_next_start
     let own = support::mariadb::OwnDatabase::create("shutdown").await;
     let folder = tempfile::tempdir().expect("temp dir");
     let text = file_text(
-        &own.usage_yaml(proxy.addr.port()),
+        &own.usage_yaml(proxy.addr().port()),
         folder.path(),
         1,
         &upstream,
