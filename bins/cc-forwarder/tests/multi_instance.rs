@@ -1,6 +1,6 @@
 //! Several forwarder processes sharing one MariaDB store (issue 10, "Several instances, one
-//! store"): two real `cc-forwarder` processes with different `instance_id`s and one shared
-//! `cluster_state` table. Every operator action the docs call shared is made on one instance's
+//! store") and, from issue 21, one Redis for the hot routing state (the tests at the end): real
+//! `cc-forwarder` processes with different `instance_id`s and one shared `cluster_state` table. Every operator action the docs call shared is made on one instance's
 //! admin API and obeyed by the other: a group pause and resume, a group activation, an endpoint
 //! priority change. Usage from both instances lands in one listing with no row lost or
 //! duplicated.
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ccf_testkit::MockUpstream;
+use ccf_testkit::{MockUpstream, MockUsage, Reply};
 use serde_json::{json, Value};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cc-forwarder");
@@ -121,6 +121,16 @@ fn two_groups(main: &MockUpstream, backup: &MockUpstream) -> String {
     )
 }
 
+/// The `usage_tracking:` section of an instance storing its rows in MariaDB database
+/// `database`.
+fn mysql_usage(database: &str) -> String {
+    format!(
+        "usage_tracking:\n  enabled: true\n  flush_interval: 200ms\n  database:\n\
+         \x20   type: mysql\n    host: 127.0.0.1\n    port: 3306\n    database: {database}\n\
+         \x20   username: root\n"
+    )
+}
+
 /// One running forwarder process.
 struct Instance {
     name: &'static str,
@@ -135,15 +145,19 @@ impl Instance {
     /// Starts `cc-forwarder` as instance `name` on the shared `database`, with `routing` (the
     /// `endpoints:` and any other top-level keys) appended to the common configuration.
     fn start(name: &'static str, database: &str, routing: &str) -> Instance {
+        Instance::start_with(name, &mysql_usage(database), routing)
+    }
+
+    /// Starts `cc-forwarder` as instance `name` with `usage` (the `usage_tracking:` section)
+    /// and `routing` (the `endpoints:` and any other top-level keys).
+    fn start_with(name: &'static str, usage: &str, routing: &str) -> Instance {
         let config = format!(
             "instance_id: {name}\n\
              server:\n  host: 127.0.0.1\n  port: 0\n\
              web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n\
              tui:\n  enabled: false\n\
              logging:\n  format: json\n  level: info\n\
-             usage_tracking:\n  enabled: true\n  flush_interval: 200ms\n  database:\n\
-             \x20   type: mysql\n    host: 127.0.0.1\n    port: 3306\n    database: {database}\n\
-             \x20   username: root\n\
+             {usage}\
              {routing}"
         );
         let folder = tempfile::tempdir().unwrap();
@@ -211,11 +225,16 @@ impl Instance {
         }
     }
 
-    /// One `/v1/messages` request that must succeed; its `x-ccf-request-id`.
-    fn message(&self) -> String {
+    /// One `/v1/messages` request with these headers: status, raw headers and body.
+    fn try_message_with(&self, headers: &[(&str, &str)]) -> (u16, String, String) {
         let body = r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
-        let (status, headers, _) = http(self.proxy, "POST", "/v1/messages", Some(body));
-        assert_eq!(status, 200, "{}:\n{}", self.name, self.logs());
+        http_with(self.proxy, "POST", "/v1/messages", Some(body), headers)
+    }
+
+    /// One `/v1/messages` request with these headers that must succeed; its `x-ccf-request-id`.
+    fn message_with(&self, headers: &[(&str, &str)]) -> String {
+        let (status, headers, body) = self.try_message_with(headers);
+        assert_eq!(status, 200, "{}: {body}\n{}", self.name, self.logs());
         let id = headers
             .lines()
             .find_map(|line| {
@@ -246,6 +265,18 @@ impl Instance {
     /// Polls `GET path` until `expected` holds for its body; the body that satisfied it. The
     /// deadline only catches an instance that never follows.
     fn wait_for(&self, what: &str, path: &str, expected: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_every(POLL, what, path, expected)
+    }
+
+    /// [`Instance::wait_for`], looking every `every` (a short pace where the test reports how
+    /// long the state took to arrive).
+    fn wait_for_every(
+        &self,
+        every: Duration,
+        what: &str,
+        path: &str,
+        expected: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let body = self.admin_json(path);
@@ -258,7 +289,7 @@ impl Instance {
                 self.name,
                 self.logs()
             );
-            std::thread::sleep(POLL);
+            std::thread::sleep(every);
         }
     }
 
@@ -298,13 +329,29 @@ fn http(
     path: &str,
     body: Option<&str>,
 ) -> (u16, String, String) {
+    http_with(address, method, path, body, &[("x-api-key", "client-key")])
+}
+
+/// [`http`] with these request headers (besides `Host`, `Connection`, `Content-Type`,
+/// `anthropic-version` and `Content-Length`).
+fn http_with(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nx-api-key: client-key\r\n\
+         Content-Type: application/json\r\n{extra}\
          anthropic-version: 2023-06-01\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
@@ -337,12 +384,22 @@ impl Upstreams<'_> {
     /// Sends one request through `instance` and asserts that exactly the upstream `expected`
     /// received it; the request id.
     fn send_expecting(&self, instance: &Instance, expected: &str) -> String {
+        self.send_expecting_with(instance, expected, &[("x-api-key", "client-key")])
+    }
+
+    /// [`Upstreams::send_expecting`] with these request headers.
+    fn send_expecting_with(
+        &self,
+        instance: &Instance,
+        expected: &str,
+        headers: &[(&str, &str)],
+    ) -> String {
         let before: Vec<usize> = self
             .0
             .iter()
             .map(|(_, upstream)| messages(upstream))
             .collect();
-        let id = instance.message();
+        let id = instance.message_with(headers);
         let received: Vec<&str> = self
             .0
             .iter()
@@ -661,4 +718,369 @@ async fn an_endpoint_priority_changed_on_one_instance_reorders_the_other() {
     alpha.stop();
     beta.stop();
     drop(database);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 21: hot routing state shared through Redis (`cluster.redis_url`).
+//
+// Needs the Redis server at 127.0.0.1:6379 and the `redis-cli` client; each test uses its own
+// key prefix and deletes its keys at the end. The instances also share a MariaDB database
+// (usage rows, and the operator actions' durable record), except where a test says SQLite.
+// ---------------------------------------------------------------------------------------------
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Runs `redis-cli` against the local server; its standard output.
+fn redis_cli(args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379"])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    assert!(
+        output.status.success(),
+        "redis-cli {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The Redis key prefix of one test; its keys are deleted however the test ends.
+struct RedisPrefix(String);
+
+impl RedisPrefix {
+    fn create() -> RedisPrefix {
+        static CREATED: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        RedisPrefix(format!(
+            "ccf-test-{:x}-{}-{:x}",
+            std::process::id(),
+            CREATED.fetch_add(1, Ordering::Relaxed),
+            nanos & 0xffff_ffff
+        ))
+    }
+
+    /// The `cluster:` section of an instance sharing this prefix on Redis at `url`.
+    fn section(&self, url: &str) -> String {
+        format!(
+            "cluster:\n  redis_url: {url}\n  redis_prefix: {}\n  redis_timeout: 200ms\n",
+            self.0
+        )
+    }
+
+    /// The prefix's keys now.
+    fn keys(&self) -> Vec<String> {
+        redis_cli(&["--scan", "--pattern", &format!("{}:*", self.0)])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        for key in self.keys() {
+            let _ = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", "6379", "DEL", &key])
+                .output();
+        }
+    }
+}
+
+/// Two endpoints in one group, `first` preferred (priority 1) over `second`; one attempt per
+/// endpoint, so an error moves a request on at once.
+fn first_and_second(first: &MockUpstream, second: &MockUpstream) -> String {
+    format!(
+        "retry:\n  max_attempts: 1\n\
+         endpoints:\n\
+         \x20 - name: first\n    url: {}\n    group: main\n    priority: 1\n\
+         \x20 - name: second\n    url: {}\n    group: main\n    priority: 2\n",
+        first.url(),
+        second.url()
+    )
+}
+
+/// The endpoint `/api/v1/endpoints` lists as `name`.
+fn endpoint<'a>(endpoints: &'a Value, name: &str) -> &'a Value {
+    endpoints["endpoints"]
+        .as_array()
+        .and_then(|endpoints| endpoints.iter().find(|endpoint| endpoint["name"] == name))
+        .unwrap_or_else(|| panic!("no endpoint {name} in {endpoints}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_redis_obey_a_pause_made_on_one() {
+    let database = Database::create();
+    let prefix = RedisPrefix::create();
+    let main = MockUpstream::start().await;
+    let backup = MockUpstream::start().await;
+    let upstreams = Upstreams(vec![("main", &main), ("backup", &backup)]);
+    let routing = format!(
+        "{}{}",
+        prefix.section(REDIS_URL),
+        two_groups(&main, &backup)
+    );
+    let alpha = Instance::start("alpha", &database.0, &routing);
+    let beta = Instance::start("beta", &database.0, &routing);
+    let gamma = Instance::start("gamma", &database.0, &routing);
+    for instance in [&alpha, &beta, &gamma] {
+        upstreams.send_expecting(instance, "main");
+    }
+
+    // Pause `main` on alpha; beta and gamma obey. The time each took is printed (it goes into
+    // docs/benchmarks.md), never asserted.
+    alpha.post("/api/v1/groups/main/pause", "{}");
+    let paused_at = Instant::now();
+    for instance in [&beta, &gamma] {
+        let every = Duration::from_millis(2);
+        instance.wait_for_every(every, "`main` paused", "/api/v1/groups", |groups| {
+            group(groups, "main")["manually_paused"] == true
+        });
+        eprintln!(
+            "{} showed the pause after {:?} (Redis)",
+            instance.name,
+            paused_at.elapsed()
+        );
+    }
+    for instance in [&alpha, &beta, &gamma] {
+        upstreams.send_expecting(instance, "backup");
+    }
+    // Resumed on gamma: the other two follow.
+    gamma.post("/api/v1/groups/main/resume", "{}");
+    for instance in [&alpha, &beta] {
+        instance.wait_for("`main` resumed", "/api/v1/groups", |groups| {
+            group(groups, "main")["manually_paused"] == false
+                && group(groups, "main")["is_active"] == true
+        });
+        upstreams.send_expecting(instance, "main");
+    }
+    // MySQL keeps the durable record, written once per action.
+    let state = database.cluster_state();
+    assert_eq!(state.len(), 1, "{state:?}");
+    assert_eq!(state[0].0, "group:main");
+    assert_eq!(state[0].2, 2, "two writes: the pause and the resume");
+    for instance in [alpha, beta, gamma] {
+        instance.stop();
+    }
+    drop(prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_sqlite_share_operator_actions_through_redis_alone() {
+    let prefix = RedisPrefix::create();
+    let main = MockUpstream::start().await;
+    let backup = MockUpstream::start().await;
+    let upstreams = Upstreams(vec![("main", &main), ("backup", &backup)]);
+    let routing = format!(
+        "{}{}",
+        prefix.section(REDIS_URL),
+        two_groups(&main, &backup)
+    );
+    // Each instance has its own SQLite file (in its own folder): only Redis is shared.
+    let sqlite = "usage_tracking:\n  enabled: true\n  database_path: usage.db\n";
+    let alpha = Instance::start_with("alpha", sqlite, &routing);
+    let beta = Instance::start_with("beta", sqlite, &routing);
+    upstreams.send_expecting(&beta, "main");
+
+    alpha.post("/api/v1/groups/main/pause", "{}");
+    beta.wait_for("`main` paused", "/api/v1/groups", |groups| {
+        group(groups, "main")["manually_paused"] == true
+    });
+    upstreams.send_expecting(&beta, "backup");
+
+    // A third instance started now reads the pause from Redis before it serves.
+    let gamma = Instance::start_with("gamma", sqlite, &routing);
+    gamma.wait_for("`main` paused", "/api/v1/groups", |groups| {
+        group(groups, "main")["manually_paused"] == true
+    });
+    upstreams.send_expecting(&gamma, "backup");
+    assert!(
+        prefix.keys().iter().any(|key| key.contains(":operator")),
+        "the operator state is kept in Redis: {:?}",
+        prefix.keys()
+    );
+    for instance in [alpha, beta, gamma] {
+        instance.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversations_next_turn_through_another_instance_stays_on_its_endpoint() {
+    let database = Database::create();
+    let prefix = RedisPrefix::create();
+    let first = MockUpstream::start().await;
+    let second = MockUpstream::start().await;
+    let upstreams = Upstreams(vec![("first", &first), ("second", &second)]);
+    let routing = format!(
+        "{}{}",
+        prefix.section(REDIS_URL),
+        first_and_second(&first, &second)
+    );
+    let alpha = Instance::start("alpha", &database.0, &routing);
+    let beta = Instance::start("beta", &database.0, &routing);
+    let conversation = [
+        ("x-api-key", "client-key"),
+        ("x-session-id", "conversation-1"),
+    ];
+
+    // Turn one through alpha: `first` fails it (one server error: still healthy), `second`
+    // answers, and the conversation is bound to `second`.
+    first.enqueue(Reply::error(500, "api_error", "one bad moment"));
+    let id = alpha.message_with(&conversation);
+    assert_eq!(messages(&second), 1, "turn one ({id}) answered by second");
+
+    // Beta learns the binding, and the next turn through beta stays on `second` although
+    // `first` comes first by priority (and is healthy).
+    let bound_at = Instant::now();
+    beta.wait_for(
+        "the conversation bound to second",
+        "/api/v1/routing/affinity",
+        |view| {
+            view["sessions"].as_array().is_some_and(|sessions| {
+                sessions
+                    .iter()
+                    .any(|session| session["endpoint"] == "second")
+            })
+        },
+    );
+    eprintln!("beta showed the binding after {:?}", bound_at.elapsed());
+    upstreams.send_expecting_with(&beta, "second", &conversation);
+    upstreams.send_expecting_with(&beta, "second", &conversation);
+    // Another conversation through beta starts on `first`: the binding, not a changed
+    // priority, kept turn two on `second`.
+    upstreams.send_expecting_with(
+        &beta,
+        "first",
+        &[
+            ("x-api-key", "client-key"),
+            ("x-session-id", "conversation-2"),
+        ],
+    );
+    assert!(
+        prefix.keys().iter().any(|key| key.contains(":session:")),
+        "bindings live in Redis with their TTL: {:?}",
+        prefix.keys()
+    );
+    alpha.stop();
+    beta.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_blocked_by_a_429_on_one_instance_is_skipped_by_the_others_until_its_reset() {
+    let database = Database::create();
+    let prefix = RedisPrefix::create();
+    let first = MockUpstream::start().await;
+    let second = MockUpstream::start().await;
+    let upstreams = Upstreams(vec![("first", &first), ("second", &second)]);
+    let routing = format!(
+        "{}routing:\n  session_affinity: off\n{}",
+        prefix.section(REDIS_URL),
+        first_and_second(&first, &second)
+    );
+    let alpha = Instance::start("alpha", &database.0, &routing);
+    let beta = Instance::start("beta", &database.0, &routing);
+    let gamma = Instance::start("gamma", &database.0, &routing);
+
+    // `first` answers alpha with a 429 asking for 8 s: alpha skips it until then.
+    first.enqueue(Reply::rate_limited(8));
+    let id = alpha.message_with(&[("x-api-key", "client-key")]);
+    assert_eq!(messages(&first), 1, "{id}: the 429 itself");
+    assert_eq!(messages(&second), 1, "{id}: answered by the next endpoint");
+
+    // Beta and gamma learn the block and send nothing to `first` meanwhile.
+    for instance in [&beta, &gamma] {
+        instance.wait_for("`first` rate limited", "/api/v1/endpoints", |endpoints| {
+            endpoint(endpoints, "first")["rate_limited"] == true
+        });
+        upstreams.send_expecting(instance, "second");
+        upstreams.send_expecting(instance, "second");
+    }
+    assert_eq!(
+        messages(&first),
+        1,
+        "no request reached `first` during its block"
+    );
+
+    // At its reset every instance goes back to `first`.
+    for instance in [&alpha, &beta, &gamma] {
+        instance.wait_for(
+            "`first` no longer limited",
+            "/api/v1/endpoints",
+            |endpoints| endpoint(endpoints, "first")["rate_limited"] == false,
+        );
+        upstreams.send_expecting(instance, "first");
+    }
+    for instance in [alpha, beta, gamma] {
+        instance.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_budget_and_rate_are_one_across_instances() {
+    let database = Database::create();
+    let prefix = RedisPrefix::create();
+    let upstream = MockUpstream::start().await;
+    // 10,000 tokens in and 1,000 out of Sonnet at $3 / $15 per million: $0.045 a request.
+    upstream.set_default(Reply::json().usage(MockUsage {
+        input: 10_000,
+        output: 1_000,
+        cache_creation: 0,
+        cache_read: 0,
+    }));
+    let usage = format!(
+        "{}  model_pricing:\n    claude-sonnet-4-5:\n      input: 3.00\n      output: 15.00\n",
+        mysql_usage(&database.0)
+    );
+    let routing = format!(
+        "{}auth:\n  enabled: true\n  tokens:\n\
+         \x20   - name: alice\n      token: alice-token-0001\n      limits:\n        daily_budget_usd: 0.08\n\
+         \x20   - name: bob\n      token: bob-token-0001\n      limits:\n        requests_per_minute: 3\n\
+         endpoints:\n  - name: mock\n    url: {}\n",
+        prefix.section(REDIS_URL),
+        upstream.url()
+    );
+    let alpha = Instance::start_with("alpha", &usage, &routing);
+    let beta = Instance::start_with("beta", &usage, &routing);
+    let alice = [("x-api-key", "alice-token-0001")];
+    let bob = [("x-api-key", "bob-token-0001")];
+
+    // Alice spends $0.045 on each instance: $0.09, over her $0.08 although each instance
+    // alone served only $0.045.
+    alpha.message_with(&alice);
+    beta.message_with(&alice);
+    for instance in [&alpha, &beta] {
+        instance.wait_for("alice's spend of both instances", "/api/v1/keys", |keys| {
+            keys["keys"][0]["spent_today_usd"]
+                .as_f64()
+                .is_some_and(|spent| (spent - 0.09).abs() < 1e-9)
+        });
+        let (status, _, body) = instance.try_message_with(&alice);
+        assert_eq!(status, 429, "{}: {body}", instance.name);
+        assert!(body.contains("daily budget of $0.08"), "{body}");
+    }
+
+    // Bob's 3 requests a minute are 3 across both instances: the fourth is refused wherever
+    // it goes (the counter is one atomic Redis counter, nothing to wait for).
+    alpha.message_with(&bob);
+    beta.message_with(&bob);
+    alpha.message_with(&bob);
+    for instance in [&beta, &alpha] {
+        let (status, headers, body) = instance.try_message_with(&bob);
+        assert_eq!(status, 429, "{}: {body}", instance.name);
+        assert!(body.contains("requests per minute"), "{body}");
+        assert!(
+            headers.to_ascii_lowercase().contains("retry-after:"),
+            "{headers}"
+        );
+    }
+    assert_eq!(
+        messages(&upstream),
+        5,
+        "refused requests never reached the upstream"
+    );
+    alpha.stop();
+    beta.stop();
 }

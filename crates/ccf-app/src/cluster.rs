@@ -1,5 +1,6 @@
 //! Several instances, one store: operator actions shared through the MySQL `cluster_state`
-//! table ([`ccf_store::SharedState`]).
+//! table, or a Redis hash when Redis links instances without MySQL ([`ccf_store::SharedState`];
+//! with Redis, every write is also announced so every instance reads the state at once).
 //!
 //! Every operator action made on this instance (pause, resume, activate, priority) is reported by
 //! the engine ([`ccf_proxy::OperatorObserver`]) and written to one row per scope:
@@ -55,10 +56,11 @@ pub(crate) struct Cluster {
 /// instead of at its next tick, so an action is obeyed everywhere within milliseconds. The
 /// table stays the record; a lost signal only delays an action to the next poll.
 pub(crate) struct OperatorSignal {
-    /// Notified when another instance wrote operator state.
-    pub(crate) changed: Arc<tokio::sync::Notify>,
+    /// Changes when another instance wrote operator state (and after every reconnection to
+    /// Redis, when a message may have been missed).
+    pub(crate) changed: tokio::sync::watch::Receiver<u64>,
     /// Tells the other instances that this one wrote operator state.
-    pub(crate) tell: Arc<dyn Fn() + Send + Sync>,
+    pub(crate) tell: Box<dyn Fn() + Send + Sync>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -67,25 +69,40 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Opens the shared state when usage tracking is on and stored in MySQL/MariaDB (a small pool
-/// of its own); `None` otherwise (SQLite deployments are a single instance). Call after the
-/// usage store migrated (migration 4 creates the table).
-pub(crate) async fn open(config: &Config) -> Result<Option<Cluster>, AppError> {
-    if !config.usage_tracking.enabled {
-        return Ok(None);
-    }
-    let StorageTarget::Mysql(mut target) = config.usage_tracking.storage() else {
-        return Ok(None);
+/// Opens the shared operator state: the MySQL `cluster_state` table when usage tracking is on
+/// and stored in MySQL/MariaDB (a small pool of its own; call after the usage store migrated,
+/// migration 4 creates the table), else a Redis hash when the instances are linked through
+/// Redis (`cluster.redis_url`), else `None` (a single instance). With Redis, an action is
+/// announced on it so every instance reads the state at once.
+pub(crate) async fn open(
+    config: &Config,
+    redis: Option<&ccf_cluster::RedisCluster>,
+) -> Result<Option<Cluster>, AppError> {
+    let signal = redis.map(|redis| {
+        let notifier = redis.operator_notifier();
+        OperatorSignal {
+            changed: notifier.subscribe(),
+            tell: Box::new(move || notifier.notify()),
+        }
+    });
+    let mysql = match config.usage_tracking.storage() {
+        StorageTarget::Mysql(target) if config.usage_tracking.enabled => Some(target),
+        _ => None,
     };
-    target.max_open_conns = 2;
-    target.max_idle_conns = 1;
-    let store = MysqlStore::connect(&target, MysqlOptions::default())
-        .await
-        .map_err(AppError::Store)?;
-    Ok(Some(Cluster {
-        store: Arc::new(store),
-        signal: None,
-    }))
+    let store: Arc<dyn SharedState> = match (mysql, redis) {
+        (Some(mut target), _) => {
+            target.max_open_conns = 2;
+            target.max_idle_conns = 1;
+            Arc::new(
+                MysqlStore::connect(&target, MysqlOptions::default())
+                    .await
+                    .map_err(AppError::Store)?,
+            )
+        }
+        (None, Some(redis)) => redis.shared_state(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Cluster { store, signal }))
 }
 
 /// The running synchronisation; [`ClusterTask::stop`] flushes pending writes and ends it.
@@ -161,10 +178,7 @@ impl OperatorSync {
     ) {
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let changed = self.signal.as_ref().map_or_else(
-            || Arc::new(tokio::sync::Notify::new()),
-            |signal| Arc::clone(&signal.changed),
-        );
+        let mut changed = self.signal.as_ref().map(|signal| signal.changed.clone());
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -180,8 +194,11 @@ impl OperatorSync {
                         }
                     }
                 }
-                () = changed.notified() => {
-                    if self.flush().await {
+                said = wait_changed(changed.as_mut()) => {
+                    if said.is_err() {
+                        // The link is gone (shutting down): back to the poll interval.
+                        changed = None;
+                    } else if self.flush().await {
                         self.poll().await;
                     }
                 }
@@ -310,6 +327,16 @@ impl OperatorSync {
             warn!("shared operator state available again");
             self.failing = false;
         }
+    }
+}
+
+/// Waits until another instance says operator state changed; never, without a Redis link.
+async fn wait_changed(
+    changed: Option<&mut tokio::sync::watch::Receiver<u64>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match changed {
+        Some(changed) => changed.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -56,6 +56,10 @@ pub enum AppError {
     /// The per-core runtimes (`server.threads`) could not start or one stopped unexpectedly.
     #[error("per-core runtimes: {0}")]
     PerCore(#[from] ccf_proxy::PerCoreError),
+    /// The Redis link (`cluster.redis_url`) could not be prepared (never because Redis is down:
+    /// the link connects in the background).
+    #[error("cluster.redis_url: {0}")]
+    Cluster(#[from] ccf_cluster::ClusterError),
 }
 
 /// The proxy's listening socket(s).
@@ -87,8 +91,10 @@ pub struct App {
     proxy_listeners: ProxyListeners,
     proxy_addr: SocketAddr,
     admin_listener: Option<(TcpListener, SocketAddr)>,
-    /// Operator actions shared with other instances (MySQL only).
+    /// Operator actions shared with other instances (MySQL `cluster_state`, or Redis).
     cluster: Option<cluster::Cluster>,
+    /// Hot routing state shared with other instances through Redis (`cluster.redis_url`).
+    redis: Option<ccf_cluster::RedisCluster>,
     instance_id: String,
     /// Hot reload: how to re-read the configuration, and what else to update on a reload.
     reload_source: Option<reload::ConfigSource>,
@@ -123,7 +129,6 @@ impl App {
             );
         }
         let usage = usage::open(&config).await?;
-        let cluster = cluster::open(&config).await?;
         let bind_error = |source| AppError::Bind {
             address: address.clone(),
             source,
@@ -153,6 +158,14 @@ impl App {
             }
         };
         let instance_id = usage::instance_id(&config, proxy_addr.port());
+        let redis = match config.cluster.redis_url {
+            Some(_) => Some(ccf_cluster::RedisCluster::new(
+                &config.cluster,
+                &instance_id,
+            )?),
+            None => None,
+        };
+        let cluster = cluster::open(&config, redis.as_ref()).await?;
         let mut observers: Vec<Arc<dyn RequestObserver>> = Vec::new();
         let costs = Arc::new(std::sync::OnceLock::new());
         if let Some(tracking) = &usage {
@@ -205,6 +218,7 @@ impl App {
             webhooks: Arc::default(),
             admin_listener,
             cluster,
+            redis,
             instance_id,
             config,
             forwarder,
@@ -336,8 +350,14 @@ impl App {
                 )));
             }
         }
-        // Several instances on one MySQL store: operator actions are shared (applied before
-        // serving, then polled).
+        // Several instances linked through Redis: the hot routing state is shared (read once
+        // before serving, bounded; Redis down never holds the start).
+        let redis = match self.redis {
+            Some(redis) => Some(redis.start(self.forwarder.clone()).await),
+            None => None,
+        };
+        // Several instances on one MySQL store (or one Redis): operator actions are shared
+        // (applied before serving, then polled, and at once when Redis says so).
         let cluster = match self.cluster {
             Some(cluster) => Some(
                 cluster
@@ -417,6 +437,11 @@ impl App {
         }
         if let Some(cluster) = cluster {
             cluster.stop().await;
+        }
+        // After the operator sync: its last "state changed" message goes out with the link's
+        // final flush.
+        if let Some(redis) = redis {
+            redis.stop().await;
         }
         reload_stop.cancel();
         for task in reload_tasks {

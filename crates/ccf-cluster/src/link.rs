@@ -86,6 +86,10 @@ impl ClusterLink for Link {
         status
     }
 
+    fn is_connected(&self) -> bool {
+        self.state.is_connected()
+    }
+
     fn note_fallback(&self) {
         self.state.fallbacks.fetch_add(1, Ordering::Relaxed);
     }

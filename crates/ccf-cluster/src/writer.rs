@@ -273,21 +273,6 @@ impl Writer {
     }
 }
 
-/// `Forwarder::apply_own_spend_totals` (announces a budget crossing once, by the instance whose
-/// increment crossed it) is on main, not yet on this branch's engine: until then this stand-in
-/// applies the totals as another instance's. The engine's own method, once there, takes
-/// precedence over this trait's (inherent methods win), and the stand-in then shows up as
-/// unused: delete it.
-trait OwnSpendTotals {
-    fn apply_own_spend_totals(&self, totals: &SharedUpdate);
-}
-
-impl OwnSpendTotals for Forwarder {
-    fn apply_own_spend_totals(&self, totals: &SharedUpdate) {
-        self.apply_shared(totals);
-    }
-}
-
 /// The end time of a block or cooldown update.
 fn ends_at(update: &SharedUpdate) -> Option<SystemTime> {
     match update {
