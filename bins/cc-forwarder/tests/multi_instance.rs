@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ccf_testkit::{MockUpstream, MockUsage, Reply};
+use ccf_testkit::{MockUpstream, MockUsage, Reply, TcpProxy};
 use serde_json::{json, Value};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cc-forwarder");
@@ -1083,4 +1083,152 @@ async fn a_keys_budget_and_rate_are_one_across_instances() {
     );
     alpha.stop();
     beta.stop();
+}
+
+/// `GET /health/detailed` on an instance's proxy port (with `key`): status and body.
+fn detailed_health(instance: &Instance, key: &str) -> (u16, Value) {
+    let (status, _, body) = http_with(
+        instance.proxy,
+        "GET",
+        "/health/detailed",
+        None,
+        &[("x-api-key", key)],
+    );
+    let start = body.find('{').unwrap_or(0);
+    let end = body.rfind('}').map_or(body.len(), |end| end + 1);
+    (
+        status,
+        serde_json::from_str(&body[start..end]).unwrap_or(Value::Null),
+    )
+}
+
+/// Waits until `instance`'s `/health/detailed` satisfies `expected`; its last body.
+fn wait_for_health(
+    instance: &Instance,
+    key: &str,
+    what: &str,
+    expected: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = detailed_health(instance, key);
+        if expected(status, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never showed {what}; last: {status} {body}\n{}",
+            instance.name,
+            instance.logs()
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_under_load_fails_no_request_and_both_instances_catch_up() {
+    let database = Database::create();
+    let prefix = RedisPrefix::create();
+    let first = MockUpstream::start().await;
+    let second = MockUpstream::start().await;
+    // Redis behind a relay the test cuts and restores, as a Redis restart or a network outage.
+    let mut relay = TcpProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:6379".parse().unwrap(),
+    )
+    .await;
+    // A rate and a concurrency limit, so every request asks the shared counters.
+    let routing = format!(
+        "{}auth:\n  enabled: true\n  tokens:\n\
+         \x20   - name: alice\n      token: alice-token-0001\n      limits:\n\
+         \x20       requests_per_minute: 100000\n        concurrency: 64\n{}",
+        prefix.section(&format!("redis://{}", relay.addr())),
+        first_and_second(&first, &second)
+    );
+    let alpha = Arc::new(Instance::start("alpha", &database.0, &routing));
+    let beta = Arc::new(Instance::start("beta", &database.0, &routing));
+    let key = "alice-token-0001";
+    for instance in [&alpha, &beta] {
+        wait_for_health(instance, key, "Redis connected", |status, body| {
+            status == 200 && body["cluster"]["connected"] == true
+        });
+    }
+
+    // Four clients, each a conversation, alternating between the instances until told to stop.
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answered = Arc::new(AtomicU32::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (alpha, beta) = (Arc::clone(&alpha), Arc::clone(&beta));
+            let (running, answered) = (Arc::clone(&running), Arc::clone(&answered));
+            std::thread::spawn(move || {
+                let session = format!("load-{client}");
+                let headers = [("x-api-key", key), ("x-session-id", session.as_str())];
+                let mut failures = Vec::new();
+                let mut turn = 0_u32;
+                while running.load(Ordering::Acquire) {
+                    let instance = if turn.is_multiple_of(2) { &alpha } else { &beta };
+                    let (status, _, body) = instance.try_message_with(&headers);
+                    if status != 200 {
+                        failures.push(format!("{} {status}: {body}", instance.name));
+                    }
+                    answered.fetch_add(1, Ordering::AcqRel);
+                    turn += 1;
+                }
+                failures
+            })
+        })
+        .collect();
+    let more_answers = |what: &str| {
+        let from = answered.load(Ordering::Acquire);
+        let deadline = Instant::now() + DEADLINE;
+        while answered.load(Ordering::Acquire) < from + 20 {
+            assert!(Instant::now() < deadline, "no traffic {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    more_answers("before the outage");
+
+    relay.interrupt().await;
+    for instance in [&alpha, &beta] {
+        let body = wait_for_health(instance, key, "Redis lost", |status, body| {
+            status == 200 && body["cluster"]["connected"] == false
+        });
+        assert_eq!(body["status"], "degraded", "{body}");
+        assert!(
+            !body.to_string().contains("127.0.0.1:6379"),
+            "the relay's address is what the instance knows: {body}"
+        );
+    }
+    more_answers("during the outage");
+
+    relay.resume().await.unwrap();
+    for instance in [&alpha, &beta] {
+        let body = wait_for_health(instance, key, "Redis back", |status, body| {
+            status == 200 && body["cluster"]["connected"] == true
+        });
+        assert!(body["cluster"]["reconnects"].as_u64() >= Some(1), "{body}");
+    }
+    more_answers("after the outage");
+    running.store(false, Ordering::Release);
+    for client in clients {
+        let failures = client.join().unwrap();
+        assert!(failures.is_empty(), "requests failed: {failures:?}");
+    }
+
+    // Shared again: a 429 on alpha now is obeyed by beta.
+    first.enqueue(Reply::rate_limited(30));
+    let before_first = messages(&first);
+    let conversation = [("x-api-key", key), ("x-session-id", "after-the-outage")];
+    alpha.message_with(&conversation);
+    assert_eq!(messages(&first), before_first + 1, "the 429");
+    beta.wait_for("`first` rate limited", "/api/v1/endpoints", |endpoints| {
+        endpoint(endpoints, "first")["rate_limited"] == true
+    });
+    beta.message_with(&[("x-api-key", key), ("x-session-id", "new-one")]);
+    assert_eq!(messages(&first), before_first + 1, "beta skipped `first`");
+
+    for instance in [alpha, beta] {
+        Arc::into_inner(instance).unwrap().stop();
+    }
 }
