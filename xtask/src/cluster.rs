@@ -260,12 +260,13 @@ pub fn run(root: &Path, args: &ClusterArgs) -> Result<()> {
     let rows = database.rows()?;
     let duplicates = database.duplicates()?;
     let report = Report::build(&outcomes, &rows, &duplicates, &targets, &killed, killed_at);
-    // A build with the Redis wiring shows the section (connected or not: Redis answered PING,
-    // so an instance that never connects is a failure the bindings check reports).
-    let redis_expected = cluster_sections
-        .iter()
-        .any(|(_, section)| section.is_some());
-    let failures = report.print(&killed, bindings, all_keys, redis_expected);
+    // Every instance must have shown a connected Redis link before the traffic.
+    let linked = cluster_sections.iter().all(|(_, section)| {
+        section
+            .as_ref()
+            .is_some_and(|section| section["connected"] == true)
+    });
+    let failures = report.print(&killed, bindings, all_keys, linked);
     drop(mocks);
     if failures.is_empty() {
         println!("\ncluster: all checks passed");

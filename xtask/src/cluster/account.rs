@@ -154,7 +154,7 @@ impl Report {
         killed: &str,
         bindings: usize,
         all_keys: usize,
-        redis_expected: bool,
+        linked: bool,
     ) -> Vec<String> {
         println!("\n| instance | answered | rows stored | answered without a row |");
         println!("|---|---|---|---|");
@@ -197,7 +197,7 @@ impl Report {
         );
         println!("Redis: {bindings} session bindings, {all_keys} keys under the run's prefix");
 
-        let checks = self.checks(killed, bindings, redis_expected);
+        let checks = self.checks(killed, bindings, linked);
         for check in &checks {
             let mark = match check.passed {
                 Some(true) => "ok",
@@ -214,7 +214,7 @@ impl Report {
     }
 
     /// The checks of the run: passed, failed or skipped (`None`), each with what it says.
-    fn checks(&self, killed: &str, bindings: usize, redis_expected: bool) -> Vec<Check> {
+    fn checks(&self, killed: &str, bindings: usize, linked: bool) -> Vec<Check> {
         let lost_elsewhere: usize = self
             .per_instance
             .iter()
@@ -255,17 +255,13 @@ impl Report {
                     self.killed_missing, self.killed_bound
                 ),
             ),
-            if redis_expected {
-                Check::new(
-                    bindings > 0,
-                    format!("session bindings shared in Redis ({bindings})"),
-                )
-            } else {
-                Check {
-                    passed: None,
-                    what: "session bindings in Redis: the instances have no cluster section in /health/detailed (a build without the Redis wiring)".to_string(),
-                }
-            },
+            Check::new(
+                linked && bindings > 0,
+                format!(
+                    "every instance linked through Redis at the start and session bindings shared there ({bindings}{})",
+                    if linked { "" } else { "; an instance had no connected link" }
+                ),
+            ),
         ]
     }
 }
@@ -458,16 +454,16 @@ mod tests {
     }
 
     #[test]
-    fn missing_redis_bindings_fail_only_when_the_instances_report_a_link() {
+    fn missing_redis_bindings_or_an_unlinked_instance_fail() {
         let report = Report::default();
-        let outcome = |bindings, expected| {
+        let outcome = |bindings, linked| {
             report
-                .checks("cluster-3", bindings, expected)
+                .checks("cluster-3", bindings, linked)
                 .last()
                 .map(|check| check.passed)
         };
         assert_eq!(outcome(0, true), Some(Some(false)));
         assert_eq!(outcome(3, true), Some(Some(true)));
-        assert_eq!(outcome(0, false), Some(None));
+        assert_eq!(outcome(3, false), Some(Some(false)));
     }
 }
