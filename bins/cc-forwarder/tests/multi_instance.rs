@@ -1167,7 +1167,11 @@ async fn losing_redis_under_load_fails_no_request_and_both_instances_catch_up() 
                 let mut failures = Vec::new();
                 let mut turn = 0_u32;
                 while running.load(Ordering::Acquire) {
-                    let instance = if turn.is_multiple_of(2) { &alpha } else { &beta };
+                    let instance = if turn.is_multiple_of(2) {
+                        &alpha
+                    } else {
+                        &beta
+                    };
                     let (status, _, body) = instance.try_message_with(&headers);
                     if status != 200 {
                         failures.push(format!("{} {status}: {body}", instance.name));
