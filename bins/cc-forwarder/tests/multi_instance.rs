@@ -1236,3 +1236,66 @@ async fn losing_redis_under_load_fails_no_request_and_both_instances_catch_up() 
         Arc::into_inner(instance).unwrap().stop();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_account_rejected_on_one_instance_is_skipped_by_the_others() {
+    let database = Database::create();
+    let prefix = RedisPrefix::create();
+    let first = MockUpstream::start().await;
+    let second = MockUpstream::start().await;
+    let upstreams = Upstreams(vec![("first", &first), ("second", &second)]);
+    let routing = format!(
+        "{}routing:\n  session_affinity: off\n{}",
+        prefix.section(REDIS_URL),
+        first_and_second(&first, &second)
+    );
+    let alpha = Instance::start("alpha", &database.0, &routing);
+    let beta = Instance::start("beta", &database.0, &routing);
+
+    // `first` is a subscription account that is spent for the next 10 minutes: a 429 whose
+    // unified headers say `rejected` (with a short retry-after, which alone would be waited
+    // out on the same endpoint).
+    let reset = (SystemTime::now() + Duration::from_secs(600))
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    first.enqueue(
+        Reply::error(
+            429,
+            "rate_limit_error",
+            "This request would exceed your account's rate limit.",
+        )
+        .header("anthropic-ratelimit-unified-status", "rejected")
+        .header("anthropic-ratelimit-unified-reset", &reset)
+        .header(
+            "anthropic-ratelimit-unified-representative-claim",
+            "five_hour",
+        )
+        .header("anthropic-ratelimit-unified-5h-utilization", "1.0")
+        .header("anthropic-ratelimit-unified-5h-reset", &reset)
+        .header("retry-after", "2"),
+    );
+    let id = alpha.message_with(&[("x-api-key", "client-key")]);
+    assert_eq!(
+        messages(&first),
+        1,
+        "{id}: one request to the rejected account"
+    );
+
+    // Beta reads the same headers as if it had received them: the account is rejected there
+    // too, and beta sends it nothing until the reset.
+    beta.wait_for("`first` rejected", "/api/v1/routing/quota", |quota| {
+        quota["endpoints"].as_array().is_some_and(|endpoints| {
+            endpoints.iter().any(|endpoint| {
+                endpoint["endpoint"] == "first" && endpoint["subscription"]["rejected"] == true
+            })
+        })
+    });
+    for _ in 0..3 {
+        upstreams.send_expecting(&beta, "second");
+    }
+    assert_eq!(messages(&first), 1, "beta never tried the rejected account");
+    alpha.stop();
+    beta.stop();
+}
