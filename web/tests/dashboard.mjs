@@ -4,7 +4,8 @@
 //   node web/tests/dashboard.mjs <admin-url> <proxy-url>
 //
 // The forwarder must have at least two groups (one endpoint each is enough) in front of a mock
-// upstream, usage tracking on, and the admin API open on loopback. `tests/tests/it/dashboard.rs`
+// upstream, usage tracking on, the admin API open on loopback, and a Redis link
+// (`cluster.redis_url` at 127.0.0.1:6379) for the Cluster card. `tests/tests/it/dashboard.rs`
 // starts exactly that and runs this script. Screenshots go to $CCF_SCREENSHOT_DIR (default
 // target/dashboard-screenshots). Exit code 0 = every check passed.
 //
@@ -177,6 +178,15 @@ try {
       await nav(name);
     }
     assert(consoleErrors.length === 0, `console errors:\n${consoleErrors.join("\n")}`);
+  });
+
+  await check("the overview shows the Redis link connected", async () => {
+    await nav("overview");
+    const card = page.locator('[data-testid="cluster-card"]');
+    await card.waitFor({ timeout: HANG });
+    await card.getByText("Connected", { exact: true }).waitFor({ timeout: HANG });
+    const text = await card.innerText();
+    assert(text.includes("redis://127.0.0.1:6379"), `the card names the Redis address:\n${text}`);
   });
 
   await check("a request sent through the proxy appears live in the Requests page", async () => {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ccf_testkit::{MockUpstream, MockUsage, Reply, TcpProxy};
+use ccf_testkit::{MockUpstream, MockUsage, RedisKeyPrefix, Reply, TcpProxy, LOCAL_REDIS_URL};
 use serde_json::{json, Value};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cc-forwarder");
@@ -728,66 +728,12 @@ async fn an_endpoint_priority_changed_on_one_instance_reorders_the_other() {
 // (usage rows, and the operator actions' durable record), except where a test says SQLite.
 // ---------------------------------------------------------------------------------------------
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
-
-/// Runs `redis-cli` against the local server; its standard output.
-fn redis_cli(args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379"])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    assert!(
-        output.status.success(),
-        "redis-cli {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The Redis key prefix of one test; its keys are deleted however the test ends.
-struct RedisPrefix(String);
-
-impl RedisPrefix {
-    fn create() -> RedisPrefix {
-        static CREATED: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        RedisPrefix(format!(
-            "ccf-test-{:x}-{}-{:x}",
-            std::process::id(),
-            CREATED.fetch_add(1, Ordering::Relaxed),
-            nanos & 0xffff_ffff
-        ))
-    }
-
-    /// The `cluster:` section of an instance sharing this prefix on Redis at `url`.
-    fn section(&self, url: &str) -> String {
-        format!(
-            "cluster:\n  redis_url: {url}\n  redis_prefix: {}\n  redis_timeout: 200ms\n",
-            self.0
-        )
-    }
-
-    /// The prefix's keys now.
-    fn keys(&self) -> Vec<String> {
-        redis_cli(&["--scan", "--pattern", &format!("{}:*", self.0)])
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for RedisPrefix {
-    fn drop(&mut self) {
-        for key in self.keys() {
-            let _ = Command::new("redis-cli")
-                .args(["-h", "127.0.0.1", "-p", "6379", "DEL", &key])
-                .output();
-        }
-    }
+/// The `cluster:` section of an instance sharing `prefix` on Redis at `url`.
+fn cluster_section(prefix: &RedisKeyPrefix, url: &str) -> String {
+    format!(
+        "cluster:\n  redis_url: {url}\n  redis_prefix: {}\n  redis_timeout: 200ms\n",
+        prefix.as_str()
+    )
 }
 
 /// Two endpoints in one group, `first` preferred (priority 1) over `second`; one attempt per
@@ -814,13 +760,13 @@ fn endpoint<'a>(endpoints: &'a Value, name: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_redis_obey_a_pause_made_on_one() {
     let database = Database::create();
-    let prefix = RedisPrefix::create();
+    let prefix = RedisKeyPrefix::new("multi");
     let main = MockUpstream::start().await;
     let backup = MockUpstream::start().await;
     let upstreams = Upstreams(vec![("main", &main), ("backup", &backup)]);
     let routing = format!(
         "{}{}",
-        prefix.section(REDIS_URL),
+        cluster_section(&prefix, LOCAL_REDIS_URL),
         two_groups(&main, &backup)
     );
     let alpha = Instance::start("alpha", &database.0, &routing);
@@ -870,13 +816,13 @@ async fn three_instances_on_redis_obey_a_pause_made_on_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_on_sqlite_share_operator_actions_through_redis_alone() {
-    let prefix = RedisPrefix::create();
+    let prefix = RedisKeyPrefix::new("multi");
     let main = MockUpstream::start().await;
     let backup = MockUpstream::start().await;
     let upstreams = Upstreams(vec![("main", &main), ("backup", &backup)]);
     let routing = format!(
         "{}{}",
-        prefix.section(REDIS_URL),
+        cluster_section(&prefix, LOCAL_REDIS_URL),
         two_groups(&main, &backup)
     );
     // Each instance has its own SQLite file (in its own folder): only Redis is shared.
@@ -910,13 +856,13 @@ async fn instances_on_sqlite_share_operator_actions_through_redis_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversations_next_turn_through_another_instance_stays_on_its_endpoint() {
     let database = Database::create();
-    let prefix = RedisPrefix::create();
+    let prefix = RedisKeyPrefix::new("multi");
     let first = MockUpstream::start().await;
     let second = MockUpstream::start().await;
     let upstreams = Upstreams(vec![("first", &first), ("second", &second)]);
     let routing = format!(
         "{}{}",
-        prefix.section(REDIS_URL),
+        cluster_section(&prefix, LOCAL_REDIS_URL),
         first_and_second(&first, &second)
     );
     let alpha = Instance::start("alpha", &database.0, &routing);
@@ -971,13 +917,13 @@ async fn a_conversations_next_turn_through_another_instance_stays_on_its_endpoin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_blocked_by_a_429_on_one_instance_is_skipped_by_the_others_until_its_reset() {
     let database = Database::create();
-    let prefix = RedisPrefix::create();
+    let prefix = RedisKeyPrefix::new("multi");
     let first = MockUpstream::start().await;
     let second = MockUpstream::start().await;
     let upstreams = Upstreams(vec![("first", &first), ("second", &second)]);
     let routing = format!(
         "{}routing:\n  session_affinity: off\n{}",
-        prefix.section(REDIS_URL),
+        cluster_section(&prefix, LOCAL_REDIS_URL),
         first_and_second(&first, &second)
     );
     let alpha = Instance::start("alpha", &database.0, &routing);
@@ -1021,7 +967,7 @@ async fn an_endpoint_blocked_by_a_429_on_one_instance_is_skipped_by_the_others_u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_budget_and_rate_are_one_across_instances() {
     let database = Database::create();
-    let prefix = RedisPrefix::create();
+    let prefix = RedisKeyPrefix::new("multi");
     let upstream = MockUpstream::start().await;
     // 10,000 tokens in and 1,000 out of Sonnet at $3 / $15 per million: $0.045 a request.
     upstream.set_default(Reply::json().usage(MockUsage {
@@ -1039,7 +985,7 @@ async fn a_keys_budget_and_rate_are_one_across_instances() {
          \x20   - name: alice\n      token: alice-token-0001\n      limits:\n        daily_budget_usd: 0.08\n\
          \x20   - name: bob\n      token: bob-token-0001\n      limits:\n        requests_per_minute: 3\n\
          endpoints:\n  - name: mock\n    url: {}\n",
-        prefix.section(REDIS_URL),
+        cluster_section(&prefix, LOCAL_REDIS_URL),
         upstream.url()
     );
     let alpha = Instance::start_with("alpha", &usage, &routing);
@@ -1128,7 +1074,7 @@ fn wait_for_health(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_redis_under_load_fails_no_request_and_both_instances_catch_up() {
     let database = Database::create();
-    let prefix = RedisPrefix::create();
+    let prefix = RedisKeyPrefix::new("multi");
     let first = MockUpstream::start().await;
     let second = MockUpstream::start().await;
     // Redis behind a relay the test cuts and restores, as a Redis restart or a network outage.
@@ -1142,7 +1088,7 @@ async fn losing_redis_under_load_fails_no_request_and_both_instances_catch_up() 
         "{}auth:\n  enabled: true\n  tokens:\n\
          \x20   - name: alice\n      token: alice-token-0001\n      limits:\n\
          \x20       requests_per_minute: 100000\n        concurrency: 64\n{}",
-        prefix.section(&format!("redis://{}", relay.addr())),
+        cluster_section(&prefix, &format!("redis://{}", relay.addr())),
         first_and_second(&first, &second)
     );
     let alpha = Arc::new(Instance::start("alpha", &database.0, &routing));
@@ -1240,13 +1186,13 @@ async fn losing_redis_under_load_fails_no_request_and_both_instances_catch_up() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_account_rejected_on_one_instance_is_skipped_by_the_others() {
     let database = Database::create();
-    let prefix = RedisPrefix::create();
+    let prefix = RedisKeyPrefix::new("multi");
     let first = MockUpstream::start().await;
     let second = MockUpstream::start().await;
     let upstreams = Upstreams(vec![("first", &first), ("second", &second)]);
     let routing = format!(
         "{}routing:\n  session_affinity: off\n{}",
-        prefix.section(REDIS_URL),
+        cluster_section(&prefix, LOCAL_REDIS_URL),
         first_and_second(&first, &second)
     );
     let alpha = Instance::start("alpha", &database.0, &routing);

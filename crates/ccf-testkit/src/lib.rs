@@ -32,6 +32,7 @@ mod body;
 pub mod prerequisite;
 mod raw;
 pub mod realistic;
+mod redis_prefix;
 mod render;
 mod reply;
 pub mod secret_markers;
@@ -45,6 +46,7 @@ pub use realistic::{
     RateLimitFamily, RealisticConfig, RealisticError, RealisticRecord, RealisticUpstream, Storm,
     StormAnswer, StreamFault,
 };
+pub use redis_prefix::{RedisKeyPrefix, LOCAL_REDIS_URL};
 pub use reply::{MockUsage, Reply, ReplyOutcome, DEFAULT_MODEL};
 pub use server::{MockConfig, MockUpstream, RecordedRequest};
 pub use tcp_proxy::TcpProxy;

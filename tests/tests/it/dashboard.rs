@@ -55,9 +55,17 @@ fn missing_prerequisites(root: &Path) -> Vec<String> {
     missing
 }
 
-fn dashboard_config(primary: &MockUpstream, backup: &MockUpstream, db: &std::path::Path) -> Config {
+/// The dashboard's forwarder: two groups, usage in SQLite at `db`, and a Redis link under
+/// `redis` (so the Overview shows its Cluster card).
+fn dashboard_config(
+    primary: &MockUpstream,
+    backup: &MockUpstream,
+    db: &std::path::Path,
+    redis: &ccf_testkit::RedisKeyPrefix,
+) -> Config {
     let yaml = format!(
-        "server:\n  host: 127.0.0.1\n  port: 0\n\
+        "cluster:\n  redis_url: redis://127.0.0.1:6379\n  redis_prefix: {prefix}\n\
+         server:\n  host: 127.0.0.1\n  port: 0\n\
          web:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n\
          retry:\n  max_attempts: 2\n  base_delay: 10ms\n  max_delay: 50ms\n\
          usage_tracking:\n  enabled: true\n  database_path: {db}\n  batch_size: 1\n  flush_interval: 50ms\n\
@@ -66,6 +74,7 @@ fn dashboard_config(primary: &MockUpstream, backup: &MockUpstream, db: &std::pat
          \x20 - name: primary-1\n    url: {primary}\n    group: primary\n    group-priority: 1\n    priority: 1\n    token: sk-primary\n\
          \x20 - name: backup-1\n    url: {backup}\n    group: backup\n    group-priority: 2\n    priority: 1\n    token: sk-backup\n    model_map: {{'claude-3-haiku-*': backup-haiku}}\n",
         db = db.display(),
+        prefix = redis.as_str(),
         primary = primary.url(),
         backup = backup.url(),
     );
@@ -127,10 +136,12 @@ async fn dashboard_in_a_real_browser() {
     let primary = MockUpstream::start().await;
     let backup = MockUpstream::start().await;
     let folder = tempfile::tempdir().expect("temp dir");
+    let redis = ccf_testkit::RedisKeyPrefix::new("dashboard");
     let forwarder = Forwarder::start(dashboard_config(
         &primary,
         &backup,
         &folder.path().join("usage.db"),
+        &redis,
     ))
     .await;
     let admin = forwarder
@@ -200,7 +211,8 @@ async fn dashboard_export_follows_the_period_through_a_download_ticket() {
     let primary = MockUpstream::start().await;
     let backup = MockUpstream::start().await;
     let folder = tempfile::tempdir().expect("temp dir");
-    let mut config = dashboard_config(&primary, &backup, &folder.path().join("usage.db"));
+    let redis = ccf_testkit::RedisKeyPrefix::new("dashboard");
+    let mut config = dashboard_config(&primary, &backup, &folder.path().join("usage.db"), &redis);
     config.web.auth_token = Some(ccf_config::Secret::new(EXPORT_ADMIN_TOKEN));
     let forwarder = Forwarder::start(config).await;
     let admin = forwarder
