@@ -74,7 +74,7 @@ impl ClusterLink for Link {
     }
 
     fn key_counters(&self) -> Option<Arc<dyn SharedKeyCounters>> {
-        if !self.state.is_connected() {
+        if !self.state.is_connected() || self.state.cooling_off() {
             return None;
         }
         self.key_store.as_ref().map(|store| store.counters())
@@ -91,7 +91,7 @@ impl ClusterLink for Link {
     }
 
     fn note_fallback(&self) {
-        self.state.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.state.fall_back();
     }
 }
 
@@ -368,6 +368,38 @@ mod tests {
             .is_none());
         link.note_fallback();
         assert_eq!(link.status().fallbacks, 1);
+    }
+
+    #[test]
+    fn a_fallback_while_connected_stops_asking_the_counters_for_a_cool_off() {
+        let link = Link::for_tests(
+            "ccf-test-unit",
+            Some(crate::counters::tests::FakeStore::new()),
+        );
+        // Disconnected: counted, no cool-off (there is nothing to ask anyway).
+        link.note_fallback();
+        assert!(!link.state.cooling_off());
+        link.state.up();
+        assert!(link.key_counters().is_some());
+        // Connected, and a request did not get its answer in time: the next requests decide
+        // locally without waiting, and counting them does not push the end further.
+        link.note_fallback();
+        assert!(link.state.cooling_off());
+        assert!(link.key_counters().is_none());
+        let until = link.state.cooling_until_for_tests();
+        link.note_fallback();
+        assert_eq!(link.state.cooling_until_for_tests(), until);
+        assert_eq!(link.status().fallbacks, 3);
+        let left = until.saturating_sub(
+            u64::try_from(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis(),
+            )
+            .unwrap(),
+        );
+        assert!(left <= 1_000, "{left} ms");
     }
 
     /// A random prefix of this test's own.

@@ -34,6 +34,24 @@ pub(crate) struct LinkState {
     pub(crate) applied: AtomicU64,
     /// Messages on the channels that could not be read (garbled, unknown kinds).
     pub(crate) ignored: AtomicU64,
+    /// Until when (unix ms) requests decide locally without asking the shared counters: set by
+    /// a fallback while connected (Redis answered too slowly or failed), see
+    /// [`LinkState::fall_back`].
+    cooling_until_ms: AtomicU64,
+}
+
+/// How long requests stop asking the shared counters after one did not get an answer in time.
+/// A slow Redis then costs one `cluster.redis_timeout` wait per this period and instance, not
+/// one per request; meanwhile each instance enforces the key limits alone (at most N times a
+/// limit across N instances, for this long).
+pub(crate) const FALLBACK_COOL_OFF: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Unix milliseconds of `at`.
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 #[derive(Debug)]
@@ -63,7 +81,39 @@ impl LinkState {
             published: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
+            cooling_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// A request decided locally: counted, and when the link is up (so the shared counters
+    /// were asked and did not answer in time) requests stop asking them for
+    /// [`FALLBACK_COOL_OFF`]. A fallback during a cool-off does not extend it, so the counters
+    /// are asked again when it ends.
+    pub(crate) fn fall_back(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if !self.is_connected() {
+            return;
+        }
+        let now = unix_ms(SystemTime::now());
+        let until =
+            now.saturating_add(u64::try_from(FALLBACK_COOL_OFF.as_millis()).unwrap_or(u64::MAX));
+        let _ =
+            self.cooling_until_ms
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                    (current <= now).then_some(until)
+                });
+    }
+
+    /// The end of the current cool-off, unix ms (0: none yet).
+    #[cfg(test)]
+    pub(crate) fn cooling_until_for_tests(&self) -> u64 {
+        self.cooling_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Whether requests decide locally now after a recent fallback (see
+    /// [`LinkState::fall_back`]).
+    pub(crate) fn cooling_off(&self) -> bool {
+        unix_ms(SystemTime::now()) < self.cooling_until_ms.load(Ordering::Acquire)
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
