@@ -11,9 +11,9 @@ use ccf_store::{
     StoredRecord, SummaryContribution, SummaryDelta, SummaryKey, SummaryTables,
 };
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::convert::{column_value, format_timestamp, sqlite_error, SqliteRow};
+use crate::convert::{format_timestamp, sqlite_error, SnapshotBinder, SqliteRow};
 
 /// Rows deleted per retention statement.
 pub(crate) const CLEANUP_CHUNK: u64 = 5000;
@@ -139,18 +139,19 @@ pub(crate) fn write_batch(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
     let now = SystemTime::now();
+    let mut binder = SnapshotBinder::new(now);
     let as_if_new = plan_batch(batch, &HashMap::new(), day_zone);
     let mut stored_before: HashSet<&str> = HashSet::new();
     {
         let mut insert = tx
             .prepare_cached(INSERT_NEW.as_str())
             .map_err(sqlite_error)?;
+        expect_snapshot_parameters(&insert)?;
         for stored in &as_if_new.writes {
-            let inserted = insert
-                .execute(params_from_iter(
-                    stored.snapshot_values(now).map(column_value),
-                ))
+            binder
+                .bind(&mut insert, stored.snapshot_array(now))
                 .map_err(sqlite_error)?;
+            let inserted = insert.raw_execute().map_err(sqlite_error)?;
             if inserted == 0 {
                 stored_before.insert(stored.record().request_id.as_str());
             }
@@ -179,16 +180,16 @@ pub(crate) fn write_batch(
         }
         let plan = plan_batch(batch, &existing, day_zone);
         let mut upsert = tx.prepare_cached(UPSERT.as_str()).map_err(sqlite_error)?;
+        expect_snapshot_parameters(&upsert)?;
         for stored in plan
             .writes
             .iter()
             .filter(|stored| stored_before.contains(stored.record().request_id.as_str()))
         {
-            upsert
-                .execute(params_from_iter(
-                    stored.snapshot_values(now).map(column_value),
-                ))
+            binder
+                .bind(&mut upsert, stored.snapshot_array(now))
                 .map_err(sqlite_error)?;
+            upsert.raw_execute().map_err(sqlite_error)?;
         }
         drop(upsert);
         plan
@@ -224,6 +225,20 @@ pub(crate) fn write_batch(
         now,
     )?;
     tx.commit().map_err(sqlite_error)
+}
+
+/// Fails unless `statement` takes one parameter per [`SNAPSHOT`] column: the snapshot is bound
+/// by position ([`SnapshotBinder`]), which does not count the parameters itself.
+fn expect_snapshot_parameters(statement: &rusqlite::Statement<'_>) -> Result<(), StoreError> {
+    let expected = statement.parameter_count();
+    if expected == SNAPSHOT.len() {
+        Ok(())
+    } else {
+        Err(sqlite_error(rusqlite::Error::InvalidParameterCount(
+            SNAPSHOT.len(),
+            expected,
+        )))
+    }
 }
 
 /// A daily summary row: its day is the period.
