@@ -133,8 +133,18 @@ impl SnapshotBinder {
         statement: &mut Statement<'_>,
         values: impl IntoIterator<Item = ColumnValue<'v>>,
     ) -> rusqlite::Result<()> {
+        self.bind_from(statement, 1, values)
+    }
+
+    /// [`SnapshotBinder::bind`] from parameter `?first` on (the rows of a multi-row insert).
+    pub(crate) fn bind_from<'v>(
+        &mut self,
+        statement: &mut Statement<'_>,
+        first: usize,
+        values: impl IntoIterator<Item = ColumnValue<'v>>,
+    ) -> rusqlite::Result<()> {
         for (index, value) in values.into_iter().enumerate() {
-            let position = index + 1;
+            let position = first + index;
             match value {
                 ColumnValue::Text(Some(text)) => statement.raw_bind_parameter(position, text)?,
                 ColumnValue::Text(None) | ColumnValue::Time(None) | ColumnValue::Count(None) => {

@@ -69,6 +69,29 @@ static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Rows per multi-row insert ([`INSERT_NEW_ROWS`]).
+const INSERT_ROWS: usize = 16;
+
+/// [`INSERT_NEW`] of [`INSERT_ROWS`] snapshots in one statement (row `r`'s values are parameters
+/// `r * SNAPSHOT.len() + 1` on). One execution per row costs SQLite a statement start and end
+/// each time: opening the cursors of the table and its six indexes, a statement journal, and
+/// the `AUTOINCREMENT` counter read and written back; a multi-row insert pays them once.
+static INSERT_NEW_ROWS: LazyLock<String> = LazyLock::new(|| {
+    let rows: Vec<String> = (0..INSERT_ROWS)
+        .map(|row| {
+            let placeholders: Vec<String> = (1..=SNAPSHOT.len())
+                .map(|column| format!("?{}", row * SNAPSHOT.len() + column))
+                .collect();
+            format!("({})", placeholders.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO request_logs ({}) VALUES {} ON CONFLICT(request_id) DO NOTHING",
+        SNAPSHOT.join(", "),
+        rows.join(", ")
+    )
+});
+
 /// The `DO UPDATE SET` assignments every summary upsert shares: each summed column adds the
 /// row's increment (SQLite evaluates every right-hand side on the old row, so the order of the
 /// assignments does not matter).
@@ -143,17 +166,30 @@ pub(crate) fn write_batch(
     let as_if_new = plan_batch(batch, &HashMap::new(), day_zone);
     let mut stored_before: HashSet<&str> = HashSet::new();
     {
+        // Every statement is taken from the cache once per batch: a cached statement's lookup
+        // and return hash its SQL and clear its bindings.
+        let mut rows_insert = if as_if_new.writes.len() >= INSERT_ROWS {
+            Some(RowsInsert::prepare(&tx)?)
+        } else {
+            None
+        };
         let mut insert = tx
             .prepare_cached(INSERT_NEW.as_str())
             .map_err(sqlite_error)?;
-        expect_snapshot_parameters(&insert)?;
-        for stored in &as_if_new.writes {
-            binder
-                .bind(&mut insert, stored.snapshot_array(now))
-                .map_err(sqlite_error)?;
-            let inserted = insert.raw_execute().map_err(sqlite_error)?;
-            if inserted == 0 {
-                stored_before.insert(stored.record().request_id.as_str());
+        expect_parameters(&insert, SNAPSHOT.len())?;
+        for rows in as_if_new.writes.chunks(INSERT_ROWS) {
+            if let Some(rows_insert) = rows_insert.as_mut().filter(|_| rows.len() == INSERT_ROWS) {
+                rows_insert.insert(rows, &mut binder, now, &mut stored_before)?;
+                continue;
+            }
+            for stored in rows {
+                binder
+                    .bind(&mut insert, stored.snapshot_array(now))
+                    .map_err(sqlite_error)?;
+                let inserted = insert.raw_execute().map_err(sqlite_error)?;
+                if inserted == 0 {
+                    stored_before.insert(stored.record().request_id.as_str());
+                }
             }
         }
     }
@@ -180,7 +216,7 @@ pub(crate) fn write_batch(
         }
         let plan = plan_batch(batch, &existing, day_zone);
         let mut upsert = tx.prepare_cached(UPSERT.as_str()).map_err(sqlite_error)?;
-        expect_snapshot_parameters(&upsert)?;
+        expect_parameters(&upsert, SNAPSHOT.len())?;
         for stored in plan
             .writes
             .iter()
@@ -227,17 +263,94 @@ pub(crate) fn write_batch(
     tx.commit().map_err(sqlite_error)
 }
 
-/// Fails unless `statement` takes one parameter per [`SNAPSHOT`] column: the snapshot is bound
-/// by position ([`SnapshotBinder`]), which does not count the parameters itself.
-fn expect_snapshot_parameters(statement: &rusqlite::Statement<'_>) -> Result<(), StoreError> {
+/// Fails unless `statement` takes `count` parameters: snapshots are bound by position
+/// ([`SnapshotBinder`]), which does not count the parameters itself.
+fn expect_parameters(statement: &rusqlite::Statement<'_>, count: usize) -> Result<(), StoreError> {
     let expected = statement.parameter_count();
-    if expected == SNAPSHOT.len() {
+    if expected == count {
         Ok(())
     } else {
         Err(sqlite_error(rusqlite::Error::InvalidParameterCount(
-            SNAPSHOT.len(),
-            expected,
+            count, expected,
         )))
+    }
+}
+
+/// The statements of a multi-row insert of new ids ([`INSERT_NEW_ROWS`]).
+struct RowsInsert<'c> {
+    connection: &'c Connection,
+    insert: rusqlite::CachedStatement<'c>,
+    inserted_since: rusqlite::CachedStatement<'c>,
+    /// Every row of `request_logs` has an `id` up to this one, so far in the transaction.
+    last_id: i64,
+}
+
+impl<'c> RowsInsert<'c> {
+    fn prepare(connection: &'c Connection) -> Result<Self, StoreError> {
+        let insert = connection
+            .prepare_cached(INSERT_NEW_ROWS.as_str())
+            .map_err(sqlite_error)?;
+        expect_parameters(&insert, INSERT_ROWS * SNAPSHOT.len())?;
+        let last_id = connection
+            .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM request_logs")
+            .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+            .map_err(sqlite_error)?;
+        Ok(Self {
+            connection,
+            insert,
+            inserted_since: connection
+                .prepare_cached("SELECT request_id FROM request_logs WHERE id > ?1")
+                .map_err(sqlite_error)?,
+            last_id,
+        })
+    }
+
+    /// Inserts `rows` ([`INSERT_ROWS`] of them, distinct request ids) in one statement, each
+    /// unless the store holds its request id, and adds the ids it held to `stored_before`.
+    ///
+    /// Which ones were held is learnt without a read in the common case: when every row was
+    /// inserted, none was. Otherwise the rows this statement inserted are the ones with an `id`
+    /// above every earlier row's (`AUTOINCREMENT` never reuses an id or goes back), read back
+    /// through the primary key.
+    fn insert<'r>(
+        &mut self,
+        rows: &[&'r StoredRecord],
+        binder: &mut SnapshotBinder,
+        now: SystemTime,
+        stored_before: &mut HashSet<&'r str>,
+    ) -> Result<(), StoreError> {
+        for (row, stored) in rows.iter().enumerate() {
+            binder
+                .bind_from(
+                    &mut self.insert,
+                    row * SNAPSHOT.len() + 1,
+                    stored.snapshot_array(now),
+                )
+                .map_err(sqlite_error)?;
+        }
+        let inserted = self.insert.raw_execute().map_err(sqlite_error)?;
+        if inserted < rows.len() {
+            let mut new_ids: HashSet<String> = HashSet::with_capacity(inserted);
+            if inserted > 0 {
+                let mut selected = self
+                    .inserted_since
+                    .query([self.last_id])
+                    .map_err(sqlite_error)?;
+                while let Some(row) = selected.next().map_err(sqlite_error)? {
+                    new_ids.insert(row.get(0).map_err(sqlite_error)?);
+                }
+            }
+            for stored in rows {
+                let id = stored.record().request_id.as_str();
+                if !new_ids.contains(id) {
+                    stored_before.insert(id);
+                }
+            }
+        }
+        if inserted > 0 {
+            self.last_id = self.connection.last_insert_rowid();
+        }
+        Ok(())
     }
 }
 
