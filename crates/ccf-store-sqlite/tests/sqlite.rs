@@ -569,9 +569,9 @@ async fn request_rows_touch_only_the_indexes_that_queries_use() {
     }
 }
 
-/// Batches longer than one multi-row insert: whole chunks of new ids go in one statement, a chunk
-/// holding a stored id falls back to one insert per row (and upserts the stored ones), and the
-/// rows and the summary are those of writing every snapshot on its own.
+/// Batches longer than one multi-row insert (8 rows): whole chunks go in one statement, the ids
+/// a chunk found stored are upserted, the rest of a batch is inserted row by row, and the rows
+/// and the summary are those of writing every snapshot on its own.
 #[tokio::test]
 async fn long_batches_write_every_row_and_count_every_final_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -608,12 +608,13 @@ async fn long_batches_write_every_row_and_count_every_final_once() {
         })
         .collect();
     store.write_batch(&price(first)).await.unwrap();
-    // 56 finals, 30-85, in chunks of 16 ids: 30-45 all stored, 46-61 four stored and twelve
-    // new, 62-77 three stored (after a chunk that inserted), 78-85 fewer than a chunk.
-    let second: Vec<_> = (30..86).map(final_of).collect();
+    // 60 finals, 30-89, in inserts of 8 ids: 30-37 and 38-45 all stored, 46-53 half stored,
+    // 54-61 and 62-69 new, 70-77 three stored (after inserts that inserted), 78-85 new, and
+    // 86-89 fewer than an insert's rows.
+    let second: Vec<_> = (30..90).map(final_of).collect();
     store.write_batch(&price(second)).await.unwrap();
 
-    for n in 0..86 {
+    for n in 0..90 {
         let row = store.get_request(&id(n)).await.unwrap().unwrap();
         assert_eq!(row.record, final_of(n), "{}", id(n));
     }
@@ -625,11 +626,11 @@ async fn long_batches_write_every_row_and_count_every_final_once() {
         })
         .await
         .unwrap();
-    assert_eq!(page.total, 86);
+    assert_eq!(page.total, 90);
     let summary = store.summary(&SummaryQuery::default()).await.unwrap();
     assert_eq!(summary.len(), 1);
     assert_eq!(
         (summary[0].request_count, summary[0].total_input_tokens),
-        (86, (1..=86).sum::<u64>() as i64)
+        (90, (1..=90).sum::<u64>() as i64)
     );
 }
