@@ -2,8 +2,8 @@
 
 use ccf_store::columns::{ColumnRow, ColumnValue};
 use ccf_store::{Cost, LegacyZone, StoreError};
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::ErrorCode;
+use rusqlite::types::{Null, ValueRef};
+use rusqlite::{ErrorCode, Statement};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Classifies a rusqlite error: busy/locked, read-only/full and open/IO failures are retryable.
@@ -104,30 +104,72 @@ pub(crate) fn as_time(value: ValueRef<'_>, zone: LegacyZone) -> Option<SystemTim
     }
 }
 
-/// An `i64` for SQLite from an unsigned count (saturating).
-pub(crate) fn int(value: u64) -> Value {
-    Value::Integer(i64::try_from(value).unwrap_or(i64::MAX))
+/// Binds a snapshot's [`ColumnValue`]s by position, parameter `?1` first, with the values
+/// the binding through `ToSqlOutput` gave (test
+/// `the_binder_binds_what_column_values_bound`), straight from the record: no intermediate `ToSqlOutput`, text bound
+/// borrowed (SQLite copies it while binding), timestamps formatted into one reused buffer, and the
+/// batch's write time (`created_at`, `updated_at`) formatted once per batch.
+pub(crate) struct SnapshotBinder {
+    now: SystemTime,
+    now_text: String,
+    scratch: String,
 }
 
-pub(crate) fn opt_int(value: Option<u64>) -> Value {
-    value.map_or(Value::Null, int)
-}
-
-/// A column's value as SQLite stores it: text as TEXT, instants as [`format_timestamp`] text,
-/// counts, flags (0/1) and nano-USD as INTEGER, legacy USD as REAL. Text is bound borrowed from
-/// the record (SQLite copies it while binding): a row has a dozen text columns, and an owned
-/// `Value` would allocate and copy each one first.
-pub(crate) fn column_value(value: ColumnValue<'_>) -> ToSqlOutput<'_> {
-    match value {
-        ColumnValue::Text(Some(text)) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
-        ColumnValue::Text(None) => ToSqlOutput::Owned(Value::Null),
-        ColumnValue::Time(time) => {
-            ToSqlOutput::Owned(time.map_or(Value::Null, |time| Value::Text(format_timestamp(time))))
+impl SnapshotBinder {
+    /// A binder for snapshots written at `now`.
+    pub(crate) fn new(now: SystemTime) -> Self {
+        Self {
+            now,
+            now_text: format_timestamp(now),
+            scratch: String::with_capacity(32),
         }
-        ColumnValue::Count(count) => ToSqlOutput::Owned(opt_int(count)),
-        ColumnValue::Flag(flag) => ToSqlOutput::Owned(Value::Integer(i64::from(flag))),
-        ColumnValue::NanoUsd(nano) => ToSqlOutput::Owned(Value::Integer(nano)),
-        ColumnValue::Usd(nano) => ToSqlOutput::Owned(Value::Real(Cost::usd(nano))),
+    }
+
+    /// Binds every value of `values` to `statement`, in order from `?1`. Every parameter is
+    /// bound (a NULL too), so nothing of the statement's previous row is left; the statement must
+    /// have exactly as many parameters as `values` (checked once per statement by the caller).
+    pub(crate) fn bind<'v>(
+        &mut self,
+        statement: &mut Statement<'_>,
+        values: impl IntoIterator<Item = ColumnValue<'v>>,
+    ) -> rusqlite::Result<()> {
+        self.bind_from(statement, 1, values)
+    }
+
+    /// [`SnapshotBinder::bind`] from parameter `?first` on (the rows of a multi-row insert).
+    pub(crate) fn bind_from<'v>(
+        &mut self,
+        statement: &mut Statement<'_>,
+        first: usize,
+        values: impl IntoIterator<Item = ColumnValue<'v>>,
+    ) -> rusqlite::Result<()> {
+        for (index, value) in values.into_iter().enumerate() {
+            let position = first + index;
+            match value {
+                ColumnValue::Text(Some(text)) => statement.raw_bind_parameter(position, text)?,
+                ColumnValue::Text(None) | ColumnValue::Time(None) | ColumnValue::Count(None) => {
+                    statement.raw_bind_parameter(position, Null)?
+                }
+                ColumnValue::Time(Some(time)) if time == self.now => {
+                    statement.raw_bind_parameter(position, self.now_text.as_str())?
+                }
+                ColumnValue::Time(Some(time)) => {
+                    self.scratch.clear();
+                    push_timestamp(&mut self.scratch, time);
+                    statement.raw_bind_parameter(position, self.scratch.as_str())?
+                }
+                ColumnValue::Count(Some(count)) => statement
+                    .raw_bind_parameter(position, i64::try_from(count).unwrap_or(i64::MAX))?,
+                ColumnValue::Flag(flag) => {
+                    statement.raw_bind_parameter(position, i64::from(flag))?
+                }
+                ColumnValue::NanoUsd(nano) => statement.raw_bind_parameter(position, nano)?,
+                ColumnValue::Usd(nano) => {
+                    statement.raw_bind_parameter(position, Cost::usd(nano))?
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -171,30 +213,35 @@ const YEAR_10000: u64 = 253_402_300_800;
 /// machinery: the civil date comes from the day count and the digits go into a fixed buffer.
 /// Instants before 1970 or from year 10000 on (signed years) are left to chrono.
 pub(crate) fn format_timestamp(time: SystemTime) -> String {
+    let mut text = String::with_capacity(27);
+    push_timestamp(&mut text, time);
+    text
+}
+
+/// Appends [`format_timestamp`]'s text to `text` (a buffer reused across rows allocates nothing).
+pub(crate) fn push_timestamp(text: &mut String, time: SystemTime) {
     let since_epoch = match time.duration_since(UNIX_EPOCH) {
         Ok(since) if since.as_secs() < YEAR_10000 => since,
-        _ => return ccf_store::time::format_timestamp(time),
+        _ => return text.push_str(&ccf_store::time::format_timestamp(time)),
     };
     let seconds = since_epoch.as_secs();
     let (year, month, day) = civil_from_days(seconds / 86_400);
     let of_day = seconds % 86_400;
     let micros = since_epoch.subsec_micros();
-    let mut text = String::with_capacity(27);
-    push_digits(&mut text, u64::from(year), 4);
+    push_digits(text, u64::from(year), 4);
     text.push('-');
-    push_digits(&mut text, u64::from(month), 2);
+    push_digits(text, u64::from(month), 2);
     text.push('-');
-    push_digits(&mut text, u64::from(day), 2);
+    push_digits(text, u64::from(day), 2);
     text.push('T');
-    push_digits(&mut text, of_day / 3_600, 2);
+    push_digits(text, of_day / 3_600, 2);
     text.push(':');
-    push_digits(&mut text, of_day % 3_600 / 60, 2);
+    push_digits(text, of_day % 3_600 / 60, 2);
     text.push(':');
-    push_digits(&mut text, of_day % 60, 2);
+    push_digits(text, of_day % 60, 2);
     text.push('.');
-    push_digits(&mut text, u64::from(micros), 6);
+    push_digits(text, u64::from(micros), 6);
     text.push('Z');
-    text
 }
 
 /// The last `width` decimal digits of `value`, zero-padded.
@@ -236,6 +283,38 @@ fn civil_from_days(days: u64) -> (u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ccf_store::columns::SNAPSHOT;
+    use ccf_store::{Pricing, StoredRecord, UsageRecord};
+    use rusqlite::types::{ToSqlOutput, Value};
+
+    /// An `i64` for SQLite from an unsigned count (saturating).
+    fn int(value: u64) -> Value {
+        Value::Integer(i64::try_from(value).unwrap_or(i64::MAX))
+    }
+
+    fn opt_int(value: Option<u64>) -> Value {
+        value.map_or(Value::Null, int)
+    }
+
+    /// A column's value as SQLite stores it: text as TEXT, instants as [`format_timestamp`] text,
+    /// counts, flags (0/1) and nano-USD as INTEGER, legacy USD as REAL. Text is bound borrowed from
+    /// the record (SQLite copies it while binding): a row has a dozen text columns, and an owned
+    /// `Value` would allocate and copy each one first. The writer binds through [`SnapshotBinder`]
+    /// instead; this is the reference it is tested against.
+    fn column_value(value: ColumnValue<'_>) -> ToSqlOutput<'_> {
+        match value {
+            ColumnValue::Text(Some(text)) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            ColumnValue::Text(None) => ToSqlOutput::Owned(Value::Null),
+            ColumnValue::Time(time) => ToSqlOutput::Owned(
+                time.map_or(Value::Null, |time| Value::Text(format_timestamp(time))),
+            ),
+            ColumnValue::Count(count) => ToSqlOutput::Owned(opt_int(count)),
+            ColumnValue::Flag(flag) => ToSqlOutput::Owned(Value::Integer(i64::from(flag))),
+            ColumnValue::NanoUsd(nano) => ToSqlOutput::Owned(Value::Integer(nano)),
+            ColumnValue::Usd(nano) => ToSqlOutput::Owned(Value::Real(Cost::usd(nano))),
+        }
+    }
+
     use std::time::Duration;
 
     #[test]
@@ -260,6 +339,76 @@ mod tests {
 
     fn at(seconds: u64, nanos: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(seconds, nanos)
+    }
+
+    /// Every parameter of a `SELECT ?1, ?2, ...` over the snapshot's columns, read back.
+    fn selected(statement: &mut Statement<'_>) -> Vec<Value> {
+        let mut rows = statement.raw_query();
+        let row = rows.next().expect("step").expect("one row");
+        (0..SNAPSHOT.len())
+            .map(|index| row.get::<_, Value>(index).expect("a value"))
+            .collect()
+    }
+
+    #[test]
+    fn the_binder_binds_what_column_values_bound() {
+        let connection = rusqlite::Connection::open_in_memory().expect("in-memory database");
+        let placeholders: Vec<String> = (1..=SNAPSHOT.len()).map(|n| format!("?{n}")).collect();
+        let sql = format!("SELECT {}", placeholders.join(", "));
+        let mut by_binder = connection.prepare(&sql).expect("prepare");
+        let mut by_values = connection.prepare(&sql).expect("prepare");
+        let now = at(1_759_040_000, 987_654_321);
+        let start = at(1_759_034_096, 123_456_789);
+
+        let mut full = UsageRecord::new("req-0123456789abcdef", start);
+        full.client_ip = Some("10.0.0.7".into());
+        full.user_agent = Some("claude-cli/1.0 é".into());
+        full.end_time = Some(now);
+        full.duration_ms = Some(u64::MAX);
+        full.endpoint_name = Some("primary".into());
+        full.group_name = Some("main".into());
+        full.model_name = Some("claude-sonnet-4-5".into());
+        full.requested_model = Some("sonnet".into());
+        full.is_streaming = true;
+        full.status = "completed".into();
+        full.http_status_code = Some(200);
+        full.retry_count = 2;
+        full.failure_reason = Some("rate_limited".into());
+        full.last_failure_reason = Some(String::new());
+        full.cancel_reason = Some("client".into());
+        full.usage.input_tokens = 1_000;
+        full.usage.output_tokens = 200;
+        full.usage.cache_read_input_tokens = 40;
+        full.time_to_first_byte_ms = Some(120);
+        full.attempts_json = Some("[]".into());
+        full.instance_id = Some("node-1".into());
+        full.api_key_name = Some("team".into());
+        full.is_final = true;
+        let full = StoredRecord::price(full, &Pricing::default());
+        assert!(full.cost().total > 0, "a priced row");
+        // Mostly NULLs, bound after the full row on the same statement: nothing of it is left.
+        let sparse = StoredRecord::price(UsageRecord::new("req-2", start), &Pricing::default());
+        // Instants the fast formatting leaves to chrono.
+        let mut odd = UsageRecord::new("req-3", UNIX_EPOCH - Duration::from_secs(86_400));
+        odd.end_time = Some(at(YEAR_10000 + 5, 0));
+        let odd = StoredRecord::price(odd, &Pricing::default());
+
+        let mut binder = SnapshotBinder::new(now);
+        for stored in [&full, &sparse, &odd, &full] {
+            binder
+                .bind(&mut by_binder, stored.snapshot_array(now))
+                .expect("bind");
+            let bound = selected(&mut by_binder);
+            let reference = {
+                for (index, value) in stored.snapshot_values(now).map(column_value).enumerate() {
+                    by_values
+                        .raw_bind_parameter(index + 1, value)
+                        .expect("bind");
+                }
+                selected(&mut by_values)
+            };
+            assert_eq!(bound, reference, "{}", stored.record().request_id);
+        }
     }
 
     #[test]

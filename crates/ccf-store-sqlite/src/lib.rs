@@ -424,7 +424,14 @@ impl UsageStore for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let batch = batch.to_vec();
+        self.write_shared(Arc::from(batch)).await
+    }
+
+    /// The batch goes to the writer thread as it is shared, without a copy of its records.
+    async fn write_shared(&self, batch: Arc<[StoredRecord]>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let zone = self.legacy_zone;
         let day_zone = self.day_zone;
         self.on_current_writer(move |connection| {

@@ -568,3 +568,69 @@ async fn request_rows_touch_only_the_indexes_that_queries_use() {
         );
     }
 }
+
+/// Batches longer than one multi-row insert (8 rows): whole chunks go in one statement, the ids
+/// a chunk found stored are upserted, the rest of a batch is inserted row by row, and the rows
+/// and the summary are those of writing every snapshot on its own.
+#[tokio::test]
+async fn long_batches_write_every_row_and_count_every_final_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("usage.db"), SqliteOptions::default()).await;
+    let pricing = pricing();
+    let price = |records: Vec<ccf_store::UsageRecord>| -> Vec<ccf_store::StoredRecord> {
+        records
+            .into_iter()
+            .map(|record| ccf_store::StoredRecord::price(record, &pricing))
+            .collect()
+    };
+    let id = |n: u64| format!("req-long-{n:03}");
+    let final_of = |n: u64| {
+        outcome(
+            &id(n),
+            at_ms(n),
+            status::COMPLETED,
+            "claude-haiku-4-5",
+            "primary",
+            "main",
+            tokens(n + 1, 1),
+            100,
+        )
+    };
+    // 0-29 final; 30-49 and 70-72 still live.
+    let first: Vec<_> = (0..50)
+        .chain(70..73)
+        .map(|n| {
+            if n < 30 {
+                final_of(n)
+            } else {
+                snapshot(&id(n), at_ms(n), status::FORWARDING)
+            }
+        })
+        .collect();
+    store.write_batch(&price(first)).await.unwrap();
+    // 60 finals, 30-89, in inserts of 8 ids: 30-37 and 38-45 all stored, 46-53 half stored,
+    // 54-61 and 62-69 new, 70-77 three stored (after inserts that inserted), 78-85 new, and
+    // 86-89 fewer than an insert's rows.
+    let second: Vec<_> = (30..90).map(final_of).collect();
+    store.write_batch(&price(second)).await.unwrap();
+
+    for n in 0..90 {
+        let row = store.get_request(&id(n)).await.unwrap().unwrap();
+        assert_eq!(row.record, final_of(n), "{}", id(n));
+    }
+    let page = store
+        .list_requests(&RequestQuery {
+            filter: RequestFilter::default(),
+            limit: 1,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 90);
+    let summary = store.summary(&SummaryQuery::default()).await.unwrap();
+    assert_eq!(summary.len(), 1);
+    assert_eq!(
+        (summary[0].request_count, summary[0].total_input_tokens),
+        (90, (1..=90).sum::<u64>() as i64)
+    );
+}

@@ -6,7 +6,7 @@
 //!
 //! Adding a `request_logs` column: a migration in each adapter, the field on [`UsageRecord`]
 //! (filled in [`UsageRecord::from_request`]), its name in [`SNAPSHOT`] and its value in
-//! [`StoredRecord::column_value`], and, to read it back, its name in [`REQUEST_ROW`] and its
+//! [`StoredRecord::snapshot_array`], and, to read it back, its name in [`REQUEST_ROW`] and its
 //! field in [`RequestRow::from_columns`].
 
 use std::time::SystemTime;
@@ -18,7 +18,7 @@ use crate::pricing::Cost;
 use crate::record::{status, RequestRow, StoredRecord, UsageRecord};
 
 /// Every column a snapshot writes, in the order adapters bind the values
-/// ([`StoredRecord::column_value`] gives each one's value).
+/// ([`StoredRecord::snapshot_array`] gives their values).
 pub const SNAPSHOT: [&str; 45] = [
     "request_id",
     "client_ip",
@@ -99,11 +99,43 @@ pub fn max_chars(column: &str) -> Option<usize> {
         .map(|(_, limit)| *limit)
 }
 
-/// Cuts `value` to at most `limit` characters, on a character boundary.
+/// Cuts `value` to at most `limit` characters, on a character boundary. A value of at most
+/// `limit` bytes has at most `limit` characters and is left without walking its characters (the
+/// common case: every row passes through here before it is written).
 fn fit(value: &mut String, limit: usize) {
+    if value.len() <= limit {
+        return;
+    }
     if let Some((end, _)) = value.char_indices().nth(limit) {
         value.truncate(end);
     }
+}
+
+/// [`fit`] for an optional value.
+fn fit_some(value: &mut Option<String>, limit: usize) {
+    if let Some(value) = value {
+        fit(value, limit);
+    }
+}
+
+/// The [`MAX_CHARS`] limit of a column, resolved at compile time (a column missing from the
+/// list is a compile error).
+const fn limit_of(name: &str) -> usize {
+    let mut index = 0;
+    while index < MAX_CHARS.len() {
+        if same(MAX_CHARS[index].0, name) {
+            return MAX_CHARS[index].1;
+        }
+        index += 1;
+    }
+    panic!("not a length-limited column");
+}
+
+/// [`limit_of`] in a `const` block.
+macro_rules! limit {
+    ($name:literal) => {
+        const { limit_of($name) }
+    };
 }
 
 impl UsageRecord {
@@ -111,26 +143,19 @@ impl UsageRecord {
     /// value from a client (a 300-character model name) is stored shortened instead of failing
     /// the row. Idempotent.
     pub fn fit_to_columns(&mut self) {
-        for (column, limit) in MAX_CHARS {
-            let field = match column {
-                "client_ip" => self.client_ip.as_mut(),
-                "method" => Some(&mut self.method),
-                "path" => Some(&mut self.path),
-                "endpoint_name" => self.endpoint_name.as_mut(),
-                "group_name" => self.group_name.as_mut(),
-                "model_name" => self.model_name.as_mut(),
-                "status" => Some(&mut self.status),
-                "failure_reason" => self.failure_reason.as_mut(),
-                "cancel_reason" => self.cancel_reason.as_mut(),
-                "instance_id" => self.instance_id.as_mut(),
-                "api_key_name" => self.api_key_name.as_mut(),
-                "requested_model" => self.requested_model.as_mut(),
-                _ => None,
-            };
-            if let Some(value) = field {
-                fit(value, limit);
-            }
-        }
+        // One line per MAX_CHARS entry (test `every_length_limited_column_is_cut_to_its_limit`).
+        fit_some(&mut self.client_ip, limit!("client_ip"));
+        fit(&mut self.method, limit!("method"));
+        fit(&mut self.path, limit!("path"));
+        fit_some(&mut self.endpoint_name, limit!("endpoint_name"));
+        fit_some(&mut self.group_name, limit!("group_name"));
+        fit_some(&mut self.model_name, limit!("model_name"));
+        fit(&mut self.status, limit!("status"));
+        fit_some(&mut self.failure_reason, limit!("failure_reason"));
+        fit_some(&mut self.cancel_reason, limit!("cancel_reason"));
+        fit_some(&mut self.instance_id, limit!("instance_id"));
+        fit_some(&mut self.api_key_name, limit!("api_key_name"));
+        fit_some(&mut self.requested_model, limit!("requested_model"));
     }
 }
 
@@ -258,16 +283,47 @@ pub enum ColumnValue<'a> {
     Usd(i64),
 }
 
+/// An array of [`SNAPSHOT`]'s values from `"column" => value` pairs, checked at compile time to
+/// name [`SNAPSHOT`]'s columns in its order.
+macro_rules! snapshot {
+    ($($name:literal => $value:expr),* $(,)?) => {{
+        const _: () = {
+            let names = [$($name),*];
+            assert!(names.len() == SNAPSHOT.len(), "one value per SNAPSHOT column");
+            let mut index = 0;
+            while index < names.len() {
+                assert!(same(names[index], SNAPSHOT[index]), "values in SNAPSHOT order");
+                index += 1;
+            }
+        };
+        [$($value),*]
+    }};
+}
+
 impl StoredRecord {
     /// The value of the [`SNAPSHOT`] column `column` for this snapshot written at `now`
     /// (`created_at` and `updated_at`; the upsert keeps the first `created_at`). `None` for a
     /// name that is not in [`SNAPSHOT`].
     pub fn column_value(&self, column: &str, now: SystemTime) -> Option<ColumnValue<'_>> {
+        let index = SNAPSHOT.iter().position(|name| *name == column)?;
+        self.snapshot_array(now).get(index).copied()
+    }
+
+    /// The values of [`SNAPSHOT`], in its order, for this snapshot written at `now`.
+    pub fn snapshot_values(&self, now: SystemTime) -> impl Iterator<Item = ColumnValue<'_>> {
+        self.snapshot_array(now).into_iter()
+    }
+
+    /// The values of [`SNAPSHOT`] by position, for this snapshot written at `now`: built in one
+    /// go, without looking any column up by name (every row written goes through here). The
+    /// `snapshot!` list names each value's column; a name out of [`SNAPSHOT`]'s order fails the
+    /// build.
+    pub fn snapshot_array(&self, now: SystemTime) -> [ColumnValue<'_>; SNAPSHOT.len()] {
         use ColumnValue::{Count, Flag, NanoUsd, Text, Time, Usd};
         let record = self.record();
         let cost = self.cost();
         let usage = &record.usage;
-        Some(match column {
+        snapshot![
             "request_id" => Text(Some(&record.request_id)),
             "client_ip" => Text(record.client_ip.as_deref()),
             "user_agent" => Text(record.user_agent.as_deref()),
@@ -310,20 +366,11 @@ impl StoredRecord {
             "is_final" => Flag(record.is_final),
             // A final row is counted in `usage_summary` in the same transaction that writes it.
             "summarized" => Flag(record.is_final),
-            "created_at" | "updated_at" => Time(Some(now)),
+            "created_at" => Time(Some(now)),
+            "updated_at" => Time(Some(now)),
             "api_key_name" => Text(record.api_key_name.as_deref()),
             "requested_model" => Text(record.requested_model.as_deref()),
-            _ => return None,
-        })
-    }
-
-    /// The values of [`SNAPSHOT`], in its order, for this snapshot written at `now`.
-    pub fn snapshot_values(&self, now: SystemTime) -> impl Iterator<Item = ColumnValue<'_>> {
-        SNAPSHOT.iter().map(move |column| {
-            // Every SNAPSHOT column has a value (tested below); a NULL would only show a bug.
-            self.column_value(column, now)
-                .unwrap_or(ColumnValue::Text(None))
-        })
+        ]
     }
 }
 
@@ -587,6 +634,68 @@ mod tests {
                 "{column} is read but never written"
             );
         }
+    }
+
+    #[test]
+    fn every_length_limited_column_is_cut_to_its_limit() {
+        let mut record = full_record().into_record();
+        let long = |limit: usize| "é".repeat(limit + 3);
+        record.client_ip = Some(long(45));
+        record.method = long(10);
+        record.path = long(255);
+        record.endpoint_name = Some(long(255));
+        record.group_name = Some(long(255));
+        record.model_name = Some(long(255));
+        record.status = long(50);
+        record.failure_reason = Some(long(50));
+        record.cancel_reason = Some(long(255));
+        record.instance_id = Some(long(255));
+        record.api_key_name = Some(long(255));
+        record.requested_model = Some(long(255));
+        record.user_agent = Some(long(1_000));
+        let stored = StoredRecord::with_cost(record, Cost::default());
+        let now = SystemTime::UNIX_EPOCH;
+        for (column, value) in SNAPSHOT.into_iter().zip(stored.snapshot_values(now)) {
+            let ColumnValue::Text(Some(text)) = value else {
+                continue;
+            };
+            match max_chars(column) {
+                Some(limit) => assert_eq!(text, "é".repeat(limit), "{column}"),
+                None if column == "user_agent" => assert_eq!(text.chars().count(), 1_003),
+                None => {}
+            }
+        }
+        // A value within its limit in characters but not in bytes is kept whole; cutting is
+        // idempotent.
+        let mut record = stored.into_record();
+        record.method = "é".repeat(10);
+        record.fit_to_columns();
+        assert_eq!(record.method, "é".repeat(10));
+        let before = record.clone();
+        record.fit_to_columns();
+        assert_eq!(record, before);
+    }
+
+    #[test]
+    fn values_by_position_are_the_values_by_name() {
+        let stored = full_record();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(7);
+        let values = stored.snapshot_array(now);
+        for (index, column) in SNAPSHOT.into_iter().enumerate() {
+            assert_eq!(
+                stored.column_value(column, now),
+                Some(values[index]),
+                "{column}"
+            );
+        }
+        assert_eq!(
+            stored.column_value("created_at", now),
+            Some(ColumnValue::Time(Some(now)))
+        );
+        assert_eq!(
+            stored.column_value("summarized", now),
+            Some(ColumnValue::Flag(true))
+        );
     }
 
     #[test]

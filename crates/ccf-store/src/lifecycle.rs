@@ -4,6 +4,7 @@
 //! crates. The admin API's live view uses the same mapping, so a live request and its stored row
 //! show the same values.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ccf_lifecycle::{ErrorState, RequestRecord};
@@ -22,44 +23,70 @@ impl UsageRecord {
     /// `suspended`), as the Go original stored it; the attempts trail is stored as JSON, and
     /// not at all when there was no attempt.
     pub fn from_request(record: &RequestRecord, instance_id: Option<&str>) -> UsageRecord {
-        let mut row = UsageRecord::new(record.id.to_string(), record.started_at);
-        row.client_ip = record.client_ip.map(|ip| ip.to_string());
-        row.user_agent = record.user_agent.clone();
-        row.method = record.method.clone();
-        row.path = record.path.clone();
-        row.end_time = record.ended_at;
-        row.duration_ms = record.duration.map(millis);
-        row.endpoint_name = record.endpoint.clone();
-        row.group_name = record.group.clone();
-        row.model_name = record.model().map(str::to_string);
-        row.is_streaming = record.is_streaming;
-        // The Go original stored the error dimension in the status column while a request was
-        // live.
-        row.status = match (record.status.is_final(), record.error_state) {
-            (false, Some(ErrorState::Retry)) => "retry".to_string(),
-            (false, Some(ErrorState::Suspended)) => "suspended".to_string(),
-            _ => record.status.as_str().to_string(),
-        };
-        row.http_status_code = record.http_status;
-        row.retry_count = record.retry_count;
-        row.failure_reason = record
-            .failure_reason
-            .map(|reason| reason.as_str().to_string());
-        row.last_failure_reason = record.last_failure_reason.clone();
-        row.cancel_reason = record.cancel_reason.clone();
-        row.usage = record.usage.clone().unwrap_or_default();
-        row.time_to_first_byte_ms = record.time_to_first_byte.map(millis);
-        row.attempts_json = (!record.attempts.is_empty())
-            .then(|| serde_json::to_string(&record.attempts).ok())
-            .flatten();
-        row.model_mismatch = record.model_mismatch;
-        row.partial = record.partial;
-        row.instance_id = instance_id.map(str::to_string);
-        row.api_key_name = record.api_key_name.clone();
-        row.requested_model = record.request_model.clone();
-        row.is_final = record.is_final();
-        row
+        // Built field by field (not `UsageRecord::new` and then overwritten): every row written
+        // comes through here, and `new`'s default texts would be allocated only to be dropped.
+        UsageRecord {
+            request_id: record.id.to_string(),
+            client_ip: record.client_ip.map(ip_text),
+            user_agent: record.user_agent.clone(),
+            method: record.method.clone(),
+            path: record.path.clone(),
+            start_time: record.started_at,
+            end_time: record.ended_at,
+            duration_ms: record.duration.map(millis),
+            endpoint_name: record.endpoint.clone(),
+            group_name: record.group.clone(),
+            model_name: record.model().map(str::to_string),
+            requested_model: record.request_model.clone(),
+            is_streaming: record.is_streaming,
+            // The Go original stored the error dimension in the status column while a request
+            // was live.
+            status: match (record.status.is_final(), record.error_state) {
+                (false, Some(ErrorState::Retry)) => "retry".to_string(),
+                (false, Some(ErrorState::Suspended)) => "suspended".to_string(),
+                _ => record.status.as_str().to_string(),
+            },
+            http_status_code: record.http_status,
+            retry_count: record.retry_count,
+            failure_reason: record
+                .failure_reason
+                .map(|reason| reason.as_str().to_string()),
+            last_failure_reason: record.last_failure_reason.clone(),
+            cancel_reason: record.cancel_reason.clone(),
+            usage: record.usage.clone().unwrap_or_default(),
+            time_to_first_byte_ms: record.time_to_first_byte.map(millis),
+            attempts_json: (!record.attempts.is_empty())
+                .then(|| serde_json::to_string(&record.attempts).ok())
+                .flatten(),
+            model_mismatch: record.model_mismatch,
+            partial: record.partial,
+            instance_id: instance_id.map(str::to_string),
+            api_key_name: record.api_key_name.clone(),
+            is_final: record.is_final(),
+        }
     }
+}
+
+/// An address as `IpAddr`'s `Display` writes it; an IPv4 address (the usual client) without the
+/// formatting machinery, which cost about 1,300 instructions a row.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (index, octet) in v4.octets().into_iter().enumerate() {
+        if index > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -87,6 +114,22 @@ mod tests {
         };
         let (lifecycle, _started) = Lifecycle::start(start, now);
         (lifecycle, now)
+    }
+
+    #[test]
+    fn addresses_read_as_their_display() {
+        let mut addresses: Vec<std::net::IpAddr> = Vec::new();
+        for a in [0u8, 1, 9, 10, 42, 99, 100, 127, 199, 200, 255] {
+            for b in [0u8, 7, 10, 100, 255] {
+                addresses.push([a, b, 255 - b, a.wrapping_mul(7)].into());
+            }
+        }
+        addresses.push("::1".parse().expect("v6"));
+        addresses.push("2001:db8::7:1".parse().expect("v6"));
+        addresses.push("::ffff:10.0.0.7".parse().expect("v6"));
+        for address in addresses {
+            assert_eq!(super::ip_text(address), address.to_string());
+        }
     }
 
     #[test]

@@ -201,6 +201,84 @@ enum Key {
     Number(u64),
 }
 
+/// How the pending map hashes its [`Key`]s: every request looks its key up a few times on the
+/// request path (one hand-over per lifecycle change), and SipHash cost about 275 instructions a
+/// lookup. The numbers are random 64-bit request ids and the texts are request ids the
+/// forwarder generated, so a seeded multiply-and-fold hash (as foldhash does) is enough; the
+/// seed is random per map, so no client input can aim at a bucket.
+#[derive(Clone)]
+struct KeyHashing {
+    seed: u64,
+}
+
+impl Default for KeyHashing {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        Self {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0x5EED_u64),
+        }
+    }
+}
+
+impl std::hash::BuildHasher for KeyHashing {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher { state: self.seed }
+    }
+}
+
+/// [`KeyHashing`]'s hasher.
+struct KeyHasher {
+    state: u64,
+}
+
+/// An odd 64-bit constant with well-spread bits (the fractional part of π).
+const MULTIPLIER: u64 = 0x243F_6A88_85A3_08D3;
+
+impl KeyHasher {
+    /// Mixes one 64-bit word into the state: the high and low halves of a full product, folded.
+    fn mix(&mut self, word: u64) {
+        let product = u128::from(self.state ^ word) * u128::from(MULTIPLIER);
+        self.state = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            // The length keeps `ab` and `ab\0` apart.
+            self.mix(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.mix(value);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.mix(value as u64);
+    }
+
+    fn write_isize(&mut self, value: isize) {
+        self.mix(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        let product = u128::from(self.state) * u128::from(MULTIPLIER.rotate_left(17));
+        (product as u64) ^ ((product >> 64) as u64)
+    }
+}
+
 /// Starts recorders.
 #[derive(Debug)]
 pub struct Recorder;
@@ -546,7 +624,7 @@ impl Shared {
 /// Snapshots waiting to be written: the latest per request, in order of first arrival.
 #[derive(Default)]
 struct Pending {
-    by_id: HashMap<Key, (u64, Snapshot)>,
+    by_id: HashMap<Key, (u64, Snapshot), KeyHashing>,
     order: BTreeMap<u64, Key>,
     next_seq: u64,
     /// How many of `by_id` are final.
@@ -960,15 +1038,19 @@ impl Writer {
     /// Writes one batch, retrying until it is written; only records the database rejects as
     /// invalid are ever dropped. Returns what it did not write because a bounded shutdown's
     /// deadline passed (empty otherwise).
+    ///
+    /// The batch is shared with the store ([`UsageStore::write_shared`]) instead of copied for
+    /// each attempt; only the rare paths (a rejected batch split in two, a shutdown deadline)
+    /// copy records.
     async fn write(&self, stored: Vec<StoredRecord>) -> Vec<StoredRecord> {
-        let mut queue = vec![stored];
+        let mut queue: Vec<Arc<[StoredRecord]>> = vec![Arc::from(stored)];
         while let Some(stored) = queue.pop() {
             match self.write_with_retry(&stored).await {
                 Ok(()) => {}
                 Err(WriteFailure::Stopped) => {
-                    let mut left = stored;
+                    let mut left = stored.to_vec();
                     for rest in queue {
-                        left.extend(rest);
+                        left.extend_from_slice(&rest);
                     }
                     return left;
                 }
@@ -1000,11 +1082,14 @@ impl Writer {
     /// Retries retryable errors for ever (with backoff) or until a bounded shutdown's deadline;
     /// returns a non-retryable error at once for a batch of several (the caller splits it) and
     /// after `max_retry` immediate attempts for a single record.
-    async fn write_with_retry(&self, stored: &[StoredRecord]) -> Result<(), WriteFailure> {
+    async fn write_with_retry(&self, stored: &Arc<[StoredRecord]>) -> Result<(), WriteFailure> {
         let mut backoff = self.settings.initial_backoff;
         let mut invalid_attempts = 0;
         loop {
-            let Some(result) = self.interruptible(self.store.write_batch(stored)).await else {
+            let Some(result) = self
+                .interruptible(self.store.write_shared(stored.clone()))
+                .await
+            else {
                 return Err(WriteFailure::Stopped);
             };
             match result {
@@ -1088,15 +1173,47 @@ impl Drop for SpillDone<'_> {
     }
 }
 
-fn split(mut stored: Vec<StoredRecord>) -> (Vec<StoredRecord>, Vec<StoredRecord>) {
-    let right = stored.split_off(stored.len() / 2);
-    (stored, right)
+fn split(stored: Arc<[StoredRecord]>) -> (Arc<[StoredRecord]>, Arc<[StoredRecord]>) {
+    let (left, right) = stored.split_at(stored.len() / 2);
+    (Arc::from(left), Arc::from(right))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn pending_keys_hash_apart_and_alike() {
+        use std::hash::BuildHasher;
+        let hashing = KeyHashing::default();
+        let hash = |key: &Key| hashing.hash_one(key);
+        assert_eq!(hash(&Key::Number(7)), hash(&Key::Number(7)));
+        assert_eq!(
+            hash(&Key::Text("req-0123456789abcdef".into())),
+            hash(&Key::Text("req-0123456789abcdef".into()))
+        );
+        assert_ne!(hash(&Key::Number(7)), hash(&Key::Number(8)));
+        assert_ne!(
+            hash(&Key::Text("ab".into())),
+            hash(&Key::Text("ab\0".into()))
+        );
+        assert_ne!(
+            hash(&Key::Text("a".into())),
+            hash(&Key::Number(u64::from(b'a')))
+        );
+        // Sequential numbers spread over the buckets' low bits and the tags' high bits.
+        let hashes: Vec<u64> = (0..4096u64).map(|n| hash(&Key::Number(n))).collect();
+        let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 4095).collect();
+        let high: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(low.len() > 2_000, "{}", low.len());
+        assert_eq!(high.len(), 128);
+        // Another map has another seed.
+        assert_ne!(
+            KeyHashing::default().hash_one(Key::Number(7)),
+            hash(&Key::Number(7))
+        );
+    }
 
     struct Live {
         id: &'static str,

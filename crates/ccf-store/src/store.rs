@@ -1,6 +1,7 @@
 //! The [`UsageStore`] trait every database adapter implements.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -36,6 +37,13 @@ pub trait UsageStore: Send + Sync {
     /// by a non-final snapshot) and keeps `usage_summary` current for final rows. On error nothing
     /// of the batch is written.
     async fn write_batch(&self, batch: &[StoredRecord]) -> Result<(), StoreError>;
+
+    /// [`UsageStore::write_batch`] of a batch the caller shares (the recorder keeps it until it
+    /// is written, for a retry): a store that writes on a thread of its own takes the batch there
+    /// without copying it. The default writes `&batch`.
+    async fn write_shared(&self, batch: Arc<[StoredRecord]>) -> Result<(), StoreError> {
+        self.write_batch(&batch).await
+    }
 
     /// One page of rows, newest first, and the number of rows matching the same filter.
     async fn list_requests(&self, query: &RequestQuery) -> Result<Page<RequestRow>, StoreError>;

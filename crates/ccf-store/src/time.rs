@@ -356,8 +356,31 @@ impl DayZone {
 
     /// The local calendar date of `time`, `YYYY-MM-DD` (the `usage_summary.date` key and the
     /// daily stats bucket).
+    ///
+    /// Every row written computes its summary day here, so the digits of years 0-9999 are
+    /// written directly instead of through chrono's formatting (the same text, test
+    /// `a_date_formats_as_chrono_formats_it`); other years keep chrono's signed form.
     pub fn format_date(&self, time: SystemTime) -> String {
-        self.date_of(time).format("%Y-%m-%d").to_string()
+        use chrono::Datelike;
+        let date = self.date_of(time);
+        let Ok(year) = u32::try_from(date.year()) else {
+            return date.format("%Y-%m-%d").to_string();
+        };
+        if year > 9999 {
+            return date.format("%Y-%m-%d").to_string();
+        }
+        let mut text = String::with_capacity(10);
+        for (value, width) in [(year, 4), (date.month(), 2), (date.day(), 2)] {
+            if !text.is_empty() {
+                text.push('-');
+            }
+            let mut divisor = 10u32.pow(width - 1);
+            while divisor > 0 {
+                text.push(char::from(b'0' + (value / divisor % 10) as u8));
+                divisor /= 10;
+            }
+        }
+        text
     }
 
     /// The local hour of `time` with its offset, `YYYY-MM-DDTHH:00:00+08:00`, `Z` for UTC (the
@@ -427,6 +450,33 @@ mod tests {
                 .map(|t| t.with_timezone(&Utc))
                 .unwrap(),
         )
+    }
+
+    #[test]
+    fn a_date_formats_as_chrono_formats_it() {
+        let zones = [
+            DayZone::Utc,
+            DayZone::Fixed(FixedOffset::east_opt(8 * 3600).expect("offset")),
+            DayZone::Fixed(FixedOffset::west_opt(5 * 3600 + 1800).expect("offset")),
+        ];
+        let mut instants = vec![
+            UNIX_EPOCH,
+            UNIX_EPOCH - Duration::from_secs(86_400 * 365 * 2_000),
+            UNIX_EPOCH - Duration::from_secs(86_400 * 365 * 1_971),
+            UNIX_EPOCH + Duration::from_secs(253_402_300_800 - 1),
+            UNIX_EPOCH + Duration::from_secs(253_402_300_800 + 86_400 * 40),
+        ];
+        instants
+            .extend((0..4_000u64).map(|day| UNIX_EPOCH + Duration::from_secs(day * 86_399 * 3)));
+        for zone in zones {
+            for &instant in &instants {
+                assert_eq!(
+                    zone.format_date(instant),
+                    zone.date_of(instant).format("%Y-%m-%d").to_string(),
+                    "{instant:?}"
+                );
+            }
+        }
     }
 
     #[test]
