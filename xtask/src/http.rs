@@ -40,6 +40,24 @@ pub fn post_json(
     body: &str,
     timeout: Duration,
 ) -> Result<Response> {
+    let mut stream = send_post_json(address, path, extra_headers, body, timeout)?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the response from {address}"))?;
+    parse_response(&raw)
+}
+
+/// Sends `POST path` with a JSON body on a new connection (`Connection: close`, read and write
+/// timeouts `timeout`) and returns the connection, to read the response as the caller needs
+/// (whole with [`post_json`], or in part to hang up mid-stream).
+pub fn send_post_json(
+    address: SocketAddr,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> Result<TcpStream> {
     let mut stream = TcpStream::connect_timeout(&address, timeout)
         .with_context(|| format!("connecting to {address}"))?;
     stream.set_read_timeout(Some(timeout))?;
@@ -57,11 +75,7 @@ pub fn post_json(
     stream
         .write_all(request.as_bytes())
         .with_context(|| format!("sending the request to {address}"))?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the response from {address}"))?;
-    parse_response(&raw)
+    Ok(stream)
 }
 
 /// Parses a complete HTTP/1.1 response (status line, headers, body up to end of input).

@@ -469,17 +469,16 @@ fn send(address: SocketAddr, kind: Kind) -> Result<Sent> {
         "{{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":64,\"stream\":{stream},\
          \"messages\":[{{\"role\":\"user\",\"content\":\"soak test\"}}]}}"
     );
-    let mut connection = TcpStream::connect_timeout(&address, REQUEST_TIMEOUT)
-        .with_context(|| format!("connecting to {address}"))?;
-    connection.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    connection.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    let request = format!(
-        "POST /v1/messages HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         anthropic-version: 2023-06-01\r\nx-api-key: soak-client\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    connection.write_all(request.as_bytes())?;
+    let mut connection = crate::http::send_post_json(
+        address,
+        "/v1/messages",
+        &[
+            ("anthropic-version", "2023-06-01"),
+            ("x-api-key", "soak-client"),
+        ],
+        &body,
+        REQUEST_TIMEOUT,
+    )?;
 
     let mut raw = Vec::new();
     let mut buffer = [0u8; 16 * 1024];

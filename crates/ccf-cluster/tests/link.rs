@@ -19,7 +19,6 @@ use ccf_config::Config;
 use ccf_proxy::cluster::ClusterStatus;
 use ccf_proxy::Forwarder;
 use ccf_router::{SessionKey, SessionSource};
-use ccf_store::{ApplyOutcome, SharedChange, SharedState};
 use ccf_testkit::{MockUpstream, Reply, TcpProxy};
 use http_body_util::{BodyExt, Full};
 use redis::AsyncCommands;
@@ -508,75 +507,7 @@ async fn operator_state_on_redis_is_compare_and_set_on_the_version() {
     let b = RedisCluster::new(&config.cluster, "b")
         .unwrap()
         .shared_state();
-    let change = |scope: &str, state: &str, by: &str| SharedChange {
-        scope: scope.into(),
-        state: state.into(),
-        updated_by: by.into(),
-    };
-    assert!(a.load_all().await.unwrap().is_empty());
-
-    // Creating a scope: the first writer wins, the second conflicts.
-    let created = a
-        .apply(&change("group:main", r#"{"paused":true}"#, "a"), 0)
-        .await
-        .unwrap();
-    assert_eq!(created, ApplyOutcome::Applied { version: 1 });
-    let late = b
-        .apply(&change("group:main", r#"{"paused":false}"#, "b"), 0)
-        .await
-        .unwrap();
-    assert_eq!(late, ApplyOutcome::Conflict);
-
-    // Updating: only with the current version.
-    let stale = b
-        .apply(&change("group:main", r#"{"paused":false}"#, "b"), 7)
-        .await
-        .unwrap();
-    assert_eq!(stale, ApplyOutcome::Conflict);
-    let current = b.load("group:main").await.unwrap().unwrap();
-    assert_eq!((current.version, current.updated_by.as_str()), (1, "a"));
-    assert!(current.updated_at.is_some());
-    let fresh = b
-        .apply(&change("group:main", r#"{"paused":false}"#, "b"), 1)
-        .await
-        .unwrap();
-    assert_eq!(fresh, ApplyOutcome::Applied { version: 2 });
-    let all = a.load_all().await.unwrap();
-    assert_eq!(all.len(), 1);
-    assert_eq!(all[0].state, r#"{"paused":false}"#);
-    assert_eq!(all[0].updated_by, "b");
-    assert_eq!(a.load("nope").await.unwrap(), None);
-
-    // Concurrent read-modify-write increments from both: none is lost.
-    let stores: Vec<Arc<dyn SharedState>> = vec![a, b];
-    let mut tasks = Vec::new();
-    for (index, store) in stores.iter().enumerate() {
-        for _ in 0..10 {
-            let store = Arc::clone(store);
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let current = store.load("counter").await.unwrap();
-                    let (count, version) = current.map_or((0, 0), |setting| {
-                        (setting.state.parse::<u64>().unwrap(), setting.version)
-                    });
-                    let next = SharedChange {
-                        scope: "counter".into(),
-                        state: (count + 1).to_string(),
-                        updated_by: index.to_string(),
-                    };
-                    if let ApplyOutcome::Applied { .. } = store.apply(&next, version).await.unwrap()
-                    {
-                        break;
-                    }
-                }
-            }));
-        }
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let counter = stores[0].load("counter").await.unwrap().unwrap();
-    assert_eq!((counter.state.as_str(), counter.version), ("20", 20));
+    ccf_store::contract::shared_state_is_compare_and_set_on_the_version(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

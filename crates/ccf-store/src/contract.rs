@@ -5,6 +5,10 @@
 //! ContractFixture` holds a fresh store migrated with that day zone, and invokes the macro with
 //! it; each case becomes one `#[tokio::test]` named after it. Most cases run in UTC days; the
 //! zoned cases in [`zoned_day_zone`] (Asia/Shanghai, UTC+8).
+//!
+//! [`shared_state_is_compare_and_set_on_the_version`] is the contract of a [`SharedState`]
+//! (operator state shared by instances: the MySQL `cluster_state` table, the Redis hash of
+//! `ccf-cluster`), run by each of them with two handles on one backing store.
 
 #![allow(clippy::unwrap_used, clippy::too_many_arguments, missing_docs)]
 
@@ -17,9 +21,9 @@ use ccf_config::{ModelPricing, UsageTrackingConfig};
 use ccf_types::Usage;
 
 use crate::{
-    status, Cost, DayZone, ExportCursor, ExportFormat, Pricing, Recorder, RecorderSettings,
-    RequestFilter, RequestQuery, RequestRow, Retention, StoredRecord, SummaryQuery, UsageRecord,
-    UsageStore, CSV_HEADER,
+    status, ApplyOutcome, Cost, DayZone, ExportCursor, ExportFormat, Pricing, Recorder,
+    RecorderSettings, RequestFilter, RequestQuery, RequestRow, Retention, SharedChange,
+    SharedState, StoredRecord, SummaryQuery, UsageRecord, UsageStore, CSV_HEADER,
 };
 
 /// A fresh, migrated store for one test, and how to dispose of it.
@@ -2102,4 +2106,85 @@ pub async fn time_stats(
     }
     times.sort();
     (times, requests)
+}
+
+/// A [`SharedState`] change of `scope` to `state` written by `by`.
+fn shared_change(scope: &str, state: &str, by: &str) -> SharedChange {
+    SharedChange {
+        scope: scope.into(),
+        state: state.into(),
+        updated_by: by.into(),
+    }
+}
+
+/// The [`SharedState`] contract, on two handles `a` and `b` to one empty backing store (two
+/// instances): creating a scope lets the first writer win; an update needs the current version;
+/// a read shows the last writer and time; 20 concurrent read-modify-write increments from both
+/// lose none. Leaves the scopes `group:main` and `counter` behind.
+pub async fn shared_state_is_compare_and_set_on_the_version(
+    a: Arc<dyn SharedState>,
+    b: Arc<dyn SharedState>,
+) {
+    assert!(a.load_all().await.unwrap().is_empty());
+
+    // Creating a scope: the first writer wins, the second conflicts.
+    let created = a
+        .apply(&shared_change("group:main", r#"{"paused":true}"#, "a"), 0)
+        .await
+        .unwrap();
+    assert_eq!(created, ApplyOutcome::Applied { version: 1 });
+    let late = b
+        .apply(&shared_change("group:main", r#"{"paused":false}"#, "b"), 0)
+        .await
+        .unwrap();
+    assert_eq!(late, ApplyOutcome::Conflict);
+
+    // Updating: only with the current version.
+    let stale = b
+        .apply(&shared_change("group:main", r#"{"paused":false}"#, "b"), 7)
+        .await
+        .unwrap();
+    assert_eq!(stale, ApplyOutcome::Conflict);
+    let current = b.load("group:main").await.unwrap().unwrap();
+    assert_eq!((current.version, current.updated_by.as_str()), (1, "a"));
+    assert!(current.updated_at.is_some());
+    let fresh = b
+        .apply(&shared_change("group:main", r#"{"paused":false}"#, "b"), 1)
+        .await
+        .unwrap();
+    assert_eq!(fresh, ApplyOutcome::Applied { version: 2 });
+    let all = a.load_all().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].scope, "group:main");
+    assert_eq!(all[0].state, r#"{"paused":false}"#);
+    assert_eq!((all[0].version, all[0].updated_by.as_str()), (2, "b"));
+    assert_eq!(a.load("nope").await.unwrap(), None);
+
+    // Concurrent read-modify-write increments from both: none is lost.
+    let handles = [a, b];
+    let mut tasks = Vec::new();
+    for (index, store) in handles.iter().enumerate() {
+        for _ in 0..10 {
+            let store = Arc::clone(store);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let current = store.load("counter").await.unwrap();
+                    let (count, version) = current.map_or((0, 0), |setting| {
+                        (setting.state.parse::<u64>().unwrap(), setting.version)
+                    });
+                    let next =
+                        shared_change("counter", &(count + 1).to_string(), &index.to_string());
+                    if let ApplyOutcome::Applied { .. } = store.apply(&next, version).await.unwrap()
+                    {
+                        break;
+                    }
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let counter = handles[0].load("counter").await.unwrap().unwrap();
+    assert_eq!((counter.state.as_str(), counter.version), ("20", 20));
 }

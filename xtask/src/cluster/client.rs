@@ -139,20 +139,17 @@ fn send(address: SocketAddr, stream: bool, session: &str) -> Result<Answer> {
         "{{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":64,\"stream\":{stream},\
          \"messages\":[{{\"role\":\"user\",\"content\":\"cluster run, session {session}\"}}]}}"
     );
-    let mut connection = TcpStream::connect_timeout(&address, REQUEST_TIMEOUT)
-        .with_context(|| format!("connecting to {address}"))?;
-    connection.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    connection.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    let request = format!(
-        "POST /v1/messages HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         anthropic-version: 2023-06-01\r\nx-api-key: cluster-client\r\nx-session-id: {session}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    connection.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    connection.read_to_end(&mut raw)?;
-    let response = crate::http::parse_response(&raw)?;
+    let response = crate::http::post_json(
+        address,
+        "/v1/messages",
+        &[
+            ("anthropic-version", "2023-06-01"),
+            ("x-api-key", "cluster-client"),
+            ("x-session-id", session),
+        ],
+        &body,
+        REQUEST_TIMEOUT,
+    )?;
     if response.status != 200 {
         bail!("status {}", response.status);
     }
