@@ -277,15 +277,32 @@ impl Instance {
         path: &str,
         expected: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.poll(
+            every,
+            &format!("{what} at {path}"),
+            |instance| instance.admin_json(path),
+            expected,
+        )
+    }
+
+    /// Reads `read` every `every` until `done` holds for what it read; that value. The deadline
+    /// only catches an instance that never gets there.
+    fn poll<T: std::fmt::Debug>(
+        &self,
+        every: Duration,
+        what: &str,
+        read: impl Fn(&Instance) -> T,
+        done: impl Fn(&T) -> bool,
+    ) -> T {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let body = self.admin_json(path);
-            if expected(&body) {
-                return body;
+            let last = read(self);
+            if done(&last) {
+                return last;
             }
             assert!(
                 Instant::now() < deadline,
-                "{} never showed {what} at {path}; last answer: {body}\nlog:\n{}",
+                "{} never showed {what}; last: {last:?}\nlog:\n{}",
                 self.name,
                 self.logs()
             );
@@ -1055,20 +1072,13 @@ fn wait_for_health(
     what: &str,
     expected: impl Fn(u16, &Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let (status, body) = detailed_health(instance, key);
-        if expected(status, &body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never showed {what}; last: {status} {body}\n{}",
-            instance.name,
-            instance.logs()
-        );
-        std::thread::sleep(POLL);
-    }
+    let (_, body) = instance.poll(
+        POLL,
+        what,
+        |instance| detailed_health(instance, key),
+        |(status, body)| expected(*status, body),
+    );
+    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 
 use crate::names::Names;
+use crate::wire::ttl_millis;
 
 /// The rolling window `requests_per_minute` counts in.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -292,7 +293,7 @@ impl Inner {
             .key(self.names.rate(key))
             .arg(limit)
             .arg(self.member())
-            .arg(millis(RATE_WINDOW))
+            .arg(ttl_millis(RATE_WINDOW))
             .invoke_async(&mut connection)
             .await?;
         Ok(if admitted == 1 {
@@ -320,7 +321,7 @@ impl Inner {
             .key(&set)
             .arg(limit)
             .arg(&member)
-            .arg(millis(self.lease))
+            .arg(ttl_millis(self.lease))
             .invoke_async(&mut connection)
             .await?;
         if taken != 1 {
@@ -340,7 +341,7 @@ impl Inner {
         for (set, members) in by_set {
             let mut connection = self.connection.clone();
             let mut invocation = self.refresh.key(&set);
-            invocation.arg(millis(self.lease));
+            invocation.arg(ttl_millis(self.lease));
             for member in &members {
                 invocation.arg(member);
             }
@@ -434,11 +435,6 @@ impl SharedKeyCounters for RedisKeyCounters {
 /// credentials).
 fn unavailable(error: RedisError) -> SharedUnavailable {
     SharedUnavailable(error.to_string())
-}
-
-/// `duration` in whole milliseconds (saturating).
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `time` as whole seconds since the Unix epoch (0 before it).

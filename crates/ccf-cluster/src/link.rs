@@ -390,15 +390,7 @@ mod tests {
         link.note_fallback();
         assert_eq!(link.state.cooling_until_for_tests(), until);
         assert_eq!(link.status().fallbacks, 3);
-        let left = until.saturating_sub(
-            u64::try_from(
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis(),
-            )
-            .unwrap(),
-        );
+        let left = until.saturating_sub(crate::wire::unix_ms(SystemTime::now()));
         assert!(left <= 1_000, "{left} ms");
     }
 

@@ -14,6 +14,8 @@ use ccf_proxy::cluster::ClusterStatus;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::wire::unix_ms;
+
 /// The link's state and counters (shared by the link, the writer and the supervisor).
 #[derive(Debug)]
 pub(crate) struct LinkState {
@@ -45,14 +47,6 @@ pub(crate) struct LinkState {
 /// one per request; meanwhile each instance enforces the key limits alone (at most N times a
 /// limit across N instances, for this long).
 pub(crate) const FALLBACK_COOL_OFF: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Unix milliseconds of `at`.
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-}
 
 #[derive(Debug)]
 struct Inner {
@@ -94,9 +88,9 @@ impl LinkState {
         if !self.is_connected() {
             return;
         }
-        let now = unix_ms(SystemTime::now());
-        let until =
-            now.saturating_add(u64::try_from(FALLBACK_COOL_OFF.as_millis()).unwrap_or(u64::MAX));
+        let now = SystemTime::now();
+        let until = unix_ms(now + FALLBACK_COOL_OFF);
+        let now = unix_ms(now);
         let _ =
             self.cooling_until_ms
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {

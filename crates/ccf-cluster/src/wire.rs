@@ -141,6 +141,14 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
     })
 }
 
+/// `duration` in whole milliseconds, at least 1 (saturating): what a TTL or a window length
+/// is sent to Redis as (a TTL of 0 is refused).
+pub(crate) fn ttl_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// The instant `ms` unix milliseconds name.
 pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH

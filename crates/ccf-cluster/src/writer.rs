@@ -37,7 +37,7 @@ use tracing::{debug, warn};
 
 use crate::link::Link;
 use crate::outbox::Outgoing;
-use crate::wire::{unix_ms, Envelope, StoredBinding, StoredQuota, WireUpdate};
+use crate::wire::{ttl_millis, unix_ms, Envelope, StoredBinding, StoredQuota, WireUpdate};
 
 /// Most outbox entries written in one pipeline.
 pub(crate) const BATCH_MAX: usize = 512;
@@ -320,7 +320,7 @@ fn write_state(
             pipe.pset_ex(
                 names.session(*session),
                 serde_json::to_string(&binding)?,
-                millis(ttl),
+                ttl_millis(ttl),
             )
             .ignore();
         }
@@ -336,7 +336,7 @@ fn write_state(
             pipe.pset_ex(
                 names.quota(endpoint),
                 serde_json::to_string(&quota)?,
-                millis(QUOTA_TTL),
+                ttl_millis(QUOTA_TTL),
             )
             .ignore();
         }
@@ -355,15 +355,8 @@ fn later_end(pipe: &mut redis::Pipeline, key: &str, until: SystemTime, now: Syst
     if left.is_zero() {
         return;
     }
-    pipe.invoke_script(LATER_END.key(key).arg(unix_ms(until)).arg(millis(left)))
+    pipe.invoke_script(LATER_END.key(key).arg(unix_ms(until)).arg(ttl_millis(left)))
         .ignore();
-}
-
-/// Whole milliseconds, at least 1 (a TTL of 0 is refused by Redis).
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
 }
 
 /// Keeps only the last `SessionBound` of each session, the last `QuotaHeaders` of each
@@ -596,7 +589,7 @@ mod tests {
             "NOPERM this user has no permissions to run the 'publish' command",
         ));
         assert!(!SendError::Redis(refused).transient());
-        assert_eq!(millis(Duration::ZERO), 1);
-        assert_eq!(millis(Duration::from_secs(2)), 2000);
+        assert_eq!(ttl_millis(Duration::ZERO), 1);
+        assert_eq!(ttl_millis(Duration::from_secs(2)), 2000);
     }
 }
