@@ -45,22 +45,14 @@ const EDGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Compare-and-set attempts per write before it waits for the next tick.
 const MAX_CAS_ATTEMPTS: usize = 16;
 
-/// The shared state of a MySQL deployment, opened but not running yet.
+/// The operator state shared by several instances (MySQL or Redis), opened but not running yet.
 pub(crate) struct Cluster {
     store: Arc<dyn SharedState>,
-    signal: Option<OperatorSignal>,
-}
-
-/// The fast path of operator actions when Redis links the instances (`cluster.redis_url`):
-/// after this instance wrote an action it tells the others, and an instance told polls at once
-/// instead of at its next tick, so an action is obeyed everywhere within milliseconds. The
-/// table stays the record; a lost signal only delays an action to the next poll.
-pub(crate) struct OperatorSignal {
-    /// Changes when another instance wrote operator state (and after every reconnection to
-    /// Redis, when a message may have been missed).
-    pub(crate) changed: tokio::sync::watch::Receiver<u64>,
-    /// Tells the other instances that this one wrote operator state.
-    pub(crate) tell: Box<dyn Fn() + Send + Sync>,
+    /// With Redis (`cluster.redis_url`), the fast path of operator actions: after this
+    /// instance wrote an action it tells the others, and an instance told polls at once instead
+    /// of at its next tick, so an action is obeyed everywhere within milliseconds. The table
+    /// stays the record; a lost message only delays an action to the next poll.
+    notifier: Option<ccf_cluster::OperatorNotifier>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -78,13 +70,7 @@ pub(crate) async fn open(
     config: &Config,
     redis: Option<&ccf_cluster::RedisCluster>,
 ) -> Result<Option<Cluster>, AppError> {
-    let signal = redis.map(|redis| {
-        let notifier = redis.operator_notifier();
-        OperatorSignal {
-            changed: notifier.subscribe(),
-            tell: Box::new(move || notifier.notify()),
-        }
-    });
+    let notifier = redis.map(ccf_cluster::RedisCluster::operator_notifier);
     let mysql = match config.usage_tracking.storage() {
         StorageTarget::Mysql(target) if config.usage_tracking.enabled => Some(target),
         _ => None,
@@ -102,7 +88,7 @@ pub(crate) async fn open(
         (None, Some(redis)) => redis.shared_state(),
         (None, None) => return Ok(None),
     };
-    Ok(Some(Cluster { store, signal }))
+    Ok(Some(Cluster { store, notifier }))
 }
 
 /// The running synchronisation; [`ClusterTask::stop`] flushes pending writes and ends it.
@@ -133,7 +119,7 @@ impl Cluster {
             seen: HashMap::new(),
             pending: VecDeque::new(),
             failing: false,
-            signal: self.signal,
+            notifier: self.notifier,
         };
         if tokio::time::timeout(EDGE_TIMEOUT, sync.poll())
             .await
@@ -167,7 +153,8 @@ struct OperatorSync {
     /// The last database call failed (logged once per outage).
     failing: bool,
     /// The Redis fast path, when the instances are linked through Redis.
-    signal: Option<OperatorSignal>,
+    /// The Redis fast path, as in [`Cluster`].
+    notifier: Option<ccf_cluster::OperatorNotifier>,
 }
 
 impl OperatorSync {
@@ -178,7 +165,10 @@ impl OperatorSync {
     ) {
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut changed = self.signal.as_ref().map(|signal| signal.changed.clone());
+        let mut changed = self
+            .notifier
+            .as_ref()
+            .map(ccf_cluster::OperatorNotifier::subscribe);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -189,8 +179,8 @@ impl OperatorSync {
                         self.pending.extend(changes(&action));
                     }
                     if self.flush().await {
-                        if let Some(signal) = &self.signal {
-                            (signal.tell)();
+                        if let Some(notifier) = &self.notifier {
+                            notifier.notify();
                         }
                     }
                 }
