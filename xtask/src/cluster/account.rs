@@ -199,21 +199,17 @@ impl Report {
 
         let checks = self.checks(killed, bindings, linked);
         for check in &checks {
-            let mark = match check.passed {
-                Some(true) => "ok",
-                Some(false) => "FAILED",
-                None => "skipped",
-            };
+            let mark = if check.passed { "ok" } else { "FAILED" };
             println!("[{mark}] {}", check.what);
         }
         checks
             .into_iter()
-            .filter(|check| check.passed == Some(false))
+            .filter(|check| !check.passed)
             .map(|check| check.what)
             .collect()
     }
 
-    /// The checks of the run: passed, failed or skipped (`None`), each with what it says.
+    /// The checks of the run: passed or failed, each with what it says.
     fn checks(&self, killed: &str, bindings: usize, linked: bool) -> Vec<Check> {
         let lost_elsewhere: usize = self
             .per_instance
@@ -269,17 +265,13 @@ impl Report {
 /// One check of the run.
 #[derive(Debug)]
 struct Check {
-    /// `None`: not applicable to this build.
-    passed: Option<bool>,
+    passed: bool,
     what: String,
 }
 
 impl Check {
     fn new(passed: bool, what: String) -> Check {
-        Check {
-            passed: Some(passed),
-            what,
-        }
+        Check { passed, what }
     }
 }
 
@@ -333,7 +325,7 @@ mod tests {
         report
             .checks("cluster-3", 1, true)
             .into_iter()
-            .filter(|check| check.passed == Some(false))
+            .filter(|check| !check.passed)
             .map(|check| check.what)
             .collect()
     }
@@ -376,7 +368,7 @@ mod tests {
         let failed: Vec<_> = report
             .checks("cluster-3", 1, true)
             .into_iter()
-            .filter(|check| check.passed == Some(false))
+            .filter(|check| !check.passed)
             .map(|check| check.what)
             .collect();
         assert_eq!(failed.len(), 1, "{failed:?}");
@@ -462,8 +454,8 @@ mod tests {
                 .last()
                 .map(|check| check.passed)
         };
-        assert_eq!(outcome(0, true), Some(Some(false)));
-        assert_eq!(outcome(3, true), Some(Some(true)));
-        assert_eq!(outcome(3, false), Some(Some(false)));
+        assert_eq!(outcome(0, true), Some(false));
+        assert_eq!(outcome(3, true), Some(true));
+        assert_eq!(outcome(3, false), Some(false));
     }
 }
