@@ -1255,3 +1255,53 @@ async fn a_subscription_account_rejected_on_one_instance_is_skipped_by_the_other
     alpha.stop();
     beta.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_concurrency_is_one_across_instances_while_a_generation_runs() {
+    let database = Database::create();
+    let prefix = RedisKeyPrefix::new("multi");
+    let upstream = MockUpstream::start().await;
+    // A non-streaming generation that takes 2 s before its headers, as a real one does.
+    upstream.enqueue(Reply::json().header_delay(Duration::from_secs(2)));
+    let routing = format!(
+        "{}auth:\n  enabled: true\n  queue_timeout: 300ms\n  tokens:\n\
+         \x20   - name: alice\n      token: alice-token-0001\n      limits:\n        concurrency: 1\n\
+         endpoints:\n  - name: mock\n    url: {}\n",
+        cluster_section(&prefix, LOCAL_REDIS_URL),
+        upstream.url()
+    );
+    let alpha = Arc::new(Instance::start("alpha", &database.0, &routing));
+    let beta = Instance::start("beta", &database.0, &routing);
+    let alice = [("x-api-key", "alice-token-0001")];
+
+    // Alice's one place is taken on alpha by the slow generation...
+    let generating = {
+        let alpha = Arc::clone(&alpha);
+        std::thread::spawn(move || alpha.try_message_with(&alice).0)
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while messages(&upstream) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the generation never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // ...so beta queues her next request for auth.queue_timeout and refuses it, although beta
+    // itself has nothing in flight for her.
+    let (status, _, body) = beta.try_message_with(&alice);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("requests in flight"), "{body}");
+    assert_eq!(
+        messages(&upstream),
+        1,
+        "the refused request never reached the upstream"
+    );
+
+    // Once the generation ends the place is free for either instance.
+    assert_eq!(generating.join().unwrap(), 200);
+    beta.message_with(&alice);
+    assert_eq!(messages(&upstream), 2);
+    Arc::into_inner(alpha).unwrap().stop();
+    beta.stop();
+}
