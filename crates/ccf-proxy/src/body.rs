@@ -64,7 +64,9 @@ pub enum RelayEnd {
 pub trait RelayObserver: Send + 'static {
     /// Called with every data frame, before it is handed to the client.
     fn on_data(&mut self, data: &Bytes);
-    /// Called exactly once, when the body ends for any reason (including being dropped).
+    /// Called exactly once, when the body ends for any reason (including being dropped). A body
+    /// that ended whole ([`RelayEnd::Complete`]) reports it just after its last frame was
+    /// handed out, on a task of its own when a Tokio runtime runs the relay.
     fn on_end(self: Box<Self>, end: RelayEnd);
     /// Where the event stream stands after the frames seen so far, from the observer's SSE
     /// decoder; `None` when it cannot tell (not decoded as an event stream). The relay asks it
@@ -231,6 +233,45 @@ fn judge_clean_end(
     })
 }
 
+/// Reports the end of a body that ended whole, after the client's last bytes went out: on a
+/// task of its own when a Tokio runtime runs the relay, in place otherwise.
+///
+/// The end's bookkeeping (usage read from the answer, the record's end, the relay-honesty
+/// estimate: about 30,000 instructions for a JSON answer, issue 19) ran before hyper wrote the
+/// last frame, so every answer reached its client that much later. The spawned task runs once
+/// the connection's task has written the frame and yields. The observer still learns the end
+/// exactly once: a task dropped before it ran (its runtime shutting down) reports on drop.
+fn report_after_last_frame(observer: Box<dyn RelayObserver>, end: RelayEnd) {
+    let report = EndReport(Some((observer, end)));
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move { report.deliver() });
+        }
+        Err(_) => report.deliver(),
+    }
+}
+
+/// An end waiting to be reported; reports on drop if never delivered.
+struct EndReport(Option<(Box<dyn RelayObserver>, RelayEnd)>);
+
+impl EndReport {
+    fn deliver(mut self) {
+        self.deliver_once();
+    }
+
+    fn deliver_once(&mut self) {
+        if let Some((observer, end)) = self.0.take() {
+            observer.on_end(end);
+        }
+    }
+}
+
+impl Drop for EndReport {
+    fn drop(&mut self) {
+        self.deliver_once();
+    }
+}
+
 /// A complete SSE `error` event in the Anthropic format.
 pub fn sse_error_event(error_type: &str, message: &str) -> Bytes {
     let payload = crate::error::anthropic_error_json(error_type, message);
@@ -299,7 +340,9 @@ where
                     ) {
                         None => {
                             *this.finished = true;
-                            end(this.observer, RelayEnd::Complete);
+                            if let Some(observer) = this.observer.take() {
+                                report_after_last_frame(observer, RelayEnd::Complete);
+                            }
                         }
                         Some(tail) => {
                             // The tail goes out on the next poll (`is_end_stream` says so).
@@ -334,7 +377,9 @@ where
                     this.observer.as_deref(),
                 ) {
                     None => {
-                        end(this.observer, RelayEnd::Complete);
+                        if let Some(observer) = this.observer.take() {
+                            report_after_last_frame(observer, RelayEnd::Complete);
+                        }
                         Poll::Ready(None)
                     }
                     Some(tail) => {

@@ -112,8 +112,51 @@ async fn a_body_of_known_length_reports_completion_with_its_last_frame() {
     // hyper drops a body of known length without polling for its end.
     assert!(body.is_end_stream());
     drop(body);
+    // Reported after the last frame was handed out, once the relay's task yields.
+    assert!(
+        recorder.ends.lock().unwrap().is_empty(),
+        "not before the frame went out"
+    );
+    tokio::task::yield_now().await;
     assert_eq!(*recorder.ends.lock().unwrap(), vec![RelayEnd::Complete]);
     assert_eq!(&*recorder.data.lock().unwrap(), b"hello");
+}
+
+#[test]
+fn a_completion_whose_report_never_ran_is_reported_when_its_runtime_shuts_down() {
+    let recorder = Recorder::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut body = Box::pin(RelayBody::new(
+            Full::new(Bytes::from_static(b"hello")),
+            RelayOptions::default(),
+            Box::new(recorder.clone()),
+        ));
+        body.frame().await.unwrap().unwrap();
+    });
+    assert!(
+        recorder.ends.lock().unwrap().is_empty(),
+        "the report task has not run"
+    );
+    drop(runtime);
+    assert_eq!(*recorder.ends.lock().unwrap(), vec![RelayEnd::Complete]);
+}
+
+#[test]
+fn without_a_runtime_the_completion_is_reported_in_place() {
+    let recorder = Recorder::default();
+    let mut body = Box::pin(RelayBody::new(
+        Full::new(Bytes::from_static(b"hello")),
+        RelayOptions::default(),
+        Box::new(recorder.clone()),
+    ));
+    let waker = std::task::Waker::noop();
+    let mut context = Context::from_waker(waker);
+    let frame = body.as_mut().poll_frame(&mut context);
+    assert!(matches!(frame, Poll::Ready(Some(Ok(_)))));
+    assert_eq!(*recorder.ends.lock().unwrap(), vec![RelayEnd::Complete]);
 }
 
 #[tokio::test]
@@ -296,6 +339,7 @@ async fn a_stream_that_reaches_message_stop_ends_as_it_came() {
     body.frame().await.unwrap().unwrap();
     drop(sender);
     assert!(body.frame().await.is_none());
+    tokio::task::yield_now().await;
     assert_eq!(*recorder.ends.lock().unwrap(), vec![RelayEnd::Complete]);
 }
 
