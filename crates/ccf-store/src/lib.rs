@@ -51,7 +51,7 @@ pub use query::{
 pub use record::{final_cost, status, RequestRow, StoredRecord, UsageRecord};
 pub use recorder::{
     BacklogSettings, DeferredRecord, Recorder, RecorderError, RecorderHandle, RecorderSettings,
-    ShutdownReport, JOURNAL_GRACE,
+    ShutdownReport, CATCH_UP_BATCHES, JOURNAL_GRACE,
 };
 pub use retention::{Retention, RetentionHandle};
 pub use shared::{ApplyOutcome, SharedChange, SharedSetting, SharedState};
