@@ -21,8 +21,7 @@
 //! `target/brownout/results.json` and `results.md`. Every child is killed on every way out.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -33,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::http::{parse_response, post_json};
+use crate::http::{get, post_json};
 use crate::process::{cargo_build, free_port, machine, target_dir, Proc, TempDir};
 
 /// The storming group's name in the generated configuration.
@@ -95,21 +94,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// `GET path` on `address` with `Connection: close`.
-fn get(address: SocketAddr, path: &str, timeout: Duration) -> Result<crate::http::Response> {
-    let mut stream = TcpStream::connect_timeout(&address, timeout)
-        .with_context(|| format!("connecting to {address}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw)
 }
 
 fn records(address: SocketAddr) -> Result<Vec<UpstreamRecord>> {

@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 client over `std::net::TcpStream`, enough for the demo's few requests.
+//! A minimal HTTP/1.1 client over `std::net::TcpStream`, enough for xtask's few requests.
 //!
 //! Each request uses its own connection with `Connection: close`, so a response ends at end of
 //! file; bodies are decoded from `Content-Length` or chunked transfer encoding.
@@ -30,6 +30,36 @@ impl Response {
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
     }
+}
+
+/// `GET path` on a new connection (`Connection: close`, read and write timeouts `timeout`) and
+/// reads the whole response.
+pub fn get(address: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&address, timeout)
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .with_context(|| format!("sending the request to {address}"))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the response from {address}"))?;
+    parse_response(&raw)
+}
+
+/// The value of an unlabelled metric in the Prometheus text format.
+pub fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let mut parts = line.split_whitespace();
+            (parts.next()? == name).then(|| parts.next()?.parse().ok())?
+        })
 }
 
 /// Sends `POST path` with a JSON body and reads the whole response.

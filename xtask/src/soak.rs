@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -564,7 +564,11 @@ fn take_sample(
         .with_context(|| format!("listing /proc/{pid}/fd"))?
         .count() as u64;
     let metrics = metrics_text(address);
-    let gauge = |name| metrics.as_deref().and_then(|text| parse_gauge(text, name));
+    let gauge = |name| {
+        metrics
+            .as_deref()
+            .and_then(|text| crate::http::gauge(text, name))
+    };
     Ok(Sample {
         seconds: started.elapsed().as_secs_f64(),
         rss_kb: proc_status_number(pid, "VmRSS")?,
@@ -601,30 +605,8 @@ fn print_sample(sample: &Sample) {
 
 /// The forwarder's `/metrics` text (None when unreadable).
 fn metrics_text(address: SocketAddr) -> Option<String> {
-    let mut connection = TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()?;
-    connection
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .ok()?;
-    connection
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .ok()?;
-    let mut raw = Vec::new();
-    connection.read_to_end(&mut raw).ok()?;
-    let response = crate::http::parse_response(&raw).ok()?;
+    let response = crate::http::get(address, "/metrics", Duration::from_secs(5)).ok()?;
     Some(String::from_utf8_lossy(&response.body).into_owned())
-}
-
-/// The value of an unlabelled metric in the Prometheus text format.
-fn parse_gauge(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let mut parts = line.split_whitespace();
-            (parts.next()? == name).then(|| parts.next()?.parse().ok())?
-        })
 }
 
 /// The rows of the usage database, through the forwarder's own `export` command.
@@ -918,8 +900,11 @@ mod tests {
     fn gauges_and_status_fields_are_parsed() {
         let metrics = "# HELP ccf_requests_in_flight x\n# TYPE ccf_requests_in_flight gauge\n\
                        ccf_requests_in_flight 3\nccf_requests_in_flight_other 9\n";
-        assert_eq!(parse_gauge(metrics, "ccf_requests_in_flight"), Some(3.0));
-        assert_eq!(parse_gauge(metrics, "missing"), None);
+        assert_eq!(
+            crate::http::gauge(metrics, "ccf_requests_in_flight"),
+            Some(3.0)
+        );
+        assert_eq!(crate::http::gauge(metrics, "missing"), None);
         let status = "Name:\tcc-forwarder\nThreads:\t7\nVmRSS:\t  12345 kB\n";
         assert_eq!(parse_status_field(status, "VmRSS"), Some(12_345));
         assert_eq!(parse_status_field(status, "Threads"), Some(7));

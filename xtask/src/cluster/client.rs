@@ -6,8 +6,7 @@
 //! Std `TcpStream`s and threads, no async runtime: xtask depends on no workspace crate and the
 //! rates here are small.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -196,14 +195,7 @@ pub(super) fn wait_until(at: Instant, stop: &AtomicBool) {
 /// The `cluster` object of an instance's `/health/detailed`, if it has one.
 pub(super) fn cluster_section(port: u16) -> Option<Value> {
     let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut connection = TcpStream::connect_timeout(&address, REQUEST_TIMEOUT).ok()?;
-    connection.set_read_timeout(Some(REQUEST_TIMEOUT)).ok()?;
-    let request =
-        format!("GET /health/detailed HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    connection.write_all(request.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    connection.read_to_end(&mut raw).ok()?;
-    let response = crate::http::parse_response(&raw).ok()?;
+    let response = crate::http::get(address, "/health/detailed", REQUEST_TIMEOUT).ok()?;
     let body: Value = serde_json::from_slice(&response.body).ok()?;
     body.get("cluster")
         .filter(|section| !section.is_null())
