@@ -75,6 +75,11 @@ pub trait RelayObserver: Send + 'static {
     fn stream_position(&self) -> Option<StreamPosition> {
         None
     }
+    /// Called in place when the body ended whole, just before its end is reported after the
+    /// last frame ([`on_end`](Self::on_end)): lets go of what the client's next request may
+    /// wait for (a key's concurrency place, the in-flight count), so that request never finds
+    /// them still held by the answer the client already has.
+    fn release(&mut self) {}
     /// Called once when a frame was already waiting when the client asked for it, after the
     /// client had kept the relay waiting ([`BACKPRESSURE_GAP`] or more): from then on, when
     /// frames are read says nothing about when the upstream sent them.
@@ -239,9 +244,11 @@ fn judge_clean_end(
 /// The end's bookkeeping (usage read from the answer, the record's end, the relay-honesty
 /// estimate: about 30,000 instructions for a JSON answer, issue 19) ran before hyper wrote the
 /// last frame, so every answer reached its client that much later. The spawned task runs once
-/// the connection's task has written the frame and yields. The observer still learns the end
+/// the connection's task has written the frame and yields; what the client's next request may
+/// wait for is released in place first ([`RelayObserver::release`]). The observer learns the end
 /// exactly once: a task dropped before it ran (its runtime shutting down) reports on drop.
-fn report_after_last_frame(observer: Box<dyn RelayObserver>, end: RelayEnd) {
+fn report_after_last_frame(mut observer: Box<dyn RelayObserver>, end: RelayEnd) {
+    observer.release();
     let report = EndReport(Some((observer, end)));
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {

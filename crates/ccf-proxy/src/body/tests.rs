@@ -11,6 +11,7 @@ struct Recorder {
     ends: Arc<Mutex<Vec<RelayEnd>>>,
     tap: Arc<Mutex<ccf_tokens::BodyTap>>,
     backpressure: Arc<Mutex<u32>>,
+    releases: Arc<Mutex<u32>>,
 }
 
 impl Default for Recorder {
@@ -19,6 +20,7 @@ impl Default for Recorder {
             data: Arc::default(),
             ends: Arc::default(),
             backpressure: Arc::default(),
+            releases: Arc::default(),
             tap: Arc::new(Mutex::new(ccf_tokens::BodyTap::new(
                 Some("text/event-stream"),
                 None,
@@ -40,6 +42,9 @@ impl RelayObserver for Recorder {
     }
     fn on_backpressure(&mut self) {
         *self.backpressure.lock().unwrap() += 1;
+    }
+    fn release(&mut self) {
+        *self.releases.lock().unwrap() += 1;
     }
 }
 
@@ -111,8 +116,10 @@ async fn a_body_of_known_length_reports_completion_with_its_last_frame() {
     assert_eq!(frame.into_data().unwrap(), "hello");
     // hyper drops a body of known length without polling for its end.
     assert!(body.is_end_stream());
+    // What the next request may wait for is released before the frame goes out ...
+    assert_eq!(*recorder.releases.lock().unwrap(), 1);
     drop(body);
-    // Reported after the last frame was handed out, once the relay's task yields.
+    // ... the end is reported after it, once the relay's task yields.
     assert!(
         recorder.ends.lock().unwrap().is_empty(),
         "not before the frame went out"
