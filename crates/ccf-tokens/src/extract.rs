@@ -8,7 +8,9 @@ use ccf_types::Usage;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::report::{text, ApiError, MessageObject, Payload, UsageReport};
+#[cfg(test)]
+use crate::report::{text, Payload};
+use crate::report::{ApiError, UsageReport};
 use crate::sse::{SseDecoder, SseEvent};
 
 /// At most this many diagnostics are kept per response; the rest are counted.
@@ -225,7 +227,7 @@ impl StreamState {
             self.completed = true;
             return;
         }
-        let payload: Payload = match serde_json::from_slice(event.data) {
+        let payload: event::Payload<'_> = match serde_json::from_slice(event.data) {
             Ok(payload) => payload,
             Err(error) => {
                 self.diagnostics.push(Diagnostic::MalformedEvent {
@@ -239,44 +241,42 @@ impl StreamState {
             Interesting::MessageStart => self.on_message_start(payload),
             Interesting::MessageDelta => self.on_message_delta(payload),
             Interesting::Error => {
-                let error = payload.error.unwrap_or(serde_json::Value::Null);
-                self.error = Some(ApiError::from_value(&error));
+                let error = payload.error.unwrap_or(ErrorField {
+                    error_type: None,
+                    message: None,
+                });
+                self.error = Some(error.into_api_error());
             }
             Interesting::MessageStop => {}
         }
     }
 
-    fn on_message_start(&mut self, payload: Payload) {
+    fn on_message_start(&mut self, payload: event::Payload<'_>) {
         self.message_starts += 1;
         if self.message_starts == 2 {
             self.diagnostics.push(Diagnostic::RepeatedMessageStart);
         }
         let message = payload.message.unwrap_or_default();
-        if let Some(model) = text(message.model.as_ref()) {
+        if let Some(model) = message.model.and_then(LenientText::into_text) {
             self.model = Some(model);
         }
-        if let Some(id) = text(message.id.as_ref()) {
+        if let Some(id) = message.id.and_then(LenientText::into_text) {
             self.message_id = Some(id);
         }
-        if let Some(usage) = message.usage.as_ref() {
-            match UsageReport::from_value(usage) {
-                Some(report) => self.start_usage = Some(report),
-                None if usage.is_null() => {}
-                None => self.diagnostics.push(Diagnostic::MalformedUsage),
-            }
+        match message.usage {
+            Some(UsageField::Object(report)) => self.start_usage = Some(report),
+            Some(UsageField::NotAnObject) => self.diagnostics.push(Diagnostic::MalformedUsage),
+            None => {}
         }
     }
 
-    fn on_message_delta(&mut self, payload: Payload) {
-        let Some(usage) = payload.usage.as_ref() else {
-            return;
-        };
-        match UsageReport::from_value(usage) {
-            Some(report) => {
+    fn on_message_delta(&mut self, payload: event::Payload<'_>) {
+        match payload.usage {
+            Some(UsageField::Object(report)) => {
                 self.final_usage = Some(report.merged_over(self.start_usage.as_ref()));
             }
-            None if usage.is_null() => {}
-            None => self.diagnostics.push(Diagnostic::MalformedUsage),
+            Some(UsageField::NotAnObject) => self.diagnostics.push(Diagnostic::MalformedUsage),
+            None => {}
         }
     }
 
@@ -401,8 +401,9 @@ pub(crate) fn looks_like_sse(body: &[u8]) -> bool {
 ///
 /// Parsed into [`JsonBody`], a typed view that borrows its strings from `body` and builds no
 /// `serde_json::Value`: the fields read are decoded as they stream past, everything else is
-/// skipped. The leniency is that of [`Payload`] + [`UsageReport::from_value`] +
-/// [`ApiError::from_value`] (the SSE path), and the tests below compare the two on many shapes.
+/// skipped. The leniency is that of the tests' reference reading through `serde_json::Value`
+/// (`report::Payload`, `UsageReport::from_value`, `ApiError::from_value`), and the tests below
+/// compare the two on many shapes.
 fn extract_json(body: &[u8]) -> Extraction {
     let mut extraction = Extraction {
         format: BodyFormat::Json,
@@ -438,11 +439,12 @@ fn extract_json(body: &[u8]) -> Extraction {
     extraction
 }
 
-/// `error.type` when the upstream gave none (as [`ApiError::from_value`] says).
+/// `error.type` when the upstream gave none (as the reference `ApiError::from_value` says).
 const UNKNOWN_ERROR: &str = "unknown_error";
 
 /// The top-level fields of a JSON body that are read; a `null` field is the same as an absent
-/// one. `message` is kept as [`Payload`] has it so that the same bodies are rejected.
+/// one. `message` is read as the reference `report::Payload` reads it, so that the same bodies
+/// are rejected.
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct JsonBody<'a> {
@@ -455,7 +457,47 @@ struct JsonBody<'a> {
     usage: Option<UsageField>,
     error: Option<ErrorField>,
     #[allow(dead_code)]
-    message: Option<MessageObject>,
+    #[serde(borrow)]
+    message: Option<event::MessageObject<'a>>,
+}
+
+/// The fields of an event's payload that are read (`message_start`'s `message`, `message_delta`'s
+/// `usage`, `error`'s `error`), parsed as [`JsonBody`] is: strings borrowed, no
+/// `serde_json::Value` built (issue 19: the `Value`s cost about a tenth of a streamed answer's
+/// instructions). The types are named as the tests' reference `report::Payload` and
+/// `report::MessageObject` and have their fields, so the same payloads are rejected with the same messages (the tests compare the two).
+mod event {
+    use serde::Deserialize;
+
+    use super::{ErrorField, LenientText, Skip, UsageField};
+
+    /// An event's payload.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub(super) struct Payload<'a> {
+        #[serde(rename = "type")]
+        #[allow(dead_code)]
+        kind: Option<Skip>,
+        #[allow(dead_code)]
+        id: Option<Skip>,
+        #[allow(dead_code)]
+        model: Option<Skip>,
+        pub(super) usage: Option<UsageField>,
+        pub(super) error: Option<ErrorField>,
+        #[serde(borrow)]
+        pub(super) message: Option<MessageObject<'a>>,
+    }
+
+    /// `message_start`'s `message` object.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub(super) struct MessageObject<'a> {
+        #[serde(borrow)]
+        pub(super) id: Option<LenientText<'a>>,
+        #[serde(borrow)]
+        pub(super) model: Option<LenientText<'a>>,
+        pub(super) usage: Option<UsageField>,
+    }
 }
 
 /// Any JSON value, kept only when it is a string (borrowed from the body unless it had escapes).
@@ -890,6 +932,133 @@ mod tests {
         extraction
     }
 
+    /// The stream events' handling as it was before `event::Payload`: every payload read
+    /// through `serde_json::Value`, the reference the typed parse must match.
+    fn on_event_via_value(state: &mut StreamState, kind: Interesting, data: &[u8]) {
+        if kind == Interesting::MessageStop {
+            state.completed = true;
+            return;
+        }
+        let payload: Payload = match serde_json::from_slice(data) {
+            Ok(payload) => payload,
+            Err(error) => {
+                state.diagnostics.push(Diagnostic::MalformedEvent {
+                    event: kind.name().to_string(),
+                    error: error.to_string(),
+                });
+                return;
+            }
+        };
+        let read_usage = |usage: &serde_json::Value, diagnostics: &mut Diagnostics| {
+            let report = UsageReport::from_value(usage);
+            if report.is_none() && !usage.is_null() {
+                diagnostics.push(Diagnostic::MalformedUsage);
+            }
+            report
+        };
+        match kind {
+            Interesting::MessageStart => {
+                state.message_starts += 1;
+                if state.message_starts == 2 {
+                    state.diagnostics.push(Diagnostic::RepeatedMessageStart);
+                }
+                let message = payload.message.unwrap_or_default();
+                if let Some(model) = text(message.model.as_ref()) {
+                    state.model = Some(model);
+                }
+                if let Some(id) = text(message.id.as_ref()) {
+                    state.message_id = Some(id);
+                }
+                if let Some(usage) = message.usage.as_ref() {
+                    if let Some(report) = read_usage(usage, &mut state.diagnostics) {
+                        state.start_usage = Some(report);
+                    }
+                }
+            }
+            Interesting::MessageDelta => {
+                if let Some(usage) = payload.usage.as_ref() {
+                    if let Some(report) = read_usage(usage, &mut state.diagnostics) {
+                        state.final_usage = Some(report.merged_over(state.start_usage.as_ref()));
+                    }
+                }
+            }
+            Interesting::Error => {
+                let error = payload.error.unwrap_or(serde_json::Value::Null);
+                state.error = Some(ApiError::from_value(&error));
+            }
+            Interesting::MessageStop => {}
+        }
+    }
+
+    /// Feeds the same events to the typed and the `Value` handling and compares what each
+    /// extracts.
+    fn assert_same_events(events: &[(&str, &[u8])]) {
+        let mut typed = StreamState::default();
+        let mut by_value = StreamState::default();
+        for (name, data) in events {
+            typed.on_event(SseEvent { event: name, data });
+            if let Some(kind) = Interesting::from_name(name) {
+                on_event_via_value(&mut by_value, kind, data);
+            }
+        }
+        let shown: Vec<_> = events
+            .iter()
+            .map(|(name, data)| format!("{name}: {}", String::from_utf8_lossy(data)))
+            .collect();
+        assert_eq!(
+            typed.into_extraction(0),
+            by_value.into_extraction(0),
+            "{shown:#?}"
+        );
+    }
+
+    #[test]
+    fn the_typed_event_parse_matches_the_value_parse_on_odd_shapes() {
+        let start = r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-sonnet-4-5","content":[],"usage":{"input_tokens":12,"output_tokens":1,"cache_creation_input_tokens":3,"cache_read_input_tokens":4,"cache_creation":{"ephemeral_5m_input_tokens":1,"ephemeral_1h_input_tokens":2},"service_tier":"standard"}}}"#;
+        let payloads: &[&str] = &[
+            start,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7,"input_tokens":0,"server_tool_use":{"web_search_requests":2}}}"#,
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            r#"{"message":{"model":"m\u00e9","id":"","usage":{"input_tokens":12.7,"output_tokens":"7","cache_read_input_tokens":-3,"unknown":{"nested":[1,{"a":null}]},"cache_creation":"no","service_tier":5}}}"#,
+            r#"{"message":{"usage":null,"model":null,"id":null},"usage":null,"error":null}"#,
+            r#"{"message":{"usage":[1],"model":7,"id":{"x":1}}}"#,
+            r#"{"message":"not an object"}"#,
+            r#"{"message":null}"#,
+            r#"{"message":{"model":"a","model":"b"}}"#,
+            r#"{"message":{"usage":{"input_tokens":1,"input_tokens":"x"}}}"#,
+            r#"{"usage":{"input_tokens":1},"usage":{"input_tokens":2}}"#,
+            r#"{"usage":"12"}"#,
+            r#"{"usage":true}"#,
+            r#"{"usage":{"output_tokens":1e30,"input_tokens":18446744073709551616}}"#,
+            r#"{"type":"a","type":"b"}"#,
+            r#"{"error":"boom"}"#,
+            r#"{"error":42}"#,
+            r#"{"error":{"type":"a","type":5,"message":"m"}}"#,
+            r#"{"error":{"message":{"nested":"x"}}}"#,
+            r#"{"id":{"x":[1,2]},"model":[true],"content":[[[[]]]]}"#,
+            r#"{"usage":{"x":"\ud800"}}"#,
+            r#"{"usage":{"\u0069nput_tokens":5}}"#,
+            r#"{"usage":{"input_tokens":01}}"#,
+            r#"{"usage":{"input_tokens":1}} trailing"#,
+            r#"{"usage":{"input_tokens":1}"#,
+            r#"42"#,
+            r#"[DONE]"#,
+            r#""#,
+            r#"{}"#,
+        ];
+        for payload in payloads {
+            for name in ["message_start", "message_delta", "error"] {
+                assert_same_events(&[(name, payload.as_bytes())]);
+                // After a well-formed start, as in a real stream.
+                assert_same_events(&[
+                    ("message_start", start.as_bytes()),
+                    (name, payload.as_bytes()),
+                ]);
+            }
+        }
+        assert_same_events(&[("message_start", b"{\"message\":{\"model\":\"\xff\"}}")]);
+    }
+
     fn assert_same(body: &[u8]) {
         assert_eq!(
             extract_json(body),
@@ -1023,7 +1192,42 @@ mod tests {
             })
         }
 
+        /// A payload of `fields`, written by hand so that repeated keys stay repeated.
+        fn object(fields: &[(String, Value)]) -> String {
+            format!(
+                "{{{}}}",
+                fields
+                    .iter()
+                    .map(|(key, value)| format!("{}:{}", Value::String(key.clone()), value))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        }
+
         proptest! {
+            #[test]
+            fn same_events(
+                start in prop::collection::vec((key(), value()), 0..6),
+                message in prop::collection::vec((key(), value()), 0..6),
+                delta in prop::collection::vec((key(), value()), 0..6),
+                error in prop::collection::vec((key(), value()), 0..6),
+            ) {
+                // `message_start` with a `message` object of its own, as upstreams send it
+                // (the object written by hand too, so its repeated keys stay repeated).
+                let start = format!(
+                    "{{\"message\":{}{}{}}}",
+                    object(&message),
+                    if start.is_empty() { "" } else { "," },
+                    object(&start).trim_start_matches('{').trim_end_matches('}'),
+                );
+                let (delta, error) = (object(&delta), object(&error));
+                super::assert_same_events(&[
+                    ("message_start", start.as_bytes()),
+                    ("message_delta", delta.as_bytes()),
+                    ("error", error.as_bytes()),
+                ]);
+            }
+
             #[test]
             fn same_extraction(fields in prop::collection::vec((key(), value()), 0..6)) {
                 // Written by hand so that repeated keys stay repeated.

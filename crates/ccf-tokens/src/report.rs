@@ -1,17 +1,24 @@
-//! The Anthropic JSON shapes this crate reads, parsed leniently.
+//! The Anthropic JSON shapes this crate reads, parsed leniently: [`ApiError`] and
+//! [`UsageReport`] (with the stream's merge rule), and, for the tests only, the reference reading
+//! of every payload through `serde_json::Value`.
 //!
 //! One payload type serves every case: a `message_start` event (`message.{id, model, usage}`), a
 //! `message_delta` event (`usage`), an `error` event or error body (`error`), and a whole
 //! non-streaming message (top-level `id`, `model`, `usage`). Fields this crate does not read
-//! (`content`, `delta`, ...) are skipped without being built. The small objects that are read are
-//! taken as `serde_json::Value` and picked apart by hand, so a number sent as a float or a string,
-//! a `null`, or an unexpected type never makes the whole payload unreadable.
+//! (`content`, `delta`, ...) are skipped without being built. The reference takes the small
+//! objects that are read as `serde_json::Value` and picks them apart by hand, so a number sent as
+//! a float or a string, a `null`, or an unexpected type never makes the whole payload
+//! unreadable; what runs is the typed, borrowed parse in `extract.rs` (issue 19), which the
+//! tests hold to the reference on odd shapes, fixtures, the fuzz corpus and random payloads.
 
 use ccf_types::Usage;
+#[cfg(test)]
 use serde::Deserialize;
+#[cfg(test)]
 use serde_json::Value;
 
 /// Every field of interest in any event or body; all optional.
+#[cfg(test)]
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct Payload {
@@ -25,6 +32,7 @@ pub(crate) struct Payload {
 }
 
 /// `message_start`'s `message` object.
+#[cfg(test)]
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct MessageObject {
@@ -44,6 +52,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// Reads `{"type": .., "message": ..}`, or a bare string used as the message.
+    #[cfg(test)]
     pub(crate) fn from_value(value: &Value) -> Self {
         let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
         match value {
@@ -59,6 +68,7 @@ impl ApiError {
     }
 }
 
+#[cfg(test)]
 const UNKNOWN_ERROR: &str = "unknown_error";
 
 /// A `usage` object as reported, keeping "absent" apart from "zero" (the merge rule needs it).
@@ -76,6 +86,7 @@ pub(crate) struct UsageReport {
 
 impl UsageReport {
     /// Reads a `usage` value; `None` when it is not an object.
+    #[cfg(test)]
     pub(crate) fn from_value(value: &Value) -> Option<Self> {
         let object = value.as_object()?;
         let cache_creation = object.get("cache_creation");
@@ -160,6 +171,7 @@ impl UsageReport {
 
 /// A token count: a non-negative integer, tolerating floats and numeric strings. Anything else
 /// (absent, `null`, negative, text) is "not reported".
+#[cfg(test)]
 fn count(value: Option<&Value>) -> Option<u64> {
     match value? {
         Value::Number(number) => number.as_u64().or_else(|| {
@@ -175,6 +187,7 @@ fn count(value: Option<&Value>) -> Option<u64> {
 }
 
 /// A string field; `None` for absent, `null`, empty or non-string values.
+#[cfg(test)]
 pub(crate) fn text(value: Option<&Value>) -> Option<String> {
     value
         .and_then(Value::as_str)
