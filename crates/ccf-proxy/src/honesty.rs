@@ -317,20 +317,13 @@ impl HonestyWatch {
     }
 }
 
-/// How many content delta events start in `data`.
+/// How many content delta events start in `data`: the marker's occurrences, found with
+/// `memchr`'s vectorised search (a scan stopping at every quote cost ~9,000 instructions per
+/// streamed answer, issue 19).
 fn count_content_deltas(data: &[u8]) -> u32 {
-    let mut count: u32 = 0;
-    let mut rest = data;
-    while let Some(quote) = rest.iter().position(|byte| *byte == b'"') {
-        rest = &rest[quote..];
-        if rest.starts_with(CONTENT_DELTA_MARKER) {
-            count = count.saturating_add(1);
-            rest = &rest[CONTENT_DELTA_MARKER.len()..];
-        } else {
-            rest = &rest[1..];
-        }
-    }
-    count
+    static MARKER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(CONTENT_DELTA_MARKER));
+    u32::try_from(MARKER.find_iter(data).count()).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
