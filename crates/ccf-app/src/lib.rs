@@ -171,7 +171,7 @@ impl App {
         if let Some(tracking) = &usage {
             observers.push(Arc::new(usage::StoreObserver {
                 recorder: tracking.recorder.clone(),
-                instance_id: instance_id.clone(),
+                instance_id: Arc::from(instance_id.as_str()),
                 costs: Arc::clone(&costs),
             }));
         }

@@ -145,14 +145,15 @@ pub(crate) async fn retention_loop(
 /// the metric through `costs` (set once the engine exists: the observer is built before it).
 pub(crate) struct StoreObserver {
     pub(crate) recorder: RecorderHandle,
-    pub(crate) instance_id: String,
+    /// Shared with every pending state: four hand-overs per request copied a `String` each.
+    pub(crate) instance_id: Arc<str>,
     pub(crate) costs: Arc<OnceLock<CostCounter>>,
 }
 
 /// One request state waiting in the recorder; becomes a row only if it is written.
 struct PendingState {
     event: LifecycleEvent,
-    instance_id: String,
+    instance_id: Arc<str>,
 }
 
 impl DeferredRecord for PendingState {
@@ -182,7 +183,7 @@ impl StoreObserver {
             request,
             Box::new(PendingState {
                 event,
-                instance_id: self.instance_id.clone(),
+                instance_id: Arc::clone(&self.instance_id),
             }),
         )
     }

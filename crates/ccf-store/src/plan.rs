@@ -219,32 +219,35 @@ pub struct SummaryTables {
 
 impl SummaryTables {
     /// Counts `contribution` `sign` times (1 or -1).
+    ///
+    /// Most rows of a batch fall on rows already counted (same day, model, key): the names are
+    /// copied only for a row not in the tables yet and for the hourly tables' tuple keys.
     pub fn add(&mut self, contribution: &SummaryContribution, sign: i64) {
-        self.by_model
-            .entry(contribution.key.clone())
-            .or_default()
-            .add(&contribution.delta, sign);
-        self.by_key
-            .entry(KeySummaryKey {
-                date: contribution.key.date.clone(),
-                api_key_name: contribution.api_key_name.clone(),
-            })
-            .or_default()
-            .add(&contribution.delta, sign);
+        let delta = &contribution.delta;
+        match self.by_model.get_mut(&contribution.key) {
+            Some(counted) => counted.add(delta, sign),
+            None => self
+                .by_model
+                .entry(contribution.key.clone())
+                .or_default()
+                .add(delta, sign),
+        }
         self.by_model_hour
             .entry((contribution.hour_start, contribution.key.clone()))
             .or_default()
-            .add(&contribution.delta, sign);
+            .add(delta, sign);
+        let key = KeySummaryKey {
+            date: contribution.key.date.clone(),
+            api_key_name: contribution.api_key_name.clone(),
+        };
+        match self.by_key.get_mut(&key) {
+            Some(counted) => counted.add(delta, sign),
+            None => self.by_key.entry(key.clone()).or_default().add(delta, sign),
+        }
         self.by_key_hour
-            .entry((
-                contribution.hour_start,
-                KeySummaryKey {
-                    date: contribution.key.date.clone(),
-                    api_key_name: contribution.api_key_name.clone(),
-                },
-            ))
+            .entry((contribution.hour_start, key))
             .or_default()
-            .add(&contribution.delta, sign);
+            .add(delta, sign);
     }
 }
 
