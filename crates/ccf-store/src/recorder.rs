@@ -75,8 +75,9 @@ pub const CATCH_UP_BATCHES: usize = 10;
 /// waited: every commit writes again the pages it touched (the table's last pages, each index's
 /// and the summaries'), so one commit of 1,000 rows costs much less than ten of 100. Writing 100
 /// at a time, the SQLite recorder fell behind at about 15,000 requests/s on two cores, spilled
-/// to the journal past `buffer_size`, and the journal's own cost (a JSON line per record, an `fsync`
-/// per spill, every line read back and parsed before it is written) made it fall further behind (issue 19).
+/// to the journal past `buffer_size`, and the journal's own cost (a JSON line per record, an
+/// `fsync` per spill, every line read back and parsed before it is written) made it fall
+/// further behind (issue 19).
 fn write_limit(finals: usize, batch_size: usize) -> usize {
     finals.clamp(batch_size, batch_size.saturating_mul(CATCH_UP_BATCHES))
 }
