@@ -38,6 +38,8 @@ async fn pragmas_are_set_on_the_writer_and_every_reader() {
         assert_eq!(pragmas.synchronous, 1, "NORMAL");
         assert_eq!(pragmas.busy_timeout_ms, 1234);
         assert_eq!(pragmas.foreign_keys, 1);
+        assert_eq!(pragmas.wal_autocheckpoint, 10_000);
+        assert_eq!(pragmas.journal_size_limit, 4 * 1024 * 1024);
     }
 }
 
