@@ -64,9 +64,7 @@ pub enum RelayEnd {
 pub trait RelayObserver: Send + 'static {
     /// Called with every data frame, before it is handed to the client.
     fn on_data(&mut self, data: &Bytes);
-    /// Called exactly once, when the body ends for any reason (including being dropped). A body
-    /// that ended whole ([`RelayEnd::Complete`]) reports it just after its last frame was
-    /// handed out, on a task of its own when a Tokio runtime runs the relay.
+    /// Called exactly once, when the body ends for any reason (including being dropped).
     fn on_end(self: Box<Self>, end: RelayEnd);
     /// Where the event stream stands after the frames seen so far, from the observer's SSE
     /// decoder; `None` when it cannot tell (not decoded as an event stream). The relay asks it
@@ -75,11 +73,6 @@ pub trait RelayObserver: Send + 'static {
     fn stream_position(&self) -> Option<StreamPosition> {
         None
     }
-    /// Called in place when the body ended whole, just before its end is reported after the
-    /// last frame ([`on_end`](Self::on_end)): lets go of what the client's next request may
-    /// wait for (a key's concurrency place, the in-flight count), so that request never finds
-    /// them still held by the answer the client already has.
-    fn release(&mut self) {}
     /// Called once when a frame was already waiting when the client asked for it, after the
     /// client had kept the relay waiting ([`BACKPRESSURE_GAP`] or more): from then on, when
     /// frames are read says nothing about when the upstream sent them.
@@ -238,47 +231,6 @@ fn judge_clean_end(
     })
 }
 
-/// Reports the end of a body that ended whole, after the client's last bytes went out: on a
-/// task of its own when a Tokio runtime runs the relay, in place otherwise.
-///
-/// The end's bookkeeping (usage read from the answer, the record's end, the relay-honesty
-/// estimate: about 30,000 instructions for a JSON answer, issue 19) ran before hyper wrote the
-/// last frame, so every answer reached its client that much later. The spawned task runs once
-/// the connection's task has written the frame and yields; what the client's next request may
-/// wait for is released in place first ([`RelayObserver::release`]). The observer learns the end
-/// exactly once: a task dropped before it ran (its runtime shutting down) reports on drop.
-fn report_after_last_frame(mut observer: Box<dyn RelayObserver>, end: RelayEnd) {
-    observer.release();
-    let report = EndReport(Some((observer, end)));
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn(async move { report.deliver() });
-        }
-        Err(_) => report.deliver(),
-    }
-}
-
-/// An end waiting to be reported; reports on drop if never delivered.
-struct EndReport(Option<(Box<dyn RelayObserver>, RelayEnd)>);
-
-impl EndReport {
-    fn deliver(mut self) {
-        self.deliver_once();
-    }
-
-    fn deliver_once(&mut self) {
-        if let Some((observer, end)) = self.0.take() {
-            observer.on_end(end);
-        }
-    }
-}
-
-impl Drop for EndReport {
-    fn drop(&mut self) {
-        self.deliver_once();
-    }
-}
-
 /// A complete SSE `error` event in the Anthropic format.
 pub fn sse_error_event(error_type: &str, message: &str) -> Bytes {
     let payload = crate::error::anthropic_error_json(error_type, message);
@@ -347,9 +299,7 @@ where
                     ) {
                         None => {
                             *this.finished = true;
-                            if let Some(observer) = this.observer.take() {
-                                report_after_last_frame(observer, RelayEnd::Complete);
-                            }
+                            end(this.observer, RelayEnd::Complete);
                         }
                         Some(tail) => {
                             // The tail goes out on the next poll (`is_end_stream` says so).
@@ -384,9 +334,7 @@ where
                     this.observer.as_deref(),
                 ) {
                     None => {
-                        if let Some(observer) = this.observer.take() {
-                            report_after_last_frame(observer, RelayEnd::Complete);
-                        }
+                        end(this.observer, RelayEnd::Complete);
                         Poll::Ready(None)
                     }
                     Some(tail) => {

@@ -110,8 +110,8 @@ impl Forwarder {
             is_streaming: context.is_streaming,
             body_bytes: 0,
             span: tracing::Span::current(),
-            in_flight: context.in_flight.take(),
-            key_permit: context.key_permit.take(),
+            _in_flight: context.in_flight.take(),
+            _key_permit: context.key_permit.take(),
         };
         let relay = RelayBody::new(body, options, Box::new(observer));
         Response::from_parts(parts, relay.boxed_unsync())
@@ -202,10 +202,9 @@ struct RequestFinisher {
     is_streaming: bool,
     body_bytes: u64,
     span: tracing::Span,
-    /// The request's place against `server.max_in_flight`, released with the answer.
-    in_flight: Option<monitoring::InFlightGuard>,
+    _in_flight: Option<monitoring::InFlightGuard>,
     /// Released with the answer (per-key concurrency, `key_limits.rs`).
-    key_permit: Option<crate::key_limits::KeyPermit>,
+    _key_permit: Option<crate::key_limits::KeyPermit>,
 }
 
 /// What a relayed successful answer's end says about its endpoint.
@@ -278,13 +277,6 @@ impl RelayObserver for RequestFinisher {
         }
     }
 
-    fn release(&mut self) {
-        // Before the last frame: a client's next request never finds its key's place, or
-        // its own in-flight place, still held by the answer it already has.
-        self.key_permit = None;
-        self.in_flight = None;
-    }
-
     fn on_end(self: Box<Self>, end: RelayEnd) {
         let RequestFinisher {
             tracker,
@@ -299,8 +291,8 @@ impl RelayObserver for RequestFinisher {
             is_streaming,
             body_bytes,
             span,
-            in_flight: _in_flight,
-            key_permit: _key_permit,
+            _in_flight,
+            _key_permit,
         } = *self;
         let _entered = span.enter();
         let extraction = tap.finish();
