@@ -35,16 +35,27 @@ impl Response {
 /// `GET path` on a new connection (`Connection: close`, read and write timeouts `timeout`) and
 /// reads the whole response.
 pub fn get(address: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&address, timeout)
-        .with_context(|| format!("connecting to {address}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    let mut stream = connect(address, timeout)?;
     stream
         .write_all(
             format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
         )
         .with_context(|| format!("sending the request to {address}"))?;
+    read_response(stream, address)
+}
+
+/// A new connection to `address` with read and write timeouts `timeout`.
+fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&address, timeout)
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// Reads a `Connection: close` response to its end and parses it.
+fn read_response(mut stream: TcpStream, address: SocketAddr) -> Result<Response> {
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
@@ -70,12 +81,8 @@ pub fn post_json(
     body: &str,
     timeout: Duration,
 ) -> Result<Response> {
-    let mut stream = send_post_json(address, path, extra_headers, body, timeout)?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the response from {address}"))?;
-    parse_response(&raw)
+    let stream = send_post_json(address, path, extra_headers, body, timeout)?;
+    read_response(stream, address)
 }
 
 /// Sends `POST path` with a JSON body on a new connection (`Connection: close`, read and write
@@ -88,10 +95,7 @@ pub fn send_post_json(
     body: &str,
     timeout: Duration,
 ) -> Result<TcpStream> {
-    let mut stream = TcpStream::connect_timeout(&address, timeout)
-        .with_context(|| format!("connecting to {address}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    let mut stream = connect(address, timeout)?;
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n",
