@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ccf_store::contract::{at_ms, outcome, pricing, snapshot, tokens};
+use ccf_store::contract::{at_ms, outcome, pricing, snapshot, tokens, write};
 use ccf_store::time::format_timestamp;
 use ccf_store::{
     status, DayZone, LegacyZone, Recorder, RecorderSettings, RequestFilter, RequestQuery,
@@ -432,13 +432,6 @@ async fn recorder_keeps_outcomes_while_the_database_is_locked_and_writes_them_af
 async fn a_batch_of_new_and_stored_ids_writes_each_row_once_and_counts_each_final_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir.path().join("usage.db"), SqliteOptions::default()).await;
-    let pricing = pricing();
-    let price = |records: Vec<ccf_store::UsageRecord>| -> Vec<ccf_store::StoredRecord> {
-        records
-            .into_iter()
-            .map(|record| ccf_store::StoredRecord::price(record, &pricing))
-            .collect()
-    };
     let final_of = |id: &str, input: u64| {
         outcome(
             id,
@@ -452,26 +445,28 @@ async fn a_batch_of_new_and_stored_ids_writes_each_row_once_and_counts_each_fina
         )
     };
     let stored_final = final_of("req-stored-final", 10);
-    store
-        .write_batch(&price(vec![
+    write(
+        &store,
+        vec![
             snapshot("req-stored-live", at_ms(0), status::FORWARDING),
             stored_final.clone(),
-        ]))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
 
     let new_final = final_of("req-new-final", 100);
     let stored_live_final = final_of("req-stored-live", 1000);
-    store
-        .write_batch(&price(vec![
+    write(
+        &store,
+        vec![
             snapshot("req-new-final", at_ms(0), status::PENDING),
             new_final.clone(),
             snapshot("req-stored-final", at_ms(0), status::PROCESSING),
             stored_live_final.clone(),
             snapshot("req-new-live", at_ms(0), status::FORWARDING),
-        ]))
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
 
     for (id, expected) in [
         ("req-new-final", &new_final),
@@ -578,13 +573,6 @@ async fn request_rows_touch_only_the_indexes_that_queries_use() {
 async fn long_batches_write_every_row_and_count_every_final_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir.path().join("usage.db"), SqliteOptions::default()).await;
-    let pricing = pricing();
-    let price = |records: Vec<ccf_store::UsageRecord>| -> Vec<ccf_store::StoredRecord> {
-        records
-            .into_iter()
-            .map(|record| ccf_store::StoredRecord::price(record, &pricing))
-            .collect()
-    };
     let id = |n: u64| format!("req-long-{n:03}");
     let final_of = |n: u64| {
         outcome(
@@ -609,12 +597,12 @@ async fn long_batches_write_every_row_and_count_every_final_once() {
             }
         })
         .collect();
-    store.write_batch(&price(first)).await.unwrap();
+    write(&store, first).await;
     // 60 finals, 30-89, in inserts of 8 ids: 30-37 and 38-45 all stored, 46-53 half stored,
     // 54-61 and 62-69 new, 70-77 three stored (after inserts that inserted), 78-85 new, and
     // 86-89 fewer than an insert's rows.
     let second: Vec<_> = (30..90).map(final_of).collect();
-    store.write_batch(&price(second)).await.unwrap();
+    write(&store, second).await;
 
     for n in 0..90 {
         let row = store.get_request(&id(n)).await.unwrap().unwrap();

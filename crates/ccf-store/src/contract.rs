@@ -181,7 +181,8 @@ pub fn tokens(input: u64, output: u64) -> Usage {
     }
 }
 
-async fn write(store: &dyn UsageStore, records: Vec<UsageRecord>) {
+/// Prices `records` with [`pricing`] and writes them as one batch.
+pub async fn write(store: &dyn UsageStore, records: Vec<UsageRecord>) {
     let pricing = pricing();
     let batch: Vec<StoredRecord> = records
         .into_iter()
