@@ -79,7 +79,13 @@ pub const CATCH_UP_BATCHES: usize = 10;
 /// `fsync` per spill, every line read back and parsed before it is written) made it fall
 /// further behind (issue 19).
 fn write_limit(finals: usize, batch_size: usize) -> usize {
-    finals.clamp(batch_size, batch_size.saturating_mul(CATCH_UP_BATCHES))
+    finals.clamp(batch_size, catch_up_limit(batch_size))
+}
+
+/// Most records one write takes while the database is behind (and for the journal's replay,
+/// which always is).
+fn catch_up_limit(batch_size: usize) -> usize {
+    batch_size.saturating_mul(CATCH_UP_BATCHES)
 }
 
 /// How the recorder batches and retries.
@@ -921,7 +927,7 @@ impl Writer {
                 if offset == 0 && journal.records() == 0 && journal.bytes() == 0 {
                     return Ok(());
                 }
-                let limit = self.shared.batch_size.saturating_mul(CATCH_UP_BATCHES);
+                let limit = catch_up_limit(self.shared.batch_size);
                 let batch = match journal.read_from(offset, limit).await {
                     Ok(batch) => batch,
                     Err(error) => {
