@@ -229,9 +229,10 @@ enum Key {
 
 /// How the pending map hashes its [`Key`]s: every request looks its key up a few times on the
 /// request path (one hand-over per lifecycle change), and SipHash cost about 275 instructions a
-/// lookup. The numbers are random 64-bit request ids and the texts are request ids the
-/// forwarder generated, so a seeded multiply-and-fold hash (as foldhash does) is enough; the
-/// seed is random per map, so no client input can aim at a bucket.
+/// lookup. The numbers are request ids (counting up per serving thread) and the texts are
+/// request ids the forwarder generated, so a seeded multiply-and-fold hash (as foldhash does)
+/// is enough: the multiply spreads consecutive numbers over every bucket; the seed is random
+/// per map, so no client input can aim at a bucket.
 #[derive(Clone)]
 struct KeyHashing {
     seed: u64,
