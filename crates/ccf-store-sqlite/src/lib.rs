@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use ccf_store::{
     async_trait, CleanupReport, DayZone, LegacyZone, MigrationReport, Page, RequestFilter,
     RequestQuery, RequestRow, Stats, StatsQuery, StoreError, StoredRecord, SummaryQuery,
-    SummaryRow, UsageStore,
+    SummaryRow, UsageStore, WritePace,
 };
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
@@ -447,18 +447,24 @@ impl UsageStore for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        self.write_shared(Arc::from(batch)).await
+        self.write_shared(Arc::from(batch), WritePace::CatchUp)
+            .await
     }
 
-    /// The batch goes to the writer thread as it is shared, without a copy of its records.
-    async fn write_shared(&self, batch: Arc<[StoredRecord]>) -> Result<(), StoreError> {
+    /// The batch goes to the writer thread as it is shared, without a copy of its records;
+    /// [`WritePace::GiveWay`] makes the writer offer its core after every multi-row insert.
+    async fn write_shared(
+        &self,
+        batch: Arc<[StoredRecord]>,
+        pace: WritePace,
+    ) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         let zone = self.legacy_zone;
         let day_zone = self.day_zone;
         self.on_current_writer(move |connection| {
-            write::write_batch(connection, &batch, zone, day_zone)
+            write::write_batch(connection, &batch, zone, day_zone, pace)
         })
         .await
     }

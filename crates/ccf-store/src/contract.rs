@@ -23,7 +23,7 @@ use ccf_types::Usage;
 use crate::{
     status, ApplyOutcome, Cost, DayZone, ExportCursor, ExportFormat, Pricing, Recorder,
     RecorderSettings, RequestFilter, RequestQuery, RequestRow, Retention, SharedChange,
-    SharedState, StoredRecord, SummaryQuery, UsageRecord, UsageStore, CSV_HEADER,
+    SharedState, StoredRecord, SummaryQuery, UsageRecord, UsageStore, WritePace, CSV_HEADER,
 };
 
 /// A fresh, migrated store for one test, and how to dispose of it.
@@ -183,12 +183,17 @@ pub fn tokens(input: u64, output: u64) -> Usage {
 
 /// Prices `records` with [`pricing`] and writes them as one batch.
 pub async fn write(store: &dyn UsageStore, records: Vec<UsageRecord>) {
+    write_paced(store, records, WritePace::CatchUp).await;
+}
+
+/// [`write`] through [`UsageStore::write_shared`], paced as `pace` asks (the recorder's way).
+pub async fn write_paced(store: &dyn UsageStore, records: Vec<UsageRecord>, pace: WritePace) {
     let pricing = pricing();
-    let batch: Vec<StoredRecord> = records
+    let batch: Arc<[StoredRecord]> = records
         .into_iter()
         .map(|r| StoredRecord::price(r, &pricing))
         .collect();
-    store.write_batch(&batch).await.unwrap();
+    store.write_shared(batch, pace).await.unwrap();
 }
 
 async fn get(store: &dyn UsageStore, id: &str) -> RequestRow {

@@ -58,7 +58,7 @@ use tokio::time::Instant;
 use crate::journal::{Journal, JournalError};
 use crate::pricing::{Cost, Pricing};
 use crate::record::{final_cost, StoredRecord, UsageRecord};
-use crate::{StoreError, UsageStore};
+use crate::{StoreError, UsageStore, WritePace};
 
 /// How long past a [`RecorderHandle::shutdown_within`] deadline the handle waits for the writer
 /// to put what is left in the journal before it stops the task (a stalled disk).
@@ -86,6 +86,16 @@ fn write_limit(finals: usize, batch_size: usize) -> usize {
 /// which always is).
 fn catch_up_limit(batch_size: usize) -> usize {
     batch_size.saturating_mul(CATCH_UP_BATCHES)
+}
+
+/// How a drain's write is paced: it gives way only while the recorder is caught up (no more than
+/// a batch of finals waits) and nobody waits for it (a tick or a full batch, not a flush or a
+/// shutdown).
+fn drain_pace(mode: Drain, finals: usize, batch_size: usize) -> WritePace {
+    match mode {
+        Drain::FullBatches | Drain::Tick if finals <= batch_size => WritePace::GiveWay,
+        _ => WritePace::CatchUp,
+    }
 }
 
 /// How the recorder batches and retries.
@@ -897,16 +907,18 @@ impl Writer {
                     return Ok(());
                 }
                 let limit = write_limit(pending.finals, batch_size);
+                let pace = drain_pace(mode, pending.finals, batch_size);
                 let batch = pending.take(limit, cutoff, settled_before);
                 // Counted as backlog while it is being written.
                 self.shared.writing.store(batch.len(), Ordering::Release);
-                batch
+                (batch, pace)
             };
+            let (batch, pace) = batch;
             if batch.is_empty() {
                 return Ok(());
             }
             let stored = batch.into_iter().map(Snapshot::into_stored).collect();
-            let left = self.write(stored).await;
+            let left = self.write(stored, pace).await;
             if !left.is_empty() {
                 return Err(Stopped(left));
             }
@@ -964,7 +976,7 @@ impl Writer {
                 continue;
             }
             self.shared.writing.store(count, Ordering::Release);
-            let left = self.write(batch.records).await;
+            let left = self.write(batch.records, WritePace::CatchUp).await;
             self.shared.writing.store(0, Ordering::Release);
             if !left.is_empty() {
                 // Still in the file: nothing to journal again.
@@ -1071,10 +1083,10 @@ impl Writer {
     /// The batch is shared with the store ([`UsageStore::write_shared`]) instead of copied for
     /// each attempt; only the rare paths (a rejected batch split in two, a shutdown deadline)
     /// copy records.
-    async fn write(&self, stored: Vec<StoredRecord>) -> Vec<StoredRecord> {
+    async fn write(&self, stored: Vec<StoredRecord>, pace: WritePace) -> Vec<StoredRecord> {
         let mut queue: Vec<Arc<[StoredRecord]>> = vec![Arc::from(stored)];
         while let Some(stored) = queue.pop() {
-            match self.write_with_retry(&stored).await {
+            match self.write_with_retry(&stored, pace).await {
                 Ok(()) => {}
                 Err(WriteFailure::Stopped) => {
                     let mut left = stored.to_vec();
@@ -1111,12 +1123,16 @@ impl Writer {
     /// Retries retryable errors for ever (with backoff) or until a bounded shutdown's deadline;
     /// returns a non-retryable error at once for a batch of several (the caller splits it) and
     /// after `max_retry` immediate attempts for a single record.
-    async fn write_with_retry(&self, stored: &Arc<[StoredRecord]>) -> Result<(), WriteFailure> {
+    async fn write_with_retry(
+        &self,
+        stored: &Arc<[StoredRecord]>,
+        pace: WritePace,
+    ) -> Result<(), WriteFailure> {
         let mut backoff = self.settings.initial_backoff;
         let mut invalid_attempts = 0;
         loop {
             let Some(result) = self
-                .interruptible(self.store.write_shared(stored.clone()))
+                .interruptible(self.store.write_shared(stored.clone(), pace))
                 .await
             else {
                 return Err(WriteFailure::Stopped);

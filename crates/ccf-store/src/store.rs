@@ -13,6 +13,22 @@ use crate::query::{
 use crate::record::{RequestRow, StoredRecord};
 use crate::StoreError;
 
+/// How the recorder wants one write paced: a hint a store may ignore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePace {
+    /// The recorder is caught up (no more than a batch waits): a store that writes on a thread of
+    /// its own may let that thread give its core to request serving between statements.
+    ///
+    /// Why: with two cores, a proxy's answer that became ready while the writer held a core
+    /// waited for the writer's time slice; at concurrency 1 that was most of the added p99
+    /// latency with usage recording on (issue 19).
+    GiveWay,
+    /// More than a batch waits, the journal is being replayed, or someone waits for the write
+    /// (flush, shutdown): write without pausing. Writes that always gave way let the recorder
+    /// fall behind on saturated cores.
+    CatchUp,
+}
+
 /// A usage database. Implementations must be safe to share between tasks; no method blocks the
 /// async runtime (blocking drivers run on their own threads).
 #[async_trait]
@@ -39,9 +55,14 @@ pub trait UsageStore: Send + Sync {
     async fn write_batch(&self, batch: &[StoredRecord]) -> Result<(), StoreError>;
 
     /// [`UsageStore::write_batch`] of a batch the caller shares (the recorder keeps it until it
-    /// is written, for a retry): a store that writes on a thread of its own takes the batch there
-    /// without copying it. The default writes `&batch`.
-    async fn write_shared(&self, batch: Arc<[StoredRecord]>) -> Result<(), StoreError> {
+    /// is written, for a retry), paced as `pace` asks: a store that writes on a thread of its own
+    /// takes the batch there without copying it. The default writes `&batch` and ignores `pace`.
+    async fn write_shared(
+        &self,
+        batch: Arc<[StoredRecord]>,
+        pace: WritePace,
+    ) -> Result<(), StoreError> {
+        let _ = pace;
         self.write_batch(&batch).await
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ccf_store::{
     async_trait, status, BacklogSettings, CleanupReport, MigrationReport, Page, Pricing, Recorder,
     RecorderHandle, RecorderSettings, RequestFilter, RequestQuery, RequestRow, Stats, StatsQuery,
-    StoreError, StoredRecord, SummaryQuery, SummaryRow, UsageRecord, UsageStore,
+    StoreError, StoredRecord, SummaryQuery, SummaryRow, UsageRecord, UsageStore, WritePace,
 };
 
 #[derive(Default)]
@@ -18,6 +18,8 @@ struct ScriptedStore {
     rows: Mutex<HashMap<String, StoredRecord>>,
     batches: AtomicUsize,
     batch_sizes: Mutex<Vec<usize>>,
+    /// The pace the recorder asked for, per call of `write_shared`.
+    paces: Mutex<Vec<WritePace>>,
     writes_per_id: Mutex<HashMap<String, usize>>,
     down: AtomicBool,
     reject: Mutex<Option<String>>,
@@ -30,6 +32,14 @@ impl UsageStore for ScriptedStore {
     }
     async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         Ok(MigrationReport::default())
+    }
+    async fn write_shared(
+        &self,
+        batch: Arc<[StoredRecord]>,
+        pace: WritePace,
+    ) -> Result<(), StoreError> {
+        self.paces.lock().unwrap().push(pace);
+        self.write_batch(&batch).await
     }
     async fn write_batch(&self, batch: &[StoredRecord]) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
@@ -204,6 +214,46 @@ async fn a_backlog_of_several_batches_is_written_ten_batches_at_a_time() {
     })
     .await;
     assert_eq!(store.batch_sizes.lock().unwrap().last(), Some(&10));
+}
+
+#[tokio::test]
+async fn writes_give_way_only_while_the_recorder_is_caught_up_and_nobody_waits() {
+    let store = Arc::new(ScriptedStore::default());
+    let recorder = Recorder::spawn(
+        store.clone(),
+        settings(10, Duration::from_millis(50)),
+        Pricing::default(),
+    );
+    // 35 finals before the writer first runs (one-thread runtime): behind.
+    for i in 0..35 {
+        recorder.record(record(&format!("req-behind-{i}"), status::COMPLETED, true));
+    }
+    eventually("the backlog", || store.rows.lock().unwrap().len() == 35).await;
+    assert_eq!(*store.paces.lock().unwrap(), vec![WritePace::CatchUp]);
+    // Caught up: a full batch, then a partial one at the interval's tick.
+    for i in 0..10 {
+        recorder.record(record(&format!("req-full-{i}"), status::COMPLETED, true));
+    }
+    eventually("the full batch", || store.rows.lock().unwrap().len() == 45).await;
+    for i in 0..3 {
+        recorder.record(record(&format!("req-partial-{i}"), status::COMPLETED, true));
+    }
+    eventually("the partial batch", || {
+        store.rows.lock().unwrap().len() == 48
+    })
+    .await;
+    assert_eq!(
+        store.paces.lock().unwrap()[1..],
+        [WritePace::GiveWay, WritePace::GiveWay]
+    );
+    // A flush is waited for: no pausing.
+    recorder.record(record("req-flushed", status::COMPLETED, true));
+    recorder.flush().await;
+    assert_eq!(
+        store.paces.lock().unwrap().last(),
+        Some(&WritePace::CatchUp)
+    );
+    assert_eq!(store.rows.lock().unwrap().len(), 49);
 }
 
 #[tokio::test]
