@@ -187,7 +187,7 @@ pub(crate) fn write_batch(
                 if pace == WritePace::GiveWay {
                     // A proxy thread woken meanwhile runs now instead of after this thread's
                     // time slice: at concurrency 1 on two cores, added p99 with usage on fell
-                    // from 823-917 to 284-478 µs (issue 19, part 6).
+                    // from 726-852 to 273-403 µs (issue 19, part 6).
                     std::thread::yield_now();
                 }
                 continue;

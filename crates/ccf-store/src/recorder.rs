@@ -901,7 +901,7 @@ impl Writer {
         let batch_size = self.shared.batch_size;
         loop {
             self.spill_overflow().await;
-            let batch = {
+            let (batch, pace) = {
                 let mut pending = lock(&self.shared.pending);
                 if mode == Drain::FullBatches && pending.finals < batch_size {
                     return Ok(());
@@ -913,7 +913,6 @@ impl Writer {
                 self.shared.writing.store(batch.len(), Ordering::Release);
                 (batch, pace)
             };
-            let (batch, pace) = batch;
             if batch.is_empty() {
                 return Ok(());
             }
