@@ -227,15 +227,10 @@ impl StreamState {
             self.completed = true;
             return;
         }
-        let payload: event::Payload<'_> = match serde_json::from_slice(event.data) {
-            Ok(payload) => payload,
-            Err(error) => {
-                self.diagnostics.push(Diagnostic::MalformedEvent {
-                    event: kind.name().to_string(),
-                    error: error.to_string(),
-                });
-                return;
-            }
+        let Some(payload) =
+            parse_payload::<event::Payload<'_>>(kind, event.data, &mut self.diagnostics)
+        else {
+            return;
         };
         match kind {
             Interesting::MessageStart => self.on_message_start(payload),
@@ -387,6 +382,25 @@ pub fn extract_body(body: &[u8]) -> Extraction {
     }
 }
 
+/// An event's payload parsed as `T`, or `None` with a [`Diagnostic::MalformedEvent`] noted when
+/// it is not JSON of that shape.
+fn parse_payload<'a, T: Deserialize<'a>>(
+    kind: Interesting,
+    data: &'a [u8],
+    diagnostics: &mut Diagnostics,
+) -> Option<T> {
+    match serde_json::from_slice(data) {
+        Ok(payload) => Some(payload),
+        Err(error) => {
+            diagnostics.push(Diagnostic::MalformedEvent {
+                event: kind.name().to_string(),
+                error: error.to_string(),
+            });
+            None
+        }
+    }
+}
+
 /// Whether a body's first non-blank line is an SSE field (`event:`, `data:`, `id:`, `retry:`)
 /// or comment (`:`).
 pub(crate) fn looks_like_sse(body: &[u8]) -> bool {
@@ -439,8 +453,8 @@ fn extract_json(body: &[u8]) -> Extraction {
     extraction
 }
 
-/// `error.type` when the upstream gave none (as the reference `ApiError::from_value` says).
-const UNKNOWN_ERROR: &str = "unknown_error";
+/// `error.type` when the upstream gave none (the reference `ApiError::from_value` too).
+pub(crate) const UNKNOWN_ERROR: &str = "unknown_error";
 
 /// The top-level fields of a JSON body that are read; a `null` field is the same as an absent
 /// one. `message` is read as the reference `report::Payload` reads it, so that the same bodies
@@ -940,15 +954,8 @@ mod tests {
             state.completed = true;
             return;
         }
-        let payload: Payload = match serde_json::from_slice(data) {
-            Ok(payload) => payload,
-            Err(error) => {
-                state.diagnostics.push(Diagnostic::MalformedEvent {
-                    event: kind.name().to_string(),
-                    error: error.to_string(),
-                });
-                return;
-            }
+        let Some(payload) = parse_payload::<Payload>(kind, data, &mut state.diagnostics) else {
+            return;
         };
         let read_usage = |usage: &serde_json::Value, diagnostics: &mut Diagnostics| {
             let report = UsageReport::from_value(usage);

@@ -17,6 +17,9 @@ use serde::Deserialize;
 #[cfg(test)]
 use serde_json::Value;
 
+#[cfg(test)]
+use crate::extract::UNKNOWN_ERROR;
+
 /// Every field of interest in any event or body; all optional.
 #[cfg(test)]
 #[derive(Debug, Default, Deserialize)]
@@ -67,9 +70,6 @@ impl ApiError {
         }
     }
 }
-
-#[cfg(test)]
-const UNKNOWN_ERROR: &str = "unknown_error";
 
 /// A `usage` object as reported, keeping "absent" apart from "zero" (the merge rule needs it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
