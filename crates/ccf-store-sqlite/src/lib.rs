@@ -88,10 +88,11 @@ pub struct ConnectionPragmas {
 
 /// WAL pages after which a commit checkpoints (SQLite's default: 1,000).
 ///
-/// A checkpoint copies every page the WAL holds into the database file and syncs it. A usage
-/// row dirties a random leaf of the `request_id` index (the ids are random), so with the
-/// default the writer checkpointed after every transaction or two under load and copied the
-/// same index pages again each time, and at concurrency 64 the recorder fell behind the proxy.
+/// A checkpoint copies every page the WAL holds into the database file and syncs it. While
+/// request ids were random, a usage row dirtied a random leaf of the `request_id` index, so with
+/// the default the writer checkpointed after every transaction or two under load and copied the
+/// same index pages again each time, and at concurrency 64 the recorder fell behind the proxy
+/// (ids now count up per thread, `RequestId::generate`; the interval was measured before that).
 /// Issue 19, 15-20 s runs at 9,000-13,000 requests/s (noisy: the rate differs run to run): the
 /// most records behind during a run was 11,889-50,633 with the default and 5,286-24,299 with
 /// 10,000 pages.

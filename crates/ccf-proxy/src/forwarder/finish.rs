@@ -202,6 +202,7 @@ struct RequestFinisher {
     is_streaming: bool,
     body_bytes: u64,
     span: tracing::Span,
+    /// The request's place against `server.max_in_flight`, released with the answer.
     _in_flight: Option<monitoring::InFlightGuard>,
     /// Released with the answer (per-key concurrency, `key_limits.rs`).
     _key_permit: Option<crate::key_limits::KeyPermit>,
