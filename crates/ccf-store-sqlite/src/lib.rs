@@ -2,8 +2,8 @@
 //!
 //! This crate owns the SQLite side of [`ccf_store::UsageStore`]: one writer connection owned by
 //! a dedicated thread (every request to it travels over a channel, every batch is one
-//! transaction), a pool of reader connections (8 by default) so that dashboard queries never wait
-//! behind writes, WAL with `synchronous=NORMAL` and a busy timeout set by real PRAGMAs on every
+//! transaction), a pool of reader connections (up to 8 by default, opened as queries need them)
+//! so that dashboard queries never wait behind writes, WAL with `synchronous=NORMAL` and a busy timeout set by real PRAGMAs on every
 //! connection, and the versioned migrations embedded in the binary. It opens a `usage.db` written
 //! by the Go forwarder and migrates it in place. A database file replaced or deleted while open
 //! is noticed and opened again ([`reopen`]); the space of deleted rows is given back with
@@ -39,7 +39,8 @@ use crate::reopen::{file_identity, FileIdentity, ReplacementCheck, WriterFile};
 /// How [`SqliteStore::open`] opens the database.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SqliteOptions {
-    /// Reader connections in the pool (default 8).
+    /// Reader connections in the pool, at most (default 8): opened when concurrent queries
+    /// need them, and kept.
     pub readers: u32,
     /// `PRAGMA busy_timeout` on every connection (default 5 s).
     pub busy_timeout: Duration,
@@ -151,23 +152,58 @@ fn configure(connection: &Connection, busy_timeout: Duration) -> rusqlite::Resul
     Ok(())
 }
 
-/// Builds the reader pool on `path` (blocking: opens one connection).
+/// Builds the reader pool on `path`, the file `identity` names.
+///
+/// The pool opens no connection until a query needs one and grows up to `pool_size` as
+/// concurrent queries need more; a connection once opened is kept (no idle reaping, no
+/// lifetime). Opening all of them at the start cost about 1.7 MB of resident memory at idle
+/// (issue 19: measured with one connection against eight) for dashboard queries that may never
+/// come.
+///
+/// A pool must never read another file than the one it was built for (a replaced file gets a
+/// new pool, see `reopen`), so a connection opened later is checked: the path must still name
+/// `identity` once the connection is open, else the open fails and the pool serves from the
+/// connections it has until the next replacement check builds a pool on the new file. The
+/// check is made after the open, so a replacement just before or during it is refused too.
+/// How long a query waits for a reader connection at most (all of them busy).
+const READER_WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// A query's wait for a reader connection is cut into slices of this length, between which it
+/// looks whether the file was replaced ([`SqliteStore::on_reader`]).
+const READER_WAIT_SLICE: Duration = Duration::from_secs(1);
+
 fn build_reader_pool(
     path: &Path,
+    identity: Option<FileIdentity>,
     pool_size: u32,
     busy_timeout: Duration,
 ) -> Result<ReaderPool, StoreError> {
-    let manager = SqliteConnectionManager::file(path)
-        .with_init(move |connection| configure(connection, busy_timeout));
-    // Every connection is opened here and kept (no idle reaping, no lifetime): a pool never
-    // opens the path later, when it may name another file (see `reopen`); a replaced file gets
-    // a new pool.
+    let checked_path = path.to_path_buf();
+    let manager = SqliteConnectionManager::file(path).with_init(move |connection| {
+        if file_identity(&checked_path) != identity {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!(
+                    "{}: the usage database file was replaced since this reader pool was \
+                     built; the next replacement check reopens it",
+                    checked_path.display()
+                )),
+            ));
+        }
+        configure(connection, busy_timeout)
+    });
+    // One thread opens the connections (r2d2's default is three, each an idle thread).
+    let opener = scheduled_thread_pool::ScheduledThreadPool::builder()
+        .num_threads(1)
+        .thread_name_pattern("ccf-sqlite-open-{}")
+        .build();
     r2d2::Pool::builder()
         .max_size(pool_size)
-        .min_idle(Some(pool_size))
+        .min_idle(Some(0))
         .max_lifetime(None)
         .idle_timeout(None)
-        .connection_timeout(Duration::from_secs(30))
+        .connection_timeout(READER_WAIT_LIMIT)
+        .thread_pool(Arc::new(opener))
         .build(manager)
         .map_err(pool_error)
 }
@@ -234,7 +270,7 @@ impl SqliteStore {
         let identity = file_identity(&path);
         let pool_path = path.clone();
         let pool = tokio::task::spawn_blocking(move || {
-            build_reader_pool(&pool_path, pool_size, busy_timeout)
+            build_reader_pool(&pool_path, identity, pool_size, busy_timeout)
         })
         .await
         .map_err(|e| StoreError::unavailable("sqlite pool task failed", e))??;
@@ -303,7 +339,7 @@ impl SqliteStore {
     /// The reader pool, rebuilt first when the path names another file than the pool's, or none
     /// (checked at most once per `replacement_check_interval`). The writer reopens (and
     /// migrates) the new file, or creates a deleted one, before the readers see it.
-    async fn current_readers(&self) -> Result<ReaderPool, StoreError> {
+    async fn current_readers(&self) -> Result<Readers, StoreError> {
         let current = || {
             self.readers
                 .read()
@@ -311,49 +347,75 @@ impl SqliteStore {
                 .clone()
         };
         if !self.replacement_check.due() {
-            return Ok(current().pool);
+            return Ok(current());
         }
         if file_identity(&self.path) == current().identity {
-            return Ok(current().pool);
+            return Ok(current());
         }
         let _one_rebuild = self.rebuilding.lock().await;
         if file_identity(&self.path) == current().identity {
-            return Ok(current().pool);
+            return Ok(current());
         }
         // The writer first: it opens (and migrates) the replacement, or creates the deleted
         // file afresh, so the readers never see an unmigrated file.
         self.on_current_writer(|_| Ok(())).await?;
         let identity = file_identity(&self.path);
         if identity.is_none() {
-            return Ok(current().pool);
+            return Ok(current());
         }
         let path = self.path.clone();
         let (pool_size, busy_timeout) = (self.pool_size, self.busy_timeout);
-        let pool =
-            tokio::task::spawn_blocking(move || build_reader_pool(&path, pool_size, busy_timeout))
-                .await
-                .map_err(|e| StoreError::unavailable("sqlite pool task failed", e))??;
+        let pool = tokio::task::spawn_blocking(move || {
+            build_reader_pool(&path, identity, pool_size, busy_timeout)
+        })
+        .await
+        .map_err(|e| StoreError::unavailable("sqlite pool task failed", e))??;
         tracing::warn!(
             path = %self.path.display(),
             "the usage database file was replaced; readers reopened it"
         );
-        *self.readers.write().unwrap_or_else(PoisonError::into_inner) = Readers {
-            pool: pool.clone(),
-            identity,
-        };
-        Ok(pool)
+        let readers = Readers { pool, identity };
+        *self.readers.write().unwrap_or_else(PoisonError::into_inner) = readers.clone();
+        Ok(readers)
     }
 
     /// Runs `job` on a pooled reader connection (on the blocking thread pool).
+    ///
+    /// The wait for a connection is cut into slices: when the file was replaced while the
+    /// query waited (the pool may then be unable to open a connection, see
+    /// [`build_reader_pool`]), the query fails after one slice, saying so, rather than after
+    /// the pool's whole timeout; the next query gets a pool on the new file.
     async fn on_reader<R, F>(&self, job: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&Connection, LegacyZone) -> Result<R, StoreError> + Send + 'static,
     {
-        let pool = self.current_readers().await?;
+        let Readers { pool, identity } = self.current_readers().await?;
         let zone = self.legacy_zone;
+        let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let connection = pool.get().map_err(pool_error)?;
+            let mut waited = Duration::ZERO;
+            let connection = loop {
+                match pool.get_timeout(READER_WAIT_SLICE) {
+                    Ok(connection) => break connection,
+                    Err(error) => {
+                        waited += READER_WAIT_SLICE;
+                        if file_identity(&path) != identity {
+                            return Err(StoreError::unavailable(
+                                format!(
+                                    "{}: the usage database file was replaced while this query \
+                                     waited for a reader; it is reopened at the next replacement check",
+                                    path.display()
+                                ),
+                                error,
+                            ));
+                        }
+                        if waited >= READER_WAIT_LIMIT {
+                            return Err(pool_error(error));
+                        }
+                    }
+                }
+            };
             job(&connection, zone)
         })
         .await
@@ -560,5 +622,117 @@ impl UsageStore for SqliteStore {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database file at `path` whose `marker` table holds `text`.
+    fn database_with_marker(path: &Path, text: &str) {
+        let connection = Connection::open(path).expect("open");
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE marker (text TEXT);")
+            .expect("schema");
+        connection
+            .execute("INSERT INTO marker (text) VALUES (?1)", [text])
+            .expect("insert");
+    }
+
+    fn marker(connection: &Connection) -> String {
+        connection
+            .query_row("SELECT text FROM marker", [], |row| row.get(0))
+            .expect("marker")
+    }
+
+    #[test]
+    fn the_reader_pool_opens_one_connection_and_grows_as_queries_need_more() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("usage.db");
+        database_with_marker(&path, "first");
+        let pool = build_reader_pool(&path, file_identity(&path), 4, Duration::from_secs(5))
+            .expect("pool");
+        assert_eq!(pool.state().connections, 0, "no connection before a query");
+
+        let first = pool.get().expect("first reader");
+        let second = pool.get().expect("second reader");
+        assert_eq!(marker(&first), "first");
+        assert_eq!(marker(&second), "first");
+        assert_eq!(
+            pool.state().connections,
+            2,
+            "a second one for a concurrent query"
+        );
+        drop((first, second));
+        assert_eq!(
+            pool.state().idle_connections,
+            2,
+            "connections once opened are kept"
+        );
+    }
+
+    #[test]
+    fn a_reader_opened_after_the_file_was_replaced_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("usage.db");
+        database_with_marker(&path, "old");
+        let pool = build_reader_pool(&path, file_identity(&path), 4, Duration::from_secs(5))
+            .expect("pool");
+        let held = pool
+            .get()
+            .expect("a reader on the file the pool was built for");
+        assert_eq!(marker(&held), "old");
+
+        let replacement = dir.path().join("replacement.db");
+        database_with_marker(&replacement, "new");
+        std::fs::rename(&replacement, &path).expect("replace the file");
+
+        // The pool would have to open a second connection: on the new file, it must not.
+        let error = match pool.get_timeout(Duration::from_millis(500)) {
+            Ok(connection) => panic!(
+                "a reader on the replacing file was handed out (it reads {:?})",
+                marker(&connection)
+            ),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains("was replaced"), "{error}");
+        assert_eq!(marker(&held), "old", "the pool keeps reading its own file");
+        assert_eq!(pool.state().connections, 1);
+    }
+
+    #[tokio::test]
+    async fn a_query_that_needs_a_reader_after_an_unnoticed_replacement_fails_saying_why() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("usage.db");
+        let options = SqliteOptions {
+            replacement_check_interval: Duration::from_secs(3600),
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(&path, options).await.expect("open");
+        store.migrate().await.expect("migrate");
+        // The first checkout's check is spent: the next one is an hour away.
+        assert!(store.replacement_check.due());
+
+        let replacement = dir.path().join("replacement.db");
+        database_with_marker(&replacement, "new");
+        std::fs::rename(&replacement, &path).expect("replace the file");
+
+        // No reader was open yet: the query would need one on the replacing file. It fails after
+        // one wait slice, saying why, instead of reading that file or waiting the whole timeout.
+        let error = store
+            .list_requests(&ccf_store::RequestQuery {
+                filter: ccf_store::RequestFilter::default(),
+                limit: 10,
+                offset: 0,
+            })
+            .await
+            .expect_err("no reader may open the replacing file before the check");
+        assert!(
+            error
+                .to_string()
+                .contains("replaced while this query waited"),
+            "{error}"
+        );
     }
 }
