@@ -147,8 +147,8 @@ impl Honesty {
                 endpoint,
                 request_id = %check.request_id,
                 signal = verdict.signal.as_str(),
-                asked = %verdict.asked,
-                reported = %verdict.reported,
+                asked = %verdict.observed.asked(),
+                reported = %verdict.observed.reported(),
                 "relay honesty check flagged"
             );
         }
@@ -265,17 +265,14 @@ impl HonestyWatch {
     pub(crate) fn finish(self, extraction: &Extraction) -> HonestyCheck {
         let mut verdicts = Vec::with_capacity(3);
         if let (Some(requested), Some(responded)) = (
-            self.sent_model.as_deref().or(self.request_model.as_deref()),
+            self.sent_model.or(self.request_model),
             extraction
                 .model
                 .as_deref()
                 .filter(|model| !model.is_empty()),
         ) {
-            verdicts.push(SignalVerdict::model(
-                requested,
-                responded,
-                models_match(requested, responded),
-            ));
+            let matches = models_match(&requested, responded);
+            verdicts.push(SignalVerdict::model(requested, responded, matches));
         }
         if let Some(usage) = extraction.usage.as_ref().filter(|_| !extraction.partial) {
             if let Ok(estimate) =

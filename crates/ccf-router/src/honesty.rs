@@ -131,21 +131,100 @@ pub struct SignalVerdict {
     pub signal: HonestySignal,
     /// The comparison failed.
     pub flagged: bool,
-    /// What was asked or expected (a model name, an estimated token count, a delta count).
-    pub asked: String,
+    /// What was compared, worded only when shown ([`Observation::asked`],
+    /// [`Observation::reported`]).
+    pub observed: Observation,
+}
+
+/// What one comparison looked at, kept as names and numbers. Most checks pass and are never
+/// shown; wording every verdict when it was made cost about 1,500 instructions per request
+/// (issue 19), so the words are made when a flag example or a log line shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// The model asked for (or sent in its place by a `model_map`) and the model answered with.
+    Model {
+        /// The model asked for or sent.
+        asked: String,
+        /// The model the answer named.
+        answered: String,
+    },
+    /// The input tokens the endpoint reported against the local estimate.
+    Usage {
+        /// Input tokens reported (fresh, cache read and cache write together).
+        reported: u64,
+        /// The local estimate.
+        estimated: u64,
+        /// The estimate is only a lower bound: images and documents were not counted.
+        lower_bound: bool,
+    },
+    /// A stream's content deltas: how many, how many gaps between them were tight, and the
+    /// time from the first to the last.
+    Stream {
+        /// Content deltas.
+        deltas: u32,
+        /// Gaps shorter than [`BURST_TIGHT_GAP`].
+        tight_gaps: u32,
+        /// From the first delta to the last.
+        span: Duration,
+    },
+}
+
+impl Observation {
+    /// What was asked or expected (a model name, an estimated token count, a paced stream).
+    pub fn asked(&self) -> String {
+        match self {
+            Observation::Model { asked, .. } => asked.clone(),
+            Observation::Usage {
+                estimated,
+                lower_bound: false,
+                ..
+            } => format!("~{estimated} input tokens (local estimate)"),
+            Observation::Usage {
+                estimated,
+                lower_bound: true,
+                ..
+            } => format!(
+                "at least ~{estimated} input tokens (local estimate; images and documents not \
+                 counted)"
+            ),
+            Observation::Stream { .. } => "a paced stream".to_string(),
+        }
+    }
+
     /// What the endpoint reported or did.
-    pub reported: String,
+    pub fn reported(&self) -> String {
+        match self {
+            Observation::Model { answered, .. } => answered.clone(),
+            Observation::Usage { reported, .. } => format!("{reported} input tokens"),
+            Observation::Stream {
+                deltas,
+                tight_gaps,
+                span,
+            } => format!(
+                "{deltas} content deltas in {} µs, {tight_gaps} of {} gaps under {} µs",
+                span.as_micros(),
+                deltas.saturating_sub(1),
+                BURST_TIGHT_GAP.as_micros()
+            ),
+        }
+    }
 }
 
 impl SignalVerdict {
     /// Compares the model asked for with the model reported; `matches` is the caller's
     /// comparison (aliases match their dated ids, see `ccf_lifecycle::models_match`).
-    pub fn model(requested: &str, responded: &str, matches: bool) -> SignalVerdict {
+    pub fn model(
+        requested: impl Into<String>,
+        responded: impl Into<String>,
+        matches: bool,
+    ) -> SignalVerdict {
         SignalVerdict {
             signal: HonestySignal::ModelSubstitution,
             flagged: !matches,
-            asked: requested.to_string(),
-            reported: responded.to_string(),
+            observed: Observation::Model {
+                asked: requested.into(),
+                answered: responded.into(),
+            },
         }
     }
 
@@ -156,8 +235,11 @@ impl SignalVerdict {
         SignalVerdict {
             signal: HonestySignal::UsageMismatch,
             flagged: usage_disagrees(reported, estimated, tolerance),
-            asked: format!("~{estimated} input tokens (local estimate)"),
-            reported: format!("{reported} input tokens"),
+            observed: Observation::Usage {
+                reported,
+                estimated,
+                lower_bound: false,
+            },
         }
     }
 
@@ -169,10 +251,11 @@ impl SignalVerdict {
         SignalVerdict {
             signal: HonestySignal::UsageMismatch,
             flagged: reported < known && usage_disagrees(reported, known, tolerance),
-            asked: format!(
-                "at least ~{known} input tokens (local estimate; images and documents not counted)"
-            ),
-            reported: format!("{reported} input tokens"),
+            observed: Observation::Usage {
+                reported,
+                estimated: known,
+                lower_bound: true,
+            },
         }
     }
 
@@ -182,13 +265,11 @@ impl SignalVerdict {
         SignalVerdict {
             signal: HonestySignal::BurstStream,
             flagged: is_burst(deltas, tight_gaps),
-            asked: "a paced stream".to_string(),
-            reported: format!(
-                "{deltas} content deltas in {} µs, {tight_gaps} of {} gaps under {} µs",
-                span.as_micros(),
-                deltas.saturating_sub(1),
-                BURST_TIGHT_GAP.as_micros()
-            ),
+            observed: Observation::Stream {
+                deltas,
+                tight_gaps,
+                span,
+            },
         }
     }
 }
@@ -457,8 +538,8 @@ impl HonestyBoard {
                     state.last_flag = Some(FlagExample {
                         request_id: check.request_id.clone(),
                         signal: verdict.signal,
-                        asked: verdict.asked,
-                        reported: verdict.reported,
+                        asked: verdict.observed.asked(),
+                        reported: verdict.observed.reported(),
                         at: check.at,
                     });
                 }
@@ -653,6 +734,33 @@ mod tests {
         assert_eq!(flag.signal, HonestySignal::ModelSubstitution);
         assert_eq!(flag.asked, "claude-opus-4-1");
         assert_eq!(flag.reported, "claude-3-haiku-20240307");
+    }
+
+    #[test]
+    fn observations_are_worded_when_shown() {
+        let usage = SignalVerdict::usage(2600, 1000, 2.5);
+        assert!(usage.flagged);
+        assert_eq!(
+            usage.observed.asked(),
+            "~1000 input tokens (local estimate)"
+        );
+        assert_eq!(usage.observed.reported(), "2600 input tokens");
+        let bound = SignalVerdict::usage_at_least(100, 1000, 2.5);
+        assert!(bound.flagged);
+        assert_eq!(
+            bound.observed.asked(),
+            "at least ~1000 input tokens (local estimate; images and documents not counted)"
+        );
+        let stream = SignalVerdict::stream(40, 39, Duration::from_micros(1500));
+        assert!(stream.flagged);
+        assert_eq!(stream.observed.asked(), "a paced stream");
+        assert_eq!(
+            stream.observed.reported(),
+            "40 content deltas in 1500 µs, 39 of 39 gaps under 1000 µs"
+        );
+        let model = substituted();
+        assert_eq!(model.observed.asked(), "claude-opus-4-1");
+        assert_eq!(model.observed.reported(), "claude-3-haiku-20240307");
     }
 
     #[test]

@@ -119,7 +119,8 @@ fn finish_compares_model_usage_and_stream_pacing() {
         !check
             .verdicts
             .iter()
-            .any(|verdict| verdict.asked.contains("hello") || verdict.reported.contains("hello")),
+            .any(|verdict| verdict.observed.asked().contains("hello")
+                || verdict.observed.reported().contains("hello")),
         "prompt text never appears in a verdict"
     );
 }
