@@ -128,14 +128,15 @@ impl Endpoint {
     /// The URL to send requests to: [`Endpoint::url`] without any user info (hyper does not
     /// turn it into credentials, and it must not reach connection pool keys or logs), with no
     /// trailing `/`.
-    pub fn request_base(&self) -> String {
+    pub fn request_base(&self) -> std::borrow::Cow<'_, str> {
         if self.url.username().is_empty() && self.url.password().is_none() {
-            return self.url.as_str().trim_end_matches('/').to_string();
+            // Borrowed: this is read for every forwarded request.
+            return std::borrow::Cow::Borrowed(self.url.as_str().trim_end_matches('/'));
         }
         let mut url = self.url.clone();
         let _ = url.set_username("");
         let _ = url.set_password(None);
-        url.as_str().trim_end_matches('/').to_string()
+        std::borrow::Cow::Owned(url.as_str().trim_end_matches('/').to_string())
     }
 }
 

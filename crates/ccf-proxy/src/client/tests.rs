@@ -192,3 +192,40 @@ fn an_unusable_ca_file_is_reported_with_its_key_and_path() {
     assert!(error.starts_with("endpoints[0].ca_file: "), "{error}");
     assert!(error.contains(&path.display().to_string()), "{error}");
 }
+
+#[test]
+fn a_lane_key_is_its_written_form_and_nothing_else() {
+    let uri: Uri = "https://relay.example:8443/v1/messages".parse().unwrap();
+    let plain = LaneKey::of(&uri, None);
+    let proxied = LaneKey::of(&uri, Some("relay"));
+    assert_eq!(plain.written(), "https://relay.example:8443");
+    assert_eq!(proxied.written(), "https://relay.example:8443 via relay");
+    assert!(plain.is(&plain.written()));
+    assert!(proxied.is(&proxied.written()));
+    for other in [
+        "https://relay.example:8443 via relay",
+        "http://relay.example:8443",
+        "https://relay.example:443",
+        "https://relay.example:84430",
+        "https://relay.exampl:8443",
+        "https://relay.example.org:8443",
+        "https://relay.example:",
+        "",
+    ] {
+        assert!(!plain.is(other), "{other}");
+    }
+    for other in [
+        "https://relay.example:8443",
+        "https://relay.example:8443 via relay2",
+        "https://relay.example:8443 via rela",
+        "https://relay.example:8443 via ",
+    ] {
+        assert!(!proxied.is(other), "{other}");
+    }
+    // Default ports are written out.
+    let default_port: Uri = "http://127.0.0.1/v1/messages".parse().unwrap();
+    assert_eq!(
+        LaneKey::of(&default_port, None).written(),
+        "http://127.0.0.1:80"
+    );
+}

@@ -624,12 +624,14 @@ fn upstream_uri(endpoint: &Endpoint, request_uri: &Uri) -> Result<Uri, ProxyErro
     let path_and_query = request_uri
         .path_and_query()
         .map_or("/", |path_and_query| path_and_query.as_str());
-    format!("{base}{path_and_query}")
-        .parse()
-        .map_err(|error: http::uri::InvalidUri| ProxyError::BadUpstreamUrl {
-            endpoint: endpoint.name.clone(),
-            message: error.to_string(),
-        })
+    // Written without the formatting machinery and handed over without a copy (issue 19).
+    let mut uri = String::with_capacity(base.len() + path_and_query.len());
+    uri.push_str(&base);
+    uri.push_str(path_and_query);
+    Uri::try_from(uri).map_err(|error: http::uri::InvalidUri| ProxyError::BadUpstreamUrl {
+        endpoint: endpoint.name.clone(),
+        message: error.to_string(),
+    })
 }
 
 #[cfg(test)]
