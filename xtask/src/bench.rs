@@ -463,6 +463,15 @@ fn summarize(
                 json!(med(&|r| get(r, &format!("json_c1/{who}"), "latency_us", q))),
             );
         }
+        // The CPU of a request when nothing else is in flight (issue 19: at c=1 a request costs
+        // the forwarder about three times its CPU at c=64).
+        out.insert(
+            format!("json_c1_{who}_cpu_us_per_request"),
+            json!(
+                med(&|r| get(r, &format!("json_c1/{who}"), "cpu_s_per_10k", "")) * 1_000_000.0
+                    / 10_000.0
+            ),
+        );
         for scenario in ["json_c64", "sse_c64"] {
             out.insert(
                 format!("{scenario}_{who}_rps"),
@@ -664,6 +673,15 @@ fn markdown(s: &Value, plan: &Plan, quick: bool, profile: &str, nginx: Option<&s
             minus,
         );
     }
+    row(
+        &mut t,
+        "JSON, concurrency 1",
+        "CPU µs per request (mock / proxy, every thread)",
+        each(
+            &|who| us(&format!("json_c1_{who}_cpu_us_per_request")),
+            ["direct", "nginx", "usage_on", "usage_off"],
+        ),
+    );
     for (scenario, label) in [
         ("json_c64", "JSON, concurrency 64"),
         ("sse_c64", "SSE (3 deltas), concurrency 64"),
