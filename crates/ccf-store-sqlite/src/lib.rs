@@ -646,13 +646,20 @@ mod tests {
             .expect("marker")
     }
 
-    #[test]
-    fn the_reader_pool_opens_one_connection_and_grows_as_queries_need_more() {
+    /// A database whose marker reads `text` in a temporary folder, and a pool of up to four
+    /// readers on it.
+    fn pool_on(text: &str) -> (tempfile::TempDir, PathBuf, ReaderPool) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("usage.db");
-        database_with_marker(&path, "first");
+        database_with_marker(&path, text);
         let pool = build_reader_pool(&path, file_identity(&path), 4, Duration::from_secs(5))
             .expect("pool");
+        (dir, path, pool)
+    }
+
+    #[test]
+    fn the_reader_pool_opens_connections_only_as_queries_need_them() {
+        let (_dir, _path, pool) = pool_on("first");
         assert_eq!(pool.state().connections, 0, "no connection before a query");
 
         let first = pool.get().expect("first reader");
@@ -674,11 +681,7 @@ mod tests {
 
     #[test]
     fn a_reader_opened_after_the_file_was_replaced_is_refused() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("usage.db");
-        database_with_marker(&path, "old");
-        let pool = build_reader_pool(&path, file_identity(&path), 4, Duration::from_secs(5))
-            .expect("pool");
+        let (dir, path, pool) = pool_on("old");
         let held = pool
             .get()
             .expect("a reader on the file the pool was built for");
