@@ -162,14 +162,23 @@ fn configure(connection: &Connection, busy_timeout: Duration) -> rusqlite::Resul
 ///
 /// A pool must never read another file than the one it was built for (a replaced file gets a
 /// new pool, see `reopen`), so a connection opened later is checked: the path must still name
-/// `identity` once the connection is open, else the open fails and the pool serves from the
-/// connections it has until the next replacement check builds a pool on the new file. The
-/// check is made after the open, so a replacement just before or during it is refused too.
+/// `identity` once the connection is open, else the open fails; the query that needed it
+/// finds the file replaced and moves to a pool built on the new file
+/// ([`SqliteStore::on_reader`]). The check is made after the open, so a replacement just
+/// before or during it is refused too.
+/// How a reader job ended on one pool ([`SqliteStore::run_on_reader`]).
+enum ReaderRun<R, F> {
+    /// The job ran (or the wait for a connection timed out).
+    Done(Result<R, StoreError>),
+    /// The file was replaced while the job waited for a connection: the job, not run.
+    Replaced(F, r2d2::Error),
+}
+
 /// How long a query waits for a reader connection at most (all of them busy).
 const READER_WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 /// A query's wait for a reader connection is cut into slices of this length, between which it
-/// looks whether the file was replaced ([`SqliteStore::on_reader`]).
+/// looks whether the file was replaced ([`SqliteStore::run_on_reader`]).
 const READER_WAIT_SLICE: Duration = Duration::from_secs(1);
 
 fn build_reader_pool(
@@ -381,45 +390,69 @@ impl SqliteStore {
 
     /// Runs `job` on a pooled reader connection (on the blocking thread pool).
     ///
-    /// The wait for a connection is cut into slices: when the file was replaced while the
+    /// The wait for a connection is cut into slices. When the file was replaced while the
     /// query waited (the pool may then be unable to open a connection, see
-    /// [`build_reader_pool`]), the query fails after one slice, saying so, rather than after
-    /// the pool's whole timeout; the next query gets a pool on the new file.
+    /// [`build_reader_pool`]), the pool is rebuilt on the new file at once and the job runs
+    /// there, instead of waiting the pool's whole timeout; dropping the old pool also ends its
+    /// attempts to open the path.
     async fn on_reader<R, F>(&self, job: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&Connection, LegacyZone) -> Result<R, StoreError> + Send + 'static,
     {
-        let Readers { pool, identity } = self.current_readers().await?;
+        let readers = self.current_readers().await?;
+        let job = match self.run_on_reader(readers, job).await? {
+            ReaderRun::Done(result) => return result,
+            ReaderRun::Replaced(job, _) => job,
+        };
+        self.replacement_check.expire();
+        let readers = self.current_readers().await?;
+        match self.run_on_reader(readers, job).await? {
+            ReaderRun::Done(result) => result,
+            ReaderRun::Replaced(_, error) => Err(StoreError::unavailable(
+                format!(
+                    "{}: the usage database file was replaced again while this query waited \
+                     for a reader",
+                    self.path.display()
+                ),
+                error,
+            )),
+        }
+    }
+
+    /// [`SqliteStore::on_reader`] on one pool: the job's result, or the job back when the file
+    /// was replaced while it waited for a connection.
+    async fn run_on_reader<R, F>(
+        &self,
+        readers: Readers,
+        job: F,
+    ) -> Result<ReaderRun<R, F>, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, LegacyZone) -> Result<R, StoreError> + Send + 'static,
+    {
+        let Readers { pool, identity } = readers;
         let zone = self.legacy_zone;
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut waited = Duration::ZERO;
-            let connection = loop {
+            loop {
                 match pool.get_timeout(READER_WAIT_SLICE) {
-                    Ok(connection) => break connection,
+                    Ok(connection) => return ReaderRun::Done(job(&connection, zone)),
                     Err(error) => {
                         waited += READER_WAIT_SLICE;
                         if file_identity(&path) != identity {
-                            return Err(StoreError::unavailable(
-                                format!(
-                                    "{}: the usage database file was replaced while this query \
-                                     waited for a reader; it is reopened at the next replacement check",
-                                    path.display()
-                                ),
-                                error,
-                            ));
+                            return ReaderRun::Replaced(job, error);
                         }
                         if waited >= READER_WAIT_LIMIT {
-                            return Err(pool_error(error));
+                            return ReaderRun::Done(Err(pool_error(error)));
                         }
                     }
                 }
-            };
-            job(&connection, zone)
+            }
         })
         .await
-        .map_err(|e| StoreError::unavailable("sqlite reader task failed", e))?
+        .map_err(|e| StoreError::unavailable("sqlite reader task failed", e))
     }
 
     /// Gives the free pages (left by deleted rows) back to the file system with
@@ -705,37 +738,70 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_query_that_needs_a_reader_after_an_unnoticed_replacement_fails_saying_why() {
+    async fn a_query_that_needs_a_reader_after_an_unnoticed_replacement_reads_the_new_file() {
+        use ccf_store::contract::{at_ms, outcome, pricing, tokens};
+        use ccf_store::{status, RequestFilter, RequestQuery, StoredRecord};
+
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("usage.db");
         let options = SqliteOptions {
             replacement_check_interval: Duration::from_secs(3600),
             ..SqliteOptions::default()
         };
-        let store = SqliteStore::open(&path, options).await.expect("open");
+        let store = SqliteStore::open(&path, options.clone())
+            .await
+            .expect("open");
         store.migrate().await.expect("migrate");
         // The first checkout's check is spent: the next one is an hour away.
         assert!(store.replacement_check.due());
 
+        // A backup with one row (one self-contained file: `VACUUM INTO`) is moved over the file.
+        let source = dir.path().join("source.db");
         let replacement = dir.path().join("replacement.db");
-        database_with_marker(&replacement, "new");
+        {
+            let backup = SqliteStore::open(&source, options)
+                .await
+                .expect("open backup");
+            backup.migrate().await.expect("migrate backup");
+            let record = outcome(
+                "req-restored",
+                at_ms(1),
+                status::COMPLETED,
+                "claude-haiku-4-5",
+                "a",
+                "g",
+                tokens(10, 1),
+                5,
+            );
+            backup
+                .write_batch(&[StoredRecord::price(record, &pricing())])
+                .await
+                .expect("write backup");
+            Connection::open(&source)
+                .expect("open the source")
+                .execute("VACUUM INTO ?1", [replacement.to_string_lossy()])
+                .expect("VACUUM INTO");
+        }
         std::fs::rename(&replacement, &path).expect("replace the file");
 
-        // No reader was open yet: the query would need one on the replacing file. It fails after
-        // one wait slice, saying why, instead of reading that file or waiting the whole timeout.
-        let error = store
-            .list_requests(&ccf_store::RequestQuery {
-                filter: ccf_store::RequestFilter::default(),
+        // No reader was open yet: the query needs one, which the old pool may not open on the
+        // new file. The query finds the file replaced after one wait slice and reads the new
+        // file through a new pool, instead of failing or waiting the whole timeout.
+        let page = store
+            .list_requests(&RequestQuery {
+                filter: RequestFilter::default(),
                 limit: 10,
                 offset: 0,
             })
             .await
-            .expect_err("no reader may open the replacing file before the check");
-        assert!(
-            error
-                .to_string()
-                .contains("replaced while this query waited"),
-            "{error}"
-        );
+            .expect("the query is answered from the new file");
+        let ids: Vec<&str> = page
+            .items
+            .iter()
+            .map(|row| row.record.request_id.as_str())
+            .collect();
+        assert_eq!(ids, ["req-restored"]);
+        let readers = store.readers.read().expect("readers").identity;
+        assert_eq!(readers, file_identity(&path), "the pool is on the new file");
     }
 }

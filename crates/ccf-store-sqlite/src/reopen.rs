@@ -127,6 +127,11 @@ impl ReplacementCheck {
         }
     }
 
+    /// Makes the next check due at once (a query found the file replaced).
+    pub(crate) fn expire(&self) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// Whether a check is due now; if so, the next one is due `interval` later.
     pub(crate) fn due(&self) -> bool {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
