@@ -919,23 +919,22 @@ impl Writer {
             if batch.is_empty() {
                 return Ok(());
             }
-            let stored = if pace == WritePace::GiveWay {
-                // Caught up, this thread gives way too while it builds the rows (about 4,300
-                // instructions each): a serving thread woken meanwhile runs first. At
-                // concurrency 1 on two cores, added p99 with usage on 310-393 → 255-351 µs in
-                // four alternated pairs of runs (issue 19, part 6). A `sched_yield` in a task
-                // is a syscall's worth of time when nothing else waits for the core.
-                let mut stored = Vec::with_capacity(batch.len());
-                for (index, snapshot) in batch.into_iter().enumerate() {
-                    if index % ROWS_BETWEEN_YIELDS == ROWS_BETWEEN_YIELDS - 1 {
+            // Caught up, this thread gives way too while it builds the rows (about 4,300
+            // instructions each): a serving thread woken meanwhile runs first. At concurrency 1
+            // on two cores, added p99 with usage on 310-393 → 255-351 µs in four alternated
+            // pairs of runs (issue 19, part 6). A `sched_yield` in a task is a syscall's worth
+            // of time when nothing else waits for the core.
+            let give_way = pace == WritePace::GiveWay;
+            let stored = batch
+                .into_iter()
+                .enumerate()
+                .map(|(index, snapshot)| {
+                    if give_way && index % ROWS_BETWEEN_YIELDS == ROWS_BETWEEN_YIELDS - 1 {
                         std::thread::yield_now();
                     }
-                    stored.push(snapshot.into_stored());
-                }
-                stored
-            } else {
-                batch.into_iter().map(Snapshot::into_stored).collect()
-            };
+                    snapshot.into_stored()
+                })
+                .collect();
             let left = self.write(stored, pace).await;
             if !left.is_empty() {
                 return Err(Stopped(left));
