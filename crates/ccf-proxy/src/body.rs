@@ -126,6 +126,9 @@ pin_project! {
         idle_timer: Option<Pin<Box<Sleep>>>,
         // The relay waited for upstream (a `Pending`) since the last frame.
         waited: bool,
+        // A frame went out since the relay last answered `Pending`: hyper may still hold it
+        // unwritten, and it drops a connection's unwritten bytes when a body fails.
+        unflushed: bool,
         // When the last data frame went to the client.
         last_frame_at: Option<Instant>,
         backpressure_reported: bool,
@@ -186,6 +189,7 @@ impl<B: Body> RelayBody<B> {
             may_append,
             tail: None,
             waited: false,
+            unflushed: false,
             last_frame_at: None,
             backpressure_reported: false,
             idle_timer: idle_limit.map(|limit| Box::pin(tokio::time::sleep_until(now + limit))),
@@ -231,6 +235,36 @@ fn judge_clean_end(
     })
 }
 
+/// Ends a body with `error`: at once when every frame before it went out, else after one
+/// `Pending` (the task woken at once), in which hyper writes what it holds. hyper drops a
+/// connection's unwritten bytes when a body fails, and frames that arrive together (a
+/// connection driven in the request's task reads them in one go) would otherwise be lost with
+/// the response head: the client must get every byte relayed before the cut.
+fn fail(
+    tail: &mut Option<Tail>,
+    unflushed: &mut bool,
+    error: BoxError,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if *unflushed {
+        return yield_before(tail, unflushed, Tail::Cut(error), cx);
+    }
+    Poll::Ready(Some(Err(error)))
+}
+
+/// Keeps `cut` for the next poll and answers `Pending` once, so hyper writes the frames it holds.
+fn yield_before(
+    tail: &mut Option<Tail>,
+    unflushed: &mut bool,
+    cut: Tail,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    *tail = Some(cut);
+    *unflushed = false;
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
 /// A complete SSE `error` event in the Anthropic format.
 pub fn sse_error_event(error_type: &str, message: &str) -> Bytes {
     let payload = crate::error::anthropic_error_json(error_type, message);
@@ -255,6 +289,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if let Some(tail) = this.tail.take() {
+            if matches!(tail, Tail::Cut(_)) && *this.unflushed {
+                return yield_before(this.tail, this.unflushed, tail, cx);
+            }
             *this.finished = true;
             return Poll::Ready(Some(match tail {
                 Tail::Event(event) => Ok(Frame::data(event)),
@@ -269,7 +306,11 @@ where
                 observer.on_end(end);
             }
         };
-        match this.inner.as_mut().poll_frame(cx) {
+        let polled = this.inner.as_mut().poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) {
+            *this.unflushed = true;
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let now = Instant::now();
@@ -324,7 +365,7 @@ where
                         "the upstream connection failed mid-stream",
                     )))));
                 }
-                Poll::Ready(Some(Err(error.into())))
+                fail(this.tail, this.unflushed, error.into(), cx)
             }
             Poll::Ready(None) => {
                 *this.finished = true;
@@ -339,10 +380,10 @@ where
                     }
                     Some(tail) => {
                         end(this.observer, RelayEnd::EndedEarly);
-                        Poll::Ready(Some(match tail {
-                            Tail::Event(event) => Ok(Frame::data(event)),
-                            Tail::Cut(error) => Err(error),
-                        }))
+                        match tail {
+                            Tail::Event(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
+                            Tail::Cut(error) => fail(this.tail, this.unflushed, error, cx),
+                        }
                     }
                 }
             }
@@ -353,7 +394,12 @@ where
                         let limit = *limit;
                         *this.finished = true;
                         end(this.observer, RelayEnd::DeadlineExceeded(limit));
-                        return Poll::Ready(Some(Err(Box::new(RelayError::Deadline(limit)))));
+                        return fail(
+                            this.tail,
+                            this.unflushed,
+                            Box::new(RelayError::Deadline(limit)),
+                            cx,
+                        );
                     }
                 }
                 if let (Some(limit), Some(timer)) = (this.idle_limit, this.idle_timer.as_mut()) {
@@ -368,9 +414,15 @@ where
                                 &format!("the upstream sent no data for {limit:?}"),
                             )))));
                         }
-                        return Poll::Ready(Some(Err(Box::new(RelayError::Idle(limit)))));
+                        return fail(
+                            this.tail,
+                            this.unflushed,
+                            Box::new(RelayError::Idle(limit)),
+                            cx,
+                        );
                     }
                 }
+                *this.unflushed = false;
                 Poll::Pending
             }
         }

@@ -34,6 +34,11 @@
 //! that thread. Any other thread (a caller's multi-threaded runtime, the health probes on the
 //! background runtime) shares set 0.
 //!
+//! **HTTP/1 origins on per-core threads** skip the pooled client: their connections are driven
+//! by the request's own task and pooled per core (`client/in_task.rs`), so an answer's frames
+//! reach the client without a hand-off per chunk. Lanes keep serving HTTP/2 origins, requests
+//! through an HTTP proxy's absolute form, and every other thread.
+//!
 //! **Dead connections** are found by HTTP/2 keep-alive PINGs (`upstream.keep_alive_interval`,
 //! also while idle) and by TCP keepalive on every upstream socket (idle 30 s, then every 30 s,
 //! 5 probes), so a silently dropped connection fails fast instead of taking requests until TCP
@@ -122,6 +127,55 @@ struct ClientShared {
     /// Lanes by origin, one map per lane set: index 0 for threads of no per-core runtime,
     /// `n + 1` for per-core runtime `n` (taken modulo the length).
     lane_sets: Box<[Mutex<LanesByOrigin>]>,
+    /// HTTP/1 connections driven in the request's task, by origin, one list per lane set
+    /// (index 0, the set of threads of no per-core runtime, stays empty: they use lanes).
+    in_task_sets: Box<[Mutex<in_task::OriginsOfCore>]>,
+}
+
+/// Why an upstream request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamRequestError {
+    /// From the pooled client (HTTP/2 origins, threads of no per-core runtime).
+    #[error(transparent)]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+    /// No connection could be opened (worded as the pooled client words it).
+    #[error("client error (Connect)")]
+    Connect(#[source] BoxError),
+    /// The HTTP/1 exchange on a connection driven in the request's task failed.
+    #[error(transparent)]
+    Http1(#[from] hyper::Error),
+}
+
+/// Tells, once a request has been sent or given up, whether a connection was taken for it
+/// (the header timeout's "request sent"), whichever way it went out.
+pub(crate) struct ConnectionWatch {
+    pooled: hyper_util::client::legacy::connect::CaptureConnection,
+    in_task: ConnectionTaken,
+}
+
+impl ConnectionWatch {
+    /// Watches `request`.
+    pub(crate) fn of(request: &mut Request<Full<Bytes>>) -> Self {
+        let pooled = hyper_util::client::legacy::connect::capture_connection(request);
+        let in_task = ConnectionTaken::default();
+        request.extensions_mut().insert(in_task.clone());
+        ConnectionWatch { pooled, in_task }
+    }
+
+    /// Whether a connection carried the request.
+    pub(crate) fn connection_taken(&self) -> bool {
+        self.in_task.0.load(Ordering::Acquire) || self.pooled.connection_metadata().is_some()
+    }
+}
+
+/// Set when a connection driven in the request's task was taken for it.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionTaken(Arc<std::sync::atomic::AtomicBool>);
+
+impl ConnectionTaken {
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// The lanes of each origin (`scheme://host:port`, see [`LaneKey`]): a list, not a map, as a
@@ -164,7 +218,9 @@ pin_project_lite::pin_project! {
     pub struct UpstreamBody {
         #[pin]
         inner: hyper::body::Incoming,
-        load: LaneLoad,
+        // The lane's count (pooled client), or the connection this body drives.
+        load: Option<LaneLoad>,
+        connection: Option<in_task::DrivenConnection>,
         read_ahead: std::collections::VecDeque<Frame<Bytes>>,
         read_error: Option<hyper::Error>,
     }
@@ -247,7 +303,31 @@ impl Body for UpstreamBody {
         if let Some(error) = this.read_error.take() {
             return Poll::Ready(Some(Err(error)));
         }
-        this.inner.poll_frame(cx)
+        let mut inner = this.inner;
+        let mut polled = inner.as_mut().poll_frame(cx);
+        if polled.is_pending() {
+            let Some(connection) = this.connection.as_mut() else {
+                return Poll::Pending;
+            };
+            // This task drives the connection: the frame it reads is ready right after.
+            if !connection.drive(cx) {
+                *this.connection = None;
+            }
+            polled = inner.as_mut().poll_frame(cx);
+        }
+        match &polled {
+            Poll::Pending => {}
+            Poll::Ready(Some(Ok(_))) if !inner.is_end_stream() => {}
+            // Read whole (a body of known length ends with its last frame, and hyper's server
+            // may not ask again): the connection can carry the next request.
+            Poll::Ready(Some(Ok(_)) | None) => {
+                if let Some(connection) = this.connection.take() {
+                    connection.release(cx);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => *this.connection = None,
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -279,9 +359,8 @@ impl UpstreamClient {
         &self,
         endpoint: &str,
         request: Request<Full<Bytes>>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>>
-           + Send
-           + 'static {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamRequestError>> + Send + 'static
+    {
         self.send_on_lane(Some(endpoint), request)
     }
 
@@ -290,30 +369,98 @@ impl UpstreamClient {
     pub fn request_unrouted(
         &self,
         request: Request<Full<Bytes>>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>>
-           + Send
-           + 'static {
-        self.send_on_lane(None, request)
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamRequestError>> + Send + 'static
+    {
+        let (client, load) = self.lane_for(request.uri(), None);
+        send_pooled(client, load, request)
     }
 
+    /// Sends on a connection driven in the request's task when this is a per-core thread and
+    /// the origin is not known to need the pooled client, else on a lane.
     fn send_on_lane(
         &self,
         endpoint: Option<&str>,
         request: Request<Full<Bytes>>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>>
-           + Send
-           + 'static {
-        let (client, load) = self.lane_for(request.uri(), endpoint);
-        let future = client.request(request);
-        async move {
-            let response = future.await?;
-            Ok(response.map(|inner| UpstreamBody {
-                inner,
-                load,
-                read_ahead: std::collections::VecDeque::new(),
-                read_error: None,
-            }))
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamRequestError>> + Send + 'static
+    {
+        enum Way {
+            InTask(in_task::InTaskRoute, UpstreamClient, Option<String>),
+            Pooled(LaneClient, LaneLoad),
         }
+        let way = match self.in_task_route(request.uri(), endpoint) {
+            // The client and the endpoint (when it has a proxy of its own) serve only an origin
+            // that turns out to need the pooled client after all.
+            Some(route) => Way::InTask(
+                route,
+                self.clone(),
+                endpoint
+                    .filter(|endpoint| self.shared.endpoint_connectors.contains_key(*endpoint))
+                    .map(str::to_string),
+            ),
+            None => {
+                let (client, load) = self.lane_for(request.uri(), endpoint);
+                Way::Pooled(client, load)
+            }
+        };
+        async move {
+            let (route, client, endpoint) = match way {
+                Way::Pooled(client, load) => return send_pooled(client, load, request).await,
+                Way::InTask(route, client, endpoint) => (route, client, endpoint),
+            };
+            let taken = request.extensions().get::<ConnectionTaken>().cloned();
+            match route.send(request, taken.as_ref()).await? {
+                in_task::InTaskOutcome::Answered(response) => {
+                    Ok(response.map(|(inner, connection)| UpstreamBody {
+                        inner,
+                        load: None,
+                        connection: Some(connection),
+                        read_ahead: std::collections::VecDeque::new(),
+                        read_error: None,
+                    }))
+                }
+                in_task::InTaskOutcome::UsePooled(request) => {
+                    let (lane, load) = client.lane_for(request.uri(), endpoint.as_deref());
+                    send_pooled(lane, load, request).await
+                }
+            }
+        }
+    }
+
+    /// The in-task route of a request to `uri` for `endpoint`: `None` off per-core threads and
+    /// for origins known to need the pooled client.
+    fn in_task_route(&self, uri: &Uri, endpoint: Option<&str>) -> Option<in_task::InTaskRoute> {
+        let set = LANE_SET.with(Cell::get) % self.shared.in_task_sets.len();
+        if set == 0 {
+            return None;
+        }
+        let own = endpoint.and_then(|endpoint| {
+            let connector = self.shared.endpoint_connectors.get(endpoint)?;
+            Some((endpoint, connector))
+        });
+        let key = LaneKey::of(uri, own.map(|(endpoint, _)| endpoint));
+        in_task::InTaskRoute::take(&self.shared, set, &key, || match own {
+            Some((_, connector)) => connector.clone(),
+            None => self
+                .shared
+                .origin_connectors
+                .get(&key.origin())
+                .unwrap_or(&self.shared.default_connector)
+                .clone(),
+        })
+    }
+
+    /// Idle in-task connections of `origin` (a written lane key) per core, for tests.
+    pub fn idle_in_task_connections(&self, origin: &str) -> Vec<usize> {
+        self.shared.in_task_sets[1..]
+            .iter()
+            .map(|set| {
+                let origins = set.lock().unwrap_or_else(PoisonError::into_inner);
+                origins
+                    .iter()
+                    .find(|connections| connections.key == origin)
+                    .map_or(0, in_task::OriginConnections::idle_count)
+            })
+            .collect()
     }
 
     /// Requests in flight per connection (lane) of `origin` (`scheme://host:port`), for tests
@@ -388,6 +535,22 @@ impl UpstreamClient {
     }
 }
 
+/// Sends `request` on a lane of the pooled client.
+async fn send_pooled(
+    client: LaneClient,
+    load: LaneLoad,
+    request: Request<Full<Bytes>>,
+) -> Result<Response<UpstreamBody>, UpstreamRequestError> {
+    let response = client.request(request).await?;
+    Ok(response.map(|inner| UpstreamBody {
+        inner,
+        load: Some(load),
+        connection: None,
+        read_ahead: std::collections::VecDeque::new(),
+        read_error: None,
+    }))
+}
+
 /// Which lanes a request uses: those of its origin, `scheme://host:port`, or for an endpoint
 /// with an outbound proxy of its own, `<origin> via <endpoint>`. A request's key is compared
 /// with the written keys piece by piece ([`LaneKey::is`]) and written out only for a new one:
@@ -411,6 +574,20 @@ impl<'a> LaneKey<'a> {
                 .unwrap_or(if scheme == "https" { 443 } else { 80 }),
             via,
         }
+    }
+
+    /// The `Host` header of a request to this origin: `host`, with `:port` unless it is the
+    /// scheme's default (as hyper-util's client writes it).
+    fn host_header(&self) -> HeaderValue {
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        let host = if self.port == default_port {
+            HeaderValue::from_str(self.host)
+        } else {
+            HeaderValue::try_from(format!("{}:{}", self.host, self.port))
+        };
+        // The host came out of a parsed `Uri`, whose characters are all valid in a header; the
+        // fallback is for the type checker, not for any URI that parses.
+        host.unwrap_or_else(|_| HeaderValue::from_static("localhost"))
     }
 
     /// `scheme://host:port`.
@@ -572,6 +749,9 @@ pub fn build_upstream_client(
             endpoint_connectors,
             upstream: config.upstream.clone(),
             lane_sets: (0..=config.server.per_core_runtimes().unwrap_or(0))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            in_task_sets: (0..=config.server.per_core_runtimes().unwrap_or(0))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
         }),
@@ -827,14 +1007,14 @@ impl tower_service::Service<Uri> for UpstreamConnector {
 }
 
 /// Anything an upstream connection can be.
-trait UpstreamIo: Read + Write + Connection + Unpin + Send {}
-impl<T: Read + Write + Connection + Unpin + Send> UpstreamIo for T {}
+trait UpstreamIo: Read + Write + Connection + Unpin + Send + Sync {}
+impl<T: Read + Write + Connection + Unpin + Send + Sync> UpstreamIo for T {}
 
 /// A type-erased upstream connection.
 pub struct BoxedIo(Box<dyn UpstreamIo>);
 
 impl BoxedIo {
-    fn new(io: impl Read + Write + Connection + Unpin + Send + 'static) -> Self {
+    fn new(io: impl Read + Write + Connection + Unpin + Send + Sync + 'static) -> Self {
         BoxedIo(Box::new(io))
     }
 }
@@ -884,6 +1064,8 @@ impl Write for BoxedIo {
         Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
     }
 }
+
+mod in_task;
 
 #[cfg(test)]
 mod tests;

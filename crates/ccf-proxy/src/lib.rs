@@ -47,7 +47,9 @@ mod tracking;
 
 pub use auth::InboundAuth;
 pub use body::{ProxyBody, RelayBody, RelayEnd, RelayObserver};
-pub use client::{build_upstream_client, ClientBuildError, UpstreamBody, UpstreamClient};
+pub use client::{
+    build_upstream_client, ClientBuildError, UpstreamBody, UpstreamClient, UpstreamRequestError,
+};
 pub use error::{anthropic_error_response, ErrorOrigin, ProxyError};
 pub use events::{BudgetPeriod, EventBus, ForwarderEvent};
 pub use forwarder::{BackgroundTasks, BuildError, Forwarder, OperatorAction, OperatorObserver};

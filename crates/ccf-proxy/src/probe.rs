@@ -60,7 +60,7 @@ impl UpstreamProber {
             let latency = started.elapsed();
             // Drain the (small) body so the pooled connection can be reused.
             let _ = response.into_body().collect().await;
-            Ok::<_, hyper_util::client::legacy::Error>((status, latency))
+            Ok::<_, crate::client::UpstreamRequestError>((status, latency))
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok((status, latency))) => ProbeOutcome::Status { status, latency },

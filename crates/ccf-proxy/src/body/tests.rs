@@ -323,3 +323,87 @@ async fn a_cut_inside_an_sse_event_is_an_error_not_a_corrupted_event() {
         .unwrap();
     assert!(body.frame().await.unwrap().is_err());
 }
+
+#[tokio::test]
+async fn a_cut_right_after_frames_waits_one_poll_so_hyper_writes_them_first() {
+    // Frames and the failure that follows them, all ready at once (a connection driven in the
+    // request's task reads them in one go): hyper drops unwritten bytes when a body fails.
+    let (sender, stream_body) = channel_body();
+    let mut body = Box::pin(RelayBody::new(
+        stream_body,
+        sse_options(),
+        Box::new(Recorder::default()),
+    ));
+    sender
+        .send(Ok(Frame::data(Bytes::from_static(
+            b"event: content_block_delta\ndata: {\"ty",
+        ))))
+        .await
+        .unwrap();
+    sender
+        .send(Err(std::io::Error::other("connection reset")))
+        .await
+        .unwrap();
+    let wakes = Arc::new(WakeCount::default());
+    let waker = std::task::Waker::from(Arc::clone(&wakes));
+    let mut cx = Context::from_waker(&waker);
+    let first = body.as_mut().poll_frame(&mut cx);
+    assert!(matches!(first, Poll::Ready(Some(Ok(_)))));
+    assert!(
+        body.as_mut().poll_frame(&mut cx).is_pending(),
+        "the failure waits for one poll"
+    );
+    assert_eq!(
+        wakes.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "and asks for it at once"
+    );
+    assert!(!body.is_end_stream());
+    assert!(matches!(
+        body.as_mut().poll_frame(&mut cx),
+        Poll::Ready(Some(Err(_)))
+    ));
+    assert!(matches!(
+        body.as_mut().poll_frame(&mut cx),
+        Poll::Ready(None)
+    ));
+}
+
+#[tokio::test]
+async fn a_cut_after_the_relay_waited_comes_at_once() {
+    let (sender, stream_body) = channel_body();
+    let mut body = Box::pin(RelayBody::new(
+        stream_body,
+        sse_options(),
+        Box::new(Recorder::default()),
+    ));
+    sender
+        .send(Ok(Frame::data(Bytes::from_static(
+            b"event: content_block_delta\ndata: {\"ty",
+        ))))
+        .await
+        .unwrap();
+    body.frame().await.unwrap().unwrap();
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    // Nothing ready: hyper writes what it holds while the body waits.
+    assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+    sender
+        .send(Err(std::io::Error::other("connection reset")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        body.as_mut().poll_frame(&mut cx),
+        Poll::Ready(Some(Err(_)))
+    ));
+}
+
+/// Counts wake-ups.
+#[derive(Default)]
+struct WakeCount(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for WakeCount {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}

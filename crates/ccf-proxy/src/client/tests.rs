@@ -229,3 +229,203 @@ fn a_lane_key_is_its_written_form_and_nothing_else() {
         "http://127.0.0.1:80"
     );
 }
+
+// Connections driven in the request's task (`in_task.rs`), on a per-core runtime's thread.
+
+/// Runs `test` on a thread marked as per-core runtime 0's, on a runtime of its own, as
+/// `serve_per_core` runs each core.
+fn on_core_thread<Test, Done>(test: Test)
+where
+    Test: FnOnce() -> Done + Send + 'static,
+    Done: Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        use_core_lanes(0);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(test());
+    })
+    .join()
+    .expect("the test's thread ends without a panic");
+}
+
+/// A client for one endpoint, `mock`, at `url`, serving one core.
+fn one_core_client(url: &str) -> UpstreamClient {
+    let config = ccf_config::Config::from_yaml_str(&format!(
+        "server:\n  threads: 1\nendpoints:\n  - name: mock\n    url: {url}\n"
+    ))
+    .expect("configuration");
+    build_upstream_client(&config, Duration::from_secs(5)).expect("client")
+}
+
+fn post(url: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("request")
+}
+
+const JSON_ANSWER: &[&str] = &["content-type: application/json", "content-length: 2"];
+
+async fn read_whole(response: Response<UpstreamBody>) -> Bytes {
+    use http_body_util::BodyExt as _;
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+}
+
+#[test]
+fn frames_that_arrived_together_are_all_ready_without_a_wait() {
+    on_core_thread(|| async {
+        let chunked = ccf_testkit::RawReply::response(
+            200,
+            &[
+                "content-type: text/event-stream",
+                "transfer-encoding: chunked",
+            ],
+            "6\r\nevent1\r\n6\r\nevent2\r\n6\r\nevent3\r\n0\r\n\r\n",
+        )
+        .then(ccf_testkit::RawEnd::KeepAlive);
+        let upstream = ccf_testkit::RawUpstream::start(chunked)
+            .await
+            .expect("upstream");
+        let client = one_core_client(&upstream.url());
+        let response = client
+            .request("mock", post(&upstream.url(), "/v1/messages"))
+            .await
+            .expect("answer");
+        let mut body = response.into_body();
+        // The whole answer is in this side's socket by now.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut frames = Vec::new();
+        loop {
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    frames.push(frame.into_data().expect("data"));
+                }
+                Poll::Ready(None) => break,
+                Poll::Ready(Some(Err(error))) => panic!("body failed: {error}"),
+                // The pooled client hands each chunk over from the connection's own task.
+                Poll::Pending => panic!("a frame that had arrived was not ready"),
+            }
+        }
+        assert_eq!(frames, ["event1", "event2", "event3"]);
+        assert_eq!(
+            client.idle_in_task_connections(&upstream.url()),
+            vec![1],
+            "read whole, the connection waits for the next request"
+        );
+    });
+}
+
+#[test]
+fn a_core_reuses_its_connection_and_sends_origin_form_with_a_host() {
+    on_core_thread(|| async {
+        let answer = ccf_testkit::RawReply::response(200, JSON_ANSWER, "{}")
+            .then(ccf_testkit::RawEnd::KeepAlive);
+        let upstream = ccf_testkit::RawUpstream::start(answer)
+            .await
+            .expect("upstream");
+        let client = one_core_client(&upstream.url());
+        for _ in 0..3 {
+            let response = client
+                .request("mock", post(&upstream.url(), "/v1/messages?beta=true"))
+                .await
+                .expect("answer");
+            assert_eq!(read_whole(response).await, "{}");
+        }
+        assert_eq!(upstream.connection_count(), 1);
+        let requests = upstream.requests();
+        assert_eq!(requests.len(), 3);
+        let address = upstream.addr();
+        for request in &requests {
+            assert_eq!(request.target(), "/v1/messages?beta=true");
+            assert_eq!(request.header("host"), Some(address.to_string().as_str()));
+        }
+    });
+}
+
+/// An upstream that answers one request per connection, keeps the connection open a little
+/// (long enough for the client to take it back into its pool), then closes it, as upstreams
+/// close idle keep-alive connections. Returns its URL and the count of connections accepted.
+async fn upstream_closing_idle_connections() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // The test's requests carry a two-byte body after their head.
+                while !request.windows(6).any(|window| window == b"\r\n\r\n{}") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                let _ = socket.write_all(answer.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[test]
+fn an_idle_connection_the_upstream_closed_costs_no_request() {
+    on_core_thread(|| async {
+        let (url, accepted) = upstream_closing_idle_connections().await;
+        let client = one_core_client(&url);
+        for round in 0..3 {
+            let response = client
+                .request("mock", post(&url, "/v1/messages"))
+                .await
+                .unwrap_or_else(|error| panic!("request {round}: {error}"));
+            assert_eq!(read_whole(response).await, "{}");
+            assert_eq!(
+                client.idle_in_task_connections(&url),
+                vec![1],
+                "the connection looked reusable when its answer ended"
+            );
+            // The upstream's FIN arrives while the connection waits in the pool.
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    });
+}
+
+#[test]
+fn a_request_off_the_cores_uses_the_pooled_client() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let answer = ccf_testkit::RawReply::response(200, JSON_ANSWER, "{}")
+            .then(ccf_testkit::RawEnd::KeepAlive);
+        let upstream = ccf_testkit::RawUpstream::start(answer)
+            .await
+            .expect("upstream");
+        let client = one_core_client(&upstream.url());
+        let response = client
+            .request("mock", post(&upstream.url(), "/v1/messages"))
+            .await
+            .expect("answer");
+        assert_eq!(read_whole(response).await, "{}");
+        assert_eq!(client.idle_in_task_connections(&upstream.url()), vec![0]);
+        assert_eq!(client.lane_loads(&upstream.url()), vec![0]);
+    });
+}

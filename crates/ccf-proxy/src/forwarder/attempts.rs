@@ -19,7 +19,6 @@ use ccf_lifecycle::{Attempt, AttemptOutcome};
 use ccf_router::RoutePlan;
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::capture_connection;
 use tracing::{debug, info, warn};
 
 use super::cluster::Origin;
@@ -477,7 +476,7 @@ impl Forwarder {
             endpoint.timeout
         };
         // Tells, when no headers came in time, whether a connection carried the request.
-        let connection = capture_connection(&mut upstream_request);
+        let connection = crate::client::ConnectionWatch::of(&mut upstream_request);
         debug!(endpoint = %endpoint.name, group = %endpoint.group, "forwarding");
         let sent = Instant::now();
         match tokio::time::timeout(
@@ -497,7 +496,7 @@ impl Forwarder {
             Err(_elapsed) => Err(ProxyError::HeaderTimeout {
                 endpoint: endpoint.name.clone(),
                 timeout: header_timeout,
-                request_sent: connection.connection_metadata().is_some(),
+                request_sent: connection.connection_taken(),
             }),
         }
     }
