@@ -438,15 +438,25 @@ impl UpstreamClient {
             Some((endpoint, connector))
         });
         let key = LaneKey::of(uri, own.map(|(endpoint, _)| endpoint));
-        in_task::InTaskRoute::take(&self.shared, set, &key, || match own {
-            Some((_, connector)) => connector.clone(),
-            None => self
-                .shared
+        in_task::InTaskRoute::take(&self.shared, set, &key, || {
+            self.connector_for(&key, own.map(|(_, connector)| connector))
+        })
+    }
+
+    /// The connector of a request to `key`'s origin: the endpoint's `own` (its proxy), else the
+    /// origin's (trusting its `ca_file`), else the default one.
+    fn connector_for(
+        &self,
+        key: &LaneKey<'_>,
+        own: Option<&HttpsConnector<UpstreamConnector>>,
+    ) -> HttpsConnector<UpstreamConnector> {
+        own.unwrap_or_else(|| {
+            self.shared
                 .origin_connectors
                 .get(&key.origin())
                 .unwrap_or(&self.shared.default_connector)
-                .clone(),
         })
+        .clone()
     }
 
     /// Idle in-task connections of `origin` (a written lane key) per core, for tests.
@@ -513,15 +523,7 @@ impl UpstreamClient {
         let lane = match least_loaded {
             Some(lane) => lane,
             None => {
-                let connector = match &own {
-                    Some((_, connector)) => (*connector).clone(),
-                    None => self
-                        .shared
-                        .origin_connectors
-                        .get(&key.origin())
-                        .unwrap_or(&self.shared.default_connector)
-                        .clone(),
-                };
+                let connector = self.connector_for(&key, own.map(|(_, connector)| connector));
                 let lane = Lane {
                     client: lane_client(&self.shared.upstream, connector),
                     in_flight: Arc::new(AtomicUsize::new(0)),

@@ -269,6 +269,13 @@ fn post(url: &str, path: &str) -> Request<Full<Bytes>> {
 
 const JSON_ANSWER: &[&str] = &["content-type: application/json", "content-length: 2"];
 
+/// A scripted upstream answering every request with `reply` and keeping the connection.
+async fn keeping_upstream(reply: ccf_testkit::RawReply) -> ccf_testkit::RawUpstream {
+    ccf_testkit::RawUpstream::start(reply.then(ccf_testkit::RawEnd::KeepAlive))
+        .await
+        .expect("upstream")
+}
+
 async fn read_whole(response: Response<UpstreamBody>) -> Bytes {
     use http_body_util::BodyExt as _;
     response
@@ -289,11 +296,8 @@ fn frames_that_arrived_together_are_all_ready_without_a_wait() {
                 "transfer-encoding: chunked",
             ],
             "6\r\nevent1\r\n6\r\nevent2\r\n6\r\nevent3\r\n0\r\n\r\n",
-        )
-        .then(ccf_testkit::RawEnd::KeepAlive);
-        let upstream = ccf_testkit::RawUpstream::start(chunked)
-            .await
-            .expect("upstream");
+        );
+        let upstream = keeping_upstream(chunked).await;
         let client = one_core_client(&upstream.url());
         let response = client
             .request("mock", post(&upstream.url(), "/v1/messages"))
@@ -327,11 +331,8 @@ fn frames_that_arrived_together_are_all_ready_without_a_wait() {
 #[test]
 fn a_core_reuses_its_connection_and_sends_origin_form_with_a_host() {
     on_core_thread(|| async {
-        let answer = ccf_testkit::RawReply::response(200, JSON_ANSWER, "{}")
-            .then(ccf_testkit::RawEnd::KeepAlive);
-        let upstream = ccf_testkit::RawUpstream::start(answer)
-            .await
-            .expect("upstream");
+        let upstream =
+            keeping_upstream(ccf_testkit::RawReply::response(200, JSON_ANSWER, "{}")).await;
         let client = one_core_client(&upstream.url());
         for _ in 0..3 {
             let response = client
@@ -414,11 +415,8 @@ fn a_request_off_the_cores_uses_the_pooled_client() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let answer = ccf_testkit::RawReply::response(200, JSON_ANSWER, "{}")
-            .then(ccf_testkit::RawEnd::KeepAlive);
-        let upstream = ccf_testkit::RawUpstream::start(answer)
-            .await
-            .expect("upstream");
+        let upstream =
+            keeping_upstream(ccf_testkit::RawReply::response(200, JSON_ANSWER, "{}")).await;
         let client = one_core_client(&upstream.url());
         let response = client
             .request("mock", post(&upstream.url(), "/v1/messages"))
