@@ -11,10 +11,11 @@
 //! it), so the relay's invariant stands.
 //!
 //! **Where it applies.** Only on the per-core runtimes' threads (`server.threads`), each with a
-//! pool of its own, and only to origins that speak HTTP/1 without an HTTP proxy in between: the
-//! first connection to an origin tells (TLS ALPN); an origin that negotiates HTTP/2 goes back to
-//! the pooled client's lanes for good (one connection opened in vain per core), as does every
-//! request on any other thread (a caller's runtime, health probes, webhooks).
+//! pool of its own, and only to origins that speak HTTP/1 (through an outbound proxy's tunnel
+//! too: CONNECT and SOCKS5 leave the origin-form request unchanged): the first connection to an
+//! origin tells (TLS ALPN); an origin that negotiates HTTP/2 goes back to the pooled client's
+//! lanes for good (one connection opened in vain per core), as does every request on any other
+//! thread (a caller's runtime, health probes, webhooks).
 //!
 //! **Idle connections** wait in their core's pool, newest used first, at most
 //! [`MAX_IDLE_PER_ORIGIN`] per origin, dropped after [`IDLE_LIMIT`] (the pooled client's 90 s).
