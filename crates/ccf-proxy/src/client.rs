@@ -383,29 +383,24 @@ impl UpstreamClient {
         request: Request<Full<Bytes>>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamRequestError>> + Send + 'static
     {
+        // One per request, inside its future: boxing the pooled client would cost an
+        // allocation per pooled request to save bytes of a future that holds it anyway.
+        #[allow(clippy::large_enum_variant)]
         enum Way {
-            InTask(in_task::InTaskRoute, UpstreamClient, Option<String>),
+            InTask(in_task::InTaskRoute, Option<String>),
             Pooled(LaneClient, LaneLoad),
         }
         let way = match self.in_task_route(request.uri(), endpoint) {
-            // The client and the endpoint (when it has a proxy of its own) serve only an origin
-            // that turns out to need the pooled client after all.
-            Some(route) => Way::InTask(
-                route,
-                self.clone(),
-                endpoint
-                    .filter(|endpoint| self.shared.endpoint_connectors.contains_key(*endpoint))
-                    .map(str::to_string),
-            ),
+            Some((route, via)) => Way::InTask(route, via),
             None => {
                 let (client, load) = self.lane_for(request.uri(), endpoint);
                 Way::Pooled(client, load)
             }
         };
         async move {
-            let (route, client, endpoint) = match way {
+            let (route, endpoint) = match way {
                 Way::Pooled(client, load) => return send_pooled(client, load, request).await,
-                Way::InTask(route, client, endpoint) => (route, client, endpoint),
+                Way::InTask(route, endpoint) => (route, endpoint),
             };
             let taken = request.extensions().get::<ConnectionTaken>().cloned();
             match route.send(request, taken.as_ref()).await? {
@@ -418,7 +413,7 @@ impl UpstreamClient {
                         read_error: None,
                     }))
                 }
-                in_task::InTaskOutcome::UsePooled(request) => {
+                in_task::InTaskOutcome::UsePooled(request, client) => {
                     let (lane, load) = client.lane_for(request.uri(), endpoint.as_deref());
                     send_pooled(lane, load, request).await
                 }
@@ -426,9 +421,14 @@ impl UpstreamClient {
         }
     }
 
-    /// The in-task route of a request to `uri` for `endpoint`: `None` off per-core threads and
-    /// for origins known to need the pooled client.
-    fn in_task_route(&self, uri: &Uri, endpoint: Option<&str>) -> Option<in_task::InTaskRoute> {
+    /// The in-task route of a request to `uri` for `endpoint`, with the endpoint's name when it
+    /// has a proxy of its own (for an origin that turns out to need the pooled client after
+    /// all): `None` off per-core threads and for origins known to need the pooled client.
+    fn in_task_route(
+        &self,
+        uri: &Uri,
+        endpoint: Option<&str>,
+    ) -> Option<(in_task::InTaskRoute, Option<String>)> {
         let set = LANE_SET.with(Cell::get) % self.shared.in_task_sets.len();
         if set == 0 {
             return None;
@@ -438,9 +438,10 @@ impl UpstreamClient {
             Some((endpoint, connector))
         });
         let key = LaneKey::of(uri, own.map(|(endpoint, _)| endpoint));
-        in_task::InTaskRoute::take(&self.shared, set, &key, || {
+        let route = in_task::InTaskRoute::take(&self.shared, set, &key, || {
             self.connector_for(&key, own.map(|(_, connector)| connector))
-        })
+        })?;
+        Some((route, own.map(|(endpoint, _)| endpoint.to_string())))
     }
 
     /// The connector of a request to `key`'s origin: the endpoint's `own` (its proxy), else the

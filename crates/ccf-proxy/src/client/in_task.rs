@@ -58,35 +58,29 @@ type Io = MaybeHttpsStream<BoxedIo>;
 /// What does a connection's I/O: hyper's HTTP/1 client state machine over it.
 type Driver = http1::Connection<Io, Full<Bytes>>;
 
-/// What a core knows of one origin's protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Speaks {
-    /// No connection opened yet.
-    NotYetKnown,
-    /// HTTP/1 on a direct (or tunnelled) connection: driven in the request's task.
-    Http1,
-    /// HTTP/2, or a connection that needs the pooled client (absolute-form through a proxy).
-    Pooled,
-}
-
 /// One origin's connections on one core.
 pub(super) struct OriginConnections {
     /// The lane key written out (`scheme://host:port`, or `<origin> via <endpoint>`).
     pub(super) key: String,
-    pub(super) speaks: Speaks,
-    /// The `Host` header of the origin's requests, made once.
-    host: Option<HeaderValue>,
+    /// A connection to the origin negotiated HTTP/2 (or needs the pooled client for another
+    /// reason): its requests go to the lanes from then on.
+    needs_pooled: bool,
+    /// The `Host` header of the origin's requests.
+    host: HeaderValue,
+    /// What opens the origin's connections (the endpoint's own proxy, the origin's trust).
+    connector: HttpsConnector<UpstreamConnector>,
     /// Idle connections, oldest first.
     idle: VecDeque<IdleConnection>,
 }
 
 impl OriginConnections {
-    /// An origin nothing is known of yet.
-    pub(super) fn new(key: String) -> Self {
+    /// The origin of `key`, nothing known of it yet, its connections opened by `connector`.
+    fn new(key: &super::LaneKey<'_>, connector: HttpsConnector<UpstreamConnector>) -> Self {
         OriginConnections {
-            key,
-            speaks: Speaks::NotYetKnown,
-            host: None,
+            key: key.written(),
+            needs_pooled: false,
+            host: key.host_header(),
+            connector,
             idle: VecDeque::new(),
         }
     }
@@ -163,8 +157,12 @@ impl Home {
         self.origins()[self.origin].take_idle(Instant::now())
     }
 
-    fn learned(&self, speaks: Speaks) {
-        self.origins()[self.origin].speaks = speaks;
+    fn connector(&self) -> HttpsConnector<UpstreamConnector> {
+        self.origins()[self.origin].connector.clone()
+    }
+
+    fn needs_pooled(&self) {
+        self.origins()[self.origin].needs_pooled = true;
     }
 
     fn put_back(&self, connection: Http1Connection) {
@@ -204,10 +202,9 @@ impl DrivenConnection {
 pub(super) struct InTaskRoute {
     pub(super) home: Home,
     /// A connection taken from the pool (checked before use).
-    pub(super) idle: Option<Http1Connection>,
-    /// The connector of the origin (or of the endpoint's own proxy).
-    pub(super) connector: HttpsConnector<UpstreamConnector>,
-    pub(super) host: HeaderValue,
+    idle: Option<Http1Connection>,
+    /// The `Host` header the request gets when it has none.
+    host: HeaderValue,
 }
 
 /// What [`InTaskRoute::send`] ended with.
@@ -215,12 +212,13 @@ pub(super) enum InTaskOutcome {
     /// The answer's head; its body drives the connection.
     Answered(Response<(Incoming, DrivenConnection)>),
     /// The origin needs the pooled client: the request, as it came, goes there.
-    UsePooled(Request<Full<Bytes>>),
+    UsePooled(Request<Full<Bytes>>, super::UpstreamClient),
 }
 
 impl InTaskRoute {
     /// Takes an idle connection for `key`'s origin from core `core_set`'s pool, or notes that
     /// a new one is needed; `None` when the origin is known to need the pooled client.
+    /// `connector` is asked only for an origin this core has not seen yet.
     pub(super) fn take(
         shared: &Arc<ClientShared>,
         core_set: usize,
@@ -233,15 +231,15 @@ impl InTaskRoute {
         let origin = match origins.iter().position(|origin| key.is(&origin.key)) {
             Some(index) => index,
             None => {
-                origins.push(OriginConnections::new(key.written()));
+                origins.push(OriginConnections::new(key, connector()));
                 origins.len() - 1
             }
         };
         let entry = &mut origins[origin];
-        if entry.speaks == Speaks::Pooled {
+        if entry.needs_pooled {
             return None;
         }
-        let host = entry.host.get_or_insert_with(|| key.host_header()).clone();
+        let host = entry.host.clone();
         let idle = entry.take_idle(Instant::now());
         drop(origins);
         Some(InTaskRoute {
@@ -251,7 +249,6 @@ impl InTaskRoute {
                 origin,
             },
             idle,
-            connector: connector(),
             host,
         })
     }
@@ -278,7 +275,10 @@ impl InTaskRoute {
                         Some(connection) => connection,
                         None => {
                             *request.uri_mut() = destination;
-                            return Ok(InTaskOutcome::UsePooled(request));
+                            let client = super::UpstreamClient {
+                                shared: self.home.shared,
+                            };
+                            return Ok(InTaskOutcome::UsePooled(request, client));
                         }
                     }
                 }
@@ -320,7 +320,7 @@ impl InTaskRoute {
         &mut self,
         destination: &Uri,
     ) -> Result<Option<Http1Connection>, UpstreamRequestError> {
-        let connector = &mut self.connector;
+        let mut connector = self.home.connector();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(UpstreamRequestError::Connect)?;
@@ -330,10 +330,9 @@ impl InTaskRoute {
             .map_err(UpstreamRequestError::Connect)?;
         let connected = io.connected();
         if connected.is_negotiated_h2() || connected.is_proxied() {
-            self.home.learned(Speaks::Pooled);
+            self.home.needs_pooled();
             return Ok(None);
         }
-        self.home.learned(Speaks::Http1);
         let (sender, driver) = http1::Builder::new()
             .handshake(io)
             .await
