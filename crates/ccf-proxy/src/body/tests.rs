@@ -159,10 +159,9 @@ type ChannelBody = http_body_util::StreamBody<
     tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, std::io::Error>>,
 >;
 
-fn channel_body() -> (
-    tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
-    ChannelBody,
-) {
+type ChannelSender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+
+fn channel_body() -> (ChannelSender, ChannelBody) {
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     (
         sender,
@@ -189,10 +188,7 @@ async fn a_cut_between_sse_events_ends_with_an_error_event_and_a_clean_end() {
         .await
         .unwrap();
     body.frame().await.unwrap().unwrap();
-    sender
-        .send(Err(std::io::Error::other("connection reset")))
-        .await
-        .unwrap();
+    send_reset(&sender).await;
     let last = body.frame().await.unwrap().unwrap().into_data().unwrap();
     let text = String::from_utf8(last.to_vec()).unwrap();
     assert!(text.starts_with("event: error\ndata: {"), "{text}");
@@ -223,10 +219,7 @@ async fn a_blank_line_flushed_on_its_own_still_ends_the_event() {
             .unwrap();
         body.frame().await.unwrap().unwrap();
     }
-    sender
-        .send(Err(std::io::Error::other("connection reset")))
-        .await
-        .unwrap();
+    send_reset(&sender).await;
     let last = next_text(&mut body).await;
     assert!(last.starts_with("event: error\ndata: {"), "{last}");
     assert!(body.frame().await.is_none(), "then a clean end");
@@ -299,37 +292,11 @@ async fn a_stream_that_reaches_message_stop_ends_as_it_came() {
     assert_eq!(*recorder.ends.lock().unwrap(), vec![RelayEnd::Complete]);
 }
 
-#[tokio::test]
-async fn a_cut_inside_an_sse_event_is_an_error_not_a_corrupted_event() {
+/// An event stream relayed from a channel, whose first frame (already sent) stops in the middle
+/// of an event.
+async fn relay_of_half_an_event() -> (ChannelSender, Pin<Box<RelayBody<ChannelBody>>>) {
     let (sender, stream_body) = channel_body();
-    let mut body = Box::pin(RelayBody::new(
-        stream_body,
-        RelayOptions {
-            sse_error_event: true,
-            ..RelayOptions::default()
-        },
-        Box::new(Recorder::default()),
-    ));
-    sender
-        .send(Ok(Frame::data(Bytes::from_static(
-            b"event: content_block_delta\ndata: {\"ty",
-        ))))
-        .await
-        .unwrap();
-    body.frame().await.unwrap().unwrap();
-    sender
-        .send(Err(std::io::Error::other("connection reset")))
-        .await
-        .unwrap();
-    assert!(body.frame().await.unwrap().is_err());
-}
-
-#[tokio::test]
-async fn a_cut_right_after_frames_waits_one_poll_so_hyper_writes_them_first() {
-    // Frames and the failure that follows them, all ready at once (a connection driven in the
-    // request's task reads them in one go): hyper drops unwritten bytes when a body fails.
-    let (sender, stream_body) = channel_body();
-    let mut body = Box::pin(RelayBody::new(
+    let body = Box::pin(RelayBody::new(
         stream_body,
         sse_options(),
         Box::new(Recorder::default()),
@@ -340,10 +307,31 @@ async fn a_cut_right_after_frames_waits_one_poll_so_hyper_writes_them_first() {
         ))))
         .await
         .unwrap();
+    (sender, body)
+}
+
+/// The upstream connection fails.
+async fn send_reset(sender: &ChannelSender) {
     sender
         .send(Err(std::io::Error::other("connection reset")))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_cut_inside_an_sse_event_is_an_error_not_a_corrupted_event() {
+    let (sender, mut body) = relay_of_half_an_event().await;
+    body.frame().await.unwrap().unwrap();
+    send_reset(&sender).await;
+    assert!(body.frame().await.unwrap().is_err());
+}
+
+#[tokio::test]
+async fn a_cut_right_after_frames_waits_one_poll_so_hyper_writes_them_first() {
+    // Frames and the failure that follows them, all ready at once (a connection driven in the
+    // request's task reads them in one go): hyper drops unwritten bytes when a body fails.
+    let (sender, mut body) = relay_of_half_an_event().await;
+    send_reset(&sender).await;
     let wakes = Arc::new(WakeCount::default());
     let waker = std::task::Waker::from(Arc::clone(&wakes));
     let mut cx = Context::from_waker(&waker);
@@ -371,27 +359,13 @@ async fn a_cut_right_after_frames_waits_one_poll_so_hyper_writes_them_first() {
 
 #[tokio::test]
 async fn a_cut_after_the_relay_waited_comes_at_once() {
-    let (sender, stream_body) = channel_body();
-    let mut body = Box::pin(RelayBody::new(
-        stream_body,
-        sse_options(),
-        Box::new(Recorder::default()),
-    ));
-    sender
-        .send(Ok(Frame::data(Bytes::from_static(
-            b"event: content_block_delta\ndata: {\"ty",
-        ))))
-        .await
-        .unwrap();
+    let (sender, mut body) = relay_of_half_an_event().await;
     body.frame().await.unwrap().unwrap();
     let waker = std::task::Waker::noop();
     let mut cx = Context::from_waker(waker);
     // Nothing ready: hyper writes what it holds while the body waits.
     assert!(body.as_mut().poll_frame(&mut cx).is_pending());
-    sender
-        .send(Err(std::io::Error::other("connection reset")))
-        .await
-        .unwrap();
+    send_reset(&sender).await;
     assert!(matches!(
         body.as_mut().poll_frame(&mut cx),
         Poll::Ready(Some(Err(_)))
