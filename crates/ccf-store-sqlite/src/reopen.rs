@@ -19,7 +19,7 @@ use ccf_store::{DayZone, LegacyZone, StoreError};
 use rusqlite::Connection;
 
 use crate::convert::sqlite_error;
-use crate::{configure, migrate};
+use crate::{configure_writer, migrate, with_temp_files};
 
 /// (device, inode) of a file.
 pub(crate) type FileIdentity = (u64, u64);
@@ -84,8 +84,8 @@ impl WriterFile {
         remove_stale_wal(path);
         let mut fresh = Connection::open(path).map_err(sqlite_error)?;
         crate::vacuum::prefer_incremental(&fresh).map_err(sqlite_error)?;
-        configure(&fresh, busy_timeout).map_err(sqlite_error)?;
-        migrate::run(&mut fresh, zone, day_zone)?;
+        configure_writer(&fresh, busy_timeout).map_err(sqlite_error)?;
+        with_temp_files(&mut fresh, |fresh| migrate::run(fresh, zone, day_zone))?;
         *connection = fresh;
         *opened = file_identity(path);
         Ok(())

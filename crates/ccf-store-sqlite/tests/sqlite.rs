@@ -33,6 +33,10 @@ async fn pragmas_are_set_on_the_writer_and_every_reader() {
     )
     .await;
     let (writer, reader) = store.pragmas().await.unwrap();
+    // Statement journals of batches in memory, restored after the migration; readers' sorts
+    // in files.
+    assert_eq!(writer.temp_store, 2, "MEMORY on the writer");
+    assert_eq!(reader.temp_store, 0, "DEFAULT on readers");
     for pragmas in [writer, reader] {
         assert_eq!(pragmas.journal_mode, "wal");
         assert_eq!(pragmas.synchronous, 1, "NORMAL");
