@@ -185,8 +185,7 @@ mod tests {
     }
 
     fn client_headers() -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
+        header_map(&[
             ("host", "127.0.0.1:8087"),
             ("authorization", "Bearer client-secret"),
             ("x-api-key", "client-key"),
@@ -200,7 +199,13 @@ mod tests {
             ("proxy-authorization", "Basic abc"),
             ("te", "trailers"),
             ("upgrade", "h2c"),
-        ] {
+        ])
+    }
+
+    /// The headers `pairs` name, in order, repeated names appended.
+    fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
             headers.append(
                 HeaderName::from_static(name),
                 HeaderValue::from_static(value),
@@ -234,8 +239,7 @@ mod tests {
 
     #[test]
     fn every_value_of_a_dropped_header_goes_and_nothing_else() {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
+        let mut headers = header_map(&[
             ("connection", "x-first, keep-alive"),
             ("connection", " X-Second "),
             ("x-first", "one"),
@@ -246,12 +250,7 @@ mod tests {
             ("content-type", "application/json"),
             ("x-kept", "a"),
             ("x-kept", "b"),
-        ] {
-            headers.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
+        ]);
         remove_hop_by_hop(&mut headers);
         let mut left: Vec<(String, String)> = headers
             .iter()
