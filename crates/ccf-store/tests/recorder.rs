@@ -169,7 +169,7 @@ async fn a_final_snapshot_is_never_replaced_by_a_later_non_final_one() {
 }
 
 #[tokio::test]
-async fn full_batches_are_written_without_waiting_for_the_interval() {
+async fn gathered_finals_are_written_without_waiting_for_the_interval() {
     let store = Arc::new(ScriptedStore::default());
     let recorder = Recorder::spawn(
         store.clone(),
@@ -178,10 +178,31 @@ async fn full_batches_are_written_without_waiting_for_the_interval() {
     );
     // Let the interval's immediate first tick pass.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    for i in 0..10 {
-        recorder.record(record(&format!("req-{i}"), status::COMPLETED, true));
+    // Ten batches gather (no memory bound without a journal): a full batch alone waits, and
+    // the tenth brings all of them in one write.
+    for chunk in 0..10 {
+        for i in 0..10 {
+            recorder.record(record(&format!("req-{chunk}-{i}"), status::COMPLETED, true));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if chunk < 9 {
+            assert!(
+                store.rows.lock().unwrap().is_empty(),
+                "{} finals written before ten batches gathered",
+                store.rows.lock().unwrap().len()
+            );
+        }
     }
-    eventually("a full batch", || store.rows.lock().unwrap().len() == 10).await;
+    eventually("the gathered batches", || {
+        store.rows.lock().unwrap().len() == 100
+    })
+    .await;
+    assert_eq!(*store.batch_sizes.lock().unwrap(), vec![100]);
+    assert_eq!(
+        *store.paces.lock().unwrap(),
+        vec![WritePace::CatchUp],
+        "more than a batch waited: written without pausing"
+    );
     assert_eq!(recorder.backlog(), 0);
 }
 
@@ -205,15 +226,15 @@ async fn a_backlog_of_several_batches_is_written_ten_batches_at_a_time() {
         vec![100, 100, 100, 50],
         "writes of up to ten batches while more than one batch waits"
     );
-    // Caught up: the next outcomes go a batch at a time again.
-    for i in 0..10 {
+    // Caught up: the next outcomes are written once ten batches gathered.
+    for i in 0..100 {
         recorder.record(record(&format!("req-next-{i}"), status::COMPLETED, true));
     }
-    eventually("the next full batch", || {
-        store.rows.lock().unwrap().len() == 360
+    eventually("the gathered batches", || {
+        store.rows.lock().unwrap().len() == 450
     })
     .await;
-    assert_eq!(store.batch_sizes.lock().unwrap().last(), Some(&10));
+    assert_eq!(store.batch_sizes.lock().unwrap().last(), Some(&100));
 }
 
 #[tokio::test]
@@ -230,7 +251,8 @@ async fn writes_give_way_only_while_the_recorder_is_caught_up_and_nobody_waits()
     }
     eventually("the backlog", || store.rows.lock().unwrap().len() == 35).await;
     assert_eq!(*store.paces.lock().unwrap(), vec![WritePace::CatchUp]);
-    // Caught up: a full batch, then a partial one at the interval's tick.
+    // Caught up: a batch, then a partial one, each at the interval's tick (fewer than the
+    // hundred it lets gather).
     for i in 0..10 {
         recorder.record(record(&format!("req-full-{i}"), status::COMPLETED, true));
     }
