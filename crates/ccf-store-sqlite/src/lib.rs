@@ -186,8 +186,11 @@ fn with_temp_files<R>(
 ) -> Result<R, StoreError> {
     set_temp_store(connection, TempStore::Default).map_err(sqlite_error)?;
     let result = job(connection);
-    set_temp_store(connection, TempStore::Memory).map_err(sqlite_error)?;
-    result
+    let restored = set_temp_store(connection, TempStore::Memory).map_err(sqlite_error);
+    // The migration's own error first: it says more than the pragma's.
+    let value = result?;
+    restored?;
+    Ok(value)
 }
 
 fn configure(connection: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {

@@ -129,8 +129,8 @@ fn drain_pace(mode: Drain, finals: usize, batch_size: usize) -> WritePace {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecorderSettings {
     /// Records per write (at least 1); up to [`CATCH_UP_BATCHES`] times as many while more
-    /// wait. Finals are written once up to that many gathered ([`gather_limit`]) or at the
-    /// tick.
+    /// wait. Final snapshots are written once ten batches' worth (at most half the memory
+    /// bound) gathered ([`gather_limit`]) or at the tick.
     pub batch_size: usize,
     /// Longest time a record waits before it is written.
     pub flush_interval: Duration,
