@@ -236,30 +236,21 @@ fn judge_clean_end(
 }
 
 /// Ends a body with `error`: at once when every frame before it went out, else after one
-/// `Pending` (the task woken at once), in which hyper writes what it holds. hyper drops a
-/// connection's unwritten bytes when a body fails, and frames that arrive together (a
-/// connection driven in the request's task reads them in one go) would otherwise be lost with
-/// the response head: the client must get every byte relayed before the cut.
+/// `Pending` (the task woken at once, the cut kept in `tail` for the next poll), in which hyper
+/// writes what it holds. hyper drops a connection's unwritten bytes when a body fails, and
+/// frames that arrive together (a connection driven in the request's task reads them in one
+/// go) would otherwise be lost with the response head: the client must get every byte relayed
+/// before the cut.
 fn fail(
     tail: &mut Option<Tail>,
     unflushed: &mut bool,
     error: BoxError,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    if *unflushed {
-        return yield_before(tail, unflushed, Tail::Cut(error), cx);
+    if !*unflushed {
+        return Poll::Ready(Some(Err(error)));
     }
-    Poll::Ready(Some(Err(error)))
-}
-
-/// Keeps `cut` for the next poll and answers `Pending` once, so hyper writes the frames it holds.
-fn yield_before(
-    tail: &mut Option<Tail>,
-    unflushed: &mut bool,
-    cut: Tail,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    *tail = Some(cut);
+    *tail = Some(Tail::Cut(error));
     *unflushed = false;
     cx.waker().wake_by_ref();
     Poll::Pending
@@ -289,14 +280,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if let Some(tail) = this.tail.take() {
-            if matches!(tail, Tail::Cut(_)) && *this.unflushed {
-                return yield_before(this.tail, this.unflushed, tail, cx);
-            }
             *this.finished = true;
-            return Poll::Ready(Some(match tail {
-                Tail::Event(event) => Ok(Frame::data(event)),
-                Tail::Cut(error) => Err(error),
-            }));
+            return match tail {
+                Tail::Event(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
+                Tail::Cut(error) => fail(this.tail, this.unflushed, error, cx),
+            };
         }
         if *this.finished {
             return Poll::Ready(None);
