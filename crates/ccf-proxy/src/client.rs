@@ -390,10 +390,12 @@ impl UpstreamClient {
             InTask(in_task::InTaskRoute, Option<String>),
             Pooled(LaneClient, LaneLoad),
         }
-        let way = match self.in_task_route(request.uri(), endpoint) {
-            Some((route, via)) => Way::InTask(route, via),
+        // The key and the endpoint's connector are looked up once for both ways.
+        let (key, own) = self.key_of(request.uri(), endpoint);
+        let way = match self.in_task_route(&key, own) {
+            Some(route) => Way::InTask(route, own.map(|(endpoint, _)| endpoint.to_string())),
             None => {
-                let (client, load) = self.lane_for(request.uri(), endpoint);
+                let (client, load) = self.lane_of(&key, own);
                 Way::Pooled(client, load)
             }
         };
@@ -421,27 +423,34 @@ impl UpstreamClient {
         }
     }
 
-    /// The in-task route of a request to `uri` for `endpoint`, with the endpoint's name when it
-    /// has a proxy of its own (for an origin that turns out to need the pooled client after
-    /// all): `None` off per-core threads and for origins known to need the pooled client.
-    fn in_task_route(
-        &self,
-        uri: &Uri,
-        endpoint: Option<&str>,
-    ) -> Option<(in_task::InTaskRoute, Option<String>)> {
-        let set = LANE_SET.with(Cell::get) % self.shared.in_task_sets.len();
-        if set == 0 {
-            return None;
-        }
+    /// The lane key of a request to `uri` made for `endpoint`, and that endpoint with its own
+    /// connector when it has one (an outbound proxy of its own).
+    fn key_of<'a>(
+        &'a self,
+        uri: &'a Uri,
+        endpoint: Option<&'a str>,
+    ) -> (LaneKey<'a>, Option<OwnConnector<'a>>) {
         let own = endpoint.and_then(|endpoint| {
             let connector = self.shared.endpoint_connectors.get(endpoint)?;
             Some((endpoint, connector))
         });
-        let key = LaneKey::of(uri, own.map(|(endpoint, _)| endpoint));
-        let route = in_task::InTaskRoute::take(&self.shared, set, &key, || {
-            self.connector_for(&key, own.map(|(_, connector)| connector))
-        })?;
-        Some((route, own.map(|(endpoint, _)| endpoint.to_string())))
+        (LaneKey::of(uri, own.map(|(endpoint, _)| endpoint)), own)
+    }
+
+    /// The in-task route of a request to `key`'s origin: `None` off per-core threads and for
+    /// origins known to need the pooled client.
+    fn in_task_route(
+        &self,
+        key: &LaneKey<'_>,
+        own: Option<OwnConnector<'_>>,
+    ) -> Option<in_task::InTaskRoute> {
+        let set = LANE_SET.with(Cell::get) % self.shared.in_task_sets.len();
+        if set == 0 {
+            return None;
+        }
+        in_task::InTaskRoute::take(&self.shared, set, key, || {
+            self.connector_for(key, own.map(|(_, connector)| connector))
+        })
     }
 
     /// The connector of a request to `key`'s origin: the endpoint's `own` (its proxy), else the
@@ -493,11 +502,12 @@ impl UpstreamClient {
 
     /// The lane for a request to `uri` made for `endpoint`.
     fn lane_for(&self, uri: &Uri, endpoint: Option<&str>) -> (LaneClient, LaneLoad) {
-        let own = endpoint.and_then(|endpoint| {
-            let connector = self.shared.endpoint_connectors.get(endpoint)?;
-            Some((endpoint, connector))
-        });
-        let key = LaneKey::of(uri, own.map(|(endpoint, _)| endpoint));
+        let (key, own) = self.key_of(uri, endpoint);
+        self.lane_of(&key, own)
+    }
+
+    /// The lane for a request to `key`'s origin, `own` the connector of its endpoint if any.
+    fn lane_of(&self, key: &LaneKey<'_>, own: Option<OwnConnector<'_>>) -> (LaneClient, LaneLoad) {
         let per_connection =
             usize::try_from(self.shared.upstream.max_streams_per_connection.max(1))
                 .unwrap_or(usize::MAX);
@@ -524,7 +534,7 @@ impl UpstreamClient {
         let lane = match least_loaded {
             Some(lane) => lane,
             None => {
-                let connector = self.connector_for(&key, own.map(|(_, connector)| connector));
+                let connector = self.connector_for(key, own.map(|(_, connector)| connector));
                 let lane = Lane {
                     client: lane_client(&self.shared.upstream, connector),
                     in_flight: Arc::new(AtomicUsize::new(0)),
@@ -537,6 +547,9 @@ impl UpstreamClient {
         (lane.client, LaneLoad(lane.in_flight))
     }
 }
+
+/// An endpoint with an outbound proxy of its own, and the connector through it.
+type OwnConnector<'a> = (&'a str, &'a HttpsConnector<UpstreamConnector>);
 
 /// Sends `request` on a lane of the pooled client.
 async fn send_pooled(
