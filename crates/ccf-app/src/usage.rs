@@ -7,7 +7,7 @@ use std::time::Duration;
 use ccf_config::{Config, StorageTarget};
 use ccf_lifecycle::{LifecycleEvent, Outcome};
 use ccf_proxy::monitoring::CostCounter;
-use ccf_proxy::RequestObserver;
+use ccf_proxy::{LiveRequest, RequestObserver};
 use ccf_store::{
     BacklogSettings, Cost, DayZone, DeferredRecord, LegacyZone, Pricing, Recorder, RecorderHandle,
     RecorderSettings, UsageStore,
@@ -139,30 +139,52 @@ pub(crate) async fn retention_loop(
 /// Writes every request's changes (coalesced by the recorder) and its final outcome, and adds
 /// the outcome's cost to `ccf_cost_usd_total`.
 ///
-/// The request path only hands the recorder a shared snapshot (the event's record is behind an
-/// `Arc`); the row is built by the writer task, and only for the snapshot that is written. The
-/// final outcome is priced once, by the recorder when it is handed over; the same cost goes to
-/// the metric through `costs` (set once the engine exists: the observer is built before it).
+/// The request path hands the recorder a running request's live view once (and again only
+/// after the recorder has read it), and the final outcome's shared record once; the row is built
+/// by the writer task, and only for the state that is written. The final outcome is priced once,
+/// by the recorder when it is handed over; the same cost goes to the metric through `costs` (set
+/// once the engine exists: the observer is built before it).
 pub(crate) struct StoreObserver {
     pub(crate) recorder: RecorderHandle,
-    /// Shared with every pending state: four hand-overs per request copied a `String` each.
+    /// Shared with every pending state: each hand-over copied a `String` before.
     pub(crate) instance_id: Arc<str>,
     pub(crate) costs: Arc<OnceLock<CostCounter>>,
 }
 
-/// One request state waiting in the recorder; becomes a row only if it is written.
-struct PendingState {
+/// A running request waiting in the recorder: its row is made from the state it has when the
+/// recorder writes it, not from a copy taken at a change.
+struct LiveState {
+    request: Arc<LiveRequest>,
+    instance_id: Arc<str>,
+}
+
+impl DeferredRecord for LiveState {
+    fn is_final(&self) -> bool {
+        false
+    }
+
+    fn to_record(&self) -> Option<ccf_store::UsageRecord> {
+        self.request
+            .read(|record| ccf_store::UsageRecord::from_request(record, Some(&self.instance_id)))
+    }
+}
+
+/// A request's final state waiting in the recorder; becomes a row only if it is written.
+struct FinalState {
     event: LifecycleEvent,
     instance_id: Arc<str>,
 }
 
-impl DeferredRecord for PendingState {
+impl DeferredRecord for FinalState {
     fn is_final(&self) -> bool {
-        self.event.record().is_final()
+        true
     }
 
-    fn to_record(&self) -> ccf_store::UsageRecord {
-        ccf_store::UsageRecord::from_request(self.event.record(), Some(&self.instance_id))
+    fn to_record(&self) -> Option<ccf_store::UsageRecord> {
+        Some(ccf_store::UsageRecord::from_request(
+            self.event.record(),
+            Some(&self.instance_id),
+        ))
     }
 
     /// Priced from the lifecycle record's own fields, as `to_record` would store them (the
@@ -176,31 +198,28 @@ impl DeferredRecord for PendingState {
     }
 }
 
-impl StoreObserver {
-    fn hand_over(&self, event: LifecycleEvent) -> Option<Cost> {
-        let request = event.request_id().as_u64();
+impl RequestObserver for StoreObserver {
+    fn on_live(&self, request: &Arc<LiveRequest>) {
         self.recorder.record_deferred(
-            request,
-            Box::new(PendingState {
-                event,
+            request.id().as_u64(),
+            Box::new(LiveState {
+                request: Arc::clone(request),
                 instance_id: Arc::clone(&self.instance_id),
             }),
-        )
-    }
-}
-
-impl RequestObserver for StoreObserver {
-    fn on_event(&self, event: &LifecycleEvent) {
-        if !event.is_final() {
-            self.hand_over(event.clone());
-        }
+        );
     }
 
     fn on_outcome(&self, outcome: &Outcome) {
-        if let Some(cost) = self.hand_over(outcome.event()) {
-            if let Some(costs) = self.costs.get() {
-                costs.add(outcome.record(), cost.total_usd());
-            }
+        let event = outcome.event();
+        let handed = self.recorder.record_deferred(
+            event.request_id().as_u64(),
+            Box::new(FinalState {
+                event,
+                instance_id: Arc::clone(&self.instance_id),
+            }),
+        );
+        if let (Some(cost), Some(costs)) = (handed, self.costs.get()) {
+            costs.add(outcome.record(), cost.total_usd());
         }
     }
 }
@@ -212,6 +231,12 @@ impl RequestObserver for Observers {
     fn on_event(&self, event: &LifecycleEvent) {
         for observer in &self.0 {
             observer.on_event(event);
+        }
+    }
+
+    fn on_live(&self, request: &Arc<LiveRequest>) {
+        for observer in &self.0 {
+            observer.on_live(request);
         }
     }
 

@@ -60,4 +60,4 @@ pub use server::{
     serve, serve_connections, serve_connections_with_limits, ClientAddr, ConnectionLimits,
     ServeOptions, ServeReport,
 };
-pub use tracking::RequestObserver;
+pub use tracking::{LiveRequest, RequestObserver};

@@ -216,14 +216,16 @@ pub struct ShutdownReport {
 pub trait DeferredRecord: Send + 'static {
     /// Whether it is the request's final state.
     fn is_final(&self) -> bool;
-    /// The row to write.
-    fn to_record(&self) -> UsageRecord;
+    /// The row to write; `None` when there is nothing to write any more: a live state read
+    /// after its request ended, whose final state is handed over on its own.
+    fn to_record(&self) -> Option<UsageRecord>;
     /// The cost of the final state under `pricing` ([`final_cost`] of its model and usage).
     /// Called once, on the request path, when the final state is handed over; the default builds
     /// the row, an implementation can price its own fields without that.
     fn cost(&self, pricing: &Pricing) -> Cost {
-        let record = self.to_record();
-        final_cost(pricing, record.model_name.as_deref(), &record.usage)
+        self.to_record().map_or_else(Cost::default, |record| {
+            final_cost(pricing, record.model_name.as_deref(), &record.usage)
+        })
     }
 }
 
@@ -247,12 +249,13 @@ impl Snapshot {
         }
     }
 
-    fn into_stored(self) -> StoredRecord {
+    /// The row to write, if any ([`DeferredRecord::to_record`]).
+    fn into_stored(self) -> Option<StoredRecord> {
         let record = match self.body {
             Body::Ready(record) => *record,
-            Body::Deferred(deferred) => deferred.to_record(),
+            Body::Deferred(deferred) => deferred.to_record()?,
         };
-        StoredRecord::with_cost(record, self.cost)
+        Some(StoredRecord::with_cost(record, self.cost))
     }
 }
 
@@ -865,7 +868,7 @@ impl Writer {
             let mut pending = lock(&self.shared.pending);
             pending.take(usize::MAX, u64::MAX, u64::MAX)
         };
-        left.extend(pending.into_iter().map(Snapshot::into_stored));
+        left.extend(pending.into_iter().filter_map(Snapshot::into_stored));
         self.shared.writing.store(0, Ordering::Release);
         let mut report = ShutdownReport {
             journal: self.shared.journal_path.clone(),
@@ -957,13 +960,18 @@ impl Writer {
             let stored = batch
                 .into_iter()
                 .enumerate()
-                .map(|(index, snapshot)| {
+                .filter_map(|(index, snapshot)| {
                     if give_way && index % ROWS_BETWEEN_YIELDS == ROWS_BETWEEN_YIELDS - 1 {
                         std::thread::yield_now();
                     }
                     snapshot.into_stored()
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            // A batch of live states whose requests all ended meanwhile has nothing to write.
+            if stored.is_empty() {
+                self.shared.writing.store(0, Ordering::Release);
+                continue;
+            }
             let left = self.write(stored, pace).await;
             if !left.is_empty() {
                 return Err(Stopped(left));
@@ -1057,7 +1065,10 @@ impl Writer {
         if snapshots.is_empty() {
             return;
         }
-        let stored: Vec<StoredRecord> = snapshots.into_iter().map(Snapshot::into_stored).collect();
+        let stored: Vec<StoredRecord> = snapshots
+            .into_iter()
+            .filter_map(Snapshot::into_stored)
+            .collect();
         let mut journal = self.journal.lock().await;
         let Some(journal) = journal.as_mut() else {
             return;
@@ -1328,10 +1339,10 @@ mod tests {
             self.is_final
         }
 
-        fn to_record(&self) -> UsageRecord {
+        fn to_record(&self) -> Option<UsageRecord> {
             let mut record = UsageRecord::new(self.id, UNIX_EPOCH);
             record.is_final = self.is_final;
-            record
+            Some(record)
         }
     }
 
@@ -1345,7 +1356,7 @@ mod tests {
     fn ids(batch: Vec<Snapshot>) -> Vec<String> {
         batch
             .into_iter()
-            .map(|snapshot| snapshot.into_stored().into_record().request_id)
+            .filter_map(|snapshot| Some(snapshot.into_stored()?.into_record().request_id))
             .collect()
     }
 

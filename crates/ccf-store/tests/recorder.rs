@@ -557,3 +557,45 @@ async fn a_bounded_shutdown_that_writes_everything_journals_nothing() {
     assert_eq!(store.rows.lock().unwrap().len(), 30);
     assert!(!journal.exists());
 }
+
+/// A running request's state as an observer holding a live view sees it: `None` once ended.
+struct LiveView(Arc<Mutex<Option<&'static str>>>);
+
+impl ccf_store::DeferredRecord for LiveView {
+    fn is_final(&self) -> bool {
+        false
+    }
+
+    fn to_record(&self) -> Option<UsageRecord> {
+        let status_value = (*self.0.lock().unwrap())?;
+        Some(record("req-live", status_value, false))
+    }
+}
+
+#[tokio::test]
+async fn a_live_state_is_read_when_written_and_one_that_ended_writes_nothing() {
+    let store = Arc::new(ScriptedStore::default());
+    let recorder = Recorder::spawn(
+        store.clone(),
+        settings(10, Duration::from_secs(3600)),
+        Pricing::default(),
+    );
+    let state = Arc::new(Mutex::new(Some(status::PENDING)));
+    recorder.record_deferred(1, Box::new(LiveView(Arc::clone(&state))));
+    // Changed after the hand-over, not handed over again: the write shows it.
+    *state.lock().unwrap() = Some(status::PROCESSING);
+    recorder.flush().await;
+    let rows = store.rows.lock().unwrap().clone();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows["req-live"].record().status, status::PROCESSING);
+    store.rows.lock().unwrap().clear();
+
+    // The request ended before the write: nothing is written for it, not even an empty batch.
+    let batches = store.batches.load(Ordering::SeqCst);
+    recorder.record_deferred(1, Box::new(LiveView(Arc::clone(&state))));
+    *state.lock().unwrap() = None;
+    recorder.flush().await;
+    assert!(store.rows.lock().unwrap().is_empty());
+    assert_eq!(store.batches.load(Ordering::SeqCst), batches);
+    assert_eq!(recorder.backlog(), 0);
+}
