@@ -19,9 +19,11 @@
 //! The local token estimate (a JSON parse into a tree borrowing from the body, plus one pass over
 //! the text) runs once, when the answer has ended, not before forwarding: it never delays the
 //! upstream request or the first byte, and a request that fails or is cancelled costs nothing.
-//! It runs inside the relay body's end callback, so it can delay the very end of the answer (for a
-//! body of known length, its last frame) by the estimate's time. The price is also that the request
-//! body stays referenced until its answer ends.
+//! It runs with the rest of the answer's bookkeeping (`RequestFinisher::finish`), once the
+//! connection has written the answer's last bytes (for an HTTP/2 client, whose streams hyper
+//! polls in tasks of their own, before them: it delays the very end of the answer by the
+//! estimate's time). The price is also that the request body stays referenced until its answer
+//! ends.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};

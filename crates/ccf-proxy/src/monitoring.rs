@@ -531,7 +531,7 @@ impl Metrics {
         );
         registry.register(
             "ccf_requests_in_flight",
-            "Client requests being served",
+            "Client requests being served, until their answer's bookkeeping is done",
             metrics.in_flight.clone(),
         );
         registry.register(
@@ -1031,6 +1031,12 @@ impl Metrics {
     /// Upstream response headers arrived after `latency`.
     pub fn record_header_latency(&self, latency: Duration) {
         self.header_latency.observe(latency.as_secs_f64());
+    }
+
+    /// Client requests being served (`ccf_requests_in_flight`): from admission until the
+    /// bookkeeping after the answer's end (usage, health, outcome) is done.
+    pub fn requests_in_flight(&self) -> i64 {
+        self.in_flight.get()
     }
 
     /// Counts a request as in flight until the guard is dropped.

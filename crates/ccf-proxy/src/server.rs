@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::forwarder::Forwarder;
 
+pub(crate) mod after_write;
 pub mod per_core;
 
 /// The address of the client that sent a request, put into the request's extensions by
@@ -333,7 +334,8 @@ where
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        // The relay's end-of-answer work waits for the answer's last bytes to be written.
+        let connection = after_write::WritesFirst::new(graceful.watch(connection));
         // The task owns the connection and its slot; dropping the connection closes it.
         tokio::spawn(async move {
             let _slot = slot;

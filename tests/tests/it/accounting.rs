@@ -321,3 +321,55 @@ async fn many_concurrent_requests_each_end_exactly_once() {
     assert!(all.iter().all(|record| usage(record) == (12, 6, 5, 7)));
     assert_eq!(all.iter().filter(|record| record.is_streaming).count(), 20);
 }
+
+/// Holds each request's outcome until the test lets it go: the thread finishing the request
+/// waits meanwhile, as it would for any slow bookkeeping.
+struct HeldOutcomes {
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    seen: std::sync::atomic::AtomicUsize,
+}
+
+impl ccf_proxy::RequestObserver for HeldOutcomes {
+    fn on_outcome(&self, _outcome: &ccf_lifecycle::Outcome) {
+        let release = self.release.lock().expect("release lock");
+        let _ = release.recv_timeout(WAIT);
+        self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn an_answer_reaches_the_client_before_its_bookkeeping_runs() {
+    let upstream = MockUpstream::start().await;
+    upstream.enqueue(Reply::json());
+    upstream.enqueue(Reply::sse());
+    let (release, released) = std::sync::mpsc::channel();
+    let held = Arc::new(HeldOutcomes {
+        release: std::sync::Mutex::new(released),
+        seen: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let forwarder = Forwarder::start_observed(
+        config("", &[endpoint_yaml("mock", &upstream.url(), "")]),
+        Some(Arc::clone(&held) as Arc<dyn ccf_proxy::RequestObserver>),
+    )
+    .await;
+    for (stream, number) in [(false, 1), (true, 2)] {
+        // Finished before the last frame was handed on, the answer would wait for the release:
+        // the whole of it arrives while the outcome is held.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            forwarder.messages(request(stream), &[]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("answer {number} waited for its bookkeeping"));
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            held.seen.load(std::sync::atomic::Ordering::SeqCst),
+            number - 1
+        );
+        release.send(()).expect("the observer waits");
+        support::eventually("the held outcome", || {
+            held.seen.load(std::sync::atomic::Ordering::SeqCst) == number
+        })
+        .await;
+    }
+}

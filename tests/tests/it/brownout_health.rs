@@ -229,6 +229,7 @@ async fn a_held_request_resumes_when_messages_succeed_although_probes_passed_all
     assert!(forwarder.engine.held_requests().is_empty());
 
     // The lifecycle shows it was suspended, then resumed, then completed.
+    forwarder.settled().await;
     let changes = changes.events.lock().expect("changes lock").clone();
     let suspended = changes
         .iter()

@@ -102,6 +102,7 @@ async fn traffic(forwarder: &Forwarder, count: usize) -> Vec<String> {
         assert_eq!(answer.status, 200, "clients never notice the database");
         ids.push(request_id(&answer));
     }
+    forwarder.settled().await;
     ids
 }
 

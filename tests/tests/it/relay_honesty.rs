@@ -124,6 +124,7 @@ async fn check_signal(signal: &str, dishonest: Reply, stream: bool, reported: &s
     send(&forwarder, 3, 3, stream).await;
     assert_eq!(messages_sent(&pair.relay), 3);
     assert_eq!(messages_sent(&pair.honest), 3);
+    forwarder.settled().await;
 
     let relay = honesty_of(&forwarder, "relay").await;
     assert_eq!(relay["checks"], 3, "{relay}");

@@ -650,6 +650,7 @@ async fn live_cost(app: &Reloadable, answer: &support::Answer) -> f64 {
     let id = answer
         .header("x-ccf-request-id")
         .expect("request id header");
+    app.forwarder.settled().await;
     let (code, json) = app
         .admin(Method::GET, &format!("/api/v1/requests/{id}"))
         .await;

@@ -28,6 +28,7 @@ use crate::cluster::SharedUpdate;
 use crate::headers::remove_hop_by_hop;
 use crate::honesty::HonestyWatch;
 use crate::monitoring;
+use crate::server::after_write::after_write;
 use crate::tracking::Tracker;
 
 /// What a relayed answer means for the request.
@@ -110,8 +111,8 @@ impl Forwarder {
             is_streaming: context.is_streaming,
             body_bytes: 0,
             span: tracing::Span::current(),
-            _in_flight: context.in_flight.take(),
-            _key_permit: context.key_permit.take(),
+            in_flight: context.in_flight.take(),
+            key_permit: context.key_permit.take(),
         };
         let relay = RelayBody::new(body, options, Box::new(observer));
         Response::from_parts(parts, relay.boxed_unsync())
@@ -202,10 +203,10 @@ struct RequestFinisher {
     is_streaming: bool,
     body_bytes: u64,
     span: tracing::Span,
-    /// The request's place against `server.max_in_flight`, released with the answer.
-    _in_flight: Option<monitoring::InFlightGuard>,
+    /// Counts the request in `ccf_requests_in_flight` until its bookkeeping is done.
+    in_flight: Option<monitoring::InFlightGuard>,
     /// Released with the answer (per-key concurrency, `key_limits.rs`).
-    _key_permit: Option<crate::key_limits::KeyPermit>,
+    key_permit: Option<crate::key_limits::KeyPermit>,
 }
 
 /// What a relayed successful answer's end says about its endpoint.
@@ -259,26 +260,10 @@ impl Forwarder {
     }
 }
 
-impl RelayObserver for RequestFinisher {
-    fn stream_position(&self) -> Option<StreamPosition> {
-        self.tap.stream_position()
-    }
-
-    fn on_backpressure(&mut self) {
-        if let Some((watch, _)) = self.honesty.as_mut() {
-            watch.relay_backpressured();
-        }
-    }
-
-    fn on_data(&mut self, data: &Bytes) {
-        self.body_bytes += data.len() as u64;
-        self.tap.feed(data);
-        if let Some((watch, _)) = self.honesty.as_mut() {
-            watch.on_data(data);
-        }
-    }
-
-    fn on_end(self: Box<Self>, end: RelayEnd) {
+impl RequestFinisher {
+    /// The answer's bookkeeping: usage and model read, passive health, the session's turn, the
+    /// honesty check, the request's outcome.
+    fn finish(self, end: RelayEnd) {
         let RequestFinisher {
             tracker,
             turn,
@@ -292,9 +277,11 @@ impl RelayObserver for RequestFinisher {
             is_streaming,
             body_bytes,
             span,
-            _in_flight,
-            _key_permit,
-        } = *self;
+            in_flight,
+            key_permit: _,
+        } = self;
+        // Dropped last, when everything below is done.
+        let _in_flight = in_flight;
         let _entered = span.enter();
         let extraction = tap.finish();
         for diagnostic in &extraction.diagnostics {
@@ -377,5 +364,43 @@ impl RelayObserver for RequestFinisher {
                 tracker.finish(|lifecycle, now| lifecycle.fail(reason, &detail, None, now));
             }
         }
+    }
+}
+
+impl RelayObserver for RequestFinisher {
+    fn stream_position(&self) -> Option<StreamPosition> {
+        self.tap.stream_position()
+    }
+
+    fn on_backpressure(&mut self) {
+        if let Some((watch, _)) = self.honesty.as_mut() {
+            watch.relay_backpressured();
+        }
+    }
+
+    fn on_data(&mut self, data: &Bytes) {
+        self.body_bytes += data.len() as u64;
+        self.tap.feed(data);
+        if let Some((watch, _)) = self.honesty.as_mut() {
+            watch.on_data(data);
+        }
+    }
+
+    /// Releases the per-key place at once and leaves the bookkeeping ([`Self::finish`]) to run
+    /// after the connection has written what it holds ([`after_write`]). The request counts as
+    /// in flight until its bookkeeping is done.
+    ///
+    /// The relay calls this before it hands hyper the answer's last frame (a body of known
+    /// length is not polled past its last byte), and hyper writes only when the body has given
+    /// what it has, so work done here delays the end of the answer by about 25,000
+    /// instructions (the usage parse of the whole body, the honesty estimate, the outcome).
+    /// A client gone is finished here: the body is being dropped.
+    fn on_end(self: Box<Self>, end: RelayEnd) {
+        let mut finisher = *self;
+        finisher.key_permit = None;
+        if matches!(end, RelayEnd::ClientGone) {
+            return finisher.finish(end);
+        }
+        after_write(move || finisher.finish(end));
     }
 }

@@ -200,6 +200,17 @@ impl Forwarder {
         }
     }
 
+    /// Waits until no request is in flight: every answer read so far has had its bookkeeping
+    /// (usage, health, honesty, the outcome) done. That runs once the answer's last bytes are
+    /// written, so it may follow the client's read by a moment.
+    pub async fn settled(&self) {
+        let engine = self.engine.clone();
+        eventually("the requests' bookkeeping", || {
+            engine.metrics().requests_in_flight() == 0
+        })
+        .await;
+    }
+
     /// Stops the app and waits until it has stopped for good: the listener closed, every
     /// connection drained (so every request has reached its one outcome and handed it to the
     /// observers) and, with usage tracking on, every row written. Nothing more can be observed or
