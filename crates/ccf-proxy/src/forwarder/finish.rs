@@ -263,7 +263,7 @@ impl Forwarder {
 impl RequestFinisher {
     /// The answer's bookkeeping: usage and model read, passive health, the session's turn, the
     /// honesty check, the request's outcome.
-    fn finish(self, end: RelayEnd) {
+    fn finish(self: Box<Self>, end: RelayEnd) {
         let RequestFinisher {
             tracker,
             turn,
@@ -279,7 +279,7 @@ impl RequestFinisher {
             span,
             in_flight,
             key_permit: _,
-        } = self;
+        } = *self;
         // Dropped last, when everything below is done.
         let _in_flight = in_flight;
         let _entered = span.enter();
@@ -395,12 +395,11 @@ impl RelayObserver for RequestFinisher {
     /// what it has, so work done here delays the end of the answer by about 25,000
     /// instructions (the usage parse of the whole body, the honesty estimate, the outcome).
     /// A client gone is finished here: the body is being dropped.
-    fn on_end(self: Box<Self>, end: RelayEnd) {
-        let mut finisher = *self;
-        finisher.key_permit = None;
+    fn on_end(mut self: Box<Self>, end: RelayEnd) {
+        self.key_permit = None;
         if matches!(end, RelayEnd::ClientGone) {
-            return finisher.finish(end);
+            return self.finish(end);
         }
-        after_write(move || finisher.finish(end));
+        after_write(move || self.finish(end));
     }
 }
