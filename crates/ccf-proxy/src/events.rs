@@ -245,12 +245,13 @@ impl EventBus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ccf_lifecycle::{Lifecycle, RequestStart};
     use std::time::SystemTime;
 
-    fn lifecycle(bits: u64) -> (Lifecycle, LifecycleEvent) {
+    /// A request of id `bits`, just started, and its `started` event.
+    pub(crate) fn lifecycle(bits: u64) -> (Lifecycle, LifecycleEvent) {
         Lifecycle::start(
             RequestStart {
                 id: RequestId::from_u64(bits),

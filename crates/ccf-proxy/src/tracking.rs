@@ -240,7 +240,7 @@ impl Drop for Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ccf_lifecycle::{RequestStart, Status};
+    use ccf_lifecycle::Status;
 
     /// Keeps every live request it is told of, as the usage recorder does until it writes.
     #[derive(Default)]
@@ -277,19 +277,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             observer: Some(Arc::clone(&keeper) as Arc<dyn RequestObserver>),
         });
-        let (lifecycle, started) = Lifecycle::start(
-            RequestStart {
-                id: RequestId::from_u64(5),
-                client_ip: None,
-                user_agent: None,
-                method: "POST".into(),
-                path: "/v1/messages".into(),
-                is_streaming: false,
-                request_model: None,
-                api_key_name: None,
-            },
-            SystemTime::now(),
-        );
+        let (lifecycle, started) = crate::events::tests::lifecycle(5);
         (Tracker::start(hub, lifecycle, started), keeper)
     }
 
