@@ -50,21 +50,43 @@ impl<F: Future> Future for WritesFirst<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let nested = POLLING.with(|polling| polling.replace(true));
+        let polling = Polling::start();
         let polled = self.project().connection.poll(cx);
-        if !nested {
-            POLLING.with(|polling| polling.set(false));
-            // A job may queue another: run until none is left.
-            while let Some(jobs) = QUEUED.with(|queued| {
-                let mut queued = queued.borrow_mut();
-                (!queued.is_empty()).then(|| std::mem::take(&mut *queued))
-            }) {
-                for job in jobs {
-                    job();
-                }
+        if polling.end() {
+            // Nothing is polling now, so the jobs' own `after_write`s run at once.
+            for job in QUEUED.with(|queued| std::mem::take(&mut *queued.borrow_mut())) {
+                job();
             }
         }
         polled
+    }
+}
+
+/// Marks this thread as polling a connection while it lives. Restored on drop, so a poll that
+/// panics (tokio catches a task's panic and the thread serves on) does not leave every later
+/// `after_write` of the thread queued for good.
+struct Polling {
+    outermost: bool,
+}
+
+impl Polling {
+    fn start() -> Self {
+        Polling {
+            outermost: !POLLING.with(|polling| polling.replace(true)),
+        }
+    }
+
+    /// Ends the mark; whether this was the outermost poll (the one to run the queued work).
+    fn end(self) -> bool {
+        self.outermost
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        if self.outermost {
+            POLLING.with(|polling| polling.set(false));
+        }
     }
 }
 
@@ -105,5 +127,23 @@ mod tests {
         let after = Rc::clone(&log);
         after_write(move || after.borrow_mut().push("later: at once"));
         assert_eq!(log.borrow().len(), 4);
+    }
+
+    #[test]
+    fn a_connection_poll_that_panics_leaves_the_thread_running_work_at_once() {
+        let panicked = std::panic::catch_unwind(|| {
+            let connection = WritesFirst::new(std::future::poll_fn(|_| -> Poll<()> {
+                panic!("a connection's poll panics");
+            }));
+            let mut connection = std::pin::pin!(connection);
+            let _ = connection
+                .as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()));
+        });
+        assert!(panicked.is_err());
+        let ran = Rc::new(Cell::new(false));
+        let job = Rc::clone(&ran);
+        after_write(move || job.set(true));
+        assert!(ran.get(), "not queued behind a poll that is over");
     }
 }
