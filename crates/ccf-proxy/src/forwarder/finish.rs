@@ -277,11 +277,10 @@ impl RequestFinisher {
             is_streaming,
             body_bytes,
             span,
-            in_flight,
+            // Held until everything below is done.
+            in_flight: _in_flight,
             key_permit: _,
         } = *self;
-        // Dropped last, when everything below is done.
-        let _in_flight = in_flight;
         let _entered = span.enter();
         let extraction = tap.finish();
         for diagnostic in &extraction.diagnostics {
