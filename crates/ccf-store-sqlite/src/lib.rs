@@ -2,8 +2,9 @@
 //!
 //! This crate owns the SQLite side of [`ccf_store::UsageStore`]: one writer connection owned by
 //! a dedicated thread (every request to it travels over a channel, every batch is one
-//! transaction), a pool of reader connections (up to 8 by default, opened as queries need them)
-//! so that dashboard queries never wait behind writes, WAL with `synchronous=NORMAL` and a busy
+//! transaction; its WAL is checkpointed by a thread of its own, `checkpoint.rs`), a pool of
+//! reader connections (up to 8 by default, opened as queries need them) so that dashboard
+//! queries never wait behind writes, WAL with `synchronous=NORMAL` and a busy
 //! timeout set by real PRAGMAs on every connection, and the versioned migrations embedded in the
 //! binary. It opens a `usage.db` written by the Go forwarder and migrates it in place. A
 //! database file replaced or deleted while open is noticed and opened again ([`reopen`]); the
@@ -13,6 +14,7 @@
 //!
 //! Main types: [`SqliteStore`], [`SqliteOptions`].
 
+mod checkpoint;
 mod convert;
 mod migrate;
 mod read;
@@ -21,6 +23,7 @@ mod vacuum;
 mod write;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +36,8 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::checkpoint::Checkpointer;
+pub use crate::checkpoint::{WAL_AUTOCHECKPOINT_PAGES, WRITER_CHECKPOINT_FACTOR};
 use crate::convert::{pool_error, sqlite_error};
 use crate::reopen::{file_identity, FileIdentity, ReplacementCheck, WriterFile};
 
@@ -55,6 +60,10 @@ pub struct SqliteOptions {
     /// How often, at most, a reader checkout looks whether the file was replaced (one `stat`;
     /// default 1 s; zero: at every checkout).
     pub replacement_check_interval: Duration,
+    /// WAL pages past which the checkpoint thread copies the WAL into the database file
+    /// (default [`WAL_AUTOCHECKPOINT_PAGES`]); the writer checkpoints itself only past
+    /// [`WRITER_CHECKPOINT_FACTOR`] times as many.
+    pub wal_checkpoint_pages: i64,
 }
 
 impl Default for SqliteOptions {
@@ -66,6 +75,7 @@ impl Default for SqliteOptions {
             day_zone: DayZone::machine(),
             create_dirs: true,
             replacement_check_interval: Duration::from_secs(1),
+            wal_checkpoint_pages: WAL_AUTOCHECKPOINT_PAGES,
         }
     }
 }
@@ -81,7 +91,8 @@ pub struct ConnectionPragmas {
     pub busy_timeout_ms: i64,
     /// `foreign_keys` (1 = on).
     pub foreign_keys: i64,
-    /// `wal_autocheckpoint`, in pages ([`WAL_AUTOCHECKPOINT_PAGES`]).
+    /// `wal_autocheckpoint`, in pages: [`WAL_AUTOCHECKPOINT_PAGES`] on readers (which never
+    /// commit), 0 on the writer, whose WAL the checkpoint thread copies (`checkpoint`).
     pub wal_autocheckpoint: i64,
     /// `journal_size_limit`, in bytes ([`WAL_SIZE_LIMIT_BYTES`]).
     pub journal_size_limit: i64,
@@ -89,18 +100,6 @@ pub struct ConnectionPragmas {
     /// migrations ([`TempStore`]), the default on readers.
     pub temp_store: i64,
 }
-
-/// WAL pages after which a commit checkpoints (SQLite's default: 1,000).
-///
-/// A checkpoint copies every page the WAL holds into the database file and syncs it. While
-/// request ids were random, a usage row dirtied a random leaf of the `request_id` index, so with
-/// the default the writer checkpointed after every transaction or two under load and copied the
-/// same index pages again each time, and at concurrency 64 the recorder fell behind the proxy
-/// (ids now count up per thread, `RequestId::generate`; the interval was measured before that).
-/// Issue 19, 15-20 s runs at 9,000-13,000 requests/s (noisy: the rate differs run to run): the
-/// most records behind during a run was 11,889-50,633 with the default and 5,286-24,299 with
-/// 10,000 pages.
-pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 /// What the WAL file is cut back to after a checkpoint, so the larger checkpoint interval costs
 /// disk space only while writes are busy (4 MiB: about the default interval's WAL).
@@ -128,6 +127,8 @@ pub struct SqliteStore {
     busy_timeout: Duration,
     /// Identity of the file the writer has open.
     writer_file: Arc<WriterFile>,
+    /// Checkpoints the checkpoint thread completed.
+    checkpoints: Arc<AtomicU64>,
     /// When the readers look for a replaced file next.
     replacement_check: ReplacementCheck,
     /// One reader-pool rebuild at a time.
@@ -172,9 +173,11 @@ fn set_temp_store(connection: &Connection, store: TempStore) -> rusqlite::Result
     connection.pragma_update(None, "temp_store", value)
 }
 
-/// Opens the writer's connection: [`configure`], and temporary data in memory ([`TempStore`]).
+/// Opens the writer's connection: [`configure`], temporary data in memory ([`TempStore`]), and
+/// its WAL checkpointed by the checkpoint thread instead of in its commits ([`checkpoint`]).
 fn configure_writer(connection: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
     configure(connection, busy_timeout)?;
+    checkpoint::install(connection);
     set_temp_store(connection, TempStore::Memory)
 }
 
@@ -311,14 +314,22 @@ impl SqliteStore {
         .map_err(|e| StoreError::unavailable("sqlite open task failed", e))??;
 
         let writer_file = Arc::new(WriterFile::new(file_identity(&path)));
+        let checkpoints = Arc::new(AtomicU64::new(0));
+        let checkpointer =
+            Checkpointer::spawn(path.clone(), busy_timeout, Arc::clone(&checkpoints)).map_err(
+                |e| StoreError::unavailable("cannot start the sqlite checkpoint thread", e),
+            )?;
+        let checkpoint_pages = options.wal_checkpoint_pages.max(1);
         let (sender, receiver) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("ccf-sqlite-writer".into())
             .spawn(move || {
+                checkpoint::writer_thread_starts(checkpoint_pages);
                 let mut connection = writer_connection;
-                // Ends when every sender (the store) is dropped.
+                // Ends when every sender (the store) is dropped; the checkpoint thread with it.
                 for job in receiver {
                     job(&mut connection);
+                    checkpoint::ask_after_commit(&checkpointer, checkpoint_pages);
                 }
             })
             .map_err(|e| StoreError::unavailable("cannot start the sqlite writer thread", e))?;
@@ -343,6 +354,7 @@ impl SqliteStore {
             day_zone: options.day_zone,
             busy_timeout,
             writer_file,
+            checkpoints,
             replacement_check: ReplacementCheck::new(options.replacement_check_interval),
             rebuilding: tokio::sync::Mutex::new(()),
         })
@@ -351,6 +363,11 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// WAL checkpoints the checkpoint thread has completed since the store was opened.
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints.load(Ordering::Relaxed)
     }
 
     /// The zone of the days usage is counted in.

@@ -233,3 +233,62 @@ async fn a_database_without_auto_vacuum_is_switched_once_at_migration_and_keeps_
     assert_eq!(free, 0);
     assert!(after * 10 < full, "{full} -> {after} pages");
 }
+
+/// Size in bytes of the database file itself (not its WAL).
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// Waits until the checkpoint thread has completed more than `after` checkpoints and the
+/// database file at `path` has grown past `size` bytes: pages went from the WAL into the file.
+async fn checkpointed_past(store: &SqliteStore, path: &Path, after: u64, size: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.checkpoints() <= after || file_size(path) <= size {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint into {}: {} checkpoints (more than {after} expected), {} bytes \
+             (more than {size} expected)",
+            path.display(),
+            store.checkpoints(),
+            file_size(path)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_wal_is_copied_into_the_file_by_the_checkpoint_thread_and_follows_a_replacement() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    let store = open(
+        &path,
+        SqliteOptions {
+            wal_checkpoint_pages: 8,
+            ..SqliteOptions::default()
+        },
+    )
+    .await;
+    // The writer's own automatic checkpoint is off: its commits only note the WAL's size.
+    let (writer, reader) = store.pragmas().await.unwrap();
+    assert_eq!(writer.wal_autocheckpoint, 0);
+    assert_eq!(reader.wal_autocheckpoint, 10_000);
+
+    // Rows of 2 KB: 12 of them fill more than the 8 pages of WAL that ask for a checkpoint, and
+    // fewer than the 32 at which the writer would checkpoint itself.
+    let (before, size) = (store.checkpoints(), file_size(&path));
+    store.write_batch(&rows("a", 12)).await.unwrap();
+    checkpointed_past(&store, &path, before, size).await;
+
+    // A backup moved over the file: the writer opens the new file at its next write, and the
+    // checkpoint thread checkpoints the new file's WAL.
+    let backup = backup_with(dir.path(), "new", 1).await;
+    std::fs::rename(&backup, &path).unwrap();
+    let (before, size) = (store.checkpoints(), file_size(&path));
+    store.write_batch(&rows("after", 12)).await.unwrap();
+    checkpointed_past(&store, &path, before, size).await;
+    let count: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM request_logs", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(count, 13);
+}

@@ -37,12 +37,17 @@ async fn pragmas_are_set_on_the_writer_and_every_reader() {
     // in files.
     assert_eq!(writer.temp_store, 2, "MEMORY on the writer");
     assert_eq!(reader.temp_store, 0, "DEFAULT on readers");
+    // The writer's WAL is checkpointed by a thread of its own, not in the writer's commits.
+    assert_eq!(
+        writer.wal_autocheckpoint, 0,
+        "no automatic checkpoint on the writer"
+    );
+    assert_eq!(reader.wal_autocheckpoint, 10_000);
     for pragmas in [writer, reader] {
         assert_eq!(pragmas.journal_mode, "wal");
         assert_eq!(pragmas.synchronous, 1, "NORMAL");
         assert_eq!(pragmas.busy_timeout_ms, 1234);
         assert_eq!(pragmas.foreign_keys, 1);
-        assert_eq!(pragmas.wal_autocheckpoint, 10_000);
         assert_eq!(pragmas.journal_size_limit, 4 * 1024 * 1024);
     }
 }
