@@ -56,15 +56,8 @@ thread_local! {
     static WRITER_CHECKPOINT_AT: Cell<c_int> = const { Cell::new(c_int::MAX) };
 }
 
-/// Sets up the writer thread: past `interval` pages ([`ask_after_commit`]) the checkpoint thread is
-/// asked; past [`WRITER_CHECKPOINT_FACTOR`] times as many the writer checkpoints itself.
-pub(crate) fn writer_thread_starts(interval: i64) {
-    let at = interval.saturating_mul(WRITER_CHECKPOINT_FACTOR).max(1);
-    WRITER_CHECKPOINT_AT.set(c_int::try_from(at).unwrap_or(c_int::MAX));
-}
-
 /// Replaces SQLite's automatic checkpoint on the writer connection by a commit hook that notes
-/// the WAL's size for the writer thread ([`ask_after_commit`]). `PRAGMA wal_autocheckpoint` then
+/// the WAL's size for the writer thread ([`Checkpointer::ask_after_commit`]). `PRAGMA wal_autocheckpoint` then
 /// reads 0 on the writer.
 pub(crate) fn install(connection: &Connection) {
     connection.wal_hook(Some(note_commit));
@@ -88,28 +81,23 @@ fn note_commit(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// After a writer job: asks `checkpointer` for a checkpoint when a commit of the job left at
-/// least `interval` pages in the WAL.
-pub(crate) fn ask_after_commit(checkpointer: &Checkpointer, interval: i64) {
-    let pages = WAL_PAGES.take();
-    if pages > 0 && i64::from(pages) >= interval {
-        checkpointer.ask();
-    }
-}
-
 /// The handle of the checkpoint thread; the thread ends when the handle is dropped.
 #[derive(Debug)]
 pub(crate) struct Checkpointer {
     asks: mpsc::SyncSender<()>,
+    /// WAL pages past which a checkpoint is asked for.
+    interval: i64,
 }
 
 impl Checkpointer {
     /// Starts the thread (`ccf-sqlite-checkpoint`). It opens its connection at the first
     /// checkpoint, and again when the path names another file (the writer reopens a replaced
-    /// file, `reopen`). Completed checkpoints are counted in `done`.
+    /// file, `reopen`). A checkpoint is asked for past `interval` WAL pages; completed ones are
+    /// counted in `done`.
     pub(crate) fn spawn(
         path: PathBuf,
         busy_timeout: Duration,
+        interval: i64,
         done: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
         // One ask waiting is enough: a checkpoint copies whatever the WAL holds when it starts.
@@ -124,12 +112,27 @@ impl Checkpointer {
                     }
                 }
             })?;
-        Ok(Self { asks })
+        Ok(Self {
+            asks,
+            interval: interval.max(1),
+        })
     }
 
-    /// Asks for a checkpoint, unless one is already asked for.
-    fn ask(&self) {
-        let _ = self.asks.try_send(());
+    /// Sets up the writer thread: past the interval ([`Self::ask_after_commit`]) the checkpoint
+    /// thread is asked; past [`WRITER_CHECKPOINT_FACTOR`] times as many the writer checkpoints
+    /// itself.
+    pub(crate) fn writer_thread_starts(&self) {
+        let at = self.interval.saturating_mul(WRITER_CHECKPOINT_FACTOR);
+        WRITER_CHECKPOINT_AT.set(c_int::try_from(at).unwrap_or(c_int::MAX));
+    }
+
+    /// After a writer job: asks for a checkpoint, unless one is already asked for, when a commit
+    /// of the job left at least the interval's pages in the WAL.
+    pub(crate) fn ask_after_commit(&self) {
+        let pages = WAL_PAGES.take();
+        if pages > 0 && i64::from(pages) >= self.interval {
+            let _ = self.asks.try_send(());
+        }
     }
 }
 
@@ -145,18 +148,17 @@ fn checkpoint(
         // Deleted: the writer creates it again; never create it here.
         return false;
     };
-    if connection.as_ref().map(|(_, opened)| *opened) != Some(identity) {
-        *connection = None;
-        match open(path, busy_timeout) {
-            Ok(opened) => *connection = Some((opened, identity)),
+    // A connection to a file the path no longer names is closed first.
+    let kept = connection.take().filter(|(_, opened)| *opened == identity);
+    let (connection, _) = match kept {
+        Some(kept) => connection.insert(kept),
+        None => match open(path, busy_timeout) {
+            Ok(opened) => connection.insert((opened, identity)),
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "cannot open the usage database to checkpoint its WAL");
                 return false;
             }
-        }
-    }
-    let Some((connection, _)) = connection.as_ref() else {
-        return false;
+        },
     };
     match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))

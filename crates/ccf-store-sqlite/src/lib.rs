@@ -315,21 +315,23 @@ impl SqliteStore {
 
         let writer_file = Arc::new(WriterFile::new(file_identity(&path)));
         let checkpoints = Arc::new(AtomicU64::new(0));
-        let checkpointer =
-            Checkpointer::spawn(path.clone(), busy_timeout, Arc::clone(&checkpoints)).map_err(
-                |e| StoreError::unavailable("cannot start the sqlite checkpoint thread", e),
-            )?;
-        let checkpoint_pages = options.wal_checkpoint_pages.max(1);
+        let checkpointer = Checkpointer::spawn(
+            path.clone(),
+            busy_timeout,
+            options.wal_checkpoint_pages,
+            Arc::clone(&checkpoints),
+        )
+        .map_err(|e| StoreError::unavailable("cannot start the sqlite checkpoint thread", e))?;
         let (sender, receiver) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("ccf-sqlite-writer".into())
             .spawn(move || {
-                checkpoint::writer_thread_starts(checkpoint_pages);
+                checkpointer.writer_thread_starts();
                 let mut connection = writer_connection;
                 // Ends when every sender (the store) is dropped; the checkpoint thread with it.
                 for job in receiver {
                     job(&mut connection);
-                    checkpoint::ask_after_commit(&checkpointer, checkpoint_pages);
+                    checkpointer.ask_after_commit();
                 }
             })
             .map_err(|e| StoreError::unavailable("cannot start the sqlite writer thread", e))?;
