@@ -5,19 +5,14 @@
 //! Sessions ([`identify`]): an explicit session header (`x-claude-code-session-id`, then
 //! `x-session-id`), else the body's `metadata.user_id`, else a hash of the system prompt and the
 //! first message. Only the 64-bit FNV-1a hash is kept ([`SessionKey`]), never the text. The body
-//! pieces come from the one JSON parse the forwarder already makes (the request fields,
-//! `forwarder/admit.rs`): the
-//! [`PromptHash`] and [`CacheScan`] types are `Deserialize` impls that hash or scan a value while
-//! serde walks it, so nothing is parsed twice and no value tree is built. `cache_control` objects
-//! are left out of the prompt hash (clients move their cache breakpoints from turn to turn) and
-//! scanned for `ttl: "1h"`.
-
-use std::fmt;
+//! pieces ([`BodySession::read`]) come from the one parse of the body the forwarder makes at
+//! admission (`forwarder/admit.rs`, a [`Json`] tree borrowing from the body). `cache_control`
+//! objects are left out of the prompt hash (clients move their cache breakpoints from turn to
+//! turn) and scanned for `ttl: "1h"`.
 
 use ccf_router::{SessionKey, SessionRequest, SessionSource, TurnTokens};
+use ccf_tokens::tree::Json;
 use http::HeaderMap;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 
 /// Session headers, in the order they are looked at.
 pub const SESSION_HEADERS: [&str; 2] = ["x-claude-code-session-id", "x-session-id"];
@@ -49,7 +44,7 @@ impl Fnv {
     }
 }
 
-/// What a JSON walk found.
+/// What a walk of the body found.
 #[derive(Debug)]
 struct Scan {
     hash: Fnv,
@@ -65,6 +60,75 @@ impl Scan {
             long_ttl: false,
         }
     }
+
+    fn hash(&mut self, hashing: Hashing, tag: u8, bytes: &[u8]) {
+        if hashing == Hashing::All {
+            self.hash.piece(tag, bytes);
+            self.hashed_anything = true;
+        }
+    }
+
+    /// Walks `value` in document order, hashing it as told and noting `cache_control.ttl:
+    /// "1h"`. `in_cache_control`: `value` is the object of a `cache_control` key. The pieces and
+    /// their tags are those of the serde walk of earlier versions, so a conversation keeps its
+    /// key across an upgrade and between instances of two versions.
+    fn walk(&mut self, value: &Json<'_>, hashing: Hashing, in_cache_control: bool) {
+        match value {
+            Json::Null => self.hash(hashing, b'n', &[]),
+            Json::Bool(value) => self.hash(hashing, b'b', &[u8::from(*value)]),
+            Json::Number(number) => {
+                if let Some(unsigned) = number.as_u64() {
+                    self.hash(hashing, b'u', &unsigned.to_le_bytes());
+                } else if let Some(signed) = number.as_i64() {
+                    self.hash(hashing, b'i', &signed.to_le_bytes());
+                } else {
+                    let float = number.as_f64().unwrap_or(f64::NAN);
+                    self.hash(hashing, b'f', &float.to_le_bytes());
+                }
+            }
+            Json::String(text) => self.hash(hashing, b's', text.as_bytes()),
+            Json::Array(items) => {
+                self.hash(hashing, b'[', &[]);
+                for (index, item) in items.iter().enumerate() {
+                    let below = match hashing {
+                        Hashing::All => Hashing::All,
+                        Hashing::FirstElement if index == 0 => Hashing::All,
+                        Hashing::FirstElement | Hashing::Nothing => Hashing::Nothing,
+                    };
+                    self.walk(item, below, false);
+                }
+                self.hash(hashing, b']', &[]);
+            }
+            Json::Object(members) => {
+                self.hash(hashing, b'{', &[]);
+                // Inside an object, `FirstElement` has no meaning left: hash all or nothing.
+                let below = match hashing {
+                    Hashing::All => Hashing::All,
+                    Hashing::FirstElement | Hashing::Nothing => Hashing::Nothing,
+                };
+                for (key, member) in members {
+                    let key = key.as_ref();
+                    if key == "cache_control" {
+                        // Left out of the hash: clients move their breakpoints between turns.
+                        self.walk(member, Hashing::Nothing, true);
+                        continue;
+                    }
+                    self.hash(below, b'k', key.as_bytes());
+                    match key {
+                        "ttl" if in_cache_control => match member.as_str() {
+                            Some(ttl) => self.long_ttl |= ttl.trim() == "1h",
+                            None => self.walk(member, Hashing::Nothing, false),
+                        },
+                        // Text and data values hold no `cache_control`: not walked unless hashed.
+                        "text" | "thinking" | "signature" | "data" if below == Hashing::Nothing => {
+                        }
+                        _ => self.walk(member, below, false),
+                    }
+                }
+                self.hash(hashing, b'}', &[]);
+            }
+        }
+    }
 }
 
 /// How a walked value is hashed.
@@ -78,248 +142,8 @@ enum Hashing {
     Nothing,
 }
 
-/// Walks one JSON value with serde, hashing it as told and noting `cache_control.ttl: "1h"`.
-struct Walk<'a> {
-    scan: &'a mut Scan,
-    hashing: Hashing,
-    /// The value is the object of a `cache_control` key.
-    in_cache_control: bool,
-}
-
-impl Walk<'_> {
-    fn hash(&mut self, tag: u8, bytes: &[u8]) {
-        if self.hashing == Hashing::All {
-            self.scan.hash.piece(tag, bytes);
-            self.scan.hashed_anything = true;
-        }
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Walk<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Walk<'_> {
-    type Value = ();
-
-    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(mut self, value: bool) -> Result<(), E> {
-        self.hash(b'b', &[u8::from(value)]);
-        Ok(())
-    }
-
-    fn visit_i64<E>(mut self, value: i64) -> Result<(), E> {
-        self.hash(b'i', &value.to_le_bytes());
-        Ok(())
-    }
-
-    fn visit_u64<E>(mut self, value: u64) -> Result<(), E> {
-        self.hash(b'u', &value.to_le_bytes());
-        Ok(())
-    }
-
-    fn visit_f64<E>(mut self, value: f64) -> Result<(), E> {
-        self.hash(b'f', &value.to_le_bytes());
-        Ok(())
-    }
-
-    fn visit_str<E>(mut self, value: &str) -> Result<(), E> {
-        self.hash(b's', value.as_bytes());
-        Ok(())
-    }
-
-    fn visit_unit<E>(mut self) -> Result<(), E> {
-        self.hash(b'n', &[]);
-        Ok(())
-    }
-
-    fn visit_none<E>(mut self) -> Result<(), E> {
-        self.hash(b'n', &[]);
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        self.hash(b'[', &[]);
-        let mut index = 0usize;
-        loop {
-            let hashing = match self.hashing {
-                Hashing::All => Hashing::All,
-                Hashing::FirstElement if index == 0 => Hashing::All,
-                Hashing::FirstElement | Hashing::Nothing => Hashing::Nothing,
-            };
-            let element = Walk {
-                scan: self.scan,
-                hashing,
-                in_cache_control: false,
-            };
-            if seq.next_element_seed(element)?.is_none() {
-                break;
-            }
-            index += 1;
-        }
-        self.hash(b']', &[]);
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        self.hash(b'{', &[]);
-        let hashing_below = self.hashing_below();
-        loop {
-            let seed = KeySeed {
-                scan: self.scan,
-                hash: hashing_below == Hashing::All,
-            };
-            let Some(key) = map.next_key_seed(seed)? else {
-                break;
-            };
-            match key {
-                Key::CacheControl => map.next_value_seed(Walk {
-                    scan: self.scan,
-                    hashing: Hashing::Nothing,
-                    in_cache_control: true,
-                })?,
-                Key::Ttl if self.in_cache_control => {
-                    if let TtlValue(true) = map.next_value::<TtlValue>()? {
-                        self.scan.long_ttl = true;
-                    }
-                }
-                // Big text values cannot hold a cache_control: skipped without unescaping.
-                Key::Text if hashing_below == Hashing::Nothing => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-                Key::Ttl | Key::UserId | Key::Text | Key::Other => map.next_value_seed(Walk {
-                    scan: self.scan,
-                    hashing: hashing_below,
-                    in_cache_control: false,
-                })?,
-            }
-        }
-        self.hash(b'}', &[]);
-        Ok(())
-    }
-}
-
-impl Walk<'_> {
-    /// Inside an object, `FirstElement` has no meaning left: hash all or nothing.
-    fn hashing_below(&self) -> Hashing {
-        match self.hashing {
-            Hashing::All => Hashing::All,
-            Hashing::FirstElement | Hashing::Nothing => Hashing::Nothing,
-        }
-    }
-}
-
-/// An object key, sorted into the ones that matter and the rest (hashed, never copied).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Key {
-    CacheControl,
-    Ttl,
-    UserId,
-    /// A content field holding text or data (`text`, `thinking`, `signature`, `data`).
-    Text,
-    Other,
-}
-
-/// Reads an object key without allocating; hashes it (`hash`) unless it is `cache_control`.
-struct KeySeed<'a> {
-    scan: &'a mut Scan,
-    hash: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = Key;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for KeySeed<'_> {
-    type Value = Key;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("an object key")
-    }
-
-    fn visit_str<E>(self, key: &str) -> Result<Key, E> {
-        let kind = match key {
-            "cache_control" => return Ok(Key::CacheControl),
-            "ttl" => Key::Ttl,
-            "user_id" => Key::UserId,
-            "text" | "thinking" | "signature" | "data" => Key::Text,
-            _ => Key::Other,
-        };
-        if self.hash {
-            self.scan.hash.piece(b'k', key.as_bytes());
-            self.scan.hashed_anything = true;
-        }
-        Ok(kind)
-    }
-}
-
-/// A `cache_control.ttl` value: `true` when it is `"1h"`. Any other value is skipped.
-struct TtlValue(bool);
-
-impl<'de> Deserialize<'de> for TtlValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<TtlValue, D::Error> {
-        let mut scan = Scan::new();
-        let mut found = false;
-        struct TtlVisitor<'a>(&'a mut bool, &'a mut Scan);
-        impl<'de> Visitor<'de> for TtlVisitor<'_> {
-            type Value = ();
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a TTL")
-            }
-            fn visit_str<E>(self, value: &str) -> Result<(), E> {
-                *self.0 = value.trim() == "1h";
-                Ok(())
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-                Ok(())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-                Ok(())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-                Ok(())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-                Ok(())
-            }
-            fn visit_unit<E>(self) -> Result<(), E> {
-                Ok(())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-                Walk {
-                    scan: self.1,
-                    hashing: Hashing::Nothing,
-                    in_cache_control: false,
-                }
-                .visit_seq(seq)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-                Walk {
-                    scan: self.1,
-                    hashing: Hashing::Nothing,
-                    in_cache_control: false,
-                }
-                .visit_map(map)
-            }
-        }
-        deserializer.deserialize_any(TtlVisitor(&mut found, &mut scan))?;
-        Ok(TtlValue(found || scan.long_ttl))
-    }
-}
-
 /// A hashed body part (`system`, or the first of `messages`), plus whether it asks for the
-/// 1-hour cache. Built while serde walks the value.
+/// 1-hour cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct PromptHash {
     /// FNV-1a of the part; `None` when nothing was hashed (an empty array).
@@ -328,168 +152,62 @@ pub(crate) struct PromptHash {
     pub(crate) long_ttl: bool,
 }
 
-fn walk_part<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    hashing: Hashing,
-) -> Result<PromptHash, D::Error> {
+impl PromptHash {
+    fn of(part: &Json<'_>, hashing: Hashing) -> PromptHash {
+        let mut scan = Scan::new();
+        scan.walk(part, hashing, false);
+        PromptHash {
+            hash: scan.hashed_anything.then_some(scan.hash.0),
+            long_ttl: scan.long_ttl,
+        }
+    }
+}
+
+/// Whether a body part that may carry `cache_control` (`tools`, a top-level `cache_control`)
+/// asks for the 1-hour cache.
+fn asks_long_ttl(part: &Json<'_>) -> bool {
     let mut scan = Scan::new();
-    Walk {
-        scan: &mut scan,
-        hashing,
-        in_cache_control: false,
-    }
-    .deserialize(deserializer)?;
-    Ok(PromptHash {
-        hash: scan.hashed_anything.then_some(scan.hash.0),
-        long_ttl: scan.long_ttl,
-    })
+    // A top-level `cache_control` object is itself a cache_control.
+    scan.walk(part, Hashing::Nothing, true);
+    scan.long_ttl
 }
 
-/// The system prompt, hashed whole.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct SystemPrompt(pub(crate) PromptHash);
-
-impl<'de> Deserialize<'de> for SystemPrompt {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        walk_part(deserializer, Hashing::All).map(SystemPrompt)
-    }
-}
-
-/// `messages`: the first message hashed, every message scanned for the 1-hour cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Messages(pub(crate) PromptHash);
-
-impl<'de> Deserialize<'de> for Messages {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        walk_part(deserializer, Hashing::FirstElement).map(Messages)
-    }
-}
-
-/// Any other body part that may carry `cache_control` (`tools`, a top-level `cache_control`):
-/// scanned for the 1-hour cache only.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct CacheScan(pub(crate) bool);
-
-impl<'de> Deserialize<'de> for CacheScan {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // A top-level `cache_control` object is itself a cache_control.
-        let mut scan = Scan::new();
-        Walk {
-            scan: &mut scan,
-            hashing: Hashing::Nothing,
-            in_cache_control: true,
-        }
-        .deserialize(deserializer)?;
-        Ok(CacheScan(scan.long_ttl))
-    }
-}
-
-/// `metadata`: only `user_id` is read; anything else (or a non-string `user_id`) is ignored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Metadata {
+/// The body parts a session is identified by, read from the forwarder's one parse of the body.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BodySession {
+    /// `metadata.user_id`, when it is a string.
     pub(crate) user_id: Option<String>,
-}
-
-impl<'de> Deserialize<'de> for Metadata {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MetadataVisitor;
-        impl<'de> Visitor<'de> for MetadataVisitor {
-            type Value = Metadata;
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("the metadata object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
-                let mut metadata = Metadata::default();
-                let mut scan = Scan::new();
-                while let Some(key) = map.next_key_seed(KeySeed {
-                    scan: &mut scan,
-                    hash: false,
-                })? {
-                    match key {
-                        Key::UserId => {
-                            metadata.user_id = map.next_value::<UserId>()?.0;
-                        }
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(metadata)
-            }
-            fn visit_unit<E>(self) -> Result<Metadata, E> {
-                Ok(Metadata::default())
-            }
-        }
-        deserializer.deserialize_any(MetadataVisitor)
-    }
-}
-
-/// A `user_id` string; any other JSON value reads as none.
-struct UserId(Option<String>);
-
-impl<'de> Deserialize<'de> for UserId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut scan = Scan::new();
-        struct UserIdVisitor<'a>(&'a mut Scan);
-        impl<'de> Visitor<'de> for UserIdVisitor<'_> {
-            type Value = Option<String>;
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a user id")
-            }
-            fn visit_str<E>(self, value: &str) -> Result<Option<String>, E> {
-                Ok(Some(value.to_string()))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Option<String>, E> {
-                Ok(None)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Option<String>, E> {
-                Ok(None)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Option<String>, E> {
-                Ok(None)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Option<String>, E> {
-                Ok(None)
-            }
-            fn visit_unit<E>(self) -> Result<Option<String>, E> {
-                Ok(None)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<String>, A::Error> {
-                Walk {
-                    scan: self.0,
-                    hashing: Hashing::Nothing,
-                    in_cache_control: false,
-                }
-                .visit_seq(seq)
-                .map(|()| None)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<String>, A::Error> {
-                Walk {
-                    scan: self.0,
-                    hashing: Hashing::Nothing,
-                    in_cache_control: false,
-                }
-                .visit_map(map)
-                .map(|()| None)
-            }
-        }
-        deserializer
-            .deserialize_any(UserIdVisitor(&mut scan))
-            .map(UserId)
-    }
-}
-
-/// The body parts a session is identified by (filled by the forwarder's one body parse).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct BodySession<'a> {
-    /// `metadata.user_id`.
-    pub(crate) user_id: Option<&'a str>,
     /// `system`.
     pub(crate) system: Option<PromptHash>,
     /// `messages`.
     pub(crate) messages: Option<PromptHash>,
     /// `ttl: "1h"` in some other `cache_control` of the body.
     pub(crate) long_ttl_elsewhere: bool,
+}
+
+impl BodySession {
+    /// Reads the parts of a parsed request body (anything but an object has none): the system
+    /// prompt hashed whole, the first message hashed and every message scanned for the 1-hour
+    /// cache, `tools` and a top-level `cache_control` scanned for it.
+    pub(crate) fn read(request: &Json<'_>) -> BodySession {
+        BodySession {
+            user_id: request
+                .get("metadata")
+                .and_then(|metadata| metadata.get("user_id"))
+                .and_then(Json::as_str)
+                .map(str::to_string),
+            system: request
+                .get("system")
+                .map(|system| PromptHash::of(system, Hashing::All)),
+            messages: request
+                .get("messages")
+                .map(|messages| PromptHash::of(messages, Hashing::FirstElement)),
+            long_ttl_elsewhere: ["tools", "cache_control"]
+                .iter()
+                .filter_map(|name| request.get(name))
+                .any(asks_long_ttl),
+        }
+    }
 }
 
 fn key_of(tag: u8, text: &str) -> SessionKey {
@@ -505,7 +223,7 @@ pub(crate) fn identify(
     method: &http::Method,
     path: &str,
     headers: &HeaderMap,
-    body: &BodySession<'_>,
+    body: &BodySession,
 ) -> Option<SessionRequest> {
     if method != http::Method::POST || !path.ends_with("/messages") {
         return None;
@@ -522,7 +240,12 @@ pub(crate) fn identify(
     });
     let (key, source) = if let Some(value) = from_header {
         (key_of(b'h', value), SessionSource::Header)
-    } else if let Some(user_id) = body.user_id.map(str::trim).filter(|id| !id.is_empty()) {
+    } else if let Some(user_id) = body
+        .user_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+    {
         (key_of(b'u', user_id), SessionSource::UserId)
     } else {
         let system = body.system.and_then(|part| part.hash);

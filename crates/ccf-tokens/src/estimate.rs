@@ -10,13 +10,12 @@
 //! per request, message, content block and tool, plus the tool-use system prompt when tools are
 //! present, and flat amounts for images and documents whose content is not text.
 //!
-//! The body is read into a tree that borrows its strings from the body ([`tree::Json`]) rather
-//! than a `serde_json::Value`: the estimate runs on every successful answer (the relay-honesty
-//! usage check), and copying every key and string of the request was most of its cost.
+//! The body is read into a tree that borrows its strings from the body ([`Json`]) rather than a
+//! `serde_json::Value`: the estimate runs for every request the relay-honesty usage check
+//! watches, and copying every key and string of the request was most of its cost. The forwarder
+//! parses a request into that tree once and hands it to [`estimate_parsed_request`].
 
-mod tree;
-
-use tree::{Json, Node};
+use crate::tree::{Json, Node};
 
 /// Tokens for the framing of any request (turn markers around the conversation).
 const REQUEST_OVERHEAD: f64 = 4.0;
@@ -98,7 +97,17 @@ pub fn estimate_request_input(
     body: &[u8],
     estimation_ratio: f64,
 ) -> Result<InputEstimate, EstimateError> {
-    let counter = count_request(body, estimation_ratio, true)?;
+    let request = Json::parse(body).map_err(EstimateError::InvalidJson)?;
+    estimate_parsed_request(&request, estimation_ratio)
+}
+
+/// [`estimate_request_input`] of a body already parsed (the forwarder's one parse of a request,
+/// [`Json::parse`]).
+pub fn estimate_parsed_request(
+    request: &Json<'_>,
+    estimation_ratio: f64,
+) -> Result<InputEstimate, EstimateError> {
+    let counter = count_parsed(request, estimation_ratio, true)?;
     Ok(InputEstimate {
         known_tokens: counter.tokens.ceil() as u64,
         unknown_blocks: counter.opaque_blocks,
@@ -129,7 +138,7 @@ fn count_request(
     estimation_ratio: f64,
     drop_earlier_thinking: bool,
 ) -> Result<Counter, EstimateError> {
-    let request: Json<'_> = serde_json::from_slice(body).map_err(EstimateError::InvalidJson)?;
+    let request = Json::parse(body).map_err(EstimateError::InvalidJson)?;
     count_parsed(&request, estimation_ratio, drop_earlier_thinking)
 }
 

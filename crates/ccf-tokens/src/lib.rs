@@ -17,15 +17,22 @@
 //!   upstream's [`ApiError`] and [`Diagnostic`]s.
 //! - [`SseDecoder`]: the incremental, allocation-free-in-steady-state SSE decoder underneath.
 //! - [`estimate_input_tokens`]: the `count_tokens` fallback (method in
-//!   `docs/token-estimation.md`).
+//!   `docs/token-estimation.md`); [`estimate_parsed_request`], the same as the API counts a
+//!   request, for the relay-honesty check.
+//! - [`tree::Json`]: a request body parsed once into a tree borrowing its strings, read by the
+//!   forwarder for the request's fields and session and by the estimate.
 
 mod estimate;
 mod extract;
 mod report;
 mod sse;
 mod tap;
+pub mod tree;
 
-pub use estimate::{estimate_input_tokens, estimate_request_input, EstimateError, InputEstimate};
+pub use estimate::{
+    estimate_input_tokens, estimate_parsed_request, estimate_request_input, EstimateError,
+    InputEstimate,
+};
 pub use extract::{
     extract_body, BodyFormat, Diagnostic, Extraction, StreamPosition, UsageExtractor,
 };

@@ -1,9 +1,10 @@
 //! Phases 0 to 2, admission: an in-flight slot (`server.max_in_flight`, else 529), reachability
 //! checks (`HEAD /`, `HEAD /api/hello`) answered here, inbound auth (every path but `/health`,
 //! recording the key's name), the monitoring routes, the body read once (bounded in size and,
-//! by `server.body_read_timeout`, in time) as `Bytes`, the request fields read from it in one JSON
-//! parse ([`RequestFields`]: `model`, `stream`, the session's parts), and the request's
-//! [`RequestId`]-keyed lifecycle. What comes out is a [`RequestContext`] to route, a token count
+//! by `server.body_read_timeout`, in time) as `Bytes`, parsed once into a tree borrowing from it
+//! ([`Json`]) from which everything is read ([`RequestFields`]: `model`, `stream`, the session's
+//! parts; the relay-honesty check's input estimate), and the request's [`RequestId`]-keyed
+//! lifecycle. What comes out is a [`RequestContext`] to route, a token count
 //! to answer, or an answer already made.
 //!
 //! It must not know routing, upstreams or retries: nothing here talks to an endpoint.
@@ -13,6 +14,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use ccf_lifecycle::{Lifecycle, RequestId, RequestStart};
+use ccf_tokens::tree::Json;
 use http::{header, HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
@@ -40,28 +42,26 @@ pub(super) enum Admission {
     Forward(Box<RequestContext>),
 }
 
-/// What the engine needs to know about the request body, read in one JSON parse.
-#[derive(serde::Deserialize, Default)]
+/// What the engine needs to know about the request body, read from its one parse.
+#[derive(Default)]
 struct RequestFields {
     model: Option<String>,
     stream: Option<bool>,
-    // Smart routing (session.rs): read in the same parse, never copied as text.
-    metadata: Option<crate::session::Metadata>,
-    system: Option<crate::session::SystemPrompt>,
-    messages: Option<crate::session::Messages>,
-    tools: Option<crate::session::CacheScan>,
-    cache_control: Option<crate::session::CacheScan>,
+    /// Smart routing's parts (session.rs).
+    session: crate::session::BodySession,
 }
 
 impl RequestFields {
-    /// The parts a session is identified by.
-    fn session(&self) -> crate::session::BodySession<'_> {
-        crate::session::BodySession {
-            user_id: self.metadata.as_ref().and_then(|m| m.user_id.as_deref()),
-            system: self.system.map(|part| part.0),
-            messages: self.messages.map(|part| part.0),
-            long_ttl_elsewhere: self.tools.is_some_and(|scan| scan.0)
-                || self.cache_control.is_some_and(|scan| scan.0),
+    /// The fields of a parsed body; a field of an unexpected type reads as absent, and the
+    /// others are still read (before issue 19 a typed parse dropped them all).
+    fn read(request: &Json<'_>) -> RequestFields {
+        RequestFields {
+            model: request
+                .get("model")
+                .and_then(Json::as_str)
+                .map(str::to_string),
+            stream: request.get("stream").and_then(Json::as_bool),
+            session: crate::session::BodySession::read(request),
         }
     }
 }
@@ -171,12 +171,23 @@ impl Forwarder {
             Ok(permit) => permit,
             Err(refused) => return Admission::Answered(refused),
         };
-        let fields = read_request_fields(&parts.headers, &body);
+        // The body's one parse: its fields, its session and, for a watched request, the
+        // honesty check's input estimate are all read from this tree, which is dropped here.
+        let parsed = parse_json_body(&parts.headers, &body);
+        let fields = parsed.as_ref().map(RequestFields::read).unwrap_or_default();
+        let honesty = Honesty::watch(
+            &current.config,
+            request_id,
+            &parts,
+            parsed.as_ref(),
+            fields.model.as_deref(),
+        );
+        drop(parsed);
         let session = crate::session::identify(
             &parts.method,
             parts.uri.path(),
             &parts.headers,
-            &fields.session(),
+            &fields.session,
         );
         let is_streaming = fields.stream == Some(true)
             || parts
@@ -209,13 +220,7 @@ impl Forwarder {
         );
         let mut context = Box::new(RequestContext {
             request_id,
-            honesty: Honesty::watch(
-                &current.config,
-                request_id,
-                &parts,
-                &body,
-                fields.model.as_deref(),
-            ),
+            honesty,
             parts,
             body,
             is_streaming,
@@ -287,42 +292,59 @@ where
     }
 }
 
-/// Reads the request fields from a JSON body; anything else yields no fields.
-fn read_request_fields(headers: &http::HeaderMap, body: &Bytes) -> RequestFields {
+/// Parses a JSON object body; anything else (another content type, a body that does not start
+/// with `{`, invalid JSON) yields none, and the request is forwarded as it is.
+fn parse_json_body<'a>(headers: &http::HeaderMap, body: &'a Bytes) -> Option<Json<'a>> {
     let looks_like_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_none_or(|content_type| content_type.contains("json"))
         && body.first().is_some_and(|byte| *byte == b'{');
-    if !looks_like_json {
-        return RequestFields::default();
-    }
-    serde_json::from_slice(body).unwrap_or_default()
+    looks_like_json.then(|| Json::parse(body).ok()).flatten()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The fields of `body` as admission reads them.
+    fn fields_of(body: &'static [u8]) -> RequestFields {
+        let body = Bytes::from_static(body);
+        parse_json_body(&http::HeaderMap::new(), &body)
+            .as_ref()
+            .map(RequestFields::read)
+            .unwrap_or_default()
+    }
+
     #[test]
     fn stream_is_read_from_the_json_body_not_from_substrings() {
-        let headers = http::HeaderMap::new();
-        let fields = read_request_fields(
-            &headers,
-            &Bytes::from_static(br#"{"model":"m","stream":true}"#),
-        );
+        let fields = fields_of(br#"{"model":"m","stream":true}"#);
         assert_eq!(fields.stream, Some(true));
         assert_eq!(fields.model.as_deref(), Some("m"));
-        let text_mentions_stream = read_request_fields(
-            &headers,
-            &Bytes::from_static(
-                br#"{"model":"m","messages":[{"role":"user","content":"\"stream\":true"}]}"#,
-            ),
-        );
+        let text_mentions_stream =
+            fields_of(br#"{"model":"m","messages":[{"role":"user","content":"\"stream\":true"}]}"#);
         assert_eq!(text_mentions_stream.stream, None);
+        assert_eq!(fields_of(b"not json").stream, None);
         assert_eq!(
-            read_request_fields(&headers, &Bytes::from_static(b"not json")).stream,
-            None
+            fields_of(b"{\"model\":\"m\",").model,
+            None,
+            "invalid JSON: no fields"
         );
+    }
+
+    #[test]
+    fn a_field_of_an_odd_type_leaves_the_others_readable() {
+        let fields = fields_of(
+            br#"{"model":"m","stream":"yes","metadata":{"user_id":"u-1"},"model":"claude-x"}"#,
+        );
+        assert_eq!(fields.stream, None);
+        assert_eq!(
+            fields.model.as_deref(),
+            Some("claude-x"),
+            "the last of a repeated key"
+        );
+        assert_eq!(fields.session.user_id.as_deref(), Some("u-1"));
+        let fields = fields_of(br#"{"model":5,"stream":true}"#);
+        assert_eq!((fields.model, fields.stream), (None, Some(true)));
     }
 }

@@ -1,6 +1,7 @@
 //! Unit tests of `honesty.rs`, kept in their own file so the module reads as its logic.
 
 use super::*;
+use ccf_tokens::tree::Json;
 use ccf_types::Usage;
 
 fn config(yaml_routing: &str) -> Config {
@@ -19,10 +20,11 @@ fn parts(method: &str, path: &str) -> http::request::Parts {
         .0
 }
 
-fn body() -> Bytes {
-    Bytes::from_static(
+fn body() -> Json<'static> {
+    Json::parse(
         br#"{"model":"claude-opus-4-1","messages":[{"role":"user","content":"hello there"}]}"#,
     )
+    .expect("valid test body")
 }
 
 fn watch(config: &Config) -> HonestyWatch {
@@ -30,7 +32,7 @@ fn watch(config: &Config) -> HonestyWatch {
         config,
         RequestId::generate(),
         &parts("POST", "/v1/messages"),
-        &body(),
+        Some(&body()),
         Some("claude-opus-4-1"),
     )
     .expect("messages are watched")
@@ -72,7 +74,7 @@ fn only_messages_posts_are_watched_and_only_when_enabled() {
     let off = config("routing:\n  relay_honesty: off\n");
     let id = RequestId::generate();
     let watched = |config: &Config, method: &str, path: &str| {
-        Honesty::watch(config, id, &parts(method, path), &body(), Some("m")).is_some()
+        Honesty::watch(config, id, &parts(method, path), Some(&body()), Some("m")).is_some()
     };
     assert!(watched(&on, "POST", "/v1/messages"));
     assert!(watched(&on, "POST", "/v1/messages?beta=true"));
@@ -131,7 +133,7 @@ fn watch_body(config: &Config, body: serde_json::Value) -> HonestyWatch {
         config,
         RequestId::generate(),
         &parts("POST", "/v1/messages"),
-        &Bytes::from(body.to_string()),
+        Json::parse(body.to_string().as_bytes()).ok().as_ref(),
         Some("claude-opus-4-1"),
     )
     .expect("messages are watched")

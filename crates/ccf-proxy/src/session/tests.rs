@@ -3,22 +3,15 @@
 use super::*;
 use http::HeaderValue;
 
-/// The session parts the forwarder's request fields would read from `body`.
-#[derive(Deserialize, Default)]
-struct Fields {
-    metadata: Option<Metadata>,
-    system: Option<SystemPrompt>,
-    messages: Option<Messages>,
-    tools: Option<CacheScan>,
-    cache_control: Option<CacheScan>,
-    model: Option<String>,
+/// The session parts the forwarder reads from `body`.
+fn parts_of(body: &str) -> BodySession {
+    BodySession::read(&Json::parse(body.as_bytes()).expect("valid test body"))
 }
 
 fn session_of(
     headers: &[(&'static str, &str)],
     body: &serde_json::Value,
 ) -> Option<SessionRequest> {
-    let fields: Fields = serde_json::from_str(&body.to_string()).expect("fields parse");
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         map.insert(*name, HeaderValue::from_str(value).expect("header"));
@@ -27,13 +20,7 @@ fn session_of(
         &http::Method::POST,
         "/v1/messages",
         &map,
-        &BodySession {
-            user_id: fields.metadata.as_ref().and_then(|m| m.user_id.as_deref()),
-            system: fields.system.map(|part| part.0),
-            messages: fields.messages.map(|part| part.0),
-            long_ttl_elsewhere: fields.tools.is_some_and(|scan| scan.0)
-                || fields.cache_control.is_some_and(|scan| scan.0),
-        },
+        &parts_of(&body.to_string()),
     )
 }
 
@@ -136,9 +123,8 @@ fn odd_value_types_never_break_the_request_fields() {
         "cache_control": {"type": "ephemeral", "ttl": "1h"},
         "metadata": null,
     });
-    let fields: Fields = serde_json::from_str(&body.to_string()).expect("fields parse");
-    assert_eq!(fields.model.as_deref(), Some("m"));
-    assert!(fields.cache_control.is_some_and(|scan| scan.0));
+    let parts = parts_of(&body.to_string());
+    assert!(parts.long_ttl_elsewhere);
     let session = session_of(&[], &body).expect("session");
     assert!(session.long_ttl);
 }
@@ -150,4 +136,52 @@ fn keys_are_stable_and_shown_as_hex() {
     assert_eq!(a, key_of(b'h', "session-1"));
     assert_eq!(a.to_string().len(), 16);
     assert_ne!(a, key_of(b'u', "session-1"));
+}
+
+/// Keys computed by the serde walk of earlier versions (before issue 19's one parse): a
+/// conversation must keep its key across an upgrade, and between instances of two versions
+/// sharing affinity. Numbers of each kind, escapes, a repeated key, moved breakpoints, a
+/// nested `cache_control` and empty parts are all in these bodies.
+#[test]
+fn prompt_keys_are_those_of_earlier_versions() {
+    let pinned = [
+        (
+            r#"{"system":"You are Claude Code.","messages":[{"role":"user","content":"hello"}]}"#,
+            "aa470260bbee2bcf",
+            false,
+        ),
+        (
+            r#"{"system":[{"type":"text","text":"Sys\n\"quoted\" é 中","cache_control":{"type":"ephemeral","ttl":"1h"}}],"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}, {"type":"x","n":-5,"u":7,"f":1.5,"b":true,"z":null,"a":[1,[2]],"o":{"k":"v","k":"w"}}]},{"role":"assistant","content":"later"}]}"#,
+            "14d0e22c28c0bdc9",
+            true,
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"only messages","metadata":{"cache_control":{"ttl":"1h"}}}]}"#,
+            "f41af1f710303975",
+            true,
+        ),
+        (r#"{"system":[],"messages":[]}"#, "896e3367d066fb6c", false),
+        (
+            r#"{"system":"s","messages":[{"ro\u006ce":"user","content":"esc key"}]}"#,
+            "de9409af109bc272",
+            false,
+        ),
+    ];
+    for (body, key, long_ttl) in pinned {
+        let session = identify(
+            &http::Method::POST,
+            "/v1/messages",
+            &HeaderMap::new(),
+            &parts_of(body),
+        )
+        .expect("a prompt session");
+        assert_eq!(
+            (session.key.to_string().as_str(), session.long_ttl),
+            (key, long_ttl),
+            "{body}"
+        );
+    }
+    let empty = parts_of(r#"{"system":[],"messages":[]}"#);
+    assert!(empty.system.is_some_and(|part| part.hash.is_some()));
+    assert_eq!(empty.messages.and_then(|part| part.hash), None);
 }

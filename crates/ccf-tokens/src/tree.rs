@@ -1,10 +1,14 @@
-//! A JSON tree borrowing its strings from the request body, for the estimate.
+//! [`Json`]: a request body parsed once into a tree that borrows its strings from the body.
 //!
 //! `serde_json::Value` copies every key and string into its own `String` and every object into
-//! a `BTreeMap`; the estimate only reads them, so this tree keeps the body's text where it can
-//! (strings without escapes) and objects as plain lists. [`Node`] is what the estimate reads: it
-//! is implemented for this tree and for `serde_json::Value`, and the two are checked to give the
-//! same estimate (tests).
+//! a `BTreeMap`; a request is only read, so this tree keeps the body's text where it can
+//! (strings without escapes) and objects as plain lists in document order. The forwarder parses
+//! each request body into it once at admission and reads everything it needs from it: the
+//! request's fields, its session, and the input estimate of [`crate::estimate_parsed_request`]
+//! (issue 19: the body used to be parsed twice, once more when the answer ended).
+//!
+//! [`Node`] is what the estimate reads: it is implemented for this tree and for
+//! `serde_json::Value`, and the two are checked to give the same estimate (tests).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -15,19 +19,67 @@ use serde_json::{Map, Number, Value};
 
 /// One JSON value whose strings borrow from the parsed text when they have no escapes.
 #[derive(Debug)]
-pub(super) enum Json<'a> {
+pub enum Json<'a> {
+    /// `null`.
     Null,
+    /// `true` or `false`.
     Bool(bool),
+    /// A number, as `serde_json` reads it (an unsigned, a negative or a float).
     Number(Number),
+    /// A string, borrowed unless it had escapes.
     String(Cow<'a, str>),
+    /// An array.
     Array(Vec<Json<'a>>),
     /// Members in document order, duplicates included (the last one counts, as in
     /// `serde_json::Value`).
     Object(Vec<(Cow<'a, str>, Json<'a>)>),
 }
 
+impl<'a> Json<'a> {
+    /// Parses one JSON text; strings without escapes borrow from `text`.
+    pub fn parse(text: &'a [u8]) -> Result<Json<'a>, serde_json::Error> {
+        serde_json::from_slice(text)
+    }
+
+    /// The string, when it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::String(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The boolean, when it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Json::Bool(value) => Some(*value),
+            _ => None,
+        }
+    }
+
+    /// The items, when it is an array.
+    pub fn as_array(&self) -> Option<&[Json<'a>]> {
+        match self {
+            Json::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// An object's member (the last one of that name); `None` for anything else.
+    pub fn get(&self, key: &str) -> Option<&Json<'a>> {
+        match self {
+            Json::Object(members) => members
+                .iter()
+                .rev()
+                .find(|(name, _)| name == key)
+                .map(|(_, value)| value),
+            _ => None,
+        }
+    }
+}
+
 /// What the estimate reads of a JSON value.
-pub(super) trait Node: Sized {
+pub(crate) trait Node: Sized {
     /// The string, when it is one.
     fn as_str(&self) -> Option<&str>;
     /// The items, when it is an array.
@@ -47,17 +99,11 @@ pub(super) trait Node: Sized {
 
 impl Node for Json<'_> {
     fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::String(text) => Some(text),
-            _ => None,
-        }
+        Json::as_str(self)
     }
 
     fn as_array(&self) -> Option<&[Self]> {
-        match self {
-            Json::Array(items) => Some(items),
-            _ => None,
-        }
+        Json::as_array(self)
     }
 
     fn is_object(&self) -> bool {
@@ -69,14 +115,7 @@ impl Node for Json<'_> {
     }
 
     fn get(&self, key: &str) -> Option<&Self> {
-        match self {
-            Json::Object(members) => members
-                .iter()
-                .rev()
-                .find(|(name, _)| name == key)
-                .map(|(_, value)| value),
-            _ => None,
-        }
+        Json::get(self, key)
     }
 
     fn members(&self) -> Vec<(&str, &Self)> {
