@@ -185,3 +185,65 @@ fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     crate::configure(&connection, busy_timeout)?;
     Ok(connection)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages the WAL file holds (its header aside), read from its size.
+    fn wal_pages(database: &Path, page_size: u64) -> u64 {
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        let bytes = std::fs::metadata(PathBuf::from(wal)).map_or(0, |meta| meta.len());
+        // Each frame is a 24-byte header and a page.
+        bytes.saturating_sub(32) / (page_size + 24)
+    }
+
+    /// The checkpoint thread is never asked (as when it cannot keep up or open the file): the
+    /// writer's commit hook copies the WAL into the file itself once it holds four times the
+    /// interval, so the WAL stays bounded.
+    #[test]
+    fn the_writer_checkpoints_itself_when_the_wal_outgrows_four_intervals() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("usage.db");
+        let interval = 8;
+        let done = Arc::new(AtomicU64::new(0));
+        let checkpointer =
+            Checkpointer::spawn(path.clone(), Duration::from_secs(1), interval, done.clone())
+                .expect("checkpoint thread");
+        let connection = Connection::open(&path).expect("open");
+        crate::configure(&connection, Duration::from_secs(1)).expect("configure");
+        install(&connection);
+        checkpointer.writer_thread_starts();
+        connection
+            .execute_batch("CREATE TABLE rows (body BLOB)")
+            .expect("table");
+        let page_size: i64 = connection
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .expect("page size");
+        let file_before = std::fs::metadata(&path).expect("file").len();
+        let mut most_pages = 0;
+        for _ in 0..200 {
+            // One transaction per row, each a page or more.
+            connection
+                .execute("INSERT INTO rows VALUES (zeroblob(?1))", [page_size])
+                .expect("insert");
+            most_pages = most_pages.max(wal_pages(&path, page_size as u64));
+        }
+        assert_eq!(
+            done.load(Ordering::Relaxed),
+            0,
+            "the thread was never asked"
+        );
+        let file_after = std::fs::metadata(&path).expect("file").len();
+        assert!(
+            file_after >= file_before + 100 * page_size as u64,
+            "the rows were copied into the file: {file_before} -> {file_after} bytes"
+        );
+        let bound = u64::try_from(interval * WRITER_CHECKPOINT_FACTOR).unwrap_or(u64::MAX) + 8;
+        assert!(
+            most_pages <= bound,
+            "the WAL stayed bounded: {most_pages} pages at most, against {bound}"
+        );
+    }
+}
