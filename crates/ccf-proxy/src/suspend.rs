@@ -8,19 +8,26 @@
 //! interval (the request path decides it), because only real traffic shows that an overloaded
 //! upstream serves again and nothing may signal it.
 //!
-//! No lost wakes: a request subscribes ([`Suspension::subscribe`]) before its routing round, and
-//! [`Suspension::wake`] always bumps the generation, even while nothing is held yet, so a wake
-//! between "nothing could serve it" and taking a hold slot is seen by the wait that follows.
+//! No lost wakes: a request notes the wake generation ([`Suspension::subscribe`]) before its
+//! routing round, and [`Suspension::wake`] always bumps it, even while nothing is held yet, so a
+//! wake between "nothing could serve it" and taking a hold slot is seen by the wait that follows
+//! ([`Suspension::changed`]).
+//!
+//! Nothing shared is locked per request (issue 19): every request notes the generation and every
+//! success wakes, so both are one atomic operation; only while a request waits does a wake also
+//! notify (a `tokio::sync::Notify`). Before, each request subscribed to a `watch` channel and each
+//! success sent on it: the channel's lock and its eight notifier shards' mutexes, taken by both
+//! serving threads, on every request.
 //! Cancellation: a held request is a future; when the client disconnects hyper drops it, its
 //! [`HoldPermit`] is dropped and the slot is freed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ccf_lifecycle::RequestId;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The shared suspension state of one forwarder.
@@ -30,7 +37,33 @@ pub struct Suspension {
     settings: Mutex<SuspendSettings>,
     held: AtomicUsize,
     since: Mutex<HashMap<RequestId, Instant>>,
-    generation: watch::Sender<u64>,
+    /// Bumped by every [`Suspension::wake`].
+    generation: AtomicU64,
+    /// Requests inside [`Suspension::changed`]: a wake notifies only while there are some.
+    waiting: AtomicUsize,
+    notify: Notify,
+}
+
+/// The wake generation a request has seen ([`Suspension::subscribe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wakes {
+    seen: u64,
+}
+
+/// Counts a request among the waiting while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A held request's slot; dropping it frees the slot.
@@ -78,7 +111,9 @@ impl Suspension {
             }),
             held: AtomicUsize::new(0),
             since: Mutex::new(HashMap::new()),
-            generation: watch::Sender::new(0),
+            generation: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            notify: Notify::new(),
         }
     }
 
@@ -148,16 +183,44 @@ impl Suspension {
     ///
     /// Always bumps the generation, also while nothing is held: a request between its failed
     /// round and taking a slot has subscribed already and must see this wake (a `held() > 0`
-    /// shortcut here lost it). Cheap: no receiver runs until it waits.
+    /// shortcut here lost it). Notifies only while a request waits.
     pub fn wake(&self) {
-        self.generation
-            .send_modify(|generation| *generation = generation.wrapping_add(1));
+        // Sequentially consistent, with `changed`'s count and read: either this load sees the
+        // waiter counted, or the waiter's read sees the new generation.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
     }
 
-    /// A receiver that changes on every [`Suspension::wake`]; take it *before* checking
-    /// availability so a wake between the check and the wait is not lost.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
+    /// The generation now; take it *before* checking availability so a wake between the check
+    /// and the wait is not lost ([`Suspension::changed`]).
+    pub fn subscribe(&self) -> Wakes {
+        Wakes {
+            seen: self.generation.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether a wake came since `wakes` was taken or last changed.
+    #[cfg(test)]
+    fn has_woken(&self, wakes: &Wakes) -> bool {
+        self.generation.load(Ordering::SeqCst) != wakes.seen
+    }
+
+    /// Waits for a wake after the one `wakes` has seen (at once when one came already), and
+    /// notes it in `wakes`. Cancel-safe: dropping the future only stops the wait.
+    pub async fn changed(&self, wakes: &mut Wakes) {
+        let _waiting = Waiting::new(&self.waiting);
+        loop {
+            // Created before the read: a wake after the read notifies this future.
+            let notified = self.notify.notified();
+            let now = self.generation.load(Ordering::SeqCst);
+            if now != wakes.seen {
+                wakes.seen = now;
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -207,13 +270,13 @@ mod tests {
     #[tokio::test]
     async fn reconfigure_changes_the_cap_and_wakes_held_requests() {
         let suspension = Arc::new(Suspension::new(true, Duration::from_secs(1), 1));
-        let receiver = suspension.subscribe();
+        let wakes = suspension.subscribe();
         let _held = suspension
             .try_hold(RequestId::from_u64(1))
             .expect("a free slot");
         assert!(suspension.try_hold(RequestId::from_u64(2)).is_none());
         suspension.reconfigure(true, Duration::from_secs(5), 2);
-        assert!(receiver.has_changed().expect("sender alive"));
+        assert!(suspension.has_woken(&wakes));
         assert_eq!(suspension.timeout(), Duration::from_secs(5));
         assert!(suspension.try_hold(RequestId::from_u64(2)).is_some());
         suspension.reconfigure(false, Duration::from_secs(5), 2);
@@ -225,12 +288,62 @@ mod tests {
         let suspension = Arc::new(Suspension::new(true, Duration::from_secs(1), 5));
         // The request subscribes before its round; its round fails; a sibling succeeds and
         // wakes before the request takes its slot.
-        let mut receiver = suspension.subscribe();
+        let mut wakes = suspension.subscribe();
         suspension.wake();
         let _permit = suspension.try_hold(RequestId::from_u64(1)).unwrap();
-        assert!(receiver.has_changed().unwrap(), "the early wake is seen");
-        receiver.changed().await.unwrap();
+        assert!(suspension.has_woken(&wakes), "the early wake is seen");
+        suspension.changed(&mut wakes).await;
+        assert!(!suspension.has_woken(&wakes));
         suspension.wake();
-        assert!(receiver.has_changed().unwrap());
+        assert!(suspension.has_woken(&wakes));
+    }
+
+    /// A request waiting in `changed` is woken by a wake from another task; without one it
+    /// keeps waiting.
+    #[tokio::test]
+    async fn a_waiting_request_is_woken_and_only_by_a_wake() {
+        let suspension = Arc::new(Suspension::new(true, Duration::from_secs(1), 5));
+        let mut wakes = suspension.subscribe();
+        let waiter = {
+            let suspension = Arc::clone(&suspension);
+            tokio::spawn(async move {
+                suspension.changed(&mut wakes).await;
+            })
+        };
+        // Let it reach its wait; nothing wakes it meanwhile.
+        while suspension.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "no wake, no return");
+        suspension.wake();
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the wake ends the wait")
+            .expect("the waiter ran");
+        assert_eq!(suspension.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    /// Many wakers and waiters on a multi-threaded runtime: every waiter that took its
+    /// generation before a wake returns (no lost wake between its read and its wait).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_wake_is_lost_between_a_read_and_a_wait() {
+        let suspension = Arc::new(Suspension::new(true, Duration::from_secs(1), 5));
+        for _ in 0..200 {
+            let mut wakes = suspension.subscribe();
+            let waiter = {
+                let suspension = Arc::clone(&suspension);
+                tokio::spawn(async move { suspension.changed(&mut wakes).await })
+            };
+            let waker = {
+                let suspension = Arc::clone(&suspension);
+                tokio::spawn(async move { suspension.wake() })
+            };
+            waker.await.expect("the waker ran");
+            tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("a wake after the generation was read ends the wait")
+                .expect("the waiter ran");
+        }
     }
 }

@@ -255,7 +255,7 @@ impl Forwarder {
     /// when the deadline passed.
     async fn wait_for_change(
         &self,
-        wakes: &mut tokio::sync::watch::Receiver<u64>,
+        wakes: &mut crate::suspend::Wakes,
         recheck_at: tokio::time::Instant,
         deadline: tokio::time::Instant,
     ) -> bool {
@@ -268,7 +268,7 @@ impl Forwarder {
         let wake_at = next_change.map_or(deadline, |next| next.min(deadline));
         let wake_at = wake_at.min(recheck_at);
         tokio::select! {
-            changed = wakes.changed() => changed.is_ok() || tokio::time::Instant::now() < deadline,
+            () = self.shared.suspension.changed(wakes) => true,
             () = tokio::time::sleep_until(wake_at) => tokio::time::Instant::now() < deadline,
         }
     }
