@@ -21,7 +21,7 @@
 //! body and leaves nothing heavy for the end of the answer. Before issue 19 the estimate parsed
 //! the body again when the answer ended, so as not to delay the upstream request: that second
 //! parse cost about as much as the first (some 5,000 instructions for a 1.4 KB body), while the
-//! counting pass alone delays the request by about 1 µs per 2 KB of text.
+//! counting pass that now runs before forwarding costs about 650 instructions for that body.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
