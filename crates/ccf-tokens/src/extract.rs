@@ -389,7 +389,7 @@ fn parse_payload<'a, T: Deserialize<'a>>(
     data: &'a [u8],
     diagnostics: &mut Diagnostics,
 ) -> Option<T> {
-    match serde_json::from_slice(data) {
+    match crate::tree::from_json_bytes(data) {
         Ok(payload) => Some(payload),
         Err(error) => {
             diagnostics.push(Diagnostic::MalformedEvent {
@@ -423,7 +423,7 @@ fn extract_json(body: &[u8]) -> Extraction {
         format: BodyFormat::Json,
         ..Extraction::default()
     };
-    let payload: JsonBody<'_> = match serde_json::from_slice(body) {
+    let payload: JsonBody<'_> = match crate::tree::from_json_bytes(body) {
         Ok(payload) => payload,
         Err(error) => {
             extraction.diagnostics.push(Diagnostic::MalformedJsonBody {
