@@ -172,6 +172,13 @@ fn asks_long_ttl(part: &Json<'_>) -> bool {
     scan.long_ttl
 }
 
+/// A member of `request` that is there and not `null`.
+fn present<'t, 'a>(request: &'t Json<'a>, name: &str) -> Option<&'t Json<'a>> {
+    request
+        .get(name)
+        .filter(|value| !matches!(value, Json::Null))
+}
+
 /// The body parts a session is identified by, read from the forwarder's one parse of the body.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BodySession {
@@ -196,11 +203,9 @@ impl BodySession {
                 .and_then(|metadata| metadata.get("user_id"))
                 .and_then(Json::as_str)
                 .map(str::to_string),
-            system: request
-                .get("system")
-                .map(|system| PromptHash::of(system, Hashing::All)),
-            messages: request
-                .get("messages")
+            // A `null` part is an absent one, as it was for the serde walk.
+            system: present(request, "system").map(|system| PromptHash::of(system, Hashing::All)),
+            messages: present(request, "messages")
                 .map(|messages| PromptHash::of(messages, Hashing::FirstElement)),
             long_ttl_elsewhere: ["tools", "cache_control"]
                 .iter()

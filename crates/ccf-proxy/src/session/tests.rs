@@ -181,6 +181,31 @@ fn prompt_keys_are_those_of_earlier_versions() {
             "{body}"
         );
     }
+    // A `null` part is an absent one: the same key as without it, and none without the other.
+    let without = identify(
+        &http::Method::POST,
+        "/v1/messages",
+        &HeaderMap::new(),
+        &parts_of(r#"{"messages":[{"role":"user","content":"hello"}]}"#),
+    )
+    .expect("a prompt session");
+    let with_null = identify(
+        &http::Method::POST,
+        "/v1/messages",
+        &HeaderMap::new(),
+        &parts_of(r#"{"system":null,"messages":[{"role":"user","content":"hello"}]}"#),
+    )
+    .expect("a prompt session");
+    assert_eq!(with_null.key, without.key);
+    assert_eq!(
+        identify(
+            &http::Method::POST,
+            "/v1/messages",
+            &HeaderMap::new(),
+            &parts_of(r#"{"system":null,"messages":null}"#),
+        ),
+        None
+    );
     let empty = parts_of(r#"{"system":[],"messages":[]}"#);
     assert!(empty.system.is_some_and(|part| part.hash.is_some()));
     assert_eq!(empty.messages.and_then(|part| part.hash), None);
