@@ -12,16 +12,16 @@ fn session_of(
     headers: &[(&'static str, &str)],
     body: &serde_json::Value,
 ) -> Option<SessionRequest> {
+    session_of_text(headers, &body.to_string())
+}
+
+/// [`session_of`] for a body as written (a `Value` would sort its keys and merge repeated ones).
+fn session_of_text(headers: &[(&'static str, &str)], body: &str) -> Option<SessionRequest> {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         map.insert(*name, HeaderValue::from_str(value).expect("header"));
     }
-    identify(
-        &http::Method::POST,
-        "/v1/messages",
-        &map,
-        &parts_of(&body.to_string()),
-    )
+    identify(&http::Method::POST, "/v1/messages", &map, &parts_of(body))
 }
 
 fn conversation(turns: &[&str], breakpoint_on_last: bool) -> serde_json::Value {
@@ -168,13 +168,7 @@ fn prompt_keys_are_those_of_earlier_versions() {
         ),
     ];
     for (body, key, long_ttl) in pinned {
-        let session = identify(
-            &http::Method::POST,
-            "/v1/messages",
-            &HeaderMap::new(),
-            &parts_of(body),
-        )
-        .expect("a prompt session");
+        let session = session_of_text(&[], body).expect("a prompt session");
         assert_eq!(
             (session.key.to_string().as_str(), session.long_ttl),
             (key, long_ttl),
@@ -182,28 +176,16 @@ fn prompt_keys_are_those_of_earlier_versions() {
         );
     }
     // A `null` part is an absent one: the same key as without it, and none without the other.
-    let without = identify(
-        &http::Method::POST,
-        "/v1/messages",
-        &HeaderMap::new(),
-        &parts_of(r#"{"messages":[{"role":"user","content":"hello"}]}"#),
-    )
-    .expect("a prompt session");
-    let with_null = identify(
-        &http::Method::POST,
-        "/v1/messages",
-        &HeaderMap::new(),
-        &parts_of(r#"{"system":null,"messages":[{"role":"user","content":"hello"}]}"#),
+    let without = session_of_text(&[], r#"{"messages":[{"role":"user","content":"hello"}]}"#)
+        .expect("a prompt session");
+    let with_null = session_of_text(
+        &[],
+        r#"{"system":null,"messages":[{"role":"user","content":"hello"}]}"#,
     )
     .expect("a prompt session");
     assert_eq!(with_null.key, without.key);
     assert_eq!(
-        identify(
-            &http::Method::POST,
-            "/v1/messages",
-            &HeaderMap::new(),
-            &parts_of(r#"{"system":null,"messages":null}"#),
-        ),
+        session_of_text(&[], r#"{"system":null,"messages":null}"#),
         None
     );
     let empty = parts_of(r#"{"system":[],"messages":[]}"#);
