@@ -148,33 +148,48 @@ pub enum UpstreamRequestError {
 
 /// Tells, once a request has been sent or given up, whether a connection was taken for it
 /// (the header timeout's "request sent"), whichever way it went out.
-pub(crate) struct ConnectionWatch {
-    pooled: hyper_util::client::legacy::connect::CaptureConnection,
-    in_task: ConnectionTaken,
+///
+/// Shared with the client's future (an `Arc`, cloned into it by [`UpstreamClient::request_watched`]):
+/// the request itself carries nothing for it unless it goes out on the pooled client, whose
+/// connection capture is a request extension. Issue 19: the capture (a watch channel and an
+/// extension map for every request) was made for requests driven in their own task as well,
+/// which never read it.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionWatch(Arc<WatchState>);
+
+#[derive(Default)]
+struct WatchState {
+    /// Set when a connection driven in the request's task was taken for it.
+    in_task: std::sync::atomic::AtomicBool,
+    /// The pooled client's capture, when the request went out on it.
+    pooled: OnceLock<hyper_util::client::legacy::connect::CaptureConnection>,
 }
 
 impl ConnectionWatch {
-    /// Watches `request`.
-    pub(crate) fn of(request: &mut Request<Full<Bytes>>) -> Self {
-        let pooled = hyper_util::client::legacy::connect::capture_connection(request);
-        let in_task = ConnectionTaken::default();
-        request.extensions_mut().insert(in_task.clone());
-        ConnectionWatch { pooled, in_task }
-    }
-
     /// Whether a connection carried the request.
     pub(crate) fn connection_taken(&self) -> bool {
-        self.in_task.0.load(Ordering::Acquire) || self.pooled.connection_metadata().is_some()
+        self.0.in_task.load(Ordering::Acquire)
+            || self
+                .0
+                .pooled
+                .get()
+                .is_some_and(|capture| capture.connection_metadata().is_some())
     }
-}
 
-/// Set when a connection driven in the request's task was taken for it.
-#[derive(Clone, Default)]
-pub(crate) struct ConnectionTaken(Arc<std::sync::atomic::AtomicBool>);
+    /// Notes that a connection driven in the request's task was taken for it.
+    fn set_in_task(&self) {
+        self.0.in_task.store(true, Ordering::Release);
+    }
 
-impl ConnectionTaken {
-    fn set(&self) {
-        self.0.store(true, Ordering::Release);
+    /// Asks the pooled client to tell which connection carries `request`.
+    fn capture_pooled(&self, request: &mut Request<Full<Bytes>>) {
+        // Set once: a request goes out on the pooled client at most once.
+        let _ = self
+            .0
+            .pooled
+            .set(hyper_util::client::legacy::connect::capture_connection(
+                request,
+            ));
     }
 }
 
@@ -361,7 +376,18 @@ impl UpstreamClient {
         request: Request<Full<Bytes>>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamRequestError>> + Send + 'static
     {
-        self.send_on_lane(Some(endpoint), request)
+        self.send_on_lane(Some(endpoint), request, None)
+    }
+
+    /// [`UpstreamClient::request`], telling `watch` whether a connection was taken for it.
+    pub(crate) fn request_watched(
+        &self,
+        endpoint: &str,
+        request: Request<Full<Bytes>>,
+        watch: &ConnectionWatch,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamRequestError>> + Send + 'static
+    {
+        self.send_on_lane(Some(endpoint), request, Some(watch.clone()))
     }
 
     /// Sends `request` for no endpoint (webhook deliveries): through the global `proxy`, with
@@ -380,7 +406,8 @@ impl UpstreamClient {
     fn send_on_lane(
         &self,
         endpoint: Option<&str>,
-        request: Request<Full<Bytes>>,
+        mut request: Request<Full<Bytes>>,
+        watch: Option<ConnectionWatch>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamRequestError>> + Send + 'static
     {
         // One per request, inside its future: boxing the pooled client would cost an
@@ -401,11 +428,15 @@ impl UpstreamClient {
         };
         async move {
             let (route, endpoint) = match way {
-                Way::Pooled(client, load) => return send_pooled(client, load, request).await,
+                Way::Pooled(client, load) => {
+                    if let Some(watch) = &watch {
+                        watch.capture_pooled(&mut request);
+                    }
+                    return send_pooled(client, load, request).await;
+                }
                 Way::InTask(route, endpoint) => (route, endpoint),
             };
-            let taken = request.extensions().get::<ConnectionTaken>().cloned();
-            match route.send(request, taken.as_ref()).await? {
+            match route.send(request, watch.as_ref()).await? {
                 in_task::InTaskOutcome::Answered(response) => {
                     Ok(response.map(|(inner, connection)| UpstreamBody {
                         inner,
@@ -415,7 +446,10 @@ impl UpstreamClient {
                         read_error: None,
                     }))
                 }
-                in_task::InTaskOutcome::UsePooled(request, client) => {
+                in_task::InTaskOutcome::UsePooled(mut request, client) => {
+                    if let Some(watch) = &watch {
+                        watch.capture_pooled(&mut request);
+                    }
                     let (lane, load) = client.lane_for(request.uri(), endpoint.as_deref());
                     send_pooled(lane, load, request).await
                 }

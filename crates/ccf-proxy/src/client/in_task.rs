@@ -257,7 +257,7 @@ impl InTaskRoute {
     pub(super) async fn send(
         mut self,
         mut request: Request<Full<Bytes>>,
-        taken: Option<&super::ConnectionTaken>,
+        taken: Option<&super::ConnectionWatch>,
     ) -> Result<InTaskOutcome, UpstreamRequestError> {
         let destination = request.uri().clone();
         request
@@ -284,7 +284,7 @@ impl InTaskRoute {
                 }
             };
             if let Some(taken) = taken {
-                taken.set();
+                taken.set_in_task();
             }
             match exchange(connection, request).await {
                 Ok((response, connection)) => {

@@ -427,3 +427,66 @@ fn a_request_off_the_cores_uses_the_pooled_client() {
         assert_eq!(client.lane_loads(&upstream.url()), vec![0]);
     });
 }
+
+/// Sends a request to `url` under a 200 ms limit (the header timeout's place) and says whether
+/// `request_watched`'s watch saw a connection taken for it.
+async fn watched_until_timeout(client: &UpstreamClient, url: &str) -> bool {
+    let watch = super::ConnectionWatch::default();
+    let exchange = client.request_watched("mock", post(url, "/v1/messages"), &watch);
+    let outcome = tokio::time::timeout(Duration::from_millis(200), exchange).await;
+    match outcome {
+        Err(_elapsed) => {}
+        Ok(Ok(_)) => panic!("no answer was expected from {url}"),
+        // Refused: the exchange ends before the limit.
+        Ok(Err(_)) => {}
+    }
+    watch.connection_taken()
+}
+
+/// An address nothing listens on.
+async fn refusing_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    format!("http://{address}")
+}
+
+#[test]
+fn a_watch_tells_whether_a_connection_carried_a_request_driven_in_its_task() {
+    on_core_thread(|| async {
+        let upstream = ccf_testkit::RawUpstream::start(
+            ccf_testkit::RawReply::new("").then(ccf_testkit::RawEnd::Hold),
+        )
+        .await
+        .expect("upstream");
+        let client = one_core_client(&upstream.url());
+        assert!(watched_until_timeout(&client, &upstream.url()).await);
+        assert_eq!(client.lane_loads(&upstream.url()), Vec::<usize>::new());
+        let refusing = refusing_url().await;
+        let client = one_core_client(&refusing);
+        assert!(!watched_until_timeout(&client, &refusing).await);
+    });
+}
+
+#[test]
+fn a_watch_tells_whether_a_connection_carried_a_pooled_request() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let upstream = ccf_testkit::RawUpstream::start(
+            ccf_testkit::RawReply::new("").then(ccf_testkit::RawEnd::Hold),
+        )
+        .await
+        .expect("upstream");
+        let client = one_core_client(&upstream.url());
+        assert!(watched_until_timeout(&client, &upstream.url()).await);
+        assert_eq!(client.idle_in_task_connections(&upstream.url()), vec![0]);
+        let refusing = refusing_url().await;
+        let client = one_core_client(&refusing);
+        assert!(!watched_until_timeout(&client, &refusing).await);
+    });
+}

@@ -476,14 +476,18 @@ impl Forwarder {
             endpoint.timeout
         };
         // Tells, when no headers came in time, whether a connection carried the request.
-        let connection = crate::client::ConnectionWatch::of(&mut upstream_request);
+        let connection = crate::client::ConnectionWatch::default();
         debug!(endpoint = %endpoint.name, group = %endpoint.group, "forwarding");
         let sent = Instant::now();
         // Boxed: the client's future is large (a connection's exchange driven in this task), and
         // held by value it was copied into the timeout and again into this future's state, and
         // made every future that holds this one larger to move (callgrind: about 1,000 to 2,500
         // instructions per request, more than the allocation costs).
-        let exchange = Box::pin(current.client.request(&endpoint.name, upstream_request));
+        let exchange = Box::pin(current.client.request_watched(
+            &endpoint.name,
+            upstream_request,
+            &connection,
+        ));
         match tokio::time::timeout(header_timeout, exchange).await {
             Ok(Ok(response)) => {
                 shared.metrics.record_header_latency(sent.elapsed());
