@@ -41,8 +41,9 @@ use crate::forwarder::Forwarder;
 pub(crate) mod after_write;
 pub mod per_core;
 
-/// The address of the client that sent a request, put into the request's extensions by
-/// [`serve`] (embedders serving the engine themselves may insert it too).
+/// The address of the client that sent a request, read from the request's extensions by
+/// [`Forwarder`]'s `Service` implementation and [`Forwarder::handle`]: embedders serving the
+/// engine themselves insert it. [`serve`] hands each connection's peer to the engine directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
@@ -60,9 +61,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithClien
     type Future =
         <Forwarder as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Future;
 
-    fn call(&self, mut request: http::Request<hyper::body::Incoming>) -> Self::Future {
-        request.extensions_mut().insert(self.client);
-        self.forwarder.call(request)
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let forwarder = self.forwarder.clone();
+        let client_ip = self.client.0.ip();
+        Box::pin(async move { Ok(forwarder.handle_from(request, Some(client_ip)).await) })
     }
 }
 

@@ -373,3 +373,30 @@ async fn an_answer_reaches_the_client_before_its_bookkeeping_runs() {
         .await;
     }
 }
+
+/// An embedder serving the engine itself (its `Service` implementation) names the client with
+/// a `ClientAddr` extension; the forwarder's own server hands the peer over directly. Both
+/// reach the record.
+#[tokio::test]
+async fn an_embedders_client_address_extension_reaches_the_record() {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::service::Service as _;
+    let upstream = MockUpstream::start().await;
+    let (forwarder, outcomes) = observed(&[("a", &upstream)], "").await;
+    let mut request = http::Request::post("/v1/messages")
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(request(false).to_string())))
+        .expect("request");
+    let client: std::net::SocketAddr = "192.0.2.7:5555".parse().expect("address");
+    request
+        .extensions_mut()
+        .insert(ccf_proxy::ClientAddr(client));
+    let response = forwarder.engine.call(request).await.expect("infallible");
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.expect("body");
+    let record = the_outcome(forwarder, &outcomes).await;
+    assert_eq!(
+        record.client_ip.map(|ip| ip.to_string()).as_deref(),
+        Some("192.0.2.7")
+    );
+}

@@ -9,6 +9,7 @@
 //!
 //! It must not know routing, upstreams or retries: nothing here talks to an endpoint.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -26,7 +27,6 @@ use crate::error::{anthropic_error_response, ProxyError};
 use crate::honesty::Honesty;
 use crate::limits::InFlightSlot;
 use crate::monitoring;
-use crate::server::ClientAddr;
 use crate::tracking::Tracker;
 
 /// How admission ended.
@@ -93,7 +93,12 @@ impl Forwarder {
 
     /// Phases 1 and 2: inbound auth, monitoring routes, the body, the request fields and the
     /// request's lifecycle.
-    pub(super) async fn admit<B>(&self, request: Request<B>, request_id: RequestId) -> Admission
+    pub(super) async fn admit<B>(
+        &self,
+        request: Request<B>,
+        request_id: RequestId,
+        client_ip: Option<IpAddr>,
+    ) -> Admission
     where
         B: Body<Data = Bytes> + Send,
         B::Error: Into<BoxError>,
@@ -131,10 +136,6 @@ impl Forwarder {
         }
         let started = Instant::now();
         let started_at = SystemTime::now();
-        let client_ip = request
-            .extensions()
-            .get::<ClientAddr>()
-            .map(|client| client.0.ip());
         let (parts, body) = request.into_parts();
         let limit = current.config.server.max_request_body_size.bytes();
         let read_timeout = current.config.server.body_read_timeout.get();

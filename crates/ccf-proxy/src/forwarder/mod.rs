@@ -33,6 +33,7 @@ mod route;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -335,6 +336,25 @@ impl Forwarder {
         B: Body<Data = Bytes> + Send,
         B::Error: Into<BoxError>,
     {
+        let client_ip = request
+            .extensions()
+            .get::<crate::server::ClientAddr>()
+            .map(|client| client.0.ip());
+        self.handle_from(request, client_ip).await
+    }
+
+    /// [`Forwarder::handle`] for a request from `client_ip`, given directly: the forwarder's
+    /// own server knows each connection's peer, and a request extension for it cost an
+    /// extension map per request (issue 19).
+    pub(crate) async fn handle_from<B>(
+        &self,
+        request: Request<B>,
+        client_ip: Option<IpAddr>,
+    ) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<BoxError>,
+    {
         let request_id = RequestId::generate();
         let span = tracing::info_span!(
             "request",
@@ -347,7 +367,10 @@ impl Forwarder {
             Ok(slot) => slot,
             Err(refused) => return with_request_id(refused.to_response(), request_id),
         };
-        let mut response = self.run_phases(request, request_id).instrument(span).await;
+        let mut response = self
+            .run_phases(request, request_id, client_ip)
+            .instrument(span)
+            .await;
         if let Some(slot) = slot {
             response = hold_until_body_ends(response, slot);
         }
@@ -355,13 +378,18 @@ impl Forwarder {
     }
 
     /// Phases 1 to 6 of one request, inside its span.
-    async fn run_phases<B>(&self, request: Request<B>, request_id: RequestId) -> Response<ProxyBody>
+    async fn run_phases<B>(
+        &self,
+        request: Request<B>,
+        request_id: RequestId,
+        client_ip: Option<IpAddr>,
+    ) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send,
         B::Error: Into<BoxError>,
     {
         // 1 auth, 2 admit: the request becomes a context, or is answered here.
-        let mut context = match self.admit(request, request_id).await {
+        let mut context = match self.admit(request, request_id, client_ip).await {
             Admission::Answered(response) => return response,
             Admission::CountTokens { parts, body } => {
                 return self.count_tokens(&parts, &body).await
