@@ -10,23 +10,30 @@
 use ccf_config::Endpoint;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// Whether `name` describes one connection and is never forwarded (RFC 9110 section 7.6.1), or
+/// is `Trailers`, which the Go original also listed: not a real header, dropped for parity.
+///
+/// A match on the name's text: every header of a request and of its answer is asked, and
+/// comparing each with a list of `HeaderName`s (nine comparisons, two of them of text for every
+/// header outside the standard set, as most of Claude Code's are) cost about 100 instructions a
+/// header (issue 19).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "trailers"
+    )
+}
 
 /// The client's headers for the forwarder alone: its credentials and the forwarder's host.
 const CLIENT_ONLY: [HeaderName; 3] = [header::HOST, header::AUTHORIZATION, X_API_KEY];
-
-/// The Go original also listed `Trailers`; it is not a real header but is dropped for parity.
-const LEGACY_TRAILERS: HeaderName = HeaderName::from_static("trailers");
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -39,9 +46,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// name of the list by lookup (a hash and a probe each, 13 for a request and 9 more for its
 /// answer's head, nearly all absent) cost about 4,000 instructions per request (issue 19).
 fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: &[HeaderName]) {
-    let goes = |name: &HeaderName| {
-        HOP_BY_HOP.contains(name) || *name == LEGACY_TRAILERS || also.contains(name)
-    };
+    let goes = |name: &HeaderName| is_hop_by_hop(name) || also.contains(name);
     let mut doomed: Vec<HeaderName> = headers.keys().filter(|name| goes(name)).cloned().collect();
     if doomed.contains(&header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -75,11 +80,10 @@ pub fn rewrite_request_headers(
     let mut headers = client_headers.clone();
     remove_hop_by_hop_and(&mut headers, &CLIENT_ONLY);
     if let Some(token) = endpoint.token.as_ref().filter(|token| !token.is_empty()) {
-        let value = HeaderValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
-            InvalidEndpointHeader {
+        let value =
+            HeaderValue::try_from(bearer(token.expose())).map_err(|_| InvalidEndpointHeader {
                 name: "authorization (token)".into(),
-            }
-        })?;
+            })?;
         headers.insert(header::AUTHORIZATION, sensitive(value));
     }
     if let Some(key) = endpoint.api_key.as_ref().filter(|key| !key.is_empty()) {
@@ -106,6 +110,14 @@ pub fn rewrite_request_headers(
         }
     }
     Ok(headers)
+}
+
+/// `Bearer <token>`, written without the formatting machinery (every request).
+fn bearer(token: &str) -> String {
+    let mut value = String::with_capacity("Bearer ".len() + token.len());
+    value.push_str("Bearer ");
+    value.push_str(token);
+    value
 }
 
 /// `Basic base64(user:password)` from a URL's user info (percent-decoded, as Go does), if any.
@@ -235,6 +247,44 @@ mod tests {
         assert_eq!(out["anthropic-beta"], "a,b,c");
         assert_eq!(out["user-agent"], "claude-cli/2");
         assert_eq!(out["x-unknown"], "kept");
+    }
+
+    #[test]
+    fn exactly_the_hop_by_hop_names_are_dropped() {
+        let dropped = [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "trailers",
+        ];
+        let kept = [
+            "connections",
+            "keep-alive-x",
+            "proxy-authentication",
+            "tee",
+            "t",
+            "trailer-x",
+            "transfer-encodings",
+            "upgrades",
+            "content-length",
+            "x-upgrade",
+            "host",
+        ];
+        let mut headers = HeaderMap::new();
+        for name in dropped.iter().chain(&kept) {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static("v"));
+        }
+        remove_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        let mut expected = kept.to_vec();
+        expected.sort_unstable();
+        assert_eq!(left, expected);
     }
 
     #[test]
