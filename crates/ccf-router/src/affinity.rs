@@ -604,16 +604,27 @@ impl Router {
         now: Instant,
     ) -> SessionDecision {
         let mut decision = SessionDecision::default();
-        let natural_first = plan.endpoints.first().map(|planned| planned.name.clone());
-        let bound = session
+        // Nothing is cloned or moved for the usual request (no binding, nothing draining):
+        // this runs for every request.
+        let preferred_position = session
             .filter(|_| self.affinity.settings.enabled)
             .and_then(|session| self.affinity.bound_endpoint(session.key, now))
-            .map(str::to_string);
-        let preferred_position = bound.as_deref().and_then(|bound| {
-            plan.endpoints.iter().position(|planned| {
-                planned.name == bound && planned.healthy && !self.quota.exhausted(bound, now)
-            })
-        });
+            .and_then(|bound| {
+                plan.endpoints.iter().position(|planned| {
+                    planned.name == bound && planned.healthy && !self.quota.exhausted(bound, now)
+                })
+            });
+        let any_draining = plan
+            .endpoints
+            .iter()
+            .any(|planned| self.quota.draining(&planned.name, now).is_some());
+        if !any_draining && preferred_position.is_none_or(|position| position == 0) {
+            if let Some(preferred) = preferred_position.and_then(|_| plan.endpoints.first()) {
+                decision.preferred = Some(preferred.name.clone());
+            }
+            return decision;
+        }
+        let natural_first = plan.endpoints.first().map(|planned| planned.name.clone());
         let preferred = preferred_position.map(|position| plan.endpoints.remove(position));
         let (mut keep, drained): (Vec<_>, Vec<_>) = plan
             .endpoints
