@@ -11,6 +11,7 @@
 //! It must not know how the answer was chosen (routing, retries): it gets one upstream answer and
 //! what it means for the request ([`Expectation`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,7 +48,7 @@ impl Forwarder {
     pub(super) fn relay(
         &self,
         upstream: Response<crate::client::UpstreamBody>,
-        endpoint: &Endpoint,
+        endpoint: &Arc<Endpoint>,
         context: &mut RequestContext,
         expectation: Expectation,
     ) -> Response<ProxyBody> {
@@ -105,7 +106,7 @@ impl Forwarder {
             tap: BodyTap::new(content_type.as_deref(), content_encoding.as_deref()),
             expectation,
             status,
-            endpoint: endpoint.name.clone(),
+            endpoint: Arc::clone(endpoint),
             forwarder: self.clone(),
             latency: context.last_attempt_latency,
             is_streaming: context.is_streaming,
@@ -122,7 +123,7 @@ impl Forwarder {
     /// on the request) and returns what records the turn's tokens when the body ends.
     fn session_turn(
         &self,
-        endpoint: &Endpoint,
+        endpoint: &Arc<Endpoint>,
         context: &RequestContext,
         tracker: &mut Option<Tracker>,
     ) -> crate::session::TurnRecorder {
@@ -148,12 +149,15 @@ impl Forwarder {
         let held = context.decision.held
             && context.decision.preferred.as_deref() == Some(endpoint.name.as_str());
         let forwarder = self.clone();
-        let name = endpoint.name.clone();
+        let endpoint = Arc::clone(endpoint);
         crate::session::TurnRecorder::new(move |model, tokens| {
-            forwarder
-                .shared
-                .router()
-                .record_turn(session.as_ref(), &name, model, tokens, held);
+            forwarder.shared.router().record_turn(
+                session.as_ref(),
+                &endpoint.name,
+                model,
+                tokens,
+                held,
+            );
         })
     }
 
@@ -194,7 +198,8 @@ struct RequestFinisher {
     tap: BodyTap,
     expectation: Expectation,
     status: StatusCode,
-    endpoint: String,
+    /// The endpoint that answered (shared with the configuration: no copy of its name).
+    endpoint: Arc<Endpoint>,
     /// The engine, to record the answer's passive health and latency when the body ends.
     forwarder: Forwarder,
     /// How long the answer's headers took.
@@ -271,7 +276,7 @@ impl RequestFinisher {
             tap,
             expectation,
             status,
-            endpoint,
+            endpoint: answered_by,
             forwarder,
             latency,
             is_streaming,
@@ -282,6 +287,7 @@ impl RequestFinisher {
             key_permit: _,
         } = *self;
         let _entered = span.enter();
+        let endpoint = answered_by.name.as_str();
         let extraction = tap.finish();
         for diagnostic in &extraction.diagnostics {
             debug!(endpoint = %endpoint, "usage parsing: {diagnostic}");
@@ -289,7 +295,7 @@ impl RequestFinisher {
         if expectation == Expectation::Success {
             // A final upstream error (4xx) was judged by its headers; a success only now.
             let verdict = Verdict::of(&end, &extraction);
-            forwarder.record_outcome(&endpoint, verdict, latency, is_streaming);
+            forwarder.record_outcome(endpoint, verdict, latency, is_streaming);
         }
         if let (Some(turn), RelayEnd::Complete) = (turn, &end) {
             turn.finish(extraction.model.as_deref(), extraction.usage.as_ref());
@@ -332,7 +338,7 @@ impl RequestFinisher {
                 }
                 None => {
                     if let Some((watch, forwarder)) = honesty {
-                        forwarder.record_honesty(&endpoint, watch.finish(&extraction));
+                        forwarder.record_honesty(endpoint, watch.finish(&extraction));
                     }
                     tracker.finish(|lifecycle, now| lifecycle.complete(now));
                 }
