@@ -9,6 +9,7 @@
 //! from [`ClusterLink::status`] when asked for; a lost link makes the status `degraded` (routing
 //! decides from this instance's state meanwhile), never `unhealthy` (the instance still serves).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -206,7 +207,7 @@ impl CostCounter {
             .get_or_create(&CostLabels {
                 endpoint: record.endpoint.clone().unwrap_or_default(),
                 group: record.group.clone().unwrap_or_default(),
-                model,
+                model: model.into_owned(),
             })
             .inc_by(usd);
     }
@@ -239,19 +240,22 @@ struct ModelLabels {
 }
 
 impl ModelLabels {
-    fn label(&self, requested: Option<&str>, answered: Option<&str>) -> String {
+    /// The model label of a request that asked for `requested` and was answered by `answered`:
+    /// borrowed from them (every finished request is labelled; only a new series' labels are
+    /// copied, by the caller).
+    fn label<'a>(&self, requested: Option<&'a str>, answered: Option<&'a str>) -> Cow<'a, str> {
         let mut seen = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(answered) = answered.filter(|model| !model.is_empty()) {
             if seen.contains(answered) {
-                return answered.to_string();
+                return Cow::Borrowed(answered);
             }
             if seen.len() < MAX_ANSWERED_MODELS {
                 seen.insert(answered.to_string());
-                return answered.to_string();
+                return Cow::Borrowed(answered);
             }
         }
         let Some(model) = answered.or(requested).filter(|model| !model.is_empty()) else {
-            return "unknown".to_string();
+            return Cow::Borrowed("unknown");
         };
         let priced = || {
             self.catalog
@@ -261,9 +265,9 @@ impl ModelLabels {
                 .is_some_and(|knows| knows(model))
         };
         if seen.contains(model) || priced() {
-            model.to_string()
+            Cow::Borrowed(model)
         } else {
-            "other".to_string()
+            Cow::Borrowed("other")
         }
     }
 }
@@ -832,7 +836,7 @@ impl Metrics {
             record.request_model.as_deref(),
             record.response_model.as_deref(),
         );
-        let model = model.as_str();
+        let model: &str = &model;
         let status = record.status.as_str();
         let class = status_class(record.http_status);
         let series = self.finished_series(endpoint, group, model, status, class);
@@ -1574,8 +1578,9 @@ mod tests {
     #[test]
     fn model_labels_are_answered_or_priced_models_and_the_rest_is_other() {
         let labels = ModelLabels::default();
-        let label =
-            |requested: Option<&str>, answered: Option<&str>| labels.label(requested, answered);
+        let label = |requested: Option<&str>, answered: Option<&str>| {
+            labels.label(requested, answered).into_owned()
+        };
         // No pricing installed yet: only what upstreams answered with is a label.
         assert_eq!(label(Some("client-made-up-1"), None), "other");
         assert_eq!(label(None, None), "unknown");

@@ -211,7 +211,7 @@ impl Forwarder {
                     .get(header::USER_AGENT)
                     .and_then(|value| value.to_str().ok())
                     .map(str::to_string),
-                method: parts.method.to_string(),
+                method: parts.method.as_str().to_owned(),
                 path: parts.uri.path().to_string(),
                 is_streaming,
                 request_model: fields.model.clone(),
