@@ -187,6 +187,17 @@ impl DeferredRecord for FinalState {
         ))
     }
 
+    /// The record's texts are moved into the row when nothing else holds the record any more
+    /// (by the time the writer gets to it, the request's tracker and the event's listeners are
+    /// done with it), else copied.
+    fn into_record(self: Box<Self>) -> Option<ccf_store::UsageRecord> {
+        let FinalState { event, instance_id } = *self;
+        Some(match Arc::try_unwrap(event.into_record()) {
+            Ok(record) => ccf_store::UsageRecord::from_final_request(record, Some(&instance_id)),
+            Err(shared) => ccf_store::UsageRecord::from_request(&shared, Some(&instance_id)),
+        })
+    }
+
     /// Priced from the lifecycle record's own fields, as `to_record` would store them (the
     /// model by `RequestRecord::model`, the usage or none), without building the row.
     fn cost(&self, pricing: &Pricing) -> Cost {

@@ -102,6 +102,12 @@ impl LifecycleEvent {
         &self.record
     }
 
+    /// The record, shared with whoever else holds this change (and with the lifecycle while
+    /// it goes on).
+    pub fn into_record(self) -> Arc<RequestRecord> {
+        self.record
+    }
+
     /// The request's id.
     pub fn request_id(&self) -> RequestId {
         self.record.id

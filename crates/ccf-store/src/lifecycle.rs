@@ -23,21 +23,51 @@ impl UsageRecord {
     /// `suspended`), as the Go original stored it; the attempts trail is stored as JSON, and
     /// not at all when there was no attempt.
     pub fn from_request(record: &RequestRecord, instance_id: Option<&str>) -> UsageRecord {
+        UsageRecord::from_texts(record, RecordTexts::copied(record), instance_id)
+    }
+
+    /// [`UsageRecord::from_request`] for a record nobody else reads any more (a final state
+    /// handed to the recorder): its texts are moved into the row instead of copied (issue 19:
+    /// a dozen allocations and as many frees per row on the writer's thread).
+    pub fn from_final_request(mut record: RequestRecord, instance_id: Option<&str>) -> UsageRecord {
+        let texts = RecordTexts::taken(&mut record);
+        UsageRecord::from_texts(&record, texts, instance_id)
+    }
+
+    /// The row of `record`, whose texts come in `texts` (copied or moved out of it).
+    fn from_texts(
+        record: &RequestRecord,
+        texts: RecordTexts,
+        instance_id: Option<&str>,
+    ) -> UsageRecord {
+        let RecordTexts {
+            user_agent,
+            method,
+            path,
+            endpoint,
+            group,
+            model,
+            requested_model,
+            last_failure_reason,
+            cancel_reason,
+            usage,
+            api_key_name,
+        } = texts;
         // Built field by field (not `UsageRecord::new` and then overwritten): every row written
         // comes through here, and `new`'s default texts would be allocated only to be dropped.
         UsageRecord {
             request_id: record.id.to_string(),
             client_ip: record.client_ip.map(ip_text),
-            user_agent: record.user_agent.clone(),
-            method: record.method.clone(),
-            path: record.path.clone(),
+            user_agent,
+            method,
+            path,
             start_time: record.started_at,
             end_time: record.ended_at,
             duration_ms: record.duration.map(millis),
-            endpoint_name: record.endpoint.clone(),
-            group_name: record.group.clone(),
-            model_name: record.model().map(str::to_string),
-            requested_model: record.request_model.clone(),
+            endpoint_name: endpoint,
+            group_name: group,
+            model_name: model,
+            requested_model,
             is_streaming: record.is_streaming,
             // The Go original stored the error dimension in the status column while a request
             // was live.
@@ -51,9 +81,9 @@ impl UsageRecord {
             failure_reason: record
                 .failure_reason
                 .map(|reason| reason.as_str().to_string()),
-            last_failure_reason: record.last_failure_reason.clone(),
-            cancel_reason: record.cancel_reason.clone(),
-            usage: record.usage.clone().unwrap_or_default(),
+            last_failure_reason,
+            cancel_reason,
+            usage: usage.unwrap_or_default(),
             time_to_first_byte_ms: record.time_to_first_byte.map(millis),
             attempts_json: (!record.attempts.is_empty())
                 .then(|| serde_json::to_string(&record.attempts).ok())
@@ -61,8 +91,67 @@ impl UsageRecord {
             model_mismatch: record.model_mismatch,
             partial: record.partial,
             instance_id: instance_id.map(str::to_string),
-            api_key_name: record.api_key_name.clone(),
+            api_key_name,
             is_final: record.is_final(),
+        }
+    }
+}
+
+/// The texts of a row that come from its record as they are: copied from a record still read
+/// elsewhere, moved out of one that is not.
+struct RecordTexts {
+    user_agent: Option<String>,
+    method: String,
+    path: String,
+    endpoint: Option<String>,
+    group: Option<String>,
+    /// [`RequestRecord::model`].
+    model: Option<String>,
+    requested_model: Option<String>,
+    last_failure_reason: Option<String>,
+    cancel_reason: Option<String>,
+    usage: Option<ccf_types::Usage>,
+    api_key_name: Option<String>,
+}
+
+impl RecordTexts {
+    fn copied(record: &RequestRecord) -> RecordTexts {
+        RecordTexts {
+            user_agent: record.user_agent.clone(),
+            method: record.method.clone(),
+            path: record.path.clone(),
+            endpoint: record.endpoint.clone(),
+            group: record.group.clone(),
+            model: record.model().map(str::to_string),
+            requested_model: record.request_model.clone(),
+            last_failure_reason: record.last_failure_reason.clone(),
+            cancel_reason: record.cancel_reason.clone(),
+            usage: record.usage.clone(),
+            api_key_name: record.api_key_name.clone(),
+        }
+    }
+
+    /// Moves the texts out of `record`, leaving empty ones (the rest of the row is read from
+    /// it afterwards: nothing else it is read for is a text taken here).
+    fn taken(record: &mut RequestRecord) -> RecordTexts {
+        // The model first: `RequestRecord::model` reads the answered, sent and requested names.
+        let model = record
+            .response_model
+            .take()
+            .or_else(|| record.sent_model.take())
+            .or_else(|| record.request_model.clone());
+        RecordTexts {
+            user_agent: record.user_agent.take(),
+            method: std::mem::take(&mut record.method),
+            path: std::mem::take(&mut record.path),
+            endpoint: record.endpoint.take(),
+            group: record.group.take(),
+            model,
+            requested_model: record.request_model.take(),
+            last_failure_reason: record.last_failure_reason.take(),
+            cancel_reason: record.cancel_reason.take(),
+            usage: record.usage.take(),
+            api_key_name: record.api_key_name.take(),
         }
     }
 }
@@ -205,5 +294,60 @@ mod tests {
         assert_eq!(row.instance_id.as_deref(), Some("node-1"));
         assert_eq!(row.api_key_name.as_deref(), Some("team"));
         assert!(row.is_final);
+    }
+
+    #[test]
+    fn a_final_record_moved_into_its_row_gives_the_row_a_copy_gives() {
+        let (mut lifecycle, started) = start();
+        lifecycle.forwarding("a", "main").expect("forward");
+        lifecycle.attempt_finished(Attempt {
+            endpoint: "a".into(),
+            group: "main".into(),
+            started_at: started,
+            duration: Duration::from_millis(40),
+            outcome: AttemptOutcome::Status { status: 529 },
+        });
+        lifecycle
+            .retrying(FailureReason::RateLimited, "529 from a")
+            .expect("retry");
+        lifecycle.set_usage(
+            Usage {
+                input_tokens: 3,
+                service_tier: Some("standard".into()),
+                ..Usage::default()
+            },
+            true,
+        );
+        let finished = lifecycle.complete(started + Duration::from_millis(900));
+        let base = finished.record().clone();
+        let mut variants = vec![base.clone()];
+        let models = [
+            (Some("answered"), Some("sent"), Some("asked")),
+            (None, Some("sent"), Some("asked")),
+            (None, None, Some("asked")),
+            (Some(""), Some("sent"), None),
+            (None, None, None),
+        ];
+        for (answered, sent, asked) in models {
+            let mut record = base.clone();
+            record.response_model = answered.map(str::to_string);
+            record.sent_model = sent.map(str::to_string);
+            record.request_model = asked.map(str::to_string);
+            variants.push(record);
+        }
+        let mut bare = base.clone();
+        bare.user_agent = None;
+        bare.api_key_name = None;
+        bare.cancel_reason = Some("client went away".into());
+        bare.last_failure_reason = None;
+        bare.usage = None;
+        bare.endpoint = None;
+        bare.group = None;
+        variants.push(bare);
+        for record in variants {
+            let copied = UsageRecord::from_request(&record, Some("node-1"));
+            let moved = UsageRecord::from_final_request(record.clone(), Some("node-1"));
+            assert_eq!(moved, copied, "{record:#?}");
+        }
     }
 }

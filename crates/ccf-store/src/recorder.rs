@@ -219,6 +219,11 @@ pub trait DeferredRecord: Send + 'static {
     /// The row to write; `None` when there is nothing to write any more: a live state read
     /// after its request ended, whose final state is handed over on its own.
     fn to_record(&self) -> Option<UsageRecord>;
+    /// [`DeferredRecord::to_record`] when the row is written: the state is not read again, so
+    /// an implementation can move its texts into the row instead of copying them.
+    fn into_record(self: Box<Self>) -> Option<UsageRecord> {
+        self.to_record()
+    }
     /// The cost of the final state under `pricing` ([`final_cost`] of its model and usage).
     /// Called once, on the request path, when the final state is handed over; the default builds
     /// the row, an implementation can price its own fields without that.
@@ -253,7 +258,7 @@ impl Snapshot {
     fn into_stored(self) -> Option<StoredRecord> {
         let record = match self.body {
             Body::Ready(record) => *record,
-            Body::Deferred(deferred) => deferred.to_record()?,
+            Body::Deferred(deferred) => deferred.into_record()?,
         };
         Some(StoredRecord::with_cost(record, self.cost))
     }
