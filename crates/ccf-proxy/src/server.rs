@@ -88,6 +88,9 @@ pub struct ConnectionLimits {
     pub max_headers: usize,
 }
 
+/// The most headers hyper's HTTP/1 server reads in a request head when no limit is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// hyper refuses a smaller HTTP/1 read buffer.
 const MIN_HEADER_BYTES: usize = 8 * 1024;
 
@@ -289,12 +292,17 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
-        .max_headers(limits.max_headers);
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+    // hyper's own limit is the default's 100 headers, parsed into arrays it leaves
+    // uninitialised; any limit set explicitly, even 100, makes it fill two arrays of that many
+    // entries for every request head (about 1,700 instructions a request, issue 19).
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        http1.max_headers(limits.max_headers);
+    }
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let first_head_timeout = options.header_read_timeout;

@@ -287,6 +287,27 @@ async fn too_many_or_too_large_headers_get_431() {
     forwarder.stop().await;
 }
 
+/// The default limit, 100 headers, is hyper's own (the server leaves it unset then): a head of
+/// exactly 100 headers goes through, 101 get 431.
+#[tokio::test]
+async fn the_default_header_limit_is_one_hundred() {
+    let upstream = MockUpstream::start().await;
+    let forwarder = Forwarder::in_front_of(&upstream, "", "").await;
+    let addr = forwarder.base.trim_start_matches("http://").to_string();
+    // `request_head` writes four headers of its own.
+    let fillers = |count: usize| -> String {
+        (0..count)
+            .map(|i| format!("x-filler-{i}: {i}\r\n"))
+            .collect()
+    };
+    let answer = raw_exchange(&forwarder.base, &request_head(&addr, &fillers(96))).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = raw_exchange(&forwarder.base, &request_head(&addr, &fillers(97))).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(upstream_requests(&upstream), 1);
+    forwarder.stop().await;
+}
+
 #[tokio::test]
 async fn slow_and_silent_clients_are_closed_after_the_header_read_timeout() {
     let upstream = MockUpstream::start().await;
