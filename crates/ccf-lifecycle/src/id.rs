@@ -53,17 +53,9 @@ impl RequestId {
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `req-` and 16 lowercase hex digits, written straight into a buffer: the id is
-        // formatted for every request (response header, log span), and `{:016x}` through the
-        // formatting machinery cost several times this.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = *b"req-0000000000000000";
-        for (index, byte) in text[4..].iter_mut().enumerate() {
-            let shift = 60 - 4 * index;
-            *byte = HEX[((self.0 >> shift) & 0xf) as usize];
-        }
-        // Only ASCII was written.
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+        // `req-` and 16 lowercase hex digits.
+        f.write_str("req-")?;
+        ccf_types::write_hex16(f, self.0)
     }
 }
 

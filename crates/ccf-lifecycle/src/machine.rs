@@ -228,8 +228,8 @@ impl Lifecycle {
 
     /// The conversation this request belongs to (a hashed session key; see
     /// [`RequestRecord::session_id`]).
-    pub fn set_session(&mut self, session_id: &str) {
-        self.record_mut().session_id = Some(session_id.to_string());
+    pub fn set_session(&mut self, session_id: impl Into<String>) {
+        self.record_mut().session_id = Some(session_id.into());
     }
 
     /// Session affinity moved the conversation here from `from` (see

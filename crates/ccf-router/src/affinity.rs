@@ -94,7 +94,7 @@ pub struct SessionKey(pub u64);
 
 impl fmt::Display for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        ccf_types::write_hex16(f, self.0)
     }
 }
 
@@ -706,6 +706,21 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_key_reads_as_sixteen_hex_digits() {
+        for bits in [
+            0,
+            1,
+            0xa,
+            0xdead_beef,
+            0x0123_4567_89ab_cdef,
+            u64::MAX,
+            1 << 63,
+        ] {
+            assert_eq!(SessionKey(bits).to_string(), format!("{bits:016x}"));
+        }
+    }
 
     fn session(key: u64) -> SessionRequest {
         SessionRequest {
