@@ -50,26 +50,29 @@ impl Forwarder {
             let mut tried_groups: Vec<String> = Vec::new();
             // The model rule's group first, when the request matched one (model_rules.rs).
             while let Some(mut plan) = self.round_plan(context, &tried_groups) {
-                let Some(group) = plan.group.clone() else {
+                if plan.group.is_none() {
                     break;
-                };
+                }
                 self.rank_by_fast_test(&mut plan).await;
                 // Session affinity and quota draining reorder the plan last, so they win.
                 context.decision =
                     shared
                         .router()
                         .arrange(&mut plan, context.session.as_ref(), Instant::now());
-                if tried_groups.contains(&group) {
+                let Some(group) = plan.group.as_deref() else {
+                    break;
+                };
+                if tried_groups.iter().any(|tried| tried == group) {
                     break;
                 }
-                tried_groups.push(group.clone());
+                tried_groups.push(group.to_string());
                 match self
                     .try_group(context, &plan, &mut last_answer, &mut last_error)
                     .await
                 {
                     GroupOutcome::Answered(response) => {
                         if response.status().is_success() {
-                            shared.group_served(&group);
+                            shared.group_served(group);
                         }
                         if let Some(permit) = permit.take() {
                             self.note_resumed(context, &permit);
@@ -77,7 +80,7 @@ impl Forwarder {
                         return response;
                     }
                     GroupOutcome::Exhausted => {
-                        if !self.fail_over(&group) {
+                        if !self.fail_over(group) {
                             break;
                         }
                     }
