@@ -19,6 +19,9 @@
 //!   endpoint and group indexes dropped (no query looks rows up by them), the failure-reason
 //!   index holds only rows with a reason, and the index of rows the summary does not count holds
 //!   only those (`summarized = 0`).
+//! - v10 `partial_key_indexes`: two b-trees fewer again: the `instance_id` index dropped (a
+//!   filter of the request list only, and every row has one), the `api_key_name` index holding
+//!   only rows with a key.
 //!
 //! After the versions, on every run: when the configured day zone is not the one recorded (a
 //! database from before v6 counted UTC days), `usage_summary` is rebuilt from the final rows in
@@ -44,10 +47,11 @@ const V6_SUMMARY_IN_DAY_ZONE: &str = include_str!("../migrations/0006_summary_in
 const V7_HOURLY_SUMMARY: &str = include_str!("../migrations/0007_hourly_summary.sql");
 const V8_REQUESTED_MODEL: &str = include_str!("../migrations/0008_requested_model.sql");
 const V9_LEAN_REQUEST_INDEXES: &str = include_str!("../migrations/0009_lean_request_indexes.sql");
+const V10_PARTIAL_KEY_INDEXES: &str = include_str!("../migrations/0010_partial_key_indexes.sql");
 const TRIGGERS: &str = include_str!("../migrations/triggers.sql");
 
 /// Every migration: version and name.
-pub const MIGRATIONS: [(u32, &str); 8] = [
+pub const MIGRATIONS: [(u32, &str); 9] = [
     (1, "initial"),
     (2, "extend"),
     (3, "utc_timestamps_and_summary"),
@@ -56,6 +60,7 @@ pub const MIGRATIONS: [(u32, &str); 8] = [
     (7, "hourly_summary"),
     (8, "requested_model"),
     (9, "lean_request_indexes"),
+    (10, "partial_key_indexes"),
 ];
 
 /// v1 columns that an older Go database may lack, with the definition used to add them.
@@ -296,6 +301,7 @@ fn apply(tx: &Transaction<'_>, version: u32, zone: LegacyZone) -> rusqlite::Resu
             tx.execute_batch(V8_REQUESTED_MODEL)
         }
         9 => tx.execute_batch(V9_LEAN_REQUEST_INDEXES),
+        10 => tx.execute_batch(V10_PARTIAL_KEY_INDEXES),
         _ => Ok(()),
     }
 }
