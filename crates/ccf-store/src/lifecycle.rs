@@ -245,8 +245,8 @@ mod tests {
         assert_eq!(row.attempts_json, None, "no attempt yet, no trail");
     }
 
-    #[test]
-    fn a_finished_request_maps_every_column() {
+    /// A request forwarded to endpoint `a` of group `main`, whose attempt got `status`.
+    fn forwarded(status: u16) -> (Lifecycle, SystemTime) {
         let (mut lifecycle, started) = start();
         lifecycle.forwarding("a", "main").expect("forward");
         lifecycle.attempt_finished(Attempt {
@@ -254,8 +254,14 @@ mod tests {
             group: "main".into(),
             started_at: started,
             duration: Duration::from_millis(40),
-            outcome: AttemptOutcome::Status { status: 200 },
+            outcome: AttemptOutcome::Status { status },
         });
+        (lifecycle, started)
+    }
+
+    #[test]
+    fn a_finished_request_maps_every_column() {
+        let (mut lifecycle, started) = forwarded(200);
         lifecycle
             .processing(200, Duration::from_millis(45))
             .expect("process");
@@ -298,15 +304,7 @@ mod tests {
 
     #[test]
     fn a_final_record_moved_into_its_row_gives_the_row_a_copy_gives() {
-        let (mut lifecycle, started) = start();
-        lifecycle.forwarding("a", "main").expect("forward");
-        lifecycle.attempt_finished(Attempt {
-            endpoint: "a".into(),
-            group: "main".into(),
-            started_at: started,
-            duration: Duration::from_millis(40),
-            outcome: AttemptOutcome::Status { status: 529 },
-        });
+        let (mut lifecycle, started) = forwarded(529);
         lifecycle
             .retrying(FailureReason::RateLimited, "529 from a")
             .expect("retry");

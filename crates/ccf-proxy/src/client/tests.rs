@@ -453,20 +453,28 @@ async fn refusing_url() -> String {
     format!("http://{address}")
 }
 
+/// A watch sees a connection taken for a request to an upstream that holds it unanswered, and
+/// none for one to a refusing port. Returns the held upstream and its client, for the checks
+/// of the path the requests took.
+async fn watch_sees_a_held_request_but_not_a_refused_one(
+) -> (ccf_testkit::RawUpstream, UpstreamClient) {
+    let upstream = ccf_testkit::RawUpstream::start(
+        ccf_testkit::RawReply::new("").then(ccf_testkit::RawEnd::Hold),
+    )
+    .await
+    .expect("upstream");
+    let client = one_core_client(&upstream.url());
+    assert!(watched_until_timeout(&client, &upstream.url()).await);
+    let refusing = refusing_url().await;
+    assert!(!watched_until_timeout(&one_core_client(&refusing), &refusing).await);
+    (upstream, client)
+}
+
 #[test]
 fn a_watch_tells_whether_a_connection_carried_a_request_driven_in_its_task() {
     on_core_thread(|| async {
-        let upstream = ccf_testkit::RawUpstream::start(
-            ccf_testkit::RawReply::new("").then(ccf_testkit::RawEnd::Hold),
-        )
-        .await
-        .expect("upstream");
-        let client = one_core_client(&upstream.url());
-        assert!(watched_until_timeout(&client, &upstream.url()).await);
+        let (upstream, client) = watch_sees_a_held_request_but_not_a_refused_one().await;
         assert_eq!(client.lane_loads(&upstream.url()), Vec::<usize>::new());
-        let refusing = refusing_url().await;
-        let client = one_core_client(&refusing);
-        assert!(!watched_until_timeout(&client, &refusing).await);
     });
 }
 
@@ -477,16 +485,7 @@ fn a_watch_tells_whether_a_connection_carried_a_pooled_request() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let upstream = ccf_testkit::RawUpstream::start(
-            ccf_testkit::RawReply::new("").then(ccf_testkit::RawEnd::Hold),
-        )
-        .await
-        .expect("upstream");
-        let client = one_core_client(&upstream.url());
-        assert!(watched_until_timeout(&client, &upstream.url()).await);
+        let (upstream, client) = watch_sees_a_held_request_but_not_a_refused_one().await;
         assert_eq!(client.idle_in_task_connections(&upstream.url()), vec![0]);
-        let refusing = refusing_url().await;
-        let client = one_core_client(&refusing);
-        assert!(!watched_until_timeout(&client, &refusing).await);
     });
 }
