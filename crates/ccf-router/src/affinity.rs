@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use ccf_config::Config;
 
 use crate::state::instant_after;
-use crate::{RoutePlan, Router};
+use crate::{PlannedEndpoint, RoutePlan, Router};
 
 /// Default binding lifetime after a turn: the 5-minute prompt cache.
 pub const DEFAULT_AFFINITY_TTL: Duration = Duration::from_secs(5 * 60);
@@ -604,8 +604,6 @@ impl Router {
         now: Instant,
     ) -> SessionDecision {
         let mut decision = SessionDecision::default();
-        // Nothing is cloned or moved for the usual request (no binding, nothing draining):
-        // this runs for every request.
         let preferred_position = session
             .filter(|_| self.affinity.settings.enabled)
             .and_then(|session| self.affinity.bound_endpoint(session.key, now))
@@ -614,35 +612,28 @@ impl Router {
                     planned.name == bound && planned.healthy && !self.quota.exhausted(bound, now)
                 })
             });
-        let any_draining = plan
-            .endpoints
-            .iter()
-            .any(|planned| self.quota.draining(&planned.name, now).is_some());
-        if !any_draining && preferred_position.is_none_or(|position| position == 0) {
-            if let Some(preferred) = preferred_position.and_then(|_| plan.endpoints.first()) {
-                decision.preferred = Some(preferred.name.clone());
-            }
-            return decision;
+        // Reordered in place, and names copied only for what changed: this runs for every
+        // request, and nearly always changes nothing (issue 19).
+        if let Some(position) = preferred_position {
+            decision.held = plan.endpoints[0].name != plan.endpoints[position].name;
+            decision.preferred = Some(plan.endpoints[position].name.clone());
+            // The bound endpoint first, the ones it passed in their order.
+            plan.endpoints[..=position].rotate_right(1);
         }
-        let natural_first = plan.endpoints.first().map(|planned| planned.name.clone());
-        let preferred = preferred_position.map(|position| plan.endpoints.remove(position));
-        let (mut keep, drained): (Vec<_>, Vec<_>) = plan
-            .endpoints
-            .drain(..)
-            .partition(|planned| self.quota.draining(&planned.name, now).is_none());
-        if !keep.is_empty() || preferred.is_some() {
-            decision.drained = drained.iter().map(|planned| planned.name.clone()).collect();
-            keep.extend(drained);
-        } else {
-            // Every candidate is draining: the order stays as planned.
-            keep = drained;
+        let others = &mut plan.endpoints[usize::from(preferred_position.is_some())..];
+        let is_draining =
+            |planned: &PlannedEndpoint| self.quota.draining(&planned.name, now).is_some();
+        let draining = others.iter().filter(|planned| is_draining(planned)).count();
+        // Every candidate draining and none preferred: the order stays as planned.
+        let every_candidate_drains = preferred_position.is_none() && draining == others.len();
+        if draining > 0 && !every_candidate_drains {
+            // Stable: the drained move to the end in their order, the others keep theirs.
+            others.sort_by_key(|planned| is_draining(planned));
+            decision.drained = others[others.len() - draining..]
+                .iter()
+                .map(|planned| planned.name.clone())
+                .collect();
         }
-        if let Some(preferred) = preferred {
-            decision.held = natural_first.as_deref() != Some(preferred.name.as_str());
-            decision.preferred = Some(preferred.name.clone());
-            keep.insert(0, preferred);
-        }
-        plan.endpoints = keep;
         decision
     }
 
@@ -1273,6 +1264,22 @@ mod tests {
         let (order, decision) = turn(&mut router, Some(&session(9)), &[], after_reset);
         assert_eq!(order, names(&["a", "b", "c"]));
         assert!(decision.drained.is_empty());
+    }
+
+    #[test]
+    fn a_bound_endpoint_goes_first_and_every_other_one_draining_goes_after_it_in_order() {
+        let start = Instant::now();
+        let mut router = router(true);
+        low_and_burning(&mut router, "a", start);
+        low_and_burning(&mut router, "b", start);
+        let bound = session(5);
+        router.session_served(&bound, "c", start);
+        let now = start + Duration::from_secs(3);
+        let (order, decision) = turn(&mut router, Some(&bound), &[], now);
+        assert_eq!(order, names(&["c", "a", "b"]));
+        assert_eq!(decision.preferred.as_deref(), Some("c"));
+        assert!(decision.held, "priority alone would pick a");
+        assert_eq!(decision.drained, names(&["a", "b"]));
     }
 
     #[test]
