@@ -149,9 +149,9 @@ pub enum UpstreamRequestError {
 /// Tells, once a request has been sent or given up, whether a connection was taken for it
 /// (the header timeout's "request sent"), whichever way it went out.
 ///
-/// Shared with the client's future (an `Arc`, cloned into it by [`UpstreamClient::request_watched`]):
-/// the request itself carries nothing for it unless it goes out on the pooled client, whose
-/// connection capture is a request extension. Issue 19: the capture (a watch channel and an
+/// Shared with the client's future (an `Arc`, cloned into it by
+/// [`UpstreamClient::request_watched`]): the request itself carries nothing for it unless it
+/// goes out on the pooled client, whose connection capture is a request extension. Issue 19: the capture (a watch channel and an
 /// extension map for every request) was made for requests driven in their own task as well,
 /// which never read it.
 #[derive(Clone, Default)]

@@ -57,8 +57,8 @@ thread_local! {
 }
 
 /// Replaces SQLite's automatic checkpoint on the writer connection by a commit hook that notes
-/// the WAL's size for the writer thread ([`Checkpointer::ask_after_commit`]). `PRAGMA wal_autocheckpoint` then
-/// reads 0 on the writer.
+/// the WAL's size for the writer thread ([`Checkpointer::ask_after_commit`]).
+/// `PRAGMA wal_autocheckpoint` then reads 0 on the writer.
 pub(crate) fn install(connection: &Connection) {
     connection.wal_hook(Some(note_commit));
 }
