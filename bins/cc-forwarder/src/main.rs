@@ -19,9 +19,15 @@ mod tui;
 /// them were glibc's `malloc`/`free`), with idle RSS (19.3-19.7 MB) and 1,000 paced streams
 /// (70-74 MB peak) still within the memory goals in the shipped `dist` build. An earlier try
 /// (v2, issue 8) broke them; docs/benchmarks.md, "Issue 19, part 3", has both measurements.
+///
+/// Linked through mimalloc's `override` feature (it defines `malloc`, `free` and the rest, and
+/// Rust's default allocator calls them) rather than as `mimalloc::MiMalloc`, whose
+/// `GlobalAlloc` sends every allocation through `mi_malloc_aligned`: in v3 that path
+/// over-allocates any block that is neither small enough for the fast path nor a power of two
+/// (about 14 per request), and costs 2-4 % of every request's instructions ("Issue 19, part
+/// 14"). SQLite's allocations come from mimalloc too.
 #[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use mimalloc as _;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;

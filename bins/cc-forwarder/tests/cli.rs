@@ -81,6 +81,24 @@ fn version_flag_prints_the_version_in_both_spellings() {
     }
 }
 
+/// The default build allocates with mimalloc through its `override` feature (the C library's
+/// `malloc` and `free` replaced, Rust's allocations going through them): the allocator starts
+/// and says so when asked. Fails when the override's object is left out of the link, which
+/// would silently leave every allocation to glibc.
+#[cfg(feature = "mimalloc")]
+#[test]
+fn the_default_build_allocates_with_mimalloc() {
+    let fixture = Fixture::new("");
+    let output = fixture
+        .command()
+        .arg("--version")
+        .env("MIMALLOC_VERBOSE", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("mimalloc: v3"), "{stderr}");
+}
 #[test]
 fn usage_errors_exit_with_status_2() {
     let fixture = Fixture::new(&config_yaml(""));
