@@ -289,11 +289,11 @@ fn format_day(date: NaiveDate) -> String {
     date.format("%Y-%m-%d").to_string()
 }
 
-fn unix_seconds(time: SystemTime) -> i64 {
+pub(crate) fn unix_seconds(time: SystemTime) -> i64 {
     crate::time::datetime(time).timestamp()
 }
 
-fn from_unix_seconds(seconds: i64) -> Option<SystemTime> {
+pub(crate) fn from_unix_seconds(seconds: i64) -> Option<SystemTime> {
     chrono::DateTime::<chrono::Utc>::from_timestamp(seconds, 0).map(crate::time::system_time)
 }
 
