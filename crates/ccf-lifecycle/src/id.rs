@@ -49,13 +49,32 @@ impl RequestId {
     pub const fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// The id's text (`req-` and 16 hex digits) in a buffer on the stack: what `Display`
+    /// writes, for the response header and the usage row without a `String` grown through the
+    /// formatting machinery (two allocations and about 600 instructions, issue 19).
+    pub fn text(self) -> RequestIdText {
+        let mut bytes = *b"req-0000000000000000";
+        bytes[4..].copy_from_slice(&ccf_types::hex16(self.0));
+        RequestIdText(bytes)
+    }
+}
+
+/// A [`RequestId`]'s text, from [`RequestId::text`].
+#[derive(Clone, Copy)]
+pub struct RequestIdText([u8; 20]);
+
+impl RequestIdText {
+    /// The text: `req-` and 16 lowercase hex digits.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written into the buffer; the fallback is never taken.
+        std::str::from_utf8(&self.0).unwrap_or("req-")
+    }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `req-` and 16 lowercase hex digits.
-        f.write_str("req-")?;
-        ccf_types::write_hex16(f, self.0)
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -130,6 +149,10 @@ mod tests {
         assert_eq!(
             format!("{:?}", RequestId::from_u64(u64::MAX)),
             "req-ffffffffffffffff"
+        );
+        assert_eq!(
+            RequestId::from_u64(0x0123_4567_89ab_cdef).text().as_str(),
+            "req-0123456789abcdef"
         );
         let generated = RequestId::generate().to_string();
         assert_eq!(generated.len(), 20);

@@ -24,7 +24,7 @@ mod vocabulary;
 
 pub use attempt::{Attempt, AttemptOutcome};
 pub use event::{ChangeType, Coalescer, LifecycleEvent};
-pub use id::{InvalidRequestId, RequestId};
+pub use id::{InvalidRequestId, RequestId, RequestIdText};
 pub use machine::{Lifecycle, Outcome, Transition, TransitionError};
 pub use record::{models_match, RequestRecord, RequestStart};
 pub use vocabulary::{ErrorState, FailureReason, Status, UnknownWord};

@@ -56,7 +56,7 @@ impl UsageRecord {
         // Built field by field (not `UsageRecord::new` and then overwritten): every row written
         // comes through here, and `new`'s default texts would be allocated only to be dropped.
         UsageRecord {
-            request_id: record.id.to_string(),
+            request_id: record.id.text().as_str().to_owned(),
             client_ip: record.client_ip.map(ip_text),
             user_agent,
             method,

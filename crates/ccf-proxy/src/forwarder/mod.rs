@@ -430,7 +430,7 @@ fn with_request_id(
     mut response: Response<ProxyBody>,
     request_id: RequestId,
 ) -> Response<ProxyBody> {
-    if let Ok(value) = HeaderValue::try_from(request_id.to_string()) {
+    if let Ok(value) = HeaderValue::from_str(request_id.text().as_str()) {
         response.headers_mut().insert(X_CCF_REQUEST_ID, value);
     }
     response
