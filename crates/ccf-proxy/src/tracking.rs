@@ -110,7 +110,9 @@ impl TrackingHub {
 
     fn finish(&self, outcome: Outcome) {
         let record = outcome.record();
-        let usage = record.usage.clone().unwrap_or_default();
+        // Borrowed: the line below is usually filtered out, and its fields are only read then.
+        let default_usage = Usage::default();
+        let usage = record.usage.as_ref().unwrap_or(&default_usage);
         info!(
             endpoint = record.endpoint.as_deref().unwrap_or("-"),
             group = record.group.as_deref().unwrap_or("-"),
