@@ -258,7 +258,7 @@ impl LocalHour {
 /// and each row counted into [`SummaryTables`] on its own copied its names about seven times
 /// (its contribution's key, the hourly tables' keys) only to find the rows already there. The
 /// names are copied once per summary row, when the sums go into the tables
-/// ([`BatchSums::into_tables`]); the total is the same, addition being commutative.
+/// ([`BatchSums::move_into`]); the total is the same, addition being commutative.
 #[derive(Default)]
 struct BatchSums<'a> {
     /// The hour of the last row counted: most rows of a batch start in it.
