@@ -296,7 +296,12 @@ impl SseDecoder {
             }
             b"event" => {
                 self.event.clear();
-                self.event.push_str(&String::from_utf8_lossy(value));
+                // Checked as UTF-8 in one pass; `from_utf8_lossy` walks its chunk iterator even
+                // for valid text (about 150 instructions per event, issue 19).
+                match std::str::from_utf8(value) {
+                    Ok(name) => self.event.push_str(name),
+                    Err(_) => self.event.push_str(&String::from_utf8_lossy(value)),
+                }
             }
             // `id`, `retry` and unknown fields: nothing here needs them.
             _ => {}
@@ -395,6 +400,23 @@ mod tests {
         for (input, expected) in cases {
             check(input, expected);
         }
+    }
+
+    /// An event name that is not UTF-8 reads with U+FFFD in place of the bad bytes, whole or
+    /// split between chunks inside a character; a valid multi-byte name reads as sent.
+    #[test]
+    fn event_names_that_are_not_utf8_read_with_replacement_characters() {
+        let expected = vec![
+            ("a\u{FFFD}b".to_string(), "1".to_string()),
+            ("caf\u{e9}".to_string(), "2".to_string()),
+        ];
+        let input: &[u8] = b"event: a\xFFb\ndata: 1\n\nevent: caf\xC3\xA9\ndata: 2\n\n";
+        assert_eq!(decode(&[input]), expected);
+        let split = input
+            .iter()
+            .position(|&byte| byte == 0xC3)
+            .map_or(input.len(), |at| at + 1);
+        assert_eq!(decode(&[&input[..split], &input[split..]]), expected);
     }
 
     #[test]
