@@ -159,20 +159,20 @@ impl Honesty {
         }
         let now = Instant::now();
         // One lock for the fold and what is read back; only this endpoint's scores are built.
-        let (changes, view, any_demoted) = {
+        let (changes, scores, any_demoted) = {
             let mut board = self.board();
             Self::follow_settings(&mut board, config);
             let changes = board.record(endpoint, check, now);
             (
                 changes,
-                board.endpoint_view(endpoint, now),
+                board.endpoint_scores(endpoint, now),
                 board.any_demoted(),
             )
         };
-        if let Some(view) = view {
-            metrics.set_honesty_score(endpoint, "overall", view.score);
+        if let Some(scores) = scores {
+            metrics.set_honesty_score(endpoint, "overall", scores.score);
             for signal in HonestySignal::ALL {
-                metrics.set_honesty_score(endpoint, signal.as_str(), view.signal(signal).score);
+                metrics.set_honesty_score(endpoint, signal.as_str(), scores.signal(signal).score);
             }
         }
         for change in &changes {

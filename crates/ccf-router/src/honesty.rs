@@ -407,6 +407,22 @@ impl EndpointHonesty {
     }
 }
 
+/// One endpoint's scores ([`HonestyBoard::endpoint_scores`]): the numbers of an
+/// [`EndpointHonesty`] that `/metrics` exports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EndpointScores {
+    /// The lowest signal score.
+    pub score: f64,
+    signals: [SignalScore; 3],
+}
+
+impl EndpointScores {
+    /// One signal's score.
+    pub fn signal(&self, signal: HonestySignal) -> &SignalScore {
+        &self.signals[position(signal)]
+    }
+}
+
 /// A demotion decision for the router.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DemotionChange {
@@ -600,13 +616,23 @@ impl HonestyBoard {
             .collect()
     }
 
-    /// One endpoint's scores at `now` (as in [`HonestyBoard::view`]); `None` for an endpoint
-    /// the board does not know.
-    pub fn endpoint_view(&self, endpoint: &str, now: Instant) -> Option<EndpointHonesty> {
+    /// One endpoint's scores at `now` (those of [`HonestyBoard::view`]) without a copy of its
+    /// name and last flag, for `/metrics` after every check; `None` for an endpoint the board
+    /// does not know.
+    pub fn endpoint_scores(&self, endpoint: &str, now: Instant) -> Option<EndpointScores> {
         self.endpoints
             .iter()
             .find(|state| state.name == endpoint)
-            .map(|state| self.view_of(state, now))
+            .map(|state| {
+                let signals = state.signals_at(now);
+                EndpointScores {
+                    score: signals
+                        .iter()
+                        .map(|signal| signal.score)
+                        .fold(1.0, f64::min),
+                    signals,
+                }
+            })
     }
 
     fn view_of(&self, state: &EndpointState, now: Instant) -> EndpointHonesty {
@@ -734,6 +760,30 @@ mod tests {
         assert_eq!(flag.signal, HonestySignal::ModelSubstitution);
         assert_eq!(flag.asked, "claude-opus-4-1");
         assert_eq!(flag.reported, "claude-3-haiku-20240307");
+    }
+
+    /// The scores `/metrics` exports after a check are the view's, decayed to the same
+    /// instant, for every signal; an unknown endpoint has none.
+    #[test]
+    fn an_endpoints_scores_are_its_views_numbers() {
+        let start = Instant::now();
+        let mut board = HonestyBoard::new(["relay"], settings(false));
+        board.record("relay", check(vec![substituted()]), start);
+        board.record(
+            "relay",
+            check(vec![SignalVerdict::usage(2600, 1000, 2.5), honest_model()]),
+            start,
+        );
+        for later in [start, start + Duration::from_secs(600)] {
+            let view = board.view(later);
+            let scores = board.endpoint_scores("relay", later).expect("known");
+            assert_eq!(scores.score, view[0].score);
+            assert!(scores.score < 1.0);
+            for signal in HonestySignal::ALL {
+                assert_eq!(scores.signal(signal), view[0].signal(signal), "{signal:?}");
+            }
+        }
+        assert_eq!(board.endpoint_scores("unknown", start), None);
     }
 
     #[test]
