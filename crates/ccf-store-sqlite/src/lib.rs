@@ -615,7 +615,7 @@ impl UsageStore for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        self.write_shared(Arc::from(batch), WritePace::CatchUp)
+        self.write_shared(Arc::new(batch.to_vec()), WritePace::CatchUp)
             .await
     }
 
@@ -623,7 +623,7 @@ impl UsageStore for SqliteStore {
     /// [`WritePace::GiveWay`] makes the writer offer its core after every multi-row insert.
     async fn write_shared(
         &self,
-        batch: Arc<[StoredRecord]>,
+        batch: ccf_store::SharedBatch,
         pace: WritePace,
     ) -> Result<(), StoreError> {
         if batch.is_empty() {

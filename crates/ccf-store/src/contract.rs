@@ -189,10 +189,12 @@ pub async fn write(store: &dyn UsageStore, records: Vec<UsageRecord>) {
 /// [`write`] through [`UsageStore::write_shared`], paced as `pace` asks (the recorder's way).
 pub async fn write_paced(store: &dyn UsageStore, records: Vec<UsageRecord>, pace: WritePace) {
     let pricing = pricing();
-    let batch: Arc<[StoredRecord]> = records
-        .into_iter()
-        .map(|r| StoredRecord::price(r, &pricing))
-        .collect();
+    let batch: crate::SharedBatch = Arc::new(
+        records
+            .into_iter()
+            .map(|r| StoredRecord::price(r, &pricing))
+            .collect(),
+    );
     store.write_shared(batch, pace).await.unwrap();
 }
 

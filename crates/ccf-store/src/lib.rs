@@ -55,7 +55,7 @@ pub use recorder::{
 };
 pub use retention::{Retention, RetentionHandle};
 pub use shared::{ApplyOutcome, SharedChange, SharedSetting, SharedState};
-pub use store::{UsageStore, WritePace};
+pub use store::{SharedBatch, UsageStore, WritePace};
 pub use time::{DayZone, LegacyZone};
 
 // Re-exported so adapters and callers name the same `async_trait`.

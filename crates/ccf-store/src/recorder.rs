@@ -59,7 +59,7 @@ use tokio::time::Instant;
 use crate::journal::{Journal, JournalError};
 use crate::pricing::{Cost, Pricing};
 use crate::record::{final_cost, StoredRecord, UsageRecord};
-use crate::{StoreError, UsageStore, WritePace};
+use crate::{SharedBatch, StoreError, UsageStore, WritePace};
 
 /// How long past a [`RecorderHandle::shutdown_within`] deadline the handle waits for the writer
 /// to put what is left in the journal before it stops the task (a stalled disk).
@@ -1150,7 +1150,7 @@ impl Writer {
     /// each attempt; only the rare paths (a rejected batch split in two, a shutdown deadline)
     /// copy records.
     async fn write(&self, stored: Vec<StoredRecord>, pace: WritePace) -> Vec<StoredRecord> {
-        let mut queue: Vec<Arc<[StoredRecord]>> = vec![Arc::from(stored)];
+        let mut queue: Vec<SharedBatch> = vec![Arc::new(stored)];
         while let Some(stored) = queue.pop() {
             match self.write_with_retry(&stored, pace).await {
                 Ok(()) => {}
@@ -1191,7 +1191,7 @@ impl Writer {
     /// after `max_retry` immediate attempts for a single record.
     async fn write_with_retry(
         &self,
-        stored: &Arc<[StoredRecord]>,
+        stored: &SharedBatch,
         pace: WritePace,
     ) -> Result<(), WriteFailure> {
         let mut backoff = self.settings.initial_backoff;
@@ -1284,9 +1284,9 @@ impl Drop for SpillDone<'_> {
     }
 }
 
-fn split(stored: Arc<[StoredRecord]>) -> (Arc<[StoredRecord]>, Arc<[StoredRecord]>) {
+fn split(stored: SharedBatch) -> (SharedBatch, SharedBatch) {
     let (left, right) = stored.split_at(stored.len() / 2);
-    (Arc::from(left), Arc::from(right))
+    (Arc::new(left.to_vec()), Arc::new(right.to_vec()))
 }
 
 #[cfg(test)]

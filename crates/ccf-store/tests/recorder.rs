@@ -35,7 +35,7 @@ impl UsageStore for ScriptedStore {
     }
     async fn write_shared(
         &self,
-        batch: Arc<[StoredRecord]>,
+        batch: ccf_store::SharedBatch,
         pace: WritePace,
     ) -> Result<(), StoreError> {
         self.paces.lock().unwrap().push(pace);
