@@ -161,6 +161,16 @@ impl RequestRecord {
             .or(self.request_model.as_deref())
     }
 
+    /// [`RequestRecord::model`], moved out of a record that is not read again (the row of a
+    /// final state): the answered or sent name is taken, the request's copied, since the row
+    /// keeps it as the requested model too.
+    pub fn take_model(&mut self) -> Option<String> {
+        self.response_model
+            .take()
+            .or_else(|| self.sent_model.take())
+            .or_else(|| self.request_model.clone())
+    }
+
     /// Whether the status is final (completed, failed or cancelled).
     pub fn is_final(&self) -> bool {
         self.status.is_final()

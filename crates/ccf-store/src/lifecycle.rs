@@ -134,12 +134,8 @@ impl RecordTexts {
     /// Moves the texts out of `record`, leaving empty ones (the rest of the row is read from
     /// it afterwards: nothing else it is read for is a text taken here).
     fn taken(record: &mut RequestRecord) -> RecordTexts {
-        // The model first: `RequestRecord::model` reads the answered, sent and requested names.
-        let model = record
-            .response_model
-            .take()
-            .or_else(|| record.sent_model.take())
-            .or_else(|| record.request_model.clone());
+        // The model first: it reads the requested name, taken below.
+        let model = record.take_model();
         RecordTexts {
             user_agent: record.user_agent.take(),
             method: std::mem::take(&mut record.method),
