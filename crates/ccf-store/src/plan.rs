@@ -175,17 +175,7 @@ impl SummaryContribution {
     /// The contribution of a row with these values, counted on `date` and in the hour starting
     /// at `hour_start` (both of `parts.start_time`, computed by the caller).
     fn from_parts_at(parts: ContributionParts<'_>, date: String, hour_start: i64) -> Self {
-        Self {
-            key: SummaryKey {
-                date,
-                model_name: name_or(parts.model_name, UNKNOWN).to_string(),
-                endpoint_name: name_or(parts.endpoint_name, UNKNOWN).to_string(),
-                group_name: name_or(parts.group_name, "").to_string(),
-            },
-            hour_start,
-            api_key_name: name_or(parts.api_key_name, "").to_string(),
-            delta: SummaryDelta::of_row(&parts),
-        }
+        SummaryNames::of(&parts).contribution(date, hour_start, SummaryDelta::of_row(&parts))
     }
 
     /// The same contribution counted on the day of `start_time` in `zone`.
@@ -214,6 +204,48 @@ impl SummaryContribution {
             cache_read_tokens: record.usage.cache_read_input_tokens,
             cost_nano_usd: cost.total,
             duration_ms: record.duration_ms,
+        }
+    }
+}
+
+/// The names a row counts under in the summary tables: a missing or empty model or endpoint
+/// as `unknown`, a missing or empty group or API key as `""`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SummaryNames<'a> {
+    model: &'a str,
+    endpoint: &'a str,
+    group: &'a str,
+    api_key: &'a str,
+}
+
+impl<'a> SummaryNames<'a> {
+    fn of(parts: &ContributionParts<'a>) -> Self {
+        SummaryNames {
+            model: name_or(parts.model_name, UNKNOWN),
+            endpoint: name_or(parts.endpoint_name, UNKNOWN),
+            group: name_or(parts.group_name, ""),
+            api_key: name_or(parts.api_key_name, ""),
+        }
+    }
+
+    /// The contribution of `delta` under these names, on `date` and in the hour starting at
+    /// `hour_start`: the names are copied here.
+    fn contribution(
+        self,
+        date: String,
+        hour_start: i64,
+        delta: SummaryDelta,
+    ) -> SummaryContribution {
+        SummaryContribution {
+            key: SummaryKey {
+                date,
+                model_name: self.model.to_string(),
+                endpoint_name: self.endpoint.to_string(),
+                group_name: self.group.to_string(),
+            },
+            hour_start,
+            api_key_name: self.api_key.to_string(),
+            delta,
         }
     }
 }
@@ -269,10 +301,7 @@ struct BatchSums<'a> {
 /// The sum of a batch's rows that count in the same summary rows.
 struct BatchSum<'a> {
     hour: LocalHour,
-    model_name: &'a str,
-    endpoint_name: &'a str,
-    group_name: &'a str,
-    api_key_name: &'a str,
+    names: SummaryNames<'a>,
     delta: SummaryDelta,
 }
 
@@ -299,18 +328,9 @@ impl<'a> BatchSums<'a> {
         };
         let parts = SummaryContribution::parts_of(record, cost);
         let delta = SummaryDelta::of_row(&parts);
-        let model_name = name_or(parts.model_name, UNKNOWN);
-        let endpoint_name = name_or(parts.endpoint_name, UNKNOWN);
-        let group_name = name_or(parts.group_name, "");
-        let api_key_name = name_or(parts.api_key_name, "");
+        let names = SummaryNames::of(&parts);
         let hour_start = hour.start;
-        let same = |sum: &&mut BatchSum<'a>| {
-            sum.hour.start == hour_start
-                && sum.model_name == model_name
-                && sum.endpoint_name == endpoint_name
-                && sum.group_name == group_name
-                && sum.api_key_name == api_key_name
-        };
+        let same = |sum: &&mut BatchSum<'a>| sum.hour.start == hour_start && sum.names == names;
         if let Some(sum) = self.sums.iter_mut().find(same) {
             return sum.delta.add(&delta, 1);
         }
@@ -318,30 +338,15 @@ impl<'a> BatchSums<'a> {
         if self.sums.len() == BATCH_SUMS {
             self.move_into(tables);
         }
-        self.sums.push(BatchSum {
-            hour,
-            model_name,
-            endpoint_name,
-            group_name,
-            api_key_name,
-            delta,
-        });
+        self.sums.push(BatchSum { hour, names, delta });
     }
 
     /// Adds the sums to `tables` and forgets them.
     fn move_into(&mut self, tables: &mut SummaryTables) {
         for sum in self.sums.drain(..) {
-            let contribution = SummaryContribution {
-                key: SummaryKey {
-                    date: sum.hour.date,
-                    model_name: sum.model_name.to_string(),
-                    endpoint_name: sum.endpoint_name.to_string(),
-                    group_name: sum.group_name.to_string(),
-                },
-                hour_start: sum.hour.start,
-                api_key_name: sum.api_key_name.to_string(),
-                delta: sum.delta,
-            };
+            let contribution = sum
+                .names
+                .contribution(sum.hour.date, sum.hour.start, sum.delta);
             tables.add(&contribution, 1);
         }
     }
