@@ -155,6 +155,52 @@ async fn a_stalled_body_ends_with_an_idle_error() {
     assert!(body.frame().await.is_none());
 }
 
+/// Frames 3 s apart keep a body with a 5 s idle limit going well past 5 s (the idle timer, armed
+/// for the start plus 5 s, is moved on when it fires, not at each frame); the silence after the
+/// last frame cuts the body 5 s after that frame.
+#[tokio::test(start_paused = true)]
+async fn frames_keep_a_body_alive_and_the_idle_limit_counts_from_the_last_one() {
+    let recorder = Recorder::default();
+    let (sender, stream_body) = channel_body();
+    let mut body = Box::pin(RelayBody::new(
+        stream_body,
+        RelayOptions {
+            idle_limit: Some(Duration::from_secs(5)),
+            ..RelayOptions::default()
+        },
+        Box::new(recorder.clone()),
+    ));
+    let _feeder = tokio::spawn(async move {
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            sender
+                .send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                .await
+                .unwrap();
+        }
+        // Upstream stays connected and silent.
+        std::future::pending::<()>().await;
+    });
+    let started = tokio::time::Instant::now();
+    for _ in 0..5 {
+        let frame = body.frame().await.unwrap().expect("a frame, not a cut");
+        assert_eq!(frame.into_data().unwrap(), "x");
+    }
+    let last_frame = tokio::time::Instant::now();
+    assert!(last_frame - started >= Duration::from_secs(15));
+    let error = body.frame().await.unwrap().unwrap_err();
+    assert!(error.to_string().contains("no data"));
+    let silent = tokio::time::Instant::now() - last_frame;
+    assert!(
+        silent >= Duration::from_secs(5) && silent < Duration::from_secs(6),
+        "cut after {silent:?} of silence"
+    );
+    assert_eq!(
+        *recorder.ends.lock().unwrap(),
+        vec![RelayEnd::IdleTimeout(Duration::from_secs(5))]
+    );
+}
+
 type ChannelBody = http_body_util::StreamBody<
     tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, std::io::Error>>,
 >;
