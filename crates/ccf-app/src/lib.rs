@@ -167,12 +167,10 @@ impl App {
         };
         let cluster = cluster::open(&config, redis.as_ref()).await?;
         let mut observers: Vec<Arc<dyn RequestObserver>> = Vec::new();
-        let costs = Arc::new(std::sync::OnceLock::new());
         if let Some(tracking) = &usage {
             observers.push(Arc::new(usage::StoreObserver {
                 recorder: tracking.recorder.clone(),
                 instance_id: Arc::from(instance_id.as_str()),
-                costs: Arc::clone(&costs),
             }));
         }
         observers.extend(observer);
@@ -184,8 +182,6 @@ impl App {
         if let Some(tracking) = &usage {
             key_budgets::seed_spend(&forwarder, &config, &tracking.store).await;
             metrics::install_recorder_health(&forwarder, tracking.recorder.clone());
-            // The recorder prices each outcome once; the metric counts that same cost.
-            let _ = costs.set(forwarder.metrics().cost_counter());
         }
         // Costs are shown by the usage store and the admin API and spent against per-key
         // budgets: the metric counts them whenever one of these runs (a reload installs the

@@ -1,12 +1,11 @@
 //! Usage tracking: the store adapter chosen by `usage_tracking.database`, the recorder task
 //! writing outcomes in batches, and the observer that turns request lifecycles into rows.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ccf_config::{Config, StorageTarget};
 use ccf_lifecycle::{LifecycleEvent, Outcome};
-use ccf_proxy::monitoring::CostCounter;
 use ccf_proxy::{LiveRequest, RequestObserver};
 use ccf_store::{
     BacklogSettings, Cost, DayZone, DeferredRecord, LegacyZone, Pricing, Recorder, RecorderHandle,
@@ -136,19 +135,17 @@ pub(crate) async fn retention_loop(
     }
 }
 
-/// Writes every request's changes (coalesced by the recorder) and its final outcome, and adds
-/// the outcome's cost to `ccf_cost_usd_total`.
+/// Writes every request's changes (coalesced by the recorder) and its final outcome, and returns
+/// the outcome's cost for `ccf_cost_usd_total` and the per-key spend.
 ///
 /// The request path hands the recorder a running request's live view once (and again only
 /// after the recorder has read it), and the final outcome's shared record once; the row is built
 /// by the writer task, and only for the state that is written. The final outcome is priced once,
-/// by the recorder when it is handed over; the same cost goes to the metric through `costs` (set
-/// once the engine exists: the observer is built before it).
+/// by the recorder when it is handed over; the engine counts that same cost in its metrics.
 pub(crate) struct StoreObserver {
     pub(crate) recorder: RecorderHandle,
     /// Shared with every pending state: each hand-over copied a `String` before.
     pub(crate) instance_id: Arc<str>,
-    pub(crate) costs: Arc<OnceLock<CostCounter>>,
 }
 
 /// A running request waiting in the recorder: its row is made from the state it has when the
@@ -220,18 +217,17 @@ impl RequestObserver for StoreObserver {
         );
     }
 
-    fn on_outcome(&self, outcome: &Outcome) {
+    fn on_outcome(&self, outcome: &Outcome) -> Option<f64> {
         let event = outcome.event();
-        let handed = self.recorder.record_deferred(
-            event.request_id().as_u64(),
-            Box::new(FinalState {
-                event,
-                instance_id: Arc::clone(&self.instance_id),
-            }),
-        );
-        if let (Some(cost), Some(costs)) = (handed, self.costs.get()) {
-            costs.add(outcome.record(), cost.total_usd());
-        }
+        self.recorder
+            .record_deferred(
+                event.request_id().as_u64(),
+                Box::new(FinalState {
+                    event,
+                    instance_id: Arc::clone(&self.instance_id),
+                }),
+            )
+            .map(|cost| cost.total_usd())
     }
 }
 
@@ -251,10 +247,13 @@ impl RequestObserver for Observers {
         }
     }
 
-    fn on_outcome(&self, outcome: &Outcome) {
-        for observer in &self.0 {
-            observer.on_outcome(outcome);
-        }
+    /// Every observer is told; the first price given is the outcome's (only the usage recorder
+    /// prices).
+    fn on_outcome(&self, outcome: &Outcome) -> Option<f64> {
+        self.0.iter().fold(None, |priced, observer| {
+            let own = observer.on_outcome(outcome);
+            priced.or(own)
+        })
     }
 }
 

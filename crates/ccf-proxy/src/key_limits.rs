@@ -3,9 +3,9 @@
 //! USD, enforced at admission for the API key a request authenticated with.
 //!
 //! Spend is counted here, in memory, from the exact cost of every finished outcome (added by
-//! whoever prices it: the usage recorder through `monitoring::CostCounter`, or the engine's own
-//! cost model) and seeded from the store at start, so enforcement is never behind by a store
-//! flush. Budget periods come from a [`BudgetCalendar`] (midnight and the first of the month in
+//! whoever prices it: the usage recorder, whose price `RequestObserver::on_outcome` returns, or
+//! the engine's own cost model) and seeded from the store at start, so enforcement is never
+//! behind by a store flush. Budget periods come from a [`BudgetCalendar`] (midnight and the first of the month in
 //! the configured `timezone`) that the application installs; this crate knows no time zones
 //! database beyond UTC. A key reaching a budget publishes [`ForwarderEvent::KeyBudgetExceeded`]
 //! once per key, budget and period.

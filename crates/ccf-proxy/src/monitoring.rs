@@ -173,51 +173,12 @@ pub struct UsageHealth {
     pub last_error: Option<String>,
 }
 
-/// Adds priced outcomes to `ccf_cost_usd` (see [`Metrics::cost_counter`]). Cheap to clone; holds
-/// the metric's series, not the engine.
-#[derive(Clone)]
-pub struct CostCounter {
-    cost: Family<CostLabels, Counter<f64, AtomicU64>>,
-    model_labels: Arc<ModelLabels>,
-    /// The per-key spend the same cost counts in (`auth.tokens[].limits` budgets).
-    key_limits: Option<Arc<KeyLimits>>,
-}
-
-impl std::fmt::Debug for CostCounter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CostCounter").finish_non_exhaustive()
-    }
-}
-
-impl CostCounter {
-    /// Counts `usd` for the finished request `record`, with the labels
-    /// [`Metrics::record_finished`] gives it.
-    pub fn add(&self, record: &RequestRecord, usd: f64) {
-        if !usd.is_finite() || usd <= 0.0 {
-            return;
-        }
-        if let (Some(key_limits), Some(key)) = (&self.key_limits, &record.api_key_name) {
-            key_limits.add_spend(key, usd, SystemTime::now());
-        }
-        let model = self.model_labels.label(
-            record.request_model.as_deref(),
-            record.response_model.as_deref(),
-        );
-        self.cost
-            .get_or_create(&CostLabels {
-                endpoint: record.endpoint.clone().unwrap_or_default(),
-                group: record.group.clone().unwrap_or_default(),
-                model: model.into_owned(),
-            })
-            .inc_by(usd);
-    }
-}
-
 /// Reads the usage recorder's health; set by the application when usage tracking is on.
 pub type UsageHealthReader = Arc<dyn Fn() -> UsageHealth + Send + Sync>;
 
 /// Prices a request's usage in USD: `(model, usage) -> cost`. Installed by whoever knows the
-/// pricing table (the application), so this crate needs no store.
+/// pricing table (the application), so this crate needs no store. Not used for an outcome an
+/// observer priced itself ([`RequestObserver::on_outcome`](crate::tracking::RequestObserver::on_outcome)).
 pub type CostModel = Arc<dyn Fn(Option<&str>, &ccf_types::Usage) -> f64 + Send + Sync>;
 
 /// Whether the pricing table prices a model by its own name or family (not by the default
@@ -726,17 +687,6 @@ impl Metrics {
         self.webhooks.clone()
     }
 
-    /// A handle that adds costs priced elsewhere to `ccf_cost_usd`: the usage recorder prices
-    /// each final outcome once and reports that same number here, so the metric and the stored
-    /// rows agree. Install it instead of a [`CostModel`], not with one.
-    pub fn cost_counter(&self) -> CostCounter {
-        CostCounter {
-            cost: self.cost.clone(),
-            model_labels: Arc::clone(&self.model_labels),
-            key_limits: self.key_metrics.limits.get().cloned(),
-        }
-    }
-
     /// Installs the pricing used for `ccf_cost_usd` (replacing any earlier one).
     pub fn set_cost_model(&self, model: CostModel) {
         *self
@@ -828,8 +778,12 @@ impl Metrics {
         }
     }
 
-    /// A request finished: counts, durations, tokens, cost, retries and failovers.
-    pub fn record_finished(&self, record: &RequestRecord) {
+    /// A request finished: counts, durations, tokens, cost, retries and failovers. The cost is
+    /// `priced_usd` when an observer priced the outcome ([`RequestObserver::on_outcome`]), else
+    /// the installed [`CostModel`]'s price of its usage (none without a model).
+    ///
+    /// [`RequestObserver::on_outcome`]: crate::tracking::RequestObserver::on_outcome
+    pub fn record_finished(&self, record: &RequestRecord, priced_usd: Option<f64>) {
         let endpoint = record.endpoint.as_deref().unwrap_or_default();
         let group = record.group.as_deref().unwrap_or_default();
         let model = self.model_labels.label(
@@ -914,36 +868,42 @@ impl Metrics {
             };
             self.failovers.get_or_create(&KindLabels { kind }).inc();
         }
-        let Some(usage) = usage.filter(|usage| !usage.is_empty()) else {
-            return;
-        };
-        let cost_model = self
-            .cost_model
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(cost_model) = cost_model {
-            let cost = cost_model(record.model(), usage);
-            if cost.is_finite() && cost > 0.0 {
-                if let (Some(key_limits), Some(key)) =
-                    (self.key_metrics.limits.get(), &record.api_key_name)
-                {
-                    key_limits.add_spend(key, cost, SystemTime::now());
+        let cost = match priced_usd {
+            Some(cost) => cost,
+            None => {
+                let Some(usage) = usage.filter(|usage| !usage.is_empty()) else {
+                    return;
+                };
+                let cost_model = self
+                    .cost_model
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                match cost_model {
+                    Some(cost_model) => cost_model(record.model(), usage),
+                    None => return,
                 }
-                series
-                    .cost
-                    .get_or_init(|| {
-                        self.cost
-                            .get_or_create(&CostLabels {
-                                endpoint: endpoint.to_string(),
-                                group: group.to_string(),
-                                model: model.to_string(),
-                            })
-                            .clone()
-                    })
-                    .inc_by(cost);
             }
+        };
+        if !cost.is_finite() || cost <= 0.0 {
+            return;
         }
+        if let (Some(key_limits), Some(key)) = (self.key_metrics.limits.get(), &record.api_key_name)
+        {
+            key_limits.add_spend(key, cost, SystemTime::now());
+        }
+        series
+            .cost
+            .get_or_init(|| {
+                self.cost
+                    .get_or_create(&CostLabels {
+                        endpoint: endpoint.to_string(),
+                        group: group.to_string(),
+                        model: model.to_string(),
+                    })
+                    .clone()
+            })
+            .inc_by(cost);
     }
 
     /// The cached handles for these label values (made, and cached while there is room, on
@@ -1166,7 +1126,7 @@ impl KeyLimitMetrics {
 
 impl Metrics {
     /// Counts spend into, and reads the spend gauges from, `limits`. Set once, when the engine
-    /// is built (before any [`Metrics::cost_counter`]).
+    /// is built (before any request finishes).
     pub(crate) fn watch_key_limits(&self, limits: Arc<KeyLimits>) {
         let _ = self.key_metrics.limits.set(limits);
     }

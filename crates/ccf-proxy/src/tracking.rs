@@ -42,8 +42,12 @@ pub trait RequestObserver: Send + Sync + 'static {
         let _ = request;
     }
 
-    /// A request's one final outcome; called exactly once per tracked request.
-    fn on_outcome(&self, outcome: &Outcome);
+    /// A request's one final outcome; called exactly once per tracked request. Returns the
+    /// outcome's cost in USD when this observer priced it (the usage recorder prices each final
+    /// outcome once, for its row): `ccf_cost_usd` and the per-key spend then count that same
+    /// number, so the metric, the budgets and the stored rows agree. `None` leaves the pricing to
+    /// the engine's own [`CostModel`](crate::monitoring::CostModel), if one is installed.
+    fn on_outcome(&self, outcome: &Outcome) -> Option<f64>;
 }
 
 /// A running request's state, readable from any thread while it runs.
@@ -139,10 +143,12 @@ impl TrackingHub {
                 "the upstream answered with another model than the one sent"
             );
         }
-        self.metrics.record_finished(record);
-        if let Some(observer) = &self.observer {
-            observer.on_outcome(&outcome);
-        }
+        // The observer first: the cost it priced is the one the metrics count.
+        let priced_usd = self
+            .observer
+            .as_ref()
+            .and_then(|observer| observer.on_outcome(&outcome));
+        self.metrics.record_finished(record, priced_usd);
         self.events
             .publish(ForwarderEvent::Request(outcome.event()));
     }
@@ -256,8 +262,9 @@ mod tests {
             self.told.lock().unwrap().push(Arc::clone(request));
         }
 
-        fn on_outcome(&self, outcome: &Outcome) {
+        fn on_outcome(&self, outcome: &Outcome) -> Option<f64> {
             self.outcomes.lock().unwrap().push(outcome.record().status);
+            None
         }
     }
 

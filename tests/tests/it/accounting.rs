@@ -330,10 +330,11 @@ struct HeldOutcomes {
 }
 
 impl ccf_proxy::RequestObserver for HeldOutcomes {
-    fn on_outcome(&self, _outcome: &ccf_lifecycle::Outcome) {
+    fn on_outcome(&self, _outcome: &ccf_lifecycle::Outcome) -> Option<f64> {
         let release = self.release.lock().expect("release lock");
         let _ = release.recv_timeout(WAIT);
         self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        None
     }
 }
 

@@ -167,13 +167,14 @@ impl ccf_proxy::RequestObserver for Changes {
         ));
     }
 
-    fn on_outcome(&self, outcome: &Outcome) {
+    fn on_outcome(&self, outcome: &Outcome) -> Option<f64> {
         let record = outcome.record();
         self.events.lock().expect("changes lock").push((
             outcome.event().change_type(),
             record.error_state,
             record.status,
         ));
+        None
     }
 }
 

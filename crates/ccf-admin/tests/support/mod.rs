@@ -42,9 +42,11 @@ impl RequestObserver for RecorderBridge {
             .record(UsageRecord::from_request(event.record(), None));
     }
 
-    fn on_outcome(&self, outcome: &Outcome) {
+    /// The metric prices the outcome with the cost model installed below.
+    fn on_outcome(&self, outcome: &Outcome) -> Option<f64> {
         self.recorder
             .record(UsageRecord::from_request(outcome.record(), None));
+        None
     }
 }
 

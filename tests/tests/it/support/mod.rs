@@ -411,11 +411,12 @@ impl ccf_proxy::RequestObserver for Outcomes {
             .push(event.record().clone());
     }
 
-    fn on_outcome(&self, outcome: &ccf_lifecycle::Outcome) {
+    fn on_outcome(&self, outcome: &ccf_lifecycle::Outcome) -> Option<f64> {
         self.finished
             .lock()
             .expect("outcomes lock")
             .push(outcome.record().clone());
+        None
     }
 }
 
