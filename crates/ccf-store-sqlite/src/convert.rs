@@ -228,30 +228,28 @@ pub(crate) fn push_timestamp(text: &mut String, time: SystemTime) {
     let (year, month, day) = civil_from_days(seconds / 86_400);
     let of_day = seconds % 86_400;
     let micros = since_epoch.subsec_micros();
-    push_digits(text, u64::from(year), 4);
-    text.push('-');
-    push_digits(text, u64::from(month), 2);
-    text.push('-');
-    push_digits(text, u64::from(day), 2);
-    text.push('T');
-    push_digits(text, of_day / 3_600, 2);
-    text.push(':');
-    push_digits(text, of_day % 3_600 / 60, 2);
-    text.push(':');
-    push_digits(text, of_day % 60, 2);
-    text.push('.');
-    push_digits(text, u64::from(micros), 6);
-    text.push('Z');
+    // Every digit at its fixed place, two at a time (constant divisors): a row formats two
+    // instants, and a digit-by-digit loop cost about 470 instructions each (issue 19).
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    put_two(&mut out, 0, year / 100);
+    put_two(&mut out, 2, year % 100);
+    put_two(&mut out, 5, month);
+    put_two(&mut out, 8, day);
+    put_two(&mut out, 11, (of_day / 3_600) as u32);
+    put_two(&mut out, 14, (of_day % 3_600 / 60) as u32);
+    put_two(&mut out, 17, (of_day % 60) as u32);
+    put_two(&mut out, 20, micros / 10_000);
+    put_two(&mut out, 22, micros / 100 % 100);
+    put_two(&mut out, 24, micros % 100);
+    // Only ASCII digits were written over an ASCII template.
+    text.push_str(std::str::from_utf8(&out).unwrap_or_default());
 }
 
-/// The last `width` decimal digits of `value`, zero-padded.
-fn push_digits(text: &mut String, value: u64, width: u32) {
-    let mut divisor = 10u64.pow(width.saturating_sub(1));
-    while divisor > 0 {
-        let digit = (value / divisor % 10) as u8;
-        text.push(char::from(b'0' + digit));
-        divisor /= 10;
-    }
+/// Writes `value`'s last two decimal digits at `out[at..at + 2]`.
+fn put_two(out: &mut [u8; 27], at: usize, value: u32) {
+    let value = value % 100;
+    out[at] = b'0' + (value / 10) as u8;
+    out[at + 1] = b'0' + (value % 10) as u8;
 }
 
 /// `(year, month, day)` of the proleptic Gregorian calendar for a day count since 1970-01-01
