@@ -242,13 +242,20 @@ impl HonestyWatch {
         self.stream = None;
     }
 
-    /// One relayed body frame. Allocation-free: a scan for the delta marker and, when found, one
-    /// clock read.
+    /// One relayed body frame whose content deltas are not known otherwise (the body is not
+    /// decoded as an event stream): they are counted by a scan for the delta marker.
     pub(crate) fn on_data(&mut self, data: &[u8]) {
+        if self.stream.is_some() {
+            self.on_deltas(count_content_deltas(data));
+        }
+    }
+
+    /// One relayed body frame that completed `deltas` content delta events. Allocation-free:
+    /// one clock read when there are any.
+    pub(crate) fn on_deltas(&mut self, deltas: u32) {
         let Some(timing) = self.stream.as_mut() else {
             return;
         };
-        let deltas = count_content_deltas(data);
         if deltas == 0 {
             return;
         }

@@ -208,20 +208,34 @@ struct StreamState {
     completed: bool,
     error: Option<ApiError>,
     diagnostics: Diagnostics,
+    /// `content_block_delta` events seen (for the pacing of the answer: see
+    /// [`UsageExtractor::content_deltas`]).
+    content_deltas: u64,
 }
+
+/// The event that carries each piece of an answer's content.
+const CONTENT_DELTA: &str = "content_block_delta";
 
 impl StreamState {
     fn on_event(&mut self, event: SseEvent<'_>) {
         let kind = match Interesting::from_name(event.event) {
             Some(kind) => kind,
+            None if event.event == CONTENT_DELTA => {
+                self.content_deltas += 1;
+                return;
+            }
             // No `event:` line: look at the payload's own type.
-            None if event.event == "message" => {
-                match sniff_type(event.data).and_then(Interesting::from_name) {
+            None if event.event == "message" => match sniff_type(event.data) {
+                Some(CONTENT_DELTA) => {
+                    self.content_deltas += 1;
+                    return;
+                }
+                sniffed => match sniffed.and_then(Interesting::from_name) {
                     Some(kind) => kind,
                     None => return,
-                }
-            }
-            None => return, // content_block_*, ping and unknown types: never parsed
+                },
+            },
+            None => return, // other content_block_*, ping and unknown types: never parsed
         };
         if kind == Interesting::MessageStop {
             self.completed = true;
@@ -338,6 +352,13 @@ impl UsageExtractor {
     /// The model, as soon as `message_start` has been seen.
     pub fn model(&self) -> Option<&str> {
         self.state.model.as_deref()
+    }
+
+    /// How many `content_block_delta` events (named so, or unnamed with that `type`) the bytes
+    /// fed so far completed: the pieces of the answer, whose arrival times tell a paced
+    /// generation from a replayed one.
+    pub fn content_deltas(&self) -> u64 {
+        self.state.content_deltas
     }
 
     /// Where the stream stands after the bytes fed so far.

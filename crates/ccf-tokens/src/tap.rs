@@ -92,6 +92,15 @@ impl Sink {
         }
     }
 
+    /// Content deltas decoded so far; `None` when the body is not read as an event stream.
+    fn content_deltas(&self) -> Option<u64> {
+        match &self.mode {
+            Mode::Undecided => Some(0),
+            Mode::Stream(extractor) => Some(extractor.content_deltas()),
+            Mode::Buffer(_) | Mode::Overflowed => None,
+        }
+    }
+
     /// Where the event stream stands; `None` when the body is not read as an event stream.
     fn position(&self) -> Option<StreamPosition> {
         match &self.mode {
@@ -368,6 +377,16 @@ impl BodyTap {
         self.sink().position()
     }
 
+    /// How many `content_block_delta` events the frames fed so far completed, decoded (through
+    /// any content coding) as the usage is. `None` when that is unknown: the body is not read as
+    /// an event stream (JSON, too large) or its content coding could not be decoded.
+    pub fn content_deltas(&self) -> Option<u64> {
+        if self.undecodable {
+            return None;
+        }
+        self.sink().content_deltas()
+    }
+
     /// The model, as soon as a streamed response's `message_start` has been decoded.
     pub fn model(&self) -> Option<&str> {
         self.sink().model()
@@ -621,6 +640,43 @@ mod tests {
         let mut tap = BodyTap::new(Some("text/event-stream"), Some("gzip"));
         tap.feed(b"not gzip at all");
         assert_eq!(tap.stream_position(), None, "corrupt");
+    }
+
+    #[test]
+    fn content_deltas_are_counted_as_their_events_complete_also_through_gzip() {
+        const NAMED: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+        // No `event:` line: the payload's type names it.
+        const UNNAMED: &[u8] =
+            b"data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{}}\n\n";
+        // The marker inside another event's text is no delta.
+        const QUOTED: &[u8] = b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"content_block\":{\"text\":\"\\\"content_block_delta\\\"\"}}\n\n";
+
+        let mut tap = BodyTap::new(Some("text/event-stream"), None);
+        assert_eq!(tap.content_deltas(), Some(0));
+        tap.feed(QUOTED);
+        tap.feed(NAMED);
+        assert_eq!(tap.content_deltas(), Some(1));
+        // Counted when its blank line arrives.
+        tap.feed(&UNNAMED[..UNNAMED.len() - 1]);
+        assert_eq!(tap.content_deltas(), Some(1));
+        tap.feed(b"\n");
+        assert_eq!(tap.content_deltas(), Some(2));
+
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tap = BodyTap::new(Some("text/event-stream"), Some("gzip"));
+        for _ in 0..3 {
+            encoder.write_all(NAMED).unwrap();
+            encoder.flush().unwrap();
+            tap.feed(&std::mem::take(encoder.get_mut()));
+        }
+        assert_eq!(tap.content_deltas(), Some(3));
+
+        let mut tap = BodyTap::new(Some("application/json"), None);
+        tap.feed(JSON_MESSAGE);
+        assert_eq!(tap.content_deltas(), None, "not an event stream");
+        let mut tap = BodyTap::new(Some("text/event-stream"), Some("gzip"));
+        tap.feed(b"not gzip at all");
+        assert_eq!(tap.content_deltas(), None, "corrupt");
     }
 
     #[test]

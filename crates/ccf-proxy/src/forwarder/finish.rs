@@ -385,9 +385,18 @@ impl RelayObserver for RequestFinisher {
 
     fn on_data(&mut self, data: &Bytes) {
         self.body_bytes += data.len() as u64;
+        let deltas_before = self.tap.content_deltas();
         self.tap.feed(data);
         if let Some((watch, _)) = self.honesty.as_mut() {
-            watch.on_data(data);
+            // The tap decodes the stream's events anyway: its count spares the watch a scan of
+            // every frame for the delta marker, about 150 instructions each (issue 19).
+            match self.tap.content_deltas() {
+                Some(after) => {
+                    let deltas = after.saturating_sub(deltas_before.unwrap_or(0));
+                    watch.on_deltas(u32::try_from(deltas).unwrap_or(u32::MAX));
+                }
+                None => watch.on_data(data),
+            }
         }
     }
 
