@@ -133,17 +133,23 @@ impl SnapshotBinder {
         statement: &mut Statement<'_>,
         values: impl IntoIterator<Item = ColumnValue<'v>>,
     ) -> rusqlite::Result<()> {
-        self.bind_from(statement, 1, values)
+        self.bind_from(statement, 1, values, 0)
     }
 
-    /// [`SnapshotBinder::bind`] from parameter `?first` on (the rows of a multi-row insert).
+    /// [`SnapshotBinder::bind`] from parameter `?first` on (the rows of a multi-row insert),
+    /// leaving the parameters of the values at the positions set in the bit mask `shared` unbound
+    /// (the statement takes those from a parameter all its rows share).
     pub(crate) fn bind_from<'v>(
         &mut self,
         statement: &mut Statement<'_>,
         first: usize,
         values: impl IntoIterator<Item = ColumnValue<'v>>,
+        shared: u64,
     ) -> rusqlite::Result<()> {
         for (index, value) in values.into_iter().enumerate() {
+            if index < 64 && shared & (1 << index) != 0 {
+                continue;
+            }
             let position = first + index;
             match value {
                 ColumnValue::Text(Some(text)) => statement.raw_bind_parameter(position, text)?,
@@ -170,6 +176,11 @@ impl SnapshotBinder {
             }
         }
         Ok(())
+    }
+
+    /// The batch's write time as stored (what `created_at` and `updated_at` hold).
+    pub(crate) fn now_text(&self) -> &str {
+        &self.now_text
     }
 }
 

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ccf_store::contract::{at_ms, outcome, pricing, snapshot, tokens, write, write_paced};
 use ccf_store::time::format_timestamp;
@@ -611,6 +611,17 @@ async fn long_batches_write_every_row_and_count_every_final_once() {
             }
         })
         .collect();
+    // Stored times keep microseconds: the window starts at the last whole one.
+    let before = SystemTime::UNIX_EPOCH
+        + Duration::from_micros(
+            u64::try_from(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_micros(),
+            )
+            .unwrap(),
+        );
     write(&store, first).await;
     // 60 finals, 30-89, in inserts of 8 ids: 30-37 and 38-45 all stored, 46-53 half stored,
     // 54-61 and 62-69 new, 70-77 three stored (after inserts that inserted), 78-85 new, and
@@ -618,10 +629,19 @@ async fn long_batches_write_every_row_and_count_every_final_once() {
     // between inserts: the rows are the same.
     let second: Vec<_> = (30..90).map(final_of).collect();
     write_paced(&store, second, WritePace::GiveWay).await;
+    let after = SystemTime::now();
 
     for n in 0..90 {
         let row = store.get_request(&id(n)).await.unwrap().unwrap();
         assert_eq!(row.record, final_of(n), "{}", id(n));
+        // Each row holds the write time of its batch (rows of a multi-row insert share one
+        // parameter for it); a row written again keeps its `created_at`.
+        let (created, updated) = (row.created_at.unwrap(), row.updated_at.unwrap());
+        assert!(
+            before <= created && created <= updated && updated <= after,
+            "{}: {created:?} {updated:?}",
+            id(n)
+        );
     }
     let page = store
         .list_requests(&RequestQuery {
