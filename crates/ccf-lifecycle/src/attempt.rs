@@ -40,3 +40,26 @@ pub enum AttemptOutcome {
     /// No response headers within the response-header timeout.
     HeaderTimeout,
 }
+
+impl Attempt {
+    /// `started_at` as serialized: Unix milliseconds (0 for a time before 1970).
+    pub fn started_at_millis(&self) -> u64 {
+        millis::unix_millis(self.started_at)
+    }
+
+    /// `duration` as serialized: whole milliseconds, saturating.
+    pub fn duration_millis(&self) -> u64 {
+        millis::duration_millis(self.duration)
+    }
+}
+
+impl AttemptOutcome {
+    /// The `kind` tag it is serialized with.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Status { .. } => "status",
+            AttemptOutcome::ConnectError { .. } => "connect_error",
+            AttemptOutcome::HeaderTimeout => "header_timeout",
+        }
+    }
+}
