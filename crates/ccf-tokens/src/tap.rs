@@ -275,12 +275,15 @@ impl BodyTap {
             max_buffered_bytes,
         };
         let mut diagnostics = Diagnostics::default();
-        let codings: Vec<String> = content_encoding
-            .unwrap_or("")
-            .split(',')
-            .map(|coding| coding.trim().to_ascii_lowercase())
-            .filter(|coding| !coding.is_empty() && coding != "identity")
-            .collect();
+        // Most answers carry no content coding: no list of codings to build then (issue 19).
+        let codings: Vec<String> = match content_encoding {
+            None => Vec::new(),
+            Some(value) => value
+                .split(',')
+                .map(|coding| coding.trim().to_ascii_lowercase())
+                .filter(|coding| !coding.is_empty() && coding != "identity")
+                .collect(),
+        };
         let coding = match codings.as_slice() {
             [] => None,
             [one] => match one.as_str() {
