@@ -296,7 +296,12 @@ where
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
+        // Heads and body frames copied into one buffer and written with one `write`, rather
+        // than queued as separate buffers for `writev`: a chunked frame is three buffers (size
+        // line, data, CRLF), and keeping the queue cost more than the copy of these small frames
+        // (callgrind: SSE 165,291 -> 163,419 instructions per request; the same syscalls).
+        .writev(false);
     // hyper's own limit is the default's 100 headers, parsed into arrays it leaves
     // uninitialised; any limit set explicitly, even 100, makes it fill two arrays of that many
     // entries for every request head (about 1,700 instructions a request, issue 19).
