@@ -115,7 +115,7 @@ const INSERT_ROWS: usize = 8;
 ///
 /// Every row's `created_at` and `updated_at` is the batch's write time: one parameter
 /// ([`WRITE_TIME_PARAMETER`]) bound once per batch, instead of two text values bound (and
-/// copied by SQLite) per row, about 570 instructions a row (issue 19, part 15).
+/// copied by SQLite) per row, about 480 instructions a row (issue 19, part 15).
 ///
 /// `OR IGNORE` rather than `ON CONFLICT(request_id) DO NOTHING`: with the latter, a row breaking
 /// a `NOT NULL` constraint aborts the statement, and a statement that writes several rows and
