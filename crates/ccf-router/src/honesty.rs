@@ -466,11 +466,20 @@ impl EndpointState {
         self.signals.map(|signal| signal.decayed(elapsed))
     }
 
+    /// The signals at `now` and the endpoint's score, the lowest of them.
+    fn scores_at(&self, now: Instant) -> EndpointScores {
+        let signals = self.signals_at(now);
+        EndpointScores {
+            score: signals
+                .iter()
+                .map(|signal| signal.score)
+                .fold(1.0, f64::min),
+            signals,
+        }
+    }
+
     fn score_at(&self, now: Instant) -> f64 {
-        self.signals_at(now)
-            .iter()
-            .map(|signal| signal.score)
-            .fold(1.0, f64::min)
+        self.scores_at(now).score
     }
 
     fn below(&self, threshold: f64, now: Instant) -> bool {
@@ -623,23 +632,17 @@ impl HonestyBoard {
         self.endpoints
             .iter()
             .find(|state| state.name == endpoint)
-            .map(|state| {
-                let signals = state.signals_at(now);
-                EndpointScores {
-                    score: signals
-                        .iter()
-                        .map(|signal| signal.score)
-                        .fold(1.0, f64::min),
-                    signals,
-                }
-            })
+            .map(|state| state.scores_at(now))
     }
 
     fn view_of(&self, state: &EndpointState, now: Instant) -> EndpointHonesty {
-        let [model_substitution, usage_mismatch, burst_stream] = state.signals_at(now);
+        let EndpointScores {
+            score,
+            signals: [model_substitution, usage_mismatch, burst_stream],
+        } = state.scores_at(now);
         EndpointHonesty {
             endpoint: state.name.clone(),
-            score: state.score_at(now),
+            score,
             checks: state.checks,
             flagged_requests: state.flagged_requests,
             model_substitution,
