@@ -374,20 +374,20 @@ impl BodyTap {
     /// `None` when that is unknown: the body is not read as an event stream (JSON, too large)
     /// or its content coding could not be decoded.
     pub fn stream_position(&self) -> Option<StreamPosition> {
-        if self.undecodable {
-            return None;
-        }
-        self.sink().position()
+        self.decoded_sink()?.position()
     }
 
     /// How many `content_block_delta` events the frames fed so far completed, decoded (through
     /// any content coding) as the usage is. `None` when that is unknown: the body is not read as
     /// an event stream (JSON, too large) or its content coding could not be decoded.
     pub fn content_deltas(&self) -> Option<u64> {
-        if self.undecodable {
-            return None;
-        }
-        self.sink().content_deltas()
+        self.decoded_sink()?.content_deltas()
+    }
+
+    /// The sink, unless the content coding could not be decoded (then what it holds says
+    /// nothing about the stream).
+    fn decoded_sink(&self) -> Option<&Sink> {
+        (!self.undecodable).then(|| self.sink())
     }
 
     /// The model, as soon as a streamed response's `message_start` has been decoded.
