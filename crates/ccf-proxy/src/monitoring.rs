@@ -298,7 +298,7 @@ pub struct Metrics {
     pub(crate) model_routing: crate::model_map::ModelRoutingMetrics,
     webhooks: WebhookMetrics,
     cost_model: RwLock<Option<CostModel>>,
-    model_labels: Arc<ModelLabels>,
+    model_labels: ModelLabels,
     usage_health: RwLock<Option<UsageHealthReader>>,
     suspension: OnceLock<Arc<Suspension>>,
     /// Per-key limits: rejections counted, spend read at every scrape.
@@ -432,7 +432,7 @@ impl Metrics {
             model_routing: crate::model_map::ModelRoutingMetrics::default(),
             webhooks: WebhookMetrics::default(),
             cost_model: RwLock::new(None),
-            model_labels: Arc::default(),
+            model_labels: ModelLabels::default(),
             usage_health: RwLock::new(None),
             suspension: OnceLock::new(),
             key_metrics: KeyLimitMetrics::default(),
