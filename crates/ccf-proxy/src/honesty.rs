@@ -317,7 +317,8 @@ impl HonestyWatch {
             ));
         }
         HonestyCheck {
-            request_id: self.request_id.to_string(),
+            // `text()` writes the 20 bytes directly; `to_string` went through `fmt` (issue 19).
+            request_id: self.request_id.text().as_str().to_owned(),
             at: SystemTime::now(),
             verdicts,
         }

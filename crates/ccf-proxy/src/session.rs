@@ -12,10 +12,14 @@
 
 use ccf_router::{SessionKey, SessionRequest, SessionSource, TurnTokens};
 use ccf_tokens::tree::Json;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
-/// Session headers, in the order they are looked at.
-pub const SESSION_HEADERS: [&str; 2] = ["x-claude-code-session-id", "x-session-id"];
+/// Session headers, in the order they are looked at. Typed names: a lookup by `&str` parses
+/// and lower-cases the name on every request (about 370 instructions each, issue 19).
+pub const SESSION_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("x-claude-code-session-id"),
+    HeaderName::from_static("x-session-id"),
+];
 
 /// FNV-1a, 64 bits: stable across runs and instances, cheap, no allocation.
 #[derive(Debug, Clone, Copy)]
@@ -238,7 +242,7 @@ pub(crate) fn identify(
         || body.messages.is_some_and(|part| part.long_ttl);
     let from_header = SESSION_HEADERS.iter().find_map(|name| {
         headers
-            .get(*name)
+            .get(name)
             .and_then(|value| value.to_str().ok())
             .map(str::trim)
             .filter(|value| !value.is_empty())

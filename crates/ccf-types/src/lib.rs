@@ -24,6 +24,11 @@ pub fn hex16(bits: u64) -> [u8; 16] {
     text
 }
 
+/// [`hex16`]'s digits as a `String`.
+pub fn hex16_string(bits: u64) -> String {
+    hex16(bits).iter().copied().map(char::from).collect()
+}
+
 /// Writes [`hex16`]'s digits to a formatter.
 pub fn write_hex16(f: &mut fmt::Formatter<'_>, bits: u64) -> fmt::Result {
     // Only ASCII was written.

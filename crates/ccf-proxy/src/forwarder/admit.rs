@@ -243,7 +243,7 @@ impl Forwarder {
             model_route: self.model_route(fields.model.as_deref()),
         });
         if let (Some(session), Some(tracker)) = (session, context.tracker()) {
-            tracker.update(|lifecycle| lifecycle.set_session(session.key.to_string()));
+            tracker.update(|lifecycle| lifecycle.set_session(session.key.text()));
         }
         Admission::Forward(context)
     }

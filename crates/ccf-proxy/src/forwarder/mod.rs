@@ -399,9 +399,9 @@ impl Forwarder {
         // 3 route, 4 forward: rounds of plans and attempts until an answer exists. 5 relay and
         // 6 finish happen in the answer's body (finish.rs).
         let mut response = self.route_and_forward(&mut context).await;
-        if let Ok(value) = HeaderValue::try_from(context.attempt_count.to_string()) {
-            response.headers_mut().insert(X_CCF_ATTEMPTS, value);
-        }
+        response
+            .headers_mut()
+            .insert(X_CCF_ATTEMPTS, HeaderValue::from(context.attempt_count));
         response
     }
 }
