@@ -601,6 +601,20 @@ async fn send_pooled(
     }))
 }
 
+/// The host and port of a parsed URI's authority (`user@host:port`, `[v6]:port`), as
+/// `Authority::host` and `Authority::port_u16` read them (a bracketed IPv6 host keeps its
+/// brackets; a port that is not a number is none). In one pass: those two scanned the text
+/// again each, about 700 instructions a request (issue 19).
+fn host_and_port(authority: &str) -> (&str, Option<u16>) {
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host_port)| host_port);
+    match host_port.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse().ok()),
+        _ => (host_port, None),
+    }
+}
+
 /// Which lanes a request uses: those of its origin, `scheme://host:port`, or for an endpoint
 /// with an outbound proxy of its own, `<origin> via <endpoint>`. A request's key is compared
 /// with the written keys piece by piece ([`LaneKey::is`]) and written out only for a new one:
@@ -616,12 +630,13 @@ impl<'a> LaneKey<'a> {
     /// The key of a request to `uri` made for the endpoint `via` names, if it has a proxy.
     fn of(uri: &'a Uri, via: Option<&'a str>) -> Self {
         let scheme = uri.scheme_str().unwrap_or("http");
+        let (host, port) = uri
+            .authority()
+            .map_or(("", None), |authority| host_and_port(authority.as_str()));
         LaneKey {
             scheme,
-            host: uri.host().unwrap_or_default(),
-            port: uri
-                .port_u16()
-                .unwrap_or(if scheme == "https" { 443 } else { 80 }),
+            host,
+            port: port.unwrap_or(if scheme == "https" { 443 } else { 80 }),
             via,
         }
     }

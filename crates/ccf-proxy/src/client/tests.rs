@@ -230,6 +230,29 @@ fn a_lane_key_is_its_written_form_and_nothing_else() {
     );
 }
 
+#[test]
+fn host_and_port_read_an_authority_as_the_http_crate_does() {
+    for authority in [
+        "relay.example",
+        "relay.example:8443",
+        "user:secret@relay.example:8443",
+        "user@relay.example",
+        "127.0.0.1:9000",
+        "[::1]",
+        "[::1]:9000",
+        "[2001:db8::1]:443",
+        "relay.example:99999",
+        "relay.example:",
+    ] {
+        let parsed: http::uri::Authority = authority.parse().unwrap();
+        assert_eq!(
+            host_and_port(authority),
+            (parsed.host(), parsed.port_u16()),
+            "{authority}"
+        );
+    }
+}
+
 // Connections driven in the request's task (`in_task.rs`), on a per-core runtime's thread.
 
 /// Runs `test` on a thread marked as per-core runtime 0's, on a runtime of its own, as

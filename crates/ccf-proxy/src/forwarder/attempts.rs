@@ -17,9 +17,11 @@ use bytes::Bytes;
 use ccf_config::Endpoint;
 use ccf_lifecycle::{Attempt, AttemptOutcome};
 use ccf_router::RoutePlan;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use tracing::{debug, info, warn};
+use url::Position;
 
 use super::cluster::Origin;
 use super::finish::Expectation;
@@ -615,26 +617,46 @@ async fn keep_answer(
 }
 
 /// `endpoint.url` + request path + query; the endpoint URL may carry a path prefix.
+///
+/// Put together from parts (issue 19): the scheme and authority come from the endpoint's parsed
+/// URL, and without a path prefix the request's own path and query are shared as they are.
+/// Joining the texts and parsing the whole URI again cost about 750 instructions a request.
 fn upstream_uri(endpoint: &Endpoint, request_uri: &Uri) -> Result<Uri, ProxyError> {
-    if endpoint.url.query().is_some() {
-        return Err(ProxyError::BadUpstreamUrl {
-            endpoint: endpoint.name.clone(),
-            message: "the endpoint url must not carry a query string".into(),
-        });
-    }
-    // Without user info: it must not reach the pool key, which hyper-util logs at TRACE.
-    let base = endpoint.request_base();
-    let path_and_query = request_uri
-        .path_and_query()
-        .map_or("/", |path_and_query| path_and_query.as_str());
-    // Written without the formatting machinery and handed over without a copy (issue 19).
-    let mut uri = String::with_capacity(base.len() + path_and_query.len());
-    uri.push_str(&base);
-    uri.push_str(path_and_query);
-    Uri::try_from(uri).map_err(|error: http::uri::InvalidUri| ProxyError::BadUpstreamUrl {
+    let bad = |message: String| ProxyError::BadUpstreamUrl {
         endpoint: endpoint.name.clone(),
-        message: error.to_string(),
-    })
+        message,
+    };
+    let url = &endpoint.url;
+    if url.query().is_some() {
+        return Err(bad("the endpoint url must not carry a query string".into()));
+    }
+    let scheme = match url.scheme() {
+        "https" => Scheme::HTTPS,
+        "http" => Scheme::HTTP,
+        other => Scheme::try_from(other).map_err(|error| bad(error.to_string()))?,
+    };
+    // Host and port only, without user info: it must not reach the pool key, which hyper-util
+    // logs at TRACE.
+    let authority = Authority::try_from(&url[Position::BeforeHost..Position::AfterPort])
+        .map_err(|error| bad(error.to_string()))?;
+    let prefix = url.path().trim_end_matches('/');
+    let request_path = request_uri.path_and_query();
+    let path_and_query = match request_path {
+        Some(path) if prefix.is_empty() => path.clone(),
+        None if prefix.is_empty() => PathAndQuery::from_static("/"),
+        _ => {
+            let request_path = request_path.map_or("/", PathAndQuery::as_str);
+            let mut joined = String::with_capacity(prefix.len() + request_path.len());
+            joined.push_str(prefix);
+            joined.push_str(request_path);
+            PathAndQuery::try_from(joined).map_err(|error| bad(error.to_string()))?
+        }
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|error| bad(error.to_string()))
 }
 
 #[cfg(test)]
@@ -679,5 +701,37 @@ mod tests {
             "https://relay.example/api/v1/models",
         );
         check("http://127.0.0.1:9000", "/", "http://127.0.0.1:9000/");
+        // User info never reaches the URI; ports and IPv6 hosts are kept as written.
+        check(
+            "https://user:secret@relay.example:8443/api",
+            "/v1/messages",
+            "https://relay.example:8443/api/v1/messages",
+        );
+        check(
+            "http://[::1]:9000",
+            "/v1/messages?beta=true",
+            "http://[::1]:9000/v1/messages?beta=true",
+        );
+        check(
+            "https://relay.example/api",
+            "/",
+            "https://relay.example/api/",
+        );
+        // An absolute-form request target: only its path and query count.
+        check(
+            "https://relay.example",
+            "http://localhost:8080/v1/messages?x=1",
+            "https://relay.example/v1/messages?x=1",
+        );
+    }
+
+    #[test]
+    fn an_endpoint_url_with_a_query_is_refused() {
+        let error = upstream_uri(
+            &endpoint("https://relay.example/api?key=1"),
+            &"/v1/messages".parse().unwrap(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("query string"), "{error}");
     }
 }
