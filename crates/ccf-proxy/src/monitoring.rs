@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use ccf_config::Endpoint;
@@ -34,6 +34,7 @@ use serde::Serialize;
 use crate::body::{empty_body, full_body, ProxyBody};
 use crate::cluster::{ClusterLink, ClusterStatus};
 use crate::error::anthropic_error_response;
+use crate::honesty::Honesty;
 use crate::key_limits::KeyLimits;
 use crate::suspend::Suspension;
 
@@ -301,14 +302,16 @@ pub struct Metrics {
     model_labels: ModelLabels,
     usage_health: RwLock<Option<UsageHealthReader>>,
     suspension: OnceLock<Arc<Suspension>>,
+    /// Relay honesty scores, exported at every scrape.
+    honesty: OnceLock<Arc<Honesty>>,
     /// Per-key limits: rejections counted, spend read at every scrape.
     key_metrics: KeyLimitMetrics,
     /// Handles of the series finished requests touch, by label values (see [`FinishedSeries`]).
     finished_cache: HandleCache<Arc<FinishedSeries>>,
     /// Handles of `requests` series, by endpoint and status.
     request_cache: HandleCache<(String, u16, Counter)>,
-    /// Handles of `ccf_endpoint_honesty_score` series, by endpoint and signal: every successful
-    /// answer sets four of them, and building each one's labels (a `String`) and hashing them
+    /// Handles of `ccf_endpoint_honesty_score` series, by endpoint and signal: every scrape sets
+    /// four per checked endpoint, and building each one's labels (a `String`) and hashing them
     /// cost more than the update.
     honesty_cache: HandleCache<(String, &'static str, HonestyGauge)>,
     /// Failover triggers and thinking-signature repairs (issue 20, points 5 and 7).
@@ -435,6 +438,7 @@ impl Metrics {
             model_labels: ModelLabels::default(),
             usage_health: RwLock::new(None),
             suspension: OnceLock::new(),
+            honesty: OnceLock::new(),
             key_metrics: KeyLimitMetrics::default(),
             finished_cache: HandleCache::default(),
             request_cache: HandleCache::default(),
@@ -727,6 +731,11 @@ impl Metrics {
     pub fn set_recorder_backlog(&self, backlog: usize) {
         self.recorder_backlog
             .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    }
+
+    /// Exports `honesty`'s scores at every scrape (`ccf_endpoint_honesty_score`).
+    pub(crate) fn watch_honesty(&self, honesty: Arc<Honesty>) {
+        let _ = self.honesty.set(honesty);
     }
 
     /// Reads the number of held requests from `suspension` at every scrape.
@@ -1044,6 +1053,9 @@ impl Metrics {
                     group: endpoint.group.clone(),
                 })
                 .set(i64::from(state.healthy));
+        }
+        if let Some(honesty) = self.honesty.get() {
+            honesty.export_scores(self, Instant::now());
         }
         if let Some(suspension) = self.suspension.get() {
             self.suspended_now
@@ -1534,6 +1546,85 @@ pub fn rfc3339(time: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The honesty gauges are set when `/metrics` is read, from the board as it stands then:
+    /// a checked endpoint's four series carry the board's scores, an endpoint never checked
+    /// has none, and a later check shows at the next scrape.
+    #[test]
+    fn honesty_scores_are_exported_when_metrics_are_read() {
+        use ccf_router::honesty::{HonestyCheck, SignalVerdict};
+        let config = ccf_config::Config::from_yaml_str(
+            "endpoints:\n  - name: relay\n    url: https://relay.invalid\n  - name: quiet\n    url: https://quiet.invalid\n",
+        )
+        .expect("valid test config");
+        let honesty = Arc::new(Honesty::new(&config));
+        let metrics = Metrics::new();
+        metrics.watch_honesty(Arc::clone(&honesty));
+        let check = |model_substituted: bool| HonestyCheck {
+            request_id: "req-1".into(),
+            at: SystemTime::now(),
+            verdicts: vec![SignalVerdict::model(
+                "claude-opus-4-1",
+                if model_substituted {
+                    "claude-3-haiku-20240307"
+                } else {
+                    "claude-opus-4-1"
+                },
+                !model_substituted,
+            )],
+        };
+        let series = |text: &str, endpoint: &str, signal: &str| -> Option<f64> {
+            let name = format!(
+                "ccf_endpoint_honesty_score{{endpoint=\"{endpoint}\",signal=\"{signal}\"}} "
+            );
+            text.lines()
+                .find_map(|line| line.strip_prefix(name.as_str()))
+                .map(|value| value.parse().expect("a number"))
+        };
+        let scrape = || metrics.render(&[], &HealthSnapshot::default());
+
+        assert_eq!(
+            series(&scrape(), "relay", "overall"),
+            None,
+            "nothing checked yet"
+        );
+        honesty.record_check(&config, "relay", check(false));
+        let text = scrape();
+        for signal in [
+            "overall",
+            "model_substitution",
+            "usage_mismatch",
+            "burst_stream",
+        ] {
+            assert_eq!(
+                series(&text, "relay", signal),
+                Some(1.0),
+                "{signal}: {text}"
+            );
+        }
+        assert_eq!(series(&text, "quiet", "overall"), None, "{text}");
+
+        honesty.record_check(&config, "relay", check(true));
+        let text = scrape();
+        let view = honesty.view(Instant::now());
+        let overall = series(&text, "relay", "overall").expect("exported");
+        assert!(overall < 1.0, "{text}");
+        assert!(
+            (overall - view[0].score).abs() < 1e-6,
+            "{overall} against {}",
+            view[0].score
+        );
+        assert_eq!(
+            series(&text, "relay", "model_substitution"),
+            Some(overall),
+            "{text}"
+        );
+        assert_eq!(
+            series(&text, "relay", "usage_mismatch"),
+            Some(1.0),
+            "{text}"
+        );
+    }
 
     #[test]
     fn model_labels_are_answered_or_priced_models_and_the_rest_is_other() {

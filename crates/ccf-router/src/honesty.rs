@@ -408,7 +408,7 @@ impl EndpointHonesty {
 }
 
 /// One endpoint's scores ([`HonestyBoard::endpoint_scores`]): the numbers of an
-/// [`EndpointHonesty`] that `/metrics` exports.
+/// [`EndpointHonesty`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EndpointScores {
     /// The lowest signal score.
@@ -626,8 +626,7 @@ impl HonestyBoard {
     }
 
     /// One endpoint's scores at `now` (those of [`HonestyBoard::view`]) without a copy of its
-    /// name and last flag, for `/metrics` after every check; `None` for an endpoint the board
-    /// does not know.
+    /// name and last flag; `None` for an endpoint the board does not know.
     pub fn endpoint_scores(&self, endpoint: &str, now: Instant) -> Option<EndpointScores> {
         self.endpoints
             .iter()
@@ -765,8 +764,8 @@ mod tests {
         assert_eq!(flag.reported, "claude-3-haiku-20240307");
     }
 
-    /// The scores `/metrics` exports after a check are the view's, decayed to the same
-    /// instant, for every signal; an unknown endpoint has none.
+    /// One endpoint's scores are the view's, decayed to the same instant, for every signal; an
+    /// unknown endpoint has none.
     #[test]
     fn an_endpoints_scores_are_its_views_numbers() {
         let start = Instant::now();

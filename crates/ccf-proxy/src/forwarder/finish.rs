@@ -168,7 +168,7 @@ impl Forwarder {
         let current = shared.current();
         if !shared
             .honesty
-            .record_check(&current.config, &shared.metrics, endpoint, check)
+            .record_check(&current.config, endpoint, check)
         {
             return;
         }

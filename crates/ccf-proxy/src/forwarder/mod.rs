@@ -101,7 +101,7 @@ struct Shared {
     /// Per-key rate, concurrency and budget limits (`auth.tokens[].limits`).
     key_limits: Arc<crate::key_limits::KeyLimits>,
     /// Relay honesty scores (`routing.relay_honesty`).
-    honesty: Honesty,
+    honesty: Arc<Honesty>,
     /// Retries in flight against `retry.budget_percent` (`retry.rs`).
     retry_budget: crate::retry::RetryBudget,
     operator_observer: OnceLock<Arc<dyn OperatorObserver>>,
@@ -266,6 +266,8 @@ impl Forwarder {
         metrics.watch_suspension(Arc::clone(&suspension));
         let key_limits = Arc::new(crate::key_limits::KeyLimits::new(&config, events.clone()));
         metrics.watch_key_limits(Arc::clone(&key_limits));
+        let honesty = Arc::new(Honesty::new(&config));
+        metrics.watch_honesty(Arc::clone(&honesty));
         let hub = Arc::new(TrackingHub {
             events: events.clone(),
             metrics: Arc::clone(&metrics),
@@ -274,7 +276,7 @@ impl Forwarder {
         Ok(Forwarder {
             shared: Arc::new(Shared {
                 router: Mutex::new(Router::from_config(&config)),
-                honesty: Honesty::new(&config),
+                honesty,
                 current: ArcSwap::from_pointee(ConfigGeneration::new(config, client)),
                 health,
                 suspension,
