@@ -310,19 +310,12 @@ pub struct Metrics {
     finished_cache: HandleCache<Arc<FinishedSeries>>,
     /// Handles of `requests` series, by endpoint and status.
     request_cache: HandleCache<(String, u16, Counter)>,
-    /// Handles of `ccf_endpoint_honesty_score` series, by endpoint and signal: every scrape sets
-    /// four per checked endpoint, and building each one's labels (a `String`) and hashing them
-    /// cost more than the update.
-    honesty_cache: HandleCache<(String, &'static str, HonestyGauge)>,
     /// Failover triggers and thinking-signature repairs (issue 20, points 5 and 7).
     failover_triggers: FailoverTriggerMetrics,
     /// The link to the other instances, read at every scrape (`ccf_cluster_*`) and by
     /// `/health/detailed`; shared with the collector registered in the registry.
     cluster: Arc<ClusterCollector>,
 }
-
-/// One `ccf_endpoint_honesty_score` series.
-type HonestyGauge = Gauge<f64, AtomicU64>;
 
 /// Label combinations kept in each per-request handle cache; beyond it the slow path is used.
 const SERIES_CACHE_LIMIT: usize = 256;
@@ -442,7 +435,6 @@ impl Metrics {
             key_metrics: KeyLimitMetrics::default(),
             finished_cache: HandleCache::default(),
             request_cache: HandleCache::default(),
-            honesty_cache: HandleCache::default(),
             failover_triggers: FailoverTriggerMetrics::default(),
             cluster: Arc::default(),
             registry: Registry::default(),
@@ -668,22 +660,16 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets an endpoint's relay honesty score for `signal` (`overall` or a signal name).
+    /// Sets an endpoint's relay honesty score for `signal` (`overall` or a signal name). Called
+    /// at each scrape ([`Honesty::export_scores`]), so the series is looked up by its labels
+    /// every time rather than through a handle cache.
     pub fn set_honesty_score(&self, endpoint: &str, signal: &'static str, score: f64) {
-        self.honesty_cache.with(
-            |(name, cached, _)| *cached == signal && name == endpoint,
-            || {
-                let gauge = self
-                    .honesty_score
-                    .get_or_create(&HonestyLabels {
-                        endpoint: endpoint.to_string(),
-                        signal,
-                    })
-                    .clone();
-                (endpoint.to_string(), signal, gauge)
-            },
-            |(_, _, gauge)| gauge.set(score),
-        );
+        self.honesty_score
+            .get_or_create(&HonestyLabels {
+                endpoint: endpoint.to_string(),
+                signal,
+            })
+            .set(score);
     }
 
     /// The webhook delivery metrics' handles (for the webhook dispatcher).

@@ -407,20 +407,12 @@ impl EndpointHonesty {
     }
 }
 
-/// One endpoint's scores ([`HonestyBoard::endpoint_scores`]): the numbers of an
-/// [`EndpointHonesty`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EndpointScores {
+/// One endpoint's scores at an instant: the numbers of an [`EndpointHonesty`].
+#[derive(Debug, Clone, Copy)]
+struct EndpointScores {
     /// The lowest signal score.
-    pub score: f64,
+    score: f64,
     signals: [SignalScore; 3],
-}
-
-impl EndpointScores {
-    /// One signal's score.
-    pub fn signal(&self, signal: HonestySignal) -> &SignalScore {
-        &self.signals[position(signal)]
-    }
 }
 
 /// A demotion decision for the router.
@@ -625,15 +617,6 @@ impl HonestyBoard {
             .collect()
     }
 
-    /// One endpoint's scores at `now` (those of [`HonestyBoard::view`]) without a copy of its
-    /// name and last flag; `None` for an endpoint the board does not know.
-    pub fn endpoint_scores(&self, endpoint: &str, now: Instant) -> Option<EndpointScores> {
-        self.endpoints
-            .iter()
-            .find(|state| state.name == endpoint)
-            .map(|state| state.scores_at(now))
-    }
-
     fn view_of(&self, state: &EndpointState, now: Instant) -> EndpointHonesty {
         let EndpointScores {
             score,
@@ -762,30 +745,6 @@ mod tests {
         assert_eq!(flag.signal, HonestySignal::ModelSubstitution);
         assert_eq!(flag.asked, "claude-opus-4-1");
         assert_eq!(flag.reported, "claude-3-haiku-20240307");
-    }
-
-    /// One endpoint's scores are the view's, decayed to the same instant, for every signal; an
-    /// unknown endpoint has none.
-    #[test]
-    fn an_endpoints_scores_are_its_views_numbers() {
-        let start = Instant::now();
-        let mut board = HonestyBoard::new(["relay"], settings(false));
-        board.record("relay", check(vec![substituted()]), start);
-        board.record(
-            "relay",
-            check(vec![SignalVerdict::usage(2600, 1000, 2.5), honest_model()]),
-            start,
-        );
-        for later in [start, start + Duration::from_secs(600)] {
-            let view = board.view(later);
-            let scores = board.endpoint_scores("relay", later).expect("known");
-            assert_eq!(scores.score, view[0].score);
-            assert!(scores.score < 1.0);
-            for signal in HonestySignal::ALL {
-                assert_eq!(scores.signal(signal), view[0].signal(signal), "{signal:?}");
-            }
-        }
-        assert_eq!(board.endpoint_scores("unknown", start), None);
     }
 
     #[test]
