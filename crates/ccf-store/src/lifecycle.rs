@@ -175,8 +175,8 @@ fn ip_text(ip: IpAddr) -> String {
 /// The attempts trail as stored: `serde_json::to_string(attempts)` byte for byte (test
 /// `the_attempts_json_is_serde_jsons`), written directly. serde_json escapes every key and goes
 /// through its generic serializer, about 1,770 instructions a row for one attempt (issue 19);
-/// here the keys are literals, numbers go through `itoa` as in serde_json, and a text is left
-/// to serde_json only when it holds a character JSON escapes.
+/// here the keys are literals, numbers go through `itoa` as in serde_json, and texts are
+/// escaped as serde_json escapes them (`ccf_types::push_json_string`).
 fn attempts_json(attempts: &[Attempt]) -> String {
     let mut out = String::with_capacity(128 * attempts.len());
     out.push('[');
@@ -185,9 +185,9 @@ fn attempts_json(attempts: &[Attempt]) -> String {
             out.push(',');
         }
         out.push_str("{\"endpoint\":");
-        push_json_string(&mut out, &attempt.endpoint);
+        ccf_types::push_json_string(&mut out, &attempt.endpoint);
         out.push_str(",\"group\":");
-        push_json_string(&mut out, &attempt.group);
+        ccf_types::push_json_string(&mut out, &attempt.group);
         out.push_str(",\"started_at\":");
         out.push_str(itoa::Buffer::new().format(attempt.started_at_millis()));
         out.push_str(",\"duration\":");
@@ -202,7 +202,7 @@ fn attempts_json(attempts: &[Attempt]) -> String {
             }
             AttemptOutcome::ConnectError { message } => {
                 out.push_str(",\"message\":");
-                push_json_string(&mut out, message);
+                ccf_types::push_json_string(&mut out, message);
             }
             AttemptOutcome::HeaderTimeout => {}
         }
@@ -210,21 +210,6 @@ fn attempts_json(attempts: &[Attempt]) -> String {
     }
     out.push(']');
     out
-}
-
-/// `text` as a JSON string literal, as serde_json writes it.
-fn push_json_string(out: &mut String, text: &str) {
-    if text
-        .bytes()
-        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\')
-    {
-        out.push('"');
-        out.push_str(text);
-        out.push('"');
-    } else {
-        // Serializing a string cannot fail.
-        out.push_str(&serde_json::to_string(text).unwrap_or_default());
-    }
 }
 
 #[cfg(test)]

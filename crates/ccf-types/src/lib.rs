@@ -139,6 +139,23 @@ pub fn sweep_secrets(mut text: String, secrets: &[String]) -> String {
 /// `value` as a quoted JSON string, escaped the way `serde_json` writes it.
 fn json_string(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
+    push_json_string(&mut out, value);
+    out
+}
+
+/// Appends `value` as a quoted JSON string, escaped the way `serde_json` writes it (for JSON
+/// written by hand on a hot path, such as a usage row's attempts trail). Text with nothing to
+/// escape, the usual case, is copied as it is.
+pub fn push_json_string(out: &mut String, value: &str) {
+    if value
+        .bytes()
+        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\')
+    {
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     out.push('"');
     for c in value.chars() {
         match c {
@@ -154,7 +171,6 @@ fn json_string(value: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 /// Replaces each occurrence of the quoted JSON string `quoted` that is a whole value (not a key,
