@@ -16,6 +16,10 @@
 //! shows its figures next to the forwarder's and the forwarder/nginx ratios. Without nginx
 //! (not installable here) its column shows `-`.
 //!
+//! `ccf-floor-proxy` (the test kit's) runs in the same rounds too: hyper and tokio forwarding to
+//! the fast mock with nothing of the forwarder's own, the floor under the forwarder's cost. A
+//! second table sets it beside nginx and the forwarder with usage off.
+//!
 //! Writes `target/bench/results.json` and `target/bench/results.md` and prints the table.
 //! Every child is killed on every way out (its `Drop`), every load run is bounded in time.
 
@@ -125,6 +129,18 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         None => None,
     };
 
+    let floor_port = free_port()?;
+    let mut floor = Proc::spawn(
+        "floor",
+        Command::new(bin.join("ccf-floor-proxy")).args([
+            "--port".to_string(),
+            floor_port.to_string(),
+            "--upstream".to_string(),
+            format!("127.0.0.1:{fast_port}"),
+        ]),
+    )?;
+    floor.wait_listening(floor_port, &stop)?;
+
     // Forwarders.
     let mut forwarders = Vec::new();
     for (name, upstream, usage) in [
@@ -168,6 +184,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         ("direct", fast_mock.pid()),
         ("usage_on", forwarders[0].2.pid()),
         ("usage_off", forwarders[1].2.pid()),
+        ("floor", floor.pid()),
     ]
     .into_iter()
     .collect();
@@ -178,7 +195,12 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let mut rounds = Vec::new();
     for round in 0..plan.rounds {
         println!("\n==> round {} of {}", round + 1, plan.rounds);
-        let mut order = vec![("direct", fast), ("usage_on", on), ("usage_off", off)];
+        let mut order = vec![
+            ("direct", fast),
+            ("floor", target(floor_port)),
+            ("usage_on", on),
+            ("usage_off", off),
+        ];
         if let Some(nginx) = &nginx {
             order.insert(1, ("nginx", target(nginx.fast_port)));
         }
@@ -280,6 +302,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     let nginx_version = nginx.as_ref().map(|nginx| nginx.version.clone());
     drop(nginx);
+    floor.stop();
     paced_mock.stop();
     fast_mock.stop();
 
@@ -456,7 +479,7 @@ fn summarize(
     };
     let med = |f: &dyn Fn(&BTreeMap<String, Value>) -> f64| median(rounds.iter().map(f).collect());
     let mut out = serde_json::Map::new();
-    for who in ["direct", "nginx", "usage_on", "usage_off"] {
+    for who in ["direct", "nginx", "floor", "usage_on", "usage_off"] {
         for q in ["p50", "p99"] {
             out.insert(
                 format!("json_c1_{who}_{q}_us"),
@@ -520,8 +543,8 @@ fn summarize(
                 );
             }
         }
-        if who.starts_with("usage") {
-            // The forwarder against nginx, per round (same machine load), then the median.
+        if who.starts_with("usage") || who == "floor" {
+            // The forwarder (and the floor) against nginx, per round (same machine load), then the median.
             for scenario in ["json_c64", "sse_c64"] {
                 out.insert(
                     format!("{scenario}_{who}_vs_nginx"),
@@ -805,6 +828,79 @@ fn markdown(s: &Value, plan: &Plan, quick: bool, profile: &str, nginx: Option<&s
             mb("peak_rss_usage_off_kb"),
         ],
     );
+    t.push_str(&floor_table(s));
+    t
+}
+
+/// The floor (`ccf-floor-proxy`: hyper and tokio with nothing of the forwarder's own) beside
+/// nginx and the forwarder with usage off, from the same rounds.
+fn floor_table(s: &Value) -> String {
+    let f = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
+    let cell = |key: String, text: &dyn Fn(f64) -> String| {
+        let value = f(&key);
+        if value.is_finite() {
+            text(value)
+        } else {
+            "-".to_string()
+        }
+    };
+    let mut t = String::from(
+        "\nThe floor, in the same rounds: `ccf-floor-proxy`, hyper and tokio forwarding to the same mock with nothing of the forwarder's own (per-core runtimes, hyper-util's `auto` server connection, `hyper::client::conn::http1` driven in the request's task, the body streamed).\n\n\
+         | scenario | figure | nginx (1 worker) | floor (hyper + tokio) | forwarder, usage off |\n|---|---|---|---|---|\n",
+    );
+    let who = ["nginx", "floor", "usage_off"];
+    let mut row = |label: &str, figure: &str, cells: [String; 3]| {
+        let [a, b, c] = cells;
+        t.push_str(&format!("| {label} | {figure} | {a} | {b} | {c} |\n"));
+    };
+    for q in ["p50", "p99"] {
+        row(
+            "JSON, concurrency 1",
+            &format!("added latency {q}"),
+            who.map(|w| {
+                cell(format!("json_c1_{w}_added_{q}_us"), &|v| {
+                    format!("{v:.0} µs")
+                })
+            }),
+        );
+    }
+    row(
+        "JSON, concurrency 1",
+        "CPU µs per request",
+        who.map(|w| {
+            cell(format!("json_c1_{w}_cpu_us_per_request"), &|v| {
+                format!("{v:.0} µs")
+            })
+        }),
+    );
+    for (scenario, label) in [
+        ("json_c64", "JSON, concurrency 64"),
+        ("sse_c64", "SSE (3 deltas), concurrency 64"),
+    ] {
+        row(
+            label,
+            "requests/s",
+            who.map(|w| cell(format!("{scenario}_{w}_rps"), &|v| format!("{v:.0}/s"))),
+        );
+        let mut ratio =
+            who.map(|w| cell(format!("{scenario}_{w}_vs_nginx"), &|v| format!("{v:.2}×")));
+        ratio[0] = "1.00×".into();
+        row(label, "**ratio to nginx**", ratio);
+        row(
+            label,
+            "CPU s per 10k requests",
+            who.map(|w| {
+                cell(format!("{scenario}_{w}_cpu_s_per_10k"), &|v| {
+                    format!("{v:.2} s")
+                })
+            }),
+        );
+        row(
+            label,
+            "errors (all rounds)",
+            who.map(|w| cell(format!("{scenario}_{w}_errors"), &|v| format!("{v}"))),
+        );
+    }
     t
 }
 

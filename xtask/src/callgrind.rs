@@ -5,7 +5,9 @@
 //! not. For each scenario (JSON with usage recording off, JSON with usage on (SQLite), SSE with
 //! usage on) the forwarder runs twice under `valgrind --tool=callgrind` in front of the test kit's
 //! mock upstream: once serving `--requests + 20` requests from `ccf-loadgen --concurrency 1`, once
-//! serving 20, then SIGTERM. The difference divided by `--requests` is the cost of one request:
+//! serving 20, then SIGTERM. Two more scenarios (JSON and SSE) measure `ccf-floor-proxy`, hyper
+//! and tokio forwarding with nothing of the forwarder's own, the same way: the floor under the
+//! forwarder's figures, what its libraries cost by themselves. The difference divided by `--requests` is the cost of one request:
 //! start-up, migrations, warm-up and shutdown cancel out. Valgrind counts user-space instructions
 //! only: system calls (the socket reads and writes) are not in the figures.
 //!
@@ -43,6 +45,10 @@ pub struct CallgrindArgs {
     /// a long link).
     #[arg(long, default_value = "release")]
     profile: String,
+    /// Measure only these scenarios (comma-separated: json_usage_off, json_usage_on,
+    /// sse_usage_on, json_floor, sse_floor); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Use the binaries already built (`target/<profile>/cc-forwarder`, the test kit's in
     /// `target/release`).
     #[arg(long)]
@@ -53,24 +59,44 @@ pub struct CallgrindArgs {
 struct Scenario {
     name: &'static str,
     mode: &'static str,
-    usage: bool,
+    proxy: Proxy,
 }
 
-const SCENARIOS: [Scenario; 3] = [
+/// What serves the requests of a scenario.
+#[derive(Clone, Copy)]
+enum Proxy {
+    /// The forwarder, with usage recording on (SQLite) or off.
+    Forwarder { usage: bool },
+    /// `ccf-floor-proxy`: hyper and tokio forwarding with nothing of the forwarder's own, the
+    /// floor under the forwarder's figures (issue 19).
+    Floor,
+}
+
+const SCENARIOS: [Scenario; 5] = [
     Scenario {
         name: "json_usage_off",
         mode: "json",
-        usage: false,
+        proxy: Proxy::Forwarder { usage: false },
     },
     Scenario {
         name: "json_usage_on",
         mode: "json",
-        usage: true,
+        proxy: Proxy::Forwarder { usage: true },
     },
     Scenario {
         name: "sse_usage_on",
         mode: "sse",
-        usage: true,
+        proxy: Proxy::Forwarder { usage: true },
+    },
+    Scenario {
+        name: "json_floor",
+        mode: "json",
+        proxy: Proxy::Floor,
+    },
+    Scenario {
+        name: "sse_floor",
+        mode: "sse",
+        proxy: Proxy::Floor,
     },
 ];
 
@@ -107,12 +133,22 @@ pub fn run(root: &Path, args: &CallgrindArgs) -> Result<()> {
     )?;
     mock.wait_listening(mock_port, &stop)?;
 
+    if let Some(unknown) = args.only.iter().find(|name| {
+        !SCENARIOS
+            .iter()
+            .any(|scenario| scenario.name == name.as_str())
+    }) {
+        bail!("--only: no scenario is named {unknown}");
+    }
     let mut results = BTreeMap::new();
-    for scenario in &SCENARIOS {
+    for scenario in SCENARIOS.iter().filter(|scenario| {
+        args.only.is_empty() || args.only.iter().any(|name| name == scenario.name)
+    }) {
         let mut totals = Vec::new();
         for requests in [BASE_REQUESTS + args.requests, BASE_REQUESTS] {
             let run = Run {
                 forwarder: &forwarder,
+                floor: &bin.join("ccf-floor-proxy"),
                 loadgen: &bin.join("ccf-loadgen"),
                 dir: &work.path.join(format!("{}-{requests}", scenario.name)),
                 mock_port,
@@ -165,6 +201,7 @@ pub fn run(root: &Path, args: &CallgrindArgs) -> Result<()> {
 /// One forwarder run under callgrind.
 struct Run<'a> {
     forwarder: &'a Path,
+    floor: &'a Path,
     loadgen: &'a Path,
     dir: &'a Path,
     mock_port: u16,
@@ -178,19 +215,32 @@ impl Run<'_> {
         std::fs::create_dir_all(self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let port = free_port()?;
-        let config = self.dir.join("forwarder.yaml");
-        std::fs::write(&config, self.config(port, scenario.usage))
-            .with_context(|| format!("writing {}", config.display()))?;
         let profile = self.dir.join("callgrind.out");
+        let mut command = Command::new("valgrind");
+        command
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", profile.display()));
+        match scenario.proxy {
+            Proxy::Forwarder { usage } => {
+                let config = self.dir.join("forwarder.yaml");
+                std::fs::write(&config, self.config(port, usage))
+                    .with_context(|| format!("writing {}", config.display()))?;
+                command
+                    .arg(self.forwarder)
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("--no-tui");
+            }
+            Proxy::Floor => {
+                command
+                    .arg(self.floor)
+                    .args(["--port", &port.to_string()])
+                    .args(["--upstream", &format!("127.0.0.1:{}", self.mock_port)]);
+            }
+        }
         let mut forwarder = Proc::spawn(
             scenario.name,
-            Command::new("valgrind")
-                .arg("--tool=callgrind")
-                .arg(format!("--callgrind-out-file={}", profile.display()))
-                .arg(self.forwarder)
-                .arg("--config")
-                .arg(&config)
-                .arg("--no-tui")
+            command
                 .current_dir(self.dir)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
