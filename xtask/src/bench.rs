@@ -16,8 +16,9 @@
 //! shows its figures next to the forwarder's and the forwarder/nginx ratios. Without nginx
 //! (not installable here) its column shows `-`.
 //!
-//! `ccf-floor-proxy` (the test kit's) runs in the same rounds too: hyper and tokio forwarding to
-//! the fast mock with nothing of the forwarder's own, the floor under the forwarder's cost. A
+//! `ccf-floor-proxy` (the test kit's) runs in the same rounds too: the cheapest proxy hyper and
+//! tokio make, forwarding to the fast mock with nothing of the forwarder's own: the floor under
+//! the forwarder's cost. A
 //! second table sets it beside nginx and the forwarder with usage off.
 //!
 //! Writes `target/bench/results.json` and `target/bench/results.md` and prints the table.
@@ -845,7 +846,7 @@ fn floor_table(s: &Value) -> String {
         }
     };
     let mut t = String::from(
-        "\nThe floor, in the same rounds: `ccf-floor-proxy`, hyper and tokio forwarding to the same mock with nothing of the forwarder's own (per-core runtimes, hyper-util's `auto` server connection, `hyper::client::conn::http1` driven in the request's task, the body streamed).\n\n\
+        "\nThe floor, in the same rounds: `ccf-floor-proxy`, the cheapest proxy hyper and tokio make, forwarding to the same mock with nothing of the forwarder's own (per-core runtimes as the forwarder's, HTTP/1 only and no header-read timeout, `hyper::client::conn::http1` driven in the request's task, the body streamed).\n\n\
          | scenario | figure | nginx (1 worker) | floor (hyper + tokio) | forwarder, usage off |\n|---|---|---|---|---|\n",
     );
     let who = ["nginx", "floor", "usage_off"];

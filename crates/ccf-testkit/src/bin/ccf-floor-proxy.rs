@@ -1,14 +1,16 @@
 //! `ccf-floor-proxy`: the libraries the forwarder is built on, forwarding with nothing of the
 //! forwarder's own: the floor under its cost per request (issue 19).
 //!
-//! It serves the proxy port as the forwarder does (one current-thread tokio runtime per core,
-//! each with its own `SO_REUSEPORT` listener; hyper-util's `auto` connection for HTTP/1 and
-//! HTTP/2 with hyper's header-read timeout and `writev(false)`), and passes every request
-//! unchanged to one upstream over `hyper::client::conn::http1`, one upstream connection per
-//! client connection, driven in the request's own task as the forwarder drives its upstream
-//! connections (`ccf-proxy/src/client/in_task.rs`): no admission, routing, body buffering,
-//! header rewriting, usage reading, records, metrics or logs. The request body is streamed,
-//! not read whole first.
+//! The cheapest proxy the two make: one current-thread tokio runtime per core, each with its
+//! own `SO_REUSEPORT` listener, as the forwarder's; HTTP/1 only, hyper's
+//! `server::conn::http1` with `writev(false)` as the forwarder's, but without its HTTP/2 on the
+//! same port (hyper-util's `auto` connection) and without a header-read timeout (a timer per
+//! request), which cost 3,100-3,500 instructions per request more (docs/benchmarks.md, issue 19
+//! part 17). Every request goes unchanged to one upstream over `hyper::client::conn::http1`,
+//! one upstream connection per client connection, driven in the request's own task as the
+//! forwarder drives its upstream connections (`ccf-proxy/src/client/in_task.rs`): no
+//! admission, routing, body buffering, header rewriting, usage reading, records, metrics or
+//! logs. The request body is streamed, not read whole first.
 //!
 //! `cargo xtask bench` runs it beside nginx and the forwarders, and `cargo xtask callgrind`
 //! counts its instructions per request, so that what hyper and tokio cost by themselves is
@@ -22,7 +24,6 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -30,12 +31,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-/// hyper's header-read timeout on the client side, as the forwarder's default.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A reverse proxy made of hyper and tokio alone (a benchmark's floor, not a product).
 #[derive(Debug, Parser)]
@@ -123,17 +120,12 @@ fn serve_thread(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<()>
 }
 
 async fn accept_loop(listener: TcpListener, upstream: SocketAddr) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .writev(false);
-    builder.http2().timer(TokioTimer::new());
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.writev(false);
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
-        let builder = builder.clone();
+        let http1 = http1.clone();
         tokio::spawn(async move {
             let slot = UpstreamSlot::default();
             let service = hyper::service::service_fn(move |request| {
@@ -141,9 +133,7 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr) -> std::io::Re
                 async move { Ok::<_, std::convert::Infallible>(forward(slot, upstream, request).await) }
             });
             // A client that goes away mid-request is no concern of a floor measurement.
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = http1.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
