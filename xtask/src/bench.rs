@@ -16,10 +16,10 @@
 //! shows its figures next to the forwarder's and the forwarder/nginx ratios. Without nginx
 //! (not installable here) its column shows `-`.
 //!
-//! `ccf-floor-proxy` (the test kit's) runs in the same rounds too: the cheapest proxy hyper and
-//! tokio make, forwarding to the fast mock with nothing of the forwarder's own: the floor under
-//! the forwarder's cost. A
-//! second table sets it beside nginx and the forwarder with usage off.
+//! `ccf-floor-proxy` (the test kit's) runs in the same rounds too, for the JSON and SSE
+//! scenarios: the cheapest proxy hyper and tokio make, forwarding to the fast mock with nothing
+//! of the forwarder's own, the floor under the forwarder's cost. A second table sets it beside
+//! nginx and the forwarder with usage off.
 //!
 //! Writes `target/bench/results.json` and `target/bench/results.md` and prints the table.
 //! Every child is killed on every way out (its `Drop`), every load run is bounded in time.

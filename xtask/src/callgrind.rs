@@ -5,11 +5,12 @@
 //! not. For each scenario (JSON with usage recording off, JSON with usage on (SQLite), SSE with
 //! usage on) the forwarder runs twice under `valgrind --tool=callgrind` in front of the test kit's
 //! mock upstream: once serving `--requests + 20` requests from `ccf-loadgen --concurrency 1`, once
-//! serving 20, then SIGTERM. Two more scenarios (JSON and SSE) measure `ccf-floor-proxy`, hyper
-//! and tokio forwarding with nothing of the forwarder's own, the same way: the floor under the
-//! forwarder's figures, what its libraries cost by themselves. The difference divided by `--requests` is the cost of one request:
+//! serving 20, then SIGTERM. The difference divided by `--requests` is the cost of one request:
 //! start-up, migrations, warm-up and shutdown cancel out. Valgrind counts user-space instructions
-//! only: system calls (the socket reads and writes) are not in the figures.
+//! only: system calls (the socket reads and writes) are not in the figures. Two more scenarios
+//! (JSON and SSE) measure `ccf-floor-proxy` the same way: the cheapest proxy hyper and tokio
+//! make, with nothing of the forwarder's own, the floor under the forwarder's figures (issue 19
+//! part 17). `--only` picks scenarios.
 //!
 //! Writes `target/bench/callgrind.json`, keeps each longer run's profile as
 //! `target/bench/callgrind-<scenario>.out` and the shorter one's as `...-short.out`
@@ -46,7 +47,8 @@ pub struct CallgrindArgs {
     #[arg(long, default_value = "release")]
     profile: String,
     /// Measure only these scenarios (comma-separated: json_usage_off, json_usage_on,
-    /// sse_usage_on, json_floor, sse_floor); all by default.
+    /// sse_usage_on, json_floor, sse_floor); all by default. `callgrind.json` then holds only
+    /// these.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Use the binaries already built (`target/<profile>/cc-forwarder`, the test kit's in
@@ -113,6 +115,13 @@ pub fn run(root: &Path, args: &CallgrindArgs) -> Result<()> {
     if args.requests == 0 {
         bail!("--requests must be at least 1");
     }
+    if let Some(unknown) = args.only.iter().find(|name| {
+        !SCENARIOS
+            .iter()
+            .any(|scenario| scenario.name == name.as_str())
+    }) {
+        bail!("--only: no scenario is named {unknown}");
+    }
     if !args.no_build {
         cargo_build(
             root,
@@ -133,13 +142,6 @@ pub fn run(root: &Path, args: &CallgrindArgs) -> Result<()> {
     )?;
     mock.wait_listening(mock_port, &stop)?;
 
-    if let Some(unknown) = args.only.iter().find(|name| {
-        !SCENARIOS
-            .iter()
-            .any(|scenario| scenario.name == name.as_str())
-    }) {
-        bail!("--only: no scenario is named {unknown}");
-    }
     let mut results = BTreeMap::new();
     for scenario in SCENARIOS.iter().filter(|scenario| {
         args.only.is_empty() || args.only.iter().any(|name| name == scenario.name)
@@ -198,7 +200,7 @@ pub fn run(root: &Path, args: &CallgrindArgs) -> Result<()> {
     Ok(())
 }
 
-/// One forwarder run under callgrind.
+/// One run under callgrind: the forwarder or the floor.
 struct Run<'a> {
     forwarder: &'a Path,
     floor: &'a Path,
@@ -238,14 +240,14 @@ impl Run<'_> {
                     .args(["--upstream", &format!("127.0.0.1:{}", self.mock_port)]);
             }
         }
-        let mut forwarder = Proc::spawn(
+        let mut proxy = Proc::spawn(
             scenario.name,
             command
                 .current_dir(self.dir)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         )?;
-        forwarder.wait_listening(port, self.stop)?;
+        proxy.wait_listening(port, self.stop)?;
         let target = SocketAddr::from(([127, 0, 0, 1], port));
         let output = Command::new(self.loadgen)
             .args(["--mode", scenario.mode])
@@ -263,7 +265,7 @@ impl Run<'_> {
         if !output.status.success() || ok != requests {
             bail!("ccf-loadgen through {} failed: {report}", scenario.name);
         }
-        forwarder.terminate(EXIT_WITHIN)?;
+        proxy.terminate(EXIT_WITHIN)?;
         let text = std::fs::read_to_string(&profile)
             .with_context(|| format!("reading {}", profile.display()))?;
         let total = total_instructions(&text)
