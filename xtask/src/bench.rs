@@ -616,8 +616,9 @@ fn summarize(
     Value::Object(out)
 }
 
-/// The markdown table: direct, nginx and both forwarders side by side, then the forwarder
-/// against nginx (NaN, e.g. without nginx, is shown as `-`).
+/// The markdown tables: direct, nginx and both forwarders side by side, then the forwarder
+/// against nginx (NaN, e.g. without nginx, is shown as `-`); then the floor beside nginx and the
+/// forwarder with usage off.
 fn markdown(s: &Value, plan: &Plan, quick: bool, profile: &str, nginx: Option<&str>) -> String {
     let f = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
     let shown = |value: f64, text: String| {
@@ -829,77 +830,58 @@ fn markdown(s: &Value, plan: &Plan, quick: bool, profile: &str, nginx: Option<&s
             mb("peak_rss_usage_off_kb"),
         ],
     );
-    t.push_str(&floor_table(s));
-    t
-}
-
-/// The floor (`ccf-floor-proxy`: hyper and tokio with nothing of the forwarder's own) beside
-/// nginx and the forwarder with usage off, from the same rounds.
-fn floor_table(s: &Value) -> String {
-    let f = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
-    let cell = |key: String, text: &dyn Fn(f64) -> String| {
-        let value = f(&key);
-        if value.is_finite() {
-            text(value)
-        } else {
-            "-".to_string()
-        }
-    };
-    let mut t = String::from(
+    // The floor (`ccf-floor-proxy`: hyper and tokio with nothing of the forwarder's own) beside
+    // nginx and the forwarder with usage off, from the same rounds.
+    t.push_str(
         "\nThe floor, in the same rounds: `ccf-floor-proxy`, the cheapest proxy hyper and tokio make, forwarding to the same mock with nothing of the forwarder's own (per-core runtimes as the forwarder's, HTTP/1 only and no header-read timeout, `hyper::client::conn::http1` driven in the request's task, the body streamed).\n\n\
          | scenario | figure | nginx (1 worker) | floor (hyper + tokio) | forwarder, usage off |\n|---|---|---|---|---|\n",
     );
     let who = ["nginx", "floor", "usage_off"];
-    let mut row = |label: &str, figure: &str, cells: [String; 3]| {
+    let floor_row = |t: &mut String, label: &str, figure: &str, cells: [String; 3]| {
         let [a, b, c] = cells;
         t.push_str(&format!("| {label} | {figure} | {a} | {b} | {c} |\n"));
     };
     for q in ["p50", "p99"] {
-        row(
+        floor_row(
+            &mut t,
             "JSON, concurrency 1",
             &format!("added latency {q}"),
-            who.map(|w| {
-                cell(format!("json_c1_{w}_added_{q}_us"), &|v| {
-                    format!("{v:.0} µs")
-                })
-            }),
+            who.map(|w| us(&format!("json_c1_{w}_added_{q}_us"))),
         );
     }
-    row(
+    floor_row(
+        &mut t,
         "JSON, concurrency 1",
         "CPU µs per request",
-        who.map(|w| {
-            cell(format!("json_c1_{w}_cpu_us_per_request"), &|v| {
-                format!("{v:.0} µs")
-            })
-        }),
+        who.map(|w| us(&format!("json_c1_{w}_cpu_us_per_request"))),
     );
     for (scenario, label) in [
         ("json_c64", "JSON, concurrency 64"),
         ("sse_c64", "SSE (3 deltas), concurrency 64"),
     ] {
-        row(
+        floor_row(
+            &mut t,
             label,
             "requests/s",
-            who.map(|w| cell(format!("{scenario}_{w}_rps"), &|v| format!("{v:.0}/s"))),
+            who.map(|w| rps(&format!("{scenario}_{w}_rps"))),
         );
-        let mut ratio =
-            who.map(|w| cell(format!("{scenario}_{w}_vs_nginx"), &|v| format!("{v:.2}×")));
+        let mut ratio = who.map(|w| times(&format!("{scenario}_{w}_vs_nginx")));
         ratio[0] = "1.00×".into();
-        row(label, "**ratio to nginx**", ratio);
-        row(
+        floor_row(&mut t, label, "**ratio to nginx**", ratio);
+        floor_row(
+            &mut t,
             label,
             "CPU s per 10k requests",
-            who.map(|w| {
-                cell(format!("{scenario}_{w}_cpu_s_per_10k"), &|v| {
-                    format!("{v:.2} s")
-                })
-            }),
+            who.map(|w| cpu(&format!("{scenario}_{w}_cpu_s_per_10k"))),
         );
-        row(
+        floor_row(
+            &mut t,
             label,
             "errors (all rounds)",
-            who.map(|w| cell(format!("{scenario}_{w}_errors"), &|v| format!("{v}"))),
+            who.map(|w| {
+                let value = f(&format!("{scenario}_{w}_errors"));
+                shown(value, format!("{value}"))
+            }),
         );
     }
     t
