@@ -24,9 +24,11 @@ pub fn hex16(bits: u64) -> [u8; 16] {
     text
 }
 
-/// [`hex16`]'s digits as a `String`.
+/// [`hex16`]'s digits as a `String`: the 16 bytes copied at once, as [`write_hex16`] writes
+/// them, rather than pushed one `char` at a time.
 pub fn hex16_string(bits: u64) -> String {
-    hex16(bits).iter().copied().map(char::from).collect()
+    // Only ASCII was written: the fallback is never taken.
+    String::from_utf8(hex16(bits).to_vec()).unwrap_or_default()
 }
 
 /// Writes [`hex16`]'s digits to a formatter.

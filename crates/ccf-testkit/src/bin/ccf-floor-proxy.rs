@@ -124,7 +124,8 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr) -> std::io::Re
     http1.writev(false);
     loop {
         let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+        // As the forwarder: a client gone before this is no reason to stop serving the others.
+        let _ = stream.set_nodelay(true);
         let http1 = http1.clone();
         tokio::spawn(async move {
             let slot = UpstreamSlot::default();
